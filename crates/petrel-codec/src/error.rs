@@ -111,7 +111,9 @@ pub enum DecodeError {
     #[error("No Local set on a shared subscription [MQTT-3.8.3-4]")]
     NoLocalOnSharedSubscription,
     /// A SUBSCRIBE or UNSUBSCRIBE with no topic filter.
-    #[error("{0:?} without any topic filter [MQTT-3.8.3-2 (5.0), MQTT-3.8.3-3 (3.1.1), MQTT-3.10.3-2]")]
+    #[error(
+        "{0:?} without any topic filter [MQTT-3.8.3-2 (5.0), MQTT-3.8.3-3 (3.1.1), MQTT-3.10.3-2]"
+    )]
     NoTopicFilters(PacketType),
     /// More topic filters (or reason codes) in one packet than the configured limit.
     #[error("more than {max} topic filters in one packet")]
@@ -142,30 +144,29 @@ impl DecodeError {
     /// The 5.0 reason code to answer this error with (in DISCONNECT, or in
     /// CONNACK when it happened in CONNECT).
     pub fn reason_code(&self) -> ReasonCode {
-        use DecodeError as E;
         match self {
-            E::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
-            E::String(StringError::WildcardInTopicName) => ReasonCode::TOPIC_NAME_INVALID,
-            E::String(
+            Self::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            Self::String(StringError::WildcardInTopicName) => ReasonCode::TOPIC_NAME_INVALID,
+            Self::String(
                 StringError::InvalidMultiLevelWildcard
                 | StringError::InvalidSingleLevelWildcard
                 | StringError::InvalidSharedSubscription,
             ) => ReasonCode::TOPIC_FILTER_INVALID,
-            E::ZeroTopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
-            E::InvalidProtocolName | E::UnsupportedProtocolLevel { .. } => {
+            Self::ZeroTopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
+            Self::InvalidProtocolName | Self::UnsupportedProtocolLevel { .. } => {
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
             }
-            E::TooManyTopicFilters { .. } | E::TooManyUserProperties { .. } => {
+            Self::TooManyTopicFilters { .. } | Self::TooManyUserProperties { .. } => {
                 ReasonCode::QUOTA_EXCEEDED
             }
-            E::DuplicateProperty(_)
-            | E::InvalidPropertyValue(_)
-            | E::InvalidRetainHandling
-            | E::NoLocalOnSharedSubscription
-            | E::NoTopicFilters(_)
-            | E::MissingTopic
-            | E::InvalidReasonCode { .. }
-            | E::FirstPacketNotConnect(_) => ReasonCode::PROTOCOL_ERROR,
+            Self::DuplicateProperty(_)
+            | Self::InvalidPropertyValue(_)
+            | Self::InvalidRetainHandling
+            | Self::NoLocalOnSharedSubscription
+            | Self::NoTopicFilters(_)
+            | Self::MissingTopic
+            | Self::InvalidReasonCode { .. }
+            | Self::FirstPacketNotConnect(_) => ReasonCode::PROTOCOL_ERROR,
             _ => ReasonCode::MALFORMED_PACKET,
         }
     }
@@ -173,32 +174,31 @@ impl DecodeError {
     /// The normative statement this error enforces, if one does (5.0 numbering
     /// where the versions differ; the `Display` text gives both).
     pub fn spec(&self) -> Option<&'static str> {
-        use DecodeError as E;
         Some(match self {
-            E::MalformedRemainingLength => "MQTT-1.5.5-1",
-            E::InvalidHeaderFlags { .. } => "MQTT-2.1.3-1",
-            E::String(StringError::InvalidUtf8) => "MQTT-1.5.4-1",
-            E::String(StringError::NullCharacter) => "MQTT-1.5.4-2",
-            E::String(StringError::TooLong) => "MQTT-4.7.3-3",
-            E::String(StringError::EmptyTopic) | E::MissingTopic => "MQTT-4.7.3-1",
-            E::String(StringError::WildcardInTopicName) => "MQTT-3.3.2-2",
-            E::String(StringError::InvalidMultiLevelWildcard) => "MQTT-4.7.1-1",
-            E::String(StringError::InvalidSingleLevelWildcard) => "MQTT-4.7.1-2",
-            E::String(StringError::InvalidSharedSubscription) => "MQTT-4.8.2-2",
-            E::InvalidQoS => "MQTT-3.3.1-4",
-            E::DupOnQoS0 => "MQTT-3.3.1-2",
-            E::ZeroPacketId => "MQTT-2.2.1-3",
-            E::ZeroTopicAlias => "MQTT-3.3.2-8",
-            E::InvalidProtocolName => "MQTT-3.1.2-1",
-            E::UnsupportedProtocolLevel { .. } => "MQTT-3.1.2-2",
-            E::ReservedConnectFlag => "MQTT-3.1.2-3",
-            E::InvalidWillFlags => "MQTT-3.1.2-11",
-            E::PasswordWithoutUsername => "MQTT-3.1.2-22",
-            E::InvalidSubscriptionOptions(_) => "MQTT-3.8.3-5",
-            E::NoLocalOnSharedSubscription => "MQTT-3.8.3-4",
-            E::NoTopicFilters(PacketType::Unsubscribe) => "MQTT-3.10.3-2",
-            E::NoTopicFilters(_) => "MQTT-3.8.3-2",
-            E::FirstPacketNotConnect(_) => "MQTT-3.1.0-1",
+            Self::MalformedRemainingLength => "MQTT-1.5.5-1",
+            Self::InvalidHeaderFlags { .. } => "MQTT-2.1.3-1",
+            Self::String(StringError::InvalidUtf8) => "MQTT-1.5.4-1",
+            Self::String(StringError::NullCharacter) => "MQTT-1.5.4-2",
+            Self::String(StringError::TooLong) => "MQTT-4.7.3-3",
+            Self::String(StringError::EmptyTopic) | Self::MissingTopic => "MQTT-4.7.3-1",
+            Self::String(StringError::WildcardInTopicName) => "MQTT-3.3.2-2",
+            Self::String(StringError::InvalidMultiLevelWildcard) => "MQTT-4.7.1-1",
+            Self::String(StringError::InvalidSingleLevelWildcard) => "MQTT-4.7.1-2",
+            Self::String(StringError::InvalidSharedSubscription) => "MQTT-4.8.2-2",
+            Self::InvalidQoS => "MQTT-3.3.1-4",
+            Self::DupOnQoS0 => "MQTT-3.3.1-2",
+            Self::ZeroPacketId => "MQTT-2.2.1-3",
+            Self::ZeroTopicAlias => "MQTT-3.3.2-8",
+            Self::InvalidProtocolName => "MQTT-3.1.2-1",
+            Self::UnsupportedProtocolLevel { .. } => "MQTT-3.1.2-2",
+            Self::ReservedConnectFlag => "MQTT-3.1.2-3",
+            Self::InvalidWillFlags => "MQTT-3.1.2-11",
+            Self::PasswordWithoutUsername => "MQTT-3.1.2-22",
+            Self::InvalidSubscriptionOptions(_) => "MQTT-3.8.3-5",
+            Self::NoLocalOnSharedSubscription => "MQTT-3.8.3-4",
+            Self::NoTopicFilters(PacketType::Unsubscribe) => "MQTT-3.10.3-2",
+            Self::NoTopicFilters(_) => "MQTT-3.8.3-2",
+            Self::FirstPacketNotConnect(_) => "MQTT-3.1.0-1",
             _ => return None,
         })
     }

@@ -59,6 +59,8 @@
 #[cfg(feature = "codec")]
 mod codec;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod packet;
 pub mod properties;
 mod reason;

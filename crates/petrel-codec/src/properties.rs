@@ -851,7 +851,9 @@ impl<T: PropertyItem> FromIterator<T> for PropertyList<T> {
 
 impl<T: PropertyItem> From<Vec<T>> for PropertyList<T> {
     fn from(v: Vec<T>) -> Self {
-        Self { repr: Repr::List(v) }
+        Self {
+            repr: Repr::List(v),
+        }
     }
 }
 

@@ -290,9 +290,7 @@ impl TopicFilter {
         if let Some(rest) = s.as_str().strip_prefix(SHARE_PREFIX) {
             match rest.split_once('/') {
                 Some((group, filter))
-                    if !group.is_empty()
-                        && !group.contains(['+', '#'])
-                        && !filter.is_empty() => {}
+                    if !group.is_empty() && !group.contains(['+', '#']) && !filter.is_empty() => {}
                 _ => return Err(StringError::InvalidSharedSubscription),
             }
         } else if s.as_str() == "$share" {
@@ -374,20 +372,40 @@ mod tests {
     #[test]
     fn invalid_filters_mqtt_4_7_1() {
         // [MQTT-4.7.1-1] (5.0) / [MQTT-4.7.1-2] (3.1.1): '#' last and alone.
-        assert_eq!(filter("sport/tennis#"), Err(StringError::InvalidMultiLevelWildcard));
-        assert_eq!(filter("sport/tennis/#/ranking"), Err(StringError::InvalidMultiLevelWildcard));
+        assert_eq!(
+            filter("sport/tennis#"),
+            Err(StringError::InvalidMultiLevelWildcard)
+        );
+        assert_eq!(
+            filter("sport/tennis/#/ranking"),
+            Err(StringError::InvalidMultiLevelWildcard)
+        );
         assert_eq!(filter("a/#/b"), Err(StringError::InvalidMultiLevelWildcard));
         // [MQTT-4.7.1-2] (5.0) / [MQTT-4.7.1-3] (3.1.1): '+' fills a level.
-        assert_eq!(filter("sport+"), Err(StringError::InvalidSingleLevelWildcard));
+        assert_eq!(
+            filter("sport+"),
+            Err(StringError::InvalidSingleLevelWildcard)
+        );
         assert_eq!(filter("a+"), Err(StringError::InvalidSingleLevelWildcard));
-        assert_eq!(filter("a/b+/c"), Err(StringError::InvalidSingleLevelWildcard));
+        assert_eq!(
+            filter("a/b+/c"),
+            Err(StringError::InvalidSingleLevelWildcard)
+        );
         // [MQTT-4.7.3-1]: not empty.
         assert_eq!(filter(""), Err(StringError::EmptyTopic));
     }
 
     #[test]
     fn invalid_shared_mqtt_4_8_2() {
-        for f in ["$share", "$share/", "$share/g", "$share//a", "$share/g+/a", "$share/#/a", "$share/g/"] {
+        for f in [
+            "$share",
+            "$share/",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/#/a",
+            "$share/g/",
+        ] {
             assert!(filter(f).is_err(), "{f}");
         }
         assert_eq!(filter("$share/g/a/+").unwrap().shared(), Some(("g", "a/+")));
@@ -397,8 +415,14 @@ mod tests {
     fn topic_names_mqtt_3_3_2_2() {
         assert!(TopicName::try_from("a/b").is_ok());
         assert!(TopicName::try_from("/").is_ok());
-        assert_eq!(TopicName::try_from("a/+"), Err(StringError::WildcardInTopicName));
-        assert_eq!(TopicName::try_from("#"), Err(StringError::WildcardInTopicName));
+        assert_eq!(
+            TopicName::try_from("a/+"),
+            Err(StringError::WildcardInTopicName)
+        );
+        assert_eq!(
+            TopicName::try_from("#"),
+            Err(StringError::WildcardInTopicName)
+        );
         assert_eq!(TopicName::try_from(""), Err(StringError::EmptyTopic));
     }
 

@@ -37,7 +37,11 @@ impl PubAck {
         }
     }
 
-    pub(crate) fn decode(cx: &Cx<'_>, body: &[u8], packet: PacketType) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        cx: &Cx<'_>,
+        body: &[u8],
+        packet: PacketType,
+    ) -> Result<Self, DecodeError> {
         finish(Self::parse(cx, body, packet))
     }
 
@@ -56,7 +60,10 @@ impl PubAck {
         };
         ack.reason_code = ReasonCode(code);
         if !ack.reason_code.allowed_in(context) {
-            return fail(DecodeError::InvalidReasonCode { packet, code: ack.reason_code });
+            return fail(DecodeError::InvalidReasonCode {
+                packet,
+                code: ack.reason_code,
+            });
         }
         if input.is_empty() {
             return Ok((input, ack));

@@ -40,6 +40,11 @@ impl Auth {
     }
 
     pub(crate) fn encode_body(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
-        encode_reason_and_properties(self.reason_code, &self.properties, PropertyContext::AUTH, buf)
+        encode_reason_and_properties(
+            self.reason_code,
+            &self.properties,
+            PropertyContext::AUTH,
+            buf,
+        )
     }
 }

@@ -53,7 +53,11 @@ impl Disconnect {
         if !protocol.is_v5() {
             return Ok(0);
         }
-        reason_and_properties_len(self.reason_code, &self.properties, PropertyContext::DISCONNECT)
+        reason_and_properties_len(
+            self.reason_code,
+            &self.properties,
+            PropertyContext::DISCONNECT,
+        )
     }
 
     pub(crate) fn encode_body(

@@ -262,7 +262,9 @@ impl Packet {
             .get(header.header_len..header.packet_len())
             .ok_or(DecodeError::Truncated)?;
         if frame.len() != header.packet_len() {
-            return Err(DecodeError::TrailingBytes(frame.len() - header.packet_len()));
+            return Err(DecodeError::TrailingBytes(
+                frame.len() - header.packet_len(),
+            ));
         }
         let protocol = match (header.packet_type, protocol) {
             // A CONNECT carries its own version; this one is only a placeholder.

@@ -93,9 +93,7 @@ impl Publish {
     }
 
     pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
-        if self.topic.is_empty()
-            && (!protocol.is_v5() || self.properties.topic_alias.is_none())
-        {
+        if self.topic.is_empty() && (!protocol.is_v5() || self.properties.topic_alias.is_none()) {
             return Err(EncodeError::MissingTopic);
         }
         let mut n = string_len(self.topic.as_mqtt_str()) + self.payload.len();

@@ -1,0 +1,561 @@
+//! Property tests: arbitrary packets of each version round-trip; arbitrary
+//! bytes never panic the decoder; a stream split anywhere decodes the same.
+
+use std::num::{NonZeroU16, NonZeroU32};
+
+use bytes::{Bytes, BytesMut};
+use petrel_codec::*;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![
+        Just(Protocol::V3_1),
+        Just(Protocol::V3_1_1),
+        Just(Protocol::V5)
+    ]
+}
+
+fn mqtt_string() -> impl Strategy<Value = MqttString> {
+    // Any Unicode but U+0000, including multi-byte characters.
+    "[^\u{0}]{0,12}".prop_map(|s| MqttString::try_from(s).unwrap())
+}
+
+fn topic_name() -> impl Strategy<Value = TopicName> {
+    "[a-z0-9$/é€ ]{1,16}".prop_map(|s| TopicName::try_from(s).unwrap())
+}
+
+fn topic_filter() -> impl Strategy<Value = TopicFilter> {
+    let level = prop_oneof![Just("+".to_string()), "[a-z0-9é]{0,5}".prop_map(|s| s),];
+    (
+        vec(level, 1..5),
+        any::<bool>(),
+        prop::option::of("[a-z0-9]{1,4}"),
+    )
+        .prop_map(|(levels, hash, share)| {
+            let mut f = levels.join("/");
+            if f.is_empty() {
+                f.push('x');
+            }
+            if hash {
+                f.push_str("/#");
+            }
+            if let Some(group) = share {
+                f = format!("$share/{group}/{f}");
+            }
+            TopicFilter::try_from(f).unwrap()
+        })
+}
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn qos() -> impl Strategy<Value = QoS> {
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
+}
+
+fn packet_id() -> impl Strategy<Value = PacketId> {
+    (1u16..).prop_map(|v| PacketId::new(v).unwrap())
+}
+
+/// Properties with only those `ctx` allows.
+fn properties(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
+    let s = || prop::option::of(mqtt_string());
+    let b = || prop::option::of(any::<bool>());
+    let group1 = (
+        b(),
+        prop::option::of(any::<u32>()),
+        s(),
+        prop::option::of(topic_name()),
+        prop::option::of(bytes(8)),
+        vec(1u32..=MAX_VARINT, 0..3),
+        prop::option::of(any::<u32>()),
+        s(),
+        prop::option::of(any::<u16>()),
+        s(),
+        prop::option::of(bytes(8)),
+    );
+    let group2 = (
+        b(),
+        prop::option::of(any::<u32>()),
+        b(),
+        s(),
+        s(),
+        s(),
+        prop::option::of(1u16..),
+        prop::option::of(any::<u16>()),
+        prop::option::of(1u16..),
+        prop::option::of(prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce)]),
+        b(),
+    );
+    let group3 = (
+        vec((mqtt_string(), mqtt_string()), 0..3),
+        prop::option::of(1u32..),
+        b(),
+        b(),
+        b(),
+    );
+    (group1, group2, group3).prop_map(move |(g1, g2, g3)| {
+        let mut p = Properties::default();
+        p.payload_format_indicator = g1.0;
+        p.message_expiry_interval = g1.1;
+        p.content_type = g1.2;
+        p.response_topic = g1.3;
+        p.correlation_data = g1.4;
+        let mut ids = g1.5;
+        if ctx == PropertyContext::SUBSCRIBE {
+            ids.truncate(1);
+        }
+        p.subscription_identifiers = ids
+            .into_iter()
+            .map(|v| NonZeroU32::new(v).unwrap())
+            .collect();
+        p.session_expiry_interval = g1.6;
+        p.assigned_client_identifier = g1.7;
+        p.server_keep_alive = g1.8;
+        p.authentication_method = g1.9;
+        p.authentication_data = g1.10;
+        p.request_problem_information = g2.0;
+        p.will_delay_interval = g2.1;
+        p.request_response_information = g2.2;
+        p.response_information = g2.3;
+        p.server_reference = g2.4;
+        p.reason_string = g2.5;
+        p.receive_maximum = g2.6.and_then(NonZeroU16::new);
+        p.topic_alias_maximum = g2.7;
+        p.topic_alias = g2.8.and_then(NonZeroU16::new);
+        p.maximum_qos = g2.9;
+        p.retain_available = g2.10;
+        p.user_properties =
+            g3.0.into_iter()
+                .map(|(k, v)| UserProperty::new(k, v))
+                .collect();
+        p.maximum_packet_size = g3.1.and_then(NonZeroU32::new);
+        p.wildcard_subscription_available = g3.2;
+        p.subscription_identifier_available = g3.3;
+        p.shared_subscription_available = g3.4;
+        keep_allowed(p, ctx)
+    })
+}
+
+/// Clear every property `ctx` does not allow.
+fn keep_allowed(mut p: Properties, ctx: PropertyContext) -> Properties {
+    macro_rules! clear {
+        ($($field:ident = $id:expr),*) => {
+            $( if !ctx.allows($id) { p.$field = Default::default(); } )*
+        };
+    }
+    clear!(
+        payload_format_indicator = 0x01,
+        message_expiry_interval = 0x02,
+        content_type = 0x03,
+        response_topic = 0x08,
+        correlation_data = 0x09,
+        subscription_identifiers = 0x0B,
+        session_expiry_interval = 0x11,
+        assigned_client_identifier = 0x12,
+        server_keep_alive = 0x13,
+        authentication_method = 0x15,
+        authentication_data = 0x16,
+        request_problem_information = 0x17,
+        will_delay_interval = 0x18,
+        request_response_information = 0x19,
+        response_information = 0x1A,
+        server_reference = 0x1C,
+        reason_string = 0x1F,
+        receive_maximum = 0x21,
+        topic_alias_maximum = 0x22,
+        topic_alias = 0x23,
+        maximum_qos = 0x24,
+        retain_available = 0x25,
+        user_properties = 0x26,
+        maximum_packet_size = 0x27,
+        wildcard_subscription_available = 0x28,
+        subscription_identifier_available = 0x29,
+        shared_subscription_available = 0x2A
+    );
+    p
+}
+
+fn props_for(v: Protocol, ctx: PropertyContext) -> BoxedStrategy<Properties> {
+    if v.is_v5() {
+        properties(ctx).boxed()
+    } else {
+        Just(Properties::default()).boxed()
+    }
+}
+
+fn reason(v: Protocol, ctx: ReasonContext) -> BoxedStrategy<ReasonCode> {
+    if v.is_v5() {
+        prop::sample::select(ctx.allowed())
+            .prop_map(ReasonCode)
+            .boxed()
+    } else {
+        Just(ReasonCode::SUCCESS).boxed()
+    }
+}
+
+fn connect(v: Protocol) -> impl Strategy<Value = Packet> {
+    let will = (
+        topic_name(),
+        bytes(16),
+        qos(),
+        any::<bool>(),
+        props_for(v, PropertyContext::WILL),
+    )
+        .prop_map(|(topic, payload, qos, retain, properties)| Will {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+        });
+    (
+        any::<bool>(),
+        any::<u16>(),
+        props_for(v, PropertyContext::CONNECT),
+        mqtt_string(),
+        prop::option::of(will),
+        prop::option::of(mqtt_string()),
+        prop::option::of(bytes(16)),
+    )
+        .prop_map(
+            move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
+                // 3.1.x can't express a password without a user name.
+                let password = if v.is_v5() || username.is_some() {
+                    password
+                } else {
+                    None
+                };
+                let mut c = Connect::new(v, client_id);
+                c.clean_start = clean_start;
+                c.keep_alive = keep_alive;
+                c.properties = properties;
+                c.will = will;
+                c.username = username;
+                c.password = password;
+                Packet::Connect(Box::new(c))
+            },
+        )
+}
+
+fn connack(v: Protocol) -> impl Strategy<Value = Packet> {
+    let code = if v.is_v5() {
+        prop::sample::select(ReasonContext::ConnAck.allowed())
+            .prop_map(ReasonCode)
+            .boxed()
+    } else {
+        (0u8..=5)
+            .prop_map(|c| ReasonCode::from_v3_connack(c).unwrap())
+            .boxed()
+    };
+    (any::<bool>(), code, props_for(v, PropertyContext::CONNACK)).prop_map(|(sp, rc, p)| {
+        let mut c = ConnAck::new(rc, sp);
+        c.properties = p;
+        Packet::ConnAck(c)
+    })
+}
+
+fn publish(v: Protocol) -> impl Strategy<Value = Packet> {
+    (
+        any::<bool>(),
+        qos(),
+        packet_id(),
+        any::<bool>(),
+        topic_name(),
+        props_for(v, PropertyContext::PUBLISH),
+        bytes(64),
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(dup, qos, id, retain, topic, properties, payload, alias_only)| {
+                let mut p = Publish::new(topic, payload);
+                p.qos = QosPid::from_parts(qos, Some(id)).unwrap();
+                p.dup = dup && qos != QoS::AtMostOnce;
+                p.retain = retain;
+                p.properties = properties;
+                if alias_only && p.properties.topic_alias.is_some() {
+                    p.topic = TopicName::alias_only();
+                }
+                Packet::Publish(p)
+            },
+        )
+}
+
+fn pub_ack(v: Protocol) -> impl Strategy<Value = Packet> {
+    (0..4u8, packet_id(), any::<bool>()).prop_flat_map(move |(kind, id, _)| {
+        let ctx = if kind < 2 {
+            ReasonContext::PubAck
+        } else {
+            ReasonContext::PubRel
+        };
+        (reason(v, ctx), props_for(v, PropertyContext::ACK)).prop_map(move |(rc, props)| {
+            let mut a = PubAck::with_reason(id, rc);
+            a.properties = props;
+            match kind {
+                0 => Packet::PubAck(a),
+                1 => Packet::PubRec(a),
+                2 => Packet::PubRel(a),
+                _ => Packet::PubComp(a),
+            }
+        })
+    })
+}
+
+fn subscribe(v: Protocol) -> impl Strategy<Value = Packet> {
+    let options =
+        (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, nl, rap, rh)| {
+            if !v.is_v5() {
+                return SubscriptionOptions::qos(qos);
+            }
+            SubscriptionOptions {
+                qos,
+                no_local: nl,
+                retain_as_published: rap,
+                retain_handling: [
+                    RetainHandling::SendOnSubscribe,
+                    RetainHandling::SendIfNew,
+                    RetainHandling::DoNotSend,
+                ][rh as usize],
+            }
+        });
+    let sub = (topic_filter(), options).prop_map(|(filter, mut options)| {
+        if filter.shared().is_some() {
+            options.no_local = false; // [MQTT-3.8.3-4]
+        }
+        Subscription { filter, options }
+    });
+    (
+        packet_id(),
+        props_for(v, PropertyContext::SUBSCRIBE),
+        vec(sub, 1..4),
+    )
+        .prop_map(|(packet_id, properties, subscriptions)| {
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                properties,
+                subscriptions,
+            })
+        })
+}
+
+fn suback(v: Protocol) -> impl Strategy<Value = Packet> {
+    let code = if v.is_v5() {
+        prop::sample::select(ReasonContext::SubAck.allowed())
+            .prop_map(ReasonCode)
+            .boxed()
+    } else {
+        prop::sample::select(&[0u8, 1, 2, 0x80][..])
+            .prop_map(ReasonCode)
+            .boxed()
+    };
+    (
+        packet_id(),
+        props_for(v, PropertyContext::ACK),
+        vec(code, 0..4),
+    )
+        .prop_map(|(packet_id, properties, reason_codes)| {
+            Packet::SubAck(SubAck {
+                packet_id,
+                properties,
+                reason_codes,
+            })
+        })
+}
+
+fn unsubscribe(v: Protocol) -> impl Strategy<Value = Packet> {
+    (
+        packet_id(),
+        props_for(v, PropertyContext::UNSUBSCRIBE),
+        vec(topic_filter(), 1..4),
+    )
+        .prop_map(|(packet_id, properties, filters)| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                properties,
+                filters,
+            })
+        })
+}
+
+fn unsuback(v: Protocol) -> impl Strategy<Value = Packet> {
+    let codes = if v.is_v5() {
+        vec(
+            prop::sample::select(ReasonContext::UnsubAck.allowed()).prop_map(ReasonCode),
+            0..4,
+        )
+        .boxed()
+    } else {
+        Just(Vec::new()).boxed()
+    };
+    (packet_id(), props_for(v, PropertyContext::ACK), codes).prop_map(
+        |(packet_id, properties, reason_codes)| {
+            Packet::UnsubAck(UnsubAck {
+                packet_id,
+                properties,
+                reason_codes,
+            })
+        },
+    )
+}
+
+fn disconnect(v: Protocol) -> impl Strategy<Value = Packet> {
+    (
+        reason(v, ReasonContext::Disconnect),
+        props_for(v, PropertyContext::DISCONNECT),
+    )
+        .prop_map(|(reason_code, properties)| {
+            Packet::Disconnect(Disconnect {
+                reason_code,
+                properties,
+            })
+        })
+}
+
+fn auth() -> impl Strategy<Value = Packet> {
+    (
+        reason(Protocol::V5, ReasonContext::Auth),
+        properties(PropertyContext::AUTH),
+    )
+        .prop_map(|(reason_code, properties)| {
+            Packet::Auth(Auth {
+                reason_code,
+                properties,
+            })
+        })
+}
+
+/// Any packet but CONNECT, valid for `v`.
+fn after_connect(v: Protocol) -> BoxedStrategy<Packet> {
+    let mut options = vec![
+        connack(v).boxed(),
+        publish(v).boxed(),
+        pub_ack(v).boxed(),
+        subscribe(v).boxed(),
+        suback(v).boxed(),
+        unsubscribe(v).boxed(),
+        unsuback(v).boxed(),
+        Just(Packet::PingReq).boxed(),
+        Just(Packet::PingResp).boxed(),
+        disconnect(v).boxed(),
+    ];
+    if v.is_v5() {
+        options.push(auth().boxed());
+    }
+    prop::strategy::Union::new(options).boxed()
+}
+
+fn any_packet(v: Protocol) -> BoxedStrategy<Packet> {
+    prop_oneof![1 => connect(v), 10 => after_connect(v)].boxed()
+}
+
+fn versioned_packet() -> impl Strategy<Value = (Protocol, Packet)> {
+    protocol().prop_flat_map(|v| any_packet(v).prop_map(move |p| (v, p)))
+}
+
+fn decode_all(bytes: &[u8], v: Option<Protocol>) -> Result<Vec<Packet>, DecodeError> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(p) = Packet::decode(&mut buf, v, &Limits::default())? {
+        out.push(p);
+    }
+    Ok(out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Encode then decode gives the same packet, for every version.
+    #[test]
+    fn round_trip((v, packet) in versioned_packet()) {
+        let bytes = packet.to_bytes(v).unwrap();
+        prop_assert_eq!(bytes.len(), packet.encoded_len(v).unwrap());
+        let back = decode_all(&bytes, Some(v)).unwrap();
+        prop_assert_eq!(back.len(), 1);
+        prop_assert_eq!(&back[0], &packet);
+        // And encoding the decoded packet gives the same bytes.
+        prop_assert_eq!(back[0].to_bytes(v).unwrap(), bytes);
+    }
+
+    /// Decoding arbitrary bytes never panics, whatever the version.
+    #[test]
+    fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..512), v in prop::option::of(protocol())) {
+        let _ = decode_all(&data, v);
+    }
+
+    /// A valid fixed header over an arbitrary body: reaches deep into every body parser.
+    #[test]
+    fn arbitrary_bodies_never_panic(first in any::<u8>(), body in vec(any::<u8>(), 0..200), v in protocol()) {
+        let mut frame = vec![first];
+        let mut n = body.len();
+        loop {
+            let mut b = (n & 0x7F) as u8;
+            n >>= 7;
+            if n > 0 { b |= 0x80; }
+            frame.push(b);
+            if n == 0 { break; }
+        }
+        frame.extend_from_slice(&body);
+        if let Ok(packets) = decode_all(&frame, Some(v)) {
+            // Whatever decodes must encode again and decode to itself.
+            for p in packets {
+                let protocol = match &p { Packet::Connect(c) => c.protocol, _ => v };
+                let bytes = p.to_bytes(protocol).unwrap();
+                let again = decode_all(&bytes, Some(protocol)).unwrap();
+                prop_assert_eq!(&again[0], &p);
+            }
+        }
+    }
+
+    /// A mutated valid packet never panics the decoder.
+    #[test]
+    fn mutated_packets_never_panic((v, packet) in versioned_packet(), flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+        let mut bytes = packet.to_bytes(v).unwrap().to_vec();
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        let _ = decode_all(&bytes, Some(v));
+    }
+
+    /// A stream of valid packets split at arbitrary boundaries decodes to the
+    /// same packets through the tokio-util codec, which learns the version
+    /// from the leading CONNECT.
+    #[test]
+    fn split_stream_decodes_the_same(
+        (v, first, rest) in protocol().prop_flat_map(|v| (Just(v), connect(v), vec(after_connect(v), 0..12))),
+        cuts in vec(any::<prop::sample::Index>(), 0..20),
+    ) {
+        let mut packets = vec![first];
+        packets.extend(rest);
+        let mut encoder = MqttCodec::new();
+        let mut wire = BytesMut::new();
+        for p in &packets {
+            encoder.encode(p, &mut wire).unwrap();
+        }
+        let wire = wire.freeze();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|i| i.index(wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut decoder = MqttCodec::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for cut in cuts {
+            buf.extend_from_slice(&wire[at..cut]);
+            at = cut;
+            while let Some(p) = decoder.decode(&mut buf).unwrap() {
+                out.push(p);
+            }
+        }
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(decoder.protocol(), Some(v));
+        prop_assert_eq!(out, packets);
+    }
+}
