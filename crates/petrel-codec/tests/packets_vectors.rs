@@ -532,8 +532,23 @@ fn connack_v311_return_codes() {
         err(&[0x20, 0x02, 0x02, 0x00], V311),
         DecodeError::InvalidConnAckFlags
     );
-    // 3.1 CONNACK has the same shape.
+    // 3.1 CONNACK has the same shape, but no Session Present flag: the first
+    // byte is reserved and unused.
     round(&[0x20, 0x02, 0x00, 0x00], V31);
+    let Packet::ConnAck(c) = dec(&[0x20, 0x02, 0x01, 0x05], V31).unwrap() else {
+        panic!()
+    };
+    assert!(!c.session_present);
+    assert_eq!(c.reason_code, ReasonCode::NOT_AUTHORIZED);
+    let present = Packet::ConnAck(ConnAck::new(ReasonCode::SUCCESS, true));
+    assert_eq!(
+        &present.to_bytes(V31).unwrap()[..],
+        &[0x20, 0x02, 0x00, 0x00]
+    );
+    assert_eq!(
+        &present.to_bytes(V311).unwrap()[..],
+        &[0x20, 0x02, 0x01, 0x00]
+    );
 }
 
 #[test]

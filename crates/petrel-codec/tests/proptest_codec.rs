@@ -255,8 +255,8 @@ fn connack(v: Protocol) -> impl Strategy<Value = Packet> {
             .prop_map(|c| ReasonCode::from_v3_connack(c).unwrap())
             .boxed()
     };
-    (any::<bool>(), code, props_for(v, PropertyContext::CONNACK)).prop_map(|(sp, rc, p)| {
-        let mut c = ConnAck::new(rc, sp);
+    (any::<bool>(), code, props_for(v, PropertyContext::CONNACK)).prop_map(move |(sp, rc, p)| {
+        let mut c = ConnAck::new(rc, sp && v != Protocol::V3_1);
         c.properties = p;
         Packet::ConnAck(c)
     })

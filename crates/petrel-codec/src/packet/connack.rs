@@ -16,7 +16,7 @@ use crate::wire::{fail, finish, PResult};
 /// and from the six return codes ([`ReasonCode::to_v3_connack`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnAck {
-    /// Session Present.
+    /// Session Present (always false in 3.1, which has no such flag).
     pub session_present: bool,
     /// The result of the CONNECT.
     pub reason_code: ReasonCode,
@@ -40,9 +40,13 @@ impl ConnAck {
 
     fn parse<'f>(cx: &Cx<'f>, input: &'f [u8]) -> PResult<'f, Self> {
         let (input, flags) = be_u8(input)?;
-        if flags & 0xFE != 0 {
-            return fail(DecodeError::InvalidConnAckFlags);
-        }
+        // 3.1 reserves the whole first byte (unused); 3.1.1 and 5.0 bits 7-1
+        // ([MQTT-3.2.2-1] in 3.1.1).
+        let session_present = match cx.protocol {
+            Protocol::V3_1 => false,
+            _ if flags & 0xFE != 0 => return fail(DecodeError::InvalidConnAckFlags),
+            _ => flags & 1 != 0,
+        };
         let (input, code) = be_u8(input)?;
         let reason_code = if cx.protocol.is_v5() {
             let rc = ReasonCode(code);
@@ -72,7 +76,7 @@ impl ConnAck {
         Ok((
             input,
             Self {
-                session_present: flags & 1 != 0,
+                session_present,
                 reason_code,
                 properties,
             },
@@ -92,7 +96,8 @@ impl ConnAck {
         protocol: Protocol,
         buf: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        buf.put_u8(self.session_present.into());
+        // 3.1 has no Session Present flag.
+        buf.put_u8((self.session_present && protocol != Protocol::V3_1).into());
         if protocol.is_v5() {
             buf.put_u8(self.reason_code.0);
             let n = self.properties.body_len(PropertyContext::CONNACK)?;
