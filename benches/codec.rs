@@ -34,7 +34,7 @@
 //!
 //! Within a group, `mqttbytes` time / `petrel` time is the speed-up.
 
-use std::num::{NonZeroU16, NonZeroU32};
+use std::num::NonZeroU16;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -43,8 +43,8 @@ use criterion::{black_box, BenchmarkGroup, Criterion, Throughput};
 use mqttbytes::{v4, v5};
 use petrel_codec::{
     Connect, Limits, MqttString, Packet, PacketId, Properties, Protocol, Publish, QoS, QosPid,
-    RetainHandling, Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName,
-    UserProperty, Will,
+    RetainHandling, Subscribe, Subscription, SubscriptionId, SubscriptionOptions, TopicFilter,
+    TopicName, UserProperty, Will,
 };
 
 /// Largest packet either decoder accepts: Petrel's default limit.
@@ -207,7 +207,7 @@ enum Summary {
 impl Summary {
     fn of_petrel(p: &Packet) -> Self {
         let user = |p: &Properties| -> Vec<(String, String)> {
-            p.user_properties
+            p.user_properties()
                 .iter()
                 .map(|u| (u.key.to_string(), u.value.to_string()))
                 .collect()
@@ -218,11 +218,11 @@ impl Summary {
                 qos: p.qos.qos() as u8,
                 pkid: p.qos.packet_id().map_or(0, PacketId::get),
                 payload: p.payload.clone(),
-                format: p.properties.payload_format_indicator.map(u8::from),
-                expiry: p.properties.message_expiry_interval,
-                content_type: p.properties.content_type.as_ref().map(|s| s.to_string()),
-                response_topic: p.properties.response_topic.as_ref().map(|s| s.to_string()),
-                correlation: p.properties.correlation_data.clone(),
+                format: p.properties.payload_format_indicator().map(u8::from),
+                expiry: p.properties.message_expiry_interval(),
+                content_type: p.properties.content_type().map(|s| s.to_string()),
+                response_topic: p.properties.response_topic().map(|s| s.to_string()),
+                correlation: p.properties.correlation_data(),
                 user: user(&p.properties),
             },
             Packet::Connect(c) => Self::Connect {
@@ -240,15 +240,15 @@ impl Summary {
                         w.retain,
                     )
                 }),
-                session_expiry: c.properties.session_expiry_interval,
-                receive_max: c.properties.receive_maximum.map(NonZeroU16::get),
+                session_expiry: c.properties.session_expiry_interval(),
+                receive_max: c.properties.receive_maximum().map(NonZeroU16::get),
                 user: user(&c.properties),
             },
             Packet::Subscribe(s) => Self::Subscribe {
                 pkid: s.packet_id.get(),
                 id: s
                     .properties
-                    .subscription_identifiers
+                    .subscription_identifiers()
                     .first()
                     .map(|id| id.get() as usize),
                 filters: s
@@ -410,15 +410,17 @@ fn publish_case(name: &'static str, protocol: Protocol, len: usize) -> Case {
     let v5 = protocol.is_v5();
     let mut properties = Properties::default();
     if v5 {
-        properties.payload_format_indicator = Some(false);
-        properties.message_expiry_interval = Some(3600);
-        properties.content_type = Some(s(CONTENT_TYPE));
-        properties.response_topic = Some(TopicName::from_static(RESPONSE_TOPIC));
-        properties.correlation_data = Some(correlation.clone());
-        properties.user_properties = USER_PROPERTIES
-            .iter()
-            .map(|&(k, v)| UserProperty::new(s(k), s(v)))
-            .collect();
+        properties
+            .set_payload_format_indicator(Some(false))
+            .set_message_expiry_interval(Some(3600))
+            .set_content_type(Some(s(CONTENT_TYPE)))
+            .set_response_topic(Some(TopicName::from_static(RESPONSE_TOPIC)))
+            .set_correlation_data(Some(correlation.clone()))
+            .set_user_properties(
+                USER_PROPERTIES
+                    .iter()
+                    .map(|&(k, v)| UserProperty::new(s(k), s(v))),
+            );
     }
     let petrel = Packet::Publish(Publish {
         dup: false,
@@ -475,9 +477,10 @@ fn connect_case(name: &'static str, protocol: Protocol) -> Case {
     let v5 = protocol.is_v5();
     let mut properties = Properties::default();
     if v5 {
-        properties.session_expiry_interval = Some(3600);
-        properties.receive_maximum = NonZeroU16::new(100);
-        properties.user_properties = vec![UserProperty::new(s("region"), s("eu-west-1"))].into();
+        properties
+            .set_session_expiry_interval(Some(3600))
+            .set_receive_maximum(NonZeroU16::new(100))
+            .push_user_property(UserProperty::new(s("region"), s("eu-west-1")));
     }
     let petrel = Packet::Connect(Box::new(Connect {
         protocol,
@@ -556,7 +559,7 @@ fn subscribe_case(name: &'static str, protocol: Protocol) -> Case {
     };
     let mut properties = Properties::default();
     if v5 {
-        properties.subscription_identifiers = vec![NonZeroU32::new(7).expect("non-zero")].into();
+        properties.push_subscription_identifier(SubscriptionId::new(7).expect("valid"));
     }
     let subscriptions = FILTERS
         .iter()

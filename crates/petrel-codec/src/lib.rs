@@ -10,10 +10,13 @@
 //! right there, before buffering any of its body. When the whole packet is in,
 //! its bytes are split off the buffer and frozen once; every topic, string,
 //! binary field and payload of the decoded [`Packet`] is a [`bytes::Bytes`]
-//! view of that frame. Decoding a PUBLISH allocates nothing beyond the frame:
-//! even repeatable 5.0 properties (user properties, subscription identifiers)
-//! are kept as a view of the property block and walked on demand
-//! ([`PropertyList`]).
+//! view of that frame. Decoding a PUBLISH allocates nothing beyond the frame.
+//!
+//! 5.0 [`Properties`] stay in wire form: a view of the property block,
+//! validated once, with getters that read it and setters that rebuild it. A
+//! packet is therefore small and cheap to move, and a broker forwarding a
+//! PUBLISH writes its properties back byte for byte ([`Properties::without`]
+//! drops the ones it must not pass on).
 //!
 //! Strings are validated once, on decode, into [`MqttString`] (well-formed
 //! UTF-8, no U+0000); topics into [`TopicName`] (no wildcards) and
@@ -23,7 +26,8 @@
 //!
 //! [`Packet::encoded_len`] computes the exact size first — use it to respect a
 //! peer's Maximum Packet Size — and [`Packet::encode`] reserves that much once
-//! and writes.
+//! and writes. [`Publish::encode_header`] writes everything but the payload,
+//! for fan-out where every subscriber's write shares the same payload bytes.
 //!
 //! ## One model, three versions
 //!
@@ -76,7 +80,8 @@ pub use packet::{
     Subscribe, Subscription, UnsubAck, Unsubscribe, Will,
 };
 pub use properties::{
-    Properties, PropertyContext, PropertyList, SubscriptionIds, UserProperties, UserProperty,
+    Properties, PropertyContext, PropertyList, SubscriptionId, SubscriptionIds, UserProperties,
+    UserProperty,
 };
 pub use reason::{ReasonCode, ReasonContext};
 pub use string::{MqttString, StringError, TopicFilter, TopicName, SHARE_PREFIX};

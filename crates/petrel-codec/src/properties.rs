@@ -7,6 +7,7 @@
 //! peer sends.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::num::{NonZeroU16, NonZeroU32};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,8 +18,8 @@ use crate::error::{DecodeError, EncodeError};
 use crate::string::{MqttString, TopicName};
 use crate::types::QoS;
 use crate::wire::{
-    binary_len, fail, length_prefixed, put_binary, put_string, put_varint, string_len, varint,
-    varint_len, Frame, PResult, MAX_VARINT,
+    fail, length_prefixed, put_binary, put_string, put_varint, string_len, varint, varint_len,
+    Frame, PResult, MAX_VARINT,
 };
 use crate::Limits;
 
@@ -159,66 +160,270 @@ impl PropertyContext {
     }
 }
 
-/// The properties of a 5.0 packet. Fields a packet may not carry stay `None`
-/// (or empty); encoding refuses them ([`EncodeError::PropertyNotAllowed`]), and
-/// encoding for 3.1.x leaves properties out altogether.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
+/// The properties of a 5.0 packet, kept in wire form.
+///
+/// A decoded packet's properties are a view of its property block, validated
+/// once on decode: nothing is copied or allocated, the struct is small (so
+/// packets are cheap to move), and encoding writes the block back as it is —
+/// a broker forwarding a PUBLISH neither re-validates nor re-encodes the
+/// properties it passes on unchanged ([MQTT-3.3.2-4], [MQTT-3.3.2-15..20]).
+///
+/// Getters walk the block (property blocks are short; strings are checked
+/// again as they are handed out, which costs one UTF-8 pass). Setters rebuild
+/// the block: properties are built once and read or forwarded many times.
+/// Which properties a packet may carry is checked on decode and on encode
+/// ([`EncodeError::PropertyNotAllowed`]); encoding for 3.1.x leaves them out.
+///
+/// Equality compares properties, not bytes: the same properties in another
+/// order are equal, except that repeated ones (user properties, subscription
+/// identifiers) must be in the same order.
+#[derive(Clone, Default)]
 pub struct Properties {
-    /// 0x01: the payload is UTF-8 (`true`) or unspecified bytes (`false`).
-    pub payload_format_indicator: Option<bool>,
-    /// 0x02: lifetime of the message in seconds.
-    pub message_expiry_interval: Option<u32>,
-    /// 0x03: content type of the payload.
-    pub content_type: Option<MqttString>,
-    /// 0x08: topic for a response; no wildcards ([MQTT-3.3.2-14]).
-    pub response_topic: Option<TopicName>,
-    /// 0x09: correlation data of a request/response.
-    pub correlation_data: Option<Bytes>,
-    /// 0x0B: subscription identifiers (several on a PUBLISH to a client, one on SUBSCRIBE).
-    pub subscription_identifiers: SubscriptionIds,
-    /// 0x11: session expiry interval in seconds.
-    pub session_expiry_interval: Option<u32>,
-    /// 0x12: client identifier assigned by the server.
-    pub assigned_client_identifier: Option<MqttString>,
-    /// 0x13: keep alive the server imposes.
-    pub server_keep_alive: Option<u16>,
-    /// 0x15: enhanced authentication method.
-    pub authentication_method: Option<MqttString>,
-    /// 0x16: enhanced authentication data.
-    pub authentication_data: Option<Bytes>,
-    /// 0x17: whether the client wants reason strings and user properties on errors.
-    pub request_problem_information: Option<bool>,
-    /// 0x18: delay before the Will is published, in seconds.
-    pub will_delay_interval: Option<u32>,
-    /// 0x19: whether the client wants Response Information in CONNACK.
-    pub request_response_information: Option<bool>,
-    /// 0x1A: basis for response topics.
-    pub response_information: Option<MqttString>,
-    /// 0x1C: another server to use.
-    pub server_reference: Option<MqttString>,
-    /// 0x1F: human-readable reason.
-    pub reason_string: Option<MqttString>,
-    /// 0x21: most unacknowledged QoS 1 and 2 PUBLISHes the sender accepts (0 is a protocol error).
-    pub receive_maximum: Option<NonZeroU16>,
-    /// 0x22: highest topic alias the sender accepts.
-    pub topic_alias_maximum: Option<u16>,
-    /// 0x23: topic alias (0 is a protocol error, [MQTT-3.3.2-8]).
-    pub topic_alias: Option<NonZeroU16>,
-    /// 0x24: highest QoS the server supports (0 or 1; absent means 2).
-    pub maximum_qos: Option<QoS>,
-    /// 0x25: whether the server supports retained messages.
-    pub retain_available: Option<bool>,
-    /// 0x26: user properties, in order.
-    pub user_properties: UserProperties,
-    /// 0x27: largest packet the sender accepts (0 is a protocol error).
-    pub maximum_packet_size: Option<NonZeroU32>,
-    /// 0x28: whether the server supports wildcard subscriptions.
-    pub wildcard_subscription_available: Option<bool>,
-    /// 0x29: whether the server supports subscription identifiers.
-    pub subscription_identifier_available: Option<bool>,
-    /// 0x2A: whether the server supports shared subscriptions.
-    pub shared_subscription_available: Option<bool>,
+    /// The properties as they lie on the wire, without the length prefix.
+    block: Bytes,
+    /// One bit per property identifier present in `block`.
+    present: u64,
+    user_count: u32,
+    sub_id_count: u32,
+}
+
+/// A bit of `Properties::present` no identifier uses: a setter was given
+/// binary data too long to send.
+const OVERSIZED: u64 = 1 << 63;
+
+/// A value of a single-valued property, as typed in Rust and as written on the wire.
+trait Value: Sized {
+    fn from_raw(block: &Bytes, raw: Raw<'_>) -> Option<Self>;
+    fn fits(&self) -> bool {
+        true
+    }
+    fn wire_len(&self) -> usize;
+    fn put(&self, buf: &mut BytesMut);
+}
+
+impl Value for bool {
+    fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Int(v) => Some(v != 0),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        1
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u8((*self).into());
+    }
+}
+
+impl Value for QoS {
+    fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Int(v) => Self::from_u8(v as u8),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        1
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u8(*self as u8);
+    }
+}
+
+impl Value for u16 {
+    fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Int(v) => Some(v as Self),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        2
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u16(*self);
+    }
+}
+
+impl Value for NonZeroU16 {
+    fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Int(v) => Self::new(v as u16),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        2
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u16(self.get());
+    }
+}
+
+impl Value for u32 {
+    fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Int(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        4
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u32(*self);
+    }
+}
+
+impl Value for NonZeroU32 {
+    fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Int(v) => Self::new(v),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        4
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u32(self.get());
+    }
+}
+
+impl Value for MqttString {
+    fn from_raw(block: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Data(d) => Self::from_bytes(block.slice_ref(d)).ok(),
+            _ => None,
+        }
+    }
+    fn wire_len(&self) -> usize {
+        string_len(self)
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        put_string(buf, self);
+    }
+}
+
+impl Value for TopicName {
+    fn from_raw(block: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        Self::new(MqttString::from_raw(block, raw)?).ok()
+    }
+    fn wire_len(&self) -> usize {
+        string_len(self.as_mqtt_str())
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        put_string(buf, self.as_mqtt_str());
+    }
+}
+
+impl Value for Bytes {
+    fn from_raw(block: &Bytes, raw: Raw<'_>) -> Option<Self> {
+        match raw {
+            Raw::Data(d) => Some(block.slice_ref(d)),
+            _ => None,
+        }
+    }
+    fn fits(&self) -> bool {
+        self.len() <= usize::from(u16::MAX)
+    }
+    fn wire_len(&self) -> usize {
+        2 + self.len()
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        put_binary(buf, self);
+    }
+}
+
+macro_rules! accessors {
+    ($( $(#[$doc:meta])* $get:ident, $set:ident, $id:ident: $ty:ty; )*) => {
+        impl Properties {
+            $(
+                $(#[$doc])*
+                pub fn $get(&self) -> Option<$ty> {
+                    self.get(id::$id)
+                }
+
+                #[doc = concat!("Set or clear [`Properties::", stringify!($get), "`].")]
+                pub fn $set(&mut self, value: Option<$ty>) -> &mut Self {
+                    self.set(id::$id, value)
+                }
+            )*
+        }
+
+        impl fmt::Debug for Properties {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut m = f.debug_map();
+                $(
+                    if let Some(v) = self.$get() {
+                        m.entry(&stringify!($get), &v);
+                    }
+                )*
+                if let Some(v) = self.maximum_qos() {
+                    m.entry(&"maximum_qos", &v);
+                }
+                if !self.user_properties().is_empty() {
+                    m.entry(&"user_properties", &self.user_properties());
+                }
+                if !self.subscription_identifiers().is_empty() {
+                    m.entry(&"subscription_identifiers", &self.subscription_identifiers());
+                }
+                m.finish()
+            }
+        }
+    };
+}
+
+accessors! {
+    /// 0x01 Payload Format Indicator: the payload is UTF-8 (`true`) or unspecified bytes.
+    payload_format_indicator, set_payload_format_indicator, PAYLOAD_FORMAT_INDICATOR: bool;
+    /// 0x02 Message Expiry Interval, seconds.
+    message_expiry_interval, set_message_expiry_interval, MESSAGE_EXPIRY_INTERVAL: u32;
+    /// 0x03 Content Type of the payload.
+    content_type, set_content_type, CONTENT_TYPE: MqttString;
+    /// 0x08 Response Topic; no wildcards ([MQTT-3.3.2-14]).
+    response_topic, set_response_topic, RESPONSE_TOPIC: TopicName;
+    /// 0x09 Correlation Data.
+    correlation_data, set_correlation_data, CORRELATION_DATA: Bytes;
+    /// 0x11 Session Expiry Interval, seconds.
+    session_expiry_interval, set_session_expiry_interval, SESSION_EXPIRY_INTERVAL: u32;
+    /// 0x12 Assigned Client Identifier.
+    assigned_client_identifier, set_assigned_client_identifier, ASSIGNED_CLIENT_IDENTIFIER: MqttString;
+    /// 0x13 Server Keep Alive, seconds.
+    server_keep_alive, set_server_keep_alive, SERVER_KEEP_ALIVE: u16;
+    /// 0x15 Authentication Method.
+    authentication_method, set_authentication_method, AUTHENTICATION_METHOD: MqttString;
+    /// 0x16 Authentication Data.
+    authentication_data, set_authentication_data, AUTHENTICATION_DATA: Bytes;
+    /// 0x17 Request Problem Information.
+    request_problem_information, set_request_problem_information, REQUEST_PROBLEM_INFORMATION: bool;
+    /// 0x18 Will Delay Interval, seconds.
+    will_delay_interval, set_will_delay_interval, WILL_DELAY_INTERVAL: u32;
+    /// 0x19 Request Response Information.
+    request_response_information, set_request_response_information, REQUEST_RESPONSE_INFORMATION: bool;
+    /// 0x1A Response Information: basis for response topics.
+    response_information, set_response_information, RESPONSE_INFORMATION: MqttString;
+    /// 0x1C Server Reference: another server to use.
+    server_reference, set_server_reference, SERVER_REFERENCE: MqttString;
+    /// 0x1F Reason String.
+    reason_string, set_reason_string, REASON_STRING: MqttString;
+    /// 0x21 Receive Maximum: most unacknowledged QoS 1 and 2 PUBLISHes the sender accepts.
+    receive_maximum, set_receive_maximum, RECEIVE_MAXIMUM: NonZeroU16;
+    /// 0x22 Topic Alias Maximum.
+    topic_alias_maximum, set_topic_alias_maximum, TOPIC_ALIAS_MAXIMUM: u16;
+    /// 0x23 Topic Alias (never 0, [MQTT-3.3.2-8]).
+    topic_alias, set_topic_alias, TOPIC_ALIAS: NonZeroU16;
+    /// 0x25 Retain Available.
+    retain_available, set_retain_available, RETAIN_AVAILABLE: bool;
+    /// 0x27 Maximum Packet Size the sender accepts.
+    maximum_packet_size, set_maximum_packet_size, MAXIMUM_PACKET_SIZE: NonZeroU32;
+    /// 0x28 Wildcard Subscription Available.
+    wildcard_subscription_available, set_wildcard_subscription_available, WILDCARD_SUBSCRIPTION_AVAILABLE: bool;
+    /// 0x29 Subscription Identifier Available.
+    subscription_identifier_available, set_subscription_identifier_available, SUBSCRIPTION_IDENTIFIER_AVAILABLE: bool;
+    /// 0x2A Shared Subscription Available.
+    shared_subscription_available, set_shared_subscription_available, SHARED_SUBSCRIPTION_AVAILABLE: bool;
 }
 
 /// The wire type of a property.
@@ -318,13 +523,178 @@ fn flag(id: u8, v: u32) -> Result<bool, DecodeError> {
     }
 }
 
+fn bad(e: impl Into<DecodeError>) -> nom::Err<crate::wire::PErr> {
+    nom::Err::Failure(crate::wire::PErr(e.into()))
+}
+
+/// Each property of a block with its identifier, raw value and wire bytes.
+fn items(block: &[u8]) -> impl Iterator<Item = (u8, Raw<'_>, &[u8])> {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        let (next, (id, raw)) = raw_property(rest).ok()?;
+        let whole = &rest[..rest.len() - next.len()];
+        rest = next;
+        Some((id, raw, whole))
+    })
+}
+
 impl Properties {
+    /// No properties.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Whether no property is set.
     pub fn is_empty(&self) -> bool {
-        self == &Self::default()
+        self.present & !OVERSIZED == 0
+    }
+
+    /// Whether the property with this identifier is present.
+    pub fn contains(&self, id: u8) -> bool {
+        id < 64 && self.present & (1 << id) != 0
+    }
+
+    /// The properties as they lie on the wire, without the length prefix.
+    pub fn as_wire(&self) -> &Bytes {
+        &self.block
+    }
+
+    fn get<T: Value>(&self, id: u8) -> Option<T> {
+        if !self.contains(id) {
+            return None;
+        }
+        let (_, raw, _) = items(&self.block).find(|(i, _, _)| *i == id)?;
+        T::from_raw(&self.block, raw)
+    }
+
+    /// 0x24 Maximum QoS the server supports: 0 or 1.
+    pub fn maximum_qos(&self) -> Option<QoS> {
+        self.get(id::MAXIMUM_QOS)
+    }
+
+    /// Set or clear [`Properties::maximum_qos`]. An absent Maximum QoS means
+    /// QoS 2 is supported, so setting QoS 2 clears the property.
+    pub fn set_maximum_qos(&mut self, value: Option<QoS>) -> &mut Self {
+        self.set(id::MAXIMUM_QOS, value.filter(|q| *q != QoS::ExactlyOnce))
+    }
+
+    fn set<T: Value>(&mut self, id: u8, value: Option<T>) -> &mut Self {
+        if value.as_ref().is_some_and(|v| !v.fits()) {
+            // Refused when encoding: binary data over 65,535 bytes can't be sent.
+            self.present |= OVERSIZED;
+            return self;
+        }
+        if value.is_none() && !self.contains(id) {
+            return self;
+        }
+        let extra = value.as_ref().map_or(0, |v| 1 + v.wire_len());
+        let mut buf = BytesMut::with_capacity(self.block.len() + extra);
+        for (i, _, whole) in items(&self.block) {
+            if i != id {
+                buf.put_slice(whole);
+            }
+        }
+        self.present &= !(1u64 << id);
+        if let Some(v) = value {
+            buf.put_u8(id);
+            v.put(&mut buf);
+            self.present |= 1 << id;
+        }
+        self.block = buf.freeze();
+        self
+    }
+
+    /// User properties (0x26), in order.
+    pub fn user_properties(&self) -> UserProperties {
+        PropertyList::view(&self.block, self.user_count)
+    }
+
+    /// Subscription identifiers (0x0B), in order: several on a PUBLISH to a
+    /// client, at most one on SUBSCRIBE.
+    pub fn subscription_identifiers(&self) -> SubscriptionIds {
+        PropertyList::view(&self.block, self.sub_id_count)
+    }
+
+    /// Append a user property; order and duplicates are kept ([MQTT-3.3.2-18]).
+    pub fn push_user_property(&mut self, property: UserProperty) -> &mut Self {
+        self.append(&property);
+        self.user_count += 1;
+        self
+    }
+
+    /// Append a subscription identifier.
+    pub fn push_subscription_identifier(&mut self, id: SubscriptionId) -> &mut Self {
+        self.append(&id);
+        self.sub_id_count += 1;
+        self
+    }
+
+    /// Replace the user properties.
+    pub fn set_user_properties(
+        &mut self,
+        list: impl IntoIterator<Item = UserProperty>,
+    ) -> &mut Self {
+        self.remove_all(id::USER_PROPERTY);
+        self.user_count = 0;
+        for p in list {
+            self.push_user_property(p);
+        }
+        self
+    }
+
+    /// Replace the subscription identifiers.
+    pub fn set_subscription_identifiers(
+        &mut self,
+        list: impl IntoIterator<Item = SubscriptionId>,
+    ) -> &mut Self {
+        self.remove_all(id::SUBSCRIPTION_IDENTIFIER);
+        self.sub_id_count = 0;
+        for i in list {
+            self.push_subscription_identifier(i);
+        }
+        self
+    }
+
+    fn append<T: PropertyItem>(&mut self, item: &T) {
+        let mut buf = BytesMut::with_capacity(self.block.len() + item.wire_len());
+        buf.put_slice(&self.block);
+        item.put(&mut buf);
+        self.block = buf.freeze();
+        self.present |= 1 << T::ID;
+    }
+
+    fn remove_all(&mut self, id: u8) {
+        if !self.contains(id) {
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(self.block.len());
+        for (i, _, whole) in items(&self.block) {
+            if i != id {
+                buf.put_slice(whole);
+            }
+        }
+        self.block = buf.freeze();
+        self.present &= !(1u64 << id);
+    }
+
+    /// These properties without the ones named: what a broker forwards after
+    /// dropping, say, the Topic Alias and Subscription Identifiers of an
+    /// incoming PUBLISH. Shares the block when none of them is present.
+    pub fn without(&self, ids: &[u8]) -> Self {
+        let mut out = self.clone();
+        for &id in ids {
+            out.remove_all(id);
+            match id {
+                id::USER_PROPERTY => out.user_count = 0,
+                id::SUBSCRIPTION_IDENTIFIER => out.sub_id_count = 0,
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Parse a property block (length, then properties) for a packet.
+    #[inline]
     pub(crate) fn decode<'f>(
         frame: Frame<'f>,
         input: &'f [u8],
@@ -333,376 +703,155 @@ impl Properties {
     ) -> PResult<'f, Self> {
         let (input, len) = varint(input)?;
         let (rest, block) = take(len)(input)?;
-        match Self::decode_block(frame, block, ctx, limits) {
-            Ok(p) => Ok((rest, p)),
-            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(nom::Err::Failure(e)),
-            Err(e) => Err(e),
+        if block.is_empty() {
+            return Ok((rest, Self::default()));
+        }
+        match Self::validate(block, ctx, limits) {
+            Ok((present, user_count, sub_id_count)) => Ok((
+                rest,
+                Self {
+                    block: frame.slice(block),
+                    present,
+                    user_count,
+                    sub_id_count,
+                },
+            )),
+            Err(e) => Err(bad(e)),
         }
     }
 
-    fn decode_block<'f>(
-        frame: Frame<'f>,
-        block: &'f [u8],
+    /// Check every property of a block; return the presence bits and counts.
+    fn validate(
+        block: &[u8],
         ctx: PropertyContext,
         limits: &Limits,
-    ) -> Result<Self, nom::Err<crate::wire::PErr>> {
+    ) -> Result<(u64, u32, u32), DecodeError> {
         use id::*;
-        let mut p = Self::default();
-        let mut seen = 0u64;
-        let (mut users, mut sub_ids) = (0usize, 0usize);
+        let mut present = 0u64;
+        let (mut users, mut sub_ids) = (0u32, 0u32);
         let mut cur = block;
-        let string = |d: &[u8]| MqttString::from_bytes(frame.slice(d));
         while !cur.is_empty() {
-            let (next, (id, raw)) = raw_property(cur)?;
+            let (next, (id, raw)) = match raw_property(cur) {
+                Ok(v) => v,
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => return Err(e.0),
+                Err(nom::Err::Incomplete(_)) => return Err(DecodeError::Truncated),
+            };
             cur = next;
             if !ctx.allows(id) {
-                return Err(bad(DecodeError::PropertyNotAllowed {
-                    property: id,
-                    packet: ctx.name,
-                }));
-            }
-            let repeatable = id == USER_PROPERTY
-                || (id == SUBSCRIPTION_IDENTIFIER && ctx == PropertyContext::PUBLISH);
-            if !repeatable {
-                if seen & (1 << id) != 0 {
-                    return Err(bad(DecodeError::DuplicateProperty(id)));
-                }
-                seen |= 1 << id;
-            }
-            let r: Result<(), DecodeError> = (|| {
-                match (id, raw) {
-                    (USER_PROPERTY, Raw::Pair(k, v)) => {
-                        string(k)?;
-                        string(v)?;
-                        users += 1;
-                        if users > limits.max_user_properties {
-                            return Err(DecodeError::TooManyUserProperties {
-                                max: limits.max_user_properties,
-                            });
-                        }
-                    }
-                    (SUBSCRIPTION_IDENTIFIER, Raw::Int(v)) => {
-                        if v == 0 {
-                            return Err(DecodeError::InvalidPropertyValue(id));
-                        }
-                        sub_ids += 1;
-                    }
-                    (PAYLOAD_FORMAT_INDICATOR, Raw::Int(v)) => {
-                        p.payload_format_indicator = Some(flag(id, v)?)
-                    }
-                    (MESSAGE_EXPIRY_INTERVAL, Raw::Int(v)) => p.message_expiry_interval = Some(v),
-                    (CONTENT_TYPE, Raw::Data(d)) => p.content_type = Some(string(d)?),
-                    (RESPONSE_TOPIC, Raw::Data(d)) => {
-                        p.response_topic = Some(TopicName::new(string(d)?)?)
-                    }
-                    (CORRELATION_DATA, Raw::Data(d)) => p.correlation_data = Some(frame.slice(d)),
-                    (SESSION_EXPIRY_INTERVAL, Raw::Int(v)) => p.session_expiry_interval = Some(v),
-                    (ASSIGNED_CLIENT_IDENTIFIER, Raw::Data(d)) => {
-                        p.assigned_client_identifier = Some(string(d)?)
-                    }
-                    (SERVER_KEEP_ALIVE, Raw::Int(v)) => p.server_keep_alive = Some(v as u16),
-                    (AUTHENTICATION_METHOD, Raw::Data(d)) => {
-                        p.authentication_method = Some(string(d)?)
-                    }
-                    (AUTHENTICATION_DATA, Raw::Data(d)) => {
-                        p.authentication_data = Some(frame.slice(d))
-                    }
-                    (REQUEST_PROBLEM_INFORMATION, Raw::Int(v)) => {
-                        p.request_problem_information = Some(flag(id, v)?)
-                    }
-                    (WILL_DELAY_INTERVAL, Raw::Int(v)) => p.will_delay_interval = Some(v),
-                    (REQUEST_RESPONSE_INFORMATION, Raw::Int(v)) => {
-                        p.request_response_information = Some(flag(id, v)?)
-                    }
-                    (RESPONSE_INFORMATION, Raw::Data(d)) => {
-                        p.response_information = Some(string(d)?)
-                    }
-                    (SERVER_REFERENCE, Raw::Data(d)) => p.server_reference = Some(string(d)?),
-                    (REASON_STRING, Raw::Data(d)) => p.reason_string = Some(string(d)?),
-                    (RECEIVE_MAXIMUM, Raw::Int(v)) => {
-                        p.receive_maximum = Some(
-                            NonZeroU16::new(v as u16)
-                                .ok_or(DecodeError::InvalidPropertyValue(id))?,
-                        )
-                    }
-                    (TOPIC_ALIAS_MAXIMUM, Raw::Int(v)) => p.topic_alias_maximum = Some(v as u16),
-                    (TOPIC_ALIAS, Raw::Int(v)) => {
-                        p.topic_alias =
-                            Some(NonZeroU16::new(v as u16).ok_or(DecodeError::ZeroTopicAlias)?)
-                    }
-                    (MAXIMUM_QOS, Raw::Int(v)) => {
-                        p.maximum_qos = Some(match v {
-                            0 => QoS::AtMostOnce,
-                            1 => QoS::AtLeastOnce,
-                            _ => return Err(DecodeError::InvalidPropertyValue(id)),
-                        })
-                    }
-                    (RETAIN_AVAILABLE, Raw::Int(v)) => p.retain_available = Some(flag(id, v)?),
-                    (MAXIMUM_PACKET_SIZE, Raw::Int(v)) => {
-                        p.maximum_packet_size =
-                            Some(NonZeroU32::new(v).ok_or(DecodeError::InvalidPropertyValue(id))?)
-                    }
-                    (WILDCARD_SUBSCRIPTION_AVAILABLE, Raw::Int(v)) => {
-                        p.wildcard_subscription_available = Some(flag(id, v)?)
-                    }
-                    (SUBSCRIPTION_IDENTIFIER_AVAILABLE, Raw::Int(v)) => {
-                        p.subscription_identifier_available = Some(flag(id, v)?)
-                    }
-                    (SHARED_SUBSCRIPTION_AVAILABLE, Raw::Int(v)) => {
-                        p.shared_subscription_available = Some(flag(id, v)?)
-                    }
-                    // `kind` and the table above agree; nothing else reaches here.
-                    _ => return Err(DecodeError::UnknownProperty(id)),
-                }
-                Ok(())
-            })();
-            r.map_err(bad)?;
-        }
-        if users > 0 || sub_ids > 0 {
-            let block = frame.slice(block);
-            if users > 0 {
-                p.user_properties = PropertyList::wire(block.clone(), users);
-            }
-            if sub_ids > 0 {
-                p.subscription_identifiers = PropertyList::wire(block, sub_ids);
-            }
-        }
-        Ok(p)
-    }
-
-    /// Bytes the properties take, without the property-length prefix; checks
-    /// every set property is allowed on the packet.
-    pub(crate) fn body_len(&self, ctx: PropertyContext) -> Result<usize, EncodeError> {
-        use id::*;
-        let mut n = 0usize;
-        let mut add = |id: u8, len: usize| -> Result<(), EncodeError> {
-            if !ctx.allows(id) {
-                return Err(EncodeError::PropertyNotAllowed {
+                return Err(DecodeError::PropertyNotAllowed {
                     property: id,
                     packet: ctx.name,
                 });
             }
-            n += 1 + len;
-            Ok(())
-        };
-        let p = self;
-        if p.payload_format_indicator.is_some() {
-            add(PAYLOAD_FORMAT_INDICATOR, 1)?;
-        }
-        if p.message_expiry_interval.is_some() {
-            add(MESSAGE_EXPIRY_INTERVAL, 4)?;
-        }
-        if let Some(s) = &p.content_type {
-            add(CONTENT_TYPE, string_len(s))?;
-        }
-        if let Some(s) = &p.response_topic {
-            add(RESPONSE_TOPIC, string_len(s.as_mqtt_str()))?;
-        }
-        if let Some(d) = &p.correlation_data {
-            add(CORRELATION_DATA, binary_len(d)?)?;
-        }
-        for sid in p.subscription_identifiers.iter() {
-            if sid.get() > MAX_VARINT {
-                return Err(EncodeError::InvalidPropertyValue(SUBSCRIPTION_IDENTIFIER));
+            let repeatable = id == USER_PROPERTY
+                || (id == SUBSCRIPTION_IDENTIFIER && ctx == PropertyContext::PUBLISH);
+            if !repeatable && present & (1 << id) != 0 {
+                return Err(DecodeError::DuplicateProperty(id));
             }
-            add(SUBSCRIPTION_IDENTIFIER, varint_len(sid.get()))?;
-        }
-        if p.session_expiry_interval.is_some() {
-            add(SESSION_EXPIRY_INTERVAL, 4)?;
-        }
-        if let Some(s) = &p.assigned_client_identifier {
-            add(ASSIGNED_CLIENT_IDENTIFIER, string_len(s))?;
-        }
-        if p.server_keep_alive.is_some() {
-            add(SERVER_KEEP_ALIVE, 2)?;
-        }
-        if let Some(s) = &p.authentication_method {
-            add(AUTHENTICATION_METHOD, string_len(s))?;
-        }
-        if let Some(d) = &p.authentication_data {
-            add(AUTHENTICATION_DATA, binary_len(d)?)?;
-        }
-        if p.request_problem_information.is_some() {
-            add(REQUEST_PROBLEM_INFORMATION, 1)?;
-        }
-        if p.will_delay_interval.is_some() {
-            add(WILL_DELAY_INTERVAL, 4)?;
-        }
-        if p.request_response_information.is_some() {
-            add(REQUEST_RESPONSE_INFORMATION, 1)?;
-        }
-        if let Some(s) = &p.response_information {
-            add(RESPONSE_INFORMATION, string_len(s))?;
-        }
-        if let Some(s) = &p.server_reference {
-            add(SERVER_REFERENCE, string_len(s))?;
-        }
-        if let Some(s) = &p.reason_string {
-            add(REASON_STRING, string_len(s))?;
-        }
-        if p.receive_maximum.is_some() {
-            add(RECEIVE_MAXIMUM, 2)?;
-        }
-        if p.topic_alias_maximum.is_some() {
-            add(TOPIC_ALIAS_MAXIMUM, 2)?;
-        }
-        if p.topic_alias.is_some() {
-            add(TOPIC_ALIAS, 2)?;
-        }
-        if let Some(q) = p.maximum_qos {
-            if q == QoS::ExactlyOnce {
-                return Err(EncodeError::InvalidPropertyValue(MAXIMUM_QOS));
+            present |= 1 << id;
+            let invalid = DecodeError::InvalidPropertyValue(id);
+            match (id, raw) {
+                (USER_PROPERTY, Raw::Pair(k, v)) => {
+                    // Both halves are strings ([MQTT-1.5.7-1]).
+                    crate::string::validate(k)?;
+                    crate::string::validate(v)?;
+                    users += 1;
+                    if users as usize > limits.max_user_properties {
+                        return Err(DecodeError::TooManyUserProperties {
+                            max: limits.max_user_properties,
+                        });
+                    }
+                }
+                (SUBSCRIPTION_IDENTIFIER, Raw::Int(v)) => {
+                    if v == 0 {
+                        return Err(invalid);
+                    }
+                    sub_ids += 1;
+                }
+                (RESPONSE_TOPIC, Raw::Data(d)) => {
+                    crate::string::validate(d)?;
+                    if d.contains(&b'+') || d.contains(&b'#') {
+                        return Err(crate::string::StringError::WildcardInTopicName.into());
+                    }
+                }
+                (_, Raw::Data(d)) if kind(id).is_some_and(|k| matches!(k, Kind::Str)) => {
+                    crate::string::validate(d)?;
+                }
+                (
+                    PAYLOAD_FORMAT_INDICATOR
+                    | REQUEST_PROBLEM_INFORMATION
+                    | REQUEST_RESPONSE_INFORMATION
+                    | RETAIN_AVAILABLE
+                    | WILDCARD_SUBSCRIPTION_AVAILABLE
+                    | SUBSCRIPTION_IDENTIFIER_AVAILABLE
+                    | SHARED_SUBSCRIPTION_AVAILABLE,
+                    Raw::Int(v),
+                ) => {
+                    flag(id, v)?;
+                }
+                (MAXIMUM_QOS, Raw::Int(v)) if v > 1 => return Err(invalid),
+                (RECEIVE_MAXIMUM | MAXIMUM_PACKET_SIZE, Raw::Int(0)) => return Err(invalid),
+                (TOPIC_ALIAS, Raw::Int(0)) => return Err(DecodeError::ZeroTopicAlias),
+                _ => {}
             }
-            add(MAXIMUM_QOS, 1)?;
         }
-        if p.retain_available.is_some() {
-            add(RETAIN_AVAILABLE, 1)?;
+        Ok((present, users, sub_ids))
+    }
+
+    /// Bytes the properties take, without the property-length prefix; checks
+    /// every property present is allowed on the packet.
+    #[inline]
+    pub(crate) fn body_len(&self, ctx: PropertyContext) -> Result<usize, EncodeError> {
+        if self.present & OVERSIZED != 0 {
+            return Err(EncodeError::FieldTooLong);
         }
-        for u in p.user_properties.iter() {
-            add(USER_PROPERTY, string_len(&u.key) + string_len(&u.value))?;
+        let refused = self.present & !ctx.mask;
+        if refused != 0 {
+            return Err(EncodeError::PropertyNotAllowed {
+                property: refused.trailing_zeros() as u8,
+                packet: ctx.name,
+            });
         }
-        if p.maximum_packet_size.is_some() {
-            add(MAXIMUM_PACKET_SIZE, 4)?;
-        }
-        if p.wildcard_subscription_available.is_some() {
-            add(WILDCARD_SUBSCRIPTION_AVAILABLE, 1)?;
-        }
-        if p.subscription_identifier_available.is_some() {
-            add(SUBSCRIPTION_IDENTIFIER_AVAILABLE, 1)?;
-        }
-        if p.shared_subscription_available.is_some() {
-            add(SHARED_SUBSCRIPTION_AVAILABLE, 1)?;
-        }
-        if n > MAX_VARINT as usize {
+        if self.block.len() > MAX_VARINT as usize {
             return Err(EncodeError::PacketTooLarge {
-                size: n,
+                size: self.block.len(),
                 max: MAX_VARINT as usize,
             });
         }
-        Ok(n)
+        Ok(self.block.len())
     }
 
     /// Bytes the property block takes, length prefix included.
+    #[inline]
     pub(crate) fn encoded_len(&self, ctx: PropertyContext) -> Result<usize, EncodeError> {
         let n = self.body_len(ctx)?;
         Ok(varint_len(n as u32) + n)
     }
 
     /// Write the block: `body_len` must be what [`Self::body_len`] returned.
+    #[inline]
     pub(crate) fn encode(&self, buf: &mut BytesMut, body_len: usize) {
-        use id::*;
         put_varint(buf, body_len as u32);
-        let p = self;
-        let byte = |buf: &mut BytesMut, id: u8, v: u8| {
-            buf.put_u8(id);
-            buf.put_u8(v);
-        };
-        let u16p = |buf: &mut BytesMut, id: u8, v: u16| {
-            buf.put_u8(id);
-            buf.put_u16(v);
-        };
-        let u32p = |buf: &mut BytesMut, id: u8, v: u32| {
-            buf.put_u8(id);
-            buf.put_u32(v);
-        };
-        let strp = |buf: &mut BytesMut, id: u8, v: &MqttString| {
-            buf.put_u8(id);
-            put_string(buf, v);
-        };
-        let binp = |buf: &mut BytesMut, id: u8, v: &[u8]| {
-            buf.put_u8(id);
-            put_binary(buf, v);
-        };
-        if let Some(v) = p.payload_format_indicator {
-            byte(buf, PAYLOAD_FORMAT_INDICATOR, v.into());
-        }
-        if let Some(v) = p.message_expiry_interval {
-            u32p(buf, MESSAGE_EXPIRY_INTERVAL, v);
-        }
-        if let Some(v) = &p.content_type {
-            strp(buf, CONTENT_TYPE, v);
-        }
-        if let Some(v) = &p.response_topic {
-            strp(buf, RESPONSE_TOPIC, v.as_mqtt_str());
-        }
-        if let Some(v) = &p.correlation_data {
-            binp(buf, CORRELATION_DATA, v);
-        }
-        for sid in p.subscription_identifiers.iter() {
-            buf.put_u8(SUBSCRIPTION_IDENTIFIER);
-            put_varint(buf, sid.get());
-        }
-        if let Some(v) = p.session_expiry_interval {
-            u32p(buf, SESSION_EXPIRY_INTERVAL, v);
-        }
-        if let Some(v) = &p.assigned_client_identifier {
-            strp(buf, ASSIGNED_CLIENT_IDENTIFIER, v);
-        }
-        if let Some(v) = p.server_keep_alive {
-            u16p(buf, SERVER_KEEP_ALIVE, v);
-        }
-        if let Some(v) = &p.authentication_method {
-            strp(buf, AUTHENTICATION_METHOD, v);
-        }
-        if let Some(v) = &p.authentication_data {
-            binp(buf, AUTHENTICATION_DATA, v);
-        }
-        if let Some(v) = p.request_problem_information {
-            byte(buf, REQUEST_PROBLEM_INFORMATION, v.into());
-        }
-        if let Some(v) = p.will_delay_interval {
-            u32p(buf, WILL_DELAY_INTERVAL, v);
-        }
-        if let Some(v) = p.request_response_information {
-            byte(buf, REQUEST_RESPONSE_INFORMATION, v.into());
-        }
-        if let Some(v) = &p.response_information {
-            strp(buf, RESPONSE_INFORMATION, v);
-        }
-        if let Some(v) = &p.server_reference {
-            strp(buf, SERVER_REFERENCE, v);
-        }
-        if let Some(v) = &p.reason_string {
-            strp(buf, REASON_STRING, v);
-        }
-        if let Some(v) = p.receive_maximum {
-            u16p(buf, RECEIVE_MAXIMUM, v.get());
-        }
-        if let Some(v) = p.topic_alias_maximum {
-            u16p(buf, TOPIC_ALIAS_MAXIMUM, v);
-        }
-        if let Some(v) = p.topic_alias {
-            u16p(buf, TOPIC_ALIAS, v.get());
-        }
-        if let Some(v) = p.maximum_qos {
-            byte(buf, MAXIMUM_QOS, v as u8);
-        }
-        if let Some(v) = p.retain_available {
-            byte(buf, RETAIN_AVAILABLE, v.into());
-        }
-        for u in p.user_properties.iter() {
-            buf.put_u8(USER_PROPERTY);
-            put_string(buf, &u.key);
-            put_string(buf, &u.value);
-        }
-        if let Some(v) = p.maximum_packet_size {
-            u32p(buf, MAXIMUM_PACKET_SIZE, v.get());
-        }
-        if let Some(v) = p.wildcard_subscription_available {
-            byte(buf, WILDCARD_SUBSCRIPTION_AVAILABLE, v.into());
-        }
-        if let Some(v) = p.subscription_identifier_available {
-            byte(buf, SUBSCRIPTION_IDENTIFIER_AVAILABLE, v.into());
-        }
-        if let Some(v) = p.shared_subscription_available {
-            byte(buf, SHARED_SUBSCRIPTION_AVAILABLE, v.into());
-        }
+        buf.put_slice(&self.block);
+    }
+
+    /// The single-valued properties as (identifier, wire bytes), sorted by
+    /// identifier, and the repeated ones in order: what equality compares.
+    fn canonical(&self) -> Vec<(u8, &[u8])> {
+        let mut v: Vec<(u8, &[u8])> = items(&self.block).map(|(i, _, w)| (i, w)).collect();
+        v.sort_by_key(|(i, _)| *i);
+        v
     }
 }
 
-fn bad(e: impl Into<DecodeError>) -> nom::Err<crate::wire::PErr> {
-    nom::Err::Failure(crate::wire::PErr(e.into()))
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.present == other.present
+            && (self.block == other.block || self.canonical() == other.canonical())
+    }
 }
+
+impl Eq for Properties {}
 
 /// A user property (0x26): a name/value string pair.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -723,16 +872,40 @@ impl UserProperty {
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::UserProperty {}
-    impl Sealed for std::num::NonZeroU32 {}
+    impl Sealed for super::SubscriptionId {}
 }
 
-/// An item of a repeatable property ([`UserProperty`], or a subscription
-/// identifier as `NonZeroU32`).
+/// A subscription identifier (0x0B): 1 to 268,435,455 ([`MAX_VARINT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(NonZeroU32);
+
+impl SubscriptionId {
+    /// The identifier, or `None` for 0 or a value above 268,435,455.
+    pub fn new(value: u32) -> Option<Self> {
+        if value > MAX_VARINT {
+            return None;
+        }
+        NonZeroU32::new(value).map(Self)
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+/// An item of a repeatable property: [`UserProperty`] or [`SubscriptionId`].
 pub trait PropertyItem: sealed::Sealed + Clone {
     #[doc(hidden)]
     const ID: u8;
     #[doc(hidden)]
     fn from_raw(block: &Bytes, raw: Raw<'_>) -> Option<Self>;
+    /// Bytes the item takes on the wire, identifier included.
+    #[doc(hidden)]
+    fn wire_len(&self) -> usize;
+    /// Write the item, identifier included.
+    #[doc(hidden)]
+    fn put(&self, buf: &mut BytesMut);
 }
 
 impl PropertyItem for UserProperty {
@@ -746,9 +919,17 @@ impl PropertyItem for UserProperty {
             _ => None,
         }
     }
+    fn wire_len(&self) -> usize {
+        1 + string_len(&self.key) + string_len(&self.value)
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u8(Self::ID);
+        put_string(buf, &self.key);
+        put_string(buf, &self.value);
+    }
 }
 
-impl PropertyItem for NonZeroU32 {
+impl PropertyItem for SubscriptionId {
     const ID: u8 = id::SUBSCRIPTION_IDENTIFIER;
     fn from_raw(_: &Bytes, raw: Raw<'_>) -> Option<Self> {
         match raw {
@@ -756,66 +937,69 @@ impl PropertyItem for NonZeroU32 {
             _ => None,
         }
     }
+    fn wire_len(&self) -> usize {
+        1 + varint_len(self.get())
+    }
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u8(Self::ID);
+        put_varint(buf, self.get());
+    }
 }
 
-/// A property that may occur several times, in order.
-///
-/// Built by hand it is a `Vec`; decoded, it is a view of the packet's property
-/// block walked on demand, so decoding allocates nothing for it.
+/// A property that may occur several times (user properties, subscription
+/// identifiers), in order: a view of the wire bytes, walked on demand.
 #[derive(Clone)]
 pub struct PropertyList<T> {
-    repr: Repr<T>,
-}
-
-#[derive(Clone)]
-enum Repr<T> {
-    List(Vec<T>),
-    Wire { block: Bytes, len: usize },
+    block: Bytes,
+    count: u32,
+    _item: PhantomData<fn() -> T>,
 }
 
 /// User properties (0x26), in order.
 pub type UserProperties = PropertyList<UserProperty>;
-/// Subscription identifiers (0x0B), 1 to 268,435,455.
-pub type SubscriptionIds = PropertyList<NonZeroU32>;
+/// Subscription identifiers (0x0B).
+pub type SubscriptionIds = PropertyList<SubscriptionId>;
 
 impl<T> Default for PropertyList<T> {
     fn default() -> Self {
         Self {
-            repr: Repr::List(Vec::new()),
+            block: Bytes::new(),
+            count: 0,
+            _item: PhantomData,
         }
     }
 }
 
 impl<T: PropertyItem> PropertyList<T> {
-    /// An empty list.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn wire(block: Bytes, len: usize) -> Self {
+    fn view(block: &Bytes, count: u32) -> Self {
         Self {
-            repr: Repr::Wire { block, len },
+            block: if count == 0 {
+                Bytes::new()
+            } else {
+                block.clone()
+            },
+            count,
+            _item: PhantomData,
         }
     }
 
     /// How many items there are.
     pub fn len(&self) -> usize {
-        match &self.repr {
-            Repr::List(v) => v.len(),
-            Repr::Wire { len, .. } => *len,
-        }
+        self.count as usize
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.count == 0
     }
 
     /// The items, in wire order.
     pub fn iter(&self) -> Iter<'_, T> {
-        match &self.repr {
-            Repr::List(v) => Iter::List(v.iter()),
-            Repr::Wire { block, .. } => Iter::Wire { block, rest: block },
+        Iter {
+            block: &self.block,
+            rest: &self.block,
+            left: self.count,
+            _item: PhantomData,
         }
     }
 
@@ -823,43 +1007,28 @@ impl<T: PropertyItem> PropertyList<T> {
     pub fn first(&self) -> Option<T> {
         self.iter().next()
     }
-
-    /// Append an item (a decoded list is copied into a `Vec` first).
-    pub fn push(&mut self, item: T) {
-        if let Repr::Wire { .. } = self.repr {
-            let v: Vec<T> = self.iter().collect();
-            self.repr = Repr::List(v);
-        }
-        if let Repr::List(v) = &mut self.repr {
-            v.push(item);
-        }
-    }
-
-    /// Remove every item.
-    pub fn clear(&mut self) {
-        self.repr = Repr::List(Vec::new());
-    }
 }
 
 impl<T: PropertyItem> FromIterator<T> for PropertyList<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        Self {
-            repr: Repr::List(iter.into_iter().collect()),
+        let mut buf = BytesMut::new();
+        let mut count = 0;
+        for item in iter {
+            buf.reserve(item.wire_len());
+            item.put(&mut buf);
+            count += 1;
         }
-    }
-}
-
-impl<T: PropertyItem> From<Vec<T>> for PropertyList<T> {
-    fn from(v: Vec<T>) -> Self {
         Self {
-            repr: Repr::List(v),
+            block: buf.freeze(),
+            count,
+            _item: PhantomData,
         }
     }
 }
 
 impl<T: PropertyItem + PartialEq> PartialEq for PropertyList<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.count == other.count && self.iter().eq(other.iter())
     }
 }
 
@@ -873,28 +1042,31 @@ impl<T: PropertyItem + fmt::Debug> fmt::Debug for PropertyList<T> {
 
 /// Iterator over a [`PropertyList`].
 #[derive(Clone)]
-pub enum Iter<'a, T> {
-    #[doc(hidden)]
-    List(std::slice::Iter<'a, T>),
-    #[doc(hidden)]
-    Wire { block: &'a Bytes, rest: &'a [u8] },
+pub struct Iter<'a, T> {
+    block: &'a Bytes,
+    rest: &'a [u8],
+    left: u32,
+    _item: PhantomData<fn() -> T>,
 }
 
 impl<T: PropertyItem> Iterator for Iter<'_, T> {
     type Item = T;
     fn next(&mut self) -> Option<T> {
-        match self {
-            Self::List(it) => it.next().cloned(),
-            Self::Wire { block, rest } => {
-                // The block was validated when it was decoded.
-                while let Ok((next, (id, raw))) = raw_property(rest) {
-                    *rest = next;
-                    if id == T::ID {
-                        return T::from_raw(block, raw);
-                    }
-                }
-                None
+        if self.left == 0 {
+            return None;
+        }
+        // The block was validated when it was decoded or built.
+        while let Ok((next, (id, raw))) = raw_property(self.rest) {
+            self.rest = next;
+            if id == T::ID {
+                self.left -= 1;
+                return T::from_raw(self.block, raw);
             }
         }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left as usize))
     }
 }

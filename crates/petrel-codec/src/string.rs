@@ -52,15 +52,23 @@ impl MqttString {
     ///
     /// A byte-order mark (EF BB BF) is kept as U+FEFF ([MQTT-1.5.4-3]).
     pub fn from_bytes(bytes: Bytes) -> Result<Self, StringError> {
+        let s = Self::from_utf8(bytes)?;
+        if find_any(s.as_bytes(), [0, 0, 0]) {
+            return Err(StringError::NullCharacter);
+        }
+        Ok(s)
+    }
+
+    /// Length and UTF-8 checks only; the caller checks for U+0000.
+    #[inline]
+    fn from_utf8(bytes: Bytes) -> Result<Self, StringError> {
         if bytes.len() > usize::from(u16::MAX) {
             return Err(StringError::TooLong);
         }
         // `str::from_utf8` refuses encoded surrogates, as [MQTT-1.5.4-1] asks.
-        let s = ByteString::try_from(bytes).map_err(|_| StringError::InvalidUtf8)?;
-        if s.as_bytes().contains(&0) {
-            return Err(StringError::NullCharacter);
-        }
-        Ok(Self(s))
+        ByteString::try_from(bytes)
+            .map(Self)
+            .map_err(|_| StringError::InvalidUtf8)
     }
 
     /// A string from a static literal.
@@ -89,6 +97,38 @@ impl MqttString {
     pub fn into_bytes(self) -> Bytes {
         self.0.into_bytes()
     }
+}
+
+/// Check bytes are a valid MQTT string (1.5.4) without keeping them.
+pub(crate) fn validate(bytes: &[u8]) -> Result<(), StringError> {
+    if bytes.len() > usize::from(u16::MAX) {
+        return Err(StringError::TooLong);
+    }
+    // `str::from_utf8` refuses encoded surrogates, as [MQTT-1.5.4-1] asks.
+    std::str::from_utf8(bytes).map_err(|_| StringError::InvalidUtf8)?;
+    if find_any(bytes, [0, 0, 0]) {
+        return Err(StringError::NullCharacter);
+    }
+    Ok(())
+}
+
+/// Whether `bytes` holds any of three values: eight bytes at a time.
+#[inline]
+fn find_any(bytes: &[u8], needles: [u8; 3]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(LO) & !x & HI != 0;
+    let [a, b, c] = needles.map(|n| u64::from(n) * LO);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if has_zero(x ^ a) || has_zero(x ^ b) || has_zero(x ^ c) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|x| needles.contains(x))
 }
 
 impl Deref for MqttString {
@@ -245,8 +285,21 @@ impl TopicName {
     }
 
     pub(crate) fn new_allow_empty(s: MqttString) -> Result<Self, StringError> {
-        if s.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        if find_any(s.as_bytes(), [b'+', b'#', b'+']) {
             return Err(StringError::WildcardInTopicName);
+        }
+        Ok(Self(s))
+    }
+
+    /// Validate received bytes as a topic name in one pass (may be empty).
+    pub(crate) fn from_wire(bytes: Bytes) -> Result<Self, StringError> {
+        let s = MqttString::from_utf8(bytes)?;
+        if find_any(s.as_bytes(), [0, b'+', b'#']) {
+            return Err(if s.as_bytes().contains(&0) {
+                StringError::NullCharacter
+            } else {
+                StringError::WildcardInTopicName
+            });
         }
         Ok(Self(s))
     }
@@ -286,7 +339,29 @@ pub const SHARE_PREFIX: &str = "$share/";
 impl TopicFilter {
     /// Validate a topic filter.
     pub fn new(s: MqttString) -> Result<Self, StringError> {
-        validate_filter(s.as_str())?;
+        validate_filter(s.as_bytes())?;
+        Self::check_share(s)
+    }
+
+    /// Validate received bytes as a topic filter: UTF-8, then one pass that
+    /// is skipped when the filter holds no U+0000 and no wildcard.
+    pub(crate) fn from_wire(bytes: Bytes) -> Result<Self, StringError> {
+        let s = MqttString::from_utf8(bytes)?;
+        if find_any(s.as_bytes(), [0, b'+', b'#']) {
+            if s.as_bytes().contains(&0) {
+                return Err(StringError::NullCharacter);
+            }
+            validate_filter(s.as_bytes())?;
+        } else if s.is_empty() {
+            return Err(StringError::EmptyTopic);
+        }
+        Self::check_share(s)
+    }
+
+    fn check_share(s: MqttString) -> Result<Self, StringError> {
+        if s.as_bytes().first() != Some(&b'$') {
+            return Ok(Self(s));
+        }
         if let Some(rest) = s.as_str().strip_prefix(SHARE_PREFIX) {
             match rest.split_once('/') {
                 Some((group, filter))
@@ -324,17 +399,22 @@ impl TopicFilter {
 
 string_newtype_impls!(TopicFilter);
 
-fn validate_filter(s: &str) -> Result<(), StringError> {
+/// The wildcard rules of 4.7.1 in one pass: a wildcard fills its level,
+/// and `#` is the last character.
+fn validate_filter(s: &[u8]) -> Result<(), StringError> {
     if s.is_empty() {
         return Err(StringError::EmptyTopic);
     }
-    let mut levels = s.split('/').peekable();
-    while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(StringError::InvalidMultiLevelWildcard);
-        }
-        if level.contains('+') && level != "+" {
-            return Err(StringError::InvalidSingleLevelWildcard);
+    let starts_level = |i: usize| i == 0 || s[i - 1] == b'/';
+    for (i, &c) in s.iter().enumerate() {
+        match c {
+            b'#' if !starts_level(i) || i + 1 != s.len() => {
+                return Err(StringError::InvalidMultiLevelWildcard)
+            }
+            b'+' if !starts_level(i) || s.get(i + 1).is_some_and(|&n| n != b'/') => {
+                return Err(StringError::InvalidSingleLevelWildcard)
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -393,6 +473,43 @@ mod tests {
         );
         // [MQTT-4.7.3-1]: not empty.
         assert_eq!(filter(""), Err(StringError::EmptyTopic));
+    }
+
+    /// The wildcard rules of 4.7.1 as the specification words them, level by level.
+    fn reference(s: &str) -> Result<(), StringError> {
+        if s.is_empty() {
+            return Err(StringError::EmptyTopic);
+        }
+        let levels: Vec<&str> = s.split('/').collect();
+        for (i, level) in levels.iter().enumerate() {
+            if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+                return Err(StringError::InvalidMultiLevelWildcard);
+            }
+            if level.contains('+') && *level != "+" {
+                return Err(StringError::InvalidSingleLevelWildcard);
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_filter_check_agrees_with_the_rules(s in "[a+#/]{0,8}") {
+            let fast = validate_filter(s.as_bytes()).is_ok();
+            let slow = reference(&s).is_ok();
+            proptest::prop_assert_eq!(fast, slow, "{:?}", s);
+            let wire = TopicFilter::from_wire(Bytes::from(s.clone())).is_ok();
+            let built = TopicFilter::try_from(s.as_str()).is_ok();
+            proptest::prop_assert_eq!(wire, built);
+            proptest::prop_assert_eq!(wire, slow);
+        }
+
+        #[test]
+        fn one_pass_topic_name_check_agrees(s in "[a+#/\\x00é]{0,8}") {
+            let wire = TopicName::from_wire(Bytes::from(s.clone()));
+            let built = MqttString::try_from(s.as_str()).and_then(TopicName::new_allow_empty);
+            proptest::prop_assert_eq!(wire, built);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use nom::number::complete::be_u16;
 use nom::IResult;
 
 use crate::error::{DecodeError, EncodeError};
-use crate::string::{MqttString, StringError};
+use crate::string::{MqttString, StringError, TopicFilter};
 
 /// The nom error type of the body parsers: a [`DecodeError`], with nom's own
 /// "ran out of input" mapped to [`DecodeError::Truncated`] (the frame is whole,
@@ -31,7 +31,17 @@ pub(crate) fn fail<'a, T>(e: impl Into<DecodeError>) -> PResult<'a, T> {
     Err(nom::Err::Failure(PErr(e.into())))
 }
 
+/// A parser's error as the crate's.
+#[inline]
+pub(crate) fn into_error(e: nom::Err<PErr>) -> DecodeError {
+    match e {
+        nom::Err::Error(e) | nom::Err::Failure(e) => e.0,
+        nom::Err::Incomplete(_) => DecodeError::Truncated,
+    }
+}
+
 /// Unwrap a parser result into the crate's error.
+#[inline(always)]
 pub(crate) fn finish<T>(r: PResult<'_, T>) -> Result<T, DecodeError> {
     match r {
         Ok((rest, _)) if !rest.is_empty() => Err(DecodeError::TrailingBytes(rest.len())),
@@ -69,6 +79,25 @@ pub(crate) fn varint_len(value: u32) -> usize {
     }
 }
 
+/// Write a Variable Byte Integer into `out` (at least four bytes long);
+/// returns the bytes written.
+#[inline]
+pub(crate) fn write_varint(out: &mut [u8], mut value: u32) -> usize {
+    let mut i = 0;
+    loop {
+        let mut b = (value & 0x7F) as u8;
+        value >>= 7;
+        if value != 0 {
+            b |= 0x80;
+        }
+        out[i] = b;
+        i += 1;
+        if value == 0 {
+            return i;
+        }
+    }
+}
+
 pub(crate) fn put_varint(buf: &mut BytesMut, mut value: u32) {
     loop {
         let mut b = (value & 0x7F) as u8;
@@ -84,6 +113,7 @@ pub(crate) fn put_varint(buf: &mut BytesMut, mut value: u32) {
 }
 
 /// A two-byte length prefix and that many bytes.
+#[inline]
 pub(crate) fn length_prefixed(input: &[u8]) -> PResult<'_, &[u8]> {
     let (input, len) = be_u16(input)?;
     take(len)(input)
@@ -104,6 +134,16 @@ impl<'f> Frame<'f> {
     pub(crate) fn binary(self, input: &'f [u8]) -> PResult<'f, Bytes> {
         let (input, data) = length_prefixed(input)?;
         Ok((input, self.slice(data)))
+    }
+
+    /// A topic filter, validated in one pass where it can be.
+    #[inline]
+    pub(crate) fn topic_filter(self, input: &'f [u8]) -> PResult<'f, TopicFilter> {
+        let (input, data) = length_prefixed(input)?;
+        match TopicFilter::from_wire(self.slice(data)) {
+            Ok(s) => Ok((input, s)),
+            Err(e) => fail(e),
+        }
     }
 
     pub(crate) fn string(self, input: &'f [u8]) -> PResult<'f, MqttString> {

@@ -9,7 +9,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::num::NonZeroU32;
 
 use bytes::{Bytes, BytesMut};
 use petrel_codec::*;
@@ -63,22 +62,20 @@ fn v5_publish() -> Packet {
     );
     p.qos = QosPid::ExactlyOnce(PacketId::new(9).unwrap());
     let pr = &mut p.properties;
-    pr.payload_format_indicator = Some(true);
-    pr.message_expiry_interval = Some(3600);
-    pr.content_type = Some(MqttString::from_static("application/json"));
-    pr.response_topic = Some(TopicName::from_static("replies/7"));
-    pr.correlation_data = Some(Bytes::from_static(b"req-42"));
-    pr.topic_alias = std::num::NonZeroU16::new(3);
+    pr.set_payload_format_indicator(Some(true));
+    pr.set_message_expiry_interval(Some(3600));
+    pr.set_content_type(Some(MqttString::from_static("application/json")));
+    pr.set_response_topic(Some(TopicName::from_static("replies/7")));
+    pr.set_correlation_data(Some(Bytes::from_static(b"req-42")));
+    pr.set_topic_alias(std::num::NonZeroU16::new(3));
     for i in 0..8 {
-        pr.user_properties.push(UserProperty::new(
+        pr.push_user_property(UserProperty::new(
             MqttString::try_from(format!("key-{i}")).unwrap(),
             MqttString::from_static("value"),
         ));
     }
-    pr.subscription_identifiers
-        .push(NonZeroU32::new(1).unwrap());
-    pr.subscription_identifiers
-        .push(NonZeroU32::new(300_000).unwrap());
+    pr.push_subscription_identifier(SubscriptionId::new(1).unwrap());
+    pr.push_subscription_identifier(SubscriptionId::new(300_000).unwrap());
     Packet::Publish(p)
 }
 
@@ -120,10 +117,10 @@ fn check(protocol: Protocol, packet: Packet) {
     for p in &decoded {
         let Packet::Publish(p) = p else { panic!() };
         seen += p.topic.len() + p.payload.len();
-        for u in p.properties.user_properties.iter() {
+        for u in p.properties.user_properties().iter() {
             seen += u.key.len() + u.value.len();
         }
-        for id in p.properties.subscription_identifiers.iter() {
+        for id in p.properties.subscription_identifiers().iter() {
             seen += id.get() as usize;
         }
     }

@@ -340,22 +340,25 @@ fn connect_v5_with_properties_and_will_properties() {
     };
     assert_eq!(c.protocol, V5);
     let p = &c.properties;
-    assert_eq!(p.session_expiry_interval, Some(10));
-    assert_eq!(p.receive_maximum.map(|v| v.get()), Some(20));
-    assert_eq!(p.maximum_packet_size.map(|v| v.get()), Some(4096));
-    assert_eq!(p.topic_alias_maximum, Some(5));
-    assert_eq!(p.request_response_information, Some(true));
-    assert_eq!(p.request_problem_information, Some(false));
-    assert_eq!(p.authentication_method.as_ref().unwrap(), "SCRAM");
-    assert_eq!(p.authentication_data.as_deref(), Some(&[1u8, 2][..]));
-    let users: Vec<_> = p.user_properties.iter().collect();
+    assert_eq!(p.session_expiry_interval(), Some(10));
+    assert_eq!(p.receive_maximum().map(|v| v.get()), Some(20));
+    assert_eq!(p.maximum_packet_size().map(|v| v.get()), Some(4096));
+    assert_eq!(p.topic_alias_maximum(), Some(5));
+    assert_eq!(p.request_response_information(), Some(true));
+    assert_eq!(p.request_problem_information(), Some(false));
+    assert_eq!(p.authentication_method().unwrap(), "SCRAM");
+    assert_eq!(p.authentication_data().as_deref(), Some(&[1u8, 2][..]));
+    let users: Vec<_> = p.user_properties().iter().collect();
     assert_eq!(users, vec![UserProperty::new(mstr("k"), mstr("v"))]);
     let w = c.will.unwrap();
     assert_eq!((w.qos, w.retain), (QoS::ExactlyOnce, true));
-    assert_eq!(w.properties.will_delay_interval, Some(5));
-    assert_eq!(w.properties.payload_format_indicator, Some(true));
-    assert_eq!(w.properties.response_topic.as_ref().unwrap(), "reply/here");
-    assert_eq!(w.properties.user_properties.len(), 1);
+    assert_eq!(w.properties.will_delay_interval(), Some(5));
+    assert_eq!(w.properties.payload_format_indicator(), Some(true));
+    assert_eq!(
+        w.properties.response_topic().as_ref().unwrap(),
+        "reply/here"
+    );
+    assert_eq!(w.properties.user_properties().len(), 1);
 }
 
 #[test]
@@ -575,14 +578,14 @@ fn connack_v5_with_properties() {
         panic!()
     };
     let p = &c.properties;
-    assert_eq!(p.assigned_client_identifier.as_ref().unwrap(), "auto-1");
-    assert_eq!(p.server_keep_alive, Some(30));
-    assert_eq!(p.maximum_qos, Some(QoS::AtLeastOnce));
-    assert_eq!(p.retain_available, Some(false));
-    assert_eq!(p.wildcard_subscription_available, Some(true));
-    assert_eq!(p.subscription_identifier_available, Some(false));
-    assert_eq!(p.shared_subscription_available, Some(true));
-    assert_eq!(p.reason_string.as_ref().unwrap(), "welcome");
+    assert_eq!(p.assigned_client_identifier().unwrap(), "auto-1");
+    assert_eq!(p.server_keep_alive(), Some(30));
+    assert_eq!(p.maximum_qos(), Some(QoS::AtLeastOnce));
+    assert_eq!(p.retain_available(), Some(false));
+    assert_eq!(p.wildcard_subscription_available(), Some(true));
+    assert_eq!(p.subscription_identifier_available(), Some(false));
+    assert_eq!(p.shared_subscription_available(), Some(true));
+    assert_eq!(p.reason_string().as_ref().unwrap(), "welcome");
     // Maximum QoS 2 is a protocol error.
     let e = err(&[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x02], V5);
     assert_eq!(e, DecodeError::InvalidPropertyValue(0x24));
@@ -684,7 +687,7 @@ fn publish_empty_topic_mqtt_4_7_3_1() {
         panic!()
     };
     assert!(p.topic.is_empty());
-    assert_eq!(p.properties.topic_alias.map(|a| a.get()), Some(7));
+    assert_eq!(p.properties.topic_alias().map(|a| a.get()), Some(7));
     // And such a packet can't be encoded for 3.1.1.
     assert_eq!(
         Packet::Publish(p).to_bytes(V311).unwrap_err(),
@@ -726,14 +729,14 @@ fn publish_v5_properties() {
         panic!()
     };
     let pr = &p.properties;
-    assert_eq!(pr.payload_format_indicator, Some(true));
-    assert_eq!(pr.message_expiry_interval, Some(3600));
-    assert_eq!(pr.content_type.as_ref().unwrap(), "application/json");
-    assert_eq!(pr.response_topic.as_ref().unwrap(), "resp/1");
-    assert_eq!(pr.correlation_data.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(pr.payload_format_indicator(), Some(true));
+    assert_eq!(pr.message_expiry_interval(), Some(3600));
+    assert_eq!(pr.content_type().as_ref().unwrap(), "application/json");
+    assert_eq!(pr.response_topic().as_ref().unwrap(), "resp/1");
+    assert_eq!(pr.correlation_data().as_deref(), Some(&[1u8, 2, 3][..]));
     // Repeated user properties keep their order, duplicates included ([MQTT-3.3.2-18]).
     let users: Vec<(String, String)> = pr
-        .user_properties
+        .user_properties()
         .iter()
         .map(|u| (u.key.to_string(), u.value.to_string()))
         .collect();
@@ -742,7 +745,7 @@ fn publish_v5_properties() {
         [("k1", "v1"), ("k2", "v2"), ("k1", "again")].map(|(k, v)| (k.to_string(), v.to_string()))
     );
     let ids: Vec<u32> = pr
-        .subscription_identifiers
+        .subscription_identifiers()
         .iter()
         .map(|i| i.get())
         .collect();
@@ -847,7 +850,7 @@ fn pub_acks_v5_reason_codes_and_properties() {
         panic!()
     };
     assert_eq!(a.reason_code, ReasonCode::QUOTA_EXCEEDED);
-    assert_eq!(a.properties.reason_string.as_ref().unwrap(), "quota");
+    assert_eq!(a.properties.reason_string().as_ref().unwrap(), "quota");
     let Packet::PubRel(a) = round(&[0x62, 0x03, 0, 1, 0x92], V5) else {
         panic!()
     };
@@ -917,7 +920,7 @@ fn subscribe_v5_options_and_identifier() {
     };
     assert_eq!(
         sub.properties
-            .subscription_identifiers
+            .subscription_identifiers()
             .first()
             .map(|i| i.get()),
         Some(42)
@@ -1147,11 +1150,8 @@ fn disconnect_every_version() {
         panic!()
     };
     assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER);
-    assert_eq!(d.properties.session_expiry_interval, Some(0));
-    assert_eq!(
-        d.properties.server_reference.as_ref().unwrap(),
-        "elsewhere:1"
-    );
+    assert_eq!(d.properties.session_expiry_interval(), Some(0));
+    assert_eq!(d.properties.server_reference().unwrap(), "elsewhere:1");
     // [MQTT-3.14.2-1]: only DISCONNECT reason codes.
     assert!(matches!(
         err(&[0xE0, 0x01, 0x10], V5),
@@ -1172,10 +1172,7 @@ fn auth_v5() {
         panic!()
     };
     assert_eq!(a.reason_code, ReasonCode::CONTINUE_AUTHENTICATION);
-    assert_eq!(
-        a.properties.authentication_method.as_ref().unwrap(),
-        "SCRAM"
-    );
+    assert_eq!(a.properties.authentication_method().unwrap(), "SCRAM");
     // [MQTT-3.15.2-1]: only AUTH reason codes.
     assert!(matches!(
         err(&[0xF0, 0x01, 0x87], V5),
@@ -1198,7 +1195,7 @@ fn auth_v5() {
 #[test]
 fn encoding_refuses_properties_the_packet_may_not_carry() {
     let mut p = Publish::new(TopicName::from_static("a"), Bytes::new());
-    p.properties.session_expiry_interval = Some(1);
+    p.properties.set_session_expiry_interval(Some(1));
     assert!(matches!(
         Packet::Publish(p.clone()).to_bytes(V5),
         Err(EncodeError::PropertyNotAllowed { property: 0x11, .. })
@@ -1243,4 +1240,21 @@ fn v3_password_without_user_name_encodes_an_empty_user_name() {
     };
     assert_eq!(back.username.as_deref(), Some(""));
     assert_eq!(back.password.as_deref(), Some(&b"pw"[..]));
+}
+
+/// Packets are moved on every decode and every hand-off between tasks; the
+/// wire-form properties keep them small. A regression here shows up as a
+/// slower decoder, so it is pinned.
+#[test]
+fn packets_are_cheap_to_move() {
+    assert!(
+        std::mem::size_of::<Properties>() <= 48,
+        "{}",
+        std::mem::size_of::<Properties>()
+    );
+    assert!(
+        std::mem::size_of::<Packet>() <= 128,
+        "{}",
+        std::mem::size_of::<Packet>()
+    );
 }

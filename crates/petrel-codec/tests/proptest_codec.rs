@@ -64,123 +64,124 @@ fn packet_id() -> impl Strategy<Value = PacketId> {
     (1u16..).prop_map(|v| PacketId::new(v).unwrap())
 }
 
-/// Properties with only those `ctx` allows.
-fn properties(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
-    let s = || prop::option::of(mqtt_string());
-    let b = || prop::option::of(any::<bool>());
-    let group1 = (
-        b(),
-        prop::option::of(any::<u32>()),
-        s(),
-        prop::option::of(topic_name()),
-        prop::option::of(bytes(8)),
-        vec(1u32..=MAX_VARINT, 0..3),
-        prop::option::of(any::<u32>()),
-        s(),
-        prop::option::of(any::<u16>()),
-        s(),
-        prop::option::of(bytes(8)),
-    );
-    let group2 = (
-        b(),
-        prop::option::of(any::<u32>()),
-        b(),
-        s(),
-        s(),
-        s(),
-        prop::option::of(1u16..),
-        prop::option::of(any::<u16>()),
-        prop::option::of(1u16..),
-        prop::option::of(prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce)]),
-        b(),
-    );
-    let group3 = (
-        vec((mqtt_string(), mqtt_string()), 0..3),
-        prop::option::of(1u32..),
-        b(),
-        b(),
-        b(),
-    );
-    (group1, group2, group3).prop_map(move |(g1, g2, g3)| {
-        let mut p = Properties::default();
-        p.payload_format_indicator = g1.0;
-        p.message_expiry_interval = g1.1;
-        p.content_type = g1.2;
-        p.response_topic = g1.3;
-        p.correlation_data = g1.4;
-        let mut ids = g1.5;
-        if ctx == PropertyContext::SUBSCRIBE {
-            ids.truncate(1);
-        }
-        p.subscription_identifiers = ids
-            .into_iter()
-            .map(|v| NonZeroU32::new(v).unwrap())
-            .collect();
-        p.session_expiry_interval = g1.6;
-        p.assigned_client_identifier = g1.7;
-        p.server_keep_alive = g1.8;
-        p.authentication_method = g1.9;
-        p.authentication_data = g1.10;
-        p.request_problem_information = g2.0;
-        p.will_delay_interval = g2.1;
-        p.request_response_information = g2.2;
-        p.response_information = g2.3;
-        p.server_reference = g2.4;
-        p.reason_string = g2.5;
-        p.receive_maximum = g2.6.and_then(NonZeroU16::new);
-        p.topic_alias_maximum = g2.7;
-        p.topic_alias = g2.8.and_then(NonZeroU16::new);
-        p.maximum_qos = g2.9;
-        p.retain_available = g2.10;
-        p.user_properties =
-            g3.0.into_iter()
-                .map(|(k, v)| UserProperty::new(k, v))
-                .collect();
-        p.maximum_packet_size = g3.1.and_then(NonZeroU32::new);
-        p.wildcard_subscription_available = g3.2;
-        p.subscription_identifier_available = g3.3;
-        p.shared_subscription_available = g3.4;
-        keep_allowed(p, ctx)
-    })
+/// One property value of each kind the generator can set.
+#[derive(Clone, Debug)]
+enum Prop {
+    Flag(u8, bool),
+    U16(u8, u16),
+    NonZero16(u8, u16),
+    U32(u8, u32),
+    NonZero32(u8, u32),
+    Str(u8, MqttString),
+    Bin(u8, Bytes),
+    ResponseTopic(TopicName),
+    MaximumQoS(bool),
+    User(MqttString, MqttString),
+    SubId(u32),
 }
 
-/// Clear every property `ctx` does not allow.
-fn keep_allowed(mut p: Properties, ctx: PropertyContext) -> Properties {
-    macro_rules! clear {
-        ($($field:ident = $id:expr),*) => {
-            $( if !ctx.allows($id) { p.$field = Default::default(); } )*
+impl Prop {
+    fn id(&self) -> u8 {
+        match self {
+            Self::Flag(id, _)
+            | Self::U16(id, _)
+            | Self::NonZero16(id, _)
+            | Self::U32(id, _)
+            | Self::NonZero32(id, _)
+            | Self::Str(id, _)
+            | Self::Bin(id, _) => *id,
+            Self::ResponseTopic(_) => 0x08,
+            Self::MaximumQoS(_) => 0x24,
+            Self::User(..) => 0x26,
+            Self::SubId(_) => 0x0B,
+        }
+    }
+
+    fn apply(self, p: &mut Properties) {
+        match self {
+            Self::Flag(0x01, v) => p.set_payload_format_indicator(Some(v)),
+            Self::Flag(0x17, v) => p.set_request_problem_information(Some(v)),
+            Self::Flag(0x19, v) => p.set_request_response_information(Some(v)),
+            Self::Flag(0x25, v) => p.set_retain_available(Some(v)),
+            Self::Flag(0x28, v) => p.set_wildcard_subscription_available(Some(v)),
+            Self::Flag(0x29, v) => p.set_subscription_identifier_available(Some(v)),
+            Self::Flag(_, v) => p.set_shared_subscription_available(Some(v)),
+            Self::U16(0x13, v) => p.set_server_keep_alive(Some(v)),
+            Self::U16(_, v) => p.set_topic_alias_maximum(Some(v)),
+            Self::NonZero16(0x21, v) => p.set_receive_maximum(NonZeroU16::new(v)),
+            Self::NonZero16(_, v) => p.set_topic_alias(NonZeroU16::new(v)),
+            Self::U32(0x02, v) => p.set_message_expiry_interval(Some(v)),
+            Self::U32(0x11, v) => p.set_session_expiry_interval(Some(v)),
+            Self::U32(_, v) => p.set_will_delay_interval(Some(v)),
+            Self::NonZero32(_, v) => p.set_maximum_packet_size(NonZeroU32::new(v)),
+            Self::Str(0x03, v) => p.set_content_type(Some(v)),
+            Self::Str(0x12, v) => p.set_assigned_client_identifier(Some(v)),
+            Self::Str(0x15, v) => p.set_authentication_method(Some(v)),
+            Self::Str(0x1A, v) => p.set_response_information(Some(v)),
+            Self::Str(0x1C, v) => p.set_server_reference(Some(v)),
+            Self::Str(_, v) => p.set_reason_string(Some(v)),
+            Self::Bin(0x09, v) => p.set_correlation_data(Some(v)),
+            Self::Bin(_, v) => p.set_authentication_data(Some(v)),
+            Self::ResponseTopic(t) => p.set_response_topic(Some(t)),
+            Self::MaximumQoS(one) => p.set_maximum_qos(Some(if one {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            })),
+            Self::User(k, v) => p.push_user_property(UserProperty::new(k, v)),
+            Self::SubId(v) => p.push_subscription_identifier(SubscriptionId::new(v).unwrap()),
         };
     }
-    clear!(
-        payload_format_indicator = 0x01,
-        message_expiry_interval = 0x02,
-        content_type = 0x03,
-        response_topic = 0x08,
-        correlation_data = 0x09,
-        subscription_identifiers = 0x0B,
-        session_expiry_interval = 0x11,
-        assigned_client_identifier = 0x12,
-        server_keep_alive = 0x13,
-        authentication_method = 0x15,
-        authentication_data = 0x16,
-        request_problem_information = 0x17,
-        will_delay_interval = 0x18,
-        request_response_information = 0x19,
-        response_information = 0x1A,
-        server_reference = 0x1C,
-        reason_string = 0x1F,
-        receive_maximum = 0x21,
-        topic_alias_maximum = 0x22,
-        topic_alias = 0x23,
-        maximum_qos = 0x24,
-        retain_available = 0x25,
-        user_properties = 0x26,
-        maximum_packet_size = 0x27,
-        wildcard_subscription_available = 0x28,
-        subscription_identifier_available = 0x29,
-        shared_subscription_available = 0x2A
-    );
-    p
+}
+
+fn prop() -> impl Strategy<Value = Prop> {
+    let flag_ids = prop::sample::select(&[0x01u8, 0x17, 0x19, 0x25, 0x28, 0x29, 0x2A][..]);
+    prop_oneof![
+        (flag_ids, any::<bool>()).prop_map(|(i, v)| Prop::Flag(i, v)),
+        (prop::sample::select(&[0x13u8, 0x22][..]), any::<u16>())
+            .prop_map(|(i, v)| Prop::U16(i, v)),
+        (prop::sample::select(&[0x21u8, 0x23][..]), 1u16..)
+            .prop_map(|(i, v)| Prop::NonZero16(i, v)),
+        (
+            prop::sample::select(&[0x02u8, 0x11, 0x18][..]),
+            any::<u32>()
+        )
+            .prop_map(|(i, v)| Prop::U32(i, v)),
+        (1u32..).prop_map(|v| Prop::NonZero32(0x27, v)),
+        (
+            prop::sample::select(&[0x03u8, 0x12, 0x15, 0x1A, 0x1C, 0x1F][..]),
+            mqtt_string()
+        )
+            .prop_map(|(i, v)| Prop::Str(i, v)),
+        (prop::sample::select(&[0x09u8, 0x16][..]), bytes(8)).prop_map(|(i, v)| Prop::Bin(i, v)),
+        topic_name().prop_map(Prop::ResponseTopic),
+        any::<bool>().prop_map(Prop::MaximumQoS),
+        (mqtt_string(), mqtt_string()).prop_map(|(k, v)| Prop::User(k, v)),
+        (1u32..=MAX_VARINT).prop_map(Prop::SubId),
+    ]
+}
+
+/// Properties `ctx` allows, set in random order (a single-valued one set
+/// twice keeps the last value).
+fn properties(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
+    vec(prop(), 0..8).prop_map(move |props| {
+        let mut p = Properties::new();
+        let mut sub_ids = 0;
+        for prop in props {
+            if !ctx.allows(prop.id()) {
+                continue;
+            }
+            if prop.id() == 0x0B {
+                // Several only on PUBLISH.
+                sub_ids += 1;
+                if sub_ids > 1 && ctx != PropertyContext::PUBLISH {
+                    continue;
+                }
+            }
+            prop.apply(&mut p);
+        }
+        p
+    })
 }
 
 fn props_for(v: Protocol, ctx: PropertyContext) -> BoxedStrategy<Properties> {
@@ -280,7 +281,7 @@ fn publish(v: Protocol) -> impl Strategy<Value = Packet> {
                 p.dup = dup && qos != QoS::AtMostOnce;
                 p.retain = retain;
                 p.properties = properties;
-                if alias_only && p.properties.topic_alias.is_some() {
+                if alias_only && p.properties.topic_alias().is_some() {
                     p.topic = TopicName::alias_only();
                 }
                 Packet::Publish(p)

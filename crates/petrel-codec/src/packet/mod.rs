@@ -205,7 +205,6 @@ pub(crate) struct Cx<'f> {
     pub(crate) frame: Frame<'f>,
     pub(crate) protocol: Protocol,
     pub(crate) limits: &'f Limits,
-    pub(crate) flags: u8,
 }
 
 /// A packet identifier that must not be zero.
@@ -252,6 +251,7 @@ impl Packet {
     }
 
     /// Decode a whole frame (fixed header included) whose header was parsed.
+    #[inline]
     pub fn decode_frame(
         header: FixedHeader,
         frame: &Bytes,
@@ -276,13 +276,18 @@ impl Packet {
             frame: Frame { bytes: frame },
             protocol,
             limits,
-            flags: header.flags,
         };
         use PacketType as T;
         Ok(match header.packet_type {
             T::Connect => Self::Connect(Box::new(Connect::decode(&cx, body)?)),
             T::ConnAck => Self::ConnAck(ConnAck::decode(&cx, body)?),
-            T::Publish => Self::Publish(Publish::decode(&cx, body)?),
+            T::Publish => Self::Publish(Publish::decode(
+                protocol,
+                header.flags,
+                limits,
+                frame,
+                header.header_len,
+            )?),
             T::PubAck => Self::PubAck(PubAck::decode(&cx, body, T::PubAck)?),
             T::PubRec => Self::PubRec(PubAck::decode(&cx, body, T::PubRec)?),
             T::PubRel => Self::PubRel(PubAck::decode(&cx, body, T::PubRel)?),
@@ -383,6 +388,9 @@ impl Packet {
     ///
     /// A CONNECT is encoded in its own protocol version whatever `protocol` says.
     pub fn encode(&self, protocol: Protocol, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        if let Self::Publish(p) = self {
+            return p.encode(protocol, buf);
+        }
         let remaining = self.remaining_len(protocol)?;
         let total = 1 + varint_len(remaining as u32) + remaining;
         buf.reserve(total);
@@ -392,7 +400,8 @@ impl Packet {
         match self {
             Self::Connect(c) => c.encode_body(buf)?,
             Self::ConnAck(c) => c.encode_body(protocol, buf)?,
-            Self::Publish(p) => p.encode_body(protocol, buf)?,
+            // Written whole by `Publish::encode` above.
+            Self::Publish(_) => {}
             Self::PubAck(a) | Self::PubRec(a) | Self::PubRel(a) | Self::PubComp(a) => {
                 a.encode_body(protocol, buf)?
             }

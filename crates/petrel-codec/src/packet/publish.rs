@@ -2,12 +2,15 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{packet_id, Cx};
+use super::packet_id;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::{Properties, PropertyContext};
 use crate::string::TopicName;
 use crate::types::{Protocol, QosPid};
-use crate::wire::{fail, finish, put_string, string_len, PResult};
+use crate::wire::{
+    into_error, length_prefixed, string_len, varint_len, write_varint, Frame, MAX_VARINT,
+};
+use crate::Limits;
 
 /// A PUBLISH packet. Topic, properties and payload are views of the frame it
 /// was decoded from; cloning shares them.
@@ -44,56 +47,139 @@ impl Publish {
         (self.dup as u8) << 3 | (self.qos.qos() as u8) << 1 | self.retain as u8
     }
 
-    pub(crate) fn decode(cx: &Cx<'_>, body: &[u8]) -> Result<Self, DecodeError> {
-        finish(Self::parse(cx, body))
+    /// Decode from a whole frame (`header_len` bytes of fixed header, then the
+    /// body). Plain control flow rather than one parser returning the packet:
+    /// the packet is built once, after every check has passed.
+    #[inline(always)]
+    pub(crate) fn decode(
+        protocol: Protocol,
+        flags: u8,
+        limits: &Limits,
+        frame: &Bytes,
+        header_len: usize,
+    ) -> Result<Self, DecodeError> {
+        let dup = flags & 0x08 != 0;
+        let retain = flags & 0x01 != 0;
+        let level = match (flags >> 1) & 0x03 {
+            0 if dup => return Err(DecodeError::DupOnQoS0),
+            3 => return Err(DecodeError::InvalidQoS),
+            level => level,
+        };
+        let body = frame.get(header_len..).ok_or(DecodeError::Truncated)?;
+        let (rest, topic) = length_prefixed(body).map_err(into_error)?;
+        let (rest, qos) = match level {
+            0 => (rest, QosPid::AtMostOnce),
+            1 => {
+                let (rest, id) = packet_id(rest).map_err(into_error)?;
+                (rest, QosPid::AtLeastOnce(id))
+            }
+            _ => {
+                let (rest, id) = packet_id(rest).map_err(into_error)?;
+                (rest, QosPid::ExactlyOnce(id))
+            }
+        };
+        let (payload, properties) = if protocol.is_v5() {
+            let f = Frame { bytes: frame };
+            Properties::decode(f, rest, PropertyContext::PUBLISH, limits).map_err(into_error)?
+        } else {
+            (rest, Properties::default())
+        };
+        let topic = TopicName::from_wire(frame.slice_ref(topic))?;
+        if topic.is_empty() && properties.topic_alias().is_none() {
+            return Err(DecodeError::MissingTopic);
+        }
+        Ok(Self {
+            dup,
+            qos,
+            retain,
+            topic,
+            properties,
+            payload: frame.slice_ref(payload),
+        })
     }
 
-    fn parse<'f>(cx: &Cx<'f>, input: &'f [u8]) -> PResult<'f, Self> {
-        let dup = cx.flags & 0x08 != 0;
-        let retain = cx.flags & 0x01 != 0;
-        let qos = (cx.flags >> 1) & 0x03;
-        let (input, topic) = cx.frame.string(input)?;
-        let topic = match TopicName::new_allow_empty(topic) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-        let (input, qos) = match qos {
-            0 if dup => return fail(DecodeError::DupOnQoS0),
-            0 => (input, QosPid::AtMostOnce),
-            1 => {
-                let (i, id) = packet_id(input)?;
-                (i, QosPid::AtLeastOnce(id))
-            }
-            2 => {
-                let (i, id) = packet_id(input)?;
-                (i, QosPid::ExactlyOnce(id))
-            }
-            _ => return fail(DecodeError::InvalidQoS),
-        };
-        let (input, properties) = if cx.protocol.is_v5() {
-            Properties::decode(cx.frame, input, PropertyContext::PUBLISH, cx.limits)?
+    /// Encode the whole packet into `buf` with one reservation; returns its size.
+    #[inline]
+    pub fn encode(&self, protocol: Protocol, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        self.write(protocol, buf, true)
+    }
+
+    /// Encode everything but the payload — fixed header, topic, packet
+    /// identifier, properties — and return the size of the whole packet.
+    ///
+    /// For fan-out without copying: the header goes into the connection's
+    /// write buffer and the payload, the same `Bytes` for every subscriber,
+    /// follows it in a vectored write.
+    pub fn encode_header(
+        &self,
+        protocol: Protocol,
+        buf: &mut BytesMut,
+    ) -> Result<usize, EncodeError> {
+        self.write(protocol, buf, false)
+    }
+
+    #[inline]
+    fn write(
+        &self,
+        protocol: Protocol,
+        buf: &mut BytesMut,
+        with_payload: bool,
+    ) -> Result<usize, EncodeError> {
+        let props = if protocol.is_v5() {
+            Some(self.properties.body_len(PropertyContext::PUBLISH)?)
         } else {
-            (input, Properties::default())
+            None
         };
-        if topic.is_empty() && properties.topic_alias.is_none() {
-            return fail(DecodeError::MissingTopic);
+        if self.topic.is_empty() && props.is_none_or(|_| self.properties.topic_alias().is_none()) {
+            return Err(EncodeError::MissingTopic);
         }
-        let payload = cx.frame.slice(input);
-        Ok((
-            &input[input.len()..],
-            Self {
-                dup,
-                qos,
-                retain,
-                topic,
-                properties,
-                payload,
-            },
-        ))
+        let topic = self.topic.as_bytes();
+        let id = self.qos.packet_id();
+        let props_field = props.map_or(0, |n| varint_len(n as u32) + n);
+        let remaining =
+            2 + topic.len() + if id.is_some() { 2 } else { 0 } + props_field + self.payload.len();
+        if remaining > MAX_VARINT as usize {
+            return Err(EncodeError::PacketTooLarge {
+                size: remaining,
+                max: MAX_VARINT as usize,
+            });
+        }
+        let total = 1 + varint_len(remaining as u32) + remaining;
+        buf.reserve(if with_payload {
+            total
+        } else {
+            total - self.payload.len()
+        });
+        // The small fields go through stack arrays: two short copies instead
+        // of a bounds-checked write per byte.
+        let mut head = [0u8; 7];
+        head[0] = 0x30 | self.header_flags();
+        let mut n = 1 + write_varint(&mut head[1..], remaining as u32);
+        head[n..n + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+        n += 2;
+        buf.put_slice(&head[..n]);
+        buf.put_slice(topic);
+        let mut mid = [0u8; 6];
+        let mut m = 0;
+        if let Some(id) = id {
+            mid[..2].copy_from_slice(&id.get().to_be_bytes());
+            m = 2;
+        }
+        if let Some(len) = props {
+            m += write_varint(&mut mid[m..], len as u32);
+        }
+        buf.put_slice(&mid[..m]);
+        if props.is_some_and(|len| len > 0) {
+            buf.put_slice(self.properties.as_wire());
+        }
+        if with_payload {
+            buf.put_slice(&self.payload);
+        }
+        Ok(total)
     }
 
     pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
-        if self.topic.is_empty() && (!protocol.is_v5() || self.properties.topic_alias.is_none()) {
+        if self.topic.is_empty() && (!protocol.is_v5() || self.properties.topic_alias().is_none()) {
             return Err(EncodeError::MissingTopic);
         }
         let mut n = string_len(self.topic.as_mqtt_str()) + self.payload.len();
@@ -104,22 +190,5 @@ impl Publish {
             n += self.properties.encoded_len(PropertyContext::PUBLISH)?;
         }
         Ok(n)
-    }
-
-    pub(crate) fn encode_body(
-        &self,
-        protocol: Protocol,
-        buf: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
-        put_string(buf, self.topic.as_mqtt_str());
-        if let Some(id) = self.qos.packet_id() {
-            buf.put_u16(id.get());
-        }
-        if protocol.is_v5() {
-            let n = self.properties.body_len(PropertyContext::PUBLISH)?;
-            self.properties.encode(buf, n);
-        }
-        buf.put_slice(&self.payload);
-        Ok(())
     }
 }

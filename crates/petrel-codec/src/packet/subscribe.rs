@@ -50,11 +50,7 @@ impl Subscribe {
                     max: cx.limits.max_topic_filters,
                 });
             }
-            let (i, filter) = cx.frame.string(input)?;
-            let filter = match TopicFilter::new(filter) {
-                Ok(f) => f,
-                Err(e) => return fail(e),
-            };
+            let (i, filter) = cx.frame.topic_filter(input)?;
             let (i, byte) = be_u8(i)?;
             input = i;
             // 3.1.1 reserves bits 2-7 ([MQTT-3-8.3-4]), 5.0 bits 6-7 ([MQTT-3.8.3-5]).

@@ -39,12 +39,9 @@ impl Unsubscribe {
                     max: cx.limits.max_topic_filters,
                 });
             }
-            let (i, filter) = cx.frame.string(input)?;
+            let (i, filter) = cx.frame.topic_filter(input)?;
             input = i;
-            match TopicFilter::new(filter) {
-                Ok(f) => filters.push(f),
-                Err(e) => return fail(e),
-            }
+            filters.push(filter);
         }
         if filters.is_empty() {
             return fail(DecodeError::NoTopicFilters(PacketType::Unsubscribe));
