@@ -185,6 +185,22 @@ fn oversized_packet_refused_from_its_header() {
 }
 
 #[test]
+fn an_announced_packet_does_not_reserve_beyond_a_step() {
+    // A 1 MiB PUBLISH announced (within the limit) with only its header sent.
+    let limits = Limits {
+        max_packet_size: 1 << 20,
+        ..Limits::default()
+    };
+    let mut buf = BytesMut::from(&[0x30u8, 0xFA, 0xFF, 0x3F][..]);
+    assert_eq!(Packet::decode(&mut buf, Some(V311), &limits).unwrap(), None);
+    assert!(
+        buf.capacity() <= packet::RESERVE_STEP + 16,
+        "{}",
+        buf.capacity()
+    );
+}
+
+#[test]
 fn partial_frames_wait_and_reserve_only_what_is_missing() {
     let bytes = frame(0x30, &cat(&[&s("t"), &[7u8; 100]]));
     for cut in 0..bytes.len() {

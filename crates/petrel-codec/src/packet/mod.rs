@@ -31,6 +31,9 @@ use crate::types::{PacketId, Protocol};
 use crate::wire::{fail, put_varint, varint_len, Frame, PResult, MAX_VARINT};
 use crate::Limits;
 
+/// Most a decoder reserves ahead of the bytes that have arrived.
+pub const RESERVE_STEP: usize = 64 * 1024;
+
 /// The control packet type: the high nibble of the first byte (2.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -220,7 +223,7 @@ impl Packet {
     /// Decode one packet from the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` does not yet hold a whole packet, having
-    /// reserved room for the rest; a packet larger than
+    /// reserved room for the rest (at most [`RESERVE_STEP`] ahead); a packet larger than
     /// `limits.max_packet_size` is refused from its fixed header, before any
     /// of its body is buffered. On success the packet's bytes are split off
     /// `buf` and frozen once; every field of the packet is a view of them.
@@ -243,7 +246,10 @@ impl Packet {
             });
         }
         if buf.len() < size {
-            buf.reserve(size - buf.len());
+            // Room for what is missing, but never more than a step ahead of
+            // what has arrived: a peer announcing a large packet and sending
+            // nothing more must not make every connection hold that much.
+            buf.reserve((size - buf.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         let frame = buf.split_to(size).freeze();
