@@ -24,6 +24,15 @@ pub enum DecodeError {
         /// The configured maximum.
         max: u32,
     },
+    /// A Variable Byte Integer padded with needless bytes.
+    #[error("variable byte integer not in its shortest form [MQTT-1.5.5-1]")]
+    NonMinimalVarint,
+    /// Authentication Data without an Authentication Method.
+    #[error("Authentication Data without Authentication Method")]
+    AuthenticationDataWithoutMethod,
+    /// A non-empty AUTH without an Authentication Method.
+    #[error("AUTH without Authentication Method")]
+    MissingAuthenticationMethod,
     /// The remaining length uses more than four bytes.
     #[error("remaining length is longer than 4 bytes [MQTT-1.5.5-1]")]
     MalformedRemainingLength,
@@ -110,7 +119,8 @@ pub enum DecodeError {
     /// No Local on a shared subscription.
     #[error("No Local set on a shared subscription [MQTT-3.8.3-4]")]
     NoLocalOnSharedSubscription,
-    /// A SUBSCRIBE or UNSUBSCRIBE with no topic filter.
+    /// A SUBSCRIBE or UNSUBSCRIBE with no topic filter (or a SUBACK or 5.0
+    /// UNSUBACK with no reason code, which can't answer one).
     #[error(
         "{0:?} without any topic filter [MQTT-3.8.3-2 (5.0), MQTT-3.8.3-3 (3.1.1), MQTT-3.10.3-2]"
     )]
@@ -166,20 +176,22 @@ impl DecodeError {
             | Self::NoTopicFilters(_)
             | Self::MissingTopic
             | Self::InvalidReasonCode { .. }
+            | Self::AuthenticationDataWithoutMethod
+            | Self::MissingAuthenticationMethod
             | Self::FirstPacketNotConnect(_) => ReasonCode::PROTOCOL_ERROR,
             _ => ReasonCode::MALFORMED_PACKET,
         }
     }
 
     /// The normative statement this error enforces, if one does (5.0 numbering
-    /// where the versions differ; the `Display` text gives both).
+    /// where the versions differ, 3.1.1 numbering for rules only 3.1.1 has;
+    /// the `Display` text gives both).
     pub fn spec(&self) -> Option<&'static str> {
         Some(match self {
-            Self::MalformedRemainingLength => "MQTT-1.5.5-1",
+            Self::MalformedRemainingLength | Self::NonMinimalVarint => "MQTT-1.5.5-1",
             Self::InvalidHeaderFlags { .. } => "MQTT-2.1.3-1",
             Self::String(StringError::InvalidUtf8) => "MQTT-1.5.4-1",
             Self::String(StringError::NullCharacter) => "MQTT-1.5.4-2",
-            Self::String(StringError::TooLong) => "MQTT-4.7.3-3",
             Self::String(StringError::EmptyTopic) | Self::MissingTopic => "MQTT-4.7.3-1",
             Self::String(StringError::WildcardInTopicName) => "MQTT-3.3.2-2",
             Self::String(StringError::InvalidMultiLevelWildcard) => "MQTT-4.7.1-1",
@@ -243,7 +255,22 @@ pub enum EncodeError {
     /// A PUBLISH or Will without a topic name, and (5.0) without a Topic Alias.
     #[error("PUBLISH without topic name or Topic Alias")]
     MissingTopic,
-    /// A SUBSCRIBE or UNSUBSCRIBE without topic filters.
-    #[error("{0:?} without topic filters")]
+    /// A SUBSCRIBE or UNSUBSCRIBE without topic filters (or SUBACK/UNSUBACK
+    /// without reason codes).
+    #[error("{0:?} without topic filters or reason codes")]
     NoTopicFilters(PacketType),
+    /// A reason code the packet's table does not list.
+    #[error("reason code {code:?} cannot be sent in {packet:?}")]
+    InvalidReasonCode {
+        /// The packet.
+        packet: PacketType,
+        /// The code.
+        code: ReasonCode,
+    },
+    /// No Local on a shared subscription ([MQTT-3.8.3-4]).
+    #[error("No Local cannot be set on a shared subscription [MQTT-3.8.3-4]")]
+    NoLocalOnSharedSubscription,
+    /// 3.1.x: a password needs a user name ([MQTT-3.1.2-22] in 3.1.1).
+    #[error("a 3.1.x CONNECT cannot carry a password without a user name")]
+    PasswordWithoutUsername,
 }

@@ -187,9 +187,12 @@ pub struct Properties {
     sub_id_count: u32,
 }
 
-/// A bit of `Properties::present` no identifier uses: a setter was given
-/// binary data too long to send.
-const OVERSIZED: u64 = 1 << 63;
+/// A bit of `Properties::present` no identifier uses: a setter was given a
+/// value that can't be sent (binary data over 65,535 bytes, an empty
+/// Response Topic). Bits 48 to 55 hold which property it was.
+const INVALID: u64 = 1 << 63;
+const INVALID_ID_SHIFT: u32 = 48;
+const FLAG_BITS: u64 = INVALID | (0xFF << INVALID_ID_SHIFT);
 
 /// A value of a single-valued property, as typed in Rust and as written on the wire.
 trait Value: Sized {
@@ -309,6 +312,9 @@ impl Value for MqttString {
 impl Value for TopicName {
     fn from_raw(block: &Bytes, raw: Raw<'_>) -> Option<Self> {
         Self::new(MqttString::from_raw(block, raw)?).ok()
+    }
+    fn fits(&self) -> bool {
+        !self.is_empty()
     }
     fn wire_len(&self) -> usize {
         string_len(self.as_mqtt_str())
@@ -479,9 +485,9 @@ pub enum Raw<'a> {
 
 /// One property: its identifier and raw value. Strings are not validated here.
 fn raw_property(input: &[u8]) -> PResult<'_, (u8, Raw<'_>)> {
-    // The identifier is a Variable Byte Integer; every defined one fits in a byte.
-    let (input, id) = varint(input)?;
-    let id = u8::try_from(id).unwrap_or(0);
+    // The identifier is a Variable Byte Integer, but every defined one is
+    // below 0x80: one byte (2.2.2.2).
+    let (input, id) = nom::number::complete::be_u8(input)?;
     let Some(k) = kind(id) else {
         return fail(DecodeError::UnknownProperty(id));
     };
@@ -546,7 +552,7 @@ impl Properties {
 
     /// Whether no property is set.
     pub fn is_empty(&self) -> bool {
-        self.present & !OVERSIZED == 0
+        self.present & !FLAG_BITS == 0
     }
 
     /// Whether the property with this identifier is present.
@@ -557,6 +563,26 @@ impl Properties {
     /// The properties as they lie on the wire, without the length prefix.
     pub fn as_wire(&self) -> &Bytes {
         &self.block
+    }
+
+    /// Properties from wire bytes (as [`Properties::as_wire`] gave them),
+    /// validated for the packet `ctx` — for state that was stored and is
+    /// being restored.
+    pub fn from_wire(
+        block: Bytes,
+        ctx: PropertyContext,
+        limits: &Limits,
+    ) -> Result<Self, DecodeError> {
+        if block.is_empty() {
+            return Ok(Self::default());
+        }
+        let (present, user_count, sub_id_count) = Self::validate(&block, ctx, limits)?;
+        Ok(Self {
+            block,
+            present,
+            user_count,
+            sub_id_count,
+        })
     }
 
     fn get<T: Value>(&self, id: u8) -> Option<T> {
@@ -579,9 +605,14 @@ impl Properties {
     }
 
     fn set<T: Value>(&mut self, id: u8, value: Option<T>) -> &mut Self {
+        if self.present & INVALID != 0 && (self.present >> INVALID_ID_SHIFT) as u8 == id {
+            // The unsendable value is being replaced or cleared.
+            self.present &= !FLAG_BITS;
+        }
         if value.as_ref().is_some_and(|v| !v.fits()) {
-            // Refused when encoding: binary data over 65,535 bytes can't be sent.
-            self.present |= OVERSIZED;
+            // Refused when encoding ([`EncodeError::InvalidPropertyValue`]).
+            self.present &= !FLAG_BITS;
+            self.present |= INVALID | (u64::from(id) << INVALID_ID_SHIFT);
             return self;
         }
         if value.is_none() && !self.contains(id) {
@@ -769,6 +800,10 @@ impl Properties {
                     sub_ids += 1;
                 }
                 (RESPONSE_TOPIC, Raw::Data(d)) => {
+                    if d.is_empty() {
+                        // A Response Topic is a Topic Name ([MQTT-4.7.3-1]).
+                        return Err(crate::string::StringError::EmptyTopic.into());
+                    }
                     crate::string::validate(d)?;
                     if d.contains(&b'+') || d.contains(&b'#') {
                         return Err(crate::string::StringError::WildcardInTopicName.into());
@@ -795,6 +830,11 @@ impl Properties {
                 _ => {}
             }
         }
+        if present & (1 << AUTHENTICATION_DATA) != 0 && present & (1 << AUTHENTICATION_METHOD) == 0
+        {
+            // 3.1.2.11.10, 3.2.2.3.18: data without a method is a Protocol Error.
+            return Err(DecodeError::AuthenticationDataWithoutMethod);
+        }
         Ok((present, users, sub_ids))
     }
 
@@ -802,15 +842,29 @@ impl Properties {
     /// every property present is allowed on the packet.
     #[inline]
     pub(crate) fn body_len(&self, ctx: PropertyContext) -> Result<usize, EncodeError> {
-        if self.present & OVERSIZED != 0 {
-            return Err(EncodeError::FieldTooLong);
+        if self.present & INVALID != 0 {
+            return Err(EncodeError::InvalidPropertyValue(
+                (self.present >> INVALID_ID_SHIFT) as u8,
+            ));
         }
-        let refused = self.present & !ctx.mask;
+        let present = self.present & !FLAG_BITS;
+        let refused = present & !ctx.mask;
         if refused != 0 {
             return Err(EncodeError::PropertyNotAllowed {
                 property: refused.trailing_zeros() as u8,
                 packet: ctx.name,
             });
+        }
+        if ctx != PropertyContext::PUBLISH && self.sub_id_count > 1 {
+            // 3.8.2.1.2: one Subscription Identifier on SUBSCRIBE.
+            return Err(EncodeError::InvalidPropertyValue(
+                id::SUBSCRIPTION_IDENTIFIER,
+            ));
+        }
+        if present & (1 << id::AUTHENTICATION_DATA) != 0
+            && present & (1 << id::AUTHENTICATION_METHOD) == 0
+        {
+            return Err(EncodeError::InvalidPropertyValue(id::AUTHENTICATION_DATA));
         }
         if self.block.len() > MAX_VARINT as usize {
             return Err(EncodeError::PacketTooLarge {

@@ -63,6 +63,12 @@ pub(crate) fn varint(input: &[u8]) -> PResult<'_, u32> {
         };
         value |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
+            // [MQTT-1.5.5-1]: the fewest bytes; a final zero byte means
+            // the encoding was padded. (Refused, since what we decode we may
+            // forward byte for byte.)
+            if i > 0 && b == 0 {
+                return fail(DecodeError::NonMinimalVarint);
+            }
             return Ok((&input[i + 1..], value));
         }
     }

@@ -1247,15 +1247,214 @@ fn encoding_checks_binary_lengths_and_reports_exact_size() {
 }
 
 #[test]
-fn v3_password_without_user_name_encodes_an_empty_user_name() {
+fn v3_password_without_user_name_is_refused_on_encode_mqtt_3_1_2_22() {
     let mut c = Connect::new(V311, mstr("c"));
     c.password = Some(Bytes::from_static(b"pw"));
-    let bytes = Packet::Connect(Box::new(c)).to_bytes(V311).unwrap();
-    let Packet::Connect(back) = dec(&bytes, V311).unwrap() else {
+    assert_eq!(
+        Packet::Connect(Box::new(c.clone())).to_bytes(V311),
+        Err(EncodeError::PasswordWithoutUsername)
+    );
+    // 5.0 allows it.
+    c.protocol = V5;
+    assert!(Packet::Connect(Box::new(c)).to_bytes(V5).is_ok());
+}
+
+#[test]
+fn variable_byte_integers_in_shortest_form_mqtt_1_5_5_1() {
+    // A remaining length of 0 written in two bytes.
+    let e = err(&[0x30, 0x80, 0x00], V311);
+    assert_eq!(e, DecodeError::NonMinimalVarint);
+    assert_eq!(e.spec(), Some("MQTT-1.5.5-1"));
+    // A padded property length, and a padded Subscription Identifier.
+    assert_eq!(
+        err(&frame(0x30, &cat(&[&s("t"), &[0x80, 0x00]])), V5),
+        DecodeError::NonMinimalVarint
+    );
+    assert_eq!(
+        err(&frame(0x30, &cat(&[&s("t"), &[3, 0x0B, 0x81, 0x00]])), V5),
+        DecodeError::NonMinimalVarint
+    );
+    // Property identifiers are single bytes (2.2.2.2).
+    assert_eq!(
+        err(&frame(0x30, &cat(&[&s("t"), &[3, 0x81, 0x00, 0x01]])), V5),
+        DecodeError::UnknownProperty(0x81)
+    );
+}
+
+#[test]
+fn authentication_data_needs_a_method() {
+    let body = cat(&[
+        &s("MQTT"),
+        &[0x05, 0x02, 0, 0, 5, 0x16, 0, 2, 1, 2],
+        &s("c"),
+    ]);
+    let e = err(&frame(0x10, &body), V5);
+    assert_eq!(e, DecodeError::AuthenticationDataWithoutMethod);
+    assert_eq!(e.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    // 3.15.2.2.2: a non-empty AUTH carries the method.
+    assert_eq!(
+        err(&[0xF0, 0x02, 0x18, 0x00], V5),
+        DecodeError::MissingAuthenticationMethod
+    );
+    let auth = Packet::Auth(Auth {
+        reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+        properties: Properties::new(),
+    });
+    assert_eq!(
+        auth.to_bytes(V5),
+        Err(EncodeError::InvalidPropertyValue(0x15))
+    );
+    let mut p = Properties::new();
+    p.set_authentication_data(Some(Bytes::from_static(b"x")));
+    let mut c = Connect::new(V5, mstr("c"));
+    c.properties = p;
+    assert_eq!(
+        Packet::Connect(Box::new(c)).to_bytes(V5),
+        Err(EncodeError::InvalidPropertyValue(0x16))
+    );
+}
+
+#[test]
+fn refused_connack_has_no_session_mqtt_3_2_2_6() {
+    assert_eq!(
+        err(&[0x20, 0x02, 0x01, 0x05], V311),
+        DecodeError::InvalidConnAckFlags
+    );
+    assert_eq!(
+        err(&[0x20, 0x03, 0x01, 0x87, 0x00], V5),
+        DecodeError::InvalidConnAckFlags
+    );
+    let refused = Packet::ConnAck(ConnAck::new(ReasonCode::NOT_AUTHORIZED, true));
+    assert_eq!(
+        &refused.to_bytes(V311).unwrap()[..],
+        &[0x20, 0x02, 0x00, 0x05]
+    );
+    assert_eq!(
+        &refused.to_bytes(V5).unwrap()[..],
+        &[0x20, 0x03, 0x00, 0x87, 0x00]
+    );
+}
+
+#[test]
+fn qos0_is_never_sent_with_dup_mqtt_3_3_1_2() {
+    let mut p = Publish::new(TopicName::from_static("a"), Bytes::new());
+    p.dup = true;
+    assert_eq!(
+        &Packet::Publish(p).to_bytes(V311).unwrap()[..],
+        &[0x30, 0x03, 0, 1, b'a']
+    );
+}
+
+#[test]
+fn reason_codes_come_from_the_packet_table_on_encode() {
+    let id = pid(1);
+    let bad = [
+        Packet::PubAck(PubAck::with_reason(
+            id,
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        )),
+        Packet::PubRel(PubAck::with_reason(id, ReasonCode::NO_MATCHING_SUBSCRIBERS)),
+        Packet::ConnAck(ConnAck::new(ReasonCode::GRANTED_QOS_1, false)),
+        Packet::Disconnect(Disconnect::new(ReasonCode::CONTINUE_AUTHENTICATION)),
+        Packet::SubAck(SubAck {
+            packet_id: id,
+            properties: Properties::new(),
+            reason_codes: vec![ReasonCode::NO_SUBSCRIPTION_EXISTED],
+        }),
+    ];
+    for p in bad {
+        assert!(
+            matches!(p.to_bytes(V5), Err(EncodeError::InvalidReasonCode { .. })),
+            "{p:?}"
+        );
+    }
+    // 3.1.1 SUBACK: anything but a granted QoS goes out as 0x80.
+    let s = Packet::SubAck(SubAck {
+        packet_id: id,
+        properties: Properties::new(),
+        reason_codes: vec![ReasonCode::GRANTED_QOS_2, ReasonCode::QUOTA_EXCEEDED],
+    });
+    assert_eq!(&s.to_bytes(V311).unwrap()[..], &[0x90, 0x04, 0, 1, 2, 0x80]);
+}
+
+#[test]
+fn subscribe_rules_hold_on_encode() {
+    let mut props = Properties::new();
+    props.push_subscription_identifier(SubscriptionId::new(1).unwrap());
+    props.push_subscription_identifier(SubscriptionId::new(2).unwrap());
+    let sub = |filter: &str, options| Subscription {
+        filter: TopicFilter::try_from(filter).unwrap(),
+        options,
+    };
+    let two_ids = Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        properties: props,
+        subscriptions: vec![sub("a", SubscriptionOptions::default())],
+    });
+    assert_eq!(
+        two_ids.to_bytes(V5),
+        Err(EncodeError::InvalidPropertyValue(0x0B))
+    );
+    let no_local = SubscriptionOptions {
+        no_local: true,
+        ..SubscriptionOptions::default()
+    };
+    let shared = Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        properties: Properties::new(),
+        subscriptions: vec![sub("$share/g/a", no_local)],
+    });
+    assert_eq!(
+        shared.to_bytes(V5),
+        Err(EncodeError::NoLocalOnSharedSubscription)
+    );
+}
+
+#[test]
+fn response_topic_is_a_topic_name() {
+    let e = err(&frame(0x30, &cat(&[&s("t"), &[3, 0x08, 0, 0]])), V5);
+    assert_eq!(e, DecodeError::String(StringError::EmptyTopic));
+    let mut p = Publish::new(TopicName::from_static("t"), Bytes::new());
+    p.properties
+        .set_response_topic(Some(TopicName::alias_only()));
+    assert_eq!(
+        Packet::Publish(p.clone()).to_bytes(V5),
+        Err(EncodeError::InvalidPropertyValue(0x08))
+    );
+    // Replacing the unsendable value makes the properties sendable again.
+    p.properties
+        .set_response_topic(Some(TopicName::from_static("r")));
+    assert!(Packet::Publish(p).to_bytes(V5).is_ok());
+}
+
+#[test]
+fn mqtt_3_1_resends_carry_dup() {
+    // 3.1 sets DUP on a resent PUBREL, SUBSCRIBE or UNSUBSCRIBE.
+    let Packet::PubRel(a) = dec(&[0x6A, 0x02, 0x00, 0x01], V31).unwrap() else {
         panic!()
     };
-    assert_eq!(back.username.as_deref(), Some(""));
-    assert_eq!(back.password.as_deref(), Some(&b"pw"[..]));
+    assert_eq!(a.packet_id, pid(1));
+    assert!(matches!(
+        dec(&frame(0x8A, &cat(&[&[0, 1], &s("a"), &[0]])), V31),
+        Ok(Packet::Subscribe(_))
+    ));
+    // Not in 3.1.1.
+    assert!(matches!(
+        err(&[0x6A, 0x02, 0x00, 0x01], V311),
+        DecodeError::InvalidHeaderFlags { .. }
+    ));
+}
+
+#[test]
+fn acknowledgements_answer_at_least_one_filter() {
+    assert_eq!(
+        err(&[0x90, 0x02, 0, 1], V311),
+        DecodeError::NoTopicFilters(PacketType::SubAck)
+    );
+    assert_eq!(
+        err(&[0xB0, 0x03, 0, 1, 0], V5),
+        DecodeError::NoTopicFilters(PacketType::UnsubAck)
+    );
 }
 
 /// Packets are moved on every decode and every hand-off between tasks; the

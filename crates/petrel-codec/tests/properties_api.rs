@@ -123,7 +123,7 @@ fn binary_data_too_long_to_send_is_refused_on_encode() {
         .set_correlation_data(Some(Bytes::from(vec![0u8; 70_000])));
     assert_eq!(
         Packet::Publish(publish).to_bytes(Protocol::V5),
-        Err(EncodeError::FieldTooLong)
+        Err(EncodeError::InvalidPropertyValue(0x09))
     );
 }
 

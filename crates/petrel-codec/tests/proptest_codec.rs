@@ -180,6 +180,10 @@ fn properties(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
             }
             prop.apply(&mut p);
         }
+        if p.authentication_data().is_some() && p.authentication_method().is_none() {
+            // Data needs a method (3.1.2.11.10).
+            p.set_authentication_method(Some(MqttString::from_static("SCRAM-SHA-1")));
+        }
         p
     })
 }
@@ -257,7 +261,7 @@ fn connack(v: Protocol) -> impl Strategy<Value = Packet> {
             .boxed()
     };
     (any::<bool>(), code, props_for(v, PropertyContext::CONNACK)).prop_map(move |(sp, rc, p)| {
-        let mut c = ConnAck::new(rc, sp && v != Protocol::V3_1);
+        let mut c = ConnAck::new(rc, sp && v != Protocol::V3_1 && !rc.is_error());
         c.properties = p;
         Packet::ConnAck(c)
     })
@@ -359,7 +363,7 @@ fn suback(v: Protocol) -> impl Strategy<Value = Packet> {
     (
         packet_id(),
         props_for(v, PropertyContext::ACK),
-        vec(code, 0..4),
+        vec(code, 1..4),
     )
         .prop_map(|(packet_id, properties, reason_codes)| {
             Packet::SubAck(SubAck {
@@ -389,7 +393,7 @@ fn unsuback(v: Protocol) -> impl Strategy<Value = Packet> {
     let codes = if v.is_v5() {
         vec(
             prop::sample::select(ReasonContext::UnsubAck.allowed()).prop_map(ReasonCode),
-            0..4,
+            1..4,
         )
         .boxed()
     } else {
@@ -424,7 +428,12 @@ fn auth() -> impl Strategy<Value = Packet> {
         reason(Protocol::V5, ReasonContext::Auth),
         properties(PropertyContext::AUTH),
     )
-        .prop_map(|(reason_code, properties)| {
+        .prop_map(|(reason_code, mut properties)| {
+            if (reason_code != ReasonCode::SUCCESS || !properties.is_empty())
+                && properties.authentication_method().is_none()
+            {
+                properties.set_authentication_method(Some(MqttString::from_static("GS2-KRB5")));
+            }
             Packet::Auth(Auth {
                 reason_code,
                 properties,

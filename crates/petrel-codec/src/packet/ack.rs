@@ -74,10 +74,19 @@ impl PubAck {
         Ok((input, ack))
     }
 
-    pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+    pub(crate) fn body_len(
+        &self,
+        protocol: Protocol,
+        packet: PacketType,
+    ) -> Result<usize, EncodeError> {
         if !protocol.is_v5() {
             return Ok(2);
         }
+        let context = match packet {
+            PacketType::PubAck | PacketType::PubRec => ReasonContext::PubAck,
+            _ => ReasonContext::PubRel,
+        };
+        super::check_reason(self.reason_code, context, packet, protocol)?;
         let props = self.properties.body_len(PropertyContext::ACK)?;
         Ok(match (self.reason_code, props) {
             (ReasonCode::SUCCESS, 0) => 2,

@@ -29,6 +29,10 @@ impl Auth {
             ReasonContext::Auth,
             PropertyContext::AUTH,
         ))?;
+        if !body.is_empty() && properties.authentication_method().is_none() {
+            // 3.15.2.2.2: only the empty AUTH may leave the method out.
+            return Err(DecodeError::MissingAuthenticationMethod);
+        }
         Ok(Self {
             reason_code,
             properties,
@@ -36,7 +40,20 @@ impl Auth {
     }
 
     pub(crate) fn body_len(&self) -> Result<usize, EncodeError> {
-        reason_and_properties_len(self.reason_code, &self.properties, PropertyContext::AUTH)
+        super::check_reason(
+            self.reason_code,
+            ReasonContext::Auth,
+            PacketType::Auth,
+            crate::Protocol::V5,
+        )?;
+        let len =
+            reason_and_properties_len(self.reason_code, &self.properties, PropertyContext::AUTH)?;
+        if len > 0 && self.properties.authentication_method().is_none() {
+            return Err(EncodeError::InvalidPropertyValue(
+                crate::properties::id::AUTHENTICATION_METHOD,
+            ));
+        }
+        Ok(len)
     }
 
     pub(crate) fn encode_body(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {

@@ -3,6 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use nom::number::complete::be_u8;
 
+use super::check_reason;
 use super::{Cx, PacketType};
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::{Properties, PropertyContext};
@@ -68,6 +69,10 @@ impl ConnAck {
                 }
             }
         };
+        if session_present && reason_code.is_error() {
+            // [MQTT-3.2.2-6] (5.0), [MQTT-3.2.2-4] (3.1.1).
+            return fail(DecodeError::InvalidConnAckFlags);
+        }
         let (input, properties) = if cx.protocol.is_v5() {
             Properties::decode(cx.frame, input, PropertyContext::CONNACK, cx.limits)?
         } else {
@@ -84,6 +89,12 @@ impl ConnAck {
     }
 
     pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+        check_reason(
+            self.reason_code,
+            ReasonContext::ConnAck,
+            PacketType::ConnAck,
+            protocol,
+        )?;
         Ok(2 + if protocol.is_v5() {
             self.properties.encoded_len(PropertyContext::CONNACK)?
         } else {
@@ -96,8 +107,11 @@ impl ConnAck {
         protocol: Protocol,
         buf: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        // 3.1 has no Session Present flag.
-        buf.put_u8((self.session_present && protocol != Protocol::V3_1).into());
+        // 3.1 has no Session Present flag; a refusal never has a session
+        // ([MQTT-3.2.2-6] in 5.0, [MQTT-3.2.2-4] in 3.1.1).
+        let present =
+            self.session_present && protocol != Protocol::V3_1 && !self.reason_code.is_error();
+        buf.put_u8(present.into());
         if protocol.is_v5() {
             buf.put_u8(self.reason_code.0);
             let n = self.properties.body_len(PropertyContext::CONNACK)?;

@@ -173,7 +173,8 @@ impl Connect {
         }
         match (&self.username, &self.password) {
             (Some(u), _) => n += string_len(u),
-            (None, Some(_)) if !v5 => n += 2,
+            // [MQTT-3.1.2-22] (3.1.1): no password without a user name.
+            (None, Some(_)) if !v5 => return Err(EncodeError::PasswordWithoutUsername),
             _ => {}
         }
         if let Some(p) = &self.password {
@@ -187,9 +188,7 @@ impl Connect {
         if let Some(w) = &self.will {
             f |= 0x04 | (w.qos as u8) << 3 | (w.retain as u8) << 5;
         }
-        // 3.1.x can't carry a password without a user name ([MQTT-3.1.2-22]):
-        // send an empty user name rather than a malformed packet.
-        if self.username.is_some() || (self.password.is_some() && !self.protocol.is_v5()) {
+        if self.username.is_some() {
             f |= 0x80;
         }
         if self.password.is_some() {
@@ -217,10 +216,8 @@ impl Connect {
             put_string(buf, w.topic.as_mqtt_str());
             put_binary(buf, &w.payload);
         }
-        match (&self.username, &self.password) {
-            (Some(u), _) => put_string(buf, u),
-            (None, Some(_)) if !v5 => put_string(buf, &MqttString::new()),
-            _ => {}
+        if let Some(u) = &self.username {
+            put_string(buf, u);
         }
         if let Some(p) = &self.password {
             put_binary(buf, p);

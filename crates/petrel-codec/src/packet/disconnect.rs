@@ -53,6 +53,12 @@ impl Disconnect {
         if !protocol.is_v5() {
             return Ok(0);
         }
+        super::check_reason(
+            self.reason_code,
+            ReasonContext::Disconnect,
+            PacketType::Disconnect,
+            protocol,
+        )?;
         reason_and_properties_len(
             self.reason_code,
             &self.properties,

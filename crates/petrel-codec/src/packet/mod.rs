@@ -177,7 +177,10 @@ impl FixedHeader {
         .ok_or(DecodeError::ReservedPacketType(first >> 4))?;
         let flags = first & 0x0F;
         if let Some(fixed) = packet_type.fixed_flags() {
-            if flags != fixed {
+            // MQTT 3.1 sets DUP on a resent PUBREL, SUBSCRIBE or UNSUBSCRIBE.
+            let dup_allowed = fixed == 0b0010 && protocol == Some(Protocol::V3_1);
+            let flags_seen = if dup_allowed { flags & 0b0111 } else { flags };
+            if flags_seen != fixed {
                 return Err(DecodeError::InvalidHeaderFlags {
                     packet: packet_type,
                     flags,
@@ -191,6 +194,9 @@ impl FixedHeader {
             };
             remaining_len |= usize::from(b & 0x7F) << (7 * i);
             if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(DecodeError::NonMinimalVarint);
+                }
                 return Ok(Some(Self {
                     packet_type,
                     flags,
@@ -208,6 +214,19 @@ pub(crate) struct Cx<'f> {
     pub(crate) frame: Frame<'f>,
     pub(crate) protocol: Protocol,
     pub(crate) limits: &'f Limits,
+}
+
+/// Encoding: a 5.0 reason code must come from the packet's table.
+pub(crate) fn check_reason(
+    code: crate::ReasonCode,
+    context: crate::ReasonContext,
+    packet: PacketType,
+    protocol: Protocol,
+) -> Result<(), EncodeError> {
+    if protocol.is_v5() && !code.allowed_in(context) {
+        return Err(EncodeError::InvalidReasonCode { packet, code });
+    }
+    Ok(())
 }
 
 /// A packet identifier that must not be zero.
@@ -258,7 +277,7 @@ impl Packet {
 
     /// Decode a whole frame (fixed header included) whose header was parsed.
     #[inline]
-    pub fn decode_frame(
+    pub(crate) fn decode_frame(
         header: FixedHeader,
         frame: &Bytes,
         protocol: Option<Protocol>,
@@ -354,9 +373,8 @@ impl Packet {
             Self::Connect(c) => c.body_len()?,
             Self::ConnAck(c) => c.body_len(protocol)?,
             Self::Publish(p) => p.body_len(protocol)?,
-            Self::PubAck(a) | Self::PubRec(a) | Self::PubRel(a) | Self::PubComp(a) => {
-                a.body_len(protocol)?
-            }
+            Self::PubAck(a) | Self::PubRec(a) => a.body_len(protocol, self.packet_type())?,
+            Self::PubRel(a) | Self::PubComp(a) => a.body_len(protocol, self.packet_type())?,
             Self::Subscribe(s) => s.body_len(protocol)?,
             Self::SubAck(s) => s.body_len(protocol)?,
             Self::Unsubscribe(u) => u.body_len(protocol)?,

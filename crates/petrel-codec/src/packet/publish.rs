@@ -44,7 +44,9 @@ impl Publish {
     }
 
     pub(crate) fn header_flags(&self) -> u8 {
-        (self.dup as u8) << 3 | (self.qos.qos() as u8) << 1 | self.retain as u8
+        // [MQTT-3.3.1-2]: never DUP on QoS 0.
+        let dup = self.dup && self.qos != QosPid::AtMostOnce;
+        (dup as u8) << 3 | (self.qos.qos() as u8) << 1 | self.retain as u8
     }
 
     /// Decode from a whole frame (`header_len` bytes of fixed header, then the

@@ -59,6 +59,10 @@ impl SubAck {
         } else {
             (input, Properties::default())
         };
+        if input.is_empty() {
+            // One code per filter of a SUBSCRIBE, which has at least one.
+            return fail(DecodeError::NoTopicFilters(PacketType::SubAck));
+        }
         let (input, reason_codes) = reason_codes(cx, input, PacketType::SubAck, |c| {
             if v5 {
                 c.allowed_in(ReasonContext::SubAck)
@@ -77,6 +81,12 @@ impl SubAck {
     }
 
     pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+        if self.reason_codes.is_empty() {
+            return Err(EncodeError::NoTopicFilters(PacketType::SubAck));
+        }
+        for &c in &self.reason_codes {
+            super::check_reason(c, ReasonContext::SubAck, PacketType::SubAck, protocol)?;
+        }
         let props = if protocol.is_v5() {
             self.properties.encoded_len(PropertyContext::ACK)?
         } else {
@@ -98,9 +108,9 @@ impl SubAck {
                 buf.put_u8(c.0);
             }
         } else {
-            // 3.1.1 knows one failure code, 0x80.
+            // 3.1.1 knows the granted QoS and one failure code, 0x80.
             for c in &self.reason_codes {
-                buf.put_u8(if c.is_error() { 0x80 } else { c.0 });
+                buf.put_u8(if c.0 <= 2 { c.0 } else { 0x80 });
             }
         }
         Ok(())

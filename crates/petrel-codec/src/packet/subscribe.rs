@@ -100,6 +100,9 @@ impl Subscribe {
             n += self.properties.encoded_len(PropertyContext::SUBSCRIBE)?;
         }
         for s in &self.subscriptions {
+            if protocol.is_v5() && s.options.no_local && s.filter.shared().is_some() {
+                return Err(EncodeError::NoLocalOnSharedSubscription);
+            }
             n += string_len(s.filter.as_mqtt_str()) + 1;
         }
         Ok(n)

@@ -8,7 +8,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::properties::{Properties, PropertyContext};
 use crate::reason::{ReasonCode, ReasonContext};
 use crate::types::{PacketId, Protocol};
-use crate::wire::{finish, PResult};
+use crate::wire::{fail, finish, PResult};
 
 /// An UNSUBACK packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,9 @@ impl UnsubAck {
         }
         let (input, properties) =
             Properties::decode(cx.frame, input, PropertyContext::ACK, cx.limits)?;
+        if input.is_empty() {
+            return fail(DecodeError::NoTopicFilters(PacketType::UnsubAck));
+        }
         let (input, reason_codes) = reason_codes(cx, input, PacketType::UnsubAck, |c| {
             c.allowed_in(ReasonContext::UnsubAck)
         })?;
@@ -56,6 +59,12 @@ impl UnsubAck {
     pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
         if !protocol.is_v5() {
             return Ok(2);
+        }
+        if self.reason_codes.is_empty() {
+            return Err(EncodeError::NoTopicFilters(PacketType::UnsubAck));
+        }
+        for &c in &self.reason_codes {
+            super::check_reason(c, ReasonContext::UnsubAck, PacketType::UnsubAck, protocol)?;
         }
         Ok(2 + self.properties.encoded_len(PropertyContext::ACK)? + self.reason_codes.len())
     }
