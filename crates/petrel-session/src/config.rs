@@ -1,0 +1,49 @@
+//! The limits and timers one side of a connection runs with.
+
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+/// What this side of the connection accepts and how long it waits.
+/// Every limit is finite; the defaults suit a broker or a client alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Most unacknowledged QoS 1 and 2 PUBLISHes we accept from a 5.0 peer at
+    /// once, sent to it as Receive Maximum; a peer that exceeds it is
+    /// disconnected with 0x93. (3.1.x can't tell the peer; there the packet
+    /// identifier space bounds what it holds open.) Default 128.
+    pub receive_maximum: NonZeroU16,
+    /// Most of our own QoS 1 and 2 PUBLISHes in flight at once, whatever the
+    /// peer's Receive Maximum allows. Default 128.
+    pub max_inflight: NonZeroU16,
+    /// Messages accepted for sending while the in-flight window is full;
+    /// past this, [`crate::SendError::QueueFull`]. Default 1000.
+    pub max_pending: usize,
+    /// SUBSCRIBE and UNSUBSCRIBE requests awaiting their acknowledgement
+    /// (client role). Default 32.
+    pub max_pending_subscriptions: usize,
+    /// Largest packet we accept, told to a 5.0 peer as Maximum Packet Size.
+    /// Default 1 MiB.
+    pub maximum_packet_size: u32,
+    /// Highest topic alias we accept from the peer (5.0). Default 16.
+    pub topic_alias_maximum: u16,
+    /// Server role: time a new connection has to send CONNECT. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Client role: time to wait for CONNACK, and for PINGRESP after a
+    /// PINGREQ, before declaring the link dead. Default 10 s.
+    pub response_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            receive_maximum: NonZeroU16::new(128).unwrap_or(NonZeroU16::MIN),
+            max_inflight: NonZeroU16::new(128).unwrap_or(NonZeroU16::MIN),
+            max_pending: 1000,
+            max_pending_subscriptions: 32,
+            maximum_packet_size: 1024 * 1024,
+            topic_alias_maximum: 16,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(10),
+        }
+    }
+}

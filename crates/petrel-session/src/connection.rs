@@ -1,0 +1,1302 @@
+//! One network connection's protocol state machine, client or server role.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use petrel_codec::packet::PacketType;
+use petrel_codec::properties::id as prop;
+use petrel_codec::{
+    Auth, ConnAck, Connect, Disconnect, MqttString, Packet, PacketId, Properties, Protocol, PubAck,
+    Publish, QoS, QosPid, ReasonCode, SubAck, Subscribe, Subscription, TopicFilter, TopicName,
+    UnsubAck, Unsubscribe,
+};
+
+use crate::config::Config;
+use crate::error::{ProtocolError, SendError};
+use crate::state::{Message, MessageId, Outgoing, Queued, SessionState};
+
+/// Which end of the connection this machine plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The client: sends CONNECT.
+    Client,
+    /// The server: answers CONNECT.
+    Server,
+}
+
+/// What the application must know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Server: a CONNECT arrived. Answer with [`Connection::accept`] or
+    /// [`Connection::reject`] (after any AUTH exchange); the machine never
+    /// decides authentication itself.
+    ConnectRequest(Box<Connect>),
+    /// 5.0 enhanced authentication: the peer sent AUTH. Answer with
+    /// [`Connection::auth`] (or, on the server, accept or reject).
+    Auth(Auth),
+    /// Client: the server accepted the connection.
+    Connected {
+        /// Whether the server resumed a session.
+        session_present: bool,
+        /// CONNACK properties (assigned client identifier, limits, …).
+        properties: Properties,
+    },
+    /// Client: the server refused the connection.
+    ConnectRefused {
+        /// Why (3.1.x return codes mapped to 5.0 reason codes).
+        reason_code: ReasonCode,
+        /// CONNACK properties (reason string, server reference, …).
+        properties: Properties,
+    },
+    /// An application message from the peer, topic alias resolved, each QoS 2
+    /// message once.
+    Message(Publish),
+    /// One of our QoS 1/2 messages is finished: PUBACK, PUBCOMP, or a PUBREC
+    /// with an error. QoS 0 messages report nothing.
+    Published {
+        /// The message, as [`Connection::publish`] named it.
+        id: MessageId,
+        /// The peer's reason code.
+        reason_code: ReasonCode,
+        /// The peer's properties (reason string, user properties).
+        properties: Properties,
+    },
+    /// One of our messages was not sent and never will be.
+    Dropped {
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: DropReason,
+    },
+    /// Server: a SUBSCRIBE to answer with [`Connection::suback`].
+    Subscribe(Subscribe),
+    /// Server: an UNSUBSCRIBE to answer with [`Connection::unsuback`].
+    Unsubscribe(Unsubscribe),
+    /// Client: the answer to a SUBSCRIBE.
+    SubAck(SubAck),
+    /// Client: the answer to an UNSUBSCRIBE.
+    UnsubAck(UnsubAck),
+    /// The connection is closed; close the network connection once what
+    /// [`Connection::poll_transmit`] still returns has been written.
+    Closed(CloseReason),
+}
+
+/// Why one of our messages was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Larger than the peer's Maximum Packet Size ([MQTT-3.1.2-25]).
+    TooLarge,
+    /// Its Message Expiry Interval ran out before it could be sent.
+    Expired,
+    /// Client: the server does not support its QoS or RETAIN (CONNACK
+    /// Maximum QoS, Retain Available; [MQTT-3.2.2-11], [MQTT-3.2.2-14]).
+    NotSupported,
+}
+
+/// Why the connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent DISCONNECT.
+    Disconnected {
+        /// Its reason (normal disconnection for 3.1.x).
+        reason_code: ReasonCode,
+        /// Its properties.
+        properties: Properties,
+    },
+    /// We disconnected ([`Connection::disconnect`]).
+    Local(ReasonCode),
+    /// The server refused the CONNECT (either role reports it).
+    Refused(ReasonCode),
+    /// The peer broke the protocol.
+    ProtocolError(ProtocolError),
+    /// Server: nothing heard for 1.5 times the keep alive ([MQTT-3.1.2-22]).
+    KeepAliveTimeout,
+    /// Server: no CONNECT in time.
+    ConnectTimeout,
+    /// Client: no CONNACK or PINGRESP in time.
+    ResponseTimeout,
+}
+
+/// What the peer told us it accepts (5.0 CONNECT or CONNACK properties; 3.1.x
+/// peers get the protocol's defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Its Receive Maximum.
+    pub receive_maximum: u16,
+    /// Its Maximum Packet Size.
+    pub maximum_packet_size: u32,
+    /// Its Topic Alias Maximum.
+    pub topic_alias_maximum: u16,
+    /// Server's Maximum QoS (client role).
+    pub maximum_qos: QoS,
+    /// Server's Retain Available (client role).
+    pub retain_available: bool,
+    /// Client's Request Problem Information (server role).
+    pub request_problem_information: bool,
+    /// Client's Request Response Information (server role).
+    pub request_response_information: bool,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        Self {
+            receive_maximum: u16::MAX,
+            maximum_packet_size: petrel_codec::MAX_VARINT + 5,
+            topic_alias_maximum: 0,
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            request_problem_information: true,
+            request_response_information: false,
+        }
+    }
+}
+
+/// How the server accepts a CONNECT.
+#[derive(Clone, Debug, Default)]
+pub struct Accept {
+    /// Session Present: whether `state` is a resumed session.
+    pub session_present: bool,
+    /// The session to continue (empty for a new one).
+    pub state: SessionState,
+    /// CONNACK properties the application sets (assigned client identifier,
+    /// server keep alive, maximum QoS, …). Receive Maximum, Maximum Packet
+    /// Size and Topic Alias Maximum are filled in from [`Config`] unless set.
+    pub properties: Properties,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    AwaitConnect,
+    AwaitAccept,
+    AwaitConnAck,
+    Connected,
+    Closed,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            Self::AwaitConnect => "awaiting CONNECT",
+            Self::AwaitAccept => "awaiting the application's answer to CONNECT",
+            Self::AwaitConnAck => "awaiting CONNACK",
+            Self::Connected => "connected",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Server: CONNECT must arrive.
+    Connect = 0,
+    /// Client: CONNACK or PINGRESP must arrive.
+    Response = 1,
+    /// Client: send PINGREQ if nothing else was sent.
+    KeepAlive = 2,
+    /// Server: the peer has been silent too long.
+    Idle = 3,
+}
+
+/// A connection's protocol state machine. No I/O, no clock: the caller passes
+/// the time into every call that needs it.
+///
+/// See the crate documentation for how to drive it.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    state: State,
+    protocol: Protocol,
+    config: Config,
+    session: SessionState,
+    peer: PeerLimits,
+    keep_alive: Option<Duration>,
+    timers: [Option<Instant>; 4],
+    last_sent: Instant,
+    last_received: Instant,
+    transmit: VecDeque<Packet>,
+    events: VecDeque<Event>,
+    /// Server, awaiting accept: packets a pipelining client sent after CONNECT.
+    deferred: VecDeque<Packet>,
+    alias_out: HashMap<TopicName, NonZeroU16>,
+    alias_in: HashMap<u16, TopicName>,
+    /// Client: SUBSCRIBE/UNSUBSCRIBE identifiers awaiting their acknowledgement.
+    pending_subscriptions: BTreeSet<u16>,
+    auth_method: Option<MqttString>,
+    /// Server: whether CONNECT asked for a zero Session Expiry Interval.
+    connect_session_expiry_zero: bool,
+    close_reason: Option<CloseReason>,
+}
+
+impl Connection {
+    fn new(role: Role, protocol: Protocol, config: Config, now: Instant) -> Self {
+        Self {
+            role,
+            state: State::Closed,
+            protocol,
+            config,
+            session: SessionState::default(),
+            peer: PeerLimits::default(),
+            keep_alive: None,
+            timers: [None; 4],
+            last_sent: now,
+            last_received: now,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            deferred: VecDeque::new(),
+            alias_out: HashMap::new(),
+            alias_in: HashMap::new(),
+            pending_subscriptions: BTreeSet::new(),
+            auth_method: None,
+            connect_session_expiry_zero: true,
+            close_reason: None,
+        }
+    }
+
+    /// A server-role machine for a new network connection: it waits for
+    /// CONNECT, for at most [`Config::connect_timeout`].
+    pub fn server(config: Config, now: Instant) -> Self {
+        let mut c = Self::new(Role::Server, Protocol::V5, config, now);
+        c.state = State::AwaitConnect;
+        c.timers[Timer::Connect as usize] = Some(now + c.config.connect_timeout);
+        c
+    }
+
+    /// A client-role machine that sends `connect` and continues `state` (an
+    /// empty [`SessionState`] for a new session). Messages given to
+    /// [`Connection::publish`] before CONNACK wait for it.
+    pub fn client(config: Config, mut connect: Connect, state: SessionState, now: Instant) -> Self {
+        let mut c = Self::new(Role::Client, connect.protocol, config, now);
+        c.session = state;
+        c.keep_alive = (connect.keep_alive > 0).then(|| secs(connect.keep_alive));
+        if connect.protocol.is_v5() {
+            let p = &mut connect.properties;
+            if p.receive_maximum().is_none() {
+                p.set_receive_maximum(Some(c.config.receive_maximum));
+            }
+            if p.maximum_packet_size().is_none() {
+                p.set_maximum_packet_size(std::num::NonZeroU32::new(c.config.maximum_packet_size));
+            }
+            if p.topic_alias_maximum().is_none() && c.config.topic_alias_maximum > 0 {
+                p.set_topic_alias_maximum(Some(c.config.topic_alias_maximum));
+            }
+            c.auth_method = p.authentication_method();
+        }
+        c.state = State::AwaitConnAck;
+        c.timers[Timer::Response as usize] = Some(now + c.config.response_timeout);
+        c.queue(now, Packet::Connect(Box::new(connect)));
+        c
+    }
+
+    // ------------------------------------------------------------ getters
+
+    /// The role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The protocol version (for a server, known once CONNECT arrived).
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether CONNECT/CONNACK completed and the connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// Whether the connection is closed (nothing more is processed).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Server: whether a CONNECT awaits [`Connection::accept`] or [`Connection::reject`].
+    pub fn is_awaiting_accept(&self) -> bool {
+        self.state == State::AwaitAccept
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// What the peer accepts.
+    pub fn peer_limits(&self) -> &PeerLimits {
+        &self.peer
+    }
+
+    /// The keep alive in force (after CONNACK's Server Keep Alive, if any).
+    pub fn keep_alive(&self) -> Option<Duration> {
+        self.keep_alive
+    }
+
+    /// The session state (read only).
+    pub fn state(&self) -> &SessionState {
+        &self.session
+    }
+
+    /// Take the session state out, leaving an empty one: for the next
+    /// connection of the same session, for a takeover, or to store it.
+    pub fn take_state(&mut self) -> SessionState {
+        std::mem::take(&mut self.session)
+    }
+
+    /// How many more QoS 1/2 messages may be sent now.
+    pub fn send_quota(&self) -> usize {
+        self.window().saturating_sub(self.session.outgoing.len())
+    }
+
+    fn window(&self) -> usize {
+        usize::from(
+            self.peer
+                .receive_maximum
+                .min(self.config.max_inflight.get()),
+        )
+    }
+
+    // ------------------------------------------------------------ outputs
+
+    /// The next packet to encode and send, in order.
+    pub fn poll_transmit(&mut self) -> Option<Packet> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Connection::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().flatten().min().copied()
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    /// Time has passed: fire the timers that are due. Calling it early, or
+    /// twice, does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.timers[Timer::Connect as usize]) {
+            self.close(CloseReason::ConnectTimeout);
+            return;
+        }
+        if due(self.timers[Timer::Response as usize]) {
+            self.close(CloseReason::ResponseTimeout);
+            return;
+        }
+        if due(self.timers[Timer::Idle as usize]) {
+            // [MQTT-3.1.2-22]: silent for 1.5 times the keep alive.
+            self.send_disconnect(now, ReasonCode::KEEP_ALIVE_TIMEOUT);
+            self.close(CloseReason::KeepAliveTimeout);
+            return;
+        }
+        if due(self.timers[Timer::KeepAlive as usize]) {
+            // [MQTT-3.1.2-20]: nothing sent for the keep alive: PINGREQ.
+            self.queue(now, Packet::PingReq);
+            if self.timers[Timer::Response as usize].is_none() {
+                self.timers[Timer::Response as usize] = Some(now + self.config.response_timeout);
+            }
+        }
+        // Expired messages waiting for the window are dropped here too.
+        self.expire_pending(now);
+    }
+
+    /// A packet arrived from the peer. A protocol violation closes the
+    /// connection (with a 5.0 DISCONNECT where one may be sent) and is also
+    /// returned.
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        self.last_received = now;
+        self.arm_idle();
+        match self.dispatch(now, packet) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.fail(now, e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The codec refused the peer's bytes: close as the specification asks.
+    pub fn handle_decode_error(&mut self, now: Instant, error: petrel_codec::DecodeError) {
+        if self.state != State::Closed {
+            self.fail(now, ProtocolError::Malformed(error));
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
+        let unexpected = |state: State, p: &Packet| ProtocolError::UnexpectedPacket {
+            packet: p.packet_type(),
+            state: state.name(),
+        };
+        match (self.role, self.state, packet) {
+            (Role::Server, State::AwaitConnect, Packet::Connect(c)) => self.on_connect(c),
+            (Role::Server, State::AwaitConnect, p) => Err(unexpected(self.state, &p)),
+            (_, _, Packet::Connect(_)) => Err(ProtocolError::SecondConnect),
+            (Role::Server, State::AwaitAccept, Packet::Auth(a)) => self.on_auth(a),
+            (Role::Server, State::AwaitAccept, p) => {
+                // A client may send before CONNACK; hold a bounded number.
+                if self.deferred.len() >= usize::from(self.config.receive_maximum.get()) + 8 {
+                    return Err(ProtocolError::ReceiveMaximumExceeded {
+                        max: self.config.receive_maximum.get(),
+                    });
+                }
+                self.deferred.push_back(p);
+                Ok(())
+            }
+            (Role::Client, State::AwaitConnAck, Packet::ConnAck(c)) => self.on_connack(now, c),
+            (Role::Client, State::AwaitConnAck, Packet::Auth(a)) => self.on_auth(a),
+            (Role::Client, State::AwaitConnAck, Packet::Disconnect(d)) => self.on_disconnect(d),
+            (Role::Client, State::AwaitConnAck, p) => Err(unexpected(self.state, &p)),
+            (_, State::Connected, p) => self.on_connected(now, p),
+            (_, state, p) => Err(unexpected(state, &p)),
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, packet: Packet) -> Result<(), ProtocolError> {
+        let unexpected = |p: PacketType| ProtocolError::UnexpectedPacket {
+            packet: p,
+            state: "connected",
+        };
+        match (self.role, packet) {
+            (_, Packet::Publish(p)) => self.on_publish(now, p),
+            (_, Packet::PubAck(a)) => self.on_puback(now, a),
+            (_, Packet::PubRec(a)) => self.on_pubrec(now, a),
+            (_, Packet::PubRel(a)) => {
+                // [MQTT-4.3.3-11]: PUBCOMP with the same identifier.
+                let known = self.session.incoming.remove(&a.packet_id.get());
+                let mut comp = PubAck::new(a.packet_id);
+                if !known && self.protocol.is_v5() {
+                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.queue(now, Packet::PubComp(comp));
+                Ok(())
+            }
+            (_, Packet::PubComp(a)) => self.on_pubcomp(now, a),
+            (_, Packet::Disconnect(d)) => self.on_disconnect(d),
+            (_, Packet::Auth(a)) => self.on_auth(a),
+            (Role::Server, Packet::Subscribe(s)) => {
+                self.events.push_back(Event::Subscribe(s));
+                Ok(())
+            }
+            (Role::Server, Packet::Unsubscribe(u)) => {
+                self.events.push_back(Event::Unsubscribe(u));
+                Ok(())
+            }
+            (Role::Server, Packet::PingReq) => {
+                self.queue(now, Packet::PingResp);
+                Ok(())
+            }
+            (Role::Client, Packet::SubAck(a)) => {
+                if self.pending_subscriptions.remove(&a.packet_id.get()) {
+                    self.events.push_back(Event::SubAck(a));
+                }
+                Ok(())
+            }
+            (Role::Client, Packet::UnsubAck(a)) => {
+                if self.pending_subscriptions.remove(&a.packet_id.get()) {
+                    self.events.push_back(Event::UnsubAck(a));
+                }
+                Ok(())
+            }
+            (Role::Client, Packet::PingResp) => {
+                self.timers[Timer::Response as usize] = None;
+                Ok(())
+            }
+            (_, p) => Err(unexpected(p.packet_type())),
+        }
+    }
+
+    // ------------------------------------------------------------ connect
+
+    fn on_connect(&mut self, c: Box<Connect>) -> Result<(), ProtocolError> {
+        self.protocol = c.protocol;
+        self.timers[Timer::Connect as usize] = None;
+        self.keep_alive = (c.keep_alive > 0).then(|| secs(c.keep_alive));
+        if c.protocol.is_v5() {
+            let p = &c.properties;
+            self.peer.receive_maximum = p.receive_maximum().map_or(u16::MAX, NonZeroU16::get);
+            self.peer.maximum_packet_size = p
+                .maximum_packet_size()
+                .map_or(self.peer.maximum_packet_size, |m| m.get());
+            self.peer.topic_alias_maximum = p.topic_alias_maximum().unwrap_or(0);
+            self.peer.request_problem_information = p.request_problem_information().unwrap_or(true);
+            self.peer.request_response_information =
+                p.request_response_information().unwrap_or(false);
+            self.auth_method = p.authentication_method();
+            self.connect_session_expiry_zero = p.session_expiry_interval().unwrap_or(0) == 0;
+        }
+        self.state = State::AwaitAccept;
+        self.events.push_back(Event::ConnectRequest(c));
+        Ok(())
+    }
+
+    /// Server: accept the CONNECT. Sends CONNACK, resends what was in flight
+    /// when the session is resumed ([MQTT-4.4.0-1]), and processes packets the
+    /// client sent before CONNACK.
+    pub fn accept(&mut self, now: Instant, accept: Accept) -> Result<(), SendError> {
+        if self.role != Role::Server || self.state != State::AwaitAccept {
+            return Err(SendError::Invalid("accept needs a server awaiting CONNECT"));
+        }
+        let mut props = accept.properties;
+        if self.protocol.is_v5() {
+            if props.receive_maximum().is_none() {
+                props.set_receive_maximum(Some(self.config.receive_maximum));
+            }
+            if props.maximum_packet_size().is_none() {
+                props.set_maximum_packet_size(std::num::NonZeroU32::new(
+                    self.config.maximum_packet_size,
+                ));
+            }
+            if props.topic_alias_maximum().is_none() && self.config.topic_alias_maximum > 0 {
+                props.set_topic_alias_maximum(Some(self.config.topic_alias_maximum));
+            }
+            if let Some(ka) = props.server_keep_alive() {
+                // [MQTT-3.2.2-21]: the client adopts it; so do we.
+                self.keep_alive = (ka > 0).then(|| secs(ka));
+            }
+            if !self.peer.request_response_information {
+                // [MQTT-3.1.2-28]: not asked for, not sent.
+                props.set_response_information(None);
+            }
+        }
+        let mut connack = ConnAck::new(ReasonCode::SUCCESS, accept.session_present);
+        connack.properties = props;
+        self.state = State::Connected;
+        self.session = accept.state;
+        if !accept.session_present {
+            self.session.outgoing.clear();
+            self.session.incoming.clear();
+        }
+        self.queue(now, Packet::ConnAck(connack));
+        self.arm_idle();
+        self.resume_inflight(now);
+        self.flush_pending(now);
+        while let Some(p) = self.deferred.pop_front() {
+            if let Err(e) = self.on_connected(now, p) {
+                self.fail(now, e);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Server: refuse the CONNECT with this reason (mapped to a 3.1.x return
+    /// code for older clients) and close. Nothing further is processed
+    /// ([MQTT-3.1.4-6]).
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> Result<(), SendError> {
+        if self.role != Role::Server || self.state != State::AwaitAccept {
+            return Err(SendError::Invalid("reject needs a server awaiting CONNECT"));
+        }
+        let mut connack = ConnAck::new(reason_code, false);
+        connack.properties = properties;
+        self.queue(now, Packet::ConnAck(connack));
+        self.deferred.clear();
+        self.close(CloseReason::Refused(reason_code));
+        Ok(())
+    }
+
+    /// Send an AUTH packet (5.0 enhanced authentication, either role).
+    pub fn auth(&mut self, now: Instant, auth: Auth) -> Result<(), SendError> {
+        if !self.protocol.is_v5() || matches!(self.state, State::Closed | State::AwaitConnect) {
+            return Err(SendError::Invalid("AUTH needs an open 5.0 connection"));
+        }
+        self.queue(now, Packet::Auth(auth));
+        Ok(())
+    }
+
+    fn on_auth(&mut self, a: Auth) -> Result<(), ProtocolError> {
+        // 4.12: AUTH only within an exchange started by CONNECT's method, and
+        // with the same method.
+        let method = a.properties.authentication_method();
+        if !self.protocol.is_v5() || self.auth_method.is_none() || method != self.auth_method {
+            return Err(ProtocolError::BadAuthentication);
+        }
+        self.events.push_back(Event::Auth(a));
+        Ok(())
+    }
+
+    fn on_connack(&mut self, now: Instant, c: ConnAck) -> Result<(), ProtocolError> {
+        self.timers[Timer::Response as usize] = None;
+        if c.reason_code.is_error() {
+            self.events.push_back(Event::ConnectRefused {
+                reason_code: c.reason_code,
+                properties: c.properties,
+            });
+            self.close(CloseReason::Refused(c.reason_code));
+            return Ok(());
+        }
+        if self.protocol.is_v5() {
+            let p = &c.properties;
+            self.peer.receive_maximum = p.receive_maximum().map_or(u16::MAX, NonZeroU16::get);
+            if let Some(m) = p.maximum_packet_size() {
+                self.peer.maximum_packet_size = m.get();
+            }
+            self.peer.topic_alias_maximum = p.topic_alias_maximum().unwrap_or(0);
+            self.peer.maximum_qos = p.maximum_qos().unwrap_or(QoS::ExactlyOnce);
+            self.peer.retain_available = p.retain_available().unwrap_or(true);
+            if let Some(ka) = p.server_keep_alive() {
+                // [MQTT-3.1.2-21]
+                self.keep_alive = (ka > 0).then(|| secs(ka));
+            }
+        }
+        self.state = State::Connected;
+        if !c.session_present {
+            // The server has no session: ours is discarded ([MQTT-3.2.2-5]
+            // in 5.0). Messages it never acknowledged go out again as new.
+            self.requeue_unacknowledged();
+        }
+        self.events.push_back(Event::Connected {
+            session_present: c.session_present,
+            properties: c.properties,
+        });
+        self.arm_keep_alive();
+        self.resume_inflight(now);
+        self.flush_pending(now);
+        Ok(())
+    }
+
+    fn requeue_unacknowledged(&mut self) {
+        let mut unacked: Vec<(MessageId, Message)> = Vec::new();
+        for (_, o) in std::mem::take(&mut self.session.outgoing) {
+            match o {
+                Outgoing::Publish { id, message } => unacked.push((id, message)),
+                // PUBREC arrived: the server had the message. Done.
+                Outgoing::Release { id } => self.events.push_back(Event::Published {
+                    id,
+                    reason_code: ReasonCode::SUCCESS,
+                    properties: Properties::new(),
+                }),
+            }
+        }
+        unacked.sort_by_key(|(id, _)| *id);
+        for (id, message) in unacked.into_iter().rev() {
+            self.session.pending.push_front(Queued {
+                id,
+                message,
+                expires_at: None,
+            });
+        }
+        self.session.incoming.clear();
+    }
+
+    /// [MQTT-4.4.0-1], [MQTT-4.6.0-1]: on a resumed session, resend every
+    /// unacknowledged PUBLISH (DUP set) and PUBREL, in their original order.
+    fn resume_inflight(&mut self, now: Instant) {
+        let mut order: Vec<(MessageId, u16)> = self
+            .session
+            .outgoing
+            .iter()
+            .map(|(pid, o)| (o.id(), *pid))
+            .collect();
+        order.sort_unstable();
+        for (_, pid) in order {
+            let Some(packet_id) = PacketId::new(pid) else {
+                continue;
+            };
+            match self.session.outgoing.get(&pid) {
+                Some(Outgoing::Publish { id, message }) => {
+                    let (id, message) = (*id, message.clone());
+                    self.send_publish(now, id, message, Some(packet_id), true);
+                }
+                Some(Outgoing::Release { .. }) => {
+                    self.queue(now, Packet::PubRel(PubAck::new(packet_id)));
+                }
+                None => {}
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ publish
+
+    /// Publish a message. QoS 1 and 2 messages take a packet identifier and
+    /// go out while the in-flight window (the peer's Receive Maximum and
+    /// [`Config::max_inflight`]) has room; otherwise they wait in order, up to
+    /// [`Config::max_pending`]. The returned id names the message in
+    /// [`Event::Published`] and [`Event::Dropped`].
+    pub fn publish(&mut self, now: Instant, message: Message) -> Result<MessageId, SendError> {
+        if matches!(self.state, State::Closed | State::AwaitConnect) {
+            return Err(SendError::NotConnected);
+        }
+        if self.role == Role::Client && self.state == State::Connected && !self.supported(&message)
+        {
+            return Err(SendError::NotSupported);
+        }
+        let id = self
+            .session
+            .enqueue(now, message, self.config.max_pending)?;
+        if self.state == State::Connected {
+            self.flush_pending(now);
+        }
+        Ok(id)
+    }
+
+    /// Client: whether the server accepts this QoS and RETAIN.
+    fn supported(&self, m: &Message) -> bool {
+        m.qos <= self.peer.maximum_qos && (!m.retain || self.peer.retain_available)
+    }
+
+    /// Send what waits, while the window has room.
+    fn flush_pending(&mut self, now: Instant) {
+        while self.state == State::Connected {
+            let Some(front) = self.session.pending.front() else {
+                return;
+            };
+            if front.message.qos != QoS::AtMostOnce && self.send_quota() == 0 {
+                return;
+            }
+            let Some(q) = self.session.pending.pop_front() else {
+                return;
+            };
+            if q.expires_at.is_some_and(|at| at <= now) {
+                self.events.push_back(Event::Dropped {
+                    id: q.id,
+                    reason: DropReason::Expired,
+                });
+                continue;
+            }
+            if self.role == Role::Client && !self.supported(&q.message) {
+                // Queued before CONNACK told us what the server supports.
+                self.events.push_back(Event::Dropped {
+                    id: q.id,
+                    reason: DropReason::NotSupported,
+                });
+                continue;
+            }
+            let mut message = q.message;
+            if let Some(at) = q.expires_at {
+                // The interval forwarded is what is left ([MQTT-3.3.2-6]).
+                let left = at.saturating_duration_since(now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                message
+                    .properties
+                    .set_message_expiry_interval(Some(secs.min(u64::from(u32::MAX)) as u32));
+            }
+            if message.qos == QoS::AtMostOnce {
+                self.send_publish(now, q.id, message, None, false);
+                continue;
+            }
+            let Some(pid) = self.allocate_packet_id() else {
+                self.session.pending.push_front(Queued {
+                    id: q.id,
+                    message,
+                    expires_at: q.expires_at,
+                });
+                return;
+            };
+            self.session.outgoing.insert(
+                pid.get(),
+                Outgoing::Publish {
+                    id: q.id,
+                    message: message.clone(),
+                },
+            );
+            self.send_publish(now, q.id, message, Some(pid), false);
+        }
+    }
+
+    fn expire_pending(&mut self, now: Instant) {
+        let before = self.session.pending.len();
+        let mut dropped = Vec::new();
+        self.session.pending.retain(|q| {
+            let expired = q.expires_at.is_some_and(|at| at <= now);
+            if expired {
+                dropped.push(q.id);
+            }
+            !expired
+        });
+        if self.session.pending.len() != before {
+            for id in dropped {
+                self.events.push_back(Event::Dropped {
+                    id,
+                    reason: DropReason::Expired,
+                });
+            }
+        }
+    }
+
+    /// An identifier no exchange of ours uses ([MQTT-2.2.1-3], [MQTT-2.2.1-4]).
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..u16::MAX {
+            self.session.next_packet_id = self.session.next_packet_id.wrapping_add(1);
+            let candidate = self.session.next_packet_id;
+            if candidate != 0
+                && !self.session.outgoing.contains_key(&candidate)
+                && !self.pending_subscriptions.contains(&candidate)
+            {
+                return PacketId::new(candidate);
+            }
+        }
+        None
+    }
+
+    /// Build and queue one PUBLISH: topic alias, size check.
+    fn send_publish(
+        &mut self,
+        now: Instant,
+        id: MessageId,
+        message: Message,
+        packet_id: Option<PacketId>,
+        dup: bool,
+    ) {
+        let Some(qos) = QosPid::from_parts(message.qos, packet_id) else {
+            return;
+        };
+        let mut publish = Publish {
+            dup: dup && packet_id.is_some(),
+            qos,
+            retain: message.retain,
+            topic: message.topic,
+            properties: message.properties.without(&[prop::TOPIC_ALIAS]),
+            payload: message.payload,
+        };
+        let topic = publish.topic.clone();
+        let new_alias = self.protocol.is_v5()
+            && self.peer.topic_alias_maximum > 0
+            && self.apply_alias_out(&mut publish);
+        let size = Packet::Publish(publish.clone()).encoded_len(self.protocol);
+        if size.map_or(true, |s| s > self.peer.maximum_packet_size as usize) {
+            // [MQTT-3.1.2-24], [MQTT-3.1.2-25]: never sent; as if delivered.
+            // An alias it would have set was never set.
+            if new_alias {
+                self.alias_out.remove(&topic);
+            }
+            if let Some(pid) = packet_id {
+                self.session.outgoing.remove(&pid.get());
+            }
+            self.events.push_back(Event::Dropped {
+                id,
+                reason: DropReason::TooLarge,
+            });
+            return;
+        }
+        self.queue_unchecked(now, Packet::Publish(publish));
+    }
+
+    /// Assign an alias to a topic while the peer's maximum allows; later
+    /// messages to that topic carry the alias and an empty name. Returns
+    /// whether a new alias was set by this message.
+    fn apply_alias_out(&mut self, publish: &mut Publish) -> bool {
+        let max = self.peer.topic_alias_maximum.min(1024);
+        if let Some(&alias) = self.alias_out.get(&publish.topic) {
+            publish.properties.set_topic_alias(Some(alias));
+            publish.topic = TopicName::alias_only();
+            return false;
+        }
+        // Aliases are handed out 1, 2, 3, … and never reused for another
+        // topic on this connection ([MQTT-3.3.2-9], [MQTT-3.3.2-11]).
+        let next = self.alias_out.len() as u16 + 1;
+        match NonZeroU16::new(next) {
+            Some(alias) if next <= max => {
+                self.alias_out.insert(publish.topic.clone(), alias);
+                publish.properties.set_topic_alias(Some(alias));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_publish(&mut self, now: Instant, mut p: Publish) -> Result<(), ProtocolError> {
+        if self.protocol.is_v5() {
+            if self.role == Role::Server && !p.properties.subscription_identifiers().is_empty() {
+                return Err(ProtocolError::SubscriptionIdentifierFromClient);
+            }
+            if let Some(alias) = p.properties.topic_alias() {
+                let max = self.config.topic_alias_maximum;
+                if alias.get() > max {
+                    return Err(ProtocolError::TopicAliasInvalid {
+                        alias: alias.get(),
+                        max,
+                    });
+                }
+                if p.topic.is_empty() {
+                    p.topic = self
+                        .alias_in
+                        .get(&alias.get())
+                        .cloned()
+                        .ok_or(ProtocolError::UnknownTopicAlias(alias.get()))?;
+                } else {
+                    self.alias_in.insert(alias.get(), p.topic.clone());
+                }
+                p.properties = p.properties.without(&[prop::TOPIC_ALIAS]);
+            }
+        }
+        match p.qos {
+            QosPid::AtMostOnce => {
+                self.events.push_back(Event::Message(p));
+            }
+            QosPid::AtLeastOnce(pid) => {
+                if self.session.incoming.contains(&pid.get()) {
+                    if !self.protocol.is_v5() {
+                        return Err(ProtocolError::PacketIdInUse(pid.get()));
+                    }
+                    let ack = PubAck::with_reason(pid, ReasonCode::PACKET_IDENTIFIER_IN_USE);
+                    self.queue(now, Packet::PubAck(ack));
+                    return Ok(());
+                }
+                // [MQTT-4.3.2-4]: own it, then PUBACK; in arrival order ([MQTT-4.6.0-2]).
+                self.events.push_back(Event::Message(p));
+                self.queue(now, Packet::PubAck(PubAck::new(pid)));
+            }
+            QosPid::ExactlyOnce(pid) => {
+                if self.session.incoming.contains(&pid.get()) {
+                    // [MQTT-4.3.3-10]: a repeat before PUBREL is acknowledged, not delivered.
+                    self.queue(now, Packet::PubRec(PubAck::new(pid)));
+                    return Ok(());
+                }
+                // A 5.0 peer was told our Receive Maximum ([MQTT-3.3.4-9]). A
+                // 3.1.x peer can't be told; the packet identifier space (65,535)
+                // bounds what it can hold open.
+                let max = self.config.receive_maximum.get();
+                if self.protocol.is_v5() && self.session.incoming.len() >= usize::from(max) {
+                    return Err(ProtocolError::ReceiveMaximumExceeded { max });
+                }
+                self.session.incoming.insert(pid.get());
+                // [MQTT-4.3.3-8]
+                self.events.push_back(Event::Message(p));
+                self.queue(now, Packet::PubRec(PubAck::new(pid)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_puback(&mut self, now: Instant, a: PubAck) -> Result<(), ProtocolError> {
+        let pid = a.packet_id.get();
+        match self.session.outgoing.get(&pid) {
+            Some(Outgoing::Publish { message, .. }) if message.qos == QoS::AtLeastOnce => {}
+            // An acknowledgement for nothing we sent on this session: ignore.
+            None => return Ok(()),
+            Some(_) => {
+                return Err(ProtocolError::UnexpectedPacket {
+                    packet: PacketType::PubAck,
+                    state: "a QoS 2 exchange holds that packet identifier",
+                })
+            }
+        }
+        if let Some(o) = self.session.outgoing.remove(&pid) {
+            self.events.push_back(Event::Published {
+                id: o.id(),
+                reason_code: a.reason_code,
+                properties: a.properties,
+            });
+        }
+        self.flush_pending(now);
+        Ok(())
+    }
+
+    fn on_pubrec(&mut self, now: Instant, a: PubAck) -> Result<(), ProtocolError> {
+        let pid = a.packet_id.get();
+        match self.session.outgoing.get(&pid) {
+            Some(Outgoing::Publish { id, message }) if message.qos == QoS::ExactlyOnce => {
+                let id = *id;
+                if a.reason_code.is_error() {
+                    // [MQTT-4.4.0-2]: acknowledged, not retransmitted.
+                    self.session.outgoing.remove(&pid);
+                    self.events.push_back(Event::Published {
+                        id,
+                        reason_code: a.reason_code,
+                        properties: a.properties,
+                    });
+                    self.flush_pending(now);
+                    return Ok(());
+                }
+                // [MQTT-4.3.3-4]: PUBREL with the same identifier.
+                self.session.outgoing.insert(pid, Outgoing::Release { id });
+                self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
+                Ok(())
+            }
+            Some(Outgoing::Release { .. }) => {
+                self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
+                Ok(())
+            }
+            Some(Outgoing::Publish { .. }) => Err(ProtocolError::UnexpectedPacket {
+                packet: PacketType::PubRec,
+                state: "a QoS 1 exchange holds that packet identifier",
+            }),
+            None => {
+                let mut rel = PubAck::new(a.packet_id);
+                if self.protocol.is_v5() {
+                    rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.queue(now, Packet::PubRel(rel));
+                Ok(())
+            }
+        }
+    }
+
+    fn on_pubcomp(&mut self, now: Instant, a: PubAck) -> Result<(), ProtocolError> {
+        let pid = a.packet_id.get();
+        if let Some(Outgoing::Release { id }) = self.session.outgoing.get(&pid) {
+            let id = *id;
+            self.session.outgoing.remove(&pid);
+            self.events.push_back(Event::Published {
+                id,
+                reason_code: a.reason_code,
+                properties: a.properties,
+            });
+            self.flush_pending(now);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ subscribe
+
+    /// Client: send SUBSCRIBE. The answer comes as [`Event::SubAck`].
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        subscriptions: Vec<Subscription>,
+        properties: Properties,
+    ) -> Result<PacketId, SendError> {
+        let packet_id = self.subscription_id()?;
+        let packet = Packet::Subscribe(Subscribe {
+            packet_id,
+            properties,
+            subscriptions,
+        });
+        self.send_request(now, packet_id, packet)
+    }
+
+    /// Client: send UNSUBSCRIBE. The answer comes as [`Event::UnsubAck`].
+    pub fn unsubscribe(
+        &mut self,
+        now: Instant,
+        filters: Vec<TopicFilter>,
+        properties: Properties,
+    ) -> Result<PacketId, SendError> {
+        let packet_id = self.subscription_id()?;
+        let packet = Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            properties,
+            filters,
+        });
+        self.send_request(now, packet_id, packet)
+    }
+
+    fn subscription_id(&mut self) -> Result<PacketId, SendError> {
+        if self.role != Role::Client {
+            return Err(SendError::Invalid("only a client subscribes"));
+        }
+        if self.state != State::Connected {
+            return Err(SendError::NotConnected);
+        }
+        if self.pending_subscriptions.len() >= self.config.max_pending_subscriptions {
+            return Err(SendError::TooManyPendingSubscriptions);
+        }
+        self.allocate_packet_id()
+            .ok_or(SendError::TooManyPendingSubscriptions)
+    }
+
+    fn send_request(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        packet: Packet,
+    ) -> Result<PacketId, SendError> {
+        let size = packet.encoded_len(self.protocol)?;
+        if size > self.peer.maximum_packet_size as usize {
+            return Err(SendError::PacketTooLarge {
+                size,
+                max: self.peer.maximum_packet_size,
+            });
+        }
+        self.pending_subscriptions.insert(packet_id.get());
+        self.queue_unchecked(now, packet);
+        Ok(packet_id)
+    }
+
+    /// Server: answer a SUBSCRIBE.
+    pub fn suback(&mut self, now: Instant, suback: SubAck) -> Result<(), SendError> {
+        self.server_reply(now, Packet::SubAck(suback))
+    }
+
+    /// Server: answer an UNSUBSCRIBE.
+    pub fn unsuback(&mut self, now: Instant, unsuback: UnsubAck) -> Result<(), SendError> {
+        self.server_reply(now, Packet::UnsubAck(unsuback))
+    }
+
+    fn server_reply(&mut self, now: Instant, packet: Packet) -> Result<(), SendError> {
+        if self.role != Role::Server {
+            return Err(SendError::Invalid(
+                "only a server acknowledges subscriptions",
+            ));
+        }
+        if self.state != State::Connected {
+            return Err(SendError::NotConnected);
+        }
+        self.queue(now, packet);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ disconnect
+
+    /// Close the connection, sending DISCONNECT where the protocol has one
+    /// (a 3.1.x server just closes).
+    pub fn disconnect(&mut self, now: Instant, reason_code: ReasonCode, properties: Properties) {
+        if self.state == State::Closed {
+            return;
+        }
+        let may_send = match self.role {
+            Role::Client => self.state != State::AwaitConnect,
+            // [MQTT-3.14.0-1]: only after a successful CONNACK, and only in 5.0.
+            Role::Server => self.state == State::Connected && self.protocol.is_v5(),
+        };
+        if may_send {
+            let mut d = Disconnect::new(reason_code);
+            if self.protocol.is_v5() {
+                d.properties = properties;
+                if self.role == Role::Server {
+                    // [MQTT-3.14.2-2]
+                    d.properties.set_session_expiry_interval(None);
+                }
+            }
+            self.queue(now, Packet::Disconnect(d));
+        }
+        self.close(CloseReason::Local(reason_code));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), ProtocolError> {
+        if self.role == Role::Server
+            && self.connect_session_expiry_zero
+            && d.properties
+                .session_expiry_interval()
+                .is_some_and(|s| s > 0)
+        {
+            // 3.14.2.2.2: a zero interval in CONNECT can't be raised at DISCONNECT.
+            return Err(ProtocolError::UnexpectedPacket {
+                packet: PacketType::Disconnect,
+                state: "CONNECT set a zero Session Expiry Interval",
+            });
+        }
+        self.close(CloseReason::Disconnected {
+            reason_code: d.reason_code,
+            properties: d.properties,
+        });
+        Ok(())
+    }
+
+    fn fail(&mut self, now: Instant, e: ProtocolError) {
+        if self.state == State::Closed {
+            return;
+        }
+        let reason = e.reason_code();
+        match (self.role, self.state) {
+            (Role::Server, State::AwaitAccept) if self.protocol.is_v5() => {
+                // Before CONNACK a server refuses through CONNACK.
+                self.queue(now, Packet::ConnAck(ConnAck::new(reason, false)));
+            }
+            (Role::Server, State::Connected) | (Role::Client, _) => {
+                self.send_disconnect(now, reason)
+            }
+            _ => {}
+        }
+        self.close(CloseReason::ProtocolError(e));
+    }
+
+    fn send_disconnect(&mut self, now: Instant, reason: ReasonCode) {
+        let may = self.protocol.is_v5()
+            && match self.role {
+                Role::Client => true,
+                Role::Server => self.state == State::Connected,
+            };
+        if may {
+            self.queue(now, Packet::Disconnect(Disconnect::new(reason)));
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.state = State::Closed;
+        self.timers = [None; 4];
+        self.alias_in.clear();
+        self.alias_out.clear();
+        self.pending_subscriptions.clear();
+        self.close_reason = Some(reason.clone());
+        self.events.push_back(Event::Closed(reason));
+    }
+
+    // ------------------------------------------------------------ sending
+
+    /// Queue a non-PUBLISH packet, trimmed to what the peer accepts.
+    fn queue(&mut self, now: Instant, mut packet: Packet) {
+        let v5 = self.protocol.is_v5();
+        if v5 && self.role == Role::Server && !self.peer.request_problem_information {
+            // [MQTT-3.1.2-29]: no reason string or user properties except on
+            // PUBLISH, CONNACK and DISCONNECT.
+            if let Some(p) = ack_properties(&mut packet) {
+                *p = p.without(&[prop::REASON_STRING, prop::USER_PROPERTY]);
+            }
+        }
+        if v5 {
+            let max = self.peer.maximum_packet_size as usize;
+            if packet.encoded_len(self.protocol).map_or(true, |n| n > max) {
+                // [MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.14.2-3], …: drop the
+                // reason string and user properties first.
+                if let Some(p) = any_properties(&mut packet) {
+                    *p = p.without(&[prop::REASON_STRING, prop::USER_PROPERTY]);
+                }
+                if packet.encoded_len(self.protocol).map_or(true, |n| n > max) {
+                    return;
+                }
+            }
+        }
+        self.queue_unchecked(now, packet);
+    }
+
+    fn queue_unchecked(&mut self, now: Instant, packet: Packet) {
+        self.last_sent = now;
+        self.transmit.push_back(packet);
+        self.arm_keep_alive();
+    }
+
+    fn arm_keep_alive(&mut self) {
+        if self.role == Role::Client && self.state == State::Connected {
+            self.timers[Timer::KeepAlive as usize] = self.keep_alive.map(|ka| self.last_sent + ka);
+        }
+    }
+
+    fn arm_idle(&mut self) {
+        if self.role == Role::Server && self.state == State::Connected {
+            // [MQTT-3.1.2-22]: one and a half keep alives.
+            self.timers[Timer::Idle as usize] =
+                self.keep_alive.map(|ka| self.last_received + ka + ka / 2);
+        }
+    }
+}
+
+fn secs(s: u16) -> Duration {
+    Duration::from_secs(u64::from(s))
+}
+
+/// Properties of the packets [MQTT-3.1.2-29] restricts.
+fn ack_properties(packet: &mut Packet) -> Option<&mut Properties> {
+    match packet {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            Some(&mut a.properties)
+        }
+        Packet::SubAck(a) => Some(&mut a.properties),
+        Packet::UnsubAck(a) => Some(&mut a.properties),
+        Packet::Auth(a) => Some(&mut a.properties),
+        _ => None,
+    }
+}
+
+fn any_properties(packet: &mut Packet) -> Option<&mut Properties> {
+    match packet {
+        Packet::ConnAck(c) => Some(&mut c.properties),
+        Packet::Disconnect(d) => Some(&mut d.properties),
+        p => ack_properties(p),
+    }
+}

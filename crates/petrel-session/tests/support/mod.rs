@@ -1,0 +1,138 @@
+//! Shared test harness: a client and a server machine and the wire between them.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use petrel_codec::{Connect, MqttString, Packet, Protocol, QoS, TopicName};
+use petrel_session::{Accept, Config, Connection, Event, Message, SessionState};
+
+pub(crate) struct Pair {
+    pub(crate) now: Instant,
+    pub(crate) client: Connection,
+    pub(crate) server: Connection,
+    pub(crate) client_events: Vec<Event>,
+    pub(crate) server_events: Vec<Event>,
+    /// Every packet that crossed, in order, with its direction.
+    pub(crate) log: Vec<(Dir, Packet)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    ToServer,
+    ToClient,
+}
+
+pub(crate) fn connect(protocol: Protocol, id: &str) -> Connect {
+    let mut c = Connect::new(protocol, MqttString::try_from(id).unwrap());
+    c.keep_alive = 30;
+    c
+}
+
+pub(crate) fn msg(topic: &str, payload: &str, qos: QoS) -> Message {
+    Message::new(
+        TopicName::try_from(topic).unwrap(),
+        Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+    )
+}
+
+impl Pair {
+    /// A connected pair: CONNECT, accept, CONNACK.
+    pub(crate) fn connected(protocol: Protocol) -> Self {
+        Self::connected_with(protocol, Config::default(), Config::default(), |_| {})
+    }
+
+    pub(crate) fn connected_with(
+        protocol: Protocol,
+        client_cfg: Config,
+        server_cfg: Config,
+        edit: impl FnOnce(&mut Connect),
+    ) -> Self {
+        let now = Instant::now();
+        let mut c = connect(protocol, "client-1");
+        edit(&mut c);
+        let mut pair = Self {
+            now,
+            client: Connection::client(client_cfg, c, SessionState::new(), now),
+            server: Connection::server(server_cfg, now),
+            client_events: Vec::new(),
+            server_events: Vec::new(),
+            log: Vec::new(),
+        };
+        pair.run();
+        assert!(matches!(
+            pair.server_events.pop(),
+            Some(Event::ConnectRequest(_))
+        ));
+        pair.server.accept(pair.now, Accept::default()).unwrap();
+        pair.run();
+        assert!(
+            matches!(pair.client_events.pop(), Some(Event::Connected { .. })),
+            "{:?}",
+            pair.client_events
+        );
+        pair.log.clear();
+        pair
+    }
+
+    /// Ferry packets both ways until both machines are quiet.
+    pub(crate) fn run(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(p) = self.client.poll_transmit() {
+                moved = true;
+                self.log.push((Dir::ToServer, p.clone()));
+                let _ = self
+                    .server
+                    .handle_packet(self.now, reencode(p, &self.client));
+            }
+            while let Some(p) = self.server.poll_transmit() {
+                moved = true;
+                self.log.push((Dir::ToClient, p.clone()));
+                let _ = self
+                    .client
+                    .handle_packet(self.now, reencode(p, &self.server));
+            }
+            while let Some(e) = self.client.poll_event() {
+                self.client_events.push(e);
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.server_events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.client.handle_timeout(self.now);
+        self.server.handle_timeout(self.now);
+        self.run();
+    }
+
+    pub(crate) fn sent(&self, dir: Dir) -> Vec<&Packet> {
+        self.log
+            .iter()
+            .filter(|(d, _)| *d == dir)
+            .map(|(_, p)| p)
+            .collect()
+    }
+}
+
+/// Every packet goes through the codec, as on a real connection.
+pub(crate) fn reencode(p: Packet, from: &Connection) -> Packet {
+    let protocol = match &p {
+        Packet::Connect(c) => c.protocol,
+        _ => from.protocol(),
+    };
+    let bytes = p
+        .to_bytes(protocol)
+        .expect("the machine only emits encodable packets");
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    Packet::decode(&mut buf, Some(protocol), &petrel_codec::Limits::default())
+        .expect("what we send decodes")
+        .expect("whole packet")
+}
