@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use petrel_codec::packet::PacketType;
 use petrel_codec::properties::id as prop;
 use petrel_codec::{
-    Auth, ConnAck, Connect, Disconnect, MqttString, Packet, PacketId, Properties, Protocol, PubAck,
-    Publish, QoS, QosPid, ReasonCode, SubAck, Subscribe, Subscription, TopicFilter, TopicName,
-    UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, DecodeError, Disconnect, MqttString, Packet, PacketId, Properties,
+    Protocol, PubAck, Publish, QoS, QosPid, ReasonCode, ReasonContext, SubAck, Subscribe,
+    Subscription, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
 use crate::config::Config;
@@ -218,8 +218,19 @@ pub struct Connection {
     last_received: Instant,
     transmit: VecDeque<Packet>,
     events: VecDeque<Event>,
-    /// Server, awaiting accept: packets a pipelining client sent after CONNECT.
+    /// Server, awaiting accept: packets a pipelining client sent after
+    /// CONNECT, and their size on the wire.
     deferred: VecDeque<Packet>,
+    deferred_bytes: usize,
+    /// Outgoing exchanges of a resumed session not yet resent on this
+    /// connection, in their original order: they go out as the window allows
+    /// ([MQTT-4.4.0-1] with the send quota of 4.9).
+    to_resend: VecDeque<u16>,
+    /// What we told the peer we accept (CONNECT or CONNACK), and enforce.
+    our_receive_maximum: u16,
+    our_topic_alias_maximum: u16,
+    /// Clean Start as the CONNECT had it.
+    clean_start: bool,
     alias_out: HashMap<TopicName, NonZeroU16>,
     alias_in: HashMap<u16, TopicName>,
     /// Client: SUBSCRIBE/UNSUBSCRIBE identifiers awaiting their acknowledgement.
@@ -246,6 +257,11 @@ impl Connection {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             deferred: VecDeque::new(),
+            deferred_bytes: 0,
+            to_resend: VecDeque::new(),
+            our_receive_maximum: u16::MAX,
+            our_topic_alias_maximum: 0,
+            clean_start: true,
             alias_out: HashMap::new(),
             alias_in: HashMap::new(),
             pending_subscriptions: BTreeSet::new(),
@@ -266,8 +282,14 @@ impl Connection {
 
     /// A client-role machine that sends `connect` and continues `state` (an
     /// empty [`SessionState`] for a new session). Messages given to
-    /// [`Connection::publish`] before CONNACK wait for it.
-    pub fn client(config: Config, mut connect: Connect, state: SessionState, now: Instant) -> Self {
+    /// [`Connection::publish`] before CONNACK wait for it. Fails if the
+    /// CONNECT can't be encoded.
+    pub fn client(
+        config: Config,
+        mut connect: Connect,
+        state: SessionState,
+        now: Instant,
+    ) -> Result<Self, SendError> {
         let mut c = Self::new(Role::Client, connect.protocol, config, now);
         c.session = state;
         c.keep_alive = (connect.keep_alive > 0).then(|| secs(connect.keep_alive));
@@ -283,11 +305,14 @@ impl Connection {
                 p.set_topic_alias_maximum(Some(c.config.topic_alias_maximum));
             }
             c.auth_method = p.authentication_method();
+            c.our_receive_maximum = p.receive_maximum().map_or(u16::MAX, NonZeroU16::get);
+            c.our_topic_alias_maximum = p.topic_alias_maximum().unwrap_or(0);
         }
+        c.clean_start = connect.clean_start;
         c.state = State::AwaitConnAck;
         c.timers[Timer::Response as usize] = Some(now + c.config.response_timeout);
-        c.queue(now, Packet::Connect(Box::new(connect)));
-        c
+        c.queue(now, Packet::Connect(Box::new(connect)))?;
+        Ok(c)
     }
 
     // ------------------------------------------------------------ getters
@@ -345,7 +370,8 @@ impl Connection {
 
     /// How many more QoS 1/2 messages may be sent now.
     pub fn send_quota(&self) -> usize {
-        self.window().saturating_sub(self.session.outgoing.len())
+        let active = self.session.outgoing.len() - self.to_resend.len();
+        self.window().saturating_sub(active)
     }
 
     fn window(&self) -> usize {
@@ -370,7 +396,16 @@ impl Connection {
 
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.iter().flatten().min().copied()
+        let expiry = if self.state == State::Closed {
+            None
+        } else {
+            self.session
+                .pending
+                .iter()
+                .filter_map(|q| q.expires_at)
+                .min()
+        };
+        self.timers.iter().flatten().copied().chain(expiry).min()
     }
 
     // ------------------------------------------------------------ inputs
@@ -398,7 +433,9 @@ impl Connection {
         }
         if due(self.timers[Timer::KeepAlive as usize]) {
             // [MQTT-3.1.2-20]: nothing sent for the keep alive: PINGREQ.
-            self.queue(now, Packet::PingReq);
+            let _ = self.queue(now, Packet::PingReq);
+            // Re-armed even if the PINGREQ could not be sent.
+            self.timers[Timer::KeepAlive as usize] = self.keep_alive.map(|ka| now + ka);
             if self.timers[Timer::Response as usize].is_none() {
                 self.timers[Timer::Response as usize] = Some(now + self.config.response_timeout);
             }
@@ -443,18 +480,18 @@ impl Connection {
             (_, _, Packet::Connect(_)) => Err(ProtocolError::SecondConnect),
             (Role::Server, State::AwaitAccept, Packet::Auth(a)) => self.on_auth(a),
             (Role::Server, State::AwaitAccept, p) => {
-                // A client may send before CONNACK; hold a bounded number.
-                if self.deferred.len() >= usize::from(self.config.receive_maximum.get()) + 8 {
-                    return Err(ProtocolError::ReceiveMaximumExceeded {
-                        max: self.config.receive_maximum.get(),
-                    });
+                // A client may send before CONNACK; hold a little. (A driver
+                // should stop reading while the application decides.)
+                let size = p.encoded_len(self.protocol).unwrap_or(usize::MAX);
+                self.deferred_bytes = self.deferred_bytes.saturating_add(size);
+                if self.deferred.len() >= MAX_DEFERRED || self.deferred_bytes > MAX_DEFERRED_BYTES {
+                    return Err(ProtocolError::TooMuchBeforeConnAck);
                 }
                 self.deferred.push_back(p);
                 Ok(())
             }
             (Role::Client, State::AwaitConnAck, Packet::ConnAck(c)) => self.on_connack(now, c),
             (Role::Client, State::AwaitConnAck, Packet::Auth(a)) => self.on_auth(a),
-            (Role::Client, State::AwaitConnAck, Packet::Disconnect(d)) => self.on_disconnect(d),
             (Role::Client, State::AwaitConnAck, p) => Err(unexpected(self.state, &p)),
             (_, State::Connected, p) => self.on_connected(now, p),
             (_, state, p) => Err(unexpected(state, &p)),
@@ -477,10 +514,14 @@ impl Connection {
                 if !known && self.protocol.is_v5() {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.queue(now, Packet::PubComp(comp));
+                let _ = self.queue(now, Packet::PubComp(comp));
                 Ok(())
             }
             (_, Packet::PubComp(a)) => self.on_pubcomp(now, a),
+            // A 3.1.x server has no DISCONNECT to send.
+            (Role::Client, Packet::Disconnect(_)) if !self.protocol.is_v5() => {
+                Err(unexpected(PacketType::Disconnect))
+            }
             (_, Packet::Disconnect(d)) => self.on_disconnect(d),
             (_, Packet::Auth(a)) => self.on_auth(a),
             (Role::Server, Packet::Subscribe(s)) => {
@@ -492,7 +533,7 @@ impl Connection {
                 Ok(())
             }
             (Role::Server, Packet::PingReq) => {
-                self.queue(now, Packet::PingResp);
+                let _ = self.queue(now, Packet::PingResp);
                 Ok(())
             }
             (Role::Client, Packet::SubAck(a)) => {
@@ -519,7 +560,9 @@ impl Connection {
 
     fn on_connect(&mut self, c: Box<Connect>) -> Result<(), ProtocolError> {
         self.protocol = c.protocol;
-        self.timers[Timer::Connect as usize] = None;
+        // The connect timer keeps running until the application answers
+        // (an AUTH exchange must also finish in time).
+        self.clean_start = c.clean_start;
         self.keep_alive = (c.keep_alive > 0).then(|| secs(c.keep_alive));
         if c.protocol.is_v5() {
             let p = &c.properties;
@@ -568,23 +611,60 @@ impl Connection {
                 props.set_response_information(None);
             }
         }
-        let mut connack = ConnAck::new(ReasonCode::SUCCESS, accept.session_present);
+        // [MQTT-3.1.2-4], [MQTT-3.2.2-2]: Clean Start means no session.
+        let session_present = accept.session_present && !self.clean_start;
+        let mut connack = ConnAck::new(ReasonCode::SUCCESS, session_present);
         connack.properties = props;
-        self.state = State::Connected;
-        self.session = accept.state;
-        if !accept.session_present {
-            self.session.outgoing.clear();
-            self.session.incoming.clear();
+        let connack = Packet::ConnAck(connack);
+        self.check_sendable(&connack)?;
+        if self.protocol.is_v5() {
+            // Enforce exactly what the CONNACK tells the client.
+            if let Packet::ConnAck(c) = &connack {
+                self.our_receive_maximum = c
+                    .properties
+                    .receive_maximum()
+                    .map_or(u16::MAX, NonZeroU16::get);
+                self.our_topic_alias_maximum = c.properties.topic_alias_maximum().unwrap_or(0);
+            }
         }
-        self.queue(now, Packet::ConnAck(connack));
+        self.timers[Timer::Connect as usize] = None;
+        self.state = State::Connected;
+        let mut state = accept.state;
+        if !session_present {
+            state.outgoing.clear();
+            state.incoming.clear();
+        }
+        // Anything the application queued while deciding stays queued, behind
+        // the session's own messages.
+        let early = std::mem::take(&mut self.session.pending);
+        state.next_message_id = state.next_message_id.max(self.session.next_message_id);
+        state.pending.extend(early);
+        self.session = state;
+        let _ = self.queue(now, connack);
         self.arm_idle();
         self.resume_inflight(now);
         self.flush_pending(now);
-        while let Some(p) = self.deferred.pop_front() {
+        while self.state == State::Connected {
+            let Some(p) = self.deferred.pop_front() else {
+                break;
+            };
             if let Err(e) = self.on_connected(now, p) {
                 self.fail(now, e);
-                break;
             }
+        }
+        self.deferred.clear();
+        self.deferred_bytes = 0;
+        Ok(())
+    }
+
+    /// Whether the peer could be sent this packet as it is.
+    fn check_sendable(&self, packet: &Packet) -> Result<(), SendError> {
+        let size = packet.encoded_len(self.protocol)?;
+        if size > self.peer.maximum_packet_size as usize {
+            return Err(SendError::PacketTooLarge {
+                size,
+                max: self.peer.maximum_packet_size,
+            });
         }
         Ok(())
     }
@@ -601,10 +681,16 @@ impl Connection {
         if self.role != Role::Server || self.state != State::AwaitAccept {
             return Err(SendError::Invalid("reject needs a server awaiting CONNECT"));
         }
+        if !reason_code.is_error() {
+            return Err(SendError::Invalid(
+                "a refusal needs a reason code of 0x80 or above",
+            ));
+        }
         let mut connack = ConnAck::new(reason_code, false);
         connack.properties = properties;
-        self.queue(now, Packet::ConnAck(connack));
-        self.deferred.clear();
+        let connack = Packet::ConnAck(connack);
+        self.check_sendable(&connack)?;
+        let _ = self.queue(now, connack);
         self.close(CloseReason::Refused(reason_code));
         Ok(())
     }
@@ -614,8 +700,13 @@ impl Connection {
         if !self.protocol.is_v5() || matches!(self.state, State::Closed | State::AwaitConnect) {
             return Err(SendError::Invalid("AUTH needs an open 5.0 connection"));
         }
-        self.queue(now, Packet::Auth(auth));
-        Ok(())
+        if self.auth_method.is_none() {
+            // [MQTT-4.12.0-7]: no AUTH unless CONNECT named a method.
+            return Err(SendError::Invalid(
+                "AUTH needs an Authentication Method in CONNECT",
+            ));
+        }
+        self.queue(now, Packet::Auth(auth))
     }
 
     fn on_auth(&mut self, a: Auth) -> Result<(), ProtocolError> {
@@ -653,14 +744,27 @@ impl Connection {
                 self.keep_alive = (ka > 0).then(|| secs(ka));
             }
         }
+        // 3.1 has no Session Present flag: a server keeps the session
+        // exactly when Clean Session was 0.
+        let session_present = match self.protocol {
+            Protocol::V3_1 => !self.clean_start,
+            _ => c.session_present,
+        };
+        if session_present && self.clean_start {
+            // [MQTT-3.2.2-4] (5.0): a session we asked to drop; close.
+            return Err(ProtocolError::UnexpectedPacket {
+                packet: PacketType::ConnAck,
+                state: "Session Present after Clean Start",
+            });
+        }
         self.state = State::Connected;
-        if !c.session_present {
+        if !session_present {
             // The server has no session: ours is discarded ([MQTT-3.2.2-5]
             // in 5.0). Messages it never acknowledged go out again as new.
             self.requeue_unacknowledged();
         }
         self.events.push_back(Event::Connected {
-            session_present: c.session_present,
+            session_present,
             properties: c.properties,
         });
         self.arm_keep_alive();
@@ -670,10 +774,14 @@ impl Connection {
     }
 
     fn requeue_unacknowledged(&mut self) {
-        let mut unacked: Vec<(MessageId, Message)> = Vec::new();
+        let mut unacked: Vec<(MessageId, Message, Option<Instant>)> = Vec::new();
         for (_, o) in std::mem::take(&mut self.session.outgoing) {
             match o {
-                Outgoing::Publish { id, message } => unacked.push((id, message)),
+                Outgoing::Publish {
+                    id,
+                    message,
+                    expires_at,
+                } => unacked.push((id, message, expires_at)),
                 // PUBREC arrived: the server had the message. Done.
                 Outgoing::Release { id } => self.events.push_back(Event::Published {
                     id,
@@ -682,19 +790,20 @@ impl Connection {
                 }),
             }
         }
-        unacked.sort_by_key(|(id, _)| *id);
-        for (id, message) in unacked.into_iter().rev() {
+        unacked.sort_by_key(|(id, _, _)| *id);
+        for (id, message, expires_at) in unacked.into_iter().rev() {
             self.session.pending.push_front(Queued {
                 id,
                 message,
-                expires_at: None,
+                expires_at,
             });
         }
         self.session.incoming.clear();
     }
 
     /// [MQTT-4.4.0-1], [MQTT-4.6.0-1]: on a resumed session, resend every
-    /// unacknowledged PUBLISH (DUP set) and PUBREL, in their original order.
+    /// PUBREL now and every unacknowledged PUBLISH (DUP set, same identifier)
+    /// in its original order, as the new connection's send quota allows.
     fn resume_inflight(&mut self, now: Instant) {
         let mut order: Vec<(MessageId, u16)> = self
             .session
@@ -703,20 +812,42 @@ impl Connection {
             .map(|(pid, o)| (o.id(), *pid))
             .collect();
         order.sort_unstable();
+        self.to_resend.clear();
         for (_, pid) in order {
-            let Some(packet_id) = PacketId::new(pid) else {
-                continue;
-            };
             match self.session.outgoing.get(&pid) {
-                Some(Outgoing::Publish { id, message }) => {
-                    let (id, message) = (*id, message.clone());
-                    self.send_publish(now, id, message, Some(packet_id), true);
-                }
+                Some(Outgoing::Publish { .. }) => self.to_resend.push_back(pid),
                 Some(Outgoing::Release { .. }) => {
-                    self.queue(now, Packet::PubRel(PubAck::new(packet_id)));
+                    if let Some(packet_id) = PacketId::new(pid) {
+                        let _ = self.queue(now, Packet::PubRel(PubAck::new(packet_id)));
+                    }
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Resend what the window allows of a resumed session's PUBLISHes.
+    fn flush_resends(&mut self, now: Instant) {
+        while self.state == State::Connected && self.send_quota() > 0 {
+            let Some(pid) = self.to_resend.pop_front() else {
+                return;
+            };
+            let Some(Outgoing::Publish {
+                id,
+                message,
+                expires_at,
+            }) = self.session.outgoing.get(&pid)
+            else {
+                continue;
+            };
+            let (id, mut message, expires_at) = (*id, message.clone(), *expires_at);
+            if let Some(at) = expires_at {
+                // Delivery has started, so it is not dropped; it carries what
+                // is left of its interval, at least a second.
+                let left = remaining_secs(at, now).max(1);
+                message.properties.set_message_expiry_interval(Some(left));
+            }
+            self.send_publish(now, id, message, PacketId::new(pid), true);
         }
     }
 
@@ -749,8 +880,13 @@ impl Connection {
         m.qos <= self.peer.maximum_qos && (!m.retain || self.peer.retain_available)
     }
 
-    /// Send what waits, while the window has room.
+    /// Send what waits, while the window has room: first the resumed
+    /// session's resends, then new messages.
     fn flush_pending(&mut self, now: Instant) {
+        self.flush_resends(now);
+        if !self.to_resend.is_empty() {
+            return;
+        }
         while self.state == State::Connected {
             let Some(front) = self.session.pending.front() else {
                 return;
@@ -779,11 +915,9 @@ impl Connection {
             let mut message = q.message;
             if let Some(at) = q.expires_at {
                 // The interval forwarded is what is left ([MQTT-3.3.2-6]).
-                let left = at.saturating_duration_since(now);
-                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
                 message
                     .properties
-                    .set_message_expiry_interval(Some(secs.min(u64::from(u32::MAX)) as u32));
+                    .set_message_expiry_interval(Some(remaining_secs(at, now)));
             }
             if message.qos == QoS::AtMostOnce {
                 self.send_publish(now, q.id, message, None, false);
@@ -802,6 +936,7 @@ impl Connection {
                 Outgoing::Publish {
                     id: q.id,
                     message: message.clone(),
+                    expires_at: q.expires_at,
                 },
             );
             self.send_publish(now, q.id, message, Some(pid), false);
@@ -830,7 +965,7 @@ impl Connection {
 
     /// An identifier no exchange of ours uses ([MQTT-2.2.1-3], [MQTT-2.2.1-4]).
     fn allocate_packet_id(&mut self) -> Option<PacketId> {
-        for _ in 0..u16::MAX {
+        for _ in 0..=u16::MAX {
             self.session.next_packet_id = self.session.next_packet_id.wrapping_add(1);
             let candidate = self.session.next_packet_id;
             if candidate != 0
@@ -860,7 +995,14 @@ impl Connection {
             qos,
             retain: message.retain,
             topic: message.topic,
-            properties: message.properties.without(&[prop::TOPIC_ALIAS]),
+            properties: if self.role == Role::Client {
+                // [MQTT-3.3.4-6]: a client's PUBLISH carries none.
+                message
+                    .properties
+                    .without(&[prop::TOPIC_ALIAS, prop::SUBSCRIPTION_IDENTIFIER])
+            } else {
+                message.properties.without(&[prop::TOPIC_ALIAS])
+            },
             payload: message.payload,
         };
         let topic = publish.topic.clone();
@@ -875,7 +1017,7 @@ impl Connection {
                 self.alias_out.remove(&topic);
             }
             if let Some(pid) = packet_id {
-                self.session.outgoing.remove(&pid.get());
+                self.finish_exchange(pid.get());
             }
             self.events.push_back(Event::Dropped {
                 id,
@@ -915,7 +1057,7 @@ impl Connection {
                 return Err(ProtocolError::SubscriptionIdentifierFromClient);
             }
             if let Some(alias) = p.properties.topic_alias() {
-                let max = self.config.topic_alias_maximum;
+                let max = self.our_topic_alias_maximum;
                 if alias.get() > max {
                     return Err(ProtocolError::TopicAliasInvalid {
                         alias: alias.get(),
@@ -929,7 +1071,10 @@ impl Connection {
                         .cloned()
                         .ok_or(ProtocolError::UnknownTopicAlias(alias.get()))?;
                 } else {
-                    self.alias_in.insert(alias.get(), p.topic.clone());
+                    // Its own allocation: a view would keep the whole frame
+                    // alive for as long as the alias lives.
+                    let topic = TopicName::try_from(p.topic.as_str())?;
+                    self.alias_in.insert(alias.get(), topic);
                 }
                 p.properties = p.properties.without(&[prop::TOPIC_ALIAS]);
             }
@@ -944,30 +1089,30 @@ impl Connection {
                         return Err(ProtocolError::PacketIdInUse(pid.get()));
                     }
                     let ack = PubAck::with_reason(pid, ReasonCode::PACKET_IDENTIFIER_IN_USE);
-                    self.queue(now, Packet::PubAck(ack));
+                    let _ = self.queue(now, Packet::PubAck(ack));
                     return Ok(());
                 }
                 // [MQTT-4.3.2-4]: own it, then PUBACK; in arrival order ([MQTT-4.6.0-2]).
                 self.events.push_back(Event::Message(p));
-                self.queue(now, Packet::PubAck(PubAck::new(pid)));
+                let _ = self.queue(now, Packet::PubAck(PubAck::new(pid)));
             }
             QosPid::ExactlyOnce(pid) => {
                 if self.session.incoming.contains(&pid.get()) {
                     // [MQTT-4.3.3-10]: a repeat before PUBREL is acknowledged, not delivered.
-                    self.queue(now, Packet::PubRec(PubAck::new(pid)));
+                    let _ = self.queue(now, Packet::PubRec(PubAck::new(pid)));
                     return Ok(());
                 }
                 // A 5.0 peer was told our Receive Maximum ([MQTT-3.3.4-9]). A
                 // 3.1.x peer can't be told; the packet identifier space (65,535)
                 // bounds what it can hold open.
-                let max = self.config.receive_maximum.get();
+                let max = self.our_receive_maximum;
                 if self.protocol.is_v5() && self.session.incoming.len() >= usize::from(max) {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
                 self.session.incoming.insert(pid.get());
                 // [MQTT-4.3.3-8]
                 self.events.push_back(Event::Message(p));
-                self.queue(now, Packet::PubRec(PubAck::new(pid)));
+                let _ = self.queue(now, Packet::PubRec(PubAck::new(pid)));
             }
         }
         Ok(())
@@ -986,7 +1131,7 @@ impl Connection {
                 })
             }
         }
-        if let Some(o) = self.session.outgoing.remove(&pid) {
+        if let Some(o) = self.finish_exchange(pid) {
             self.events.push_back(Event::Published {
                 id: o.id(),
                 reason_code: a.reason_code,
@@ -997,14 +1142,20 @@ impl Connection {
         Ok(())
     }
 
+    /// An exchange of ours is over: its identifier is free again.
+    fn finish_exchange(&mut self, pid: u16) -> Option<Outgoing> {
+        self.to_resend.retain(|p| *p != pid);
+        self.session.outgoing.remove(&pid)
+    }
+
     fn on_pubrec(&mut self, now: Instant, a: PubAck) -> Result<(), ProtocolError> {
         let pid = a.packet_id.get();
         match self.session.outgoing.get(&pid) {
-            Some(Outgoing::Publish { id, message }) if message.qos == QoS::ExactlyOnce => {
+            Some(Outgoing::Publish { id, message, .. }) if message.qos == QoS::ExactlyOnce => {
                 let id = *id;
                 if a.reason_code.is_error() {
                     // [MQTT-4.4.0-2]: acknowledged, not retransmitted.
-                    self.session.outgoing.remove(&pid);
+                    self.finish_exchange(pid);
                     self.events.push_back(Event::Published {
                         id,
                         reason_code: a.reason_code,
@@ -1014,24 +1165,27 @@ impl Connection {
                     return Ok(());
                 }
                 // [MQTT-4.3.3-4]: PUBREL with the same identifier.
+                self.to_resend.retain(|p| *p != pid);
                 self.session.outgoing.insert(pid, Outgoing::Release { id });
-                self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
+                let _ = self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
                 Ok(())
             }
             Some(Outgoing::Release { .. }) => {
-                self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
+                let _ = self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
                 Ok(())
             }
             Some(Outgoing::Publish { .. }) => Err(ProtocolError::UnexpectedPacket {
                 packet: PacketType::PubRec,
                 state: "a QoS 1 exchange holds that packet identifier",
             }),
+            // An error PUBREC ends the exchange: nothing follows it.
+            None if a.reason_code.is_error() => Ok(()),
             None => {
                 let mut rel = PubAck::new(a.packet_id);
                 if self.protocol.is_v5() {
                     rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.queue(now, Packet::PubRel(rel));
+                let _ = self.queue(now, Packet::PubRel(rel));
                 Ok(())
             }
         }
@@ -1039,17 +1193,25 @@ impl Connection {
 
     fn on_pubcomp(&mut self, now: Instant, a: PubAck) -> Result<(), ProtocolError> {
         let pid = a.packet_id.get();
-        if let Some(Outgoing::Release { id }) = self.session.outgoing.get(&pid) {
-            let id = *id;
-            self.session.outgoing.remove(&pid);
-            self.events.push_back(Event::Published {
-                id,
-                reason_code: a.reason_code,
-                properties: a.properties,
-            });
-            self.flush_pending(now);
+        match self.session.outgoing.get(&pid) {
+            Some(Outgoing::Release { id }) => {
+                let id = *id;
+                self.finish_exchange(pid);
+                self.events.push_back(Event::Published {
+                    id,
+                    reason_code: a.reason_code,
+                    properties: a.properties,
+                });
+                self.flush_pending(now);
+                Ok(())
+            }
+            // PUBCOMP before PUBREC: out of order.
+            Some(Outgoing::Publish { .. }) => Err(ProtocolError::UnexpectedPacket {
+                packet: PacketType::PubComp,
+                state: "the exchange awaits PUBACK or PUBREC",
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     // ------------------------------------------------------------ subscribe
@@ -1137,8 +1299,7 @@ impl Connection {
         if self.state != State::Connected {
             return Err(SendError::NotConnected);
         }
-        self.queue(now, packet);
-        Ok(())
+        self.queue(now, packet)
     }
 
     // ------------------------------------------------------------ disconnect
@@ -1163,7 +1324,7 @@ impl Connection {
                     d.properties.set_session_expiry_interval(None);
                 }
             }
-            self.queue(now, Packet::Disconnect(d));
+            let _ = self.queue(now, Packet::Disconnect(d));
         }
         self.close(CloseReason::Local(reason_code));
     }
@@ -1194,9 +1355,22 @@ impl Connection {
         }
         let reason = e.reason_code();
         match (self.role, self.state) {
+            (Role::Server, State::AwaitConnect) => {
+                if let ProtocolError::Malformed(
+                    DecodeError::UnsupportedProtocolLevel { .. } | DecodeError::InvalidProtocolName,
+                ) = e
+                {
+                    // [MQTT-3.1.2-2]: answer in the format every version reads
+                    // (3.1.1 return code 1), then close.
+                    self.protocol = Protocol::V3_1_1;
+                    let refusal = ConnAck::new(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, false);
+                    let _ = self.queue(now, Packet::ConnAck(refusal));
+                }
+            }
             (Role::Server, State::AwaitAccept) if self.protocol.is_v5() => {
                 // Before CONNACK a server refuses through CONNACK.
-                self.queue(now, Packet::ConnAck(ConnAck::new(reason, false)));
+                let reason = fit(reason, ReasonContext::ConnAck);
+                let _ = self.queue(now, Packet::ConnAck(ConnAck::new(reason, false)));
             }
             (Role::Server, State::Connected) | (Role::Client, _) => {
                 self.send_disconnect(now, reason)
@@ -1213,13 +1387,17 @@ impl Connection {
                 Role::Server => self.state == State::Connected,
             };
         if may {
-            self.queue(now, Packet::Disconnect(Disconnect::new(reason)));
+            let reason = fit(reason, ReasonContext::Disconnect);
+            let _ = self.queue(now, Packet::Disconnect(Disconnect::new(reason)));
         }
     }
 
     fn close(&mut self, reason: CloseReason) {
         self.state = State::Closed;
         self.timers = [None; 4];
+        self.deferred.clear();
+        self.deferred_bytes = 0;
+        self.to_resend.clear();
         self.alias_in.clear();
         self.alias_out.clear();
         self.pending_subscriptions.clear();
@@ -1229,8 +1407,9 @@ impl Connection {
 
     // ------------------------------------------------------------ sending
 
-    /// Queue a non-PUBLISH packet, trimmed to what the peer accepts.
-    fn queue(&mut self, now: Instant, mut packet: Packet) {
+    /// Queue a non-PUBLISH packet, trimmed to what the peer accepts. A
+    /// packet that can't be encoded or trimmed to fit is not sent.
+    fn queue(&mut self, now: Instant, mut packet: Packet) -> Result<(), SendError> {
         let v5 = self.protocol.is_v5();
         if v5 && self.role == Role::Server && !self.peer.request_problem_information {
             // [MQTT-3.1.2-29]: no reason string or user properties except on
@@ -1241,18 +1420,17 @@ impl Connection {
         }
         if v5 {
             let max = self.peer.maximum_packet_size as usize;
-            if packet.encoded_len(self.protocol).map_or(true, |n| n > max) {
+            if packet.encoded_len(self.protocol).is_ok_and(|n| n > max) {
                 // [MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.14.2-3], …: drop the
                 // reason string and user properties first.
                 if let Some(p) = any_properties(&mut packet) {
                     *p = p.without(&[prop::REASON_STRING, prop::USER_PROPERTY]);
                 }
-                if packet.encoded_len(self.protocol).map_or(true, |n| n > max) {
-                    return;
-                }
             }
         }
+        self.check_sendable(&packet)?;
         self.queue_unchecked(now, packet);
+        Ok(())
     }
 
     fn queue_unchecked(&mut self, now: Instant, packet: Packet) {
@@ -1279,6 +1457,32 @@ impl Connection {
 fn secs(s: u16) -> Duration {
     Duration::from_secs(u64::from(s))
 }
+
+/// The reason code itself if the packet may carry it, else the nearest one it
+/// may: Quota exceeded for an overrun limit, Protocol Error for the rest.
+fn fit(reason: ReasonCode, context: ReasonContext) -> ReasonCode {
+    if reason.allowed_in(context) {
+        reason
+    } else if reason == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED {
+        ReasonCode::QUOTA_EXCEEDED
+    } else if reason == ReasonCode::BAD_AUTHENTICATION_METHOD {
+        ReasonCode::NOT_AUTHORIZED
+    } else {
+        ReasonCode::PROTOCOL_ERROR
+    }
+}
+
+/// Whole seconds left until `at`, rounded up.
+fn remaining_secs(at: Instant, now: Instant) -> u32 {
+    let left = at.saturating_duration_since(now);
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    secs.min(u64::from(u32::MAX)) as u32
+}
+
+/// Most packets, and bytes, a server holds from a client that sends before
+/// its CONNECT is answered.
+const MAX_DEFERRED: usize = 32;
+const MAX_DEFERRED_BYTES: usize = 256 * 1024;
 
 /// Properties of the packets [MQTT-3.1.2-29] restricts.
 fn ack_properties(packet: &mut Packet) -> Option<&mut Properties> {

@@ -46,6 +46,9 @@ pub enum ProtocolError {
     /// A QoS 1 PUBLISH reused a packet identifier still held by a QoS 2 exchange.
     #[error("packet identifier {0} is still in use by a QoS 2 exchange")]
     PacketIdInUse(u16),
+    /// Server: the client sent too much before its CONNECT was answered.
+    #[error("too many packets before CONNACK")]
+    TooMuchBeforeConnAck,
     /// An AUTH whose method differs from the one in CONNECT, or with no
     /// enhanced authentication under way.
     #[error("AUTH without matching authentication method")]
@@ -60,6 +63,7 @@ impl ProtocolError {
             Self::ReceiveMaximumExceeded { .. } => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             Self::TopicAliasInvalid { .. } => ReasonCode::TOPIC_ALIAS_INVALID,
             Self::BadAuthentication => ReasonCode::BAD_AUTHENTICATION_METHOD,
+            Self::TooMuchBeforeConnAck => ReasonCode::QUOTA_EXCEEDED,
             _ => ReasonCode::PROTOCOL_ERROR,
         }
     }

@@ -44,7 +44,7 @@
 //!
 //! let now = Instant::now();
 //! let connect = Connect::new(Protocol::V5, MqttString::from_static("c1"));
-//! let mut client = Connection::client(Config::default(), connect, SessionState::new(), now);
+//! let mut client = Connection::client(Config::default(), connect, SessionState::new(), now).unwrap();
 //! let mut server = Connection::server(Config::default(), now);
 //!
 //! // Ferry packets between the two machines (a real driver encodes them onto a socket).

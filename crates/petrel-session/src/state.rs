@@ -57,7 +57,13 @@ pub(crate) struct Queued {
 #[derive(Clone, Debug)]
 pub(crate) enum Outgoing {
     /// PUBLISH sent, awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
-    Publish { id: MessageId, message: Message },
+    Publish {
+        id: MessageId,
+        message: Message,
+        /// When its Message Expiry Interval runs out: a resend carries what
+        /// is left ([MQTT-3.3.2-6]).
+        expires_at: Option<Instant>,
+    },
     /// PUBREC received and PUBREL sent, awaiting PUBCOMP. The message itself
     /// is never sent again ([MQTT-4.3.3-6]).
     Release { id: MessageId },
@@ -169,10 +175,14 @@ impl SessionState {
             outgoing: outgoing
                 .into_iter()
                 .map(|(id, pid, o)| match o {
-                    Outgoing::Publish { message, .. } => StoredOutgoing::Publish {
+                    Outgoing::Publish {
+                        message,
+                        expires_at,
+                        ..
+                    } => StoredOutgoing::Publish {
                         packet_id: pid,
                         id,
-                        message: StoredMessage::from_message(message, None, now),
+                        message: StoredMessage::from_message(message, *expires_at, now),
                     },
                     Outgoing::Release { .. } => StoredOutgoing::Release { packet_id: pid, id },
                 })
@@ -245,11 +255,12 @@ impl StoredMessage {
     fn into_message(self, now: Instant) -> Result<(Message, Option<Instant>), DecodeError> {
         let topic = TopicName::try_from(self.topic)?;
         let qos = QoS::from_u8(self.qos).ok_or(DecodeError::InvalidQoS)?;
-        let properties = Properties::from_wire(
-            self.properties,
-            PropertyContext::PUBLISH,
-            &Limits::default(),
-        )?;
+        // What we stored ourselves: only the packet's own size bounds it.
+        let limits = Limits {
+            max_user_properties: usize::MAX,
+            ..Limits::default()
+        };
+        let properties = Properties::from_wire(self.properties, PropertyContext::PUBLISH, &limits)?;
         let expires_at = self.expires_in_ms.map(|ms| now + Duration::from_millis(ms));
         Ok((
             Message {
@@ -280,13 +291,18 @@ impl Snapshot {
                     id,
                     message,
                 } => {
-                    let (message, _) = message.into_message(now)?;
+                    let (message, expires_at) = message.into_message(now)?;
                     if packet_id == 0 || message.qos == QoS::AtMostOnce {
                         return Err(DecodeError::ZeroPacketId);
                     }
-                    state
-                        .outgoing
-                        .insert(packet_id, Outgoing::Publish { id, message });
+                    state.outgoing.insert(
+                        packet_id,
+                        Outgoing::Publish {
+                            id,
+                            message,
+                            expires_at,
+                        },
+                    );
                 }
                 StoredOutgoing::Release { packet_id, id } => {
                     if packet_id == 0 {

@@ -104,7 +104,8 @@ fn client_sees_a_refusal() {
         connect(V5, "c"),
         SessionState::new(),
         now,
-    );
+    )
+    .unwrap();
     assert!(matches!(client.poll_transmit(), Some(Packet::Connect(_))));
     let refusal = petrel_codec::ConnAck::new(ReasonCode::NOT_AUTHORIZED, false);
     client.handle_packet(now, Packet::ConnAck(refusal)).unwrap();
@@ -164,7 +165,7 @@ fn enhanced_authentication_is_the_applications_decision() {
     let mut c = connect(V5, "auth");
     c.properties
         .set_authentication_method(Some(MqttString::from_static("SCRAM-SHA-256")));
-    let mut client = Connection::client(Config::default(), c, SessionState::new(), now);
+    let mut client = Connection::client(Config::default(), c, SessionState::new(), now).unwrap();
     let mut server = Connection::server(Config::default(), now);
     let method = || {
         let mut p = Properties::new();
@@ -291,7 +292,8 @@ fn server_keep_alive_replaces_the_clients_mqtt_3_1_2_21() {
         connect(V5, "k"),
         SessionState::new(),
         now,
-    );
+    )
+    .unwrap();
     let mut server = Connection::server(Config::default(), now);
     server
         .handle_packet(now, client.poll_transmit().unwrap())
@@ -544,7 +546,7 @@ fn resumed_session_resends_in_order_with_dup_mqtt_4_4_0_1_and_4_6_0_1() {
     let now = pair.now;
     let mut c2 = connect(V5, "client-1");
     c2.clean_start = false;
-    let mut client = Connection::client(Config::default(), c2, client_state, now);
+    let mut client = Connection::client(Config::default(), c2, client_state, now).unwrap();
     let mut server = Connection::server(Config::default(), now);
     server
         .handle_packet(now, client.poll_transmit().unwrap())
@@ -565,18 +567,18 @@ fn resumed_session_resends_in_order_with_dup_mqtt_4_4_0_1_and_4_6_0_1() {
     assert!(ack.session_present);
     client.handle_packet(now, Packet::ConnAck(ack)).unwrap();
     let resent: Vec<Packet> = std::iter::from_fn(|| client.poll_transmit()).collect();
-    // a and b again, with DUP, in their original order; then c's PUBREL only
-    // ([MQTT-4.3.3-6]: a PUBLISH is never resent after its PUBREL).
+    // c's PUBREL only ([MQTT-4.3.3-6]: a PUBLISH is never resent after its
+    // PUBREL), then a and b again, with DUP, in their original order.
     assert_eq!(resent.len(), 3, "{resent:?}");
-    let Packet::Publish(pa) = &resent[0] else {
+    assert!(matches!(resent[0], Packet::PubRel(_)));
+    let Packet::Publish(pa) = &resent[1] else {
         panic!()
     };
-    let Packet::Publish(pb) = &resent[1] else {
+    let Packet::Publish(pb) = &resent[2] else {
         panic!()
     };
     assert!(pa.dup && pb.dup);
     assert_eq!((&pa.payload[..], &pb.payload[..]), (&b"a"[..], &b"b"[..]));
-    assert!(matches!(resent[2], Packet::PubRel(_)));
     for p in resent {
         server.handle_packet(now, p).unwrap();
     }
@@ -618,7 +620,7 @@ fn server_without_session_makes_the_client_resend_as_new() {
     let now = pair.now;
     let mut c2 = connect(V5, "client-1");
     c2.clean_start = false;
-    let mut client = Connection::client(Config::default(), c2, state, now);
+    let mut client = Connection::client(Config::default(), c2, state, now).unwrap();
     let _ = client.poll_transmit();
     client
         .handle_packet(
@@ -1113,7 +1115,8 @@ fn client_respects_maximum_qos_and_retain_available_mqtt_3_2_2_11_and_14() {
         connect(V5, "q"),
         SessionState::new(),
         now,
-    );
+    )
+    .unwrap();
     let _ = client.poll_transmit();
     // Queued before CONNACK, then refused by what CONNACK says.
     let early = client
@@ -1169,4 +1172,233 @@ fn packets_sent_before_connack_are_processed_after_accept() {
         Some(Packet::PubAck(PubAck::new(pid(1))))
     );
     assert!(matches!(server.poll_event(), Some(Event::Message(m)) if &m.payload[..] == b"early"));
+}
+
+#[test]
+fn resends_respect_a_smaller_receive_maximum_on_the_new_connection() {
+    // Five messages in flight; the server comes back accepting two at a time.
+    let mut pair = Pair::connected(V5);
+    for i in 0..5 {
+        pair.client
+            .publish(pair.now, msg("t", &i.to_string(), QoS::AtLeastOnce))
+            .unwrap();
+    }
+    while pair.client.poll_transmit().is_some() {}
+    let state = pair.client.take_state();
+    assert_eq!(state.inflight(), 5);
+    let now = pair.now;
+    let mut c2 = connect(V5, "client-1");
+    c2.clean_start = false;
+    let mut client = Connection::client(Config::default(), c2, state, now).unwrap();
+    let mut server_cfg = Config::default();
+    server_cfg.receive_maximum = NonZeroU16::new(2).unwrap();
+    let mut server = Connection::server(server_cfg, now);
+    server
+        .handle_packet(now, client.poll_transmit().unwrap())
+        .unwrap();
+    let _ = server.poll_event();
+    server
+        .accept(
+            now,
+            Accept {
+                session_present: true,
+                ..Accept::default()
+            },
+        )
+        .unwrap();
+    client
+        .handle_packet(now, server.poll_transmit().unwrap())
+        .unwrap();
+    let first: Vec<Packet> = std::iter::from_fn(|| client.poll_transmit()).collect();
+    assert_eq!(
+        first.len(),
+        2,
+        "at most the new Receive Maximum ([MQTT-3.3.4-7])"
+    );
+    // Each acknowledgement lets the next resend out, in order.
+    let mut seen = Vec::new();
+    let mut wire = first;
+    while !wire.is_empty() {
+        for p in std::mem::take(&mut wire) {
+            let Packet::Publish(p) = p else { panic!() };
+            assert!(p.dup);
+            seen.push(String::from_utf8_lossy(&p.payload).into_owned());
+            client
+                .handle_packet(now, Packet::PubAck(PubAck::new(p.qos.packet_id().unwrap())))
+                .unwrap();
+        }
+        wire = std::iter::from_fn(|| client.poll_transmit()).collect();
+        assert!(wire.len() <= 2);
+    }
+    assert_eq!(seen, ["0", "1", "2", "3", "4"]);
+}
+
+#[test]
+fn clean_start_means_no_session_mqtt_3_2_2_2() {
+    let now = std::time::Instant::now();
+    let mut server = Connection::server(Config::default(), now);
+    server
+        .handle_packet(now, Packet::Connect(Box::new(connect(V5, "fresh"))))
+        .unwrap();
+    let mut old = SessionState::new();
+    old.enqueue(now, msg("t", "old", QoS::AtLeastOnce), 10)
+        .unwrap();
+    server
+        .accept(
+            now,
+            Accept {
+                session_present: true,
+                state: old,
+                ..Accept::default()
+            },
+        )
+        .unwrap();
+    let Some(Packet::ConnAck(c)) = server.poll_transmit() else {
+        panic!()
+    };
+    assert!(!c.session_present);
+    // A client that asked for Clean Start and hears Session Present closes.
+    let mut client = Connection::client(
+        Config::default(),
+        connect(V5, "c"),
+        SessionState::new(),
+        now,
+    )
+    .unwrap();
+    let _ = client.poll_transmit();
+    let r = client.handle_packet(
+        now,
+        Packet::ConnAck(petrel_codec::ConnAck::new(ReasonCode::SUCCESS, true)),
+    );
+    assert!(r.is_err());
+    assert!(client.is_closed());
+}
+
+#[test]
+fn mqtt_3_1_client_resumes_without_a_session_present_flag() {
+    let now = std::time::Instant::now();
+    let mut c = connect(Protocol::V3_1, "c31");
+    c.clean_start = false;
+    let mut state = SessionState::new();
+    state
+        .enqueue(now, msg("t", "x", QoS::ExactlyOnce), 10)
+        .unwrap();
+    let mut client = Connection::client(Config::default(), c.clone(), state, now).unwrap();
+    let _ = client.poll_transmit();
+    client
+        .handle_packet(
+            now,
+            Packet::ConnAck(petrel_codec::ConnAck::new(ReasonCode::SUCCESS, false)),
+        )
+        .unwrap();
+    let Some(Packet::Publish(p)) = client.poll_transmit() else {
+        panic!()
+    };
+    let state = client.take_state();
+    // Reconnect: 3.1's CONNACK has no flag, yet the in-flight QoS 2 message is
+    // resent with its identifier rather than re-queued as new.
+    let mut client = Connection::client(Config::default(), c, state, now).unwrap();
+    let _ = client.poll_transmit();
+    client
+        .handle_packet(
+            now,
+            Packet::ConnAck(petrel_codec::ConnAck::new(ReasonCode::SUCCESS, false)),
+        )
+        .unwrap();
+    let Some(Packet::Publish(again)) = client.poll_transmit() else {
+        panic!()
+    };
+    assert!(again.dup);
+    assert_eq!(again.qos, p.qos);
+}
+
+#[test]
+fn deferred_packets_stop_at_a_disconnect_and_are_bounded() {
+    let now = std::time::Instant::now();
+    let mut server = Connection::server(Config::default(), now);
+    server
+        .handle_packet(now, Packet::Connect(Box::new(connect(V5, "d"))))
+        .unwrap();
+    server
+        .handle_packet(
+            now,
+            Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION)),
+        )
+        .unwrap();
+    server.handle_packet(now, Packet::PingReq).unwrap();
+    server.accept(now, Accept::default()).unwrap();
+    let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Closed(_)))
+            .count(),
+        1
+    );
+    let out: Vec<Packet> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    assert!(
+        !out.contains(&Packet::PingResp),
+        "nothing after the DISCONNECT: {out:?}"
+    );
+    // A flood before CONNACK is cut off with Quota exceeded.
+    let mut server = Connection::server(Config::default(), now);
+    server
+        .handle_packet(now, Packet::Connect(Box::new(connect(V5, "e"))))
+        .unwrap();
+    let mut r = Ok(());
+    for _ in 0..100 {
+        r = server.handle_packet(now, Packet::PingReq);
+        if r.is_err() {
+            break;
+        }
+    }
+    assert!(r.is_err());
+    let Some(Packet::ConnAck(c)) = server.poll_transmit() else {
+        panic!()
+    };
+    assert_eq!(c.reason_code, ReasonCode::QUOTA_EXCEEDED);
+}
+
+#[test]
+fn unsupported_protocol_level_gets_return_code_1_mqtt_3_1_2_2() {
+    let now = std::time::Instant::now();
+    let mut server = Connection::server(Config::default(), now);
+    server.handle_decode_error(
+        now,
+        petrel_codec::DecodeError::UnsupportedProtocolLevel { level: 6 },
+    );
+    let Some(Packet::ConnAck(c)) = server.poll_transmit() else {
+        panic!()
+    };
+    assert_eq!(c.reason_code, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
+    assert_eq!(server.protocol(), V311);
+    assert_eq!(
+        &Packet::ConnAck(c).to_bytes(V311).unwrap()[..],
+        &[0x20, 0x02, 0x00, 0x01]
+    );
+    assert!(server.is_closed());
+}
+
+#[test]
+fn the_limits_enforced_are_the_limits_advertised() {
+    // The application advertises a larger Topic Alias Maximum than the config's.
+    let now = std::time::Instant::now();
+    let mut server = Connection::server(Config::default(), now);
+    server
+        .handle_packet(now, Packet::Connect(Box::new(connect(V5, "a"))))
+        .unwrap();
+    let mut props = Properties::new();
+    props.set_topic_alias_maximum(Some(100));
+    server
+        .accept(
+            now,
+            Accept {
+                properties: props,
+                ..Accept::default()
+            },
+        )
+        .unwrap();
+    let mut p = Publish::new(TopicName::from_static("t"), Bytes::new());
+    p.properties.set_topic_alias(NonZeroU16::new(50));
+    assert!(server.handle_packet(now, Packet::Publish(p)).is_ok());
 }

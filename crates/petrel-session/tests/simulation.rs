@@ -136,21 +136,16 @@ impl Sim {
         } else {
             Protocol::V3_1_1
         };
-        let config = Config {
-            receive_maximum: NonZeroU16::new(1 + rng.below(6) as u16).unwrap(),
-            max_inflight: NonZeroU16::new(1 + rng.below(8) as u16).unwrap(),
-            max_pending: 1000,
-            topic_alias_maximum: rng.below(4) as u16,
-            ..Config::default()
-        };
+        let config = random_config(&mut rng);
         let now = Instant::now();
         let client = Connection::client(
             config.clone(),
             connect(protocol, true),
             SessionState::new(),
             now,
-        );
-        let server = Connection::server(config.clone(), now);
+        )
+        .unwrap();
+        let server = Connection::server(random_config(&mut rng), now);
         Self {
             rng,
             seed,
@@ -249,14 +244,9 @@ impl Sim {
 
     fn check_bounds(&self) {
         // Bounded state, whatever happens.
-        let window = usize::from(self.config.max_inflight.get());
-        let recv = usize::from(self.config.receive_maximum.get());
-        // 3.1.1 has no Receive Maximum: only our own window applies.
-        let limit = if self.protocol.is_v5() {
-            window.min(recv)
-        } else {
-            window
-        };
+        // Windows change across connections, so what is in flight is
+        // bounded by the largest window any connection had.
+        let limit = usize::from(MAX_WINDOW);
         for c in [&self.client, &self.server] {
             assert!(
                 c.state().inflight() <= limit,
@@ -269,7 +259,7 @@ impl Sim {
                 self.seed
             );
         }
-        assert!(self.c2s.len() + self.s2c.len() < 4 * (window + recv) + 2 * MESSAGES as usize + 16);
+        assert!(self.c2s.len() + self.s2c.len() < 8 * limit + 2 * MESSAGES as usize + 16);
     }
 
     /// One packet crosses the wire, through the codec.
@@ -341,8 +331,13 @@ impl Sim {
             connect(self.protocol, false),
             client_state,
             self.now,
-        );
-        self.server = Connection::server(self.config.clone(), self.now);
+        )
+        .unwrap();
+        // Each side may come back with other limits: a smaller window must
+        // hold back resends, not break the session.
+        self.config = random_config(&mut self.rng);
+        let server_config = random_config(&mut self.rng);
+        self.server = Connection::server(server_config, self.now);
     }
 
     fn step(&mut self, allow_breaks: bool) {
@@ -452,6 +447,19 @@ fn stored(state: SessionState, now: Instant) -> SessionState {
     let json = serde_json::to_vec(&state.snapshot(now)).expect("serialise");
     let snapshot: petrel_session::Snapshot = serde_json::from_slice(&json).expect("deserialise");
     snapshot.restore(now).expect("restore")
+}
+
+/// Limits drawn for one connection of one side.
+const MAX_WINDOW: u16 = 8;
+
+fn random_config(rng: &mut Rng) -> Config {
+    Config {
+        receive_maximum: NonZeroU16::new(1 + rng.below(6) as u16).unwrap(),
+        max_inflight: NonZeroU16::new(1 + rng.below(u64::from(MAX_WINDOW)) as u16).unwrap(),
+        max_pending: 1000,
+        topic_alias_maximum: rng.below(4) as u16,
+        ..Config::default()
+    }
 }
 
 fn connect(protocol: Protocol, clean_start: bool) -> Connect {

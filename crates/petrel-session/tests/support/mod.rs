@@ -54,7 +54,7 @@ impl Pair {
         edit(&mut c);
         let mut pair = Self {
             now,
-            client: Connection::client(client_cfg, c, SessionState::new(), now),
+            client: Connection::client(client_cfg, c, SessionState::new(), now).unwrap(),
             server: Connection::server(server_cfg, now),
             client_events: Vec::new(),
             server_events: Vec::new(),
