@@ -544,23 +544,8 @@ fn resumed_session_resends_in_order_with_dup_mqtt_4_4_0_1_and_4_6_0_1() {
 
     // A new connection resumes both sides.
     let now = pair.now;
-    let mut c2 = connect(V5, "client-1");
-    c2.clean_start = false;
-    let mut client = Connection::client(Config::default(), c2, client_state, now).unwrap();
-    let mut server = Connection::server(Config::default(), now);
-    server
-        .handle_packet(now, client.poll_transmit().unwrap())
-        .unwrap();
-    server
-        .accept(
-            now,
-            Accept {
-                session_present: true,
-                state: server_state,
-                ..Accept::default()
-            },
-        )
-        .unwrap();
+    let (mut client, mut server) =
+        support::resume(now, V5, client_state, server_state, Config::default());
     let Some(Packet::ConnAck(ack)) = server.poll_transmit() else {
         panic!()
     };
@@ -1187,25 +1172,9 @@ fn resends_respect_a_smaller_receive_maximum_on_the_new_connection() {
     let state = pair.client.take_state();
     assert_eq!(state.inflight(), 5);
     let now = pair.now;
-    let mut c2 = connect(V5, "client-1");
-    c2.clean_start = false;
-    let mut client = Connection::client(Config::default(), c2, state, now).unwrap();
     let mut server_cfg = Config::default();
     server_cfg.receive_maximum = NonZeroU16::new(2).unwrap();
-    let mut server = Connection::server(server_cfg, now);
-    server
-        .handle_packet(now, client.poll_transmit().unwrap())
-        .unwrap();
-    let _ = server.poll_event();
-    server
-        .accept(
-            now,
-            Accept {
-                session_present: true,
-                ..Accept::default()
-            },
-        )
-        .unwrap();
+    let (mut client, mut server) = support::resume(now, V5, state, SessionState::new(), server_cfg);
     client
         .handle_packet(now, server.poll_transmit().unwrap())
         .unwrap();

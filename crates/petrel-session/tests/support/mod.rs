@@ -122,6 +122,36 @@ impl Pair {
     }
 }
 
+/// A new connection resuming both sides' sessions: the client's CONNECT
+/// (Clean Start 0) reaches the server, which accepts with Session Present.
+/// The CONNACK is left in the server's transmit queue.
+pub(crate) fn resume(
+    now: Instant,
+    protocol: Protocol,
+    client_state: SessionState,
+    server_state: SessionState,
+    server_config: Config,
+) -> (Connection, Connection) {
+    let mut c = connect(protocol, "client-1");
+    c.clean_start = false;
+    let mut client = Connection::client(Config::default(), c, client_state, now).unwrap();
+    let mut server = Connection::server(server_config, now);
+    server
+        .handle_packet(now, client.poll_transmit().unwrap())
+        .unwrap();
+    assert!(matches!(
+        server.poll_event(),
+        Some(Event::ConnectRequest(_))
+    ));
+    let accept = Accept {
+        session_present: true,
+        state: server_state,
+        ..Accept::default()
+    };
+    server.accept(now, accept).unwrap();
+    (client, server)
+}
+
 /// Every packet goes through the codec, as on a real connection.
 pub(crate) fn reencode(p: Packet, from: &Connection) -> Packet {
     let protocol = match &p {
