@@ -21,8 +21,8 @@ pub struct Config {
     /// SUBSCRIBE and UNSUBSCRIBE requests awaiting their acknowledgement
     /// (client role). Default 32.
     pub max_pending_subscriptions: usize,
-    /// Largest packet we accept, told to a 5.0 peer as Maximum Packet Size.
-    /// Default 1 MiB.
+    /// Largest packet we accept, told to a 5.0 peer as Maximum Packet Size
+    /// and enforced by the decoder given [`Config::codec_limits`]. Default 1 MiB.
     pub maximum_packet_size: u32,
     /// Highest topic alias we accept from the peer (5.0). Default 16.
     pub topic_alias_maximum: u16,
@@ -31,6 +31,18 @@ pub struct Config {
     /// Client role: time to wait for CONNACK, and for PINGRESP after a
     /// PINGREQ, before declaring the link dead. Default 10 s.
     pub response_timeout: Duration,
+}
+
+impl Config {
+    /// The codec limits that go with this configuration: a driver decodes
+    /// with these, so the Maximum Packet Size we advertise is the one the
+    /// decoder enforces.
+    pub fn codec_limits(&self) -> petrel_codec::Limits {
+        petrel_codec::Limits {
+            max_packet_size: self.maximum_packet_size,
+            ..petrel_codec::Limits::default()
+        }
+    }
 }
 
 impl Default for Config {

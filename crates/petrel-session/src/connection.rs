@@ -305,6 +305,7 @@ impl Connection {
                 p.set_topic_alias_maximum(Some(c.config.topic_alias_maximum));
             }
             c.auth_method = p.authentication_method();
+            c.connect_session_expiry_zero = p.session_expiry_interval().unwrap_or(0) == 0;
             c.our_receive_maximum = p.receive_maximum().map_or(u16::MAX, NonZeroU16::get);
             c.our_topic_alias_maximum = p.topic_alias_maximum().unwrap_or(0);
         }
@@ -1305,10 +1306,35 @@ impl Connection {
     // ------------------------------------------------------------ disconnect
 
     /// Close the connection, sending DISCONNECT where the protocol has one
-    /// (a 3.1.x server just closes).
-    pub fn disconnect(&mut self, now: Instant, reason_code: ReasonCode, properties: Properties) {
+    /// (a 3.1.x server just closes). Refused, with nothing changed, for a
+    /// reason code the DISCONNECT table lacks ([MQTT-3.14.2-1]), for 0x04 from
+    /// a server (only a client asks for its Will), and for a client raising a
+    /// zero Session Expiry Interval (3.14.2.2.2).
+    pub fn disconnect(
+        &mut self,
+        now: Instant,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> Result<(), SendError> {
         if self.state == State::Closed {
-            return;
+            return Ok(());
+        }
+        if self.protocol.is_v5() {
+            if !reason_code.allowed_in(ReasonContext::Disconnect) {
+                return Err(SendError::Invalid("not a DISCONNECT reason code"));
+            }
+            if self.role == Role::Server && reason_code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE
+            {
+                return Err(SendError::Invalid("0x04 is the client's to send"));
+            }
+            if self.role == Role::Client
+                && self.connect_session_expiry_zero
+                && properties.session_expiry_interval().is_some_and(|s| s > 0)
+            {
+                return Err(SendError::Invalid(
+                    "a zero Session Expiry Interval can't be raised at DISCONNECT",
+                ));
+            }
         }
         let may_send = match self.role {
             Role::Client => self.state != State::AwaitConnect,
@@ -1327,6 +1353,7 @@ impl Connection {
             let _ = self.queue(now, Packet::Disconnect(d));
         }
         self.close(CloseReason::Local(reason_code));
+        Ok(())
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), ProtocolError> {

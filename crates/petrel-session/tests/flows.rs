@@ -1050,11 +1050,13 @@ fn subscribe_and_unsubscribe_round_trip() {
 #[test]
 fn disconnect_both_ways() {
     let mut pair = Pair::connected(V5);
-    pair.client.disconnect(
-        pair.now,
-        ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
-        Properties::new(),
-    );
+    pair.client
+        .disconnect(
+            pair.now,
+            ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            Properties::new(),
+        )
+        .unwrap();
     pair.run();
     assert!(matches!(
         closed(&pair.server_events),
@@ -1068,18 +1070,21 @@ fn disconnect_both_ways() {
     let mut props = Properties::new();
     props.set_session_expiry_interval(Some(10));
     pair.server
-        .disconnect(pair.now, ReasonCode::SERVER_SHUTTING_DOWN, props);
+        .disconnect(pair.now, ReasonCode::SERVER_SHUTTING_DOWN, props)
+        .unwrap();
     let Some(Packet::Disconnect(d)) = pair.server.poll_transmit() else {
         panic!()
     };
     assert!(d.properties.session_expiry_interval().is_none());
     // A 3.1.1 server has no DISCONNECT: it just closes.
     let mut pair = Pair::connected(V311);
-    pair.server.disconnect(
-        pair.now,
-        ReasonCode::SERVER_SHUTTING_DOWN,
-        Properties::new(),
-    );
+    pair.server
+        .disconnect(
+            pair.now,
+            ReasonCode::SERVER_SHUTTING_DOWN,
+            Properties::new(),
+        )
+        .unwrap();
     assert!(pair.server.poll_transmit().is_none());
     assert!(pair.server.is_closed());
     // Raising a zero Session Expiry Interval at DISCONNECT is a protocol error (3.14.2.2.2).
@@ -1370,4 +1375,35 @@ fn the_limits_enforced_are_the_limits_advertised() {
     let mut p = Publish::new(TopicName::from_static("t"), Bytes::new());
     p.properties.set_topic_alias(NonZeroU16::new(50));
     assert!(server.handle_packet(now, Packet::Publish(p)).is_ok());
+}
+
+#[test]
+fn disconnect_reason_codes_are_checked() {
+    let mut pair = Pair::connected(V5);
+    assert!(pair
+        .server
+        .disconnect(
+            pair.now,
+            ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            Properties::new()
+        )
+        .is_err());
+    assert!(pair
+        .client
+        .disconnect(pair.now, ReasonCode::GRANTED_QOS_1, Properties::new())
+        .is_err());
+    let mut raise = Properties::new();
+    raise.set_session_expiry_interval(Some(60));
+    assert!(pair
+        .client
+        .disconnect(pair.now, ReasonCode::NORMAL_DISCONNECTION, raise)
+        .is_err());
+    assert!(
+        pair.client.is_connected(),
+        "a refused command changes nothing"
+    );
+    assert_eq!(
+        Config::default().codec_limits().max_packet_size,
+        1024 * 1024
+    );
 }
