@@ -366,12 +366,18 @@ impl Connection {
     /// Take the session state out, leaving an empty one: for the next
     /// connection of the same session, for a takeover, or to store it.
     pub fn take_state(&mut self) -> SessionState {
+        // What was still to be resent is in the state's own in-flight list.
+        self.to_resend.clear();
         std::mem::take(&mut self.session)
     }
 
     /// How many more QoS 1/2 messages may be sent now.
     pub fn send_quota(&self) -> usize {
-        let active = self.session.outgoing.len() - self.to_resend.len();
+        let active = self
+            .session
+            .outgoing
+            .len()
+            .saturating_sub(self.to_resend.len());
         self.window().saturating_sub(active)
     }
 
