@@ -1,0 +1,186 @@
+//! Retained messages by topic, looked up with topic filters.
+
+use std::collections::HashMap;
+
+use petrel_codec::{TopicFilter, TopicName};
+
+/// Retained messages, one per topic ([MQTT-3.3.1-5]), in a per-level trie.
+///
+/// A subscription's filter is walked down the trie: a literal level follows
+/// one child, `+` every child of that level, `#` the whole branch below (and
+/// the level itself, 4.7.1.2). Topics outside the filter's prefix are never
+/// visited, so a new subscription does not scan every retained message.
+#[derive(Debug)]
+pub struct RetainedTree<V> {
+    root: Node<V>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Node<V> {
+    children: HashMap<Box<str>, Self>,
+    value: Option<V>,
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Self {
+            children: HashMap::new(),
+            value: None,
+        }
+    }
+}
+
+impl<V> Default for RetainedTree<V> {
+    fn default() -> Self {
+        Self {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> RetainedTree<V> {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many topics hold a retained message.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Retain `value` for `topic`, replacing what was there ([MQTT-3.3.1-5]).
+    pub fn insert(&mut self, topic: &TopicName, value: V) -> Option<V> {
+        let mut node = &mut self.root;
+        for level in super::levels(topic.as_str()) {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let previous = node.value.replace(value);
+        if previous.is_none() {
+            self.len += 1;
+        }
+        previous
+    }
+
+    /// The message retained for `topic`.
+    pub fn get(&self, topic: &TopicName) -> Option<&V> {
+        let mut node = &self.root;
+        for level in super::levels(topic.as_str()) {
+            node = node.children.get(level)?;
+        }
+        node.value.as_ref()
+    }
+
+    /// Delete the message retained for `topic` (a retained PUBLISH with an
+    /// empty payload, [MQTT-3.3.1-6]); empty branches are pruned.
+    pub fn remove(&mut self, topic: &TopicName) -> Option<V> {
+        let removed = Self::remove_at(&mut self.root, Some(topic.as_str()));
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(node: &mut Node<V>, rest: Option<&str>) -> Option<V> {
+        let Some(rest) = rest else {
+            return node.value.take();
+        };
+        let (level, tail) = match rest.split_once('/') {
+            Some((l, t)) => (l, Some(t)),
+            None => (rest, None),
+        };
+        let child = node.children.get_mut(level)?;
+        let removed = Self::remove_at(child, tail);
+        if child.value.is_none() && child.children.is_empty() {
+            node.children.remove(level);
+        }
+        removed
+    }
+
+    /// Remove every retained message `keep` refuses (for example those whose
+    /// Message Expiry Interval has passed); returns how many went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) -> usize {
+        let before = self.len;
+        let removed = Self::retain_at(&mut self.root, &mut keep);
+        self.len -= removed;
+        before - self.len
+    }
+
+    fn retain_at(node: &mut Node<V>, keep: &mut impl FnMut(&V) -> bool) -> usize {
+        let mut removed = 0;
+        if node.value.as_ref().is_some_and(|v| !keep(v)) {
+            node.value = None;
+            removed += 1;
+        }
+        node.children.retain(|_, child| {
+            removed += Self::retain_at(child, keep);
+            child.value.is_some() || !child.children.is_empty()
+        });
+        removed
+    }
+
+    /// Every retained message whose topic matches `filter` (the filter part
+    /// of a shared subscription is used as is). Topics starting with `$` are
+    /// not matched by a leading wildcard ([MQTT-4.7.2-1]).
+    pub fn matching<'a>(&'a self, filter: &TopicFilter, mut visit: impl FnMut(&'a V)) {
+        let f = filter.shared().map_or(filter.as_str(), |(_, f)| f);
+        Self::walk(&self.root, Some(f), true, &mut visit);
+    }
+
+    fn walk<'a>(node: &'a Node<V>, rest: Option<&str>, first: bool, visit: &mut impl FnMut(&'a V)) {
+        let Some(rest) = rest else {
+            if let Some(v) = &node.value {
+                visit(v);
+            }
+            return;
+        };
+        let (level, tail) = match rest.split_once('/') {
+            Some((l, t)) => (l, Some(t)),
+            None => (rest, None),
+        };
+        let eligible = |name: &str| !(first && name.starts_with('$'));
+        match level {
+            "#" => {
+                // The level itself (`sport/#` matches `sport`), then all below.
+                if let Some(v) = &node.value {
+                    if !first {
+                        visit(v);
+                    }
+                }
+                for (name, child) in &node.children {
+                    if eligible(name) {
+                        Self::all(child, visit);
+                    }
+                }
+            }
+            "+" => {
+                for (name, child) in &node.children {
+                    if eligible(name) {
+                        Self::walk(child, tail, false, visit);
+                    }
+                }
+            }
+            lit => {
+                if let Some(child) = node.children.get(lit) {
+                    Self::walk(child, tail, false, visit);
+                }
+            }
+        }
+    }
+
+    fn all<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V)) {
+        if let Some(v) = &node.value {
+            visit(v);
+        }
+        for child in node.children.values() {
+            Self::all(child, visit);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! # petrel-broker
+//!
+//! The broker. This release holds the first pieces of its core, the two
+//! indexes every PUBLISH and every SUBSCRIBE go through:
+//!
+//! * [`SubscriptionTree`]: topic filters in a per-level trie, matched against
+//!   a topic name with the 4.7 rules (`+`, `#`, `sport/#` matching `sport`,
+//!   `$`-topics unmatched by leading wildcards) and 4.8.2 shared
+//!   subscriptions grouped per share name. Matching walks only the branches a
+//!   topic can reach, so its cost follows the topic's depth and the number of
+//!   matches, not the number of subscriptions.
+//! * [`RetainedTree`]: retained messages by topic, looked up with a filter by
+//!   walking the same kind of trie, never scanning every retained topic.
+//!
+//! Sessions, wills, `$SYS`, the tokio server and the `petrel broker` binary
+//! build on these.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod core;
+
+pub use crate::core::retained::RetainedTree;
+pub use crate::core::subscriptions::{Matched, SubscriptionTree};
