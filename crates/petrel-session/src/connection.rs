@@ -93,6 +93,9 @@ pub enum DropReason {
     /// Client: the server does not support its QoS or RETAIN (CONNACK
     /// Maximum QoS, Retain Available; [MQTT-3.2.2-11], [MQTT-3.2.2-14]).
     NotSupported,
+    /// Server: the client started a new session, so the state the
+    /// application offered was discarded ([MQTT-3.1.2-4]).
+    SessionDiscarded,
 }
 
 /// Why the connection closed.
@@ -622,7 +625,8 @@ impl Connection {
         let session_present = accept.session_present && !self.clean_start;
         let mut connack = ConnAck::new(ReasonCode::SUCCESS, session_present);
         connack.properties = props;
-        let connack = Packet::ConnAck(connack);
+        let mut connack = Packet::ConnAck(connack);
+        self.trim_for_peer(&mut connack);
         self.check_sendable(&connack)?;
         if self.protocol.is_v5() {
             // Enforce exactly what the CONNACK tells the client.
@@ -638,14 +642,30 @@ impl Connection {
         self.state = State::Connected;
         let mut state = accept.state;
         if !session_present {
-            state.outgoing.clear();
-            state.incoming.clear();
+            // A new session: whatever the state held is discarded
+            // ([MQTT-3.1.2-4]), and the application hears of each message.
+            let mut dropped: Vec<MessageId> = state
+                .outgoing
+                .values()
+                .filter_map(|o| match o {
+                    Outgoing::Publish { id, .. } => Some(*id),
+                    Outgoing::Release { .. } => None,
+                })
+                .collect();
+            dropped.extend(state.pending.iter().map(|q| q.id));
+            dropped.sort_unstable();
+            for id in dropped {
+                self.events.push_back(Event::Dropped {
+                    id,
+                    reason: DropReason::SessionDiscarded,
+                });
+            }
+            // Identifiers stay unique for the application that holds them.
+            state = SessionState {
+                next_message_id: state.next_message_id,
+                ..SessionState::default()
+            };
         }
-        // Anything the application queued while deciding stays queued, behind
-        // the session's own messages.
-        let early = std::mem::take(&mut self.session.pending);
-        state.next_message_id = state.next_message_id.max(self.session.next_message_id);
-        state.pending.extend(early);
         self.session = state;
         let _ = self.queue(now, connack);
         self.arm_idle();
@@ -695,7 +715,8 @@ impl Connection {
         }
         let mut connack = ConnAck::new(reason_code, false);
         connack.properties = properties;
-        let connack = Packet::ConnAck(connack);
+        let mut connack = Packet::ConnAck(connack);
+        self.trim_for_peer(&mut connack);
         self.check_sendable(&connack)?;
         let _ = self.queue(now, connack);
         self.close(CloseReason::Refused(reason_code));
@@ -848,6 +869,15 @@ impl Connection {
                 continue;
             };
             let (id, mut message, expires_at) = (*id, message.clone(), *expires_at);
+            if self.role == Role::Client && !self.supported(&message) {
+                // The server came back supporting less ([MQTT-3.2.2-11]).
+                self.finish_exchange(pid);
+                self.events.push_back(Event::Dropped {
+                    id,
+                    reason: DropReason::NotSupported,
+                });
+                continue;
+            }
             if let Some(at) = expires_at {
                 // Delivery has started, so it is not dropped; it carries what
                 // is left of its interval, at least a second.
@@ -866,7 +896,13 @@ impl Connection {
     /// [`Config::max_pending`]. The returned id names the message in
     /// [`Event::Published`] and [`Event::Dropped`].
     pub fn publish(&mut self, now: Instant, message: Message) -> Result<MessageId, SendError> {
-        if matches!(self.state, State::Closed | State::AwaitConnect) {
+        // A server's session is the one it accepts: until then there is
+        // nowhere to put a message (queue it in that state with
+        // `SessionState::enqueue`).
+        if matches!(
+            self.state,
+            State::Closed | State::AwaitConnect | State::AwaitAccept
+        ) {
             return Err(SendError::NotConnected);
         }
         if self.role == Role::Client && self.state == State::Connected && !self.supported(&message)
@@ -1343,7 +1379,7 @@ impl Connection {
             }
         }
         let may_send = match self.role {
-            Role::Client => self.state != State::AwaitConnect,
+            Role::Client => true,
             // [MQTT-3.14.0-1]: only after a successful CONNACK, and only in 5.0.
             Role::Server => self.state == State::Connected && self.protocol.is_v5(),
         };
@@ -1443,11 +1479,19 @@ impl Connection {
     /// Queue a non-PUBLISH packet, trimmed to what the peer accepts. A
     /// packet that can't be encoded or trimmed to fit is not sent.
     fn queue(&mut self, now: Instant, mut packet: Packet) -> Result<(), SendError> {
+        self.trim_for_peer(&mut packet);
+        self.check_sendable(&packet)?;
+        self.queue_unchecked(now, packet);
+        Ok(())
+    }
+
+    /// Leave out what the peer did not ask for or has no room for.
+    fn trim_for_peer(&self, packet: &mut Packet) {
         let v5 = self.protocol.is_v5();
         if v5 && self.role == Role::Server && !self.peer.request_problem_information {
             // [MQTT-3.1.2-29]: no reason string or user properties except on
             // PUBLISH, CONNACK and DISCONNECT.
-            if let Some(p) = ack_properties(&mut packet) {
+            if let Some(p) = ack_properties(packet) {
                 *p = p.without(&[prop::REASON_STRING, prop::USER_PROPERTY]);
             }
         }
@@ -1456,14 +1500,11 @@ impl Connection {
             if packet.encoded_len(self.protocol).is_ok_and(|n| n > max) {
                 // [MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.14.2-3], …: drop the
                 // reason string and user properties first.
-                if let Some(p) = any_properties(&mut packet) {
+                if let Some(p) = any_properties(packet) {
                     *p = p.without(&[prop::REASON_STRING, prop::USER_PROPERTY]);
                 }
             }
         }
-        self.check_sendable(&packet)?;
-        self.queue_unchecked(now, packet);
-        Ok(())
     }
 
     fn queue_unchecked(&mut self, now: Instant, packet: Packet) {

@@ -313,6 +313,15 @@ impl Snapshot {
             }
         }
         state.incoming = self.incoming.into_iter().filter(|&i| i != 0).collect();
+        // Never hand out an identifier a stored message already has.
+        let highest = state
+            .outgoing
+            .values()
+            .map(Outgoing::id)
+            .chain(self.pending.iter().map(|(id, _)| *id))
+            .max()
+            .map_or(0, |id| id.0);
+        state.next_message_id = state.next_message_id.max(highest);
         for (id, m) in self.pending {
             let (message, expires_at) = m.into_message(now)?;
             state.pending.push_back(Queued {

@@ -1231,6 +1231,15 @@ fn clean_start_means_no_session_mqtt_3_2_2_2() {
         panic!()
     };
     assert!(!c.session_present);
+    // The offered session was discarded, and the application is told.
+    assert!(std::iter::from_fn(|| server.poll_event()).any(|e| matches!(
+        e,
+        Event::Dropped {
+            reason: DropReason::SessionDiscarded,
+            ..
+        }
+    )));
+    assert!(server.state().is_empty());
     // A client that asked for Clean Start and hears Session Present closes.
     let mut client = Connection::client(
         Config::default(),
@@ -1405,5 +1414,18 @@ fn disconnect_reason_codes_are_checked() {
     assert_eq!(
         Config::default().codec_limits().max_packet_size,
         1024 * 1024
+    );
+}
+
+#[test]
+fn a_server_publishes_only_once_it_has_accepted() {
+    let now = std::time::Instant::now();
+    let mut server = Connection::server(Config::default(), now);
+    server
+        .handle_packet(now, Packet::Connect(Box::new(connect(V5, "p"))))
+        .unwrap();
+    assert_eq!(
+        server.publish(now, msg("t", "early", QoS::AtLeastOnce)),
+        Err(petrel_session::SendError::NotConnected)
     );
 }
