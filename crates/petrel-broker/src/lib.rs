@@ -11,6 +11,10 @@
 //!   matches, not the number of subscriptions.
 //! * [`RetainedTree`]: retained messages by topic, looked up with a filter by
 //!   walking the same kind of trie, never scanning every retained topic.
+//! * [`Router`]: the subscription index plus the rules that turn a match into
+//!   deliveries — granted QoS, No Local, Retain As Published, Subscription
+//!   Identifiers, one copy per subscriber for overlapping subscriptions, one
+//!   member per shared group.
 //!
 //! Sessions, wills, `$SYS`, the tokio server and the `petrel broker` binary
 //! build on these.
@@ -20,4 +24,5 @@
 pub mod core;
 
 pub use crate::core::retained::RetainedTree;
+pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};

@@ -1,6 +1,7 @@
 //! The broker's routing state, without sockets.
 
 pub mod retained;
+pub mod router;
 pub mod subscriptions;
 
 /// The levels of a topic name or filter (4.7.1.1): split on `/`, empty

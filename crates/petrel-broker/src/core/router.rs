@@ -1,0 +1,157 @@
+//! Who gets a PUBLISH: the subscription index plus the delivery rules of
+//! 3.3 and 3.8 (granted QoS, No Local, Retain As Published, Subscription
+//! Identifiers, overlapping subscriptions, shared groups).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use petrel_codec::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
+
+use super::subscriptions::{Matched, SubscriptionTree};
+
+/// What a subscriber attached to one subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The granted options (maximum QoS, No Local, Retain As Published,
+    /// Retain Handling).
+    pub options: SubscriptionOptions,
+    /// The 5.0 Subscription Identifier, if the SUBSCRIBE had one.
+    pub identifier: Option<SubscriptionId>,
+}
+
+/// One copy of a message to send to one subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery<K> {
+    /// The subscriber.
+    pub client: K,
+    /// The QoS to deliver with: the message's, lowered to what the
+    /// subscription granted.
+    pub qos: QoS,
+    /// The RETAIN flag to deliver with.
+    pub retain: bool,
+    /// Subscription Identifiers of the subscriptions this copy answers.
+    pub identifiers: Vec<SubscriptionId>,
+}
+
+/// The subscription index and the rules that turn a match into deliveries.
+#[derive(Debug)]
+pub struct Router<K> {
+    subscriptions: SubscriptionTree<K, Subscription>,
+    /// Turns through each shared group's members.
+    shared_turn: usize,
+}
+
+impl<K> Default for Router<K> {
+    fn default() -> Self {
+        Self {
+            subscriptions: SubscriptionTree::default(),
+            shared_turn: 0,
+        }
+    }
+}
+
+/// The message being routed, as far as routing cares.
+#[derive(Clone, Copy, Debug)]
+pub struct Routed<'a, K> {
+    /// Its topic name.
+    pub topic: &'a str,
+    /// Its QoS as published.
+    pub qos: QoS,
+    /// Its RETAIN flag as published.
+    pub retain: bool,
+    /// Who published it (for No Local).
+    pub publisher: &'a K,
+}
+
+impl<K: Eq + Hash + Clone> Router<K> {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self {
+            subscriptions: SubscriptionTree::new(),
+            shared_turn: 0,
+        }
+    }
+
+    /// How many subscriptions are held.
+    pub fn len(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty()
+    }
+
+    /// Add or replace `client`'s subscription to `filter` ([MQTT-3.8.4-3]).
+    /// Returns whether it already existed (what Retain Handling 1 asks).
+    pub fn subscribe(
+        &mut self,
+        client: K,
+        filter: &TopicFilter,
+        subscription: Subscription,
+    ) -> bool {
+        self.subscriptions
+            .insert(filter, client, subscription)
+            .is_some()
+    }
+
+    /// Remove `client`'s subscription to `filter`; whether there was one.
+    pub fn unsubscribe(&mut self, client: &K, filter: &TopicFilter) -> bool {
+        self.subscriptions.remove(filter, client).is_some()
+    }
+
+    /// The deliveries a message makes.
+    ///
+    /// * Each subscriber with matching subscriptions gets one copy, with the
+    ///   highest QoS its matching subscriptions granted ([MQTT-3.3.4-2] in
+    ///   5.0, [MQTT-3.3.5-1] in 3.1.1) and every one of their Subscription
+    ///   Identifiers ([MQTT-3.3.4-4]).
+    /// * The QoS is the published one, lowered to the granted maximum.
+    /// * No Local skips the publisher's own subscriptions ([MQTT-3.8.3-3]).
+    /// * RETAIN is kept only where a matching subscription has Retain As
+    ///   Published ([MQTT-3.3.1-12], [MQTT-3.3.1-13]); otherwise a live
+    ///   message goes out with RETAIN 0 ([MQTT-3.3.1-9] in 3.1.1).
+    /// * Each shared group sends one copy, to one member, in turn (4.8.2).
+    pub fn route(&mut self, message: Routed<'_, K>, mut deliver: impl FnMut(Delivery<K>)) {
+        let mut direct: HashMap<&K, Delivery<K>> = HashMap::new();
+        let mut shared: Vec<Delivery<K>> = Vec::new();
+        let turn = &mut self.shared_turn;
+        self.subscriptions.matches(message.topic, |m| match m {
+            Matched::Direct { key, value } => {
+                if value.options.no_local && key == message.publisher {
+                    return;
+                }
+                let qos = message.qos.min(value.options.qos);
+                let retain = message.retain && value.options.retain_as_published;
+                let d = direct.entry(key).or_insert_with(|| Delivery {
+                    client: key.clone(),
+                    qos,
+                    retain,
+                    identifiers: Vec::new(),
+                });
+                d.qos = d.qos.max(qos);
+                d.retain |= retain;
+                d.identifiers.extend(value.identifier);
+            }
+            Matched::Shared { members, .. } => {
+                if members.is_empty() {
+                    return;
+                }
+                *turn = turn.wrapping_add(1);
+                let (key, value) = &members[*turn % members.len()];
+                shared.push(Delivery {
+                    client: key.clone(),
+                    qos: message.qos.min(value.options.qos),
+                    retain: message.retain && value.options.retain_as_published,
+                    identifiers: value.identifier.into_iter().collect(),
+                });
+            }
+        });
+        for (_, d) in direct {
+            deliver(d);
+        }
+        for d in shared {
+            deliver(d);
+        }
+    }
+}
