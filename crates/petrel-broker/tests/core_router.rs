@@ -36,6 +36,7 @@ fn route(
     out
 }
 
+/// Checks 5.0: [MQTT-3.8.4-8]; 3.1.1: [MQTT-3.8.4-6].
 #[test]
 fn qos_is_lowered_to_what_was_granted() {
     let mut r = Router::new();
@@ -48,6 +49,7 @@ fn qos_is_lowered_to_what_was_granted() {
     );
 }
 
+/// Checks 5.0: [MQTT-3.3.4-2], [MQTT-3.3.4-3], [MQTT-3.3.4-4]; 3.1.1: [MQTT-3.3.5-1].
 #[test]
 fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_mqtt_3_3_4_2() {
     // 5.0 [MQTT-3.3.4-2]; 3.1.1 [MQTT-3.3.5-1]; identifiers [MQTT-3.3.4-4].
@@ -77,6 +79,7 @@ fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_mqtt_3_3_4_2() {
     assert_eq!(ids, [1, 2]);
 }
 
+/// Checks [MQTT-3.8.3-3].
 #[test]
 fn no_local_skips_the_publisher_mqtt_3_8_3_3() {
     let mut r = Router::new();
@@ -93,6 +96,7 @@ fn no_local_skips_the_publisher_mqtt_3_8_3_3() {
     assert_eq!(out.iter().map(|d| d.client).collect::<Vec<_>>(), ["you"]);
 }
 
+/// Checks 5.0: [MQTT-3.3.1-12], [MQTT-3.3.1-13].
 #[test]
 fn retain_flag_follows_retain_as_published_mqtt_3_3_1_12_and_13() {
     let mut r = Router::new();

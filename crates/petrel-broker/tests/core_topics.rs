@@ -61,6 +61,7 @@ fn tree(filters: &[&str]) -> SubscriptionTree<String, u8> {
     tree
 }
 
+/// Checks [MQTT-3.3.2-3]; 5.0: [MQTT-4.7.1-1]; 3.1.1: [MQTT-4.7.1-2].
 #[test]
 fn multi_level_wildcard_examples_4_7_1_2() {
     let tree = tree(&["sport/tennis/player1/#", "sport/#", "#"]);
@@ -81,6 +82,7 @@ fn multi_level_wildcard_examples_4_7_1_2() {
     );
 }
 
+/// Checks 5.0: [MQTT-4.7.1-2]; 3.1.1: [MQTT-4.7.1-3].
 #[test]
 fn single_level_wildcard_examples_4_7_1_3() {
     let tree = tree(&["sport/tennis/+", "sport/+", "+/+", "/+", "+"]);
@@ -96,6 +98,7 @@ fn single_level_wildcard_examples_4_7_1_3() {
     assert!(!matched(&tree, "/finance").contains("+"));
 }
 
+/// Checks [MQTT-4.7.2-1].
 #[test]
 fn dollar_topics_and_leading_wildcards_mqtt_4_7_2_1() {
     let tree = tree(&["#", "+/monitor/Clients", "$SYS/#", "$SYS/monitor/+"]);
@@ -109,6 +112,7 @@ fn dollar_topics_and_leading_wildcards_mqtt_4_7_2_1() {
     );
 }
 
+/// Checks [MQTT-4.7.3-4].
 #[test]
 fn no_normalisation_mqtt_4_7_3_4() {
     // Case and trailing slashes matter; nothing is rewritten.
@@ -118,6 +122,7 @@ fn no_normalisation_mqtt_4_7_3_4() {
     assert!(matched(&tree, "a/b/").contains("a/b/"));
 }
 
+/// Checks [MQTT-4.8.2-1], [MQTT-4.8.2-2].
 #[test]
 fn shared_subscriptions_report_the_group_mqtt_4_8_2() {
     let mut tree = SubscriptionTree::new();
@@ -146,6 +151,7 @@ fn shared_subscriptions_report_the_group_mqtt_4_8_2() {
     assert_eq!(tree.len(), 4);
 }
 
+/// Checks [MQTT-3.8.4-3], [MQTT-3.10.4-1].
 #[test]
 fn insert_replaces_and_remove_prunes() {
     let mut tree = SubscriptionTree::new();
@@ -166,6 +172,7 @@ fn insert_replaces_and_remove_prunes() {
     assert!(!after);
 }
 
+/// Checks [MQTT-3.3.1-5], [MQTT-3.3.1-6]; 3.1.1: [MQTT-3.3.1-10].
 #[test]
 fn retained_lookup_examples() {
     let mut store = RetainedTree::new();

@@ -81,6 +81,7 @@ fn pid(v: u16) -> PacketId {
 
 // ---------------------------------------------------------------- fixed header
 
+/// Checks [MQTT-1.5.5-1].
 #[test]
 fn remaining_length_table_1_5_5() {
     // The boundaries of the Variable Byte Integer table in 1.5.5 / 2.2.3.
@@ -127,6 +128,7 @@ fn reserved_packet_types() {
     assert!(matches!(dec(&[0xF0, 0x00], V5), Ok(Packet::Auth(_))));
 }
 
+/// Checks [MQTT-2.1.3-1], [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1], [MQTT-3.14.1-1], [MQTT-3.15.1-1]; 3.1.1: [MQTT-2.2.2-1], [MQTT-2.2.2-2].
 #[test]
 fn reserved_fixed_header_flags_mqtt_2_1_3_1() {
     // Every packet but PUBLISH fixes its flags: 0010 for PUBREL, SUBSCRIBE and
@@ -213,6 +215,7 @@ fn partial_frames_wait_and_reserve_only_what_is_missing() {
     }
 }
 
+/// Checks [MQTT-3.1.0-1].
 #[test]
 fn only_connect_before_the_version_is_known_mqtt_3_1_0_1() {
     let mut buf = BytesMut::from(&[0xC0u8, 0x00][..]);
@@ -264,6 +267,7 @@ fn truncated_fields_are_malformed() {
 
 // ---------------------------------------------------------------- CONNECT
 
+/// Checks 3.1.1: [MQTT-3.1.3-1], [MQTT-3.1.3-3], [MQTT-3.1.2-19], [MQTT-3.1.2-21].
 #[test]
 fn connect_v311_spec_variable_header_example() {
     // 3.1.2.10's example: name MQTT, level 4, flags 0xCE (user name, password,
@@ -312,6 +316,7 @@ fn connect_v31_mqisdp() {
     assert_eq!(p, Packet::Connect(c));
 }
 
+/// Checks 5.0: [MQTT-3.1.2-9], [MQTT-3.1.3-1].
 #[test]
 fn connect_v5_with_properties_and_will_properties() {
     let props = cat(&[
@@ -387,6 +392,7 @@ fn connect_v5_password_without_user_name_is_allowed() {
     assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
 }
 
+/// Checks 3.1.1: [MQTT-3.1.2-22].
 #[test]
 fn connect_password_without_user_name_v311_mqtt_3_1_2_22() {
     let body = cat(&[&s("MQTT"), &[0x04, 0x42, 0, 0], &s("c"), &s("pw")]);
@@ -395,6 +401,7 @@ fn connect_password_without_user_name_v311_mqtt_3_1_2_22() {
     assert_eq!(e.spec(), Some("MQTT-3.1.2-22"));
 }
 
+/// Checks [MQTT-3.1.2-3].
 #[test]
 fn connect_reserved_flag_mqtt_3_1_2_3() {
     for (name, level) in [("MQTT", 4u8), ("MQTT", 5), ("MQIsdp", 3)] {
@@ -405,6 +412,7 @@ fn connect_reserved_flag_mqtt_3_1_2_3() {
     }
 }
 
+/// Checks 5.0: [MQTT-3.1.2-11], [MQTT-3.1.2-12], [MQTT-3.1.2-13]; 3.1.1: [MQTT-3.1.2-13], [MQTT-3.1.2-14], [MQTT-3.1.2-15].
 #[test]
 fn connect_will_flags_mqtt_3_1_2_11_to_13() {
     // [MQTT-3.1.2-11]: will QoS without the will flag; [MQTT-3.1.2-13]: will
@@ -419,6 +427,7 @@ fn connect_will_flags_mqtt_3_1_2_11_to_13() {
     }
 }
 
+/// Checks [MQTT-3.1.2-1], [MQTT-3.1.2-2].
 #[test]
 fn connect_protocol_name_and_level_mqtt_3_1_2_1_and_2() {
     let mk = |name: &str, level: u8| frame(0x10, &cat(&[&s(name), &[level, 0x02, 0, 0], &s("c")]));
@@ -484,6 +493,7 @@ fn connect_property_not_allowed_and_duplicated() {
     );
 }
 
+/// Checks 5.0: [MQTT-1.5.4-1], [MQTT-1.5.4-2], [MQTT-1.5.7-1]; 3.1.1: [MQTT-1.5.3-1], [MQTT-1.5.3-2].
 #[test]
 fn connect_client_id_invalid_utf8_mqtt_1_5_4_1_and_null_mqtt_1_5_4_2() {
     let bad = [0x00u8, 0x03, 0xED, 0xA0, 0x80]; // an encoded surrogate
@@ -648,6 +658,7 @@ fn publish_v311_qos_0_1_2_retain_dup() {
     round(&frame(0x30, &cat(&[&s("a/b"), b"hello"])), V31);
 }
 
+/// Checks [MQTT-3.3.2-1].
 #[test]
 fn publish_spec_example_3_3_2_3() {
     // 3.3.2's example: topic "a/b", packet identifier 10.
@@ -658,6 +669,7 @@ fn publish_spec_example_3_3_2_3() {
     assert_eq!(p.qos.packet_id(), Some(pid(10)));
 }
 
+/// Checks [MQTT-3.3.1-4].
 #[test]
 fn publish_qos_3_is_malformed_mqtt_3_3_1_4() {
     let e = err(&frame(0x36, &cat(&[&s("a"), &[0, 1]])), V311);
@@ -666,6 +678,7 @@ fn publish_qos_3_is_malformed_mqtt_3_3_1_4() {
     assert_eq!(e.spec(), Some("MQTT-3.3.1-4"));
 }
 
+/// Checks [MQTT-3.3.1-2].
 #[test]
 fn publish_dup_on_qos0_mqtt_3_3_1_2() {
     let e = err(&frame(0x38, &s("a")), V311);
@@ -673,6 +686,7 @@ fn publish_dup_on_qos0_mqtt_3_3_1_2() {
     assert_eq!(e.spec(), Some("MQTT-3.3.1-2"));
 }
 
+/// Checks 5.0: [MQTT-2.2.1-3], [MQTT-2.2.1-2]; 3.1.1: [MQTT-2.3.1-1], [MQTT-2.3.1-5].
 #[test]
 fn publish_packet_id_zero_mqtt_2_2_1_3() {
     let e = err(&frame(0x32, &cat(&[&s("a"), &[0, 0]])), V311);
@@ -681,6 +695,7 @@ fn publish_packet_id_zero_mqtt_2_2_1_3() {
     assert!(PacketId::new(0).is_none());
 }
 
+/// Checks [MQTT-3.3.2-2]; 5.0: [MQTT-4.7.0-1]; 3.1.1: [MQTT-4.7.1-1].
 #[test]
 fn publish_wildcards_in_topic_name_mqtt_3_3_2_2() {
     for t in ["a/+", "#", "a/b#", "+"] {
@@ -691,6 +706,7 @@ fn publish_wildcards_in_topic_name_mqtt_3_3_2_2() {
     }
 }
 
+/// Checks [MQTT-4.7.3-1].
 #[test]
 fn publish_empty_topic_mqtt_4_7_3_1() {
     assert_eq!(err(&frame(0x30, &s("")), V311), DecodeError::MissingTopic);
@@ -711,6 +727,7 @@ fn publish_empty_topic_mqtt_4_7_3_1() {
     );
 }
 
+/// Checks [MQTT-3.3.2-8].
 #[test]
 fn publish_topic_alias_zero_mqtt_3_3_2_8() {
     let e = err(&frame(0x30, &cat(&[&s("a"), &[3, 0x23, 0, 0]])), V5);
@@ -718,6 +735,7 @@ fn publish_topic_alias_zero_mqtt_3_3_2_8() {
     assert_eq!(e.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
 }
 
+/// Checks [MQTT-3.3.2-13], [MQTT-3.3.2-14], [MQTT-3.3.2-18], [MQTT-3.3.2-19].
 #[test]
 fn publish_v5_properties() {
     let props = cat(&[
@@ -826,6 +844,7 @@ fn publish_payload_shares_the_frame() {
 
 // ---------------------------------------------------------------- PUBACK, PUBREC, PUBREL, PUBCOMP
 
+/// Checks 5.0: [MQTT-2.2.1-5]; 3.1.1: [MQTT-2.3.1-6].
 #[test]
 fn pub_acks_every_version() {
     for (first, ty) in [
@@ -849,6 +868,7 @@ fn pub_acks_every_version() {
     }
 }
 
+/// Checks [MQTT-3.4.2-1], [MQTT-3.5.2-1], [MQTT-3.6.2-1], [MQTT-3.7.2-1].
 #[test]
 fn pub_acks_v5_reason_codes_and_properties() {
     // 3.4.2.1: the reason code alone.
@@ -911,6 +931,7 @@ fn subscribe_v311_spec_example() {
     round(&frame(0x82, &body), V31);
 }
 
+/// Checks 3.1.1: [MQTT-3-8.3-4] (printed so in the standard).
 #[test]
 fn subscribe_reserved_option_bits_v311_mqtt_3_8_3_4() {
     for b in [0x04u8, 0x80, 0x03] {
@@ -967,6 +988,7 @@ fn subscribe_v5_options_and_identifier() {
     );
 }
 
+/// Checks [MQTT-3.8.3-4], [MQTT-3.8.3-5].
 #[test]
 fn subscribe_v5_errors() {
     // [MQTT-3.8.3-5]: reserved bits 6-7.
@@ -999,6 +1021,7 @@ fn subscribe_v5_errors() {
     );
 }
 
+/// Checks 5.0: [MQTT-3.8.3-2]; 3.1.1: [MQTT-3.8.3-3].
 #[test]
 fn subscribe_without_filters_mqtt_3_8_3_2() {
     let e = err(&[0x82, 0x02, 0x00, 0x01], V311);
@@ -1011,6 +1034,7 @@ fn subscribe_without_filters_mqtt_3_8_3_2() {
     );
 }
 
+/// Checks 5.0: [MQTT-4.7.1-1], [MQTT-4.7.1-2]; 3.1.1: [MQTT-4.7.1-2], [MQTT-4.7.1-3]; [MQTT-4.8.2-1], [MQTT-4.8.2-2].
 #[test]
 fn subscribe_malformed_filters_mqtt_4_7_1() {
     for (f, e) in [
@@ -1049,6 +1073,7 @@ fn subscribe_packet_id_zero_and_filter_limit() {
     );
 }
 
+/// Checks [MQTT-3.9.3-2]; 5.0: [MQTT-2.2.1-6]; 3.1.1: [MQTT-2.3.1-7].
 #[test]
 fn suback_every_version() {
     // 3.9.3's example: granted QoS 0, 2 and a failure.
@@ -1089,6 +1114,7 @@ fn suback_every_version() {
 
 // ---------------------------------------------------------------- UNSUBSCRIBE / UNSUBACK
 
+/// Checks [MQTT-3.10.3-2].
 #[test]
 fn unsubscribe_every_version() {
     // 3.10.3's example: "a/b" and "c/d".
@@ -1118,6 +1144,7 @@ fn unsubscribe_every_version() {
     );
 }
 
+/// Checks [MQTT-3.11.3-2].
 #[test]
 fn unsuback_every_version() {
     round(&[0xB0, 0x02, 0x00, 0x07], V311);
@@ -1145,6 +1172,7 @@ fn ping_every_version() {
     }
 }
 
+/// Checks [MQTT-3.14.1-1], [MQTT-3.14.2-1].
 #[test]
 fn disconnect_every_version() {
     assert_eq!(
@@ -1180,6 +1208,7 @@ fn disconnect_every_version() {
     ));
 }
 
+/// Checks [MQTT-3.15.1-1], [MQTT-3.15.2-1].
 #[test]
 fn auth_v5() {
     assert_eq!(round(&[0xF0, 0x00], V5), Packet::Auth(Auth::default()));
@@ -1259,6 +1288,7 @@ fn v3_password_without_user_name_is_refused_on_encode_mqtt_3_1_2_22() {
     assert!(Packet::Connect(Box::new(c)).to_bytes(V5).is_ok());
 }
 
+/// Checks [MQTT-1.5.5-1].
 #[test]
 fn variable_byte_integers_in_shortest_form_mqtt_1_5_5_1() {
     // A remaining length of 0 written in two bytes.
@@ -1314,6 +1344,7 @@ fn authentication_data_needs_a_method() {
     );
 }
 
+/// Checks 5.0: [MQTT-3.2.2-6]; 3.1.1: [MQTT-3.2.2-4].
 #[test]
 fn refused_connack_has_no_session_mqtt_3_2_2_6() {
     assert_eq!(
@@ -1335,6 +1366,7 @@ fn refused_connack_has_no_session_mqtt_3_2_2_6() {
     );
 }
 
+/// Checks [MQTT-3.3.1-2], [MQTT-4.3.1-1].
 #[test]
 fn qos0_is_never_sent_with_dup_mqtt_3_3_1_2() {
     let mut p = Publish::new(TopicName::from_static("a"), Bytes::new());
@@ -1345,6 +1377,7 @@ fn qos0_is_never_sent_with_dup_mqtt_3_3_1_2() {
     );
 }
 
+/// Checks [MQTT-3.2.2-8], [MQTT-3.4.2-1], [MQTT-3.6.2-1], [MQTT-3.9.3-2], [MQTT-3.14.2-1].
 #[test]
 fn reason_codes_come_from_the_packet_table_on_encode() {
     let id = pid(1);
@@ -1377,6 +1410,7 @@ fn reason_codes_come_from_the_packet_table_on_encode() {
     assert_eq!(&s.to_bytes(V311).unwrap()[..], &[0x90, 0x04, 0, 1, 2, 0x80]);
 }
 
+/// Checks [MQTT-3.8.3-4].
 #[test]
 fn subscribe_rules_hold_on_encode() {
     let mut props = Properties::new();
@@ -1410,6 +1444,7 @@ fn subscribe_rules_hold_on_encode() {
     );
 }
 
+/// Checks [MQTT-4.7.3-1].
 #[test]
 fn response_topic_is_a_topic_name() {
     let e = err(&frame(0x30, &cat(&[&s("t"), &[3, 0x08, 0, 0]])), V5);
@@ -1471,5 +1506,30 @@ fn packets_are_cheap_to_move() {
         std::mem::size_of::<Packet>() <= 128,
         "{}",
         std::mem::size_of::<Packet>()
+    );
+}
+
+/// Checks [MQTT-2.2.2-1]: no properties still means a Property Length of 0.
+#[test]
+fn empty_property_block_has_a_zero_length() {
+    let p = Packet::Publish(Publish::new(
+        TopicName::from_static("a"),
+        Bytes::from_static(b"x"),
+    ));
+    assert_eq!(
+        &p.to_bytes(V5).unwrap()[..],
+        &[0x30, 0x05, 0, 1, b'a', 0x00, b'x']
+    );
+    let s = Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        properties: Properties::new(),
+        subscriptions: vec![Subscription {
+            filter: TopicFilter::from_static("a"),
+            options: SubscriptionOptions::default(),
+        }],
+    });
+    assert_eq!(
+        &s.to_bytes(V5).unwrap()[..],
+        &[0x82, 0x07, 0, 1, 0x00, 0, 1, b'a', 0x00]
     );
 }

@@ -61,6 +61,7 @@ fn connect_and_connack_exchange_limits_v5() {
     assert_eq!(pair.server.peer_limits().maximum_packet_size, 1024 * 1024);
 }
 
+/// Checks 5.0: [MQTT-3.1.4-6], [MQTT-3.2.2-6]; 3.1.1: [MQTT-3.2.2-4], [MQTT-3.2.2-5].
 #[test]
 fn reject_sends_connack_and_processes_nothing_more_mqtt_3_1_4_6() {
     for protocol in [V311, V5] {
@@ -119,6 +120,7 @@ fn client_sees_a_refusal() {
     assert!(client.is_closed());
 }
 
+/// Checks [MQTT-3.1.0-2].
 #[test]
 fn second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
     let mut pair = Pair::connected(V5);
@@ -135,6 +137,7 @@ fn second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
     assert!(pair.server.is_closed());
 }
 
+/// Checks [MQTT-3.1.0-1], [MQTT-3.14.0-1].
 #[test]
 fn first_packet_must_be_connect_mqtt_3_1_0_1() {
     let now = std::time::Instant::now();
@@ -228,6 +231,7 @@ fn enhanced_authentication_is_the_applications_decision() {
 
 // ------------------------------------------------------------ keep alive
 
+/// Checks 5.0: [MQTT-3.1.2-20]; 3.1.1: [MQTT-3.1.2-23]; [MQTT-3.12.4-1].
 #[test]
 fn client_pings_after_a_silent_keep_alive_mqtt_3_1_2_20() {
     let mut pair = Pair::connected(V311);
@@ -265,6 +269,7 @@ fn client_declares_the_link_dead_without_pingresp() {
     ));
 }
 
+/// Checks 5.0: [MQTT-3.1.2-22]; 3.1.1: [MQTT-3.1.2-24].
 #[test]
 fn server_closes_after_one_and_a_half_keep_alives_mqtt_3_1_2_22() {
     let mut pair = Pair::connected(V5);
@@ -284,6 +289,7 @@ fn server_closes_after_one_and_a_half_keep_alives_mqtt_3_1_2_22() {
     assert_eq!(d.reason_code, ReasonCode::KEEP_ALIVE_TIMEOUT);
 }
 
+/// Checks [MQTT-3.1.2-21], [MQTT-3.2.2-21].
 #[test]
 fn server_keep_alive_replaces_the_clients_mqtt_3_1_2_21() {
     let now = std::time::Instant::now();
@@ -319,6 +325,7 @@ fn server_keep_alive_replaces_the_clients_mqtt_3_1_2_21() {
 
 // ------------------------------------------------------------ QoS flows
 
+/// Checks 5.0: [MQTT-4.3.2-1], [MQTT-4.3.2-2], [MQTT-4.3.2-3], [MQTT-4.3.2-4], [MQTT-3.3.4-1]; 3.1.1: [MQTT-4.3.2-1], [MQTT-4.3.2-2].
 #[test]
 fn qos1_flow_mqtt_4_3_2() {
     for protocol in [V311, V5] {
@@ -349,6 +356,7 @@ fn qos1_flow_mqtt_4_3_2() {
     }
 }
 
+/// Checks 5.0: [MQTT-4.3.3-1], [MQTT-4.3.3-2], [MQTT-4.3.3-3], [MQTT-4.3.3-4], [MQTT-4.3.3-5], [MQTT-4.3.3-8], [MQTT-4.3.3-11]; 3.1.1: [MQTT-4.3.3-1], [MQTT-4.3.3-2].
 #[test]
 fn qos2_flow_mqtt_4_3_3() {
     for protocol in [V311, V5] {
@@ -381,6 +389,7 @@ fn qos2_flow_mqtt_4_3_3() {
     }
 }
 
+/// Checks 5.0: [MQTT-4.3.3-10], [MQTT-4.3.3-11], [MQTT-4.3.3-12]; 3.1.1: [MQTT-4.3.3-2].
 #[test]
 fn qos2_repeat_before_pubrel_is_not_delivered_again_mqtt_4_3_3_10() {
     let mut pair = Pair::connected(V5);
@@ -422,6 +431,7 @@ fn qos2_repeat_before_pubrel_is_not_delivered_again_mqtt_4_3_3_10() {
     assert!(matches!(pair.server.poll_event(), Some(Event::Message(_))));
 }
 
+/// Checks [MQTT-4.4.0-2], [MQTT-4.3.3-9].
 #[test]
 fn pubrec_with_an_error_ends_the_exchange_mqtt_4_4_0_2() {
     let mut pair = Pair::connected(V5);
@@ -463,6 +473,7 @@ fn unknown_pubrel_gets_pubcomp_packet_identifier_not_found() {
     );
 }
 
+/// Checks [MQTT-4.6.0-2], [MQTT-4.6.0-3].
 #[test]
 fn acknowledgements_go_out_in_arrival_order_mqtt_4_6_0_2_and_3() {
     let mut pair = Pair::connected(V311);
@@ -482,6 +493,7 @@ fn acknowledgements_go_out_in_arrival_order_mqtt_4_6_0_2_and_3() {
     assert_eq!(acks, [1, 2, 3, 4]);
 }
 
+/// Checks 5.0: [MQTT-2.2.1-3], [MQTT-2.2.1-4]; 3.1.1: [MQTT-2.3.1-2], [MQTT-2.3.1-4].
 #[test]
 fn packet_ids_are_unique_and_never_zero_mqtt_2_2_1_3() {
     let mut pair = Pair::connected(V311);
@@ -502,6 +514,7 @@ fn packet_ids_are_unique_and_never_zero_mqtt_2_2_1_3() {
 
 // ------------------------------------------------------------ resumption
 
+/// Checks [MQTT-4.4.0-1], [MQTT-4.6.0-1], [MQTT-4.3.3-6], [MQTT-3.3.1-1]; 3.1.1: [MQTT-2.3.1-3].
 #[test]
 fn resumed_session_resends_in_order_with_dup_mqtt_4_4_0_1_and_4_6_0_1() {
     let mut pair = Pair::connected(V5);
@@ -649,6 +662,7 @@ fn snapshot_survives_serialisation() {
 
 // ------------------------------------------------------------ 5.0 flow control
 
+/// Checks [MQTT-3.3.4-7], [MQTT-3.3.4-8].
 #[test]
 fn receive_maximum_limits_what_is_in_flight() {
     let mut server_cfg = Config::default();
@@ -689,6 +703,7 @@ fn exceeding_our_receive_maximum_is_0x93() {
     );
 }
 
+/// Checks [MQTT-3.1.2-24], [MQTT-3.1.2-25].
 #[test]
 fn never_send_above_the_peers_maximum_packet_size_mqtt_3_1_2_24_25() {
     let mut pair = Pair::connected_with(V5, Config::default(), Config::default(), |c| {
@@ -726,6 +741,7 @@ fn never_send_above_the_peers_maximum_packet_size_mqtt_3_1_2_24_25() {
     );
 }
 
+/// Checks [MQTT-3.3.2-9], [MQTT-3.2.2-17], [MQTT-3.3.2-12].
 #[test]
 fn topic_aliases_out_within_the_peers_maximum_mqtt_3_3_2_9() {
     let mut server_cfg = Config::default();
@@ -774,6 +790,7 @@ fn topic_aliases_out_within_the_peers_maximum_mqtt_3_3_2_9() {
     assert_eq!(topics, ["a/1", "a/2", "a/3", "a/1", "a/2", "a/3"]);
 }
 
+/// Checks [MQTT-3.1.2-26], [MQTT-3.1.2-27].
 #[test]
 fn no_topic_aliases_to_a_peer_that_accepts_none_mqtt_3_1_2_27() {
     let mut pair = Pair::connected_with(V5, Config::default(), Config::default(), |c| {
@@ -792,6 +809,7 @@ fn no_topic_aliases_to_a_peer_that_accepts_none_mqtt_3_1_2_27() {
     }
 }
 
+/// Checks [MQTT-3.3.2-7], [MQTT-3.3.2-12].
 #[test]
 fn inbound_topic_alias_rules() {
     let mut pair = Pair::connected(V5);
@@ -843,6 +861,7 @@ fn inbound_topic_alias_rules() {
     assert!(server.handle_packet(now, with_alias("", 1)).is_err());
 }
 
+/// Checks [MQTT-3.3.2-5], [MQTT-3.3.2-6].
 #[test]
 fn message_expiry_counts_the_wait_mqtt_3_3_2_5_and_6() {
     let mut server_cfg = Config::default();
@@ -887,6 +906,7 @@ fn message_expiry_counts_the_wait_mqtt_3_3_2_5_and_6() {
     assert_eq!(messages(&pair.server_events), ["hold", "long"]);
 }
 
+/// Checks [MQTT-3.1.2-29].
 #[test]
 fn no_problem_information_when_not_requested_mqtt_3_1_2_29() {
     let mut pair = Pair::connected_with(V5, Config::default(), Config::default(), |c| {
@@ -932,6 +952,7 @@ fn no_problem_information_when_not_requested_mqtt_3_1_2_29() {
     assert!(s.properties.reason_string().is_none());
 }
 
+/// Checks [MQTT-3.1.2-28].
 #[test]
 fn response_information_only_when_requested_mqtt_3_1_2_28() {
     let now = std::time::Instant::now();
@@ -956,6 +977,7 @@ fn response_information_only_when_requested_mqtt_3_1_2_28() {
     assert!(c.properties.response_information().is_none());
 }
 
+/// Checks [MQTT-3.3.4-6].
 #[test]
 fn client_may_not_send_subscription_identifiers_mqtt_3_3_4_6() {
     let mut pair = Pair::connected(V5);
@@ -990,6 +1012,7 @@ fn pending_queue_is_bounded() {
 
 // ------------------------------------------------------------ subscribe, disconnect
 
+/// Checks [MQTT-3.8.4-2]; 3.1.1: [MQTT-2.3.1-7].
 #[test]
 fn subscribe_and_unsubscribe_round_trip() {
     let mut pair = Pair::connected(V5);
@@ -1047,6 +1070,7 @@ fn subscribe_and_unsubscribe_round_trip() {
     assert!(matches!(pair.client_events.pop(), Some(Event::UnsubAck(a)) if a.packet_id == id));
 }
 
+/// Checks [MQTT-3.14.2-2].
 #[test]
 fn disconnect_both_ways() {
     let mut pair = Pair::connected(V5);
@@ -1097,6 +1121,7 @@ fn disconnect_both_ways() {
         .is_err());
 }
 
+/// Checks [MQTT-3.2.2-11], [MQTT-3.2.2-14].
 #[test]
 fn client_respects_maximum_qos_and_retain_available_mqtt_3_2_2_11_and_14() {
     let now = std::time::Instant::now();
@@ -1164,6 +1189,7 @@ fn packets_sent_before_connack_are_processed_after_accept() {
     assert!(matches!(server.poll_event(), Some(Event::Message(m)) if &m.payload[..] == b"early"));
 }
 
+/// Checks [MQTT-3.3.4-7], [MQTT-4.4.0-1].
 #[test]
 fn resends_respect_a_smaller_receive_maximum_on_the_new_connection() {
     // Five messages in flight; the server comes back accepting two at a time.
@@ -1207,6 +1233,7 @@ fn resends_respect_a_smaller_receive_maximum_on_the_new_connection() {
     assert_eq!(seen, ["0", "1", "2", "3", "4"]);
 }
 
+/// Checks 5.0: [MQTT-3.2.2-2], [MQTT-3.1.2-4], [MQTT-3.2.2-4]; 3.1.1: [MQTT-3.2.2-1].
 #[test]
 fn clean_start_means_no_session_mqtt_3_2_2_2() {
     let now = std::time::Instant::now();
@@ -1342,6 +1369,7 @@ fn deferred_packets_stop_at_a_disconnect_and_are_bounded() {
     assert_eq!(c.reason_code, ReasonCode::QUOTA_EXCEEDED);
 }
 
+/// Checks [MQTT-3.1.2-2].
 #[test]
 fn unsupported_protocol_level_gets_return_code_1_mqtt_3_1_2_2() {
     let now = std::time::Instant::now();
@@ -1362,6 +1390,7 @@ fn unsupported_protocol_level_gets_return_code_1_mqtt_3_1_2_2() {
     assert!(server.is_closed());
 }
 
+/// Checks [MQTT-3.3.2-12].
 #[test]
 fn the_limits_enforced_are_the_limits_advertised() {
     // The application advertises a larger Topic Alias Maximum than the config's.
@@ -1428,4 +1457,38 @@ fn a_server_publishes_only_once_it_has_accepted() {
         server.publish(now, msg("t", "early", QoS::AtLeastOnce)),
         Err(petrel_session::SendError::NotConnected)
     );
+}
+
+/// Checks [MQTT-3.14.4-1], [MQTT-3.14.4-2] (5.0); 3.1.1: [MQTT-3.14.4-1], [MQTT-3.14.4-2].
+#[test]
+fn nothing_is_sent_after_disconnect() {
+    for protocol in [V311, V5] {
+        let mut pair = Pair::connected(protocol);
+        pair.client
+            .disconnect(
+                pair.now,
+                ReasonCode::NORMAL_DISCONNECTION,
+                Properties::new(),
+            )
+            .unwrap();
+        assert!(matches!(
+            pair.client.poll_transmit(),
+            Some(Packet::Disconnect(_))
+        ));
+        assert!(
+            pair.client.is_closed(),
+            "the caller closes the network connection now"
+        );
+        assert_eq!(
+            pair.client
+                .publish(pair.now, msg("t", "late", QoS::AtMostOnce)),
+            Err(petrel_session::SendError::NotConnected)
+        );
+        pair.client
+            .handle_timeout(pair.now + Duration::from_secs(3600));
+        pair.client
+            .handle_packet(pair.now, Packet::PingResp)
+            .unwrap();
+        assert!(pair.client.poll_transmit().is_none());
+    }
 }
