@@ -15,9 +15,13 @@
 //!   deliveries — granted QoS, No Local, Retain As Published, Subscription
 //!   Identifiers, one copy per subscriber for overlapping subscriptions, one
 //!   member per shared group.
+//! * [`SessionRegistry`]: sessions by client identifier — new, resumed with
+//!   their [`petrel_session::SessionState`], taken over by a new connection
+//!   (the old one is told to close and hands the state on), kept for their
+//!   expiry interval and ended when it passes.
+//! * [`WillQueue`]: wills waiting for their delay or their session's end.
 //!
-//! Sessions, wills, `$SYS`, the tokio server and the `petrel broker` binary
-//! build on these.
+//! `$SYS`, the tokio server and the `petrel broker` binary build on these.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,4 +29,6 @@ pub mod core;
 
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
+pub use crate::core::sessions::{Connected, ConnectionId, Handover, SessionRegistry, NEVER};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
+pub use crate::core::wills::WillQueue;

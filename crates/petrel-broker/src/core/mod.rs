@@ -2,7 +2,9 @@
 
 pub mod retained;
 pub mod router;
+pub mod sessions;
 pub mod subscriptions;
+pub mod wills;
 
 /// The levels of a topic name or filter (4.7.1.1): split on `/`, empty
 /// levels kept (`/a` has levels `""` and `"a"`).

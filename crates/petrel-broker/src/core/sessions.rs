@@ -1,0 +1,238 @@
+//! Sessions by client identifier: new, resumed, taken over, expired.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use petrel_session::SessionState;
+
+/// One network connection's claim on a session. Numbers are never reused, so
+/// a connection that was taken over can't release a session it no longer
+/// holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+/// The Session Expiry Interval that means "never" (5.0, 3.1.2.11.2), and what
+/// a 3.1.x persistent session (Clean Session 0) gets.
+pub const NEVER: u32 = u32::MAX;
+
+/// What [`SessionRegistry::connect`] decided.
+#[derive(Debug)]
+pub enum Connected {
+    /// The session is this connection's now.
+    Ready(Handover),
+    /// Another connection holds the session: close it (5.0 DISCONNECT 0x8E,
+    /// [MQTT-3.1.4-3]) and give its state back with
+    /// [`SessionRegistry::release`], which hands the session on to this
+    /// connection.
+    TakeOver {
+        /// This connection.
+        connection: ConnectionId,
+        /// The connection to close.
+        holder: ConnectionId,
+        /// A connection that was itself waiting to take over and now never
+        /// will: close it too.
+        superseded: Option<ConnectionId>,
+    },
+}
+
+/// A session given to a connection.
+#[derive(Debug)]
+pub struct Handover {
+    /// The connection that now holds it.
+    pub connection: ConnectionId,
+    /// Whether an existing session continues (CONNACK Session Present).
+    pub session_present: bool,
+    /// Its state, for [`petrel_session::Accept`].
+    pub state: SessionState,
+}
+
+#[derive(Debug)]
+struct Entry {
+    holder: Option<ConnectionId>,
+    /// A connection waiting for the holder to let go: its id, Clean Start
+    /// and expiry interval.
+    waiting: Option<(ConnectionId, bool, u32)>,
+    /// The state while no connection holds it.
+    state: SessionState,
+    /// Session Expiry Interval in seconds.
+    expiry: u32,
+    /// When a detached session ends.
+    expires_at: Option<Instant>,
+}
+
+/// Every session, by client identifier: decisions about one client id
+/// (connect, takeover, release, expiry) happen here, one at a time.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    sessions: HashMap<String, Entry>,
+    next_connection: u64,
+}
+
+impl SessionRegistry {
+    /// No sessions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many sessions exist, connected or not.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Whether a connection holds `client_id`'s session.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.sessions
+            .get(client_id)
+            .is_some_and(|e| e.holder.is_some())
+    }
+
+    fn next_id(&mut self) -> ConnectionId {
+        self.next_connection += 1;
+        ConnectionId(self.next_connection)
+    }
+
+    /// A CONNECT for `client_id` was accepted. With Clean Start the old
+    /// session (if any) is discarded and a new one begins ([MQTT-3.1.2-4]);
+    /// without, an existing session continues ([MQTT-3.1.2-5]) or a new one
+    /// is created ([MQTT-3.1.2-6]). `expiry` is the Session Expiry Interval
+    /// the connection asked for (after any cap the broker applies).
+    pub fn connect(&mut self, client_id: &str, clean_start: bool, expiry: u32) -> Connected {
+        let connection = self.next_id();
+        let Some(entry) = self.sessions.get_mut(client_id) else {
+            self.sessions.insert(
+                client_id.to_string(),
+                Entry {
+                    holder: Some(connection),
+                    waiting: None,
+                    state: SessionState::new(),
+                    expiry,
+                    expires_at: None,
+                },
+            );
+            return Connected::Ready(Handover {
+                connection,
+                session_present: false,
+                state: SessionState::new(),
+            });
+        };
+        if let Some(holder) = entry.holder {
+            let superseded = entry
+                .waiting
+                .replace((connection, clean_start, expiry))
+                .map(|(id, _, _)| id);
+            return Connected::TakeOver {
+                connection,
+                holder,
+                superseded,
+            };
+        }
+        entry.holder = Some(connection);
+        entry.expiry = expiry;
+        entry.expires_at = None;
+        let state = std::mem::take(&mut entry.state);
+        Connected::Ready(if clean_start {
+            Handover {
+                connection,
+                session_present: false,
+                state: SessionState::new(),
+            }
+        } else {
+            Handover {
+                connection,
+                session_present: true,
+                state,
+            }
+        })
+    }
+
+    /// `connection` ended and gives back the session's state. The session
+    /// goes to a connection waiting to take over, or is kept for its expiry
+    /// interval ([MQTT-3.1.2-23]), or ends at once if that is 0. `expiry` is
+    /// the interval in force at the end (a 5.0 DISCONNECT may change it).
+    ///
+    /// A connection that no longer holds the session (it was superseded) is
+    /// ignored. Returns the handover to the waiting connection, if any.
+    pub fn release(
+        &mut self,
+        client_id: &str,
+        connection: ConnectionId,
+        state: SessionState,
+        expiry: u32,
+        now: Instant,
+    ) -> Option<Handover> {
+        let entry = self.sessions.get_mut(client_id)?;
+        if entry.holder != Some(connection) {
+            return None;
+        }
+        if let Some((next, clean_start, next_expiry)) = entry.waiting.take() {
+            entry.holder = Some(next);
+            entry.expiry = next_expiry;
+            return Some(Handover {
+                connection: next,
+                session_present: !clean_start,
+                state: if clean_start {
+                    SessionState::new()
+                } else {
+                    state
+                },
+            });
+        }
+        if expiry == 0 {
+            self.sessions.remove(client_id);
+            return None;
+        }
+        entry.holder = None;
+        entry.expiry = expiry;
+        entry.state = state;
+        entry.expires_at = (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
+        None
+    }
+
+    /// A connection waiting to take over went away before it got the session.
+    pub fn abandon(&mut self, client_id: &str, connection: ConnectionId) {
+        if let Some(entry) = self.sessions.get_mut(client_id) {
+            if entry.waiting.is_some_and(|(id, _, _)| id == connection) {
+                entry.waiting = None;
+            }
+        }
+    }
+
+    /// The state of a session no connection holds, to queue messages for it
+    /// while its client is away.
+    pub fn detached_state(&mut self, client_id: &str) -> Option<&mut SessionState> {
+        self.sessions
+            .get_mut(client_id)
+            .filter(|e| e.holder.is_none())
+            .map(|e| &mut e.state)
+    }
+
+    /// End every detached session whose expiry has passed; returns their
+    /// client identifiers (so the broker can drop their subscriptions and
+    /// publish wills still waiting).
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let ended: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.holder.is_none() && e.expires_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            self.sessions.remove(id);
+        }
+        ended
+    }
+
+    /// When the next detached session expires.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter(|e| e.holder.is_none())
+            .filter_map(|e| e.expires_at)
+            .min()
+    }
+}

@@ -1,0 +1,87 @@
+//! Will messages waiting for their delay.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Wills of connections that ended without a normal DISCONNECT, each due
+/// when its Will Delay Interval passes or its session ends, whichever comes
+/// first ([MQTT-3.1.2-8]); a reconnect of the same client in time cancels
+/// it. At most one per client identifier.
+#[derive(Debug)]
+pub struct WillQueue<W> {
+    pending: HashMap<String, (Instant, W)>,
+}
+
+impl<W> Default for WillQueue<W> {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+        }
+    }
+}
+
+impl<W> WillQueue<W> {
+    /// No wills waiting.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many wills wait.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Schedule `will` for `client_id`: due after `delay`, or when the
+    /// session ends (`session_ends`) if that is sooner. A zero delay is due at
+    /// once. Replaces a will already waiting for that client.
+    pub fn schedule(
+        &mut self,
+        client_id: &str,
+        will: W,
+        delay: Duration,
+        session_ends: Option<Instant>,
+        now: Instant,
+    ) {
+        let mut at = now + delay;
+        if let Some(end) = session_ends {
+            at = at.min(end);
+        }
+        self.pending.insert(client_id.to_string(), (at, will));
+    }
+
+    /// The client reconnected (or its session was taken over) before its
+    /// will was due: the will is not published ([MQTT-3.1.2-8]).
+    pub fn cancel(&mut self, client_id: &str) -> Option<W> {
+        self.pending.remove(client_id).map(|(_, w)| w)
+    }
+
+    /// The client's session ended: its will, if still waiting, is due now.
+    pub fn session_ended(&mut self, client_id: &str) -> Option<W> {
+        self.cancel(client_id)
+    }
+
+    /// Take the wills that are due, earliest first.
+    pub fn due(&mut self, now: Instant) -> Vec<W> {
+        let mut ready: Vec<(Instant, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(id, (at, _))| (*at, id.clone()))
+            .collect();
+        ready.sort();
+        ready
+            .into_iter()
+            .filter_map(|(_, id)| self.pending.remove(&id).map(|(_, w)| w))
+            .collect()
+    }
+
+    /// When the next will is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending.values().map(|(at, _)| *at).min()
+    }
+}
