@@ -619,12 +619,7 @@ impl Properties {
             return self;
         }
         let extra = value.as_ref().map_or(0, |v| 1 + v.wire_len());
-        let mut buf = BytesMut::with_capacity(self.block.len() + extra);
-        for (i, _, whole) in items(&self.block) {
-            if i != id {
-                buf.put_slice(whole);
-            }
-        }
+        let mut buf = self.copy_without(1 << id, extra);
         self.present &= !(1u64 << id);
         if let Some(v) = value {
             buf.put_u8(id);
@@ -666,7 +661,6 @@ impl Properties {
         list: impl IntoIterator<Item = UserProperty>,
     ) -> &mut Self {
         self.remove_all(id::USER_PROPERTY);
-        self.user_count = 0;
         for p in list {
             self.push_user_property(p);
         }
@@ -679,7 +673,6 @@ impl Properties {
         list: impl IntoIterator<Item = SubscriptionId>,
     ) -> &mut Self {
         self.remove_all(id::SUBSCRIPTION_IDENTIFIER);
-        self.sub_id_count = 0;
         for i in list {
             self.push_subscription_identifier(i);
         }
@@ -695,17 +688,34 @@ impl Properties {
     }
 
     fn remove_all(&mut self, id: u8) {
-        if !self.contains(id) {
+        self.remove_mask(1 << id);
+    }
+
+    /// Drop every property whose identifier is in `mask`, in one pass.
+    fn remove_mask(&mut self, mask: u64) {
+        let mask = mask & self.present & !FLAG_BITS;
+        if mask == 0 {
             return;
         }
-        let mut buf = BytesMut::with_capacity(self.block.len());
+        self.block = self.copy_without(mask, 0).freeze();
+        self.present &= !mask;
+        if mask & (1 << id::USER_PROPERTY) != 0 {
+            self.user_count = 0;
+        }
+        if mask & (1 << id::SUBSCRIPTION_IDENTIFIER) != 0 {
+            self.sub_id_count = 0;
+        }
+    }
+
+    /// The block without the properties in `mask`, with room for `extra` bytes.
+    fn copy_without(&self, mask: u64, extra: usize) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(self.block.len() + extra);
         for (i, _, whole) in items(&self.block) {
-            if i != id {
+            if mask & (1 << i) == 0 {
                 buf.put_slice(whole);
             }
         }
-        self.block = buf.freeze();
-        self.present &= !(1u64 << id);
+        buf
     }
 
     /// These properties without the ones named: what a broker forwards after
@@ -713,14 +723,11 @@ impl Properties {
     /// incoming PUBLISH. Shares the block when none of them is present.
     pub fn without(&self, ids: &[u8]) -> Self {
         let mut out = self.clone();
-        for &id in ids {
-            out.remove_all(id);
-            match id {
-                id::USER_PROPERTY => out.user_count = 0,
-                id::SUBSCRIPTION_IDENTIFIER => out.sub_id_count = 0,
-                _ => {}
-            }
-        }
+        out.remove_mask(
+            ids.iter()
+                .filter(|&&id| id < 64)
+                .fold(0, |m, &id| m | 1 << id),
+        );
         out
     }
 
