@@ -11,3 +11,11 @@ pub mod wills;
 pub(crate) fn levels(s: &str) -> std::str::Split<'_, char> {
     s.split('/')
 }
+
+/// The first level of `rest` and what follows it (`None` after the last).
+pub(crate) fn split_level(rest: &str) -> (&str, Option<&str>) {
+    match rest.split_once('/') {
+        Some((level, tail)) => (level, Some(tail)),
+        None => (rest, None),
+    }
+}

@@ -92,10 +92,7 @@ impl<V> RetainedTree<V> {
         let Some(rest) = rest else {
             return node.value.take();
         };
-        let (level, tail) = match rest.split_once('/') {
-            Some((l, t)) => (l, Some(t)),
-            None => (rest, None),
-        };
+        let (level, tail) = super::split_level(rest);
         let child = node.children.get_mut(level)?;
         let removed = Self::remove_at(child, tail);
         if child.value.is_none() && child.children.is_empty() {
@@ -141,10 +138,7 @@ impl<V> RetainedTree<V> {
             }
             return;
         };
-        let (level, tail) = match rest.split_once('/') {
-            Some((l, t)) => (l, Some(t)),
-            None => (rest, None),
-        };
+        let (level, tail) = super::split_level(rest);
         let eligible = |name: &str| !(first && name.starts_with('$'));
         match level {
             "#" => {

@@ -181,10 +181,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     ) -> Option<V> {
         let (level, tail) = match rest {
             None => return Self::remove_from(&mut node.exact, group, key),
-            Some(r) => match r.split_once('/') {
-                Some((l, t)) => (l, Some(t)),
-                None => (r, None),
-            },
+            Some(r) => super::split_level(r),
         };
         match level {
             "#" => Self::remove_from(&mut node.hash, group, key),
@@ -250,10 +247,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         if wildcards {
             Self::report(&node.hash, visit);
         }
-        let (level, tail) = match rest.split_once('/') {
-            Some((l, t)) => (l, Some(t)),
-            None => (rest, None),
-        };
+        let (level, tail) = super::split_level(rest);
         if let Some(child) = node.children.get(level) {
             Self::walk(child, tail, false, dollar, visit);
         }
