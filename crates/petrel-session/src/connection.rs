@@ -987,23 +987,17 @@ impl Connection {
     }
 
     fn expire_pending(&mut self, now: Instant) {
-        let before = self.session.pending.len();
-        let mut dropped = Vec::new();
+        let events = &mut self.events;
         self.session.pending.retain(|q| {
             let expired = q.expires_at.is_some_and(|at| at <= now);
             if expired {
-                dropped.push(q.id);
-            }
-            !expired
-        });
-        if self.session.pending.len() != before {
-            for id in dropped {
-                self.events.push_back(Event::Dropped {
-                    id,
+                events.push_back(Event::Dropped {
+                    id: q.id,
                     reason: DropReason::Expired,
                 });
             }
-        }
+            !expired
+        });
     }
 
     /// An identifier no exchange of ours uses ([MQTT-2.2.1-3], [MQTT-2.2.1-4]).
