@@ -1,7 +1,7 @@
 //! # petrel-broker
 //!
-//! The broker. This release holds the first pieces of its core, the two
-//! indexes every PUBLISH and every SUBSCRIBE go through:
+//! The broker. Its core holds the indexes and registries every PUBLISH,
+//! SUBSCRIBE and CONNECT go through, without sockets:
 //!
 //! * [`SubscriptionTree`]: topic filters in a per-level trie, matched against
 //!   a topic name with the 4.7 rules (`+`, `#`, `sport/#` matching `sport`,
@@ -21,14 +21,55 @@
 //!   expiry interval and ended when it passes.
 //! * [`WillQueue`]: wills waiting for their delay or their session's end.
 //!
-//! `$SYS`, the tokio server and the `petrel broker` binary build on these.
+//!
+//! Around the core, the server:
+//!
+//! * [`Broker`] holds the shared state. Matching and fan-out run in each
+//!   publisher's own task under a read lock of the subscription index, so
+//!   publishers on different cores route at once; decisions about one client
+//!   id (connect, takeover, release, expiry) are serialised by one mutex; no
+//!   lock is held across an await.
+//! * [`Server`] binds the configured listeners and runs one task per
+//!   connection, driving `petrel-codec` and a server-role
+//!   [`petrel_session::Connection`]. A payload is received once and shared
+//!   (`Bytes`) by every subscriber; large ones are written from the
+//!   publisher's buffer by vectored writes.
+//! * Each session has a bounded queue (the offline queue too): a slow
+//!   subscriber loses messages past its bound, counted, and never slows the
+//!   publisher or other subscribers (see [`config::Limits`]).
+//! * `$SYS/broker/...` topics as Mosquitto names them, every
+//!   `sys_interval` seconds.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use petrel_broker::{Broker, BrokerConfig, Server};
+//!
+//! let broker = Broker::new(BrokerConfig::default()); // 127.0.0.1:1883
+//! let server = Server::bind(broker.clone()).await?;
+//! tokio::spawn(server.run());
+//! // ... later
+//! broker.shutdown();
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod broker;
+pub mod config;
+mod connection;
 pub mod core;
+mod mailbox;
+mod outq;
+mod server;
+mod stats;
+mod sys;
 
+pub use crate::broker::Broker;
+pub use crate::config::{BrokerConfig, ConfigError};
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{Connected, ConnectionId, Handover, SessionRegistry, NEVER};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
 pub use crate::core::wills::WillQueue;
+pub use crate::server::Server;
+pub use crate::stats::StatsSnapshot;

@@ -28,7 +28,7 @@ fn route(
             topic,
             qos,
             retain,
-            publisher: &publisher,
+            publisher: Some(&publisher),
         },
         |d| out.push(d),
     );

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use petrel_codec::{QoS, SubscriptionId, SubscriptionOptions, TopicFilter};
 
@@ -37,15 +38,16 @@ pub struct Delivery<K> {
 #[derive(Debug)]
 pub struct Router<K> {
     subscriptions: SubscriptionTree<K, Subscription>,
-    /// Turns through each shared group's members.
-    shared_turn: usize,
+    /// Turns through each shared group's members; atomic so that routing
+    /// needs only shared access (many publishers route at once).
+    shared_turn: AtomicUsize,
 }
 
 impl<K> Default for Router<K> {
     fn default() -> Self {
         Self {
             subscriptions: SubscriptionTree::default(),
-            shared_turn: 0,
+            shared_turn: AtomicUsize::new(0),
         }
     }
 }
@@ -59,8 +61,8 @@ pub struct Routed<'a, K> {
     pub qos: QoS,
     /// Its RETAIN flag as published.
     pub retain: bool,
-    /// Who published it (for No Local).
-    pub publisher: &'a K,
+    /// Who published it (for No Local); `None` for the broker itself.
+    pub publisher: Option<&'a K>,
 }
 
 impl<K: Eq + Hash + Clone> Router<K> {
@@ -68,7 +70,7 @@ impl<K: Eq + Hash + Clone> Router<K> {
     pub fn new() -> Self {
         Self {
             subscriptions: SubscriptionTree::new(),
-            shared_turn: 0,
+            shared_turn: AtomicUsize::new(0),
         }
     }
 
@@ -112,13 +114,12 @@ impl<K: Eq + Hash + Clone> Router<K> {
     ///   Published ([MQTT-3.3.1-12], [MQTT-3.3.1-13]); otherwise a live
     ///   message goes out with RETAIN 0 ([MQTT-3.3.1-9] in 3.1.1).
     /// * Each shared group sends one copy, to one member, in turn (4.8.2).
-    pub fn route(&mut self, message: Routed<'_, K>, mut deliver: impl FnMut(Delivery<K>)) {
+    pub fn route(&self, message: Routed<'_, K>, mut deliver: impl FnMut(Delivery<K>)) {
         let mut direct: HashMap<&K, Delivery<K>> = HashMap::new();
         let mut shared: Vec<Delivery<K>> = Vec::new();
-        let turn = &mut self.shared_turn;
         self.subscriptions.matches(message.topic, |m| match m {
             Matched::Direct { key, value } => {
-                if value.options.no_local && key == message.publisher {
+                if value.options.no_local && Some(key) == message.publisher {
                     return;
                 }
                 let qos = message.qos.min(value.options.qos);
@@ -137,8 +138,8 @@ impl<K: Eq + Hash + Clone> Router<K> {
                 if members.is_empty() {
                     return;
                 }
-                *turn = turn.wrapping_add(1);
-                let (key, value) = &members[*turn % members.len()];
+                let turn = self.shared_turn.fetch_add(1, Ordering::Relaxed);
+                let (key, value) = &members[turn % members.len()];
                 shared.push(Delivery {
                     client: key.clone(),
                     qos: message.qos.min(value.options.qos),

@@ -84,6 +84,11 @@ impl SessionRegistry {
         self.sessions.is_empty()
     }
 
+    /// Whether `client_id` has a session, connected or not.
+    pub fn exists(&self, client_id: &str) -> bool {
+        self.sessions.contains_key(client_id)
+    }
+
     /// Whether a connection holds `client_id`'s session.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.sessions

@@ -1,0 +1,261 @@
+//! The broker's configuration: what `petrel broker --config petrel.toml`
+//! reads, with a default for every key.
+//!
+//! ```toml
+//! # Every key is optional; these are the defaults.
+//! log_level = "info"            # error, warn, info, debug, trace
+//! sys_interval = 10             # seconds between $SYS updates; 0 turns them off
+//!
+//! [[listener]]
+//! bind = "127.0.0.1:1883"       # several [[listener]] tables, several sockets
+//!
+//! [limits]
+//! max_connections = 100000      # connections beyond this are closed at once
+//! max_packet_size = 1048576     # bytes; told to 5.0 clients as Maximum Packet Size
+//! connect_timeout = 10          # seconds a new connection has to send CONNECT
+//! max_keepalive = 65535         # seconds; longer (or 0) is answered with Server Keep Alive (5.0)
+//! receive_maximum = 128         # unacknowledged QoS 1/2 PUBLISHes accepted per client (5.0)
+//! max_inflight = 128            # our QoS 1/2 PUBLISHes in flight per client
+//! topic_alias_maximum = 16      # 5.0 topic aliases accepted per client
+//! max_queued_messages = 1000    # per session, messages waiting to be sent (online or offline)
+//! max_queued_bytes = 16777216   # per session, payload bytes waiting to be sent
+//! queue_qos0_offline = false    # whether QoS 0 messages wait for an offline persistent session
+//! max_session_expiry = 604800   # seconds a disconnected session is kept at most (also 3.1.1 persistent)
+//! max_subscriptions_per_session = 10000
+//! max_retained_messages = 1000000
+//! max_qos = 2                   # highest QoS granted and accepted
+//! max_client_id_length = 65535  # longer client identifiers are refused
+//! ```
+//!
+//! Unknown keys are errors, so a misspelt limit never silently keeps its
+//! default.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the broker can be told.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// The sockets to listen on. Default: one, 127.0.0.1:1883.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Limits and queue sizes.
+    pub limits: Limits,
+    /// Seconds between `$SYS` updates; 0 turns `$SYS` off. Default 10.
+    pub sys_interval: u64,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`), for the binary
+    /// that sets up logging. Default `info`.
+    pub log_level: LogLevel,
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port, e.g. `"0.0.0.0:1883"` or `"[::1]:1883"`.
+    pub bind: SocketAddr,
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Connections, disconnections and the above.
+    #[default]
+    Info,
+    /// Protocol detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level's name, as a tracing filter takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// Limits and queue sizes. Every one is finite and has a default.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections held at once; more are closed as they arrive. Default 100,000.
+    pub max_connections: usize,
+    /// Largest packet accepted, in bytes, told to 5.0 clients as Maximum
+    /// Packet Size. Default 1 MiB.
+    pub max_packet_size: u32,
+    /// Seconds a new connection has to send CONNECT. Default 10.
+    pub connect_timeout: u64,
+    /// Longest keep alive allowed, in seconds. A 5.0 client asking for more,
+    /// or for none, is told this as Server Keep Alive (as Mosquitto's
+    /// `max_keepalive`). Default 65,535.
+    pub max_keepalive: u16,
+    /// Unacknowledged QoS 1/2 PUBLISHes accepted from one client (5.0
+    /// Receive Maximum). Default 128.
+    pub receive_maximum: u16,
+    /// QoS 1/2 PUBLISHes the broker keeps in flight to one client (also
+    /// bounded by the client's Receive Maximum). Default 128.
+    pub max_inflight: u16,
+    /// Topic aliases accepted from a 5.0 client. Default 16.
+    pub topic_alias_maximum: u16,
+    /// Messages waiting for one session, connected or not. Past it, new
+    /// messages for that session are dropped and counted. Default 1,000.
+    pub max_queued_messages: usize,
+    /// Payload bytes waiting for one session. Default 16 MiB.
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages are queued for a disconnected persistent
+    /// session (Mosquitto's `queue_qos0_messages`). Default false.
+    pub queue_qos0_offline: bool,
+    /// Most seconds a disconnected session is kept, whatever its client
+    /// asked; also what a 3.1.x persistent session (Clean Session 0) gets.
+    /// Default 7 days.
+    pub max_session_expiry: u32,
+    /// Subscriptions one session may hold. Default 10,000.
+    pub max_subscriptions_per_session: usize,
+    /// Retained messages kept in all; a new retained topic past this is not
+    /// stored (the message is still delivered). Default 1,000,000.
+    pub max_retained_messages: usize,
+    /// Highest QoS the broker grants and accepts (0, 1 or 2). Default 2.
+    pub max_qos: u8,
+    /// Longest client identifier accepted, in bytes. Default 65,535.
+    pub max_client_id_length: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listeners: vec![ListenerConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            }],
+            limits: Limits::default(),
+            sys_interval: 10,
+            log_level: LogLevel::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: 10,
+            max_keepalive: u16::MAX,
+            receive_maximum: 128,
+            max_inflight: 128,
+            topic_alias_maximum: 16,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_qos0_offline: false,
+            max_session_expiry: 7 * 24 * 3600,
+            max_subscriptions_per_session: 10_000,
+            max_retained_messages: 1_000_000,
+            max_qos: 2,
+            max_client_id_length: 65_535,
+        }
+    }
+}
+
+/// A configuration that can't be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML is malformed, or a key is unknown or has the wrong type.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value is out of range.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key, with its table (`limits.max_qos`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl BrokerConfig {
+    /// Parse and check a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every value is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let l = &self.limits;
+        if self.listeners.is_empty() {
+            return invalid("listener", "at least one [[listener]] is needed");
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if l.max_packet_size < 128 || l.max_packet_size > petrel_codec::MAX_VARINT + 5 {
+            return invalid(
+                "limits.max_packet_size",
+                "must be between 128 and 268435460 bytes",
+            );
+        }
+        if l.connect_timeout == 0 {
+            return invalid("limits.connect_timeout", "must be at least 1 second");
+        }
+        if l.max_keepalive == 0 {
+            return invalid("limits.max_keepalive", "must be at least 1 second");
+        }
+        if l.receive_maximum == 0 {
+            return invalid("limits.receive_maximum", "must be at least 1");
+        }
+        if l.max_inflight == 0 {
+            return invalid("limits.max_inflight", "must be at least 1");
+        }
+        if l.max_queued_messages == 0 {
+            return invalid("limits.max_queued_messages", "must be at least 1");
+        }
+        if l.max_queued_bytes == 0 {
+            return invalid("limits.max_queued_bytes", "must be at least 1");
+        }
+        if l.max_subscriptions_per_session == 0 {
+            return invalid("limits.max_subscriptions_per_session", "must be at least 1");
+        }
+        if l.max_qos > 2 {
+            return invalid("limits.max_qos", "must be 0, 1 or 2");
+        }
+        if l.max_client_id_length == 0 {
+            return invalid("limits.max_client_id_length", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The session machine's configuration for one client connection.
+    pub(crate) fn session_config(&self) -> petrel_session::Config {
+        let l = &self.limits;
+        petrel_session::Config {
+            receive_maximum: NonZeroU16::new(l.receive_maximum).unwrap_or(NonZeroU16::MIN),
+            max_inflight: NonZeroU16::new(l.max_inflight).unwrap_or(NonZeroU16::MIN),
+            maximum_packet_size: l.max_packet_size,
+            topic_alias_maximum: l.topic_alias_maximum,
+            connect_timeout: Duration::from_secs(l.connect_timeout),
+            ..petrel_session::Config::default()
+        }
+    }
+}

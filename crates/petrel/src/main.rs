@@ -1,0 +1,152 @@
+//! `petrel`: the Petrel MQTT broker on the command line.
+//!
+//! * `petrel broker` — with no configuration, listens on 127.0.0.1:1883 and
+//!   allows anonymous clients (as Mosquitto 2 does without a config);
+//!   `-p PORT` and `--bind ADDR` override the listener, `--config FILE` reads
+//!   a TOML configuration (see `petrel_broker::config`).
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use petrel_broker::config::ListenerConfig;
+use petrel_broker::{Broker, BrokerConfig, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "petrel",
+    version,
+    about = "Petrel: an MQTT 3.1, 3.1.1 and 5.0 broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (default: 127.0.0.1:1883, anonymous access).
+    Broker(BrokerArgs),
+}
+
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// TOML configuration file (listeners, limits, queue sizes, $SYS interval, log level).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this port instead of the configured listeners (as Mosquitto's -p).
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    port: Option<u16>,
+    /// Listen on this address instead of the configured listeners' (default 127.0.0.1).
+    #[arg(long = "bind", value_name = "ADDR")]
+    bind: Option<IpAddr>,
+    /// Log more (-v debug, -vv trace), overriding the configured level.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Broker(args) => run_broker(args),
+    }
+}
+
+fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            BrokerConfig::from_toml(&text)
+                .map_err(|e| format!("invalid configuration in {}: {e}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    if args.port.is_some() || args.bind.is_some() {
+        let ip = args.bind.unwrap_or_else(|| {
+            config
+                .listeners
+                .first()
+                .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |l| l.bind.ip())
+        });
+        let port = args
+            .port
+            .unwrap_or_else(|| config.listeners.first().map_or(1883, |l| l.bind.port()));
+        config.listeners = vec![ListenerConfig {
+            bind: SocketAddr::new(ip, port),
+        }];
+    }
+    Ok(config)
+}
+
+fn run_broker(args: BrokerArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match args.verbose {
+        0 => config.log_level.as_str(),
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("petrel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let broker = Broker::new(config);
+        let server = match Server::bind(broker.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("petrel: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(signals(broker));
+        server.run().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGINT or SIGTERM: shut down gracefully.
+async fn signals(broker: Broker) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    broker.shutdown();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received");
+    broker.shutdown();
+}
