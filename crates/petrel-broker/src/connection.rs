@@ -103,7 +103,13 @@ impl Task {
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         loop {
             let now = Instant::now();
-            self.handle_events(now, &mut shutdown).await;
+            loop {
+                let more = self.decode(now);
+                self.handle_events(now, &mut shutdown).await;
+                if !more || self.conn.is_awaiting_accept() {
+                    break;
+                }
+            }
             self.fill(now);
             self.drain_transmit();
             if self.conn.is_closed() || self.lost {
@@ -120,7 +126,6 @@ impl Task {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
                         Stats::add(&self.shared.stats.bytes_received, n as u64);
-                        self.decode(Instant::now());
                         if self.inbuf.capacity() - self.inbuf.len() < 1024 {
                             self.inbuf.reserve(READ_CHUNK);
                         }
@@ -175,9 +180,14 @@ impl Task {
         self.got_connect.then(|| self.conn.protocol())
     }
 
-    /// Decode every whole packet read so far and feed it to the session.
-    fn decode(&mut self, now: Instant) {
+    /// Decode the whole packets read so far and feed them to the session.
+    /// Stops after a CONNECT, for the broker to answer it before what the
+    /// client sent next; returns whether it stopped early that way.
+    fn decode(&mut self, now: Instant) -> bool {
         while !self.conn.is_closed() {
+            if self.conn.is_awaiting_accept() {
+                return true;
+            }
             let protocol = self.protocol();
             match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
                 Ok(Some(packet)) => {
@@ -190,18 +200,18 @@ impl Task {
                         tracing::debug!(peer = %self.peer, error = %e, "protocol error");
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return false,
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "malformed packet");
+                    // The session answers where the protocol lets it (a
+                    // CONNACK for an unsupported version, a 5.0 DISCONNECT
+                    // with the reason code) and closes.
                     self.conn.handle_decode_error(now, e);
-                    if !self.got_connect {
-                        // Not even a CONNECT: nothing to answer in.
-                        self.lost = true;
-                    }
-                    return;
+                    return false;
                 }
             }
         }
+        false
     }
 
     fn drain_transmit(&mut self) {
@@ -584,5 +594,50 @@ async fn notified(key: Option<&SessionKey>) {
     match key {
         Some(k) => k.0.notify.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Broker, BrokerConfig};
+    use petrel_codec::{PacketId, QosPid, TopicName};
+    use tokio::io::AsyncWriteExt;
+
+    /// A peer that sends QoS 1 PUBLISHes and never reads its PUBACKs: once
+    /// the acknowledgements waiting to be written pass `READ_STOP`, the
+    /// connection stops reading, so the peer's writes block rather than the
+    /// broker buffering without bound.
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_is_not_read_either() {
+        let broker = Broker::new(BrokerConfig::default());
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let (r, w) = tokio::io::split(server);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        tokio::spawn(serve(broker.shared.clone(), r, w, peer));
+        let (_client_r, mut client_w) = tokio::io::split(client);
+        let mut burst = BytesMut::new();
+        let connect = Connect::new(Protocol::V3_1_1, MqttString::from_static("noread"));
+        Packet::Connect(Box::new(connect))
+            .encode(Protocol::V3_1_1, &mut burst)
+            .unwrap();
+        // Each 7-byte PUBLISH earns a 4-byte PUBACK: twice READ_STOP of them.
+        let count = 2 * READ_STOP / 4;
+        for i in 0..count {
+            let mut p = Publish::new(TopicName::from_static("t"), bytes::Bytes::new());
+            let id = PacketId::new((i % 60_000 + 1) as u16).unwrap();
+            p.qos = QosPid::AtLeastOnce(id);
+            Packet::Publish(p)
+                .encode(Protocol::V3_1_1, &mut burst)
+                .unwrap();
+        }
+        let write = tokio::time::timeout(Duration::from_secs(3), client_w.write_all(&burst)).await;
+        assert!(
+            write.is_err(),
+            "the whole burst was read: nothing held the peer back: {write:?} {:?}",
+            broker.stats()
+        );
+        let received = broker.stats().publish_received;
+        assert!(received < count as u64, "{received}");
     }
 }

@@ -44,10 +44,14 @@ async fn a_persistent_session_keeps_subscriptions_and_queues_qos1_and_qos2_while
         assert!(ack.session_present);
         assert_eq!(&s.recv_publish().await.payload[..], b"one");
         let p = s.recv_publish().await;
-        assert_eq!((&p.payload[..], p.qos.qos()), (&b"two"[..], QoS::ExactlyOnce));
+        assert_eq!(
+            (&p.payload[..], p.qos.qos()),
+            (&b"two"[..], QoS::ExactlyOnce)
+        );
         assert!(s.no_publish(SHORT).await);
         // The subscription is still there.
-        publ.publish("off/4", b"live", QoS::AtLeastOnce, false).await;
+        publ.publish("off/4", b"live", QoS::AtLeastOnce, false)
+            .await;
         assert_eq!(&s.recv_publish().await.payload[..], b"live");
         s.disconnect().await;
     }
@@ -100,8 +104,7 @@ async fn a_5_0_disconnect_can_set_the_expiry_to_zero_and_end_the_session() {
     s.send(Packet::Disconnect(d)).await;
     assert!(s.closed().await.is_none());
     tokio::time::sleep(SHORT).await;
-    let (_s, ack) =
-        Raw::connect_with(b.addr, Protocol::V5, "dz", persistent(Protocol::V5)).await;
+    let (_s, ack) = Raw::connect_with(b.addr, Protocol::V5, "dz", persistent(Protocol::V5)).await;
     assert!(!ack.session_present);
 }
 
@@ -115,7 +118,9 @@ async fn takeover_closes_the_old_connection_and_resends_what_was_in_flight_with_
         let mut publ = Raw::connect(b.addr, proto, "pub").await;
         // The publisher's PUBACK is a promise: the message reaches the
         // session even though its holder never acknowledges it.
-        let ack = publ.publish("tk/t", b"promised", QoS::AtLeastOnce, false).await;
+        let ack = publ
+            .publish("tk/t", b"promised", QoS::AtLeastOnce, false)
+            .await;
         assert!(ack.is_some());
         let first = match old.recv().await {
             Some(Packet::Publish(p)) => p,
@@ -188,7 +193,8 @@ fn with_will(topic_name: &str, delay: Option<u32>) -> impl FnOnce(&mut petrel_co
             properties: Properties::new(),
         };
         if c.protocol.is_v5() {
-            w.properties.set_content_type(Some(MqttString::from_static("text/plain")));
+            w.properties
+                .set_content_type(Some(MqttString::from_static("text/plain")));
             w.properties.push_user_property(UserProperty::new(
                 MqttString::from_static("k"),
                 MqttString::from_static("v"),
@@ -235,8 +241,7 @@ async fn a_normal_disconnect_discards_the_will_and_0x04_publishes_it_mqtt_3_1_2_
         c.disconnect().await;
         assert!(watcher.no_publish(SHORT).await);
     }
-    let (mut c, _) =
-        Raw::connect_with(b.addr, Protocol::V5, "asks", with_will("w2/b", None)).await;
+    let (mut c, _) = Raw::connect_with(b.addr, Protocol::V5, "asks", with_will("w2/b", None)).await;
     c.send(Packet::Disconnect(Disconnect::new(
         ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
     )))
@@ -251,7 +256,8 @@ async fn a_will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
     watcher.subscribe("wd/#", QoS::AtLeastOnce).await;
 
     // Reconnect within the delay: no will.
-    let (c, _) = Raw::connect_with(b.addr, Protocol::V5, "back", with_will("wd/back", Some(3))).await;
+    let (c, _) =
+        Raw::connect_with(b.addr, Protocol::V5, "back", with_will("wd/back", Some(3))).await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (c, ack) = Raw::connect_with(b.addr, Protocol::V5, "back", |c| {
@@ -264,7 +270,8 @@ async fn a_will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
     c.disconnect().await;
 
     // Stay away: the will goes out after its delay, not before.
-    let (c, _) = Raw::connect_with(b.addr, Protocol::V5, "away", with_will("wd/away", Some(1))).await;
+    let (c, _) =
+        Raw::connect_with(b.addr, Protocol::V5, "away", with_will("wd/away", Some(1))).await;
     drop(c);
     assert!(watcher.no_publish(Duration::from_millis(500)).await);
     let p = watcher.recv_publish().await;

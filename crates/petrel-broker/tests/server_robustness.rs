@@ -1,0 +1,224 @@
+//! Bad input over a socket closes that connection with the right reason and
+//! leaves every other client served; limits hold; slow subscribers never
+//! stall publishers; shutdown is graceful.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use petrel_codec::{Connect, MqttString, Packet, Protocol, QoS, ReasonCode};
+use support::*;
+use tokio::io::AsyncReadExt;
+
+const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
+
+/// Connect, send `bytes`, and return the DISCONNECT the broker sent before
+/// closing (5.0) or `None` (3.1.1, which has none) — after checking that a
+/// bystander connected the whole time is still served.
+async fn send_bad(addr: std::net::SocketAddr, proto: Protocol, bytes: &[u8]) -> Option<ReasonCode> {
+    let mut bystander = Raw::connect(addr, Protocol::V5, &format!("by-{}", bytes.len())).await;
+    bystander.subscribe("by/t", QoS::AtLeastOnce).await;
+    let mut c = Raw::connect(addr, proto, "bad").await;
+    c.send_bytes(bytes).await;
+    let d = c.closed().await.map(|d| d.reason_code);
+    bystander
+        .publish("by/t", b"alive", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&bystander.recv_publish().await.payload[..], b"alive");
+    still_serving(addr).await;
+    d
+}
+
+#[tokio::test]
+async fn a_remaining_length_over_four_bytes_is_malformed_mqtt_1_5_5() {
+    let b = start().await;
+    let bad = [0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
+    assert_eq!(send_bad(b.addr, Protocol::V3_1_1, &bad).await, None);
+    assert_eq!(
+        send_bad(b.addr, Protocol::V5, &bad).await,
+        Some(ReasonCode::MALFORMED_PACKET)
+    );
+}
+
+#[tokio::test]
+async fn reserved_flag_bits_are_malformed_mqtt_2_1_3_1() {
+    let b = start().await;
+    // SUBSCRIBE must have flags 0010 ([MQTT-3.8.1-1]); these have 0000.
+    let v311 = [0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00];
+    assert_eq!(send_bad(b.addr, Protocol::V3_1_1, &v311).await, None);
+    let v5 = [0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x00];
+    assert_eq!(
+        send_bad(b.addr, Protocol::V5, &v5).await,
+        Some(ReasonCode::MALFORMED_PACKET)
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_topic_closes_the_connection_mqtt_1_5_4_1() {
+    let b = start().await;
+    let v311 = [0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, b'x'];
+    assert_eq!(send_bad(b.addr, Protocol::V3_1_1, &v311).await, None);
+    let v5 = [0x30, 0x06, 0x00, 0x02, 0xC3, 0x28, 0x00, b'x'];
+    let rc = send_bad(b.addr, Protocol::V5, &v5).await.unwrap();
+    assert_eq!(rc, ReasonCode::MALFORMED_PACKET);
+}
+
+#[tokio::test]
+async fn a_second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
+    let b = start().await;
+    for proto in BOTH {
+        let mut again = BytesMut::new();
+        Packet::Connect(Box::new(Connect::new(
+            proto,
+            MqttString::from_static("bad"),
+        )))
+        .encode(proto, &mut again)
+        .unwrap();
+        let rc = send_bad(b.addr, proto, &again).await;
+        let want = proto.is_v5().then_some(ReasonCode::PROTOCOL_ERROR);
+        assert_eq!(rc, want);
+    }
+}
+
+#[tokio::test]
+async fn a_packet_over_the_maximum_size_is_refused_from_its_header() {
+    let mut config = config();
+    config.limits.max_packet_size = 4096;
+    let b = start_with(config).await;
+    // Only the fixed header of a 1 MB PUBLISH is sent: refused before the body.
+    let header = [0x30, 0x80, 0x80, 0x40];
+    assert_eq!(send_bad(b.addr, Protocol::V3_1_1, &header).await, None);
+    assert_eq!(
+        send_bad(b.addr, Protocol::V5, &header).await,
+        Some(ReasonCode::PACKET_TOO_LARGE)
+    );
+}
+
+#[tokio::test]
+async fn publish_before_connect_closes_without_an_answer_mqtt_3_1_0_1() {
+    let b = start().await;
+    let mut c = Raw::open(b.addr, Protocol::V5).await;
+    c.send_bytes(&[0x30, 0x04, 0x00, 0x01, b'a', b'x']).await;
+    assert!(c.closed().await.is_none());
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn an_unsupported_protocol_level_is_refused_with_connack_mqtt_3_1_2_2() {
+    let b = start().await;
+    let mut c = Raw::open(b.addr, Protocol::V3_1_1).await;
+    // CONNECT "MQTT" level 6.
+    c.send_bytes(&[
+        0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x01, b'c',
+    ])
+    .await;
+    match c.recv().await {
+        // 3.1.1 return code 1 (unacceptable protocol version).
+        Some(Packet::ConnAck(a)) => {
+            assert_eq!(a.reason_code, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.closed().await.is_none());
+}
+
+#[tokio::test]
+async fn a_connect_that_never_finishes_is_closed_after_the_connect_timeout() {
+    let mut config = config();
+    config.limits.connect_timeout = 1;
+    let b = start_with(config).await;
+    let mut c = Raw::open(b.addr, Protocol::V5).await;
+    c.send_bytes(&[0x10, 0x20, 0x00, 0x04, b'M']).await;
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.stream.read(&mut byte))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    // A silent connection that sends nothing at all is closed too.
+    let mut idle = Raw::open(b.addr, Protocol::V5).await;
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.stream.read(&mut byte))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_and_counted() {
+    let mut config = config();
+    config.limits.max_connections = 2;
+    let b = start_with(config).await;
+    let _a = Raw::connect(b.addr, Protocol::V5, "a").await;
+    let _b = Raw::connect(b.addr, Protocol::V5, "b").await;
+    let mut c = Raw::open(b.addr, Protocol::V5).await;
+    assert!(c.closed().await.is_none());
+    assert_eq!(b.broker.stats().connections_refused, 1);
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_never_stalls_the_publisher_or_other_subscribers() {
+    let mut config = config();
+    config.limits.max_queued_messages = 2000;
+    let b = start_with(config).await;
+    // A subscriber that never reads.
+    let mut slow = Raw::connect(b.addr, Protocol::V3_1_1, "slow").await;
+    slow.subscribe("load/t", QoS::AtMostOnce).await;
+    let mut slow1 = Raw::connect(b.addr, Protocol::V5, "slow1").await;
+    slow1.subscribe("load/t", QoS::AtLeastOnce).await;
+    // A subscriber that keeps up, reading in its own task.
+    let mut fast = Raw::connect(b.addr, Protocol::V5, "fast").await;
+    fast.subscribe("load/t", QoS::AtLeastOnce).await;
+    const N: usize = 10_000;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < N {
+            let p = fast.recv_publish().await;
+            assert_eq!(p.payload.len(), 1024);
+            n += 1;
+        }
+        n
+    });
+    let mut publ = Raw::connect(b.addr, Protocol::V5, "pub").await;
+    let payload = vec![b'p'; 1024];
+    for _ in 0..N {
+        // Each PUBACK comes back whatever the slow subscribers do.
+        publ.publish("load/t", &payload, QoS::AtLeastOnce, false)
+            .await;
+    }
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), reader)
+            .await
+            .unwrap()
+            .unwrap(),
+        N
+    );
+    let stats = b.broker.stats();
+    // The slow ones lost what did not fit: QoS 0 and QoS 1 past their bound.
+    assert!(stats.dropped_qos0 > 0, "{stats:?}");
+    assert!(stats.dropped_queue_full > 0, "{stats:?}");
+    drop((slow, slow1));
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_5_0_clients_and_stops_the_server() {
+    let b = start().await;
+    let mut v5 = Raw::connect(b.addr, Protocol::V5, "v5").await;
+    let mut v3 = Raw::connect(b.addr, Protocol::V3_1_1, "v3").await;
+    b.broker.shutdown();
+    assert_eq!(
+        v5.closed().await.unwrap().reason_code,
+        ReasonCode::SERVER_SHUTTING_DOWN
+    );
+    assert!(v3.closed().await.is_none());
+    tokio::time::timeout(Duration::from_secs(6), b.task)
+        .await
+        .expect("run returns")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(b.addr).await.is_err());
+}
