@@ -1,0 +1,148 @@
+//! The `petrel broker` command as a user runs it: default listener, `-p`,
+//! `--config`, configuration errors, and SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONNECT_3_1_1: [u8; 15] = [
+    0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, b'c',
+];
+
+fn petrel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_petrel"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the broker if a test fails midway.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Running {
+    Running(
+        petrel()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// CONNECT over a fresh socket, retrying while the broker starts; the
+/// CONNACK must accept.
+fn mqtt_handshake(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("broker not listening on {port}: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&CONNECT_3_1_1).unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+}
+
+fn terminate(mut running: Running) -> std::process::ExitStatus {
+    let pid = running.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dash_p_overrides_the_port_and_sigterm_stops_gracefully() {
+    let port = free_port();
+    let broker = spawn(&["broker", "-p", &port.to_string()]);
+    mqtt_handshake(port);
+    assert!(terminate(broker).success());
+}
+
+#[test]
+fn with_no_configuration_it_listens_on_127_0_0_1_1883() {
+    if TcpListener::bind("127.0.0.1:1883").is_err() {
+        eprintln!("port 1883 is taken on this machine; skipping the default-port check");
+        return;
+    }
+    let broker = spawn(&["broker"]);
+    mqtt_handshake(1883);
+    assert!(terminate(broker).success());
+}
+
+#[test]
+fn a_config_file_sets_the_listeners() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("petrel-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("petrel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "log_level = \"warn\"\nsys_interval = 5\n[[listener]]\nbind = \"127.0.0.1:{port}\"\n[limits]\nmax_connections = 10\n"
+        ),
+    )
+    .unwrap();
+    let broker = spawn(&["broker", "--config", path.to_str().unwrap()]);
+    mqtt_handshake(port);
+    assert!(terminate(broker).success());
+}
+
+#[test]
+fn a_wrong_config_names_the_key_and_the_broker_does_not_start() {
+    let dir = std::env::temp_dir().join(format!("petrel-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (text, key) in [
+        ("[limits]\nmax_conections = 10\n", "max_conections"),
+        ("[limits]\nmax_qos = 3\n", "limits.max_qos"),
+        ("[limits]\nmax_packet_size = \"big\"\n", "max_packet_size"),
+        ("[[listener]]\nbind = \"nowhere\"\n", "bind"),
+        ("log_level = \"loud\"\n", "log_level"),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = petrel()
+            .args(["broker", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+}
+
+#[test]
+fn help_describes_the_broker_flags() {
+    let out = petrel().args(["broker", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--port", "--bind"] {
+        assert!(help.contains(flag), "{flag} missing from {help}");
+    }
+}
