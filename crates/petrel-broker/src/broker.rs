@@ -11,7 +11,8 @@
 //! serialised by one mutex. No lock is held across an await or a socket
 //! write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use petrel_session::{Message, SessionState};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::BrokerConfig;
-use crate::mailbox::{lock, SessionKey};
+use crate::mailbox::{lock, message_size, Queued, SessionKey};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{
     Connected, ConnectionId, Handover, RetainedTree, Routed, Router, SessionRegistry, Subscription,
@@ -34,6 +35,13 @@ use crate::{
 pub(crate) struct Retained {
     pub(crate) message: Message,
     pub(crate) at: Instant,
+}
+
+/// The retained store and the bytes it holds.
+#[derive(Debug, Default)]
+struct RetainedStore {
+    tree: RetainedTree<Retained>,
+    bytes: usize,
 }
 
 impl Retained {
@@ -88,10 +96,17 @@ pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) session_config: petrel_session::Config,
     router: RwLock<Router<SessionKey>>,
-    retained: RwLock<RetainedTree<Retained>>,
+    retained: RwLock<RetainedStore>,
     core: Mutex<Core>,
+    /// Bytes waiting in every session's queue.
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
+    /// Retained messages waiting in connections' backlogs.
+    pub(crate) backlog: AtomicUsize,
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
+    /// Distinguishes this broker's assigned client ids from another run's.
+    instance: u64,
+    next_assigned: std::sync::atomic::AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -102,6 +117,8 @@ pub(crate) enum Attach {
     /// Another connection holds it and has been told to let go; the session
     /// comes through the receiver once it has.
     Wait(ConnectionId, oneshot::Receiver<Handover>),
+    /// A new session would pass `max_sessions`.
+    Full,
 }
 
 /// A session now held by a connection.
@@ -137,10 +154,16 @@ impl Broker {
                 config,
                 session_config,
                 router: RwLock::new(Router::new()),
-                retained: RwLock::new(RetainedTree::new()),
+                retained: RwLock::new(RetainedStore::default()),
                 core: Mutex::new(Core::default()),
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                backlog: AtomicUsize::new(0),
                 stats: Stats::default(),
                 started: Instant::now(),
+                instance: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                next_assigned: std::sync::atomic::AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
             }),
         }
@@ -184,7 +207,7 @@ impl Shared {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
         s.subscriptions = read(&self.router).len() as u64;
-        s.retained = read(&self.retained).len() as u64;
+        s.retained = read(&self.retained).tree.len() as u64;
         s.sessions = lock(&self.core).registry.len() as u64;
         s
     }
@@ -221,27 +244,37 @@ impl Shared {
         count
     }
 
-    /// [MQTT-3.3.1-5]: store; [MQTT-3.3.1-10], [MQTT-3.3.1-11]: an empty
-    /// payload deletes and is not stored.
+    /// Store ([MQTT-3.3.1-5]); an empty payload deletes and is not stored
+    /// ([MQTT-3.3.1-6], [MQTT-3.3.1-7]; 3.1.1 [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
     fn retain(&self, message: &Message, now: Instant) {
         let mut store = write(&self.retained);
+        let store = &mut *store;
         if message.payload.is_empty() {
-            store.remove(&message.topic);
+            if let Some(old) = store.tree.remove(&message.topic) {
+                store.bytes -= message_size(&old.message);
+            }
             return;
         }
-        if store.len() >= self.config.limits.max_retained_messages
-            && store.get(&message.topic).is_none()
+        let limits = &self.config.limits;
+        let size = message_size(message);
+        let replaced = store
+            .tree
+            .get(&message.topic)
+            .map_or(0, |r| message_size(&r.message));
+        let new_topic = replaced == 0;
+        if (new_topic && store.tree.len() >= limits.max_retained_messages)
+            || store.bytes - replaced + size > limits.max_retained_bytes
         {
             tracing::warn!(topic = %message.topic.as_str(), "retained store full; not stored");
             return;
         }
         let mut stored = message.clone();
-        // [MQTT-3.3.1-6] the stored message keeps its own topic; nothing per
-        // connection (aliases) stays with it.
+        // Nothing per connection (a topic alias) stays with it.
         stored.properties = stored
             .properties
             .without(&[petrel_codec::properties::id::TOPIC_ALIAS]);
-        store.insert(
+        store.bytes = store.bytes - replaced + size;
+        store.tree.insert(
             &message.topic,
             Retained {
                 message: stored,
@@ -250,34 +283,44 @@ impl Shared {
         );
     }
 
-    /// The retained messages a new subscription to `filter` receives, with
-    /// their remaining expiry applied; expired ones are skipped.
+    /// Queue the retained messages a new subscription to `filter` receives
+    /// ([MQTT-3.3.1-8]: with RETAIN 1), within the broker-wide backlog bound;
+    /// returns how many did not fit.
     pub(crate) fn retained_for(
         &self,
         filter: &TopicFilter,
         granted: QoS,
         identifier: Option<SubscriptionId>,
-        now: Instant,
-        out: &mut std::collections::VecDeque<Message>,
-    ) {
+        out: &mut VecDeque<Queued>,
+    ) -> usize {
         let ids: Vec<SubscriptionId> = identifier.into_iter().collect();
-        read(&self.retained).matching(filter, |r| {
-            let remaining = r.remaining(now);
-            if remaining == Some(0) {
+        let max = self.config.limits.max_retained_backlog;
+        let mut refused = 0;
+        read(&self.retained).tree.matching(filter, |r| {
+            if self.backlog.fetch_add(1, Ordering::Relaxed) >= max {
+                self.backlog.fetch_sub(1, Ordering::Relaxed);
+                refused += 1;
                 return;
             }
-            // [MQTT-3.3.1-8]: sent because of a new subscription, RETAIN 1.
-            let mut m = outgoing(&r.message, r.message.qos.min(granted), true, &ids);
-            if let Some(left) = remaining {
-                m.properties.set_message_expiry_interval(Some(left));
-            }
-            out.push_back(m);
+            // Expiry counts from when it was stored, checked when it is sent.
+            let message = outgoing(&r.message, r.message.qos.min(granted), true, &ids);
+            out.push_back(Queued { message, at: r.at });
         });
+        refused
     }
 
     /// Drop retained messages whose expiry passed.
     pub(crate) fn expire_retained(&self, now: Instant) {
-        write(&self.retained).retain(|r| r.remaining(now) != Some(0));
+        let mut store = write(&self.retained);
+        let mut freed = 0;
+        store.tree.retain(|r| {
+            let keep = r.remaining(now) != Some(0);
+            if !keep {
+                freed += message_size(&r.message);
+            }
+            keep
+        });
+        store.bytes -= freed;
     }
 
     // ------------------------------------------------------------ subscriptions
@@ -319,6 +362,19 @@ impl Shared {
 
     // ------------------------------------------------------------ sessions
 
+    /// A client identifier for a client that sent none ([MQTT-3.1.3-6]),
+    /// unique among the sessions that exist.
+    pub(crate) fn assign_client_id(&self) -> String {
+        let core = lock(&self.core);
+        loop {
+            let n = self.next_assigned.fetch_add(1, Ordering::Relaxed);
+            let id = format!("petrel-{:x}-{n}", self.instance);
+            if !core.registry.exists(&id) {
+                return id;
+            }
+        }
+    }
+
     /// A CONNECT for `client_id` was accepted by authentication: take its
     /// session, or ask its holder to let go.
     pub(crate) fn attach(
@@ -329,46 +385,61 @@ impl Shared {
         kick: &Arc<KickSignal>,
         now: Instant,
     ) -> Attach {
-        let mut core = lock(&self.core);
-        match core.registry.connect(client_id, clean_start, expiry) {
-            Connected::Ready(handover) => {
-                Attach::Ready(self.take(&mut core, client_id, handover, kick, now))
+        let mut due = Vec::new();
+        let attach = {
+            let mut core = lock(&self.core);
+            if !core.registry.exists(client_id)
+                && core.registry.len() >= self.config.limits.max_sessions
+            {
+                return Attach::Full;
             }
-            Connected::TakeOver {
-                connection,
-                holder,
-                superseded,
-            } => {
-                // [MQTT-3.1.4-3]: the existing connection is closed.
-                if let Some(k) = core.holders.get(&holder) {
-                    k.kick(Kick::TakenOver);
+            match core.registry.connect(client_id, clean_start, expiry) {
+                Connected::Ready(handover) => {
+                    Attach::Ready(self.take(&mut core, client_id, handover, kick, &mut due))
                 }
-                if let Some(old) = superseded {
-                    // Dropping its sender tells the waiting connection it lost.
-                    if let Some((k, _)) = core.waiting.remove(&old) {
+                Connected::TakeOver {
+                    connection,
+                    holder,
+                    superseded,
+                } => {
+                    // [MQTT-3.1.4-3]: the existing connection is closed.
+                    if let Some(k) = core.holders.get(&holder) {
                         k.kick(Kick::TakenOver);
                     }
+                    if let Some(old) = superseded {
+                        // Dropping its sender tells the waiting connection it lost.
+                        core.waiting.remove(&old);
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    core.waiting.insert(connection, (kick.clone(), tx));
+                    Attach::Wait(connection, rx)
                 }
-                let (tx, rx) = oneshot::channel();
-                core.waiting.insert(connection, (kick.clone(), tx));
-                Attach::Wait(connection, rx)
             }
+        };
+        self.publish_wills(due, now);
+        attach
+    }
+
+    fn publish_wills(&self, wills: Vec<PendingWill>, now: Instant) {
+        for w in wills {
+            self.publish(w.publisher.as_ref(), w.message, now);
         }
     }
 
-    /// Give a handed-over (or new) session to its connection.
+    /// Give a handed-over (or new) session to its connection. Wills that
+    /// fall due are added to `due`, to publish once the lock is released.
     fn take(
         &self,
         core: &mut Core,
         client_id: &str,
         handover: Handover,
         kick: &Arc<KickSignal>,
-        now: Instant,
+        due: &mut Vec<PendingWill>,
     ) -> Attached {
         let existing = core.sessions.get(client_id).cloned();
         let key = match existing {
             Some(key) if handover.session_present => {
-                // [MQTT-3.1.2-8]: the session continues, so a will still
+                // [MQTT-3.1.3-9]: the session continues, so a will still
                 // waiting for its delay is not published.
                 core.wills.cancel(client_id);
                 key
@@ -380,10 +451,8 @@ impl Shared {
                     self.drop_subscriptions(&old);
                     old.end();
                 }
-                if let Some(w) = core.wills.session_ended(client_id) {
-                    self.publish(w.publisher.as_ref(), w.message, now);
-                }
-                let key = SessionKey::new(Arc::from(client_id));
+                due.extend(core.wills.session_ended(client_id));
+                let key = SessionKey::new(Arc::from(client_id), self.queued_bytes.clone());
                 core.sessions.insert(key.0.client_id.clone(), key.clone());
                 key
             }
@@ -406,16 +475,34 @@ impl Shared {
         kick: &Arc<KickSignal>,
         now: Instant,
     ) -> Attached {
-        let mut core = lock(&self.core);
-        core.waiting.remove(&handover.connection);
-        self.take(&mut core, client_id, handover, kick, now)
+        let mut due = Vec::new();
+        let attached = {
+            let mut core = lock(&self.core);
+            core.waiting.remove(&handover.connection);
+            self.take(&mut core, client_id, handover, kick, &mut due)
+        };
+        self.publish_wills(due, now);
+        attached
     }
 
-    /// A connection waiting to take over gave up.
-    pub(crate) fn abandon(&self, client_id: &str, connection: ConnectionId) {
-        let mut core = lock(&self.core);
-        core.waiting.remove(&connection);
-        core.registry.abandon(client_id, connection);
+    /// A connection waiting to take over gave up. If the session was handed
+    /// to it meanwhile, it is released again at once.
+    pub(crate) fn abandon(
+        &self,
+        client_id: &str,
+        connection: ConnectionId,
+        handover: Option<Handover>,
+        expiry: u32,
+        now: Instant,
+    ) {
+        {
+            let mut core = lock(&self.core);
+            core.waiting.remove(&connection);
+            core.registry.abandon(client_id, connection);
+        }
+        if let Some(h) = handover {
+            self.release_state(client_id, None, h.connection, h.state, expiry, None, now);
+        }
     }
 
     /// A connection that held `key`'s session ended. Its will (if the
@@ -432,69 +519,97 @@ impl Shared {
         now: Instant,
     ) {
         let client_id = key.0.client_id.clone();
-        let mut core = lock(&self.core);
-        core.holders.remove(&connection);
-        key.set_online(false);
-        if let Some((message, delay)) = will {
-            let session_ends = now + Duration::from_secs(u64::from(expiry));
-            if delay.is_zero() || expiry == 0 {
-                // [MQTT-3.1.2-8]: due now (no delay, or the session ends now).
-                self.publish(Some(key), message, now);
-            } else {
-                let will = PendingWill {
-                    message,
-                    publisher: Some(key.clone()),
-                };
-                let ends = (expiry != NEVER).then_some(session_ends);
-                core.wills.schedule(&client_id, will, delay, ends, now);
-            }
-        }
-        let handover = core
-            .registry
-            .release(&client_id, connection, state, expiry, now);
-        if let Some(h) = handover {
-            let next = h.connection;
-            match core.waiting.remove(&next) {
-                Some((_, tx)) => {
-                    if let Err(h) = tx.send(h) {
-                        // The waiting connection is gone: keep the session.
-                        core.registry
-                            .release(&client_id, next, h.state, expiry, now);
-                    }
-                }
-                None => {
-                    core.registry
-                        .release(&client_id, next, h.state, expiry, now);
-                }
-            }
-            return;
-        }
-        if !core.registry.exists(&client_id) {
-            // The session ended with its connection (expiry 0).
-            self.end_session(&mut core, &client_id, now);
-        }
+        self.release_state(&client_id, Some(key), connection, state, expiry, will, now);
     }
 
-    fn end_session(&self, core: &mut Core, client_id: &str, now: Instant) {
+    #[allow(clippy::too_many_arguments)]
+    fn release_state(
+        &self,
+        client_id: &str,
+        key: Option<&SessionKey>,
+        connection: ConnectionId,
+        state: SessionState,
+        expiry: u32,
+        will: Option<(Message, Duration)>,
+        now: Instant,
+    ) {
+        let mut due = Vec::new();
+        {
+            let mut core = lock(&self.core);
+            core.holders.remove(&connection);
+            if !core.registry.holds(client_id, connection) {
+                // Superseded or already released: nothing of ours to give.
+                return;
+            }
+            let key = key
+                .cloned()
+                .or_else(|| core.sessions.get(client_id).cloned());
+            if let Some(k) = &key {
+                k.set_online(false);
+            }
+            if let Some((message, delay)) = will {
+                let will = PendingWill {
+                    message,
+                    publisher: key.clone(),
+                };
+                if delay.is_zero() || expiry == 0 {
+                    // [MQTT-3.1.2-8]: due now (no delay, or the session ends now).
+                    due.push(will);
+                } else {
+                    let ends =
+                        (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
+                    core.wills.schedule(client_id, will, delay, ends, now);
+                }
+            }
+            let mut handover = core
+                .registry
+                .release(client_id, connection, state, expiry, now);
+            while let Some(h) = handover.take() {
+                let next = h.connection;
+                match core.waiting.remove(&next) {
+                    Some((kick, tx)) => {
+                        // It holds the session from now: a third connection
+                        // must be able to kick it before its task runs.
+                        core.holders.insert(next, kick);
+                        if let Err(h) = tx.send(h) {
+                            // The waiting connection is gone: release for it.
+                            core.holders.remove(&next);
+                            handover = core.registry.release(client_id, next, h.state, expiry, now);
+                        }
+                    }
+                    None => {
+                        handover = core.registry.release(client_id, next, h.state, expiry, now);
+                    }
+                }
+            }
+            if !core.registry.exists(client_id) {
+                // The session ended with its connection (expiry 0).
+                self.end_session(&mut core, client_id, &mut due);
+            }
+        }
+        self.publish_wills(due, now);
+    }
+
+    fn end_session(&self, core: &mut Core, client_id: &str, due: &mut Vec<PendingWill>) {
         if let Some(key) = core.sessions.remove(client_id) {
             self.drop_subscriptions(&key);
             key.end();
         }
-        if let Some(w) = core.wills.session_ended(client_id) {
-            self.publish(w.publisher.as_ref(), w.message, now);
-        }
+        due.extend(core.wills.session_ended(client_id));
     }
 
     /// Time passed: expire sessions and publish wills that are due.
     pub(crate) fn housekeeping(&self, now: Instant) {
-        let mut core = lock(&self.core);
-        for client_id in core.registry.expire(now) {
-            let client_id: String = client_id;
-            self.end_session(&mut core, &client_id, now);
+        let mut due = Vec::new();
+        {
+            let mut core = lock(&self.core);
+            for client_id in core.registry.expire(now) {
+                let client_id: String = client_id;
+                self.end_session(&mut core, &client_id, &mut due);
+            }
+            due.extend(core.wills.due(now));
         }
-        for w in core.wills.due(now) {
-            self.publish(w.publisher.as_ref(), w.message, now);
-        }
+        self.publish_wills(due, now);
     }
 }
 

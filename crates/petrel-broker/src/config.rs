@@ -25,6 +25,11 @@
 //! max_retained_messages = 1000000
 //! max_qos = 2                   # highest QoS granted and accepted
 //! max_client_id_length = 65535  # longer client identifiers are refused
+//! max_topic_levels = 200        # deeper topic names and filters are refused
+//! max_sessions = 1000000        # sessions (connected or not); more are refused
+//! max_queued_bytes_total = 1073741824   # all sessions' queues together
+//! max_retained_bytes = 268435456        # all retained messages together
+//! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
 //! ```
 //!
 //! Unknown keys are errors, so a misspelt limit never silently keeps its
@@ -134,6 +139,21 @@ pub struct Limits {
     pub max_qos: u8,
     /// Longest client identifier accepted, in bytes. Default 65,535.
     pub max_client_id_length: usize,
+    /// Most levels in a topic name or filter (as Mosquitto's limit of 200):
+    /// deeper ones are refused (5.0 reason 0x90 or 0x8F). Default 200.
+    pub max_topic_levels: usize,
+    /// Sessions held, connected or not; a CONNECT that would make a new one
+    /// past this is refused (5.0 0x97 Quota exceeded). Default 1,000,000.
+    pub max_sessions: usize,
+    /// Bytes waiting in all sessions' queues together; past it, messages
+    /// for any session are dropped and counted. Default 1 GiB.
+    pub max_queued_bytes_total: usize,
+    /// Bytes of all retained messages together; a new retained message past
+    /// it is not stored (still delivered). Default 256 MiB.
+    pub max_retained_bytes: usize,
+    /// Retained messages waiting to be sent to new subscriptions, over all
+    /// connections; past it, the rest are not sent (counted). Default 2,000,000.
+    pub max_retained_backlog: usize,
 }
 
 impl Default for BrokerConfig {
@@ -167,6 +187,11 @@ impl Default for Limits {
             max_retained_messages: 1_000_000,
             max_qos: 2,
             max_client_id_length: 65_535,
+            max_topic_levels: 200,
+            max_sessions: 1_000_000,
+            max_queued_bytes_total: 1024 * 1024 * 1024,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_retained_backlog: 2_000_000,
         }
     }
 }
@@ -216,8 +241,11 @@ impl BrokerConfig {
                 "must be between 128 and 268435460 bytes",
             );
         }
-        if l.connect_timeout == 0 {
-            return invalid("limits.connect_timeout", "must be at least 1 second");
+        if l.connect_timeout == 0 || l.connect_timeout > 3600 {
+            return invalid(
+                "limits.connect_timeout",
+                "must be between 1 and 3600 seconds",
+            );
         }
         if l.max_keepalive == 0 {
             return invalid("limits.max_keepalive", "must be at least 1 second");
@@ -240,8 +268,15 @@ impl BrokerConfig {
         if l.max_qos > 2 {
             return invalid("limits.max_qos", "must be 0, 1 or 2");
         }
-        if l.max_client_id_length == 0 {
-            return invalid("limits.max_client_id_length", "must be at least 1");
+        if l.max_client_id_length < 23 {
+            // [MQTT-3.1.3-5]: ids of 1 to 23 characters must be accepted.
+            return invalid("limits.max_client_id_length", "must be at least 23");
+        }
+        if l.max_topic_levels == 0 {
+            return invalid("limits.max_topic_levels", "must be at least 1");
+        }
+        if l.max_sessions == 0 {
+            return invalid("limits.max_sessions", "must be at least 1");
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::broker::{Attach, Attached, Kick, KickSignal, Shared};
-use crate::mailbox::{lock, SessionKey};
+use crate::mailbox::{lock, Queued, SessionKey};
 use crate::outq::OutQueue;
 use crate::stats::Stats;
 use crate::{ConnectionId, Subscription, NEVER};
@@ -33,7 +33,17 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long the last packets (DISCONNECT, …) may take to write at close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
-static NEXT_ASSIGNED: AtomicU64 = AtomicU64::new(1);
+/// Most messages taken from the session's queue per lock.
+const BATCH: usize = 64;
+
+/// Whether a topic belongs to the broker's `$SYS` tree.
+fn is_sys(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
+fn too_deep(topic: &str, max: usize) -> bool {
+    topic.bytes().filter(|&b| b == b'/').count() >= max
+}
 
 /// A session this connection holds.
 struct Held {
@@ -52,7 +62,7 @@ struct Task {
     held: Option<Held>,
     client_id: Option<Arc<str>>,
     /// Retained messages for new subscriptions, sent before live ones.
-    backlog: VecDeque<Message>,
+    backlog: VecDeque<Queued>,
     will: Option<(Message, Duration)>,
     /// Session Expiry Interval in force.
     expiry: u32,
@@ -90,7 +100,17 @@ where
         lost: false,
     };
     task.run(reader, writer).await;
-    task.finish();
+    // Dropping the task hands the session back (also if it panicked).
+    drop(task);
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.shared
+            .backlog
+            .fetch_sub(self.backlog.len(), Ordering::Relaxed);
+        self.finish();
+    }
 }
 
 impl Task {
@@ -100,6 +120,9 @@ impl Task {
         W: AsyncWrite + Unpin,
     {
         let mut shutdown = self.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return;
+        }
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         loop {
             let now = Instant::now();
@@ -193,8 +216,13 @@ impl Task {
                 Ok(Some(packet)) => {
                     self.got_connect = true;
                     Stats::add(&self.shared.stats.messages_received, 1);
-                    if matches!(packet, Packet::Publish(_)) {
+                    if let Packet::Publish(p) = &packet {
                         Stats::add(&self.shared.stats.publish_received, 1);
+                        // Checked before the session acknowledges it.
+                        if let Some(reason) = self.refuse_publish(p) {
+                            self.close(reason);
+                            return false;
+                        }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
                         tracing::debug!(peer = %self.peer, error = %e, "protocol error");
@@ -212,6 +240,20 @@ impl Task {
             }
         }
         false
+    }
+
+    /// A PUBLISH the broker does not take, with the reason: above the
+    /// Maximum QoS it told the client ([MQTT-3.2.2-11]), or a topic deeper
+    /// than `max_topic_levels`.
+    fn refuse_publish(&self, p: &Publish) -> Option<ReasonCode> {
+        let limits = &self.shared.config.limits;
+        if p.qos.qos() as u8 > limits.max_qos {
+            return Some(ReasonCode::QOS_NOT_SUPPORTED);
+        }
+        if too_deep(p.topic.as_str(), limits.max_topic_levels) {
+            return Some(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        None
     }
 
     fn drain_transmit(&mut self) {
@@ -242,12 +284,11 @@ impl Task {
                 }
                 Event::Dropped { reason, .. } => {
                     let stats = &self.shared.stats;
-                    let counter = match reason {
-                        DropReason::TooLarge => &stats.dropped_too_large,
-                        DropReason::Expired => &stats.dropped_expired,
-                        _ => &stats.dropped_queue_full,
-                    };
-                    Stats::add(counter, 1);
+                    match reason {
+                        DropReason::TooLarge => Stats::add(&stats.dropped_too_large, 1),
+                        DropReason::Expired => Stats::add(&stats.dropped_expired, 1),
+                        _ => {}
+                    }
                 }
                 Event::Closed(reason) => self.log_close(&reason),
                 _ => {}
@@ -289,12 +330,9 @@ impl Task {
             if !v5 && (!c.clean_start || c.protocol == Protocol::V3_1) {
                 return self.refuse(now, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             }
-            // [MQTT-3.1.3-6], [MQTT-3.2.2-16]: assign one, and tell a 5.0 client.
-            let n = NEXT_ASSIGNED.fetch_add(1, Ordering::Relaxed);
-            let id = format!(
-                "petrel-{:x}-{n}",
-                self.shared.started.elapsed().as_nanos() & 0xffff_ffff
-            );
+            // [MQTT-3.1.3-6], [MQTT-3.2.2-16]: assign a unique one, and
+            // tell a 5.0 client.
+            let id = self.shared.assign_client_id();
             if v5 {
                 if let Ok(s) = MqttString::try_from(id.as_str()) {
                     props.set_assigned_client_identifier(Some(s));
@@ -311,6 +349,13 @@ impl Task {
             if v5 && w.qos > max_qos {
                 // [MQTT-3.2.2-12]
                 return self.refuse(now, ReasonCode::QOS_NOT_SUPPORTED);
+            }
+            if is_sys(w.topic.as_str()) {
+                // $SYS is the broker's: no client writes there, will included.
+                return self.refuse(now, ReasonCode::NOT_AUTHORIZED);
+            }
+            if too_deep(w.topic.as_str(), limits.max_topic_levels) {
+                return self.refuse(now, ReasonCode::TOPIC_NAME_INVALID);
             }
         }
         // Session expiry: 5.0 asks; 3.1.x Clean Session 0 means "keep".
@@ -358,9 +403,22 @@ impl Task {
                 .attach(&client_id, c.clean_start, self.expiry, &self.kick, now)
             {
                 Attach::Ready(a) => a,
-                Attach::Wait(connection, rx) => {
+                Attach::Full => {
+                    tracing::warn!(client_id = %client_id, "max_sessions reached; refused");
+                    let reason = if v5 {
+                        ReasonCode::QUOTA_EXCEEDED
+                    } else {
+                        ReasonCode::SERVER_UNAVAILABLE
+                    };
+                    return self.refuse(now, reason);
+                }
+                Attach::Wait(connection, mut rx) => {
+                    // The holder was kicked and lets go within its close
+                    // flush; bounded anyway, and shutdown ends the wait.
+                    let limit = Duration::from_secs(limits.connect_timeout) + 2 * CLOSE_FLUSH;
                     let handover = tokio::select! {
-                        r = rx => r.ok(),
+                        biased;
+                        r = tokio::time::timeout(limit, &mut rx) => r.ok().and_then(Result::ok),
                         _ = shutdown.changed() => None,
                     };
                     match handover {
@@ -369,7 +427,12 @@ impl Task {
                                 .take_handover(&client_id, h, &self.kick, Instant::now())
                         }
                         None => {
-                            self.shared.abandon(&client_id, connection);
+                            // A handover that arrived meanwhile goes back.
+                            rx.close();
+                            let late = rx.try_recv().ok();
+                            let now = Instant::now();
+                            self.shared
+                                .abandon(&client_id, connection, late, self.expiry, now);
                             return self.refuse(now, ReasonCode::SERVER_UNAVAILABLE);
                         }
                     }
@@ -382,8 +445,10 @@ impl Task {
             session_present,
             state,
         } = attached;
-        self.held = Some(Held { key, connection });
         self.client_id = Some(client_id.clone());
+        // Kept in case the CONNACK can't be sent: the session must not lose
+        // what it holds because of this connection.
+        let kept = state.clone();
         let accept = Accept {
             session_present,
             state,
@@ -391,9 +456,13 @@ impl Task {
         };
         if let Err(e) = self.conn.accept(now, accept) {
             tracing::warn!(client_id = %client_id, error = %e, "could not accept");
+            self.will = None;
+            self.shared
+                .release(&key, connection, kept, self.expiry, None, now);
             self.lost = true;
             return;
         }
+        self.held = Some(Held { key, connection });
         self.shared.stats.client_connected();
         self.counted = true;
         tracing::info!(
@@ -411,13 +480,7 @@ impl Task {
 
     fn on_publish(&mut self, now: Instant, p: Publish) {
         let Some(key) = self.key() else { return };
-        let max_qos = self.shared.config.limits.max_qos;
-        if p.qos.qos() as u8 > max_qos {
-            // [MQTT-3.2.2-11]: above the Maximum QoS we told the client.
-            self.close(ReasonCode::QOS_NOT_SUPPORTED);
-            return;
-        }
-        if p.topic.as_str().starts_with("$SYS") {
+        if is_sys(p.topic.as_str()) {
             // $SYS belongs to the broker: acknowledged (the session already
             // did) but not routed, as Mosquitto's default access rules do.
             return;
@@ -432,9 +495,14 @@ impl Task {
         let Some(key) = self.key() else { return };
         let max_qos = QoS::from_u8(self.shared.config.limits.max_qos).unwrap_or(QoS::ExactlyOnce);
         let identifier = s.properties.subscription_identifiers().first();
-        let retained_cap = self.shared.config.limits.max_retained_messages;
+        let max_levels = self.shared.config.limits.max_topic_levels;
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         for sub in &s.subscriptions {
+            if too_deep(sub.filter.as_str(), max_levels) {
+                // 3.1.1 sees 0x80, Failure.
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let mut options = sub.options;
             options.qos = options.qos.min(max_qos);
             let subscription = Subscription {
@@ -453,15 +521,14 @@ impl Task {
                     };
                     // Retained messages are not sent for a shared
                     // subscription (4.8.2).
-                    if send && sub.filter.shared().is_none() && self.backlog.len() < retained_cap {
-                        self.shared.retained_for(
+                    if send && sub.filter.shared().is_none() {
+                        let refused = self.shared.retained_for(
                             &sub.filter,
                             options.qos,
                             identifier,
-                            now,
                             &mut self.backlog,
                         );
-                        self.backlog.truncate(retained_cap);
+                        Stats::add(&self.shared.stats.dropped_queue_full, refused as u64);
                     }
                 }
             }
@@ -508,37 +575,61 @@ impl Task {
             return;
         }
         while self.out.len() < WRITE_HIGH_WATER {
-            let Some(m) = self.backlog.front() else { break };
-            if m.qos != QoS::AtMostOnce && self.conn.send_quota() == 0 {
+            let Some(q) = self.backlog.front() else { break };
+            if q.message.qos != QoS::AtMostOnce && self.conn.send_quota() == 0 {
                 return;
             }
-            let m = self.backlog.pop_front().unwrap_or_else(|| unreachable!());
-            self.send(now, m);
+            let q = self.backlog.pop_front().unwrap_or_else(|| unreachable!());
+            self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.send_queued(now, q);
         }
         if !self.backlog.is_empty() {
             return;
         }
-        let mut mb = key.mailbox();
+        let mut batch = Vec::with_capacity(BATCH);
         while self.out.len() < WRITE_HIGH_WATER {
-            let Some(q) = mb.pop() else { break };
-            if q.message.qos != QoS::AtMostOnce && self.conn.send_quota() == 0 {
-                mb.unpop(q);
-                break;
-            }
-            let mut message = q.message;
-            if let Some(interval) = message.properties.message_expiry_interval() {
-                // [MQTT-3.3.2-5]: expired while queued, not sent;
-                // [MQTT-3.3.2-6]: otherwise it carries what is left.
-                let waited = now.saturating_duration_since(q.at).as_secs();
-                if waited >= u64::from(interval) {
-                    Stats::add(&self.shared.stats.dropped_expired, 1);
-                    continue;
+            // Take a batch under the lock, send it without holding it.
+            {
+                let mut mb = key.mailbox();
+                let mut quota = self.conn.send_quota();
+                while batch.len() < BATCH {
+                    let Some(q) = mb.pop() else { break };
+                    if q.message.qos != QoS::AtMostOnce {
+                        if quota == 0 {
+                            mb.unpop(q);
+                            break;
+                        }
+                        quota -= 1;
+                    }
+                    batch.push(q);
                 }
-                let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for q in batch.drain(..) {
+                self.send_queued(now, q);
+            }
+        }
+    }
+
+    /// Send a queued message, or drop it if its Message Expiry Interval ran
+    /// out while it waited ([MQTT-3.3.2-5]); otherwise it carries what is
+    /// left ([MQTT-3.3.2-6]).
+    fn send_queued(&mut self, now: Instant, q: Queued) {
+        let mut message = q.message;
+        if let Some(interval) = message.properties.message_expiry_interval() {
+            let waited = now.saturating_duration_since(q.at).as_secs();
+            if waited >= u64::from(interval) {
+                Stats::add(&self.shared.stats.dropped_expired, 1);
+                return;
+            }
+            let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
+            if left != interval {
                 message.properties.set_message_expiry_interval(Some(left));
             }
-            self.send(now, message);
         }
+        self.send(now, message);
     }
 
     fn send(&mut self, now: Instant, message: Message) {
@@ -556,7 +647,7 @@ impl Task {
 
     /// The connection is over: hand the session back, with the will if the
     /// connection did not end normally.
-    fn finish(mut self) {
+    fn finish(&mut self) {
         let Some(held) = self.held.take() else { return };
         let now = Instant::now();
         let state = self.conn.take_state();
@@ -572,7 +663,9 @@ impl Task {
                 properties
                     .session_expiry_interval()
                     .map_or(self.expiry, |e| e.min(max)),
-                (*reason_code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE)
+                // Only 0x00 discards the will ([MQTT-3.14.4-3]); 0x04 and
+                // the error codes publish it.
+                (*reason_code != ReasonCode::NORMAL_DISCONNECTION)
                     .then(|| self.will.take())
                     .flatten(),
             ),

@@ -4,7 +4,8 @@
 //!
 //! ## Overflow policy
 //! A session's queue holds at most `max_queued_messages` messages and
-//! `max_queued_bytes` payload bytes. A message that does not fit is dropped
+//! `max_queued_bytes` bytes (topic, properties and payload), and all queues
+//! together at most `max_queued_bytes_total`. A message that does not fit is dropped
 //! and counted (`$SYS/broker/publish/messages/dropped`); the publisher is
 //! never slowed and other subscribers are unaffected. QoS 0 messages are
 //! queued for a disconnected session only with `queue_qos0_offline`. QoS 1/2
@@ -14,6 +15,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -32,10 +34,17 @@ pub(crate) struct Queued {
     pub(crate) at: Instant,
 }
 
-#[derive(Debug, Default)]
+/// What a queued message costs: topic, properties and payload.
+pub(crate) fn message_size(m: &Message) -> usize {
+    m.topic.as_str().len() + m.properties.as_wire().len() + m.payload.len()
+}
+
+#[derive(Debug)]
 pub(crate) struct Mailbox {
     pub(crate) queue: VecDeque<Queued>,
     bytes: usize,
+    /// Bytes in every mailbox of the broker.
+    total: Arc<AtomicUsize>,
     /// A connection holds the session.
     pub(crate) online: bool,
     /// The session ended: nothing is queued any more.
@@ -45,18 +54,23 @@ pub(crate) struct Mailbox {
 impl Mailbox {
     pub(crate) fn pop(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
-        self.bytes -= q.message.payload.len();
+        let size = message_size(&q.message);
+        self.bytes -= size;
+        self.total.fetch_sub(size, Ordering::Relaxed);
         Some(q)
     }
 
     /// Put back a message taken but not sent, at the front.
     pub(crate) fn unpop(&mut self, q: Queued) {
-        self.bytes += q.message.payload.len();
+        let size = message_size(&q.message);
+        self.bytes += size;
+        self.total.fetch_add(size, Ordering::Relaxed);
         self.queue.push_front(q);
     }
 
     pub(crate) fn clear(&mut self) {
         self.queue.clear();
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
         self.bytes = 0;
     }
 }
@@ -98,10 +112,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SessionKey {
-    pub(crate) fn new(client_id: Arc<str>) -> Self {
+    pub(crate) fn new(client_id: Arc<str>, total: Arc<AtomicUsize>) -> Self {
         Self(Arc::new(SessionShared {
             client_id,
-            mailbox: Mutex::new(Mailbox::default()),
+            mailbox: Mutex::new(Mailbox {
+                queue: VecDeque::new(),
+                bytes: 0,
+                total,
+                online: false,
+                ended: false,
+            }),
             notify: Notify::new(),
             filters: Mutex::new(HashSet::new()),
         }))
@@ -127,8 +147,10 @@ impl SessionKey {
         if qos0 && !mb.online && !limits.queue_qos0_offline {
             return false;
         }
-        let size = message.payload.len();
-        if mb.queue.len() >= limits.max_queued_messages || mb.bytes + size > limits.max_queued_bytes
+        let size = message_size(&message);
+        if mb.queue.len() >= limits.max_queued_messages
+            || mb.bytes + size > limits.max_queued_bytes
+            || mb.total.load(Ordering::Relaxed) + size > limits.max_queued_bytes_total
         {
             drop(mb);
             let counter = if qos0 {
@@ -141,6 +163,7 @@ impl SessionKey {
         }
         let wake = mb.queue.is_empty();
         mb.bytes += size;
+        mb.total.fetch_add(size, Ordering::Relaxed);
         mb.queue.push_back(Queued { message, at: now });
         drop(mb);
         if wake {
@@ -159,5 +182,11 @@ impl SessionKey {
 
     pub(crate) fn set_online(&self, online: bool) {
         self.mailbox().online = online;
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }

@@ -173,3 +173,21 @@ fn wills_wait_for_their_delay_or_the_session_end() {
     q.schedule("x", "x-will", Duration::from_secs(60), None, now);
     assert_eq!(q.session_ended("x"), Some("x-will"));
 }
+
+/// Checks [MQTT-3.1.2-23]: a takeover of a session whose holder had expiry 0
+/// (3.1.1: Clean Session 1) starts a new session, even without Clean Start.
+#[test]
+fn taking_over_a_session_with_expiry_zero_does_not_resume_it() {
+    let now = Instant::now();
+    let mut r = SessionRegistry::new();
+    let a = ready(r.connect("z", true, 0));
+    let Connected::TakeOver { connection, .. } = r.connect("z", false, 60) else {
+        panic!("expected a takeover");
+    };
+    let h = r
+        .release("z", a.connection, with_message(), 0, now)
+        .expect("handed over");
+    assert_eq!(h.connection, connection);
+    assert!(!h.session_present);
+    assert!(h.state.is_empty());
+}

@@ -222,3 +222,114 @@ async fn shutdown_tells_5_0_clients_and_stops_the_server() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(b.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn topics_deeper_than_max_topic_levels_are_refused() {
+    let mut config = config();
+    config.limits.max_topic_levels = 8;
+    let b = start_with(config).await;
+    let deep = "a/".repeat(8) + "z";
+    let mut c = Raw::connect(b.addr, Protocol::V5, "deep").await;
+    let ack = c.subscribe(&deep, QoS::AtLeastOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+    let ack = c.subscribe("a/b/c", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_1]);
+    let mut p = petrel_codec::Publish::new(topic(&deep), bytes::Bytes::from_static(b"x"));
+    p.qos = petrel_codec::QosPid::AtLeastOnce(pid(1));
+    c.send(Packet::Publish(p)).await;
+    // Refused before any PUBACK.
+    match c.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::TOPIC_NAME_INVALID),
+        other => panic!("{other:?}"),
+    }
+    // A will that deep is refused at CONNECT.
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "deepwill", |c| {
+        c.will = Some(petrel_codec::Will {
+            topic: topic(&deep),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: petrel_codec::Properties::new(),
+        });
+    })
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::TOPIC_NAME_INVALID);
+    still_serving(b.addr).await;
+}
+
+#[tokio::test]
+async fn no_client_writes_into_sys_not_even_through_a_will() {
+    let b = start().await;
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "forger", |c| {
+        c.will = Some(petrel_codec::Will {
+            topic: topic("$SYS/broker/version"),
+            payload: bytes::Bytes::from_static(b"forged"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: petrel_codec::Properties::new(),
+        });
+    })
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+}
+
+#[tokio::test]
+async fn max_sessions_bounds_the_sessions_a_peer_can_create() {
+    let mut config = config();
+    config.limits.max_sessions = 2;
+    let b = start_with(config).await;
+    let keep = |c: &mut Connect| {
+        c.clean_start = false;
+        c.properties.set_session_expiry_interval(Some(300));
+    };
+    for id in ["s1", "s2"] {
+        let (c, ack) = Raw::connect_with(b.addr, Protocol::V5, id, keep).await;
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        c.disconnect().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "s3", keep).await;
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+    // An existing session is still resumed.
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "s1", keep).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(ack.session_present);
+}
+
+#[tokio::test]
+async fn the_retained_store_is_bounded_in_bytes() {
+    let mut config = config();
+    config.limits.max_retained_bytes = 3000;
+    let b = start_with(config).await;
+    let mut c = Raw::connect(b.addr, Protocol::V5, "r").await;
+    c.publish("rb/1", &[1; 1000], QoS::AtLeastOnce, true).await;
+    c.publish("rb/2", &[2; 1000], QoS::AtLeastOnce, true).await;
+    c.publish("rb/3", &[3; 1000], QoS::AtLeastOnce, true).await;
+    assert_eq!(b.broker.stats().retained, 2);
+    // Replacing within the bound works, deleting frees room.
+    c.publish("rb/1", b"", QoS::AtLeastOnce, true).await;
+    c.publish("rb/3", &[3; 1000], QoS::AtLeastOnce, true).await;
+    assert_eq!(b.broker.stats().retained, 2);
+}
+
+#[tokio::test]
+async fn a_disconnect_with_an_error_reason_still_publishes_the_will_mqtt_3_14_4_3() {
+    let b = start().await;
+    let mut w = Raw::connect(b.addr, Protocol::V5, "watch").await;
+    w.subscribe("err/will", QoS::AtLeastOnce).await;
+    let (mut c, _) = Raw::connect_with(b.addr, Protocol::V5, "errs", |c| {
+        c.will = Some(petrel_codec::Will {
+            topic: topic("err/will"),
+            payload: bytes::Bytes::from_static(b"w"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: petrel_codec::Properties::new(),
+        });
+    })
+    .await;
+    c.send(Packet::Disconnect(petrel_codec::Disconnect::new(
+        ReasonCode::UNSPECIFIED_ERROR,
+    )))
+    .await;
+    assert_eq!(&w.recv_publish().await.payload[..], b"w");
+}

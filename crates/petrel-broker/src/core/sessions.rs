@@ -89,6 +89,13 @@ impl SessionRegistry {
         self.sessions.contains_key(client_id)
     }
 
+    /// Whether `connection` holds `client_id`'s session.
+    pub fn holds(&self, client_id: &str, connection: ConnectionId) -> bool {
+        self.sessions
+            .get(client_id)
+            .is_some_and(|e| e.holder == Some(connection))
+    }
+
     /// Whether a connection holds `client_id`'s session.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.sessions
@@ -177,13 +184,17 @@ impl SessionRegistry {
         if let Some((next, clean_start, next_expiry)) = entry.waiting.take() {
             entry.holder = Some(next);
             entry.expiry = next_expiry;
+            // The session continues only if the new connection asks for it
+            // and the old one did not end it (expiry 0: [MQTT-3.1.2-23] in
+            // 5.0, Clean Session 1 in 3.1.1, [MQTT-3.1.2-6]).
+            let continues = !clean_start && expiry > 0;
             return Some(Handover {
                 connection: next,
-                session_present: !clean_start,
-                state: if clean_start {
-                    SessionState::new()
-                } else {
+                session_present: continues,
+                state: if continues {
                     state
+                } else {
+                    SessionState::new()
                 },
             });
         }
