@@ -35,6 +35,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Most messages taken from the session's queue per lock.
 const BATCH: usize = 64;
+/// Messages routed before the task lets others on its worker run.
+const YIELD_EVERY: usize = 64;
 
 /// Whether a topic belongs to the broker's `$SYS` tree.
 fn is_sys(topic: &str) -> bool {
@@ -71,6 +73,8 @@ struct Task {
     counted: bool,
     /// The peer closed the socket or it failed.
     lost: bool,
+    /// Messages routed since this task last yielded.
+    routed: usize,
 }
 
 /// Serve one connection until it closes.
@@ -98,6 +102,7 @@ where
         got_connect: false,
         counted: false,
         lost: false,
+        routed: 0,
     };
     task.run(reader, writer).await;
     // Dropping the task hands the session back (also if it panicked).
@@ -132,6 +137,13 @@ impl Task {
                 if !more || self.conn.is_awaiting_accept() {
                     break;
                 }
+            }
+            if self.routed >= YIELD_EVERY {
+                // A publisher with a full socket would otherwise route
+                // thousands of messages per poll and starve the subscriber
+                // tasks that deliver them on this worker.
+                self.routed = 0;
+                tokio::task::yield_now().await;
             }
             self.fill(now);
             self.drain_transmit();
@@ -488,6 +500,7 @@ impl Task {
         let mut message = Message::new(p.topic, p.payload, p.qos.qos());
         message.retain = p.retain;
         message.properties = p.properties;
+        self.routed += 1;
         self.shared.publish(Some(&key), message, now);
     }
 

@@ -4,6 +4,8 @@
 //!   allows anonymous clients (as Mosquitto 2 does without a config);
 //!   `-p PORT` and `--bind ADDR` override the listener, `--config FILE` reads
 //!   a TOML configuration (see `petrel_broker::config`).
+//! * `petrel bench pairs|fanout|fanin` — load a broker over loopback and
+//!   report delivered messages per second.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod bench;
 use petrel_broker::config::ListenerConfig;
 use petrel_broker::{Broker, BrokerConfig, Server};
 
@@ -29,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run the broker (default: 127.0.0.1:1883, anonymous access).
     Broker(BrokerArgs),
+    /// Load a broker over loopback and report delivered messages per second.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +57,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Broker(args) => run_broker(args),
+        Command::Bench(args) => match bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("petrel bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
