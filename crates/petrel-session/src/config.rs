@@ -31,6 +31,13 @@ pub struct Config {
     /// Client role: time to wait for CONNACK, and for PINGRESP after a
     /// PINGREQ, before declaring the link dead. Default 10 s.
     pub response_timeout: Duration,
+    /// Acknowledge received QoS 1 and 2 messages (PUBACK, PUBREC) only when
+    /// the application calls [`crate::Connection::ack`], in the order it
+    /// took them ([MQTT-4.6.0-2]), instead of on receipt. A driver that hands
+    /// messages to a bounded queue uses it so that the peer's own flow
+    /// control (our Receive Maximum, its in-flight window) bounds what it
+    /// holds, and it never has to stop reading the socket. Default false.
+    pub manual_acks: bool,
 }
 
 impl Config {
@@ -56,6 +63,7 @@ impl Default for Config {
             topic_alias_maximum: 16,
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(10),
+            manual_acks: false,
         }
     }
 }

@@ -239,6 +239,9 @@ pub struct Connection {
     /// Client: SUBSCRIBE/UNSUBSCRIBE identifiers awaiting their acknowledgement.
     pending_subscriptions: BTreeSet<u16>,
     auth_method: Option<MqttString>,
+    /// With manual acknowledgements: QoS 1 identifiers received on this
+    /// connection whose PUBACK waits for [`Connection::ack`].
+    unacked: BTreeSet<u16>,
     /// Server: whether CONNECT asked for a zero Session Expiry Interval.
     connect_session_expiry_zero: bool,
     close_reason: Option<CloseReason>,
@@ -268,6 +271,7 @@ impl Connection {
             alias_out: HashMap::new(),
             alias_in: HashMap::new(),
             pending_subscriptions: BTreeSet::new(),
+            unacked: BTreeSet::new(),
             auth_method: None,
             connect_session_expiry_zero: true,
             close_reason: None,
@@ -520,6 +524,7 @@ impl Connection {
             (_, Packet::PubRel(a)) => {
                 // [MQTT-4.3.3-11]: PUBCOMP with the same identifier.
                 let known = self.session.incoming.remove(&a.packet_id.get());
+                self.session.deferred.remove(&a.packet_id.get());
                 let mut comp = PubAck::new(a.packet_id);
                 if !known && self.protocol.is_v5() {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -827,6 +832,7 @@ impl Connection {
             });
         }
         self.session.incoming.clear();
+        self.session.deferred.clear();
     }
 
     /// [MQTT-4.4.0-1], [MQTT-4.6.0-1]: on a resumed session, resend every
@@ -1120,6 +1126,38 @@ impl Connection {
             QosPid::AtMostOnce => {
                 self.events.push_back(Event::Message(p));
             }
+            QosPid::AtLeastOnce(pid) if self.config.manual_acks => {
+                // The peer counts it against our Receive Maximum until the
+                // PUBACK ([MQTT-3.3.4-9]).
+                let max = self.our_receive_maximum;
+                let held = self.unacked.len() + self.session.incoming.len();
+                if self.protocol.is_v5()
+                    && !self.unacked.contains(&pid.get())
+                    && held >= usize::from(max)
+                {
+                    return Err(ProtocolError::ReceiveMaximumExceeded { max });
+                }
+                self.unacked.insert(pid.get());
+                self.events.push_back(Event::Message(p));
+            }
+            QosPid::ExactlyOnce(pid) if self.config.manual_acks => {
+                if self.session.incoming.contains(&pid.get()) {
+                    // A repeat: acknowledged if the application already
+                    // acknowledged it; otherwise its PUBREC is still to come.
+                    if !self.session.deferred.contains(&pid.get()) {
+                        let _ = self.queue(now, Packet::PubRec(PubAck::new(pid)));
+                    }
+                    return Ok(());
+                }
+                let max = self.our_receive_maximum;
+                let held = self.unacked.len() + self.session.incoming.len();
+                if self.protocol.is_v5() && held >= usize::from(max) {
+                    return Err(ProtocolError::ReceiveMaximumExceeded { max });
+                }
+                self.session.incoming.insert(pid.get());
+                self.session.deferred.insert(pid.get());
+                self.events.push_back(Event::Message(p));
+            }
             QosPid::AtLeastOnce(pid) => {
                 if self.session.incoming.contains(&pid.get()) {
                     if !self.protocol.is_v5() {
@@ -1337,6 +1375,29 @@ impl Connection {
             return Err(SendError::NotConnected);
         }
         self.queue(now, packet)
+    }
+
+    /// With [`Config::manual_acks`]: acknowledge a received QoS 1 or 2
+    /// message (PUBACK, or PUBREC for QoS 2). Call it in the order the
+    /// messages were received ([MQTT-4.6.0-2]). A QoS 2 acknowledgement
+    /// survives reconnection (it is part of the [`SessionState`]); a QoS 1
+    /// message received on an earlier connection is not acknowledged here —
+    /// the peer resends it, and it is delivered again.
+    pub fn ack(&mut self, now: Instant, packet_id: PacketId) -> Result<(), SendError> {
+        let id = packet_id.get();
+        if self.session.deferred.contains(&id) {
+            if self.state != State::Connected {
+                return Err(SendError::NotConnected);
+            }
+            self.session.deferred.remove(&id);
+            self.queue(now, Packet::PubRec(PubAck::new(packet_id)))
+        } else if self.unacked.remove(&id) {
+            self.queue(now, Packet::PubAck(PubAck::new(packet_id)))
+        } else {
+            Err(SendError::Invalid(
+                "no message with that packet identifier awaits acknowledgement",
+            ))
+        }
     }
 
     // ------------------------------------------------------------ disconnect

@@ -90,6 +90,9 @@ pub struct SessionState {
     pub(crate) outgoing: BTreeMap<u16, Outgoing>,
     /// QoS 2 packet identifiers received and not yet released by PUBREL.
     pub(crate) incoming: BTreeSet<u16>,
+    /// With manual acknowledgements: QoS 2 identifiers whose PUBREC waits for
+    /// the application's [`crate::Connection::ack`].
+    pub(crate) deferred: BTreeSet<u16>,
     /// Accepted for sending, waiting for room in the in-flight window.
     pub(crate) pending: VecDeque<Queued>,
 }
@@ -188,6 +191,7 @@ impl SessionState {
                 })
                 .collect(),
             incoming: self.incoming.iter().copied().collect(),
+            deferred: self.deferred.iter().copied().collect(),
             pending: self
                 .pending
                 .iter()
@@ -209,6 +213,8 @@ pub struct Snapshot {
     next_message_id: u64,
     outgoing: Vec<StoredOutgoing>,
     incoming: Vec<u16>,
+    #[serde(default)]
+    deferred: Vec<u16>,
     pending: Vec<(MessageId, StoredMessage)>,
 }
 
@@ -313,6 +319,11 @@ impl Snapshot {
             }
         }
         state.incoming = self.incoming.into_iter().filter(|&i| i != 0).collect();
+        state.deferred = self
+            .deferred
+            .into_iter()
+            .filter(|i| state.incoming.contains(i))
+            .collect();
         // Never hand out an identifier a stored message already has.
         let highest = state
             .outgoing

@@ -1492,3 +1492,88 @@ fn nothing_is_sent_after_disconnect() {
         assert!(pair.client.poll_transmit().is_none());
     }
 }
+
+// ------------------------------------------------------------ manual acknowledgements
+
+/// With `manual_acks`, PUBACK and PUBREC wait for `ack`, go out in the order
+/// the application acknowledges ([MQTT-4.6.0-2]), count against the
+/// Receive Maximum until sent ([MQTT-3.3.4-9]), and a QoS 2 repeat is not
+/// acknowledged before the application has acknowledged the original.
+#[test]
+fn manual_acks_wait_for_the_application() {
+    let mut client_cfg = Config::default();
+    client_cfg.manual_acks = true;
+    client_cfg.receive_maximum = NonZeroU16::new(2).unwrap();
+    let mut p = Pair::connected_with(V5, client_cfg, Config::default(), |_| {});
+    p.server
+        .publish(p.now, msg("t", "one", QoS::AtLeastOnce))
+        .unwrap();
+    p.server
+        .publish(p.now, msg("t", "two", QoS::ExactlyOnce))
+        .unwrap();
+    p.run();
+    assert_eq!(messages(&p.client_events), ["one", "two"]);
+    // Nothing acknowledged yet.
+    assert!(
+        p.sent(Dir::ToServer).is_empty(),
+        "{:?}",
+        p.sent(Dir::ToServer)
+    );
+    // A QoS 2 repeat before the application acknowledged: no PUBREC.
+    let mut again = Publish::new(TopicName::from_static("t"), Bytes::from_static(b"two"));
+    again.qos = QosPid::ExactlyOnce(pid(2));
+    again.dup = true;
+    p.client
+        .handle_packet(p.now, Packet::Publish(again.clone()))
+        .unwrap();
+    assert!(p.client.poll_transmit().is_none());
+    p.client.ack(p.now, pid(1)).unwrap();
+    p.client.ack(p.now, pid(2)).unwrap();
+    assert!(p.client.ack(p.now, pid(2)).is_err(), "acknowledged once");
+    p.run();
+    let sent: Vec<_> = p
+        .sent(Dir::ToServer)
+        .into_iter()
+        .map(|p| match p {
+            Packet::PubAck(a) => ("PUBACK", a.packet_id.get()),
+            Packet::PubRec(a) => ("PUBREC", a.packet_id.get()),
+            Packet::PubComp(a) => ("PUBCOMP", a.packet_id.get()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sent, [("PUBACK", 1), ("PUBREC", 2), ("PUBCOMP", 2)]);
+    // Now acknowledged, a repeat is answered at once ([MQTT-4.3.3-10]).
+    let mut late = again;
+    late.qos = QosPid::ExactlyOnce(pid(3));
+    p.client
+        .handle_packet(p.now, Packet::Publish(late.clone()))
+        .unwrap();
+    p.client.ack(p.now, pid(3)).unwrap();
+    p.client
+        .handle_packet(p.now, Packet::Publish(late))
+        .unwrap();
+    let mut recs = 0;
+    while let Some(pk) = p.client.poll_transmit() {
+        recs += usize::from(matches!(pk, Packet::PubRec(_)));
+    }
+    assert_eq!(recs, 2);
+}
+
+#[test]
+fn unacknowledged_messages_count_against_the_receive_maximum_mqtt_3_3_4_9() {
+    let mut client_cfg = Config::default();
+    client_cfg.manual_acks = true;
+    client_cfg.receive_maximum = NonZeroU16::new(1).unwrap();
+    let mut p = Pair::connected_with(V5, client_cfg, Config::default(), |_| {});
+    for (n, id) in [(1u16, "a"), (2, "b")] {
+        let mut m = Publish::new(TopicName::from_static("t"), Bytes::from(id));
+        m.qos = QosPid::AtLeastOnce(pid(n));
+        let r = p.client.handle_packet(p.now, Packet::Publish(m));
+        if n == 2 {
+            assert!(matches!(
+                r,
+                Err(ProtocolError::ReceiveMaximumExceeded { max: 1 })
+            ));
+        }
+    }
+}
