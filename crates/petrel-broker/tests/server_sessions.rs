@@ -332,3 +332,20 @@ async fn an_acknowledged_qos1_message_survives_the_subscriber_being_away_and_tak
     assert!(s2.no_publish(SHORT).await);
     let _ = s1.closed().await;
 }
+
+#[tokio::test]
+async fn qos0_is_queued_for_an_offline_session_only_when_configured() {
+    let mut config = config();
+    config.limits.queue_qos0_offline = true;
+    let b = start_with(config).await;
+    let (mut s, _) =
+        Raw::connect_with(b.addr, Protocol::V3_1_1, "q0", persistent(Protocol::V3_1_1)).await;
+    s.subscribe("q0/t", QoS::AtMostOnce).await;
+    s.disconnect().await;
+    let mut publ = Raw::connect(b.addr, Protocol::V3_1_1, "pub").await;
+    publ.publish("q0/t", b"kept", QoS::AtMostOnce, false).await;
+    let (mut s, ack) =
+        Raw::connect_with(b.addr, Protocol::V3_1_1, "q0", persistent(Protocol::V3_1_1)).await;
+    assert!(ack.session_present);
+    assert_eq!(&s.recv_publish().await.payload[..], b"kept");
+}

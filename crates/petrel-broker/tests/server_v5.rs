@@ -328,3 +328,30 @@ async fn sys_topics_report_the_broker_as_mosquitto_names_them() {
     let p = again.recv_publish().await;
     assert!(p.payload.starts_with(b"petrel "));
 }
+
+#[tokio::test]
+async fn the_broker_uses_topic_aliases_when_the_client_allows_them_mqtt_3_3_2_8() {
+    let b = start().await;
+    let (mut s, _) = Raw::connect_with(b.addr, Protocol::V5, "aliased", |c| {
+        c.properties.set_topic_alias_maximum(Some(4));
+    })
+    .await;
+    s.subscribe("alias/out/topic", QoS::AtMostOnce).await;
+    let mut publ = Raw::connect(b.addr, Protocol::V5, "p").await;
+    for _ in 0..3 {
+        publ.publish("alias/out/topic", b"x", QoS::AtMostOnce, false)
+            .await;
+    }
+    let first = s.recv_publish().await;
+    let alias = first.properties.topic_alias().expect("an alias is set");
+    assert!(
+        alias.get() <= 4,
+        "[MQTT-3.3.2-9]: within the client's maximum"
+    );
+    assert_eq!(first.topic.as_str(), "alias/out/topic");
+    for _ in 0..2 {
+        let p = s.recv_publish().await;
+        assert_eq!(p.properties.topic_alias(), Some(alias));
+        assert!(p.topic.is_empty(), "later messages carry only the alias");
+    }
+}
