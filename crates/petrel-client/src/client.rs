@@ -1,0 +1,290 @@
+//! The handle applications hold, and the stream of messages they receive.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use petrel_codec::{
+    Properties, Publish, QoS, ReasonCode, SubAck, Subscription, SubscriptionOptions, TopicFilter,
+    TopicName, UnsubAck,
+};
+use petrel_session::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::ClientError;
+use crate::options::ConnectOptions;
+use crate::task::Task;
+
+/// The broker's answer to a QoS 1 or 2 PUBLISH (PUBACK, or PUBCOMP; a PUBREC
+/// with an error code ends a QoS 2 exchange too). For QoS 0 it is a success
+/// with no properties once the message is queued for the socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The reason code (3.1.1: always success). Check `is_error()`: 0x10
+    /// (No matching subscribers) is a success.
+    pub reason_code: ReasonCode,
+    /// 5.0 properties (Reason String, User Properties).
+    pub properties: Properties,
+}
+
+impl Ack {
+    pub(crate) fn success() -> Self {
+        Self {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::new(),
+        }
+    }
+}
+
+/// Where the connection stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Connecting, or waiting to reconnect.
+    Connecting,
+    /// Connected.
+    Connected {
+        /// Whether the broker resumed the session.
+        session_present: bool,
+    },
+    /// Closed for good (disconnected, or gave up).
+    Closed,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+pub(crate) enum Command {
+    Publish {
+        message: Message,
+        reply: Reply<Ack>,
+    },
+    Subscribe {
+        subscriptions: Vec<Subscription>,
+        properties: Properties,
+        reply: Reply<SubAck>,
+    },
+    Unsubscribe {
+        filters: Vec<TopicFilter>,
+        properties: Properties,
+        reply: Reply<UnsubAck>,
+    },
+    Disconnect {
+        reason_code: ReasonCode,
+        properties: Properties,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Commands waiting for the connection task at most; past it, calls wait
+/// (and `try_` calls report full) — on top of the task's own `max_pending`.
+const COMMAND_QUEUE: usize = 64;
+
+/// A connected client: cheap to clone, `Send`, usable from any task —
+/// including the one reading [`Messages`], since the connection task never
+/// waits for the application (see the crate documentation).
+///
+/// Every call is cancel-safe: dropping a call's future before it returns
+/// either leaves the request unsent, or sent and handled by the connection
+/// task as usual (a dropped `publish` is still delivered; only its answer
+/// is lost). No protocol state lives in the future.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+    assigned: watch::Receiver<Option<String>>,
+}
+
+/// The messages the broker delivers, in order. Reading them is what
+/// acknowledges QoS 1 and 2 messages to the broker, so a slow reader slows
+/// the broker's sending (its in-flight window), never the client's own
+/// publishes. Ends when the client is closed.
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::Receiver<Publish>,
+}
+
+impl Messages {
+    /// The next message, or `None` once the client is closed.
+    pub async fn recv(&mut self) -> Option<Publish> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for Messages {
+    type Item = Publish;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Publish>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Connect to the broker and start the connection task. Returns once the
+/// first CONNACK accepted the connection (or with the reason it did not);
+/// from then on the task reconnects by itself as `options.reconnect` says.
+pub async fn connect(options: ConnectOptions) -> Result<(Client, Messages), ClientError> {
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (messages_tx, messages_rx) = mpsc::channel(options.max_incoming.clamp(1, 256));
+    let (status_tx, status) = watch::channel(Status::Connecting);
+    let (assigned_tx, assigned) = watch::channel(None);
+    let (first_tx, first_rx) = oneshot::channel();
+    let task = Task::new(options, command_rx, messages_tx, status_tx, assigned_tx)?;
+    tokio::spawn(task.run(first_tx));
+    match first_rx.await {
+        Ok(Ok(())) => Ok((
+            Client {
+                commands,
+                status,
+                assigned,
+            },
+            Messages { rx: messages_rx },
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::Closed),
+    }
+}
+
+impl Client {
+    /// Publish a message. Completes when the broker has acknowledged it as
+    /// its QoS requires (PUBACK for QoS 1, PUBCOMP for QoS 2), or for QoS 0
+    /// once it is queued for the socket. While disconnected, messages wait
+    /// (up to `max_pending`); past that, this call waits for room.
+    pub async fn publish(&self, message: Message) -> Result<Ack, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Publish { message, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Publish `payload` to `topic`, not retained, no properties.
+    pub async fn publish_to(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+    ) -> Result<Ack, ClientError> {
+        let topic = TopicName::try_from(topic).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.publish(Message::new(topic, payload.into(), qos)).await
+    }
+
+    /// Like [`Client::publish`], but never waits to queue: reports
+    /// [`ClientError::Full`] instead. The returned future gives the
+    /// acknowledgement.
+    pub fn try_publish(
+        &self,
+        message: Message,
+    ) -> Result<impl std::future::Future<Output = Result<Ack, ClientError>>, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .try_send(Command::Publish { message, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ClientError::Full,
+                mpsc::error::TrySendError::Closed(_) => ClientError::Closed,
+            })?;
+        Ok(async move { rx.await.map_err(|_| ClientError::Closed)? })
+    }
+
+    /// Subscribe to one filter at `qos`; returns the SUBACK (check its
+    /// reason code: the granted QoS, or an error).
+    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<SubAck, ClientError> {
+        let filter =
+            TopicFilter::try_from(filter).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.subscribe_many(
+            vec![Subscription {
+                filter,
+                options: SubscriptionOptions::qos(qos),
+            }],
+            Properties::new(),
+        )
+        .await
+    }
+
+    /// Subscribe to several filters with their options and 5.0 SUBSCRIBE
+    /// properties (Subscription Identifier, User Properties); returns the
+    /// SUBACK with one reason code per filter. Subscriptions are restored by
+    /// the client if a reconnect finds that the broker kept no session.
+    pub async fn subscribe_many(
+        &self,
+        subscriptions: Vec<Subscription>,
+        properties: Properties,
+    ) -> Result<SubAck, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe {
+                subscriptions,
+                properties,
+                reply,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Unsubscribe; returns the UNSUBACK with one reason code per filter.
+    pub async fn unsubscribe(&self, filters: &[&str]) -> Result<UnsubAck, ClientError> {
+        let filters = filters
+            .iter()
+            .map(|f| TopicFilter::try_from(*f).map_err(|e| ClientError::Invalid(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Unsubscribe {
+                filters,
+                properties: Properties::new(),
+                reply,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Disconnect normally (the will is discarded) and stop the task.
+    pub async fn disconnect(&self) -> Result<(), ClientError> {
+        self.disconnect_with(ReasonCode::NORMAL_DISCONNECTION, Properties::new())
+            .await
+    }
+
+    /// Disconnect with a 5.0 reason code (0x04 asks the broker to publish
+    /// the will) and properties (Session Expiry Interval, Reason String,
+    /// User Properties). QoS 1/2 messages not yet acknowledged are answered
+    /// with [`ClientError::Closed`]; a persistent session on the broker
+    /// keeps what it acknowledged.
+    pub async fn disconnect_with(
+        &self,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Disconnect {
+                reason_code,
+                properties,
+                reply,
+            })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// Where the connection stands now.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Wait until the status satisfies `f` (e.g. connected again).
+    pub async fn wait_for(&self, f: impl FnMut(&Status) -> bool) -> Status {
+        let mut status = self.status.clone();
+        let result = match status.wait_for(f).await {
+            Ok(s) => s.clone(),
+            Err(_) => Status::Closed,
+        };
+        result
+    }
+
+    /// The client identifier the broker assigned (5.0, empty client id).
+    pub fn assigned_client_id(&self) -> Option<String> {
+        self.assigned.borrow().clone()
+    }
+}

@@ -1,0 +1,319 @@
+//! The client against the Petrel broker over loopback, in 3.1.1 and 5.0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use petrel_broker::config::ListenerConfig;
+use petrel_broker::{Broker, BrokerConfig, Server};
+use petrel_client::{
+    connect, ClientError, ConnectOptions, LastWill, Message, Messages, Properties, Protocol, QoS,
+    ReasonCode, Status, TopicName,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
+
+async fn broker_on(addr: SocketAddr) -> (Broker, tokio::task::JoinHandle<()>) {
+    let config = BrokerConfig {
+        listeners: vec![ListenerConfig { bind: addr }],
+        sys_interval: 0,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::new(config);
+    let server = Server::bind(broker.clone()).await.unwrap();
+    (broker, tokio::spawn(server.run()))
+}
+
+/// A broker on an ephemeral port.
+async fn start() -> (Broker, SocketAddr) {
+    let config = BrokerConfig {
+        listeners: vec![ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }],
+        sys_interval: 0,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::new(config);
+    let server = Server::bind(broker.clone()).await.unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run());
+    (broker, addr)
+}
+
+fn options(addr: SocketAddr, protocol: Protocol, id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new(addr.ip().to_string(), addr.port(), id).protocol(protocol);
+    o.reconnect.min_backoff = Duration::from_millis(20);
+    o.reconnect.max_backoff = Duration::from_millis(200);
+    o
+}
+
+async fn next(m: &mut Messages) -> petrel_client::Publish {
+    tokio::time::timeout(WAIT, m.recv())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+}
+
+async fn nothing(m: &mut Messages) -> bool {
+    tokio::time::timeout(Duration::from_millis(300), m.recv())
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn every_qos_both_ways_with_acknowledgements() {
+    let (_b, addr) = start().await;
+    for proto in BOTH {
+        let (sub, mut inbox) = connect(options(addr, proto, "sub")).await.unwrap();
+        let (publ, _) = connect(options(addr, proto, "pub")).await.unwrap();
+        for sub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let ack = sub.subscribe("c/t", sub_qos).await.unwrap();
+            assert_eq!(ack.reason_codes, vec![ReasonCode(sub_qos as u8)]);
+            for pub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let payload = format!("{proto:?}/{sub_qos:?}/{pub_qos:?}");
+                let ack = publ
+                    .publish_to("c/t", payload.clone(), pub_qos)
+                    .await
+                    .unwrap();
+                assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+                let m = next(&mut inbox).await;
+                assert_eq!(m.payload, payload.as_bytes());
+                assert_eq!(m.qos.qos(), pub_qos.min(sub_qos));
+            }
+        }
+        let un = sub.unsubscribe(&["c/t", "never"]).await.unwrap();
+        if proto.is_v5() {
+            assert_eq!(
+                un.reason_codes,
+                vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+            );
+        }
+        publ.publish_to("c/t", "after", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(nothing(&mut inbox).await);
+        sub.disconnect().await.unwrap();
+        publ.disconnect().await.unwrap();
+        assert_eq!(sub.status(), Status::Closed);
+        assert_eq!(
+            publ.publish_to("c/t", "x", QoS::AtMostOnce).await,
+            Err(ClientError::Closed)
+        );
+    }
+}
+
+#[tokio::test]
+async fn retained_messages_and_wills() {
+    let (_b, addr) = start().await;
+    for proto in BOTH {
+        let (publ, _) = connect(options(addr, proto, "rp")).await.unwrap();
+        let mut m = Message::new(
+            TopicName::from_static("r/t"),
+            Bytes::from_static(b"kept"),
+            QoS::AtLeastOnce,
+        );
+        m.retain = true;
+        publ.publish(m).await.unwrap();
+        let (sub, mut inbox) = connect(options(addr, proto, "rs")).await.unwrap();
+        sub.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+        let got = next(&mut inbox).await;
+        assert!(got.retain);
+        assert_eq!(&got.payload[..], b"kept");
+
+        // A will, published when the connection is taken over (it ended
+        // without a normal DISCONNECT).
+        let mut o = options(addr, proto, "mortal");
+        o.will = Some(LastWill {
+            topic: TopicName::from_static("r/will"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::new(),
+        });
+        o.reconnect.enabled = false;
+        let (mortal, _) = connect(o).await.unwrap();
+        let (_usurper, _) = connect(options(addr, proto, "mortal")).await.unwrap();
+        let w = next(&mut inbox).await;
+        assert_eq!(w.topic.as_str(), "r/will");
+        assert_eq!(&w.payload[..], b"gone");
+        // Reconnect is off: the taken-over client closes.
+        assert_eq!(
+            mortal.wait_for(|s| *s == Status::Closed).await,
+            Status::Closed
+        );
+        sub.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_session_receives_what_was_published_while_away() {
+    let (_b, addr) = start().await;
+    for proto in BOTH {
+        let mut o = options(addr, proto, "persist");
+        o.clean_start = false;
+        o.session_expiry = 300;
+        let (sub, _) = connect(o.clone()).await.unwrap();
+        sub.subscribe("p/t", QoS::ExactlyOnce).await.unwrap();
+        sub.disconnect().await.unwrap();
+        let (publ, _) = connect(options(addr, proto, "pp")).await.unwrap();
+        for i in 0..5u8 {
+            publ.publish_to("p/t", vec![i], QoS::ExactlyOnce)
+                .await
+                .unwrap();
+        }
+        let (sub, mut inbox) = connect(o).await.unwrap();
+        assert_eq!(
+            sub.status(),
+            Status::Connected {
+                session_present: true
+            }
+        );
+        for i in 0..5u8 {
+            assert_eq!(&next(&mut inbox).await.payload[..], &[i]);
+        }
+        assert!(nothing(&mut inbox).await);
+        sub.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn publishing_from_the_message_loop_under_load_never_deadlocks() {
+    let (_b, addr) = start().await;
+    let mut o = options(addr, Protocol::V5, "echo");
+    // A small window and queues make the pressure real.
+    o.max_incoming = 8;
+    o.max_pending = 8;
+    let (echo, mut inbox) = connect(o).await.unwrap();
+    echo.subscribe("load/in", QoS::AtLeastOnce).await.unwrap();
+    let (sink, mut sunk) = connect(options(addr, Protocol::V5, "sink")).await.unwrap();
+    sink.subscribe("load/out", QoS::AtLeastOnce).await.unwrap();
+    const N: usize = 2000;
+    // The handler publishes (and awaits the PUBACK of) one message per
+    // message it reads, from inside its own loop.
+    let handler = {
+        let echo = echo.clone();
+        tokio::spawn(async move {
+            for _ in 0..N {
+                let m = inbox.recv().await.unwrap();
+                echo.publish(Message::new(
+                    TopicName::from_static("load/out"),
+                    m.payload,
+                    QoS::AtLeastOnce,
+                ))
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let (publ, _) = connect(options(addr, Protocol::V5, "flood")).await.unwrap();
+    let flood = tokio::spawn(async move {
+        for i in 0..N as u32 {
+            publ.publish_to("load/in", i.to_be_bytes().to_vec(), QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+    });
+    let mut seen = 0;
+    while seen < N {
+        tokio::time::timeout(Duration::from_secs(20), sunk.recv())
+            .await
+            .expect("no deadlock")
+            .unwrap();
+        seen += 1;
+    }
+    tokio::time::timeout(WAIT, handler).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, flood).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (broker, task) = broker_on(addr).await;
+    let mut o = options(addr, Protocol::V5, "patient");
+    o.max_pending = 4;
+    o.clean_start = false;
+    o.session_expiry = 300;
+    let (client, _) = connect(o).await.unwrap();
+    broker.shutdown();
+    task.await.unwrap();
+    client.wait_for(|s| *s == Status::Connecting).await;
+    // Offline: publishes queue up to the bound …
+    let mut pending = Vec::new();
+    let mut full = false;
+    for i in 0..200u32 {
+        let m = Message::new(
+            TopicName::from_static("w/t"),
+            Bytes::from(i.to_string()),
+            QoS::AtLeastOnce,
+        );
+        match client.try_publish(m) {
+            Ok(f) => pending.push(tokio::spawn(f)),
+            Err(ClientError::Full) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(full, "a bounded queue reports full");
+    // … and are delivered once the broker is back.
+    let (_broker, _task) = broker_on(addr).await;
+    let (sub, inbox) = connect(options(addr, Protocol::V5, "watcher"))
+        .await
+        .unwrap();
+    sub.subscribe("w/t", QoS::AtLeastOnce).await.unwrap();
+    // The subscription may come after the first resends; what matters is
+    // that every publish future completes with the broker's ack.
+    for p in pending {
+        let ack = tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("acknowledged after reconnect")
+            .unwrap()
+            .unwrap();
+        assert!(!ack.reason_code.is_error());
+    }
+    drop(inbox);
+}
+
+#[tokio::test]
+async fn after_a_broker_restart_the_client_reconnects_and_restores_its_subscriptions() {
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (broker, task) = broker_on(addr).await;
+    let mut o = options(addr, Protocol::V3_1_1, "restorer");
+    o.clean_start = false;
+    let (client, mut inbox) = connect(o).await.unwrap();
+    client.subscribe("rs/#", QoS::AtLeastOnce).await.unwrap();
+    broker.shutdown();
+    task.await.unwrap();
+    // The new broker knows nothing of the session.
+    let (_broker, _task) = broker_on(addr).await;
+    client
+        .wait_for(|s| {
+            *s == Status::Connected {
+                session_present: false,
+            }
+        })
+        .await;
+    let (publ, _) = connect(options(addr, Protocol::V3_1_1, "pub"))
+        .await
+        .unwrap();
+    // The restored SUBSCRIBE is in flight; retry until it has landed.
+    let mut got = None;
+    for _ in 0..50 {
+        publ.publish_to("rs/t", "back", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await {
+            got = Some(m);
+            break;
+        }
+    }
+    assert_eq!(&got.expect("subscription restored").payload[..], b"back");
+}
