@@ -65,7 +65,8 @@ pub use client::{connect, Ack, Client, Messages, Status};
 pub use error::ClientError;
 pub use options::{ConnectOptions, LastWill, Reconnect, TlsOptions};
 pub use petrel_codec::{
-    Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscription,
-    SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
+    MqttString, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscription, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
+    UserProperty,
 };
 pub use petrel_session::Message;

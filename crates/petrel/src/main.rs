@@ -4,6 +4,8 @@
 //!   allows anonymous clients (as Mosquitto 2 does without a config);
 //!   `-p PORT` and `--bind ADDR` override the listener, `--config FILE` reads
 //!   a TOML configuration (see `petrel_broker::config`).
+//! * `petrel pub` / `petrel sub` — command-line clients with the flag
+//!   letters of `mosquitto_pub` / `mosquitto_sub`.
 //! * `petrel bench pairs|fanout|fanin` — load a broker over loopback and
 //!   report delivered messages per second.
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod tools;
 use petrel_broker::config::ListenerConfig;
 use petrel_broker::{Broker, BrokerConfig, Server};
 
@@ -33,6 +36,12 @@ struct Cli {
 enum Command {
     /// Run the broker (default: 127.0.0.1:1883, anonymous access).
     Broker(BrokerArgs),
+    /// Publish messages (flags as mosquitto_pub's).
+    #[command(name = "pub", disable_help_flag = true)]
+    Pub(tools::PubArgs),
+    /// Subscribe and print messages (flags as mosquitto_sub's).
+    #[command(name = "sub", disable_help_flag = true)]
+    Sub(tools::SubArgs),
     /// Load a broker over loopback and report delivered messages per second.
     Bench(bench::BenchArgs),
 }
@@ -57,6 +66,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Broker(args) => run_broker(args),
+        Command::Pub(args) => tools::publish(args),
+        Command::Sub(args) => tools::subscribe(args),
         Command::Bench(args) => match bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

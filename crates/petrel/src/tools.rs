@@ -1,0 +1,701 @@
+//! `petrel pub` and `petrel sub`: command-line clients with the Mosquitto
+//! tools' flag letters wherever they mean the same thing.
+//!
+//! Exit codes: 0 success; 1 a usage or connection error; 27 `sub -W` ran
+//! out of time (as `mosquitto_sub`).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use petrel_client::{
+    connect, Client, ConnectOptions, LastWill, Message, MqttString, Properties, Protocol, Publish,
+    QoS, RetainHandling, Subscription, SubscriptionId, SubscriptionOptions, TlsOptions,
+    TopicFilter, TopicName, UserProperty,
+};
+
+/// Flags both tools share: where the broker is and how to connect.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Broker host.
+    #[arg(short = 'h', long = "host", default_value = "localhost")]
+    host: String,
+    /// Broker port (default 1883, or 8883 with TLS).
+    #[arg(short = 'p', long = "port")]
+    port: Option<u16>,
+    /// Protocol version: 311 (mqttv311), 5 (mqttv5) or 31 (mqttv31).
+    #[arg(short = 'V', long = "protocol-version", default_value = "311")]
+    version: String,
+    /// Client identifier (default: petrel_pub_/petrel_sub_ and the process id).
+    #[arg(short = 'i', long = "id")]
+    id: Option<String>,
+    /// Keep alive in seconds.
+    #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
+    keepalive: u16,
+    /// User name.
+    #[arg(short = 'u', long = "username")]
+    username: Option<String>,
+    /// Password.
+    #[arg(short = 'P', long = "pw")]
+    password: Option<String>,
+    /// Persistent session: Clean Session 0 / Clean Start 0 (5.0 sessions
+    /// then never expire unless -x says otherwise).
+    #[arg(short = 'c', long = "disable-clean-session")]
+    persistent: bool,
+    /// 5.0 Session Expiry Interval in seconds (-1: never).
+    #[arg(
+        short = 'x',
+        long = "session-expiry-interval",
+        allow_hyphen_values = true
+    )]
+    session_expiry: Option<i64>,
+    /// 5.0 properties: `-D COMMAND NAME VALUE` (e.g. `-D publish
+    /// user-property key value`, `-D publish content-type text/plain`,
+    /// `-D publish response-topic t`, `-D publish correlation-data d`,
+    /// `-D publish message-expiry-interval 60`, `-D publish
+    /// payload-format-indicator 1`, `-D connect user-property k v`,
+    /// `-D connect receive-maximum 10`, `-D subscribe user-property k v`).
+    #[arg(short = 'D', long = "property", num_args = 3..=4,
+          value_names = ["COMMAND", "NAME", "VALUE"], action = clap::ArgAction::Append)]
+    properties: Vec<String>,
+    /// CA certificates (PEM) to trust; turns TLS on.
+    #[arg(long = "cafile")]
+    cafile: Option<PathBuf>,
+    /// Use TLS with the system's root certificates.
+    #[arg(long = "tls-use-os-certs")]
+    os_certs: bool,
+    /// Client certificate (PEM), with --key.
+    #[arg(long = "cert", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM), with --cert.
+    #[arg(long = "key", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Do not check that the server certificate's host name matches.
+    #[arg(long = "insecure")]
+    insecure: bool,
+    /// Will topic.
+    #[arg(long = "will-topic")]
+    will_topic: Option<String>,
+    /// Will payload.
+    #[arg(long = "will-payload", requires = "will_topic")]
+    will_payload: Option<String>,
+    /// Will QoS.
+    #[arg(long = "will-qos", default_value_t = 0, requires = "will_topic")]
+    will_qos: u8,
+    /// Retain the will.
+    #[arg(long = "will-retain", requires = "will_topic")]
+    will_retain: bool,
+    /// Print no error messages.
+    #[arg(long = "quiet")]
+    quiet: bool,
+    /// Print help.
+    #[arg(long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// `petrel pub` flags.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PubArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Topic to publish to.
+    #[arg(short = 't', long = "topic")]
+    topic: String,
+    /// Message payload.
+    #[arg(short = 'm', long = "message", group = "source")]
+    message: Option<String>,
+    /// Send the contents of a file as the message.
+    #[arg(short = 'f', long = "file", group = "source")]
+    file: Option<PathBuf>,
+    /// Send each line of standard input as a message.
+    #[arg(short = 'l', long = "stdin-line", group = "source")]
+    lines: bool,
+    /// Send all of standard input as one message.
+    #[arg(short = 's', long = "stdin-file", group = "source")]
+    stdin: bool,
+    /// Send a zero-length message.
+    #[arg(short = 'n', long = "null-message", group = "source")]
+    null: bool,
+    /// QoS 0, 1 or 2.
+    #[arg(short = 'q', long = "qos", default_value_t = 0)]
+    qos: u8,
+    /// Retain the message.
+    #[arg(short = 'r', long = "retain")]
+    retain: bool,
+    /// Publish the message this many times.
+    #[arg(long = "repeat", default_value_t = 1)]
+    repeat: u64,
+    /// Seconds between repeats (fractions allowed).
+    #[arg(long = "repeat-delay", default_value_t = 0.0)]
+    repeat_delay: f64,
+}
+
+/// `petrel sub` flags.
+#[derive(clap::Args, Debug)]
+pub(crate) struct SubArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Topic filter to subscribe to; may be repeated.
+    #[arg(short = 't', long = "topic", required = true)]
+    topics: Vec<String>,
+    /// Topic filter whose messages are not printed; may be repeated.
+    #[arg(short = 'T', long = "filter-out")]
+    filter_out: Vec<String>,
+    /// QoS of the subscriptions.
+    #[arg(short = 'q', long = "qos", default_value_t = 0)]
+    qos: u8,
+    /// Exit after this many messages.
+    #[arg(short = 'C', long = "count")]
+    count: Option<u64>,
+    /// Exit after this many seconds (exit code 27).
+    #[arg(short = 'W', long = "timeout")]
+    timeout: Option<u64>,
+    /// Print the topic before the payload.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Output format: %t topic, %p payload, %x payload in hex, %l length,
+    /// %q QoS, %r retain, %m packet id, %I ISO 8601 time, %U Unix time,
+    /// %P user properties, %C content type, %R response topic, %D
+    /// correlation data, %E message expiry, %F payload format, %S
+    /// subscription ids, %% a percent sign; \n, \t and \\ escapes.
+    #[arg(short = 'F', long = "format")]
+    format: Option<String>,
+    /// Do not end each message with a newline.
+    #[arg(short = 'N', long = "no-newline")]
+    no_newline: bool,
+    /// Only print retained messages; exit at the first live one.
+    #[arg(long = "retained-only")]
+    retained_only: bool,
+    /// Do not print retained (stale) messages.
+    #[arg(short = 'R', long = "no-retained")]
+    no_retained: bool,
+    /// Exit once the subscriptions are acknowledged.
+    #[arg(short = 'E', long = "exit-after-subscribe")]
+    exit_after_subscribe: bool,
+    /// Unsubscribe from this filter (after subscribing); may be repeated.
+    #[arg(short = 'U', long = "unsubscribe")]
+    unsubscribe: Vec<String>,
+    /// 5.0 No Local: do not receive our own messages.
+    #[arg(long = "no-local")]
+    no_local: bool,
+    /// 5.0 Retain As Published.
+    #[arg(long = "retain-as-published")]
+    retain_as_published: bool,
+    /// 5.0 Retain Handling: 0 send at subscribe, 1 only if new, 2 never.
+    #[arg(long = "retain-handling", default_value_t = 0)]
+    retain_handling: u8,
+    /// 5.0 Subscription Identifier.
+    #[arg(long = "subscription-id")]
+    subscription_id: Option<u32>,
+}
+
+fn usage(msg: impl std::fmt::Display) -> String {
+    format!("{msg}")
+}
+
+fn qos(n: u8) -> Result<QoS, String> {
+    QoS::from_u8(n).ok_or_else(|| usage(format!("QoS must be 0, 1 or 2, not {n}")))
+}
+
+fn mstr(s: &str) -> Result<MqttString, String> {
+    MqttString::try_from(s).map_err(|e| e.to_string())
+}
+
+/// The `-D` groups, from the flat list clap gives: each is a command, a
+/// property name, and one value (two for `user-property`).
+fn groups(flat: &[String]) -> Result<Vec<&[String]>, String> {
+    let mut out = Vec::new();
+    let mut rest = flat;
+    while !rest.is_empty() {
+        let n = if rest.get(1).map(String::as_str) == Some("user-property") {
+            4
+        } else {
+            3
+        };
+        if rest.len() < n {
+            return Err(format!("-D {}: missing value", rest.join(" ")));
+        }
+        out.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    Ok(out)
+}
+
+/// The `-D` properties for one command.
+fn properties(common: &Common, command: &str, protocol: Protocol) -> Result<Properties, String> {
+    let mut p = Properties::new();
+    for d in groups(&common.properties)?
+        .into_iter()
+        .filter(|d| d[0] == command)
+    {
+        if !protocol.is_v5() {
+            return Err("-D properties need -V 5".into());
+        }
+        let name = d[1].as_str();
+        let value = d.get(2).map(String::as_str).unwrap_or_default();
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match name {
+            "user-property" => {
+                let v = d.get(3).ok_or("user-property needs a name and a value")?;
+                p.push_user_property(UserProperty::new(mstr(value)?, mstr(v)?));
+            }
+            "content-type" => {
+                p.set_content_type(Some(mstr(value)?));
+            }
+            "response-topic" => {
+                let t = TopicName::try_from(value).map_err(|e| e.to_string())?;
+                p.set_response_topic(Some(t));
+            }
+            "correlation-data" => {
+                p.set_correlation_data(Some(Bytes::copy_from_slice(value.as_bytes())));
+            }
+            "message-expiry-interval" => {
+                p.set_message_expiry_interval(Some(num(value)?));
+            }
+            "payload-format-indicator" => {
+                p.set_payload_format_indicator(Some(num(value)? != 0));
+            }
+            "receive-maximum" => {
+                let n = u16::try_from(num(value)?)
+                    .ok()
+                    .and_then(std::num::NonZeroU16::new);
+                p.set_receive_maximum(Some(n.ok_or("receive-maximum: 1 to 65535")?));
+            }
+            "maximum-packet-size" => {
+                p.set_maximum_packet_size(std::num::NonZeroU32::new(num(value)?));
+            }
+            "topic-alias-maximum" => {
+                p.set_topic_alias_maximum(Some(
+                    u16::try_from(num(value)?).map_err(|_| "topic-alias-maximum: 0 to 65535")?,
+                ));
+            }
+            "request-response-information" => {
+                p.set_request_response_information(Some(num(value)? != 0));
+            }
+            "request-problem-information" => {
+                p.set_request_problem_information(Some(num(value)? != 0));
+            }
+            "will-delay-interval" => {
+                p.set_will_delay_interval(Some(num(value)?));
+            }
+            other => return Err(format!("unknown -D property {other} for {command}")),
+        }
+    }
+    Ok(p)
+}
+
+fn options(common: &Common, default_id: &str) -> Result<ConnectOptions, String> {
+    let protocol = match common.version.as_str() {
+        "5" | "mqttv5" => Protocol::V5,
+        "311" | "mqttv311" => Protocol::V3_1_1,
+        "31" | "mqttv31" => Protocol::V3_1,
+        v => return Err(format!("unknown protocol version {v}: use 311, 5 or 31")),
+    };
+    let tls =
+        (common.cafile.is_some() || common.os_certs || common.cert.is_some()).then(|| TlsOptions {
+            ca_file: common.cafile.clone(),
+            client_cert: common.cert.clone().zip(common.key.clone()),
+            server_name: None,
+            insecure: common.insecure,
+        });
+    let port = common
+        .port
+        .unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    let id = common
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{default_id}{}", std::process::id()));
+    let mut o = ConnectOptions::new(common.host.clone(), port, id).protocol(protocol);
+    o.tls = tls;
+    o.keep_alive = Duration::from_secs(u64::from(common.keepalive));
+    o.username = common.username.clone();
+    o.password = common.password.as_ref().map(|p| Bytes::from(p.clone()));
+    o.clean_start = !common.persistent;
+    o.session_expiry = match common.session_expiry {
+        Some(-1) => u32::MAX,
+        Some(n) => u32::try_from(n).map_err(|_| "-x: 0 to 4294967295, or -1")?,
+        None if common.persistent => u32::MAX,
+        None => 0,
+    };
+    o.properties = properties(common, "connect", protocol)?;
+    if let Some(t) = &common.will_topic {
+        o.will = Some(LastWill {
+            topic: TopicName::try_from(t.as_str()).map_err(|e| format!("will topic: {e}"))?,
+            payload: Bytes::from(common.will_payload.clone().unwrap_or_default()),
+            qos: qos(common.will_qos)?,
+            retain: common.will_retain,
+            properties: properties(common, "will", protocol)?,
+        });
+    }
+    // A command-line tool reports a lost connection rather than hiding it.
+    o.reconnect.enabled = false;
+    Ok(o)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn finish(result: Result<ExitCode, String>, quiet: bool, tool: &str) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if !quiet {
+                eprintln!("{tool}: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `petrel pub`.
+pub(crate) fn publish(args: PubArgs) -> ExitCode {
+    let quiet = args.common.quiet;
+    let result = runtime().and_then(|rt| rt.block_on(run_pub(args)));
+    finish(result, quiet, "petrel pub")
+}
+
+async fn run_pub(args: PubArgs) -> Result<ExitCode, String> {
+    let options = options(&args.common, "petrel_pub_")?;
+    let protocol = options.protocol;
+    let qos = qos(args.qos)?;
+    let topic = TopicName::try_from(args.topic.as_str()).map_err(|e| format!("topic: {e}"))?;
+    let props = properties(&args.common, "publish", protocol)?;
+    let (client, _messages) = connect(options).await.map_err(|e| e.to_string())?;
+    let message = |payload: Bytes| {
+        let mut m = Message::new(topic.clone(), payload, qos);
+        m.retain = args.retain;
+        m.properties = props.clone();
+        m
+    };
+    let send = |client: &Client, m: Message| {
+        let client = client.clone();
+        async move {
+            let ack = client.publish(m).await.map_err(|e| e.to_string())?;
+            if ack.reason_code.is_error() {
+                return Err(format!("refused by the broker: {}", ack.reason_code));
+            }
+            Ok::<(), String>(())
+        }
+    };
+    if args.lines {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            send(&client, message(Bytes::from(line))).await?;
+        }
+    } else {
+        let payload = if let Some(m) = &args.message {
+            Bytes::from(m.clone())
+        } else if let Some(f) = &args.file {
+            Bytes::from(std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?)
+        } else if args.stdin {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| e.to_string())?;
+            Bytes::from(buf)
+        } else if args.null {
+            Bytes::new()
+        } else {
+            return Err("give a message: -m, -f, -l, -s or -n".into());
+        };
+        for i in 0..args.repeat.max(1) {
+            if i > 0 && args.repeat_delay > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(args.repeat_delay)).await;
+            }
+            send(&client, message(payload.clone())).await?;
+        }
+    }
+    client.disconnect().await.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `petrel sub`.
+pub(crate) fn subscribe(args: SubArgs) -> ExitCode {
+    let quiet = args.common.quiet;
+    let result = runtime().and_then(|rt| rt.block_on(run_sub(args)));
+    finish(result, quiet, "petrel sub")
+}
+
+async fn run_sub(args: SubArgs) -> Result<ExitCode, String> {
+    let options = options(&args.common, "petrel_sub_")?;
+    let protocol = options.protocol;
+    let q = qos(args.qos)?;
+    let retain_handling = match args.retain_handling {
+        0 => RetainHandling::SendOnSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        n => return Err(format!("--retain-handling must be 0, 1 or 2, not {n}")),
+    };
+    let mut subscriptions = Vec::new();
+    for t in &args.topics {
+        let mut o = SubscriptionOptions::qos(q);
+        o.no_local = args.no_local;
+        o.retain_as_published = args.retain_as_published;
+        o.retain_handling = retain_handling;
+        subscriptions.push(Subscription {
+            filter: TopicFilter::try_from(t.as_str()).map_err(|e| format!("topic {t}: {e}"))?,
+            options: o,
+        });
+    }
+    let filter_out = args
+        .filter_out
+        .iter()
+        .map(|f| TopicFilter::try_from(f.as_str()).map_err(|e| format!("filter {f}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut props = properties(&args.common, "subscribe", protocol)?;
+    if let Some(id) = args.subscription_id {
+        if !protocol.is_v5() {
+            return Err("--subscription-id needs -V 5".into());
+        }
+        let id = SubscriptionId::new(id).ok_or("subscription id: 1 to 268435455")?;
+        props.push_subscription_identifier(id);
+    }
+    let deadline = args
+        .timeout
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let (client, mut messages) = connect(options).await.map_err(|e| e.to_string())?;
+    let ack = client
+        .subscribe_many(subscriptions, props)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(rc) = ack.reason_codes.iter().find(|rc| rc.is_error()) {
+        return Err(format!("subscription refused: {rc}"));
+    }
+    if !args.unsubscribe.is_empty() {
+        let filters: Vec<&str> = args.unsubscribe.iter().map(String::as_str).collect();
+        client
+            .unsubscribe(&filters)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if args.exit_after_subscribe {
+        client.disconnect().await.map_err(|e| e.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut printed: u64 = 0;
+    loop {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, messages.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    let _ = client.disconnect().await;
+                    if !args.common.quiet {
+                        eprintln!("Timed out");
+                    }
+                    return Ok(ExitCode::from(27));
+                }
+            },
+            None => messages.recv().await,
+        };
+        let Some(m) = next else {
+            return Err("connection lost".into());
+        };
+        if args.retained_only && !m.retain {
+            break;
+        }
+        if args.no_retained && m.retain {
+            continue;
+        }
+        if filter_out
+            .iter()
+            .any(|f| matches(f.as_str(), m.topic.as_str()))
+        {
+            continue;
+        }
+        let text = render(&args, &m);
+        out.write_all(&text).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        printed += 1;
+        if args.count.is_some_and(|c| printed >= c) {
+            break;
+        }
+    }
+    client.disconnect().await.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `topic` matches `filter` (4.7: `+` one level, `#` the rest,
+/// no leading wildcard for `$` topics).
+fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn render(args: &SubArgs, m: &Publish) -> Vec<u8> {
+    let mut out = Vec::new();
+    match &args.format {
+        Some(f) => format_message(f, m, &mut out),
+        None => {
+            if args.verbose {
+                out.extend_from_slice(m.topic.as_str().as_bytes());
+                out.push(b' ');
+            }
+            out.extend_from_slice(&m.payload);
+        }
+    }
+    if !args.no_newline {
+        out.push(b'\n');
+    }
+    out
+}
+
+fn format_message(format: &str, m: &Publish, out: &mut Vec<u8>) {
+    let p = &m.properties;
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('t') => out.extend_from_slice(m.topic.as_str().as_bytes()),
+                Some('p') => out.extend_from_slice(&m.payload),
+                Some('x') => {
+                    for b in m.payload.iter() {
+                        out.extend_from_slice(format!("{b:02x}").as_bytes());
+                    }
+                }
+                Some('l') => out.extend_from_slice(m.payload.len().to_string().as_bytes()),
+                Some('q') => out.extend_from_slice((m.qos.qos() as u8).to_string().as_bytes()),
+                Some('r') => out.push(if m.retain { b'1' } else { b'0' }),
+                Some('m') => {
+                    let id = m.qos.packet_id().map_or(0, |p| p.get());
+                    out.extend_from_slice(id.to_string().as_bytes());
+                }
+                Some('U') => {
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    out.extend_from_slice(
+                        format!("{}.{:09}", now.as_secs(), now.subsec_nanos()).as_bytes(),
+                    );
+                }
+                Some('I') => out.extend_from_slice(iso8601(SystemTime::now()).as_bytes()),
+                Some('P') => {
+                    let users: Vec<String> = p
+                        .user_properties()
+                        .iter()
+                        .map(|u| format!("{}:{}", u.key.as_str(), u.value.as_str()))
+                        .collect();
+                    out.extend_from_slice(users.join(" ").as_bytes());
+                }
+                Some('C') => {
+                    if let Some(ct) = p.content_type() {
+                        out.extend_from_slice(ct.as_str().as_bytes());
+                    }
+                }
+                Some('R') => {
+                    if let Some(rt) = p.response_topic() {
+                        out.extend_from_slice(rt.as_str().as_bytes());
+                    }
+                }
+                Some('D') => {
+                    if let Some(cd) = p.correlation_data() {
+                        out.extend_from_slice(&cd);
+                    }
+                }
+                Some('E') => {
+                    if let Some(e) = p.message_expiry_interval() {
+                        out.extend_from_slice(e.to_string().as_bytes());
+                    }
+                }
+                Some('F') => {
+                    if let Some(f) = p.payload_format_indicator() {
+                        out.push(if f { b'1' } else { b'0' });
+                    }
+                }
+                Some('S') => {
+                    let ids: Vec<String> = p
+                        .subscription_identifiers()
+                        .iter()
+                        .map(|i| i.get().to_string())
+                        .collect();
+                    out.extend_from_slice(ids.join(",").as_bytes());
+                }
+                Some('%') => out.push(b'%'),
+                Some(other) => {
+                    out.push(b'%');
+                    out.extend_from_slice(other.to_string().as_bytes());
+                }
+                None => out.push(b'%'),
+            },
+            '\\' => match chars.next() {
+                Some('n') => out.push(b'\n'),
+                Some('t') => out.push(b'\t'),
+                Some('\\') => out.push(b'\\'),
+                Some(other) => {
+                    out.push(b'\\');
+                    out.extend_from_slice(other.to_string().as_bytes());
+                }
+                None => out.push(b'\\'),
+            },
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+/// UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn iso8601(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_as_4_7_says() {
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(matches("sport/#", "sport"));
+        assert!(matches("#", "a/b"));
+        assert!(!matches("#", "$SYS/x"));
+        assert!(!matches("a/+", "a/b/c"));
+    }
+
+    #[test]
+    fn iso8601_renders_a_known_instant() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(iso8601(t), "2023-11-14T22:13:20.000000Z");
+    }
+}
