@@ -325,3 +325,171 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_no_qos2() {
         sub.disconnect().await.unwrap();
     }
 }
+
+/// A CA, a server certificate for `localhost` and a client certificate,
+/// made with the `openssl` command in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=petrel-test-ca",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    for (name, ext) in [("server", true), ("client", false)] {
+        let cn = format!("/CN={}", if ext { "localhost" } else { "petrel-client" });
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &cn,
+        ]);
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if ext {
+            args.extend(["-extfile".to_string(), "san.ext".to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args);
+    }
+    for f in std::fs::read_dir(dir).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644));
+    }
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_file_a_client_certificate_and_insecure() {
+    let Some(mut mosq) = Mosquitto::start("tls") else {
+        return;
+    };
+    let dir = mosq.dir.clone();
+    make_certs(&dir);
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (tls_port, mtls_port) = (free(), free());
+    let tls = |port: u16, require: bool| {
+        format!(
+            "listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate {require}\n",
+            d = dir.display()
+        )
+    };
+    let conf = dir.join("mosquitto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&tls(tls_port, false));
+    text.push_str(&tls(mtls_port, true));
+    std::fs::write(&conf, text).unwrap();
+    mosq.restart();
+    for port in [tls_port, mtls_port] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "TLS listener did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let opts = |host: &str, port: u16, tls: petrel_client::TlsOptions| {
+        let mut o = ConnectOptions::new(host, port, "tls-client");
+        o.tls = Some(tls);
+        o.reconnect.enabled = false;
+        o
+    };
+    let ca = petrel_client::TlsOptions {
+        ca_file: Some(dir.join("ca.pem")),
+        ..Default::default()
+    };
+    // The right CA and host name: a working connection.
+    let (c, mut inbox) = connect(opts("localhost", tls_port, ca.clone()))
+        .await
+        .unwrap();
+    c.subscribe("tls/t", QoS::AtLeastOnce).await.unwrap();
+    c.publish_to("tls/t", "secret", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut inbox).await.payload[..], b"secret");
+    c.disconnect().await.unwrap();
+    // The system roots don't know this CA.
+    let err = connect(opts("localhost", tls_port, Default::default()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, petrel_client::ClientError::Tls(_)), "{err:?}");
+    // The certificate is for localhost, not 127.0.0.1 …
+    let err = connect(opts("127.0.0.1", tls_port, ca.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, petrel_client::ClientError::Tls(_)), "{err:?}");
+    // … which --insecure accepts (the chain is still checked).
+    let insecure = petrel_client::TlsOptions {
+        insecure: true,
+        ..ca.clone()
+    };
+    connect(opts("127.0.0.1", tls_port, insecure))
+        .await
+        .unwrap()
+        .0
+        .disconnect()
+        .await
+        .unwrap();
+    // A listener that requires a client certificate.
+    assert!(connect(opts("localhost", mtls_port, ca.clone()))
+        .await
+        .is_err());
+    let with_cert = petrel_client::TlsOptions {
+        client_cert: Some((dir.join("client.pem"), dir.join("client.key"))),
+        ..ca
+    };
+    connect(opts("localhost", mtls_port, with_cert))
+        .await
+        .unwrap()
+        .0
+        .disconnect()
+        .await
+        .unwrap();
+}

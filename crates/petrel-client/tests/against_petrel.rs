@@ -317,3 +317,27 @@ async fn after_a_broker_restart_the_client_reconnects_and_restores_its_subscript
     }
     assert_eq!(&got.expect("subscription restored").payload[..], b"back");
 }
+
+#[tokio::test]
+async fn topic_aliases_and_receive_maximum_are_honoured() {
+    let (_b, addr) = start().await;
+    let mut o = options(addr, Protocol::V5, "aliases");
+    o.properties.set_topic_alias_maximum(Some(8));
+    o.properties
+        .set_receive_maximum(std::num::NonZeroU16::new(2));
+    let (sub, mut inbox) = connect(o).await.unwrap();
+    sub.subscribe("alias/#", QoS::AtLeastOnce).await.unwrap();
+    let (publ, _) = connect(options(addr, Protocol::V5, "ap")).await.unwrap();
+    for i in 0..20u8 {
+        publ.publish_to("alias/a/long/topic/name", vec![i], QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    // The broker sends aliases (the client allowed 8) and never more than
+    // two unacknowledged messages; the application sees whole topics.
+    for i in 0..20u8 {
+        let m = next(&mut inbox).await;
+        assert_eq!(m.topic.as_str(), "alias/a/long/topic/name");
+        assert_eq!(&m.payload[..], &[i]);
+    }
+}
