@@ -83,8 +83,8 @@ impl KickSignal {
 
 #[derive(Debug, Default)]
 pub(crate) struct Core {
-    registry: SessionRegistry,
-    sessions: HashMap<Arc<str>, SessionKey>,
+    pub(crate) registry: SessionRegistry,
+    pub(crate) sessions: HashMap<Arc<str>, SessionKey>,
     /// Connections that hold a session, and how to make them let go.
     holders: HashMap<ConnectionId, Arc<KickSignal>>,
     /// Connections waiting for a holder to let go.
@@ -186,6 +186,25 @@ impl Broker {
     /// The counters `$SYS` reports.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.snapshot()
+    }
+
+    /// Save sessions that outlive their connection, and retained messages,
+    /// to the configured `persistence` file (the server does it at
+    /// shutdown). Returns how many of each were saved.
+    pub fn save(&self) -> std::io::Result<(usize, usize)> {
+        match &self.shared.config.persistence {
+            Some(path) => self.shared.save(path),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Read back what [`Broker::save`] wrote (the server does it when it
+    /// binds). Returns how many sessions and retained messages were read.
+    pub fn load(&self) -> std::io::Result<(usize, usize)> {
+        match &self.shared.config.persistence {
+            Some(path) => self.shared.load(path),
+            None => Ok((0, 0)),
+        }
     }
 
     /// Ask every connection to close (5.0 DISCONNECT 0x8B, Server shutting
@@ -309,6 +328,27 @@ impl Shared {
         refused
     }
 
+    /// Every retained message and when it was stored.
+    pub(crate) fn retained_messages(&self, now: Instant) -> Vec<(Message, Instant)> {
+        let mut out = Vec::new();
+        read(&self.retained).tree.for_each(|r| {
+            if r.remaining(now) != Some(0) {
+                out.push((r.message.clone(), r.at));
+            }
+        });
+        out
+    }
+
+    /// Put back a retained message read from storage.
+    pub(crate) fn restore_retained(&self, message: Message, at: Instant) {
+        let mut store = write(&self.retained);
+        store.bytes += message_size(&message);
+        let topic = message.topic.clone();
+        if let Some(old) = store.tree.insert(&topic, Retained { message, at }) {
+            store.bytes -= message_size(&old.message);
+        }
+    }
+
     /// Drop retained messages whose expiry passed.
     pub(crate) fn expire_retained(&self, now: Instant) {
         let mut store = write(&self.retained);
@@ -334,12 +374,12 @@ impl Shared {
         subscription: Subscription,
     ) -> Option<bool> {
         let mut filters = lock(&key.0.filters);
-        if !filters.contains(filter)
+        if !filters.contains_key(filter)
             && filters.len() >= self.config.limits.max_subscriptions_per_session
         {
             return None;
         }
-        filters.insert(filter.clone());
+        filters.insert(filter.clone(), subscription.clone());
         Some(write(&self.router).subscribe(key.clone(), filter, subscription))
     }
 
@@ -350,7 +390,7 @@ impl Shared {
     }
 
     fn drop_subscriptions(&self, key: &SessionKey) {
-        let filters: Vec<TopicFilter> = lock(&key.0.filters).drain().collect();
+        let filters: Vec<TopicFilter> = lock(&key.0.filters).drain().map(|(f, _)| f).collect();
         if filters.is_empty() {
             return;
         }
@@ -361,6 +401,29 @@ impl Shared {
     }
 
     // ------------------------------------------------------------ sessions
+
+    pub(crate) fn core_lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    /// Recreate a detached session read from storage; its key, to restore
+    /// its queue and subscriptions.
+    pub(crate) fn restore_session(
+        &self,
+        client_id: &str,
+        state: SessionState,
+        expiry: u32,
+        expires_at: Option<Instant>,
+    ) -> SessionKey {
+        let mut core = lock(&self.core);
+        core.registry
+            .insert_detached(client_id, state, expiry, expires_at);
+        let key = SessionKey::new(Arc::from(client_id), self.queued_bytes.clone());
+        if let Some(old) = core.sessions.insert(key.0.client_id.clone(), key.clone()) {
+            old.end();
+        }
+        key
+    }
 
     /// A client identifier for a client that sent none ([MQTT-3.1.3-6]),
     /// unique among the sessions that exist.

@@ -5,6 +5,7 @@
 //! # Every key is optional; these are the defaults.
 //! log_level = "info"            # error, warn, info, debug, trace
 //! sys_interval = 10             # seconds between $SYS updates; 0 turns them off
+//! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
 //!
 //! [[listener]]
 //! bind = "127.0.0.1:1883"       # several [[listener]] tables, several sockets
@@ -55,6 +56,9 @@ pub struct BrokerConfig {
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`), for the binary
     /// that sets up logging. Default `info`.
     pub log_level: LogLevel,
+    /// File where sessions and retained messages are kept across a
+    /// graceful restart (written at shutdown, read at start). Default none.
+    pub persistence: Option<std::path::PathBuf>,
 }
 
 /// One listening socket.
@@ -165,6 +169,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             sys_interval: 10,
             log_level: LogLevel::default(),
+            persistence: None,
         }
     }
 }

@@ -60,6 +60,7 @@ mod connection;
 pub mod core;
 mod mailbox;
 mod outq;
+mod persist;
 mod server;
 mod stats;
 mod sys;

@@ -13,7 +13,7 @@
 //! us as the publisher's receiver) are never dropped by this policy: they
 //! live in the session state and survive reconnects and takeovers.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::config::Limits;
 use crate::stats::Stats;
+use crate::Subscription;
 
 /// A message waiting, with when it was queued (its Message Expiry Interval
 /// counts from then).
@@ -82,8 +83,9 @@ pub(crate) struct SessionShared {
     mailbox: Mutex<Mailbox>,
     /// Woken when a message is queued.
     pub(crate) notify: Notify,
-    /// The filters this session subscribes to, to remove them when it ends.
-    pub(crate) filters: Mutex<HashSet<TopicFilter>>,
+    /// The filters this session subscribes to and their options, to remove
+    /// them when it ends and to store them.
+    pub(crate) filters: Mutex<HashMap<TopicFilter, Subscription>>,
 }
 
 /// A session as the router knows it: compared and hashed by identity, so a
@@ -123,7 +125,7 @@ impl SessionKey {
                 ended: false,
             }),
             notify: Notify::new(),
-            filters: Mutex::new(HashSet::new()),
+            filters: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -170,6 +172,26 @@ impl SessionKey {
             self.0.notify.notify_one();
         }
         true
+    }
+
+    /// Copies of the messages waiting, oldest first (to store them).
+    pub(crate) fn queued(&self) -> Vec<(Message, Instant)> {
+        self.mailbox()
+            .queue
+            .iter()
+            .map(|q| (q.message.clone(), q.at))
+            .collect()
+    }
+
+    /// Put back messages restored from storage, whatever the QoS 0 policy.
+    pub(crate) fn restore_queue(&self, messages: Vec<(Message, Instant)>) {
+        let mut mb = self.mailbox();
+        for (message, at) in messages {
+            let size = message_size(&message);
+            mb.bytes += size;
+            mb.total.fetch_add(size, Ordering::Relaxed);
+            mb.queue.push_back(Queued { message, at });
+        }
     }
 
     /// The session ended: drop what waits and refuse more.

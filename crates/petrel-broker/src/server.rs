@@ -44,6 +44,12 @@ impl Drop for LiveGuard {
 impl Server {
     /// Bind every listener of the broker's configuration.
     pub async fn bind(broker: Broker) -> io::Result<Self> {
+        if let Some(path) = &broker.config().persistence {
+            let (sessions, retained) = broker.load().map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+            })?;
+            tracing::info!(sessions, retained, file = %path.display(), "restored");
+        }
         let mut listeners = Vec::new();
         for l in &broker.config().listeners {
             let listener = TcpListener::bind(l.bind).await.map_err(|e| {
@@ -98,6 +104,14 @@ impl Server {
             }
         };
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
+        if let Some(path) = &self.broker.config().persistence {
+            match self.broker.save() {
+                Ok((sessions, retained)) => {
+                    tracing::info!(sessions, retained, file = %path.display(), "saved");
+                }
+                Err(e) => tracing::error!(error = %e, file = %path.display(), "could not save"),
+            }
+        }
         tracing::info!("stopped");
     }
 }

@@ -341,3 +341,105 @@ async fn topic_aliases_and_receive_maximum_are_honoured() {
         assert_eq!(&m.payload[..], &[i]);
     }
 }
+
+/// A Petrel broker with a persistence file, restarted (gracefully) in the
+/// middle of a QoS 1 and a QoS 2 stream: no message lost, no QoS 2 message
+/// delivered twice.
+#[tokio::test]
+async fn a_petrel_restart_mid_stream_loses_nothing_and_duplicates_no_qos2() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use std::collections::BTreeMap;
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let store = std::env::temp_dir().join(format!("petrel-restart-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&store);
+    let config = BrokerConfig {
+        listeners: vec![ListenerConfig { bind: addr }],
+        sys_interval: 0,
+        persistence: Some(store.clone()),
+        ..BrokerConfig::default()
+    };
+    let start_broker = || async {
+        let broker = Broker::new(config.clone());
+        let server = Server::bind(broker.clone()).await.unwrap();
+        (broker.clone(), tokio::spawn(server.run()))
+    };
+    let (mut broker, mut task) = start_broker().await;
+    for (proto, qos) in [
+        (Protocol::V3_1_1, QoS::AtLeastOnce),
+        (Protocol::V3_1_1, QoS::ExactlyOnce),
+        (Protocol::V5, QoS::AtLeastOnce),
+        (Protocol::V5, QoS::ExactlyOnce),
+    ] {
+        let tag = format!("{proto:?}{qos:?}");
+        let topic = format!("stream/{tag}");
+        let persistent = |id: String| {
+            let mut o = options(addr, proto, &id);
+            o.clean_start = false;
+            o.session_expiry = 3600;
+            o
+        };
+        let (sub, mut inbox) = connect(persistent(format!("sub{tag}"))).await.unwrap();
+        sub.subscribe(&topic, qos).await.unwrap();
+        let (publ, _) = connect(persistent(format!("pub{tag}"))).await.unwrap();
+        const N: u32 = 400;
+        let publisher = tokio::spawn({
+            let topic = topic.clone();
+            async move {
+                let mut inflight = FuturesUnordered::new();
+                for i in 0..N {
+                    if inflight.len() >= 16 {
+                        let r: Result<petrel_client::Ack, ClientError> =
+                            inflight.next().await.unwrap();
+                        assert!(!r.unwrap().reason_code.is_error());
+                    }
+                    let m = Message::new(
+                        TopicName::try_from(topic.as_str()).unwrap(),
+                        Bytes::from(i.to_be_bytes().to_vec()),
+                        qos,
+                    );
+                    let publ = publ.clone();
+                    inflight.push(async move { publ.publish(m).await });
+                }
+                while let Some(r) = inflight.next().await {
+                    assert!(!r.unwrap().reason_code.is_error());
+                }
+            }
+        });
+        let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut restarted = false;
+        while seen.len() < N as usize {
+            let m = tokio::time::timeout(Duration::from_secs(15), inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{tag}: stalled at {} of {N}", seen.len()))
+                .unwrap();
+            let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+            *seen.entry(i).or_default() += 1;
+            if !restarted && seen.len() >= N as usize / 3 {
+                restarted = true;
+                broker.shutdown();
+                task.await.unwrap();
+                (broker, task) = start_broker().await;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(15), publisher)
+            .await
+            .expect("every publish acknowledged")
+            .unwrap();
+        if qos == QoS::ExactlyOnce {
+            let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+            assert!(twice.is_empty(), "{tag}: delivered twice: {twice:?}");
+        }
+        assert_eq!(
+            sub.status(),
+            Status::Connected {
+                session_present: true
+            },
+            "{tag}: the session survived the restart"
+        );
+        sub.disconnect().await.unwrap();
+    }
+    let _ = std::fs::remove_file(&store);
+}

@@ -123,6 +123,11 @@ impl<V> RetainedTree<V> {
         removed
     }
 
+    /// Every retained message, `$` topics included (to store them).
+    pub fn for_each<'a>(&'a self, mut visit: impl FnMut(&'a V)) {
+        Self::all(&self.root, &mut visit);
+    }
+
     /// Every retained message whose topic matches `filter` (the filter part
     /// of a shared subscription is used as is). Topics starting with `$` are
     /// not matched by a leading wildcard ([MQTT-4.7.2-1]).

@@ -243,6 +243,39 @@ impl SessionRegistry {
         ended
     }
 
+    /// Every session no connection holds: client id, state, Session Expiry
+    /// Interval, and when it expires (to store them).
+    pub fn detached(&self) -> impl Iterator<Item = (&str, &SessionState, u32, Option<Instant>)> {
+        self.sessions
+            .iter()
+            .filter(|(_, e)| e.holder.is_none())
+            .map(|(id, e)| (id.as_str(), &e.state, e.expiry, e.expires_at))
+    }
+
+    /// Add a detached session (restored from storage); replaces one of the
+    /// same client id that no connection holds.
+    pub fn insert_detached(
+        &mut self,
+        client_id: &str,
+        state: SessionState,
+        expiry: u32,
+        expires_at: Option<Instant>,
+    ) {
+        if self.is_connected(client_id) {
+            return;
+        }
+        self.sessions.insert(
+            client_id.to_string(),
+            Entry {
+                holder: None,
+                waiting: None,
+                state,
+                expiry,
+                expires_at,
+            },
+        );
+    }
+
     /// When the next detached session expires.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sessions

@@ -1,0 +1,233 @@
+//! Sessions and retained messages kept across a graceful restart.
+//!
+//! With `persistence = "path"` in the configuration the broker writes, when
+//! it shuts down (after every connection has handed its session back), each
+//! session that outlives its connection — its in-flight messages both ways
+//! ([`petrel_session::Snapshot`]), its subscriptions and its queued
+//! messages — and every retained message, with the time each has left; and
+//! reads them back when it starts. The file is written to a temporary name
+//! and renamed, so a crash while saving leaves the previous one. What
+//! happens between two saves is lost by a crash (SIGKILL, power loss):
+//! this is a restart store, not a write-ahead log.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use petrel_codec::{
+    Limits, Properties, PropertyContext, QoS, RetainHandling, SubscriptionId, SubscriptionOptions,
+    TopicFilter, TopicName,
+};
+use petrel_session::{Message, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Shared;
+use crate::Subscription;
+
+/// Bumped when the layout changes; an unknown version is refused.
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    sessions: Vec<StoredSession>,
+    retained: Vec<StoredMessage>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    client_id: String,
+    expiry: u32,
+    /// Seconds left before it expires (`None`: never).
+    expires_in: Option<u64>,
+    state: Snapshot,
+    subscriptions: Vec<StoredSubscription>,
+    queued: Vec<StoredMessage>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSubscription {
+    filter: String,
+    qos: u8,
+    no_local: bool,
+    retain_as_published: bool,
+    retain_handling: u8,
+    identifier: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredMessage {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    retain: bool,
+    /// 5.0 PUBLISH properties as they lie on the wire.
+    properties: Vec<u8>,
+    /// Seconds since it was queued or stored (its expiry counts from then).
+    age: u64,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl StoredMessage {
+    fn new(m: &Message, at: Instant, now: Instant) -> Self {
+        Self {
+            topic: m.topic.as_str().to_string(),
+            payload: m.payload.to_vec(),
+            qos: m.qos as u8,
+            retain: m.retain,
+            properties: m.properties.as_wire().to_vec(),
+            age: now.saturating_duration_since(at).as_secs(),
+        }
+    }
+
+    fn restore(self, now: Instant) -> io::Result<(Message, Instant)> {
+        let topic = TopicName::try_from(self.topic.as_str()).map_err(invalid)?;
+        let qos = QoS::from_u8(self.qos).ok_or_else(|| invalid("bad QoS"))?;
+        let properties = Properties::from_wire(
+            Bytes::from(self.properties),
+            PropertyContext::PUBLISH,
+            &Limits::default(),
+        )
+        .map_err(invalid)?;
+        let mut m = Message::new(topic, Bytes::from(self.payload), qos);
+        m.retain = self.retain;
+        m.properties = properties;
+        let at = now
+            .checked_sub(Duration::from_secs(self.age))
+            .unwrap_or(now);
+        Ok((m, at))
+    }
+}
+
+impl StoredSubscription {
+    fn new(filter: &TopicFilter, s: &Subscription) -> Self {
+        Self {
+            filter: filter.as_str().to_string(),
+            qos: s.options.qos as u8,
+            no_local: s.options.no_local,
+            retain_as_published: s.options.retain_as_published,
+            retain_handling: s.options.retain_handling as u8,
+            identifier: s.identifier.map(SubscriptionId::get),
+        }
+    }
+
+    fn restore(self) -> io::Result<(TopicFilter, Subscription)> {
+        let filter = TopicFilter::try_from(self.filter.as_str()).map_err(invalid)?;
+        let mut options =
+            SubscriptionOptions::qos(QoS::from_u8(self.qos).ok_or_else(|| invalid("bad QoS"))?);
+        options.no_local = self.no_local;
+        options.retain_as_published = self.retain_as_published;
+        options.retain_handling = match self.retain_handling {
+            0 => RetainHandling::SendOnSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return Err(invalid("bad retain handling")),
+        };
+        let identifier = match self.identifier {
+            Some(i) => Some(SubscriptionId::new(i).ok_or_else(|| invalid("bad subscription id"))?),
+            None => None,
+        };
+        Ok((
+            filter,
+            Subscription {
+                options,
+                identifier,
+            },
+        ))
+    }
+}
+
+impl Shared {
+    /// Write every detached session and retained message to `path`.
+    pub(crate) fn save(&self, path: &Path) -> io::Result<(usize, usize)> {
+        let now = Instant::now();
+        let sessions: Vec<StoredSession> = {
+            let core = self.core_lock();
+            core.registry
+                .detached()
+                .filter_map(|(client_id, state, expiry, expires_at)| {
+                    let key = core.sessions.get(client_id)?;
+                    let subscriptions = crate::mailbox::lock(&key.0.filters)
+                        .iter()
+                        .map(|(f, s)| StoredSubscription::new(f, s))
+                        .collect();
+                    let queued = key
+                        .queued()
+                        .iter()
+                        .map(|(m, at)| StoredMessage::new(m, *at, now))
+                        .collect();
+                    Some(StoredSession {
+                        client_id: client_id.to_string(),
+                        expiry,
+                        expires_in: expires_at
+                            .map(|at| at.saturating_duration_since(now).as_secs()),
+                        state: state.snapshot(now),
+                        subscriptions,
+                        queued,
+                    })
+                })
+                .collect()
+        };
+        let retained = self.retained_messages(now);
+        let counts = (sessions.len(), retained.len());
+        let stored = Stored {
+            version: VERSION,
+            sessions,
+            retained: retained
+                .into_iter()
+                .map(|(m, at)| StoredMessage::new(&m, at, now))
+                .collect(),
+        };
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = io::BufWriter::new(file);
+        serde_json::to_writer(&mut w, &stored).map_err(invalid)?;
+        io::Write::flush(&mut w)?;
+        w.get_ref().sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(counts)
+    }
+
+    /// Read what [`Shared::save`] wrote. A missing file is an empty store.
+    pub(crate) fn load(&self, path: &Path) -> io::Result<(usize, usize)> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e),
+        };
+        let stored: Stored = serde_json::from_reader(io::BufReader::new(file)).map_err(invalid)?;
+        if stored.version != VERSION {
+            return Err(invalid(format!("unknown store version {}", stored.version)));
+        }
+        let now = Instant::now();
+        let counts = (stored.sessions.len(), stored.retained.len());
+        for r in stored.retained {
+            let (m, at) = r.restore(now)?;
+            self.restore_retained(m, at);
+        }
+        for s in stored.sessions {
+            let state = s.state.restore(now).map_err(invalid)?;
+            let expires_at = s.expires_in.map(|secs| now + Duration::from_secs(secs));
+            let queued = s
+                .queued
+                .into_iter()
+                .map(|m| m.restore(now))
+                .collect::<io::Result<Vec<_>>>()?;
+            let subscriptions = s
+                .subscriptions
+                .into_iter()
+                .map(StoredSubscription::restore)
+                .collect::<io::Result<Vec<_>>>()?;
+            let key = self.restore_session(&s.client_id, state, s.expiry, expires_at);
+            key.restore_queue(queued);
+            for (filter, subscription) in subscriptions {
+                self.subscribe(&key, &filter, subscription);
+            }
+        }
+        Ok(counts)
+    }
+}
