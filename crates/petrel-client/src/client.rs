@@ -68,10 +68,15 @@ pub(crate) enum Command {
         properties: Properties,
         reply: Reply<UnsubAck>,
     },
+}
+
+/// Requests the connection task always listens to, even while commands
+/// wait for room.
+pub(crate) enum Control {
     Disconnect {
         reason_code: ReasonCode,
         properties: Properties,
-        reply: oneshot::Sender<()>,
+        reply: Reply<()>,
     },
 }
 
@@ -90,14 +95,17 @@ const COMMAND_QUEUE: usize = 64;
 #[derive(Clone, Debug)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
+    control: mpsc::Sender<Control>,
     status: watch::Receiver<Status>,
     assigned: watch::Receiver<Option<String>>,
 }
 
-/// The messages the broker delivers, in order. Reading them is what
-/// acknowledges QoS 1 and 2 messages to the broker, so a slow reader slows
-/// the broker's sending (its in-flight window), never the client's own
-/// publishes. Ends when the client is closed.
+/// The messages the broker delivers, in order. QoS 1 and 2 messages are
+/// acknowledged to the broker as they enter this stream's bounded buffer
+/// (up to 256 messages), so a reader that falls behind holds back the
+/// broker's sending (its in-flight window), never the client's own
+/// publishes. Dropping the stream discards (and acknowledges) what
+/// arrives. Ends when the client is closed.
 #[derive(Debug)]
 pub struct Messages {
     rx: mpsc::Receiver<Publish>,
@@ -123,16 +131,25 @@ impl Stream for Messages {
 /// from then on the task reconnects by itself as `options.reconnect` says.
 pub async fn connect(options: ConnectOptions) -> Result<(Client, Messages), ClientError> {
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (control, control_rx) = mpsc::channel(8);
     let (messages_tx, messages_rx) = mpsc::channel(options.max_incoming.clamp(1, 256));
     let (status_tx, status) = watch::channel(Status::Connecting);
     let (assigned_tx, assigned) = watch::channel(None);
     let (first_tx, first_rx) = oneshot::channel();
-    let task = Task::new(options, command_rx, messages_tx, status_tx, assigned_tx)?;
+    let task = Task::new(
+        options,
+        command_rx,
+        control_rx,
+        messages_tx,
+        status_tx,
+        assigned_tx,
+    )?;
     tokio::spawn(task.run(first_tx));
     match first_rx.await {
         Ok(Ok(())) => Ok((
             Client {
                 commands,
+                control,
                 status,
                 assigned,
             },
@@ -169,8 +186,9 @@ impl Client {
     }
 
     /// Like [`Client::publish`], but never waits to queue: reports
-    /// [`ClientError::Full`] instead. The returned future gives the
-    /// acknowledgement.
+    /// [`ClientError::Full`] instead — once the connection task holds
+    /// `max_pending` messages and the hand-off to it (64 requests) is full
+    /// too. The returned future gives the acknowledgement.
     pub fn try_publish(
         &self,
         message: Message,
@@ -247,25 +265,32 @@ impl Client {
 
     /// Disconnect with a 5.0 reason code (0x04 asks the broker to publish
     /// the will) and properties (Session Expiry Interval, Reason String,
-    /// User Properties). QoS 1/2 messages not yet acknowledged are answered
-    /// with [`ClientError::Closed`]; a persistent session on the broker
-    /// keeps what it acknowledged.
+    /// User Properties). Heard even while other calls wait for room, and
+    /// while disconnected. QoS 1/2 messages not yet acknowledged are
+    /// answered with [`ClientError::Closed`]; a persistent session on the
+    /// broker keeps what it acknowledged. A reason code or property the
+    /// protocol does not allow is refused with the error, and nothing
+    /// changes.
     pub async fn disconnect_with(
         &self,
         reason_code: ReasonCode,
         properties: Properties,
     ) -> Result<(), ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Disconnect {
+        if self
+            .control
+            .send(Control::Disconnect {
                 reason_code,
                 properties,
                 reply,
             })
             .await
-            .map_err(|_| ClientError::Closed)?;
-        let _ = rx.await;
-        Ok(())
+            .is_err()
+        {
+            // Already closed: nothing left to disconnect.
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
     }
 
     /// Where the connection stands now.

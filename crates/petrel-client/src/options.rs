@@ -19,12 +19,13 @@ pub struct ConnectOptions {
     /// Assigned Client Identifier is then used on reconnects).
     pub client_id: String,
     /// Clean Start (5.0) / Clean Session (3.1.1) on the first connection.
-    /// Reconnects always resume (Clean Start 0) so that the session lives on.
+    /// 5.0 reconnects resume (Clean Start 0) so the session lives on if it
+    /// has an expiry; 3.1.1 reconnects ask for what this says.
     pub clean_start: bool,
     /// 5.0 Session Expiry Interval in seconds (0: the session ends with the
     /// connection). 3.1.1 keeps a session when `clean_start` is false.
     pub session_expiry: u32,
-    /// Keep alive; zero turns it off.
+    /// Keep alive, in whole seconds; under a second turns it off.
     pub keep_alive: Duration,
     /// User name.
     pub username: Option<String>,
@@ -85,12 +86,16 @@ pub struct TlsOptions {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Name to verify the server certificate against; default: `host`.
     pub server_name: Option<String>,
-    /// Accept any server certificate. For testing only: it gives up the
-    /// protection TLS exists for.
+    /// Accept a server certificate issued for another host name (the chain
+    /// is still verified), as `mosquitto_pub --insecure`. For testing only.
     pub insecure: bool,
 }
 
-/// Automatic reconnection with exponential backoff and full jitter.
+/// Automatic reconnection with exponential backoff and jitter (each wait
+/// is random between half the current cap and the cap). A connection that
+/// stayed up for ten seconds resets the cap; refusals retrying can't fix
+/// (bad credentials, not authorized, banned, bad client id, unsupported
+/// version, server moved) close the client.
 #[derive(Clone, Copy, Debug)]
 pub struct Reconnect {
     /// Whether to reconnect at all after the connection is lost.

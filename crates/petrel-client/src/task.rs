@@ -3,14 +3,14 @@
 //!
 //! It never waits for the application: received messages go to a bounded
 //! queue with `try_send`, and QoS 1/2 messages are acknowledged only as the
-//! application takes them ([`petrel_session::Config::manual_acks`]), so the
-//! socket is always read — the acknowledgements of the application's own
+//! application is handed them ([`petrel_session::Config::manual_acks`]), so
+//! the socket is read — the acknowledgements of the application's own
 //! publishes arrive there — and the broker's flow control bounds what waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use petrel_codec::{
     Connect, MqttString, Packet, PacketId, Properties, Protocol, Publish, QoS, ReasonCode, SubAck,
     Subscription, TopicFilter, UnsubAck, Will,
@@ -19,7 +19,7 @@ use petrel_session::{CloseReason, Connection, Event, MessageId, SendError, Sessi
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::client::{Ack, Command, Reply, Status};
+use crate::client::{Ack, Command, Control, Reply, Status};
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
 use crate::transport;
@@ -28,11 +28,19 @@ use crate::transport;
 const RESTORE_CHUNK: usize = 64;
 /// How long the last packets (DISCONNECT) may take to write.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Stop reading the socket and taking commands while this much waits to be
+/// written (a peer that does not read can't make us buffer without end).
+const OUT_HIGH: usize = 256 * 1024;
+/// Commands taken per turn of the loop, so reading and writing go on.
+const COMMANDS_PER_TURN: usize = 256;
+/// A connection that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
 
 enum Request {
     Subscribe {
         subscriptions: Vec<Subscription>,
         properties: Properties,
+        /// `None` for a restore the client makes on its own.
         reply: Option<Reply<SubAck>>,
     },
     Unsubscribe {
@@ -42,12 +50,22 @@ enum Request {
     },
 }
 
+/// A received message the application has not been handed yet.
+struct Held {
+    publish: Publish,
+    /// The connection it arrived on, while it is still to be acknowledged
+    /// there (or, for QoS 2, in the session that continues).
+    ack: Option<(u64, PacketId)>,
+}
+
 /// How a connection ended.
 enum Outcome {
     /// The application disconnected, or dropped every handle: stop.
     Closed,
+    /// Refused for a reason retrying won't change: stop.
+    Fatal(ClientError),
     /// Lost or refused: reconnect, unless it was the first attempt.
-    Lost(ClientError, bool),
+    Lost(ClientError),
 }
 
 pub(crate) struct Task {
@@ -56,6 +74,7 @@ pub(crate) struct Task {
     client_id: String,
     state: SessionState,
     commands: mpsc::Receiver<Command>,
+    control: mpsc::Receiver<Control>,
     messages: mpsc::Sender<Publish>,
     status: watch::Sender<Status>,
     assigned: watch::Sender<Option<String>>,
@@ -70,12 +89,15 @@ pub(crate) struct Task {
     /// A command that found no room; no other is taken until it fits.
     stalled: Option<Command>,
     /// Received messages the application has not taken yet.
-    incoming: VecDeque<Publish>,
-    /// QoS 1/2 messages handed over while no connection could acknowledge.
+    incoming: VecDeque<Held>,
+    /// QoS 2 messages handed over while no connection could acknowledge
+    /// them; their PUBREC goes out on the next connection of the session.
     acks_due: Vec<PacketId>,
-    dropped_qos0: u64,
+    /// Counts connections, to tell which one a held message came on.
+    generation: u64,
     connected_once: bool,
-    closing: Option<oneshot::Sender<()>>,
+    connected_at: Option<Instant>,
+    closing: Option<Reply<()>>,
     rng: u64,
 }
 
@@ -83,6 +105,7 @@ impl Task {
     pub(crate) fn new(
         opts: ConnectOptions,
         commands: mpsc::Receiver<Command>,
+        control: mpsc::Receiver<Control>,
         messages: mpsc::Sender<Publish>,
         status: watch::Sender<Status>,
         assigned: watch::Sender<Option<String>>,
@@ -90,6 +113,17 @@ impl Task {
         if opts.max_pending == 0 || opts.max_incoming == 0 {
             return Err(ClientError::Invalid(
                 "max_pending and max_incoming must be at least 1".into(),
+            ));
+        }
+        if opts.properties.authentication_method().is_some() {
+            return Err(ClientError::Invalid(
+                "enhanced authentication (an Authentication Method) is not supported".into(),
+            ));
+        }
+        if opts.client_id.is_empty() && !opts.clean_start && opts.protocol != Protocol::V5 {
+            // [MQTT-3.1.3-7]: a 3.1.1 server refuses it anyway.
+            return Err(ClientError::Invalid(
+                "a persistent 3.1.x session needs a client id".into(),
             ));
         }
         MqttString::try_from(opts.client_id.as_str())
@@ -101,11 +135,15 @@ impl Task {
             manual_acks: true,
             ..petrel_session::Config::default()
         };
+        // What CONNECT advertises is what the decoder enforces.
         if let Some(rm) = opts.properties.receive_maximum() {
             config.receive_maximum = rm;
         }
         if let Some(t) = opts.properties.topic_alias_maximum() {
             config.topic_alias_maximum = t;
+        }
+        if let Some(m) = opts.properties.maximum_packet_size() {
+            config.maximum_packet_size = m.get();
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -117,6 +155,7 @@ impl Task {
             config,
             state: SessionState::new(),
             commands,
+            control,
             messages,
             status,
             assigned,
@@ -127,8 +166,9 @@ impl Task {
             stalled: None,
             incoming: VecDeque::new(),
             acks_due: Vec::new(),
-            dropped_qos0: 0,
+            generation: 0,
             connected_once: false,
+            connected_at: None,
             closing: None,
             rng: seed,
         })
@@ -140,7 +180,13 @@ impl Task {
         loop {
             match self.connection(&mut first).await {
                 Outcome::Closed => break,
-                Outcome::Lost(error, was_connected) => {
+                Outcome::Fatal(error) => {
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Err(error));
+                    }
+                    break;
+                }
+                Outcome::Lost(error) => {
                     if let Some(f) = first.take() {
                         let _ = f.send(Err(error));
                         break;
@@ -148,7 +194,13 @@ impl Task {
                     if !self.opts.reconnect.enabled {
                         break;
                     }
-                    failures = if was_connected {
+                    // Only a connection that stayed up resets the backoff:
+                    // one dropped right after CONNACK must not spin.
+                    let stable = self
+                        .connected_at
+                        .take()
+                        .is_some_and(|at| at.elapsed() >= STABLE);
+                    failures = if stable {
                         0
                     } else {
                         failures.saturating_add(1)
@@ -164,12 +216,12 @@ impl Task {
         self.fail_all();
         self.status.send_replace(Status::Closed);
         if let Some(done) = self.closing.take() {
-            let _ = done.send(());
+            let _ = done.send(Ok(()));
         }
     }
 
-    /// Exponential backoff with jitter: a random wait in [cap/2, cap], cap
-    /// doubling with each failure from `min_backoff` to `max_backoff`.
+    /// Exponential backoff with equal jitter: a random wait in [cap/2, cap],
+    /// cap doubling with each failure from `min_backoff` to `max_backoff`.
     fn backoff(&mut self, failures: u32) -> Duration {
         let r = &self.opts.reconnect;
         let cap = r
@@ -190,8 +242,8 @@ impl Task {
         let id = MqttString::try_from(self.client_id.as_str())
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let mut c = Connect::new(o.protocol, id);
-        // Reconnects resume the session; 3.1.1 only when one was asked for
-        // (Clean Session 0), and never with an empty (new each time) id.
+        // Reconnects resume the session in 5.0 (it ended already if its
+        // expiry was 0); 3.1.x keeps asking for what the options said.
         c.clean_start = if !self.connected_once || self.client_id.is_empty() {
             o.clean_start
         } else {
@@ -227,44 +279,50 @@ impl Task {
     ) -> Outcome {
         let connect = match self.connect_packet() {
             Ok(c) => c,
-            Err(e) => return Outcome::Lost(e, false),
+            Err(e) => return Outcome::Fatal(e),
         };
-        let io =
-            match tokio::time::timeout(self.opts.connect_timeout, transport::connect(&self.opts))
-                .await
-            {
+        let io = tokio::select! {
+            r = tokio::time::timeout(self.opts.connect_timeout, transport::connect(&self.opts)) => match r {
                 Ok(Ok(io)) => io,
-                Ok(Err(e)) => return Outcome::Lost(e, false),
-                Err(_) => return Outcome::Lost(ClientError::Timeout, false),
-            };
+                Ok(Err(e)) => return Outcome::Lost(e),
+                Err(_) => return Outcome::Lost(ClientError::Timeout),
+            },
+            c = self.control.recv() => {
+                self.on_control(None, c);
+                return Outcome::Closed;
+            }
+        };
         let (mut reader, mut writer) = tokio::io::split(io);
         let now = Instant::now();
+        // Kept in case the machine can't be built: the session must not
+        // lose what it holds.
+        let kept = self.state.clone();
         let state = std::mem::take(&mut self.state);
         let mut conn = match Connection::client(self.config.clone(), connect, state, now) {
             Ok(c) => c,
-            Err(e) => return Outcome::Lost(ClientError::Send(e), false),
+            Err(e) => {
+                self.state = kept;
+                return Outcome::Fatal(ClientError::Send(e));
+            }
         };
+        drop(kept);
+        self.generation += 1;
         let protocol = conn.protocol();
         let limits = self.config.codec_limits();
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::new();
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let mut outcome = None;
-        let mut was_connected = false;
         loop {
             let now = Instant::now();
             while let Some(event) = conn.poll_event() {
-                if let Some(o) = self.on_event(&mut conn, now, event, first, &mut was_connected) {
+                if let Some(o) = self.on_event(&mut conn, now, event, first) {
                     outcome.get_or_insert(o);
                 }
             }
             self.deliver(Some(&mut conn), now);
-            if conn.is_connected() {
+            if conn.is_connected() && out.len() < OUT_HIGH && self.closing.is_none() {
                 self.pump_commands(&mut conn, now);
-                if self.closing.is_some() && !conn.is_closed() {
-                    let _ =
-                        conn.disconnect(now, ReasonCode::NORMAL_DISCONNECTION, Properties::new());
-                }
             }
             while let Some(p) = conn.poll_transmit() {
                 let _ = p.encode(protocol, &mut out);
@@ -280,12 +338,18 @@ impl Task {
             let deadline = conn
                 .poll_timeout()
                 .map_or(far, tokio::time::Instant::from_std);
-            let take_commands =
-                conn.is_connected() && self.stalled.is_none() && self.closing.is_none();
+            let held_acks = self.incoming.iter().filter(|h| h.ack.is_some()).count();
+            // A broker that overruns its own in-flight window is not read
+            // further until the application catches up.
+            let can_read = out.len() < OUT_HIGH && held_acks < self.opts.max_incoming + 65_535;
+            let take_commands = conn.is_connected()
+                && self.stalled.is_none()
+                && self.closing.is_none()
+                && out.len() < OUT_HIGH;
             tokio::select! {
-                r = reader.read_buf(&mut inbuf) => match r {
+                r = reader.read_buf(&mut inbuf), if can_read => match r {
                     Ok(0) | Err(_) => {
-                        outcome.get_or_insert(Outcome::Lost(ClientError::Io("connection closed by the broker".into()), was_connected));
+                        outcome.get_or_insert(Outcome::Lost(ClientError::Io("connection closed by the broker".into())));
                         break;
                     }
                     Ok(_) => {
@@ -308,46 +372,66 @@ impl Task {
                     }
                 },
                 r = writer.write_buf(&mut out), if !out.is_empty() => {
-                    if r.is_err() {
-                        outcome.get_or_insert(Outcome::Lost(ClientError::Io("write failed".into()), was_connected));
+                    if !matches!(r, Ok(n) if n > 0) {
+                        outcome.get_or_insert(Outcome::Lost(ClientError::Io("write failed".into())));
                         break;
                     }
                 }
-                cmd = self.commands.recv(), if take_commands => match cmd {
-                    Some(c) => self.stalled = Some(c),
-                    None => {
-                        // Every handle is gone: say goodbye.
-                        let _ = conn.disconnect(Instant::now(), ReasonCode::NORMAL_DISCONNECTION, Properties::new());
-                        outcome.get_or_insert(Outcome::Closed);
+                cmd = self.commands.recv(), if take_commands => {
+                    if let Some(c) = cmd {
+                        self.stalled = Some(c);
                     }
-                },
-                permit = self.messages.reserve(), if !self.incoming.is_empty() => {
+                }
+                c = self.control.recv() => {
+                    self.on_control(Some(&mut conn), c);
+                }
+                _room = room(&self.messages), if !self.incoming.is_empty() => {
                     // Room for one more: `deliver` uses it on the next turn.
-                    drop(permit);
                 }
                 () = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now()),
             }
         }
         // Whatever the connection held stays with the session.
         self.state = conn.take_state();
-        let mut back: Vec<Request> = self.requests.drain().map(|(_, r)| r).collect();
-        back.retain(|r| !matches!(r, Request::Subscribe { reply: None, .. }));
+        let back: Vec<Request> = self.requests.drain().map(|(_, r)| r).collect();
         for r in back.into_iter().rev() {
             self.queued.push_front(r);
         }
         if self.closing.is_some() {
             return Outcome::Closed;
         }
-        outcome.unwrap_or_else(|| {
-            let why = match conn.close_reason() {
-                Some(CloseReason::Disconnected { reason_code, .. }) => {
-                    format!("disconnected by the broker: {reason_code}")
-                }
-                Some(other) => format!("{other:?}"),
-                None => "connection lost".into(),
-            };
-            Outcome::Lost(ClientError::Io(why), was_connected)
+        outcome.unwrap_or_else(|| match conn.close_reason() {
+            Some(CloseReason::ResponseTimeout) => Outcome::Lost(ClientError::Timeout),
+            Some(CloseReason::Disconnected { reason_code, .. }) => Outcome::Lost(ClientError::Io(
+                format!("disconnected by the broker: {reason_code}"),
+            )),
+            Some(other) => Outcome::Lost(ClientError::Io(format!("{other:?}"))),
+            None => Outcome::Lost(ClientError::Io("connection lost".into())),
         })
+    }
+
+    /// Disconnect requested, or every handle dropped (`None`).
+    fn on_control(&mut self, conn: Option<&mut Connection>, control: Option<Control>) {
+        let now = Instant::now();
+        let (reason_code, properties, reply) = match control {
+            Some(Control::Disconnect {
+                reason_code,
+                properties,
+                reply,
+            }) => (reason_code, properties, Some(reply)),
+            None => (ReasonCode::NORMAL_DISCONNECTION, Properties::new(), None),
+        };
+        if let Some(c) = conn {
+            if let Err(e) = c.disconnect(now, reason_code, properties) {
+                if let Some(reply) = reply {
+                    // Refused as asked (say, a reason code DISCONNECT lacks):
+                    // nothing changed, the caller learns why.
+                    let _ = reply.send(Err(ClientError::Send(e)));
+                }
+                return;
+            }
+        }
+        self.closing = Some(reply.unwrap_or_else(|| oneshot::channel().0));
     }
 
     fn on_event(
@@ -356,43 +440,56 @@ impl Task {
         now: Instant,
         event: Event,
         first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
-        was_connected: &mut bool,
     ) -> Option<Outcome> {
         match event {
             Event::Connected {
                 session_present,
                 properties,
             } => {
-                *was_connected = true;
+                self.connected_at = Some(now);
                 if let Some(id) = properties.assigned_client_identifier() {
                     self.client_id = id.as_str().to_string();
                     self.assigned.send_replace(Some(self.client_id.clone()));
                 }
-                let resumed_expected = self.connected_once;
+                let reconnect = self.connected_once;
                 self.connected_once = true;
                 self.status
                     .send_replace(Status::Connected { session_present });
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
                 }
-                if resumed_expected && !session_present {
+                self.resumed(conn, now, reconnect && session_present);
+                if reconnect && !session_present {
                     self.restore_subscriptions();
-                }
-                // Acknowledgements owed from while we were away.
-                for id in std::mem::take(&mut self.acks_due) {
-                    let _ = conn.ack(now, id);
                 }
                 None
             }
             Event::ConnectRefused { reason_code, .. } => {
-                Some(Outcome::Lost(ClientError::Refused(reason_code), false))
+                let e = ClientError::Refused(reason_code);
+                // Retrying won't change these.
+                let fatal = [0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C, 0x9C, 0x9D];
+                Some(if fatal.contains(&reason_code.0) {
+                    Outcome::Fatal(e)
+                } else {
+                    Outcome::Lost(e)
+                })
             }
             Event::Message(p) => {
-                if p.qos.qos() == QoS::AtMostOnce && self.incoming.len() >= self.opts.max_incoming {
-                    self.dropped_qos0 += 1;
-                } else {
-                    self.incoming.push_back(p);
+                let qos = p.qos;
+                if qos.qos() == QoS::AtMostOnce && self.incoming.len() >= self.opts.max_incoming {
+                    return None;
                 }
+                // A message that waits here must not pin the whole read
+                // buffer it was decoded from.
+                let publish = if self.incoming.is_empty() {
+                    p
+                } else {
+                    detach(p)
+                };
+                self.incoming.push_back(Held {
+                    publish,
+                    ack: qos.packet_id().map(|id| (self.generation, id)),
+                });
                 None
             }
             Event::Published {
@@ -414,35 +511,55 @@ impl Task {
                 }
                 None
             }
-            Event::SubAck(ack) => {
-                self.on_suback(ack);
-                None
-            }
-            Event::UnsubAck(ack) => {
-                if let Some(Request::Unsubscribe { filters, reply, .. }) =
-                    self.requests.remove(&ack.packet_id.get())
-                {
-                    for (f, rc) in filters.iter().zip(&ack.reason_codes) {
-                        if !rc.is_error() {
-                            self.subscriptions.remove(f.as_str());
-                        }
-                    }
-                    let _ = reply.send(Ok(ack));
-                }
-                None
-            }
+            Event::SubAck(ack) => self.on_suback(conn, now, ack),
+            Event::UnsubAck(ack) => self.on_unsuback(conn, now, ack),
             _ => None,
         }
     }
 
-    fn on_suback(&mut self, ack: SubAck) {
-        let Some(Request::Subscribe {
+    /// A new connection: settle what is held from the previous one. If the
+    /// session continues, QoS 1 messages not yet handed over are dropped
+    /// (the broker sends them again) and QoS 2 ones are acknowledged here
+    /// later (their PUBREC is part of the session); owed PUBRECs go out. If
+    /// it does not, nothing old is acknowledged any more.
+    fn resumed(&mut self, conn: &mut Connection, now: Instant, continues: bool) {
+        let generation = self.generation;
+        if continues {
+            self.incoming
+                .retain_mut(|h| match (h.ack, h.publish.qos.qos()) {
+                    (Some((g, _)), QoS::AtLeastOnce) if g != generation => false,
+                    (Some((g, id)), _) if g != generation => {
+                        h.ack = Some((generation, id));
+                        true
+                    }
+                    _ => true,
+                });
+            for id in std::mem::take(&mut self.acks_due) {
+                let _ = conn.ack(now, id);
+            }
+        } else {
+            for h in &mut self.incoming {
+                if h.ack.is_some_and(|(g, _)| g != generation) {
+                    h.ack = None;
+                }
+            }
+            self.acks_due.clear();
+        }
+    }
+
+    fn on_suback(&mut self, conn: &mut Connection, now: Instant, ack: SubAck) -> Option<Outcome> {
+        let id = ack.packet_id.get();
+        let request = self.requests.remove(&id)?;
+        let Request::Subscribe {
             subscriptions,
             properties,
             reply,
-        }) = self.requests.remove(&ack.packet_id.get())
+        } = request
         else {
-            return;
+            // A SUBACK answering an UNSUBSCRIBE: the broker broke the protocol.
+            self.requests.insert(id, request);
+            let _ = conn.disconnect(now, ReasonCode::PROTOCOL_ERROR, Properties::new());
+            return None;
         };
         for (s, rc) in subscriptions.iter().zip(&ack.reason_codes) {
             if !rc.is_error() {
@@ -455,11 +572,40 @@ impl Task {
         if let Some(reply) = reply {
             let _ = reply.send(Ok(ack));
         }
+        None
+    }
+
+    fn on_unsuback(
+        &mut self,
+        conn: &mut Connection,
+        now: Instant,
+        mut ack: UnsubAck,
+    ) -> Option<Outcome> {
+        let id = ack.packet_id.get();
+        let request = self.requests.remove(&id)?;
+        let Request::Unsubscribe { filters, reply, .. } = request else {
+            self.requests.insert(id, request);
+            let _ = conn.disconnect(now, ReasonCode::PROTOCOL_ERROR, Properties::new());
+            return None;
+        };
+        if ack.reason_codes.is_empty() {
+            // 3.1.x UNSUBACK carries no codes: every filter was removed.
+            ack.reason_codes = vec![ReasonCode::SUCCESS; filters.len()];
+        }
+        for (f, rc) in filters.iter().zip(&ack.reason_codes) {
+            if !rc.is_error() {
+                self.subscriptions.remove(f.as_str());
+            }
+        }
+        let _ = reply.send(Ok(ack));
+        None
     }
 
     /// The broker kept no session: subscribe again to what it had granted,
-    /// ahead of anything else queued.
+    /// ahead of anything else queued, replacing restores still waiting.
     fn restore_subscriptions(&mut self) {
+        self.queued
+            .retain(|r| !matches!(r, Request::Subscribe { reply: None, .. }));
         let mut by_props: Vec<(Properties, Vec<Subscription>)> = Vec::new();
         for (sub, props) in self.subscriptions.values() {
             match by_props
@@ -482,29 +628,35 @@ impl Task {
     /// Hand received messages to the application while its queue has room,
     /// acknowledging each QoS 1/2 message as it is handed over.
     fn deliver(&mut self, mut conn: Option<&mut Connection>, now: Instant) {
-        while let Some(p) = self.incoming.pop_front() {
-            let id = p.qos.packet_id();
-            match self.messages.try_send(p) {
+        while let Some(h) = self.incoming.pop_front() {
+            let Held { publish, ack } = h;
+            let exactly_once = publish.qos.qos() == QoS::ExactlyOnce;
+            match self.messages.try_send(publish) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(p)) => {
-                    self.incoming.push_front(p);
+                Err(mpsc::error::TrySendError::Full(publish)) => {
+                    self.incoming.push_front(Held { publish, ack });
                     return;
                 }
                 // Nobody reads any more: acknowledge and discard.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-            if let Some(id) = id {
-                match conn.as_deref_mut() {
-                    Some(c) if c.is_connected() => {
-                        let _ = c.ack(now, id);
-                    }
-                    _ => self.acks_due.push(id),
+            let Some((generation, id)) = ack else {
+                continue;
+            };
+            match conn.as_deref_mut() {
+                Some(c) if c.is_connected() && generation == self.generation => {
+                    let _ = c.ack(now, id);
                 }
+                // QoS 2 acknowledgements wait for the next connection of the
+                // session; a QoS 1 message is sent again by the broker.
+                _ if exactly_once => self.acks_due.push(id),
+                _ => {}
             }
         }
     }
 
-    /// Take the stalled command and any others while there is room.
+    /// Take the stalled command and others while there is room, a bounded
+    /// number per turn.
     fn pump_commands(&mut self, conn: &mut Connection, now: Instant) {
         while let Some(r) = self.queued.pop_front() {
             if let Err(r) = self.send_request(conn, now, r) {
@@ -512,7 +664,7 @@ impl Task {
                 break;
             }
         }
-        loop {
+        for _ in 0..COMMANDS_PER_TURN {
             let cmd = match self.stalled.take() {
                 Some(c) => c,
                 None => match self.commands.try_recv() {
@@ -522,9 +674,6 @@ impl Task {
             };
             if let Err(cmd) = self.command(Some(conn), now, cmd) {
                 self.stalled = Some(cmd);
-                return;
-            }
-            if self.closing.is_some() {
                 return;
             }
         }
@@ -555,8 +704,7 @@ impl Task {
                         .enqueue(now, message.clone(), self.opts.max_pending),
                 };
                 match result {
-                    Ok(id) if qos == QoS::AtMostOnce => {
-                        let _ = id;
+                    Ok(_) if qos == QoS::AtMostOnce => {
                         let _ = reply.send(Ok(Ack::success()));
                     }
                     Ok(id) => {
@@ -593,20 +741,6 @@ impl Task {
                 };
                 self.request(conn, now, r)
             }
-            Command::Disconnect {
-                reason_code,
-                properties,
-                reply,
-            } => {
-                if let Some(c) = conn {
-                    if c.disconnect(now, reason_code, properties).is_err() {
-                        let _ =
-                            c.disconnect(now, ReasonCode::NORMAL_DISCONNECTION, Properties::new());
-                    }
-                }
-                self.closing = Some(reply);
-                Ok(())
-            }
         }
     }
 
@@ -637,7 +771,7 @@ impl Task {
 
     /// Send a SUBSCRIBE/UNSUBSCRIBE; gives it back while too many await
     /// their acknowledgement. A request the machine refuses is answered
-    /// with the error.
+    /// with the error; a restore too large for the broker is split.
     fn send_request(
         &mut self,
         conn: &mut Connection,
@@ -664,6 +798,21 @@ impl Task {
             Err(SendError::TooManyPendingSubscriptions) | Err(SendError::NotConnected) => Err(r),
             Err(e) => {
                 match r {
+                    Request::Subscribe {
+                        subscriptions,
+                        properties,
+                        reply: None,
+                    } if subscriptions.len() > 1
+                        && matches!(e, SendError::PacketTooLarge { .. }) =>
+                    {
+                        for s in subscriptions.into_iter().rev() {
+                            self.queued.push_front(Request::Subscribe {
+                                subscriptions: vec![s],
+                                properties: properties.clone(),
+                                reply: None,
+                            });
+                        }
+                    }
                     Request::Subscribe {
                         reply: Some(reply), ..
                     } => {
@@ -697,11 +846,16 @@ impl Task {
             }
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return true,
-                cmd = self.commands.recv(), if self.stalled.is_none() => match cmd {
-                    Some(c) => self.stalled = Some(c),
-                    None => return false,
-                },
-                permit = self.messages.reserve(), if !self.incoming.is_empty() => drop(permit),
+                cmd = self.commands.recv(), if self.stalled.is_none() => {
+                    if let Some(c) = cmd {
+                        self.stalled = Some(c);
+                    }
+                }
+                c = self.control.recv() => {
+                    self.on_control(None, c);
+                    return false;
+                }
+                _room = room(&self.messages), if !self.incoming.is_empty() => {}
             }
         }
     }
@@ -735,7 +889,32 @@ impl Task {
         while let Ok(cmd) = self.commands.try_recv() {
             cmd.fail();
         }
+        self.control.close();
+        while let Ok(Control::Disconnect { reply, .. }) = self.control.try_recv() {
+            let _ = reply.send(Ok(()));
+        }
     }
+}
+
+/// Resolves when the application's queue has room (or is gone).
+async fn room(messages: &mpsc::Sender<Publish>) -> bool {
+    messages.reserve().await.is_ok()
+}
+
+/// A copy of the message that owns its bytes.
+fn detach(mut p: Publish) -> Publish {
+    p.payload = Bytes::copy_from_slice(&p.payload);
+    if let Ok(topic) = petrel_codec::TopicName::try_from(p.topic.as_str()) {
+        p.topic = topic;
+    }
+    if let Ok(props) = Properties::from_wire(
+        Bytes::copy_from_slice(p.properties.as_wire()),
+        petrel_codec::PropertyContext::PUBLISH,
+        &petrel_codec::Limits::default(),
+    ) {
+        p.properties = props;
+    }
+    p
 }
 
 impl Request {
@@ -775,9 +954,6 @@ impl Command {
             }
             Self::Unsubscribe { reply, .. } => {
                 let _ = reply.send(Err(ClientError::Closed));
-            }
-            Self::Disconnect { reply, .. } => {
-                let _ = reply.send(());
             }
         }
     }

@@ -181,9 +181,12 @@ async fn a_persistent_session_receives_what_was_published_while_away() {
 async fn publishing_from_the_message_loop_under_load_never_deadlocks() {
     let (_b, addr) = start().await;
     let mut o = options(addr, Protocol::V5, "echo");
-    // A small window and queues make the pressure real.
+    // A small window and queues make the pressure real: the broker may
+    // have 4 unacknowledged messages out to us, we hold at most 8 pending.
     o.max_incoming = 8;
     o.max_pending = 8;
+    o.properties
+        .set_receive_maximum(std::num::NonZeroU16::new(4));
     let (echo, mut inbox) = connect(o).await.unwrap();
     echo.subscribe("load/in", QoS::AtLeastOnce).await.unwrap();
     let (sink, mut sunk) = connect(options(addr, Protocol::V5, "sink")).await.unwrap();
@@ -280,42 +283,139 @@ async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
 }
 
 #[tokio::test]
-async fn after_a_broker_restart_the_client_reconnects_and_restores_its_subscriptions() {
+async fn after_a_broker_restart_the_client_restores_its_subscriptions_but_not_removed_ones() {
+    for proto in BOTH {
+        let addr: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (broker, task) = broker_on(addr).await;
+        let mut o = options(addr, proto, "restorer");
+        o.clean_start = false;
+        o.session_expiry = 300;
+        let (client, mut inbox) = connect(o).await.unwrap();
+        client.subscribe("rs/#", QoS::AtLeastOnce).await.unwrap();
+        client.subscribe("gone/#", QoS::AtLeastOnce).await.unwrap();
+        let un = client.unsubscribe(&["gone/#"]).await.unwrap();
+        // 3.1.1 UNSUBACK has no codes; the client reports success per filter.
+        assert_eq!(un.reason_codes, vec![ReasonCode::SUCCESS]);
+        broker.shutdown();
+        task.await.unwrap();
+        client.wait_for(|s| *s == Status::Connecting).await;
+        // The new broker (no persistence) knows nothing of the session.
+        let (_broker, _task) = broker_on(addr).await;
+        client
+            .wait_for(|s| matches!(s, Status::Connected { .. }))
+            .await;
+        assert_eq!(
+            client.status(),
+            Status::Connected {
+                session_present: false
+            }
+        );
+        let (publ, _) = connect(options(addr, proto, "pub")).await.unwrap();
+        // The restored SUBSCRIBE is in flight; retry until it has landed.
+        let mut got = None;
+        for _ in 0..50 {
+            publ.publish_to("rs/t", "back", QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await
+            {
+                got = Some(m);
+                break;
+            }
+        }
+        assert_eq!(&got.expect("subscription restored").payload[..], b"back");
+        // Drain repeats, then check the unsubscribed filter stayed gone.
+        while tokio::time::timeout(Duration::from_millis(200), inbox.recv())
+            .await
+            .is_ok()
+        {}
+        publ.publish_to("gone/t", "x", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(
+            nothing(&mut inbox).await,
+            "{proto:?}: an unsubscribed filter came back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn disconnect_is_heard_while_offline_and_a_publish_waits_for_room() {
     let addr: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
     let (broker, task) = broker_on(addr).await;
-    let mut o = options(addr, Protocol::V3_1_1, "restorer");
-    o.clean_start = false;
-    let (client, mut inbox) = connect(o).await.unwrap();
-    client.subscribe("rs/#", QoS::AtLeastOnce).await.unwrap();
+    let mut o = options(addr, Protocol::V5, "stuck");
+    o.max_pending = 2;
+    let (client, _) = connect(o).await.unwrap();
     broker.shutdown();
     task.await.unwrap();
-    // The new broker knows nothing of the session.
-    let (_broker, _task) = broker_on(addr).await;
-    client
-        .wait_for(|s| {
-            *s == Status::Connected {
-                session_present: false,
-            }
-        })
-        .await;
-    let (publ, _) = connect(options(addr, Protocol::V3_1_1, "pub"))
-        .await
-        .unwrap();
-    // The restored SUBSCRIBE is in flight; retry until it has landed.
-    let mut got = None;
-    for _ in 0..50 {
-        publ.publish_to("rs/t", "back", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(100), inbox.recv()).await {
-            got = Some(m);
-            break;
-        }
+    client.wait_for(|s| *s == Status::Connecting).await;
+    // Fill the offline queue, then one more publish waits for room.
+    let mut waiting = Vec::new();
+    for i in 0..3u8 {
+        let c = client.clone();
+        waiting.push(tokio::spawn(async move {
+            c.publish_to("s/t", vec![i], QoS::AtLeastOnce).await
+        }));
     }
-    assert_eq!(&got.expect("subscription restored").payload[..], b"back");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(WAIT, client.disconnect())
+        .await
+        .expect("disconnect is not stuck behind the waiting publish")
+        .unwrap();
+    for w in waiting {
+        let r = tokio::time::timeout(WAIT, w).await.unwrap().unwrap();
+        assert_eq!(r, Err(ClientError::Closed));
+    }
+    assert_eq!(client.status(), Status::Closed);
+}
+
+#[tokio::test]
+async fn an_assigned_client_id_is_used_to_resume_after_a_restart() {
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let store = std::env::temp_dir().join(format!("petrel-assigned-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&store);
+    let config = BrokerConfig {
+        listeners: vec![ListenerConfig { bind: addr }],
+        sys_interval: 0,
+        persistence: Some(store.clone()),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::new(config.clone());
+    let server = Server::bind(broker.clone()).await.unwrap();
+    let task = tokio::spawn(server.run());
+    let mut o = options(addr, Protocol::V5, "");
+    o.session_expiry = 300;
+    let (client, _) = connect(o).await.unwrap();
+    let id = client
+        .assigned_client_id()
+        .expect("the broker assigned an id");
+    broker.shutdown();
+    task.await.unwrap();
+    client.wait_for(|s| *s == Status::Connecting).await;
+    let broker = Broker::new(config);
+    let server = Server::bind(broker.clone()).await.unwrap();
+    tokio::spawn(server.run());
+    // Reconnecting with the assigned id and Clean Start 0 finds the session.
+    assert_eq!(
+        client
+            .wait_for(|s| matches!(s, Status::Connected { .. }))
+            .await,
+        Status::Connected {
+            session_present: true
+        }
+    );
+    assert_eq!(client.assigned_client_id(), Some(id));
+    let _ = std::fs::remove_file(&store);
 }
 
 #[tokio::test]

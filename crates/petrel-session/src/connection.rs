@@ -1129,12 +1129,14 @@ impl Connection {
             QosPid::AtLeastOnce(pid) if self.config.manual_acks => {
                 // The peer counts it against our Receive Maximum until the
                 // PUBACK ([MQTT-3.3.4-9]).
+                if self.unacked.contains(&pid.get()) {
+                    // A repeat of a message the application has and has
+                    // not acknowledged yet: delivered once per connection.
+                    return Ok(());
+                }
                 let max = self.our_receive_maximum;
                 let held = self.unacked.len() + self.session.incoming.len();
-                if self.protocol.is_v5()
-                    && !self.unacked.contains(&pid.get())
-                    && held >= usize::from(max)
-                {
+                if self.protocol.is_v5() && held >= usize::from(max) {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
                 self.unacked.insert(pid.get());
