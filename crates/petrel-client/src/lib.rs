@@ -63,7 +63,7 @@ mod transport;
 
 pub use client::{connect, Ack, Client, Messages, Status};
 pub use error::ClientError;
-pub use options::{ConnectOptions, LastWill, Reconnect, TlsOptions};
+pub use options::{Authenticator, ConnectOptions, LastWill, Reconnect, TlsOptions};
 pub use petrel_codec::{
     MqttString, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscription, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,

@@ -1,6 +1,7 @@
 //! What a client connects with.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,8 +38,12 @@ pub struct ConnectOptions {
     /// Other 5.0 CONNECT properties: Receive Maximum, Maximum Packet Size,
     /// Topic Alias Maximum, Request Response Information, Request Problem
     /// Information, User Properties, Authentication Method and Data. (The
-    /// Session Expiry Interval comes from `session_expiry`.)
+    /// Session Expiry Interval comes from `session_expiry`.) An
+    /// Authentication Method needs an `authenticator`.
     pub properties: Properties,
+    /// 5.0 enhanced authentication: answers the broker's AUTH challenges
+    /// for the Authentication Method set in `properties` (4.12).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
     /// TLS; `None` for plain TCP.
     pub tls: Option<TlsOptions>,
     /// Reconnect policy.
@@ -132,6 +137,7 @@ impl ConnectOptions {
             password: None,
             will: None,
             properties: Properties::new(),
+            authenticator: None,
             tls: None,
             reconnect: Reconnect::default(),
             max_pending: 1000,
@@ -146,4 +152,19 @@ impl ConnectOptions {
         self.protocol = protocol;
         self
     }
+}
+
+/// The client's side of a 5.0 enhanced authentication exchange (4.12):
+/// given the broker's challenge, the next Authentication Data. Called on
+/// every connection, reconnects included.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    /// The Authentication Data sent in CONNECT, if the method starts with
+    /// one. Default: none.
+    fn initial_data(&self) -> Option<Bytes> {
+        None
+    }
+
+    /// Answer the broker's AUTH (Continue Authentication) carrying
+    /// `challenge`; an error gives up (the client disconnects).
+    fn respond(&self, challenge: Option<&Bytes>) -> Result<Bytes, String>;
 }

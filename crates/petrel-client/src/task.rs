@@ -115,9 +115,9 @@ impl Task {
                 "max_pending and max_incoming must be at least 1".into(),
             ));
         }
-        if opts.properties.authentication_method().is_some() {
+        if opts.properties.authentication_method().is_some() != opts.authenticator.is_some() {
             return Err(ClientError::Invalid(
-                "enhanced authentication (an Authentication Method) is not supported".into(),
+                "an Authentication Method and an authenticator go together".into(),
             ));
         }
         if opts.client_id.is_empty() && !opts.clean_start && opts.protocol != Protocol::V5 {
@@ -268,6 +268,9 @@ impl Task {
             c.properties = o.properties.clone();
             c.properties
                 .set_session_expiry_interval((o.session_expiry > 0).then_some(o.session_expiry));
+            if let Some(a) = &o.authenticator {
+                c.properties.set_authentication_data(a.initial_data());
+            }
         }
         Ok(c)
     }
@@ -510,6 +513,36 @@ impl Task {
                     let _ = reply.send(Err(ClientError::Dropped(reason)));
                 }
                 None
+            }
+            Event::Auth(challenge) => {
+                let method = self.opts.properties.authentication_method();
+                let answer = self
+                    .opts
+                    .authenticator
+                    .as_ref()
+                    .map(|a| a.respond(challenge.properties.authentication_data().as_ref()));
+                match answer {
+                    Some(Ok(data)) => {
+                        let mut props = Properties::new();
+                        props.set_authentication_method(method);
+                        props.set_authentication_data(Some(data));
+                        let auth = petrel_codec::Auth {
+                            reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+                            properties: props,
+                        };
+                        if let Err(e) = conn.auth(now, auth) {
+                            return Some(Outcome::Fatal(ClientError::Send(e)));
+                        }
+                        None
+                    }
+                    Some(Err(e)) => {
+                        let _ = conn.disconnect(now, ReasonCode::NOT_AUTHORIZED, Properties::new());
+                        Some(Outcome::Fatal(ClientError::Invalid(format!(
+                            "authentication: {e}"
+                        ))))
+                    }
+                    None => None,
+                }
             }
             Event::SubAck(ack) => self.on_suback(conn, now, ack),
             Event::UnsubAck(ack) => self.on_unsuback(conn, now, ack),

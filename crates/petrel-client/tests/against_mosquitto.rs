@@ -493,3 +493,46 @@ async fn tls_with_a_ca_file_a_client_certificate_and_insecure() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn user_name_and_password_are_sent_and_a_wrong_one_is_refused() {
+    let Some(mut mosq) = Mosquitto::start("auth") else {
+        return;
+    };
+    let dir = mosq.dir.clone();
+    let passwd = dir.join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["alice", "s3cret"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let conf = dir.join("mosquitto.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        "allow_anonymous true",
+        &format!("allow_anonymous false\npassword_file {}", passwd.display()),
+    );
+    std::fs::write(&conf, text).unwrap();
+    mosq.restart();
+    let addr = mosq.addr();
+    for proto in BOTH {
+        let mut o = options(addr, proto, "alice-client");
+        o.username = Some("alice".into());
+        o.password = Some(Bytes::from_static(b"s3cret"));
+        let (c, _) = connect(o.clone()).await.unwrap();
+        c.disconnect().await.unwrap();
+        o.password = Some(Bytes::from_static(b"wrong"));
+        let err = connect(o).await.unwrap_err();
+        // 3.1.1 return code 4 / 5.0 0x86, or 5 / 0x87 (not authorized).
+        assert!(
+            matches!(err, petrel_client::ClientError::Refused(rc) if rc.0 == 0x86 || rc.0 == 0x87),
+            "{proto:?}: {err:?}"
+        );
+    }
+}

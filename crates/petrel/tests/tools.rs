@@ -19,23 +19,57 @@ impl Drop for Running {
     }
 }
 
-fn broker() -> (Running, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = petrel()
-        .args(["broker", "-p", &port.to_string()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "broker did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (Running(child), port.to_string())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The brokers every tool test runs against: `petrel broker`, and
+/// Mosquitto where it is installed (CI installs it and sets
+/// PETREL_REQUIRE_MOSQUITTO, which makes its absence an error).
+fn brokers() -> Vec<(Running, String)> {
+    let port = free_port();
+    let child = petrel()
+        .args(["broker", "-p", &port.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let mut out = vec![(Running(child), port.to_string())];
+    match Command::new("mosquitto")
+        .arg("-p")
+        .arg("0")
+        .arg("-h")
+        .output()
+    {
+        Ok(_) => {
+            let port = free_port();
+            let child = Command::new("mosquitto")
+                .args(["-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_port(port);
+            out.push((Running(child), port.to_string()));
+        }
+        Err(_) => assert!(
+            std::env::var_os("PETREL_REQUIRE_MOSQUITTO").is_none(),
+            "mosquitto is required but not installed"
+        ),
+    }
+    out
 }
 
 fn run(args: &[&str]) -> Output {
@@ -65,181 +99,186 @@ fn finish(mut r: Running) -> (Option<i32>, String) {
 
 #[test]
 fn every_qos_both_versions_round_trips() {
-    let (_b, port) = broker();
-    for v in ["311", "5"] {
-        for q in ["0", "1", "2"] {
-            let s = sub(&[
-                "-p", &port, "-V", v, "-q", q, "-t", "t/+", "-v", "-C", "1", "-W", "5",
-            ]);
-            let o = run(&[
-                "pub", "-p", &port, "-V", v, "-q", q, "-t", "t/1", "-m", "hello",
-            ]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            assert_eq!(
-                finish(s),
-                (Some(0), "t/1 hello\n".to_string()),
-                "-V {v} -q {q}"
-            );
+    for (_b, port) in brokers() {
+        for v in ["311", "5"] {
+            for q in ["0", "1", "2"] {
+                let s = sub(&[
+                    "-p", &port, "-V", v, "-q", q, "-t", "t/+", "-v", "-C", "1", "-W", "5",
+                ]);
+                let o = run(&[
+                    "pub", "-p", &port, "-V", v, "-q", q, "-t", "t/1", "-m", "hello",
+                ]);
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                assert_eq!(
+                    finish(s),
+                    (Some(0), "t/1 hello\n".to_string()),
+                    "-V {v} -q {q}"
+                );
+            }
         }
     }
 }
 
 #[test]
 fn retained_null_message_and_retained_only() {
-    let (_b, port) = broker();
-    assert!(
-        run(&["pub", "-p", &port, "-t", "r/t", "-m", "kept", "-r", "-q", "1"])
+    for (_b, port) in brokers() {
+        assert!(
+            run(&["pub", "-p", &port, "-t", "r/t", "-m", "kept", "-r", "-q", "1"])
+                .status
+                .success()
+        );
+        let s = sub(&[
+            "-p",
+            &port,
+            "-t",
+            "r/t",
+            "-C",
+            "1",
+            "-F",
+            "%t=%p retain=%r",
+            "-W",
+            "5",
+        ]);
+        assert_eq!(finish(s), (Some(0), "r/t=kept retain=1\n".to_string()));
+        // -R hides stale (retained) messages.
+        let s = sub(&["-p", &port, "-t", "r/t", "-R", "-W", "1"]);
+        assert_eq!(finish(s), (Some(27), String::new()));
+        // -n -r deletes it.
+        assert!(run(&["pub", "-p", &port, "-t", "r/t", "-n", "-r"])
             .status
-            .success()
-    );
-    let s = sub(&[
-        "-p",
-        &port,
-        "-t",
-        "r/t",
-        "-C",
-        "1",
-        "-F",
-        "%t=%p retain=%r",
-        "-W",
-        "5",
-    ]);
-    assert_eq!(finish(s), (Some(0), "r/t=kept retain=1\n".to_string()));
-    // -R hides stale (retained) messages.
-    let s = sub(&["-p", &port, "-t", "r/t", "-R", "-W", "1"]);
-    assert_eq!(finish(s), (Some(27), String::new()));
-    // -n -r deletes it.
-    assert!(run(&["pub", "-p", &port, "-t", "r/t", "-n", "-r"])
-        .status
-        .success());
-    let s = sub(&["-p", &port, "-t", "r/t", "--retained-only", "-W", "1"]);
-    assert_eq!(finish(s), (Some(27), String::new()));
+            .success());
+        let s = sub(&["-p", &port, "-t", "r/t", "--retained-only", "-W", "1"]);
+        assert_eq!(finish(s), (Some(27), String::new()));
+    }
 }
 
 #[test]
 fn will_flags_publish_a_will_when_the_tool_is_killed() {
-    let (_b, port) = broker();
-    for v in ["311", "5"] {
-        let watcher = sub(&["-p", &port, "-V", v, "-t", "w/t", "-C", "1", "-W", "5"]);
-        let mut mortal = sub(&[
-            "-p",
-            &port,
-            "-V",
-            v,
-            "-t",
-            "nothing",
-            "--will-topic",
-            "w/t",
-            "--will-payload",
-            "bye",
-            "--will-qos",
-            "1",
-        ]);
-        mortal.0.kill().unwrap();
-        assert_eq!(finish(watcher), (Some(0), "bye\n".to_string()), "-V {v}");
+    for (_b, port) in brokers() {
+        for v in ["311", "5"] {
+            let watcher = sub(&["-p", &port, "-V", v, "-t", "w/t", "-C", "1", "-W", "5"]);
+            let mut mortal = sub(&[
+                "-p",
+                &port,
+                "-V",
+                v,
+                "-t",
+                "nothing",
+                "--will-topic",
+                "w/t",
+                "--will-payload",
+                "bye",
+                "--will-qos",
+                "1",
+            ]);
+            mortal.0.kill().unwrap();
+            assert_eq!(finish(watcher), (Some(0), "bye\n".to_string()), "-V {v}");
+        }
     }
 }
 
 #[test]
 fn a_persistent_session_keeps_messages_while_the_subscriber_is_away() {
-    let (_b, port) = broker();
-    for v in ["311", "5"] {
-        let id = format!("persist{v}");
-        // -E: subscribe and exit, leaving the session behind.
-        let o = run(&[
-            "sub", "-p", &port, "-V", v, "-c", "-i", &id, "-q", "1", "-t", "p/t", "-E",
-        ]);
-        assert!(o.status.success());
-        for m in ["one", "two"] {
-            assert!(
-                run(&["pub", "-p", &port, "-V", v, "-q", "1", "-t", "p/t", "-m", m])
-                    .status
-                    .success()
-            );
+    for (_b, port) in brokers() {
+        for v in ["311", "5"] {
+            let id = format!("persist{v}");
+            // -E: subscribe and exit, leaving the session behind.
+            let o = run(&[
+                "sub", "-p", &port, "-V", v, "-c", "-i", &id, "-q", "1", "-t", "p/t", "-E",
+            ]);
+            assert!(o.status.success());
+            for m in ["one", "two"] {
+                assert!(
+                    run(&["pub", "-p", &port, "-V", v, "-q", "1", "-t", "p/t", "-m", m])
+                        .status
+                        .success()
+                );
+            }
+            let s = sub(&[
+                "-p", &port, "-V", v, "-c", "-i", &id, "-q", "1", "-t", "p/t", "-C", "2", "-W", "5",
+            ]);
+            assert_eq!(finish(s), (Some(0), "one\ntwo\n".to_string()), "-V {v}");
         }
-        let s = sub(&[
-            "-p", &port, "-V", v, "-c", "-i", &id, "-q", "1", "-t", "p/t", "-C", "2", "-W", "5",
-        ]);
-        assert_eq!(finish(s), (Some(0), "one\ntwo\n".to_string()), "-V {v}");
     }
 }
 
 #[test]
 fn lines_repeat_filter_out_format_and_properties() {
-    let (_b, port) = broker();
-    let s = sub(&[
-        "-p", &port, "-t", "l/#", "-T", "l/skip", "-C", "3", "-W", "5",
-    ]);
-    let mut p = petrel()
-        .args(["pub", "-p", &port, "-t", "l/x", "-l"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(b"a\nb\n").unwrap();
-    assert!(p.wait().unwrap().success());
-    assert!(run(&["pub", "-p", &port, "-t", "l/skip", "-m", "hidden"])
-        .status
-        .success());
-    assert!(
-        run(&["pub", "-p", &port, "-t", "l/y", "-m", "c", "--repeat", "1"])
+    for (_b, port) in brokers() {
+        let s = sub(&[
+            "-p", &port, "-t", "l/#", "-T", "l/skip", "-C", "3", "-W", "5",
+        ]);
+        let mut p = petrel()
+            .args(["pub", "-p", &port, "-t", "l/x", "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(b"a\nb\n").unwrap();
+        assert!(p.wait().unwrap().success());
+        assert!(run(&["pub", "-p", &port, "-t", "l/skip", "-m", "hidden"])
             .status
-            .success()
-    );
-    assert_eq!(finish(s), (Some(0), "a\nb\nc\n".to_string()));
+            .success());
+        assert!(
+            run(&["pub", "-p", &port, "-t", "l/y", "-m", "c", "--repeat", "1"])
+                .status
+                .success()
+        );
+        assert_eq!(finish(s), (Some(0), "a\nb\nc\n".to_string()));
 
-    let s = sub(&[
-        "-p",
-        &port,
-        "-V",
-        "5",
-        "-t",
-        "f/t",
-        "-C",
-        "2",
-        "-N",
-        "-F",
-        "%p|%P|%C|%R|%D;",
-    ]);
-    let o = run(&[
-        "pub",
-        "-p",
-        &port,
-        "-V",
-        "5",
-        "-t",
-        "f/t",
-        "-m",
-        "m",
-        "--repeat",
-        "2",
-        "--repeat-delay",
-        "0.1",
-        "-D",
-        "publish",
-        "user-property",
-        "k",
-        "v",
-        "-D",
-        "publish",
-        "content-type",
-        "text/x",
-        "-D",
-        "publish",
-        "response-topic",
-        "re/t",
-        "-D",
-        "publish",
-        "correlation-data",
-        "cd",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        finish(s),
-        (
-            Some(0),
-            "m|k:v|text/x|re/t|cd;m|k:v|text/x|re/t|cd;".to_string()
-        )
-    );
+        let s = sub(&[
+            "-p",
+            &port,
+            "-V",
+            "5",
+            "-t",
+            "f/t",
+            "-C",
+            "2",
+            "-N",
+            "-F",
+            "%p|%P|%C|%R|%D;",
+        ]);
+        let o = run(&[
+            "pub",
+            "-p",
+            &port,
+            "-V",
+            "5",
+            "-t",
+            "f/t",
+            "-m",
+            "m",
+            "--repeat",
+            "2",
+            "--repeat-delay",
+            "0.1",
+            "-D",
+            "publish",
+            "user-property",
+            "k",
+            "v",
+            "-D",
+            "publish",
+            "content-type",
+            "text/x",
+            "-D",
+            "publish",
+            "response-topic",
+            "re/t",
+            "-D",
+            "publish",
+            "correlation-data",
+            "cd",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            finish(s),
+            (
+                Some(0),
+                "m|k:v|text/x|re/t|cd;m|k:v|text/x|re/t|cd;".to_string()
+            )
+        );
+    }
 }
 
 #[test]
