@@ -28,8 +28,11 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from a peer that does not read what we send (its
 /// acknowledgements pile up here otherwise).
 const READ_STOP: usize = 1024 * 1024;
-/// Read in chunks of about this much.
-const READ_CHUNK: usize = 16 * 1024;
+/// Reads start this small and double while the peer fills them, up to
+/// `MAX_READ`: an idle connection holds almost nothing, a busy one reads in
+/// large chunks.
+const MIN_READ: usize = 256;
+const MAX_READ: usize = 64 * 1024;
 /// How long the last packets (DISCONNECT, …) may take to write at close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -59,6 +62,10 @@ struct Task {
     peer: SocketAddr,
     limits: petrel_codec::Limits,
     inbuf: BytesMut,
+    /// How much the next read asks for.
+    read_hint: usize,
+    /// The last read was small: shrink buffers once it is handled.
+    quiet: bool,
     out: OutQueue,
     kick: Arc<KickSignal>,
     held: Option<Held>,
@@ -91,7 +98,9 @@ where
         conn,
         peer,
         limits,
-        inbuf: BytesMut::with_capacity(READ_CHUNK),
+        inbuf: BytesMut::new(),
+        read_hint: MIN_READ,
+        quiet: false,
         out: OutQueue::default(),
         kick: Arc::new(KickSignal::default()),
         held: None,
@@ -150,20 +159,43 @@ impl Task {
             if self.conn.is_closed() || self.lost {
                 break;
             }
+            if std::mem::take(&mut self.quiet) {
+                self.conn.shrink();
+                if self.backlog.is_empty() {
+                    self.backlog = VecDeque::new();
+                }
+            }
             let deadline = self
                 .conn
                 .poll_timeout()
                 .map_or(far, tokio::time::Instant::from_std);
             let key = self.held.as_ref().map(|h| h.key.clone());
             let can_read = self.out.len() < READ_STOP;
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
+                // Idle: give back what a burst left (frames still in use
+                // keep their part alive on their own).
+                self.inbuf = BytesMut::new();
+            }
+            if self.inbuf.capacity() - self.inbuf.len() < self.read_hint / 2 {
+                self.inbuf.reserve(self.read_hint);
+            }
+            let spare = self.inbuf.capacity() - self.inbuf.len();
+            self.out.shrink_if_idle();
             tokio::select! {
                 r = reader.read_buf(&mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
                         Stats::add(&self.shared.stats.bytes_received, n as u64);
-                        if self.inbuf.capacity() - self.inbuf.len() < 1024 {
-                            self.inbuf.reserve(READ_CHUNK);
-                        }
+                        self.read_hint = if n >= spare {
+                            (self.read_hint * 2).min(MAX_READ)
+                        } else if n < self.read_hint / 4 {
+                            (self.read_hint / 2).max(MIN_READ)
+                        } else {
+                            self.read_hint
+                        };
+                        // A trickle, not a stream: this connection is mostly
+                        // idle, so its queues give their memory back.
+                        self.quiet = n < MIN_READ;
                     }
                 },
                 r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
@@ -285,7 +317,9 @@ impl Task {
     async fn handle_events(&mut self, now: Instant, shutdown: &mut watch::Receiver<bool>) {
         while let Some(event) = self.conn.poll_event() {
             match event {
-                Event::ConnectRequest(c) => self.on_connect(now, *c, shutdown).await,
+                // Boxed: the CONNECT path is large and runs once; the
+                // task's own future stays small for idle connections.
+                Event::ConnectRequest(c) => Box::pin(self.on_connect(now, *c, shutdown)).await,
                 Event::Message(p) => self.on_publish(now, p),
                 Event::Subscribe(s) => self.on_subscribe(now, s),
                 Event::Unsubscribe(u) => self.on_unsubscribe(now, u),

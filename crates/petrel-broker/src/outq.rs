@@ -7,7 +7,7 @@ use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 use petrel_codec::{EncodeError, Packet, Protocol};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// Payloads at least this large are sent from the publisher's buffer rather
 /// than copied: below it a copy costs less than the extra slice (measured:
@@ -35,6 +35,14 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// Give back the buffer's memory once everything is written, if a burst
+    /// made it large.
+    pub(crate) fn shrink_if_idle(&mut self) {
+        if self.len == 0 && self.buf.capacity() > 4096 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Encode a packet onto the queue; returns its size.
     pub(crate) fn push(
         &mut self,
@@ -57,9 +65,12 @@ impl OutQueue {
     /// Write as much as the socket takes in one call; returns the count.
     /// Cancel-safe: nothing is consumed unless the write happened.
     pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<usize> {
-        let n = if self.chunks.is_empty() {
-            w.write(&self.buf).await?
-        } else {
+        // The slice array lives on the stack of each poll, not in the
+        // future: an idle connection's task stays small.
+        let n = std::future::poll_fn(|cx| {
+            if self.chunks.is_empty() {
+                return std::pin::Pin::new(&mut *w).poll_write(cx, &self.buf);
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut k = 0;
             for c in self.chunks.iter().take(MAX_SLICES - 1) {
@@ -71,8 +82,9 @@ impl OutQueue {
                 slices[k] = IoSlice::new(&self.buf);
                 k += 1;
             }
-            w.write_vectored(&slices[..k]).await?
-        };
+            std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

@@ -398,6 +398,27 @@ impl Connection {
 
     // ------------------------------------------------------------ outputs
 
+    /// Give back the memory of internal queues that are empty (a driver
+    /// calls it when its connection goes quiet, so that many idle
+    /// connections hold little).
+    pub fn shrink(&mut self) {
+        if self.transmit.is_empty() {
+            self.transmit = VecDeque::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.deferred.is_empty() {
+            self.deferred = VecDeque::new();
+        }
+        if self.to_resend.is_empty() {
+            self.to_resend = VecDeque::new();
+        }
+        if self.session.pending.is_empty() {
+            self.session.pending = VecDeque::new();
+        }
+    }
+
     /// The next packet to encode and send, in order.
     pub fn poll_transmit(&mut self) -> Option<Packet> {
         self.transmit.pop_front()

@@ -1,10 +1,19 @@
 //! `petrel bench`: a load generator that speaks MQTT through `petrel-codec`
 //! over loopback, bounded in time, reporting delivered messages per second.
 //!
-//! Scenarios (each N publisher connections and M subscriber connections):
+//! Scenarios, each bounded in time and count, over loopback:
 //! * `pairs`: N publishers, each with its own subscriber on its own topic;
 //! * `fanout`: one publisher, M subscribers on one topic;
-//! * `fanin`: N publishers on distinct topics, one subscriber on a wildcard.
+//! * `fanin`: N publishers on distinct topics, one subscriber on a wildcard;
+//! * `qos1`: `pairs` at QoS 1 both ways;
+//! * `latency`: one publisher and one subscriber at `--rate` messages per
+//!   second, QoS 1: p50, p99 and p99.9 end-to-end latency;
+//! * `conns`: `--count` idle connections, each subscribed to its own topic:
+//!   connections accepted per second and, with `--broker-pid`, the broker's
+//!   memory per connection (from its RSS), measured again after the idle
+//!   period to show it does not grow;
+//! * `retained`: store `--count` retained messages on distinct topics, then
+//!   time a new subscriber to all of them receiving every one.
 //!
 //! Publishers write pre-encoded batches as fast as the broker delivers them:
 //! each group of publishers and subscribers keeps at most `--window`
@@ -20,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use petrel_codec::{
     Connect, Limits, MqttString, Packet, PacketId, Protocol, PubAck, Publish, QoS, QosPid,
     Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName,
@@ -38,6 +48,14 @@ pub(crate) enum Scenario {
     Fanout,
     /// N publishers, one subscriber on a wildcard filter.
     Fanin,
+    /// Pairs at QoS 1 both ways.
+    Qos1,
+    /// End-to-end latency at a fixed rate, QoS 1.
+    Latency,
+    /// Idle subscribed connections: rate and memory.
+    Conns,
+    /// A new subscriber receiving many retained messages.
+    Retained,
 }
 
 /// `petrel bench` options.
@@ -71,6 +89,70 @@ pub(crate) struct BenchArgs {
     /// Protocol version: 311 or 5.
     #[arg(short = 'V', long = "protocol", default_value = "311")]
     protocol: String,
+    /// Messages per second (latency).
+    #[arg(long = "rate", default_value_t = 2000)]
+    rate: u64,
+    /// Connections (conns) or retained messages (retained).
+    #[arg(long = "count", default_value_t = 10_000)]
+    count: usize,
+    /// The broker's process id, to read its memory (conns).
+    #[arg(long = "broker-pid")]
+    broker_pid: Option<u32>,
+    /// Print the result as one JSON object.
+    #[arg(long = "json")]
+    json: bool,
+}
+
+/// One scenario's result: named figures and the generator's own CPU use.
+pub(crate) struct Report {
+    scenario: &'static str,
+    figures: Vec<(&'static str, f64)>,
+    /// Percent of one core.
+    generator_cpu: Option<f64>,
+}
+
+impl Report {
+    fn print(&self, args: &BenchArgs) {
+        let cpu = self.generator_cpu.unwrap_or(f64::NAN);
+        if args.json {
+            let mut out = format!(
+                "{{\"scenario\":\"{}\",\"protocol\":\"{}\",\"clients\":{},\"size\":{}",
+                self.scenario, args.protocol, args.clients, args.size
+            );
+            for (k, v) in &self.figures {
+                out.push_str(&format!(",\"{k}\":{}", json_number(*v)));
+            }
+            out.push_str(&format!(
+                ",\"generator_cpu_percent\":{}}}",
+                json_number(cpu)
+            ));
+            println!("{out}");
+        } else {
+            let mut out = format!(
+                "scenario={} protocol={} clients={} size={}",
+                self.scenario, args.protocol, args.clients, args.size
+            );
+            for (k, v) in &self.figures {
+                out.push_str(&format!(" {k}={v:.2}"));
+            }
+            out.push_str(&format!(" generator_cpu={cpu:.0}%"));
+            // The generator has one core per tokio worker; near it, the
+            // generator (not the broker) may be what limits the figure.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            if cpu > 90.0 * workers {
+                out.push_str(" (generator saturated)");
+            }
+            println!("{out}");
+        }
+    }
+}
+
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "null".into()
+    }
 }
 
 /// PUBLISHes per write.
@@ -82,9 +164,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
         "5" | "mqttv5" => Protocol::V5,
         other => return Err(format!("unknown protocol version {other}: use 311 or 5")),
     };
-    let qos = match args.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
+    let qos = match (args.qos, args.scenario) {
+        (_, Scenario::Qos1 | Scenario::Latency) => QoS::AtLeastOnce,
+        (0, _) => QoS::AtMostOnce,
+        (1, _) => QoS::AtLeastOnce,
         _ => return Err("--qos must be 0 or 1".into()),
     };
     if args.clients == 0 || args.seconds == 0 {
@@ -94,7 +177,16 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(bench(args, protocol, qos))
+    let report = runtime.block_on(async {
+        match args.scenario {
+            Scenario::Latency => latency(&args, protocol).await,
+            Scenario::Conns => conns(&args, protocol).await,
+            Scenario::Retained => retained(&args, protocol).await,
+            _ => bench(&args, protocol, qos).await,
+        }
+    })?;
+    report.print(&args);
+    Ok(())
 }
 
 struct Shared {
@@ -156,12 +248,16 @@ impl Group {
     }
 }
 
-async fn bench(args: BenchArgs, protocol: Protocol, qos: QoS) -> Result<(), String> {
-    let addr: SocketAddr = tokio::net::lookup_host((args.host.as_str(), args.port))
+async fn address(args: &BenchArgs) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host((args.host.as_str(), args.port))
         .await
         .map_err(|e| e.to_string())?
         .next()
-        .ok_or("no address")?;
+        .ok_or_else(|| "no address".to_string())
+}
+
+async fn bench(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report, String> {
+    let addr = address(args).await?;
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -170,7 +266,11 @@ async fn bench(args: BenchArgs, protocol: Protocol, qos: QoS) -> Result<(), Stri
     let window = args.window.max(1);
     // (topic, group) per publisher and (filter, group) per subscriber.
     let (publishers, subscribers): (Vec<Member>, Vec<Member>) = match args.scenario {
-        Scenario::Pairs => (0..args.clients)
+        Scenario::Pairs
+        | Scenario::Qos1
+        | Scenario::Latency
+        | Scenario::Conns
+        | Scenario::Retained => (0..args.clients)
             .map(|i| {
                 let g = Group::new(1, 1, window);
                 let t = format!("bench/{run}/{i}");
@@ -244,17 +344,16 @@ async fn bench(args: BenchArgs, protocol: Protocol, qos: QoS) -> Result<(), Stri
         t.abort();
     }
     let elapsed = 1.0 + args.seconds as f64;
-    println!(
-        "scenario={:?} protocol={} qos={} clients={} size={} delivered_per_s={:.0} generator_cpu={}",
-        args.scenario,
-        args.protocol,
-        args.qos,
-        args.clients,
-        args.size,
-        total,
-        cpu.map_or("n/a".to_string(), |c| format!("{:.0}%", 100.0 * c / elapsed)),
-    );
-    Ok(())
+    Ok(Report {
+        scenario: match args.scenario {
+            Scenario::Fanout => "fanout",
+            Scenario::Fanin => "fanin",
+            Scenario::Qos1 => "qos1",
+            _ => "pairs",
+        },
+        figures: vec![("qos", qos as u8 as f64), ("delivered_per_s", total)],
+        generator_cpu: cpu.map(|c| 100.0 * c / elapsed),
+    })
 }
 
 /// This process's user + system CPU seconds (Linux /proc).
@@ -459,4 +558,290 @@ async fn publisher(
             return;
         }
     }
+}
+
+/// The resident memory of a process, in bytes (Linux /proc).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+async fn send_packet(c: &mut Conn, protocol: Protocol, p: Packet) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    p.encode(protocol, &mut out).map_err(|e| e.to_string())?;
+    c.write.write_all(&out).await.map_err(|e| e.to_string())
+}
+
+async fn subscribe_and_wait(
+    c: &mut Conn,
+    protocol: Protocol,
+    filter: &str,
+    qos: QoS,
+) -> Result<(), String> {
+    let filter = TopicFilter::try_from(filter).map_err(|e| e.to_string())?;
+    let packet_id = PacketId::new(1).ok_or("packet id")?;
+    let sub = Subscribe {
+        packet_id,
+        properties: Default::default(),
+        subscriptions: vec![Subscription {
+            filter,
+            options: SubscriptionOptions::qos(qos),
+        }],
+    };
+    send_packet(c, protocol, Packet::Subscribe(sub)).await?;
+    loop {
+        match c.next(protocol).await {
+            Some(Packet::SubAck(_)) => return Ok(()),
+            Some(_) => {}
+            None => return Err("connection closed before SUBACK".into()),
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64
+}
+
+/// One publisher at a fixed rate, one subscriber, QoS 1: the time from
+/// just before each PUBLISH is written to when the subscriber has it.
+async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String> {
+    let addr = address(args).await?;
+    let run = std::process::id();
+    let topic = format!("bench/{run}/latency");
+    let epoch = Instant::now();
+    let mut sub = connect(addr, protocol, &format!("bl-s-{run}")).await?;
+    subscribe_and_wait(&mut sub, protocol, &topic, QoS::AtLeastOnce).await?;
+    let publ = connect(addr, protocol, &format!("bl-p-{run}")).await?;
+    let cpu_start = cpu_seconds();
+    let total = args.rate.max(1) * (args.seconds + 1);
+    let warmup = args.rate.max(1);
+    let topic = TopicName::try_from(topic.as_str()).map_err(|e| e.to_string())?;
+    let size = args.size.max(8);
+    let rate = args.rate.max(1);
+    let sender = tokio::spawn(async move {
+        let Conn {
+            mut read,
+            mut write,
+            mut buf,
+        } = publ;
+        // PUBACKs are read and discarded.
+        tokio::spawn(
+            async move { while next_packet(&mut read, &mut buf, protocol).await.is_some() {} },
+        );
+        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = tokio::time::Instant::now();
+        let mut out = BytesMut::new();
+        for i in 0..total {
+            tokio::time::sleep_until(start + period * (i as u32)).await;
+            let mut payload = vec![b'x'; size];
+            let at = epoch.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&at.to_be_bytes());
+            let mut p = Publish::new(topic.clone(), Bytes::from(payload));
+            let Some(id) = PacketId::new((i % 65_535 + 1) as u16) else {
+                return;
+            };
+            p.qos = QosPid::AtLeastOnce(id);
+            out.clear();
+            if p.encode(protocol, &mut out).is_err() || write.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(total as usize);
+    let mut seen = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds + 10);
+    let mut acks = BytesMut::new();
+    while seen < total {
+        let p = tokio::time::timeout_at(deadline, sub.next(protocol))
+            .await
+            .map_err(|_| format!("only {seen} of {total} messages arrived"))?
+            .ok_or("subscriber connection closed")?;
+        if let Packet::Publish(p) = p {
+            let now = epoch.elapsed().as_nanos() as u64;
+            if p.payload.len() >= 8 {
+                let at = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
+                if seen >= warmup {
+                    samples.push(now.saturating_sub(at));
+                }
+            }
+            seen += 1;
+            if let QosPid::AtLeastOnce(id) = p.qos {
+                acks.clear();
+                let _ = Packet::PubAck(PubAck::new(id)).encode(protocol, &mut acks);
+                sub.write
+                    .write_all(&acks)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    sender.abort();
+    let cpu = cpu_seconds().zip(cpu_start).map(|(b, a)| b - a);
+    samples.sort_unstable();
+    let us = |p: f64| percentile(&samples, p) / 1000.0;
+    eprintln!("  {} samples after one second of warm-up", samples.len());
+    Ok(Report {
+        scenario: "latency",
+        figures: vec![
+            ("rate", rate as f64),
+            ("p50_us", us(0.50)),
+            ("p99_us", us(0.99)),
+            ("p999_us", us(0.999)),
+        ],
+        generator_cpu: cpu.map(|c| 100.0 * c / (args.seconds + 1) as f64),
+    })
+}
+
+/// `--count` connections, each subscribed to its own topic, then idle.
+async fn conns(args: &BenchArgs, protocol: Protocol) -> Result<Report, String> {
+    let addr = address(args).await?;
+    let run = std::process::id();
+    let before = args.broker_pid.and_then(rss_bytes);
+    let cpu_start = cpu_seconds();
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(args.count);
+    // 64 handshakes at a time, as a fleet of devices reconnecting would.
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0usize;
+    while held.len() < args.count {
+        while next < args.count && pending.len() < 64 {
+            let i = next;
+            next += 1;
+            pending.push(async move {
+                let mut c = connect(addr, protocol, &format!("bc-{run}-{i}")).await?;
+                let topic = format!("bench/{run}/conn/{i}");
+                subscribe_and_wait(&mut c, protocol, &topic, QoS::AtLeastOnce).await?;
+                Ok::<Conn, String>(c)
+            });
+        }
+        match pending.next().await {
+            Some(Ok(c)) => {
+                held.push(c);
+                if held.len() % 1000 == 0 {
+                    eprintln!("  {} connected", held.len());
+                }
+            }
+            Some(Err(e)) => return Err(format!("after {} connections: {e}", held.len())),
+            None => break,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_s = held.len() as f64 / elapsed;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = args.broker_pid.and_then(rss_bytes);
+    // Held idle (keep alive 60 s is longer than the run), then measured again.
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let later = args.broker_pid.and_then(rss_bytes);
+    let cpu = cpu_seconds().zip(cpu_start).map(|(b, a)| b - a);
+    let n = held.len() as f64;
+    let per_conn = |x: Option<u64>| match (before, x) {
+        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / n / 1024.0,
+        _ => f64::NAN,
+    };
+    let kib = per_conn(after);
+    Ok(Report {
+        scenario: "conns",
+        figures: vec![
+            ("connections", n),
+            ("connections_per_s", per_s),
+            ("kib_per_connection", kib),
+            ("kib_per_connection_after_idle", per_conn(later)),
+            (
+                "projected_gib_per_million",
+                kib * 1_000_000.0 / 1024.0 / 1024.0,
+            ),
+        ],
+        generator_cpu: cpu.map(|c| 100.0 * c / (elapsed + 1.0 + args.seconds as f64)),
+    })
+}
+
+/// Store `--count` retained messages, then time a new subscriber to all of
+/// them receiving every one.
+async fn retained(args: &BenchArgs, protocol: Protocol) -> Result<Report, String> {
+    let addr = address(args).await?;
+    let run = std::process::id();
+    let prefix = format!("bench/{run}/ret");
+    let mut publ = connect(addr, protocol, &format!("br-p-{run}")).await?;
+    let payload = Bytes::from(vec![b'r'; args.size]);
+    // Stored at QoS 1, 256 unacknowledged at a time, so all are stored
+    // before the subscriber comes.
+    let mut unacked = 0usize;
+    let mut out = BytesMut::new();
+    for i in 0..args.count {
+        let topic =
+            TopicName::try_from(format!("{prefix}/{i}").as_str()).map_err(|e| e.to_string())?;
+        let mut p = Publish::new(topic, payload.clone());
+        p.retain = true;
+        p.qos = QosPid::AtLeastOnce(PacketId::new((i % 60_000 + 1) as u16).ok_or("packet id")?);
+        p.encode(protocol, &mut out).map_err(|e| e.to_string())?;
+        unacked += 1;
+        if out.len() > 16 * 1024 {
+            publ.write
+                .write_all(&out)
+                .await
+                .map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        while unacked >= 256 {
+            match publ.next(protocol).await {
+                Some(Packet::PubAck(_)) => unacked -= 1,
+                Some(_) => {}
+                None => return Err("publisher connection closed".into()),
+            }
+        }
+    }
+    publ.write
+        .write_all(&out)
+        .await
+        .map_err(|e| e.to_string())?;
+    while unacked > 0 {
+        match publ.next(protocol).await {
+            Some(Packet::PubAck(_)) => unacked -= 1,
+            Some(_) => {}
+            None => return Err("publisher connection closed".into()),
+        }
+    }
+    eprintln!("  {} retained messages stored", args.count);
+    let cpu_start = cpu_seconds();
+    let started = Instant::now();
+    let mut sub = connect(addr, protocol, &format!("br-s-{run}")).await?;
+    subscribe_and_wait(&mut sub, protocol, &format!("{prefix}/#"), QoS::AtMostOnce).await?;
+    let mut got = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got < args.count {
+        match tokio::time::timeout_at(deadline, sub.next(protocol)).await {
+            Ok(Some(Packet::Publish(p))) if p.retain => got += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("subscriber closed after {got}")),
+            Err(_) => {
+                return Err(format!(
+                    "only {got} of {} retained messages arrived",
+                    args.count
+                ))
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu_start).map(|(b, a)| b - a);
+    // Clean up: delete what was stored.
+    out.clear();
+    for i in 0..args.count {
+        let topic =
+            TopicName::try_from(format!("{prefix}/{i}").as_str()).map_err(|e| e.to_string())?;
+        let mut p = Publish::new(topic, Bytes::new());
+        p.retain = true;
+        p.encode(protocol, &mut out).map_err(|e| e.to_string())?;
+    }
+    let _ = publ.write.write_all(&out).await;
+    Ok(Report {
+        scenario: "retained",
+        figures: vec![("messages", args.count as f64), ("seconds", secs)],
+        generator_cpu: cpu.map(|c| 100.0 * c / secs.max(0.001)),
+    })
 }

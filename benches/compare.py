@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Petrel side by side with Mosquitto and rumqttd.
+
+Each broker runs pinned to CPU 0 (Petrel with one tokio worker), the load
+generator (`petrel bench`) pinned to CPU 1. Every scenario runs RUNS times
+per broker, brokers alternating within each round, in MQTT 3.1.1 and 5.0;
+the table gives medians and Petrel/peer ratios (for latency and memory,
+lower is better and the ratio is peer/Petrel, so above 1 means Petrel wins).
+
+Usage: python3 benches/compare.py [--runs N] [--seconds S] [--only SCENARIO,...]
+       [--brokers petrel,mosquitto,rumqttd] [--json FILE]
+Run `bash benches/compare.sh` to install what is missing first.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PETREL = os.path.join(ROOT, "target", "release", "petrel")
+
+# The generator runs, by name.
+RUNS = {
+    "pairs": ["pairs", "-n", "10"],
+    "fanout": ["fanout", "-n", "10"],
+    "fanin": ["fanin", "-n", "10"],
+    "qos1": ["qos1", "-n", "10", "--window", "64"],
+    "latency": ["latency", "--rate", "2000"],
+    "conns": ["conns", "--count", "10000"],
+    "retained": ["retained", "--count", "100000"],
+}
+
+# Table rows: (label, run, figure, higher_is_better).
+ROWS = [
+    ("pairs msg/s", "pairs", "delivered_per_s", True),
+    ("fanout msg/s", "fanout", "delivered_per_s", True),
+    ("fanin msg/s", "fanin", "delivered_per_s", True),
+    ("qos1 msg/s", "qos1", "delivered_per_s", True),
+    ("latency p50 us", "latency", "p50_us", False),
+    ("latency p99 us", "latency", "p99_us", False),
+    ("latency p99.9 us", "latency", "p999_us", False),
+    ("conns/s", "conns", "connections_per_s", True),
+    ("KiB/conn", "conns", "kib_per_connection", False),
+    ("retained s", "retained", "seconds", False),
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"broker did not listen on {port}")
+
+
+class Broker:
+    """One broker process pinned to CPU 0 with limits raised for the load."""
+
+    def __init__(self, name, protocol, workdir):
+        self.name = name
+        self.protocol = protocol
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ)
+        if self.name == "petrel":
+            conf = os.path.join(self.workdir, "petrel.toml")
+            with open(conf, "w") as f:
+                f.write(
+                    'log_level = "error"\nsys_interval = 0\n'
+                    f'[[listener]]\nbind = "127.0.0.1:{self.port}"\n'
+                    "[limits]\nmax_connections = 30000\nmax_queued_messages = 10000\n"
+                    "max_inflight = 128\nreceive_maximum = 128\n"
+                )
+            env["TOKIO_WORKER_THREADS"] = "1"
+            cmd = [PETREL, "broker", "-c", conf]
+        elif self.name == "mosquitto":
+            conf = os.path.join(self.workdir, "mosquitto.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                    "max_connections -1\nmax_inflight_messages 128\n"
+                    "max_queued_messages 10000\nset_tcp_nodelay true\n"
+                )
+            cmd = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf]
+        else:
+            conf = os.path.join(self.workdir, "rumqttd.toml")
+            other = free_port()
+            v4, v5 = (self.port, other) if self.protocol == "311" else (other, self.port)
+            with open(conf, "w") as f:
+                f.write(
+                    "id = 0\n[router]\nid = 0\nmax_connections = 30000\n"
+                    "max_outgoing_packet_count = 200\nmax_segment_size = 104857600\n"
+                    "max_segment_count = 10\n"
+                    f'[v4.1]\nname = "v4-1"\nlisten = "127.0.0.1:{v4}"\nnext_connection_delay_ms = 0\n'
+                    "[v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\n"
+                    "max_inflight_count = 128\ndynamic_filters = true\n"
+                    f'[v5.1]\nname = "v5-1"\nlisten = "127.0.0.1:{v5}"\nnext_connection_delay_ms = 0\n'
+                    "[v5.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 1048576\n"
+                    "max_inflight_count = 128\n"
+                )
+            cmd = [shutil.which("rumqttd") or os.path.expanduser("~/.cargo/bin/rumqttd"), "-c", conf]
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0"] + cmd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: resource_limits(),
+        )
+        wait_port(self.port)
+        time.sleep(0.2)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def resource_limits():
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except Exception:
+        pass
+
+
+def run_generator(broker, flags, seconds, protocol):
+    cmd = ["taskset", "-c", "1", PETREL, "bench"] + flags + [
+        "-p", str(broker.port), "-s", str(seconds), "-V", protocol, "--json",
+    ]
+    if flags[0] == "conns":
+        cmd += ["--broker-pid", str(broker.proc.pid)]
+    env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+    out = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource_limits(),
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip()[-300:] or "generator failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--brokers", default="petrel,mosquitto,rumqttd")
+    ap.add_argument("--protocols", default="311,5")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    brokers = args.brokers.split(",")
+    only = set(filter(None, args.only.split(",")))
+    results = {}  # (scenario flags name, protocol, broker) -> [reports]
+    runs = [r for r in RUNS if not only or r in only]
+    workdir = tempfile.mkdtemp(prefix="petrel-compare-")
+    total = len(runs) * len(args.protocols.split(",")) * args.runs * len(brokers)
+    done = 0
+    for run in runs:
+        flags = RUNS[run]
+        for protocol in args.protocols.split(","):
+            for r in range(args.runs):
+                # Alternate the order each round so drift hits every broker.
+                order = brokers if r % 2 == 0 else list(reversed(brokers))
+                for b in order:
+                    done += 1
+                    broker = Broker(b, protocol, workdir)
+                    try:
+                        broker.start()
+                        rep = run_generator(broker, flags, args.seconds, protocol)
+                        results.setdefault((run, protocol, b), []).append(rep)
+                        status = " ".join(
+                            f"{k}={v}" for k, v in rep.items()
+                            if k not in ("scenario", "protocol", "clients", "size")
+                        )
+                    except Exception as e:  # a broker that fails a scenario is reported, not fatal
+                        status = f"FAILED: {e}"
+                    finally:
+                        broker.stop()
+                    print(f"[{done}/{total}] {run:8} {protocol:3} {b:9} {status}", flush=True)
+    print()
+    header = f"{'scenario':17} {'ver':3} " + " ".join(f"{b:>12}" for b in brokers)
+    peers = [b for b in brokers if b != "petrel"]
+    header += "".join(f" {'vs ' + p:>13}" for p in peers) + "  generator CPU"
+    print(header)
+    table = []
+    for name, key, figure, higher in ROWS:
+        if only and key not in only:
+            continue
+        for protocol in args.protocols.split(","):
+            med = {}
+            cpu = {}
+            for b in brokers:
+                reps = results.get((key, protocol, b), [])
+                vals = [r[figure] for r in reps if r.get(figure) is not None]
+                med[b] = statistics.median(vals) if vals else None
+                cpus = [r["generator_cpu_percent"] for r in reps if r.get("generator_cpu_percent") is not None]
+                cpu[b] = statistics.median(cpus) if cpus else None
+            row = f"{name:17} {protocol:3} " + " ".join(
+                f"{med[b]:>12.1f}" if med[b] is not None else f"{'-':>12}" for b in brokers
+            )
+            ratios = {}
+            for p in peers:
+                if med.get("petrel") and med.get(p):
+                    ratio = med["petrel"] / med[p] if higher else med[p] / med["petrel"]
+                    ratios[p] = ratio
+                    row += f" {ratio:>12.2f}x"
+                else:
+                    row += f" {'-':>13}"
+            row += "  " + " ".join(f"{int(cpu[b])}%" if cpu[b] is not None else "-" for b in brokers)
+            print(row)
+            table.append({"scenario": name, "protocol": protocol, "figure": figure,
+                          "higher_is_better": higher, "medians": med, "ratios": ratios,
+                          "generator_cpu_percent": cpu})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=1)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
