@@ -93,8 +93,8 @@ class Broker:
                     "[limits]\nmax_connections = 30000\nmax_queued_messages = 10000\n"
                     "max_inflight = 128\nreceive_maximum = 128\n"
                 )
-            env["TOKIO_WORKER_THREADS"] = "1"
-            cmd = [PETREL, "broker", "-c", conf]
+            # One core: one thread, no worker pool.
+            cmd = [PETREL, "broker", "-c", conf, "--threads", "1"]
         elif self.name == "mosquitto":
             conf = os.path.join(self.workdir, "mosquitto.conf")
             with open(conf, "w") as f:

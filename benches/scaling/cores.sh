@@ -12,7 +12,7 @@ nproc=$(nproc)
 ulimit -n 65536 2>/dev/null || true
 for scenario in "pairs -n 64 -q 0" "pairs -n 64 -q 1" "fanin -n 64 -q 0"; do
   for k in 1 2 4 8; do
-    TOKIO_WORKER_THREADS=$k taskset -c 0-$((k - 1)) "$B" broker -p $port 2>/dev/null &
+    taskset -c 0-$((k - 1)) "$B" broker -p $port --threads $k 2>/dev/null &
     pid=$!
     sleep 0.5
     line=$(TOKIO_WORKER_THREADS=8 taskset -c 8-15 "$B" bench $scenario -p $port -s 4 2>/dev/null)

@@ -38,8 +38,6 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Most messages taken from the session's queue per lock.
 const BATCH: usize = 64;
-/// Messages routed before the task lets others on its worker run.
-const YIELD_EVERY: usize = 64;
 
 /// Whether a topic belongs to the broker's `$SYS` tree.
 fn is_sys(topic: &str) -> bool {
@@ -147,10 +145,11 @@ impl Task {
                     break;
                 }
             }
-            if self.routed >= YIELD_EVERY {
-                // A publisher with a full socket would otherwise route
-                // thousands of messages per poll and starve the subscriber
-                // tasks that deliver them on this worker.
+            if self.routed > 0 {
+                // Let the subscriber tasks this turn woke deliver before
+                // this one writes its acknowledgements (one syscall less
+                // between a PUBLISH and its delivery), and a publisher with
+                // a full socket can't starve them.
                 self.routed = 0;
                 tokio::task::yield_now().await;
             }

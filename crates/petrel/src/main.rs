@@ -60,6 +60,10 @@ struct BrokerArgs {
     /// Log more (-v debug, -vv trace), overriding the configured level.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Worker threads (default: one per core the process may use). 1 runs
+    /// everything on one thread, without cross-thread wake-ups.
+    #[arg(long = "threads", value_name = "N")]
+    threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -125,10 +129,29 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match args.threads {
+        Some(0) => {
+            eprintln!("petrel: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        // One core (or pinned to one): no worker pool to wake across.
+        None if std::thread::available_parallelism().map_or(1, |n| n.get()) == 1 => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("petrel: cannot start the runtime: {e}");
