@@ -136,6 +136,10 @@ impl Task {
             return;
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // One timer for the task's life, moved only when the session's
+        // deadline moves (a new one per turn costs a timer-wheel insert).
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
         loop {
             let now = Instant::now();
             loop {
@@ -164,7 +168,7 @@ impl Task {
                     self.backlog = VecDeque::new();
                 }
             }
-            let deadline = self
+            let deadline: tokio::time::Instant = self
                 .conn
                 .poll_timeout()
                 .map_or(far, tokio::time::Instant::from_std);
@@ -180,6 +184,9 @@ impl Task {
             }
             let spare = self.inbuf.capacity() - self.inbuf.len();
             self.out.shrink_if_idle();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 r = reader.read_buf(&mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
@@ -209,7 +216,7 @@ impl Task {
                         self.close(ReasonCode::SESSION_TAKEN_OVER);
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     self.conn.handle_timeout(Instant::now());
                 }
                 _ = shutdown.changed() => {
