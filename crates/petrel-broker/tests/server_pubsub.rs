@@ -15,6 +15,7 @@ use support::*;
 const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
 const SHORT: Duration = Duration::from_millis(300);
 
+/// Checks [MQTT-3.8.4-6].
 #[tokio::test]
 async fn every_qos_both_ways_is_delivered_at_the_lower_of_the_two_qos_mqtt_3_8_4_6() {
     let b = start().await;
@@ -150,6 +151,7 @@ async fn shared_subscriptions_give_each_message_to_one_member_also_for_3_1_1_cli
     }
 }
 
+/// Checks [MQTT-3.8.3-3].
 #[tokio::test]
 async fn no_local_and_retain_as_published_mqtt_3_8_3_3_and_3_3_1_12() {
     let b = start().await;
@@ -176,6 +178,7 @@ async fn no_local_and_retain_as_published_mqtt_3_8_3_3_and_3_3_1_12() {
     assert!(!p.retain);
 }
 
+/// Checks [MQTT-3.3.1-5].
 #[tokio::test]
 async fn retained_messages_are_stored_replaced_and_deleted_mqtt_3_3_1_5_to_3_3_1_11() {
     let b = start().await;
@@ -205,6 +208,7 @@ async fn retained_messages_are_stored_replaced_and_deleted_mqtt_3_3_1_5_to_3_3_1
     }
 }
 
+/// Checks [MQTT-3.3.1-9].
 #[tokio::test]
 async fn retain_handling_0_1_2_mqtt_3_3_1_9_to_3_3_1_11_v5() {
     let b = start().await;
@@ -233,6 +237,7 @@ async fn retain_handling_0_1_2_mqtt_3_3_1_9_to_3_3_1_11_v5() {
     assert_eq!(&s.recv_publish().await.payload[..], b"kept");
 }
 
+/// Checks [MQTT-3.3.2-5].
 #[tokio::test]
 async fn retained_messages_expire_and_carry_what_is_left_mqtt_3_3_2_5() {
     let b = start().await;
@@ -266,6 +271,7 @@ async fn retained_messages_are_not_sent_for_a_shared_subscription() {
     assert!(s.no_publish(SHORT).await);
 }
 
+/// Checks [MQTT-3.10.4-1].
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_reports_whether_it_existed_mqtt_3_10_4_1() {
     let b = start().await;

@@ -41,6 +41,7 @@ async fn a_remaining_length_over_four_bytes_is_malformed_mqtt_1_5_5() {
     );
 }
 
+/// Checks [MQTT-2.1.3-1].
 #[tokio::test]
 async fn reserved_flag_bits_are_malformed_mqtt_2_1_3_1() {
     let b = start().await;
@@ -54,6 +55,7 @@ async fn reserved_flag_bits_are_malformed_mqtt_2_1_3_1() {
     );
 }
 
+/// Checks [MQTT-1.5.4-1].
 #[tokio::test]
 async fn invalid_utf8_in_a_topic_closes_the_connection_mqtt_1_5_4_1() {
     let b = start().await;
@@ -64,6 +66,7 @@ async fn invalid_utf8_in_a_topic_closes_the_connection_mqtt_1_5_4_1() {
     assert_eq!(rc, ReasonCode::MALFORMED_PACKET);
 }
 
+/// Checks [MQTT-3.1.0-2].
 #[tokio::test]
 async fn a_second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
     let b = start().await;
@@ -95,6 +98,7 @@ async fn a_packet_over_the_maximum_size_is_refused_from_its_header() {
     );
 }
 
+/// Checks [MQTT-3.1.0-1].
 #[tokio::test]
 async fn publish_before_connect_closes_without_an_answer_mqtt_3_1_0_1() {
     let b = start().await;
@@ -104,6 +108,7 @@ async fn publish_before_connect_closes_without_an_answer_mqtt_3_1_0_1() {
     still_serving(b.addr).await;
 }
 
+/// Checks [MQTT-3.1.2-2].
 #[tokio::test]
 async fn an_unsupported_protocol_level_is_refused_with_connack_mqtt_3_1_2_2() {
     let b = start().await;
@@ -312,6 +317,7 @@ async fn the_retained_store_is_bounded_in_bytes() {
     assert_eq!(b.broker.stats().retained, 2);
 }
 
+/// Checks [MQTT-3.14.4-3].
 #[tokio::test]
 async fn a_disconnect_with_an_error_reason_still_publishes_the_will_mqtt_3_14_4_3() {
     let b = start().await;

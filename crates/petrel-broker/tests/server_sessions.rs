@@ -57,6 +57,7 @@ async fn a_persistent_session_keeps_subscriptions_and_queues_qos1_and_qos2_while
     }
 }
 
+/// Checks [MQTT-3.1.2-4].
 #[tokio::test]
 async fn clean_start_discards_the_old_session_mqtt_3_1_2_4() {
     let b = start().await;
@@ -73,6 +74,7 @@ async fn clean_start_discards_the_old_session_mqtt_3_1_2_4() {
     }
 }
 
+/// Checks [MQTT-3.1.2-23].
 #[tokio::test]
 async fn a_5_0_session_ends_when_its_expiry_interval_passes_mqtt_3_1_2_23() {
     let b = start().await;
@@ -209,6 +211,7 @@ fn with_will(topic_name: &str, delay: Option<u32>) -> impl FnOnce(&mut petrel_co
     }
 }
 
+/// Checks [MQTT-3.1.2-8].
 #[tokio::test]
 async fn a_will_is_published_when_the_connection_ends_without_disconnect_mqtt_3_1_2_8() {
     let b = start().await;
@@ -231,6 +234,7 @@ async fn a_will_is_published_when_the_connection_ends_without_disconnect_mqtt_3_
     }
 }
 
+/// Checks [MQTT-3.1.2-10].
 #[tokio::test]
 async fn a_normal_disconnect_discards_the_will_and_0x04_publishes_it_mqtt_3_1_2_10() {
     let b = start().await;

@@ -57,6 +57,7 @@ async fn max_keepalive_is_sent_as_server_keep_alive_and_capped_expiry_is_told() 
     assert_eq!(ack.properties.server_keep_alive(), None);
 }
 
+/// Checks [MQTT-3.1.2-22].
 #[tokio::test]
 async fn the_server_closes_a_silent_client_after_one_and_a_half_keep_alives_mqtt_3_1_2_22() {
     let b = start().await;
@@ -67,6 +68,7 @@ async fn the_server_closes_a_silent_client_after_one_and_a_half_keep_alives_mqtt
     assert!(started.elapsed() >= Duration::from_millis(1400));
 }
 
+/// Checks [MQTT-3.3.2-15].
 #[tokio::test]
 async fn properties_pass_through_unchanged_mqtt_3_3_2_15_to_3_3_2_20() {
     let b = start().await;
@@ -108,6 +110,7 @@ async fn properties_pass_through_unchanged_mqtt_3_3_2_15_to_3_3_2_20() {
     );
 }
 
+/// Checks [MQTT-3.3.2-12].
 #[tokio::test]
 async fn topic_aliases_from_the_client_are_resolved_mqtt_3_3_2_12() {
     let b = start().await;
@@ -212,6 +215,7 @@ async fn maximum_packet_size_is_enforced_both_ways() {
     still_serving(b.addr).await;
 }
 
+/// Checks [MQTT-3.3.4-9].
 #[tokio::test]
 async fn the_clients_receive_maximum_bounds_what_is_in_flight_to_it_mqtt_3_3_4_9() {
     let b = start().await;
@@ -329,6 +333,7 @@ async fn sys_topics_report_the_broker_as_mosquitto_names_them() {
     assert!(p.payload.starts_with(b"petrel "));
 }
 
+/// Checks [MQTT-3.3.2-8].
 #[tokio::test]
 async fn the_broker_uses_topic_aliases_when_the_client_allows_them_mqtt_3_3_2_8() {
     let b = start().await;

@@ -131,3 +131,15 @@ async fn a_method_without_an_authenticator_is_refused_up_front() {
         Err(petrel_client::ClientError::Invalid(_))
     ));
 }
+
+/// Checks [MQTT-3.1.3-7]: a 3.1.1 client with a zero-length ClientId must
+/// ask for Clean Session 1; the client refuses the options up front.
+#[tokio::test]
+async fn an_empty_client_id_needs_clean_session_in_3_1_1() {
+    let mut o = ConnectOptions::new("127.0.0.1", 1, "").protocol(Protocol::V3_1_1);
+    o.clean_start = false;
+    assert!(matches!(
+        connect(o).await,
+        Err(petrel_client::ClientError::Invalid(_))
+    ));
+}

@@ -108,6 +108,7 @@ fn remaining_length_table_1_5_5() {
     }
 }
 
+/// Checks [MQTT-1.5.5-1].
 #[test]
 fn remaining_length_of_five_bytes_is_malformed_mqtt_1_5_5_1() {
     let e = FixedHeader::parse(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], Some(V311)).unwrap_err();
@@ -932,6 +933,7 @@ fn subscribe_v311_spec_example() {
 }
 
 /// Checks 3.1.1: [MQTT-3-8.3-4] (printed so in the standard).
+/// Checks [MQTT-3.8.3-4].
 #[test]
 fn subscribe_reserved_option_bits_v311_mqtt_3_8_3_4() {
     for b in [0x04u8, 0x80, 0x03] {
@@ -1275,6 +1277,7 @@ fn encoding_checks_binary_lengths_and_reports_exact_size() {
     assert_eq!(buf.capacity(), n, "one exact reservation");
 }
 
+/// Checks [MQTT-3.1.2-22].
 #[test]
 fn v3_password_without_user_name_is_refused_on_encode_mqtt_3_1_2_22() {
     let mut c = Connect::new(V311, mstr("c"));

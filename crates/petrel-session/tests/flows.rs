@@ -1559,6 +1559,7 @@ fn manual_acks_wait_for_the_application() {
     assert_eq!(recs, 2);
 }
 
+/// Checks [MQTT-3.3.4-9].
 #[test]
 fn unacknowledged_messages_count_against_the_receive_maximum_mqtt_3_3_4_9() {
     let mut client_cfg = Config::default();
