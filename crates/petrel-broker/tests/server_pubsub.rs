@@ -272,6 +272,7 @@ async fn retained_messages_are_not_sent_for_a_shared_subscription() {
 }
 
 /// Checks [MQTT-3.10.4-1].
+/// Also [MQTT-3.11.3-1]: UNSUBACK reason codes in the order of the filters.
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_reports_whether_it_existed_mqtt_3_10_4_1() {
     let b = start().await;

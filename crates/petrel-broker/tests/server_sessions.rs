@@ -75,6 +75,8 @@ async fn clean_start_discards_the_old_session_mqtt_3_1_2_4() {
 }
 
 /// Checks [MQTT-3.1.2-23].
+/// Also [MQTT-4.1.0-2]: the session state is discarded once the
+/// connection is closed and the expiry interval has passed.
 #[tokio::test]
 async fn a_5_0_session_ends_when_its_expiry_interval_passes_mqtt_3_1_2_23() {
     let b = start().await;

@@ -58,6 +58,8 @@ async fn max_keepalive_is_sent_as_server_keep_alive_and_capped_expiry_is_told() 
 }
 
 /// Checks [MQTT-3.1.2-22].
+/// Also [MQTT-3.2.2-22]: with no Server Keep Alive sent, the client's own
+/// Keep Alive is the one used.
 #[tokio::test]
 async fn the_server_closes_a_silent_client_after_one_and_a_half_keep_alives_mqtt_3_1_2_22() {
     let b = start().await;
@@ -334,6 +336,7 @@ async fn sys_topics_report_the_broker_as_mosquitto_names_them() {
 }
 
 /// Checks [MQTT-3.3.2-8].
+/// Also [MQTT-3.3.2-11]: the alias stays within the client's Topic Alias Maximum.
 #[tokio::test]
 async fn the_broker_uses_topic_aliases_when_the_client_allows_them_mqtt_3_3_2_8() {
     let b = start().await;

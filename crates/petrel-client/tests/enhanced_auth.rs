@@ -56,6 +56,13 @@ async fn serve_one(listener: tokio::net::TcpListener) -> Vec<Bytes> {
                     .unwrap();
                 }
                 Event::Auth(a) => {
+                    // [MQTT-4.12.0-3]: the client answers with 0x18;
+                    // [MQTT-4.12.0-5]: naming the same method.
+                    assert_eq!(a.reason_code, ReasonCode::CONTINUE_AUTHENTICATION);
+                    assert_eq!(
+                        a.properties.authentication_method().unwrap().as_str(),
+                        "TEST-1"
+                    );
                     got.push(a.properties.authentication_data().unwrap());
                     let mut props = Properties::new();
                     props.set_authentication_method(Some(MqttString::from_static("TEST-1")));
@@ -88,6 +95,8 @@ async fn serve_one(listener: tokio::net::TcpListener) -> Vec<Bytes> {
     }
 }
 
+/// Checks [MQTT-4.12.0-3] and [MQTT-4.12.0-5] from the client's side of an
+/// exchange the server opens with AUTH 0x18 ([MQTT-4.12.0-2]).
 #[tokio::test]
 async fn the_authenticator_answers_the_servers_challenge() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
