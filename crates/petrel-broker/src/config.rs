@@ -295,6 +295,9 @@ impl BrokerConfig {
             maximum_packet_size: l.max_packet_size,
             topic_alias_maximum: l.topic_alias_maximum,
             connect_timeout: Duration::from_secs(l.connect_timeout),
+            // The broker acknowledges a PUBLISH once it has routed it, with
+            // what routing found (0x10 No matching subscribers in 5.0).
+            manual_acks: true,
             ..petrel_session::Config::default()
         }
     }

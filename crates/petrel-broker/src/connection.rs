@@ -531,17 +531,30 @@ impl Task {
     }
 
     fn on_publish(&mut self, now: Instant, p: Publish) {
-        let Some(key) = self.key() else { return };
-        if is_sys(p.topic.as_str()) {
-            // $SYS belongs to the broker: acknowledged (the session already
-            // did) but not routed, as Mosquitto's default access rules do.
-            return;
+        let packet_id = p.qos.packet_id();
+        let reason = match self.key() {
+            // $SYS belongs to the broker: not routed, as Mosquitto's default
+            // access rules do; a 5.0 client learns it was not authorized.
+            Some(_) if is_sys(p.topic.as_str()) => ReasonCode::NOT_AUTHORIZED,
+            Some(key) => {
+                let mut message = Message::new(p.topic, p.payload, p.qos.qos());
+                message.retain = p.retain;
+                message.properties = p.properties;
+                self.routed += 1;
+                // Routed (and retained) before the acknowledgement promises
+                // it ([MQTT-4.3.2-4], [MQTT-4.3.3-8] hold: it is ours now).
+                match self.shared.publish(Some(&key), message, now) {
+                    0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                    _ => ReasonCode::SUCCESS,
+                }
+            }
+            None => ReasonCode::SUCCESS,
+        };
+        if let Some(id) = packet_id {
+            // In the order the PUBLISHes arrived ([MQTT-4.6.0-2]): events
+            // are handled in that order, each acknowledged in turn.
+            let _ = self.conn.ack_with(now, id, reason);
         }
-        let mut message = Message::new(p.topic, p.payload, p.qos.qos());
-        message.retain = p.retain;
-        message.properties = p.properties;
-        self.routed += 1;
-        self.shared.publish(Some(&key), message, now);
     }
 
     fn on_subscribe(&mut self, now: Instant, s: Subscribe) {

@@ -185,3 +185,60 @@ async fn a_malformed_packet_closes_with_its_reason_code() {
         ReasonCode::MALFORMED_PACKET
     );
 }
+
+/// PUBACK and PUBREC reason codes (3.4.2.1, 3.5.2.1): 0x10 when no
+/// subscription matched, 0x00 when one did, 0x87 for a write into `$SYS`
+/// (a PUBREC with an error ends the QoS 2 exchange, [MQTT-4.3.3-4]).
+#[tokio::test]
+async fn acknowledgements_say_what_routing_found() {
+    let b = start().await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let ack = p.publish("nobody/listens", b"x", qos, false).await.unwrap();
+        if qos == QoS::AtLeastOnce {
+            assert_eq!(ack.reason_code, ReasonCode::NO_MATCHING_SUBSCRIBERS);
+        }
+    }
+    let mut m = Publish::new(topic("nobody/listens"), Bytes::from_static(b"x"));
+    m.qos = QosPid::ExactlyOnce(pid(77));
+    p.send(Packet::Publish(m)).await;
+    match p.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!(a.reason_code, ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        other => panic!("{other:?}"),
+    }
+    p.send(Packet::PubRel(PubAck::new(pid(77)))).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubComp(a)) if a.reason_code == ReasonCode::SUCCESS)
+    );
+    let mut s = Raw::connect(b.addr, V5, "s").await;
+    s.subscribe("someone/listens", QoS::AtLeastOnce).await;
+    let ack = p
+        .publish("someone/listens", b"y", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let ack = p
+        .publish("$SYS/broker/version", b"z", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    let mut m = Publish::new(topic("$SYS/x"), Bytes::from_static(b"z"));
+    m.qos = QosPid::ExactlyOnce(pid(78));
+    p.send(Packet::Publish(m)).await;
+    match p.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("{other:?}"),
+    }
+    // The exchange is over: the same identifier is a new message.
+    let mut again = Publish::new(topic("someone/listens"), Bytes::from_static(b"new"));
+    again.qos = QosPid::ExactlyOnce(pid(78));
+    p.send(Packet::Publish(again)).await;
+    match p.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
+    p.send(Packet::PubRel(PubAck::new(pid(78)))).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubComp(_))));
+    assert_eq!(&s.recv_publish().await.payload[..], b"y");
+    assert_eq!(&s.recv_publish().await.payload[..], b"new");
+}

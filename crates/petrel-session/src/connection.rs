@@ -1407,15 +1407,45 @@ impl Connection {
     /// message received on an earlier connection is not acknowledged here —
     /// the peer resends it, and it is delivered again.
     pub fn ack(&mut self, now: Instant, packet_id: PacketId) -> Result<(), SendError> {
+        self.ack_with(now, packet_id, ReasonCode::SUCCESS)
+    }
+
+    /// [`Connection::ack`] with a 5.0 reason code (3.1.x sends none): 0x10
+    /// No matching subscribers, or an error such as 0x87 Not authorized. A
+    /// PUBREC with an error ends the QoS 2 exchange: no PUBREL follows
+    /// ([MQTT-4.3.3-4] with 4.3.3's note on reason codes).
+    pub fn ack_with(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        reason_code: ReasonCode,
+    ) -> Result<(), SendError> {
         let id = packet_id.get();
+        let reason_code = if self.protocol.is_v5() {
+            reason_code
+        } else {
+            ReasonCode::SUCCESS
+        };
+        if !reason_code.allowed_in(ReasonContext::PubAck) {
+            return Err(SendError::Invalid("not a PUBACK/PUBREC reason code"));
+        }
         if self.session.deferred.contains(&id) {
             if self.state != State::Connected {
                 return Err(SendError::NotConnected);
             }
             self.session.deferred.remove(&id);
-            self.queue(now, Packet::PubRec(PubAck::new(packet_id)))
+            if reason_code.is_error() {
+                self.session.incoming.remove(&id);
+            }
+            self.queue(
+                now,
+                Packet::PubRec(PubAck::with_reason(packet_id, reason_code)),
+            )
         } else if self.unacked.remove(&id) {
-            self.queue(now, Packet::PubAck(PubAck::new(packet_id)))
+            self.queue(
+                now,
+                Packet::PubAck(PubAck::with_reason(packet_id, reason_code)),
+            )
         } else {
             Err(SendError::Invalid(
                 "no message with that packet identifier awaits acknowledgement",

@@ -1578,3 +1578,38 @@ fn unacknowledged_messages_count_against_the_receive_maximum_mqtt_3_3_4_9() {
         }
     }
 }
+
+/// A PUBREC with an error code ends the QoS 2 exchange on the receiver too
+/// ([MQTT-4.3.3-4]): the identifier is free for a new message at once.
+#[test]
+fn an_error_pubrec_from_ack_with_frees_the_identifier() {
+    let mut server_cfg = Config::default();
+    server_cfg.manual_acks = true;
+    let mut p = Pair::connected_with(V5, Config::default(), server_cfg, |_| {});
+    let mut m = Publish::new(TopicName::from_static("t"), Bytes::from_static(b"a"));
+    m.qos = QosPid::ExactlyOnce(pid(5));
+    p.server
+        .handle_packet(p.now, Packet::Publish(m.clone()))
+        .unwrap();
+    assert!(
+        p.server.poll_transmit().is_none(),
+        "no PUBREC before ack_with"
+    );
+    p.server
+        .ack_with(p.now, pid(5), ReasonCode::NOT_AUTHORIZED)
+        .unwrap();
+    match p.server.poll_transmit() {
+        Some(Packet::PubRec(a)) => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("{other:?}"),
+    }
+    // The same identifier again is a new message, delivered.
+    p.server.handle_packet(p.now, Packet::Publish(m)).unwrap();
+    let delivered = std::iter::from_fn(|| p.server.poll_event())
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
+    assert_eq!(delivered, 2);
+    assert!(
+        p.server.ack_with(p.now, pid(5), ReasonCode(0x8E)).is_err(),
+        "0x8E is no PUBREC code"
+    );
+}
