@@ -1403,9 +1403,10 @@ impl Connection {
     /// With [`Config::manual_acks`]: acknowledge a received QoS 1 or 2
     /// message (PUBACK, or PUBREC for QoS 2). Call it in the order the
     /// messages were received ([MQTT-4.6.0-2]). A QoS 2 acknowledgement
-    /// survives reconnection (it is part of the [`SessionState`]); a QoS 1
-    /// message received on an earlier connection is not acknowledged here —
-    /// the peer resends it, and it is delivered again.
+    /// is part of the [`SessionState`]: made after the connection closed, it
+    /// is recorded and the PUBREC answers the sender's repeat on the next
+    /// connection. A QoS 1 message received on an earlier connection is not
+    /// acknowledged here — the peer resends it, and it is delivered again.
     pub fn ack(&mut self, now: Instant, packet_id: PacketId) -> Result<(), SendError> {
         self.ack_with(now, packet_id, ReasonCode::SUCCESS)
     }
@@ -1429,13 +1430,15 @@ impl Connection {
         if !reason_code.allowed_in(ReasonContext::PubAck) {
             return Err(SendError::Invalid("not a PUBACK/PUBREC reason code"));
         }
-        if self.session.deferred.contains(&id) {
-            if self.state != State::Connected {
-                return Err(SendError::NotConnected);
-            }
-            self.session.deferred.remove(&id);
+        if self.session.deferred.remove(&id) {
             if reason_code.is_error() {
                 self.session.incoming.remove(&id);
+            }
+            if self.state != State::Connected {
+                // Recorded in the session: when the sender repeats the
+                // PUBLISH on its next connection, the PUBREC goes out at
+                // once ([MQTT-4.3.3-10]).
+                return Ok(());
             }
             self.queue(
                 now,

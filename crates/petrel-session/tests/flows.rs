@@ -1613,3 +1613,32 @@ fn an_error_pubrec_from_ack_with_frees_the_identifier() {
         "0x8E is no PUBREC code"
     );
 }
+
+/// A QoS 2 message acknowledged by the application after its connection
+/// closed: the acknowledgement is kept in the session, and the sender's
+/// repeat on the next connection is answered with PUBREC at once, not
+/// delivered again ([MQTT-4.3.3-10]).
+#[test]
+fn a_qos2_ack_made_after_the_connection_closed_answers_the_repeat() {
+    let mut server_cfg = Config::default();
+    server_cfg.manual_acks = true;
+    let mut p = Pair::connected_with(V5, Config::default(), server_cfg.clone(), |_| {});
+    let mut m = Publish::new(TopicName::from_static("t"), Bytes::from_static(b"a"));
+    m.qos = QosPid::ExactlyOnce(pid(9));
+    p.server
+        .handle_packet(p.now, Packet::Publish(m.clone()))
+        .unwrap();
+    p.server
+        .disconnect(p.now, ReasonCode::NORMAL_DISCONNECTION, Properties::new())
+        .unwrap();
+    // The application acknowledges after the close.
+    p.server.ack(p.now, pid(9)).unwrap();
+    let state = p.server.take_state();
+    let (_client, mut server) = support::resume(p.now, V5, SessionState::new(), state, server_cfg);
+    while server.poll_transmit().is_some() {}
+    while server.poll_event().is_some() {}
+    m.dup = true;
+    server.handle_packet(p.now, Packet::Publish(m)).unwrap();
+    assert!(matches!(server.poll_transmit(), Some(Packet::PubRec(_))));
+    assert!(!std::iter::from_fn(|| server.poll_event()).any(|e| matches!(e, Event::Message(_))));
+}
