@@ -846,15 +846,7 @@ impl Task {
                             });
                         }
                     }
-                    Request::Subscribe {
-                        reply: Some(reply), ..
-                    } => {
-                        let _ = reply.send(Err(ClientError::Send(e)));
-                    }
-                    Request::Subscribe { reply: None, .. } => {}
-                    Request::Unsubscribe { reply, .. } => {
-                        let _ = reply.send(Err(ClientError::Send(e)));
-                    }
+                    other => other.fail(ClientError::Send(e)),
                 }
                 Ok(())
             }
@@ -903,17 +895,7 @@ impl Task {
             .drain(..)
             .chain(self.requests.drain().map(|(_, r)| r))
         {
-            match r {
-                Request::Subscribe {
-                    reply: Some(reply), ..
-                } => {
-                    let _ = reply.send(Err(ClientError::Closed));
-                }
-                Request::Subscribe { reply: None, .. } => {}
-                Request::Unsubscribe { reply, .. } => {
-                    let _ = reply.send(Err(ClientError::Closed));
-                }
-            }
+            r.fail(ClientError::Closed);
         }
         if let Some(cmd) = self.stalled.take() {
             cmd.fail();
@@ -951,6 +933,22 @@ fn detach(mut p: Publish) -> Publish {
 }
 
 impl Request {
+    /// Answer the application's request with `error` (a restore the client
+    /// made on its own has nobody to answer).
+    fn fail(self, error: ClientError) {
+        match self {
+            Self::Subscribe {
+                reply: Some(reply), ..
+            } => {
+                let _ = reply.send(Err(error));
+            }
+            Self::Subscribe { reply: None, .. } => {}
+            Self::Unsubscribe { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
     fn into_command(self) -> Command {
         match self {
             Self::Subscribe {
