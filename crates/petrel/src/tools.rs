@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use petrel_broker::SubscriptionTree;
 use petrel_client::{
     connect, Client, ConnectOptions, LastWill, Message, MqttString, Properties, Protocol, Publish,
     QoS, RetainHandling, Subscription, SubscriptionId, SubscriptionOptions, TlsOptions,
@@ -446,11 +447,12 @@ async fn run_sub(args: SubArgs) -> Result<ExitCode, String> {
             options: o,
         });
     }
-    let filter_out = args
-        .filter_out
-        .iter()
-        .map(|f| TopicFilter::try_from(f.as_str()).map_err(|e| format!("filter {f}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    // -T filters, matched by the broker's own subscription trie.
+    let mut filter_out = SubscriptionTree::new();
+    for f in &args.filter_out {
+        let filter = TopicFilter::try_from(f.as_str()).map_err(|e| format!("filter {f}: {e}"))?;
+        filter_out.insert(&filter, (), ());
+    }
     let mut props = properties(&args.common, "subscribe", protocol)?;
     if let Some(id) = args.subscription_id {
         if !protocol.is_v5() {
@@ -506,10 +508,7 @@ async fn run_sub(args: SubArgs) -> Result<ExitCode, String> {
         if args.no_retained && m.retain {
             continue;
         }
-        if filter_out
-            .iter()
-            .any(|f| matches(f.as_str(), m.topic.as_str()))
-        {
+        if filtered_out(&filter_out, m.topic.as_str()) {
             continue;
         }
         let text = render(&args, &m);
@@ -524,23 +523,12 @@ async fn run_sub(args: SubArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `topic` matches `filter` (4.7: `+` one level, `#` the rest,
-/// no leading wildcard for `$` topics).
-fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+/// Whether `topic` matches one of the `-T` filters (4.7: `+` one level,
+/// `#` the rest, no leading wildcard for `$` topics).
+fn filtered_out(filters: &SubscriptionTree<(), ()>, topic: &str) -> bool {
+    let mut found = false;
+    filters.matches(topic, |_| found = true);
+    found
 }
 
 fn render(args: &SubArgs, m: &Publish) -> Vec<u8> {
@@ -686,6 +674,11 @@ mod tests {
 
     #[test]
     fn filters_match_as_4_7_says() {
+        let matches = |f: &str, t: &str| {
+            let mut tree = SubscriptionTree::new();
+            tree.insert(&TopicFilter::try_from(f).unwrap(), (), ());
+            filtered_out(&tree, t)
+        };
         assert!(matches("a/+/c", "a/b/c"));
         assert!(matches("sport/#", "sport"));
         assert!(matches("#", "a/b"));
