@@ -449,28 +449,13 @@ async fn subscriber(
     group: Arc<Group>,
     shared: Arc<Shared>,
 ) {
-    let Ok(filter) = TopicFilter::try_from(filter.as_str()) else {
+    if subscribe_and_wait(&mut c, protocol, &filter, qos)
+        .await
+        .is_err()
+    {
         return;
-    };
-    let Some(packet_id) = PacketId::new(1) else {
-        return;
-    };
-    let sub = Subscribe {
-        packet_id,
-        properties: Default::default(),
-        subscriptions: vec![Subscription {
-            filter,
-            options: SubscriptionOptions::qos(qos),
-        }],
-    };
+    }
     let mut out = BytesMut::new();
-    if Packet::Subscribe(sub).encode(protocol, &mut out).is_err() {
-        return;
-    }
-    if c.write.write_all(&out).await.is_err() {
-        return;
-    }
-    out.clear();
     let mut count = 0u64;
     while let Some(p) = c.next(protocol).await {
         if let Packet::Publish(p) = p {
