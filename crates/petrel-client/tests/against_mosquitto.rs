@@ -5,21 +5,18 @@
 //! Without a `mosquitto` binary these tests say so and pass, unless
 //! `PETREL_REQUIRE_MOSQUITTO` is set (CI sets it), in which case they fail.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
+use common::*;
 use petrel_client::{
-    connect, ConnectOptions, LastWill, Message, Messages, Properties, Protocol, QoS, ReasonCode,
-    Status, TopicName,
+    connect, ConnectOptions, LastWill, Message, Properties, QoS, ReasonCode, Status, TopicName,
 };
-
-const WAIT: Duration = Duration::from_secs(5);
-const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
 
 struct Mosquitto {
     child: Option<Child>,
@@ -113,26 +110,6 @@ impl Drop for Mosquitto {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn options(addr: SocketAddr, protocol: Protocol, id: &str) -> ConnectOptions {
-    let mut o = ConnectOptions::new(addr.ip().to_string(), addr.port(), id).protocol(protocol);
-    o.reconnect.min_backoff = Duration::from_millis(20);
-    o.reconnect.max_backoff = Duration::from_millis(200);
-    o
-}
-
-fn persistent(mut o: ConnectOptions) -> ConnectOptions {
-    o.clean_start = false;
-    o.session_expiry = 3600;
-    o
-}
-
-async fn next(m: &mut Messages) -> petrel_client::Publish {
-    tokio::time::timeout(WAIT, m.recv())
-        .await
-        .expect("a message in time")
-        .expect("stream open")
 }
 
 #[tokio::test]
@@ -246,84 +223,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_no_qos2() {
         return;
     };
     let addr = mosq.addr();
-    for (proto, qos) in [
-        (Protocol::V3_1_1, QoS::AtLeastOnce),
-        (Protocol::V3_1_1, QoS::ExactlyOnce),
-        (Protocol::V5, QoS::AtLeastOnce),
-        (Protocol::V5, QoS::ExactlyOnce),
-    ] {
-        let tag = format!("{proto:?}{qos:?}");
-        let topic = format!("stream/{tag}");
-        let (sub, mut inbox) = connect(persistent(options(addr, proto, &format!("rsub{tag}"))))
-            .await
-            .unwrap();
-        sub.subscribe(&topic, qos).await.unwrap();
-        let (publ, _) = connect(persistent(options(addr, proto, &format!("rpub{tag}"))))
-            .await
-            .unwrap();
-        const N: u32 = 400;
-        let publisher = tokio::spawn({
-            let topic = topic.clone();
-            async move {
-                // Up to 16 publishes in flight at a time.
-                let mut inflight = FuturesUnordered::new();
-                for i in 0..N {
-                    if inflight.len() >= 16 {
-                        let r: Result<petrel_client::Ack, petrel_client::ClientError> =
-                            inflight.next().await.unwrap();
-                        assert!(!r.unwrap().reason_code.is_error());
-                    }
-                    let m = Message::new(
-                        TopicName::try_from(topic.as_str()).unwrap(),
-                        Bytes::from(i.to_be_bytes().to_vec()),
-                        qos,
-                    );
-                    let publ = publ.clone();
-                    inflight.push(async move { publ.publish(m).await });
-                }
-                while let Some(r) = inflight.next().await {
-                    assert!(!r.unwrap().reason_code.is_error());
-                }
-            }
-        });
-        let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut restarted = false;
-        while seen.len() < N as usize {
-            let m = tokio::time::timeout(Duration::from_secs(15), inbox.recv())
-                .await
-                .unwrap_or_else(|_| {
-                    let missing: Vec<_> =
-                        (0..N).filter(|i| !seen.contains_key(i)).take(20).collect();
-                    panic!(
-                        "{tag}: stalled at {} of {N}; subscriber {:?}; missing {missing:?}",
-                        seen.len(),
-                        sub.status()
-                    )
-                })
-                .unwrap();
-            let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
-            *seen.entry(i).or_default() += 1;
-            if !restarted && seen.len() >= N as usize / 3 {
-                restarted = true;
-                mosq.restart();
-            }
-        }
-        tokio::time::timeout(Duration::from_secs(15), publisher)
-            .await
-            .expect("every publish acknowledged")
-            .unwrap();
-        assert!(restarted);
-        if qos == QoS::ExactlyOnce {
-            let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-            assert!(twice.is_empty(), "{tag}: delivered twice: {twice:?}");
-        }
-        // Anything still arriving must be a QoS 1 repeat.
-        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), inbox.recv()).await
-        {
-            assert_eq!(qos, QoS::AtLeastOnce, "{tag}: extra message {m:?}");
-        }
-        sub.disconnect().await.unwrap();
-    }
+    stream_across_restart(addr, &mut async || mosq.restart()).await;
 }
 
 /// A CA, a server certificate for `localhost` and a client certificate,

@@ -1,18 +1,18 @@
 //! The client against the Petrel broker over loopback, in 3.1.1 and 5.0.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::*;
 use petrel_broker::config::ListenerConfig;
 use petrel_broker::{Broker, BrokerConfig, Server};
 use petrel_client::{
-    connect, ClientError, ConnectOptions, LastWill, Message, Messages, Properties, Protocol, QoS,
-    ReasonCode, Status, TopicName,
+    connect, ClientError, LastWill, Message, Properties, Protocol, QoS, ReasonCode, Status,
+    TopicName,
 };
-
-const WAIT: Duration = Duration::from_secs(5);
-const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
 
 async fn broker_on(addr: SocketAddr) -> (Broker, tokio::task::JoinHandle<()>) {
     let config = BrokerConfig {
@@ -39,26 +39,6 @@ async fn start() -> (Broker, SocketAddr) {
     let addr = server.local_addrs()[0];
     tokio::spawn(server.run());
     (broker, addr)
-}
-
-fn options(addr: SocketAddr, protocol: Protocol, id: &str) -> ConnectOptions {
-    let mut o = ConnectOptions::new(addr.ip().to_string(), addr.port(), id).protocol(protocol);
-    o.reconnect.min_backoff = Duration::from_millis(20);
-    o.reconnect.max_backoff = Duration::from_millis(200);
-    o
-}
-
-async fn next(m: &mut Messages) -> petrel_client::Publish {
-    tokio::time::timeout(WAIT, m.recv())
-        .await
-        .expect("a message in time")
-        .expect("stream open")
-}
-
-async fn nothing(m: &mut Messages) -> bool {
-    tokio::time::timeout(Duration::from_millis(300), m.recv())
-        .await
-        .is_err()
 }
 
 #[tokio::test]
@@ -231,10 +211,7 @@ async fn publishing_from_the_message_loop_under_load_never_deadlocks() {
 
 #[tokio::test]
 async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = free_addr();
     let (broker, task) = broker_on(addr).await;
     let mut o = options(addr, Protocol::V5, "patient");
     o.max_pending = 4;
@@ -285,10 +262,7 @@ async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
 #[tokio::test]
 async fn after_a_broker_restart_the_client_restores_its_subscriptions_but_not_removed_ones() {
     for proto in BOTH {
-        let addr: SocketAddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let addr = free_addr();
         let (broker, task) = broker_on(addr).await;
         let mut o = options(addr, proto, "restorer");
         o.clean_start = false;
@@ -345,10 +319,7 @@ async fn after_a_broker_restart_the_client_restores_its_subscriptions_but_not_re
 
 #[tokio::test]
 async fn disconnect_is_heard_while_offline_and_a_publish_waits_for_room() {
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = free_addr();
     let (broker, task) = broker_on(addr).await;
     let mut o = options(addr, Protocol::V5, "stuck");
     o.max_pending = 2;
@@ -378,10 +349,7 @@ async fn disconnect_is_heard_while_offline_and_a_publish_waits_for_room() {
 
 #[tokio::test]
 async fn an_assigned_client_id_is_used_to_resume_after_a_restart() {
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = free_addr();
     let store = std::env::temp_dir().join(format!("petrel-assigned-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&store);
     let config = BrokerConfig {
@@ -447,12 +415,7 @@ async fn topic_aliases_and_receive_maximum_are_honoured() {
 /// delivered twice.
 #[tokio::test]
 async fn a_petrel_restart_mid_stream_loses_nothing_and_duplicates_no_qos2() {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    use std::collections::BTreeMap;
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = free_addr();
     let store = std::env::temp_dir().join(format!("petrel-restart-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&store);
     let config = BrokerConfig {
@@ -461,85 +424,17 @@ async fn a_petrel_restart_mid_stream_loses_nothing_and_duplicates_no_qos2() {
         persistence: Some(store.clone()),
         ..BrokerConfig::default()
     };
-    let start_broker = || async {
+    let start_broker = async || {
         let broker = Broker::new(config.clone());
         let server = Server::bind(broker.clone()).await.unwrap();
-        (broker.clone(), tokio::spawn(server.run()))
+        (broker, tokio::spawn(server.run()))
     };
-    let (mut broker, mut task) = start_broker().await;
-    for (proto, qos) in [
-        (Protocol::V3_1_1, QoS::AtLeastOnce),
-        (Protocol::V3_1_1, QoS::ExactlyOnce),
-        (Protocol::V5, QoS::AtLeastOnce),
-        (Protocol::V5, QoS::ExactlyOnce),
-    ] {
-        let tag = format!("{proto:?}{qos:?}");
-        let topic = format!("stream/{tag}");
-        let persistent = |id: String| {
-            let mut o = options(addr, proto, &id);
-            o.clean_start = false;
-            o.session_expiry = 3600;
-            o
-        };
-        let (sub, mut inbox) = connect(persistent(format!("sub{tag}"))).await.unwrap();
-        sub.subscribe(&topic, qos).await.unwrap();
-        let (publ, _) = connect(persistent(format!("pub{tag}"))).await.unwrap();
-        const N: u32 = 400;
-        let publisher = tokio::spawn({
-            let topic = topic.clone();
-            async move {
-                let mut inflight = FuturesUnordered::new();
-                for i in 0..N {
-                    if inflight.len() >= 16 {
-                        let r: Result<petrel_client::Ack, ClientError> =
-                            inflight.next().await.unwrap();
-                        assert!(!r.unwrap().reason_code.is_error());
-                    }
-                    let m = Message::new(
-                        TopicName::try_from(topic.as_str()).unwrap(),
-                        Bytes::from(i.to_be_bytes().to_vec()),
-                        qos,
-                    );
-                    let publ = publ.clone();
-                    inflight.push(async move { publ.publish(m).await });
-                }
-                while let Some(r) = inflight.next().await {
-                    assert!(!r.unwrap().reason_code.is_error());
-                }
-            }
-        });
-        let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut restarted = false;
-        while seen.len() < N as usize {
-            let m = tokio::time::timeout(Duration::from_secs(15), inbox.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{tag}: stalled at {} of {N}", seen.len()))
-                .unwrap();
-            let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
-            *seen.entry(i).or_default() += 1;
-            if !restarted && seen.len() >= N as usize / 3 {
-                restarted = true;
-                broker.shutdown();
-                task.await.unwrap();
-                (broker, task) = start_broker().await;
-            }
-        }
-        tokio::time::timeout(Duration::from_secs(15), publisher)
-            .await
-            .expect("every publish acknowledged")
-            .unwrap();
-        if qos == QoS::ExactlyOnce {
-            let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-            assert!(twice.is_empty(), "{tag}: delivered twice: {twice:?}");
-        }
-        assert_eq!(
-            sub.status(),
-            Status::Connected {
-                session_present: true
-            },
-            "{tag}: the session survived the restart"
-        );
-        sub.disconnect().await.unwrap();
-    }
+    let mut running = start_broker().await;
+    stream_across_restart(addr, &mut async || {
+        running.0.shutdown();
+        (&mut running.1).await.unwrap();
+        running = start_broker().await;
+    })
+    .await;
     let _ = std::fs::remove_file(&store);
 }
