@@ -1,36 +1,18 @@
 //! The `petrel broker` command as a user runs it: default listener, `-p`,
 //! `--config`, configuration errors, and SIGTERM.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{free_port, petrel, Running};
 
 const CONNECT_3_1_1: [u8; 15] = [
     0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, b'c',
 ];
-
-fn petrel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_petrel"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the broker if a test fails midway.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn(args: &[&str]) -> Running {
     Running(

@@ -1,23 +1,14 @@
 //! `petrel pub` and `petrel sub` as a shell script uses them, against
 //! `petrel broker`, in 3.1.1 and 5.0.
 
+mod common;
+
 use std::io::Read;
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn petrel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_petrel"))
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, petrel, Running};
 
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -25,14 +16,6 @@ fn wait_port(port: u16) {
         assert!(Instant::now() < deadline, "broker did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The brokers every tool test runs against: `petrel broker`, and
