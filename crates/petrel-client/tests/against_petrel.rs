@@ -3,6 +3,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,31 +15,39 @@ use petrel_client::{
     TopicName,
 };
 
-async fn broker_on(addr: SocketAddr) -> (Broker, tokio::task::JoinHandle<()>) {
-    let config = BrokerConfig {
-        listeners: vec![ListenerConfig { bind: addr }],
+fn config(bind: SocketAddr, persistence: Option<&Path>) -> BrokerConfig {
+    BrokerConfig {
+        listeners: vec![ListenerConfig { bind }],
         sys_interval: 0,
+        persistence: persistence.map(Path::to_path_buf),
         ..BrokerConfig::default()
-    };
-    let broker = Broker::new(config);
+    }
+}
+
+/// A broker on `addr`, keeping its sessions in `persistence` if given.
+async fn broker_on(
+    addr: SocketAddr,
+    persistence: Option<&Path>,
+) -> (Broker, tokio::task::JoinHandle<()>) {
+    let broker = Broker::new(config(addr, persistence));
     let server = Server::bind(broker.clone()).await.unwrap();
     (broker, tokio::spawn(server.run()))
 }
 
 /// A broker on an ephemeral port.
 async fn start() -> (Broker, SocketAddr) {
-    let config = BrokerConfig {
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
-        sys_interval: 0,
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::new(config);
+    let broker = Broker::new(config("127.0.0.1:0".parse().unwrap(), None));
     let server = Server::bind(broker.clone()).await.unwrap();
     let addr = server.local_addrs()[0];
     tokio::spawn(server.run());
     (broker, addr)
+}
+
+/// A fresh persistence file for one test.
+fn store(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("petrel-{name}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 #[tokio::test]
@@ -212,7 +221,7 @@ async fn publishing_from_the_message_loop_under_load_never_deadlocks() {
 #[tokio::test]
 async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
     let addr = free_addr();
-    let (broker, task) = broker_on(addr).await;
+    let (broker, task) = broker_on(addr, None).await;
     let mut o = options(addr, Protocol::V5, "patient");
     o.max_pending = 4;
     o.clean_start = false;
@@ -241,7 +250,7 @@ async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
     }
     assert!(full, "a bounded queue reports full");
     // … and are delivered once the broker is back.
-    let (_broker, _task) = broker_on(addr).await;
+    let (_broker, _task) = broker_on(addr, None).await;
     let (sub, inbox) = connect(options(addr, Protocol::V5, "watcher"))
         .await
         .unwrap();
@@ -263,7 +272,7 @@ async fn publishes_wait_while_disconnected_and_try_publish_reports_full() {
 async fn after_a_broker_restart_the_client_restores_its_subscriptions_but_not_removed_ones() {
     for proto in BOTH {
         let addr = free_addr();
-        let (broker, task) = broker_on(addr).await;
+        let (broker, task) = broker_on(addr, None).await;
         let mut o = options(addr, proto, "restorer");
         o.clean_start = false;
         o.session_expiry = 300;
@@ -277,7 +286,7 @@ async fn after_a_broker_restart_the_client_restores_its_subscriptions_but_not_re
         task.await.unwrap();
         client.wait_for(|s| *s == Status::Connecting).await;
         // The new broker (no persistence) knows nothing of the session.
-        let (_broker, _task) = broker_on(addr).await;
+        let (_broker, _task) = broker_on(addr, None).await;
         client
             .wait_for(|s| matches!(s, Status::Connected { .. }))
             .await;
@@ -320,7 +329,7 @@ async fn after_a_broker_restart_the_client_restores_its_subscriptions_but_not_re
 #[tokio::test]
 async fn disconnect_is_heard_while_offline_and_a_publish_waits_for_room() {
     let addr = free_addr();
-    let (broker, task) = broker_on(addr).await;
+    let (broker, task) = broker_on(addr, None).await;
     let mut o = options(addr, Protocol::V5, "stuck");
     o.max_pending = 2;
     let (client, _) = connect(o).await.unwrap();
@@ -350,17 +359,8 @@ async fn disconnect_is_heard_while_offline_and_a_publish_waits_for_room() {
 #[tokio::test]
 async fn an_assigned_client_id_is_used_to_resume_after_a_restart() {
     let addr = free_addr();
-    let store = std::env::temp_dir().join(format!("petrel-assigned-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&store);
-    let config = BrokerConfig {
-        listeners: vec![ListenerConfig { bind: addr }],
-        sys_interval: 0,
-        persistence: Some(store.clone()),
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::new(config.clone());
-    let server = Server::bind(broker.clone()).await.unwrap();
-    let task = tokio::spawn(server.run());
+    let store = store("assigned");
+    let (broker, task) = broker_on(addr, Some(&store)).await;
     let mut o = options(addr, Protocol::V5, "");
     o.session_expiry = 300;
     let (client, _) = connect(o).await.unwrap();
@@ -370,9 +370,7 @@ async fn an_assigned_client_id_is_used_to_resume_after_a_restart() {
     broker.shutdown();
     task.await.unwrap();
     client.wait_for(|s| *s == Status::Connecting).await;
-    let broker = Broker::new(config);
-    let server = Server::bind(broker.clone()).await.unwrap();
-    tokio::spawn(server.run());
+    let (_broker, _task) = broker_on(addr, Some(&store)).await;
     // Reconnecting with the assigned id and Clean Start 0 finds the session.
     assert_eq!(
         client
@@ -416,24 +414,12 @@ async fn topic_aliases_and_receive_maximum_are_honoured() {
 #[tokio::test]
 async fn a_petrel_restart_mid_stream_loses_nothing_and_duplicates_no_qos2() {
     let addr = free_addr();
-    let store = std::env::temp_dir().join(format!("petrel-restart-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&store);
-    let config = BrokerConfig {
-        listeners: vec![ListenerConfig { bind: addr }],
-        sys_interval: 0,
-        persistence: Some(store.clone()),
-        ..BrokerConfig::default()
-    };
-    let start_broker = async || {
-        let broker = Broker::new(config.clone());
-        let server = Server::bind(broker.clone()).await.unwrap();
-        (broker, tokio::spawn(server.run()))
-    };
-    let mut running = start_broker().await;
+    let store = store("restart");
+    let mut running = broker_on(addr, Some(&store)).await;
     stream_across_restart(addr, &mut async || {
         running.0.shutdown();
         (&mut running.1).await.unwrap();
-        running = start_broker().await;
+        running = broker_on(addr, Some(&store)).await;
     })
     .await;
     let _ = std::fs::remove_file(&store);
