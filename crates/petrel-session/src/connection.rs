@@ -247,6 +247,47 @@ pub struct Connection {
     close_reason: Option<CloseReason>,
 }
 
+/// An idle [`Connection`] folded by [`Connection::park`]: a fraction of its
+/// size, for drivers that hold many quiet connections. Give it back to
+/// [`Connection::unpark`] when the peer sends something, a message is to be
+/// sent, or [`Parked::deadline`] passes.
+#[derive(Debug)]
+pub struct Parked {
+    role: Role,
+    protocol: Protocol,
+    clean_start: bool,
+    connect_session_expiry_zero: bool,
+    our_receive_maximum: u16,
+    our_topic_alias_maximum: u16,
+    next_packet_id: u16,
+    next_message_id: u64,
+    peer: PeerLimits,
+    keep_alive: Option<Duration>,
+    keep_alive_at: Option<Instant>,
+    idle_at: Option<Instant>,
+    last_sent: Instant,
+    last_received: Instant,
+    #[allow(clippy::type_complexity)]
+    aliases: Option<Box<(HashMap<TopicName, NonZeroU16>, HashMap<u16, TopicName>)>>,
+    auth_method: Option<Box<MqttString>>,
+}
+
+impl Parked {
+    /// When the connection must be unparked for its timers (a client's
+    /// PINGREQ, a server's keep-alive timeout), if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.keep_alive_at, self.idle_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The protocol version the connection speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+}
+
 impl Connection {
     fn new(role: Role, protocol: Protocol, config: Config, now: Instant) -> Self {
         Self {
@@ -417,6 +458,79 @@ impl Connection {
         if self.session.pending.is_empty() {
             self.session.pending = VecDeque::new();
         }
+    }
+
+    /// Fold an idle connection into its compact [`Parked`] form, for a
+    /// driver that holds many quiet connections: it keeps what the
+    /// connection needs to go on (protocol, negotiated limits, keep-alive
+    /// timers, packet identifier counters, topic aliases) and drops the rest.
+    ///
+    /// Only a connected machine with nothing in flight or waiting (no
+    /// packet to send, no event, no QoS exchange, no pending message or
+    /// acknowledgement, no response awaited) parks; otherwise it comes back
+    /// unchanged as the error.
+    pub fn park(self) -> Result<Parked, Box<Self>> {
+        let s = &self.session;
+        let idle = self.state == State::Connected
+            && self.transmit.is_empty()
+            && self.events.is_empty()
+            && self.deferred.is_empty()
+            && self.to_resend.is_empty()
+            && s.outgoing.is_empty()
+            && s.incoming.is_empty()
+            && s.deferred.is_empty()
+            && s.pending.is_empty()
+            && self.pending_subscriptions.is_empty()
+            && self.unacked.is_empty()
+            && self.timers[Timer::Connect as usize].is_none()
+            && self.timers[Timer::Response as usize].is_none()
+            && self.close_reason.is_none();
+        if !idle {
+            return Err(Box::new(self));
+        }
+        let aliases = (!self.alias_out.is_empty() || !self.alias_in.is_empty())
+            .then(|| Box::new((self.alias_out, self.alias_in)));
+        Ok(Parked {
+            role: self.role,
+            protocol: self.protocol,
+            clean_start: self.clean_start,
+            connect_session_expiry_zero: self.connect_session_expiry_zero,
+            our_receive_maximum: self.our_receive_maximum,
+            our_topic_alias_maximum: self.our_topic_alias_maximum,
+            next_packet_id: s.next_packet_id,
+            next_message_id: s.next_message_id,
+            peer: self.peer,
+            keep_alive: self.keep_alive,
+            keep_alive_at: self.timers[Timer::KeepAlive as usize],
+            idle_at: self.timers[Timer::Idle as usize],
+            last_sent: self.last_sent,
+            last_received: self.last_received,
+            aliases,
+            auth_method: self.auth_method.map(Box::new),
+        })
+    }
+
+    /// Unfold a [`Parked`] connection: it goes on as if it had never been
+    /// parked. `config` is the one it was created with.
+    pub fn unpark(parked: Parked, config: Config) -> Self {
+        let mut c = Self::new(parked.role, parked.protocol, config, parked.last_received);
+        c.state = State::Connected;
+        c.clean_start = parked.clean_start;
+        c.connect_session_expiry_zero = parked.connect_session_expiry_zero;
+        c.our_receive_maximum = parked.our_receive_maximum;
+        c.our_topic_alias_maximum = parked.our_topic_alias_maximum;
+        c.session.next_packet_id = parked.next_packet_id;
+        c.session.next_message_id = parked.next_message_id;
+        c.peer = parked.peer;
+        c.keep_alive = parked.keep_alive;
+        c.timers[Timer::KeepAlive as usize] = parked.keep_alive_at;
+        c.timers[Timer::Idle as usize] = parked.idle_at;
+        c.last_sent = parked.last_sent;
+        if let Some(aliases) = parked.aliases {
+            (c.alias_out, c.alias_in) = *aliases;
+        }
+        c.auth_method = parked.auth_method.map(|m| *m);
+        c
     }
 
     /// The next packet to encode and send, in order.

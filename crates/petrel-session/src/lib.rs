@@ -79,6 +79,8 @@ pub mod fuzz;
 mod state;
 
 pub use config::Config;
-pub use connection::{Accept, CloseReason, Connection, DropReason, Event, PeerLimits, Role};
+pub use connection::{
+    Accept, CloseReason, Connection, DropReason, Event, Parked, PeerLimits, Role,
+};
 pub use error::{ProtocolError, SendError};
 pub use state::{Message, MessageId, SessionState, Snapshot};
