@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use petrel_session::{Message, SessionState};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::BrokerConfig;
+use crate::dormant::Sleepers;
 use crate::mailbox::{lock, message_size, Queued, SessionKey};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{
@@ -72,11 +74,17 @@ pub(crate) enum Kick {
 pub(crate) struct KickSignal {
     pub(crate) notify: Notify,
     pub(crate) reason: Mutex<Option<Kick>>,
+    /// Wakes the connection while it hibernates.
+    pub(crate) sleeper: Mutex<Option<Waker>>,
 }
 
 impl KickSignal {
     fn kick(&self, reason: Kick) {
         *lock(&self.reason) = Some(reason);
+        let sleeper = lock(&self.sleeper).take();
+        if let Some(w) = sleeper {
+            w.wake();
+        }
         self.notify.notify_one();
     }
 }
@@ -108,6 +116,8 @@ pub(crate) struct Shared {
     instance: u64,
     next_assigned: std::sync::atomic::AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Hibernating connections, for their deadlines and the shutdown.
+    pub(crate) sleepers: Mutex<Sleepers>,
 }
 
 /// What a CONNECT got from the session registry.
@@ -165,6 +175,7 @@ impl Broker {
                     .map_or(0, |d| d.as_secs()),
                 next_assigned: std::sync::atomic::AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
+                sleepers: Mutex::new(Sleepers::default()),
             }),
         }
     }
@@ -228,7 +239,23 @@ impl Shared {
         s.subscriptions = read(&self.router).len() as u64;
         s.retained = read(&self.retained).tree.len() as u64;
         s.sessions = lock(&self.core).registry.len() as u64;
+        s.hibernating = lock(&self.sleepers).len() as u64;
         s
+    }
+
+    /// Wake the hibernating connections whose keep-alive deadline came (or
+    /// all of them), each to go on in a task of its own.
+    pub(crate) fn wake_sleepers(&self, now: Option<Instant>) {
+        let wakers = {
+            let mut sleepers = lock(&self.sleepers);
+            match now {
+                Some(now) => sleepers.due(now),
+                None => sleepers.all(),
+            }
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 
     // ------------------------------------------------------------ publish
@@ -288,6 +315,10 @@ impl Shared {
             return;
         }
         let mut stored = message.clone();
+        // Kept for long: in allocations of its own, not holding on to the
+        // publisher's whole read buffer.
+        stored.topic = stored.topic.detached();
+        stored.payload = Bytes::copy_from_slice(&stored.payload);
         // Nothing per connection (a topic alias) stays with it.
         stored.properties = stored
             .properties
@@ -379,7 +410,9 @@ impl Shared {
         {
             return None;
         }
-        filters.insert(filter.clone(), subscription.clone());
+        // Detached: kept for the session's life, it must not hold on to the
+        // read buffer the SUBSCRIBE came in.
+        filters.insert(filter.detached(), subscription.clone());
         Some(write(&self.router).subscribe(key.clone(), filter, subscription))
     }
 
@@ -390,7 +423,11 @@ impl Shared {
     }
 
     fn drop_subscriptions(&self, key: &SessionKey) {
-        let filters: Vec<TopicFilter> = lock(&key.0.filters).drain().map(|(f, _)| f).collect();
+        let filters: Vec<TopicFilter> = lock(&key.0.filters)
+            .drain()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         if filters.is_empty() {
             return;
         }

@@ -31,6 +31,7 @@
 //! max_queued_bytes_total = 1073741824   # all sessions' queues together
 //! max_retained_bytes = 268435456        # all retained messages together
 //! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
+//! hibernate_after = 5           # seconds of silence before an idle connection is folded small; 0 = never
 //! ```
 //!
 //! Unknown keys are errors, so a misspelt limit never silently keeps its
@@ -158,6 +159,12 @@ pub struct Limits {
     /// Retained messages waiting to be sent to new subscriptions, over all
     /// connections; past it, the rest are not sent (counted). Default 2,000,000.
     pub max_retained_backlog: usize,
+    /// Seconds a connection with nothing in flight stays quiet before it
+    /// hibernates: its task ends and it waits, folded to a few hundred
+    /// bytes, for the peer, a message, a takeover or its keep-alive
+    /// deadline (as EMQX hibernates idle connection processes). 0 keeps
+    /// every connection awake. Default 5.
+    pub hibernate_after: u64,
 }
 
 impl Default for BrokerConfig {
@@ -197,6 +204,7 @@ impl Default for Limits {
             max_queued_bytes_total: 1024 * 1024 * 1024,
             max_retained_bytes: 256 * 1024 * 1024,
             max_retained_backlog: 2_000_000,
+            hibernate_after: 5,
         }
     }
 }
@@ -282,6 +290,12 @@ impl BrokerConfig {
         }
         if l.max_sessions == 0 {
             return invalid("limits.max_sessions", "must be at least 1");
+        }
+        if l.hibernate_after > 86_400 {
+            return invalid(
+                "limits.hibernate_after",
+                "must be at most 86400 seconds (0 turns it off)",
+            );
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -12,13 +13,18 @@ use petrel_codec::{
     Connect, MqttString, Packet, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use petrel_session::{Accept, CloseReason, Connection, DropReason, Event, Message, SendError};
+use petrel_session::{
+    Accept, CloseReason, Connection, DropReason, Event, Message, SendError, SessionState,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::broker::{Attach, Attached, Kick, KickSignal, Shared};
+use crate::dormant;
 use crate::mailbox::{lock, Queued, SessionKey};
 use crate::outq::OutQueue;
+use crate::server::LiveGuard;
 use crate::stats::Stats;
 use crate::{ConnectionId, Subscription, NEVER};
 
@@ -54,10 +60,170 @@ struct Held {
     connection: ConnectionId,
 }
 
-struct Task {
-    shared: Arc<Shared>,
-    conn: Connection,
+/// A byte stream a connection runs on.
+pub(crate) trait Transport: Send + 'static {
+    /// Its reading half, borrowed.
+    type Reader<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// Its writing half, borrowed.
+    type Writer<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Both halves, to read and write at once.
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+    /// Whether [`Transport::poll_parked`] works: a connection on this
+    /// transport can hibernate.
+    fn can_park(&self) -> bool;
+    /// Ready once there is something to read (or the peer went away);
+    /// otherwise `cx`'s waker is called then.
+    fn poll_parked(&self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl Transport for TcpStream {
+    type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+
+    fn can_park(&self) -> bool {
+        true
+    }
+
+    fn poll_parked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_read_ready(cx).map(|_| ())
+    }
+}
+
+/// Separate reading and writing halves (tests, in-memory pipes): they
+/// don't hibernate.
+#[cfg(test)]
+pub(crate) struct Pipe<R, W>(pub(crate) R, pub(crate) W);
+
+#[cfg(test)]
+impl<R, W> Transport for Pipe<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    type Reader<'a> = &'a mut R;
+    type Writer<'a> = &'a mut W;
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        (&mut self.0, &mut self.1)
+    }
+
+    fn can_park(&self) -> bool {
+        false
+    }
+
+    fn poll_parked(&self, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+/// What a connection keeps through hibernation: who it is and what it
+/// holds. Dropped while it still holds a session (a hibernating
+/// connection whose runtime went away), it hands the session back as a
+/// lost connection would.
+pub(crate) struct Link {
+    pub(crate) shared: Arc<Shared>,
     peer: SocketAddr,
+    pub(crate) kick: Arc<KickSignal>,
+    held: Option<Held>,
+    client_id: Option<Arc<str>>,
+    will: Option<Box<(Message, Duration)>>,
+    /// Session Expiry Interval in force.
+    expiry: u32,
+    /// Counted in `clients_connected`.
+    counted: bool,
+    /// Counts the connection in the server's live set.
+    _guard: Option<LiveGuard>,
+}
+
+impl Link {
+    /// The session this connection holds.
+    pub(crate) fn key(&self) -> Option<&SessionKey> {
+        self.held.as_ref().map(|h| &h.key)
+    }
+
+    /// Move everything out, leaving a link that holds nothing.
+    pub(crate) fn take(&mut self) -> Self {
+        let hollow = Self {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            kick: self.kick.clone(),
+            held: None,
+            client_id: None,
+            will: None,
+            expiry: 0,
+            counted: false,
+            _guard: None,
+        };
+        std::mem::replace(self, hollow)
+    }
+
+    /// The connection is over: hand the session back, with the will if
+    /// the connection did not end normally.
+    fn finish(&mut self, state: SessionState, close: Option<&CloseReason>) {
+        let Some(held) = self.held.take() else { return };
+        let now = Instant::now();
+        let max = self.shared.config.limits.max_session_expiry;
+        let (expiry, will) = match close {
+            // [MQTT-3.1.2-10], [MQTT-3.14.4-3]: a normal DISCONNECT discards
+            // the will; 5.0 reason 0x04 asks for it. A 5.0 DISCONNECT may
+            // change the Session Expiry Interval (3.14.2.2.2).
+            Some(CloseReason::Disconnected {
+                reason_code,
+                properties,
+            }) => (
+                properties
+                    .session_expiry_interval()
+                    .map_or(self.expiry, |e| e.min(max)),
+                // Only 0x00 discards the will ([MQTT-3.14.4-3]); 0x04 and
+                // the error codes publish it.
+                (*reason_code != ReasonCode::NORMAL_DISCONNECTION)
+                    .then(|| self.will.take())
+                    .flatten(),
+            ),
+            // A server shutting down is not the client's failure.
+            Some(CloseReason::Local(rc)) if *rc == ReasonCode::SERVER_SHUTTING_DOWN => {
+                (self.expiry, None)
+            }
+            _ => (self.expiry, self.will.take()),
+        };
+        self.shared.release(
+            &held.key,
+            held.connection,
+            state,
+            expiry,
+            will.map(|w| *w),
+            now,
+        );
+        if self.counted {
+            self.shared.stats.client_disconnected();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.finish(SessionState::default(), None);
+    }
+}
+
+/// How [`Task::run`] ended.
+enum Run {
+    Closed,
+    /// Quiet for `hibernate_after` with nothing in flight.
+    Idle,
+}
+
+pub(crate) struct Task {
+    pub(crate) link: Link,
+    pub(crate) conn: Connection,
     limits: petrel_codec::Limits,
     inbuf: BytesMut,
     /// How much the next read asks for.
@@ -65,60 +231,60 @@ struct Task {
     /// The last read was small: shrink buffers once it is handled.
     quiet: bool,
     out: OutQueue,
-    kick: Arc<KickSignal>,
-    held: Option<Held>,
-    client_id: Option<Arc<str>>,
     /// Retained messages for new subscriptions, sent before live ones.
     backlog: VecDeque<Queued>,
-    will: Option<(Message, Duration)>,
-    /// Session Expiry Interval in force.
-    expiry: u32,
     got_connect: bool,
-    /// Counted in `clients_connected`.
-    counted: bool,
     /// The peer closed the socket or it failed.
     lost: bool,
     /// Messages routed since this task last yielded.
     routed: usize,
+    /// Quiet time after which the connection hibernates, if it can.
+    hibernate_after: Option<Duration>,
 }
 
 /// Serve one connection until it closes.
-pub(crate) async fn serve<R, W>(shared: Arc<Shared>, reader: R, writer: W, peer: SocketAddr)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+pub(crate) async fn serve<T: Transport>(
+    shared: Arc<Shared>,
+    io: T,
+    peer: SocketAddr,
+    guard: Option<LiveGuard>,
+) {
     let now = Instant::now();
     let conn = Connection::server(shared.session_config.clone(), now);
-    let limits = shared.session_config.codec_limits();
-    let mut task = Task {
+    let link = Link {
         shared,
-        conn,
         peer,
-        limits,
-        inbuf: BytesMut::new(),
-        read_hint: MIN_READ,
-        quiet: false,
-        out: OutQueue::default(),
         kick: Arc::new(KickSignal::default()),
         held: None,
         client_id: None,
-        backlog: VecDeque::new(),
         will: None,
         expiry: 0,
-        got_connect: false,
         counted: false,
-        lost: false,
-        routed: 0,
+        _guard: guard,
     };
-    task.run(reader, writer).await;
-    // Dropping the task hands the session back (also if it panicked).
-    drop(task);
+    let task = Task::new(link, conn, io.can_park());
+    drive(Box::new(task), io).await;
+}
+
+/// Run a connection, hibernating it whenever it goes quiet; returns when it
+/// closes or hibernates (a wake-up drives it again in a new task).
+pub(crate) async fn drive<T: Transport>(mut task: Box<Task>, mut io: T) {
+    loop {
+        if let Run::Closed = task.run(&mut io).await {
+            // Dropping the task hands the session back (also if it panicked).
+            return;
+        }
+        match dormant::park(task, io) {
+            None => return,
+            Some((t, i)) => (task, io) = (t, i),
+        }
+    }
 }
 
 impl Drop for Task {
     fn drop(&mut self) {
-        self.shared
+        self.link
+            .shared
             .backlog
             .fetch_sub(self.backlog.len(), Ordering::Relaxed);
         self.finish();
@@ -126,15 +292,47 @@ impl Drop for Task {
 }
 
 impl Task {
-    async fn run<R, W>(&mut self, mut reader: R, mut writer: W)
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
-            return;
+    /// A task for `conn` (new, or unparked after hibernation).
+    pub(crate) fn new(link: Link, conn: Connection, can_park: bool) -> Self {
+        let limits = link.shared.session_config.codec_limits();
+        let after = link.shared.config.limits.hibernate_after;
+        Self {
+            limits,
+            hibernate_after: (can_park && after > 0).then(|| Duration::from_secs(after)),
+            got_connect: conn.is_connected(),
+            link,
+            conn,
+            inbuf: BytesMut::new(),
+            read_hint: MIN_READ,
+            quiet: false,
+            out: OutQueue::default(),
+            backlog: VecDeque::new(),
+            lost: false,
+            routed: 0,
         }
+    }
+
+    /// Nothing in flight, buffered or waiting here: the session machine
+    /// decides the rest ([`Connection::park`]).
+    fn parkable(&self) -> bool {
+        self.link.held.is_some()
+            && self.conn.is_connected()
+            && self.inbuf.is_empty()
+            && self.out.is_empty()
+            && self.backlog.is_empty()
+            && !self.lost
+            && self.routed == 0
+    }
+
+    async fn run<T: Transport>(&mut self, io: &mut T) -> Run {
+        let (mut reader, mut writer) = io.halves();
+        let mut shutdown = self.link.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            // Also a connection woken from hibernation by the shutdown.
+            self.close(ReasonCode::SERVER_SHUTTING_DOWN);
+        }
+        let mut last_active = Instant::now();
+        let mut by_timer = false;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         // One timer for the task's life, moved only when the session's
         // deadline moves (a new one per turn costs a timer-wheel insert).
@@ -142,6 +340,9 @@ impl Task {
         tokio::pin!(timer);
         loop {
             let now = Instant::now();
+            if !std::mem::take(&mut by_timer) {
+                last_active = now;
+            }
             loop {
                 let more = self.decode(now);
                 self.handle_events(now, &mut shutdown).await;
@@ -168,11 +369,15 @@ impl Task {
                     self.backlog = VecDeque::new();
                 }
             }
+            let idle_at = self.hibernate_after.map(|d| last_active + d);
             let deadline: tokio::time::Instant = self
                 .conn
                 .poll_timeout()
+                .into_iter()
+                .chain(idle_at)
+                .min()
                 .map_or(far, tokio::time::Instant::from_std);
-            let key = self.held.as_ref().map(|h| h.key.clone());
+            let key = self.link.held.as_ref().map(|h| h.key.clone());
             let can_read = self.out.len() < READ_STOP;
             if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
                 // Idle: give back what a burst left (frames still in use
@@ -191,7 +396,7 @@ impl Task {
                 r = reader.read_buf(&mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
-                        Stats::add(&self.shared.stats.bytes_received, n as u64);
+                        Stats::add(&self.link.shared.stats.bytes_received, n as u64);
                         self.read_hint = if n >= spare {
                             (self.read_hint * 2).min(MAX_READ)
                         } else if n < self.read_hint / 4 {
@@ -205,19 +410,24 @@ impl Task {
                     }
                 },
                 r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
-                    Ok(n) => Stats::add(&self.shared.stats.bytes_sent, n as u64),
+                    Ok(n) => Stats::add(&self.link.shared.stats.bytes_sent, n as u64),
                     Err(_) => self.lost = true,
                 },
                 () = notified(key.as_ref()), if key.is_some() => {}
-                () = self.kick.notify.notified() => {
-                    let reason = lock(&self.kick.reason).take();
+                () = self.link.kick.notify.notified() => {
+                    let reason = lock(&self.link.kick.reason).take();
                     if reason == Some(Kick::TakenOver) {
                         // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close.
                         self.close(ReasonCode::SESSION_TAKEN_OVER);
                     }
                 }
                 () = &mut timer => {
-                    self.conn.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    by_timer = true;
+                    if idle_at.is_some_and(|t| t <= now) && self.parkable() {
+                        return Run::Idle;
+                    }
+                    self.conn.handle_timeout(now);
                 }
                 _ = shutdown.changed() => {
                     self.close(ReasonCode::SERVER_SHUTTING_DOWN);
@@ -225,7 +435,7 @@ impl Task {
             }
         }
         if self.lost {
-            return;
+            return Run::Closed;
         }
         // Write what the session still has to say (DISCONNECT, CONNACK with
         // a refusal), briefly, then close the socket.
@@ -236,6 +446,7 @@ impl Task {
             writer.shutdown().await
         })
         .await;
+        Run::Closed
     }
 
     fn close(&mut self, reason: ReasonCode) {
@@ -265,9 +476,9 @@ impl Task {
             match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
                 Ok(Some(packet)) => {
                     self.got_connect = true;
-                    Stats::add(&self.shared.stats.messages_received, 1);
+                    Stats::add(&self.link.shared.stats.messages_received, 1);
                     if let Packet::Publish(p) = &packet {
-                        Stats::add(&self.shared.stats.publish_received, 1);
+                        Stats::add(&self.link.shared.stats.publish_received, 1);
                         // Checked before the session acknowledges it.
                         if let Some(reason) = self.refuse_publish(p) {
                             self.close(reason);
@@ -275,12 +486,12 @@ impl Task {
                         }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
-                        tracing::debug!(peer = %self.peer, error = %e, "protocol error");
+                        tracing::debug!(peer = %self.link.peer, error = %e, "protocol error");
                     }
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "malformed packet");
+                    tracing::debug!(peer = %self.link.peer, error = %e, "malformed packet");
                     // The session answers where the protocol lets it (a
                     // CONNACK for an unsupported version, a 5.0 DISCONNECT
                     // with the reason code) and closes.
@@ -296,7 +507,7 @@ impl Task {
     /// Maximum QoS it told the client ([MQTT-3.2.2-11]), or a topic deeper
     /// than `max_topic_levels`.
     fn refuse_publish(&self, p: &Publish) -> Option<ReasonCode> {
-        let limits = &self.shared.config.limits;
+        let limits = &self.link.shared.config.limits;
         if p.qos.qos() as u8 > limits.max_qos {
             return Some(ReasonCode::QOS_NOT_SUPPORTED);
         }
@@ -308,14 +519,14 @@ impl Task {
 
     fn drain_transmit(&mut self) {
         let protocol = self.conn.protocol();
-        let stats = &self.shared.stats;
+        let stats = &self.link.shared.stats;
         while let Some(packet) = self.conn.poll_transmit() {
             Stats::add(&stats.messages_sent, 1);
             if matches!(packet, Packet::Publish(_)) {
                 Stats::add(&stats.publish_sent, 1);
             }
             if let Err(e) = self.out.push(&packet, protocol) {
-                tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");
+                tracing::warn!(peer = %self.link.peer, error = %e, "could not encode a packet");
             }
         }
     }
@@ -335,7 +546,7 @@ impl Task {
                     self.close(ReasonCode::PROTOCOL_ERROR);
                 }
                 Event::Dropped { reason, .. } => {
-                    let stats = &self.shared.stats;
+                    let stats = &self.link.shared.stats;
                     match reason {
                         DropReason::TooLarge => Stats::add(&stats.dropped_too_large, 1),
                         DropReason::Expired => Stats::add(&stats.dropped_expired, 1),
@@ -349,26 +560,26 @@ impl Task {
     }
 
     fn log_close(&self, reason: &CloseReason) {
-        let id = self.client_id.as_deref().unwrap_or("-");
+        let id = self.link.client_id.as_deref().unwrap_or("-");
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
-                tracing::info!(client_id = id, peer = %self.peer, reason = %reason_code, "client disconnected");
+                tracing::info!(client_id = id, peer = %self.link.peer, reason = %reason_code, "client disconnected");
             }
             other => {
-                tracing::info!(client_id = id, peer = %self.peer, reason = ?other, "connection closed");
+                tracing::info!(client_id = id, peer = %self.link.peer, reason = ?other, "connection closed");
             }
         }
     }
 
     fn refuse(&mut self, now: Instant, reason: ReasonCode) {
-        Stats::add(&self.shared.stats.connections_refused, 1);
+        Stats::add(&self.link.shared.stats.connections_refused, 1);
         if self.conn.reject(now, reason, Properties::new()).is_err() {
             self.lost = true;
         }
     }
 
     async fn on_connect(&mut self, now: Instant, c: Connect, shutdown: &mut watch::Receiver<bool>) {
-        let limits = &self.shared.config.limits;
+        let limits = &self.link.shared.config.limits;
         let v5 = c.protocol.is_v5();
         let max_qos = QoS::from_u8(limits.max_qos).unwrap_or(QoS::ExactlyOnce);
         if v5 && c.properties.authentication_method().is_some() {
@@ -384,7 +595,7 @@ impl Task {
             }
             // [MQTT-3.1.3-6], [MQTT-3.2.2-16]: assign a unique one, and
             // tell a 5.0 client.
-            let id = self.shared.assign_client_id();
+            let id = self.link.shared.assign_client_id();
             if v5 {
                 if let Ok(s) = MqttString::try_from(id.as_str()) {
                     props.set_assigned_client_identifier(Some(s));
@@ -418,10 +629,10 @@ impl Task {
         } else {
             NEVER
         };
-        self.expiry = requested.min(limits.max_session_expiry);
-        if v5 && self.expiry != requested {
+        self.link.expiry = requested.min(limits.max_session_expiry);
+        if v5 && self.link.expiry != requested {
             // [MQTT-3.2.2-?] the client learns the interval the server uses.
-            props.set_session_expiry_interval(Some(self.expiry));
+            props.set_session_expiry_interval(Some(self.link.expiry));
         }
         if v5
             && (c.keep_alive > limits.max_keepalive
@@ -433,63 +644,74 @@ impl Task {
         if v5 && max_qos != QoS::ExactlyOnce {
             props.set_maximum_qos(Some(max_qos));
         }
-        self.will = c.will.map(|w| {
+        self.link.will = c.will.map(|w| {
             let delay = if v5 {
                 w.properties.will_delay_interval().unwrap_or(0)
             } else {
                 0
             };
-            let mut m = Message::new(w.topic, w.payload, w.qos);
+            // Kept for the connection's life: detached from the read buffer.
+            let payload = bytes::Bytes::copy_from_slice(&w.payload);
+            let mut m = Message::new(w.topic.detached(), payload, w.qos);
             m.retain = w.retain;
             // Will properties go out as PUBLISH properties, less the delay
             // ([MQTT-3.1.3-10]).
             m.properties = w
                 .properties
                 .without(&[petrel_codec::properties::id::WILL_DELAY_INTERVAL]);
-            (m, Duration::from_secs(u64::from(delay)))
+            Box::new((m, Duration::from_secs(u64::from(delay))))
         });
 
-        let attached =
-            match self
-                .shared
-                .attach(&client_id, c.clean_start, self.expiry, &self.kick, now)
-            {
-                Attach::Ready(a) => a,
-                Attach::Full => {
-                    tracing::warn!(client_id = %client_id, "max_sessions reached; refused");
-                    let reason = if v5 {
-                        ReasonCode::QUOTA_EXCEEDED
-                    } else {
-                        ReasonCode::SERVER_UNAVAILABLE
-                    };
-                    return self.refuse(now, reason);
-                }
-                Attach::Wait(connection, mut rx) => {
-                    // The holder was kicked and lets go within its close
-                    // flush; bounded anyway, and shutdown ends the wait.
-                    let limit = Duration::from_secs(limits.connect_timeout) + 2 * CLOSE_FLUSH;
-                    let handover = tokio::select! {
-                        biased;
-                        r = tokio::time::timeout(limit, &mut rx) => r.ok().and_then(Result::ok),
-                        _ = shutdown.changed() => None,
-                    };
-                    match handover {
-                        Some(h) => {
-                            self.shared
-                                .take_handover(&client_id, h, &self.kick, Instant::now())
-                        }
-                        None => {
-                            // A handover that arrived meanwhile goes back.
-                            rx.close();
-                            let late = rx.try_recv().ok();
-                            let now = Instant::now();
-                            self.shared
-                                .abandon(&client_id, connection, late, self.expiry, now);
-                            return self.refuse(now, ReasonCode::SERVER_UNAVAILABLE);
-                        }
+        let attached = match self.link.shared.attach(
+            &client_id,
+            c.clean_start,
+            self.link.expiry,
+            &self.link.kick,
+            now,
+        ) {
+            Attach::Ready(a) => a,
+            Attach::Full => {
+                tracing::warn!(client_id = %client_id, "max_sessions reached; refused");
+                let reason = if v5 {
+                    ReasonCode::QUOTA_EXCEEDED
+                } else {
+                    ReasonCode::SERVER_UNAVAILABLE
+                };
+                return self.refuse(now, reason);
+            }
+            Attach::Wait(connection, mut rx) => {
+                // The holder was kicked and lets go within its close
+                // flush; bounded anyway, and shutdown ends the wait.
+                let limit = Duration::from_secs(limits.connect_timeout) + 2 * CLOSE_FLUSH;
+                let handover = tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(limit, &mut rx) => r.ok().and_then(Result::ok),
+                    _ = shutdown.changed() => None,
+                };
+                match handover {
+                    Some(h) => self.link.shared.take_handover(
+                        &client_id,
+                        h,
+                        &self.link.kick,
+                        Instant::now(),
+                    ),
+                    None => {
+                        // A handover that arrived meanwhile goes back.
+                        rx.close();
+                        let late = rx.try_recv().ok();
+                        let now = Instant::now();
+                        self.link.shared.abandon(
+                            &client_id,
+                            connection,
+                            late,
+                            self.link.expiry,
+                            now,
+                        );
+                        return self.refuse(now, ReasonCode::SERVER_UNAVAILABLE);
                     }
                 }
-            };
+            }
+        };
         let now = Instant::now();
         let Attached {
             key,
@@ -497,7 +719,7 @@ impl Task {
             session_present,
             state,
         } = attached;
-        self.client_id = Some(client_id.clone());
+        self.link.client_id = Some(client_id.clone());
         // Kept in case the CONNACK can't be sent: the session must not lose
         // what it holds because of this connection.
         let kept = state.clone();
@@ -508,18 +730,19 @@ impl Task {
         };
         if let Err(e) = self.conn.accept(now, accept) {
             tracing::warn!(client_id = %client_id, error = %e, "could not accept");
-            self.will = None;
-            self.shared
-                .release(&key, connection, kept, self.expiry, None, now);
+            self.link.will = None;
+            self.link
+                .shared
+                .release(&key, connection, kept, self.link.expiry, None, now);
             self.lost = true;
             return;
         }
-        self.held = Some(Held { key, connection });
-        self.shared.stats.client_connected();
-        self.counted = true;
+        self.link.held = Some(Held { key, connection });
+        self.link.shared.stats.client_connected();
+        self.link.counted = true;
         tracing::info!(
             client_id = %client_id,
-            peer = %self.peer,
+            peer = %self.link.peer,
             protocol = c.protocol.name(),
             session_present,
             "client connected"
@@ -527,7 +750,7 @@ impl Task {
     }
 
     fn key(&self) -> Option<SessionKey> {
-        self.held.as_ref().map(|h| h.key.clone())
+        self.link.key().cloned()
     }
 
     fn on_publish(&mut self, now: Instant, p: Publish) {
@@ -543,7 +766,7 @@ impl Task {
                 self.routed += 1;
                 // Routed (and retained) before the acknowledgement promises
                 // it ([MQTT-4.3.2-4], [MQTT-4.3.3-8] hold: it is ours now).
-                match self.shared.publish(Some(&key), message, now) {
+                match self.link.shared.publish(Some(&key), message, now) {
                     0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
                     _ => ReasonCode::SUCCESS,
                 }
@@ -559,9 +782,10 @@ impl Task {
 
     fn on_subscribe(&mut self, now: Instant, s: Subscribe) {
         let Some(key) = self.key() else { return };
-        let max_qos = QoS::from_u8(self.shared.config.limits.max_qos).unwrap_or(QoS::ExactlyOnce);
+        let max_qos =
+            QoS::from_u8(self.link.shared.config.limits.max_qos).unwrap_or(QoS::ExactlyOnce);
         let identifier = s.properties.subscription_identifiers().first();
-        let max_levels = self.shared.config.limits.max_topic_levels;
+        let max_levels = self.link.shared.config.limits.max_topic_levels;
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         for sub in &s.subscriptions {
             if too_deep(sub.filter.as_str(), max_levels) {
@@ -575,7 +799,7 @@ impl Task {
                 options,
                 identifier,
             };
-            match self.shared.subscribe(&key, &sub.filter, subscription) {
+            match self.link.shared.subscribe(&key, &sub.filter, subscription) {
                 None => codes.push(ReasonCode::QUOTA_EXCEEDED),
                 Some(existed) => {
                     // [MQTT-3.9.3-1]: the granted QoS, in order.
@@ -588,13 +812,13 @@ impl Task {
                     // Retained messages are not sent for a shared
                     // subscription (4.8.2).
                     if send && sub.filter.shared().is_none() {
-                        let refused = self.shared.retained_for(
+                        let refused = self.link.shared.retained_for(
                             &sub.filter,
                             options.qos,
                             identifier,
                             &mut self.backlog,
                         );
-                        Stats::add(&self.shared.stats.dropped_queue_full, refused as u64);
+                        Stats::add(&self.link.shared.stats.dropped_queue_full, refused as u64);
                     }
                 }
             }
@@ -615,7 +839,7 @@ impl Task {
             .filters
             .iter()
             .map(|f| {
-                if self.shared.unsubscribe(&key, f) {
+                if self.link.shared.unsubscribe(&key, f) {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -646,7 +870,7 @@ impl Task {
                 return;
             }
             let q = self.backlog.pop_front().unwrap_or_else(|| unreachable!());
-            self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.link.shared.backlog.fetch_sub(1, Ordering::Relaxed);
             self.send_queued(now, q);
         }
         if !self.backlog.is_empty() {
@@ -687,7 +911,7 @@ impl Task {
         if let Some(interval) = message.properties.message_expiry_interval() {
             let waited = now.saturating_duration_since(q.at).as_secs();
             if waited >= u64::from(interval) {
-                Stats::add(&self.shared.stats.dropped_expired, 1);
+                Stats::add(&self.link.shared.stats.dropped_expired, 1);
                 return;
             }
             let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
@@ -702,50 +926,22 @@ impl Task {
         match self.conn.publish(now, message) {
             Ok(_) => self.drain_transmit(),
             Err(SendError::PacketTooLarge { .. }) => {
-                Stats::add(&self.shared.stats.dropped_too_large, 1);
+                Stats::add(&self.link.shared.stats.dropped_too_large, 1);
             }
             Err(e) => {
-                tracing::debug!(peer = %self.peer, error = %e, "message not sent");
-                Stats::add(&self.shared.stats.dropped_queue_full, 1);
+                tracing::debug!(peer = %self.link.peer, error = %e, "message not sent");
+                Stats::add(&self.link.shared.stats.dropped_queue_full, 1);
             }
         }
     }
 
-    /// The connection is over: hand the session back, with the will if the
-    /// connection did not end normally.
+    /// The connection is over: hand the session back.
     fn finish(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        let now = Instant::now();
-        let state = self.conn.take_state();
-        let max = self.shared.config.limits.max_session_expiry;
-        let (expiry, will) = match self.conn.close_reason() {
-            // [MQTT-3.1.2-10], [MQTT-3.14.4-3]: a normal DISCONNECT discards
-            // the will; 5.0 reason 0x04 asks for it. A 5.0 DISCONNECT may
-            // change the Session Expiry Interval (3.14.2.2.2).
-            Some(CloseReason::Disconnected {
-                reason_code,
-                properties,
-            }) => (
-                properties
-                    .session_expiry_interval()
-                    .map_or(self.expiry, |e| e.min(max)),
-                // Only 0x00 discards the will ([MQTT-3.14.4-3]); 0x04 and
-                // the error codes publish it.
-                (*reason_code != ReasonCode::NORMAL_DISCONNECTION)
-                    .then(|| self.will.take())
-                    .flatten(),
-            ),
-            // A server shutting down is not the client's failure.
-            Some(CloseReason::Local(rc)) if *rc == ReasonCode::SERVER_SHUTTING_DOWN => {
-                (self.expiry, None)
-            }
-            _ => (self.expiry, self.will.take()),
-        };
-        self.shared
-            .release(&held.key, held.connection, state, expiry, will, now);
-        if self.counted {
-            self.shared.stats.client_disconnected();
+        if self.link.held.is_none() {
+            return;
         }
+        let state = self.conn.take_state();
+        self.link.finish(state, self.conn.close_reason());
     }
 }
 
@@ -773,7 +969,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(16 * 1024);
         let (r, w) = tokio::io::split(server);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        tokio::spawn(serve(broker.shared.clone(), r, w, peer));
+        tokio::spawn(serve(broker.shared.clone(), Pipe(r, w), peer, None));
         let (_client_r, mut client_w) = tokio::io::split(client);
         let mut burst = BytesMut::new();
         let connect = Connect::new(Protocol::V3_1_1, MqttString::from_static("noread"));

@@ -58,6 +58,7 @@ mod broker;
 pub mod config;
 mod connection;
 pub mod core;
+mod dormant;
 mod mailbox;
 mod outq;
 mod persist;

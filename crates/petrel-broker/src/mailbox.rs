@@ -13,10 +13,11 @@
 //! us as the publisher's receiver) are never dropped by this policy: they
 //! live in the session state and survive reconnects and takeovers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::Instant;
 
 use petrel_codec::{QoS, TopicFilter};
@@ -24,6 +25,7 @@ use petrel_session::Message;
 use tokio::sync::Notify;
 
 use crate::config::Limits;
+use crate::core::small::SmallMap;
 use crate::stats::Stats;
 use crate::Subscription;
 
@@ -50,6 +52,8 @@ pub(crate) struct Mailbox {
     pub(crate) online: bool,
     /// The session ended: nothing is queued any more.
     ended: bool,
+    /// Wakes the connection holding the session while it hibernates.
+    pub(crate) waker: Option<Waker>,
 }
 
 impl Mailbox {
@@ -85,7 +89,7 @@ pub(crate) struct SessionShared {
     pub(crate) notify: Notify,
     /// The filters this session subscribes to and their options, to remove
     /// them when it ends and to store them.
-    pub(crate) filters: Mutex<HashMap<TopicFilter, Subscription>>,
+    pub(crate) filters: Mutex<SmallMap<TopicFilter, Subscription>>,
 }
 
 /// A session as the router knows it: compared and hashed by identity, so a
@@ -123,9 +127,10 @@ impl SessionKey {
                 total,
                 online: false,
                 ended: false,
+                waker: None,
             }),
             notify: Notify::new(),
-            filters: Mutex::new(HashMap::new()),
+            filters: Mutex::new(SmallMap::new()),
         }))
     }
 
@@ -167,8 +172,11 @@ impl SessionKey {
         mb.bytes += size;
         mb.total.fetch_add(size, Ordering::Relaxed);
         mb.queue.push_back(Queued { message, at: now });
+        let sleeper = if wake { mb.waker.take() } else { None };
         drop(mb);
-        if wake {
+        if let Some(w) = sleeper {
+            w.wake();
+        } else if wake {
             self.0.notify.notify_one();
         }
         true

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::broker::{Broker, Shared};
@@ -31,7 +31,8 @@ struct Live {
     idle: Notify,
 }
 
-struct LiveGuard(Arc<Live>);
+/// Counts one connection in [`Live`] while it exists.
+pub(crate) struct LiveGuard(Arc<Live>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
@@ -94,6 +95,8 @@ impl Server {
         tracing::info!("shutting down");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        // Hibernating connections wake to say goodbye like the others.
+        shared.wake_sleepers(None);
         let drained = async {
             loop {
                 let idle = live.idle.notified();
@@ -136,18 +139,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, live: Arc<Live>
             continue;
         }
         let guard = LiveGuard(live.clone());
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            serve_tcp(shared, stream, peer).await;
-            drop(guard);
-        });
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(crate::connection::serve(
+            shared.clone(),
+            stream,
+            peer,
+            Some(guard),
+        ));
     }
-}
-
-async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    crate::connection::serve(shared, reader, writer, peer).await;
 }
 
 /// Session expiry, due wills, retained expiry and `$SYS`, once a second.
@@ -160,6 +159,7 @@ async fn housekeeping(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let now = Instant::now();
+        shared.wake_sleepers(Some(now));
         shared.housekeeping(now);
         if seconds % 10 == 0 {
             shared.expire_retained(now);

@@ -20,6 +20,7 @@ pub(crate) struct Stats {
     pub(crate) dropped_expired: AtomicU64,
     pub(crate) dropped_too_large: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
+    pub(crate) hibernations: AtomicU64,
 }
 
 impl Stats {
@@ -54,6 +55,7 @@ impl Stats {
             dropped_expired: get(&self.dropped_expired),
             dropped_too_large: get(&self.dropped_too_large),
             connections_refused: get(&self.connections_refused),
+            hibernations: get(&self.hibernations),
             ..StatsSnapshot::default()
         }
     }
@@ -96,4 +98,8 @@ pub struct StatsSnapshot {
     pub dropped_too_large: u64,
     /// Connections closed for exceeding `max_connections`, or refused at CONNECT.
     pub connections_refused: u64,
+    /// Times a quiet connection went into hibernation since start.
+    pub hibernations: u64,
+    /// Connections hibernating now.
+    pub hibernating: u64,
 }

@@ -102,6 +102,7 @@ impl SysPublisher {
             ("clients/inactive", disconnected),
             ("clients/total", s.sessions.max(s.clients_connected)),
             ("clients/maximum", s.clients_maximum),
+            ("clients/hibernating", s.hibernating),
             ("messages/received", s.messages_received),
             ("messages/sent", s.messages_sent),
             ("publish/messages/received", s.publish_received),

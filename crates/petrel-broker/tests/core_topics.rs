@@ -317,3 +317,41 @@ proptest! {
         prop_assert!(store.is_empty());
     }
 }
+
+/// A filter held by many subscribers (past the short list a node keeps
+/// before it hashes them): each is matched once, a second SUBSCRIBE
+/// replaces its options ([MQTT-3.8.4-3]), and removals leave the tree empty.
+#[test]
+fn many_subscribers_of_one_filter() {
+    let mut tree = SubscriptionTree::new();
+    let filter = f("a/+/c");
+    for i in 0..40usize {
+        assert_eq!(tree.insert(&filter, i, 0u8), None);
+    }
+    assert_eq!(tree.insert(&filter, 7, 1u8), Some(0), "replaced, not added");
+    assert_eq!(tree.len(), 40);
+    let matched = |tree: &SubscriptionTree<usize, u8>| {
+        let mut got = Vec::new();
+        tree.matches("a/b/c", |m| {
+            if let Matched::Direct { key, value } = m {
+                got.push((*key, *value));
+            }
+        });
+        got.sort_unstable();
+        got
+    };
+    let got = matched(&tree);
+    assert_eq!(got.len(), 40);
+    assert!(got.contains(&(7, 1)));
+    for i in (0..40).step_by(2) {
+        assert!(tree.remove(&filter, &i).is_some());
+    }
+    assert!(tree.remove(&filter, &0).is_none(), "removed once");
+    let odd: Vec<usize> = matched(&tree).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(odd, (1..40).step_by(2).collect::<Vec<_>>());
+    for i in (1..40).step_by(2) {
+        assert!(tree.remove(&filter, &i).is_some());
+    }
+    assert!(tree.is_empty());
+    assert!(matched(&tree).is_empty());
+}

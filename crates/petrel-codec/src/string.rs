@@ -97,6 +97,14 @@ impl MqttString {
     pub fn into_bytes(self) -> Bytes {
         self.0.into_bytes()
     }
+
+    /// The same string in an allocation of its own. A decoded string is a
+    /// slice of the buffer its packet was read into and keeps all of that
+    /// buffer alive; what is kept long after the packet (a subscription's
+    /// filter, a will) should be detached.
+    pub fn detached(&self) -> Self {
+        Self(ByteString::from(self.as_str()))
+    }
 }
 
 /// Check bytes are a valid MQTT string (1.5.4) without keeping them.
@@ -204,6 +212,12 @@ macro_rules! string_newtype_impls {
             /// The underlying bytes, shared.
             pub fn as_bytes(&self) -> &Bytes {
                 self.0.as_bytes()
+            }
+
+            /// The same value in an allocation of its own, not holding on
+            /// to the buffer it was decoded from ([`MqttString::detached`]).
+            pub fn detached(&self) -> Self {
+                Self(self.0.detached())
             }
         }
 

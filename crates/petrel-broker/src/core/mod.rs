@@ -3,6 +3,7 @@
 pub mod retained;
 pub mod router;
 pub mod sessions;
+pub(crate) mod small;
 pub mod subscriptions;
 pub mod wills;
 

@@ -52,8 +52,10 @@ struct Entry {
     /// A connection waiting for the holder to let go: its id, Clean Start
     /// and expiry interval.
     waiting: Option<(ConnectionId, bool, u32)>,
-    /// The state while no connection holds it.
-    state: SessionState,
+    /// The state while no connection holds it (none: a new session's). A
+    /// connected session's lives in its connection, so most entries hold
+    /// only this pointer.
+    state: Option<Box<SessionState>>,
     /// Session Expiry Interval in seconds.
     expiry: u32,
     /// When a detached session ends.
@@ -64,7 +66,7 @@ struct Entry {
 /// (connect, takeover, release, expiry) happen here, one at a time.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
-    sessions: HashMap<String, Entry>,
+    sessions: HashMap<Box<str>, Entry>,
     next_connection: u64,
 }
 
@@ -117,11 +119,11 @@ impl SessionRegistry {
         let connection = self.next_id();
         let Some(entry) = self.sessions.get_mut(client_id) else {
             self.sessions.insert(
-                client_id.to_string(),
+                client_id.into(),
                 Entry {
                     holder: Some(connection),
                     waiting: None,
-                    state: SessionState::new(),
+                    state: None,
                     expiry,
                     expires_at: None,
                 },
@@ -146,7 +148,7 @@ impl SessionRegistry {
         entry.holder = Some(connection);
         entry.expiry = expiry;
         entry.expires_at = None;
-        let state = std::mem::take(&mut entry.state);
+        let state = entry.state.take().map_or_else(SessionState::new, |s| *s);
         Connected::Ready(if clean_start {
             Handover {
                 connection,
@@ -204,7 +206,7 @@ impl SessionRegistry {
         }
         entry.holder = None;
         entry.expiry = expiry;
-        entry.state = state;
+        entry.state = Some(Box::new(state));
         entry.expires_at = (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
         None
     }
@@ -224,7 +226,7 @@ impl SessionRegistry {
         self.sessions
             .get_mut(client_id)
             .filter(|e| e.holder.is_none())
-            .map(|e| &mut e.state)
+            .map(|e| &mut **e.state.get_or_insert_with(Box::default))
     }
 
     /// End every detached session whose expiry has passed; returns their
@@ -235,10 +237,10 @@ impl SessionRegistry {
             .sessions
             .iter()
             .filter(|(_, e)| e.holder.is_none() && e.expires_at.is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_string())
             .collect();
         for id in &ended {
-            self.sessions.remove(id);
+            self.sessions.remove(id.as_str());
         }
         ended
     }
@@ -249,7 +251,10 @@ impl SessionRegistry {
         self.sessions
             .iter()
             .filter(|(_, e)| e.holder.is_none())
-            .map(|(id, e)| (id.as_str(), &e.state, e.expiry, e.expires_at))
+            .map(|(id, e)| {
+                let state = e.state.as_deref().unwrap_or_else(|| empty_state());
+                (&**id, state, e.expiry, e.expires_at)
+            })
     }
 
     /// Add a detached session (restored from storage); replaces one of the
@@ -265,11 +270,11 @@ impl SessionRegistry {
             return;
         }
         self.sessions.insert(
-            client_id.to_string(),
+            client_id.into(),
             Entry {
                 holder: None,
                 waiting: None,
-                state,
+                state: Some(Box::new(state)),
                 expiry,
                 expires_at,
             },
@@ -284,4 +289,10 @@ impl SessionRegistry {
             .filter_map(|e| e.expires_at)
             .min()
     }
+}
+
+/// The state of a session that has none yet.
+fn empty_state() -> &'static SessionState {
+    static EMPTY: std::sync::OnceLock<SessionState> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(SessionState::new)
 }

@@ -5,6 +5,8 @@ use std::hash::Hash;
 
 use petrel_codec::TopicFilter;
 
+use super::small::SmallMap;
+
 /// Topic filters, each with the subscribers (keys) that hold it, matched
 /// against topic names by the rules of 4.7 and 4.8.2.
 ///
@@ -22,20 +24,28 @@ pub struct SubscriptionTree<K, V> {
     len: usize,
 }
 
+/// One level. Most nodes are leaves with one subscriber, so everything a
+/// leaf doesn't use is behind a pointer that stays empty: a leaf costs its
+/// map entry, its name and its one subscriber.
 #[derive(Debug)]
 struct Node<K, V> {
-    children: HashMap<Box<str>, Self>,
+    // Boxed on purpose: a leaf has no children and pays one pointer.
+    #[allow(clippy::box_collection)]
+    children: Option<Box<HashMap<Box<str>, Self>>>,
     plus: Option<Box<Self>>,
     /// Filters that end here.
     exact: Subscribers<K, V>,
     /// Filters that end here with `/#` (or are `#`, at the root).
-    hash: Subscribers<K, V>,
+    hash: Option<Box<Subscribers<K, V>>>,
 }
+
+/// Shared subscriptions' groups by share name, members in joining order.
+type Groups<K, V> = HashMap<Box<str>, Vec<(K, V)>>;
 
 #[derive(Debug)]
 struct Subscribers<K, V> {
-    direct: HashMap<K, V>,
-    shared: HashMap<Box<str>, Vec<(K, V)>>,
+    direct: SmallMap<K, V>,
+    shared: Option<Box<Groups<K, V>>>,
 }
 
 /// One subscription (or shared group) a topic matched.
@@ -60,8 +70,8 @@ pub enum Matched<'a, K, V> {
 impl<K, V> Default for Subscribers<K, V> {
     fn default() -> Self {
         Self {
-            direct: HashMap::new(),
-            shared: HashMap::new(),
+            direct: SmallMap::new(),
+            shared: None,
         }
     }
 }
@@ -69,26 +79,26 @@ impl<K, V> Default for Subscribers<K, V> {
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: None,
             plus: None,
             exact: Subscribers::default(),
-            hash: Subscribers::default(),
+            hash: None,
         }
     }
 }
 
 impl<K, V> Subscribers<K, V> {
     fn is_empty(&self) -> bool {
-        self.direct.is_empty() && self.shared.is_empty()
+        self.direct.is_empty() && self.shared.is_none()
     }
 }
 
 impl<K, V> Node<K, V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
+        self.children.is_none()
             && self.plus.is_none()
             && self.exact.is_empty()
-            && self.hash.is_empty()
+            && self.hash.is_none()
     }
 }
 
@@ -129,9 +139,15 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         let mut node = node;
         for level in super::levels(filter) {
             match level {
-                "#" => return &mut node.hash,
+                "#" => return node.hash.get_or_insert_with(Box::default),
                 "+" => node = node.plus.get_or_insert_with(Box::default),
-                lit => node = node.children.entry(lit.into()).or_default(),
+                lit => {
+                    node = node
+                        .children
+                        .get_or_insert_with(Box::default)
+                        .entry(lit.into())
+                        .or_default();
+                }
             }
         }
         &mut node.exact
@@ -146,7 +162,8 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         let previous = match group {
             None => slot.direct.insert(key, value),
             Some(g) => {
-                let members = slot.shared.entry(g.into()).or_default();
+                let groups = slot.shared.get_or_insert_with(Box::default);
+                let members = groups.entry(g.into()).or_default();
                 match members.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, v)) => Some(std::mem::replace(v, value)),
                     None => {
@@ -184,7 +201,14 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
             Some(r) => super::split_level(r),
         };
         match level {
-            "#" => Self::remove_from(&mut node.hash, group, key),
+            "#" => {
+                let slot = node.hash.as_deref_mut()?;
+                let removed = Self::remove_from(slot, group, key);
+                if slot.is_empty() {
+                    node.hash = None;
+                }
+                removed
+            }
             "+" => {
                 let child = node.plus.as_deref_mut()?;
                 let removed = Self::remove_at(child, tail, group, key);
@@ -194,10 +218,16 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
                 removed
             }
             lit => {
-                let child = node.children.get_mut(lit)?;
+                let children = node.children.as_deref_mut()?;
+                let child = children.get_mut(lit)?;
                 let removed = Self::remove_at(child, tail, group, key);
                 if child.is_empty() {
-                    node.children.remove(lit);
+                    children.remove(lit);
+                    if children.is_empty() {
+                        node.children = None;
+                    } else if children.capacity() > 4 * children.len() {
+                        children.shrink_to_fit();
+                    }
                 }
                 removed
             }
@@ -208,11 +238,15 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         match group {
             None => slot.direct.remove(key),
             Some(g) => {
-                let members = slot.shared.get_mut(g)?;
+                let groups = slot.shared.as_deref_mut()?;
+                let members = groups.get_mut(g)?;
                 let at = members.iter().position(|(k, _)| k == key)?;
                 let (_, v) = members.remove(at);
                 if members.is_empty() {
-                    slot.shared.remove(g);
+                    groups.remove(g);
+                    if groups.is_empty() {
+                        slot.shared = None;
+                    }
                 }
                 Some(v)
             }
@@ -241,14 +275,18 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
             // The topic ends here: filters that end here, and `x/#` matching
             // its parent level `x` (4.7.1.2).
             Self::report(&node.exact, visit);
-            Self::report(&node.hash, visit);
+            if let Some(hash) = &node.hash {
+                Self::report(hash, visit);
+            }
             return;
         };
         if wildcards {
-            Self::report(&node.hash, visit);
+            if let Some(hash) = &node.hash {
+                Self::report(hash, visit);
+            }
         }
         let (level, tail) = super::split_level(rest);
-        if let Some(child) = node.children.get(level) {
+        if let Some(child) = node.children.as_ref().and_then(|c| c.get(level)) {
             Self::walk(child, tail, false, dollar, visit);
         }
         if wildcards {
@@ -259,10 +297,10 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     }
 
     fn report<'a>(slot: &'a Subscribers<K, V>, visit: &mut impl FnMut(Matched<'a, K, V>)) {
-        for (key, value) in &slot.direct {
+        for (key, value) in slot.direct.iter() {
             visit(Matched::Direct { key, value });
         }
-        for (group, members) in &slot.shared {
+        for (group, members) in slot.shared.iter().flat_map(|g| g.iter()) {
             visit(Matched::Shared { group, members });
         }
     }

@@ -1,0 +1,242 @@
+//! Hibernation: a connection quiet for `hibernate_after`, with nothing in
+//! flight, ends its task and waits folded small — its socket, the session
+//! machine's [`Parked`] form and its [`Link`] — until something wakes it:
+//! bytes from the peer (or the peer leaving), a message for its session, a
+//! takeover, its keep-alive deadline or the broker's shutdown. Waking spawns
+//! a task that unfolds it and goes on as if nothing had happened.
+//!
+//! The wake-ups are plain [`Waker`]s, registered where each event happens
+//! (the socket's readiness, the session's mailbox, the kick signal, the
+//! [`Sleepers`] set), so no task, timer or buffer is held while asleep.
+//! Every registration is made before the check of its condition, and both
+//! happen under the same lock as the event's side, so a wake-up is never
+//! lost: one that comes while the connection is still being folded makes it
+//! go on at once instead.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
+use std::time::Instant;
+
+use petrel_session::{Connection, Parked};
+
+use crate::connection::{drive, Link, Task, Transport};
+use crate::mailbox::lock;
+use crate::stats::Stats;
+
+/// Hibernating connections the broker wakes on its own: each at its
+/// keep-alive deadline, and all at shutdown.
+#[derive(Debug, Default)]
+pub(crate) struct Sleepers {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Deadlines by slot and generation; entries of slots woken otherwise
+    /// are skipped when they come up, and swept when they pile up.
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    waker: Option<Waker>,
+}
+
+/// A place in [`Sleepers`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
+impl Sleepers {
+    /// How many connections hibernate.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    fn insert(&mut self, waker: Waker, deadline: Option<Instant>) -> SlotId {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot {
+                generation: 0,
+                waker: None,
+            });
+            u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+        });
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.waker = Some(waker);
+        self.live += 1;
+        let id = SlotId {
+            index,
+            generation: slot.generation,
+        };
+        if let Some(at) = deadline {
+            self.deadlines.push(Reverse((at, index, id.generation)));
+            if self.deadlines.len() > 2 * self.live + 1024 {
+                let slots = &self.slots;
+                self.deadlines.retain(|Reverse((_, i, g))| {
+                    let s = &slots[*i as usize];
+                    s.generation == *g && s.waker.is_some()
+                });
+            }
+        }
+        id
+    }
+
+    fn remove(&mut self, id: SlotId) -> Option<Waker> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let waker = slot.waker.take()?;
+        self.free.push(id.index);
+        self.live -= 1;
+        Some(waker)
+    }
+
+    /// Take the wakers of the connections whose deadline has come.
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<Waker> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            due.extend(self.remove(SlotId { index, generation }));
+        }
+        due
+    }
+
+    /// Take every waker (shutdown).
+    pub(crate) fn all(&mut self) -> Vec<Waker> {
+        self.deadlines.clear();
+        self.free.clear();
+        self.live = 0;
+        self.slots.drain(..).filter_map(|s| s.waker).collect()
+    }
+}
+
+/// A hibernating connection, as its wakers see it.
+struct Dormant<T> {
+    state: Mutex<State<T>>,
+    runtime: tokio::runtime::Handle,
+}
+
+// The Arc holding it is allocated once, at the size of `Asleep`: boxing
+// that variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum State<T> {
+    /// Being folded: a wake-up now makes it go on at once.
+    Arming,
+    /// Woken while being folded.
+    Early,
+    Asleep(Record<T>),
+    /// Woken: later wake-ups find nothing to do.
+    Awake,
+}
+
+/// What a hibernating connection keeps.
+struct Record<T> {
+    io: T,
+    conn: Parked,
+    link: Link,
+    slot: SlotId,
+}
+
+impl<T: Transport> Wake for Dormant<T> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = lock(&self.state);
+        match std::mem::replace(&mut *state, State::Awake) {
+            State::Arming | State::Early => *state = State::Early,
+            State::Asleep(record) => {
+                drop(state);
+                self.runtime.spawn(resume(record));
+            }
+            State::Awake => {}
+        }
+    }
+}
+
+/// Undo a hibernation's registrations (those not already spent).
+fn unregister(link: &Link, slot: SlotId) {
+    let shared = &link.shared;
+    lock(&shared.sleepers).remove(slot);
+    if let Some(key) = link.key() {
+        key.mailbox().waker = None;
+    }
+    *lock(&link.kick.sleeper) = None;
+}
+
+fn unfold(link: Link, parked: Parked) -> Box<Task> {
+    let conn = Connection::unpark(parked, link.shared.session_config.clone());
+    Box::new(Task::new(link, conn, true))
+}
+
+async fn resume<T: Transport>(record: Record<T>) {
+    let Record {
+        io,
+        conn,
+        link,
+        slot,
+    } = record;
+    unregister(&link, slot);
+    drive(unfold(link, conn), io).await;
+}
+
+/// Fold `task` and let its task end; `None` once it sleeps. It comes back
+/// to go on where it can't hibernate (the session machine is not idle) or
+/// is woken while being folded.
+pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task>, T)> {
+    let shared = task.link.shared.clone();
+    let placeholder = Connection::server(shared.session_config.clone(), Instant::now());
+    let parked = match std::mem::replace(&mut task.conn, placeholder).park() {
+        Ok(p) => p,
+        Err(conn) => {
+            task.conn = *conn;
+            return Some((task, io));
+        }
+    };
+    let link = task.link.take();
+    drop(task);
+    let dormant = Arc::new(Dormant {
+        state: Mutex::new(State::Arming),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let waker = Waker::from(dormant.clone());
+    // Each registration before its check (see the module's notes).
+    let slot = lock(&shared.sleepers).insert(waker.clone(), parked.deadline());
+    let mut early = false;
+    if let Some(key) = link.key() {
+        let mut mailbox = key.mailbox();
+        if mailbox.queue.is_empty() {
+            mailbox.waker = Some(waker.clone());
+        } else {
+            early = true;
+        }
+    }
+    *lock(&link.kick.sleeper) = Some(waker.clone());
+    early |= lock(&link.kick.reason).is_some();
+    early |= *shared.shutdown.borrow();
+    early |= io.poll_parked(&mut Context::from_waker(&waker)).is_ready();
+    let mut state = lock(&dormant.state);
+    if early || matches!(*state, State::Early) {
+        *state = State::Awake;
+        drop(state);
+        unregister(&link, slot);
+        return Some((unfold(link, parked), io));
+    }
+    *state = State::Asleep(Record {
+        io,
+        conn: parked,
+        link,
+        slot,
+    });
+    Stats::add(&shared.stats.hibernations, 1);
+    None
+}
