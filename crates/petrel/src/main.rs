@@ -66,6 +66,16 @@ struct BrokerArgs {
     threads: Option<usize>,
 }
 
+/// jemalloc keeps each size class on slabs of its own and, from a
+/// background thread, gives pages back to the system once they have been
+/// free a while (a second in this workspace's builds: `.cargo/config.toml`).
+/// When connections hibernate, the memory their tasks held leaves the
+/// process; with the system allocator it stayed resident, in holes between
+/// the small objects that outlive them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
