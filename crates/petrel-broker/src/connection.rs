@@ -333,6 +333,7 @@ impl Task {
         }
         let mut last_active = Instant::now();
         let mut by_timer = false;
+        let mut fired = false;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         // One timer for the task's life, moved only when the session's
         // deadline moves (a new one per turn costs a timer-wheel insert).
@@ -363,7 +364,9 @@ impl Task {
             if self.conn.is_closed() || self.lost {
                 break;
             }
-            if std::mem::take(&mut self.quiet) {
+            // A connection that can hibernate gives its memory back then;
+            // one that can't, whenever it goes quiet.
+            if std::mem::take(&mut self.quiet) && self.hibernate_after.is_none() {
                 self.conn.shrink();
                 if self.backlog.is_empty() {
                     self.backlog = VecDeque::new();
@@ -389,9 +392,14 @@ impl Task {
             }
             let spare = self.inbuf.capacity() - self.inbuf.len();
             self.out.shrink_if_idle();
-            if timer.deadline() != deadline {
+            // Moved earlier at once, later only once it has fired: the
+            // deadlines move with every packet, and resetting a timer each
+            // time costs a timer-wheel update per packet. Firing early is
+            // harmless (`handle_timeout` does nothing before it is due).
+            if deadline < timer.deadline() || (fired && deadline != timer.deadline()) {
                 timer.as_mut().reset(deadline);
             }
+            fired = false;
             tokio::select! {
                 r = reader.read_buf(&mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
@@ -424,8 +432,14 @@ impl Task {
                 () = &mut timer => {
                     let now = Instant::now();
                     by_timer = true;
-                    if idle_at.is_some_and(|t| t <= now) && self.parkable() {
-                        return Run::Idle;
+                    fired = true;
+                    if idle_at.is_some_and(|t| t <= now) {
+                        if self.parkable() {
+                            return Run::Idle;
+                        }
+                        // Busy (something in flight): try again after
+                        // another quiet spell, not at once.
+                        last_active = now;
                     }
                     self.conn.handle_timeout(now);
                 }

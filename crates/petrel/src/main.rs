@@ -75,7 +75,6 @@ struct BrokerArgs {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
