@@ -48,7 +48,8 @@ ROWS = [
     ("latency p99 us", "latency", "p99_us", False),
     ("latency p99.9 us", "latency", "p999_us", False),
     ("conns/s", "conns", "connections_per_s", True),
-    ("KiB/conn", "conns", "kib_per_connection", False),
+    ("KiB/conn connected", "conns", "kib_per_connection", False),
+    ("KiB/conn idle 10 s", "conns", "kib_per_connection_after_idle", False),
     ("retained s", "retained", "seconds", False),
 ]
 
@@ -152,7 +153,14 @@ def resource_limits():
         pass
 
 
+# Idle connections are measured again after this long: an idle connection
+# is one that has been idle a while (Petrel hibernates them after 5 s).
+CONNS_IDLE_SECONDS = 10
+
+
 def run_generator(broker, flags, seconds, protocol):
+    if flags[0] == "conns":
+        seconds = CONNS_IDLE_SECONDS
     cmd = ["taskset", "-c", "1", PETREL, "bench"] + flags + [
         "-p", str(broker.port), "-s", str(seconds), "-V", protocol, "--json",
     ]

@@ -240,3 +240,79 @@ pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task
     Stats::add(&shared.stats.hibernations, 1);
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn sleepers_wake_at_their_deadline_once_and_only_if_still_asleep() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut sleepers = Sleepers::default();
+        let (a, wa) = counter();
+        let (b, wb) = counter();
+        let (c, wc) = counter();
+        let ia = sleepers.insert(wa, Some(at(1)));
+        let ib = sleepers.insert(wb, Some(at(2)));
+        let _ic = sleepers.insert(wc, None);
+        assert_eq!(sleepers.len(), 3);
+        // `a` is woken by something else first: its deadline finds nothing.
+        assert!(sleepers.remove(ia).is_some());
+        assert!(sleepers.remove(ia).is_none(), "removed once");
+        // Its slot is reused; the stale deadline must not wake the new one.
+        let (d, wd) = counter();
+        let id = sleepers.insert(wd, Some(at(5)));
+        for w in sleepers.due(at(3)) {
+            w.wake();
+        }
+        assert_eq!(b.0.load(Ordering::Relaxed), 1);
+        assert_eq!(d.0.load(Ordering::Relaxed), 0);
+        assert!(sleepers.remove(ib).is_none(), "gone once woken");
+        assert_eq!(sleepers.len(), 2);
+        // Shutdown takes everyone left, deadline or not.
+        for w in sleepers.all() {
+            w.wake();
+        }
+        assert_eq!(c.0.load(Ordering::Relaxed), 1);
+        assert_eq!(d.0.load(Ordering::Relaxed), 1);
+        assert_eq!(a.0.load(Ordering::Relaxed), 0);
+        assert_eq!(sleepers.len(), 0);
+        assert!(sleepers.remove(id).is_none());
+    }
+
+    #[test]
+    fn deadlines_of_woken_sleepers_do_not_pile_up() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut sleepers = Sleepers::default();
+        let (_, w) = counter();
+        // Connections that sleep and wake over and over.
+        for _ in 0..10_000 {
+            let id = sleepers.insert(w.clone(), Some(far));
+            assert!(sleepers.remove(id).is_some());
+        }
+        assert_eq!(sleepers.len(), 0);
+        assert!(
+            sleepers.deadlines.len() <= 1024 + 1,
+            "{}",
+            sleepers.deadlines.len()
+        );
+        assert!(sleepers.slots.len() == 1, "slots are reused");
+    }
+}
