@@ -35,23 +35,19 @@ fn a_parked_connection_keeps_its_aliases_and_packet_identifiers() {
     server_cfg.topic_alias_maximum = 2;
     let mut pair =
         Pair::connected_with(Protocol::V5, client_cfg.clone(), server_cfg.clone(), |_| {});
-    pair.client
-        .publish(pair.now, msg("a/1", "one", QoS::AtLeastOnce))
-        .unwrap();
-    pair.server
-        .publish(pair.now, msg("b", "down", QoS::AtLeastOnce))
-        .unwrap();
-    pair.run();
+    // One QoS 1 message each way: "a/1" up, "b" down.
+    let exchange = |pair: &mut Pair| {
+        for (conn, topic) in [(&mut pair.client, "a/1"), (&mut pair.server, "b")] {
+            conn.publish(pair.now, msg(topic, topic, QoS::AtLeastOnce))
+                .unwrap();
+        }
+        pair.run();
+    };
+    exchange(&mut pair);
     park_both(&mut pair, &client_cfg, &server_cfg);
     assert!(pair.client.is_connected() && pair.server.is_connected());
     pair.log.clear();
-    pair.client
-        .publish(pair.now, msg("a/1", "two", QoS::AtLeastOnce))
-        .unwrap();
-    pair.server
-        .publish(pair.now, msg("b", "down again", QoS::AtLeastOnce))
-        .unwrap();
-    pair.run();
+    exchange(&mut pair);
     let ids: Vec<(Dir, u16, String)> = pair
         .log
         .iter()
