@@ -13,17 +13,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter, TopicName};
 use petrel_session::{Message, SessionState};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 
 use crate::config::BrokerConfig;
-use crate::dormant::Sleepers;
+use crate::dormant::{Sleepers, Watcher};
 use crate::mailbox::{lock, message_size, Queued, SessionKey};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{
@@ -69,23 +69,50 @@ pub(crate) enum Kick {
     TakenOver,
 }
 
-/// A connection's signal from the broker.
+/// A connection's signal from the broker: why it must close, and the
+/// waker of the connection (its task, or the connection itself while it
+/// hibernates).
 #[derive(Debug, Default)]
-pub(crate) struct KickSignal {
-    pub(crate) notify: Notify,
-    pub(crate) reason: Mutex<Option<Kick>>,
-    /// Wakes the connection while it hibernates.
-    pub(crate) sleeper: Mutex<Option<Waker>>,
+pub(crate) struct KickSignal(pub(crate) Mutex<KickState>);
+
+#[derive(Debug, Default)]
+pub(crate) struct KickState {
+    pub(crate) reason: Option<Kick>,
+    pub(crate) waker: Option<Waker>,
 }
 
 impl KickSignal {
     fn kick(&self, reason: Kick) {
-        *lock(&self.reason) = Some(reason);
-        let sleeper = lock(&self.sleeper).take();
-        if let Some(w) = sleeper {
+        let waker = {
+            let mut state = lock(&self.0);
+            state.reason = Some(reason);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
             w.wake();
         }
-        self.notify.notify_one();
+    }
+
+    /// Ready once kicked (the reason stays for [`KickSignal::take`]).
+    pub(crate) fn poll_kicked(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut state = lock(&self.0);
+        if state.reason.is_some() {
+            return std::task::Poll::Ready(());
+        }
+        set_waker(&mut state.waker, cx.waker());
+        std::task::Poll::Pending
+    }
+
+    /// Why the connection was kicked, once.
+    pub(crate) fn take(&self) -> Option<Kick> {
+        lock(&self.0).reason.take()
+    }
+}
+
+/// Keep `waker` in `slot`, unless what is there already wakes the same task.
+pub(crate) fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        *slot = Some(waker.clone());
     }
 }
 
@@ -117,7 +144,12 @@ pub(crate) struct Shared {
     next_assigned: std::sync::atomic::AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Hibernating connections, for their deadlines and the shutdown.
-    pub(crate) sleepers: Mutex<Sleepers>,
+    pub(crate) sleepers: Arc<Mutex<Sleepers>>,
+    /// The thread watching their sockets, started by the first to sleep
+    /// (none if it could not start: then connections stay awake).
+    watcher: OnceLock<Option<Watcher>>,
+    /// The runtime the connections run on, where woken ones go on.
+    pub(crate) runtime: OnceLock<tokio::runtime::Handle>,
 }
 
 /// What a CONNECT got from the session registry.
@@ -175,7 +207,9 @@ impl Broker {
                     .map_or(0, |d| d.as_secs()),
                 next_assigned: std::sync::atomic::AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
-                sleepers: Mutex::new(Sleepers::default()),
+                sleepers: Arc::new(Mutex::new(Sleepers::default())),
+                watcher: OnceLock::new(),
+                runtime: OnceLock::new(),
             }),
         }
     }
@@ -241,6 +275,19 @@ impl Shared {
         s.sessions = lock(&self.core).registry.len() as u64;
         s.hibernating = lock(&self.sleepers).len() as u64;
         s
+    }
+
+    /// The sleepers' watcher thread, started on first use.
+    pub(crate) fn watcher(&self) -> Option<&Watcher> {
+        self.watcher
+            .get_or_init(|| match Watcher::start(self.sleepers.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no hibernation: the watcher thread did not start");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// Wake the hibernating connections whose keep-alive deadline came (or

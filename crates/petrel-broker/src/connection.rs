@@ -2,10 +2,10 @@
 //! → subscribers' queues, and queue → session → encode → vectored write.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::broker::{Attach, Attached, Kick, KickSignal, Shared};
 use crate::dormant;
-use crate::mailbox::{lock, Queued, SessionKey};
+use crate::mailbox::{Queued, SessionKey};
 use crate::outq::OutQueue;
 use crate::server::LiveGuard;
 use crate::stats::Stats;
@@ -72,12 +72,18 @@ pub(crate) trait Transport: Send + 'static {
         Self: 'a;
     /// Both halves, to read and write at once.
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
-    /// Whether [`Transport::poll_parked`] works: a connection on this
-    /// transport can hibernate.
+    /// The socket while its connection hibernates: out of the runtime's
+    /// reactor (whose registration costs a few hundred bytes a socket),
+    /// watched by the broker's sleepers thread instead.
+    type Asleep: mio::event::Source + Send + 'static;
+    /// Whether a connection on this transport can hibernate.
     fn can_park(&self) -> bool;
-    /// Ready once there is something to read (or the peer went away);
-    /// otherwise `cx`'s waker is called then.
-    fn poll_parked(&self, cx: &mut Context<'_>) -> Poll<()>;
+    /// Leave the runtime's reactor.
+    fn sleep(self) -> io::Result<Self::Asleep>;
+    /// Come back to it (in the runtime's context).
+    fn wake(asleep: Self::Asleep) -> io::Result<Self>
+    where
+        Self: Sized;
 }
 
 impl Transport for TcpStream {
@@ -88,12 +94,19 @@ impl Transport for TcpStream {
         self.split()
     }
 
+    type Asleep = mio::net::TcpStream;
+
     fn can_park(&self) -> bool {
         true
     }
 
-    fn poll_parked(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.poll_read_ready(cx).map(|_| ())
+    fn sleep(self) -> io::Result<Self::Asleep> {
+        // Non-blocking, as tokio left it.
+        Ok(mio::net::TcpStream::from_std(self.into_std()?))
+    }
+
+    fn wake(asleep: Self::Asleep) -> io::Result<Self> {
+        Self::from_std(std::net::TcpStream::from(asleep))
     }
 }
 
@@ -115,12 +128,18 @@ where
         (&mut self.0, &mut self.1)
     }
 
+    type Asleep = mio::net::TcpStream;
+
     fn can_park(&self) -> bool {
         false
     }
 
-    fn poll_parked(&self, _: &mut Context<'_>) -> Poll<()> {
-        Poll::Ready(())
+    fn sleep(self) -> io::Result<Self::Asleep> {
+        Err(io::Error::other("in-memory pipes don't hibernate"))
+    }
+
+    fn wake(_: Self::Asleep) -> io::Result<Self> {
+        Err(io::Error::other("in-memory pipes don't hibernate"))
     }
 }
 
@@ -133,7 +152,6 @@ pub(crate) struct Link {
     peer: SocketAddr,
     pub(crate) kick: Arc<KickSignal>,
     held: Option<Held>,
-    client_id: Option<Arc<str>>,
     will: Option<Box<(Message, Duration)>>,
     /// Session Expiry Interval in force.
     expiry: u32,
@@ -156,7 +174,6 @@ impl Link {
             peer: self.peer,
             kick: self.kick.clone(),
             held: None,
-            client_id: None,
             will: None,
             expiry: 0,
             counted: false,
@@ -256,7 +273,6 @@ pub(crate) async fn serve<T: Transport>(
         peer,
         kick: Arc::new(KickSignal::default()),
         held: None,
-        client_id: None,
         will: None,
         expiry: 0,
         counted: false,
@@ -421,9 +437,9 @@ impl Task {
                     Ok(n) => Stats::add(&self.link.shared.stats.bytes_sent, n as u64),
                     Err(_) => self.lost = true,
                 },
-                () = notified(key.as_ref()), if key.is_some() => {}
-                () = self.link.kick.notify.notified() => {
-                    let reason = lock(&self.link.kick.reason).take();
+                () = mailbox_signal(key.as_ref()), if key.is_some() => {}
+                () = std::future::poll_fn(|cx| self.link.kick.poll_kicked(cx)) => {
+                    let reason = self.link.kick.take();
                     if reason == Some(Kick::TakenOver) {
                         // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close.
                         self.close(ReasonCode::SESSION_TAKEN_OVER);
@@ -574,7 +590,7 @@ impl Task {
     }
 
     fn log_close(&self, reason: &CloseReason) {
-        let id = self.link.client_id.as_deref().unwrap_or("-");
+        let id = self.link.key().map_or("-", |k| &*k.0.client_id);
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
                 tracing::info!(client_id = id, peer = %self.link.peer, reason = %reason_code, "client disconnected");
@@ -733,7 +749,6 @@ impl Task {
             session_present,
             state,
         } = attached;
-        self.link.client_id = Some(client_id.clone());
         // Kept in case the CONNACK can't be sent: the session must not lose
         // what it holds because of this connection.
         let kept = state.clone();
@@ -959,9 +974,10 @@ impl Task {
     }
 }
 
-async fn notified(key: Option<&SessionKey>) {
+/// A message came for the session.
+async fn mailbox_signal(key: Option<&SessionKey>) {
     match key {
-        Some(k) => k.0.notify.notified().await,
+        Some(k) => std::future::poll_fn(|cx| k.poll_signal(cx)).await,
         None => std::future::pending().await,
     }
 }

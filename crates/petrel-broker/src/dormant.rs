@@ -6,8 +6,11 @@
 //! a task that unfolds it and goes on as if nothing had happened.
 //!
 //! The wake-ups are plain [`Waker`]s, registered where each event happens
-//! (the socket's readiness, the session's mailbox, the kick signal, the
-//! [`Sleepers`] set), so no task, timer or buffer is held while asleep.
+//! (the session's mailbox, the kick signal, the [`Sleepers`] set), so no
+//! task, timer or buffer is held while asleep. The socket itself leaves the
+//! runtime's reactor (its registration there costs 256 bytes) for the
+//! [`Watcher`], one thread with an epoll set (through mio) that wakes the
+//! connection when the socket becomes readable or the peer goes away.
 //! Every registration is made before the check of its condition, and both
 //! happen under the same lock as the event's side, so a wake-up is never
 //! lost: one that comes while the connection is still being folded makes it
@@ -15,8 +18,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Wake, Waker};
+use std::task::{Wake, Waker};
 use std::time::Instant;
 
 use petrel_session::{Connection, Parked};
@@ -48,6 +53,86 @@ struct Slot {
 pub(crate) struct SlotId {
     index: u32,
     generation: u32,
+}
+
+/// The watcher's own token, to stop it.
+const STOP: mio::Token = mio::Token(usize::MAX);
+
+impl SlotId {
+    fn token(self) -> mio::Token {
+        mio::Token((self.index as usize) << 32 | self.generation as usize)
+    }
+
+    fn from_token(t: mio::Token) -> Self {
+        Self {
+            index: (t.0 >> 32) as u32,
+            generation: t.0 as u32,
+        }
+    }
+}
+
+/// The thread that watches hibernating connections' sockets: one epoll set
+/// (through mio), read by a thread of its own so that a sleeping socket
+/// costs the runtime nothing. A readable socket (data, or the peer gone)
+/// wakes its connection through [`Sleepers`].
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    registry: mio::Registry,
+    stop: mio::Waker,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    /// Start the thread.
+    pub(crate) fn start(sleepers: Arc<Mutex<Sleepers>>) -> io::Result<Self> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let stop = mio::Waker::new(poll.registry(), STOP)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        std::thread::Builder::new()
+            .name("petrel-sleepers".into())
+            .spawn(move || watch(poll, &sleepers, &flag))?;
+        Ok(Self {
+            registry,
+            stop,
+            stopping,
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.stop.wake();
+    }
+}
+
+fn watch(mut poll: mio::Poll, sleepers: &Mutex<Sleepers>, stopping: &AtomicBool) {
+    let mut events = mio::Events::with_capacity(1024);
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "the sleepers' watcher failed");
+            return;
+        }
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let wakers: Vec<Waker> = {
+            let mut sleepers = lock(sleepers);
+            events
+                .iter()
+                .filter(|e| e.token() != STOP)
+                .filter_map(|e| sleepers.remove(SlotId::from_token(e.token())))
+                .collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
 }
 
 impl Sleepers {
@@ -119,15 +204,14 @@ impl Sleepers {
 }
 
 /// A hibernating connection, as its wakers see it.
-struct Dormant<T> {
+struct Dormant<T: Transport> {
     state: Mutex<State<T>>,
-    runtime: tokio::runtime::Handle,
 }
 
 // The Arc holding it is allocated once, at the size of `Asleep`: boxing
 // that variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-enum State<T> {
+enum State<T: Transport> {
     /// Being folded: a wake-up now makes it go on at once.
     Arming,
     /// Woken while being folded.
@@ -138,8 +222,8 @@ enum State<T> {
 }
 
 /// What a hibernating connection keeps.
-struct Record<T> {
-    io: T,
+struct Record<T: Transport> {
+    io: T::Asleep,
     conn: Parked,
     link: Link,
     slot: SlotId,
@@ -156,21 +240,32 @@ impl<T: Transport> Wake for Dormant<T> {
             State::Arming | State::Early => *state = State::Early,
             State::Asleep(record) => {
                 drop(state);
-                self.runtime.spawn(resume(record));
+                let shared = record.link.shared.clone();
+                // Set by `park` before anything could wake it.
+                if let Some(runtime) = shared.runtime.get() {
+                    runtime.spawn(resume(record));
+                }
             }
             State::Awake => {}
         }
     }
 }
 
-/// Undo a hibernation's registrations (those not already spent).
-fn unregister(link: &Link, slot: SlotId) {
-    let shared = &link.shared;
-    lock(&shared.sleepers).remove(slot);
+/// Undo a hibernation's registrations (those not already spent), and bring
+/// the socket back to the runtime.
+fn unregister<T: Transport>(
+    link: &Link,
+    slot: SlotId,
+    watcher: &Watcher,
+    mut asleep: T::Asleep,
+) -> io::Result<T> {
+    lock(&link.shared.sleepers).remove(slot);
     if let Some(key) = link.key() {
         key.mailbox().waker = None;
     }
-    *lock(&link.kick.sleeper) = None;
+    lock(&link.kick.0).waker = None;
+    let _ = watcher.registry.deregister(&mut asleep);
+    T::wake(asleep)
 }
 
 fn unfold(link: Link, parked: Parked) -> Box<Task> {
@@ -185,8 +280,14 @@ async fn resume<T: Transport>(record: Record<T>) {
         link,
         slot,
     } = record;
-    unregister(&link, slot);
-    drive(unfold(link, conn), io).await;
+    let Some(watcher) = link.shared.watcher() else {
+        return;
+    };
+    match unregister::<T>(&link, slot, watcher, io) {
+        Ok(io) => drive(unfold(link, conn), io).await,
+        // The socket is lost (dropping the link hands the session back).
+        Err(e) => tracing::warn!(error = %e, "a hibernating connection could not wake"),
+    }
 }
 
 /// Fold `task` and let its task end; `None` once it sleeps. It comes back
@@ -202,12 +303,24 @@ pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task
             return Some((task, io));
         }
     };
+    let Some(watcher) = shared.watcher() else {
+        task.conn = Connection::unpark(parked, shared.session_config.clone());
+        return Some((task, io));
+    };
     let link = task.link.take();
     drop(task);
+    let mut asleep = match io.sleep() {
+        Ok(a) => a,
+        Err(e) => {
+            // The socket is lost (dropping the link hands the session back).
+            tracing::warn!(error = %e, "a connection could not hibernate");
+            return None;
+        }
+    };
     let dormant = Arc::new(Dormant {
-        state: Mutex::new(State::Arming),
-        runtime: tokio::runtime::Handle::current(),
+        state: Mutex::new(State::<T>::Arming),
     });
+    shared.runtime.get_or_init(tokio::runtime::Handle::current);
     let waker = Waker::from(dormant.clone());
     // Each registration before its check (see the module's notes).
     let slot = lock(&shared.sleepers).insert(waker.clone(), parked.deadline());
@@ -220,19 +333,31 @@ pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task
             early = true;
         }
     }
-    *lock(&link.kick.sleeper) = Some(waker.clone());
-    early |= lock(&link.kick.reason).is_some();
+    {
+        let mut kick = lock(&link.kick.0);
+        kick.waker = Some(waker.clone());
+        early |= kick.reason.is_some();
+    }
     early |= *shared.shutdown.borrow();
-    early |= io.poll_parked(&mut Context::from_waker(&waker)).is_ready();
+    // Readable already (or the peer gone): epoll reports it at once.
+    early |= watcher
+        .registry
+        .register(&mut asleep, slot.token(), mio::Interest::READABLE)
+        .is_err();
     let mut state = lock(&dormant.state);
     if early || matches!(*state, State::Early) {
         *state = State::Awake;
         drop(state);
-        unregister(&link, slot);
-        return Some((unfold(link, parked), io));
+        return match unregister::<T>(&link, slot, watcher, asleep) {
+            Ok(io) => Some((unfold(link, parked), io)),
+            Err(e) => {
+                tracing::warn!(error = %e, "a connection could not wake");
+                None
+            }
+        };
     }
     *state = State::Asleep(Record {
-        io,
+        io: asleep,
         conn: parked,
         link,
         slot,

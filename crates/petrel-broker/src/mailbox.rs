@@ -22,7 +22,6 @@ use std::time::Instant;
 
 use petrel_codec::{QoS, TopicFilter};
 use petrel_session::Message;
-use tokio::sync::Notify;
 
 use crate::config::Limits;
 use crate::core::small::SmallMap;
@@ -52,8 +51,11 @@ pub(crate) struct Mailbox {
     pub(crate) online: bool,
     /// The session ended: nothing is queued any more.
     ended: bool,
-    /// Wakes the connection holding the session while it hibernates.
+    /// Wakes the connection holding the session (its task, or the
+    /// connection itself while it hibernates) when a message comes.
     pub(crate) waker: Option<Waker>,
+    /// A message came to an empty queue since the connection last looked.
+    signal: bool,
 }
 
 impl Mailbox {
@@ -85,8 +87,6 @@ impl Mailbox {
 pub(crate) struct SessionShared {
     pub(crate) client_id: Arc<str>,
     mailbox: Mutex<Mailbox>,
-    /// Woken when a message is queued.
-    pub(crate) notify: Notify,
     /// The filters this session subscribes to and their options, to remove
     /// them when it ends and to store them.
     pub(crate) filters: Mutex<SmallMap<TopicFilter, Subscription>>,
@@ -128,8 +128,8 @@ impl SessionKey {
                 online: false,
                 ended: false,
                 waker: None,
+                signal: false,
             }),
-            notify: Notify::new(),
             filters: Mutex::new(SmallMap::new()),
         }))
     }
@@ -172,12 +172,15 @@ impl SessionKey {
         mb.bytes += size;
         mb.total.fetch_add(size, Ordering::Relaxed);
         mb.queue.push_back(Queued { message, at: now });
-        let sleeper = if wake { mb.waker.take() } else { None };
+        let waker = if wake {
+            mb.signal = true;
+            mb.waker.take()
+        } else {
+            None
+        };
         drop(mb);
-        if let Some(w) = sleeper {
+        if let Some(w) = waker {
             w.wake();
-        } else if wake {
-            self.0.notify.notify_one();
         }
         true
     }
@@ -208,6 +211,17 @@ impl SessionKey {
         mb.ended = true;
         mb.online = false;
         mb.clear();
+    }
+
+    /// Ready once a message came to the empty queue since the last time
+    /// it was.
+    pub(crate) fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut mb = self.mailbox();
+        if std::mem::take(&mut mb.signal) {
+            return std::task::Poll::Ready(());
+        }
+        crate::broker::set_waker(&mut mb.waker, cx.waker());
+        std::task::Poll::Pending
     }
 
     pub(crate) fn set_online(&self, online: bool) {

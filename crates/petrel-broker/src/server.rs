@@ -85,6 +85,11 @@ impl Server {
                 tracing::info!(%addr, "listening");
             }
         }
+        // If this future is dropped (its runtime shutting down, say) rather
+        // than run to the end, hibernating connections are woken all the
+        // same: nothing else would close their sockets or hand their
+        // sessions back.
+        let _wake_sleepers = WakeSleepers(shared.clone());
         let mut tasks = tokio::task::JoinSet::new();
         for listener in self.listeners {
             tasks.spawn(accept_loop(shared.clone(), listener, live.clone()));
@@ -146,6 +151,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, live: Arc<Live>
             peer,
             Some(guard),
         ));
+    }
+}
+
+/// Wakes every hibernating connection when dropped.
+struct WakeSleepers(Arc<Shared>);
+
+impl Drop for WakeSleepers {
+    fn drop(&mut self) {
+        self.0.wake_sleepers(None);
     }
 }
 

@@ -22,6 +22,17 @@ async fn sleepy() -> TestBroker {
     start_with(c).await
 }
 
+/// A QoS 1 will.
+fn will(t: &str, payload: &'static [u8]) -> Will {
+    Will {
+        topic: topic(t),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::new(),
+    }
+}
+
 /// Wait until `n` connections hibernate.
 async fn hibernating(b: &TestBroker, n: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -108,13 +119,7 @@ async fn a_silent_hibernating_client_is_closed_at_its_keep_alive_mqtt_3_1_2_22()
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let (mut silent, _) = Raw::connect_with(b.addr, Protocol::V5, "silent", |c| {
         c.keep_alive = 3;
-        c.will = Some(Will {
-            topic: topic("wills/silent"),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Properties::new(),
-        });
+        c.will = Some(will("wills/silent", b"gone"));
     })
     .await;
     hibernating(&b, 2).await;
@@ -210,4 +215,27 @@ async fn shutdown_wakes_hibernating_connections() {
         .await
         .expect("the server stopped")
         .unwrap();
+}
+
+/// A hibernating client whose network connection goes away without a
+/// DISCONNECT is noticed at once, not at its keep-alive deadline: its will
+/// is published ([MQTT-3.1.2-8]) and the broker counts it gone.
+#[tokio::test]
+async fn a_hibernating_client_that_vanishes_leaves_its_will_mqtt_3_1_2_8() {
+    let b = sleepy().await;
+    let mut watcher = Raw::connect(b.addr, Protocol::V3_1_1, "will-watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let (vanishing, _) = Raw::connect_with(b.addr, Protocol::V3_1_1, "vanishing", |c| {
+        c.keep_alive = 600;
+        c.will = Some(will("wills/vanishing", b"lost"));
+    })
+    .await;
+    hibernating(&b, 2).await;
+    drop(vanishing);
+    let will = watcher.recv_publish().await;
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/vanishing", &b"lost"[..])
+    );
+    assert_eq!(b.broker.stats().clients_connected, 1);
 }

@@ -262,9 +262,8 @@ pub struct Parked {
     next_packet_id: u16,
     next_message_id: u64,
     peer: PeerLimits,
-    keep_alive: Option<Duration>,
-    keep_alive_at: Option<Instant>,
-    idle_at: Option<Instant>,
+    /// Seconds; 0 for none. The timers follow from it and the two instants.
+    keep_alive: u16,
     last_sent: Instant,
     last_received: Instant,
     #[allow(clippy::type_complexity)]
@@ -276,10 +275,13 @@ impl Parked {
     /// When the connection must be unparked for its timers (a client's
     /// PINGREQ, a server's keep-alive timeout), if ever.
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.keep_alive_at, self.idle_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let ka = secs(self.keep_alive);
+        (self.keep_alive > 0).then(|| match self.role {
+            // The PINGREQ after a silent keep alive ([MQTT-3.1.2-20]).
+            Role::Client => self.last_sent + ka,
+            // One and a half keep alives without a packet ([MQTT-3.1.2-22]).
+            Role::Server => self.last_received + ka + ka / 2,
+        })
     }
 
     /// The protocol version the connection speaks.
@@ -500,9 +502,9 @@ impl Connection {
             next_packet_id: s.next_packet_id,
             next_message_id: s.next_message_id,
             peer: self.peer,
-            keep_alive: self.keep_alive,
-            keep_alive_at: self.timers[Timer::KeepAlive as usize],
-            idle_at: self.timers[Timer::Idle as usize],
+            keep_alive: self
+                .keep_alive
+                .map_or(0, |k| u16::try_from(k.as_secs()).unwrap_or(u16::MAX)),
             last_sent: self.last_sent,
             last_received: self.last_received,
             aliases,
@@ -522,10 +524,10 @@ impl Connection {
         c.session.next_packet_id = parked.next_packet_id;
         c.session.next_message_id = parked.next_message_id;
         c.peer = parked.peer;
-        c.keep_alive = parked.keep_alive;
-        c.timers[Timer::KeepAlive as usize] = parked.keep_alive_at;
-        c.timers[Timer::Idle as usize] = parked.idle_at;
+        c.keep_alive = (parked.keep_alive > 0).then(|| secs(parked.keep_alive));
         c.last_sent = parked.last_sent;
+        c.arm_keep_alive();
+        c.arm_idle();
         if let Some(aliases) = parked.aliases {
             (c.alias_out, c.alias_in) = *aliases;
         }
