@@ -452,28 +452,29 @@ impl Shared {
         subscription: Subscription,
     ) -> Option<bool> {
         let mut filters = lock(&key.0.filters);
-        if !filters.contains_key(filter)
+        if !filters.contains_key(filter.as_str())
             && filters.len() >= self.config.limits.max_subscriptions_per_session
         {
             return None;
         }
-        // Detached: kept for the session's life, it must not hold on to the
+        // A copy: kept for the session's life, it must not hold on to the
         // read buffer the SUBSCRIBE came in.
-        filters.insert(filter.detached(), subscription.clone());
+        filters.insert(filter.as_str().into(), subscription.clone());
         Some(write(&self.router).subscribe(key.clone(), filter, subscription))
     }
 
     /// Remove a subscription; whether there was one.
     pub(crate) fn unsubscribe(&self, key: &SessionKey, filter: &TopicFilter) -> bool {
-        lock(&key.0.filters).remove(filter);
+        lock(&key.0.filters).remove(filter.as_str());
         write(&self.router).unsubscribe(key, filter)
     }
 
     fn drop_subscriptions(&self, key: &SessionKey) {
+        // Each was a valid filter when it was stored.
         let filters: Vec<TopicFilter> = lock(&key.0.filters)
             .drain()
             .into_iter()
-            .map(|(f, _)| f)
+            .filter_map(|(f, _)| TopicFilter::try_from(&*f).ok())
             .collect();
         if filters.is_empty() {
             return;
@@ -526,7 +527,7 @@ impl Shared {
     /// session, or ask its holder to let go.
     pub(crate) fn attach(
         &self,
-        client_id: &str,
+        client_id: &Arc<str>,
         clean_start: bool,
         expiry: u32,
         kick: &Arc<KickSignal>,
@@ -540,7 +541,10 @@ impl Shared {
             {
                 return Attach::Full;
             }
-            match core.registry.connect(client_id, clean_start, expiry) {
+            match core
+                .registry
+                .connect(client_id.clone(), clean_start, expiry)
+            {
                 Connected::Ready(handover) => {
                     Attach::Ready(self.take(&mut core, client_id, handover, kick, &mut due))
                 }
@@ -578,7 +582,7 @@ impl Shared {
     fn take(
         &self,
         core: &mut Core,
-        client_id: &str,
+        client_id: &Arc<str>,
         handover: Handover,
         kick: &Arc<KickSignal>,
         due: &mut Vec<PendingWill>,
@@ -599,7 +603,7 @@ impl Shared {
                     old.end();
                 }
                 due.extend(core.wills.session_ended(client_id));
-                let key = SessionKey::new(Arc::from(client_id), self.queued_bytes.clone());
+                let key = SessionKey::new(client_id.clone(), self.queued_bytes.clone());
                 core.sessions.insert(key.0.client_id.clone(), key.clone());
                 key
             }
@@ -617,7 +621,7 @@ impl Shared {
     /// Finish a wait for a takeover: the session arrived.
     pub(crate) fn take_handover(
         &self,
-        client_id: &str,
+        client_id: &Arc<str>,
         handover: Handover,
         kick: &Arc<KickSignal>,
         now: Instant,

@@ -78,6 +78,8 @@ pub(crate) trait Transport: Send + 'static {
     type Asleep: mio::event::Source + Send + 'static;
     /// Whether a connection on this transport can hibernate.
     fn can_park(&self) -> bool;
+    /// The peer's address, if known.
+    fn peer(&self) -> Option<SocketAddr>;
     /// Leave the runtime's reactor.
     fn sleep(self) -> io::Result<Self::Asleep>;
     /// Come back to it (in the runtime's context).
@@ -98,6 +100,10 @@ impl Transport for TcpStream {
 
     fn can_park(&self) -> bool {
         true
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
     }
 
     fn sleep(self) -> io::Result<Self::Asleep> {
@@ -134,6 +140,10 @@ where
         false
     }
 
+    fn peer(&self) -> Option<SocketAddr> {
+        None
+    }
+
     fn sleep(self) -> io::Result<Self::Asleep> {
         Err(io::Error::other("in-memory pipes don't hibernate"))
     }
@@ -149,7 +159,6 @@ where
 /// lost connection would.
 pub(crate) struct Link {
     pub(crate) shared: Arc<Shared>,
-    peer: SocketAddr,
     pub(crate) kick: Arc<KickSignal>,
     held: Option<Held>,
     will: Option<Box<(Message, Duration)>>,
@@ -171,7 +180,6 @@ impl Link {
     pub(crate) fn take(&mut self) -> Self {
         let hollow = Self {
             shared: self.shared.clone(),
-            peer: self.peer,
             kick: self.kick.clone(),
             held: None,
             will: None,
@@ -240,6 +248,9 @@ enum Run {
 
 pub(crate) struct Task {
     pub(crate) link: Link,
+    /// The peer's address, for the logs (asked of the socket again after
+    /// hibernation: a sleeping connection doesn't keep it).
+    peer: SocketAddr,
     pub(crate) conn: Connection,
     limits: petrel_codec::Limits,
     inbuf: BytesMut,
@@ -270,7 +281,6 @@ pub(crate) async fn serve<T: Transport>(
     let conn = Connection::server(shared.session_config.clone(), now);
     let link = Link {
         shared,
-        peer,
         kick: Arc::new(KickSignal::default()),
         held: None,
         will: None,
@@ -278,7 +288,7 @@ pub(crate) async fn serve<T: Transport>(
         counted: false,
         _guard: guard,
     };
-    let task = Task::new(link, conn, io.can_park());
+    let task = Task::new(link, conn, peer, io.can_park());
     drive(Box::new(task), io).await;
 }
 
@@ -309,10 +319,11 @@ impl Drop for Task {
 
 impl Task {
     /// A task for `conn` (new, or unparked after hibernation).
-    pub(crate) fn new(link: Link, conn: Connection, can_park: bool) -> Self {
+    pub(crate) fn new(link: Link, conn: Connection, peer: SocketAddr, can_park: bool) -> Self {
         let limits = link.shared.session_config.codec_limits();
         let after = link.shared.config.limits.hibernate_after;
         Self {
+            peer,
             limits,
             hibernate_after: (can_park && after > 0).then(|| Duration::from_secs(after)),
             got_connect: conn.is_connected(),
@@ -516,12 +527,12 @@ impl Task {
                         }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
-                        tracing::debug!(peer = %self.link.peer, error = %e, "protocol error");
+                        tracing::debug!(peer = %self.peer, error = %e, "protocol error");
                     }
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::debug!(peer = %self.link.peer, error = %e, "malformed packet");
+                    tracing::debug!(peer = %self.peer, error = %e, "malformed packet");
                     // The session answers where the protocol lets it (a
                     // CONNACK for an unsupported version, a 5.0 DISCONNECT
                     // with the reason code) and closes.
@@ -556,7 +567,7 @@ impl Task {
                 Stats::add(&stats.publish_sent, 1);
             }
             if let Err(e) = self.out.push(&packet, protocol) {
-                tracing::warn!(peer = %self.link.peer, error = %e, "could not encode a packet");
+                tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");
             }
         }
     }
@@ -593,10 +604,10 @@ impl Task {
         let id = self.link.key().map_or("-", |k| &*k.0.client_id);
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
-                tracing::info!(client_id = id, peer = %self.link.peer, reason = %reason_code, "client disconnected");
+                tracing::info!(client_id = id, peer = %self.peer, reason = %reason_code, "client disconnected");
             }
             other => {
-                tracing::info!(client_id = id, peer = %self.link.peer, reason = ?other, "connection closed");
+                tracing::info!(client_id = id, peer = %self.peer, reason = ?other, "connection closed");
             }
         }
     }
@@ -771,7 +782,7 @@ impl Task {
         self.link.counted = true;
         tracing::info!(
             client_id = %client_id,
-            peer = %self.link.peer,
+            peer = %self.peer,
             protocol = c.protocol.name(),
             session_present,
             "client connected"
@@ -958,7 +969,7 @@ impl Task {
                 Stats::add(&self.link.shared.stats.dropped_too_large, 1);
             }
             Err(e) => {
-                tracing::debug!(peer = %self.link.peer, error = %e, "message not sent");
+                tracing::debug!(peer = %self.peer, error = %e, "message not sent");
                 Stats::add(&self.link.shared.stats.dropped_queue_full, 1);
             }
         }

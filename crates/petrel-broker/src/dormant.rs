@@ -19,6 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -32,14 +33,29 @@ use crate::stats::Stats;
 
 /// Hibernating connections the broker wakes on its own: each at its
 /// keep-alive deadline, and all at shutdown.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sleepers {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
-    /// Deadlines by slot and generation; entries of slots woken otherwise
-    /// are skipped when they come up, and swept when they pile up.
-    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Deadlines (whole seconds after `base`, rounded up: the broker checks
+    /// them once a second anyway) by slot and generation; entries of slots
+    /// woken otherwise are skipped when they come up, and swept when they
+    /// pile up.
+    deadlines: BinaryHeap<Reverse<(u32, u32, u32)>>,
+    base: Instant,
+}
+
+impl Default for Sleepers {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            deadlines: BinaryHeap::new(),
+            base: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -158,6 +174,9 @@ impl Sleepers {
             generation: slot.generation,
         };
         if let Some(at) = deadline {
+            let after = at.saturating_duration_since(self.base);
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            let at = u32::try_from(secs).unwrap_or(u32::MAX);
             self.deadlines.push(Reverse((at, index, id.generation)));
             if self.deadlines.len() > 2 * self.live + 1024 {
                 let slots = &self.slots;
@@ -183,6 +202,8 @@ impl Sleepers {
 
     /// Take the wakers of the connections whose deadline has come.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<Waker> {
+        let now =
+            u32::try_from(now.saturating_duration_since(self.base).as_secs()).unwrap_or(u32::MAX);
         let mut due = Vec::new();
         while let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() {
             if at > now {
@@ -268,9 +289,12 @@ fn unregister<T: Transport>(
     T::wake(asleep)
 }
 
-fn unfold(link: Link, parked: Parked) -> Box<Task> {
+fn unfold<T: Transport>(link: Link, parked: Parked, io: &T) -> Box<Task> {
     let conn = Connection::unpark(parked, link.shared.session_config.clone());
-    Box::new(Task::new(link, conn, true))
+    let peer = io
+        .peer()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    Box::new(Task::new(link, conn, peer, true))
 }
 
 async fn resume<T: Transport>(record: Record<T>) {
@@ -284,7 +308,7 @@ async fn resume<T: Transport>(record: Record<T>) {
         return;
     };
     match unregister::<T>(&link, slot, watcher, io) {
-        Ok(io) => drive(unfold(link, conn), io).await,
+        Ok(io) => drive(unfold(link, conn, &io), io).await,
         // The socket is lost (dropping the link hands the session back).
         Err(e) => tracing::warn!(error = %e, "a hibernating connection could not wake"),
     }
@@ -327,7 +351,8 @@ pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task
     let mut early = false;
     if let Some(key) = link.key() {
         let mut mailbox = key.mailbox();
-        if mailbox.queue.is_empty() {
+        if mailbox.is_empty() {
+            mailbox.compact();
             mailbox.waker = Some(waker.clone());
         } else {
             early = true;
@@ -349,7 +374,7 @@ pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task
         *state = State::Awake;
         drop(state);
         return match unregister::<T>(&link, slot, watcher, asleep) {
-            Ok(io) => Some((unfold(link, parked), io)),
+            Ok(io) => Some((unfold(link, parked, &io), io)),
             Err(e) => {
                 tracing::warn!(error = %e, "a connection could not wake");
                 None

@@ -104,9 +104,9 @@ impl StoredMessage {
 }
 
 impl StoredSubscription {
-    fn new(filter: &TopicFilter, s: &Subscription) -> Self {
+    fn new(filter: &str, s: &Subscription) -> Self {
         Self {
-            filter: filter.as_str().to_string(),
+            filter: filter.to_string(),
             qos: s.options.qos as u8,
             no_local: s.options.no_local,
             retain_as_published: s.options.retain_as_published,

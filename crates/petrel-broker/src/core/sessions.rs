@@ -1,6 +1,7 @@
 //! Sessions by client identifier: new, resumed, taken over, expired.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petrel_session::SessionState;
@@ -9,7 +10,7 @@ use petrel_session::SessionState;
 /// a connection that was taken over can't release a session it no longer
 /// holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(u64);
+pub struct ConnectionId(std::num::NonZeroU64);
 
 /// The Session Expiry Interval that means "never" (5.0, 3.1.2.11.2), and what
 /// a 3.1.x persistent session (Clean Session 0) gets.
@@ -51,22 +52,34 @@ struct Entry {
     holder: Option<ConnectionId>,
     /// A connection waiting for the holder to let go: its id, Clean Start
     /// and expiry interval.
-    waiting: Option<(ConnectionId, bool, u32)>,
-    /// The state while no connection holds it (none: a new session's). A
-    /// connected session's lives in its connection, so most entries hold
-    /// only this pointer.
-    state: Option<Box<SessionState>>,
+    /// Boxed: rare, and every entry would pay for it.
+    waiting: Option<Box<(ConnectionId, bool, u32)>>,
+    /// What a session no connection holds keeps (none: a new session's).
+    /// A connected session's state lives in its connection, so most entries
+    /// hold only this pointer.
+    detached: Option<Box<Detached>>,
     /// Session Expiry Interval in seconds.
     expiry: u32,
-    /// When a detached session ends.
+}
+
+#[derive(Debug, Default)]
+struct Detached {
+    state: SessionState,
+    /// When the session ends.
     expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn expires_at(&self) -> Option<Instant> {
+        self.detached.as_ref().and_then(|d| d.expires_at)
+    }
 }
 
 /// Every session, by client identifier: decisions about one client id
 /// (connect, takeover, release, expiry) happen here, one at a time.
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
-    sessions: HashMap<Box<str>, Entry>,
+    sessions: HashMap<Arc<str>, Entry>,
     next_connection: u64,
 }
 
@@ -107,7 +120,9 @@ impl SessionRegistry {
 
     fn next_id(&mut self) -> ConnectionId {
         self.next_connection += 1;
-        ConnectionId(self.next_connection)
+        ConnectionId(
+            std::num::NonZeroU64::new(self.next_connection).unwrap_or(std::num::NonZeroU64::MIN),
+        )
     }
 
     /// A CONNECT for `client_id` was accepted. With Clean Start the old
@@ -115,17 +130,23 @@ impl SessionRegistry {
     /// without, an existing session continues ([MQTT-3.1.2-5]) or a new one
     /// is created ([MQTT-3.1.2-6]). `expiry` is the Session Expiry Interval
     /// the connection asked for (after any cap the broker applies).
-    pub fn connect(&mut self, client_id: &str, clean_start: bool, expiry: u32) -> Connected {
+    ///
+    /// Pass the client id as an `Arc<str>` to share it rather than copy it.
+    pub fn connect(
+        &mut self,
+        client_id: impl AsRef<str> + Into<Arc<str>>,
+        clean_start: bool,
+        expiry: u32,
+    ) -> Connected {
         let connection = self.next_id();
-        let Some(entry) = self.sessions.get_mut(client_id) else {
+        let Some(entry) = self.sessions.get_mut(client_id.as_ref()) else {
             self.sessions.insert(
                 client_id.into(),
                 Entry {
                     holder: Some(connection),
                     waiting: None,
-                    state: None,
+                    detached: None,
                     expiry,
-                    expires_at: None,
                 },
             );
             return Connected::Ready(Handover {
@@ -137,8 +158,8 @@ impl SessionRegistry {
         if let Some(holder) = entry.holder {
             let superseded = entry
                 .waiting
-                .replace((connection, clean_start, expiry))
-                .map(|(id, _, _)| id);
+                .replace(Box::new((connection, clean_start, expiry)))
+                .map(|w| w.0);
             return Connected::TakeOver {
                 connection,
                 holder,
@@ -147,8 +168,10 @@ impl SessionRegistry {
         }
         entry.holder = Some(connection);
         entry.expiry = expiry;
-        entry.expires_at = None;
-        let state = entry.state.take().map_or_else(SessionState::new, |s| *s);
+        let state = entry
+            .detached
+            .take()
+            .map_or_else(SessionState::new, |d| d.state);
         Connected::Ready(if clean_start {
             Handover {
                 connection,
@@ -183,7 +206,7 @@ impl SessionRegistry {
         if entry.holder != Some(connection) {
             return None;
         }
-        if let Some((next, clean_start, next_expiry)) = entry.waiting.take() {
+        if let Some((next, clean_start, next_expiry)) = entry.waiting.take().map(|w| *w) {
             entry.holder = Some(next);
             entry.expiry = next_expiry;
             // The session continues only if the new connection asks for it
@@ -206,15 +229,15 @@ impl SessionRegistry {
         }
         entry.holder = None;
         entry.expiry = expiry;
-        entry.state = Some(Box::new(state));
-        entry.expires_at = (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
+        let expires_at = (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
+        entry.detached = Some(Box::new(Detached { state, expires_at }));
         None
     }
 
     /// A connection waiting to take over went away before it got the session.
     pub fn abandon(&mut self, client_id: &str, connection: ConnectionId) {
         if let Some(entry) = self.sessions.get_mut(client_id) {
-            if entry.waiting.is_some_and(|(id, _, _)| id == connection) {
+            if entry.waiting.as_ref().is_some_and(|w| w.0 == connection) {
                 entry.waiting = None;
             }
         }
@@ -226,7 +249,7 @@ impl SessionRegistry {
         self.sessions
             .get_mut(client_id)
             .filter(|e| e.holder.is_none())
-            .map(|e| &mut **e.state.get_or_insert_with(Box::default))
+            .map(|e| &mut e.detached.get_or_insert_with(Box::default).state)
     }
 
     /// End every detached session whose expiry has passed; returns their
@@ -236,7 +259,7 @@ impl SessionRegistry {
         let ended: Vec<String> = self
             .sessions
             .iter()
-            .filter(|(_, e)| e.holder.is_none() && e.expires_at.is_some_and(|at| at <= now))
+            .filter(|(_, e)| e.holder.is_none() && e.expires_at().is_some_and(|at| at <= now))
             .map(|(id, _)| id.to_string())
             .collect();
         for id in &ended {
@@ -252,8 +275,11 @@ impl SessionRegistry {
             .iter()
             .filter(|(_, e)| e.holder.is_none())
             .map(|(id, e)| {
-                let state = e.state.as_deref().unwrap_or_else(|| empty_state());
-                (&**id, state, e.expiry, e.expires_at)
+                let state: &SessionState = match &e.detached {
+                    Some(d) => &d.state,
+                    None => empty_state(),
+                };
+                (&**id, state, e.expiry, e.expires_at())
             })
     }
 
@@ -274,9 +300,8 @@ impl SessionRegistry {
             Entry {
                 holder: None,
                 waiting: None,
-                state: Some(Box::new(state)),
+                detached: Some(Box::new(Detached { state, expires_at })),
                 expiry,
-                expires_at,
             },
         );
     }
@@ -286,7 +311,7 @@ impl SessionRegistry {
         self.sessions
             .values()
             .filter(|e| e.holder.is_none())
-            .filter_map(|e| e.expires_at)
+            .filter_map(Entry::expires_at)
             .min()
     }
 }

@@ -25,18 +25,38 @@ pub struct SubscriptionTree<K, V> {
 }
 
 /// One level. Most nodes are leaves with one subscriber, so everything a
-/// leaf doesn't use is behind a pointer that stays empty: a leaf costs its
-/// map entry, its name and its one subscriber.
+/// leaf doesn't use is behind one pointer that stays empty: a leaf costs
+/// its map entry (40 bytes and a name), and its one subscriber.
 #[derive(Debug)]
 struct Node<K, V> {
-    // Boxed on purpose: a leaf has no children and pays one pointer.
-    #[allow(clippy::box_collection)]
-    children: Option<Box<HashMap<Box<str>, Self>>>,
-    plus: Option<Box<Self>>,
     /// Filters that end here.
     exact: Subscribers<K, V>,
+    more: Option<Box<More<K, V>>>,
+}
+
+/// What a node has beyond its own subscribers: the levels below it.
+#[derive(Debug)]
+struct More<K, V> {
+    children: HashMap<Box<str>, Node<K, V>>,
+    plus: Option<Box<Node<K, V>>>,
     /// Filters that end here with `/#` (or are `#`, at the root).
     hash: Option<Box<Subscribers<K, V>>>,
+}
+
+impl<K, V> Default for More<K, V> {
+    fn default() -> Self {
+        Self {
+            children: HashMap::new(),
+            plus: None,
+            hash: None,
+        }
+    }
+}
+
+impl<K, V> More<K, V> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.plus.is_none() && self.hash.is_none()
+    }
 }
 
 /// Shared subscriptions' groups by share name, members in joining order.
@@ -79,10 +99,8 @@ impl<K, V> Default for Subscribers<K, V> {
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Self {
-            children: None,
-            plus: None,
             exact: Subscribers::default(),
-            hash: None,
+            more: None,
         }
     }
 }
@@ -94,11 +112,19 @@ impl<K, V> Subscribers<K, V> {
 }
 
 impl<K, V> Node<K, V> {
+    fn more(&mut self) -> &mut More<K, V> {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// Drop `more` once nothing is left in it.
+    fn prune(&mut self) {
+        if self.more.as_ref().is_some_and(|m| m.is_empty()) {
+            self.more = None;
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.children.is_none()
-            && self.plus.is_none()
-            && self.exact.is_empty()
-            && self.hash.is_none()
+        self.exact.is_empty() && self.more.is_none()
     }
 }
 
@@ -139,15 +165,9 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         let mut node = node;
         for level in super::levels(filter) {
             match level {
-                "#" => return node.hash.get_or_insert_with(Box::default),
-                "+" => node = node.plus.get_or_insert_with(Box::default),
-                lit => {
-                    node = node
-                        .children
-                        .get_or_insert_with(Box::default)
-                        .entry(lit.into())
-                        .or_default();
-                }
+                "#" => return node.more().hash.get_or_insert_with(Box::default),
+                "+" => node = node.more().plus.get_or_insert_with(Box::default),
+                lit => node = node.more().children.entry(lit.into()).or_default(),
             }
         }
         &mut node.exact
@@ -200,38 +220,39 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
             None => return Self::remove_from(&mut node.exact, group, key),
             Some(r) => super::split_level(r),
         };
-        match level {
+        let more = node.more.as_deref_mut()?;
+        let removed = match level {
             "#" => {
-                let slot = node.hash.as_deref_mut()?;
+                let slot = more.hash.as_deref_mut()?;
                 let removed = Self::remove_from(slot, group, key);
                 if slot.is_empty() {
-                    node.hash = None;
+                    more.hash = None;
                 }
                 removed
             }
             "+" => {
-                let child = node.plus.as_deref_mut()?;
+                let child = more.plus.as_deref_mut()?;
                 let removed = Self::remove_at(child, tail, group, key);
                 if child.is_empty() {
-                    node.plus = None;
+                    more.plus = None;
                 }
                 removed
             }
             lit => {
-                let children = node.children.as_deref_mut()?;
+                let children = &mut more.children;
                 let child = children.get_mut(lit)?;
                 let removed = Self::remove_at(child, tail, group, key);
                 if child.is_empty() {
                     children.remove(lit);
-                    if children.is_empty() {
-                        node.children = None;
-                    } else if children.capacity() > 4 * children.len() {
+                    if children.capacity() > 4 * children.len() {
                         children.shrink_to_fit();
                     }
                 }
                 removed
             }
-        }
+        };
+        node.prune();
+        removed
     }
 
     fn remove_from(slot: &mut Subscribers<K, V>, group: Option<&str>, key: &K) -> Option<V> {
@@ -275,22 +296,25 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
             // The topic ends here: filters that end here, and `x/#` matching
             // its parent level `x` (4.7.1.2).
             Self::report(&node.exact, visit);
-            if let Some(hash) = &node.hash {
+            if let Some(hash) = node.more.as_ref().and_then(|m| m.hash.as_deref()) {
                 Self::report(hash, visit);
             }
             return;
         };
+        let Some(more) = node.more.as_deref() else {
+            return;
+        };
         if wildcards {
-            if let Some(hash) = &node.hash {
+            if let Some(hash) = &more.hash {
                 Self::report(hash, visit);
             }
         }
         let (level, tail) = super::split_level(rest);
-        if let Some(child) = node.children.as_ref().and_then(|c| c.get(level)) {
+        if let Some(child) = more.children.get(level) {
             Self::walk(child, tail, false, dollar, visit);
         }
         if wildcards {
-            if let Some(plus) = &node.plus {
+            if let Some(plus) = &more.plus {
                 Self::walk(plus, tail, false, dollar, visit);
             }
         }
