@@ -184,35 +184,7 @@ async fn a_persistent_session_gets_what_was_published_while_away() {
     let Some(mosq) = Mosquitto::start("persist") else {
         return;
     };
-    let addr = mosq.addr();
-    for proto in BOTH {
-        let id = format!("away{proto:?}");
-        let (sub, _) = connect(persistent(options(addr, proto, &id)))
-            .await
-            .unwrap();
-        sub.subscribe("away/t", QoS::ExactlyOnce).await.unwrap();
-        sub.disconnect().await.unwrap();
-        let (publ, _) = connect(options(addr, proto, "pub")).await.unwrap();
-        for i in 0..5u8 {
-            publ.publish_to("away/t", vec![i], QoS::ExactlyOnce)
-                .await
-                .unwrap();
-        }
-        let (sub, mut inbox) = connect(persistent(options(addr, proto, &id)))
-            .await
-            .unwrap();
-        assert_eq!(
-            sub.status(),
-            Status::Connected {
-                session_present: true
-            }
-        );
-        for i in 0..5u8 {
-            assert_eq!(&next(&mut inbox).await.payload[..], &[i]);
-        }
-        sub.disconnect().await.unwrap();
-        publ.disconnect().await.unwrap();
-    }
+    away_and_back(mosq.addr(), "away/t").await;
 }
 
 /// A broker restarted in the middle of a QoS 1 and a QoS 2 stream: no

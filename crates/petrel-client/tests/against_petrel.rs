@@ -138,32 +138,7 @@ async fn retained_messages_and_wills() {
 #[tokio::test]
 async fn a_persistent_session_receives_what_was_published_while_away() {
     let (_b, addr) = start().await;
-    for proto in BOTH {
-        let mut o = options(addr, proto, "persist");
-        o.clean_start = false;
-        o.session_expiry = 300;
-        let (sub, _) = connect(o.clone()).await.unwrap();
-        sub.subscribe("p/t", QoS::ExactlyOnce).await.unwrap();
-        sub.disconnect().await.unwrap();
-        let (publ, _) = connect(options(addr, proto, "pp")).await.unwrap();
-        for i in 0..5u8 {
-            publ.publish_to("p/t", vec![i], QoS::ExactlyOnce)
-                .await
-                .unwrap();
-        }
-        let (sub, mut inbox) = connect(o).await.unwrap();
-        assert_eq!(
-            sub.status(),
-            Status::Connected {
-                session_present: true
-            }
-        );
-        for i in 0..5u8 {
-            assert_eq!(&next(&mut inbox).await.payload[..], &[i]);
-        }
-        assert!(nothing(&mut inbox).await);
-        sub.disconnect().await.unwrap();
-    }
+    away_and_back(addr, "p/t").await;
 }
 
 #[tokio::test]

@@ -51,6 +51,41 @@ pub async fn nothing(m: &mut Messages) -> bool {
         .is_err()
 }
 
+/// A persistent session, in 3.1.1 and 5.0, gets the five QoS 2 messages
+/// published while its client was away, in order, once, with Session
+/// Present on its return.
+pub async fn away_and_back(addr: SocketAddr, topic: &str) {
+    for proto in BOTH {
+        let id = format!("away-{proto:?}");
+        let (sub, _) = connect(persistent(options(addr, proto, &id)))
+            .await
+            .unwrap();
+        sub.subscribe(topic, QoS::ExactlyOnce).await.unwrap();
+        sub.disconnect().await.unwrap();
+        let (publ, _) = connect(options(addr, proto, "away-pub")).await.unwrap();
+        for i in 0..5u8 {
+            publ.publish_to(topic, vec![i], QoS::ExactlyOnce)
+                .await
+                .unwrap();
+        }
+        let (sub, mut inbox) = connect(persistent(options(addr, proto, &id)))
+            .await
+            .unwrap();
+        assert_eq!(
+            sub.status(),
+            Status::Connected {
+                session_present: true
+            }
+        );
+        for i in 0..5u8 {
+            assert_eq!(&next(&mut inbox).await.payload[..], &[i]);
+        }
+        assert!(nothing(&mut inbox).await);
+        sub.disconnect().await.unwrap();
+        publ.disconnect().await.unwrap();
+    }
+}
+
 /// A broker restarted in the middle of QoS 1 and QoS 2 streams, in 3.1.1
 /// and 5.0: 400 messages with 16 publishes in flight, `restart` called a
 /// third of the way through. Every publish is acknowledged, every message
