@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::BrokerConfig;
 use crate::dormant::{Sleepers, Watcher};
-use crate::mailbox::{lock, message_size, Queued, SessionKey};
+use crate::mailbox::{detach, lock, message_size, Queued, SessionKey};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::{
     Connected, ConnectionId, Handover, RetainedTree, Routed, Router, SessionRegistry, Subscription,
@@ -362,10 +362,8 @@ impl Shared {
             return;
         }
         let mut stored = message.clone();
-        // Kept for long: in allocations of its own, not holding on to the
-        // publisher's whole read buffer.
-        stored.topic = stored.topic.detached();
-        stored.payload = Bytes::copy_from_slice(&stored.payload);
+        // Kept for long.
+        detach(&mut stored);
         // Nothing per connection (a topic alias) stays with it.
         stored.properties = stored
             .properties

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::broker::{Attach, Attached, Kick, KickSignal, Shared};
 use crate::dormant;
-use crate::mailbox::{Queued, SessionKey};
+use crate::mailbox::{detach, Queued, SessionKey};
 use crate::outq::OutQueue;
 use crate::server::LiveGuard;
 use crate::stats::Stats;
@@ -359,7 +359,7 @@ impl Task {
             self.close(ReasonCode::SERVER_SHUTTING_DOWN);
         }
         let mut last_active = Instant::now();
-        let mut by_timer = false;
+        // The last wake-up was the timer's (not activity).
         let mut fired = false;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         // One timer for the task's life, moved only when the session's
@@ -368,7 +368,7 @@ impl Task {
         tokio::pin!(timer);
         loop {
             let now = Instant::now();
-            if !std::mem::take(&mut by_timer) {
+            if !fired {
                 last_active = now;
             }
             loop {
@@ -407,7 +407,7 @@ impl Task {
                 .chain(idle_at)
                 .min()
                 .map_or(far, tokio::time::Instant::from_std);
-            let key = self.link.held.as_ref().map(|h| h.key.clone());
+            let key = self.key();
             let can_read = self.out.len() < READ_STOP;
             if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
                 // Idle: give back what a burst left (frames still in use
@@ -458,7 +458,6 @@ impl Task {
                 }
                 () = &mut timer => {
                     let now = Instant::now();
-                    by_timer = true;
                     fired = true;
                     if idle_at.is_some_and(|t| t <= now) {
                         if self.parkable() {
@@ -691,9 +690,9 @@ impl Task {
             } else {
                 0
             };
-            // Kept for the connection's life: detached from the read buffer.
-            let payload = bytes::Bytes::copy_from_slice(&w.payload);
-            let mut m = Message::new(w.topic.detached(), payload, w.qos);
+            let mut m = Message::new(w.topic, w.payload, w.qos);
+            // Kept for the connection's life.
+            detach(&mut m);
             m.retain = w.retain;
             // Will properties go out as PUBLISH properties, less the delay
             // ([MQTT-3.1.3-10]).

@@ -215,12 +215,19 @@ impl Sleepers {
         due
     }
 
-    /// Take every waker (shutdown).
+    /// Take every waker (shutdown). The slots stay, generations and all,
+    /// so an id handed out before can't name a later sleeper.
     pub(crate) fn all(&mut self) -> Vec<Waker> {
         self.deadlines.clear();
-        self.free.clear();
         self.live = 0;
-        self.slots.drain(..).filter_map(|s| s.waker).collect()
+        let mut all = Vec::new();
+        for (index, slot) in (0u32..).zip(&mut self.slots) {
+            if let Some(w) = slot.waker.take() {
+                self.free.push(index);
+                all.push(w);
+            }
+        }
+        all
     }
 }
 
@@ -272,29 +279,35 @@ impl<T: Transport> Wake for Dormant<T> {
     }
 }
 
-/// Undo a hibernation's registrations (those not already spent), and bring
-/// the socket back to the runtime.
-fn unregister<T: Transport>(
-    link: &Link,
+/// Wake up: undo the hibernation's registrations (those not already
+/// spent), bring the socket back to the runtime and unfold the connection.
+/// `None` if the socket can't come back: the connection is lost (dropping
+/// the link hands the session back).
+fn unfold<T: Transport>(
+    link: Link,
+    parked: Parked,
     slot: SlotId,
     watcher: &Watcher,
     mut asleep: T::Asleep,
-) -> io::Result<T> {
+) -> Option<(Box<Task>, T)> {
     lock(&link.shared.sleepers).remove(slot);
     if let Some(key) = link.key() {
         key.mailbox().waker = None;
     }
     lock(&link.kick.0).waker = None;
     let _ = watcher.registry.deregister(&mut asleep);
-    T::wake(asleep)
-}
-
-fn unfold<T: Transport>(link: Link, parked: Parked, io: &T) -> Box<Task> {
+    let io = match T::wake(asleep) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(error = %e, "a hibernating connection could not wake");
+            return None;
+        }
+    };
     let conn = Connection::unpark(parked, link.shared.session_config.clone());
     let peer = io
         .peer()
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    Box::new(Task::new(link, conn, peer, true))
+    Some((Box::new(Task::new(link, conn, peer, true)), io))
 }
 
 async fn resume<T: Transport>(record: Record<T>) {
@@ -304,13 +317,13 @@ async fn resume<T: Transport>(record: Record<T>) {
         link,
         slot,
     } = record;
-    let Some(watcher) = link.shared.watcher() else {
+    let shared = link.shared.clone();
+    // A sleeper exists only once the watcher does.
+    let Some(watcher) = shared.watcher() else {
         return;
     };
-    match unregister::<T>(&link, slot, watcher, io) {
-        Ok(io) => drive(unfold(link, conn, &io), io).await,
-        // The socket is lost (dropping the link hands the session back).
-        Err(e) => tracing::warn!(error = %e, "a hibernating connection could not wake"),
+    if let Some((task, io)) = unfold::<T>(link, conn, slot, watcher, io) {
+        drive(task, io).await;
     }
 }
 
@@ -373,13 +386,7 @@ pub(crate) fn park<T: Transport>(mut task: Box<Task>, io: T) -> Option<(Box<Task
     if early || matches!(*state, State::Early) {
         *state = State::Awake;
         drop(state);
-        return match unregister::<T>(&link, slot, watcher, asleep) {
-            Ok(io) => Some((unfold(link, parked, &io), io)),
-            Err(e) => {
-                tracing::warn!(error = %e, "a connection could not wake");
-                None
-            }
-        };
+        return unfold(link, parked, slot, watcher, asleep);
     }
     *state = State::Asleep(Record {
         io: asleep,
@@ -445,6 +452,12 @@ mod tests {
         assert_eq!(a.0.load(Ordering::Relaxed), 0);
         assert_eq!(sleepers.len(), 0);
         assert!(sleepers.remove(id).is_none());
+        // A sleeper after the shutdown's sweep is not named by an old id.
+        let (_, we) = counter();
+        let _ie = sleepers.insert(we, None);
+        assert!(sleepers.remove(id).is_none() && sleepers.remove(ia).is_none());
+        assert!(sleepers.remove(ib).is_none() && sleepers.remove(_ic).is_none());
+        assert_eq!(sleepers.len(), 1);
     }
 
     #[test]

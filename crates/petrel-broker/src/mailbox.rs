@@ -41,6 +41,14 @@ pub(crate) fn message_size(m: &Message) -> usize {
     m.topic.as_str().len() + m.properties.as_wire().len() + m.payload.len()
 }
 
+/// Give a message kept for long (a will, a retained message) allocations of
+/// its own: decoded, its topic and payload are slices of the buffer its
+/// packet was read into, and would keep all of that buffer alive.
+pub(crate) fn detach(m: &mut Message) {
+    m.topic = m.topic.detached();
+    m.payload = bytes::Bytes::copy_from_slice(&m.payload);
+}
+
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     /// Boxed, and dropped while the session's connection hibernates with

@@ -89,7 +89,7 @@ impl Server {
         // than run to the end, hibernating connections are woken all the
         // same: nothing else would close their sockets or hand their
         // sessions back.
-        let _wake_sleepers = WakeSleepers(shared.clone());
+        let wake_sleepers = WakeSleepers(shared.clone());
         let mut tasks = tokio::task::JoinSet::new();
         for listener in self.listeners {
             tasks.spawn(accept_loop(shared.clone(), listener, live.clone()));
@@ -101,7 +101,7 @@ impl Server {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         // Hibernating connections wake to say goodbye like the others.
-        shared.wake_sleepers(None);
+        drop(wake_sleepers);
         let drained = async {
             loop {
                 let idle = live.idle.notified();
