@@ -16,7 +16,7 @@ use petrel_broker::{Broker, BrokerConfig, Server};
 use petrel_codec::{QoS, TopicName};
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
@@ -27,7 +27,7 @@ async fn main() -> std::io::Result<()> {
         }],
         ..BrokerConfig::default()
     };
-    let broker = Broker::new(config);
+    let broker = Broker::new(config)?;
     let server = Server::bind(broker.clone()).await?;
     println!("broker listening on {:?}", server.local_addrs());
     let running = tokio::spawn(server.run());

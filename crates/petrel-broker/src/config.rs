@@ -7,6 +7,25 @@
 //! sys_interval = 10             # seconds between $SYS updates; 0 turns them off
 //! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
 //!
+//! # Who may connect (Mosquitto's names). With none of these, clients are
+//! # anonymous, which is allowed only while every listener is on loopback.
+//! allow_anonymous = false       # default: true only with no authentication and loopback listeners
+//! password_file = "passwd"      # Mosquitto's format (mosquitto_passwd, petrel passwd)
+//! acl_file = "acl"              # Mosquitto's format
+//! session_ownership = true      # default: on whenever authentication is on
+//!
+//! [scram]                       # 5.0 enhanced authentication
+//! file = "scram"                # petrel passwd --scram
+//! mechanisms = ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+//!
+//! [jwt]                         # a password that is a token
+//! secret = "..."                # HMAC; or public_key = "key.pem", jwks = "keys.json"
+//! audience = "petrel"
+//! issuer = "https://auth.example"
+//!
+//! [certificate]                 # a client certificate's identity as user name
+//! username = "cn"               # cn, subject, dns, email
+//!
 //! [[listener]]
 //! bind = "127.0.0.1:1883"       # several [[listener]] tables, several sockets
 //!
@@ -31,14 +50,21 @@
 //! max_queued_bytes_total = 1073741824   # all sessions' queues together
 //! max_retained_bytes = 268435456        # all retained messages together
 //! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
-//! hibernate_after = 5           # seconds of silence before an idle connection is folded small; 0 = never
+//! hibernate_after = 5           # seconds of silence before an idle connection hibernates; 0 = never
+//! login_free_failures = 5       # failed logins an address may have before its attempts are spaced out
+//! login_delay = 1               # seconds between them at first, doubling with each failure
+//! login_delay_max = 30          # seconds between them at most
 //! ```
+//!
+//! Methods of authentication are tried in the order they appear in the
+//! file (`password_file`, `[jwt]`, `[certificate]`).
 //!
 //! Unknown keys are errors, so a misspelt limit never silently keeps its
 //! default.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -59,7 +85,120 @@ pub struct BrokerConfig {
     pub log_level: LogLevel,
     /// File where sessions and retained messages are kept across a
     /// graceful restart (written at shutdown, read at start). Default none.
-    pub persistence: Option<std::path::PathBuf>,
+    pub persistence: Option<PathBuf>,
+    /// Whether clients without credentials may connect. Default: yes only
+    /// when no authentication is configured and every listener is on a
+    /// loopback address; a configuration with a listener elsewhere and no
+    /// authentication must say `allow_anonymous = true` to start.
+    pub allow_anonymous: Option<bool>,
+    /// Mosquitto's password file (`mosquitto_passwd`, `petrel passwd`).
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto's ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// 5.0 enhanced authentication with SCRAM.
+    pub scram: Option<ScramConfig>,
+    /// Passwords that are JSON Web Tokens.
+    pub jwt: Option<JwtConfig>,
+    /// A verified client certificate's identity as the user name.
+    pub certificate: Option<CertificateConfig>,
+    /// Whether a session belongs to the user that created it, so no other
+    /// user can resume or take it over. Default: on whenever authentication
+    /// is on.
+    pub session_ownership: Option<bool>,
+    /// The order of the authentication methods: as they appear in the
+    /// configuration file; built in code, password file, then tokens, then
+    /// certificates.
+    #[serde(skip)]
+    pub auth_order: Vec<AuthSource>,
+}
+
+/// A method of authentication that reads the CONNECT's credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthSource {
+    /// `password_file`.
+    PasswordFile,
+    /// `[jwt]`.
+    Jwt,
+    /// `[certificate]`.
+    Certificate,
+}
+
+/// `[scram]`: 5.0 enhanced authentication by SCRAM (RFC 5802).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScramConfig {
+    /// The credentials file (`petrel passwd --scram`).
+    pub file: PathBuf,
+    /// The mechanisms offered. Default both, `SCRAM-SHA-256` and
+    /// `SCRAM-SHA-512`.
+    #[serde(default = "ScramConfig::all_mechanisms")]
+    pub mechanisms: Vec<String>,
+}
+
+impl ScramConfig {
+    fn all_mechanisms() -> Vec<String> {
+        vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-512".into()]
+    }
+}
+
+/// `[jwt]`: a password that is a JSON Web Token.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// HMAC secret (HS256, HS384, HS512).
+    pub secret: Option<String>,
+    /// An RSA, EC or Ed25519 public key in PEM.
+    pub public_key: Option<PathBuf>,
+    /// A JWK set file.
+    pub jwks: Option<PathBuf>,
+    /// The audience a token must name, if any.
+    pub audience: Option<String>,
+    /// The issuer a token must name, if any.
+    pub issuer: Option<String>,
+    /// A claim that names the user: a client's user name must match it.
+    pub username_claim: Option<String>,
+    /// The claim that may carry the client's permissions. Default `acl`.
+    pub acl_claim: String,
+    /// Seconds of clock skew allowed for `exp` and `nbf`. Default 0.
+    pub leeway: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            public_key: None,
+            jwks: None,
+            audience: None,
+            issuer: None,
+            username_claim: None,
+            acl_claim: "acl".into(),
+            leeway: 0,
+        }
+    }
+}
+
+/// `[certificate]`: a verified client certificate names its holder.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificateConfig {
+    /// Which field is the user name. Default the Common Name.
+    pub username: CertificateField,
+}
+
+/// A field of a client certificate.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateField {
+    /// The subject's Common Name.
+    #[default]
+    Cn,
+    /// The whole subject (RFC 4514).
+    Subject,
+    /// The first DNS name of the Subject Alternative Name.
+    Dns,
+    /// The first e-mail address of the Subject Alternative Name.
+    Email,
 }
 
 /// One listening socket.
@@ -165,6 +304,14 @@ pub struct Limits {
     /// deadline (as EMQX hibernates idle connection processes). 0 keeps
     /// every connection awake. Default 5.
     pub hibernate_after: u64,
+    /// Failed logins one address may have before its attempts are spaced
+    /// out. Default 5.
+    pub login_free_failures: u32,
+    /// Seconds between an address's attempts once spaced out, doubling
+    /// with each further failure. Default 1.
+    pub login_delay: u64,
+    /// Most seconds between an address's attempts. Default 30.
+    pub login_delay_max: u64,
 }
 
 impl Default for BrokerConfig {
@@ -177,6 +324,14 @@ impl Default for BrokerConfig {
             sys_interval: 10,
             log_level: LogLevel::default(),
             persistence: None,
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            scram: None,
+            jwt: None,
+            certificate: None,
+            session_ownership: None,
+            auth_order: Vec::new(),
         }
     }
 }
@@ -205,6 +360,9 @@ impl Default for Limits {
             max_retained_bytes: 256 * 1024 * 1024,
             max_retained_backlog: 2_000_000,
             hibernate_after: 5,
+            login_free_failures: 5,
+            login_delay: 1,
+            login_delay_max: 30,
         }
     }
 }
@@ -228,9 +386,46 @@ pub enum ConfigError {
 impl BrokerConfig {
     /// Parse and check a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)?;
+        let mut config: Self = toml::from_str(text)?;
+        // The order the methods appear in is the order they are tried.
+        let table: toml::Table = toml::from_str(text)?;
+        config.auth_order = table
+            .keys()
+            .filter_map(|k| match k.as_str() {
+                "password_file" => Some(AuthSource::PasswordFile),
+                "jwt" => Some(AuthSource::Jwt),
+                "certificate" => Some(AuthSource::Certificate),
+                _ => None,
+            })
+            .collect();
         config.validate()?;
         Ok(config)
+    }
+
+    /// The authentication methods configured, in the order they are tried.
+    pub fn auth_sources(&self) -> Vec<AuthSource> {
+        let configured = |s: &AuthSource| match s {
+            AuthSource::PasswordFile => self.password_file.is_some(),
+            AuthSource::Jwt => self.jwt.is_some(),
+            AuthSource::Certificate => self.certificate.is_some(),
+        };
+        let mut order: Vec<AuthSource> =
+            self.auth_order.iter().copied().filter(configured).collect();
+        for s in [
+            AuthSource::PasswordFile,
+            AuthSource::Jwt,
+            AuthSource::Certificate,
+        ] {
+            if configured(&s) && !order.contains(&s) {
+                order.push(s);
+            }
+        }
+        order
+    }
+
+    /// Whether any way to authenticate is configured.
+    pub fn has_authentication(&self) -> bool {
+        !self.auth_sources().is_empty() || self.scram.is_some()
     }
 
     /// Check every value is usable.
@@ -290,6 +485,32 @@ impl BrokerConfig {
         }
         if l.max_sessions == 0 {
             return invalid("limits.max_sessions", "must be at least 1");
+        }
+        if let Some(scram) = &self.scram {
+            if scram.mechanisms.is_empty() {
+                return invalid("scram.mechanisms", "name at least one mechanism");
+            }
+            if let Some(m) = scram
+                .mechanisms
+                .iter()
+                .find(|m| !matches!(m.as_str(), "SCRAM-SHA-256" | "SCRAM-SHA-512"))
+            {
+                return invalid(
+                    "scram.mechanisms",
+                    &format!("unknown mechanism `{m}` (SCRAM-SHA-256 or SCRAM-SHA-512)"),
+                );
+            }
+        }
+        if let Some(jwt) = &self.jwt {
+            if jwt.secret.is_none() && jwt.public_key.is_none() && jwt.jwks.is_none() {
+                return invalid("jwt", "needs a key: secret, public_key or jwks");
+            }
+        }
+        if l.login_delay == 0 || l.login_delay_max < l.login_delay {
+            return invalid(
+                "limits.login_delay",
+                "must be at least 1 second and at most limits.login_delay_max",
+            );
         }
         if l.hibernate_after > 86_400 {
             return invalid(

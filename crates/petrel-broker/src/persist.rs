@@ -22,8 +22,8 @@ use petrel_codec::{
 use petrel_session::{Message, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Shared;
-use crate::Subscription;
+use crate::core::engine::Broker;
+use crate::core::router::Subscription;
 
 /// Bumped when the layout changes; an unknown version is refused.
 const VERSION: u32 = 1;
@@ -38,6 +38,9 @@ struct Stored {
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
     client_id: String,
+    /// The user it belongs to.
+    #[serde(default)]
+    owner: Option<String>,
     expiry: u32,
     /// Seconds left before it expires (`None`: never).
     expires_in: Option<u64>,
@@ -116,6 +119,8 @@ impl StoredSubscription {
     }
 
     fn restore(self) -> io::Result<(TopicFilter, Subscription)> {
+        // Whether each delivery needs authorising is decided again when
+        // it is restored, from the rules then in force.
         let filter = TopicFilter::try_from(self.filter.as_str()).map_err(invalid)?;
         let mut options =
             SubscriptionOptions::qos(QoS::from_u8(self.qos).ok_or_else(|| invalid("bad QoS"))?);
@@ -136,43 +141,59 @@ impl StoredSubscription {
             Subscription {
                 options,
                 identifier,
+                authorize: true,
             },
         ))
     }
 }
 
-impl Shared {
+impl Broker {
+    /// Save sessions that outlive their connection, and retained messages,
+    /// to the configured `persistence` file (the server does it at
+    /// shutdown). Returns how many of each were saved.
+    pub fn save(&self) -> io::Result<(usize, usize)> {
+        match &self.config().persistence {
+            Some(path) => self.save_to(path),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Read back what [`Broker::save`] wrote (the server does it when it
+    /// binds). Returns how many sessions and retained messages were read.
+    pub fn load(&self) -> io::Result<(usize, usize)> {
+        match &self.config().persistence {
+            Some(path) => self.load_from(path),
+            None => Ok((0, 0)),
+        }
+    }
+
     /// Write every detached session and retained message to `path`.
-    pub(crate) fn save(&self, path: &Path) -> io::Result<(usize, usize)> {
+    fn save_to(&self, path: &Path) -> io::Result<(usize, usize)> {
         let now = Instant::now();
-        let sessions: Vec<StoredSession> = {
-            let core = self.core_lock();
-            core.registry
-                .detached()
-                .filter_map(|(client_id, state, expiry, expires_at)| {
-                    let key = core.sessions.get(client_id)?;
-                    let subscriptions = crate::mailbox::lock(&key.0.filters)
-                        .iter()
-                        .map(|(f, s)| StoredSubscription::new(f, s))
-                        .collect();
-                    let queued = key
-                        .queued()
-                        .iter()
-                        .map(|(m, at)| StoredMessage::new(m, *at, now))
-                        .collect();
-                    Some(StoredSession {
-                        client_id: client_id.to_string(),
-                        expiry,
-                        expires_in: expires_at
-                            .map(|at| at.saturating_duration_since(now).as_secs()),
-                        state: state.snapshot(now),
-                        subscriptions,
-                        queued,
-                    })
-                })
-                .collect()
-        };
-        let retained = self.retained_messages(now);
+        let engine = &self.engine;
+        let mut sessions = Vec::new();
+        engine.for_each_detached(|client_id, state, expiry, expires_at, key| {
+            let subscriptions = key
+                .filters()
+                .iter()
+                .map(|(f, s)| StoredSubscription::new(f, s))
+                .collect();
+            let queued = key
+                .queued()
+                .iter()
+                .map(|(m, at)| StoredMessage::new(m, *at, now))
+                .collect();
+            sessions.push(StoredSession {
+                client_id: client_id.to_string(),
+                owner: key.access().username.as_deref().map(str::to_string),
+                expiry,
+                expires_in: expires_at.map(|at| at.saturating_duration_since(now).as_secs()),
+                state: state.snapshot(now),
+                subscriptions,
+                queued,
+            });
+        });
+        let retained = engine.retained_messages(now);
         let counts = (sessions.len(), retained.len());
         let stored = Stored {
             version: VERSION,
@@ -192,8 +213,8 @@ impl Shared {
         Ok(counts)
     }
 
-    /// Read what [`Shared::save`] wrote. A missing file is an empty store.
-    pub(crate) fn load(&self, path: &Path) -> io::Result<(usize, usize)> {
+    /// Read what [`Broker::save_to`] wrote. A missing file is an empty store.
+    fn load_from(&self, path: &Path) -> io::Result<(usize, usize)> {
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
@@ -203,11 +224,12 @@ impl Shared {
         if stored.version != VERSION {
             return Err(invalid(format!("unknown store version {}", stored.version)));
         }
+        let engine = &self.engine;
         let now = Instant::now();
         let counts = (stored.sessions.len(), stored.retained.len());
         for r in stored.retained {
             let (m, at) = r.restore(now)?;
-            self.restore_retained(m, at);
+            engine.restore_retained(m, at);
         }
         for s in stored.sessions {
             let state = s.state.restore(now).map_err(invalid)?;
@@ -222,10 +244,17 @@ impl Shared {
                 .into_iter()
                 .map(StoredSubscription::restore)
                 .collect::<io::Result<Vec<_>>>()?;
-            let key = self.restore_session(&s.client_id, state, s.expiry, expires_at);
+            let owner = s.owner.map(std::sync::Arc::from);
+            let Some(key) =
+                engine.restore_session(&s.client_id, owner, state, s.expiry, expires_at)
+            else {
+                continue;
+            };
             key.restore_queue(queued);
-            for (filter, subscription) in subscriptions {
-                self.subscribe(&key, &filter, subscription);
+            let access = key.access();
+            for (filter, mut subscription) in subscriptions {
+                subscription.authorize = !access.receives_all(filter.as_str());
+                engine.subscribe(&key, &filter, subscription);
             }
         }
         Ok(counts)

@@ -21,6 +21,12 @@ pub(crate) struct Stats {
     pub(crate) dropped_too_large: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) hibernations: AtomicU64,
+    pub(crate) hibernating: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) auth_successes: AtomicU64,
+    pub(crate) denied_publish: AtomicU64,
+    pub(crate) denied_subscribe: AtomicU64,
+    pub(crate) denied_delivery: AtomicU64,
 }
 
 impl Stats {
@@ -56,6 +62,12 @@ impl Stats {
             dropped_too_large: get(&self.dropped_too_large),
             connections_refused: get(&self.connections_refused),
             hibernations: get(&self.hibernations),
+            hibernating: get(&self.hibernating),
+            auth_failures: get(&self.auth_failures),
+            auth_successes: get(&self.auth_successes),
+            denied_publish: get(&self.denied_publish),
+            denied_subscribe: get(&self.denied_subscribe),
+            denied_delivery: get(&self.denied_delivery),
             ..StatsSnapshot::default()
         }
     }
@@ -102,4 +114,16 @@ pub struct StatsSnapshot {
     pub hibernations: u64,
     /// Connections hibernating now.
     pub hibernating: u64,
+    /// Logins refused by authentication (bad or missing credentials,
+    /// throttled) since start.
+    pub auth_failures: u64,
+    /// Logins accepted by authentication since start.
+    pub auth_successes: u64,
+    /// PUBLISHes refused by authorisation.
+    pub denied_publish: u64,
+    /// Subscriptions refused by authorisation.
+    pub denied_subscribe: u64,
+    /// Deliveries withheld by authorisation (the subscriber may not read
+    /// the topic).
+    pub denied_delivery: u64,
 }

@@ -12,6 +12,7 @@ fn sub(qos: QoS) -> Subscription {
     Subscription {
         options: SubscriptionOptions::qos(qos),
         identifier: None,
+        authorize: false,
     }
 }
 
@@ -60,6 +61,7 @@ fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_mqtt_3_3_4_2() {
         Subscription {
             options: SubscriptionOptions::qos(QoS::AtMostOnce),
             identifier: SubscriptionId::new(1),
+            authorize: false,
         },
     );
     r.subscribe(
@@ -68,6 +70,7 @@ fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_mqtt_3_3_4_2() {
         Subscription {
             options: SubscriptionOptions::qos(QoS::ExactlyOnce),
             identifier: SubscriptionId::new(2),
+            authorize: false,
         },
     );
     r.subscribe("c", &f("a/b"), sub(QoS::AtLeastOnce));
@@ -89,6 +92,7 @@ fn no_local_skips_the_publisher_mqtt_3_8_3_3() {
             ..SubscriptionOptions::qos(QoS::AtLeastOnce)
         },
         identifier: None,
+        authorize: false,
     };
     r.subscribe("me", &f("chat"), no_local.clone());
     r.subscribe("you", &f("chat"), no_local);
@@ -110,6 +114,7 @@ fn retain_flag_follows_retain_as_published_mqtt_3_3_1_12_and_13() {
                 ..SubscriptionOptions::default()
             },
             identifier: None,
+            authorize: false,
         },
     );
     let out = route(&mut r, "t", QoS::AtMostOnce, true, "p");
@@ -149,6 +154,7 @@ fn subscribe_reports_an_existing_subscription_for_retain_handling() {
             ..SubscriptionOptions::default()
         },
         identifier: None,
+        authorize: false,
     };
     assert!(!r.subscribe("c", &f("x/#"), opts.clone()));
     assert!(r.subscribe("c", &f("x/#"), opts));

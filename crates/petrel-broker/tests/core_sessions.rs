@@ -3,15 +3,43 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use petrel_broker::{Connected, Handover, SessionRegistry, WillQueue, NEVER};
+use petrel_broker::{Connected, Handover, Released, SessionRegistry, WillQueue, NEVER};
 use petrel_codec::{QoS, TopicName};
 use petrel_session::{Message, SessionState};
 
-fn ready(c: Connected) -> Handover {
+/// Each connection is known by a tag, its handle in the registry.
+type Registry = SessionRegistry<(), &'static str>;
+
+fn ready(c: Connected<&'static str>) -> Handover {
     match c {
         Connected::Ready(h) => h,
         other => panic!("{other:?}"),
     }
+}
+
+/// A CONNECT by the connection tagged `tag`.
+fn connect(
+    r: &mut Registry,
+    id: &str,
+    clean: bool,
+    expiry: u32,
+    tag: &'static str,
+) -> Connected<&'static str> {
+    r.connect(id.to_string(), clean, expiry, tag, || ())
+}
+
+/// The handover to a waiting connection, and its tag.
+fn handed_over(r: Released<(), &'static str>) -> (Handover, &'static str) {
+    match r {
+        Released::HandedOver(h, tag) => (h, tag),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn detached_pending(r: &Registry, id: &str) -> Option<usize> {
+    r.detached()
+        .find(|(i, ..)| *i == id)
+        .map(|(_, state, ..)| state.pending())
 }
 
 fn with_message() -> SessionState {
@@ -29,19 +57,22 @@ fn with_message() -> SessionState {
 #[test]
 fn new_resumed_and_clean_sessions() {
     let now = Instant::now();
-    let mut r = SessionRegistry::new();
+    let mut r = Registry::new();
     // No session yet: a new one, Session Present 0.
-    let h = ready(r.connect("c", false, 60));
+    let h = ready(connect(&mut r, "c", false, 60, "a"));
     assert!(!h.session_present && h.state.is_empty());
-    r.release("c", h.connection, with_message(), 60, now);
+    assert!(matches!(
+        r.release("c", h.connection, with_message(), 60, now),
+        Released::Kept
+    ));
     assert!(!r.is_connected("c"));
     // Resumed: Session Present 1 and the state comes back.
-    let h = ready(r.connect("c", false, 60));
+    let h = ready(connect(&mut r, "c", false, 60, "b"));
     assert!(h.session_present);
     assert_eq!(h.state.pending(), 1);
     r.release("c", h.connection, h.state, 60, now);
     // Clean Start: the old session is discarded.
-    let h = ready(r.connect("c", true, 60));
+    let h = ready(connect(&mut r, "c", true, 60, "c"));
     assert!(!h.session_present && h.state.is_empty());
 }
 
@@ -49,21 +80,29 @@ fn new_resumed_and_clean_sessions() {
 #[test]
 fn sessions_expire() {
     let now = Instant::now();
-    let mut r = SessionRegistry::new();
-    let h = ready(r.connect("short", false, 10));
+    let mut r = Registry::new();
+    let h = ready(connect(&mut r, "short", false, 10, "a"));
     r.release("short", h.connection, SessionState::new(), 10, now);
-    let h = ready(r.connect("zero", false, 0));
-    r.release("zero", h.connection, SessionState::new(), 0, now);
-    let h = ready(r.connect("forever", false, NEVER));
-    r.release("forever", h.connection, SessionState::new(), NEVER, now);
+    let h = ready(connect(&mut r, "zero", false, 0, "b"));
     // Expiry 0 ends the session as the connection ends.
+    assert!(matches!(
+        r.release("zero", h.connection, SessionState::new(), 0, now),
+        Released::Ended(())
+    ));
+    let h = ready(connect(&mut r, "forever", false, NEVER, "c"));
+    r.release("forever", h.connection, SessionState::new(), NEVER, now);
     assert_eq!(r.len(), 2);
     assert_eq!(r.poll_timeout(), Some(now + Duration::from_secs(10)));
     assert!(r.expire(now + Duration::from_secs(9)).is_empty());
-    assert_eq!(r.expire(now + Duration::from_secs(10)), ["short"]);
+    let ended: Vec<String> = r
+        .expire(now + Duration::from_secs(10))
+        .into_iter()
+        .map(|(id, ())| id.to_string())
+        .collect();
+    assert_eq!(ended, ["short"]);
     assert!(r.expire(now + Duration::from_secs(10_000_000)).is_empty());
     assert_eq!(r.len(), 1);
-    assert!(r.detached_state("forever").is_some());
+    assert_eq!(detached_pending(&r, "forever"), Some(0));
 }
 
 /// Checks [MQTT-3.1.4-3]: a second connection with the same client id takes
@@ -71,41 +110,42 @@ fn sessions_expire() {
 #[test]
 fn takeover_hands_the_state_on() {
     let now = Instant::now();
-    let mut r = SessionRegistry::new();
-    let first = ready(r.connect("c", false, 60));
+    let mut r = Registry::new();
+    let first = ready(connect(&mut r, "c", false, 60, "first"));
     let Connected::TakeOver {
         connection: second,
         holder,
         superseded,
-    } = r.connect("c", false, 60)
+    } = connect(&mut r, "c", false, 60, "second")
     else {
         panic!()
     };
-    assert_eq!((holder, superseded), (first.connection, None));
+    assert_eq!((holder, superseded), ("first", None));
     // A third arrives while the second waits: the second never gets it.
     let Connected::TakeOver {
         connection: third,
+        holder,
         superseded,
-        ..
-    } = r.connect("c", false, 60)
+    } = connect(&mut r, "c", false, 60, "third")
     else {
         panic!()
     };
-    assert_eq!(superseded, Some(second));
+    assert_eq!((holder, superseded), ("first", Some("second")));
     // The first lets go; the state (with its queued message) goes to the third.
-    let h = r
-        .release("c", first.connection, with_message(), 60, now)
-        .unwrap();
-    assert_eq!(h.connection, third);
+    let (h, tag) = handed_over(r.release("c", first.connection, with_message(), 60, now));
+    assert_eq!((h.connection, tag), (third, "third"));
     assert!(h.session_present);
     assert_eq!(h.state.pending(), 1);
+    assert!(r.holds("c", third));
     // A stale release by a connection that no longer holds it changes nothing.
-    assert!(r
-        .release("c", first.connection, SessionState::new(), 0, now)
-        .is_none());
-    assert!(r
-        .release("c", second, SessionState::new(), 0, now)
-        .is_none());
+    assert!(matches!(
+        r.release("c", first.connection, SessionState::new(), 0, now),
+        Released::NotHeld
+    ));
+    assert!(matches!(
+        r.release("c", second, SessionState::new(), 0, now),
+        Released::NotHeld
+    ));
     assert!(r.is_connected("c"));
     assert_eq!(r.len(), 1);
 }
@@ -113,14 +153,12 @@ fn takeover_hands_the_state_on() {
 #[test]
 fn a_takeover_with_clean_start_discards_the_state() {
     let now = Instant::now();
-    let mut r = SessionRegistry::new();
-    let first = ready(r.connect("c", false, 60));
-    let Connected::TakeOver { connection, .. } = r.connect("c", true, 60) else {
+    let mut r = Registry::new();
+    let first = ready(connect(&mut r, "c", false, 60, "a"));
+    let Connected::TakeOver { connection, .. } = connect(&mut r, "c", true, 60, "b") else {
         panic!()
     };
-    let h = r
-        .release("c", first.connection, with_message(), 60, now)
-        .unwrap();
+    let (h, _) = handed_over(r.release("c", first.connection, with_message(), 60, now));
     assert_eq!(h.connection, connection);
     assert!(!h.session_present && h.state.is_empty());
 }
@@ -128,16 +166,17 @@ fn a_takeover_with_clean_start_discards_the_state() {
 #[test]
 fn an_abandoned_takeover_leaves_the_session_to_expire() {
     let now = Instant::now();
-    let mut r = SessionRegistry::new();
-    let first = ready(r.connect("c", false, 60));
-    let Connected::TakeOver { connection, .. } = r.connect("c", false, 60) else {
+    let mut r = Registry::new();
+    let first = ready(connect(&mut r, "c", false, 60, "a"));
+    let Connected::TakeOver { connection, .. } = connect(&mut r, "c", false, 60, "b") else {
         panic!()
     };
     r.abandon("c", connection);
-    assert!(r
-        .release("c", first.connection, with_message(), 60, now)
-        .is_none());
-    assert_eq!(r.detached_state("c").map(|s| s.pending()), Some(1));
+    assert!(matches!(
+        r.release("c", first.connection, with_message(), 60, now),
+        Released::Kept
+    ));
+    assert_eq!(detached_pending(&r, "c"), Some(1));
 }
 
 /// Checks [MQTT-3.1.2-8] (5.0): a will goes out when its delay passes or
@@ -179,14 +218,12 @@ fn wills_wait_for_their_delay_or_the_session_end() {
 #[test]
 fn taking_over_a_session_with_expiry_zero_does_not_resume_it() {
     let now = Instant::now();
-    let mut r = SessionRegistry::new();
-    let a = ready(r.connect("z", true, 0));
-    let Connected::TakeOver { connection, .. } = r.connect("z", false, 60) else {
+    let mut r = Registry::new();
+    let a = ready(connect(&mut r, "z", true, 0, "a"));
+    let Connected::TakeOver { connection, .. } = connect(&mut r, "z", false, 60, "b") else {
         panic!("expected a takeover");
     };
-    let h = r
-        .release("z", a.connection, with_message(), 0, now)
-        .expect("handed over");
+    let (h, _) = handed_over(r.release("z", a.connection, with_message(), 0, now));
     assert_eq!(h.connection, connection);
     assert!(!h.session_present);
     assert!(h.state.is_empty());

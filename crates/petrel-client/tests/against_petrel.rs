@@ -29,14 +29,14 @@ async fn broker_on(
     addr: SocketAddr,
     persistence: Option<&Path>,
 ) -> (Broker, tokio::task::JoinHandle<()>) {
-    let broker = Broker::new(config(addr, persistence));
+    let broker = Broker::new(config(addr, persistence)).unwrap();
     let server = Server::bind(broker.clone()).await.unwrap();
     (broker, tokio::spawn(server.run()))
 }
 
 /// A broker on an ephemeral port.
 async fn start() -> (Broker, SocketAddr) {
-    let broker = Broker::new(config("127.0.0.1:0".parse().unwrap(), None));
+    let broker = Broker::new(config("127.0.0.1:0".parse().unwrap(), None)).unwrap();
     let server = Server::bind(broker.clone()).await.unwrap();
     let addr = server.local_addrs()[0];
     tokio::spawn(server.run());

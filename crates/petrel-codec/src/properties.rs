@@ -565,6 +565,19 @@ impl Properties {
         &self.block
     }
 
+    /// The same properties in an allocation of their own: decoded, the
+    /// block is a slice of the packet's frame and keeps the whole read
+    /// buffer it came in alive; what is kept long after the packet (a
+    /// retained message, a will) should be detached.
+    pub fn detached(&self) -> Self {
+        Self {
+            block: Bytes::copy_from_slice(&self.block),
+            present: self.present,
+            user_count: self.user_count,
+            sub_id_count: self.sub_id_count,
+        }
+    }
+
     /// Properties from wire bytes (as [`Properties::as_wire`] gave them),
     /// validated for the packet `ctx` — for state that was stored and is
     /// being restored.

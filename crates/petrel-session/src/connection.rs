@@ -247,12 +247,12 @@ pub struct Connection {
     close_reason: Option<CloseReason>,
 }
 
-/// An idle [`Connection`] folded by [`Connection::park`]: a fraction of its
+/// An idle [`Connection`] in the compact form [`Connection::hibernate`] gives it: a fraction of its
 /// size, for drivers that hold many quiet connections. Give it back to
-/// [`Connection::unpark`] when the peer sends something, a message is to be
-/// sent, or [`Parked::deadline`] passes.
+/// [`Connection::resume`] when the peer sends something, a message is to be
+/// sent, or [`Hibernated::deadline`] passes.
 #[derive(Debug)]
-pub struct Parked {
+pub struct Hibernated {
     role: Role,
     protocol: Protocol,
     clean_start: bool,
@@ -271,8 +271,8 @@ pub struct Parked {
     auth_method: Option<Box<MqttString>>,
 }
 
-impl Parked {
-    /// When the connection must be unparked for its timers (a client's
+impl Hibernated {
+    /// When the connection must be resumed for its timers (a client's
     /// PINGREQ, a server's keep-alive timeout), if ever.
     pub fn deadline(&self) -> Option<Instant> {
         let ka = secs(self.keep_alive);
@@ -462,16 +462,16 @@ impl Connection {
         }
     }
 
-    /// Fold an idle connection into its compact [`Parked`] form, for a
+    /// Hibernate an idle connection: turn it into its compact [`Hibernated`] form, for a
     /// driver that holds many quiet connections: it keeps what the
     /// connection needs to go on (protocol, negotiated limits, keep-alive
     /// timers, packet identifier counters, topic aliases) and drops the rest.
     ///
     /// Only a connected machine with nothing in flight or waiting (no
     /// packet to send, no event, no QoS exchange, no pending message or
-    /// acknowledgement, no response awaited) parks; otherwise it comes back
+    /// acknowledgement, no response awaited) hibernates; otherwise it comes back
     /// unchanged as the error.
-    pub fn park(self) -> Result<Parked, Box<Self>> {
+    pub fn hibernate(self) -> Result<Hibernated, Box<Self>> {
         let s = &self.session;
         let idle = self.state == State::Connected
             && self.transmit.is_empty()
@@ -490,7 +490,7 @@ impl Connection {
         }
         let aliases = (!self.alias_out.is_empty() || !self.alias_in.is_empty())
             .then(|| Box::new((self.alias_out, self.alias_in)));
-        Ok(Parked {
+        Ok(Hibernated {
             role: self.role,
             protocol: self.protocol,
             clean_start: self.clean_start,
@@ -510,26 +510,31 @@ impl Connection {
         })
     }
 
-    /// Unfold a [`Parked`] connection: it goes on as if it had never been
-    /// parked. `config` is the one it was created with.
-    pub fn unpark(parked: Parked, config: Config) -> Self {
-        let mut c = Self::new(parked.role, parked.protocol, config, parked.last_received);
+    /// Resume a [`Hibernated`] connection: it goes on as if it had never
+    /// hibernated. `config` is the one it was created with.
+    pub fn resume(hibernated: Hibernated, config: Config) -> Self {
+        let mut c = Self::new(
+            hibernated.role,
+            hibernated.protocol,
+            config,
+            hibernated.last_received,
+        );
         c.state = State::Connected;
-        c.clean_start = parked.clean_start;
-        c.connect_session_expiry_zero = parked.connect_session_expiry_zero;
-        c.our_receive_maximum = parked.our_receive_maximum;
-        c.our_topic_alias_maximum = parked.our_topic_alias_maximum;
-        c.session.next_packet_id = parked.next_packet_id;
-        c.session.next_message_id = parked.next_message_id;
-        c.peer = parked.peer;
-        c.keep_alive = (parked.keep_alive > 0).then(|| secs(parked.keep_alive));
-        c.last_sent = parked.last_sent;
+        c.clean_start = hibernated.clean_start;
+        c.connect_session_expiry_zero = hibernated.connect_session_expiry_zero;
+        c.our_receive_maximum = hibernated.our_receive_maximum;
+        c.our_topic_alias_maximum = hibernated.our_topic_alias_maximum;
+        c.session.next_packet_id = hibernated.next_packet_id;
+        c.session.next_message_id = hibernated.next_message_id;
+        c.peer = hibernated.peer;
+        c.keep_alive = (hibernated.keep_alive > 0).then(|| secs(hibernated.keep_alive));
+        c.last_sent = hibernated.last_sent;
         c.arm_keep_alive();
         c.arm_idle();
-        if let Some(aliases) = parked.aliases {
+        if let Some(aliases) = hibernated.aliases {
             (c.alias_out, c.alias_in) = *aliases;
         }
-        c.auth_method = parked.auth_method.map(|m| *m);
+        c.auth_method = hibernated.auth_method.map(|m| *m);
         c
     }
 

@@ -168,7 +168,22 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let broker = Broker::new(config);
+        // Before anything else: a signal must never find its default
+        // action (SIGHUP's would kill the broker without saving).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("petrel: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let broker = match Broker::new(config) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("petrel: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let server = match Server::bind(broker.clone()).await {
             Ok(s) => s,
             Err(e) => {
@@ -176,33 +191,63 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(signals(broker));
+        tokio::spawn(signals.handle(broker));
         server.run().await;
         ExitCode::SUCCESS
     })
 }
 
-/// SIGINT or SIGTERM: shut down gracefully.
-async fn signals(broker: Broker) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The signals the broker answers: SIGINT and SIGTERM shut it down
+/// gracefully; SIGHUP reloads the password, ACL and credentials files.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    broker.shutdown();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("signal received");
-    broker.shutdown();
+
+    async fn handle(mut self, broker: Broker) {
+        loop {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = self.term.recv() => break,
+                _ = self.hup.recv() => reload(&broker),
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+                break;
+            }
+        }
+        tracing::info!("signal received; shutting down");
+        broker.shutdown();
+    }
+}
+
+/// SIGHUP: new rules in force for every client, no connection dropped; a
+/// file that can't be used leaves the old rules in force.
+#[cfg(unix)]
+fn reload(broker: &Broker) {
+    match broker.reload() {
+        Ok(r) => tracing::info!(
+            sessions = r.sessions,
+            "reloaded the authentication and ACL files"
+        ),
+        Err(e) => tracing::error!(error = %e, "reload refused; the rules in force stay"),
+    }
 }

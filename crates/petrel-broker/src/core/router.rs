@@ -18,6 +18,9 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
     /// The 5.0 Subscription Identifier, if the SUBSCRIBE had one.
     pub identifier: Option<SubscriptionId>,
+    /// Whether each delivery through it must be authorised on its own: the
+    /// subscriber may not receive everything its filter matches.
+    pub authorize: bool,
 }
 
 /// One copy of a message to send to one subscriber.
@@ -32,6 +35,9 @@ pub struct Delivery<K> {
     pub retain: bool,
     /// Subscription Identifiers of the subscriptions this copy answers.
     pub identifiers: Vec<SubscriptionId>,
+    /// Whether the subscriber's permissions must be checked for this topic:
+    /// none of the subscriptions it matched is wholly readable.
+    pub authorize: bool,
 }
 
 /// The subscription index and the rules that turn a match into deliveries.
@@ -129,9 +135,12 @@ impl<K: Eq + Hash + Clone> Router<K> {
                     qos,
                     retain,
                     identifiers: Vec::new(),
+                    authorize: true,
                 });
                 d.qos = d.qos.max(qos);
                 d.retain |= retain;
+                // One wholly readable subscription that matches is enough.
+                d.authorize &= value.authorize;
                 d.identifiers.extend(value.identifier);
             }
             Matched::Shared { members, .. } => {
@@ -145,6 +154,7 @@ impl<K: Eq + Hash + Clone> Router<K> {
                     qos: message.qos.min(value.options.qos),
                     retain: message.retain && value.options.retain_as_published,
                     identifiers: value.identifier.into_iter().collect(),
+                    authorize: value.authorize,
                 });
             }
         });

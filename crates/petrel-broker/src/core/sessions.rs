@@ -1,4 +1,11 @@
 //! Sessions by client identifier: new, resumed, taken over, expired.
+//!
+//! The registry is the one place that knows which connection holds a
+//! session and which one waits to take it over. It is generic over what the
+//! caller keeps with each session (`S`: the engine keeps the session's
+//! queue and subscriptions) and with each connection (`C`: the engine keeps
+//! how to tell the connection to let go, and how to hand it the session);
+//! tests use `()` for both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +25,7 @@ pub const NEVER: u32 = u32::MAX;
 
 /// What [`SessionRegistry::connect`] decided.
 #[derive(Debug)]
-pub enum Connected {
+pub enum Connected<C> {
     /// The session is this connection's now.
     Ready(Handover),
     /// Another connection holds the session: close it (5.0 DISCONNECT 0x8E,
@@ -28,11 +35,11 @@ pub enum Connected {
     TakeOver {
         /// This connection.
         connection: ConnectionId,
-        /// The connection to close.
-        holder: ConnectionId,
-        /// A connection that was itself waiting to take over and now never
-        /// will: close it too.
-        superseded: Option<ConnectionId>,
+        /// The handle of the connection to close.
+        holder: C,
+        /// The handle of a connection that was itself waiting to take over
+        /// and now never will.
+        superseded: Option<C>,
     },
 }
 
@@ -47,19 +54,44 @@ pub struct Handover {
     pub state: SessionState,
 }
 
+/// What became of a session when its connection let go
+/// ([`SessionRegistry::release`]).
 #[derive(Debug)]
-struct Entry {
-    holder: Option<ConnectionId>,
-    /// A connection waiting for the holder to let go: its id, Clean Start
-    /// and expiry interval.
+pub enum Released<S, C> {
+    /// The connection did not hold the session (it was superseded, or
+    /// released it already): nothing changed.
+    NotHeld,
+    /// A connection was waiting: the session is its now. Send it the
+    /// handover through its handle; if that fails, release again for it.
+    HandedOver(Handover, C),
+    /// The session is kept for its expiry interval.
+    Kept,
+    /// The session ended with its connection (expiry 0); here is what the
+    /// caller kept with it.
+    Ended(S),
+}
+
+#[derive(Debug)]
+struct Entry<S, C> {
+    holder: Option<(ConnectionId, C)>,
+    /// A connection waiting for the holder to let go.
     /// Boxed: rare, and every entry would pay for it.
-    waiting: Option<Box<(ConnectionId, bool, u32)>>,
+    waiting: Option<Box<Waiting<C>>>,
     /// What a session no connection holds keeps (none: a new session's).
     /// A connected session's state lives in its connection, so most entries
     /// hold only this pointer.
     detached: Option<Box<Detached>>,
     /// Session Expiry Interval in seconds.
     expiry: u32,
+    data: S,
+}
+
+#[derive(Debug)]
+struct Waiting<C> {
+    connection: ConnectionId,
+    clean_start: bool,
+    expiry: u32,
+    handle: C,
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +101,7 @@ struct Detached {
     expires_at: Option<Instant>,
 }
 
-impl Entry {
+impl<S, C> Entry<S, C> {
     fn expires_at(&self) -> Option<Instant> {
         self.detached.as_ref().and_then(|d| d.expires_at)
     }
@@ -77,13 +109,22 @@ impl Entry {
 
 /// Every session, by client identifier: decisions about one client id
 /// (connect, takeover, release, expiry) happen here, one at a time.
-#[derive(Debug, Default)]
-pub struct SessionRegistry {
-    sessions: HashMap<Arc<str>, Entry>,
+#[derive(Debug)]
+pub struct SessionRegistry<S = (), C = ()> {
+    sessions: HashMap<Arc<str>, Entry<S, C>>,
     next_connection: u64,
 }
 
-impl SessionRegistry {
+impl<S, C> Default for SessionRegistry<S, C> {
+    fn default() -> Self {
+        Self {
+            sessions: HashMap::new(),
+            next_connection: 0,
+        }
+    }
+}
+
+impl<S, C: Clone> SessionRegistry<S, C> {
     /// No sessions.
     pub fn new() -> Self {
         Self::default()
@@ -108,7 +149,7 @@ impl SessionRegistry {
     pub fn holds(&self, client_id: &str, connection: ConnectionId) -> bool {
         self.sessions
             .get(client_id)
-            .is_some_and(|e| e.holder == Some(connection))
+            .is_some_and(|e| e.holder.as_ref().is_some_and(|h| h.0 == connection))
     }
 
     /// Whether a connection holds `client_id`'s session.
@@ -116,6 +157,23 @@ impl SessionRegistry {
         self.sessions
             .get(client_id)
             .is_some_and(|e| e.holder.is_some())
+    }
+
+    /// What the caller keeps with `client_id`'s session.
+    pub fn data(&self, client_id: &str) -> Option<&S> {
+        self.sessions.get(client_id).map(|e| &e.data)
+    }
+
+    /// Replace what the caller keeps with `client_id`'s session (a new
+    /// session took the place of an old one); returns the old.
+    pub fn replace_data(&mut self, client_id: &str, data: S) -> Option<S> {
+        let entry = self.sessions.get_mut(client_id)?;
+        Some(std::mem::replace(&mut entry.data, data))
+    }
+
+    /// Every session's data.
+    pub fn all_data(&self) -> impl Iterator<Item = &S> {
+        self.sessions.values().map(|e| &e.data)
     }
 
     fn next_id(&mut self) -> ConnectionId {
@@ -128,8 +186,9 @@ impl SessionRegistry {
     /// A CONNECT for `client_id` was accepted. With Clean Start the old
     /// session (if any) is discarded and a new one begins ([MQTT-3.1.2-4]);
     /// without, an existing session continues ([MQTT-3.1.2-5]) or a new one
-    /// is created ([MQTT-3.1.2-6]). `expiry` is the Session Expiry Interval
-    /// the connection asked for (after any cap the broker applies).
+    /// is created ([MQTT-3.1.2-6]), with the data `new` makes. `expiry` is
+    /// the Session Expiry Interval the connection asked for (after any cap
+    /// the broker applies); `handle` is how to reach this connection.
     ///
     /// Pass the client id as an `Arc<str>` to share it rather than copy it.
     pub fn connect(
@@ -137,16 +196,19 @@ impl SessionRegistry {
         client_id: impl AsRef<str> + Into<Arc<str>>,
         clean_start: bool,
         expiry: u32,
-    ) -> Connected {
+        handle: C,
+        new: impl FnOnce() -> S,
+    ) -> Connected<C> {
         let connection = self.next_id();
         let Some(entry) = self.sessions.get_mut(client_id.as_ref()) else {
             self.sessions.insert(
                 client_id.into(),
                 Entry {
-                    holder: Some(connection),
+                    holder: Some((connection, handle)),
                     waiting: None,
                     detached: None,
                     expiry,
+                    data: new(),
                 },
             );
             return Connected::Ready(Handover {
@@ -155,18 +217,24 @@ impl SessionRegistry {
                 state: SessionState::new(),
             });
         };
-        if let Some(holder) = entry.holder {
+        if let Some((_, holder)) = &entry.holder {
+            let holder = holder.clone();
             let superseded = entry
                 .waiting
-                .replace(Box::new((connection, clean_start, expiry)))
-                .map(|w| w.0);
+                .replace(Box::new(Waiting {
+                    connection,
+                    clean_start,
+                    expiry,
+                    handle,
+                }))
+                .map(|w| w.handle);
             return Connected::TakeOver {
                 connection,
                 holder,
                 superseded,
             };
         }
-        entry.holder = Some(connection);
+        entry.holder = Some((connection, handle));
         entry.expiry = expiry;
         let state = entry
             .detached
@@ -191,9 +259,6 @@ impl SessionRegistry {
     /// goes to a connection waiting to take over, or is kept for its expiry
     /// interval ([MQTT-3.1.2-23]), or ends at once if that is 0. `expiry` is
     /// the interval in force at the end (a 5.0 DISCONNECT may change it).
-    ///
-    /// A connection that no longer holds the session (it was superseded) is
-    /// ignored. Returns the handover to the waiting connection, if any.
     pub fn release(
         &mut self,
         client_id: &str,
@@ -201,76 +266,89 @@ impl SessionRegistry {
         state: SessionState,
         expiry: u32,
         now: Instant,
-    ) -> Option<Handover> {
-        let entry = self.sessions.get_mut(client_id)?;
-        if entry.holder != Some(connection) {
-            return None;
+    ) -> Released<S, C> {
+        let Some(entry) = self.sessions.get_mut(client_id) else {
+            return Released::NotHeld;
+        };
+        if entry.holder.as_ref().map(|h| h.0) != Some(connection) {
+            return Released::NotHeld;
         }
-        if let Some((next, clean_start, next_expiry)) = entry.waiting.take().map(|w| *w) {
-            entry.holder = Some(next);
+        if let Some(w) = entry.waiting.take() {
+            let Waiting {
+                connection: next,
+                clean_start,
+                expiry: next_expiry,
+                handle,
+            } = *w;
+            entry.holder = Some((next, handle.clone()));
             entry.expiry = next_expiry;
             // The session continues only if the new connection asks for it
             // and the old one did not end it (expiry 0: [MQTT-3.1.2-23] in
             // 5.0, Clean Session 1 in 3.1.1, [MQTT-3.1.2-6]).
             let continues = !clean_start && expiry > 0;
-            return Some(Handover {
-                connection: next,
-                session_present: continues,
-                state: if continues {
-                    state
-                } else {
-                    SessionState::new()
+            return Released::HandedOver(
+                Handover {
+                    connection: next,
+                    session_present: continues,
+                    state: if continues {
+                        state
+                    } else {
+                        SessionState::new()
+                    },
                 },
-            });
+                handle,
+            );
         }
         if expiry == 0 {
-            self.sessions.remove(client_id);
-            return None;
+            return match self.sessions.remove(client_id) {
+                Some(e) => Released::Ended(e.data),
+                None => Released::NotHeld,
+            };
         }
         entry.holder = None;
         entry.expiry = expiry;
         let expires_at = (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
         entry.detached = Some(Box::new(Detached { state, expires_at }));
-        None
+        Released::Kept
     }
 
     /// A connection waiting to take over went away before it got the session.
     pub fn abandon(&mut self, client_id: &str, connection: ConnectionId) {
         if let Some(entry) = self.sessions.get_mut(client_id) {
-            if entry.waiting.as_ref().is_some_and(|w| w.0 == connection) {
+            if entry
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.connection == connection)
+            {
                 entry.waiting = None;
             }
         }
     }
 
-    /// The state of a session no connection holds, to queue messages for it
-    /// while its client is away.
-    pub fn detached_state(&mut self, client_id: &str) -> Option<&mut SessionState> {
-        self.sessions
-            .get_mut(client_id)
-            .filter(|e| e.holder.is_none())
-            .map(|e| &mut e.detached.get_or_insert_with(Box::default).state)
-    }
-
     /// End every detached session whose expiry has passed; returns their
-    /// client identifiers (so the broker can drop their subscriptions and
-    /// publish wills still waiting).
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        let ended: Vec<String> = self
+    /// client identifiers and data (so the caller can drop their
+    /// subscriptions and publish wills still waiting).
+    pub fn expire(&mut self, now: Instant) -> Vec<(Arc<str>, S)> {
+        let ended: Vec<Arc<str>> = self
             .sessions
             .iter()
             .filter(|(_, e)| e.holder.is_none() && e.expires_at().is_some_and(|at| at <= now))
-            .map(|(id, _)| id.to_string())
+            .map(|(id, _)| id.clone())
             .collect();
-        for id in &ended {
-            self.sessions.remove(id.as_str());
-        }
         ended
+            .into_iter()
+            .filter_map(|id| {
+                let e = self.sessions.remove(&id)?;
+                Some((id, e.data))
+            })
+            .collect()
     }
 
     /// Every session no connection holds: client id, state, Session Expiry
-    /// Interval, and when it expires (to store them).
-    pub fn detached(&self) -> impl Iterator<Item = (&str, &SessionState, u32, Option<Instant>)> {
+    /// Interval, when it expires, and its data (to store them).
+    pub fn detached(
+        &self,
+    ) -> impl Iterator<Item = (&str, &SessionState, u32, Option<Instant>, &S)> {
         self.sessions
             .iter()
             .filter(|(_, e)| e.holder.is_none())
@@ -279,31 +357,37 @@ impl SessionRegistry {
                     Some(d) => &d.state,
                     None => empty_state(),
                 };
-                (&**id, state, e.expiry, e.expires_at())
+                (&**id, state, e.expiry, e.expires_at(), &e.data)
             })
     }
 
     /// Add a detached session (restored from storage); replaces one of the
-    /// same client id that no connection holds.
+    /// same client id that no connection holds, and returns its data.
+    /// Refused (`Err` with the data) if a connection holds one.
     pub fn insert_detached(
         &mut self,
         client_id: &str,
         state: SessionState,
         expiry: u32,
         expires_at: Option<Instant>,
-    ) {
+        data: S,
+    ) -> Result<Option<S>, S> {
         if self.is_connected(client_id) {
-            return;
+            return Err(data);
         }
-        self.sessions.insert(
-            client_id.into(),
-            Entry {
-                holder: None,
-                waiting: None,
-                detached: Some(Box::new(Detached { state, expires_at })),
-                expiry,
-            },
-        );
+        Ok(self
+            .sessions
+            .insert(
+                client_id.into(),
+                Entry {
+                    holder: None,
+                    waiting: None,
+                    detached: Some(Box::new(Detached { state, expires_at })),
+                    expiry,
+                    data,
+                },
+            )
+            .map(|e| e.data))
     }
 
     /// When the next detached session expires.

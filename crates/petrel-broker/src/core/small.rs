@@ -50,6 +50,14 @@ impl<K, V> SmallMap<K, V> {
         }
     }
 
+    /// Visit every entry with its value mutable.
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&K, &mut V)) {
+        match self {
+            Self::Few(list) => list.iter_mut().for_each(|(k, v)| f(k, v)),
+            Self::Many(map) => map.iter_mut().for_each(|(k, v)| f(k, v)),
+        }
+    }
+
     /// Take every entry out, leaving it empty.
     pub(crate) fn drain(&mut self) -> Vec<(K, V)> {
         match std::mem::take(self) {

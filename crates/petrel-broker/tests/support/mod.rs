@@ -42,7 +42,7 @@ pub async fn start() -> TestBroker {
 }
 
 pub async fn start_with(config: BrokerConfig) -> TestBroker {
-    let broker = Broker::new(config);
+    let broker = Broker::new(config).unwrap();
     let server = Server::bind(broker.clone()).await.unwrap();
     let addr = server.local_addrs()[0];
     let task = tokio::spawn(server.run());

@@ -1,6 +1,7 @@
-//! Each session's queue of messages waiting to be sent: filled by publishers
-//! (any task), drained by the connection that holds the session. The same
-//! queue is the offline queue while no connection does.
+//! Each session's shared part: its queue of messages waiting to be sent,
+//! filled by publishers (any task) and drained by the connection that holds
+//! the session, its subscriptions, and what its owner may receive. The same
+//! queue is the offline queue while no connection holds the session.
 //!
 //! ## Overflow policy
 //! A session's queue holds at most `max_queued_messages` messages and
@@ -12,21 +13,29 @@
 //! messages already handed to the connection (in flight, or acknowledged to
 //! us as the publisher's receiver) are never dropped by this policy: they
 //! live in the session state and survive reconnects and takeovers.
+//!
+//! ## Memory a queued message holds
+//! A message is counted at its own size. It owns its bytes or shares an
+//! allocation at most twice its size (the connection driver copies a small
+//! PUBLISH out of a larger read buffer when it decodes it), so the limits
+//! above bound memory, not only the sum of message sizes.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use petrel_codec::QoS;
 use petrel_session::Message;
 
+use super::auth::Access;
+use super::router::Subscription;
+use super::small::SmallMap;
+use super::{lock, WakerSlot};
 use crate::config::Limits;
-use crate::core::small::SmallMap;
 use crate::stats::Stats;
-use crate::Subscription;
 
 /// A message waiting, with when it was queued (its Message Expiry Interval
 /// counts from then).
@@ -42,15 +51,16 @@ pub(crate) fn message_size(m: &Message) -> usize {
 }
 
 /// Give a message kept for long (a will, a retained message) allocations of
-/// its own: decoded, its topic and payload are slices of the buffer its
-/// packet was read into, and would keep all of that buffer alive.
+/// its own: decoded, its topic, properties and payload are slices of the
+/// buffer its packet was read into, and would keep all of that buffer alive.
 pub(crate) fn detach(m: &mut Message) {
     m.topic = m.topic.detached();
     m.payload = bytes::Bytes::copy_from_slice(&m.payload);
+    m.properties = m.properties.detached();
 }
 
 #[derive(Debug)]
-pub(crate) struct Mailbox {
+struct Mailbox {
     /// Boxed, and dropped while the session's connection hibernates with
     /// nothing queued: an idle session pays one pointer for it.
     #[allow(clippy::box_collection)] // 8 bytes instead of 32, on purpose
@@ -59,18 +69,18 @@ pub(crate) struct Mailbox {
     /// Bytes in every mailbox of the broker.
     total: Arc<AtomicUsize>,
     /// A connection holds the session.
-    pub(crate) online: bool,
+    online: bool,
     /// The session ended: nothing is queued any more.
     ended: bool,
     /// Wakes the connection holding the session (its task, or the
     /// connection itself while it hibernates) when a message comes.
-    pub(crate) waker: Option<Waker>,
+    waker: WakerSlot,
     /// A message came to an empty queue since the connection last looked.
     signal: bool,
 }
 
 impl Mailbox {
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -82,15 +92,18 @@ impl Mailbox {
         self.queue.get_or_insert_with(Box::default)
     }
 
-    /// Give back the queue's memory if nothing waits (a hibernating
-    /// connection's session).
-    pub(crate) fn compact(&mut self) {
-        if self.is_empty() {
-            self.queue = None;
+    fn add(&mut self, q: Queued, front: bool) {
+        let size = message_size(&q.message);
+        self.bytes += size;
+        self.total.fetch_add(size, Ordering::Relaxed);
+        if front {
+            self.queue().push_front(q);
+        } else {
+            self.queue().push_back(q);
         }
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Queued> {
+    fn pop(&mut self) -> Option<Queued> {
         let q = self.queue.as_mut()?.pop_front()?;
         let size = message_size(&q.message);
         self.bytes -= size;
@@ -98,22 +111,21 @@ impl Mailbox {
         Some(q)
     }
 
-    /// Put back a message taken but not sent, at the front.
-    pub(crate) fn unpop(&mut self, q: Queued) {
-        let size = message_size(&q.message);
-        self.bytes += size;
-        self.total.fetch_add(size, Ordering::Relaxed);
-        self.queue().push_front(q);
-    }
-
-    pub(crate) fn clear(&mut self) {
+    fn clear(&mut self) {
         self.queue = None;
         self.total.fetch_sub(self.bytes, Ordering::Relaxed);
         self.bytes = 0;
     }
 }
 
-/// One session's shared part: its queue and its subscriptions.
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// One session's shared part: its queue, its subscriptions and what its
+/// owner may receive.
 #[derive(Debug)]
 pub(crate) struct SessionShared {
     pub(crate) client_id: Arc<str>,
@@ -121,13 +133,16 @@ pub(crate) struct SessionShared {
     /// The filters this session subscribes to and their options, to remove
     /// them when it ends and to store them.
     /// (Each filter as a plain string: half the size of a `TopicFilter`.)
-    pub(crate) filters: Mutex<SmallMap<Box<str>, Subscription>>,
+    filters: Mutex<SmallMap<Box<str>, Subscription>>,
+    /// Who owns the session and what it may receive, as of its last
+    /// connection (deliveries are checked against it while it is away).
+    access: Mutex<Arc<Access>>,
 }
 
 /// A session as the router knows it: compared and hashed by identity, so a
 /// client id reused after its session ended is a different subscriber.
 #[derive(Clone, Debug)]
-pub(crate) struct SessionKey(pub(crate) Arc<SessionShared>);
+pub(crate) struct SessionKey(Arc<SessionShared>);
 
 impl PartialEq for SessionKey {
     fn eq(&self, other: &Self) -> bool {
@@ -143,14 +158,17 @@ impl Hash for SessionKey {
     }
 }
 
-/// Lock a mutex, whatever a panicking holder left: every structure guarded
-/// here stays consistent between statements.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// What [`SessionKey::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// The queue is empty now.
+    Drained,
+    /// Messages are left: the limit or the quota stopped it.
+    More,
 }
 
 impl SessionKey {
-    pub(crate) fn new(client_id: Arc<str>, total: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(client_id: Arc<str>, total: Arc<AtomicUsize>, access: Arc<Access>) -> Self {
         Self(Arc::new(SessionShared {
             client_id,
             mailbox: Mutex::new(Mailbox {
@@ -159,15 +177,36 @@ impl SessionKey {
                 total,
                 online: false,
                 ended: false,
-                waker: None,
+                waker: WakerSlot::default(),
                 signal: false,
             }),
             filters: Mutex::new(SmallMap::new()),
+            access: Mutex::new(access),
         }))
     }
 
-    pub(crate) fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
+    /// The session's client identifier.
+    pub(crate) fn client_id(&self) -> &Arc<str> {
+        &self.0.client_id
+    }
+
+    fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
         lock(&self.0.mailbox)
+    }
+
+    /// The session's subscriptions, by filter.
+    pub(crate) fn filters(&self) -> MutexGuard<'_, SmallMap<Box<str>, Subscription>> {
+        lock(&self.0.filters)
+    }
+
+    /// Who owns the session and what it may receive.
+    pub(crate) fn access(&self) -> Arc<Access> {
+        lock(&self.0.access).clone()
+    }
+
+    /// A new connection (or a reloaded rule set) decides what it may do.
+    pub(crate) fn set_access(&self, access: Arc<Access>) {
+        *lock(&self.0.access) = access;
     }
 
     /// Queue a message by the overflow policy; whether it was queued.
@@ -201,9 +240,7 @@ impl SessionKey {
             return false;
         }
         let wake = mb.is_empty();
-        mb.bytes += size;
-        mb.total.fetch_add(size, Ordering::Relaxed);
-        mb.queue().push_back(Queued { message, at: now });
+        mb.add(Queued { message, at: now }, false);
         let waker = if wake {
             mb.signal = true;
             mb.waker.take()
@@ -215,6 +252,31 @@ impl SessionKey {
             w.wake();
         }
         true
+    }
+
+    /// Take up to `max` messages, of which at most `quota` QoS 1/2 ones,
+    /// in order (a QoS 1/2 message past the quota stops the batch: order is
+    /// kept).
+    pub(crate) fn take(&self, max: usize, mut quota: usize, out: &mut Vec<Queued>) -> Taken {
+        let mut mb = self.mailbox();
+        while out.len() < max {
+            let Some(q) = mb.pop() else {
+                return Taken::Drained;
+            };
+            if q.message.qos != QoS::AtMostOnce {
+                if quota == 0 {
+                    mb.add(q, true);
+                    return Taken::More;
+                }
+                quota -= 1;
+            }
+            out.push(q);
+        }
+        if mb.is_empty() {
+            Taken::Drained
+        } else {
+            Taken::More
+        }
     }
 
     /// Copies of the messages waiting, oldest first (to store them).
@@ -231,10 +293,7 @@ impl SessionKey {
     pub(crate) fn restore_queue(&self, messages: Vec<(Message, Instant)>) {
         let mut mb = self.mailbox();
         for (message, at) in messages {
-            let size = message_size(&message);
-            mb.bytes += size;
-            mb.total.fetch_add(size, Ordering::Relaxed);
-            mb.queue().push_back(Queued { message, at });
+            mb.add(Queued { message, at }, false);
         }
     }
 
@@ -248,22 +307,36 @@ impl SessionKey {
 
     /// Ready once a message came to the empty queue since the last time
     /// it was.
-    pub(crate) fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    pub(crate) fn poll_signal(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut mb = self.mailbox();
         if std::mem::take(&mut mb.signal) {
-            return std::task::Poll::Ready(());
+            return Poll::Ready(());
         }
-        crate::broker::set_waker(&mut mb.waker, cx.waker());
-        std::task::Poll::Pending
+        mb.waker.set(cx.waker());
+        Poll::Pending
+    }
+
+    /// Arm `waker` for the next message, for a connection about to
+    /// hibernate. Returns false, arming nothing, if messages already wait
+    /// (the connection must not sleep); otherwise the empty queue gives its
+    /// memory back.
+    pub(crate) fn arm(&self, waker: &Waker) -> bool {
+        let mut mb = self.mailbox();
+        if !mb.is_empty() {
+            return false;
+        }
+        mb.queue = None;
+        mb.waker.set(waker);
+        true
+    }
+
+    /// Forget the waker [`SessionKey::arm`] or [`SessionKey::poll_signal`]
+    /// left.
+    pub(crate) fn disarm(&self) {
+        self.mailbox().waker.clear();
     }
 
     pub(crate) fn set_online(&self, online: bool) {
         self.mailbox().online = online;
-    }
-}
-
-impl Drop for Mailbox {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }

@@ -1,5 +1,11 @@
-//! The tokio server: listeners, one task per connection, housekeeping and
-//! `$SYS`, graceful shutdown.
+//! The tokio server around the engine: listeners, one connection driver
+//! per connection (the same for every transport), hibernation of quiet
+//! connections, the once-a-second tick, graceful shutdown.
+
+mod driver;
+mod hibernate;
+mod outq;
+mod transport;
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,9 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, Shared};
+use crate::core::engine::Broker;
 use crate::stats::Stats;
-use crate::sys::SysPublisher;
+use hibernate::Hibernation;
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -24,6 +30,28 @@ pub struct Server {
     listeners: Vec<TcpListener>,
 }
 
+/// What every connection of one server shares.
+#[derive(Debug)]
+struct Ctx {
+    broker: Broker,
+    hibernation: Hibernation,
+    codec_limits: petrel_codec::Limits,
+    /// Quiet time after which a connection hibernates (none: never).
+    hibernate_after: Option<Duration>,
+}
+
+impl Ctx {
+    fn new(broker: Broker) -> Arc<Self> {
+        let after = broker.config().limits.hibernate_after;
+        Arc::new(Self {
+            codec_limits: broker.session_config().codec_limits(),
+            hibernation: Hibernation::new(broker.clone()),
+            hibernate_after: (after > 0).then(|| Duration::from_secs(after)),
+            broker,
+        })
+    }
+}
+
 /// Live connection tasks, to bound them and to wait for them at shutdown.
 #[derive(Debug, Default)]
 struct Live {
@@ -32,7 +60,7 @@ struct Live {
 }
 
 /// Counts one connection in [`Live`] while it exists.
-pub(crate) struct LiveGuard(Arc<Live>);
+struct LiveGuard(Arc<Live>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
@@ -43,7 +71,8 @@ impl Drop for LiveGuard {
 }
 
 impl Server {
-    /// Bind every listener of the broker's configuration.
+    /// Bind every listener of the broker's configuration, after reading
+    /// back what the `persistence` file holds.
     pub async fn bind(broker: Broker) -> io::Result<Self> {
         if let Some(path) = &broker.config().persistence {
             let (sessions, retained) = broker.load().map_err(|e| {
@@ -78,7 +107,7 @@ impl Server {
     /// connection to close (5.0 DISCONNECT 0x8B), and wait for them (at most
     /// five seconds).
     pub async fn run(self) {
-        let shared = self.broker.shared.clone();
+        let ctx = Ctx::new(self.broker.clone());
         let live = Arc::new(Live::default());
         for l in &self.listeners {
             if let Ok(addr) = l.local_addr() {
@@ -89,19 +118,19 @@ impl Server {
         // than run to the end, hibernating connections are woken all the
         // same: nothing else would close their sockets or hand their
         // sessions back.
-        let wake_sleepers = WakeSleepers(shared.clone());
+        let wake_all = WakeAll(ctx.hibernation.clone());
         let mut tasks = tokio::task::JoinSet::new();
         for listener in self.listeners {
-            tasks.spawn(accept_loop(shared.clone(), listener, live.clone()));
+            tasks.spawn(accept_loop(ctx.clone(), listener, live.clone()));
         }
-        tasks.spawn(housekeeping(shared.clone()));
-        let mut shutdown = shared.shutdown.subscribe();
+        tasks.spawn(tick(ctx.clone()));
+        let mut shutdown = self.broker.shutdown_signal();
         let _ = shutdown.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         // Hibernating connections wake to say goodbye like the others.
-        drop(wake_sleepers);
+        drop(wake_all);
         let drained = async {
             loop {
                 let idle = live.idle.notified();
@@ -124,8 +153,8 @@ impl Server {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, live: Arc<Live>) {
-    let max = shared.config.limits.max_connections;
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, live: Arc<Live>) {
+    let max = ctx.broker.config().limits.max_connections;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -138,49 +167,35 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, live: Arc<Live>
         };
         if live.count.fetch_add(1, Ordering::AcqRel) >= max {
             live.count.fetch_sub(1, Ordering::AcqRel);
-            Stats::add(&shared.stats.connections_refused, 1);
+            Stats::add(&ctx.broker.engine.stats.connections_refused, 1);
             tracing::warn!(%peer, max, "connection limit reached; closing");
             drop(stream);
             continue;
         }
         let guard = LiveGuard(live.clone());
         let _ = stream.set_nodelay(true);
-        tokio::spawn(crate::connection::serve(
-            shared.clone(),
-            stream,
-            peer,
-            Some(guard),
-        ));
+        tokio::spawn(driver::serve(ctx.clone(), stream, peer, Some(guard)));
     }
 }
 
 /// Wakes every hibernating connection when dropped.
-struct WakeSleepers(Arc<Shared>);
+struct WakeAll(Hibernation);
 
-impl Drop for WakeSleepers {
+impl Drop for WakeAll {
     fn drop(&mut self) {
-        self.0.wake_sleepers(None);
+        self.0.wake_all();
     }
 }
 
-/// Session expiry, due wills, retained expiry and `$SYS`, once a second.
-async fn housekeeping(shared: Arc<Shared>) {
+/// Once a second: hibernating connections' deadlines, and the engine's
+/// housekeeping (session expiry, wills, retained expiry, `$SYS`).
+async fn tick(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sys_every = shared.config.sys_interval;
-    let mut sys = SysPublisher::new();
-    let mut seconds: u64 = 0;
     loop {
         tick.tick().await;
         let now = Instant::now();
-        shared.wake_sleepers(Some(now));
-        shared.housekeeping(now);
-        if seconds % 10 == 0 {
-            shared.expire_retained(now);
-        }
-        if sys_every > 0 && seconds % sys_every == 0 {
-            sys.tick(&shared, now);
-        }
-        seconds += 1;
+        ctx.hibernation.wake_due(now);
+        ctx.broker.tick(now);
     }
 }

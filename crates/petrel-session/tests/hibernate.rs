@@ -1,5 +1,5 @@
-//! Parking: an idle connection folded into its compact form and unfolded
-//! goes on exactly as if it had never been parked.
+//! Hibernation: an idle connection turned into its compact form and resumed
+//! goes on exactly as if it had never hibernated.
 
 #![allow(clippy::field_reassign_with_default)] // configs read better as edits of the default
 
@@ -11,7 +11,7 @@ use petrel_codec::{Packet, Protocol, QoS};
 use petrel_session::{CloseReason, Config, Connection, Event};
 use support::{msg, Dir, Pair};
 
-fn park_both(pair: &mut Pair, client_cfg: &Config, server_cfg: &Config) {
+fn hibernate_both(pair: &mut Pair, client_cfg: &Config, server_cfg: &Config) {
     let client = std::mem::replace(
         &mut pair.client,
         Connection::server(Config::default(), pair.now),
@@ -20,16 +20,16 @@ fn park_both(pair: &mut Pair, client_cfg: &Config, server_cfg: &Config) {
         &mut pair.server,
         Connection::server(Config::default(), pair.now),
     );
-    let client = client.park().expect("an idle client parks");
-    let server = server.park().expect("an idle server parks");
-    pair.client = Connection::unpark(client, client_cfg.clone());
-    pair.server = Connection::unpark(server, server_cfg.clone());
+    let client = client.hibernate().expect("an idle client hibernates");
+    let server = server.hibernate().expect("an idle server hibernates");
+    pair.client = Connection::resume(client, client_cfg.clone());
+    pair.server = Connection::resume(server, server_cfg.clone());
 }
 
 /// Topic aliases ([MQTT-3.3.2-12]: the receiver keeps the mapping for the
-/// connection) and packet identifiers survive parking.
+/// connection) and packet identifiers survive hibernation.
 #[test]
-fn a_parked_connection_keeps_its_aliases_and_packet_identifiers() {
+fn a_hibernated_connection_keeps_its_aliases_and_packet_identifiers() {
     let client_cfg = Config::default();
     let mut server_cfg = Config::default();
     server_cfg.topic_alias_maximum = 2;
@@ -44,7 +44,7 @@ fn a_parked_connection_keeps_its_aliases_and_packet_identifiers() {
         pair.run();
     };
     exchange(&mut pair);
-    park_both(&mut pair, &client_cfg, &server_cfg);
+    hibernate_both(&mut pair, &client_cfg, &server_cfg);
     assert!(pair.client.is_connected() && pair.server.is_connected());
     pair.log.clear();
     exchange(&mut pair);
@@ -61,7 +61,7 @@ fn a_parked_connection_keeps_its_aliases_and_packet_identifiers() {
         })
         .collect();
     // Both second PUBLISHes go by alias alone, and each side's next
-    // identifier follows the one used before parking.
+    // identifier follows the one used before hibernating.
     assert_eq!(
         ids,
         [
@@ -87,30 +87,30 @@ fn a_parked_connection_keeps_its_aliases_and_packet_identifiers() {
     assert!(pair.server.state().inflight() == 0 && pair.client.state().inflight() == 0);
 }
 
-/// The keep-alive timers go on through parking: the client still pings
+/// The keep-alive timers go on through hibernation: the client still pings
 /// ([MQTT-3.1.2-20]) and the server still closes a silent client after one
 /// and a half keep alives ([MQTT-3.1.2-22]).
 #[test]
-fn a_parked_connection_keeps_its_timers() {
+fn a_hibernated_connection_keeps_its_timers() {
     let cfg = Config::default();
     let mut pair = Pair::connected(Protocol::V3_1_1);
     let start = pair.now;
     pair.advance(Duration::from_secs(10));
     let client = std::mem::replace(&mut pair.client, Connection::server(cfg.clone(), pair.now));
-    let parked = client.park().unwrap();
-    assert_eq!(parked.deadline(), Some(start + Duration::from_secs(30)));
-    pair.client = Connection::unpark(parked, cfg.clone());
+    let hibernated = client.hibernate().unwrap();
+    assert_eq!(hibernated.deadline(), Some(start + Duration::from_secs(30)));
+    pair.client = Connection::resume(hibernated, cfg.clone());
     pair.advance(Duration::from_secs(20));
     assert_eq!(pair.sent(Dir::ToServer), vec![&Packet::PingReq]);
 
     let server = std::mem::replace(&mut pair.server, Connection::server(cfg.clone(), pair.now));
-    let parked = server.park().unwrap();
+    let hibernated = server.hibernate().unwrap();
     // Last heard from at the PINGREQ, 30 s in.
     assert_eq!(
-        parked.deadline(),
+        hibernated.deadline(),
         Some(start + Duration::from_secs(30 + 45))
     );
-    let mut server = Connection::unpark(parked, cfg);
+    let mut server = Connection::resume(hibernated, cfg);
     server.handle_timeout(start + Duration::from_secs(74));
     assert!(server.is_connected());
     server.handle_timeout(start + Duration::from_secs(75));
@@ -121,9 +121,9 @@ fn a_parked_connection_keeps_its_timers() {
 }
 
 /// A connection with anything in flight, waiting or unanswered refuses to
-/// park and comes back whole: nothing acknowledged is lost.
+/// hibernate and comes back whole: nothing acknowledged is lost.
 #[test]
-fn a_busy_connection_does_not_park() {
+fn a_busy_connection_does_not_hibernate() {
     let cfg = Config::default();
     let mut pair = Pair::connected(Protocol::V5);
     pair.server
@@ -132,20 +132,22 @@ fn a_busy_connection_does_not_park() {
     // Sent, not yet acknowledged.
     let publish = pair.server.poll_transmit().unwrap();
     let server = std::mem::replace(&mut pair.server, Connection::server(cfg.clone(), pair.now));
-    let server = server.park().expect_err("a QoS 2 exchange is in flight");
+    let server = server
+        .hibernate()
+        .expect_err("a QoS 2 exchange is in flight");
     pair.server = *server;
     assert_eq!(pair.server.state().inflight(), 1);
     let _ = pair.client.handle_packet(pair.now, publish);
     pair.run();
     assert_eq!(pair.server.state().inflight(), 0);
-    // A client waiting for its PINGRESP does not park either.
+    // A client waiting for its PINGRESP does not hibernate either.
     pair.now += Duration::from_secs(30);
     pair.client.handle_timeout(pair.now);
     assert_eq!(pair.client.poll_transmit(), Some(Packet::PingReq));
     let client = std::mem::replace(&mut pair.client, Connection::server(cfg.clone(), pair.now));
-    assert!(client.park().is_err());
-    // A closed one has nothing to park.
+    assert!(client.hibernate().is_err());
+    // A closed one has nothing to hibernate.
     let mut closed = Connection::server(cfg, pair.now);
     closed.handle_timeout(pair.now + Duration::from_secs(60));
-    assert!(closed.park().is_err());
+    assert!(closed.hibernate().is_err());
 }

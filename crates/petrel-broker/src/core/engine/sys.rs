@@ -3,11 +3,8 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use petrel_codec::{QoS, TopicName};
-use petrel_session::Message;
+use petrel_codec::TopicName;
 
-use crate::broker::Shared;
 use crate::stats::StatsSnapshot;
 
 /// Moving averages of per-minute rates over 1, 5 and 15 minutes, as
@@ -48,24 +45,31 @@ fn load_inputs(s: &StatsSnapshot) -> [u64; 8] {
     ]
 }
 
-/// Publishes `$SYS` at each tick.
+/// What `$SYS` says at each tick.
 #[derive(Debug)]
-pub(crate) struct SysPublisher {
+pub(super) struct SysPublisher {
     last: Option<(Instant, [u64; 8])>,
     loads: [Load; 8],
 }
 
 impl SysPublisher {
-    pub(crate) fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             last: None,
             loads: [Load::default(); 8],
         }
     }
 
-    pub(crate) fn tick(&mut self, shared: &Shared, now: Instant) {
-        let s = shared.snapshot();
-        let inputs = load_inputs(&s);
+    /// The topics and values to publish now, given the counters and when
+    /// the broker started.
+    pub(super) fn tick(
+        &mut self,
+        s: &StatsSnapshot,
+        started: Instant,
+        now: Instant,
+    ) -> Vec<(TopicName, String)> {
+        let mut out = Vec::new();
+        let inputs = load_inputs(s);
         if let Some((at, before)) = self.last {
             let secs = now.saturating_duration_since(at).as_secs_f64().max(0.001);
             for ((load, now_v), before_v) in self.loads.iter_mut().zip(inputs).zip(before) {
@@ -75,11 +79,9 @@ impl SysPublisher {
         }
         self.last = Some((now, inputs));
 
-        let publish = |topic: String, value: String| {
+        let mut publish = |topic: String, value: String| {
             if let Ok(t) = TopicName::try_from(topic.as_str()) {
-                let mut m = Message::new(t, Bytes::from(value), QoS::AtMostOnce);
-                m.retain = true;
-                shared.publish(None, m, now);
+                out.push((t, value));
             }
         };
         let b = "$SYS/broker";
@@ -91,7 +93,7 @@ impl SysPublisher {
             format!("{b}/uptime"),
             format!(
                 "{} seconds",
-                now.saturating_duration_since(shared.started).as_secs()
+                now.saturating_duration_since(started).as_secs()
             ),
         );
         let disconnected = s.sessions.saturating_sub(s.clients_connected);
@@ -123,6 +125,7 @@ impl SysPublisher {
                 publish(format!("{b}/load/{name}/{window}"), format!("{v:.2}"));
             }
         }
+        out
     }
 }
 

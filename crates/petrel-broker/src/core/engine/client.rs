@@ -1,0 +1,579 @@
+//! One connected client as the engine sees it: what it may do, what it
+//! publishes and subscribes to, the messages waiting for it, and how its
+//! connection ends.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use petrel_codec::{
+    Auth, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use petrel_session::{CloseReason, Message, SessionState};
+use tokio::sync::oneshot;
+
+use super::Engine;
+use crate::core::auth::{Access, Action, AuthExchange, Credentials, DecisionCache, Exchange};
+use crate::core::queue::{Queued, SessionKey, Taken};
+use crate::core::router::Subscription;
+use crate::core::sessions::{ConnectionId, Handover};
+use crate::core::{is_sys, lock, too_deep, WakerSlot};
+use crate::stats::Stats;
+
+/// Why the engine asks a connection to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kick {
+    /// Another connection took its session over ([MQTT-3.1.4-3]: 5.0
+    /// DISCONNECT 0x8E Session taken over).
+    TakenOver,
+}
+
+impl Kick {
+    /// The reason code a 5.0 DISCONNECT carries.
+    pub fn reason_code(self) -> ReasonCode {
+        match self {
+            Self::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct KickState {
+    reason: Option<Kick>,
+    waker: WakerSlot,
+}
+
+/// How the engine reaches one connection: to tell it to let go of its
+/// session, or to hand it the session it waits for.
+#[derive(Debug, Default)]
+pub(crate) struct Reach {
+    kick: Mutex<KickState>,
+    handover: Mutex<Option<oneshot::Sender<Handover>>>,
+}
+
+impl Reach {
+    pub(super) fn kick(&self, reason: Kick) {
+        let waker = {
+            let mut state = lock(&self.kick);
+            state.reason = Some(reason);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
+        let mut state = lock(&self.kick);
+        if let Some(reason) = state.reason.take() {
+            return Poll::Ready(reason);
+        }
+        state.waker.set(cx.waker());
+        Poll::Pending
+    }
+
+    /// Arm `waker` for a kick; false (arming nothing) if kicked already.
+    fn arm(&self, waker: &Waker) -> bool {
+        let mut state = lock(&self.kick);
+        if state.reason.is_some() {
+            return false;
+        }
+        state.waker.set(waker);
+        true
+    }
+
+    fn disarm(&self) {
+        lock(&self.kick).waker.clear();
+    }
+
+    /// This connection waits for a takeover: where the session will come.
+    pub(super) fn await_handover(&self) -> oneshot::Receiver<Handover> {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.handover) = Some(tx);
+        rx
+    }
+
+    /// It will never get the session (another connection superseded it).
+    pub(super) fn cancel_handover(&self) {
+        lock(&self.handover).take();
+    }
+
+    /// Hand it the session; the handover back if it is gone (moved, not
+    /// copied, and rare: a takeover).
+    #[allow(clippy::result_large_err)]
+    pub(super) fn send_handover(&self, h: Handover) -> Result<(), Handover> {
+        match lock(&self.handover).take() {
+            Some(tx) => tx.send(h),
+            None => Err(h),
+        }
+    }
+}
+
+/// Where a re-authentication stands (4.12.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReauthStep {
+    /// Send AUTH 0x18 Continue Authentication with these properties.
+    Continue(Properties),
+    /// Send AUTH 0x00 Success with these properties: the client proved who
+    /// it is again.
+    Success(Properties),
+    /// Refused: send DISCONNECT with this reason and close.
+    Refuse(ReasonCode),
+}
+
+/// A publish decision remembered for the last topic, then for a few
+/// hundred more.
+#[derive(Debug, Default)]
+struct PublishCache {
+    last: Option<(Box<str>, bool)>,
+    decisions: DecisionCache,
+}
+
+/// One connected client: what its connection asks the engine, and what the
+/// engine tells it. Dropped without [`Client::close`] (its task panicked,
+/// say), it hands the session back as a lost connection would.
+pub struct Client {
+    engine: Arc<Engine>,
+    key: SessionKey,
+    connection: ConnectionId,
+    reach: Arc<Reach>,
+    access: Arc<Access>,
+    /// The rules' generation `access` was resolved in.
+    generation: u64,
+    /// Session Expiry Interval in force.
+    expiry: u32,
+    protocol: Protocol,
+    /// Holds the session (not yet closed).
+    open: bool,
+    will: Option<Box<(Message, Duration)>>,
+    cache: Option<Box<PublishCache>>,
+    /// Retained messages for new subscriptions, sent before live ones.
+    #[allow(clippy::box_collection)] // a pointer while empty, on purpose
+    backlog: Option<Box<VecDeque<Queued>>>,
+    reauth: Option<Box<dyn AuthExchange>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id())
+            .field("username", &self.username())
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a login settled, to build its [`Client`].
+pub(super) struct Settled {
+    pub(super) key: SessionKey,
+    pub(super) connection: ConnectionId,
+    pub(super) reach: Arc<Reach>,
+    pub(super) access: Arc<Access>,
+    pub(super) generation: u64,
+    pub(super) expiry: u32,
+    pub(super) protocol: Protocol,
+    pub(super) will: Option<Box<(Message, Duration)>>,
+}
+
+impl Client {
+    pub(super) fn new(engine: Arc<Engine>, s: Settled) -> Self {
+        engine.stats.client_connected();
+        Self {
+            engine,
+            key: s.key,
+            connection: s.connection,
+            reach: s.reach,
+            access: s.access,
+            generation: s.generation,
+            expiry: s.expiry,
+            protocol: s.protocol,
+            open: true,
+            will: s.will,
+            cache: None,
+            backlog: None,
+            reauth: None,
+        }
+    }
+
+    /// Its client identifier.
+    pub fn client_id(&self) -> &str {
+        self.key.client_id()
+    }
+
+    /// Its user name, as authentication settled it.
+    pub fn username(&self) -> Option<&str> {
+        self.access.username.as_deref()
+    }
+
+    /// The permissions in force, resolved again if the rules were reloaded.
+    fn access(&mut self) -> &Access {
+        let current = self.engine.generation();
+        if self.generation != current {
+            let security = self.engine.security();
+            let access = Access::resolve(
+                self.key.client_id(),
+                self.access.username.clone(),
+                self.access.claims.clone(),
+                &security.authorizers,
+            );
+            self.key.set_access(access.clone());
+            self.access = access;
+            self.generation = current;
+            self.cache = None;
+        }
+        &self.access
+    }
+
+    /// A PUBLISH the broker refuses before the session acknowledges it,
+    /// closing the connection with the reason: above the Maximum QoS it
+    /// told the client ([MQTT-3.2.2-11]), or a topic deeper than
+    /// `max_topic_levels`.
+    pub fn check_publish(&self, p: &Publish) -> Option<ReasonCode> {
+        let limits = &self.engine.config.limits;
+        if p.qos.qos() as u8 > limits.max_qos {
+            return Some(ReasonCode::QOS_NOT_SUPPORTED);
+        }
+        if too_deep(p.topic.as_str(), limits.max_topic_levels) {
+            return Some(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        None
+    }
+
+    fn may_publish(&mut self, topic: &str) -> bool {
+        if self.access().is_unrestricted() {
+            // $SYS belongs to the broker, as Mosquitto's default rules say.
+            return !is_sys(topic);
+        }
+        let cache = self.cache.get_or_insert_with(Box::default);
+        if let Some((last, decision)) = &cache.last {
+            if **last == *topic {
+                return *decision;
+            }
+        }
+        let access = &self.access;
+        let decision = cache
+            .decisions
+            .get(topic, || access.check(Action::Publish, topic));
+        cache.last = Some((topic.into(), decision));
+        decision
+    }
+
+    /// A PUBLISH from the client: authorise it, retain it if asked, route
+    /// it. Returns the reason its PUBACK or PUBREC carries: 0x87 Not
+    /// authorized for a topic it may not write (in 3.1.1, which has no
+    /// reason codes, the message is acknowledged and dropped, as Mosquitto
+    /// does), 0x10 No matching subscribers, or Success. Routed before it is
+    /// acknowledged ([MQTT-4.3.2-4], [MQTT-4.3.3-8] hold: it is ours now).
+    pub fn publish(&mut self, p: Publish, now: Instant) -> ReasonCode {
+        if !self.may_publish(p.topic.as_str()) {
+            Stats::add(&self.engine.stats.denied_publish, 1);
+            tracing::debug!(client_id = %self.client_id(), topic = %p.topic.as_str(), "publish not authorized");
+            return ReasonCode::NOT_AUTHORIZED;
+        }
+        let mut message = Message::new(p.topic, p.payload, p.qos.qos());
+        message.retain = p.retain;
+        message.properties = p.properties;
+        match self.engine.publish(Some(&self.key), message, now) {
+            0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            _ => ReasonCode::SUCCESS,
+        }
+    }
+
+    /// A SUBSCRIBE: one reason code per filter, in order ([MQTT-3.9.3-1]):
+    /// the granted QoS, 0x87 Not authorized, 0x8F for a filter deeper than
+    /// `max_topic_levels`, 0x97 past `max_subscriptions_per_session` (3.1.1
+    /// sees 0x80 Failure for each refusal). Retained messages the client
+    /// may read are queued for it ([`Client::next_messages`]).
+    pub fn subscribe(&mut self, s: Subscribe, _now: Instant) -> SubAck {
+        let limits = &self.engine.config.limits;
+        let max_qos = QoS::from_u8(limits.max_qos).unwrap_or(QoS::ExactlyOnce);
+        let max_levels = limits.max_topic_levels;
+        let identifier = s.properties.subscription_identifiers().first();
+        let mut codes = Vec::with_capacity(s.subscriptions.len());
+        self.access();
+        for sub in &s.subscriptions {
+            let filter = sub.filter.as_str();
+            if too_deep(filter, max_levels) {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !self.access.check(Action::Subscribe, filter) {
+                Stats::add(&self.engine.stats.denied_subscribe, 1);
+                tracing::debug!(client_id = %self.client_id(), filter, "subscribe not authorized");
+                codes.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
+            let mut options = sub.options;
+            options.qos = options.qos.min(max_qos);
+            let subscription = Subscription {
+                options,
+                identifier,
+                authorize: !self.access.receives_all(filter),
+            };
+            match self.engine.subscribe(&self.key, &sub.filter, subscription) {
+                None => codes.push(ReasonCode::QUOTA_EXCEEDED),
+                Some(existed) => {
+                    codes.push(ReasonCode(options.qos as u8));
+                    let send = match options.retain_handling {
+                        RetainHandling::SendOnSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                    // Retained messages are not sent for a shared
+                    // subscription (4.8.2).
+                    if send && sub.filter.shared().is_none() {
+                        let backlog = self.backlog.get_or_insert_with(Box::default);
+                        let refused = self.engine.retained_for(
+                            &sub.filter,
+                            options.qos,
+                            identifier,
+                            &self.access,
+                            backlog,
+                        );
+                        Stats::add(&self.engine.stats.dropped_queue_full, refused as u64);
+                    }
+                }
+            }
+        }
+        SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::new(),
+            reason_codes: codes,
+        }
+    }
+
+    /// An UNSUBSCRIBE: Success, or 0x11 No subscription existed, per filter.
+    pub fn unsubscribe(&mut self, u: Unsubscribe) -> UnsubAck {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.engine.unsubscribe(&self.key, f) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::new(),
+            reason_codes: codes,
+        }
+    }
+
+    /// Messages to send next: up to `max`, of which at most `quota` QoS
+    /// 1/2 ones (the connection's send quota), retained ones for new
+    /// subscriptions first, in order. A message whose Message Expiry
+    /// Interval ran out while it waited is dropped ([MQTT-3.3.2-5]); the
+    /// others carry what is left of theirs ([MQTT-3.3.2-6]). Returns
+    /// whether more wait.
+    pub fn next_messages(
+        &mut self,
+        max: usize,
+        mut quota: usize,
+        now: Instant,
+        out: &mut Vec<Message>,
+    ) -> bool {
+        let mut taken = Vec::new();
+        if let Some(backlog) = &mut self.backlog {
+            let before = backlog.len();
+            while taken.len() < max {
+                let Some(q) = backlog.front() else { break };
+                if q.message.qos != QoS::AtMostOnce {
+                    if quota == 0 {
+                        break;
+                    }
+                    quota -= 1;
+                }
+                taken.extend(backlog.pop_front());
+            }
+            self.engine.backlog_done(before - backlog.len());
+            if !backlog.is_empty() {
+                self.deliver(taken, now, out);
+                return true;
+            }
+            self.backlog = None;
+        }
+        let more =
+            taken.len() < max && self.key.take(max - taken.len(), quota, &mut taken) == Taken::More;
+        self.deliver(taken, now, out);
+        more
+    }
+
+    fn deliver(&self, taken: Vec<Queued>, now: Instant, out: &mut Vec<Message>) {
+        for q in taken {
+            let mut message = q.message;
+            if let Some(interval) = message.properties.message_expiry_interval() {
+                let waited = now.saturating_duration_since(q.at).as_secs();
+                if waited >= u64::from(interval) {
+                    Stats::add(&self.engine.stats.dropped_expired, 1);
+                    continue;
+                }
+                let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
+                if left != interval {
+                    message.properties.set_message_expiry_interval(Some(left));
+                }
+            }
+            out.push(message);
+        }
+    }
+
+    /// Whether retained messages for new subscriptions wait to be sent.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
+    /// Ready once a message came to the session's empty queue since the
+    /// last time it was.
+    pub fn poll_messages(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.key.poll_signal(cx)
+    }
+
+    /// Ready when the engine asks the connection to close, with why.
+    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
+        self.reach.poll_kicked(cx)
+    }
+
+    /// Arm `waker` for a message to the session or a kick, for a
+    /// connection about to hibernate. Returns false if either already
+    /// happened: the connection must not sleep (then call
+    /// [`Client::disarm`]).
+    pub fn arm(&self, waker: &Waker) -> bool {
+        self.key.arm(waker) && self.reach.arm(waker)
+    }
+
+    /// Forget the wakers [`Client::arm`] and the polls left.
+    pub fn disarm(&self) {
+        self.key.disarm();
+        self.reach.disarm();
+    }
+
+    /// An AUTH from the connected client (5.0 re-authentication, 4.12.1):
+    /// 0x19 starts an exchange with the method its CONNECT named, 0x18
+    /// continues it. The client must prove the user name it connected
+    /// with.
+    pub async fn reauthenticate(&mut self, auth: Auth) -> ReauthStep {
+        let Some(method_name) = auth.properties.authentication_method() else {
+            return ReauthStep::Refuse(ReasonCode::PROTOCOL_ERROR);
+        };
+        let data = auth.properties.authentication_data();
+        let step = match auth.reason_code {
+            ReasonCode::RE_AUTHENTICATE => {
+                let security = self.engine.security();
+                let Some(method) = security.method(method_name.as_str()) else {
+                    return ReauthStep::Refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
+                };
+                let credentials = Credentials {
+                    client_id: self.key.client_id().clone(),
+                    username: self.access.username.as_deref().map(str::to_string),
+                    password: None,
+                    peer: None,
+                    protocol: self.protocol,
+                    certificate: None,
+                };
+                let exchange = self.reauth.insert(method.start(&credentials));
+                exchange.step(data).await
+            }
+            ReasonCode::CONTINUE_AUTHENTICATION => match &mut self.reauth {
+                Some(exchange) => exchange.step(data).await,
+                None => return ReauthStep::Refuse(ReasonCode::PROTOCOL_ERROR),
+            },
+            _ => return ReauthStep::Refuse(ReasonCode::PROTOCOL_ERROR),
+        };
+        let props = |data: Option<Bytes>| {
+            let mut p = Properties::new();
+            p.set_authentication_method(Some(method_name.clone()));
+            p.set_authentication_data(data);
+            p
+        };
+        match step {
+            Exchange::Continue(data) => ReauthStep::Continue(props(Some(data))),
+            Exchange::Success { grant, data } => {
+                self.reauth = None;
+                let proven = grant
+                    .username
+                    .as_deref()
+                    .or(self.access.username.as_deref());
+                if proven != self.access.username.as_deref() {
+                    return ReauthStep::Refuse(ReasonCode::NOT_AUTHORIZED);
+                }
+                Stats::add(&self.engine.stats.auth_successes, 1);
+                ReauthStep::Success(props(data))
+            }
+            Exchange::Deny(reason) => {
+                self.reauth = None;
+                Stats::add(&self.engine.stats.auth_failures, 1);
+                tracing::warn!(client_id = %self.client_id(), reason = %reason, "re-authentication failed");
+                ReauthStep::Refuse(reason)
+            }
+        }
+    }
+
+    /// The connection is over: hand the session back (with the state its
+    /// session machine ends with), with the will if the connection did not
+    /// end normally.
+    pub fn close(mut self, state: SessionState, reason: Option<&CloseReason>) {
+        self.finish(state, reason);
+    }
+
+    /// The connection could not even be accepted (its CONNACK could not be
+    /// sent): hand the session back as it was, without the will.
+    pub fn cancel(mut self, state: SessionState) {
+        self.will = None;
+        self.finish(state, None);
+    }
+
+    fn finish(&mut self, state: SessionState, close: Option<&CloseReason>) {
+        if !std::mem::take(&mut self.open) {
+            return;
+        }
+        if let Some(b) = self.backlog.take() {
+            self.engine.backlog_done(b.len());
+        }
+        let now = Instant::now();
+        let max = self.engine.config.limits.max_session_expiry;
+        let (expiry, will) = match close {
+            // [MQTT-3.1.2-10], [MQTT-3.14.4-3]: a normal DISCONNECT discards
+            // the will; 5.0 reason 0x04 asks for it. A 5.0 DISCONNECT may
+            // change the Session Expiry Interval (3.14.2.2.2).
+            Some(CloseReason::Disconnected {
+                reason_code,
+                properties,
+            }) => (
+                properties
+                    .session_expiry_interval()
+                    .map_or(self.expiry, |e| e.min(max)),
+                // Only 0x00 discards the will ([MQTT-3.14.4-3]); 0x04 and
+                // the error codes publish it.
+                (*reason_code != ReasonCode::NORMAL_DISCONNECTION)
+                    .then(|| self.will.take())
+                    .flatten(),
+            ),
+            // A server shutting down is not the client's failure.
+            Some(CloseReason::Local(rc)) if *rc == ReasonCode::SERVER_SHUTTING_DOWN => {
+                (self.expiry, None)
+            }
+            _ => (self.expiry, self.will.take()),
+        };
+        self.engine.release(
+            &self.key,
+            self.connection,
+            state,
+            expiry,
+            will.map(|w| *w),
+            now,
+        );
+        self.engine.stats.client_disconnected();
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.finish(SessionState::default(), None);
+    }
+}

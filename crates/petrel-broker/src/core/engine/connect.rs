@@ -1,0 +1,543 @@
+//! Deciding a CONNECT: the protocol's checks, authentication (with the
+//! per-address throttle), session ownership, and the session itself (new,
+//! resumed, or taken over from another connection).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petrel_codec::{Auth, Connect, MqttString, Properties, Protocol, QoS, ReasonCode};
+use petrel_session::{Accept, Message};
+use tokio::sync::oneshot;
+
+use super::attach::{Attach, Attached};
+use super::client::{Client, Reach, Settled};
+use super::{Engine, Security};
+use crate::core::auth::throttle::Admission;
+use crate::core::auth::{
+    Access, AuthExchange, CertificateIdentity, Credentials, Exchange, Grant, Verdict,
+};
+use crate::core::queue::detach;
+use crate::core::sessions::{ConnectionId, Handover, NEVER};
+use crate::core::{is_sys, lock, too_deep};
+use crate::stats::Stats;
+
+/// How long a connection waits for another to hand over the session it
+/// takes over, beyond the connect timeout (the holder writes its
+/// DISCONNECT within its close flush).
+const HANDOVER_SLACK: Duration = Duration::from_secs(4);
+
+/// What the transport knows of the peer.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    /// Its address, for logs and the per-address throttle.
+    pub addr: Option<SocketAddr>,
+    /// The identity of the client certificate the transport verified.
+    pub certificate: Option<CertificateIdentity>,
+}
+
+/// The engine's answer to a CONNECT, or to an AUTH during its exchange.
+#[derive(Debug)]
+pub enum Step {
+    /// Send AUTH 0x18 Continue Authentication with these properties; give
+    /// the client's answer to [`Login::auth`].
+    Continue(Properties),
+    /// Accepted: give `accept` to the connection's session machine and keep
+    /// the [`Client`].
+    Accept(Box<Accepted>),
+    /// Refused: reject the CONNECT with this reason (3.1.1 clients get the
+    /// matching return code) and these CONNACK properties.
+    Refuse(ReasonCode, Properties),
+}
+
+/// An accepted CONNECT.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The client, as the engine knows it from now on.
+    pub client: Client,
+    /// For [`petrel_session::Connection::accept`]: Session Present, the
+    /// session's state and the CONNACK properties.
+    pub accept: Accept,
+}
+
+enum State {
+    New,
+    /// An enhanced authentication exchange is under way.
+    Exchange(Box<dyn AuthExchange>),
+    /// Waiting for another connection to hand over the session.
+    Waiting {
+        connection: ConnectionId,
+        rx: oneshot::Receiver<Handover>,
+    },
+    Done,
+}
+
+/// One CONNECT being decided. Dropped while it waits for a takeover (its
+/// connection gave up), it gives up its place cleanly.
+pub struct Login {
+    engine: Arc<Engine>,
+    connect: Connect,
+    peer: Peer,
+    state: State,
+    /// Set once the protocol's checks pass.
+    prepared: Option<Box<Prepared>>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("client_id", &self.connect.client_id.as_str())
+            .field("peer", &self.peer.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the protocol's checks settled before authentication.
+struct Prepared {
+    client_id: Arc<str>,
+    expiry: u32,
+    props: Properties,
+    will: Option<Box<(Message, Duration)>>,
+    security: Arc<Security>,
+    reach: Arc<Reach>,
+    /// After authentication: who the client is.
+    access: Option<Arc<Access>>,
+}
+
+fn refuse(reason: ReasonCode) -> Step {
+    Step::Refuse(reason, Properties::new())
+}
+
+impl super::Broker {
+    /// Begin deciding a CONNECT that arrived from `peer`.
+    pub fn login(&self, connect: Connect, peer: Peer) -> Login {
+        Login {
+            engine: self.engine.clone(),
+            connect,
+            peer,
+            state: State::New,
+            prepared: None,
+        }
+    }
+}
+
+impl Login {
+    /// The client identifier the CONNECT carried.
+    pub fn client_id(&self) -> &str {
+        self.connect.client_id.as_str()
+    }
+
+    /// Decide the CONNECT: call once, first.
+    pub async fn start(&mut self) -> Step {
+        if !matches!(self.state, State::New) {
+            return refuse(ReasonCode::PROTOCOL_ERROR);
+        }
+        self.state = State::Done;
+        let prepared = match self.prepare() {
+            Ok(p) => p,
+            Err(reason) => return self.refused(reason),
+        };
+        self.prepared = Some(Box::new(prepared));
+        let credentials = self.credentials();
+        // The throttle first: a flood from one address costs nothing more.
+        if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
+            let admission = lock(&self.engine.throttle).admit(ip, Instant::now());
+            match admission {
+                Admission::Now => {}
+                Admission::After(wait) => tokio::time::sleep(wait).await,
+                Admission::Refuse => {
+                    Stats::add(&self.engine.stats.auth_failures, 1);
+                    tracing::warn!(peer = %ip, client_id = %credentials.client_id, "login refused: too many failures from this address");
+                    return self.refused(ReasonCode::SERVER_BUSY);
+                }
+            }
+        }
+        let security = self.security();
+        if let Some(name) = self.connect.properties.authentication_method() {
+            // 5.0 enhanced authentication ([MQTT-4.12.0-1]: an unknown
+            // method is refused with 0x8C, then the connection closes).
+            let Some(method) = security.method(name.as_str()) else {
+                return self.failed(
+                    ReasonCode::BAD_AUTHENTICATION_METHOD,
+                    "no such authentication method",
+                );
+            };
+            let mut exchange = method.start(&credentials);
+            let step = exchange
+                .step(self.connect.properties.authentication_data())
+                .await;
+            return self.exchange_step(exchange, step).await;
+        }
+        let mut verdict = Verdict::Pass;
+        for a in &security.authenticators {
+            verdict = a.authenticate(&credentials).await;
+            if !matches!(verdict, Verdict::Pass) {
+                break;
+            }
+        }
+        match verdict {
+            Verdict::Allow(grant) => self.authenticated(grant).await,
+            Verdict::Deny(reason) => self.failed(reason, "credentials refused"),
+            Verdict::Pass => {
+                let presented = credentials.username.is_some() || credentials.password.is_some();
+                if presented {
+                    // Nobody knows these credentials.
+                    self.failed(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "unknown user")
+                } else if security.allow_anonymous {
+                    self.authenticated(Grant::plain()).await
+                } else {
+                    self.failed(
+                        ReasonCode::NOT_AUTHORIZED,
+                        "anonymous access is not allowed",
+                    )
+                }
+            }
+        }
+    }
+
+    /// The client's AUTH during an enhanced authentication exchange.
+    pub async fn auth(&mut self, auth: Auth) -> Step {
+        let State::Exchange(mut exchange) = std::mem::replace(&mut self.state, State::Done) else {
+            return refuse(ReasonCode::PROTOCOL_ERROR);
+        };
+        if auth.reason_code != ReasonCode::CONTINUE_AUTHENTICATION {
+            // [MQTT-4.12.0-3]: the client's answer carries 0x18.
+            return self.failed(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH other than 0x18 during CONNECT",
+            );
+        }
+        let step = exchange.step(auth.properties.authentication_data()).await;
+        self.exchange_step(exchange, step).await
+    }
+
+    async fn exchange_step(&mut self, exchange: Box<dyn AuthExchange>, step: Exchange) -> Step {
+        let method = self.connect.properties.authentication_method();
+        match step {
+            Exchange::Continue(data) => {
+                self.state = State::Exchange(exchange);
+                let mut props = Properties::new();
+                props.set_authentication_method(method);
+                props.set_authentication_data(Some(data));
+                Step::Continue(props)
+            }
+            Exchange::Success { grant, data } => {
+                if let Some(p) = &mut self.prepared {
+                    // The CONNACK names the method and carries its last data.
+                    p.props.set_authentication_method(method);
+                    p.props.set_authentication_data(data);
+                }
+                self.authenticated(grant).await
+            }
+            Exchange::Deny(reason) => self.failed(reason, "enhanced authentication failed"),
+        }
+    }
+
+    fn security(&self) -> Arc<Security> {
+        self.prepared
+            .as_ref()
+            .map_or_else(|| self.engine.security(), |p| p.security.clone())
+    }
+
+    fn credentials(&self) -> Credentials {
+        let c = &self.connect;
+        Credentials {
+            client_id: self
+                .prepared
+                .as_ref()
+                .map_or_else(|| Arc::from(c.client_id.as_str()), |p| p.client_id.clone()),
+            username: c.username.as_ref().map(|u| u.as_str().to_string()),
+            password: c.password.clone(),
+            peer: self.peer.addr,
+            protocol: c.protocol,
+            certificate: self.peer.certificate.clone(),
+        }
+    }
+
+    fn refused(&self, reason: ReasonCode) -> Step {
+        Stats::add(&self.engine.stats.connections_refused, 1);
+        refuse(reason)
+    }
+
+    /// Authentication failed: logged with the peer's address, counted
+    /// against it.
+    fn failed(&self, reason: ReasonCode, why: &str) -> Step {
+        Stats::add(&self.engine.stats.auth_failures, 1);
+        let peer = self
+            .peer
+            .addr
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::warn!(
+            peer,
+            client_id = %self.connect.client_id.as_str(),
+            username = self.connect.username.as_ref().map_or("", |u| u.as_str()),
+            reason = %reason,
+            why,
+            "authentication failed"
+        );
+        if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
+            lock(&self.engine.throttle).failed(ip, Instant::now());
+        }
+        self.refused(reason)
+    }
+
+    /// The protocol's checks, before anyone's credentials are looked at.
+    fn prepare(&mut self) -> Result<Prepared, ReasonCode> {
+        let engine = &self.engine;
+        let c = &mut self.connect;
+        let limits = &engine.config.limits;
+        let v5 = c.protocol.is_v5();
+        let max_qos = QoS::from_u8(limits.max_qos).unwrap_or(QoS::ExactlyOnce);
+        let mut props = Properties::new();
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            // [MQTT-3.1.3-8]: 3.1.1 allows a zero-length id only with Clean
+            // Session 1; MQTT 3.1 needs one.
+            if !v5 && (!c.clean_start || c.protocol == Protocol::V3_1) {
+                return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            // [MQTT-3.1.3-6], [MQTT-3.2.2-16]: assign a unique one, and
+            // tell a 5.0 client.
+            let id = engine.assign_client_id();
+            if v5 {
+                if let Ok(s) = MqttString::try_from(id.as_str()) {
+                    props.set_assigned_client_identifier(Some(s));
+                }
+            }
+            Arc::from(id)
+        } else {
+            Arc::from(c.client_id.as_str())
+        };
+        if client_id.len() > limits.max_client_id_length {
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        if let Some(w) = &c.will {
+            if v5 && w.qos > max_qos {
+                // [MQTT-3.2.2-12]
+                return Err(ReasonCode::QOS_NOT_SUPPORTED);
+            }
+            if is_sys(w.topic.as_str()) {
+                // $SYS is the broker's: no client writes there, will included.
+                return Err(ReasonCode::NOT_AUTHORIZED);
+            }
+            if too_deep(w.topic.as_str(), limits.max_topic_levels) {
+                return Err(ReasonCode::TOPIC_NAME_INVALID);
+            }
+        }
+        // Session expiry: 5.0 asks; 3.1.x Clean Session 0 means "keep".
+        let requested = if v5 {
+            c.properties.session_expiry_interval().unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            NEVER
+        };
+        let expiry = requested.min(limits.max_session_expiry);
+        if v5 && expiry != requested {
+            // The client learns the interval the server uses (3.2.2.3.2).
+            props.set_session_expiry_interval(Some(expiry));
+        }
+        if v5
+            && (c.keep_alive > limits.max_keepalive
+                || (c.keep_alive == 0 && limits.max_keepalive < u16::MAX))
+        {
+            // [MQTT-3.2.2-21]: the client must use the Server Keep Alive.
+            props.set_server_keep_alive(Some(limits.max_keepalive));
+        }
+        if v5 && max_qos != QoS::ExactlyOnce {
+            props.set_maximum_qos(Some(max_qos));
+        }
+        let will = c.will.take().map(|w| {
+            let delay = if v5 {
+                w.properties.will_delay_interval().unwrap_or(0)
+            } else {
+                0
+            };
+            let mut m = Message::new(w.topic, w.payload, w.qos);
+            m.retain = w.retain;
+            // Will properties go out as PUBLISH properties, less the delay
+            // ([MQTT-3.1.3-10]).
+            m.properties = w
+                .properties
+                .without(&[petrel_codec::properties::id::WILL_DELAY_INTERVAL]);
+            // Kept for the connection's life: its own bytes.
+            detach(&mut m);
+            Box::new((m, Duration::from_secs(u64::from(delay))))
+        });
+        Ok(Prepared {
+            client_id,
+            expiry,
+            props,
+            will,
+            security: engine.security(),
+            reach: Arc::new(Reach::default()),
+            access: None,
+        })
+    }
+
+    /// The client is who it says: check its will against its permissions,
+    /// then take its session.
+    async fn authenticated(&mut self, grant: Grant) -> Step {
+        let engine = self.engine.clone();
+        let Some(p) = self.prepared.as_mut() else {
+            return refuse(ReasonCode::UNSPECIFIED_ERROR);
+        };
+        Stats::add(&engine.stats.auth_successes, 1);
+        if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
+            lock(&engine.throttle).succeeded(ip);
+        }
+        let username: Option<Arc<str>> = grant
+            .username
+            .or_else(|| {
+                self.connect
+                    .username
+                    .as_ref()
+                    .map(|u| u.as_str().to_string())
+            })
+            .map(Arc::from);
+        let access = Access::resolve(
+            &p.client_id,
+            username,
+            grant.permissions,
+            &p.security.authorizers,
+        );
+        if let Some(w) = &p.will {
+            if !access.check(crate::core::auth::Action::Publish, w.0.topic.as_str()) {
+                // A will is a publish like any other.
+                Stats::add(&engine.stats.denied_publish, 1);
+                return self.refused(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
+        p.access = Some(access.clone());
+        let now = Instant::now();
+        match engine.attach(
+            &p.client_id,
+            self.connect.clean_start,
+            p.expiry,
+            &p.reach,
+            &access,
+            p.security.ownership,
+            now,
+        ) {
+            Attach::Ready(a) => self.accepted(a),
+            Attach::Full => {
+                tracing::warn!(client_id = %p.client_id, "max_sessions reached; refused");
+                let reason = if self.connect.protocol.is_v5() {
+                    ReasonCode::QUOTA_EXCEEDED
+                } else {
+                    ReasonCode::SERVER_UNAVAILABLE
+                };
+                self.refused(reason)
+            }
+            Attach::Owned => {
+                tracing::warn!(
+                    client_id = %p.client_id,
+                    username = access.username.as_deref().unwrap_or(""),
+                    "session belongs to another user; refused"
+                );
+                self.refused(ReasonCode::NOT_AUTHORIZED)
+            }
+            Attach::Wait(connection, rx) => {
+                self.state = State::Waiting { connection, rx };
+                self.wait_handover().await
+            }
+        }
+    }
+
+    /// The holder was kicked and lets go within its close flush; bounded
+    /// anyway.
+    async fn wait_handover(&mut self) -> Step {
+        let limit = Duration::from_secs(self.engine.config.limits.connect_timeout) + HANDOVER_SLACK;
+        let State::Waiting { rx, .. } = &mut self.state else {
+            return refuse(ReasonCode::UNSPECIFIED_ERROR);
+        };
+        let handover = tokio::time::timeout(limit, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let State::Waiting { connection, .. } = std::mem::replace(&mut self.state, State::Done)
+        else {
+            return refuse(ReasonCode::UNSPECIFIED_ERROR);
+        };
+        let Some(p) = self.prepared.as_ref() else {
+            return refuse(ReasonCode::UNSPECIFIED_ERROR);
+        };
+        let access = p
+            .access
+            .clone()
+            .unwrap_or_else(crate::core::auth::anonymous);
+        match handover {
+            Some(h) => {
+                let a = self
+                    .engine
+                    .take_handover(&p.client_id, h, &access, Instant::now());
+                self.accepted(a)
+            }
+            None => {
+                self.engine
+                    .abandon(&p.client_id, connection, None, p.expiry, Instant::now());
+                self.refused(ReasonCode::SERVER_UNAVAILABLE)
+            }
+        }
+    }
+
+    fn accepted(&mut self, a: Attached) -> Step {
+        let Some(p) = self.prepared.take() else {
+            return refuse(ReasonCode::UNSPECIFIED_ERROR);
+        };
+        let Prepared {
+            client_id,
+            expiry,
+            props,
+            will,
+            reach,
+            access,
+            ..
+        } = *p;
+        let access = access.unwrap_or_else(crate::core::auth::anonymous);
+        tracing::info!(
+            client_id = %client_id,
+            username = access.username.as_deref().unwrap_or(""),
+            peer = %self.peer.addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            protocol = self.connect.protocol.name(),
+            session_present = a.session_present,
+            "client connected"
+        );
+        let client = Client::new(
+            self.engine.clone(),
+            Settled {
+                key: a.key,
+                connection: a.connection,
+                reach,
+                access,
+                generation: self.engine.generation(),
+                expiry,
+                protocol: self.connect.protocol,
+                will,
+            },
+        );
+        Step::Accept(Box::new(Accepted {
+            client,
+            accept: Accept {
+                session_present: a.session_present,
+                state: a.state,
+                properties: props,
+            },
+        }))
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        if let State::Waiting { connection, mut rx } =
+            std::mem::replace(&mut self.state, State::Done)
+        {
+            // A handover that arrived meanwhile goes back.
+            rx.close();
+            let late = rx.try_recv().ok();
+            if let Some(p) = &self.prepared {
+                self.engine
+                    .abandon(&p.client_id, connection, late, p.expiry, Instant::now());
+            }
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The engine: every decision the broker makes, with no socket in sight.
+//!
+//! A transport (the tokio server's connection driver), a test, an
+//! embedding application and later a bridge or a cluster node all drive it
+//! the same way:
+//!
+//! 1. [`Broker::login`] with the client's CONNECT and what the transport
+//!    knows of the peer gives a [`Login`]. [`Login::start`] authenticates
+//!    (the password file, tokens, a certificate, an application's
+//!    authenticator, or a 5.0 enhanced authentication exchange continued
+//!    with [`Login::auth`]), checks session ownership, takes the session
+//!    over from another connection if needed, and answers [`Step::Accept`]
+//!    with a [`Client`] and the [`petrel_session::Accept`] for the
+//!    connection's session machine, or [`Step::Refuse`] with the CONNACK
+//!    reason.
+//! 2. The [`Client`] then decides each PUBLISH ([`Client::publish`]:
+//!    authorise, retain, route), SUBSCRIBE and UNSUBSCRIBE, hands out the
+//!    messages waiting for the session ([`Client::next_messages`]), answers
+//!    a re-authentication, and is told when its connection must close
+//!    (taken over). [`Client::close`] ends the connection: the will, the
+//!    session's expiry, a waiting takeover.
+//! 3. [`Broker::tick`], once a second: session expiry, delayed wills,
+//!    retained expiry, `$SYS`.
+//!
+//! ## Who runs it
+//! Matching and fan-out run in the publisher's own task under a read lock
+//! of the subscription index, so publishers on different cores route at
+//! the same time (the EMQX design, not one router task every message passes
+//! through). Writers (SUBSCRIBE, UNSUBSCRIBE) take the write lock briefly.
+//! Decisions about one client id (connect, takeover, release, expiry) are
+//! serialised by one mutex. No lock is held across an await. Slow work
+//! (password hashing, an application's authenticator) is awaited by the
+//! connecting client's own task and never holds a lock.
+
+mod attach;
+mod client;
+mod connect;
+mod publish;
+mod sys;
+
+pub use client::{Client, Kick, ReauthStep};
+pub use connect::{Accepted, Login, Peer, Step};
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use petrel_codec::{QoS, TopicName};
+use petrel_session::Message;
+use tokio::sync::watch;
+
+use super::auth::acl::AclFile;
+use super::auth::jwt::JwtAuthenticator;
+use super::auth::password::PasswordFile;
+use super::auth::scram::{ScramFile, ScramHash, ScramMethod};
+use super::auth::throttle::{Throttle, ThrottleConfig};
+use super::auth::{AuthFileError, AuthMethod, Authenticator, Authorizer, CertificateAuthenticator};
+use super::queue::SessionKey;
+use super::router::Router;
+use super::sessions::SessionRegistry;
+use super::wills::WillQueue;
+use super::{lock, read, write};
+use crate::config::{AuthSource, BrokerConfig};
+use crate::stats::{Stats, StatsSnapshot};
+use client::Reach;
+use publish::RetainedStore;
+use sys::SysPublisher;
+
+/// A will waiting for its delay, with the session that published it.
+#[derive(Debug)]
+struct PendingWill {
+    message: Message,
+    publisher: Option<SessionKey>,
+}
+
+/// Sessions and wills: what one mutex guards.
+#[derive(Debug, Default)]
+struct Core {
+    registry: SessionRegistry<SessionKey, Arc<Reach>>,
+    wills: WillQueue<PendingWill>,
+}
+
+/// Authentication and authorisation as configured: rebuilt from the files
+/// on reload.
+struct Security {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+    methods: Vec<Arc<dyn AuthMethod>>,
+    authorizers: Vec<Arc<dyn Authorizer>>,
+    allow_anonymous: bool,
+    ownership: bool,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field(
+                "authenticators",
+                &self
+                    .authenticators
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "methods",
+                &self.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            )
+            .field(
+                "authorizers",
+                &self
+                    .authorizers
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("ownership", &self.ownership)
+            .finish()
+    }
+}
+
+/// What an embedding application adds to the configured methods.
+#[derive(Default)]
+struct Extensions {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+    methods: Vec<Arc<dyn AuthMethod>>,
+    authorizers: Vec<Arc<dyn Authorizer>>,
+}
+
+impl Security {
+    /// Read the configured files and put the chain together.
+    fn load(config: &BrokerConfig, ext: &Extensions) -> Result<Self, AuthFileError> {
+        let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
+        for source in config.auth_sources() {
+            match source {
+                AuthSource::PasswordFile => {
+                    if let Some(path) = &config.password_file {
+                        authenticators.push(Arc::new(PasswordFile::load(path)?));
+                    }
+                }
+                AuthSource::Jwt => {
+                    if let Some(jwt) = &config.jwt {
+                        authenticators.push(Arc::new(JwtAuthenticator::new(jwt)?));
+                    }
+                }
+                AuthSource::Certificate => {
+                    if let Some(c) = &config.certificate {
+                        authenticators.push(Arc::new(CertificateAuthenticator::new(c.username)));
+                    }
+                }
+            }
+        }
+        authenticators.extend(ext.authenticators.iter().cloned());
+        let mut methods: Vec<Arc<dyn AuthMethod>> = Vec::new();
+        if let Some(scram) = &config.scram {
+            let file = Arc::new(ScramFile::load(&scram.file)?);
+            for hash in ScramHash::ALL {
+                if scram.mechanisms.iter().any(|m| m == hash.mechanism()) {
+                    methods.push(Arc::new(ScramMethod::new(hash, file.clone())));
+                }
+            }
+        }
+        methods.extend(ext.methods.iter().cloned());
+        let mut authorizers: Vec<Arc<dyn Authorizer>> = Vec::new();
+        if let Some(path) = &config.acl_file {
+            authorizers.push(Arc::new(AclFile::load(path)?));
+        }
+        authorizers.extend(ext.authorizers.iter().cloned());
+        let authenticated = !authenticators.is_empty() || !methods.is_empty();
+        let allow_anonymous = config.allow_anonymous.unwrap_or(!authenticated);
+        Ok(Self {
+            allow_anonymous,
+            ownership: config.session_ownership.unwrap_or(authenticated),
+            authenticators,
+            methods,
+            authorizers,
+        })
+    }
+
+    fn method(&self, name: &str) -> Option<&Arc<dyn AuthMethod>> {
+        self.methods.iter().find(|m| m.name() == name)
+    }
+}
+
+/// The shared state every connection's [`Client`] and the application's
+/// [`Broker`] handle work on.
+pub(crate) struct Engine {
+    pub(crate) config: BrokerConfig,
+    pub(crate) session_config: petrel_session::Config,
+    extensions: Extensions,
+    security: RwLock<Arc<Security>>,
+    /// Bumped on each reload of the rules: permissions resolved before
+    /// are stale.
+    generation: AtomicU64,
+    router: RwLock<Router<SessionKey>>,
+    retained: RwLock<RetainedStore>,
+    core: Mutex<Core>,
+    /// Bytes waiting in every session's queue.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Retained messages waiting in clients' backlogs.
+    backlog: AtomicUsize,
+    pub(crate) stats: Stats,
+    started: Instant,
+    /// Distinguishes this broker's assigned client ids from another run's.
+    instance: u64,
+    next_assigned: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    throttle: Mutex<Throttle>,
+    /// Housekeeping state: `$SYS` loads and when things last ran.
+    ticks: Mutex<Ticks>,
+}
+
+#[derive(Debug)]
+struct Ticks {
+    sys: SysPublisher,
+    last_sys: Option<Instant>,
+    last_retained: Option<Instant>,
+}
+
+/// Why a broker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A password, ACL, credentials or key file can't be used.
+    #[error(transparent)]
+    File(#[from] AuthFileError),
+    /// Anonymous access on a listener others can reach, not asked for.
+    #[error(
+        "listener {0} is not on a loopback address and no authentication is configured: \
+         set `allow_anonymous = true` to let anyone connect, or configure \
+         `password_file`, `[jwt]`, `[scram]` or `[certificate]`"
+    )]
+    AnonymousNotLoopback(std::net::SocketAddr),
+}
+
+/// Builds a [`Broker`] with authentication and authorisation of the
+/// application's own, after those the configuration names.
+pub struct BrokerBuilder {
+    config: BrokerConfig,
+    extensions: Extensions,
+}
+
+impl std::fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerBuilder {
+    /// Add an authenticator, tried after the configured methods.
+    pub fn authenticator(mut self, a: impl Authenticator) -> Self {
+        self.extensions.authenticators.push(Arc::new(a));
+        self
+    }
+
+    /// Add a 5.0 enhanced authentication method.
+    pub fn auth_method(mut self, m: impl AuthMethod) -> Self {
+        self.extensions.methods.push(Arc::new(m));
+        self
+    }
+
+    /// Add an authorizer, consulted after the ACL file.
+    pub fn authorizer(mut self, a: impl Authorizer) -> Self {
+        self.extensions.authorizers.push(Arc::new(a));
+        self
+    }
+
+    /// Check the configuration, read its files, and build the broker.
+    pub fn build(self) -> Result<Broker, BuildError> {
+        let config = self.config;
+        config.validate()?;
+        let security = Security::load(&config, &self.extensions)?;
+        if config.allow_anonymous.is_none() && security.allow_anonymous {
+            // Secure by default: anonymous clients only where only this
+            // machine can reach (as Mosquitto 2's local-only mode).
+            if let Some(l) = config.listeners.iter().find(|l| !l.bind.ip().is_loopback()) {
+                return Err(BuildError::AnonymousNotLoopback(l.bind));
+            }
+        }
+        let l = &config.limits;
+        let throttle = Throttle::new(ThrottleConfig {
+            free_failures: l.login_free_failures,
+            delay: Duration::from_secs(l.login_delay),
+            max_delay: Duration::from_secs(l.login_delay_max),
+            max_wait: Duration::from_secs(l.connect_timeout),
+        });
+        let session_config = config.session_config();
+        Ok(Broker {
+            engine: Arc::new(Engine {
+                session_config,
+                extensions: self.extensions,
+                security: RwLock::new(Arc::new(security)),
+                generation: AtomicU64::new(1),
+                router: RwLock::new(Router::new()),
+                retained: RwLock::new(RetainedStore::default()),
+                core: Mutex::new(Core::default()),
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                backlog: AtomicUsize::new(0),
+                stats: Stats::default(),
+                started: Instant::now(),
+                instance: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                next_assigned: AtomicU64::new(1),
+                shutdown: watch::channel(false).0,
+                throttle: Mutex::new(throttle),
+                ticks: Mutex::new(Ticks {
+                    sys: SysPublisher::new(),
+                    last_sys: None,
+                    last_retained: None,
+                }),
+                config,
+            }),
+        })
+    }
+}
+
+/// The broker: its engine, shared by every connection and by the
+/// application that embeds it. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.engine.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Broker::reload`] read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Sessions whose permissions were resolved again.
+    pub sessions: usize,
+}
+
+impl Broker {
+    /// A broker with this configuration, its files read (not yet listening:
+    /// see [`crate::Server`]).
+    pub fn new(config: BrokerConfig) -> Result<Self, BuildError> {
+        Self::builder(config).build()
+    }
+
+    /// A builder, to add the application's own authentication and
+    /// authorisation.
+    pub fn builder(config: BrokerConfig) -> BrokerBuilder {
+        BrokerBuilder {
+            config,
+            extensions: Extensions::default(),
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.engine.config
+    }
+
+    /// The session machine configuration each client connection runs with.
+    pub fn session_config(&self) -> &petrel_session::Config {
+        &self.engine.session_config
+    }
+
+    /// Publish a message from the application itself (no client): it is
+    /// retained if asked and delivered to every matching subscription the
+    /// subscriber may read. Returns how many subscribers it went to.
+    pub fn publish(&self, topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> usize {
+        let mut message = Message::new(topic, payload, qos);
+        message.retain = retain;
+        self.engine.publish(None, message, Instant::now())
+    }
+
+    /// The counters `$SYS` reports.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.engine.snapshot()
+    }
+
+    /// Ask every connection to close (5.0 DISCONNECT 0x8B, Server shutting
+    /// down) and every listener to stop.
+    pub fn shutdown(&self) {
+        self.engine.shutdown.send_replace(true);
+    }
+
+    /// Whether [`Broker::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        *self.engine.shutdown.borrow()
+    }
+
+    /// A receiver that changes to `true` at shutdown, for transports.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.engine.shutdown.subscribe()
+    }
+
+    /// Time passed: expire sessions, publish wills that are due, drop
+    /// retained messages whose expiry passed (every 10 s) and publish
+    /// `$SYS` (every `sys_interval`). A server calls it once a second.
+    pub fn tick(&self, now: Instant) {
+        let e = &self.engine;
+        e.expire_sessions(now);
+        let (retained, sys) = {
+            let mut t = lock(&e.ticks);
+            // Half a second's slack: ticks a second apart may be a little
+            // less than a second apart.
+            let every = |last: &mut Option<Instant>, secs: u64| {
+                let due = secs > 0
+                    && last.is_none_or(|l| {
+                        now.saturating_duration_since(l) + Duration::from_millis(500)
+                            >= Duration::from_secs(secs)
+                    });
+                if due {
+                    *last = Some(now);
+                }
+                due
+            };
+            (
+                every(&mut t.last_retained, 10),
+                every(&mut t.last_sys, e.config.sys_interval),
+            )
+        };
+        if retained {
+            e.expire_retained(now);
+            lock(&e.throttle).tidy(now);
+        }
+        if sys {
+            let snapshot = e.snapshot();
+            let topics = lock(&e.ticks).sys.tick(&snapshot, e.started, now);
+            for (topic, value) in topics {
+                let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
+                m.retain = true;
+                e.publish(None, m, now);
+            }
+        }
+    }
+
+    /// Read the password, ACL, credentials and key files again and put the
+    /// new rules in force for every client, connected or not, without
+    /// dropping a connection. A file that can't be used is refused with its
+    /// error, and the rules in force stay.
+    pub fn reload(&self) -> Result<Reloaded, AuthFileError> {
+        let e = &self.engine;
+        let security = Arc::new(Security::load(&e.config, &e.extensions)?);
+        *write(&e.security) = security;
+        e.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(Reloaded {
+            sessions: e.refresh_permissions(),
+        })
+    }
+}
+
+impl Engine {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        s.subscriptions = read(&self.router).len() as u64;
+        s.retained = self.retained_count() as u64;
+        s.sessions = lock(&self.core).registry.len() as u64;
+        s
+    }
+
+    fn security(&self) -> Arc<Security> {
+        read(&self.security).clone()
+    }
+
+    /// The current rules' generation.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}

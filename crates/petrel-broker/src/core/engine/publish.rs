@@ -1,0 +1,307 @@
+//! Where messages go: the retained store, routing to subscriptions (with
+//! each subscriber's read permission), and the subscription index itself.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter};
+use petrel_session::Message;
+
+use super::Engine;
+use crate::core::auth::Access;
+use crate::core::queue::{detach, message_size, Queued, SessionKey};
+use crate::core::retained::RetainedTree;
+use crate::core::router::{Routed, Subscription};
+use crate::core::{read, write};
+use crate::stats::Stats;
+
+/// A retained message and when it was stored (its Message Expiry Interval
+/// counts from then).
+#[derive(Clone, Debug)]
+pub(super) struct Retained {
+    pub(super) message: Message,
+    pub(super) at: Instant,
+}
+
+impl Retained {
+    /// What is left of its expiry interval at `now`: `None` if it has none,
+    /// `Some(0)` if it has run out.
+    fn remaining(&self, now: Instant) -> Option<u32> {
+        let interval = self.message.properties.message_expiry_interval()?;
+        let elapsed = now.saturating_duration_since(self.at).as_secs();
+        Some(u32::try_from(u64::from(interval).saturating_sub(elapsed)).unwrap_or(0))
+    }
+}
+
+/// The retained store and the bytes it holds.
+#[derive(Debug, Default)]
+pub(super) struct RetainedStore {
+    tree: RetainedTree<Retained>,
+    bytes: usize,
+}
+
+/// The copy of `message` one subscriber receives: the same topic, payload
+/// and properties (shared, not copied) with its QoS, RETAIN flag and
+/// Subscription Identifiers ([MQTT-3.3.4-3]).
+pub(super) fn outgoing(
+    message: &Message,
+    qos: QoS,
+    retain: bool,
+    ids: &[SubscriptionId],
+) -> Message {
+    let mut properties: Properties = message.properties.clone();
+    if !ids.is_empty() {
+        properties.set_subscription_identifiers(ids.iter().copied());
+    }
+    Message {
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+        qos,
+        retain,
+        properties,
+    }
+}
+
+impl Engine {
+    /// Retain (if asked), route and queue one message; how many
+    /// subscribers it went to. A subscriber that may not read the topic
+    /// does not get it.
+    pub(super) fn publish(
+        &self,
+        publisher: Option<&SessionKey>,
+        message: Message,
+        now: Instant,
+    ) -> usize {
+        if message.retain {
+            self.retain(&message, now);
+        }
+        let mut deliveries = Vec::new();
+        read(&self.router).route(
+            Routed {
+                topic: message.topic.as_str(),
+                qos: message.qos,
+                retain: message.retain,
+                publisher,
+            },
+            |d| deliveries.push(d),
+        );
+        let limits = &self.config.limits;
+        let mut count = 0;
+        for d in deliveries {
+            if d.authorize && !d.client.access().may_receive(message.topic.as_str()) {
+                Stats::add(&self.stats.denied_delivery, 1);
+                continue;
+            }
+            count += 1;
+            let out = outgoing(&message, d.qos, d.retain, &d.identifiers);
+            d.client.push(out, now, limits, &self.stats);
+        }
+        count
+    }
+
+    /// Store ([MQTT-3.3.1-5]); an empty payload deletes and is not stored
+    /// ([MQTT-3.3.1-6], [MQTT-3.3.1-7]; 3.1.1 [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
+    fn retain(&self, message: &Message, now: Instant) {
+        let mut store = write(&self.retained);
+        let store = &mut *store;
+        if message.payload.is_empty() {
+            if let Some(old) = store.tree.remove(&message.topic) {
+                store.bytes -= message_size(&old.message);
+            }
+            return;
+        }
+        let limits = &self.config.limits;
+        let size = message_size(message);
+        let replaced = store
+            .tree
+            .get(&message.topic)
+            .map_or(0, |r| message_size(&r.message));
+        let new_topic = replaced == 0;
+        if (new_topic && store.tree.len() >= limits.max_retained_messages)
+            || store.bytes - replaced + size > limits.max_retained_bytes
+        {
+            tracing::warn!(topic = %message.topic.as_str(), "retained store full; not stored");
+            return;
+        }
+        let mut stored = message.clone();
+        // Kept for long: its own bytes, not its publisher's read buffer.
+        detach(&mut stored);
+        // Nothing per connection (a topic alias) stays with it.
+        stored.properties = stored
+            .properties
+            .without(&[petrel_codec::properties::id::TOPIC_ALIAS]);
+        store.bytes = store.bytes - replaced + size;
+        store.tree.insert(
+            &message.topic,
+            Retained {
+                message: stored,
+                at: now,
+            },
+        );
+    }
+
+    /// Queue the retained messages a new subscription to `filter` receives
+    /// ([MQTT-3.3.1-8]: with RETAIN 1) and `access` may read, within the
+    /// broker-wide backlog bound; returns how many did not fit.
+    pub(super) fn retained_for(
+        &self,
+        filter: &TopicFilter,
+        granted: QoS,
+        identifier: Option<SubscriptionId>,
+        access: &Access,
+        out: &mut VecDeque<Queued>,
+    ) -> usize {
+        let ids: Vec<SubscriptionId> = identifier.into_iter().collect();
+        let max = self.config.limits.max_retained_backlog;
+        let check = !access.receives_all(filter.as_str());
+        let mut refused = 0;
+        read(&self.retained).tree.matching(filter, |r| {
+            if check && !access.may_receive(r.message.topic.as_str()) {
+                Stats::add(&self.stats.denied_delivery, 1);
+                return;
+            }
+            if self.backlog.fetch_add(1, Ordering::Relaxed) >= max {
+                self.backlog.fetch_sub(1, Ordering::Relaxed);
+                refused += 1;
+                return;
+            }
+            // Expiry counts from when it was stored, checked when it is sent.
+            let message = outgoing(&r.message, r.message.qos.min(granted), true, &ids);
+            out.push_back(Queued { message, at: r.at });
+        });
+        refused
+    }
+
+    /// Retained messages taken out of clients' backlogs (sent or dropped).
+    pub(super) fn backlog_done(&self, n: usize) {
+        if n > 0 {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Every retained message and when it was stored.
+    pub(crate) fn retained_messages(&self, now: Instant) -> Vec<(Message, Instant)> {
+        let mut out = Vec::new();
+        read(&self.retained).tree.for_each(|r| {
+            if r.remaining(now) != Some(0) {
+                out.push((r.message.clone(), r.at));
+            }
+        });
+        out
+    }
+
+    pub(super) fn retained_count(&self) -> usize {
+        read(&self.retained).tree.len()
+    }
+
+    /// Put back a retained message read from storage.
+    pub(crate) fn restore_retained(&self, message: Message, at: Instant) {
+        let mut store = write(&self.retained);
+        store.bytes += message_size(&message);
+        let topic = message.topic.clone();
+        if let Some(old) = store.tree.insert(&topic, Retained { message, at }) {
+            store.bytes -= message_size(&old.message);
+        }
+    }
+
+    /// Drop retained messages whose expiry passed.
+    pub(super) fn expire_retained(&self, now: Instant) {
+        let mut store = write(&self.retained);
+        let mut freed = 0;
+        store.tree.retain(|r| {
+            let keep = r.remaining(now) != Some(0);
+            if !keep {
+                freed += message_size(&r.message);
+            }
+            keep
+        });
+        store.bytes -= freed;
+    }
+
+    /// Add a subscription; whether it replaced one (for Retain Handling 1),
+    /// or `None` if the session holds too many already.
+    pub(crate) fn subscribe(
+        &self,
+        key: &SessionKey,
+        filter: &TopicFilter,
+        subscription: Subscription,
+    ) -> Option<bool> {
+        let mut filters = key.filters();
+        if !filters.contains_key(filter.as_str())
+            && filters.len() >= self.config.limits.max_subscriptions_per_session
+        {
+            return None;
+        }
+        // A copy: kept for the session's life, it must not hold on to the
+        // read buffer the SUBSCRIBE came in.
+        filters.insert(filter.as_str().into(), subscription.clone());
+        Some(write(&self.router).subscribe(key.clone(), filter, subscription))
+    }
+
+    /// Remove a subscription; whether there was one.
+    pub(super) fn unsubscribe(&self, key: &SessionKey, filter: &TopicFilter) -> bool {
+        key.filters().remove(filter.as_str());
+        write(&self.router).unsubscribe(key, filter)
+    }
+
+    /// Remove every subscription of an ended session.
+    pub(super) fn drop_subscriptions(&self, key: &SessionKey) {
+        // Each was a valid filter when it was stored.
+        let filters: Vec<TopicFilter> = key
+            .filters()
+            .drain()
+            .into_iter()
+            .filter_map(|(f, _)| TopicFilter::try_from(&*f).ok())
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        let mut router = write(&self.router);
+        for f in &filters {
+            router.unsubscribe(key, f);
+        }
+    }
+
+    /// The rules were reloaded: resolve every session's permissions again
+    /// and whether each of its subscriptions is wholly readable. Returns
+    /// how many sessions there were.
+    pub(super) fn refresh_permissions(&self) -> usize {
+        let security = self.security();
+        let keys: Vec<SessionKey> = crate::core::lock(&self.core)
+            .registry
+            .all_data()
+            .cloned()
+            .collect();
+        for key in &keys {
+            let old = key.access();
+            let access = Access::resolve(
+                key.client_id(),
+                old.username.clone(),
+                old.claims.clone(),
+                &security.authorizers,
+            );
+            key.set_access(access.clone());
+            let changed: Vec<(TopicFilter, Subscription)> = {
+                let mut changed = Vec::new();
+                key.filters().for_each_mut(|f, s| {
+                    let authorize = !access.receives_all(f);
+                    if s.authorize != authorize {
+                        s.authorize = authorize;
+                        if let Ok(tf) = TopicFilter::try_from(&**f) {
+                            changed.push((tf, s.clone()));
+                        }
+                    }
+                });
+                changed
+            };
+            if !changed.is_empty() {
+                let mut router = write(&self.router);
+                for (f, s) in changed {
+                    router.subscribe(key.clone(), &f, s);
+                }
+            }
+        }
+        keys.len()
+    }
+}

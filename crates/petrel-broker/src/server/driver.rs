@@ -1,0 +1,718 @@
+//! The connection driver, the same for every transport: it reads bytes,
+//! decodes them, drives the connection's server-role session machine, asks
+//! the engine ([`Login`], [`Client`]) and carries out its answers, encodes
+//! and writes. It never inspects topics, credentials or registry state
+//! itself. A connection that goes quiet hibernates ([`super::hibernate`]).
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use petrel_codec::{Auth, Packet, Properties, Protocol, ReasonCode};
+use petrel_session::{CloseReason, Connection, DropReason, Event, Hibernated, Message, SendError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::hibernate::Hibernator;
+use super::outq::OutQueue;
+use super::transport::Transport;
+use super::{Ctx, LiveGuard};
+use crate::core::auth::BoxFuture;
+use crate::core::engine::{Client, Login, Peer, ReauthStep, Step};
+use crate::stats::Stats;
+
+/// Stop taking messages from the session's queue while this much waits to
+/// be written: a slow subscriber's backlog stays in its bounded queue.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a peer that does not read what we send (its
+/// acknowledgements pile up here otherwise).
+const READ_STOP: usize = 1024 * 1024;
+/// Reads start this small and double while the peer fills them, up to
+/// `MAX_READ`: an idle connection holds almost nothing, a busy one reads in
+/// large chunks.
+const MIN_READ: usize = 256;
+const MAX_READ: usize = 64 * 1024;
+/// How long the last packets (DISCONNECT, …) may take to write at close.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Most messages taken from the session's queue at once.
+const BATCH: usize = 64;
+
+/// What a connection keeps through hibernation besides its session
+/// machine: the server's context, its engine client, and its place in the
+/// server's count of connections.
+struct Link {
+    ctx: Arc<Ctx>,
+    client: Option<Client>,
+    _guard: Option<LiveGuard>,
+}
+
+/// How [`Task::run`] ended.
+enum Run {
+    Closed,
+    /// Quiet for `hibernate_after` with nothing in flight.
+    Idle,
+}
+
+struct Task {
+    link: Link,
+    /// The peer's address, for the logs and the engine (asked of the socket
+    /// again after hibernation: a hibernating connection doesn't keep it).
+    peer: SocketAddr,
+    conn: Connection,
+    limits: petrel_codec::Limits,
+    inbuf: BytesMut,
+    /// How much the next read asks for.
+    read_hint: usize,
+    /// The last read was small: shrink buffers once it is handled.
+    quiet: bool,
+    out: OutQueue,
+    got_connect: bool,
+    /// A CONNECT being decided.
+    login: Option<Login>,
+    /// The engine asked the client for AUTH: keep decoding while the
+    /// CONNECT waits.
+    awaiting_auth: bool,
+    /// The peer closed the socket or it failed.
+    lost: bool,
+    /// Messages routed since this task last yielded.
+    routed: usize,
+    /// Quiet time after which the connection hibernates, if it can.
+    hibernate_after: Option<Duration>,
+}
+
+/// Serve one connection until it closes.
+pub(crate) async fn serve<T: Transport>(
+    ctx: Arc<Ctx>,
+    io: T,
+    peer: SocketAddr,
+    guard: Option<LiveGuard>,
+) {
+    let now = Instant::now();
+    let conn = Connection::server(ctx.broker.session_config().clone(), now);
+    let link = Link {
+        ctx,
+        client: None,
+        _guard: guard,
+    };
+    let task = Task::new(link, conn, peer, io.can_hibernate());
+    drive(Box::new(task), io).await;
+}
+
+/// Run a connection, hibernating it whenever it goes quiet; returns when it
+/// closes or hibernates (a wake-up drives it again in a new task).
+async fn drive<T: Transport>(mut task: Box<Task>, mut io: T) {
+    loop {
+        if let Run::Closed = task.run(&mut io).await {
+            // Dropping the task hands the session back (also if it panicked).
+            return;
+        }
+        let placeholder = Connection::server(
+            task.link.ctx.broker.session_config().clone(),
+            Instant::now(),
+        );
+        let machine = match std::mem::replace(&mut task.conn, placeholder).hibernate() {
+            Ok(h) => h,
+            Err(conn) => {
+                // Not idle after all: go on.
+                task.conn = *conn;
+                continue;
+            }
+        };
+        let asleep = Asleep::<T> {
+            link: task.take_link(),
+            machine,
+            _io: PhantomData,
+        };
+        drop(task);
+        let hibernation = asleep.link.ctx.hibernation.clone();
+        match hibernation.hibernate(asleep, io) {
+            Ok(()) => return,
+            Err((asleep, back)) => {
+                (task, io) = (asleep.wake(&back), back);
+            }
+        }
+    }
+}
+
+/// A hibernating connection: its link and its session machine's compact
+/// form.
+struct Asleep<T> {
+    link: Link,
+    machine: Hibernated,
+    _io: PhantomData<fn() -> T>,
+}
+
+impl<T: Transport> Asleep<T> {
+    fn wake(self, io: &T) -> Box<Task> {
+        let config = self.link.ctx.broker.session_config().clone();
+        let conn = Connection::resume(self.machine, config);
+        let peer = io
+            .peer()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Box::new(Task::new(self.link, conn, peer, true))
+    }
+}
+
+impl<T: Transport> Hibernator for Asleep<T> {
+    type Io = T;
+
+    fn arm(&self, waker: &std::task::Waker) -> bool {
+        self.link.client.as_ref().is_some_and(|c| c.arm(waker))
+    }
+
+    fn disarm(&self) {
+        if let Some(c) = &self.link.client {
+            c.disarm();
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.machine.deadline()
+    }
+
+    fn resume(self, io: T) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let task = self.wake(&io);
+            drive(task, io).await;
+        })
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Run `f` unless the broker shuts down first.
+async fn unless_shutdown<F: std::future::Future>(
+    shutdown: &mut watch::Receiver<bool>,
+    f: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        out = f => Some(out),
+        _ = shutdown.wait_for(|stop| *stop) => None,
+    }
+}
+
+impl Task {
+    /// A task for `conn` (new, or resumed after hibernation).
+    fn new(link: Link, conn: Connection, peer: SocketAddr, can_hibernate: bool) -> Self {
+        let after = link.ctx.hibernate_after;
+        Self {
+            peer,
+            hibernate_after: after.filter(|_| can_hibernate),
+            got_connect: conn.is_connected(),
+            limits: link.ctx.codec_limits.clone(),
+            link,
+            conn,
+            inbuf: BytesMut::new(),
+            read_hint: MIN_READ,
+            quiet: false,
+            out: OutQueue::default(),
+            login: None,
+            awaiting_auth: false,
+            lost: false,
+            routed: 0,
+        }
+    }
+
+    fn take_link(&mut self) -> Link {
+        Link {
+            ctx: self.link.ctx.clone(),
+            client: self.link.client.take(),
+            _guard: self.link._guard.take(),
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.link.ctx.broker.engine.stats
+    }
+
+    /// Nothing in flight, buffered or waiting here: the session machine
+    /// decides the rest ([`Connection::hibernate`]).
+    fn idle(&self) -> bool {
+        self.link.client.as_ref().is_some_and(|c| !c.has_backlog())
+            && self.conn.is_connected()
+            && self.inbuf.is_empty()
+            && self.out.is_empty()
+            && self.login.is_none()
+            && !self.lost
+            && self.routed == 0
+    }
+
+    /// Whether decoding must pause: a CONNECT waits for the engine, which
+    /// has not asked the client for anything.
+    fn paused(&self) -> bool {
+        self.conn.is_awaiting_accept() && !self.awaiting_auth
+    }
+
+    async fn run<T: Transport>(&mut self, io: &mut T) -> Run {
+        let (mut reader, mut writer) = io.halves();
+        let mut shutdown = self.link.ctx.broker.shutdown_signal();
+        if *shutdown.borrow_and_update() {
+            // Also a connection woken from hibernation by the shutdown.
+            self.close(ReasonCode::SERVER_SHUTTING_DOWN);
+        }
+        let mut last_active = Instant::now();
+        // The last wake-up was the timer's (not activity).
+        let mut fired = false;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // One timer for the task's life, moved only when the session's
+        // deadline moves (a new one per turn costs a timer-wheel insert).
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        loop {
+            let now = Instant::now();
+            if !fired {
+                last_active = now;
+            }
+            loop {
+                let more = self.decode(now);
+                self.handle_events(now, &mut shutdown).await;
+                if !more || self.paused() {
+                    break;
+                }
+            }
+            if self.routed > 0 {
+                // Let the subscriber tasks this turn woke deliver before
+                // this one writes its acknowledgements (one syscall less
+                // between a PUBLISH and its delivery), and a publisher with
+                // a full socket can't starve them.
+                self.routed = 0;
+                tokio::task::yield_now().await;
+            }
+            self.fill(now);
+            self.drain_transmit();
+            if self.conn.is_closed() || self.lost {
+                break;
+            }
+            // A connection that can hibernate gives its memory back then;
+            // one that can't, whenever it goes quiet.
+            if std::mem::take(&mut self.quiet) && self.hibernate_after.is_none() {
+                self.conn.shrink();
+            }
+            let idle_at = self.hibernate_after.map(|d| last_active + d);
+            let deadline: tokio::time::Instant = self
+                .conn
+                .poll_timeout()
+                .into_iter()
+                .chain(idle_at)
+                .min()
+                .map_or(far, tokio::time::Instant::from_std);
+            let can_read = self.out.len() < READ_STOP;
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
+                // Idle: give back what a burst left (frames still in use
+                // keep their part alive on their own).
+                self.inbuf = BytesMut::new();
+            }
+            if self.inbuf.capacity() - self.inbuf.len() < self.read_hint / 2 {
+                self.inbuf.reserve(self.read_hint);
+            }
+            let spare = self.inbuf.capacity() - self.inbuf.len();
+            self.out.shrink_if_idle();
+            // Moved earlier at once, later only once it has fired: the
+            // deadlines move with every packet, and resetting a timer each
+            // time costs a timer-wheel update per packet. Firing early is
+            // harmless (`handle_timeout` does nothing before it is due).
+            if deadline < timer.deadline() || (fired && deadline != timer.deadline()) {
+                timer.as_mut().reset(deadline);
+            }
+            fired = false;
+            let client = self.link.client.as_ref();
+            tokio::select! {
+                r = reader.read_buf(&mut self.inbuf), if can_read => match r {
+                    Ok(0) | Err(_) => self.lost = true,
+                    Ok(n) => {
+                        Stats::add(&self.link.ctx.broker.engine.stats.bytes_received, n as u64);
+                        self.read_hint = if n >= spare {
+                            (self.read_hint * 2).min(MAX_READ)
+                        } else if n < self.read_hint / 4 {
+                            (self.read_hint / 2).max(MIN_READ)
+                        } else {
+                            self.read_hint
+                        };
+                        // A trickle, not a stream: this connection is mostly
+                        // idle, so its queues give their memory back.
+                        self.quiet = n < MIN_READ;
+                    }
+                },
+                r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
+                    Ok(n) => Stats::add(&self.link.ctx.broker.engine.stats.bytes_sent, n as u64),
+                    Err(_) => self.lost = true,
+                },
+                () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
+                kick = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_kicked(cx))), if client.is_some() => {
+                    // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close.
+                    self.close(kick.reason_code());
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    fired = true;
+                    if idle_at.is_some_and(|t| t <= now) {
+                        if self.idle() {
+                            return Run::Idle;
+                        }
+                        // Busy (something in flight): try again after
+                        // another quiet spell, not at once.
+                        last_active = now;
+                    }
+                    self.conn.handle_timeout(now);
+                }
+                _ = shutdown.changed() => {
+                    self.close(ReasonCode::SERVER_SHUTTING_DOWN);
+                }
+            }
+        }
+        if self.lost {
+            return Run::Closed;
+        }
+        // Write what the session still has to say (DISCONNECT, CONNACK with
+        // a refusal), briefly, then close the socket.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+            while !self.out.is_empty() {
+                self.out.write_to(&mut writer).await?;
+            }
+            writer.shutdown().await
+        })
+        .await;
+        Run::Closed
+    }
+
+    fn close(&mut self, reason: ReasonCode) {
+        let now = Instant::now();
+        if self
+            .conn
+            .disconnect(now, reason, Properties::new())
+            .is_err()
+        {
+            self.lost = true;
+        }
+    }
+
+    fn protocol(&self) -> Option<Protocol> {
+        self.got_connect.then(|| self.conn.protocol())
+    }
+
+    /// Decode the whole packets read so far and feed them to the session.
+    /// Pauses after a CONNECT, for the engine to answer it before what the
+    /// client sent next; returns whether it paused that way.
+    fn decode(&mut self, now: Instant) -> bool {
+        while !self.conn.is_closed() {
+            if self.paused() {
+                return true;
+            }
+            let protocol = self.protocol();
+            match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
+                Ok(Some(packet)) => {
+                    self.got_connect = true;
+                    let stats = &self.link.ctx.broker.engine.stats;
+                    Stats::add(&stats.messages_received, 1);
+                    if let Packet::Publish(p) = &packet {
+                        Stats::add(&stats.publish_received, 1);
+                        // Checked before the session acknowledges it.
+                        let refusal = self.link.client.as_ref().and_then(|c| c.check_publish(p));
+                        if let Some(reason) = refusal {
+                            self.close(reason);
+                            return false;
+                        }
+                    }
+                    if let Err(e) = self.conn.handle_packet(now, packet) {
+                        tracing::debug!(peer = %self.peer, error = %e, "protocol error");
+                    }
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "malformed packet");
+                    // The session answers where the protocol lets it (a
+                    // CONNACK for an unsupported version, a 5.0 DISCONNECT
+                    // with the reason code) and closes.
+                    self.conn.handle_decode_error(now, e);
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    fn drain_transmit(&mut self) {
+        let protocol = self.conn.protocol();
+        let stats = &self.link.ctx.broker.engine.stats;
+        while let Some(packet) = self.conn.poll_transmit() {
+            Stats::add(&stats.messages_sent, 1);
+            if matches!(packet, Packet::Publish(_)) {
+                Stats::add(&stats.publish_sent, 1);
+            }
+            if let Err(e) = self.out.push(&packet, protocol) {
+                tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");
+            }
+        }
+    }
+
+    async fn handle_events(&mut self, now: Instant, shutdown: &mut watch::Receiver<bool>) {
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::ConnectRequest(c) => {
+                    let peer = Peer {
+                        addr: Some(self.peer).filter(|a| !a.ip().is_unspecified()),
+                        certificate: None,
+                    };
+                    self.login = Some(self.link.ctx.broker.login(*c, peer));
+                    // Boxed: the CONNECT path is large and runs once; the
+                    // task's own future stays small for idle connections.
+                    Box::pin(self.decide_login(now, shutdown, None)).await;
+                }
+                Event::Auth(a) if self.login.is_some() => {
+                    self.awaiting_auth = false;
+                    Box::pin(self.decide_login(now, shutdown, Some(a))).await;
+                }
+                Event::Auth(a) => Box::pin(self.reauthenticate(now, shutdown, a)).await,
+                Event::Message(p) => {
+                    let packet_id = p.qos.packet_id();
+                    let reason = match &mut self.link.client {
+                        Some(client) => {
+                            self.routed += 1;
+                            client.publish(p, now)
+                        }
+                        None => ReasonCode::SUCCESS,
+                    };
+                    if let Some(id) = packet_id {
+                        // In the order the PUBLISHes arrived ([MQTT-4.6.0-2]):
+                        // events are handled in that order, each
+                        // acknowledged in turn.
+                        let _ = self.conn.ack_with(now, id, reason);
+                    }
+                }
+                Event::Subscribe(s) => {
+                    if let Some(client) = &mut self.link.client {
+                        let suback = client.subscribe(s, now);
+                        if self.conn.suback(now, suback).is_err() {
+                            self.lost = true;
+                        }
+                    }
+                }
+                Event::Unsubscribe(u) => {
+                    if let Some(client) = &mut self.link.client {
+                        let unsuback = client.unsubscribe(u);
+                        if self.conn.unsuback(now, unsuback).is_err() {
+                            self.lost = true;
+                        }
+                    }
+                }
+                Event::Dropped { reason, .. } => match reason {
+                    DropReason::TooLarge => Stats::add(&self.stats().dropped_too_large, 1),
+                    DropReason::Expired => Stats::add(&self.stats().dropped_expired, 1),
+                    _ => {}
+                },
+                Event::Closed(reason) => self.log_close(&reason),
+                _ => {}
+            }
+        }
+    }
+
+    /// Ask the engine about the CONNECT (or the client's AUTH during its
+    /// exchange), bounded by the connect timeout and the shutdown, and
+    /// carry out its answer.
+    async fn decide_login(
+        &mut self,
+        now: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+        auth: Option<Auth>,
+    ) {
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        // The engine bounds its own waits (throttle, takeover); an
+        // application's authenticator is bounded here.
+        let limit = 2 * self.link.ctx.broker.session_config().connect_timeout;
+        let decision = async {
+            match auth {
+                None => login.start().await,
+                Some(a) => login.auth(a).await,
+            }
+        };
+        let step = unless_shutdown(shutdown, tokio::time::timeout(limit, decision)).await;
+        let now = Instant::now().max(now);
+        match step {
+            Some(Ok(Step::Continue(properties))) => {
+                let auth = Auth {
+                    reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+                    properties,
+                };
+                self.awaiting_auth = true;
+                if self.conn.auth(now, auth).is_err() {
+                    self.lost = true;
+                }
+            }
+            Some(Ok(Step::Accept(a))) => {
+                self.login = None;
+                let accepted = *a;
+                // Kept in case the CONNACK can't be sent: the session must
+                // not lose what it holds because of this connection.
+                let kept = accepted.accept.state.clone();
+                match self.conn.accept(now, accepted.accept) {
+                    Ok(()) => self.link.client = Some(accepted.client),
+                    Err(e) => {
+                        tracing::warn!(client_id = accepted.client.client_id(), error = %e, "could not accept");
+                        accepted.client.cancel(kept);
+                        self.lost = true;
+                    }
+                }
+            }
+            Some(Ok(Step::Refuse(reason, properties))) => {
+                self.login = None;
+                if self.conn.reject(now, reason, properties).is_err() {
+                    self.lost = true;
+                }
+            }
+            // Too slow, or shutting down.
+            Some(Err(_)) | None => {
+                self.login = None;
+                Stats::add(&self.stats().connections_refused, 1);
+                if self
+                    .conn
+                    .reject(now, ReasonCode::SERVER_UNAVAILABLE, Properties::new())
+                    .is_err()
+                {
+                    self.lost = true;
+                }
+            }
+        }
+    }
+
+    /// A connected client's AUTH: 5.0 re-authentication, decided by the
+    /// engine.
+    async fn reauthenticate(
+        &mut self,
+        now: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+        a: Auth,
+    ) {
+        let Some(client) = self.link.client.as_mut() else {
+            return self.close(ReasonCode::PROTOCOL_ERROR);
+        };
+        let step = unless_shutdown(shutdown, client.reauthenticate(a)).await;
+        let now = Instant::now().max(now);
+        let (reason_code, properties) = match step {
+            Some(ReauthStep::Continue(p)) => (ReasonCode::CONTINUE_AUTHENTICATION, p),
+            Some(ReauthStep::Success(p)) => (ReasonCode::SUCCESS, p),
+            // [MQTT-4.12.1-2]: a failed re-authentication closes.
+            Some(ReauthStep::Refuse(reason)) => return self.close(reason),
+            None => return self.close(ReasonCode::SERVER_SHUTTING_DOWN),
+        };
+        let auth = Auth {
+            reason_code,
+            properties,
+        };
+        if self.conn.auth(now, auth).is_err() {
+            self.lost = true;
+        }
+    }
+
+    fn log_close(&self, reason: &CloseReason) {
+        let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
+        match reason {
+            CloseReason::Disconnected { reason_code, .. } => {
+                tracing::info!(client_id = id, peer = %self.peer, reason = %reason_code, "client disconnected");
+            }
+            other => {
+                tracing::info!(client_id = id, peer = %self.peer, reason = ?other, "connection closed");
+            }
+        }
+    }
+
+    /// Move messages waiting for the client into the session machine while
+    /// the socket keeps up and the in-flight window has room.
+    fn fill(&mut self, now: Instant) {
+        if !self.conn.is_connected() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        while self.out.len() < WRITE_HIGH_WATER {
+            let Some(client) = self.link.client.as_mut() else {
+                return;
+            };
+            let more = client.next_messages(BATCH, self.conn.send_quota(), now, &mut batch);
+            if batch.is_empty() {
+                return;
+            }
+            for m in batch.drain(..) {
+                self.send(now, m);
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, now: Instant, message: Message) {
+        match self.conn.publish(now, message) {
+            Ok(_) => self.drain_transmit(),
+            Err(SendError::PacketTooLarge { .. }) => {
+                Stats::add(&self.stats().dropped_too_large, 1);
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "message not sent");
+                Stats::add(&self.stats().dropped_queue_full, 1);
+            }
+        }
+    }
+
+    /// The connection is over: hand the session back.
+    fn finish(&mut self) {
+        if let Some(client) = self.link.client.take() {
+            let state = self.conn.take_state();
+            client.close(state, self.conn.close_reason());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::transport::Pipe;
+    use super::*;
+    use crate::{Broker, BrokerConfig};
+    use petrel_codec::{Connect, MqttString, PacketId, Publish, QosPid, TopicName};
+    use tokio::io::AsyncWriteExt;
+
+    /// A peer that sends QoS 1 PUBLISHes and never reads its PUBACKs: once
+    /// the acknowledgements waiting to be written pass `READ_STOP`, the
+    /// connection stops reading, so the peer's writes block rather than the
+    /// broker buffering without bound.
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_is_not_read_either() {
+        let broker = Broker::new(BrokerConfig::default()).unwrap();
+        let ctx = Ctx::new(broker.clone());
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let (r, w) = tokio::io::split(server);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        tokio::spawn(serve(ctx, Pipe(r, w), peer, None));
+        let (_client_r, mut client_w) = tokio::io::split(client);
+        let mut burst = BytesMut::new();
+        let connect = Connect::new(Protocol::V3_1_1, MqttString::from_static("noread"));
+        Packet::Connect(Box::new(connect))
+            .encode(Protocol::V3_1_1, &mut burst)
+            .unwrap();
+        // Each 7-byte PUBLISH earns a 4-byte PUBACK: twice READ_STOP of them.
+        let count = 2 * READ_STOP / 4;
+        for i in 0..count {
+            let mut p = Publish::new(TopicName::from_static("t"), bytes::Bytes::new());
+            let id = PacketId::new((i % 60_000 + 1) as u16).unwrap();
+            p.qos = QosPid::AtLeastOnce(id);
+            Packet::Publish(p)
+                .encode(Protocol::V3_1_1, &mut burst)
+                .unwrap();
+        }
+        let write = tokio::time::timeout(Duration::from_secs(3), client_w.write_all(&burst)).await;
+        assert!(
+            write.is_err(),
+            "the whole burst was read: nothing held the peer back: {write:?} {:?}",
+            broker.stats()
+        );
+        let received = broker.stats().publish_received;
+        assert!(received < count as u64, "{received}");
+    }
+}

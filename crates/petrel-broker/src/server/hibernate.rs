@@ -1,0 +1,546 @@
+//! Hibernation: a connection quiet for `hibernate_after`, with nothing in
+//! flight, ends its task and waits in a compact form (its socket, its
+//! session machine's [`petrel_session::Hibernated`] form and its engine
+//! client) until something wakes it: bytes from the peer (or the peer
+//! leaving), a message for its session, a takeover, its keep-alive deadline
+//! or the broker's shutdown. Waking spawns a task that resumes it as if
+//! nothing had happened.
+//!
+//! The connection driver hands a [`Hibernator`] and its socket to
+//! [`Hibernation::hibernate`]; everything else is here. The wake-ups are
+//! plain [`Waker`]s, armed through the types that own each event (the
+//! hibernator arms its session queue and its kick signal; the [`Slots`]
+//! here hold the deadline and shutdown wakers), so no task, timer or buffer
+//! is held while asleep. The socket itself leaves the runtime's reactor
+//! (its registration there costs 256 bytes) for the [`Watcher`], one thread
+//! with an epoll set (through mio) that wakes the connection when the
+//! socket becomes readable or the peer goes away. Every registration is
+//! made before the check of its condition, and both happen under the same
+//! lock as the event's side, so a wake-up is never lost: one that comes
+//! while the connection is still going to sleep makes it go on at once
+//! instead.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Wake, Waker};
+use std::time::Instant;
+
+use super::transport::Transport;
+use crate::core::auth::BoxFuture;
+use crate::core::engine::Broker;
+use crate::core::lock;
+use crate::stats::Stats;
+
+/// What a connection leaves behind when it hibernates, besides its socket:
+/// it arms its own wake-ups and knows how to go on.
+pub(crate) trait Hibernator: Send + Sized + 'static {
+    /// The transport it runs on.
+    type Io: Transport;
+
+    /// Arm `waker` for the events the connection itself owns (a message
+    /// for its session, a takeover). False if one already happened: it
+    /// must not sleep.
+    fn arm(&self, waker: &Waker) -> bool;
+
+    /// Forget what [`Hibernator::arm`] armed.
+    fn disarm(&self);
+
+    /// When it must wake for its timers (its keep-alive), if ever.
+    fn deadline(&self) -> Option<Instant>;
+
+    /// Go on awake with the socket back, in a task of its own.
+    fn resume(self, io: Self::Io) -> BoxFuture<'static, ()>;
+}
+
+/// The hibernating connections of one server.
+#[derive(Clone, Debug)]
+pub(crate) struct Hibernation(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    broker: Broker,
+    slots: Arc<Mutex<Slots>>,
+    /// The thread watching their sockets, started by the first to
+    /// hibernate (none if it could not start: then connections stay awake).
+    watcher: OnceLock<Option<Watcher>>,
+    /// The runtime the connections run on, where woken ones go on.
+    runtime: OnceLock<tokio::runtime::Handle>,
+}
+
+impl Hibernation {
+    pub(crate) fn new(broker: Broker) -> Self {
+        Self(Arc::new(Inner {
+            broker,
+            slots: Arc::new(Mutex::new(Slots::default())),
+            watcher: OnceLock::new(),
+            runtime: OnceLock::new(),
+        }))
+    }
+
+    fn watcher(&self) -> Option<&Watcher> {
+        self.0
+            .watcher
+            .get_or_init(|| match Watcher::start(self.0.slots.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no hibernation: the watcher thread did not start");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Wake the hibernating connections whose deadline came, each to go on
+    /// in a task of its own.
+    pub(crate) fn wake_due(&self, now: Instant) {
+        let wakers = lock(&self.0.slots).due(now);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Wake every hibernating connection (shutdown).
+    pub(crate) fn wake_all(&self) {
+        let wakers = lock(&self.0.slots).all();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Put `conn` to sleep with its socket. `Err` gives both back when it
+    /// must stay awake (a wake-up came while it was going to sleep, or
+    /// there is no watcher thread); `Ok` means it is no longer the
+    /// caller's: asleep, or lost with its socket (dropping it hands its
+    /// session back).
+    pub(crate) fn hibernate<H: Hibernator>(&self, conn: H, io: H::Io) -> Result<(), (H, H::Io)> {
+        let Some(watcher) = self.watcher() else {
+            return Err((conn, io));
+        };
+        let mut socket = match io.hibernate() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "a connection could not hibernate");
+                return Ok(());
+            }
+        };
+        let cell = Arc::new(Cell {
+            state: Mutex::new(State::<H>::Going),
+        });
+        self.0.runtime.get_or_init(tokio::runtime::Handle::current);
+        let waker = Waker::from(cell.clone());
+        // Each registration before its check (see the module's notes).
+        let slot = lock(&self.0.slots).insert(waker.clone(), conn.deadline());
+        let mut early = !conn.arm(&waker);
+        early |= self.0.broker.is_shut_down();
+        // Readable already (or the peer gone): epoll reports it at once.
+        early |= watcher
+            .registry
+            .register(&mut socket, slot.token(), mio::Interest::READABLE)
+            .is_err();
+        let mut state = lock(&cell.state);
+        if early || matches!(*state, State::Early) {
+            *state = State::Awake;
+            drop(state);
+            return match self.undo(slot, &conn, socket) {
+                Some(io) => Err((conn, io)),
+                None => Ok(()),
+            };
+        }
+        *state = State::Asleep(Sleeping {
+            socket,
+            conn,
+            slot,
+            hibernation: Counted::new(self.clone()),
+        });
+        Ok(())
+    }
+
+    /// Undo a hibernation's registrations (those not already spent) and
+    /// bring the socket back to the runtime; `None` if it can't come back.
+    fn undo<H: Hibernator>(
+        &self,
+        slot: SlotId,
+        conn: &H,
+        mut socket: <H::Io as Transport>::Hibernating,
+    ) -> Option<H::Io> {
+        lock(&self.0.slots).remove(slot);
+        conn.disarm();
+        if let Some(w) = self.watcher() {
+            let _ = w.registry.deregister(&mut socket);
+        }
+        match H::Io::resume(socket) {
+            Ok(io) => Some(io),
+            Err(e) => {
+                tracing::warn!(error = %e, "a hibernating connection could not wake");
+                None
+            }
+        }
+    }
+}
+
+/// Counts a connection in `$SYS/broker/clients/hibernating` while it
+/// sleeps, whichever way its sleep ends.
+#[derive(Debug)]
+struct Counted(Hibernation);
+
+impl Counted {
+    fn new(h: Hibernation) -> Self {
+        let stats = &h.0.broker.engine.stats;
+        Stats::add(&stats.hibernations, 1);
+        Stats::add(&stats.hibernating, 1);
+        Self(h)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+             .0
+            .broker
+            .engine
+            .stats
+            .hibernating
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A hibernating connection, as its wakers see it.
+struct Cell<H: Hibernator> {
+    state: Mutex<State<H>>,
+}
+
+// The Arc holding it is allocated once, at the size of `Asleep`: boxing
+// that variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum State<H: Hibernator> {
+    /// Going to sleep: a wake-up now makes it go on at once.
+    Going,
+    /// Woken while going to sleep.
+    Early,
+    Asleep(Sleeping<H>),
+    /// Woken: later wake-ups find nothing to do.
+    Awake,
+}
+
+/// What a hibernating connection keeps.
+struct Sleeping<H: Hibernator> {
+    socket: <H::Io as Transport>::Hibernating,
+    conn: H,
+    slot: SlotId,
+    hibernation: Counted,
+}
+
+impl<H: Hibernator> Wake for Cell<H> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = lock(&self.state);
+        match std::mem::replace(&mut *state, State::Awake) {
+            State::Going | State::Early => *state = State::Early,
+            State::Asleep(s) => {
+                drop(state);
+                // Set by `hibernate` before anything could wake it.
+                if let Some(runtime) = s.hibernation.0 .0.runtime.get().cloned() {
+                    runtime.spawn(wake_up(s));
+                }
+            }
+            State::Awake => {}
+        }
+    }
+}
+
+async fn wake_up<H: Hibernator>(s: Sleeping<H>) {
+    let Sleeping {
+        socket,
+        conn,
+        slot,
+        hibernation,
+    } = s;
+    let io = hibernation.0.undo(slot, &conn, socket);
+    drop(hibernation);
+    if let Some(io) = io {
+        conn.resume(io).await;
+    }
+}
+
+/// Hibernating connections the server wakes on its own: each at its
+/// keep-alive deadline, and all at shutdown.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Deadlines (whole seconds after `base`, rounded up: the server checks
+    /// them once a second anyway) by slot and generation; entries of slots
+    /// woken otherwise are skipped when they come up, and swept when they
+    /// pile up.
+    deadlines: BinaryHeap<Reverse<(u32, u32, u32)>>,
+    base: Instant,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            deadlines: BinaryHeap::new(),
+            base: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    waker: Option<Waker>,
+}
+
+/// A place in [`Slots`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
+/// The watcher's own token, to stop it.
+const STOP: mio::Token = mio::Token(usize::MAX);
+
+impl SlotId {
+    fn token(self) -> mio::Token {
+        mio::Token((self.index as usize) << 32 | self.generation as usize)
+    }
+
+    fn from_token(t: mio::Token) -> Self {
+        Self {
+            index: (t.0 >> 32) as u32,
+            generation: t.0 as u32,
+        }
+    }
+}
+
+impl Slots {
+    /// How many connections hibernate.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn insert(&mut self, waker: Waker, deadline: Option<Instant>) -> SlotId {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot {
+                generation: 0,
+                waker: None,
+            });
+            u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+        });
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.waker = Some(waker);
+        self.live += 1;
+        let id = SlotId {
+            index,
+            generation: slot.generation,
+        };
+        if let Some(at) = deadline {
+            let after = at.saturating_duration_since(self.base);
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            let at = u32::try_from(secs).unwrap_or(u32::MAX);
+            self.deadlines.push(Reverse((at, index, id.generation)));
+            if self.deadlines.len() > 2 * self.live + 1024 {
+                let slots = &self.slots;
+                self.deadlines.retain(|Reverse((_, i, g))| {
+                    let s = &slots[*i as usize];
+                    s.generation == *g && s.waker.is_some()
+                });
+            }
+        }
+        id
+    }
+
+    fn remove(&mut self, id: SlotId) -> Option<Waker> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let waker = slot.waker.take()?;
+        self.free.push(id.index);
+        self.live -= 1;
+        Some(waker)
+    }
+
+    /// Take the wakers of the connections whose deadline has come.
+    fn due(&mut self, now: Instant) -> Vec<Waker> {
+        let now =
+            u32::try_from(now.saturating_duration_since(self.base).as_secs()).unwrap_or(u32::MAX);
+        let mut due = Vec::new();
+        while let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            due.extend(self.remove(SlotId { index, generation }));
+        }
+        due
+    }
+
+    /// Take every waker (shutdown). The slots stay, generations and all,
+    /// so an id handed out before can't name a later sleeper.
+    fn all(&mut self) -> Vec<Waker> {
+        self.deadlines.clear();
+        self.live = 0;
+        let mut all = Vec::new();
+        for (index, slot) in (0u32..).zip(&mut self.slots) {
+            if let Some(w) = slot.waker.take() {
+                self.free.push(index);
+                all.push(w);
+            }
+        }
+        all
+    }
+}
+
+/// The thread that watches hibernating connections' sockets: one epoll set
+/// (through mio), read by a thread of its own so that a sleeping socket
+/// costs the runtime nothing. A readable socket (data, or the peer gone)
+/// wakes its connection through [`Slots`].
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    registry: mio::Registry,
+    stop: mio::Waker,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    /// Start the thread.
+    fn start(slots: Arc<Mutex<Slots>>) -> io::Result<Self> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let stop = mio::Waker::new(poll.registry(), STOP)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        std::thread::Builder::new()
+            .name("petrel-hibernation".into())
+            .spawn(move || watch(poll, &slots, &flag))?;
+        Ok(Self {
+            registry,
+            stop,
+            stopping,
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.stop.wake();
+    }
+}
+
+fn watch(mut poll: mio::Poll, slots: &Mutex<Slots>, stopping: &AtomicBool) {
+    let mut events = mio::Events::with_capacity(1024);
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "the hibernation watcher failed");
+            return;
+        }
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let wakers: Vec<Waker> = {
+            let mut slots = lock(slots);
+            events
+                .iter()
+                .filter(|e| e.token() != STOP)
+                .filter_map(|e| slots.remove(SlotId::from_token(e.token())))
+                .collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn slots_wake_at_their_deadline_once_and_only_if_still_asleep() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut slots = Slots::default();
+        let (a, wa) = counter();
+        let (b, wb) = counter();
+        let (c, wc) = counter();
+        let ia = slots.insert(wa, Some(at(1)));
+        let ib = slots.insert(wb, Some(at(2)));
+        let ic = slots.insert(wc, None);
+        assert_eq!(slots.len(), 3);
+        // `a` is woken by something else first: its deadline finds nothing.
+        assert!(slots.remove(ia).is_some());
+        assert!(slots.remove(ia).is_none(), "removed once");
+        // Its slot is reused; the stale deadline must not wake the new one.
+        let (d, wd) = counter();
+        let id = slots.insert(wd, Some(at(5)));
+        for w in slots.due(at(3)) {
+            w.wake();
+        }
+        assert_eq!(b.0.load(Ordering::Relaxed), 1);
+        assert_eq!(d.0.load(Ordering::Relaxed), 0);
+        assert!(slots.remove(ib).is_none(), "gone once woken");
+        assert_eq!(slots.len(), 2);
+        // Shutdown takes everyone left, deadline or not.
+        for w in slots.all() {
+            w.wake();
+        }
+        assert_eq!(c.0.load(Ordering::Relaxed), 1);
+        assert_eq!(d.0.load(Ordering::Relaxed), 1);
+        assert_eq!(a.0.load(Ordering::Relaxed), 0);
+        assert_eq!(slots.len(), 0);
+        assert!(slots.remove(id).is_none());
+        // A sleeper after the shutdown's sweep is not named by an old id.
+        let (_, we) = counter();
+        let _ie = slots.insert(we, None);
+        assert!(slots.remove(id).is_none() && slots.remove(ia).is_none());
+        assert!(slots.remove(ib).is_none() && slots.remove(ic).is_none());
+        assert_eq!(slots.len(), 1);
+    }
+
+    #[test]
+    fn deadlines_of_woken_connections_do_not_pile_up() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut slots = Slots::default();
+        let (_, w) = counter();
+        // Connections that hibernate and wake over and over.
+        for _ in 0..10_000 {
+            let id = slots.insert(w.clone(), Some(far));
+            assert!(slots.remove(id).is_some());
+        }
+        assert_eq!(slots.len(), 0);
+        assert!(
+            slots.deadlines.len() <= 1024 + 1,
+            "{}",
+            slots.deadlines.len()
+        );
+        assert!(slots.slots.len() == 1, "slots are reused");
+    }
+}
