@@ -123,6 +123,22 @@ impl SessionState {
         self.outgoing.is_empty() && self.incoming.is_empty() && self.pending.is_empty()
     }
 
+    /// Visit every message the state holds (in flight, and waiting for the
+    /// window), to change how their bytes are held: a broker that keeps a
+    /// session for an absent client gives them allocations of their own,
+    /// so they stop sharing the read buffers they arrived in. What a
+    /// message says must not change.
+    pub fn for_each_message_mut(&mut self, mut f: impl FnMut(&mut Message)) {
+        for o in self.outgoing.values_mut() {
+            if let Outgoing::Publish { message, .. } = o {
+                f(message);
+            }
+        }
+        for q in &mut self.pending {
+            f(&mut q.message);
+        }
+    }
+
     /// Packet identifiers in use by our exchanges, in send order.
     pub fn inflight_ids(&self) -> Vec<u16> {
         let mut v: Vec<(MessageId, u16)> = self

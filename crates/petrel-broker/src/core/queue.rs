@@ -15,10 +15,19 @@
 //! live in the session state and survive reconnects and takeovers.
 //!
 //! ## Memory a queued message holds
-//! A message is counted at its own size. It owns its bytes or shares an
-//! allocation at most twice its size (the connection driver copies a small
-//! PUBLISH out of a larger read buffer when it decodes it), so the limits
-//! above bound memory, not only the sum of message sizes.
+//! A message is counted at its own size. Decoded, its topic, payload and
+//! properties are views of the read buffer it arrived in (up to 64 KiB),
+//! shared by every subscriber: that costs nothing while it passes through,
+//! but one small message kept for long would keep the whole buffer alive
+//! uncounted. So a message that is stored rather than passed on gets bytes
+//! of its own, copied once per publish and shared by every queue that
+//! stores it: one queued for an offline session, or for a connection held
+//! back (its socket or its in-flight window full); and a queue whose
+//! session goes offline or falls behind has what it holds copied then.
+//! (The engine does the same for messages in flight to a subscriber that
+//! falls behind, and for those a session keeps while its client is away.)
+//! What may still share a read buffer is what a subscriber that keeps up
+//! is about to receive.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -70,6 +79,8 @@ struct Mailbox {
     total: Arc<AtomicUsize>,
     /// A connection holds the session.
     online: bool,
+    /// Its connection is held back: what is queued stays for a while.
+    behind: bool,
     /// The session ended: nothing is queued any more.
     ended: bool,
     /// Wakes the connection holding the session (its task, or the
@@ -109,6 +120,13 @@ impl Mailbox {
         self.bytes -= size;
         self.total.fetch_sub(size, Ordering::Relaxed);
         Some(q)
+    }
+
+    /// Give every queued message bytes of its own: they are to stay.
+    fn detach_all(&mut self) {
+        if let Some(q) = &mut self.queue {
+            q.iter_mut().for_each(|q| detach(&mut q.message));
+        }
     }
 
     fn clear(&mut self) {
@@ -176,6 +194,7 @@ impl SessionKey {
                 bytes: 0,
                 total,
                 online: false,
+                behind: false,
                 ended: false,
                 waker: WakerSlot::default(),
                 signal: false,
@@ -209,22 +228,27 @@ impl SessionKey {
         *lock(&self.0.access) = access;
     }
 
-    /// Queue a message by the overflow policy; whether it was queued.
-    pub(crate) fn push(
+    /// Queue the message `make` gives by the overflow policy; whether it
+    /// was queued. `make` is told whether the message will be stored
+    /// rather than sent at once (the session is offline, or its connection
+    /// is held back): then it must give the message bytes of its own.
+    pub(crate) fn push_with(
         &self,
-        message: Message,
+        qos: QoS,
         now: Instant,
         limits: &Limits,
         stats: &Stats,
+        make: impl FnOnce(bool) -> Message,
     ) -> bool {
         let mut mb = self.mailbox();
         if mb.ended {
             return false;
         }
-        let qos0 = message.qos == QoS::AtMostOnce;
+        let qos0 = qos == QoS::AtMostOnce;
         if qos0 && !mb.online && !limits.queue_qos0_offline {
             return false;
         }
+        let message = make(!mb.online || mb.behind);
         let size = message_size(&message);
         if mb.len() >= limits.max_queued_messages
             || mb.bytes + size > limits.max_queued_bytes
@@ -256,10 +280,11 @@ impl SessionKey {
 
     /// Take up to `max` messages, of which at most `quota` QoS 1/2 ones,
     /// in order (a QoS 1/2 message past the quota stops the batch: order is
-    /// kept).
-    pub(crate) fn take(&self, max: usize, mut quota: usize, out: &mut Vec<Queued>) -> Taken {
+    /// kept), handing each to `take` (under the queue's lock: keep it
+    /// short).
+    pub(crate) fn take(&self, max: usize, mut quota: usize, mut take: impl FnMut(Queued)) -> Taken {
         let mut mb = self.mailbox();
-        while out.len() < max {
+        for _ in 0..max {
             let Some(q) = mb.pop() else {
                 return Taken::Drained;
             };
@@ -270,7 +295,7 @@ impl SessionKey {
                 }
                 quota -= 1;
             }
-            out.push(q);
+            take(q);
         }
         if mb.is_empty() {
             Taken::Drained
@@ -337,6 +362,22 @@ impl SessionKey {
     }
 
     pub(crate) fn set_online(&self, online: bool) {
-        self.mailbox().online = online;
+        let mut mb = self.mailbox();
+        if !online && mb.online {
+            mb.detach_all();
+        }
+        mb.online = online;
+        mb.behind = false;
+    }
+
+    /// Whether the session's connection is held back (its socket or its
+    /// in-flight window full) and what is queued stays for a while; the
+    /// queue's messages get bytes of their own when it starts to be.
+    pub(crate) fn set_behind(&self, behind: bool) {
+        let mut mb = self.mailbox();
+        if behind && !mb.behind {
+            mb.detach_all();
+        }
+        mb.behind = behind;
     }
 }

@@ -80,6 +80,9 @@ struct Task {
     routed: usize,
     /// Quiet time after which the connection hibernates, if it can.
     hibernate_after: Option<Duration>,
+    /// The whole in-flight window: QoS 1/2 messages the client may hold
+    /// unacknowledged (its Receive Maximum, within ours).
+    window: usize,
 }
 
 /// Serve one connection until it closes.
@@ -186,6 +189,13 @@ impl Drop for Task {
     }
 }
 
+/// The in-flight window of a connection: the client's Receive Maximum
+/// within `max_inflight`.
+fn window(ctx: &Ctx, conn: &Connection) -> usize {
+    let ours = ctx.broker.session_config().max_inflight.get();
+    usize::from(conn.peer_limits().receive_maximum.min(ours))
+}
+
 /// Run `f` unless the broker shuts down first.
 async fn unless_shutdown<F: std::future::Future>(
     shutdown: &mut watch::Receiver<bool>,
@@ -206,6 +216,7 @@ impl Task {
             peer,
             hibernate_after: after.filter(|_| can_hibernate),
             got_connect: conn.is_connected(),
+            window: window(&link.ctx, &conn),
             limits: link.ctx.codec_limits.clone(),
             link,
             conn,
@@ -554,7 +565,10 @@ impl Task {
                 // not lose what it holds because of this connection.
                 let kept = accepted.accept.state.clone();
                 match self.conn.accept(now, accepted.accept) {
-                    Ok(()) => self.link.client = Some(accepted.client),
+                    Ok(()) => {
+                        self.link.client = Some(accepted.client);
+                        self.window = window(&self.link.ctx, &self.conn);
+                    }
                     Err(e) => {
                         tracing::warn!(client_id = accepted.client.client_id(), error = %e, "could not accept");
                         accepted.client.cancel(kept);
@@ -631,20 +645,30 @@ impl Task {
             return;
         }
         let mut batch = Vec::with_capacity(BATCH);
-        while self.out.len() < WRITE_HIGH_WATER {
+        // Whether messages wait that the socket or the window holds back.
+        let behind = loop {
             let Some(client) = self.link.client.as_mut() else {
                 return;
             };
-            let more = client.next_messages(BATCH, self.conn.send_quota(), now, &mut batch);
+            if self.out.len() >= WRITE_HIGH_WATER {
+                // The socket is not keeping up: the rest waits in the queue.
+                break true;
+            }
+            let more =
+                client.next_messages(BATCH, self.conn.send_quota(), self.window, now, &mut batch);
             if batch.is_empty() {
-                return;
+                // Nothing taken: drained, or the window is full.
+                break more;
             }
             for m in batch.drain(..) {
                 self.send(now, m);
             }
             if !more {
-                return;
+                break false;
             }
+        };
+        if let Some(client) = self.link.client.as_mut() {
+            client.held_back(behind);
         }
     }
 

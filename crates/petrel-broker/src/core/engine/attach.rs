@@ -13,7 +13,7 @@ use super::client::{Kick, Reach};
 use super::{Core, Engine, PendingWill};
 use crate::core::auth::Access;
 use crate::core::lock;
-use crate::core::queue::SessionKey;
+use crate::core::queue::{detach, SessionKey};
 use crate::core::sessions::{Connected, ConnectionId, Handover, Released, NEVER};
 
 /// What a CONNECT got from the session registry.
@@ -212,11 +212,14 @@ impl Engine {
         client_id: &str,
         key: Option<&SessionKey>,
         connection: ConnectionId,
-        state: SessionState,
+        mut state: SessionState,
         expiry: u32,
         will: Option<(Message, Duration)>,
         now: Instant,
     ) {
+        // Kept while the client is away (or handed on): the messages in
+        // flight stop sharing the read buffers they arrived in.
+        state.for_each_message_mut(detach);
         let mut due = Vec::new();
         {
             let mut core = lock(&self.core);

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::Engine;
 use crate::core::auth::{Access, Action, AuthExchange, Credentials, DecisionCache, Exchange};
-use crate::core::queue::{Queued, SessionKey, Taken};
+use crate::core::queue::{detach, Queued, SessionKey, Taken};
 use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
 use crate::core::{is_sys, lock, too_deep, WakerSlot};
@@ -149,6 +149,8 @@ pub struct Client {
     protocol: Protocol,
     /// Holds the session (not yet closed).
     open: bool,
+    /// The connection is held back (as last told to the session's queue).
+    behind: bool,
     will: Option<Box<(Message, Duration)>>,
     cache: Option<Box<PublishCache>>,
     /// Retained messages for new subscriptions, sent before live ones.
@@ -192,6 +194,7 @@ impl Client {
             expiry: s.expiry,
             protocol: s.protocol,
             open: true,
+            behind: false,
             will: s.will,
             cache: None,
             backlog: None,
@@ -372,17 +375,27 @@ impl Client {
     /// Interval ran out while it waited is dropped ([MQTT-3.3.2-5]); the
     /// others carry what is left of theirs ([MQTT-3.3.2-6]). Returns
     /// whether more wait.
+    ///
+    /// `window` is the connection's whole in-flight window: a client that
+    /// has more than half of it unacknowledged is falling behind, and the
+    /// QoS 1/2 messages it is given get bytes of their own (they may stay
+    /// in flight for long, and must not keep their publishers' read
+    /// buffers alive meanwhile).
     pub fn next_messages(
         &mut self,
         max: usize,
         mut quota: usize,
+        window: usize,
         now: Instant,
         out: &mut Vec<Message>,
     ) -> bool {
-        let mut taken = Vec::new();
+        let stats = &self.engine.stats;
+        let behind = quota * 2 < window;
+        let deliver = |q: Queued, out: &mut Vec<Message>| deliver(stats, q, behind, now, out);
+        let mut taken = 0;
         if let Some(backlog) = &mut self.backlog {
             let before = backlog.len();
-            while taken.len() < max {
+            while taken < max {
                 let Some(q) = backlog.front() else { break };
                 if q.message.qos != QoS::AtMostOnce {
                     if quota == 0 {
@@ -390,36 +403,32 @@ impl Client {
                     }
                     quota -= 1;
                 }
-                taken.extend(backlog.pop_front());
+                if let Some(q) = backlog.pop_front() {
+                    taken += 1;
+                    deliver(q, out);
+                }
             }
             self.engine.backlog_done(before - backlog.len());
             if !backlog.is_empty() {
-                self.deliver(taken, now, out);
                 return true;
             }
             self.backlog = None;
         }
-        let more =
-            taken.len() < max && self.key.take(max - taken.len(), quota, &mut taken) == Taken::More;
-        self.deliver(taken, now, out);
-        more
+        if taken >= max {
+            // Perhaps more: the caller asks again.
+            return true;
+        }
+        self.key.take(max - taken, quota, |q| deliver(q, out)) == Taken::More
     }
 
-    fn deliver(&self, taken: Vec<Queued>, now: Instant, out: &mut Vec<Message>) {
-        for q in taken {
-            let mut message = q.message;
-            if let Some(interval) = message.properties.message_expiry_interval() {
-                let waited = now.saturating_duration_since(q.at).as_secs();
-                if waited >= u64::from(interval) {
-                    Stats::add(&self.engine.stats.dropped_expired, 1);
-                    continue;
-                }
-                let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
-                if left != interval {
-                    message.properties.set_message_expiry_interval(Some(left));
-                }
-            }
-            out.push(message);
+    /// The connection is held back (its socket or its in-flight window is
+    /// full, and messages wait), or keeps up again. Messages that wait
+    /// while it is held back get bytes of their own, so they don't keep
+    /// their publishers' read buffers alive.
+    pub fn held_back(&mut self, behind: bool) {
+        if self.behind != behind {
+            self.behind = behind;
+            self.key.set_behind(behind);
         }
     }
 
@@ -570,6 +579,29 @@ impl Client {
         );
         self.engine.stats.client_disconnected();
     }
+}
+
+/// Hand a waiting message on, or drop it if its Message Expiry Interval
+/// ran out while it waited ([MQTT-3.3.2-5]); otherwise it carries what is
+/// left ([MQTT-3.3.2-6]). With `own`, a QoS 1/2 message gets bytes of its
+/// own.
+fn deliver(stats: &Stats, q: Queued, own: bool, now: Instant, out: &mut Vec<Message>) {
+    let mut message = q.message;
+    if own && message.qos != QoS::AtMostOnce {
+        detach(&mut message);
+    }
+    if let Some(interval) = message.properties.message_expiry_interval() {
+        let waited = now.saturating_duration_since(q.at).as_secs();
+        if waited >= u64::from(interval) {
+            Stats::add(&stats.dropped_expired, 1);
+            return;
+        }
+        let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
+        if left != interval {
+            message.properties.set_message_expiry_interval(Some(left));
+        }
+    }
+    out.push(message);
 }
 
 impl Drop for Client {

@@ -88,14 +88,26 @@ impl Engine {
         );
         let limits = &self.config.limits;
         let mut count = 0;
+        // The message with bytes of its own, made once if a queue stores it.
+        let mut stored: Option<Message> = None;
         for d in deliveries {
             if d.authorize && !d.client.access().may_receive(message.topic.as_str()) {
                 Stats::add(&self.stats.denied_delivery, 1);
                 continue;
             }
             count += 1;
-            let out = outgoing(&message, d.qos, d.retain, &d.identifiers);
-            d.client.push(out, now, limits, &self.stats);
+            d.client.push_with(d.qos, now, limits, &self.stats, |kept| {
+                let source = if kept {
+                    stored.get_or_insert_with(|| {
+                        let mut m = message.clone();
+                        detach(&mut m);
+                        m
+                    })
+                } else {
+                    &message
+                };
+                outgoing(source, d.qos, d.retain, &d.identifiers)
+            });
         }
         count
     }
