@@ -78,6 +78,9 @@ pub(crate) enum Control {
         properties: Properties,
         reply: Reply<()>,
     },
+    Reauthenticate {
+        reply: Reply<()>,
+    },
 }
 
 /// Commands waiting for the connection task at most; past it, calls wait
@@ -291,6 +294,21 @@ impl Client {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(()))
+    }
+
+    /// 5.0 re-authentication (4.12.1): prove who the client is again, with
+    /// the authenticator and method it connected with, without closing the
+    /// connection. Resolves when the broker answers AUTH Success (and the
+    /// authenticator accepts its last data); a broker that refuses closes
+    /// the connection (which then reconnects as usual) and this reports
+    /// the error.
+    pub async fn reauthenticate(&self) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Reauthenticate { reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
     }
 
     /// Where the connection stands now.

@@ -58,6 +58,7 @@
 mod client;
 mod error;
 mod options;
+mod scram;
 mod task;
 mod transport;
 
@@ -70,3 +71,4 @@ pub use petrel_codec::{
     UserProperty,
 };
 pub use petrel_session::Message;
+pub use scram::{ScramAuthenticator, ScramMechanism};

@@ -156,10 +156,18 @@ impl ConnectOptions {
 
 /// The client's side of a 5.0 enhanced authentication exchange (4.12):
 /// given the broker's challenge, the next Authentication Data. Called on
-/// every connection, reconnects included.
+/// every connection, reconnects included, and for
+/// [`crate::Client::reauthenticate`].
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
-    /// The Authentication Data sent in CONNECT, if the method starts with
-    /// one. Default: none.
+    /// The Authentication Method it speaks, used when `properties` name
+    /// none. Default: none (then `properties` must).
+    fn method(&self) -> Option<&str> {
+        None
+    }
+
+    /// The Authentication Data sent in CONNECT (or in the AUTH that starts
+    /// a re-authentication), if the method starts with one; an exchange
+    /// begins here. Default: none.
     fn initial_data(&self) -> Option<Bytes> {
         None
     }
@@ -167,4 +175,13 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
     /// Answer the broker's AUTH (Continue Authentication) carrying
     /// `challenge`; an error gives up (the client disconnects).
     fn respond(&self, challenge: Option<&Bytes>) -> Result<Bytes, String>;
+
+    /// The broker accepted (CONNACK, or AUTH Success after a
+    /// re-authentication) with this last Authentication Data: a method
+    /// that authenticates the broker too checks it here; an error gives up
+    /// (the client disconnects). Default: accept.
+    fn finish(&self, data: Option<&Bytes>) -> Result<(), String> {
+        let _ = data;
+        Ok(())
+    }
 }

@@ -98,6 +98,8 @@ pub(crate) struct Task {
     connected_once: bool,
     connected_at: Option<Instant>,
     closing: Option<Reply<()>>,
+    /// A re-authentication under way on this connection.
+    reauth: Option<Reply<()>>,
     rng: u64,
 }
 
@@ -114,6 +116,14 @@ impl Task {
             return Err(ClientError::Invalid(
                 "max_pending and max_incoming must be at least 1".into(),
             ));
+        }
+        let mut opts = opts;
+        if let Some(method) = opts.authenticator.as_ref().and_then(|a| a.method()) {
+            if opts.properties.authentication_method().is_none() {
+                let method = MqttString::try_from(method)
+                    .map_err(|e| ClientError::Invalid(format!("authentication method: {e}")))?;
+                opts.properties.set_authentication_method(Some(method));
+            }
         }
         if opts.properties.authentication_method().is_some() != opts.authenticator.is_some() {
             return Err(ClientError::Invalid(
@@ -170,6 +180,7 @@ impl Task {
             connected_once: false,
             connected_at: None,
             closing: None,
+            reauth: None,
             rng: seed,
         })
     }
@@ -284,15 +295,23 @@ impl Task {
             Ok(c) => c,
             Err(e) => return Outcome::Fatal(e),
         };
-        let io = tokio::select! {
-            r = tokio::time::timeout(self.opts.connect_timeout, transport::connect(&self.opts)) => match r {
-                Ok(Ok(io)) => io,
-                Ok(Err(e)) => return Outcome::Lost(e),
-                Err(_) => return Outcome::Lost(ClientError::Timeout),
-            },
-            c = self.control.recv() => {
-                self.on_control(None, c);
-                return Outcome::Closed;
+        // Its own copy of the options: a re-authentication request may be
+        // answered while the connection opens.
+        let opts = self.opts.clone();
+        let opening = tokio::time::timeout(opts.connect_timeout, transport::connect(&opts));
+        tokio::pin!(opening);
+        let io = loop {
+            tokio::select! {
+                r = &mut opening => match r {
+                    Ok(Ok(io)) => break io,
+                    Ok(Err(e)) => return Outcome::Lost(e),
+                    Err(_) => return Outcome::Lost(ClientError::Timeout),
+                },
+                c = self.control.recv() => {
+                    if self.on_control(None, c) {
+                        return Outcome::Closed;
+                    }
+                }
             }
         };
         let (mut reader, mut writer) = tokio::io::split(io);
@@ -386,7 +405,8 @@ impl Task {
                     }
                 }
                 c = self.control.recv() => {
-                    self.on_control(Some(&mut conn), c);
+                    // Closing shows in `self.closing`.
+                    let _ = self.on_control(Some(&mut conn), c);
                 }
                 _room = room(&self.messages), if !self.incoming.is_empty() => {
                     // Room for one more: `deliver` uses it on the next turn.
@@ -396,6 +416,11 @@ impl Task {
         }
         // Whatever the connection held stays with the session.
         self.state = conn.take_state();
+        if let Some(reply) = self.reauth.take() {
+            let _ = reply.send(Err(ClientError::Io(
+                "the connection closed during re-authentication".into(),
+            )));
+        }
         let back: Vec<Request> = self.requests.drain().map(|(_, r)| r).collect();
         for r in back.into_iter().rev() {
             self.queued.push_front(r);
@@ -413,8 +438,9 @@ impl Task {
         })
     }
 
-    /// Disconnect requested, or every handle dropped (`None`).
-    fn on_control(&mut self, conn: Option<&mut Connection>, control: Option<Control>) {
+    /// Disconnect or re-authentication requested, or every handle dropped
+    /// (`None`). Returns whether the client is closing.
+    fn on_control(&mut self, conn: Option<&mut Connection>, control: Option<Control>) -> bool {
         let now = Instant::now();
         let (reason_code, properties, reply) = match control {
             Some(Control::Disconnect {
@@ -422,6 +448,10 @@ impl Task {
                 properties,
                 reply,
             }) => (reason_code, properties, Some(reply)),
+            Some(Control::Reauthenticate { reply }) => {
+                self.reauthenticate(conn, now, reply);
+                return false;
+            }
             None => (ReasonCode::NORMAL_DISCONNECTION, Properties::new(), None),
         };
         if let Some(c) = conn {
@@ -431,10 +461,48 @@ impl Task {
                     // nothing changed, the caller learns why.
                     let _ = reply.send(Err(ClientError::Send(e)));
                 }
-                return;
+                return false;
             }
         }
         self.closing = Some(reply.unwrap_or_else(|| oneshot::channel().0));
+        true
+    }
+
+    /// Start a re-authentication (AUTH 0x19, 4.12.1) with the method the
+    /// connection began with.
+    fn reauthenticate(&mut self, conn: Option<&mut Connection>, now: Instant, reply: Reply<()>) {
+        let Some(conn) = conn.filter(|c| c.is_connected()) else {
+            let _ = reply.send(Err(ClientError::Io("not connected".into())));
+            return;
+        };
+        let (Some(a), Some(method)) = (
+            self.opts.authenticator.as_ref(),
+            self.opts.properties.authentication_method(),
+        ) else {
+            let _ = reply.send(Err(ClientError::Invalid(
+                "re-authentication needs an authenticator".into(),
+            )));
+            return;
+        };
+        if self.reauth.is_some() {
+            let _ = reply.send(Err(ClientError::Invalid(
+                "a re-authentication is under way".into(),
+            )));
+            return;
+        }
+        let mut props = Properties::new();
+        props.set_authentication_method(Some(method));
+        props.set_authentication_data(a.initial_data());
+        let auth = petrel_codec::Auth {
+            reason_code: ReasonCode::RE_AUTHENTICATE,
+            properties: props,
+        };
+        match conn.auth(now, auth) {
+            Ok(()) => self.reauth = Some(reply),
+            Err(e) => {
+                let _ = reply.send(Err(ClientError::Send(e)));
+            }
+        }
     }
 
     fn on_event(
@@ -449,6 +517,18 @@ impl Task {
                 session_present,
                 properties,
             } => {
+                if let Some(a) = &self.opts.authenticator {
+                    // A method that authenticates the broker too checks its
+                    // last word ([MQTT-4.12.0-5]: the CONNACK carries it).
+                    if let Err(e) = a.finish(properties.authentication_data().as_ref()) {
+                        let _ = conn.disconnect(now, ReasonCode::NOT_AUTHORIZED, Properties::new());
+                        let e = ClientError::Invalid(format!("authentication: {e}"));
+                        if let Some(f) = first.take() {
+                            let _ = f.send(Err(e.clone()));
+                        }
+                        return Some(Outcome::Fatal(e));
+                    }
+                }
                 self.connected_at = Some(now);
                 if let Some(id) = properties.assigned_client_identifier() {
                     self.client_id = id.as_str().to_string();
@@ -513,6 +593,33 @@ impl Task {
                     let _ = reply.send(Err(ClientError::Dropped(reason)));
                 }
                 None
+            }
+            Event::Auth(challenge) if challenge.reason_code == ReasonCode::SUCCESS => {
+                // A re-authentication succeeded; the method may check the
+                // broker's last word.
+                let data = challenge.properties.authentication_data();
+                let finished = self
+                    .opts
+                    .authenticator
+                    .as_ref()
+                    .map_or(Ok(()), |a| a.finish(data.as_ref()));
+                let reply = self.reauth.take();
+                match finished {
+                    Ok(()) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Ok(()));
+                        }
+                        None
+                    }
+                    Err(e) => {
+                        let _ = conn.disconnect(now, ReasonCode::NOT_AUTHORIZED, Properties::new());
+                        let e = ClientError::Invalid(format!("authentication: {e}"));
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(e.clone()));
+                        }
+                        Some(Outcome::Fatal(e))
+                    }
+                }
             }
             Event::Auth(challenge) => {
                 let method = self.opts.properties.authentication_method();
@@ -877,8 +984,9 @@ impl Task {
                     }
                 }
                 c = self.control.recv() => {
-                    self.on_control(None, c);
-                    return false;
+                    if self.on_control(None, c) {
+                        return false;
+                    }
                 }
                 _room = room(&self.messages), if !self.incoming.is_empty() => {}
             }

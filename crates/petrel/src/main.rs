@@ -1,13 +1,16 @@
 //! `petrel`: the Petrel MQTT broker on the command line.
 //!
 //! * `petrel broker` — with no configuration, listens on 127.0.0.1:1883 and
-//!   allows anonymous clients (as Mosquitto 2 does without a config);
+//!   allows anonymous clients (as Mosquitto 2 does without a config; a
+//!   listener elsewhere needs authentication or `allow_anonymous = true`);
 //!   `-p PORT` and `--bind ADDR` override the listener, `--config FILE` reads
 //!   a TOML configuration (see `petrel_broker::config`).
 //! * `petrel pub` / `petrel sub` — command-line clients with the flag
 //!   letters of `mosquitto_pub` / `mosquitto_sub`.
 //! * `petrel bench pairs|fanout|fanin` — load a broker over loopback and
 //!   report delivered messages per second.
+//! * `petrel passwd` — manage a password file, with `mosquitto_passwd`'s
+//!   flags (`-c`, `-b`, `-D`, `-U`), argon2id by default.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,6 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod passwd;
 mod tools;
 use petrel_broker::config::ListenerConfig;
 use petrel_broker::{Broker, BrokerConfig, Server};
@@ -44,6 +48,8 @@ enum Command {
     Sub(tools::SubArgs),
     /// Load a broker over loopback and report delivered messages per second.
     Bench(bench::BenchArgs),
+    /// Manage a password file (flags as mosquitto_passwd's).
+    Passwd(passwd::PasswdArgs),
 }
 
 #[derive(clap::Args)]
@@ -81,6 +87,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => run_broker(args),
         Command::Pub(args) => tools::publish(args),
         Command::Sub(args) => tools::subscribe(args),
+        Command::Passwd(args) => passwd::run(args),
         Command::Bench(args) => match bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use petrel_broker::SubscriptionTree;
 use petrel_client::{
     connect, Client, ConnectOptions, LastWill, Message, MqttString, Properties, Protocol, Publish,
-    QoS, RetainHandling, Subscription, SubscriptionId, SubscriptionOptions, TlsOptions,
-    TopicFilter, TopicName, UserProperty,
+    QoS, RetainHandling, ScramAuthenticator, ScramMechanism, Subscription, SubscriptionId,
+    SubscriptionOptions, TlsOptions, TopicFilter, TopicName, UserProperty,
 };
 
 /// Flags both tools share: where the broker is and how to connect.
@@ -41,6 +41,10 @@ pub(crate) struct Common {
     /// Password.
     #[arg(short = 'P', long = "pw")]
     password: Option<String>,
+    /// 5.0 enhanced authentication: SCRAM-SHA-256 or SCRAM-SHA-512, proving
+    /// -u and -P without sending the password.
+    #[arg(long = "auth-method", value_name = "METHOD")]
+    auth_method: Option<String>,
     /// Persistent session: Clean Session 0 / Clean Start 0 (5.0 sessions
     /// then never expire unless -x says otherwise).
     #[arg(short = 'c', long = "disable-clean-session")]
@@ -314,8 +318,31 @@ fn options(common: &Common, default_id: &str) -> Result<ConnectOptions, String> 
     let mut o = ConnectOptions::new(common.host.clone(), port, id).protocol(protocol);
     o.tls = tls;
     o.keep_alive = Duration::from_secs(u64::from(common.keepalive));
-    o.username = common.username.clone();
-    o.password = common.password.as_ref().map(|p| Bytes::from(p.clone()));
+    match &common.auth_method {
+        None => {
+            o.username = common.username.clone();
+            o.password = common.password.as_ref().map(|p| Bytes::from(p.clone()));
+        }
+        Some(method) => {
+            let mechanism = ScramMechanism::from_name(method).ok_or_else(|| {
+                format!("--auth-method {method}: use SCRAM-SHA-256 or SCRAM-SHA-512")
+            })?;
+            if protocol != Protocol::V5 {
+                return Err("--auth-method needs MQTT 5.0 (-V 5)".into());
+            }
+            let (Some(user), Some(pw)) = (&common.username, &common.password) else {
+                return Err("--auth-method needs -u and -P".into());
+            };
+            // The user name goes in CONNECT too: the broker checks it is
+            // the one proven.
+            o.username = Some(user.clone());
+            o.authenticator = Some(std::sync::Arc::new(ScramAuthenticator::new(
+                mechanism,
+                user.clone(),
+                pw.clone().into_bytes(),
+            )));
+        }
+    }
     o.clean_start = !common.persistent;
     o.session_expiry = match common.session_expiry {
         Some(-1) => u32::MAX,
