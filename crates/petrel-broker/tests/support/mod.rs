@@ -49,6 +49,18 @@ pub async fn start_with(config: BrokerConfig) -> TestBroker {
     TestBroker { broker, addr, task }
 }
 
+/// A file of this test process's own, written with `contents`; a new path
+/// on each call.
+pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("petrel-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
 pub fn topic(s: &str) -> TopicName {
     TopicName::try_from(s).unwrap()
 }

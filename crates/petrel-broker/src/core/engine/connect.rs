@@ -180,10 +180,14 @@ impl Login {
             Verdict::Deny(reason) => self.failed(reason, "credentials refused"),
             Verdict::Pass => {
                 let presented = credentials.username.is_some() || credentials.password.is_some();
-                if presented {
+                if presented && !security.authenticators.is_empty() {
                     // Nobody knows these credentials.
                     self.failed(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "unknown user")
                 } else if security.allow_anonymous {
+                    // With no method configured, credentials are not checked
+                    // (as Mosquitto without a password file): the client is
+                    // anonymous, whatever user name it sent.
+                    self.connect.username = None;
                     self.authenticated(Grant::plain()).await
                 } else {
                     self.failed(
