@@ -101,6 +101,17 @@ pub(crate) struct BenchArgs {
     /// Print the result as one JSON object.
     #[arg(long = "json")]
     json: bool,
+    /// User name every connection presents.
+    #[arg(short = 'u', long = "username")]
+    username: Option<String>,
+    /// Password every connection presents.
+    #[arg(short = 'P', long = "password")]
+    password: Option<String>,
+    /// latency: after the quiet measurement, measure as long again while
+    /// this many logins with a wrong password arrive from this machine's
+    /// address (50 at a time), and report both.
+    #[arg(long = "storm", default_value_t = 0)]
+    storm: usize,
 }
 
 /// One scenario's result: named figures and the generator's own CPU use.
@@ -308,7 +319,7 @@ async fn bench(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     };
     let mut tasks = Vec::new();
     for (i, (filter, group)) in subscribers.iter().enumerate() {
-        let conn = connect(addr, protocol, &format!("bs-{run}-{i}")).await?;
+        let conn = connect(addr, protocol, &format!("bs-{run}-{i}"), &args.login()).await?;
         tasks.push(tokio::spawn(subscriber(
             conn,
             protocol,
@@ -322,7 +333,7 @@ async fn bench(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     tokio::time::sleep(Duration::from_millis(300)).await;
     let payload = Bytes::from(vec![b'x'; args.size]);
     for (i, (topic, group)) in publishers.iter().enumerate() {
-        let conn = connect(addr, protocol, &format!("bp-{run}-{i}")).await?;
+        let conn = connect(addr, protocol, &format!("bp-{run}-{i}"), &args.login()).await?;
         let topic = TopicName::try_from(topic.as_str()).map_err(|e| e.to_string())?;
         tasks.push(tokio::spawn(publisher(
             conn,
@@ -385,17 +396,51 @@ struct Conn {
     receive_maximum: u16,
 }
 
-async fn connect(addr: SocketAddr, protocol: Protocol, id: &str) -> Result<Conn, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+/// The user name and password every connection of a run presents.
+#[derive(Clone, Debug, Default)]
+struct Login {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl BenchArgs {
+    fn login(&self) -> Login {
+        Login {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        }
+    }
+}
+
+/// A CONNECT with `login`'s credentials.
+fn connect_packet(protocol: Protocol, id: &str, login: &Login) -> Result<Connect, String> {
     let mut c = Connect::new(
         protocol,
         MqttString::try_from(id).map_err(|e| e.to_string())?,
     );
     c.keep_alive = 60;
+    c.username = login
+        .username
+        .as_deref()
+        .map(MqttString::try_from)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    c.password = login.password.clone().map(Bytes::from);
+    Ok(c)
+}
+
+async fn connect(
+    addr: SocketAddr,
+    protocol: Protocol,
+    id: &str,
+    login: &Login,
+) -> Result<Conn, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let c = connect_packet(protocol, id, login)?;
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(c))
         .encode(protocol, &mut out)
@@ -618,12 +663,16 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
     let run = std::process::id();
     let topic = format!("bench/{run}/latency");
     let epoch = Instant::now();
-    let mut sub = connect(addr, protocol, &format!("bl-s-{run}")).await?;
+    let mut sub = connect(addr, protocol, &format!("bl-s-{run}"), &args.login()).await?;
     subscribe_and_wait(&mut sub, protocol, &topic, QoS::AtLeastOnce).await?;
-    let publ = connect(addr, protocol, &format!("bl-p-{run}")).await?;
+    let publ = connect(addr, protocol, &format!("bl-p-{run}"), &args.login()).await?;
     let cpu_start = cpu_seconds();
-    let total = args.rate.max(1) * (args.seconds + 1);
+    // One second of warm-up, the quiet measurement, and with a storm the
+    // measurement during it.
+    let phases = if args.storm > 0 { 2 } else { 1 };
+    let total = args.rate.max(1) * (phases * args.seconds + 1);
     let warmup = args.rate.max(1);
+    let storm_from = warmup + args.rate.max(1) * args.seconds;
     let topic = TopicName::try_from(topic.as_str()).map_err(|e| e.to_string())?;
     let size = args.size.max(8);
     let rate = args.rate.max(1);
@@ -658,8 +707,10 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
         }
     });
     let mut samples = Vec::with_capacity(total as usize);
+    let mut storm_samples = Vec::new();
+    let mut storm = None;
     let mut seen = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds + 10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(phases * args.seconds + 10);
     let mut acks = BytesMut::new();
     while seen < total {
         let p = tokio::time::timeout_at(deadline, sub.next(protocol))
@@ -670,9 +721,19 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
             let now = epoch.elapsed().as_nanos() as u64;
             if p.payload.len() >= 8 {
                 let at = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
-                if seen >= warmup {
+                if seen >= storm_from && args.storm > 0 {
+                    storm_samples.push(now.saturating_sub(at));
+                } else if seen >= warmup {
                     samples.push(now.saturating_sub(at));
                 }
+            }
+            if seen == storm_from && args.storm > 0 && storm.is_none() {
+                storm = Some(tokio::spawn(login_storm(
+                    addr,
+                    protocol,
+                    args.storm,
+                    args.login(),
+                )));
             }
             seen += 1;
             if let QosPid::AtLeastOnce(id) = p.qos {
@@ -688,18 +749,111 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
     sender.abort();
     let cpu = cpu_seconds().zip(cpu_start).map(|(b, a)| b - a);
     samples.sort_unstable();
-    let us = |p: f64| percentile(&samples, p) / 1000.0;
+    storm_samples.sort_unstable();
+    let us = |s: &[u64], p: f64| percentile(s, p) / 1000.0;
     eprintln!("  {} samples after one second of warm-up", samples.len());
+    let mut figures = vec![
+        ("rate", rate as f64),
+        ("p50_us", us(&samples, 0.50)),
+        ("p99_us", us(&samples, 0.99)),
+        ("p999_us", us(&samples, 0.999)),
+    ];
+    if let Some(storm) = storm {
+        let s = storm.await.map_err(|e| e.to_string())??;
+        eprintln!(
+            "  {} samples during a storm of {} wrong logins: {} refused as bad credentials, {} as server busy, {} other, in {:.1} s",
+            storm_samples.len(),
+            s.attempts,
+            s.bad_credentials,
+            s.busy,
+            s.other,
+            s.seconds
+        );
+        figures.extend([
+            ("storm_p50_us", us(&storm_samples, 0.50)),
+            ("storm_p99_us", us(&storm_samples, 0.99)),
+            ("storm_p999_us", us(&storm_samples, 0.999)),
+            ("storm_logins", s.attempts as f64),
+            ("storm_bad_credentials", s.bad_credentials as f64),
+            ("storm_busy", s.busy as f64),
+            ("storm_seconds", s.seconds),
+        ]);
+    }
     Ok(Report {
         scenario: "latency",
-        figures: vec![
-            ("rate", rate as f64),
-            ("p50_us", us(0.50)),
-            ("p99_us", us(0.99)),
-            ("p999_us", us(0.999)),
-        ],
-        generator_cpu: cpu.map(|c| 100.0 * c / (args.seconds + 1) as f64),
+        figures,
+        generator_cpu: cpu.map(|c| 100.0 * c / (phases * args.seconds + 1) as f64),
     })
+}
+
+/// What a login storm met.
+struct Storm {
+    attempts: usize,
+    bad_credentials: usize,
+    busy: usize,
+    other: usize,
+    seconds: f64,
+}
+
+/// `count` logins with a wrong password (the run's user name, or
+/// `alice`), 50 at a time, each to its CONNACK or the connection's close.
+async fn login_storm(
+    addr: SocketAddr,
+    protocol: Protocol,
+    count: usize,
+    login: Login,
+) -> Result<Storm, String> {
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(50));
+    let mut attempts = FuturesUnordered::new();
+    for i in 0..count {
+        let gate = gate.clone();
+        let wrong = Login {
+            username: Some(login.username.clone().unwrap_or_else(|| "alice".into())),
+            password: Some(format!("wrong-{i}")),
+        };
+        attempts.push(async move {
+            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("storm: cannot connect: {e}"))?;
+            let mut out = BytesMut::new();
+            let c = connect_packet(protocol, &format!("storm-{i}"), &wrong)?;
+            Packet::Connect(Box::new(c))
+                .encode(protocol, &mut out)
+                .map_err(|e| e.to_string())?;
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            let (mut read, _write) = stream.into_split();
+            let mut buf = BytesMut::new();
+            Ok::<_, String>(match next_packet(&mut read, &mut buf, protocol).await {
+                Some(Packet::ConnAck(a)) => Some(a.reason_code),
+                _ => None,
+            })
+        });
+    }
+    let mut storm = Storm {
+        attempts: count,
+        bad_credentials: 0,
+        busy: 0,
+        other: 0,
+        seconds: 0.0,
+    };
+    while let Some(r) = attempts.next().await {
+        match r? {
+            Some(petrel_codec::ReasonCode::BAD_USER_NAME_OR_PASSWORD) => storm.bad_credentials += 1,
+            // 3.1.1 has no Server Busy: return code 3, Server Unavailable.
+            Some(
+                petrel_codec::ReasonCode::SERVER_BUSY
+                | petrel_codec::ReasonCode::SERVER_UNAVAILABLE,
+            ) => storm.busy += 1,
+            Some(petrel_codec::ReasonCode::SUCCESS) => {
+                return Err("storm: a wrong password was accepted".into())
+            }
+            _ => storm.other += 1,
+        }
+    }
+    storm.seconds = start.elapsed().as_secs_f64();
+    Ok(storm)
 }
 
 /// `--count` connections, each subscribed to its own topic, then idle.
@@ -718,7 +872,8 @@ async fn conns(args: &BenchArgs, protocol: Protocol) -> Result<Report, String> {
             let i = next;
             next += 1;
             pending.push(async move {
-                let mut c = connect(addr, protocol, &format!("bc-{run}-{i}")).await?;
+                let mut c =
+                    connect(addr, protocol, &format!("bc-{run}-{i}"), &args.login()).await?;
                 let topic = format!("bench/{run}/conn/{i}");
                 subscribe_and_wait(&mut c, protocol, &topic, QoS::AtLeastOnce).await?;
                 Ok::<Conn, String>(c)
@@ -772,7 +927,7 @@ async fn retained(args: &BenchArgs, protocol: Protocol) -> Result<Report, String
     let addr = address(args).await?;
     let run = std::process::id();
     let prefix = format!("bench/{run}/ret");
-    let mut publ = connect(addr, protocol, &format!("br-p-{run}")).await?;
+    let mut publ = connect(addr, protocol, &format!("br-p-{run}"), &args.login()).await?;
     let payload = Bytes::from(vec![b'r'; args.size]);
     // Stored at QoS 1, 256 unacknowledged at a time (fewer if the broker's
     // Receive Maximum says so), so all are stored before the subscriber
@@ -817,7 +972,7 @@ async fn retained(args: &BenchArgs, protocol: Protocol) -> Result<Report, String
     eprintln!("  {} retained messages stored", args.count);
     let cpu_start = cpu_seconds();
     let started = Instant::now();
-    let mut sub = connect(addr, protocol, &format!("br-s-{run}")).await?;
+    let mut sub = connect(addr, protocol, &format!("br-s-{run}"), &args.login()).await?;
     subscribe_and_wait(&mut sub, protocol, &format!("{prefix}/#"), QoS::AtMostOnce).await?;
     let mut got = 0usize;
     while got < args.count {

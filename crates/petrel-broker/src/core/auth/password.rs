@@ -12,9 +12,10 @@
 //! the file and the line (`petrel passwd -U` hashes plain-text files).
 //!
 //! Verifying a password is deliberately slow (argon2id takes tens of
-//! milliseconds and tens of megabytes). It runs on tokio's blocking pool,
-//! at most a few at once ([`VerifyPool`]), never on the async workers: a
-//! storm of logins queues there and never stalls message flow.
+//! milliseconds and tens of megabytes). It runs on threads of its own at
+//! the lowest priority ([`VerifyPool`]), never on the async workers: a
+//! storm of logins queues there and takes only the CPU the clients already
+//! connected leave.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -375,48 +376,83 @@ impl Authenticator for PasswordFile {
             let Some(password) = credentials.password.clone() else {
                 return Verdict::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
             };
-            if VerifyPool::global().verify(hash.clone(), password).await {
-                Verdict::Allow(Grant::plain())
-            } else {
-                Verdict::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+            match VerifyPool::global().verify(hash.clone(), password).await {
+                Ok(true) => Verdict::Allow(Grant::plain()),
+                Ok(false) => Verdict::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
+                Err(VerifyError::Busy) => Verdict::Deny(ReasonCode::SERVER_BUSY),
             }
         })
     }
 }
 
-/// Where slow password hashes are checked: tokio's blocking pool, at most
-/// half the cores' worth at once (at least one), so a storm of logins
-/// waits its turn there and leaves cores to the clients already connected.
+/// Where slow password hashes are checked: threads of their own, half the
+/// cores' worth (at least one), running at the lowest priority (nice 19),
+/// so that a storm of logins takes what the cores have left over and never
+/// the time of the clients already connected. At most `QUEUED` checks
+/// wait; past that a login is refused as the server being busy.
 #[derive(Debug)]
 pub struct VerifyPool {
-    permits: tokio::sync::Semaphore,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// Checks waiting for a hashing thread at most.
+const QUEUED: usize = 1024;
+
+type Job = (Arc<PasswordHash>, Bytes, tokio::sync::oneshot::Sender<bool>);
+
+/// Why a password could not be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Too many checks wait already.
+    Busy,
 }
 
 impl VerifyPool {
-    /// The process's pool.
+    /// The process's pool, its threads started on first use.
     pub fn global() -> &'static Self {
         static POOL: OnceLock<VerifyPool> = OnceLock::new();
         POOL.get_or_init(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Self {
-                permits: tokio::sync::Semaphore::new(cores.div_ceil(2)),
+            let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUED);
+            let rx = Arc::new(std::sync::Mutex::new(rx));
+            for i in 0..cores.div_ceil(2) {
+                let rx = rx.clone();
+                let started = std::thread::Builder::new()
+                    .name(format!("petrel-passwords-{i}"))
+                    .spawn(move || {
+                        // Lowest priority: only what the cores have left.
+                        if let Err(e) = thread_priority::set_current_thread_priority(
+                            thread_priority::ThreadPriority::Min,
+                        ) {
+                            tracing::debug!(error = ?e, "password thread keeps its priority");
+                        }
+                        loop {
+                            let job = crate::core::lock(&rx).recv();
+                            let Ok((hash, password, reply)) = job else {
+                                return;
+                            };
+                            let _ = reply.send(hash.verify(&password));
+                        }
+                    });
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "a password thread did not start");
+                }
             }
+            Self { jobs }
         })
     }
 
-    /// Check `password` against `hash` off the async workers.
-    pub async fn verify(&self, hash: Arc<PasswordHash>, password: Bytes) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt
-                .spawn_blocking(move || hash.verify(&password))
-                .await
-                .unwrap_or(false),
-            // Outside a runtime there are no workers to spare.
-            Err(_) => hash.verify(&password),
-        }
+    /// Check `password` against `hash` on the pool's threads.
+    pub async fn verify(
+        &self,
+        hash: Arc<PasswordHash>,
+        password: Bytes,
+    ) -> Result<bool, VerifyError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send((hash, password, tx))
+            .map_err(|_| VerifyError::Busy)?;
+        rx.await.map_err(|_| VerifyError::Busy)
     }
 }
 

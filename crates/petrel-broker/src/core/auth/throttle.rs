@@ -1,10 +1,11 @@
 //! Slowing failed logins per source address, so passwords can't be guessed
 //! at line speed.
 //!
-//! Each address may fail `login_free_failures` times. After that its
-//! attempts are spaced out: each waits for a turn, turns `login_delay` apart
-//! at first, the spacing doubling with every further failure up to
-//! `login_delay_max`. An attempt whose turn would come after the connect
+//! Each address may fail `login_free_failures` times, attempts still being
+//! checked counting as failures to come (so a burst of simultaneous
+//! attempts gets no more than that). After that its attempts are spaced
+//! out: each waits for a turn, turns `login_delay` apart at first, the
+//! spacing doubling with every further failure up to `login_delay_max`. An attempt whose turn would come after the connect
 //! timeout is refused at once with 0x89 Server Busy (3.1.1: 3, Server
 //! Unavailable), without its credentials being looked at, so a flood from
 //! one address costs almost nothing. A success clears the address; one that
@@ -36,6 +37,8 @@ pub struct ThrottleConfig {
 #[derive(Debug)]
 struct Record {
     failures: u32,
+    /// Attempts admitted whose outcome is not known yet.
+    pending: u32,
     /// When the next spaced-out attempt may go.
     next_turn: Instant,
     last_failure: Instant,
@@ -78,29 +81,40 @@ impl Throttle {
         self.addresses.is_empty()
     }
 
-    fn spacing(&self, failures: u32) -> Duration {
-        let extra = failures.saturating_sub(self.config.free_failures).min(16);
-        self.config
+    /// An attempt from `addr` arrives: when may its credentials be checked?
+    /// An attempt admitted (now or later) must end with
+    /// [`Throttle::failed`], [`Throttle::succeeded`] or
+    /// [`Throttle::abandoned`].
+    pub fn admit(&mut self, addr: IpAddr, now: Instant) -> Admission {
+        self.make_room(addr, now);
+        let free = self.config.free_failures;
+        let r = self.addresses.entry(addr).or_insert(Record {
+            failures: 0,
+            pending: 0,
+            next_turn: now,
+            last_failure: now,
+        });
+        if now.saturating_duration_since(r.last_failure) >= FORGET_AFTER {
+            r.failures = 0;
+        }
+        let expected = r.failures.saturating_add(r.pending);
+        if expected < free {
+            r.pending += 1;
+            return Admission::Now;
+        }
+        let extra = expected.saturating_sub(free).min(16);
+        let spacing = self
+            .config
             .delay
             .saturating_mul(1 << extra)
-            .min(self.config.max_delay)
-    }
-
-    /// An attempt from `addr` arrives: when may its credentials be checked?
-    pub fn admit(&mut self, addr: IpAddr, now: Instant) -> Admission {
-        let spacing = match self.addresses.get(&addr) {
-            Some(r) if r.failures >= self.config.free_failures => self.spacing(r.failures),
-            _ => return Admission::Now,
-        };
-        let Some(r) = self.addresses.get_mut(&addr) else {
-            return Admission::Now;
-        };
+            .min(self.config.max_delay);
         let turn = r.next_turn.max(now);
         let wait = turn - now;
         if wait > self.config.max_wait {
             return Admission::Refuse;
         }
         r.next_turn = turn + spacing;
+        r.pending += 1;
         if wait.is_zero() {
             Admission::Now
         } else {
@@ -108,41 +122,69 @@ impl Throttle {
         }
     }
 
+    fn make_room(&mut self, addr: IpAddr, now: Instant) {
+        if self.addresses.contains_key(&addr) || self.addresses.len() < MAX_ADDRESSES {
+            return;
+        }
+        self.addresses.retain(|_, r| {
+            r.pending > 0 || now.saturating_duration_since(r.last_failure) < FORGET_AFTER
+        });
+        if self.addresses.len() >= MAX_ADDRESSES {
+            // Under a flood from this many addresses, forget the oldest half.
+            let mut times: Vec<Instant> = self.addresses.values().map(|r| r.last_failure).collect();
+            times.sort_unstable();
+            let cut = times[times.len() / 2];
+            self.addresses.retain(|_, r| r.last_failure > cut);
+        }
+    }
+
+    fn conclude(&mut self, addr: IpAddr) -> Option<&mut Record> {
+        let r = self.addresses.get_mut(&addr)?;
+        r.pending = r.pending.saturating_sub(1);
+        Some(r)
+    }
+
     /// An attempt from `addr` failed.
     pub fn failed(&mut self, addr: IpAddr, now: Instant) {
-        if !self.addresses.contains_key(&addr) && self.addresses.len() >= MAX_ADDRESSES {
-            self.addresses
-                .retain(|_, r| now.saturating_duration_since(r.last_failure) < FORGET_AFTER);
-            if self.addresses.len() >= MAX_ADDRESSES {
-                // Under a flood from this many addresses, forget the oldest half.
-                let mut times: Vec<Instant> =
-                    self.addresses.values().map(|r| r.last_failure).collect();
-                times.sort_unstable();
-                let cut = times[times.len() / 2];
-                self.addresses.retain(|_, r| r.last_failure > cut);
-            }
-        }
-        let r = self.addresses.entry(addr).or_insert(Record {
-            failures: 0,
-            next_turn: now,
-            last_failure: now,
-        });
-        if now.saturating_duration_since(r.last_failure) >= FORGET_AFTER {
-            r.failures = 0;
-        }
+        self.make_room(addr, now);
+        let r = match self.conclude(addr) {
+            Some(r) => r,
+            None => self.addresses.entry(addr).or_insert(Record {
+                failures: 0,
+                pending: 0,
+                next_turn: now,
+                last_failure: now,
+            }),
+        };
         r.failures = r.failures.saturating_add(1);
         r.last_failure = now;
     }
 
-    /// An attempt from `addr` succeeded.
+    /// An attempt from `addr` succeeded: its failures are forgotten.
     pub fn succeeded(&mut self, addr: IpAddr) {
-        self.addresses.remove(&addr);
+        if let Some(r) = self.conclude(addr) {
+            r.failures = 0;
+            if r.pending == 0 {
+                self.addresses.remove(&addr);
+            }
+        }
+    }
+
+    /// An attempt from `addr` ended without an outcome (its connection
+    /// went away while it waited).
+    pub fn abandoned(&mut self, addr: IpAddr) {
+        if let Some(r) = self.conclude(addr) {
+            if r.pending == 0 && r.failures == 0 {
+                self.addresses.remove(&addr);
+            }
+        }
     }
 
     /// Forget addresses quiet for long.
     pub fn tidy(&mut self, now: Instant) {
-        self.addresses
-            .retain(|_, r| now.saturating_duration_since(r.last_failure) < FORGET_AFTER);
+        self.addresses.retain(|_, r| {
+            r.pending > 0 || now.saturating_duration_since(r.last_failure) < FORGET_AFTER
+        });
     }
 }
 
@@ -169,31 +211,36 @@ mod tests {
             assert_eq!(t.admit(a, t0), Admission::Now);
             t.failed(a, t0);
         }
-        // Spaced a second apart now (the doubling follows failures).
+        // Spaced now, the spacing doubling with each failure to come.
         assert_eq!(t.admit(a, t0), Admission::Now);
         assert_eq!(t.admit(a, t0), Admission::After(Duration::from_secs(1)));
-        assert_eq!(t.admit(a, t0), Admission::After(Duration::from_secs(2)));
+        assert_eq!(t.admit(a, t0), Admission::After(Duration::from_secs(3)));
         // Another address is not slowed.
         assert_eq!(t.admit(b, t0), Admission::Now);
-        for _ in 0..8 {
-            let _ = t.admit(a, t0);
-        }
+        assert_eq!(t.admit(a, t0), Admission::After(Duration::from_secs(7)));
         assert_eq!(
             t.admit(a, t0),
             Admission::Refuse,
             "past the connect timeout"
         );
+        // A success clears what failed before it.
         t.succeeded(a);
+        for _ in 0..3 {
+            t.abandoned(a);
+        }
         assert_eq!(t.admit(a, t0), Admission::Now);
     }
 
     #[test]
-    fn spacing_doubles_with_failures_up_to_the_maximum() {
-        let t = Throttle::new(config());
-        assert_eq!(t.spacing(3), Duration::from_secs(1));
-        assert_eq!(t.spacing(4), Duration::from_secs(2));
-        assert_eq!(t.spacing(6), Duration::from_secs(8));
-        assert_eq!(t.spacing(60), Duration::from_secs(8));
+    fn simultaneous_attempts_count_before_they_fail() {
+        let t0 = Instant::now();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let mut t = Throttle::new(config());
+        // A burst: only the free ones go at once, whatever their outcome
+        // will be.
+        let now: Vec<Admission> = (0..10).map(|_| t.admit(a, t0)).collect();
+        assert_eq!(now.iter().filter(|x| **x == Admission::Now).count(), 4);
+        assert!(now.contains(&Admission::Refuse));
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct Login {
     state: State,
     /// Set once the protocol's checks pass.
     prepared: Option<Box<Prepared>>,
+    /// The address the throttle admitted this attempt for, until its
+    /// outcome is told.
+    ticket: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Login {
@@ -117,6 +120,7 @@ impl super::Broker {
             peer,
             state: State::New,
             prepared: None,
+            ticket: None,
         }
     }
 }
@@ -143,8 +147,11 @@ impl Login {
         if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
             let admission = lock(&self.engine.throttle).admit(ip, Instant::now());
             match admission {
-                Admission::Now => {}
-                Admission::After(wait) => tokio::time::sleep(wait).await,
+                Admission::Now => self.ticket = Some(ip),
+                Admission::After(wait) => {
+                    self.ticket = Some(ip);
+                    tokio::time::sleep(wait).await;
+                }
                 Admission::Refuse => {
                     Stats::add(&self.engine.stats.auth_failures, 1);
                     tracing::warn!(peer = %ip, client_id = %credentials.client_id, "login refused: too many failures from this address");
@@ -265,7 +272,7 @@ impl Login {
 
     /// Authentication failed: logged with the peer's address, counted
     /// against it.
-    fn failed(&self, reason: ReasonCode, why: &str) -> Step {
+    fn failed(&mut self, reason: ReasonCode, why: &str) -> Step {
         Stats::add(&self.engine.stats.auth_failures, 1);
         let peer = self
             .peer
@@ -279,10 +286,21 @@ impl Login {
             why,
             "authentication failed"
         );
-        if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
-            lock(&self.engine.throttle).failed(ip, Instant::now());
-        }
+        self.told_throttle(Some(false));
         self.refused(reason)
+    }
+
+    /// Tell the throttle how the attempt it admitted ended (`None`:
+    /// abandoned).
+    fn told_throttle(&mut self, succeeded: Option<bool>) {
+        if let Some(ip) = self.ticket.take() {
+            let mut t = lock(&self.engine.throttle);
+            match succeeded {
+                Some(true) => t.succeeded(ip),
+                Some(false) => t.failed(ip, Instant::now()),
+                None => t.abandoned(ip),
+            }
+        }
     }
 
     /// The protocol's checks, before anyone's credentials are looked at.
@@ -381,14 +399,12 @@ impl Login {
     /// The client is who it says: check its will against its permissions,
     /// then take its session.
     async fn authenticated(&mut self, grant: Grant) -> Step {
+        self.told_throttle(Some(true));
         let engine = self.engine.clone();
         let Some(p) = self.prepared.as_mut() else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);
         };
         Stats::add(&engine.stats.auth_successes, 1);
-        if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
-            lock(&engine.throttle).succeeded(ip);
-        }
         let username: Option<Arc<str>> = grant
             .username
             .or_else(|| {
@@ -532,6 +548,7 @@ impl Login {
 
 impl Drop for Login {
     fn drop(&mut self) {
+        self.told_throttle(None);
         if let State::Waiting { connection, mut rx } =
             std::mem::replace(&mut self.state, State::Done)
         {
