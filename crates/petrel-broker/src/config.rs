@@ -537,3 +537,43 @@ impl BrokerConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authentication_methods_are_tried_in_the_order_they_appear() {
+        let jwt_first = "[jwt]\nsecret = \"k\"\n";
+        let c = BrokerConfig::from_toml(&format!("certificate = {{}}\n{jwt_first}")).unwrap();
+        assert_eq!(c.auth_sources(), [AuthSource::Certificate, AuthSource::Jwt]);
+        let c = BrokerConfig::from_toml(&format!("password_file = \"p\"\n{jwt_first}")).unwrap();
+        assert_eq!(
+            c.auth_sources(),
+            [AuthSource::PasswordFile, AuthSource::Jwt]
+        );
+        let c = BrokerConfig::from_toml(&format!(
+            "allow_anonymous = false\n{jwt_first}[limits]\nmax_qos = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.auth_sources(), [AuthSource::Jwt]);
+        // Top-level keys come before tables in TOML: a password file
+        // written after [jwt] belongs to a table. The order of tables
+        // among themselves is the file's.
+        let c = BrokerConfig::from_toml("[jwt]\nsecret = \"k\"\n[certificate]\n").unwrap();
+        assert_eq!(c.auth_sources(), [AuthSource::Jwt, AuthSource::Certificate]);
+        let c = BrokerConfig::from_toml("[certificate]\n[jwt]\nsecret = \"k\"\n").unwrap();
+        assert_eq!(c.auth_sources(), [AuthSource::Certificate, AuthSource::Jwt]);
+    }
+
+    #[test]
+    fn bad_authentication_tables_name_their_key() {
+        let e = BrokerConfig::from_toml("[jwt]\naudience = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("jwt"), "{e}");
+        let e = BrokerConfig::from_toml("[scram]\nfile = \"f\"\nmechanisms = [\"SCRAM-SHA-1\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("scram.mechanisms"), "{e}");
+        let e = BrokerConfig::from_toml("[certificate]\nusername = \"serial\"\n").unwrap_err();
+        assert!(e.to_string().contains("username"), "{e}");
+    }
+}

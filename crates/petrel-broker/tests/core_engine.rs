@@ -546,6 +546,39 @@ async fn tokens_are_checked_for_signature_expiry_audience_and_issuer() {
     );
 }
 
+/// The EC key above as a JWK set, under key id "k1".
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","use":"sig","alg":"ES256",
+"x":"0BeGcEJrbY-oMiucS0YnqMQ5gl-yICbg9p_fSssFzPM","y":"rRzI1oeN0hBg-LPh4LSSJlXEdvYmzUzk7ALK2T_n75Y"}]}"#;
+
+#[tokio::test]
+async fn tokens_are_checked_against_a_jwk_set_by_key_id() {
+    let b = Broker::new(BrokerConfig {
+        jwt: Some(JwtConfig {
+            jwks: Some(temp_file("jwks.json", JWKS)),
+            ..JwtConfig::default()
+        }),
+        ..config()
+    })
+    .unwrap();
+    let claims = serde_json::json!({"exp": now_secs() + 600});
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+    let sign = |kid: &str| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    };
+    assert!(login(&b, connect("c", Some("d"), Some(&sign("k1"))))
+        .await
+        .is_ok());
+    // A key id the set does not hold finds no key.
+    assert_eq!(
+        login(&b, connect("c", Some("d"), Some(&sign("k2"))))
+            .await
+            .unwrap_err(),
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+    );
+}
+
 #[tokio::test]
 async fn a_token_may_carry_the_client_s_permissions() {
     let b = jwt_broker();
@@ -657,6 +690,78 @@ async fn an_application_authenticator_is_chained_after_the_configured_ones() {
             .unwrap_err(),
         ReasonCode::BANNED
     );
+}
+
+/// An application's own rules: each client may use only topics under its
+/// own client id.
+#[derive(Debug)]
+struct OwnTree;
+
+#[derive(Debug)]
+struct Under(String);
+
+impl petrel_broker::Permissions for Under {
+    fn check(&self, _: petrel_broker::Action, topic: &str) -> petrel_broker::Decision {
+        if topic.starts_with(&self.0) {
+            petrel_broker::Decision::Allow
+        } else {
+            petrel_broker::Decision::Pass
+        }
+    }
+}
+
+impl petrel_broker::Authorizer for OwnTree {
+    fn name(&self) -> &str {
+        "own-tree"
+    }
+
+    fn permissions(
+        &self,
+        client: &petrel_broker::ClientInfo<'_>,
+    ) -> std::sync::Arc<dyn petrel_broker::Permissions> {
+        std::sync::Arc::new(Under(format!("tree/{}/", client.client_id)))
+    }
+}
+
+#[tokio::test]
+async fn an_application_authorizer_is_consulted_after_the_acl_file() {
+    let b = Broker::builder(BrokerConfig {
+        password_file: Some(password_file()),
+        acl_file: Some(temp_file(
+            "acl",
+            "user alice\ntopic deny tree/#\ntopic write shared/#\n",
+        )),
+        ..config()
+    })
+    .authorizer(OwnTree)
+    .build()
+    .unwrap();
+    let mut alice = login(&b, connect("c1", Some("alice"), Some("secret")))
+        .await
+        .unwrap();
+    let mut bob = login(&b, connect("c2", Some("bob"), Some("b0b")))
+        .await
+        .unwrap();
+    // The ACL file decides first: its deny wins, its allow too.
+    assert_eq!(
+        publish(&mut alice, "tree/c1/x", "1"),
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        publish(&mut alice, "shared/x", "1"),
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    );
+    // What it does not speak of goes to the application's rules, and what
+    // nobody allows is denied.
+    assert_eq!(
+        publish(&mut bob, "tree/c2/x", "1"),
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    );
+    assert_eq!(
+        publish(&mut bob, "tree/c1/x", "1"),
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert_eq!(subscribe(&mut bob, "tree/c2/#"), ReasonCode::GRANTED_QOS_1);
 }
 
 #[tokio::test]
