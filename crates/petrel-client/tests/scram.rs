@@ -131,12 +131,7 @@ async fn the_exchange_packet_by_packet_over_a_raw_socket() {
     c.properties.set_authentication_method(Some(method.clone()));
     c.properties.set_authentication_data(scram.initial_data());
     raw.send(Packet::Connect(Box::new(c))).await;
-    let challenge = raw
-        .expect_auth(ReasonCode::CONTINUE_AUTHENTICATION, &method)
-        .await;
-    let answer = scram.respond(challenge.as_ref()).unwrap();
-    raw.send_auth(ReasonCode::CONTINUE_AUTHENTICATION, &method, answer)
-        .await;
+    raw.answer(&scram, &method).await;
     match raw.recv().await {
         Some(Packet::ConnAck(ack)) => {
             assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
@@ -154,12 +149,7 @@ async fn the_exchange_packet_by_packet_over_a_raw_socket() {
         scram.initial_data().unwrap(),
     )
     .await;
-    let challenge = raw
-        .expect_auth(ReasonCode::CONTINUE_AUTHENTICATION, &method)
-        .await;
-    let answer = scram.respond(challenge.as_ref()).unwrap();
-    raw.send_auth(ReasonCode::CONTINUE_AUTHENTICATION, &method, answer)
-        .await;
+    raw.answer(&scram, &method).await;
     let last = raw.expect_auth(ReasonCode::SUCCESS, &method).await;
     scram.finish(last.as_ref()).unwrap();
     // The connection goes on: PINGREQ answered.
@@ -173,15 +163,7 @@ async fn the_exchange_packet_by_packet_over_a_raw_socket() {
         wrong.initial_data().unwrap(),
     )
     .await;
-    let challenge = raw
-        .expect_auth(ReasonCode::CONTINUE_AUTHENTICATION, &method)
-        .await;
-    raw.send_auth(
-        ReasonCode::CONTINUE_AUTHENTICATION,
-        &method,
-        wrong.respond(challenge.as_ref()).unwrap(),
-    )
-    .await;
+    raw.answer(&wrong, &method).await;
     match raw.recv().await {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
         other => panic!("{other:?}"),
@@ -194,15 +176,7 @@ async fn the_exchange_packet_by_packet_over_a_raw_socket() {
     c.properties.set_authentication_method(Some(method.clone()));
     c.properties.set_authentication_data(wrong.initial_data());
     raw.send(Packet::Connect(Box::new(c))).await;
-    let challenge = raw
-        .expect_auth(ReasonCode::CONTINUE_AUTHENTICATION, &method)
-        .await;
-    raw.send_auth(
-        ReasonCode::CONTINUE_AUTHENTICATION,
-        &method,
-        wrong.respond(challenge.as_ref()).unwrap(),
-    )
-    .await;
+    raw.answer(&wrong, &method).await;
     match raw.recv().await {
         Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED),
         other => panic!("{other:?}"),
@@ -256,6 +230,16 @@ impl RawClient {
         })
         .await
         .expect("no packet in time")
+    }
+
+    /// Answer the broker's challenge (AUTH 0x18) with `scram`'s proof.
+    async fn answer(&mut self, scram: &ScramAuthenticator, method: &MqttString) {
+        let challenge = self
+            .expect_auth(ReasonCode::CONTINUE_AUTHENTICATION, method)
+            .await;
+        let proof = scram.respond(challenge.as_ref()).unwrap();
+        self.send_auth(ReasonCode::CONTINUE_AUTHENTICATION, method, proof)
+            .await;
     }
 
     /// An AUTH with this reason code and method; its data.

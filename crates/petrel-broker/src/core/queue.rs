@@ -88,6 +88,9 @@ struct Mailbox {
     waker: WakerSlot,
     /// A message came to an empty queue since the connection last looked.
     signal: bool,
+    /// Who owns the session and what it may receive, as of its last
+    /// connection (deliveries are checked against it while it is away).
+    access: Arc<Access>,
 }
 
 impl Mailbox {
@@ -152,9 +155,6 @@ pub(crate) struct SessionShared {
     /// them when it ends and to store them.
     /// (Each filter as a plain string: half the size of a `TopicFilter`.)
     filters: Mutex<SmallMap<Box<str>, Subscription>>,
-    /// Who owns the session and what it may receive, as of its last
-    /// connection (deliveries are checked against it while it is away).
-    access: Mutex<Arc<Access>>,
 }
 
 /// A session as the router knows it: compared and hashed by identity, so a
@@ -198,9 +198,9 @@ impl SessionKey {
                 ended: false,
                 waker: WakerSlot::default(),
                 signal: false,
+                access,
             }),
             filters: Mutex::new(SmallMap::new()),
-            access: Mutex::new(access),
         }))
     }
 
@@ -220,12 +220,12 @@ impl SessionKey {
 
     /// Who owns the session and what it may receive.
     pub(crate) fn access(&self) -> Arc<Access> {
-        lock(&self.0.access).clone()
+        self.mailbox().access.clone()
     }
 
     /// A new connection (or a reloaded rule set) decides what it may do.
     pub(crate) fn set_access(&self, access: Arc<Access>) {
-        *lock(&self.0.access) = access;
+        self.mailbox().access = access;
     }
 
     /// Queue the message `make` gives by the overflow policy; whether it

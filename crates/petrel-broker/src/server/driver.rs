@@ -69,8 +69,9 @@ struct Task {
     quiet: bool,
     out: OutQueue,
     got_connect: bool,
-    /// A CONNECT being decided.
-    login: Option<Login>,
+    /// A CONNECT being decided (boxed: it holds the whole CONNECT, and
+    /// the task must stay small once it is decided).
+    login: Option<Box<Login>>,
     /// The engine asked the client for AUTH: keep decoding while the
     /// CONNECT waits.
     awaiting_auth: bool,
@@ -471,7 +472,7 @@ impl Task {
                         addr: Some(self.peer).filter(|a| !a.ip().is_unspecified()),
                         certificate: None,
                     };
-                    self.login = Some(self.link.ctx.broker.login(*c, peer));
+                    self.login = Some(Box::new(self.link.ctx.broker.login(*c, peer)));
                     // Boxed: the CONNECT path is large and runs once; the
                     // task's own future stays small for idle connections.
                     Box::pin(self.decide_login(now, shutdown, None)).await;

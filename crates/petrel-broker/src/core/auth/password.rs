@@ -289,19 +289,31 @@ impl PasswordHash {
     }
 }
 
-/// Lines of a password-style file: `(line number, user, rest)`, comments
-/// and blank lines skipped.
-pub(crate) fn entries(text: &str) -> impl Iterator<Item = (usize, &str, Option<&str>)> {
-    text.lines().enumerate().filter_map(|(n, raw)| {
-        let line = raw.trim_end_matches(['\r', '\n']).trim();
-        if line.is_empty() || line.starts_with('#') {
-            return None;
+/// Read a `username:value` file (comments and blank lines skipped),
+/// handing each user and value to `line`; an error, theirs or a malformed
+/// line's, names the file and the line.
+pub(crate) fn for_each_line(
+    text: &str,
+    path: &Path,
+    mut line: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<(), AuthFileError> {
+    for (n, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
         }
-        match line.split_once(':') {
-            Some((user, rest)) => Some((n + 1, user, Some(rest))),
-            None => Some((n + 1, line, None)),
-        }
-    })
+        let result = match trimmed.split_once(':') {
+            None => Err("expected `username:value`".to_string()),
+            Some(("", _)) => Err("empty user name".to_string()),
+            Some((user, value)) => line(user, value),
+        };
+        result.map_err(|message| AuthFileError::Line {
+            path: path.to_path_buf(),
+            line: n + 1,
+            message,
+        })?;
+    }
+    Ok(())
 }
 
 /// A parsed password file: an [`Authenticator`].
@@ -323,23 +335,13 @@ impl PasswordFile {
     /// Parse password lines; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, AuthFileError> {
         let mut users = HashMap::new();
-        for (line, user, rest) in entries(text) {
-            let err = |message: String| AuthFileError::Line {
-                path: path.to_path_buf(),
-                line,
-                message,
-            };
-            let Some(encoded) = rest else {
-                return Err(err("expected `username:hash`".into()));
-            };
-            if user.is_empty() {
-                return Err(err("empty user name".into()));
+        for_each_line(text, path, |user, encoded| {
+            let hash = PasswordHash::parse(encoded)?;
+            match users.insert(user.to_string(), Arc::new(hash)) {
+                Some(_) => Err(format!("user `{user}` appears twice")),
+                None => Ok(()),
             }
-            let hash = PasswordHash::parse(encoded).map_err(err)?;
-            if users.insert(user.to_string(), Arc::new(hash)).is_some() {
-                return Err(err(format!("user `{user}` appears twice")));
-            }
-        }
+        })?;
         Ok(Self { path: None, users })
     }
 
@@ -510,7 +512,7 @@ mod tests {
             "{e}"
         );
         let e = PasswordFile::parse("bob\n", Path::new("pw")).unwrap_err();
-        assert_eq!(e.to_string(), "pw:1: expected `username:hash`");
+        assert_eq!(e.to_string(), "pw:1: expected `username:value`");
         let e = PasswordFile::parse("a:$9$x\n", Path::new("pw")).unwrap_err();
         assert!(e.to_string().contains("unknown password hash"), "{e}");
         let e = PasswordFile::parse("a:$7$0$AA==$AA==\n", Path::new("pw")).unwrap_err();

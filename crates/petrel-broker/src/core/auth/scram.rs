@@ -37,7 +37,7 @@ use petrel_codec::ReasonCode;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use super::password::entries;
+use super::password::for_each_line;
 use super::{
     read_file, AuthExchange, AuthFileError, AuthMethod, BoxFuture, Credentials, Exchange, Grant,
 };
@@ -220,23 +220,13 @@ impl ScramFile {
     /// Parse credential lines; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, AuthFileError> {
         let mut users = HashMap::new();
-        for (line, user, rest) in entries(text) {
-            let err = |message: String| AuthFileError::Line {
-                path: path.to_path_buf(),
-                line,
-                message,
-            };
-            let rest = rest.ok_or_else(|| err("expected `username:$scram-…`".into()))?;
-            if user.is_empty() {
-                return Err(err("empty user name".into()));
+        for_each_line(text, path, |user, encoded| {
+            let c = ScramCredential::parse(encoded)?;
+            match users.insert((user.to_string(), c.hash), c) {
+                Some(_) => Err(format!("user `{user}` appears twice for one mechanism")),
+                None => Ok(()),
             }
-            let c = ScramCredential::parse(rest).map_err(err)?;
-            if users.insert((user.to_string(), c.hash), c).is_some() {
-                return Err(err(format!(
-                    "user `{user}` appears twice for one mechanism"
-                )));
-            }
-        }
+        })?;
         let mut secret = [0u8; 32];
         // Without randomness the fake salts are merely predictable.
         let _ = getrandom::getrandom(&mut secret);

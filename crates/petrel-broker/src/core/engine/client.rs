@@ -42,24 +42,24 @@ impl Kick {
 }
 
 #[derive(Debug, Default)]
-struct KickState {
-    reason: Option<Kick>,
+struct ReachState {
+    /// Why the connection must close, once kicked.
+    kick: Option<Kick>,
     waker: WakerSlot,
+    /// Where the session goes while the connection waits to take it over.
+    handover: Option<oneshot::Sender<Handover>>,
 }
 
 /// How the engine reaches one connection: to tell it to let go of its
 /// session, or to hand it the session it waits for.
 #[derive(Debug, Default)]
-pub(crate) struct Reach {
-    kick: Mutex<KickState>,
-    handover: Mutex<Option<oneshot::Sender<Handover>>>,
-}
+pub(crate) struct Reach(Mutex<ReachState>);
 
 impl Reach {
     pub(super) fn kick(&self, reason: Kick) {
         let waker = {
-            let mut state = lock(&self.kick);
-            state.reason = Some(reason);
+            let mut state = lock(&self.0);
+            state.kick = Some(reason);
             state.waker.take()
         };
         if let Some(w) = waker {
@@ -68,8 +68,8 @@ impl Reach {
     }
 
     fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
-        let mut state = lock(&self.kick);
-        if let Some(reason) = state.reason.take() {
+        let mut state = lock(&self.0);
+        if let Some(reason) = state.kick.take() {
             return Poll::Ready(reason);
         }
         state.waker.set(cx.waker());
@@ -78,8 +78,8 @@ impl Reach {
 
     /// Arm `waker` for a kick; false (arming nothing) if kicked already.
     fn arm(&self, waker: &Waker) -> bool {
-        let mut state = lock(&self.kick);
-        if state.reason.is_some() {
+        let mut state = lock(&self.0);
+        if state.kick.is_some() {
             return false;
         }
         state.waker.set(waker);
@@ -87,26 +87,27 @@ impl Reach {
     }
 
     fn disarm(&self) {
-        lock(&self.kick).waker.clear();
+        lock(&self.0).waker.clear();
     }
 
     /// This connection waits for a takeover: where the session will come.
     pub(super) fn await_handover(&self) -> oneshot::Receiver<Handover> {
         let (tx, rx) = oneshot::channel();
-        *lock(&self.handover) = Some(tx);
+        lock(&self.0).handover = Some(tx);
         rx
     }
 
     /// It will never get the session (another connection superseded it).
     pub(super) fn cancel_handover(&self) {
-        lock(&self.handover).take();
+        lock(&self.0).handover.take();
     }
 
     /// Hand it the session; the handover back if it is gone (moved, not
     /// copied, and rare: a takeover).
     #[allow(clippy::result_large_err)]
     pub(super) fn send_handover(&self, h: Handover) -> Result<(), Handover> {
-        match lock(&self.handover).take() {
+        let tx = lock(&self.0).handover.take();
+        match tx {
             Some(tx) => tx.send(h),
             None => Err(h),
         }
@@ -151,12 +152,28 @@ pub struct Client {
     open: bool,
     /// The connection is held back (as last told to the session's queue).
     behind: bool,
-    will: Option<Box<(Message, Duration)>>,
-    cache: Option<Box<PublishCache>>,
+    /// What most clients never need, in one box: a connection that
+    /// hibernates keeps only the pointer.
+    extra: Option<Box<Extra>>,
+}
+
+/// The parts of a [`Client`] most clients never use.
+#[derive(Default)]
+struct Extra {
+    will: Option<(Message, Duration)>,
+    cache: Option<PublishCache>,
     /// Retained messages for new subscriptions, sent before live ones.
-    #[allow(clippy::box_collection)] // a pointer while empty, on purpose
-    backlog: Option<Box<VecDeque<Queued>>>,
+    backlog: VecDeque<Queued>,
     reauth: Option<Box<dyn AuthExchange>>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.will.is_none()
+            && self.cache.is_none()
+            && self.backlog.is_empty()
+            && self.reauth.is_none()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -178,7 +195,7 @@ pub(super) struct Settled {
     pub(super) generation: u64,
     pub(super) expiry: u32,
     pub(super) protocol: Protocol,
-    pub(super) will: Option<Box<(Message, Duration)>>,
+    pub(super) will: Option<(Message, Duration)>,
 }
 
 impl Client {
@@ -195,10 +212,23 @@ impl Client {
             protocol: s.protocol,
             open: true,
             behind: false,
-            will: s.will,
-            cache: None,
-            backlog: None,
-            reauth: None,
+            extra: s.will.map(|will| {
+                Box::new(Extra {
+                    will: Some(will),
+                    ..Extra::default()
+                })
+            }),
+        }
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Give back the box of rarely used parts once it holds nothing.
+    fn tidy(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
         }
     }
 
@@ -226,7 +256,9 @@ impl Client {
             self.key.set_access(access.clone());
             self.access = access;
             self.generation = current;
-            self.cache = None;
+            if let Some(e) = &mut self.extra {
+                e.cache = None;
+            }
         }
         &self.access
     }
@@ -251,13 +283,13 @@ impl Client {
             // $SYS belongs to the broker, as Mosquitto's default rules say.
             return !is_sys(topic);
         }
-        let cache = self.cache.get_or_insert_with(Box::default);
+        let access = self.access.clone();
+        let cache = self.extra().cache.get_or_insert_with(PublishCache::default);
         if let Some((last, decision)) = &cache.last {
             if **last == *topic {
                 return *decision;
             }
         }
-        let access = &self.access;
         let decision = cache
             .decisions
             .get(topic, || access.check(Action::Publish, topic));
@@ -329,12 +361,14 @@ impl Client {
                     // Retained messages are not sent for a shared
                     // subscription (4.8.2).
                     if send && sub.filter.shared().is_none() {
-                        let backlog = self.backlog.get_or_insert_with(Box::default);
-                        let refused = self.engine.retained_for(
+                        let access = self.access.clone();
+                        let engine = self.engine.clone();
+                        let backlog = &mut self.extra().backlog;
+                        let refused = engine.retained_for(
                             &sub.filter,
                             options.qos,
                             identifier,
-                            &self.access,
+                            &access,
                             backlog,
                         );
                         Stats::add(&self.engine.stats.dropped_queue_full, refused as u64);
@@ -342,6 +376,7 @@ impl Client {
                 }
             }
         }
+        self.tidy();
         SubAck {
             packet_id: s.packet_id,
             properties: Properties::new(),
@@ -393,7 +428,12 @@ impl Client {
         let behind = quota * 2 < window;
         let deliver = |q: Queued, out: &mut Vec<Message>| deliver(stats, q, behind, now, out);
         let mut taken = 0;
-        if let Some(backlog) = &mut self.backlog {
+        if let Some(backlog) = self
+            .extra
+            .as_mut()
+            .map(|e| &mut e.backlog)
+            .filter(|b| !b.is_empty())
+        {
             let before = backlog.len();
             while taken < max {
                 let Some(q) = backlog.front() else { break };
@@ -412,7 +452,11 @@ impl Client {
             if !backlog.is_empty() {
                 return true;
             }
-            self.backlog = None;
+            *backlog = VecDeque::new();
+            // (`tidy`, with `stats` still borrowed.)
+            if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+                self.extra = None;
+            }
         }
         if taken >= max {
             // Perhaps more: the caller asks again.
@@ -434,7 +478,7 @@ impl Client {
 
     /// Whether retained messages for new subscriptions wait to be sent.
     pub fn has_backlog(&self) -> bool {
-        self.backlog.as_ref().is_some_and(|b| !b.is_empty())
+        self.extra.as_ref().is_some_and(|e| !e.backlog.is_empty())
     }
 
     /// Ready once a message came to the session's empty queue since the
@@ -485,13 +529,15 @@ impl Client {
                     protocol: self.protocol,
                     certificate: None,
                 };
-                let exchange = self.reauth.insert(method.start(&credentials));
+                let exchange = self.extra().reauth.insert(method.start(&credentials));
                 exchange.step(data).await
             }
-            ReasonCode::CONTINUE_AUTHENTICATION => match &mut self.reauth {
-                Some(exchange) => exchange.step(data).await,
-                None => return ReauthStep::Refuse(ReasonCode::PROTOCOL_ERROR),
-            },
+            ReasonCode::CONTINUE_AUTHENTICATION => {
+                match self.extra.as_mut().and_then(|e| e.reauth.as_mut()) {
+                    Some(exchange) => exchange.step(data).await,
+                    None => return ReauthStep::Refuse(ReasonCode::PROTOCOL_ERROR),
+                }
+            }
             _ => return ReauthStep::Refuse(ReasonCode::PROTOCOL_ERROR),
         };
         let props = |data: Option<Bytes>| {
@@ -503,7 +549,7 @@ impl Client {
         match step {
             Exchange::Continue(data) => ReauthStep::Continue(props(Some(data))),
             Exchange::Success { grant, data } => {
-                self.reauth = None;
+                self.end_reauth();
                 let proven = grant
                     .username
                     .as_deref()
@@ -515,12 +561,19 @@ impl Client {
                 ReauthStep::Success(props(data))
             }
             Exchange::Deny(reason) => {
-                self.reauth = None;
+                self.end_reauth();
                 Stats::add(&self.engine.stats.auth_failures, 1);
                 tracing::warn!(client_id = %self.client_id(), reason = %reason, "re-authentication failed");
                 ReauthStep::Refuse(reason)
             }
         }
+    }
+
+    fn end_reauth(&mut self) {
+        if let Some(e) = &mut self.extra {
+            e.reauth = None;
+        }
+        self.tidy();
     }
 
     /// The connection is over: hand the session back (with the state its
@@ -533,7 +586,9 @@ impl Client {
     /// The connection could not even be accepted (its CONNACK could not be
     /// sent): hand the session back as it was, without the will.
     pub fn cancel(mut self, state: SessionState) {
-        self.will = None;
+        if let Some(e) = &mut self.extra {
+            e.will = None;
+        }
         self.finish(state, None);
     }
 
@@ -541,9 +596,9 @@ impl Client {
         if !std::mem::take(&mut self.open) {
             return;
         }
-        if let Some(b) = self.backlog.take() {
-            self.engine.backlog_done(b.len());
-        }
+        let extra = self.extra.take().map(|e| *e).unwrap_or_default();
+        self.engine.backlog_done(extra.backlog.len());
+        let mut will = extra.will;
         let now = Instant::now();
         let max = self.engine.config.limits.max_session_expiry;
         let (expiry, will) = match close {
@@ -560,23 +615,17 @@ impl Client {
                 // Only 0x00 discards the will ([MQTT-3.14.4-3]); 0x04 and
                 // the error codes publish it.
                 (*reason_code != ReasonCode::NORMAL_DISCONNECTION)
-                    .then(|| self.will.take())
+                    .then(|| will.take())
                     .flatten(),
             ),
             // A server shutting down is not the client's failure.
             Some(CloseReason::Local(rc)) if *rc == ReasonCode::SERVER_SHUTTING_DOWN => {
                 (self.expiry, None)
             }
-            _ => (self.expiry, self.will.take()),
+            _ => (self.expiry, will.take()),
         };
-        self.engine.release(
-            &self.key,
-            self.connection,
-            state,
-            expiry,
-            will.map(|w| *w),
-            now,
-        );
+        self.engine
+            .release(&self.key, self.connection, state, expiry, will, now);
         self.engine.stats.client_disconnected();
     }
 }

@@ -100,7 +100,7 @@ struct Prepared {
     client_id: Arc<str>,
     expiry: u32,
     props: Properties,
-    will: Option<Box<(Message, Duration)>>,
+    will: Option<(Message, Duration)>,
     security: Arc<Security>,
     reach: Arc<Reach>,
     /// After authentication: who the client is.
@@ -383,7 +383,7 @@ impl Login {
                 .without(&[petrel_codec::properties::id::WILL_DELAY_INTERVAL]);
             // Kept for the connection's life: its own bytes.
             detach(&mut m);
-            Box::new((m, Duration::from_secs(u64::from(delay))))
+            (m, Duration::from_secs(u64::from(delay)))
         });
         Ok(Prepared {
             client_id,

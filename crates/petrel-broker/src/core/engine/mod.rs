@@ -37,6 +37,8 @@ mod client;
 mod connect;
 mod publish;
 mod sys;
+#[cfg(test)]
+mod tests;
 
 pub use client::{Client, Kick, ReauthStep};
 pub use connect::{Accepted, Login, Peer, Step};
