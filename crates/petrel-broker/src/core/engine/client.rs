@@ -283,17 +283,28 @@ impl Client {
             // $SYS belongs to the broker, as Mosquitto's default rules say.
             return !is_sys(topic);
         }
-        let access = self.access.clone();
-        let cache = self.extra().cache.get_or_insert_with(PublishCache::default);
+        // Fields borrowed apart: no reference count touched on this path.
+        let access = &self.access;
+        let cache = self
+            .extra
+            .get_or_insert_with(Box::default)
+            .cache
+            .get_or_insert_with(PublishCache::default);
         if let Some((last, decision)) = &cache.last {
             if **last == *topic {
                 return *decision;
             }
         }
-        let decision = cache
-            .decisions
-            .get(topic, || access.check(Action::Publish, topic));
-        cache.last = Some((topic.into(), decision));
+        let mut fresh = false;
+        let decision = cache.decisions.get(topic, || {
+            fresh = true;
+            access.check(Action::Publish, topic)
+        });
+        if fresh {
+            // A topic seen for the first time becomes the one remembered
+            // first (a publisher mostly repeats its topic).
+            cache.last = Some((topic.into(), decision));
+        }
         decision
     }
 
