@@ -14,74 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
+use crate::request::{Ack, Command, Control, Status};
 use crate::task::Task;
-
-/// The broker's answer to a QoS 1 or 2 PUBLISH (PUBACK, or PUBCOMP; a PUBREC
-/// with an error code ends a QoS 2 exchange too). For QoS 0 it is a success
-/// with no properties once the message is queued for the socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ack {
-    /// The reason code (3.1.1: always success). Check `is_error()`: 0x10
-    /// (No matching subscribers) is a success.
-    pub reason_code: ReasonCode,
-    /// 5.0 properties (Reason String, User Properties).
-    pub properties: Properties,
-}
-
-impl Ack {
-    pub(crate) fn success() -> Self {
-        Self {
-            reason_code: ReasonCode::SUCCESS,
-            properties: Properties::new(),
-        }
-    }
-}
-
-/// Where the connection stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Connecting, or waiting to reconnect.
-    Connecting,
-    /// Connected.
-    Connected {
-        /// Whether the broker resumed the session.
-        session_present: bool,
-    },
-    /// Closed for good (disconnected, or gave up).
-    Closed,
-}
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
-
-pub(crate) enum Command {
-    Publish {
-        message: Message,
-        reply: Reply<Ack>,
-    },
-    Subscribe {
-        subscriptions: Vec<Subscription>,
-        properties: Properties,
-        reply: Reply<SubAck>,
-    },
-    Unsubscribe {
-        filters: Vec<TopicFilter>,
-        properties: Properties,
-        reply: Reply<UnsubAck>,
-    },
-}
-
-/// Requests the connection task always listens to, even while commands
-/// wait for room.
-pub(crate) enum Control {
-    Disconnect {
-        reason_code: ReasonCode,
-        properties: Properties,
-        reply: Reply<()>,
-    },
-    Reauthenticate {
-        reply: Reply<()>,
-    },
-}
 
 /// Commands waiting for the connection task at most; past it, calls wait
 /// (and `try_` calls report full) — on top of the task's own `max_pending`.

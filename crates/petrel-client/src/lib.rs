@@ -58,11 +58,12 @@
 mod client;
 mod error;
 mod options;
+mod request;
 mod scram;
 mod task;
 mod transport;
 
-pub use client::{connect, Ack, Client, Messages, Status};
+pub use client::{connect, Client, Messages};
 pub use error::ClientError;
 pub use options::{Authenticator, ConnectOptions, LastWill, Reconnect, TlsOptions};
 pub use petrel_codec::{
@@ -71,4 +72,5 @@ pub use petrel_codec::{
     UserProperty,
 };
 pub use petrel_session::Message;
+pub use request::{Ack, Status};
 pub use scram::{ScramAuthenticator, ScramMechanism};

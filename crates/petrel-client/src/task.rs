@@ -19,9 +19,9 @@ use petrel_session::{CloseReason, Connection, Event, MessageId, SendError, Sessi
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::client::{Ack, Command, Control, Reply, Status};
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
+use crate::request::{Ack, Command, Control, Reply, Status};
 use crate::transport;
 
 /// Most filters per SUBSCRIBE when restoring subscriptions.

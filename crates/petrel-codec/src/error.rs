@@ -1,8 +1,8 @@
 //! What can go wrong decoding and encoding, and what goes on the wire when it does.
 
-use crate::packet::PacketType;
 use crate::reason::ReasonCode;
 use crate::string::StringError;
+use crate::types::PacketType;
 
 /// Why a frame could not be decoded.
 ///

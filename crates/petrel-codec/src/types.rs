@@ -198,3 +198,74 @@ impl SubscriptionOptions {
             | (self.retain_handling as u8) << 4
     }
 }
+
+/// The control packet type: the high nibble of the first byte (2.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PacketType {
+    /// 1: CONNECT.
+    Connect = 1,
+    /// 2: CONNACK.
+    ConnAck = 2,
+    /// 3: PUBLISH.
+    Publish = 3,
+    /// 4: PUBACK.
+    PubAck = 4,
+    /// 5: PUBREC.
+    PubRec = 5,
+    /// 6: PUBREL.
+    PubRel = 6,
+    /// 7: PUBCOMP.
+    PubComp = 7,
+    /// 8: SUBSCRIBE.
+    Subscribe = 8,
+    /// 9: SUBACK.
+    SubAck = 9,
+    /// 10: UNSUBSCRIBE.
+    Unsubscribe = 10,
+    /// 11: UNSUBACK.
+    UnsubAck = 11,
+    /// 12: PINGREQ.
+    PingReq = 12,
+    /// 13: PINGRESP.
+    PingResp = 13,
+    /// 14: DISCONNECT.
+    Disconnect = 14,
+    /// 15: AUTH (5.0 only).
+    Auth = 15,
+}
+
+impl PacketType {
+    /// The type for a nibble; 0 is reserved.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use PacketType::*;
+        Some(match v {
+            1 => Connect,
+            2 => ConnAck,
+            3 => Publish,
+            4 => PubAck,
+            5 => PubRec,
+            6 => PubRel,
+            7 => PubComp,
+            8 => Subscribe,
+            9 => SubAck,
+            10 => Unsubscribe,
+            11 => UnsubAck,
+            12 => PingReq,
+            13 => PingResp,
+            14 => Disconnect,
+            15 => Auth,
+            _ => return None,
+        })
+    }
+
+    /// The flag bits the type fixes (2.1.3), or `None` for PUBLISH whose flags
+    /// carry DUP, QoS and RETAIN.
+    pub fn fixed_flags(self) -> Option<u8> {
+        match self {
+            Self::Publish => None,
+            Self::PubRel | Self::Subscribe | Self::Unsubscribe => Some(0b0010),
+            _ => Some(0),
+        }
+    }
+}
