@@ -300,7 +300,18 @@ async fn sys_topics_report_the_broker_as_mosquitto_names_them() {
     .map(|t| format!("$SYS/broker/{t}"));
     let mut seen = std::collections::HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < deadline && !wanted.iter().all(|k| seen.contains_key(k)) {
+    // The retained values may come from a tick before both clients were
+    // there: read on until one counts them (or the deadline).
+    let counted = |seen: &std::collections::HashMap<String, String>, key: &str| {
+        seen.get(&format!("$SYS/broker/{key}"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n >= 2)
+    };
+    while tokio::time::Instant::now() < deadline
+        && !(wanted.iter().all(|k| seen.contains_key(k))
+            && counted(&seen, "clients/connected")
+            && counted(&seen, "subscriptions/count"))
+    {
         if let Some(Packet::Publish(p)) = s.try_recv(Duration::from_millis(500)).await {
             seen.insert(
                 p.topic.as_str().to_string(),
