@@ -50,7 +50,7 @@ mod stats;
 pub use crate::config::{BrokerConfig, ConfigError};
 pub use crate::core::auth::{
     Action, AuthExchange, AuthMethod, Authenticator, Authorizer, BoxFuture, CertificateIdentity,
-    ClientInfo, Credentials, Decision, Exchange, Grant, Permissions, Verdict,
+    ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,
 };
 pub use crate::core::engine::{
     Accepted, Broker, BrokerBuilder, BuildError, Client, Kick, Login, Peer, ReauthStep, Reloaded,

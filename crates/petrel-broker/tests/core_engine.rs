@@ -306,6 +306,32 @@ async fn a_delivery_the_subscriber_may_not_read_is_withheld() {
     assert_eq!(b.stats().denied_delivery, 1);
 }
 
+/// A shared subscription is judged by its filter, and its deliveries by
+/// their topics: `$share/g/#` is not a way around the rules.
+#[tokio::test]
+async fn a_shared_subscription_is_judged_by_its_filter() {
+    let acl = "user alice\ntopic read $share/#\ntopic read public/#\ntopic deny public/secret\nuser bob\ntopic write #\n";
+    let b = acl_broker(acl);
+    let mut alice = login(&b, connect("a", Some("alice"), Some("secret")))
+        .await
+        .unwrap();
+    let mut bob = login(&b, connect("b", Some("bob"), Some("b0b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        subscribe(&mut alice, "$share/g/#"),
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        subscribe(&mut alice, "$share/g/public/#"),
+        ReasonCode::GRANTED_QOS_1
+    );
+    publish(&mut bob, "public/secret", "s");
+    publish(&mut bob, "private/x", "p");
+    publish(&mut bob, "public/news", "n");
+    assert_eq!(received(&mut alice), ["public/news"]);
+}
+
 #[tokio::test]
 async fn sys_topics_are_read_by_the_same_rules() {
     let acl = "user alice\ntopic read $SYS/#\nuser bob\ntopic read #\n";
@@ -579,6 +605,45 @@ async fn tokens_are_checked_against_a_jwk_set_by_key_id() {
     );
 }
 
+/// Without `username_claim` a token names nobody: the user name the
+/// client sent is not trusted (no `user` rules, no one's session).
+#[tokio::test]
+async fn a_token_without_a_user_claim_names_nobody() {
+    let b = Broker::new(BrokerConfig {
+        password_file: Some(password_file()),
+        acl_file: Some(temp_file(
+            "acl",
+            "topic read public/#\nuser carol\ntopic read carol/#\n",
+        )),
+        jwt: Some(JwtConfig {
+            secret: Some("s3cret".into()),
+            ..JwtConfig::default()
+        }),
+        ..config()
+    })
+    .unwrap();
+    let alice = login(&b, connect("alice-phone", Some("alice"), Some("secret")))
+        .await
+        .unwrap();
+    let token = hs256(serde_json::json!({"exp": now_secs() + 600}), "s3cret");
+    // The password file does not know carol, so the token decides; it names
+    // nobody, so carol's rules are not hers to use.
+    let mut c = login(&b, connect("c", Some("carol"), Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(c.username(), None);
+    assert_eq!(subscribe(&mut c, "carol/#"), ReasonCode::NOT_AUTHORIZED);
+    assert_eq!(subscribe(&mut c, "public/#"), ReasonCode::GRANTED_QOS_1);
+    // Nor may it take alice's session over.
+    assert_eq!(
+        login(&b, connect("alice-phone", None, Some(&token)))
+            .await
+            .unwrap_err(),
+        ReasonCode::NOT_AUTHORIZED
+    );
+    drop(alice);
+}
+
 #[tokio::test]
 async fn a_token_may_carry_the_client_s_permissions() {
     let b = jwt_broker();
@@ -649,10 +714,9 @@ impl petrel_broker::Authenticator for Tokens {
             // As slow as a database would be.
             tokio::time::sleep(Duration::from_millis(20)).await;
             match c.password.as_deref() {
-                Some(b"open-sesame") => petrel_broker::Verdict::Allow(petrel_broker::Grant {
-                    username: Some("app-user".into()),
-                    permissions: None,
-                }),
+                Some(b"open-sesame") => {
+                    petrel_broker::Verdict::Allow(petrel_broker::Grant::named("app-user"))
+                }
                 Some(b"banned") => petrel_broker::Verdict::Deny(ReasonCode::BANNED),
                 _ => petrel_broker::Verdict::Pass,
             }

@@ -183,3 +183,81 @@ async fn the_default_broker_is_anonymous_on_loopback() {
         Raw::connect_with(b.addr, Protocol::V5, "u", credentials(Some("x"), Some("y"))).await;
     assert_eq!(ack.reason_code, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
 }
+
+/// A 5.0 enhanced method of the application's that accepts the first
+/// exchange (the CONNECT) and never answers another (a stalled service).
+#[derive(Debug, Default)]
+struct Stalls {
+    started: std::sync::atomic::AtomicUsize,
+}
+
+struct StallsExchange {
+    first: bool,
+}
+
+impl petrel_broker::AuthMethod for Stalls {
+    fn name(&self) -> &str {
+        "STALLS"
+    }
+
+    fn start(&self, _: &petrel_broker::Credentials) -> Box<dyn petrel_broker::AuthExchange> {
+        let n = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::new(StallsExchange { first: n == 0 })
+    }
+}
+
+impl petrel_broker::AuthExchange for StallsExchange {
+    fn step(&mut self, _: Option<Bytes>) -> petrel_broker::BoxFuture<'_, petrel_broker::Exchange> {
+        if self.first {
+            return Box::pin(std::future::ready(petrel_broker::Exchange::Success {
+                grant: petrel_broker::Grant::plain(),
+                data: None,
+            }));
+        }
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A re-authentication the application's method never answers is bounded
+/// as a CONNECT's authentication is: DISCONNECT 0x87 (after twice the
+/// connect timeout), not a connection stuck for good.
+#[tokio::test]
+async fn a_stalled_reauthentication_closes_the_connection() {
+    let mut c = config();
+    c.limits.connect_timeout = 1;
+    let broker = petrel_broker::Broker::builder(c)
+        .auth_method(Stalls::default())
+        .build()
+        .unwrap();
+    let server = petrel_broker::Server::bind(broker).await.unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run());
+    let method = MqttString::from_static("STALLS");
+    let m = method.clone();
+    let (mut raw, ack) = Raw::connect_with(addr, Protocol::V5, "s", move |c| {
+        c.username = Some(MqttString::from_static("u"));
+        c.properties.set_authentication_method(Some(m));
+    })
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    // The positive control: the connection is served.
+    raw.send(petrel_codec::Packet::PingReq).await;
+    assert_eq!(raw.recv().await, Some(petrel_codec::Packet::PingResp));
+    let mut props = petrel_codec::Properties::new();
+    props.set_authentication_method(Some(method));
+    raw.send(petrel_codec::Packet::Auth(petrel_codec::Auth {
+        reason_code: ReasonCode::RE_AUTHENTICATE,
+        properties: props,
+    }))
+    .await;
+    let start = std::time::Instant::now();
+    let d = raw.closed().await.expect("a DISCONNECT");
+    assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}

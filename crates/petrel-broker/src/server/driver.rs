@@ -609,13 +609,21 @@ impl Task {
         let Some(client) = self.link.client.as_mut() else {
             return self.close(ReasonCode::PROTOCOL_ERROR);
         };
-        let step = unless_shutdown(shutdown, client.reauthenticate(a)).await;
+        // Bounded as a CONNECT's authentication is: an application's method
+        // that hangs must not hold the connection's task.
+        let limit = 2 * self.link.ctx.broker.session_config().connect_timeout;
+        let step = unless_shutdown(
+            shutdown,
+            tokio::time::timeout(limit, client.reauthenticate(a)),
+        )
+        .await;
         let now = Instant::now().max(now);
         let (reason_code, properties) = match step {
-            Some(ReauthStep::Continue(p)) => (ReasonCode::CONTINUE_AUTHENTICATION, p),
-            Some(ReauthStep::Success(p)) => (ReasonCode::SUCCESS, p),
+            Some(Ok(ReauthStep::Continue(p))) => (ReasonCode::CONTINUE_AUTHENTICATION, p),
+            Some(Ok(ReauthStep::Success(p))) => (ReasonCode::SUCCESS, p),
             // [MQTT-4.12.1-2]: a failed re-authentication closes.
-            Some(ReauthStep::Refuse(reason)) => return self.close(reason),
+            Some(Ok(ReauthStep::Refuse(reason))) => return self.close(reason),
+            Some(Err(_)) => return self.close(ReasonCode::NOT_AUTHORIZED),
             None => return self.close(ReasonCode::SERVER_SHUTTING_DOWN),
         };
         let auth = Auth {

@@ -6,7 +6,9 @@
 //!
 //! * With `username_claim` set, that claim names the user: a client that
 //!   sent a different user name is refused, one that sent none is known by
-//!   the claim.
+//!   the claim. Without it, the token names nobody: the user name the
+//!   client sent is not trusted, and ACL `user` rules and session
+//!   ownership treat the client as anonymous.
 //! * A claim (`acl` by default) may carry the client's permissions, as EMQX
 //!   reads them: `{"pub": [filters], "sub": [filters], "all": [filters]}`,
 //!   with `%c` and `%u` standing for the client id and user name. A client
@@ -26,7 +28,7 @@ use serde_json::Value;
 use super::filters::{covers, matches, substitute};
 use super::{
     read_file, Action, AuthFileError, Authenticator, BoxFuture, Credentials, Decision, Grant,
-    Permissions, Verdict,
+    Identity, Permissions, Verdict,
 };
 use crate::config::JwtConfig;
 
@@ -199,13 +201,15 @@ impl Authenticator for JwtAuthenticator {
                     return Some(bad);
                 }
             };
-            let mut username = credentials.username.clone();
+            // Only the token says who the client is: without a claim that
+            // names it, the user name the client sent is not trusted.
+            let mut username = None;
             if let Some(claim) = &self.username_claim {
                 let Some(name) = claims.get(claim).and_then(Value::as_str) else {
                     tracing::debug!(client_id = %credentials.client_id, claim, "token without its user name claim");
                     return Some(bad);
                 };
-                if username.as_deref().is_some_and(|u| u != name) {
+                if credentials.username.as_deref().is_some_and(|u| u != name) {
                     tracing::debug!(client_id = %credentials.client_id, claim, "user name differs from the token's");
                     return Some(bad);
                 }
@@ -222,7 +226,7 @@ impl Authenticator for JwtAuthenticator {
                 },
             };
             Some(Verdict::Allow(Grant {
-                username: self.username_claim.as_ref().and(username),
+                identity: username.map_or(Identity::Nobody, Identity::Named),
                 permissions,
             }))
         })()

@@ -144,21 +144,44 @@ pub enum Verdict {
     Pass,
 }
 
+/// Who an accepted client is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// The user name it sent, which the method verified (a password file).
+    #[default]
+    AsSent,
+    /// This user name (a certificate's name, a token's claim, SCRAM's user).
+    Named(String),
+    /// No user name: the method verified something else, and the user
+    /// name the client sent (if any) is not to be trusted (a token that
+    /// names nobody). ACL `user` rules and session ownership then treat
+    /// it as anonymous.
+    Nobody,
+}
+
 /// What an accepted client is granted.
 #[derive(Clone, Debug, Default)]
 pub struct Grant {
-    /// The user name it is known by from now on (ACL rules, session
-    /// ownership, logs); `None` keeps the one it sent.
-    pub username: Option<String>,
+    /// Who it is from now on (ACL rules, session ownership, logs).
+    pub identity: Identity,
     /// Permissions its credential carries. When set, they alone decide
     /// what it may publish, subscribe to and receive.
     pub permissions: Option<Arc<dyn Permissions>>,
 }
 
 impl Grant {
-    /// A grant that keeps the client's user name and adds no permissions.
+    /// A grant that keeps the client's (verified) user name and adds no
+    /// permissions.
     pub fn plain() -> Self {
         Self::default()
+    }
+
+    /// A grant naming the client.
+    pub fn named(username: impl Into<String>) -> Self {
+        Self {
+            identity: Identity::Named(username.into()),
+            permissions: None,
+        }
     }
 }
 
@@ -256,7 +279,8 @@ pub trait Authorizer: Send + Sync + 'static {
 /// The rules that apply to one client.
 pub trait Permissions: Send + Sync + fmt::Debug + 'static {
     /// Whether the client may do `action` with `topic` (a topic name for
-    /// publish and receive, a topic filter for subscribe).
+    /// publish and receive, a topic filter for subscribe: a shared
+    /// subscription's filter without its `$share/{group}/`).
     fn check(&self, action: Action, topic: &str) -> Decision;
 
     /// Whether every topic `filter` matches may be received, so deliveries
@@ -302,10 +326,7 @@ impl Authenticator for CertificateAuthenticator {
                     F::Email => id.emails.first().cloned(),
                 };
                 match name {
-                    Some(n) if !n.is_empty() => Verdict::Allow(Grant {
-                        username: Some(n),
-                        permissions: None,
-                    }),
+                    Some(n) if !n.is_empty() => Verdict::Allow(Grant::named(n)),
                     // A certificate without the field asked for says
                     // nobody's name.
                     _ => Verdict::Deny(ReasonCode::NOT_AUTHORIZED),
@@ -362,11 +383,17 @@ impl Access {
     }
 
     /// Whether the client may do `action` with `topic`. Writing to `$SYS`
-    /// is the broker's alone, whatever the rules say.
+    /// is the broker's alone, whatever the rules say. A shared
+    /// subscription (`$share/{group}/{filter}`) is judged by its filter:
+    /// it receives what that filter matches.
     pub(crate) fn check(&self, action: Action, topic: &str) -> bool {
         if action == Action::Publish && super::is_sys(topic) {
             return false;
         }
+        let topic = match action {
+            Action::Subscribe => unshared(topic),
+            Action::Publish | Action::Receive => topic,
+        };
         for layer in self.layers.iter() {
             match layer.check(action, topic) {
                 Decision::Allow => return true,
@@ -388,6 +415,7 @@ impl Access {
 
     /// Whether everything `filter` matches may be received.
     pub(crate) fn receives_all(&self, filter: &str) -> bool {
+        let filter = unshared(filter);
         match &*self.layers {
             [] => self.unrestricted,
             [only] => only.receives_all(filter),
@@ -400,6 +428,15 @@ impl Access {
     pub(crate) fn is_unrestricted(&self) -> bool {
         self.layers.is_empty() && self.unrestricted
     }
+}
+
+/// The topic filter of a shared subscription (`$share/{group}/{filter}`),
+/// or the filter itself.
+fn unshared(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_, f)| f)
 }
 
 /// The access of an anonymous client when no rules exist: shared, so such
@@ -420,14 +457,21 @@ pub(crate) fn anonymous() -> Arc<Access> {
 
 /// Decisions already made for one client, by topic, so that a client
 /// publishing to the same topics does not rescan the rules each time.
-/// Bounded: when full it starts over.
+/// Bounded by bytes: topics longer than [`CACHED_TOPIC`] are decided each
+/// time, and a cache that reaches [`CACHE_BYTES`] starts over, so a client
+/// making up topics costs a few kilobytes at most.
 #[derive(Debug, Default)]
 pub(crate) struct DecisionCache {
     map: HashMap<Box<str>, bool>,
+    bytes: usize,
 }
 
-/// Most decisions one cache keeps.
-const CACHE_ENTRIES: usize = 1024;
+/// Longest topic a decision is cached for.
+pub(crate) const CACHED_TOPIC: usize = 256;
+/// Most bytes one cache holds (topics, and a rough per-entry cost).
+const CACHE_BYTES: usize = 8 * 1024;
+/// What an entry costs besides its topic.
+const ENTRY_COST: usize = 40;
 
 impl DecisionCache {
     /// The decision for `topic`, made by `decide` if not cached.
@@ -436,10 +480,49 @@ impl DecisionCache {
             return d;
         }
         let d = decide();
-        if self.map.len() >= CACHE_ENTRIES {
-            self.map.clear();
+        if topic.len() <= CACHED_TOPIC {
+            let cost = topic.len() + ENTRY_COST;
+            if self.bytes + cost > CACHE_BYTES {
+                self.map = HashMap::new();
+                self.bytes = 0;
+            }
+            self.map.insert(topic.into(), d);
+            self.bytes += cost;
         }
-        self.map.insert(topic.into(), d);
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decision_cache_is_bounded_by_bytes() {
+        let mut c = DecisionCache::default();
+        let mut asked = 0;
+        for i in 0..10_000 {
+            c.get(&format!("made/up/{i}"), || {
+                asked += 1;
+                true
+            });
+            assert!(c.bytes <= CACHE_BYTES);
+        }
+        assert_eq!(asked, 10_000);
+        // A long topic is decided each time, never kept.
+        let long = "x".repeat(CACHED_TOPIC + 1);
+        let before = c.bytes;
+        for _ in 0..3 {
+            c.get(&long, || {
+                asked += 1;
+                false
+            });
+        }
+        assert_eq!((asked, c.bytes), (10_003, before));
+        // A repeated short one is decided once.
+        c.get("t", || true);
+        assert!(c.get("t", || unreachable!()));
+        assert_eq!(unshared("$share/g/a/#"), "a/#");
+        assert_eq!(unshared("a/#"), "a/#");
     }
 }

@@ -444,10 +444,7 @@ impl ScramExchange {
         }
         let server_signature = hash.hmac(&credential.server_key, auth_message.as_bytes());
         Exchange::Success {
-            grant: Grant {
-                username: Some(username),
-                permissions: None,
-            },
+            grant: Grant::named(username),
             data: Some(Bytes::from(format!("v={}", B64.encode(server_signature)))),
         }
     }
@@ -543,7 +540,7 @@ mod tests {
         for hash in ScramHash::ALL {
             let out = run(hash, "pencil", "pencil", "alice");
             assert!(
-                matches!(&out, Exchange::Success { grant, .. } if grant.username.as_deref() == Some("alice")),
+                matches!(&out, Exchange::Success { grant, .. } if grant.identity == crate::core::auth::Identity::Named("alice".into())),
                 "{out:?}"
             );
         }

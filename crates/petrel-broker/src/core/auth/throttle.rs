@@ -8,8 +8,10 @@
 //! spacing doubling with every further failure up to `login_delay_max`. An attempt whose turn would come after the connect
 //! timeout is refused at once with 0x89 Server Busy (3.1.1: 3, Server
 //! Unavailable), without its credentials being looked at, so a flood from
-//! one address costs almost nothing. A success clears the address; one that
-//! has not failed for ten minutes is forgotten. At most `MAX_ADDRESSES` are
+//! one address costs almost nothing. Failures age out: an address that has
+//! not failed for ten minutes is forgotten. A success does not clear them
+//! (anyone with one account, or anonymous access, could otherwise
+//! interleave successes with guesses). At most `MAX_ADDRESSES` are
 //! tracked; past that, the quiet ones are dropped first.
 
 use std::collections::HashMap;
@@ -160,14 +162,11 @@ impl Throttle {
         r.last_failure = now;
     }
 
-    /// An attempt from `addr` succeeded: its failures are forgotten.
+    /// An attempt from `addr` succeeded. Its address's failures stand
+    /// (they age out): a success is no excuse for them, or anyone with one
+    /// account (or anonymous access) could interleave logins with guesses.
     pub fn succeeded(&mut self, addr: IpAddr) {
-        if let Some(r) = self.conclude(addr) {
-            r.failures = 0;
-            if r.pending == 0 {
-                self.addresses.remove(&addr);
-            }
-        }
+        self.abandoned(addr);
     }
 
     /// An attempt from `addr` ended without an outcome (its connection
@@ -223,12 +222,17 @@ mod tests {
             Admission::Refuse,
             "past the connect timeout"
         );
-        // A success clears what failed before it.
+        // Successes don't clear the failures: interleaving them with
+        // guesses gains nothing.
         t.succeeded(a);
         for _ in 0..3 {
             t.abandoned(a);
         }
-        assert_eq!(t.admit(a, t0), Admission::Now);
+        assert_eq!(t.admit(a, t0), Admission::Refuse);
+        // They age out.
+        let later = t0 + FORGET_AFTER + Duration::from_secs(1);
+        t.tidy(later);
+        assert_eq!(t.admit(a, later), Admission::Now);
     }
 
     #[test]

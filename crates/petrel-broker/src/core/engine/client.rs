@@ -16,7 +16,9 @@ use petrel_session::{CloseReason, Message, SessionState};
 use tokio::sync::oneshot;
 
 use super::Engine;
-use crate::core::auth::{Access, Action, AuthExchange, Credentials, DecisionCache, Exchange};
+use crate::core::auth::{
+    Access, Action, AuthExchange, Credentials, DecisionCache, Exchange, Identity, CACHED_TOPIC,
+};
 use crate::core::queue::{detach, Queued, SessionKey, Taken};
 use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
@@ -300,7 +302,7 @@ impl Client {
             fresh = true;
             access.check(Action::Publish, topic)
         });
-        if fresh {
+        if fresh && topic.len() <= CACHED_TOPIC {
             // A topic seen for the first time becomes the one remembered
             // first (a publisher mostly repeats its topic).
             cache.last = Some((topic.into(), decision));
@@ -341,6 +343,7 @@ impl Client {
         let identifier = s.properties.subscription_identifiers().first();
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         self.access();
+        let generation = self.generation;
         for sub in &s.subscriptions {
             let filter = sub.filter.as_str();
             if too_deep(filter, max_levels) {
@@ -386,6 +389,12 @@ impl Client {
                     }
                 }
             }
+        }
+        if self.engine.generation() != generation {
+            // The rules were reloaded while these subscriptions were being
+            // made; the reload may not have seen them: decide them again.
+            self.access();
+            self.engine.refresh_subscriptions(&self.key, &self.access);
         }
         self.tidy();
         SubAck {
@@ -561,11 +570,13 @@ impl Client {
             Exchange::Continue(data) => ReauthStep::Continue(props(Some(data))),
             Exchange::Success { grant, data } => {
                 self.end_reauth();
-                let proven = grant
-                    .username
-                    .as_deref()
-                    .or(self.access.username.as_deref());
-                if proven != self.access.username.as_deref() {
+                let current = self.access.username.as_deref();
+                let proven = match &grant.identity {
+                    Identity::AsSent => current,
+                    Identity::Named(n) => Some(n.as_str()),
+                    Identity::Nobody => None,
+                };
+                if proven != current {
                     return ReauthStep::Refuse(ReasonCode::NOT_AUTHORIZED);
                 }
                 Stats::add(&self.engine.stats.auth_successes, 1);

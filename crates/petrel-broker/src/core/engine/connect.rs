@@ -15,7 +15,7 @@ use super::client::{Client, Reach, Settled};
 use super::{Engine, Security};
 use crate::core::auth::throttle::Admission;
 use crate::core::auth::{
-    Access, AuthExchange, CertificateIdentity, Credentials, Exchange, Grant, Verdict,
+    Access, AuthExchange, CertificateIdentity, Credentials, Exchange, Grant, Identity, Verdict,
 };
 use crate::core::queue::detach;
 use crate::core::sessions::{ConnectionId, Handover, NEVER};
@@ -194,8 +194,11 @@ impl Login {
                     // With no method configured, credentials are not checked
                     // (as Mosquitto without a password file): the client is
                     // anonymous, whatever user name it sent.
-                    self.connect.username = None;
-                    self.authenticated(Grant::plain()).await
+                    self.authenticated(Grant {
+                        identity: Identity::Nobody,
+                        permissions: None,
+                    })
+                    .await
                 } else {
                     self.failed(
                         ReasonCode::NOT_AUTHORIZED,
@@ -405,15 +408,15 @@ impl Login {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);
         };
         Stats::add(&engine.stats.auth_successes, 1);
-        let username: Option<Arc<str>> = grant
-            .username
-            .or_else(|| {
-                self.connect
-                    .username
-                    .as_ref()
-                    .map(|u| u.as_str().to_string())
-            })
-            .map(Arc::from);
+        let username: Option<Arc<str>> = match grant.identity {
+            Identity::AsSent => self
+                .connect
+                .username
+                .as_ref()
+                .map(|u| Arc::from(u.as_str())),
+            Identity::Named(n) => Some(Arc::from(n)),
+            Identity::Nobody => None,
+        };
         let access = Access::resolve(
             &p.client_id,
             username,
@@ -470,14 +473,20 @@ impl Login {
         let State::Waiting { rx, .. } = &mut self.state else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);
         };
-        let handover = tokio::time::timeout(limit, rx)
+        let handover = tokio::time::timeout(limit, &mut *rx)
             .await
             .ok()
             .and_then(Result::ok);
-        let State::Waiting { connection, .. } = std::mem::replace(&mut self.state, State::Done)
+        let State::Waiting { connection, mut rx } = std::mem::replace(&mut self.state, State::Done)
         else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);
         };
+        // Timed out: a handover that arrived meanwhile must not be lost
+        // (the registry already counts this connection as its holder).
+        let handover = handover.or_else(|| {
+            rx.close();
+            rx.try_recv().ok()
+        });
         let Some(p) = self.prepared.as_ref() else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);
         };

@@ -294,26 +294,33 @@ impl Engine {
                 &security.authorizers,
             );
             key.set_access(access.clone());
-            let changed: Vec<(TopicFilter, Subscription)> = {
-                let mut changed = Vec::new();
-                key.filters().for_each_mut(|f, s| {
-                    let authorize = !access.receives_all(f);
-                    if s.authorize != authorize {
-                        s.authorize = authorize;
-                        if let Ok(tf) = TopicFilter::try_from(&**f) {
-                            changed.push((tf, s.clone()));
-                        }
-                    }
-                });
-                changed
-            };
-            if !changed.is_empty() {
-                let mut router = write(&self.router);
-                for (f, s) in changed {
-                    router.subscribe(key.clone(), &f, s);
-                }
-            }
+            self.refresh_subscriptions(key, &access);
         }
         keys.len()
+    }
+
+    /// Whether each of `key`'s subscriptions needs its deliveries checked,
+    /// decided again by `access`. The session's filters stay locked until
+    /// the router has the new decisions, so an UNSUBSCRIBE meanwhile can't
+    /// be undone by a stale one.
+    pub(super) fn refresh_subscriptions(&self, key: &SessionKey, access: &Access) {
+        let mut filters = key.filters();
+        let mut changed: Vec<(TopicFilter, Subscription)> = Vec::new();
+        filters.for_each_mut(|f, s| {
+            let authorize = !access.receives_all(f);
+            if s.authorize != authorize {
+                s.authorize = authorize;
+                if let Ok(tf) = TopicFilter::try_from(&**f) {
+                    changed.push((tf, s.clone()));
+                }
+            }
+        });
+        if !changed.is_empty() {
+            let mut router = write(&self.router);
+            for (f, s) in changed {
+                router.subscribe(key.clone(), &f, s);
+            }
+        }
+        drop(filters);
     }
 }
