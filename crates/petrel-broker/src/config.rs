@@ -51,7 +51,8 @@
 //! max_retained_bytes = 268435456        # all retained messages together
 //! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
 //! hibernate_after = 5           # seconds of silence before an idle connection hibernates; 0 = never
-//! login_free_failures = 5       # failed logins an address may have before its attempts are spaced out
+//! login_free_failures = 5       # failed logins of one user from one address before its attempts are spaced out
+//! login_address_free_failures = 100   # failed logins from one address, any user, before all are spaced out
 //! login_delay = 1               # seconds between them at first, doubling with each failure
 //! login_delay_max = 30          # seconds between them at most
 //! ```
@@ -304,9 +305,14 @@ pub struct Limits {
     /// deadline (as EMQX hibernates idle connection processes). 0 keeps
     /// every connection awake. Default 5.
     pub hibernate_after: u64,
-    /// Failed logins one address may have before its attempts are spaced
-    /// out. Default 5.
+    /// Failed logins one user name may have from one address before its
+    /// attempts from there are spaced out (its own success clears them).
+    /// Default 5.
     pub login_free_failures: u32,
+    /// Failed logins one address may have, whatever the user names, before
+    /// all its attempts are spaced out (successes don't clear them; they
+    /// age out after ten quiet minutes). Default 100.
+    pub login_address_free_failures: u32,
     /// Seconds between an address's attempts once spaced out, doubling
     /// with each further failure. Default 1.
     pub login_delay: u64,
@@ -361,6 +367,7 @@ impl Default for Limits {
             max_retained_backlog: 2_000_000,
             hibernate_after: 5,
             login_free_failures: 5,
+            login_address_free_failures: 100,
             login_delay: 1,
             login_delay_max: 30,
         }

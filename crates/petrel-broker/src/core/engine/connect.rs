@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::attach::{Attach, Attached};
 use super::client::{Client, Reach, Settled};
 use super::{Engine, Security};
-use crate::core::auth::throttle::Admission;
+use crate::core::auth::throttle::{Admission, Ticket};
 use crate::core::auth::{
     Access, AuthExchange, CertificateIdentity, Credentials, Exchange, Grant, Identity, Verdict,
 };
@@ -81,9 +81,8 @@ pub struct Login {
     state: State,
     /// Set once the protocol's checks pass.
     prepared: Option<Box<Prepared>>,
-    /// The address the throttle admitted this attempt for, until its
-    /// outcome is told.
-    ticket: Option<std::net::IpAddr>,
+    /// The throttle's ticket for this attempt, until its outcome is told.
+    ticket: Option<Ticket>,
 }
 
 impl std::fmt::Debug for Login {
@@ -145,13 +144,15 @@ impl Login {
         let credentials = self.credentials();
         // The throttle first: a flood from one address costs nothing more.
         if let Some(ip) = self.peer.addr.map(|a| a.ip()) {
-            let admission = lock(&self.engine.throttle).admit(ip, Instant::now());
+            let (admission, ticket) = lock(&self.engine.throttle).admit(
+                ip,
+                credentials.username.as_deref(),
+                Instant::now(),
+            );
+            self.ticket = ticket;
             match admission {
-                Admission::Now => self.ticket = Some(ip),
-                Admission::After(wait) => {
-                    self.ticket = Some(ip);
-                    tokio::time::sleep(wait).await;
-                }
+                Admission::Now => {}
+                Admission::After(wait) => tokio::time::sleep(wait).await,
                 Admission::Refuse => {
                     Stats::add(&self.engine.stats.auth_failures, 1);
                     tracing::warn!(peer = %ip, client_id = %credentials.client_id, "login refused: too many failures from this address");
@@ -289,21 +290,33 @@ impl Login {
             why,
             "authentication failed"
         );
-        self.told_throttle(Some(false));
+        // No credentials, no guess: such a refusal does not count.
+        let guessed = self.presented_credentials();
+        self.told_throttle(guessed.then_some(false));
         self.refused(reason)
     }
 
-    /// Tell the throttle how the attempt it admitted ended (`None`:
-    /// abandoned).
-    fn told_throttle(&mut self, succeeded: Option<bool>) {
-        if let Some(ip) = self.ticket.take() {
+    /// Tell the throttle how the attempt it admitted ended: its credentials
+    /// good (`Some(true)`), wrong (`Some(false)`), or no verdict on any
+    /// (`None`: none were presented, or the attempt was given up).
+    fn told_throttle(&mut self, verdict: Option<bool>) {
+        if let Some(ticket) = self.ticket.take() {
             let mut t = lock(&self.engine.throttle);
-            match succeeded {
-                Some(true) => t.succeeded(ip),
-                Some(false) => t.failed(ip, Instant::now()),
-                None => t.abandoned(ip),
+            let now = Instant::now();
+            match verdict {
+                Some(true) => t.succeeded(ticket, now),
+                Some(false) => t.failed(ticket, now),
+                None => t.abandoned(ticket, now),
             }
         }
+    }
+
+    /// Whether the client presented anything to check.
+    fn presented_credentials(&self) -> bool {
+        let c = &self.connect;
+        c.username.is_some()
+            || c.password.is_some()
+            || c.properties.authentication_method().is_some()
     }
 
     /// The protocol's checks, before anyone's credentials are looked at.
@@ -402,7 +415,10 @@ impl Login {
     /// The client is who it says: check its will against its permissions,
     /// then take its session.
     async fn authenticated(&mut self, grant: Grant) -> Step {
-        self.told_throttle(Some(true));
+        // A verified name clears its own failures; a client let in without
+        // one (anonymous, a token naming nobody) proves nothing.
+        let verified = !matches!(grant.identity, Identity::Nobody) && self.presented_credentials();
+        self.told_throttle(verified.then_some(true));
         let engine = self.engine.clone();
         let Some(p) = self.prepared.as_mut() else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);

@@ -287,6 +287,7 @@ impl BrokerBuilder {
         let l = &config.limits;
         let throttle = Throttle::new(ThrottleConfig {
             free_failures: l.login_free_failures,
+            free_address_failures: l.login_address_free_failures,
             delay: Duration::from_secs(l.login_delay),
             max_delay: Duration::from_secs(l.login_delay_max),
             max_wait: Duration::from_secs(l.connect_timeout),
