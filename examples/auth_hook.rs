@@ -96,9 +96,7 @@ impl Authorizer for OwnTree {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = BrokerConfig {
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse()?,
-        }],
+        listeners: vec![ListenerConfig::tcp("127.0.0.1:0".parse()?)],
         ..BrokerConfig::default()
     };
     let store = DeviceStore {

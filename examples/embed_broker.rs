@@ -22,9 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(1884);
     let config = BrokerConfig {
-        listeners: vec![ListenerConfig {
-            bind: ([127, 0, 0, 1], port).into(),
-        }],
+        listeners: vec![ListenerConfig::tcp(([127, 0, 0, 1], port).into())],
         ..BrokerConfig::default()
     };
     let broker = Broker::new(config)?;

@@ -202,12 +202,218 @@ pub enum CertificateField {
     Email,
 }
 
-/// One listening socket.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// One listening socket: its transport, where it listens, and what it
+/// allows.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
-    /// Address and port, e.g. `"0.0.0.0:1883"` or `"[::1]:1883"`.
-    pub bind: SocketAddr,
+    /// How clients reach it. Default `tcp`.
+    pub transport: TransportKind,
+    /// Address and port, e.g. `"0.0.0.0:1883"` or `"[::1]:1883"` (every
+    /// transport but `unix`).
+    pub bind: Option<SocketAddr>,
+    /// The socket file of a `unix` listener.
+    pub path: Option<PathBuf>,
+    /// The socket file's permissions, in octal (`"0660"`). Default: the
+    /// process's umask decides.
+    pub mode: Option<String>,
+    /// Connections held on this listener at once (within
+    /// `limits.max_connections`). Default: no limit of its own.
+    pub max_connections: Option<usize>,
+    /// Protocol versions accepted here (`"3.1"`, `"3.1.1"`, `"5.0"`);
+    /// others are refused (0x84 / return code 1). Default: all.
+    pub protocols: Option<Vec<ProtocolVersion>>,
+    /// Methods of authentication allowed here, by name: `password_file`,
+    /// `jwt`, `certificate`, a 5.0 method (`SCRAM-SHA-256`), an
+    /// application's authenticator, and `anonymous` (still only where
+    /// anonymous access is allowed at all). Default: all.
+    pub auth_methods: Option<Vec<String>>,
+    /// Take the client's address from a PROXY protocol v1 or v2 header,
+    /// which every connection must then send first (from a load balancer).
+    pub proxy_protocol: bool,
+    /// TLS (`tls`, `wss`, `quic`): the certificate chain, PEM.
+    pub certfile: Option<PathBuf>,
+    /// TLS: the private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: Option<PathBuf>,
+    /// TLS: the certificate authorities that client certificates are
+    /// checked against, PEM. Without it, clients are not asked for one.
+    pub cafile: Option<PathBuf>,
+    /// TLS: refuse a client without a certificate signed by `cafile`.
+    /// Default false: a certificate is checked if sent.
+    pub require_certificate: bool,
+    /// TLS: the client certificate's identity is the user name, and the
+    /// certificate is how clients authenticate here (Mosquitto's option;
+    /// `[certificate]` says which field, the Common Name by default).
+    pub use_identity_as_username: bool,
+    /// WebSocket (`ws`, `wss`): the HTTP path clients connect to. Default
+    /// `/mqtt`.
+    pub websocket_path: Option<String>,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `bind`.
+    pub fn tcp(bind: SocketAddr) -> Self {
+        Self {
+            bind: Some(bind),
+            ..Self::default()
+        }
+    }
+
+    /// Where it listens, for logs and errors.
+    pub fn describe(&self) -> String {
+        match (&self.bind, &self.path) {
+            (Some(a), _) => format!("{} {a}", self.transport.name()),
+            (None, Some(p)) => format!("{} {}", self.transport.name(), p.display()),
+            (None, None) => self.transport.name().to_string(),
+        }
+    }
+
+    /// Whether only this machine can reach it.
+    pub fn is_local(&self) -> bool {
+        match self.transport {
+            TransportKind::Unix => true,
+            _ => self.bind.is_some_and(|a| a.ip().is_loopback()),
+        }
+    }
+
+    /// The WebSocket path (`websocket_path`, default `/mqtt`).
+    pub fn ws_path(&self) -> &str {
+        self.websocket_path.as_deref().unwrap_or("/mqtt")
+    }
+
+    /// The Unix socket file's mode, parsed.
+    pub fn unix_mode(&self) -> Option<u32> {
+        self.mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| {
+            Err(ConfigError::Invalid {
+                key: "listener",
+                reason: format!("{}: {reason}", self.describe()),
+            })
+        };
+        let t = self.transport;
+        match (t, &self.bind, &self.path) {
+            (TransportKind::Unix, None, Some(_)) => {}
+            (TransportKind::Unix, _, _) => {
+                return invalid("a unix listener needs `path` (and no `bind`)".into())
+            }
+            (_, Some(_), None) => {}
+            _ => return invalid("needs `bind` (and no `path`)".into()),
+        }
+        if self.mode.is_some()
+            && (t != TransportKind::Unix || self.unix_mode().is_none_or(|m| m > 0o7777))
+        {
+            return invalid(
+                "`mode` is an octal file mode such as \"0660\", for unix listeners".into(),
+            );
+        }
+        let tls = t.is_tls();
+        if tls && (self.certfile.is_none() || self.keyfile.is_none()) {
+            return invalid("needs `certfile` and `keyfile`".into());
+        }
+        let tls_keys = self.certfile.is_some()
+            || self.keyfile.is_some()
+            || self.cafile.is_some()
+            || self.require_certificate
+            || self.use_identity_as_username;
+        if !tls && tls_keys {
+            return invalid("TLS keys are for tls, wss and quic listeners".into());
+        }
+        if (self.require_certificate || self.use_identity_as_username) && self.cafile.is_none() {
+            return invalid("client certificates are checked against `cafile`: name it".into());
+        }
+        if self.websocket_path.is_some() && !t.is_websocket() {
+            return invalid("`websocket_path` is for ws and wss listeners".into());
+        }
+        if !self.ws_path().starts_with('/') {
+            return invalid("`websocket_path` must start with /".into());
+        }
+        if self.proxy_protocol && t == TransportKind::Quic {
+            return invalid("PROXY protocol headers come over TCP, not QUIC".into());
+        }
+        if self.max_connections == Some(0) {
+            return invalid("`max_connections` must be at least 1".into());
+        }
+        if self.protocols.as_ref().is_some_and(Vec::is_empty) {
+            return invalid("`protocols` must name at least one version".into());
+        }
+        if self.auth_methods.as_ref().is_some_and(Vec::is_empty) {
+            return invalid("`auth_methods` must name at least one method".into());
+        }
+        Ok(())
+    }
+}
+
+/// How clients reach a listener.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// MQTT over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS over TCP.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+    /// MQTT over one QUIC stream.
+    Quic,
+    /// MQTT over a Unix-domain stream socket.
+    Unix,
+}
+
+impl TransportKind {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+            Self::Quic => "quic",
+            Self::Unix => "unix",
+        }
+    }
+
+    /// Whether it runs over TLS (and needs a certificate).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss | Self::Quic)
+    }
+
+    /// Whether it carries MQTT in WebSocket frames.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
+}
+
+/// A protocol version, as a listener's `protocols` names it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum ProtocolVersion {
+    /// MQTT 3.1.
+    #[serde(rename = "3.1")]
+    V3_1,
+    /// MQTT 3.1.1.
+    #[serde(rename = "3.1.1")]
+    V3_1_1,
+    /// MQTT 5.0.
+    #[serde(rename = "5.0", alias = "5")]
+    V5,
+}
+
+impl ProtocolVersion {
+    /// The codec's name for it.
+    pub fn protocol(self) -> petrel_codec::Protocol {
+        match self {
+            Self::V3_1 => petrel_codec::Protocol::V3_1,
+            Self::V3_1_1 => petrel_codec::Protocol::V3_1_1,
+            Self::V5 => petrel_codec::Protocol::V5,
+        }
+    }
 }
 
 /// Log verbosity.
@@ -323,9 +529,10 @@ pub struct Limits {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            listeners: vec![ListenerConfig {
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            }],
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            )))],
             limits: Limits::default(),
             sys_interval: 10,
             log_level: LogLevel::default(),
@@ -414,7 +621,10 @@ impl BrokerConfig {
         let configured = |s: &AuthSource| match s {
             AuthSource::PasswordFile => self.password_file.is_some(),
             AuthSource::Jwt => self.jwt.is_some(),
-            AuthSource::Certificate => self.certificate.is_some(),
+            AuthSource::Certificate => {
+                self.certificate.is_some()
+                    || self.listeners.iter().any(|l| l.use_identity_as_username)
+            }
         };
         let mut order: Vec<AuthSource> =
             self.auth_order.iter().copied().filter(configured).collect();
@@ -446,6 +656,9 @@ impl BrokerConfig {
         let l = &self.limits;
         if self.listeners.is_empty() {
             return invalid("listener", "at least one [[listener]] is needed");
+        }
+        for listener in &self.listeners {
+            listener.validate()?;
         }
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
@@ -582,5 +795,36 @@ mod tests {
         assert!(e.to_string().contains("scram.mechanisms"), "{e}");
         let e = BrokerConfig::from_toml("[certificate]\nusername = \"serial\"\n").unwrap_err();
         assert!(e.to_string().contains("username"), "{e}");
+    }
+
+    #[test]
+    fn listeners_are_checked_for_what_their_transport_needs() {
+        let ok = |t: &str| BrokerConfig::from_toml(t).map(|c| c.listeners);
+        let l = ok("[[listener]]\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\ncertfile = \"c\"\nkeyfile = \"k\"\n").unwrap();
+        assert_eq!(l[0].transport, TransportKind::Tls);
+        let l = ok(
+            "[[listener]]\ntransport = \"unix\"\npath = \"/run/petrel.sock\"\nmode = \"0660\"\n",
+        )
+        .unwrap();
+        assert_eq!(l[0].unix_mode(), Some(0o660));
+        assert!(l[0].is_local());
+        let l = ok("[[listener]]\nbind = \"[::]:8080\"\ntransport = \"ws\"\nprotocols = [\"3.1.1\", \"5.0\"]\n").unwrap();
+        assert_eq!(l[0].ws_path(), "/mqtt");
+        assert!(!l[0].is_local());
+        for (bad, says) in [
+            ("transport = \"tls\"\nbind = \"0.0.0.0:8883\"", "certfile"),
+            ("transport = \"unix\"\nbind = \"0.0.0.0:1\"", "path"),
+            ("transport = \"tcp\"", "bind"),
+            ("transport = \"unix\"\npath = \"s\"\nmode = \"rw\"", "mode"),
+            ("bind = \"0.0.0.0:1\"\ncafile = \"ca\"", "TLS keys"),
+            ("transport = \"tls\"\nbind = \"0.0.0.0:1\"\ncertfile = \"c\"\nkeyfile = \"k\"\nrequire_certificate = true", "cafile"),
+            ("bind = \"0.0.0.0:1\"\nwebsocket_path = \"/x\"", "websocket_path"),
+            ("bind = \"0.0.0.0:1\"\nmax_connections = 0", "max_connections"),
+            ("bind = \"0.0.0.0:1\"\nprotocols = [\"4\"]", "protocols"),
+            ("bind = \"0.0.0.0:1\"\nauth_methods = []", "auth_methods"),
+        ] {
+            let e = BrokerConfig::from_toml(&format!("[[listener]]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 }

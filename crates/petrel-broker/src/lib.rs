@@ -53,8 +53,8 @@ pub use crate::core::auth::{
     ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,
 };
 pub use crate::core::engine::{
-    Accepted, Broker, BrokerBuilder, BuildError, Client, Kick, Login, Peer, ReauthStep, Reloaded,
-    Step,
+    Accepted, Broker, BrokerBuilder, BuildError, Client, Kick, ListenerRules, Login, Peer,
+    ReauthStep, Reloaded, Step,
 };
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
@@ -63,5 +63,5 @@ pub use crate::core::sessions::{
 };
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
 pub use crate::core::wills::WillQueue;
-pub use crate::server::Server;
+pub use crate::server::{Certificates, Server};
 pub use crate::stats::StatsSnapshot;

@@ -50,7 +50,7 @@ fn connect(id: &str, user: Option<&str>, password: Option<&str>) -> Connect {
 fn peer(ip: [u8; 4]) -> Peer {
     Peer {
         addr: Some(SocketAddr::from((ip, 40000))),
-        certificate: None,
+        ..Peer::default()
     }
 }
 
@@ -100,9 +100,7 @@ async fn anonymous_access_is_the_default_only_on_loopback() {
     // A listener others can reach, and no authentication: refused to start,
     // saying what to write.
     let open = BrokerConfig {
-        listeners: vec![ListenerConfig {
-            bind: "0.0.0.0:1883".parse().unwrap(),
-        }],
+        listeners: vec![ListenerConfig::tcp("0.0.0.0:1883".parse().unwrap())],
         ..config()
     };
     let e = Broker::new(open.clone()).unwrap_err();
@@ -684,6 +682,7 @@ async fn a_verified_certificate_names_its_holder() {
             common_name: Some("sensor-1".into()),
             ..CertificateIdentity::default()
         }),
+        ..Peer::default()
     };
     let c = login_from(&b, connect("c", None, None), with_cert)
         .await

@@ -17,7 +17,7 @@ use petrel_client::{
 
 fn config(bind: SocketAddr, persistence: Option<&Path>) -> BrokerConfig {
     BrokerConfig {
-        listeners: vec![ListenerConfig { bind }],
+        listeners: vec![ListenerConfig::tcp(bind)],
         sys_interval: 0,
         persistence: persistence.map(Path::to_path_buf),
         ..BrokerConfig::default()

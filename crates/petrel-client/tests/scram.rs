@@ -36,9 +36,7 @@ async fn start() -> SocketAddr {
     let file = dir.join(format!("scram-{}", rand_suffix()));
     std::fs::write(&file, lines).unwrap();
     let broker = Broker::new(BrokerConfig {
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())],
         sys_interval: 0,
         scram: Some(ScramConfig {
             file,

@@ -23,7 +23,7 @@ mod bench;
 mod passwd;
 mod tools;
 use petrel_broker::config::ListenerConfig;
-use petrel_broker::{Broker, BrokerConfig, Server};
+use petrel_broker::{Broker, BrokerConfig, Certificates, Server};
 
 #[derive(Parser)]
 #[command(
@@ -109,18 +109,15 @@ fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
         None => BrokerConfig::default(),
     };
     if args.port.is_some() || args.bind.is_some() {
-        let ip = args.bind.unwrap_or_else(|| {
-            config
-                .listeners
-                .first()
-                .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |l| l.bind.ip())
-        });
+        // One plain TCP listener, in place of the configured ones.
+        let first = config.listeners.iter().find_map(|l| l.bind);
+        let ip = args
+            .bind
+            .unwrap_or_else(|| first.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip()));
         let port = args
             .port
-            .unwrap_or_else(|| config.listeners.first().map_or(1883, |l| l.bind.port()));
-        config.listeners = vec![ListenerConfig {
-            bind: SocketAddr::new(ip, port),
-        }];
+            .unwrap_or_else(|| first.map_or(1883, |a| a.port()));
+        config.listeners = vec![ListenerConfig::tcp(SocketAddr::new(ip, port))];
     }
     Ok(config)
 }
@@ -198,7 +195,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(signals.handle(broker));
+        tokio::spawn(signals.handle(broker, server.certificates()));
         server.run().await;
         ExitCode::SUCCESS
     })
@@ -227,13 +224,13 @@ impl Signals {
         Ok(Self {})
     }
 
-    async fn handle(mut self, broker: Broker) {
+    async fn handle(mut self, broker: Broker, certificates: Certificates) {
         loop {
             #[cfg(unix)]
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = self.term.recv() => break,
-                _ = self.hup.recv() => reload(&broker),
+                _ = self.hup.recv() => reload(&broker, &certificates),
             }
             #[cfg(not(unix))]
             {
@@ -249,12 +246,19 @@ impl Signals {
 /// SIGHUP: new rules in force for every client, no connection dropped; a
 /// file that can't be used leaves the old rules in force.
 #[cfg(unix)]
-fn reload(broker: &Broker) {
+fn reload(broker: &Broker, certificates: &Certificates) {
     match broker.reload() {
         Ok(r) => tracing::info!(
             sessions = r.sessions,
             "reloaded the authentication and ACL files"
         ),
         Err(e) => tracing::error!(error = %e, "reload refused; the rules in force stay"),
+    }
+    match certificates.reload() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(listeners = n, "reloaded the TLS certificates"),
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload refused; the certificates in force stay")
+        }
     }
 }

@@ -46,6 +46,9 @@ struct Link {
     ctx: Arc<Ctx>,
     client: Option<Client>,
     _guard: Option<LiveGuard>,
+    /// The peer's address (as the PROXY header named it, if one did), for
+    /// the logs.
+    peer: SocketAddr,
 }
 
 /// How [`Task::run`] ended.
@@ -57,9 +60,8 @@ enum Run {
 
 struct Task {
     link: Link,
-    /// The peer's address, for the logs and the engine (asked of the socket
-    /// again after hibernation: a hibernating connection doesn't keep it).
-    peer: SocketAddr,
+    /// What the transport knows of the peer, until the CONNECT takes it.
+    origin: Option<Box<Peer>>,
     conn: Connection,
     limits: petrel_codec::Limits,
     inbuf: BytesMut,
@@ -90,7 +92,7 @@ struct Task {
 pub(crate) async fn serve<T: Transport>(
     ctx: Arc<Ctx>,
     io: T,
-    peer: SocketAddr,
+    peer: Peer,
     guard: Option<LiveGuard>,
 ) {
     let now = Instant::now();
@@ -99,8 +101,12 @@ pub(crate) async fn serve<T: Transport>(
         ctx,
         client: None,
         _guard: guard,
+        peer: peer
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
     };
-    let task = Task::new(link, conn, peer, io.can_hibernate());
+    let mut task = Task::new(link, conn, io.can_hibernate());
+    task.origin = Some(Box::new(peer));
     drive(Box::new(task), io).await;
 }
 
@@ -111,6 +117,10 @@ async fn drive<T: Transport>(mut task: Box<Task>, mut io: T) {
         if let Run::Closed = task.run(&mut io).await {
             // Dropping the task hands the session back (also if it panicked).
             return;
+        }
+        if !io.settled() {
+            // The transport still has bytes to write: not idle after all.
+            continue;
         }
         let placeholder = Connection::server(
             task.link.ctx.broker.session_config().clone(),
@@ -149,13 +159,10 @@ struct Asleep<T> {
 }
 
 impl<T: Transport> Asleep<T> {
-    fn wake(self, io: &T) -> Box<Task> {
+    fn wake(self, _io: &T) -> Box<Task> {
         let config = self.link.ctx.broker.session_config().clone();
         let conn = Connection::resume(self.machine, config);
-        let peer = io
-            .peer()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        Box::new(Task::new(self.link, conn, peer, true))
+        Box::new(Task::new(self.link, conn, true))
     }
 }
 
@@ -211,10 +218,10 @@ async fn unless_shutdown<F: std::future::Future>(
 
 impl Task {
     /// A task for `conn` (new, or resumed after hibernation).
-    fn new(link: Link, conn: Connection, peer: SocketAddr, can_hibernate: bool) -> Self {
+    fn new(link: Link, conn: Connection, can_hibernate: bool) -> Self {
         let after = link.ctx.hibernate_after;
         Self {
-            peer,
+            origin: None,
             hibernate_after: after.filter(|_| can_hibernate),
             got_connect: conn.is_connected(),
             window: window(&link.ctx, &conn),
@@ -237,6 +244,7 @@ impl Task {
             ctx: self.link.ctx.clone(),
             client: self.link.client.take(),
             _guard: self.link._guard.take(),
+            peer: self.link.peer,
         }
     }
 
@@ -433,12 +441,12 @@ impl Task {
                         }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
-                        tracing::debug!(peer = %self.peer, error = %e, "protocol error");
+                        tracing::debug!(peer = %self.link.peer, error = %e, "protocol error");
                     }
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "malformed packet");
+                    tracing::debug!(peer = %self.link.peer, error = %e, "malformed packet");
                     // The session answers where the protocol lets it (a
                     // CONNACK for an unsupported version, a 5.0 DISCONNECT
                     // with the reason code) and closes.
@@ -459,7 +467,7 @@ impl Task {
                 Stats::add(&stats.publish_sent, 1);
             }
             if let Err(e) = self.out.push(&packet, protocol) {
-                tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");
+                tracing::warn!(peer = %self.link.peer, error = %e, "could not encode a packet");
             }
         }
     }
@@ -468,10 +476,13 @@ impl Task {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 Event::ConnectRequest(c) => {
-                    let peer = Peer {
-                        addr: Some(self.peer).filter(|a| !a.ip().is_unspecified()),
-                        certificate: None,
-                    };
+                    let peer = self.origin.take().map_or_else(
+                        || Peer {
+                            addr: Some(self.link.peer).filter(|a| !a.ip().is_unspecified()),
+                            ..Peer::default()
+                        },
+                        |p| *p,
+                    );
                     self.login = Some(Box::new(self.link.ctx.broker.login(*c, peer)));
                     // Boxed: the CONNECT path is large and runs once; the
                     // task's own future stays small for idle connections.
@@ -639,10 +650,10 @@ impl Task {
         let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
-                tracing::info!(client_id = id, peer = %self.peer, reason = %reason_code, "client disconnected");
+                tracing::info!(client_id = id, peer = %self.link.peer, reason = %reason_code, "client disconnected");
             }
             other => {
-                tracing::info!(client_id = id, peer = %self.peer, reason = ?other, "connection closed");
+                tracing::info!(client_id = id, peer = %self.link.peer, reason = ?other, "connection closed");
             }
         }
     }
@@ -688,7 +699,7 @@ impl Task {
                 Stats::add(&self.stats().dropped_too_large, 1);
             }
             Err(e) => {
-                tracing::debug!(peer = %self.peer, error = %e, "message not sent");
+                tracing::debug!(peer = %self.link.peer, error = %e, "message not sent");
                 Stats::add(&self.stats().dropped_queue_full, 1);
             }
         }
@@ -722,6 +733,10 @@ mod tests {
         let (client, server) = tokio::io::duplex(16 * 1024);
         let (r, w) = tokio::io::split(server);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let peer = Peer {
+            addr: Some(peer),
+            ..Peer::default()
+        };
         tokio::spawn(serve(ctx, Pipe(r, w), peer, None));
         let (_client_r, mut client_w) = tokio::io::split(client);
         let mut burst = BytesMut::new();

@@ -4,8 +4,12 @@
 
 mod driver;
 mod hibernate;
+mod listener;
 mod outq;
+mod proxy;
+mod tls;
 mod transport;
+mod ws;
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,12 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::core::engine::Broker;
-use crate::stats::Stats;
 use hibernate::Hibernation;
+use listener::Bound;
+use tls::TlsAcceptor;
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -27,7 +31,29 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Server {
     broker: Broker,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Arc<Bound>>,
+}
+
+/// The certificates of a server's TLS listeners, to read again (on SIGHUP).
+#[derive(Clone, Debug)]
+pub struct Certificates(Vec<Arc<TlsAcceptor>>);
+
+impl Certificates {
+    /// Read every TLS listener's certificate, key and CA files again: new
+    /// connections use them, open ones go on undisturbed. All or nothing:
+    /// if one listener's files can't be used, none changes. Returns how
+    /// many listeners were reloaded.
+    pub fn reload(&self) -> io::Result<usize> {
+        let fresh = self
+            .0
+            .iter()
+            .map(|t| t.prepare())
+            .collect::<io::Result<Vec<_>>>()?;
+        for (t, config) in self.0.iter().zip(fresh) {
+            t.install(config);
+        }
+        Ok(self.0.len())
+    }
 }
 
 /// What every connection of one server shares.
@@ -59,13 +85,18 @@ struct Live {
     idle: Notify,
 }
 
-/// Counts one connection in [`Live`] while it exists.
-struct LiveGuard(Arc<Live>);
+/// Counts one connection in the server's and its listener's [`Live`]
+/// while it exists.
+struct LiveGuard {
+    all: Arc<Live>,
+    listener: Arc<Live>,
+}
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        self.listener.count.fetch_sub(1, Ordering::AcqRel);
+        if self.all.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all.idle.notify_waiters();
         }
     }
 }
@@ -82,20 +113,34 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for l in &broker.config().listeners {
-            let listener = TcpListener::bind(l.bind).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.bind))
-            })?;
-            listeners.push(listener);
+            listeners.push(Arc::new(Bound::bind(l).await?));
         }
         Ok(Self { broker, listeners })
     }
 
-    /// The addresses actually bound (a configured port 0 becomes a real one).
+    /// The addresses actually bound (a configured port 0 becomes a real
+    /// one), in the order of the configuration; Unix sockets have none.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| l.local_addr())
             .collect()
+    }
+
+    /// Each listener's bound address, or none (Unix sockets), in the order
+    /// of the configuration.
+    pub fn listener_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.listeners.iter().map(|l| l.local_addr()).collect()
+    }
+
+    /// The TLS listeners' certificates, to reload while the server runs.
+    pub fn certificates(&self) -> Certificates {
+        Certificates(
+            self.listeners
+                .iter()
+                .filter_map(|l| l.tls.clone())
+                .collect(),
+        )
     }
 
     /// The broker this server runs.
@@ -109,11 +154,6 @@ impl Server {
     pub async fn run(self) {
         let ctx = Ctx::new(self.broker.clone());
         let live = Arc::new(Live::default());
-        for l in &self.listeners {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(%addr, "listening");
-            }
-        }
         // If this future is dropped (its runtime shutting down, say) rather
         // than run to the end, hibernating connections are woken all the
         // same: nothing else would close their sockets or hand their
@@ -121,7 +161,7 @@ impl Server {
         let wake_all = WakeAll(ctx.hibernation.clone());
         let mut tasks = tokio::task::JoinSet::new();
         for listener in self.listeners {
-            tasks.spawn(accept_loop(ctx.clone(), listener, live.clone()));
+            tasks.spawn(listener.accept_loop(ctx.clone(), live.clone()));
         }
         tasks.spawn(tick(ctx.clone()));
         let mut shutdown = self.broker.shutdown_signal();
@@ -150,31 +190,6 @@ impl Server {
             }
         }
         tracing::info!("stopped");
-    }
-}
-
-async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, live: Arc<Live>) {
-    let max = ctx.broker.config().limits.max_connections;
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, don't spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if live.count.fetch_add(1, Ordering::AcqRel) >= max {
-            live.count.fetch_sub(1, Ordering::AcqRel);
-            Stats::add(&ctx.broker.engine.stats.connections_refused, 1);
-            tracing::warn!(%peer, max, "connection limit reached; closing");
-            drop(stream);
-            continue;
-        }
-        let guard = LiveGuard(live.clone());
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(driver::serve(ctx.clone(), stream, peer, Some(guard)));
     }
 }
 

@@ -3,6 +3,8 @@
 //! crosses the wire.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -29,9 +31,7 @@ pub struct TestBroker {
 
 pub fn config() -> BrokerConfig {
     BrokerConfig {
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())],
         sys_interval: 0,
         ..BrokerConfig::default()
     }
@@ -73,9 +73,13 @@ pub fn pid(n: u16) -> PacketId {
     PacketId::new(n).unwrap()
 }
 
+/// A byte stream a test client runs on (TCP, TLS, WebSocket, ...).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A client that sends and receives raw packets.
 pub struct Raw {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Io>,
     pub buf: BytesMut,
     pub protocol: Protocol,
     next_pid: u16,
@@ -85,8 +89,13 @@ impl Raw {
     pub async fn open(addr: SocketAddr, protocol: Protocol) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
+        Self::over(stream, protocol)
+    }
+
+    /// A client over a stream already open.
+    pub fn over(stream: impl Io + 'static, protocol: Protocol) -> Self {
         Self {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::new(),
             protocol,
             next_pid: 0,
@@ -106,7 +115,18 @@ impl Raw {
         id: &str,
         edit: impl FnOnce(&mut Connect),
     ) -> (Self, petrel_codec::ConnAck) {
-        let mut raw = Self::open(addr, protocol).await;
+        let raw = Self::open(addr, protocol).await;
+        raw.handshake(id, edit).await
+    }
+
+    /// Send the CONNECT `edit` shapes on an open stream; returns the CONNACK.
+    pub async fn handshake(
+        self,
+        id: &str,
+        edit: impl FnOnce(&mut Connect),
+    ) -> (Self, petrel_codec::ConnAck) {
+        let protocol = self.protocol;
+        let mut raw = self;
         let mut c = Connect::new(protocol, MqttString::try_from(id).unwrap());
         c.keep_alive = 30;
         edit(&mut c);

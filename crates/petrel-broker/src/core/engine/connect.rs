@@ -34,6 +34,52 @@ pub struct Peer {
     pub addr: Option<SocketAddr>,
     /// The identity of the client certificate the transport verified.
     pub certificate: Option<CertificateIdentity>,
+    /// What the listener it came through allows.
+    pub rules: Arc<ListenerRules>,
+}
+
+/// What one listener allows, beyond the broker's own rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerRules {
+    /// Protocol versions accepted; empty: every one.
+    pub protocols: Vec<Protocol>,
+    /// Methods of authentication allowed, by name (an authenticator's or
+    /// a 5.0 method's, or `anonymous`); none: every one.
+    pub methods: Option<Vec<String>>,
+}
+
+impl ListenerRules {
+    /// The rules of a configured listener.
+    pub fn of(listener: &crate::config::ListenerConfig) -> Self {
+        let methods = listener.auth_methods.clone().or_else(|| {
+            // Mosquitto's use_identity_as_username: the certificate is
+            // how clients authenticate there.
+            listener
+                .use_identity_as_username
+                .then(|| vec!["certificate".to_string()])
+        });
+        Self {
+            protocols: listener
+                .protocols
+                .iter()
+                .flatten()
+                .map(|p| p.protocol())
+                .collect(),
+            methods,
+        }
+    }
+
+    /// Whether `protocol` is accepted.
+    pub fn accepts(&self, protocol: Protocol) -> bool {
+        self.protocols.is_empty() || self.protocols.contains(&protocol)
+    }
+
+    /// Whether the method called `name` may be used.
+    pub fn allows(&self, name: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|n| n == name))
+    }
 }
 
 /// The engine's answer to a CONNECT, or to an AUTH during its exchange.
@@ -136,6 +182,10 @@ impl Login {
             return refuse(ReasonCode::PROTOCOL_ERROR);
         }
         self.state = State::Done;
+        if !self.peer.rules.accepts(self.connect.protocol) {
+            tracing::info!(client_id = %self.connect.client_id.as_str(), protocol = ?self.connect.protocol, "protocol version not accepted on this listener");
+            return self.refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
+        }
         let prepared = match self.prepare() {
             Ok(p) => p,
             Err(reason) => return self.refused(reason),
@@ -164,7 +214,10 @@ impl Login {
         if let Some(name) = self.connect.properties.authentication_method() {
             // 5.0 enhanced authentication ([MQTT-4.12.0-1]: an unknown
             // method is refused with 0x8C, then the connection closes).
-            let Some(method) = security.method(name.as_str()) else {
+            let method = security
+                .method(name.as_str())
+                .filter(|_| self.peer.rules.allows(name.as_str()));
+            let Some(method) = method else {
                 return self.failed(
                     ReasonCode::BAD_AUTHENTICATION_METHOD,
                     "no such authentication method",
@@ -177,7 +230,14 @@ impl Login {
             return self.exchange_step(exchange, step).await;
         }
         let mut verdict = Verdict::Pass;
-        for a in &security.authenticators {
+        let rules = self.peer.rules.clone();
+        let authenticators = || {
+            security
+                .authenticators
+                .iter()
+                .filter(|a| rules.allows(a.name()))
+        };
+        for a in authenticators() {
             verdict = a.authenticate(&credentials).await;
             if !matches!(verdict, Verdict::Pass) {
                 break;
@@ -188,10 +248,10 @@ impl Login {
             Verdict::Deny(reason) => self.failed(reason, "credentials refused"),
             Verdict::Pass => {
                 let presented = credentials.username.is_some() || credentials.password.is_some();
-                if presented && !security.authenticators.is_empty() {
+                if presented && authenticators().next().is_some() {
                     // Nobody knows these credentials.
                     self.failed(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "unknown user")
-                } else if security.allow_anonymous {
+                } else if security.allow_anonymous && rules.allows("anonymous") {
                     // With no method configured, credentials are not checked
                     // (as Mosquitto without a password file): the client is
                     // anonymous, whatever user name it sent.

@@ -41,7 +41,7 @@ mod sys;
 mod tests;
 
 pub use client::{Client, Kick, ReauthStep};
-pub use connect::{Accepted, Login, Peer, Step};
+pub use connect::{Accepted, ListenerRules, Login, Peer, Step};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -147,9 +147,10 @@ impl Security {
                     }
                 }
                 AuthSource::Certificate => {
-                    if let Some(c) = &config.certificate {
-                        authenticators.push(Arc::new(CertificateAuthenticator::new(c.username)));
-                    }
+                    // `[certificate]`, or a listener's `use_identity_as_username`
+                    // (the Common Name, unless `[certificate]` says otherwise).
+                    let field = config.certificate.clone().unwrap_or_default().username;
+                    authenticators.push(Arc::new(CertificateAuthenticator::new(field)));
                 }
             }
         }
@@ -235,7 +236,7 @@ pub enum BuildError {
          set `allow_anonymous = true` to let anyone connect, or configure \
          `password_file`, `[jwt]`, `[scram]` or `[certificate]`"
     )]
-    AnonymousNotLoopback(std::net::SocketAddr),
+    AnonymousNotLoopback(String),
 }
 
 /// Builds a [`Broker`] with authentication and authorisation of the
@@ -280,8 +281,8 @@ impl BrokerBuilder {
         if config.allow_anonymous.is_none() && security.allow_anonymous {
             // Secure by default: anonymous clients only where only this
             // machine can reach (as Mosquitto 2's local-only mode).
-            if let Some(l) = config.listeners.iter().find(|l| !l.bind.ip().is_loopback()) {
-                return Err(BuildError::AnonymousNotLoopback(l.bind));
+            if let Some(l) = config.listeners.iter().find(|l| !l.is_local()) {
+                return Err(BuildError::AnonymousNotLoopback(l.describe()));
             }
         }
         let l = &config.limits;

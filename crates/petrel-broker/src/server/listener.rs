@@ -1,0 +1,284 @@
+//! Listening sockets and what happens between accepting a connection and
+//! handing its byte stream to the connection driver: the connection
+//! limits, the PROXY header, the TLS handshake and the WebSocket upgrade,
+//! all within the connect timeout. A connection that fails any of them is
+//! closed and logged, and nothing else notices.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use super::driver;
+use super::tls::{TlsAcceptor, TlsIo};
+use super::transport::{Fold, Joined, Transport};
+use super::ws;
+use super::{Ctx, Live, LiveGuard};
+use crate::config::{ListenerConfig, TransportKind};
+use crate::core::engine::{ListenerRules, Peer};
+use crate::stats::Stats;
+
+/// A bound listener.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) config: ListenerConfig,
+    socket: Socket,
+    pub(crate) tls: Option<Arc<TlsAcceptor>>,
+    rules: Arc<ListenerRules>,
+    /// This listener's connections.
+    live: Arc<Live>,
+}
+
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        /// Removed with the listener.
+        _file: UnixPath,
+    },
+}
+
+/// A Unix socket's file, removed when the listener goes.
+#[derive(Debug)]
+struct UnixPath(PathBuf);
+
+impl Drop for UnixPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Bind a Unix socket at `path`, replacing a stale socket file that
+/// nobody listens on (a crashed broker's), never a live one or another
+/// kind of file.
+fn bind_unix(path: &std::path::Path, mode: Option<u32>) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process listens there",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(listener)
+}
+
+impl Bound {
+    /// Bind one configured listener, its certificates read.
+    pub(crate) async fn bind(config: &ListenerConfig) -> io::Result<Self> {
+        let context = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", config.describe()),
+            )
+        };
+        let tls = if config.transport.is_tls() {
+            Some(Arc::new(TlsAcceptor::new(config).map_err(context)?))
+        } else {
+            None
+        };
+        let socket = match (config.transport, &config.bind, &config.path) {
+            (TransportKind::Quic, _, _) => {
+                return Err(context(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "QUIC listeners are not built yet",
+                )))
+            }
+            (TransportKind::Unix, _, Some(path)) => Socket::Unix {
+                listener: bind_unix(path, config.unix_mode()).map_err(context)?,
+                _file: UnixPath(path.clone()),
+            },
+            (_, Some(addr), _) => Socket::Tcp(TcpListener::bind(addr).await.map_err(context)?),
+            _ => {
+                return Err(context(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "no address",
+                )))
+            }
+        };
+        Ok(Self {
+            rules: Arc::new(ListenerRules::of(config)),
+            config: config.clone(),
+            socket,
+            tls,
+            live: Arc::new(Live::default()),
+        })
+    }
+
+    /// The address it is bound to (TCP-based listeners).
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.socket {
+            Socket::Tcp(l) => l.local_addr().ok(),
+            Socket::Unix { .. } => None,
+        }
+    }
+
+    /// Accept connections until the task is aborted.
+    pub(crate) async fn accept_loop(self: Arc<Self>, ctx: Arc<Ctx>, all: Arc<Live>) {
+        tracing::info!(listener = %self.config.describe(), "listening");
+        loop {
+            let accepted = match &self.socket {
+                Socket::Tcp(l) => l.accept().await.map(|(s, a)| {
+                    let _ = s.set_nodelay(true);
+                    (Stream::Tcp(s), Some(a))
+                }),
+                Socket::Unix { listener: l, .. } => {
+                    l.accept().await.map(|(s, _)| (Stream::Unix(s), None))
+                }
+            };
+            let (stream, addr) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(guard) = self.admit(&ctx, &all, addr) else {
+                drop(stream);
+                continue;
+            };
+            let bound = self.clone();
+            match stream {
+                Stream::Tcp(s) => tokio::spawn(bound.setup(ctx.clone(), s, addr, guard)),
+                Stream::Unix(s) => tokio::spawn(bound.setup(ctx.clone(), s, addr, guard)),
+            };
+        }
+    }
+
+    /// Count a new connection against the server's and this listener's
+    /// limits, or refuse it.
+    fn admit(&self, ctx: &Ctx, all: &Arc<Live>, addr: Option<SocketAddr>) -> Option<LiveGuard> {
+        let max = ctx.broker.config().limits.max_connections;
+        let mine = self.config.max_connections.unwrap_or(usize::MAX);
+        if all.count.fetch_add(1, Ordering::AcqRel) >= max {
+            all.count.fetch_sub(1, Ordering::AcqRel);
+        } else if self.live.count.fetch_add(1, Ordering::AcqRel) >= mine {
+            self.live.count.fetch_sub(1, Ordering::AcqRel);
+            all.count.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            return Some(LiveGuard {
+                all: all.clone(),
+                listener: self.live.clone(),
+            });
+        }
+        Stats::add(&ctx.broker.engine.stats.connections_refused, 1);
+        let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::warn!(%peer, listener = %self.config.describe(), "connection limit reached; closing");
+        None
+    }
+
+    /// From an accepted socket to a connection driver: the PROXY header,
+    /// TLS and the WebSocket upgrade, within the connect timeout.
+    async fn setup<S: Fold + Transport>(
+        self: Arc<Self>,
+        ctx: Arc<Ctx>,
+        stream: S,
+        addr: Option<SocketAddr>,
+        guard: LiveGuard,
+    ) {
+        let deadline = Duration::from_secs(ctx.broker.config().limits.connect_timeout);
+        let mut peer = Peer {
+            addr,
+            certificate: None,
+            rules: self.rules.clone(),
+        };
+        let kind = self.config.transport;
+        let ready = tokio::time::timeout(deadline, async {
+            let mut stream = stream;
+            if self.config.proxy_protocol {
+                if let Some(a) = super::proxy::read_header(&mut stream).await? {
+                    peer.addr = Some(a);
+                }
+            }
+            let max_frame = ctx.broker.config().limits.max_packet_size as usize;
+            let ready = match kind {
+                TransportKind::Tcp | TransportKind::Unix => Ready::Plain(stream),
+                TransportKind::Tls | TransportKind::Wss => {
+                    let Some(tls) = &self.tls else {
+                        return Err(io::Error::other("no TLS configuration"));
+                    };
+                    let tls = tls.accept(stream).await?;
+                    peer.certificate = tls.identity();
+                    if kind == TransportKind::Wss {
+                        Ready::Wss(
+                            ws::accept(tls, self.config.ws_path(), max_frame, peer.addr)
+                                .await
+                                .map_err(refused)?,
+                        )
+                    } else {
+                        Ready::Tls(tls)
+                    }
+                }
+                TransportKind::Ws => Ready::Ws(
+                    ws::accept(stream, self.config.ws_path(), max_frame, peer.addr)
+                        .await
+                        .map_err(refused)?,
+                ),
+                TransportKind::Quic => return Err(io::Error::other("not a stream transport")),
+            };
+            Ok::<_, io::Error>(ready)
+        })
+        .await;
+        let who = peer.addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        let ready = match ready {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::info!(peer = %who, listener = %self.config.describe(), error = %e, "connection closed before MQTT");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %who, listener = %self.config.describe(), "connection closed before MQTT: too slow (connect_timeout)");
+                return;
+            }
+        };
+        let guard = Some(guard);
+        match ready {
+            Ready::Plain(s) => driver::serve(ctx, s, peer, guard).await,
+            Ready::Tls(s) => driver::serve(ctx, Joined::new(s), peer, guard).await,
+            Ready::Ws(s) => driver::serve(ctx, Joined::new(s), peer, guard).await,
+            Ready::Wss(s) => driver::serve(ctx, Joined::new(s), peer, guard).await,
+        }
+    }
+}
+
+/// An accepted socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// A stream ready for MQTT.
+enum Ready<S> {
+    Plain(S),
+    Tls(TlsIo<S>),
+    Ws(ws::WsIo<S>),
+    Wss(ws::WsIo<TlsIo<S>>),
+}
+
+fn refused(r: ws::Refused) -> io::Error {
+    let why = if r.status.is_empty() {
+        r.why
+    } else {
+        format!("WebSocket upgrade refused ({}): {}", r.status, r.why)
+    };
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
