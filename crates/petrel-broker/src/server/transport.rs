@@ -1,7 +1,7 @@
 //! The byte streams a connection runs on. A transport only turns a socket
 //! into bytes: the connection driver above it does the rest, whatever the
-//! transport. TCP and Unix sockets are streams already; TLS ([`super::tls`])
-//! and WebSocket ([`super::ws`]) are layers over one, and a layered stream
+//! transport. TCP and Unix sockets are streams already; TLS (`tls`)
+//! and WebSocket (`ws`) are layers over one, and a layered stream
 //! reaches the driver as [`Joined`].
 
 use std::io;
