@@ -13,7 +13,9 @@ and a secure WebSocket listener. Then:
   no certificate, or one from another CA, is refused;
 - Python paho-mqtt's websocket transport over ws and wss;
 - MQTT.js from Node over ws (if --mqttjs names a folder with `mqtt`
-  installed; .ci/run installs it).
+  installed; .ci/run installs it);
+- Python aioquic (another QUIC stack) exchanging MQTT packets with the QUIC
+  listener over one stream; a client offering another ALPN is refused.
 Every "refused" or "nothing arrived" has a positive control beside it. One
 line per check, then "transport interop: N passed, M failed"; non-zero exit
 on any failure. Every wait is bounded.
@@ -87,7 +89,7 @@ def make_pki(work):
 
 class Petrel:
     def __init__(self, binary, work, p):
-        self.ports = {k: free_port() for k in ("tcp", "tls", "mtls", "ws", "wss")}
+        self.ports = {k: free_port() for k in ("tcp", "tls", "mtls", "ws", "wss", "quic")}
         acl = p("acl")
         with open(acl, "w") as f:
             # Anonymous clients read every sensor; sensor-1 (a certificate's
@@ -105,6 +107,7 @@ class Petrel:
                 f'cafile = "{p("ca.pem")}"\nrequire_certificate = true\nuse_identity_as_username = true\n'
                 f'[[listener]]\ntransport = "ws"\nbind = "127.0.0.1:{self.ports["ws"]}"\n'
                 f'[[listener]]\ntransport = "wss"\nbind = "127.0.0.1:{self.ports["wss"]}"\n{tls}'
+                f'[[listener]]\ntransport = "quic"\nbind = "127.0.0.1:{self.ports["quic"]}"\n{tls}'
             )
         self.log = open(p("petrel.log"), "w")
         self.proc = subprocess.Popen([binary, "broker", "-c", conf], stdout=self.log,
@@ -112,7 +115,9 @@ class Petrel:
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                for port in self.ports.values():
+                for name, port in self.ports.items():
+                    if name == "quic":
+                        continue  # UDP
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return
             except OSError:
@@ -168,6 +173,39 @@ class PahoWs:
     def close(self):
         self.c.disconnect()
         self.c.loop_stop()
+
+
+def aioquic_exchange(port, ca, alpn):
+    """Over one QUIC stream: CONNECT, SUBSCRIBE, PUBLISH to ourselves; the
+    packets that came back."""
+    import asyncio
+
+    from aioquic.asyncio import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
+    def string(s):
+        return len(s).to_bytes(2, "big") + s
+
+    topic = b"open/quic"
+    body = string(b"MQTT") + bytes([4, 2, 0, 30]) + string(b"aioquic")
+    connect_packet = bytes([0x10, len(body)]) + body
+    body = (1).to_bytes(2, "big") + string(topic) + bytes([1])
+    subscribe = bytes([0x82, len(body)]) + body
+    body = string(topic) + b"hello quic"
+    publish = bytes([0x30, len(body)]) + body
+
+    async def main():
+        config = QuicConfiguration(is_client=True, alpn_protocols=[alpn])
+        config.load_verify_locations(ca)
+        async with connect("localhost", port, configuration=config) as client:
+            reader, writer = await client.create_stream()
+            got = []
+            for packet, answer in ((connect_packet, 4), (subscribe, 5), (publish, len(publish))):
+                writer.write(packet)
+                got.append(await asyncio.wait_for(reader.readexactly(answer), TIMEOUT))
+            return got
+
+    return asyncio.run(asyncio.wait_for(main(), TIMEOUT * 2))
 
 
 MQTTJS = r"""
@@ -260,6 +298,21 @@ def main():
 
         check("paho-mqtt websocket transport over ws", lambda: paho_ws(ports["ws"], None, "ws"))
         check("paho-mqtt websocket transport over wss", lambda: paho_ws(ports["wss"], p("ca.pem"), "wss"))
+
+        def aioquic():
+            got = aioquic_exchange(ports["quic"], p("ca.pem"), "mqtt")
+            expect(got[0] == bytes([0x20, 2, 0, 0]), f"CONNACK {got[0]!r}")
+            expect(got[1] == bytes([0x90, 3, 0, 1, 1]), f"SUBACK {got[1]!r}")
+            expect(got[2].endswith(b"open/quichello quic"), f"PUBLISH {got[2]!r}")
+        check("aioquic: MQTT 3.1.1 over one QUIC stream (CONNECT, SUBSCRIBE, PUBLISH back)", aioquic)
+
+        def aioquic_alpn():
+            try:
+                aioquic_exchange(ports["quic"], p("ca.pem"), "h3")
+            except Exception:
+                return
+            raise AssertionError("a client offering h3 got through")
+        check("aioquic: a client offering another ALPN is refused", aioquic_alpn)
 
         if args.mqttjs:
             def mqttjs():

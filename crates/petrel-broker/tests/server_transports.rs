@@ -774,3 +774,75 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
     wss.send_packet(Packet::PingReq).await;
     assert!(matches!(wss.packet().await, Some(Packet::PingResp)));
 }
+
+/// A QUIC client endpoint trusting `ca`, offering `alpn`.
+fn quic_client(ca: &str, alpn: &[&[u8]]) -> quinn::Endpoint {
+    let mut tls = client_config(ca, None, alpn);
+    tls.enable_early_data = false;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint
+}
+
+#[tokio::test]
+async fn quic_serves_mqtt_on_one_stream_and_follows_a_moving_client() {
+    let tls = Tls::new("quic");
+    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
+    let addrs = server.local_addrs();
+    let (plain, quic) = (addrs[0], addrs[1]);
+    tokio::spawn(server.run());
+    let endpoint = quic_client(&tls.ca.pem(), &[b"mqtt"]);
+    let conn = endpoint.connect(quic, "localhost").unwrap().await.unwrap();
+    assert_eq!(
+        conn.handshake_data()
+            .unwrap()
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .unwrap()
+            .protocol,
+        Some(b"mqtt".to_vec())
+    );
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut c = Raw::over(tokio::io::join(recv, send), Protocol::V5)
+        .handshake("quic-c", |_| {})
+        .await
+        .0;
+    c.subscribe("t/quic", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(plain, Protocol::V5, "tcp-pub").await;
+    p.publish("t/quic", b"over quic", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&c.recv_publish().await.payload[..], b"over quic");
+    // The client moves to another address (a new socket, as a phone
+    // changing networks): the connection and its session go on.
+    let before = endpoint.local_addr().unwrap();
+    endpoint
+        .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    assert_ne!(endpoint.local_addr().unwrap(), before);
+    c.send(Packet::PingReq).await;
+    assert!(matches!(c.recv().await, Some(Packet::PingResp)));
+    p.publish("t/quic", b"after moving", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&c.recv_publish().await.payload[..], b"after moving");
+}
+
+#[tokio::test]
+async fn quic_with_the_wrong_alpn_is_refused_and_others_served() {
+    let tls = Tls::new("quic-alpn");
+    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
+    let addrs = server.local_addrs();
+    let (plain, quic) = (addrs[0], addrs[1]);
+    tokio::spawn(server.run());
+    let wrong = quic_client(&tls.ca.pem(), &[b"h3"]);
+    let r = tokio::time::timeout(WAIT, wrong.connect(quic, "localhost").unwrap()).await;
+    assert!(matches!(r, Ok(Err(_))), "a QUIC client speaking h3 got in");
+    still_serving(plain).await;
+    // Positive control: the right ALPN gets through.
+    let right = quic_client(&tls.ca.pem(), &[b"mqtt"]);
+    let conn = right.connect(quic, "localhost").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let (_c, ack) = Raw::over(tokio::io::join(recv, send), Protocol::V3_1_1)
+        .handshake("quic-ok", |_| {})
+        .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+}

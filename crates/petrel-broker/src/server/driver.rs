@@ -441,12 +441,12 @@ impl Task {
                         }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
-                        tracing::debug!(peer = %self.link.peer, error = %e, "protocol error");
+                        tracing::info!(peer = %self.link.peer, error = %e, "protocol error; closing");
                     }
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::debug!(peer = %self.link.peer, error = %e, "malformed packet");
+                    tracing::info!(peer = %self.link.peer, error = %e, "malformed packet; closing");
                     // The session answers where the protocol lets it (a
                     // CONNACK for an unsupported version, a 5.0 DISCONNECT
                     // with the reason code) and closes.

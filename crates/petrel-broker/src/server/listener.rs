@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use super::driver;
+use super::quic;
 use super::tls::{TlsAcceptor, TlsIo};
 use super::transport::{Fold, Joined, Transport};
 use super::ws;
@@ -36,6 +37,7 @@ pub(crate) struct Bound {
 #[derive(Debug)]
 enum Socket {
     Tcp(TcpListener),
+    Quic(quinn::Endpoint),
     Unix {
         listener: UnixListener,
         /// Removed with the listener.
@@ -82,7 +84,7 @@ fn bind_unix(path: &std::path::Path, mode: Option<u32>) -> io::Result<UnixListen
 
 impl Bound {
     /// Bind one configured listener, its certificates read.
-    pub(crate) async fn bind(config: &ListenerConfig) -> io::Result<Self> {
+    pub(crate) async fn bind(config: &ListenerConfig, keep_alive: u16) -> io::Result<Self> {
         let context = |e: io::Error| {
             io::Error::new(
                 e.kind(),
@@ -95,11 +97,22 @@ impl Bound {
             None
         };
         let socket = match (config.transport, &config.bind, &config.path) {
-            (TransportKind::Quic, _, _) => {
-                return Err(context(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "QUIC listeners are not built yet",
-                )))
+            (TransportKind::Quic, Some(addr), _) => {
+                let tls = tls
+                    .as_ref()
+                    .ok_or_else(|| context(io::Error::other("no TLS")))?;
+                let keep_alive = Duration::from_secs(u64::from(keep_alive));
+                let quic = quic::server_config(tls.current(), keep_alive).map_err(context)?;
+                let endpoint = quic::bind(quic, *addr).map_err(context)?;
+                // A certificate reload reaches the endpoint too.
+                let handle = endpoint.clone();
+                tls.also_install(move |c| match quic::server_config(c, keep_alive) {
+                    Ok(c) => handle.set_server_config(Some(c)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the QUIC listener keeps its certificate")
+                    }
+                });
+                Socket::Quic(endpoint)
             }
             (TransportKind::Unix, _, Some(path)) => Socket::Unix {
                 listener: bind_unix(path, config.unix_mode()).map_err(context)?,
@@ -126,6 +139,7 @@ impl Bound {
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match &self.socket {
             Socket::Tcp(l) => l.local_addr().ok(),
+            Socket::Quic(e) => e.local_addr().ok(),
             Socket::Unix { .. } => None,
         }
     }
@@ -133,6 +147,9 @@ impl Bound {
     /// Accept connections until the task is aborted.
     pub(crate) async fn accept_loop(self: Arc<Self>, ctx: Arc<Ctx>, all: Arc<Live>) {
         tracing::info!(listener = %self.config.describe(), "listening");
+        if let Socket::Quic(endpoint) = &self.socket {
+            return self.clone().accept_quic(endpoint.clone(), ctx, all).await;
+        }
         loop {
             let accepted = match &self.socket {
                 Socket::Tcp(l) => l.accept().await.map(|(s, a)| {
@@ -142,6 +159,7 @@ impl Bound {
                 Socket::Unix { listener: l, .. } => {
                     l.accept().await.map(|(s, _)| (Stream::Unix(s), None))
                 }
+                Socket::Quic(_) => return,
             };
             let (stream, addr) = match accepted {
                 Ok(s) => s,
@@ -162,6 +180,71 @@ impl Bound {
                 Stream::Unix(s) => tokio::spawn(bound.setup(ctx.clone(), s, addr, guard)),
             };
         }
+    }
+
+    /// Accept QUIC connections until the task is aborted (then the
+    /// endpoint closes).
+    async fn accept_quic(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        ctx: Arc<Ctx>,
+        all: Arc<Live>,
+    ) {
+        struct Close(quinn::Endpoint);
+        impl Drop for Close {
+            fn drop(&mut self) {
+                self.0.close(0u32.into(), b"shutting down");
+            }
+        }
+        let _close = Close(endpoint.clone());
+        while let Some(incoming) = endpoint.accept().await {
+            let addr = incoming.remote_address();
+            let Some(guard) = self.admit(&ctx, &all, Some(addr)) else {
+                incoming.refuse();
+                continue;
+            };
+            tokio::spawn(self.clone().setup_quic(ctx.clone(), incoming, guard));
+        }
+    }
+
+    /// From a QUIC handshake to a connection driver on its first stream,
+    /// within the connect timeout.
+    async fn setup_quic(
+        self: Arc<Self>,
+        ctx: Arc<Ctx>,
+        incoming: quinn::Incoming,
+        guard: LiveGuard,
+    ) {
+        let deadline = Duration::from_secs(ctx.broker.config().limits.connect_timeout);
+        let addr = incoming.remote_address();
+        let ready = tokio::time::timeout(deadline, async {
+            let conn = incoming.await?;
+            let (send, recv) = conn.accept_bi().await?;
+            Ok::<_, quinn::ConnectionError>(quic::QuicStream {
+                send,
+                recv,
+                _conn: conn,
+            })
+        })
+        .await;
+        let stream = match ready {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(peer = %addr, listener = %self.config.describe(), error = %e, "connection closed before MQTT");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %addr, listener = %self.config.describe(), "connection closed before MQTT: too slow (connect_timeout)");
+                return;
+            }
+        };
+        let peer = Peer {
+            addr: Some(addr),
+            certificate: quic::peer_certificate(&stream._conn)
+                .and_then(|c| super::tls::identity(&c)),
+            rules: self.rules.clone(),
+        };
+        driver::serve(ctx, stream, peer, Some(guard)).await;
     }
 
     /// Count a new connection against the server's and this listener's

@@ -7,6 +7,7 @@ mod hibernate;
 mod listener;
 mod outq;
 mod proxy;
+mod quic;
 mod tls;
 mod transport;
 mod ws;
@@ -113,7 +114,8 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for l in &broker.config().listeners {
-            listeners.push(Arc::new(Bound::bind(l).await?));
+            let keep_alive = broker.config().limits.max_keepalive;
+            listeners.push(Arc::new(Bound::bind(l, keep_alive).await?));
         }
         Ok(Self { broker, listeners })
     }

@@ -22,11 +22,15 @@ use super::transport::{Fold, Folded};
 use crate::config::{ListenerConfig, TransportKind};
 use crate::core::auth::CertificateIdentity;
 
+/// Hands a reloaded configuration on.
+type Installer = Box<dyn Fn(Arc<ServerConfig>) + Send + Sync>;
+
 /// A listener's TLS settings, as last loaded.
-#[derive(Debug)]
 pub(crate) struct TlsAcceptor {
     listener: ListenerConfig,
     config: RwLock<Arc<ServerConfig>>,
+    /// Who else takes a reloaded configuration (a QUIC endpoint).
+    also: std::sync::OnceLock<Installer>,
 }
 
 /// Why a listener's TLS files can't be used.
@@ -74,8 +78,13 @@ fn server_config(l: &ListenerConfig) -> io::Result<ServerConfig> {
     };
     let certs = read_certs(certfile)?;
     let key = read_key(keyfile)?;
+    // QUIC is TLS 1.3 only.
+    let versions: &[&rustls::SupportedProtocolVersion] = match l.transport {
+        TransportKind::Quic => &[&rustls::version::TLS13],
+        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(io::Error::other)?;
     let builder = match &l.cafile {
         Some(cafile) => {
@@ -112,12 +121,21 @@ fn server_config(l: &ListenerConfig) -> io::Result<ServerConfig> {
     Ok(config)
 }
 
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("listener", &self.listener.describe())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TlsAcceptor {
     /// Load a listener's certificates and keys.
     pub(crate) fn new(listener: &ListenerConfig) -> io::Result<Self> {
         Ok(Self {
             config: RwLock::new(Arc::new(server_config(listener)?)),
             listener: listener.clone(),
+            also: std::sync::OnceLock::new(),
         })
     }
 
@@ -128,15 +146,24 @@ impl TlsAcceptor {
 
     /// New connections use `config`; open ones keep theirs.
     pub(crate) fn install(&self, config: Arc<ServerConfig>) {
+        if let Some(also) = self.also.get() {
+            also(config.clone());
+        }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// The configuration new connections get.
-    fn current(&self) -> Arc<ServerConfig> {
+    pub(crate) fn current(&self) -> Arc<ServerConfig> {
         self.config
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Also give every configuration installed from now on to `f` (a
+    /// QUIC endpoint, which holds its own).
+    pub(crate) fn also_install(&self, f: impl Fn(Arc<ServerConfig>) + Send + Sync + 'static) {
+        let _ = self.also.set(Box::new(f));
     }
 
     /// Run the server side of a handshake over `io` (the caller bounds it
