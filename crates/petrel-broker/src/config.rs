@@ -28,6 +28,10 @@
 //!
 //! [[listener]]
 //! bind = "127.0.0.1:1883"       # several [[listener]] tables, several sockets
+//! transport = "tcp"             # tcp, tls, ws, wss, quic, unix (with path = "...")
+//! # TLS (tls, wss, quic): certfile, keyfile, cafile, require_certificate,
+//! # use_identity_as_username. Any: max_connections, protocols, auth_methods,
+//! # proxy_protocol. WebSocket: websocket_path (default "/mqtt").
 //!
 //! [limits]
 //! max_connections = 100000      # connections beyond this are closed at once
