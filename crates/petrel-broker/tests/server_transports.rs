@@ -846,3 +846,21 @@ async fn quic_with_the_wrong_alpn_is_refused_and_others_served() {
         .await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
 }
+
+#[tokio::test]
+async fn listeners_bind_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIP: this machine has no IPv6 loopback");
+        return;
+    }
+    let (_b, server) = serve(
+        base(),
+        vec![ListenerConfig::tcp("[::1]:0".parse().unwrap())],
+    )
+    .await;
+    let v6 = server.local_addrs()[1];
+    assert!(v6.is_ipv6());
+    tokio::spawn(server.run());
+    let (_c, ack) = Raw::connect_with(v6, Protocol::V5, "v6", |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+}
