@@ -38,10 +38,13 @@ pub struct Client {
 }
 
 /// The messages the broker delivers, in order. QoS 1 and 2 messages are
-/// acknowledged to the broker as they enter this stream's bounded buffer
-/// (up to 256 messages), so a reader that falls behind holds back the
-/// broker's sending (its in-flight window), never the client's own
-/// publishes. Dropping the stream discards (and acknowledges) what
+/// acknowledged to the broker (PUBACK, or PUBREC) as they enter this
+/// stream's bounded buffer (`max_incoming` messages, at most 256), before
+/// the application reads them; those that find it full wait in the
+/// connection task unacknowledged, so a reader that falls behind holds
+/// back the broker's sending (its in-flight window), never the client's
+/// own publishes. A message acknowledged but not read yet is lost if the
+/// process ends. Dropping the stream discards (and acknowledges) what
 /// arrives. Ends when the client is closed.
 #[derive(Debug)]
 pub struct Messages {
@@ -64,8 +67,10 @@ impl Stream for Messages {
 }
 
 /// Connect to the broker and start the connection task. Returns once the
-/// first CONNACK accepted the connection (or with the reason it did not);
-/// from then on the task reconnects by itself as `options.reconnect` says.
+/// first CONNACK accepted the connection, or with the reason it did not
+/// (after retrying, if [`ConnectOptions::retry_first_connect`] is set and
+/// the failure may pass); from then on the task reconnects by itself as
+/// `options.reconnect` says.
 pub async fn connect(options: ConnectOptions) -> Result<(Client, Messages), ClientError> {
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (control, control_rx) = mpsc::channel(8);

@@ -1,7 +1,9 @@
 //! # petrel-client
 //!
 //! An async MQTT client on tokio, built on `petrel-codec` and
-//! `petrel-session`: MQTT 3.1.1 and 5.0, plain TCP or TLS (rustls).
+//! `petrel-session`: MQTT 3.1.1 and 5.0 over TCP, TLS (rustls with the
+//! *ring* provider), WebSocket, secure WebSocket, QUIC (quinn) or a Unix
+//! socket.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), petrel_client::ClientError> {
@@ -19,6 +21,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Transports
+//! [`ConnectOptions::from_url`] reads `mqtt://`, `mqtts://`, `ws://`,
+//! `wss://`, `quic://` and `unix://` URLs; or set
+//! [`ConnectOptions::transport`] and [`ConnectOptions::tls`] yourself.
+//! TLS is configured by [`TlsOptions`] (CA file or directory, client
+//! certificate, versions, cipher suites) or by a rustls
+//! [`ClientConfig`](rustls::ClientConfig) of your own
+//! ([`ConnectOptions::tls_config`]; [`rustls`] is re-exported so that the
+//! versions match).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), petrel_client::ClientError> {
+//! use petrel_client::{connect, ConnectOptions};
+//!
+//! let options = ConnectOptions::from_url("wss://user:secret@broker.example/mqtt", "demo")?
+//!     .retry_first_connect(true);
+//! let (client, messages) = connect(options).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## How it works
 //! [`connect`] spawns one connection task that owns the socket and a
 //! client-role [`petrel_session::Connection`], and returns a cloneable,
@@ -30,11 +52,13 @@
 //!   the 5.0 reason code and properties; `subscribe` and `unsubscribe` return
 //!   the SUBACK and UNSUBACK with one reason code per filter.
 //! * **No deadlock.** The task never waits for the application: it always
-//!   reads the socket, hands received messages to a bounded queue, and
-//!   acknowledges a QoS 1/2 message only when the application is handed it,
-//!   so a slow reader holds back the broker (through its in-flight window),
-//!   not the client. A handler may publish and await the acknowledgement
-//!   from inside the loop that reads [`Messages`].
+//!   reads the socket and hands received messages to the bounded
+//!   [`Messages`] buffer (`max_incoming` messages, at most 256). A QoS 1/2
+//!   message is acknowledged as it enters that buffer — before the
+//!   application reads it — and one that finds the buffer full waits in the
+//!   task unacknowledged, so a slow reader holds back the broker (through
+//!   its in-flight window), not the client. A handler may publish and await
+//!   the acknowledgement from inside the loop that reads [`Messages`].
 //! * **Reconnect.** A lost connection is re-established with exponential
 //!   backoff and jitter. The session resumes: QoS 1/2 messages in flight are
 //!   resent with DUP; if the broker kept no session, unacknowledged messages
@@ -64,8 +88,10 @@ mod task;
 mod transport;
 
 pub use client::{connect, Client, Messages};
-pub use error::ClientError;
-pub use options::{Authenticator, ConnectOptions, LastWill, Reconnect, TlsOptions};
+pub use error::{BoxError, ClientError};
+pub use options::{
+    Authenticator, ConnectOptions, LastWill, Reconnect, TlsOptions, TlsVersion, Transport,
+};
 pub use petrel_codec::{
     MqttString, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscription, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
@@ -73,4 +99,7 @@ pub use petrel_codec::{
 };
 pub use petrel_session::Message;
 pub use request::{Ack, Status};
+/// The rustls this crate is built with, for [`ConnectOptions::tls_config`]
+/// and [`TlsOptions::cipher_suites`].
+pub use rustls;
 pub use scram::{ScramAuthenticator, ScramMechanism};

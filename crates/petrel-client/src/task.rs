@@ -1,13 +1,16 @@
 //! The connection task: owns the socket and a client-role session machine,
 //! reconnects with backoff, and keeps every promise across connections.
 //!
-//! It never waits for the application: received messages go to a bounded
-//! queue with `try_send`, and QoS 1/2 messages are acknowledged only as the
-//! application is handed them ([`petrel_session::Config::manual_acks`]), so
-//! the socket is read — the acknowledgements of the application's own
-//! publishes arrive there — and the broker's flow control bounds what waits.
+//! It never waits for the application: received messages go to the
+//! [`crate::Messages`] channel (at most 256 slots) with `try_send`, and a
+//! QoS 1/2 message is acknowledged ([`petrel_session::Config::manual_acks`])
+//! when it enters that channel, not before: what finds it full waits here
+//! unacknowledged, so the socket is still read — the acknowledgements of the
+//! application's own publishes arrive there — and the broker's flow control
+//! bounds what waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +22,7 @@ use petrel_session::{CloseReason, Connection, Event, MessageId, SendError, Sessi
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::error::ClientError;
+use crate::error::{is_final_refusal, ClientError};
 use crate::options::ConnectOptions;
 use crate::request::{Ack, Command, Control, Reply, Status};
 use crate::transport;
@@ -64,7 +67,8 @@ enum Outcome {
     Closed,
     /// Refused for a reason retrying won't change: stop.
     Fatal(ClientError),
-    /// Lost or refused: reconnect, unless it was the first attempt.
+    /// Lost or refused: reconnect; on the first attempt, only with
+    /// `retry_first_connect` and an error that may pass.
     Lost(ClientError),
 }
 
@@ -198,11 +202,16 @@ impl Task {
                     break;
                 }
                 Outcome::Lost(error) => {
-                    if let Some(f) = first.take() {
-                        let _ = f.send(Err(error));
-                        break;
-                    }
-                    if !self.opts.reconnect.enabled {
+                    if first.is_some() {
+                        // The first connection: retried only if asked, and
+                        // only for what may pass.
+                        if !self.opts.retry_first_connect || !error.is_transient() {
+                            if let Some(f) = first.take() {
+                                let _ = f.send(Err(error));
+                            }
+                            break;
+                        }
+                    } else if !self.opts.reconnect.enabled {
                         break;
                     }
                     // Only a connection that stayed up resets the backoff:
@@ -370,8 +379,15 @@ impl Task {
                 && out.len() < OUT_HIGH;
             tokio::select! {
                 r = reader.read_buf(&mut inbuf), if can_read => match r {
-                    Ok(0) | Err(_) => {
-                        outcome.get_or_insert(Outcome::Lost(ClientError::Io("connection closed by the broker".into())));
+                    Ok(0) => {
+                        outcome.get_or_insert(Outcome::Lost(ClientError::from(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed by the broker",
+                        ))));
+                        break;
+                    }
+                    Err(e) => {
+                        outcome.get_or_insert(Outcome::Lost(ClientError::io("reading", e)));
                         break;
                     }
                     Ok(_) => {
@@ -394,8 +410,13 @@ impl Task {
                     }
                 },
                 r = writer.write_buf(&mut out), if !out.is_empty() => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        outcome.get_or_insert(Outcome::Lost(ClientError::Io("write failed".into())));
+                    let failed = match r {
+                        Ok(0) => Some(io::Error::from(io::ErrorKind::WriteZero)),
+                        Ok(_) => None,
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = failed {
+                        outcome.get_or_insert(Outcome::Lost(ClientError::io("writing", e)));
                         break;
                     }
                 }
@@ -417,9 +438,10 @@ impl Task {
         // Whatever the connection held stays with the session.
         self.state = conn.take_state();
         if let Some(reply) = self.reauth.take() {
-            let _ = reply.send(Err(ClientError::Io(
-                "the connection closed during re-authentication".into(),
-            )));
+            let _ = reply.send(Err(ClientError::from(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection closed during re-authentication",
+            ))));
         }
         let back: Vec<Request> = self.requests.drain().map(|(_, r)| r).collect();
         for r in back.into_iter().rev() {
@@ -430,11 +452,20 @@ impl Task {
         }
         outcome.unwrap_or_else(|| match conn.close_reason() {
             Some(CloseReason::ResponseTimeout) => Outcome::Lost(ClientError::Timeout),
-            Some(CloseReason::Disconnected { reason_code, .. }) => Outcome::Lost(ClientError::Io(
-                format!("disconnected by the broker: {reason_code}"),
-            )),
-            Some(other) => Outcome::Lost(ClientError::Io(format!("{other:?}"))),
-            None => Outcome::Lost(ClientError::Io("connection lost".into())),
+            Some(CloseReason::Disconnected { reason_code, .. }) => {
+                Outcome::Lost(ClientError::from(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("disconnected by the broker: {reason_code}"),
+                )))
+            }
+            Some(other) => Outcome::Lost(ClientError::from(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("{other:?}"),
+            ))),
+            None => Outcome::Lost(ClientError::from(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection lost",
+            ))),
         })
     }
 
@@ -472,7 +503,9 @@ impl Task {
     /// connection began with.
     fn reauthenticate(&mut self, conn: Option<&mut Connection>, now: Instant, reply: Reply<()>) {
         let Some(conn) = conn.filter(|c| c.is_connected()) else {
-            let _ = reply.send(Err(ClientError::Io("not connected".into())));
+            let _ = reply.send(Err(ClientError::from(io::Error::from(
+                io::ErrorKind::NotConnected,
+            ))));
             return;
         };
         let (Some(a), Some(method)) = (
@@ -522,11 +555,10 @@ impl Task {
                     // last word ([MQTT-4.12.0-5]: the CONNACK carries it).
                     if let Err(e) = a.finish(properties.authentication_data().as_ref()) {
                         let _ = conn.disconnect(now, ReasonCode::NOT_AUTHORIZED, Properties::new());
-                        let e = ClientError::Invalid(format!("authentication: {e}"));
-                        if let Some(f) = first.take() {
-                            let _ = f.send(Err(e.clone()));
-                        }
-                        return Some(Outcome::Fatal(e));
+                        // `run` tells the first caller, if it waits.
+                        return Some(Outcome::Fatal(ClientError::Invalid(format!(
+                            "authentication: {e}"
+                        ))));
                     }
                 }
                 self.connected_at = Some(now);
@@ -550,8 +582,7 @@ impl Task {
             Event::ConnectRefused { reason_code, .. } => {
                 let e = ClientError::Refused(reason_code);
                 // Retrying won't change these.
-                let fatal = [0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C, 0x9C, 0x9D];
-                Some(if fatal.contains(&reason_code.0) {
+                Some(if is_final_refusal(reason_code) {
                     Outcome::Fatal(e)
                 } else {
                     Outcome::Lost(e)
@@ -613,11 +644,11 @@ impl Task {
                     }
                     Err(e) => {
                         let _ = conn.disconnect(now, ReasonCode::NOT_AUTHORIZED, Properties::new());
-                        let e = ClientError::Invalid(format!("authentication: {e}"));
+                        let e = format!("authentication: {e}");
                         if let Some(r) = reply {
-                            let _ = r.send(Err(e.clone()));
+                            let _ = r.send(Err(ClientError::Invalid(e.clone())));
                         }
-                        Some(Outcome::Fatal(e))
+                        Some(Outcome::Fatal(ClientError::Invalid(e)))
                     }
                 }
             }

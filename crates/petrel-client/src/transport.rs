@@ -1,152 +1,163 @@
-//! The byte stream under the session: TCP, or TLS over TCP (rustls).
+//! The byte stream under the session: TCP, TLS (rustls), WebSocket,
+//! secure WebSocket, QUIC or a Unix socket — each an `AsyncRead +
+//! AsyncWrite` the connection task reads and writes alike.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
-use std::sync::Arc;
+mod quic;
+pub(crate) mod tls;
+mod ws;
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use tokio_rustls::rustls::client::WebPkiServerVerifier;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
-    SignatureScheme,
-};
 use tokio_rustls::TlsConnector;
 
 use crate::error::ClientError;
-use crate::options::{ConnectOptions, TlsOptions};
+use crate::options::{ConnectOptions, TlsOptions, Transport};
 
 /// A connected byte stream.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// ALPN for secure WebSocket: it starts as HTTP/1.1.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// Open the transport `opts` describe. The TLS configuration is made
+/// first: a missing file or a bad name fails before any connection.
 pub(crate) async fn connect(opts: &ConnectOptions) -> Result<Box<dyn Io>, ClientError> {
+    match &opts.transport {
+        Transport::Tcp => {
+            let tls = opts
+                .tls
+                .as_ref()
+                .map(|t| Tls::new(opts, t, &[]))
+                .transpose()?;
+            let tcp = tcp(opts).await?;
+            match tls {
+                None => Ok(Box::new(tcp)),
+                Some(tls) => Ok(Box::new(tls.over(tcp).await?)),
+            }
+        }
+        Transport::WebSocket { path } => {
+            let tls = opts
+                .tls
+                .as_ref()
+                .map(|t| Tls::new(opts, t, &[ALPN_HTTP1]))
+                .transpose()?;
+            let tcp = tcp(opts).await?;
+            let host = url_host(&opts.host);
+            let max_in = ws_limit(opts.max_packet_size);
+            match tls {
+                None => {
+                    let url = format!("ws://{host}:{}{path}", opts.port);
+                    Ok(Box::new(ws::connect(tcp, &url, max_in).await?))
+                }
+                Some(tls) => {
+                    let url = format!("wss://{host}:{}{path}", opts.port);
+                    let tls = tls.over(tcp).await?;
+                    Ok(Box::new(ws::connect(tls, &url, max_in).await?))
+                }
+            }
+        }
+        Transport::Quic => Ok(Box::new(quic::connect(opts).await?)),
+        Transport::Unix { path } => unix(opts, path).await,
+    }
+}
+
+async fn tcp(opts: &ConnectOptions) -> Result<TcpStream, ClientError> {
     let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
         .await
-        .map_err(|e| ClientError::Io(format!("{}:{}: {e}", opts.host, opts.port)))?;
+        .map_err(|e| ClientError::io(format!("{}:{}", opts.host, opts.port), e))?;
     let _ = tcp.set_nodelay(true);
-    let Some(tls) = &opts.tls else {
-        return Ok(Box::new(tcp));
-    };
-    let config = tls_config(tls)?;
-    let name = tls.server_name.clone().unwrap_or_else(|| opts.host.clone());
-    let name =
-        ServerName::try_from(name).map_err(|e| ClientError::Tls(format!("server name: {e}")))?;
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    Ok(tcp)
+}
+
+#[cfg(unix)]
+async fn unix(opts: &ConnectOptions, path: &std::path::Path) -> Result<Box<dyn Io>, ClientError> {
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|t| Tls::new(opts, t, &[]))
+        .transpose()?;
+    let stream = tokio::net::UnixStream::connect(path)
         .await
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
-    Ok(Box::new(stream))
+        .map_err(|e| ClientError::io(path.display().to_string(), e))?;
+    match tls {
+        None => Ok(Box::new(stream)),
+        Some(tls) => Ok(Box::new(tls.over(stream).await?)),
+    }
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let file =
-        File::open(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-    rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))
+#[cfg(not(unix))]
+async fn unix(_: &ConnectOptions, path: &std::path::Path) -> Result<Box<dyn Io>, ClientError> {
+    Err(ClientError::io(
+        path.display().to_string(),
+        std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "Unix sockets exist only on Unix",
+        ),
+    ))
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
-    let file =
-        File::open(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?
-        .ok_or_else(|| ClientError::Tls(format!("{}: no private key", path.display())))
+/// TLS ready to run over a stream: the configuration (offering `alpn`),
+/// the server name, and the broker for messages.
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    context: String,
 }
 
-/// The rustls client configuration: the given CA or the system's roots,
-/// an optional client certificate, and `insecure` skipping only the
-/// host name check (as `mosquitto_pub --insecure` does).
-pub(crate) fn tls_config(tls: &TlsOptions) -> Result<ClientConfig, ClientError> {
-    let mut roots = RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            for cert in certs(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs()
-                .map_err(|e| ClientError::Tls(format!("system roots: {e}")))?;
-            let (added, _) = roots.add_parsable_certificates(native);
-            if added == 0 {
-                return Err(ClientError::Tls(
-                    "no usable system root certificates".into(),
-                ));
-            }
-        }
+impl Tls {
+    fn new(opts: &ConnectOptions, tls: &TlsOptions, alpn: &[&[u8]]) -> Result<Self, ClientError> {
+        Ok(Self {
+            connector: TlsConnector::from(tls::client_config(tls, alpn)?),
+            name: tls::server_name(tls, &opts.host)?,
+            context: format!("{}:{}", opts.host, opts.port),
+        })
     }
-    let roots = Arc::new(roots);
-    let builder = ClientConfig::builder().with_root_certificates(roots.clone());
-    let mut config = match &tls.client_cert {
-        Some((cert, key_path)) => builder
-            .with_client_auth_cert(certs(cert)?, key(key_path)?)
-            .map_err(|e| ClientError::Tls(e.to_string()))?,
-        None => builder.with_no_client_auth(),
-    };
-    if tls.insecure {
-        let inner = WebPkiServerVerifier::builder(roots)
-            .build()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
-        config
-            .dangerous()
-            .set_certificate_verifier(Arc::new(AnyHostName(inner)));
+
+    async fn over<S>(self, stream: S) -> Result<tokio_rustls::client::TlsStream<S>, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.connector
+            .connect(self.name, stream)
+            .await
+            .map_err(|e| tls::handshake_error(self.context, e))
     }
-    Ok(config)
 }
 
-/// Verifies the chain like the default verifier, but accepts a certificate
-/// issued for another host name.
-#[derive(Debug)]
-struct AnyHostName(Arc<WebPkiServerVerifier>);
+/// The host as a URL writes it: an IPv6 address in brackets.
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
 
-impl ServerCertVerifier for AnyHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(TlsError::InvalidCertificate(CertificateError::NotValidForName)) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
+/// The largest WebSocket frame or message accepted: room for the largest
+/// packet accepted, and never less than tungstenite's 64 MiB default (a
+/// broker may put several packets in one frame).
+fn ws_limit(max_packet_size: u32) -> usize {
+    let packet = usize::try_from(max_packet_size).unwrap_or(usize::MAX);
+    packet.saturating_mul(2).max(64 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_in_urls() {
+        assert_eq!(url_host("::1"), "[::1]");
+        assert_eq!(url_host("[::1]"), "[::1]");
+        assert_eq!(url_host("broker.example"), "broker.example");
+        assert_eq!(url_host("10.0.0.1"), "10.0.0.1");
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+    #[test]
+    fn websocket_limits_cover_the_largest_packet() {
+        assert_eq!(ws_limit(1024), 64 << 20);
+        assert_eq!(ws_limit(268_435_455), 2 * 268_435_455);
     }
 }

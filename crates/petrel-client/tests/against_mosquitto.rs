@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use petrel_client::rustls::{CertificateError, Error as CertError};
 use petrel_client::{
     connect, ConnectOptions, LastWill, Message, Properties, QoS, ReasonCode, Status, TopicName,
 };
@@ -272,6 +273,15 @@ fn make_certs(dir: &std::path::Path) {
     }
 }
 
+/// The rustls error under a [`petrel_client::ClientError::Tls`].
+fn tls_cause(err: &petrel_client::ClientError) -> Option<&CertError> {
+    use std::error::Error as _;
+    match err {
+        petrel_client::ClientError::Tls { .. } => err.source()?.downcast_ref::<CertError>(),
+        _ => None,
+    }
+}
+
 #[tokio::test]
 async fn tls_with_a_ca_file_a_client_certificate_and_insecure() {
     let Some(mut mosq) = Mosquitto::start("tls") else {
@@ -327,16 +337,32 @@ async fn tls_with_a_ca_file_a_client_certificate_and_insecure() {
         .unwrap();
     assert_eq!(&next(&mut inbox).await.payload[..], b"secret");
     c.disconnect().await.unwrap();
-    // The system roots don't know this CA.
+    // The system roots don't know this CA: the rustls error is the source.
     let err = connect(opts("localhost", tls_port, Default::default()))
         .await
         .unwrap_err();
-    assert!(matches!(err, petrel_client::ClientError::Tls(_)), "{err:?}");
+    assert!(
+        matches!(
+            tls_cause(&err),
+            Some(CertError::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        ),
+        "{err:?}"
+    );
     // The certificate is for localhost, not 127.0.0.1 …
     let err = connect(opts("127.0.0.1", tls_port, ca.clone()))
         .await
         .unwrap_err();
-    assert!(matches!(err, petrel_client::ClientError::Tls(_)), "{err:?}");
+    assert!(
+        matches!(
+            tls_cause(&err),
+            Some(CertError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        ),
+        "{err:?}"
+    );
     // … which --insecure accepts (the chain is still checked).
     let insecure = petrel_client::TlsOptions {
         insecure: true,
@@ -406,5 +432,82 @@ async fn user_name_and_password_are_sent_and_a_wrong_one_is_refused() {
             matches!(err, petrel_client::ClientError::Refused(rc) if rc.0 == 0x86 || rc.0 == 0x87),
             "{proto:?}: {err:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn websocket_and_secure_websocket() {
+    let Some(mut mosq) = Mosquitto::start("ws") else {
+        return;
+    };
+    let certs = common::certs::Certs::new("mosquitto-wss");
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (ws_port, wss_port) = (free(), free());
+    let conf = mosq.dir.join("mosquitto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "listener {ws_port} 127.0.0.1\nprotocol websockets\n\
+         listener {wss_port} 127.0.0.1\nprotocol websockets\ncertfile {}\nkeyfile {}\n",
+        certs.cert.display(),
+        certs.key.display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    mosq.restart();
+    for port in [ws_port, wss_port] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "WebSocket listener did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let ws = |proto, id: &str| {
+        ConnectOptions::from_url(&format!("ws://127.0.0.1:{ws_port}/mqtt"), id)
+            .unwrap()
+            .protocol(proto)
+    };
+    let wss = |proto, id: &str| {
+        let mut o = ConnectOptions::from_url(&format!("wss://localhost:{wss_port}/mqtt"), id)
+            .unwrap()
+            .protocol(proto);
+        o.tls = Some(petrel_client::TlsOptions {
+            ca_file: Some(certs.ca.clone()),
+            ..Default::default()
+        });
+        o
+    };
+    for proto in BOTH {
+        // A subscriber over WebSocket, a publisher over secure WebSocket
+        // and one over TCP: every message reaches it whole, the large one
+        // across many frames.
+        let (sub, mut inbox) = connect(ws(proto, "ws-sub")).await.unwrap();
+        sub.subscribe("ws/#", QoS::ExactlyOnce).await.unwrap();
+        let (secure, _) = connect(wss(proto, "wss-pub")).await.unwrap();
+        let (plain, _) = connect(options(mosq.addr(), proto, "tcp-pub"))
+            .await
+            .unwrap();
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            secure.publish_to("ws/s", "secure", qos).await.unwrap();
+            assert_eq!(&next(&mut inbox).await.payload[..], b"secure");
+            plain.publish_to("ws/p", "plain", qos).await.unwrap();
+            assert_eq!(&next(&mut inbox).await.payload[..], b"plain");
+        }
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        secure
+            .publish_to("ws/big", big.clone(), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(next(&mut inbox).await.payload == big);
+        for c in [sub, secure, plain] {
+            c.disconnect().await.unwrap();
+        }
     }
 }

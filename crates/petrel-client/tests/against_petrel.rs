@@ -85,10 +85,10 @@ async fn every_qos_both_ways_with_acknowledgements() {
         sub.disconnect().await.unwrap();
         publ.disconnect().await.unwrap();
         assert_eq!(sub.status(), Status::Closed);
-        assert_eq!(
+        assert!(matches!(
             publ.publish_to("c/t", "x", QoS::AtMostOnce).await,
             Err(ClientError::Closed)
-        );
+        ));
     }
 }
 
@@ -326,7 +326,7 @@ async fn disconnect_is_heard_while_offline_and_a_publish_waits_for_room() {
         .unwrap();
     for w in waiting {
         let r = tokio::time::timeout(WAIT, w).await.unwrap().unwrap();
-        assert_eq!(r, Err(ClientError::Closed));
+        assert!(matches!(r, Err(ClientError::Closed)), "{r:?}");
     }
     assert_eq!(client.status(), Status::Closed);
 }

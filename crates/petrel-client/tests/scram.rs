@@ -102,15 +102,21 @@ async fn a_wrong_password_is_refused() {
     let e = connect(options(addr, "c", ScramMechanism::Sha256, "pen"))
         .await
         .unwrap_err();
-    assert_eq!(e, ClientError::Refused(ReasonCode::NOT_AUTHORIZED));
+    assert!(
+        matches!(e, ClientError::Refused(ReasonCode::NOT_AUTHORIZED)),
+        "{e:?}"
+    );
     // An unknown mechanism: 0x8C ([MQTT-4.12.0-1]).
     let mut o = options(addr, "c", ScramMechanism::Sha256, "pencil");
     o.properties
         .set_authentication_method(Some(MqttString::from_static("SCRAM-SHA-1")));
     let e = connect(o).await.unwrap_err();
-    assert_eq!(
-        e,
-        ClientError::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD)
+    assert!(
+        matches!(
+            e,
+            ClientError::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD)
+        ),
+        "{e:?}"
     );
 }
 

@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use petrel_broker::SubscriptionTree;
+use petrel_client::rustls::CipherSuite;
 use petrel_client::{
     connect, Client, ConnectOptions, LastWill, Message, MqttString, Properties, Protocol, Publish,
     QoS, RetainHandling, ScramAuthenticator, ScramMechanism, Subscription, SubscriptionId,
-    SubscriptionOptions, TlsOptions, TopicFilter, TopicName, UserProperty,
+    SubscriptionOptions, TlsOptions, TlsVersion, TopicFilter, TopicName, Transport, UserProperty,
 };
 
 /// Flags both tools share: where the broker is and how to connect.
@@ -26,6 +27,15 @@ pub(crate) struct Common {
     /// Broker port (default 1883, or 8883 with TLS).
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
+    /// The broker as a URL, as mosquitto's -L:
+    /// mqtt(s)://[user[:password]@]host[:port]/topic, and
+    /// quic://host[:port]/topic; also ws(s)://host[:port][/path] and
+    /// unix:///path/to/socket, whose path is no topic (give -t).
+    #[arg(short = 'L', long = "url", value_name = "URL", conflicts_with_all = ["host", "port", "unix"])]
+    url: Option<String>,
+    /// Connect through this Unix socket instead of TCP.
+    #[arg(long = "unix", value_name = "PATH", conflicts_with_all = ["host", "port"])]
+    unix: Option<PathBuf>,
     /// Protocol version: 311 (mqttv311), 5 (mqttv5) or 31 (mqttv31).
     #[arg(short = 'V', long = "protocol-version", default_value = "311")]
     version: String,
@@ -68,6 +78,19 @@ pub(crate) struct Common {
     /// CA certificates (PEM) to trust; turns TLS on.
     #[arg(long = "cafile")]
     cafile: Option<PathBuf>,
+    /// A directory of CA certificates (PEM files) to trust; turns TLS on.
+    #[arg(long = "capath", value_name = "DIR")]
+    capath: Option<PathBuf>,
+    /// The oldest TLS version to use, as mosquitto's: tlsv1.3 (1.3 only)
+    /// or tlsv1.2 (1.2 or 1.3). Default: either.
+    #[arg(long = "tls-version", value_name = "VERSION")]
+    tls_version: Option<String>,
+    /// The cipher suites to offer, separated by colons: IANA names
+    /// (TLS13_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    /// …) or OpenSSL's (TLS_AES_128_GCM_SHA256,
+    /// ECDHE-ECDSA-AES128-GCM-SHA256, …). Default: all that are safe.
+    #[arg(long = "ciphers", value_name = "LIST")]
+    ciphers: Option<String>,
     /// Use TLS with the system's root certificates.
     #[arg(long = "tls-use-os-certs")]
     os_certs: bool,
@@ -105,9 +128,9 @@ pub(crate) struct Common {
 pub(crate) struct PubArgs {
     #[command(flatten)]
     common: Common,
-    /// Topic to publish to.
+    /// Topic to publish to (or the path of an -L mqtt:// URL).
     #[arg(short = 't', long = "topic")]
-    topic: String,
+    topic: Option<String>,
     /// Message payload.
     #[arg(short = 'm', long = "message", group = "source")]
     message: Option<String>,
@@ -142,8 +165,9 @@ pub(crate) struct PubArgs {
 pub(crate) struct SubArgs {
     #[command(flatten)]
     common: Common,
-    /// Topic filter to subscribe to; may be repeated.
-    #[arg(short = 't', long = "topic", required = true)]
+    /// Topic filter to subscribe to; may be repeated (and one may be the
+    /// path of an -L mqtt:// URL).
+    #[arg(short = 't', long = "topic")]
     topics: Vec<String>,
     /// Topic filter whose messages are not printed; may be repeated.
     #[arg(short = 'T', long = "filter-out")]
@@ -294,54 +318,192 @@ fn properties(common: &Common, command: &str, protocol: Protocol) -> Result<Prop
     Ok(p)
 }
 
-fn options(common: &Common, default_id: &str) -> Result<ConnectOptions, String> {
+/// The cipher suites `--ciphers` knows: rustls's (IANA) name, and
+/// OpenSSL's where it differs. All are *ring*'s.
+const CIPHERS: &[(&str, &str, CipherSuite)] = &[
+    (
+        "TLS13_AES_256_GCM_SHA384",
+        "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+    ),
+    (
+        "TLS13_AES_128_GCM_SHA256",
+        "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+    ),
+    (
+        "TLS13_CHACHA20_POLY1305_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+];
+
+/// `--ciphers`: a colon-separated list of suite names, either spelling,
+/// any case.
+fn cipher_suites(list: &str) -> Result<Vec<CipherSuite>, String> {
+    let mut out = Vec::new();
+    for name in list.split(':').map(str::trim).filter(|n| !n.is_empty()) {
+        let suite = CIPHERS
+            .iter()
+            .find(|(iana, openssl, _)| {
+                name.eq_ignore_ascii_case(iana) || name.eq_ignore_ascii_case(openssl)
+            })
+            .map(|(_, _, suite)| *suite)
+            .ok_or_else(|| {
+                let known: Vec<String> = CIPHERS
+                    .iter()
+                    .map(|(iana, openssl, _)| format!("{iana} ({openssl})"))
+                    .collect();
+                format!(
+                    "--ciphers: unknown cipher suite {name}; known: {}",
+                    known.join(", ")
+                )
+            })?;
+        if !out.contains(&suite) {
+            out.push(suite);
+        }
+    }
+    if out.is_empty() {
+        return Err("--ciphers: no cipher suite named".into());
+    }
+    Ok(out)
+}
+
+/// `--tls-version`.
+fn tls_versions(version: &str) -> Result<Vec<TlsVersion>, String> {
+    match version.to_ascii_lowercase().as_str() {
+        "tlsv1.3" => Ok(vec![TlsVersion::Tls13]),
+        "tlsv1.2" => Ok(vec![TlsVersion::Tls12, TlsVersion::Tls13]),
+        other => Err(format!("--tls-version {other}: use tlsv1.3 or tlsv1.2")),
+    }
+}
+
+/// An `-L` URL split as mosquitto reads it: for mqtt, mqtts and quic
+/// URLs the path is the topic, taken off the URL; other schemes keep
+/// their path (a WebSocket path, a socket file).
+fn split_url(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let topic_in_path = matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "mqtt" | "mqtts" | "tcp" | "ssl" | "tls" | "quic"
+    );
+    match rest.split_once('/') {
+        Some((authority, topic)) if topic_in_path => (
+            format!("{scheme}://{authority}"),
+            (!topic.is_empty()).then(|| topic.to_string()),
+        ),
+        _ => (url.to_string(), None),
+    }
+}
+
+/// The connection options, and the topic an `-L` URL names.
+fn options(common: &Common, default_id: &str) -> Result<(ConnectOptions, Option<String>), String> {
     let protocol = match common.version.as_str() {
         "5" | "mqttv5" => Protocol::V5,
         "311" | "mqttv311" => Protocol::V3_1_1,
         "31" | "mqttv31" => Protocol::V3_1,
         v => return Err(format!("unknown protocol version {v}: use 311, 5 or 31")),
     };
-    let tls =
-        (common.cafile.is_some() || common.os_certs || common.cert.is_some()).then(|| TlsOptions {
-            ca_file: common.cafile.clone(),
-            client_cert: common.cert.clone().zip(common.key.clone()),
-            server_name: None,
-            insecure: common.insecure,
-        });
-    let port = common
-        .port
-        .unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    let wants_tls = common.cafile.is_some()
+        || common.capath.is_some()
+        || common.os_certs
+        || common.cert.is_some();
+    let tls = TlsOptions {
+        ca_file: common.cafile.clone(),
+        ca_dir: common.capath.clone(),
+        client_cert: common.cert.clone().zip(common.key.clone()),
+        insecure: common.insecure,
+        versions: common
+            .tls_version
+            .as_deref()
+            .map(tls_versions)
+            .transpose()?
+            .unwrap_or_default(),
+        cipher_suites: common
+            .ciphers
+            .as_deref()
+            .map(cipher_suites)
+            .transpose()?
+            .unwrap_or_default(),
+        ..TlsOptions::default()
+    };
     let id = common
         .id
         .clone()
         .unwrap_or_else(|| format!("{default_id}{}", std::process::id()));
-    let mut o = ConnectOptions::new(common.host.clone(), port, id).protocol(protocol);
-    o.tls = tls;
+    let (mut o, topic) = if let Some(url) = &common.url {
+        let (url, topic) = split_url(url);
+        let o = ConnectOptions::from_url(&url, id).map_err(|e| format!("-L: {e}"))?;
+        (o, topic)
+    } else if let Some(path) = &common.unix {
+        let mut o = ConnectOptions::new("localhost", 0, id);
+        o.transport = Transport::Unix { path: path.clone() };
+        (o, None)
+    } else {
+        let port = common.port.unwrap_or(if wants_tls { 8883 } else { 1883 });
+        (ConnectOptions::new(common.host.clone(), port, id), None)
+    };
+    // TLS where the URL's scheme or a flag asks for it; QUIC always has it.
+    if wants_tls || o.tls.is_some() || o.transport == Transport::Quic {
+        o.tls = Some(tls);
+    }
+    o.protocol = protocol;
     o.keep_alive = Duration::from_secs(u64::from(common.keepalive));
-    match &common.auth_method {
-        None => {
-            o.username = common.username.clone();
-            o.password = common.password.as_ref().map(|p| Bytes::from(p.clone()));
+    // -u and -P win over the URL's.
+    if let Some(u) = &common.username {
+        o.username = Some(u.clone());
+    }
+    if let Some(p) = &common.password {
+        o.password = Some(Bytes::from(p.clone()));
+    }
+    if let Some(method) = &common.auth_method {
+        let mechanism = ScramMechanism::from_name(method)
+            .ok_or_else(|| format!("--auth-method {method}: use SCRAM-SHA-256 or SCRAM-SHA-512"))?;
+        if protocol != Protocol::V5 {
+            return Err("--auth-method needs MQTT 5.0 (-V 5)".into());
         }
-        Some(method) => {
-            let mechanism = ScramMechanism::from_name(method).ok_or_else(|| {
-                format!("--auth-method {method}: use SCRAM-SHA-256 or SCRAM-SHA-512")
-            })?;
-            if protocol != Protocol::V5 {
-                return Err("--auth-method needs MQTT 5.0 (-V 5)".into());
-            }
-            let (Some(user), Some(pw)) = (&common.username, &common.password) else {
-                return Err("--auth-method needs -u and -P".into());
-            };
-            // The user name goes in CONNECT too: the broker checks it is
-            // the one proven.
-            o.username = Some(user.clone());
-            o.authenticator = Some(std::sync::Arc::new(ScramAuthenticator::new(
-                mechanism,
-                user.clone(),
-                pw.clone().into_bytes(),
-            )));
-        }
+        let (Some(user), Some(pw)) = (o.username.clone(), o.password.take()) else {
+            return Err("--auth-method needs -u and -P".into());
+        };
+        // The user name goes in CONNECT too: the broker checks it is the
+        // one proven. The password never leaves.
+        o.authenticator = Some(std::sync::Arc::new(ScramAuthenticator::new(
+            mechanism,
+            user,
+            pw.to_vec(),
+        )));
     }
     o.clean_start = !common.persistent;
     o.session_expiry = match common.session_expiry {
@@ -362,7 +524,7 @@ fn options(common: &Common, default_id: &str) -> Result<ConnectOptions, String> 
     }
     // A command-line tool reports a lost connection rather than hiding it.
     o.reconnect.enabled = false;
-    Ok(o)
+    Ok((o, topic))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -392,10 +554,16 @@ pub(crate) fn publish(args: PubArgs) -> ExitCode {
 }
 
 async fn run_pub(args: PubArgs) -> Result<ExitCode, String> {
-    let options = options(&args.common, "petrel_pub_")?;
+    let (options, url_topic) = options(&args.common, "petrel_pub_")?;
     let protocol = options.protocol;
     let qos = qos(args.qos)?;
-    let topic = TopicName::try_from(args.topic.as_str()).map_err(|e| format!("topic: {e}"))?;
+    let topic = match (&args.topic, url_topic) {
+        (Some(t), None) => t.clone(),
+        (None, Some(t)) => t,
+        (Some(_), Some(_)) => return Err("give the topic once: -t or the -L URL's path".into()),
+        (None, None) => return Err("give a topic: -t, or the path of an -L URL".into()),
+    };
+    let topic = TopicName::try_from(topic.as_str()).map_err(|e| format!("topic: {e}"))?;
     let props = properties(&args.common, "publish", protocol)?;
     let (client, _messages) = connect(options).await.map_err(|e| e.to_string())?;
     let message = |payload: Bytes| {
@@ -454,8 +622,12 @@ pub(crate) fn subscribe(args: SubArgs) -> ExitCode {
 }
 
 async fn run_sub(args: SubArgs) -> Result<ExitCode, String> {
-    let options = options(&args.common, "petrel_sub_")?;
+    let (options, url_topic) = options(&args.common, "petrel_sub_")?;
     let protocol = options.protocol;
+    let topics: Vec<String> = args.topics.iter().cloned().chain(url_topic).collect();
+    if topics.is_empty() {
+        return Err("give a topic filter: -t, or the path of an -L URL".into());
+    }
     let q = qos(args.qos)?;
     let retain_handling = match args.retain_handling {
         0 => RetainHandling::SendOnSubscribe,
@@ -464,7 +636,7 @@ async fn run_sub(args: SubArgs) -> Result<ExitCode, String> {
         n => return Err(format!("--retain-handling must be 0, 1 or 2, not {n}")),
     };
     let mut subscriptions = Vec::new();
-    for t in &args.topics {
+    for t in &topics {
         let mut o = SubscriptionOptions::qos(q);
         o.no_local = args.no_local;
         o.retain_as_published = args.retain_as_published;
@@ -711,6 +883,58 @@ mod tests {
         assert!(matches("#", "a/b"));
         assert!(!matches("#", "$SYS/x"));
         assert!(!matches("a/+", "a/b/c"));
+    }
+
+    #[test]
+    fn cipher_names_in_either_spelling_map_to_ring_suites() {
+        assert_eq!(
+            cipher_suites("TLS13_AES_128_GCM_SHA256:ecdhe-ecdsa-aes128-gcm-sha256").unwrap(),
+            vec![
+                CipherSuite::TLS13_AES_128_GCM_SHA256,
+                CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            ]
+        );
+        assert_eq!(
+            cipher_suites("TLS_AES_256_GCM_SHA384::TLS13_AES_256_GCM_SHA384").unwrap(),
+            vec![CipherSuite::TLS13_AES_256_GCM_SHA384]
+        );
+        let e = cipher_suites("TLS13_AES_128_GCM_SHA256:RC4-MD5").unwrap_err();
+        assert!(e.contains("unknown cipher suite RC4-MD5"), "{e}");
+        assert!(
+            e.contains("ECDHE-RSA-AES128-GCM-SHA256"),
+            "lists the known: {e}"
+        );
+        assert!(cipher_suites(":").is_err());
+        // Every name the table knows is one the client's provider has.
+        #[allow(deprecated)]
+        let ring = petrel_client::rustls::crypto::ring::default_provider();
+        for (_, _, suite) in CIPHERS {
+            assert!(
+                ring.cipher_suites.iter().any(|s| s.suite() == *suite),
+                "{suite:?}"
+            );
+        }
+        assert_eq!(CIPHERS.len(), ring.cipher_suites.len());
+    }
+
+    #[test]
+    fn tls_versions_and_url_topics() {
+        assert_eq!(tls_versions("tlsv1.3").unwrap(), vec![TlsVersion::Tls13]);
+        assert_eq!(
+            tls_versions("TLSv1.2").unwrap(),
+            vec![TlsVersion::Tls12, TlsVersion::Tls13]
+        );
+        assert!(tls_versions("tlsv1.1").is_err());
+        let split = |u: &str| split_url(u);
+        assert_eq!(
+            split("mqtt://u:p@h:1/a/b/#"),
+            ("mqtt://u:p@h:1".into(), Some("a/b/#".into()))
+        );
+        assert_eq!(split("mqtts://h"), ("mqtts://h".into(), None));
+        assert_eq!(split("mqtt://h/"), ("mqtt://h".into(), None));
+        assert_eq!(split("quic://h/t"), ("quic://h".into(), Some("t".into())));
+        assert_eq!(split("ws://h/mqtt"), ("ws://h/mqtt".into(), None));
+        assert_eq!(split("unix:///run/s"), ("unix:///run/s".into(), None));
     }
 
     #[test]

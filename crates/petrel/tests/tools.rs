@@ -264,6 +264,334 @@ fn lines_repeat_filter_out_format_and_properties() {
     }
 }
 
+/// `petrel broker` with a TCP listener needing a password (alice/secret),
+/// a WebSocket listener and a Unix socket, from a configuration file: the
+/// TCP and WebSocket ports, and the socket's path.
+fn transports_broker(dir: &std::path::Path) -> (Running, u16, u16, std::path::PathBuf) {
+    let pw = dir.join("passwd");
+    let out = petrel()
+        .args([
+            "passwd",
+            "-c",
+            "-b",
+            pw.to_str().unwrap(),
+            "alice",
+            "secret",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (tcp, ws) = (free_port(), free_port());
+    let sock = dir.join("mqtt.sock");
+    let conf = dir.join("petrel.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "sys_interval = 0\npassword_file = {pw:?}\nallow_anonymous = true\n\
+             [[listener]]\nbind = \"127.0.0.1:{tcp}\"\nauth_methods = [\"password_file\"]\n\
+             [[listener]]\ntransport = \"ws\"\nbind = \"127.0.0.1:{ws}\"\nauth_methods = [\"anonymous\"]\n\
+             [[listener]]\ntransport = \"unix\"\npath = {sock:?}\nauth_methods = [\"anonymous\"]\n"
+        ),
+    )
+    .unwrap();
+    let child = petrel()
+        .args(["broker", "-c", conf.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(tcp);
+    wait_port(ws);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "the unix listener did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Running(child), tcp, ws, sock)
+}
+
+#[test]
+fn url_and_unix_socket_flags() {
+    let dir = std::env::temp_dir().join(format!("petrel-tools-url-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_b, tcp, ws, sock) = transports_broker(&dir);
+    let sock = sock.to_str().unwrap();
+    // -L as mosquitto's: credentials, and the path as the topic, for both
+    // tools; the message comes back through the Unix socket.
+    let url = format!("mqtt://alice:secret@127.0.0.1:{tcp}/u/t");
+    let unix_sub = sub(&["--unix", sock, "-t", "u/#", "-v", "-C", "2", "-W", "5"]);
+    let url_sub = sub(&["-L", &url, "-v", "-C", "1", "-W", "5"]);
+    let o = run(&["pub", "-L", &url, "-q", "1", "-m", "by url"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(finish(url_sub), (Some(0), "u/t by url\n".to_string()));
+    // Through the Unix socket, by flag and by URL, with -t.
+    let o = run(&[
+        "pub",
+        "-L",
+        &format!("unix://{sock}"),
+        "-t",
+        "u/x",
+        "-m",
+        "by socket",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        finish(unix_sub),
+        (Some(0), "u/t by url\nu/x by socket\n".to_string())
+    );
+    // WebSocket: the URL's path is the WebSocket path, the topic is -t.
+    let ws_url = format!("ws://127.0.0.1:{ws}/mqtt");
+    let ws_sub = sub(&["-L", &ws_url, "-t", "w/t", "-V", "5", "-C", "1", "-W", "5"]);
+    let o = run(&["pub", "--unix", sock, "-t", "w/t", "-m", "over ws"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(finish(ws_sub), (Some(0), "over ws\n".to_string()));
+
+    // The password in the URL is what lets it in: a wrong one is refused.
+    let bad = format!("mqtt://alice:wrong@127.0.0.1:{tcp}/u/t");
+    let o = run(&["pub", "-L", &bad, "-m", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // No topic anywhere; a URL clients can't use; -L with -h.
+    let o = run(&["pub", "-L", &format!("mqtt://127.0.0.1:{tcp}"), "-m", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give a topic"));
+    let o = run(&["sub", "-L", &format!("mqtt://127.0.0.1:{tcp}")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give a topic"));
+    let o = run(&["pub", "-L", "http://127.0.0.1/t", "-m", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown scheme http"));
+    let o = run(&["pub", "-L", &url, "-h", "localhost", "-m", "x"]);
+    assert_ne!(o.status.code(), Some(0), "-L and -h conflict");
+    // A socket where none is: the error names it.
+    let missing = dir.join("none.sock");
+    let o = run(&[
+        "pub",
+        "--unix",
+        missing.to_str().unwrap(),
+        "-t",
+        "t",
+        "-m",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("none.sock"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA and a server certificate for localhost (P-256 keys), made with
+/// the `openssl` command in `dir`: `ca/ca.pem`, `server.pem`, `server.key`.
+fn openssl_certs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca/ca.pem",
+                "-subj",
+                "/CN=petrel test CA",
+                "-days",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca/ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[test]
+fn tls_versions_suites_ca_directory_and_mqtts_urls() {
+    let dir = std::env::temp_dir().join(format!("petrel-tools-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_certs(&dir);
+    let port = free_port();
+    let conf = dir.join("petrel.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "sys_interval = 0\n[[listener]]\ntransport = \"tls\"\nbind = \"127.0.0.1:{port}\"\n\
+             certfile = {:?}\nkeyfile = {:?}\n",
+            dir.join("server.pem"),
+            dir.join("server.key")
+        ),
+    )
+    .unwrap();
+    let _b = Running(
+        petrel()
+            .args(["broker", "-c", conf.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let port = port.to_string();
+    let capath = dir.join("ca");
+    let capath = capath.to_str().unwrap();
+    let cafile = dir.join("ca/ca.pem");
+    let url = format!("mqtts://localhost:{port}/s/t");
+    let s = sub(&[
+        "-L",
+        &url,
+        "--cafile",
+        cafile.to_str().unwrap(),
+        "-C",
+        "2",
+        "-W",
+        "5",
+    ]);
+    // TLS 1.2 with one named suite, trusting the CA directory.
+    let o = run(&[
+        "pub",
+        "-h",
+        "localhost",
+        "-p",
+        &port,
+        "--capath",
+        capath,
+        "-t",
+        "s/t",
+        "-m",
+        "one",
+        "--tls-version",
+        "tlsv1.2",
+        "--ciphers",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // TLS 1.3, a suite by its rustls name.
+    let o = run(&[
+        "pub",
+        "-L",
+        &url,
+        "--capath",
+        capath,
+        "-m",
+        "two",
+        "--tls-version",
+        "tlsv1.3",
+        "--ciphers",
+        "TLS13_CHACHA20_POLY1305_SHA256",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(finish(s), (Some(0), "one\ntwo\n".to_string()));
+    // TLS 1.3 with only TLS 1.2 suites can't work; nor can the system's
+    // roots, which don't know this CA.
+    let o = run(&[
+        "pub",
+        "-L",
+        &url,
+        "--capath",
+        capath,
+        "-m",
+        "x",
+        "--tls-version",
+        "tlsv1.3",
+        "--ciphers",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["pub", "-L", &url, "-m", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("TLS"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_flags_are_checked() {
+    let o = run(&["pub", "-t", "t", "-m", "x", "--ciphers", "NULL-MD5"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("unknown cipher suite NULL-MD5"), "{stderr}");
+    assert!(
+        stderr.contains("TLS13_AES_128_GCM_SHA256"),
+        "lists the known: {stderr}"
+    );
+    let o = run(&["pub", "-t", "t", "-m", "x", "--tls-version", "tlsv1.1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tlsv1.3 or tlsv1.2"));
+    // A CA directory without certificates: refused before connecting.
+    let empty = std::env::temp_dir().join(format!("petrel-tools-capath-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run(&[
+        "pub",
+        "-p",
+        "1",
+        "-t",
+        "t",
+        "-m",
+        "x",
+        "--capath",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no usable CA"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
 #[test]
 fn errors_give_a_message_and_a_nonzero_exit() {
     let o = run(&["pub", "-p", "1", "-t", "x", "-m", "a"]);
@@ -285,6 +613,11 @@ fn errors_give_a_message_and_a_nonzero_exit() {
             "--topic",
             "--protocol-version",
             "--cafile",
+            "--capath",
+            "--tls-version",
+            "--ciphers",
+            "--url",
+            "--unix",
             "--will-topic",
         ] {
             assert!(help.contains(flag), "{tool} --help lacks {flag}");

@@ -1,6 +1,8 @@
 //! What the client's tests against Petrel and against Mosquitto share.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod certs;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
