@@ -9,8 +9,12 @@ lower is better and the ratio is peer/Petrel, so above 1 means Petrel wins).
 
 Usage: python3 benches/compare.py [--runs N] [--seconds S] [--only SCENARIO,...]
        [--brokers petrel,mosquitto,rumqttd] [--json FILE] [--baseline BIN]
-       [--acl RULES]
+       [--acl RULES] [--transport tcp|tls|ws|wss|quic]
 
+--transport runs every broker on that transport with the same certificates
+(made by openssl for the run) and the generator connecting over it:
+Mosquitto with its TLS and websockets listeners; rumqttd only over TCP;
+QUIC only Petrel (Mosquitto has none).
 --baseline BIN adds a broker "before": another Petrel binary (an earlier
 build) run exactly as Petrel is, so a change is measured side by side.
 --acl RULES adds a broker "acl": this Petrel with an ACL file of RULES
@@ -36,6 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PETREL = os.path.join(ROOT, "target", "release", "petrel")
 BASELINE = None
 ACL_RULES = 0
+TRANSPORT = "tcp"
+CERTS = None  # (ca, cert, key) paths, for transports over TLS
 
 # The generator runs, by name.
 RUNS = {
@@ -102,10 +108,12 @@ class Broker:
                 path = os.path.join(self.workdir, "bench.acl")
                 write_acl(path, ACL_RULES)
                 acl = f'acl_file = "{path}"\n'
+            listener = f'[[listener]]\nbind = "127.0.0.1:{self.port}"\ntransport = "{TRANSPORT}"\n'
+            if CERTS:
+                listener += f'certfile = "{CERTS[1]}"\nkeyfile = "{CERTS[2]}"\n'
             with open(conf, "w") as f:
                 f.write(
-                    'log_level = "error"\nsys_interval = 0\n' + acl +
-                    f'[[listener]]\nbind = "127.0.0.1:{self.port}"\n'
+                    'log_level = "error"\nsys_interval = 0\n' + acl + listener +
                     "[limits]\nmax_connections = 30000\nmax_queued_messages = 10000\n"
                     "max_inflight = 128\nreceive_maximum = 128\n"
                 )
@@ -120,6 +128,14 @@ class Broker:
                     "max_connections -1\nmax_inflight_messages 128\n"
                     "max_queued_messages 10000\nset_tcp_nodelay true\n"
                 )
+                if TRANSPORT in ("ws", "wss"):
+                    f.write("protocol websockets\n")
+                if CERTS:
+                    f.write(f"certfile {CERTS[1]}\nkeyfile {CERTS[2]}\n")
+                if TRANSPORT in ("ws", "wss"):
+                    # Mosquitto 2.0.11 starts no websockets listener unless
+                    # another kind is also configured.
+                    f.write(f"listener {free_port()} 127.0.0.1\n")
             cmd = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf]
         else:
             conf = os.path.join(self.workdir, "rumqttd.toml")
@@ -145,7 +161,10 @@ class Broker:
             stderr=subprocess.DEVNULL,
             preexec_fn=lambda: resource_limits(),
         )
-        wait_port(self.port)
+        if TRANSPORT == "quic":
+            time.sleep(0.5)  # UDP: nothing to probe
+        else:
+            wait_port(self.port)
         time.sleep(0.2)
 
     def stop(self):
@@ -168,6 +187,24 @@ def write_acl(path, rules):
         for i in range(max(rules - 2, 0)):
             f.write(f"topic readwrite site/{i}/+/telemetry\n")
         f.write("topic write bench/#\ntopic read bench/#\n")
+
+
+def make_certs(workdir):
+    """A CA and a server certificate for localhost (P-256), for the run."""
+    def openssl(*a):
+        subprocess.run(["openssl", *a], check=True, capture_output=True)
+    p = lambda n: os.path.join(workdir, n)  # noqa: E731
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", p("ca.key"), "-out", p("ca.pem"), "-days", "2", "-subj", "/CN=bench CA")
+    with open(p("ext"), "w") as f:
+        f.write("basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", p("server.key"), "-out", p("server.csr"), "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+            "-CAcreateserial", "-out", p("server.pem"), "-days", "2", "-extfile", p("ext"))
+    for n in ("ca.pem", "server.pem", "server.key"):
+        os.chmod(p(n), 0o644)
+    return p("ca.pem"), p("server.pem"), p("server.key")
 
 
 def resource_limits():
@@ -193,6 +230,10 @@ def run_generator(broker, flags, seconds, protocol):
     ]
     if flags[0] == "conns":
         cmd += ["--broker-pid", str(broker.proc.pid)]
+    if TRANSPORT != "tcp":
+        cmd += ["--transport", TRANSPORT, "--host", "localhost"]
+    if CERTS:
+        cmd += ["--cafile", CERTS[0]]
     env = dict(os.environ, TOKIO_WORKER_THREADS="1")
     out = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=300,
@@ -213,10 +254,17 @@ def main():
     ap.add_argument("--json", default="")
     ap.add_argument("--baseline", default="")
     ap.add_argument("--acl", type=int, default=0)
+    ap.add_argument("--transport", default="tcp", choices=["tcp", "tls", "ws", "wss", "quic"])
     args = ap.parse_args()
-    global BASELINE, ACL_RULES
+    global BASELINE, ACL_RULES, TRANSPORT, CERTS
     ACL_RULES = args.acl
+    TRANSPORT = args.transport
     brokers = args.brokers.split(",")
+    if TRANSPORT != "tcp":
+        skipped = [b for b in brokers if b == "rumqttd" or (TRANSPORT == "quic" and b == "mosquitto")]
+        for b in skipped:
+            print(f"note: {b} is not run over {TRANSPORT}")
+        brokers = [b for b in brokers if b not in skipped]
     if args.baseline:
         BASELINE = os.path.abspath(args.baseline)
         brokers.append("before")
@@ -226,6 +274,10 @@ def main():
     results = {}  # (scenario flags name, protocol, broker) -> [reports]
     runs = [r for r in RUNS if not only or r in only]
     workdir = tempfile.mkdtemp(prefix="petrel-compare-")
+    # Mosquitto started as root drops to its own user, which must read here.
+    os.chmod(workdir, 0o755)
+    if TRANSPORT in ("tls", "wss", "quic"):
+        CERTS = make_certs(workdir)
     total = len(runs) * len(args.protocols.split(",")) * args.runs * len(brokers)
     done = 0
     for run in runs:

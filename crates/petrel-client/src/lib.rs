@@ -103,3 +103,4 @@ pub use request::{Ack, Status};
 /// and [`TlsOptions::cipher_suites`].
 pub use rustls;
 pub use scram::{ScramAuthenticator, ScramMechanism};
+pub use transport::{open_stream, Io};

@@ -14,15 +14,22 @@ use tokio_rustls::TlsConnector;
 use crate::error::ClientError;
 use crate::options::{ConnectOptions, TlsOptions, Transport};
 
-/// A connected byte stream.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+/// A connected byte stream, whatever the transport.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// ALPN for secure WebSocket: it starts as HTTP/1.1.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// Open the transport `opts` describe. The TLS configuration is made
-/// first: a missing file or a bad name fails before any connection.
+/// Open the transport `opts` describe, with nothing of MQTT sent yet (for
+/// tools that speak MQTT themselves, such as `petrel bench`). The TLS
+/// configuration is made first: a missing file or a bad name fails before
+/// any connection.
+pub async fn open_stream(opts: &ConnectOptions) -> Result<Box<dyn Io>, ClientError> {
+    connect(opts).await
+}
+
+/// [`open_stream`], for the connection task.
 pub(crate) async fn connect(opts: &ConnectOptions) -> Result<Box<dyn Io>, ClientError> {
     match &opts.transport {
         Transport::Tcp => {

@@ -9,9 +9,10 @@
 //! * `latency`: one publisher and one subscriber at `--rate` messages per
 //!   second, QoS 1: p50, p99 and p99.9 end-to-end latency;
 //! * `conns`: `--count` idle connections, each subscribed to its own topic:
-//!   connections accepted per second and, with `--broker-pid`, the broker's
-//!   memory per connection (from its RSS), measured again after the idle
-//!   period to show it does not grow;
+//!   connections accepted per second (with `--transport tls`, TLS
+//!   handshakes) and, with `--broker-pid`, the broker's memory per
+//!   connection (from its RSS), measured again after the idle period to
+//!   show it does not grow;
 //! * `retained`: store `--count` retained messages on distinct topics, then
 //!   time a new subscriber to all of them receiving every one.
 //!
@@ -22,6 +23,9 @@
 //! bound what is unacknowledged. Subscribers count what arrives
 //! (acknowledging QoS 1). Only whole seconds after a warm-up second are
 //! measured.
+//!
+//! Every scenario runs over TCP, or over the transport `--transport` names
+//! (tls, ws, wss, quic, unix), opened by `petrel-client`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,8 +38,7 @@ use petrel_codec::{
     Connect, Limits, MqttString, Packet, PacketId, Protocol, PubAck, Publish, QoS, QosPid,
     Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
@@ -112,6 +115,24 @@ pub(crate) struct BenchArgs {
     /// address (50 at a time), and report both.
     #[arg(long = "storm", default_value_t = 0)]
     storm: usize,
+    /// How to reach the broker: tcp, tls, ws, wss, quic or unix.
+    #[arg(long = "transport", default_value = "tcp")]
+    transport: String,
+    /// TLS (tls, wss, quic): the CA that signed the broker's certificate.
+    #[arg(long = "cafile")]
+    cafile: Option<std::path::PathBuf>,
+    /// TLS: the name the broker's certificate must carry (default: --host).
+    #[arg(long = "server-name")]
+    server_name: Option<String>,
+    /// WebSocket path.
+    #[arg(long = "ws-path", default_value = "/mqtt")]
+    ws_path: String,
+    /// The broker's Unix socket (--transport unix).
+    #[arg(long = "unix")]
+    unix: Option<std::path::PathBuf>,
+    /// Filled from the above.
+    #[arg(skip)]
+    via: Option<Arc<petrel_client::ConnectOptions>>,
 }
 
 /// One scenario's result: named figures and the generator's own CPU use.
@@ -169,7 +190,8 @@ fn json_number(v: f64) -> String {
 /// PUBLISHes per write.
 const BATCH: usize = 64;
 
-pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
+pub(crate) fn run(mut args: BenchArgs) -> Result<(), String> {
+    args.via = args.transport()?.map(Arc::new);
     let protocol = match args.protocol.as_str() {
         "311" | "mqttv311" => Protocol::V3_1_1,
         "5" | "mqttv5" => Protocol::V5,
@@ -388,19 +410,26 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// A connection's reading half, whatever the transport.
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+/// Its writing half.
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 struct Conn {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: Reader,
+    write: Writer,
     buf: BytesMut,
     /// The broker's Receive Maximum (5.0 CONNACK; 65,535 if it set none).
     receive_maximum: u16,
 }
 
-/// The user name and password every connection of a run presents.
+/// How every connection of a run is made: the user name and password it
+/// presents, and the transport (plain TCP to the address when none).
 #[derive(Clone, Debug, Default)]
 struct Login {
     username: Option<String>,
     password: Option<String>,
+    via: Option<Arc<petrel_client::ConnectOptions>>,
 }
 
 impl BenchArgs {
@@ -408,7 +437,52 @@ impl BenchArgs {
         Login {
             username: self.username.clone(),
             password: self.password.clone(),
+            via: self.via.clone(),
         }
+    }
+
+    /// The transport options `--transport` and its companions describe.
+    fn transport(&self) -> Result<Option<petrel_client::ConnectOptions>, String> {
+        use petrel_client::{ConnectOptions, TlsOptions, Transport};
+        let (transport, tls) = match self.transport.as_str() {
+            "tcp" => return Ok(None),
+            "tls" => (Transport::Tcp, true),
+            "ws" => (
+                Transport::WebSocket {
+                    path: self.ws_path.clone(),
+                },
+                false,
+            ),
+            "wss" => (
+                Transport::WebSocket {
+                    path: self.ws_path.clone(),
+                },
+                true,
+            ),
+            "quic" => (Transport::Quic, true),
+            "unix" => {
+                let path = self
+                    .unix
+                    .clone()
+                    .ok_or("--transport unix needs --unix PATH")?;
+                (Transport::Unix { path }, false)
+            }
+            other => {
+                return Err(format!(
+                    "--transport {other}: tcp, tls, ws, wss, quic or unix"
+                ))
+            }
+        };
+        let mut o = ConnectOptions::new(self.host.clone(), self.port, "bench");
+        o.transport = transport;
+        if tls {
+            o.tls = Some(TlsOptions {
+                ca_file: self.cafile.clone(),
+                server_name: self.server_name.clone(),
+                ..TlsOptions::default()
+            });
+        }
+        Ok(Some(o))
     }
 }
 
@@ -435,17 +509,31 @@ async fn connect(
     id: &str,
     login: &Login,
 ) -> Result<Conn, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    let (read, mut write): (Reader, Writer) = match &login.via {
+        None => {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(options) => {
+            let stream = petrel_client::open_stream(options)
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+    };
     let c = connect_packet(protocol, id, login)?;
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(c))
         .encode(protocol, &mut out)
         .map_err(|e| e.to_string())?;
-    write.write_all(&out).await.map_err(|e| e.to_string())?;
+    send_all(&mut write, &out)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut conn = Conn {
         read,
         write,
@@ -461,17 +549,20 @@ async fn connect(
     }
 }
 
+/// Write all of `bytes` and flush: a TLS or WebSocket client may hold
+/// what it was given until flushed (TCP sends it at once either way).
+async fn send_all(w: &mut Writer, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
 impl Conn {
     async fn next(&mut self, protocol: Protocol) -> Option<Packet> {
         next_packet(&mut self.read, &mut self.buf, protocol).await
     }
 }
 
-async fn next_packet(
-    read: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    protocol: Protocol,
-) -> Option<Packet> {
+async fn next_packet(read: &mut Reader, buf: &mut BytesMut, protocol: Protocol) -> Option<Packet> {
     let limits = Limits {
         max_packet_size: 256 * 1024 * 1024,
         ..Limits::default()
@@ -521,7 +612,7 @@ async fn subscriber(
             group.received(count);
             count = 0;
             if !out.is_empty() {
-                if c.write.write_all(&out).await.is_err() {
+                if send_all(&mut c.write, &out).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -602,7 +693,7 @@ async fn publisher(
                 return;
             }
         }
-        if write.write_all(&out).await.is_err() {
+        if send_all(&mut write, &out).await.is_err() {
             return;
         }
     }
@@ -619,7 +710,9 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 async fn send_packet(c: &mut Conn, protocol: Protocol, p: Packet) -> Result<(), String> {
     let mut out = BytesMut::new();
     p.encode(protocol, &mut out).map_err(|e| e.to_string())?;
-    c.write.write_all(&out).await.map_err(|e| e.to_string())
+    send_all(&mut c.write, &out)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn subscribe_and_wait(
@@ -701,7 +794,7 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
             };
             p.qos = QosPid::AtLeastOnce(id);
             out.clear();
-            if p.encode(protocol, &mut out).is_err() || write.write_all(&out).await.is_err() {
+            if p.encode(protocol, &mut out).is_err() || send_all(&mut write, &out).await.is_err() {
                 return;
             }
         }
@@ -739,8 +832,7 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
             if let QosPid::AtLeastOnce(id) = p.qos {
                 acks.clear();
                 let _ = Packet::PubAck(PubAck::new(id)).encode(protocol, &mut acks);
-                sub.write
-                    .write_all(&acks)
+                send_all(&mut sub.write, &acks)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -811,6 +903,7 @@ async fn login_storm(
         let wrong = Login {
             username: Some(login.username.clone().unwrap_or_else(|| "alice".into())),
             password: Some(format!("wrong-{i}")),
+            via: None,
         };
         attempts.push(async move {
             let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
@@ -823,7 +916,8 @@ async fn login_storm(
                 .encode(protocol, &mut out)
                 .map_err(|e| e.to_string())?;
             stream.write_all(&out).await.map_err(|e| e.to_string())?;
-            let (mut read, _write) = stream.into_split();
+            let (read, _write) = stream.into_split();
+            let mut read: Reader = Box::new(read);
             let mut buf = BytesMut::new();
             Ok::<_, String>(match next_packet(&mut read, &mut buf, protocol).await {
                 Some(Packet::ConnAck(a)) => Some(a.reason_code),
@@ -944,8 +1038,7 @@ async fn retained(args: &BenchArgs, protocol: Protocol) -> Result<Report, String
         p.encode(protocol, &mut out).map_err(|e| e.to_string())?;
         unacked += 1;
         if out.len() > 16 * 1024 || unacked >= window {
-            publ.write
-                .write_all(&out)
+            send_all(&mut publ.write, &out)
                 .await
                 .map_err(|e| e.to_string())?;
             out.clear();
@@ -958,8 +1051,7 @@ async fn retained(args: &BenchArgs, protocol: Protocol) -> Result<Report, String
             }
         }
     }
-    publ.write
-        .write_all(&out)
+    send_all(&mut publ.write, &out)
         .await
         .map_err(|e| e.to_string())?;
     while unacked > 0 {
@@ -1000,7 +1092,7 @@ async fn retained(args: &BenchArgs, protocol: Protocol) -> Result<Report, String
         p.retain = true;
         p.encode(protocol, &mut out).map_err(|e| e.to_string())?;
     }
-    let _ = publ.write.write_all(&out).await;
+    let _ = send_all(&mut publ.write, &out).await;
     Ok(Report {
         scenario: "retained",
         figures: vec![("messages", args.count as f64), ("seconds", secs)],

@@ -35,6 +35,9 @@ pub(crate) fn server_config(
     let idle = quinn::IdleTimeout::try_from(idle.min(Duration::from_secs(86_400 * 7)))
         .map_err(io::Error::other)?;
     transport.max_idle_timeout(Some(idle));
+    // MQTT uses no unreliable datagrams.
+    transport.datagram_receive_buffer_size(None);
+    transport.datagram_send_buffer_size(0);
     config.transport_config(Arc::new(transport));
     config.migration(true);
     Ok(config)
