@@ -108,7 +108,10 @@ class Broker:
                 path = os.path.join(self.workdir, "bench.acl")
                 write_acl(path, ACL_RULES)
                 acl = f'acl_file = "{path}"\n'
-            listener = f'[[listener]]\nbind = "127.0.0.1:{self.port}"\ntransport = "{TRANSPORT}"\n'
+            listener = f'[[listener]]\nbind = "127.0.0.1:{self.port}"\n'
+            if TRANSPORT != "tcp":
+                # (Not written for TCP, the default: earlier builds don't know the key.)
+                listener += f'transport = "{TRANSPORT}"\n'
             if CERTS:
                 listener += f'certfile = "{CERTS[1]}"\nkeyfile = "{CERTS[2]}"\n'
             with open(conf, "w") as f:
