@@ -46,9 +46,6 @@ struct Link {
     ctx: Arc<Ctx>,
     client: Option<Client>,
     _guard: Option<LiveGuard>,
-    /// The peer's address (as the PROXY header named it, if one did), for
-    /// the logs.
-    peer: SocketAddr,
 }
 
 /// How [`Task::run`] ended.
@@ -60,6 +57,9 @@ enum Run {
 
 struct Task {
     link: Link,
+    /// The peer's address, for the logs (asked of the transport again
+    /// after hibernation: a hibernating connection doesn't keep it).
+    peer: SocketAddr,
     /// What the transport knows of the peer, until the CONNECT takes it.
     origin: Option<Box<Peer>>,
     conn: Connection,
@@ -92,22 +92,31 @@ struct Task {
 pub(crate) async fn serve<T: Transport>(
     ctx: Arc<Ctx>,
     io: T,
-    peer: Peer,
+    peer: Box<Peer>,
     guard: Option<LiveGuard>,
 ) {
+    let task = first_task(ctx, peer, guard, &io);
+    drive(task, io).await;
+}
+
+/// A new connection's task, built outside the async function so that the
+/// future of an idle connection holds only the box.
+fn first_task<T: Transport>(
+    ctx: Arc<Ctx>,
+    peer: Box<Peer>,
+    guard: Option<LiveGuard>,
+    io: &T,
+) -> Box<Task> {
     let now = Instant::now();
     let conn = Connection::server(ctx.broker.session_config().clone(), now);
     let link = Link {
         ctx,
         client: None,
         _guard: guard,
-        peer: peer
-            .addr
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
     };
-    let mut task = Task::new(link, conn, io.can_hibernate());
-    task.origin = Some(Box::new(peer));
-    drive(Box::new(task), io).await;
+    let mut task = Box::new(Task::new(link, conn, io));
+    task.origin = Some(peer);
+    task
 }
 
 /// Run a connection, hibernating it whenever it goes quiet; returns when it
@@ -159,10 +168,10 @@ struct Asleep<T> {
 }
 
 impl<T: Transport> Asleep<T> {
-    fn wake(self, _io: &T) -> Box<Task> {
+    fn wake(self, io: &T) -> Box<Task> {
         let config = self.link.ctx.broker.session_config().clone();
         let conn = Connection::resume(self.machine, config);
-        Box::new(Task::new(self.link, conn, true))
+        Box::new(Task::new(self.link, conn, io))
     }
 }
 
@@ -218,11 +227,14 @@ async fn unless_shutdown<F: std::future::Future>(
 
 impl Task {
     /// A task for `conn` (new, or resumed after hibernation).
-    fn new(link: Link, conn: Connection, can_hibernate: bool) -> Self {
+    fn new<T: Transport>(link: Link, conn: Connection, io: &T) -> Self {
         let after = link.ctx.hibernate_after;
         Self {
+            peer: io
+                .peer()
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             origin: None,
-            hibernate_after: after.filter(|_| can_hibernate),
+            hibernate_after: after.filter(|_| io.can_hibernate()),
             got_connect: conn.is_connected(),
             window: window(&link.ctx, &conn),
             limits: link.ctx.codec_limits.clone(),
@@ -244,7 +256,6 @@ impl Task {
             ctx: self.link.ctx.clone(),
             client: self.link.client.take(),
             _guard: self.link._guard.take(),
-            peer: self.link.peer,
         }
     }
 
@@ -441,12 +452,12 @@ impl Task {
                         }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
-                        tracing::info!(peer = %self.link.peer, error = %e, "protocol error; closing");
+                        tracing::info!(peer = %self.peer, error = %e, "protocol error; closing");
                     }
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::info!(peer = %self.link.peer, error = %e, "malformed packet; closing");
+                    tracing::info!(peer = %self.peer, error = %e, "malformed packet; closing");
                     // The session answers where the protocol lets it (a
                     // CONNACK for an unsupported version, a 5.0 DISCONNECT
                     // with the reason code) and closes.
@@ -467,7 +478,7 @@ impl Task {
                 Stats::add(&stats.publish_sent, 1);
             }
             if let Err(e) = self.out.push(&packet, protocol) {
-                tracing::warn!(peer = %self.link.peer, error = %e, "could not encode a packet");
+                tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");
             }
         }
     }
@@ -478,7 +489,7 @@ impl Task {
                 Event::ConnectRequest(c) => {
                     let peer = self.origin.take().map_or_else(
                         || Peer {
-                            addr: Some(self.link.peer).filter(|a| !a.ip().is_unspecified()),
+                            addr: Some(self.peer).filter(|a| !a.ip().is_unspecified()),
                             ..Peer::default()
                         },
                         |p| *p,
@@ -650,10 +661,10 @@ impl Task {
         let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
-                tracing::info!(client_id = id, peer = %self.link.peer, reason = %reason_code, "client disconnected");
+                tracing::info!(client_id = id, peer = %self.peer, reason = %reason_code, "client disconnected");
             }
             other => {
-                tracing::info!(client_id = id, peer = %self.link.peer, reason = ?other, "connection closed");
+                tracing::info!(client_id = id, peer = %self.peer, reason = ?other, "connection closed");
             }
         }
     }
@@ -699,7 +710,7 @@ impl Task {
                 Stats::add(&self.stats().dropped_too_large, 1);
             }
             Err(e) => {
-                tracing::debug!(peer = %self.link.peer, error = %e, "message not sent");
+                tracing::debug!(peer = %self.peer, error = %e, "message not sent");
                 Stats::add(&self.stats().dropped_queue_full, 1);
             }
         }
@@ -733,10 +744,10 @@ mod tests {
         let (client, server) = tokio::io::duplex(16 * 1024);
         let (r, w) = tokio::io::split(server);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let peer = Peer {
+        let peer = Box::new(Peer {
             addr: Some(peer),
             ..Peer::default()
-        };
+        });
         tokio::spawn(serve(ctx, Pipe(r, w), peer, None));
         let (_client_r, mut client_w) = tokio::io::split(client);
         let mut burst = BytesMut::new();

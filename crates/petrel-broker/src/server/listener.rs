@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use super::driver;
 use super::quic;
 use super::tls::{TlsAcceptor, TlsIo};
-use super::transport::{Fold, Joined, Transport};
+use super::transport::{Fold, Joined, Proxied, Transport};
 use super::ws;
 use super::{Ctx, Live, LiveGuard};
 use crate::config::{ListenerConfig, TransportKind};
@@ -30,8 +30,6 @@ pub(crate) struct Bound {
     socket: Socket,
     pub(crate) tls: Option<Arc<TlsAcceptor>>,
     rules: Arc<ListenerRules>,
-    /// This listener's connections.
-    live: Arc<Live>,
 }
 
 #[derive(Debug)]
@@ -131,7 +129,6 @@ impl Bound {
             config: config.clone(),
             socket,
             tls,
-            live: Arc::new(Live::default()),
         })
     }
 
@@ -147,8 +144,9 @@ impl Bound {
     /// Accept connections until the task is aborted.
     pub(crate) async fn accept_loop(self: Arc<Self>, ctx: Arc<Ctx>, all: Arc<Live>) {
         tracing::info!(listener = %self.config.describe(), "listening");
+        let live = Arc::new(Live::within(all));
         if let Socket::Quic(endpoint) = &self.socket {
-            return self.clone().accept_quic(endpoint.clone(), ctx, all).await;
+            return self.clone().accept_quic(endpoint.clone(), ctx, live).await;
         }
         loop {
             let accepted = match &self.socket {
@@ -170,14 +168,30 @@ impl Bound {
                     continue;
                 }
             };
-            let Some(guard) = self.admit(&ctx, &all, addr) else {
+            let Some(guard) = self.admit(&ctx, &live, addr) else {
                 drop(stream);
                 continue;
             };
+            // A plain stream with nothing to set up goes straight to its
+            // driver; the others get a setup task first, which hands over
+            // to a driver task of its own, so that each connection's task
+            // is only as large as its own transport needs.
+            let direct = !self.config.proxy_protocol
+                && matches!(
+                    self.config.transport,
+                    TransportKind::Tcp | TransportKind::Unix
+                );
             let bound = self.clone();
+            let ctx = ctx.clone();
             match stream {
-                Stream::Tcp(s) => tokio::spawn(bound.setup(ctx.clone(), s, addr, guard)),
-                Stream::Unix(s) => tokio::spawn(bound.setup(ctx.clone(), s, addr, guard)),
+                Stream::Tcp(s) if direct => {
+                    tokio::spawn(driver::serve(ctx, s, bound.peer(addr), Some(guard)))
+                }
+                Stream::Unix(s) if direct => {
+                    tokio::spawn(driver::serve(ctx, s, bound.peer(addr), Some(guard)))
+                }
+                Stream::Tcp(s) => tokio::spawn(bound.setup(ctx, s, addr, guard)),
+                Stream::Unix(s) => tokio::spawn(bound.setup(ctx, s, addr, guard)),
             };
         }
     }
@@ -188,7 +202,7 @@ impl Bound {
         self: Arc<Self>,
         endpoint: quinn::Endpoint,
         ctx: Arc<Ctx>,
-        all: Arc<Live>,
+        live: Arc<Live>,
     ) {
         struct Close(quinn::Endpoint);
         impl Drop for Close {
@@ -199,7 +213,7 @@ impl Bound {
         let _close = Close(endpoint.clone());
         while let Some(incoming) = endpoint.accept().await {
             let addr = incoming.remote_address();
-            let Some(guard) = self.admit(&ctx, &all, Some(addr)) else {
+            let Some(guard) = self.admit(&ctx, &live, Some(addr)) else {
                 incoming.refuse();
                 continue;
             };
@@ -238,30 +252,25 @@ impl Bound {
                 return;
             }
         };
-        let peer = Peer {
-            addr: Some(addr),
-            certificate: quic::peer_certificate(&stream._conn)
-                .and_then(|c| super::tls::identity(&c)),
-            rules: self.rules.clone(),
-        };
-        driver::serve(ctx, stream, peer, Some(guard)).await;
+        let mut peer = self.peer(Some(addr));
+        peer.certificate =
+            quic::peer_certificate(&stream._conn).and_then(|c| super::tls::identity(&c));
+        tokio::spawn(driver::serve(ctx, stream, peer, Some(guard)));
     }
 
     /// Count a new connection against the server's and this listener's
     /// limits, or refuse it.
-    fn admit(&self, ctx: &Ctx, all: &Arc<Live>, addr: Option<SocketAddr>) -> Option<LiveGuard> {
+    fn admit(&self, ctx: &Ctx, live: &Arc<Live>, addr: Option<SocketAddr>) -> Option<LiveGuard> {
         let max = ctx.broker.config().limits.max_connections;
         let mine = self.config.max_connections.unwrap_or(usize::MAX);
+        let all = live.within.as_ref().unwrap_or(live);
         if all.count.fetch_add(1, Ordering::AcqRel) >= max {
             all.count.fetch_sub(1, Ordering::AcqRel);
-        } else if self.live.count.fetch_add(1, Ordering::AcqRel) >= mine {
-            self.live.count.fetch_sub(1, Ordering::AcqRel);
+        } else if live.count.fetch_add(1, Ordering::AcqRel) >= mine {
+            live.count.fetch_sub(1, Ordering::AcqRel);
             all.count.fetch_sub(1, Ordering::AcqRel);
         } else {
-            return Some(LiveGuard {
-                all: all.clone(),
-                listener: self.live.clone(),
-            });
+            return Some(LiveGuard(live.clone()));
         }
         Stats::add(&ctx.broker.engine.stats.connections_refused, 1);
         let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
@@ -279,11 +288,7 @@ impl Bound {
         guard: LiveGuard,
     ) {
         let deadline = Duration::from_secs(ctx.broker.config().limits.connect_timeout);
-        let mut peer = Peer {
-            addr,
-            certificate: None,
-            rules: self.rules.clone(),
-        };
+        let mut peer = self.peer(addr);
         let kind = self.config.transport;
         let ready = tokio::time::timeout(deadline, async {
             let mut stream = stream;
@@ -333,14 +338,39 @@ impl Bound {
                 return;
             }
         };
+        // The address a PROXY header named stays with the transport.
+        let named = peer.addr.filter(|_| self.config.proxy_protocol);
         let guard = Some(guard);
         match ready {
-            Ready::Plain(s) => driver::serve(ctx, s, peer, guard).await,
-            Ready::Tls(s) => driver::serve(ctx, Joined::new(s), peer, guard).await,
-            Ready::Ws(s) => driver::serve(ctx, Joined::new(s), peer, guard).await,
-            Ready::Wss(s) => driver::serve(ctx, Joined::new(s), peer, guard).await,
+            Ready::Plain(s) => spawn_driver(ctx, s, named, peer, guard),
+            Ready::Tls(s) => spawn_driver(ctx, Joined::new(s), named, peer, guard),
+            Ready::Ws(s) => spawn_driver(ctx, Joined::new(s), named, peer, guard),
+            Ready::Wss(s) => spawn_driver(ctx, Joined::new(s), named, peer, guard),
         }
     }
+
+    /// What the engine is told of a peer that connected here.
+    fn peer(&self, addr: Option<SocketAddr>) -> Box<Peer> {
+        Box::new(Peer {
+            addr,
+            certificate: None,
+            rules: self.rules.clone(),
+        })
+    }
+}
+
+/// Run a connection's driver in a task of its own.
+fn spawn_driver<T: Transport>(
+    ctx: Arc<Ctx>,
+    io: T,
+    named: Option<SocketAddr>,
+    peer: Box<Peer>,
+    guard: Option<LiveGuard>,
+) {
+    match named {
+        None => tokio::spawn(driver::serve(ctx, io, peer, guard)),
+        Some(addr) => tokio::spawn(driver::serve(ctx, Proxied { io, peer: addr }, peer, guard)),
+    };
 }
 
 /// An accepted socket.

@@ -79,25 +79,41 @@ impl Ctx {
     }
 }
 
-/// Live connection tasks, to bound them and to wait for them at shutdown.
+/// Live connection tasks, to bound them and to wait for them at shutdown:
+/// the server's, and each listener's within them.
 #[derive(Debug, Default)]
 struct Live {
     count: AtomicUsize,
     idle: Notify,
+    /// The server's count, for a listener's.
+    within: Option<Arc<Self>>,
 }
 
-/// Counts one connection in the server's and its listener's [`Live`]
-/// while it exists.
-struct LiveGuard {
-    all: Arc<Live>,
-    listener: Arc<Live>,
+impl Live {
+    /// A listener's count, within the server's.
+    fn within(all: Arc<Self>) -> Self {
+        Self {
+            within: Some(all),
+            ..Self::default()
+        }
+    }
+
+    fn release(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
+
+/// Counts one connection in its listener's [`Live`] (and so the server's)
+/// while it exists.
+struct LiveGuard(Arc<Live>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.listener.count.fetch_sub(1, Ordering::AcqRel);
-        if self.all.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.all.idle.notify_waiters();
+        self.0.release();
+        if let Some(all) = &self.0.within {
+            all.release();
         }
     }
 }

@@ -435,6 +435,10 @@ impl<S: Fold> Fold for TlsIo<S> {
         !self.state.wants_write() && self.io.settled()
     }
 
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.io.peer()
+    }
+
     fn fold(self) -> io::Result<Self::Folded> {
         Ok(Folded {
             io: self.io.fold()?,

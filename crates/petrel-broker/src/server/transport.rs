@@ -5,6 +5,7 @@
 //! reaches the driver as [`Joined`].
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -31,6 +32,8 @@ pub(crate) trait Transport: Send + 'static + Sized {
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
     /// Whether a connection on this transport can hibernate.
     fn can_hibernate(&self) -> bool;
+    /// The peer's address, if it has one.
+    fn peer(&self) -> Option<SocketAddr>;
     /// Whether nothing waits inside the transport to be written (a layer's
     /// own buffers): only then may the connection hibernate.
     fn settled(&mut self) -> bool {
@@ -49,6 +52,8 @@ pub(crate) trait Fold: AsyncRead + AsyncWrite + Unpin + Send + 'static + Sized {
     type Folded: mio::event::Source + Send + 'static;
     /// Whether nothing waits in its own buffers to be written.
     fn settled(&self) -> bool;
+    /// The peer's address, if it has one.
+    fn peer(&self) -> Option<SocketAddr>;
     /// Leave the runtime's reactor.
     fn fold(self) -> io::Result<Self::Folded>;
     /// Come back to it (in the runtime's context).
@@ -60,6 +65,10 @@ impl Fold for TcpStream {
 
     fn settled(&self) -> bool {
         true
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
     }
 
     fn fold(self) -> io::Result<Self::Folded> {
@@ -77,6 +86,10 @@ impl Fold for UnixStream {
 
     fn settled(&self) -> bool {
         true
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        None
     }
 
     fn fold(self) -> io::Result<Self::Folded> {
@@ -101,6 +114,10 @@ impl Transport for TcpStream {
         true
     }
 
+    fn peer(&self) -> Option<SocketAddr> {
+        Fold::peer(self)
+    }
+
     fn hibernate(self) -> io::Result<Self::Hibernating> {
         self.fold()
     }
@@ -121,6 +138,10 @@ impl Transport for UnixStream {
 
     fn can_hibernate(&self) -> bool {
         true
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        Fold::peer(self)
     }
 
     fn hibernate(self) -> io::Result<Self::Hibernating> {
@@ -213,12 +234,59 @@ impl<S: Fold> Transport for Joined<S> {
         self.0.get_mut().is_ok_and(|s| s.settled())
     }
 
+    fn peer(&self) -> Option<SocketAddr> {
+        self.0.lock().ok().and_then(|s| s.peer())
+    }
+
     fn hibernate(self) -> io::Result<Self::Hibernating> {
         self.into_inner().fold()
     }
 
     fn resume(hibernating: Self::Hibernating) -> io::Result<Self> {
         Ok(Self::new(S::unfold(hibernating)?))
+    }
+}
+
+/// A transport whose peer is not the socket's: the address a PROXY
+/// header named, kept through hibernation.
+pub(crate) struct Proxied<T> {
+    pub(crate) io: T,
+    pub(crate) peer: SocketAddr,
+}
+
+impl<T: Transport> Transport for Proxied<T> {
+    type Reader<'a> = T::Reader<'a>;
+    type Writer<'a> = T::Writer<'a>;
+    type Hibernating = Folded<T::Hibernating, SocketAddr>;
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.io.halves()
+    }
+
+    fn can_hibernate(&self) -> bool {
+        self.io.can_hibernate()
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        Some(self.peer)
+    }
+
+    fn settled(&mut self) -> bool {
+        self.io.settled()
+    }
+
+    fn hibernate(self) -> io::Result<Self::Hibernating> {
+        Ok(Folded {
+            io: self.io.hibernate()?,
+            state: self.peer,
+        })
+    }
+
+    fn resume(hibernating: Self::Hibernating) -> io::Result<Self> {
+        Ok(Self {
+            io: T::resume(hibernating.io)?,
+            peer: hibernating.state,
+        })
     }
 }
 
@@ -274,6 +342,10 @@ where
 
     fn can_hibernate(&self) -> bool {
         false
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        None
     }
 
     fn hibernate(self) -> io::Result<Self::Hibernating> {

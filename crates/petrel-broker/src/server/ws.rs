@@ -550,6 +550,10 @@ impl<S: Fold> Fold for WsIo<S> {
         self.state.tx.is_empty() && self.io.settled()
     }
 
+    fn peer(&self) -> Option<SocketAddr> {
+        self.io.peer()
+    }
+
     fn fold(mut self) -> io::Result<Self::Folded> {
         // An idle connection keeps no buffers.
         if self.state.rx.is_empty() {
