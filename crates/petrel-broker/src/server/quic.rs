@@ -45,58 +45,7 @@ pub(crate) fn server_config(
 
 /// Open a QUIC endpoint on `addr`.
 pub(crate) fn bind(config: quinn::ServerConfig, addr: SocketAddr) -> io::Result<quinn::Endpoint> {
-    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let socket = runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?;
-    quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        Arc::new(OneDatagram(socket)),
-        runtime,
-    )
-}
-
-/// The endpoint's UDP socket, sending one datagram per system call.
-///
-/// With segmentation offload quinn builds up to ten datagrams in each
-/// connection's send buffer and keeps that buffer's capacity for the
-/// connection's life (about 14 KiB each, most of an idle connection's
-/// cost); MQTT's small packets gain nothing from batching them.
-#[derive(Debug)]
-struct OneDatagram(Arc<dyn quinn::AsyncUdpSocket>);
-
-impl quinn::AsyncUdpSocket for OneDatagram {
-    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
-        self.0.clone().create_io_poller()
-    }
-
-    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> io::Result<()> {
-        self.0.try_send(transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        bufs: &mut [io::IoSliceMut<'_>],
-        meta: &mut [quinn::udp::RecvMeta],
-    ) -> std::task::Poll<io::Result<usize>> {
-        self.0.poll_recv(cx, bufs, meta)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-
-    fn max_transmit_segments(&self) -> usize {
-        1
-    }
-
-    fn max_receive_segments(&self) -> usize {
-        self.0.max_receive_segments()
-    }
-
-    fn may_fragment(&self) -> bool {
-        self.0.may_fragment()
-    }
+    quinn::Endpoint::server(config, addr)
 }
 
 /// The certificate chain the client presented, if any.
