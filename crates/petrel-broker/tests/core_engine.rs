@@ -892,3 +892,53 @@ async fn a_malformed_file_stops_the_broker_from_starting() {
     .unwrap_err();
     assert!(e.to_string().contains(":2: `a/#/b`"), "{e}");
 }
+
+#[tokio::test]
+async fn listener_rules_limit_versions_and_methods() {
+    use petrel_broker::ListenerRules;
+    // A misspelt method in a listener's list stops the start, naming it.
+    let misspelt = BrokerConfig {
+        password_file: Some(password_file()),
+        listeners: vec![ListenerConfig {
+            auth_methods: Some(vec!["pasword_file".into()]),
+            ..ListenerConfig::tcp("127.0.0.1:1883".parse().unwrap())
+        }],
+        ..config()
+    };
+    let e = Broker::new(misspelt).unwrap_err();
+    assert!(matches!(e, BuildError::UnknownMethod { .. }), "{e}");
+    assert!(e.to_string().contains("pasword_file"), "{e}");
+    // Without sockets: a listener for 5.0 with passwords only.
+    let b = Broker::new(BrokerConfig {
+        password_file: Some(password_file()),
+        allow_anonymous: Some(true),
+        ..config()
+    })
+    .unwrap();
+    let rules = std::sync::Arc::new(ListenerRules {
+        protocols: vec![Protocol::V5],
+        methods: Some(vec!["password_file".into()]),
+    });
+    let here = || Peer {
+        rules: rules.clone(),
+        ..peer([127, 0, 0, 1])
+    };
+    let old = connect("old", None, None);
+    let mut old311 = old.clone();
+    old311.protocol = Protocol::V3_1_1;
+    let refused = login_from(&b, old311, here()).await.unwrap_err();
+    assert_eq!(refused, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
+    // Anonymous is allowed by the broker, not by this listener.
+    let refused = login_from(&b, connect("anon", None, None), here())
+        .await
+        .unwrap_err();
+    assert_eq!(refused, ReasonCode::NOT_AUTHORIZED);
+    // Positive controls: the same anonymous client elsewhere, and a
+    // password here.
+    assert!(login(&b, connect("anon", None, None)).await.is_ok());
+    assert!(
+        login_from(&b, connect("alice", Some("alice"), Some("secret")), here())
+            .await
+            .is_ok()
+    );
+}

@@ -237,6 +237,17 @@ pub enum BuildError {
          `password_file`, `[jwt]`, `[scram]` or `[certificate]`"
     )]
     AnonymousNotLoopback(String),
+    /// A listener allows a method of authentication that nothing provides
+    /// (a misspelt name would refuse everyone there).
+    #[error("listener {listener}: no authentication method is called `{method}` (known: {known})")]
+    UnknownMethod {
+        /// The listener.
+        listener: String,
+        /// The name in its `auth_methods`.
+        method: String,
+        /// The names that exist.
+        known: String,
+    },
 }
 
 /// Builds a [`Broker`] with authentication and authorisation of the
@@ -283,6 +294,23 @@ impl BrokerBuilder {
             // machine can reach (as Mosquitto 2's local-only mode).
             if let Some(l) = config.listeners.iter().find(|l| !l.is_local()) {
                 return Err(BuildError::AnonymousNotLoopback(l.describe()));
+            }
+        }
+        let mut known: Vec<&str> = security.authenticators.iter().map(|a| a.name()).collect();
+        known.extend(security.methods.iter().map(|m| m.name()));
+        known.push("anonymous");
+        for l in &config.listeners {
+            if let Some(m) = l
+                .auth_methods
+                .iter()
+                .flatten()
+                .find(|m| !known.contains(&m.as_str()))
+            {
+                return Err(BuildError::UnknownMethod {
+                    listener: l.describe(),
+                    method: m.clone(),
+                    known: known.join(", "),
+                });
             }
         }
         let l = &config.limits;
