@@ -27,10 +27,10 @@ pub(crate) struct Common {
     /// Broker port (default 1883, or 8883 with TLS).
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
-    /// The broker as a URL, as mosquitto's -L:
-    /// mqtt(s)://[user[:password]@]host[:port]/topic, and
-    /// quic://host[:port]/topic; also ws(s)://host[:port][/path] and
-    /// unix:///path/to/socket, whose path is no topic (give -t).
+    /// The broker as a URL, as mosquitto's -L: mqtt://host:port/topic,
+    /// mqtts://user:password@host:port/topic or quic://host:port/topic
+    /// (user, password and port optional); also ws://host:port/path,
+    /// wss://… and unix:///path/to/socket, whose path is no topic (give -t).
     #[arg(short = 'L', long = "url", value_name = "URL", conflicts_with_all = ["host", "port", "unix"])]
     url: Option<String>,
     /// Connect through this Unix socket instead of TCP.
