@@ -185,6 +185,10 @@ mod tests {
         cut.truncate(20);
         assert!(read(&cut).await.is_err());
         assert!(read(&v2(1, 0x99, &[0; 12])).await.is_err());
+        // A version 2 length past the bound is refused before reading on.
+        let mut long = V2_SIGNATURE.to_vec();
+        long.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        assert!(read(&long).await.is_err());
     }
 
     #[tokio::test]
