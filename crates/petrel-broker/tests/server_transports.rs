@@ -32,9 +32,18 @@ fn local() -> Option<SocketAddr> {
     Some("127.0.0.1:0".parse().unwrap())
 }
 
-/// A running server with these listeners (a plain TCP one first, for
-/// bystanders); returns each listener's address.
-async fn serve(mut config: BrokerConfig, listeners: Vec<ListenerConfig>) -> (Broker, Server) {
+/// A server running in this test, and what the test needs of it.
+struct Running {
+    broker: Broker,
+    /// Each TCP-based listener's address, the plain bystander one first.
+    addrs: Vec<SocketAddr>,
+    certificates: petrel_broker::Certificates,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Run a server with these listeners (a plain TCP one first, for
+/// bystanders).
+async fn serve(mut config: BrokerConfig, listeners: Vec<ListenerConfig>) -> Running {
     config
         .listeners
         .insert(0, ListenerConfig::tcp("127.0.0.1:0".parse().unwrap()));
@@ -42,7 +51,12 @@ async fn serve(mut config: BrokerConfig, listeners: Vec<ListenerConfig>) -> (Bro
     config.sys_interval = 0;
     let broker = Broker::new(config).unwrap();
     let server = Server::bind(broker.clone()).await.unwrap();
-    (broker, server)
+    Running {
+        broker,
+        addrs: server.local_addrs(),
+        certificates: server.certificates(),
+        task: tokio::spawn(server.run()),
+    }
 }
 
 fn base() -> BrokerConfig {
@@ -111,10 +125,9 @@ async fn refused_without_connack<S: tokio::io::AsyncRead + Unpin>(s: &mut S, d: 
 #[tokio::test]
 async fn tls_serves_mqtt_in_both_versions() {
     let tls = Tls::new("tls");
-    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Tls)]).await;
-    let addrs = server.local_addrs();
+    let server = serve(base(), vec![tls.listener(TransportKind::Tls)]).await;
+    let addrs = &server.addrs;
     let (plain, tls_addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     for protocol in [Protocol::V3_1_1, Protocol::V5] {
         let s = connect_tls(tls_addr, client_config(&tls.ca.pem(), None, &[b"mqtt"]))
             .await
@@ -151,9 +164,8 @@ async fn mutual_tls_names_the_client_by_its_certificate() {
         use_identity_as_username: true,
         ..tls.mutual(TransportKind::Tls)
     };
-    let (_b, server) = serve(config, vec![listener]).await;
-    let addr = server.local_addrs()[1];
-    tokio::spawn(server.run());
+    let server = serve(config, vec![listener]).await;
+    let addr = server.addrs[1];
     let id = tls.ca.issue("sensor-1", &[], false);
     let s = connect_tls(addr, client_config(&tls.ca.pem(), Some(&id), &[]))
         .await
@@ -175,10 +187,9 @@ async fn mutual_tls_names_the_client_by_its_certificate() {
 #[tokio::test]
 async fn bad_certificates_are_refused_and_others_served() {
     let tls = Tls::new("badcert");
-    let (_b, server) = serve(base(), vec![tls.mutual(TransportKind::Tls)]).await;
-    let addrs = server.local_addrs();
+    let server = serve(base(), vec![tls.mutual(TransportKind::Tls)]).await;
+    let addrs = &server.addrs;
     let (plain, addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let other_ca = Ca::new("someone else");
     let cases = [
         ("no certificate", None),
@@ -212,10 +223,9 @@ async fn wrong_protocols_on_a_port_close_only_that_connection() {
     let tls = Tls::new("mixup");
     let mut config = base();
     config.limits.connect_timeout = 2;
-    let (_b, server) = serve(config, vec![tls.listener(TransportKind::Tls)]).await;
-    let addrs = server.local_addrs();
+    let server = serve(config, vec![tls.listener(TransportKind::Tls)]).await;
+    let addrs = &server.addrs;
     let (plain, tls_addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     // Plain MQTT to the TLS port.
     let mut s = TcpStream::connect(tls_addr).await.unwrap();
     s.write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 0])
@@ -248,10 +258,9 @@ async fn wrong_protocols_on_a_port_close_only_that_connection() {
 #[tokio::test]
 async fn certificates_reload_without_dropping_connections() {
     let tls = Tls::new("reload");
-    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Tls)]).await;
-    let addr = server.local_addrs()[1];
-    let certificates = server.certificates();
-    tokio::spawn(server.run());
+    let server = serve(base(), vec![tls.listener(TransportKind::Tls)]).await;
+    let addr = server.addrs[1];
+    let certificates = server.certificates.clone();
     let s = connect_tls(addr, client_config(&tls.ca.pem(), None, &[]))
         .await
         .unwrap();
@@ -389,7 +398,7 @@ fn subscribe(f: &str) -> Packet {
 
 #[tokio::test]
 async fn websocket_carries_packets_split_and_joined() {
-    let (_b, server) = serve(
+    let server = serve(
         base(),
         vec![ListenerConfig {
             transport: TransportKind::Ws,
@@ -398,9 +407,8 @@ async fn websocket_carries_packets_split_and_joined() {
         }],
     )
     .await;
-    let addrs = server.local_addrs();
+    let addrs = &server.addrs;
     let (plain, ws_addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let url = format!("ws://{ws_addr}/mqtt");
     let (ws, response) = tokio_tungstenite::connect_async(ws_request(&url, Some("mqtt")))
         .await
@@ -455,7 +463,7 @@ async fn websocket_carries_packets_split_and_joined() {
 async fn websocket_bad_input_closes_only_that_connection() {
     let mut config = base();
     config.limits.max_packet_size = 1024;
-    let (_b, server) = serve(
+    let server = serve(
         config,
         vec![ListenerConfig {
             transport: TransportKind::Ws,
@@ -465,9 +473,8 @@ async fn websocket_bad_input_closes_only_that_connection() {
         }],
     )
     .await;
-    let addrs = server.local_addrs();
+    let addrs = &server.addrs;
     let (plain, ws_addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let url = format!("ws://{ws_addr}/mqtt");
     // Upgrades refused in HTTP: a wrong subprotocol, none, a wrong path.
     for (url, proto, status) in [
@@ -546,10 +553,9 @@ async fn websocket_bad_input_closes_only_that_connection() {
 #[tokio::test]
 async fn secure_websocket_serves_mqtt() {
     let tls = Tls::new("wss");
-    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Wss)]).await;
-    let addrs = server.local_addrs();
+    let server = serve(base(), vec![tls.listener(TransportKind::Wss)]).await;
+    let addrs = &server.addrs;
     let (plain, addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let s = connect_tls(addr, client_config(&tls.ca.pem(), None, &[b"http/1.1"]))
         .await
         .unwrap();
@@ -571,7 +577,7 @@ async fn secure_websocket_serves_mqtt() {
 async fn unix_socket_serves_mqtt_with_its_mode() {
     use std::os::unix::fs::PermissionsExt;
     let path = dir("unix").join("petrel.sock");
-    let (_b, server) = serve(
+    let server = serve(
         base(),
         vec![ListenerConfig {
             transport: TransportKind::Unix,
@@ -581,8 +587,7 @@ async fn unix_socket_serves_mqtt_with_its_mode() {
         }],
     )
     .await;
-    let plain = server.local_addrs()[0];
-    let task = tokio::spawn(server.run());
+    let plain = server.addrs[0];
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let s = tokio::net::UnixStream::connect(&path).await.unwrap();
@@ -594,7 +599,7 @@ async fn unix_socket_serves_mqtt_with_its_mode() {
     let mut p = Raw::connect(plain, Protocol::V5, "tcp-pub").await;
     p.publish("t/unix", b"local", QoS::AtLeastOnce, false).await;
     assert_eq!(&c.recv_publish().await.payload[..], b"local");
-    task.abort();
+    server.task.abort();
 }
 
 #[tokio::test]
@@ -613,7 +618,7 @@ async fn proxy_protocol_names_the_client_and_bad_headers_close() {
     config.limits.login_delay = 30;
     config.limits.login_delay_max = 30;
     config.limits.connect_timeout = 2;
-    let (_b, server) = serve(
+    let server = serve(
         config,
         vec![ListenerConfig {
             bind: local(),
@@ -622,9 +627,8 @@ async fn proxy_protocol_names_the_client_and_bad_headers_close() {
         }],
     )
     .await;
-    let addrs = server.local_addrs();
+    let addrs = &server.addrs;
     let (plain, addr) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let login = |from: &'static str| async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(format!("PROXY TCP4 {from} 10.0.0.1 40000 1883\r\n").as_bytes())
@@ -678,7 +682,7 @@ async fn listeners_limit_versions_methods_and_connections() {
         allow_anonymous: Some(true),
         ..base()
     };
-    let (_b, server) = serve(
+    let server = serve(
         config,
         vec![
             ListenerConfig {
@@ -695,9 +699,8 @@ async fn listeners_limit_versions_methods_and_connections() {
         ],
     )
     .await;
-    let addrs = server.local_addrs();
+    let addrs = &server.addrs;
     let (plain, v5_only, no_anon) = (addrs[0], addrs[1], addrs[2]);
-    tokio::spawn(server.run());
     // 3.1.1 refused where only 5.0 is allowed (return code 1), accepted
     // on the plain listener.
     let (_, ack) = Raw::connect_with(v5_only, Protocol::V3_1_1, "old", |_| {}).await;
@@ -722,7 +725,7 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
     let tls = Tls::new("hib");
     let mut config = base();
     config.limits.hibernate_after = 1;
-    let (broker, server) = serve(
+    let server = serve(
         config,
         vec![
             tls.listener(TransportKind::Tls),
@@ -735,8 +738,7 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
         ],
     )
     .await;
-    let addrs = server.local_addrs();
-    tokio::spawn(server.run());
+    let addrs = &server.addrs;
     let s = connect_tls(addrs[1], client_config(&tls.ca.pem(), None, &[]))
         .await
         .unwrap();
@@ -762,8 +764,12 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
     ws.hello("hib-ws", "t/hib").await;
     // All three fall asleep.
     let deadline = std::time::Instant::now() + WAIT;
-    while broker.stats().hibernating < 3 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", broker.stats());
+    while server.broker.stats().hibernating < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            server.broker.stats()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A message wakes each, and arrives.
@@ -777,11 +783,11 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
         }
     }
     // And the peer's bytes wake them too: a ping after another nap.
-    while broker.stats().hibernating < 3 {
+    while server.broker.stats().hibernating < 3 {
         assert!(
             std::time::Instant::now() < deadline + WAIT,
             "{:?}",
-            broker.stats()
+            server.broker.stats()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -806,10 +812,9 @@ fn quic_client(ca: &str, alpn: &[&[u8]]) -> quinn::Endpoint {
 #[tokio::test]
 async fn quic_serves_mqtt_on_one_stream_and_follows_a_moving_client() {
     let tls = Tls::new("quic");
-    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
-    let addrs = server.local_addrs();
+    let server = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
+    let addrs = &server.addrs;
     let (plain, quic) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let endpoint = quic_client(&tls.ca.pem(), &[b"mqtt"]);
     let conn = endpoint.connect(quic, "localhost").unwrap().await.unwrap();
     assert_eq!(
@@ -847,10 +852,9 @@ async fn quic_serves_mqtt_on_one_stream_and_follows_a_moving_client() {
 #[tokio::test]
 async fn quic_with_the_wrong_alpn_is_refused_and_others_served() {
     let tls = Tls::new("quic-alpn");
-    let (_b, server) = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
-    let addrs = server.local_addrs();
+    let server = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
+    let addrs = &server.addrs;
     let (plain, quic) = (addrs[0], addrs[1]);
-    tokio::spawn(server.run());
     let wrong = quic_client(&tls.ca.pem(), &[b"h3"]);
     let r = tokio::time::timeout(WAIT, wrong.connect(quic, "localhost").unwrap()).await;
     assert!(matches!(r, Ok(Err(_))), "a QUIC client speaking h3 got in");
@@ -871,14 +875,13 @@ async fn listeners_bind_ipv6() {
         eprintln!("SKIP: this machine has no IPv6 loopback");
         return;
     }
-    let (_b, server) = serve(
+    let server = serve(
         base(),
         vec![ListenerConfig::tcp("[::1]:0".parse().unwrap())],
     )
     .await;
-    let v6 = server.local_addrs()[1];
+    let v6 = server.addrs[1];
     assert!(v6.is_ipv6());
-    tokio::spawn(server.run());
     let (_c, ack) = Raw::connect_with(v6, Protocol::V5, "v6", |_| {}).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
 }

@@ -114,7 +114,10 @@ fn first_task<T: Transport>(
         client: None,
         _guard: guard,
     };
-    let mut task = Box::new(Task::new(link, conn, io));
+    // The address accept gave (or a PROXY header named): no need to ask
+    // the socket.
+    let addr = peer.addr.or_else(|| io.peer());
+    let mut task = Box::new(Task::new(link, conn, addr, io.can_hibernate()));
     task.origin = Some(peer);
     task
 }
@@ -171,7 +174,7 @@ impl<T: Transport> Asleep<T> {
     fn wake(self, io: &T) -> Box<Task> {
         let config = self.link.ctx.broker.session_config().clone();
         let conn = Connection::resume(self.machine, config);
-        Box::new(Task::new(self.link, conn, io))
+        Box::new(Task::new(self.link, conn, io.peer(), io.can_hibernate()))
     }
 }
 
@@ -227,14 +230,12 @@ async fn unless_shutdown<F: std::future::Future>(
 
 impl Task {
     /// A task for `conn` (new, or resumed after hibernation).
-    fn new<T: Transport>(link: Link, conn: Connection, io: &T) -> Self {
+    fn new(link: Link, conn: Connection, peer: Option<SocketAddr>, can_hibernate: bool) -> Self {
         let after = link.ctx.hibernate_after;
         Self {
-            peer: io
-                .peer()
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             origin: None,
-            hibernate_after: after.filter(|_| io.can_hibernate()),
+            hibernate_after: after.filter(|_| can_hibernate),
             got_connect: conn.is_connected(),
             window: window(&link.ctx, &conn),
             limits: link.ctx.codec_limits.clone(),

@@ -229,9 +229,8 @@ impl Bound {
         incoming: quinn::Incoming,
         guard: LiveGuard,
     ) {
-        let deadline = Duration::from_secs(ctx.broker.config().limits.connect_timeout);
         let addr = incoming.remote_address();
-        let ready = tokio::time::timeout(deadline, async {
+        let ready = within_connect_timeout(&ctx, async {
             let conn = incoming.await?;
             let (send, recv) = conn.accept_bi().await?;
             Ok::<_, quinn::ConnectionError>(quic::QuicStream {
@@ -242,15 +241,8 @@ impl Bound {
         })
         .await;
         let stream = match ready {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(peer = %addr, listener = %self.config.describe(), error = %e, "connection closed before MQTT");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(peer = %addr, listener = %self.config.describe(), "connection closed before MQTT: too slow (connect_timeout)");
-                return;
-            }
+            Ok(s) => s,
+            Err(why) => return self.gave_up(Some(addr), &why),
         };
         let mut peer = self.peer(Some(addr));
         peer.certificate =
@@ -287,15 +279,15 @@ impl Bound {
         addr: Option<SocketAddr>,
         guard: LiveGuard,
     ) {
-        let deadline = Duration::from_secs(ctx.broker.config().limits.connect_timeout);
         let mut peer = self.peer(addr);
+        // The address a PROXY header named, which stays with the transport.
+        let mut named = None;
         let kind = self.config.transport;
-        let ready = tokio::time::timeout(deadline, async {
+        let ready = within_connect_timeout(&ctx, async {
             let mut stream = stream;
             if self.config.proxy_protocol {
-                if let Some(a) = super::proxy::read_header(&mut stream).await? {
-                    peer.addr = Some(a);
-                }
+                named = super::proxy::read_header(&mut stream).await?;
+                peer.addr = named.or(peer.addr);
             }
             let max_frame = ctx.broker.config().limits.max_packet_size as usize;
             let ready = match kind {
@@ -326,20 +318,10 @@ impl Bound {
             Ok::<_, io::Error>(ready)
         })
         .await;
-        let who = peer.addr.map_or_else(|| "-".to_string(), |a| a.to_string());
         let ready = match ready {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::info!(peer = %who, listener = %self.config.describe(), error = %e, "connection closed before MQTT");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(peer = %who, listener = %self.config.describe(), "connection closed before MQTT: too slow (connect_timeout)");
-                return;
-            }
+            Ok(r) => r,
+            Err(why) => return self.gave_up(peer.addr, &why),
         };
-        // The address a PROXY header named stays with the transport.
-        let named = peer.addr.filter(|_| self.config.proxy_protocol);
         let guard = Some(guard);
         match ready {
             Ready::Plain(s) => spawn_driver(ctx, s, named, peer, guard),
@@ -349,6 +331,12 @@ impl Bound {
         }
     }
 
+    /// Log a connection closed before it reached MQTT.
+    fn gave_up(&self, addr: Option<SocketAddr>, why: &str) {
+        let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(%peer, listener = %self.config.describe(), why, "connection closed before MQTT");
+    }
+
     /// What the engine is told of a peer that connected here.
     fn peer(&self, addr: Option<SocketAddr>) -> Box<Peer> {
         Box::new(Peer {
@@ -356,6 +344,20 @@ impl Bound {
             certificate: None,
             rules: self.rules.clone(),
         })
+    }
+}
+
+/// What comes before MQTT (PROXY header, handshakes), bounded by the
+/// connect timeout; why it failed otherwise.
+async fn within_connect_timeout<T, E: std::fmt::Display>(
+    ctx: &Ctx,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    let deadline = Duration::from_secs(ctx.broker.config().limits.connect_timeout);
+    match tokio::time::timeout(deadline, work).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("too slow (connect_timeout)".to_string()),
     }
 }
 
