@@ -22,8 +22,6 @@ import argparse
 import os
 import queue
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +29,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
-
-TIMEOUT = 5.0
+from broker_process import TIMEOUT, BrokerProcess, free_port, run
 QUIET = 1.0
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 NAMES = {V311: "3.1.1", V5: "5.0"}
@@ -48,14 +45,6 @@ user bob
 topic write bob/#
 pattern write clients/%c/#
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Broker:
@@ -83,32 +72,10 @@ class Broker:
                 f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
                         f"password_file {pw}\nacl_file {acl}\nsys_interval 1\n")
             cmd = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf]
-        self.log = open(os.path.join(work, "broker.log"), "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError(f"{kind} did not start; see {self.log.name}")
+        self.process = BrokerProcess(kind, cmd, os.path.join(work, "broker.log"), [self.port])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def run(cmd, timeout=TIMEOUT + 5):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        self.process.stop()
 
 
 class Paho:

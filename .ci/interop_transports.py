@@ -25,29 +25,13 @@ import argparse
 import os
 import queue
 import shutil
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
 
 import paho.mqtt.client as mqtt
-
-TIMEOUT = 5.0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def run(cmd, timeout=TIMEOUT + 5, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+from broker_process import TIMEOUT, BrokerProcess, free_port, run
 
 
 def openssl(*args):
@@ -109,32 +93,12 @@ class Petrel:
                 f'[[listener]]\ntransport = "wss"\nbind = "127.0.0.1:{self.ports["wss"]}"\n{tls}'
                 f'[[listener]]\ntransport = "quic"\nbind = "127.0.0.1:{self.ports["quic"]}"\n{tls}'
             )
-        self.log = open(p("petrel.log"), "w")
-        self.proc = subprocess.Popen([binary, "broker", "-c", conf], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                for name, port in self.ports.items():
-                    if name == "quic":
-                        continue  # UDP
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError(f"petrel did not start; see {self.log.name}")
+        tcp = [port for name, port in self.ports.items() if name != "quic"]  # QUIC is UDP
+        self.process = BrokerProcess("petrel", [binary, "broker", "-c", conf],
+                                     p("petrel.log"), tcp)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.process.stop()
 
 
 def sub_then_pub(sub_args, pub_args, topic_pub, message, wait=4):
