@@ -721,7 +721,7 @@ async fn listeners_limit_versions_methods_and_connections() {
 }
 
 #[tokio::test]
-async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
+async fn quiet_tls_websocket_and_quic_connections_hibernate_and_wake() {
     let tls = Tls::new("hib");
     let mut config = base();
     config.limits.hibernate_after = 1;
@@ -735,10 +735,23 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
                 bind: local(),
                 ..ListenerConfig::default()
             },
+            tls.listener(TransportKind::Quic),
         ],
     )
     .await;
     let addrs = &server.addrs;
+    let endpoint = quic_client(&tls.ca.pem(), &[b"mqtt"]);
+    let conn = endpoint
+        .connect(addrs[4], "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut q = Raw::over(tokio::io::join(recv, send), Protocol::V5)
+        .handshake("hib-quic", |_| {})
+        .await
+        .0;
+    q.subscribe("t/hib", QoS::AtLeastOnce).await;
     let s = connect_tls(addrs[1], client_config(&tls.ca.pem(), None, &[]))
         .await
         .unwrap();
@@ -762,9 +775,9 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
         .unwrap();
     let mut ws = Ws::new(ws);
     ws.hello("hib-ws", "t/hib").await;
-    // All three fall asleep.
+    // All four fall asleep.
     let deadline = std::time::Instant::now() + WAIT;
-    while server.broker.stats().hibernating < 3 {
+    while server.broker.stats().hibernating < 4 {
         assert!(
             std::time::Instant::now() < deadline,
             "{:?}",
@@ -776,6 +789,9 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
     let mut p = Raw::connect(addrs[0], Protocol::V5, "hib-pub").await;
     p.publish("t/hib", b"wake up", QoS::AtMostOnce, false).await;
     assert_eq!(&t.recv_publish().await.payload[..], b"wake up");
+    assert_eq!(&q.recv_publish().await.payload[..], b"wake up");
+    // Gone, so that only the four can sleep.
+    p.disconnect().await;
     for got in [wss.packet().await, ws.packet().await] {
         match got {
             Some(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"wake up"),
@@ -783,7 +799,7 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
         }
     }
     // And the peer's bytes wake them too: a ping after another nap.
-    while server.broker.stats().hibernating < 3 {
+    while server.broker.stats().hibernating < 4 {
         assert!(
             std::time::Instant::now() < deadline + WAIT,
             "{:?}",
@@ -797,6 +813,30 @@ async fn quiet_tls_and_websocket_connections_hibernate_and_wake() {
     assert!(matches!(ws.packet().await, Some(Packet::PingResp)));
     wss.send_packet(Packet::PingReq).await;
     assert!(matches!(wss.packet().await, Some(Packet::PingResp)));
+    q.send(Packet::PingReq).await;
+    assert!(matches!(q.recv().await, Some(Packet::PingResp)));
+    // A QUIC peer that goes away while its connection sleeps (no datagram
+    // on a socket of its own to say so) is noticed: the connection wakes
+    // and ends.
+    while server.broker.stats().hibernating < 4 {
+        assert!(
+            std::time::Instant::now() < deadline + 2 * WAIT,
+            "{:?}",
+            server.broker.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = server.broker.stats().clients_connected;
+    conn.close(0u32.into(), b"bye");
+    while server.broker.stats().clients_connected >= before {
+        assert!(
+            std::time::Instant::now() < deadline + 3 * WAIT,
+            "{:?}",
+            server.broker.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.broker.stats().hibernating, 3);
 }
 
 /// A QUIC client endpoint trusting `ca`, offering `alpn`.
@@ -863,10 +903,16 @@ async fn quic_with_the_wrong_alpn_is_refused_and_others_served() {
     let right = quic_client(&tls.ca.pem(), &[b"mqtt"]);
     let conn = right.connect(quic, "localhost").unwrap().await.unwrap();
     let (send, recv) = conn.open_bi().await.unwrap();
-    let (_c, ack) = Raw::over(tokio::io::join(recv, send), Protocol::V3_1_1)
+    let (c, ack) = Raw::over(tokio::io::join(recv, send), Protocol::V3_1_1)
         .handshake("quic-ok", |_| {})
         .await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    // When the MQTT connection ends, the broker closes the QUIC one (after
+    // the peer has what was written), rather than leaving it to time out.
+    assert!(conn.close_reason().is_none(), "open while MQTT runs");
+    c.disconnect().await;
+    let closed = tokio::time::timeout(WAIT, conn.closed()).await;
+    assert!(closed.is_ok(), "the QUIC connection stayed open");
 }
 
 #[tokio::test]

@@ -14,11 +14,12 @@
 //! is held while asleep. The socket itself leaves the runtime's reactor
 //! (its registration there costs 256 bytes) for the [`Watcher`], one thread
 //! with an epoll set (through mio) that wakes the connection when the
-//! socket becomes readable or the peer goes away. Every registration is
-//! made before the check of its condition, and both happen under the same
-//! lock as the event's side, so a wake-up is never lost: one that comes
-//! while the connection is still going to sleep makes it go on at once
-//! instead.
+//! socket becomes readable or the peer goes away (a QUIC connection has no
+//! socket of its own: its endpoint wakes it, see [`Sleeper`]). Every
+//! registration is made before the check of its condition, and both happen
+//! under the same lock as the event's side, so a wake-up is never lost: one
+//! that comes while the connection is still going to sleep makes it go on
+//! at once instead.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Wake, Waker};
 use std::time::Instant;
 
-use super::transport::Transport;
+use super::transport::{Sleeper, Transport};
 use crate::core::auth::BoxFuture;
 use crate::core::engine::Broker;
 use crate::core::lock;
@@ -132,9 +133,8 @@ impl Hibernation {
         let mut early = !conn.arm(&waker);
         early |= self.0.broker.is_shut_down();
         // Readable already (or the peer gone): epoll reports it at once.
-        early |= watcher
-            .registry
-            .register(&mut socket, slot.token(), mio::Interest::READABLE)
+        early |= socket
+            .watch(&watcher.registry, slot.token(), &waker)
             .is_err();
         let mut state = lock(&cell.state);
         if early || matches!(*state, State::Early) {
@@ -165,7 +165,7 @@ impl Hibernation {
         lock(&self.0.slots).remove(slot);
         conn.disarm();
         if let Some(w) = self.watcher() {
-            let _ = w.registry.deregister(&mut socket);
+            socket.unwatch(&w.registry);
         }
         match H::Io::resume(socket) {
             Ok(io) => Some(io),

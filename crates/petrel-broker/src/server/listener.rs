@@ -35,7 +35,11 @@ pub(crate) struct Bound {
 #[derive(Debug)]
 enum Socket {
     Tcp(TcpListener),
-    Quic(quinn::Endpoint),
+    /// Taken by the accept loop, which runs it.
+    Quic {
+        endpoint: std::sync::Mutex<Option<Box<quic::Endpoint>>>,
+        local: SocketAddr,
+    },
     Unix {
         listener: UnixListener,
         /// Removed with the listener.
@@ -101,16 +105,19 @@ impl Bound {
                     .ok_or_else(|| context(io::Error::other("no TLS")))?;
                 let keep_alive = Duration::from_secs(u64::from(keep_alive));
                 let quic = quic::server_config(tls.current(), keep_alive).map_err(context)?;
-                let endpoint = quic::bind(quic, *addr).map_err(context)?;
+                let endpoint = quic::Endpoint::bind(quic, *addr).map_err(context)?;
                 // A certificate reload reaches the endpoint too.
-                let handle = endpoint.clone();
+                let slot = endpoint.config_slot();
                 tls.also_install(move |c| match quic::server_config(c, keep_alive) {
-                    Ok(c) => handle.set_server_config(Some(c)),
+                    Ok(c) => slot.set(c),
                     Err(e) => {
                         tracing::error!(error = %e, "the QUIC listener keeps its certificate")
                     }
                 });
-                Socket::Quic(endpoint)
+                Socket::Quic {
+                    local: endpoint.local_addr(),
+                    endpoint: std::sync::Mutex::new(Some(Box::new(endpoint))),
+                }
             }
             (TransportKind::Unix, _, Some(path)) => Socket::Unix {
                 listener: bind_unix(path, config.unix_mode()).map_err(context)?,
@@ -136,7 +143,7 @@ impl Bound {
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match &self.socket {
             Socket::Tcp(l) => l.local_addr().ok(),
-            Socket::Quic(e) => e.local_addr().ok(),
+            Socket::Quic { local, .. } => Some(*local),
             Socket::Unix { .. } => None,
         }
     }
@@ -145,8 +152,11 @@ impl Bound {
     pub(crate) async fn accept_loop(self: Arc<Self>, ctx: Arc<Ctx>, all: Arc<Live>) {
         tracing::info!(listener = %self.config.describe(), "listening");
         let live = Arc::new(Live::within(all));
-        if let Socket::Quic(endpoint) = &self.socket {
-            return self.clone().accept_quic(endpoint.clone(), ctx, live).await;
+        if let Socket::Quic { endpoint, .. } = &self.socket {
+            let Some(endpoint) = crate::core::lock(endpoint).take() else {
+                return;
+            };
+            return self.clone().accept_quic(*endpoint, ctx, live).await;
         }
         loop {
             let accepted = match &self.socket {
@@ -157,7 +167,7 @@ impl Bound {
                 Socket::Unix { listener: l, .. } => {
                     l.accept().await.map(|(s, _)| (Stream::Unix(s), None))
                 }
-                Socket::Quic(_) => return,
+                Socket::Quic { .. } => return,
             };
             let (stream, addr) = match accepted {
                 Ok(s) => s,
@@ -196,58 +206,41 @@ impl Bound {
         }
     }
 
-    /// Accept QUIC connections until the task is aborted (then the
-    /// endpoint closes).
+    /// Accept QUIC connections until the task is aborted. The endpoint
+    /// runs in a task of its own, which refuses new connections from then
+    /// on and ends with the last connection.
     async fn accept_quic(
         self: Arc<Self>,
-        endpoint: quinn::Endpoint,
+        endpoint: quic::Endpoint,
         ctx: Arc<Ctx>,
         live: Arc<Live>,
     ) {
-        struct Close(quinn::Endpoint);
-        impl Drop for Close {
-            fn drop(&mut self) {
-                self.0.close(0u32.into(), b"shutting down");
-            }
-        }
-        let _close = Close(endpoint.clone());
-        while let Some(incoming) = endpoint.accept().await {
-            let addr = incoming.remote_address();
-            let Some(guard) = self.admit(&ctx, &live, Some(addr)) else {
-                incoming.refuse();
-                continue;
-            };
-            tokio::spawn(self.clone().setup_quic(ctx.clone(), incoming, guard));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let bound = self.clone();
+        let admit_ctx = ctx.clone();
+        tokio::spawn(endpoint.run(move |addr| bound.admit(&admit_ctx, &live, Some(addr)), tx));
+        while let Some((held, guard)) = rx.recv().await {
+            tokio::spawn(self.clone().setup_quic(ctx.clone(), held, guard));
         }
     }
 
     /// From a QUIC handshake to a connection driver on its first stream,
     /// within the connect timeout.
-    async fn setup_quic(
-        self: Arc<Self>,
-        ctx: Arc<Ctx>,
-        incoming: quinn::Incoming,
-        guard: LiveGuard,
-    ) {
-        let addr = incoming.remote_address();
-        let ready = within_connect_timeout(&ctx, async {
-            let conn = incoming.await?;
-            let (send, recv) = conn.accept_bi().await?;
-            Ok::<_, quinn::ConnectionError>(quic::QuicStream {
-                send,
-                recv,
-                _conn: conn,
-            })
-        })
-        .await;
-        let stream = match ready {
-            Ok(s) => s,
-            Err(why) => return self.gave_up(Some(addr), &why),
-        };
-        let mut peer = self.peer(Some(addr));
-        peer.certificate =
-            quic::peer_certificate(&stream._conn).and_then(|c| super::tls::identity(&c));
-        tokio::spawn(driver::serve(ctx, stream, peer, Some(guard)));
+    async fn setup_quic(self: Arc<Self>, ctx: Arc<Ctx>, held: quic::Held, guard: LiveGuard) {
+        let addr = held.remote();
+        if let Err(why) = within_connect_timeout(&ctx, held.ready()).await {
+            return self.gave_up(Some(addr), &why);
+        }
+        let mut peer = self.peer(Some(held.remote()));
+        peer.certificate = held
+            .peer_certificate()
+            .and_then(|c| super::tls::identity(&c));
+        tokio::spawn(driver::serve(
+            ctx,
+            quic::QuicStream(held),
+            peer,
+            Some(guard),
+        ));
     }
 
     /// Count a new connection against the server's and this listener's

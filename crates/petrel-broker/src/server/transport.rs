@@ -23,10 +23,11 @@ pub(crate) trait Transport: Send + 'static + Sized {
     type Writer<'a>: AsyncWrite + Unpin + Send
     where
         Self: 'a;
-    /// The socket while its connection hibernates: out of the runtime's
-    /// reactor (whose registration costs a few hundred bytes a socket),
-    /// watched by the hibernation thread instead.
-    type Hibernating: mio::event::Source + Send + 'static;
+    /// The transport while its connection hibernates: a socket out of the
+    /// runtime's reactor (whose registration costs a few hundred bytes a
+    /// socket), watched by the hibernation thread instead, or a QUIC
+    /// connection whose endpoint wakes it.
+    type Hibernating: Sleeper;
 
     /// Both halves, to read and write at once.
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
@@ -43,6 +44,38 @@ pub(crate) trait Transport: Send + 'static + Sized {
     fn hibernate(self) -> io::Result<Self::Hibernating>;
     /// Come back to it (in the runtime's context).
     fn resume(hibernating: Self::Hibernating) -> io::Result<Self>;
+}
+
+/// A transport's folded form, as the hibernation thread watches it: a
+/// socket in its epoll set, or (QUIC, whose connections share one socket)
+/// a waker the connection's own state holds.
+pub(crate) trait Sleeper: Send + 'static {
+    /// Wake `waker` (or report `token` to the watcher's registry) when the
+    /// peer sends something or goes away. An error means it must not
+    /// sleep: it is readable already, or can't be watched.
+    fn watch(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        waker: &std::task::Waker,
+    ) -> io::Result<()>;
+    /// Stop watching.
+    fn unwatch(&mut self, registry: &mio::Registry);
+}
+
+impl<S: mio::event::Source + Send + 'static> Sleeper for S {
+    fn watch(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        _: &std::task::Waker,
+    ) -> io::Result<()> {
+        registry.register(self, token, mio::Interest::READABLE)
+    }
+
+    fn unwatch(&mut self, registry: &mio::Registry) {
+        let _ = registry.deregister(self);
+    }
 }
 
 /// A stream a layer (TLS, WebSocket) can run over, and that can fold
@@ -257,7 +290,7 @@ pub(crate) struct Proxied<T> {
 impl<T: Transport> Transport for Proxied<T> {
     type Reader<'a> = T::Reader<'a>;
     type Writer<'a> = T::Writer<'a>;
-    type Hibernating = Folded<T::Hibernating, SocketAddr>;
+    type Hibernating = ProxiedAsleep<T::Hibernating>;
 
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         self.io.halves()
@@ -276,17 +309,38 @@ impl<T: Transport> Transport for Proxied<T> {
     }
 
     fn hibernate(self) -> io::Result<Self::Hibernating> {
-        Ok(Folded {
+        Ok(ProxiedAsleep {
             io: self.io.hibernate()?,
-            state: self.peer,
+            peer: self.peer,
         })
     }
 
     fn resume(hibernating: Self::Hibernating) -> io::Result<Self> {
         Ok(Self {
             io: T::resume(hibernating.io)?,
-            peer: hibernating.state,
+            peer: hibernating.peer,
         })
+    }
+}
+
+/// A [`Proxied`] transport, folded.
+pub(crate) struct ProxiedAsleep<F> {
+    io: F,
+    peer: SocketAddr,
+}
+
+impl<F: Sleeper> Sleeper for ProxiedAsleep<F> {
+    fn watch(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        waker: &std::task::Waker,
+    ) -> io::Result<()> {
+        self.io.watch(registry, token, waker)
+    }
+
+    fn unwatch(&mut self, registry: &mio::Registry) {
+        self.io.unwatch(registry);
     }
 }
 
