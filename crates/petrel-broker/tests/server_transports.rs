@@ -916,6 +916,40 @@ async fn quic_with_the_wrong_alpn_is_refused_and_others_served() {
 }
 
 #[tokio::test]
+async fn quic_endpoint_shrugs_off_garbage_datagrams() {
+    let tls = Tls::new("quic-garbage");
+    let server = serve(base(), vec![tls.listener(TransportKind::Quic)]).await;
+    let (plain, quic) = (server.addrs[0], server.addrs[1]);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Empty, tiny, a long header that lies about its lengths, a padded
+    // Initial-looking datagram of junk, a short header for no connection.
+    let mut initial = vec![0xc0, 0, 0, 0, 1, 20];
+    initial.resize(1200, 0xab);
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x40],
+        vec![0xc0, 0, 0, 0, 1, 255, 1, 2, 3],
+        initial,
+        vec![0x41; 40],
+        (0..=255u8).collect(),
+    ];
+    for _ in 0..20 {
+        for d in &junk {
+            udp.send_to(d, quic).await.unwrap();
+        }
+    }
+    still_serving(plain).await;
+    // Positive control: the QUIC listener still takes a real client.
+    let endpoint = quic_client(&tls.ca.pem(), &[b"mqtt"]);
+    let conn = endpoint.connect(quic, "localhost").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let (_c, ack) = Raw::over(tokio::io::join(recv, send), Protocol::V5)
+        .handshake("after-garbage", |_| {})
+        .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+}
+
+#[tokio::test]
 async fn listeners_bind_ipv6() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("SKIP: this machine has no IPv6 loopback");
