@@ -141,7 +141,14 @@ impl TlsAcceptor {
 
     /// Read the files again, to [`TlsAcceptor::install`].
     pub(crate) fn prepare(&self) -> io::Result<Arc<ServerConfig>> {
-        Ok(Arc::new(server_config(&self.listener)?))
+        let config = Arc::new(server_config(&self.listener)?);
+        if self.listener.transport == TransportKind::Quic {
+            // Checked here, before any listener changes, so that a reload
+            // stays all or nothing.
+            quinn_proto::crypto::rustls::QuicServerConfig::try_from(config.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+        Ok(config)
     }
 
     /// New connections use `config`; open ones keep theirs.
