@@ -6,6 +6,8 @@
 //! log_level = "info"            # error, warn, info, debug, trace
 //! sys_interval = 10             # seconds between $SYS updates; 0 turns them off
 //! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
+//! data_dir = "/var/lib/petrel"   # durable store: retained messages survive a kill (default: none)
+//! sync_interval = 1              # seconds between syncs of its journal to disk
 //!
 //! # Who may connect (Mosquitto's names). With none of these, clients are
 //! # anonymous, which is allowed only while every listener is on loopback.
@@ -90,7 +92,17 @@ pub struct BrokerConfig {
     pub log_level: LogLevel,
     /// File where sessions and retained messages are kept across a
     /// graceful restart (written at shutdown, read at start). Default none.
+    /// With `data_dir`, retained messages are in the durable store instead
+    /// and this file keeps sessions only.
     pub persistence: Option<PathBuf>,
+    /// Directory of the durable store (locked while the broker runs):
+    /// retained messages are written there before they are acknowledged,
+    /// so killing the broker loses none. Default none (memory only).
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between syncs of the durable store's journal to disk (what
+    /// a power loss, not a killed process, can take); 0 leaves it to the
+    /// operating system. Default 1.
+    pub sync_interval: u64,
     /// Whether clients without credentials may connect. Default: yes only
     /// when no authentication is configured and every listener is on a
     /// loopback address; a configuration with a listener elsewhere and no
@@ -541,6 +553,8 @@ impl Default for BrokerConfig {
             sys_interval: 10,
             log_level: LogLevel::default(),
             persistence: None,
+            data_dir: None,
+            sync_interval: 1,
             allow_anonymous: None,
             password_file: None,
             acl_file: None,

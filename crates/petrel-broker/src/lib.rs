@@ -43,6 +43,7 @@
 
 pub mod config;
 pub mod core;
+pub mod durable;
 mod persist;
 mod server;
 mod stats;
@@ -61,7 +62,9 @@ pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{
     Connected, ConnectionId, Handover, Released, SessionRegistry, NEVER,
 };
+pub use crate::core::store::{MemoryStore, Op, Store, Table};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
 pub use crate::core::wills::WillQueue;
+pub use crate::durable::DiskStore;
 pub use crate::server::{Certificates, Server};
 pub use crate::stats::StatsSnapshot;

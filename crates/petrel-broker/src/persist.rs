@@ -193,7 +193,12 @@ impl Broker {
                 queued,
             });
         });
-        let retained = engine.retained_messages(now);
+        // With a durable store, retained messages live there.
+        let retained = if engine.has_store() {
+            Vec::new()
+        } else {
+            engine.retained_messages(now)
+        };
         let counts = (sessions.len(), retained.len());
         let stored = Stored {
             version: VERSION,
@@ -227,7 +232,8 @@ impl Broker {
         let engine = &self.engine;
         let now = Instant::now();
         let counts = (stored.sessions.len(), stored.retained.len());
-        for r in stored.retained {
+        // With a durable store, its retained messages are the newer ones.
+        for r in stored.retained.into_iter().filter(|_| !engine.has_store()) {
             let (m, at) = r.restore(now)?;
             engine.restore_retained(m, at);
         }

@@ -27,6 +27,7 @@ pub(crate) struct Stats {
     pub(crate) denied_publish: AtomicU64,
     pub(crate) denied_subscribe: AtomicU64,
     pub(crate) denied_delivery: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
 }
 
 impl Stats {
@@ -68,6 +69,7 @@ impl Stats {
             denied_publish: get(&self.denied_publish),
             denied_subscribe: get(&self.denied_subscribe),
             denied_delivery: get(&self.denied_delivery),
+            store_errors: get(&self.store_errors),
             ..StatsSnapshot::default()
         }
     }
@@ -126,4 +128,7 @@ pub struct StatsSnapshot {
     /// Deliveries withheld by authorisation (the subscriber may not read
     /// the topic).
     pub denied_delivery: u64,
+    /// Writes to the durable store that failed (what they carried was
+    /// refused, not acknowledged).
+    pub store_errors: u64,
 }

@@ -942,3 +942,138 @@ async fn listener_rules_limit_versions_and_methods() {
             .is_ok()
     );
 }
+
+/// A store whose writes fail (a full or broken disk).
+#[derive(Debug)]
+struct BrokenStore;
+
+impl petrel_broker::Store for BrokenStore {
+    fn commit(&self, _: Vec<petrel_broker::Op>) -> std::io::Result<()> {
+        Err(std::io::Error::other("disk full"))
+    }
+    fn scan(&self, _: petrel_broker::Table) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+}
+
+fn retain(c: &mut Client, t: &str, payload: &str) -> ReasonCode {
+    let mut p = Publish::new(topic(t), Bytes::copy_from_slice(payload.as_bytes()));
+    p.qos = QosPid::AtLeastOnce(pid(1));
+    p.retain = true;
+    c.publish(p, Instant::now())
+}
+
+#[tokio::test]
+async fn retained_messages_come_back_from_the_store_of_a_broker_gone() {
+    let store = std::sync::Arc::new(petrel_broker::MemoryStore::new());
+    let first = Broker::builder(config())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let mut p = login(&first, connect("p", None, None)).await.unwrap();
+    retain(&mut p, "keep/a", "1");
+    retain(&mut p, "keep/b", "2");
+    retain(&mut p, "keep/a", "3");
+    retain(&mut p, "gone", "x");
+    retain(&mut p, "gone", "");
+    drop(p);
+    drop(first);
+    // A new broker on the same store: what was retained, as last set.
+    let second = Broker::builder(config()).store(store).build().unwrap();
+    assert_eq!(second.stats().retained, 2);
+    let mut s = login(&second, connect("s", None, None)).await.unwrap();
+    assert_eq!(subscribe(&mut s, "#"), ReasonCode::GRANTED_QOS_1);
+    let mut out: Vec<Message> = Vec::new();
+    s.next_messages(100, 100, 100, Instant::now(), &mut out);
+    let got: Vec<(String, String)> = out
+        .iter()
+        .map(|m| {
+            (
+                m.topic.as_str().to_string(),
+                String::from_utf8_lossy(&m.payload).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("keep/a".into(), "3".into()), ("keep/b".into(), "2".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_retained_message_s_expiry_counts_the_time_the_broker_was_down() {
+    use petrel_broker::core::store::encode_message;
+    use petrel_broker::{Op, Store, Table};
+    let store = std::sync::Arc::new(petrel_broker::MemoryStore::new());
+    let stored_at = std::time::SystemTime::now() - Duration::from_secs(30);
+    for (t, expiry) in [("short", 10), ("long", 600)] {
+        let mut m = Message::new(topic(t), Bytes::from_static(b"v"), QoS::AtLeastOnce);
+        m.retain = true;
+        m.properties.set_message_expiry_interval(Some(expiry));
+        store
+            .commit(vec![Op::Put {
+                table: Table::Retained,
+                key: t.as_bytes().to_vec(),
+                value: encode_message(&m, stored_at),
+            }])
+            .unwrap();
+    }
+    let b = Broker::builder(config())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    // 30 s down: the 10 s one is gone (from the store too), the 600 s one
+    // is back with 570 s or so left.
+    assert_eq!(b.stats().retained, 1);
+    let keys: Vec<Vec<u8>> = store
+        .scan(Table::Retained)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"long".to_vec()]);
+    let mut s = login(&b, connect("s", None, None)).await.unwrap();
+    subscribe(&mut s, "#");
+    let mut out: Vec<Message> = Vec::new();
+    s.next_messages(100, 100, 100, Instant::now(), &mut out);
+    assert_eq!(out.len(), 1);
+    let left = out[0].properties.message_expiry_interval().unwrap();
+    assert!((560..=570).contains(&left), "{left}");
+}
+
+#[tokio::test]
+async fn a_retained_message_the_store_refuses_is_not_acknowledged_as_taken() {
+    let b = Broker::builder(config())
+        .store(std::sync::Arc::new(BrokenStore))
+        .build()
+        .unwrap();
+    let mut s = login(&b, connect("s", None, None)).await.unwrap();
+    subscribe(&mut s, "t/#");
+    let mut p = login(&b, connect("p", None, None)).await.unwrap();
+    assert_eq!(
+        retain(&mut p, "t/r", "v"),
+        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+    );
+    assert!(received(&mut s).is_empty(), "a refused message went out");
+    assert_eq!(b.stats().store_errors, 1);
+    // Positive control: what needs no storing goes through.
+    assert_eq!(publish(&mut p, "t/plain", "v"), ReasonCode::SUCCESS);
+    assert_eq!(received(&mut s), vec!["t/plain".to_string()]);
+}
+
+#[tokio::test]
+async fn an_unreadable_stored_value_stops_the_broker_from_starting() {
+    use petrel_broker::{Op, Store, Table};
+    let store = std::sync::Arc::new(petrel_broker::MemoryStore::new());
+    store
+        .commit(vec![Op::Put {
+            table: Table::Retained,
+            key: b"bad/topic".to_vec(),
+            value: vec![1, 2, 3],
+        }])
+        .unwrap();
+    let e = Broker::builder(config()).store(store).build().unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, BuildError::Store(_)), "{msg}");
+    assert!(msg.contains("bad/topic"), "{msg}");
+}

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod passwd;
+mod store;
 mod tools;
 use petrel_broker::config::ListenerConfig;
 use petrel_broker::{Broker, BrokerConfig, Certificates, Server};
@@ -50,6 +51,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Manage a password file (flags as mosquitto_passwd's).
     Passwd(passwd::PasswdArgs),
+    /// Check a data directory's durable store, or salvage what is readable.
+    Store(store::StoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -70,6 +73,10 @@ struct BrokerArgs {
     /// everything on one thread, without cross-thread wake-ups.
     #[arg(long = "threads", value_name = "N")]
     threads: Option<usize>,
+    /// Keep the durable store (retained messages) in this directory,
+    /// instead of the configured `data_dir`.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// jemalloc keeps each size class on slabs of its own and, from a
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => tools::publish(args),
         Command::Sub(args) => tools::subscribe(args),
         Command::Passwd(args) => passwd::run(args),
+        Command::Store(args) => store::run(args),
         Command::Bench(args) => match bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -118,6 +126,9 @@ fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
             .port
             .unwrap_or_else(|| first.map_or(1883, |a| a.port()));
         config.listeners = vec![ListenerConfig::tcp(SocketAddr::new(ip, port))];
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
     }
     Ok(config)
 }

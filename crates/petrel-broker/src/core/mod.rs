@@ -17,6 +17,7 @@ pub mod retained;
 pub mod router;
 pub mod sessions;
 pub(crate) mod small;
+pub mod store;
 pub mod subscriptions;
 pub mod wills;
 

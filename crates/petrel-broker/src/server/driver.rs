@@ -514,6 +514,16 @@ impl Task {
                         }
                         None => ReasonCode::SUCCESS,
                     };
+                    if reason == ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+                        && packet_id.is_some()
+                        && !self.conn.protocol().is_v5()
+                    {
+                        // Not stored, and 3.1.1 can only say "taken": no
+                        // acknowledgement; the connection closes and the
+                        // client sends it again when it is back.
+                        self.lost = true;
+                        continue;
+                    }
                     if let Some(id) = packet_id {
                         // In the order the PUBLISHes arrived ([MQTT-4.6.0-2]):
                         // events are handled in that order, each

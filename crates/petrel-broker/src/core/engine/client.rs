@@ -326,8 +326,10 @@ impl Client {
         message.retain = p.retain;
         message.properties = p.properties;
         match self.engine.publish(Some(&self.key), message, now) {
-            0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
-            _ => ReasonCode::SUCCESS,
+            // Not stored: the driver must not acknowledge it as taken.
+            None => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            Some(0) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            Some(_) => ReasonCode::SUCCESS,
         }
     }
 

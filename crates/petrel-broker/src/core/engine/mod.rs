@@ -61,6 +61,7 @@ use super::auth::{AuthFileError, AuthMethod, Authenticator, Authorizer, Certific
 use super::queue::SessionKey;
 use super::router::Router;
 use super::sessions::SessionRegistry;
+use super::store::Store;
 use super::wills::WillQueue;
 use super::{lock, read, write};
 use crate::config::{AuthSource, BrokerConfig};
@@ -198,6 +199,8 @@ pub(crate) struct Engine {
     generation: AtomicU64,
     router: RwLock<Router<SessionKey>>,
     retained: RwLock<RetainedStore>,
+    /// Where what must outlive the process is written (none: memory only).
+    store: Option<Arc<dyn Store>>,
     core: Mutex<Core>,
     /// Bytes waiting in every session's queue.
     queued_bytes: Arc<AtomicUsize>,
@@ -237,6 +240,10 @@ pub enum BuildError {
          `password_file`, `[jwt]`, `[scram]` or `[certificate]`"
     )]
     AnonymousNotLoopback(String),
+    /// The durable store can't be opened or read (the message names the
+    /// directory and what to do).
+    #[error("{0}")]
+    Store(std::io::Error),
     /// A listener allows a method of authentication that nothing provides
     /// (a misspelt name would refuse everyone there).
     #[error("listener {listener}: no authentication method is called `{method}` (known: {known})")]
@@ -255,6 +262,7 @@ pub enum BuildError {
 pub struct BrokerBuilder {
     config: BrokerConfig,
     extensions: Extensions,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -281,6 +289,14 @@ impl BrokerBuilder {
     /// Add an authorizer, consulted after the ACL file.
     pub fn authorizer(mut self, a: impl Authorizer) -> Self {
         self.extensions.authorizers.push(Arc::new(a));
+        self
+    }
+
+    /// Keep durable state in `store` instead of the configuration's
+    /// `data_dir` (an application's own store, or a [`crate::MemoryStore`]
+    /// shared by brokers a test restarts).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -322,7 +338,15 @@ impl BrokerBuilder {
             max_wait: Duration::from_secs(l.connect_timeout),
         });
         let session_config = config.session_config();
-        Ok(Broker {
+        let store = match (self.store, &config.data_dir) {
+            (Some(s), _) => Some(s),
+            (None, Some(dir)) => Some(Arc::new(
+                crate::durable::DiskStore::open(dir, Duration::from_secs(config.sync_interval))
+                    .map_err(BuildError::Store)?,
+            ) as Arc<dyn Store>),
+            (None, None) => None,
+        };
+        let broker = Broker {
             engine: Arc::new(Engine {
                 session_config,
                 extensions: self.extensions,
@@ -330,6 +354,7 @@ impl BrokerBuilder {
                 generation: AtomicU64::new(1),
                 router: RwLock::new(Router::new()),
                 retained: RwLock::new(RetainedStore::default()),
+                store,
                 core: Mutex::new(Core::default()),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
                 backlog: AtomicUsize::new(0),
@@ -348,7 +373,10 @@ impl BrokerBuilder {
                 }),
                 config,
             }),
-        })
+        };
+        // Everything stored is back before anyone can connect.
+        broker.engine.restore().map_err(BuildError::Store)?;
+        Ok(broker)
     }
 }
 
@@ -387,6 +415,7 @@ impl Broker {
         BrokerBuilder {
             config,
             extensions: Extensions::default(),
+            store: None,
         }
     }
 
@@ -402,11 +431,15 @@ impl Broker {
 
     /// Publish a message from the application itself (no client): it is
     /// retained if asked and delivered to every matching subscription the
-    /// subscriber may read. Returns how many subscribers it went to.
+    /// subscriber may read. Returns how many subscribers it went to (0, and
+    /// nothing done, if a retained message could not be written to the
+    /// durable store).
     pub fn publish(&self, topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> usize {
         let mut message = Message::new(topic, payload, qos);
         message.retain = retain;
-        self.engine.publish(None, message, Instant::now())
+        self.engine
+            .publish(None, message, Instant::now())
+            .unwrap_or(0)
     }
 
     /// The counters `$SYS` reports.

@@ -2,8 +2,9 @@
 //! each subscriber's read permission), and the subscription index itself.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter};
 use petrel_session::Message;
@@ -13,6 +14,7 @@ use crate::core::auth::Access;
 use crate::core::queue::{detach, message_size, Queued, SessionKey};
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Routed, Subscription};
+use crate::core::store::{decode_message, encode_message, Op, Table};
 use crate::core::{read, write};
 use crate::stats::Stats;
 
@@ -66,15 +68,21 @@ pub(super) fn outgoing(
 impl Engine {
     /// Retain (if asked), route and queue one message; how many
     /// subscribers it went to. A subscriber that may not read the topic
-    /// does not get it.
+    /// does not get it. `None`: a retained message (or its deletion) could
+    /// not be written to the store, and nothing was done (nobody may be
+    /// told it was taken).
     pub(super) fn publish(
         &self,
         publisher: Option<&SessionKey>,
         message: Message,
         now: Instant,
-    ) -> usize {
+    ) -> Option<usize> {
         if message.retain {
-            self.retain(&message, now);
+            if let Err(e) = self.retain(&message, now) {
+                Stats::add(&self.stats.store_errors, 1);
+                tracing::error!(topic = %message.topic.as_str(), error = %e, "retained message not stored: refused");
+                return None;
+            }
         }
         let mut deliveries = Vec::new();
         read(&self.router).route(
@@ -109,19 +117,31 @@ impl Engine {
                 outgoing(source, d.qos, d.retain, &d.identifiers)
             });
         }
-        count
+        Some(count)
     }
 
     /// Store ([MQTT-3.3.1-5]); an empty payload deletes and is not stored
     /// ([MQTT-3.3.1-6], [MQTT-3.3.1-7]; 3.1.1 [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
-    fn retain(&self, message: &Message, now: Instant) {
+    /// With a durable store, the change is written there first (under the
+    /// same lock, so the store sees changes in the order memory does); an
+    /// error leaves both unchanged.
+    fn retain(&self, message: &Message, now: Instant) -> io::Result<()> {
         let mut store = write(&self.retained);
         let store = &mut *store;
+        // `$SYS` describes the running process: made again after a start,
+        // never stored.
+        let durable = self.store.is_some() && !message.topic.as_str().starts_with('$');
         if message.payload.is_empty() {
+            if durable && store.tree.get(&message.topic).is_some() {
+                self.stored(vec![Op::Delete {
+                    table: Table::Retained,
+                    key: message.topic.as_str().as_bytes().to_vec(),
+                }])?;
+            }
             if let Some(old) = store.tree.remove(&message.topic) {
                 store.bytes -= message_size(&old.message);
             }
-            return;
+            return Ok(());
         }
         let limits = &self.config.limits;
         let size = message_size(message);
@@ -134,7 +154,7 @@ impl Engine {
             || store.bytes - replaced + size > limits.max_retained_bytes
         {
             tracing::warn!(topic = %message.topic.as_str(), "retained store full; not stored");
-            return;
+            return Ok(());
         }
         let mut stored = message.clone();
         // Kept for long: its own bytes, not its publisher's read buffer.
@@ -143,6 +163,13 @@ impl Engine {
         stored.properties = stored
             .properties
             .without(&[petrel_codec::properties::id::TOPIC_ALIAS]);
+        if durable {
+            self.stored(vec![Op::Put {
+                table: Table::Retained,
+                key: message.topic.as_str().as_bytes().to_vec(),
+                value: encode_message(&stored, SystemTime::now()),
+            }])?;
+        }
         store.bytes = store.bytes - replaced + size;
         store.tree.insert(
             &message.topic,
@@ -151,6 +178,59 @@ impl Engine {
                 at: now,
             },
         );
+        Ok(())
+    }
+
+    /// Whether a durable store backs it.
+    pub(crate) fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Write `ops` to the durable store, if there is one.
+    fn stored(&self, ops: Vec<Op>) -> io::Result<()> {
+        match &self.store {
+            Some(s) => s.commit(ops),
+            None => Ok(()),
+        }
+    }
+
+    /// Read the durable store back (before the first client): retained
+    /// messages, their expiry counting the time the broker was down; an
+    /// expired one is dropped from the store too. A value that can't be
+    /// read is an error naming its key.
+    pub(super) fn restore(&self) -> io::Result<usize> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut expired = Vec::new();
+        let mut restored = 0;
+        for (key, value) in store.scan(Table::Retained)? {
+            let (message, at) = decode_message(&value, now, wall).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "retained message {:?} can't be read: {e}",
+                        String::from_utf8_lossy(&key)
+                    ),
+                )
+            })?;
+            let r = Retained { message, at };
+            if r.remaining(now) == Some(0) {
+                expired.push(Op::Delete {
+                    table: Table::Retained,
+                    key,
+                });
+                continue;
+            }
+            self.restore_retained(r.message, r.at);
+            restored += 1;
+        }
+        if !expired.is_empty() {
+            store.commit(expired)?;
+        }
+        tracing::info!(retained = restored, store = ?store, "restored from the durable store");
+        Ok(restored)
     }
 
     /// Queue the retained messages a new subscription to `filter` receives
@@ -217,9 +297,29 @@ impl Engine {
         }
     }
 
-    /// Drop retained messages whose expiry passed.
+    /// Drop retained messages whose expiry passed (from the durable store
+    /// too; if that fails they stay in both, to go next time).
     pub(super) fn expire_retained(&self, now: Instant) {
         let mut store = write(&self.retained);
+        if self.store.is_some() {
+            let mut gone = Vec::new();
+            store.tree.for_each(|r| {
+                if r.remaining(now) == Some(0) && !r.message.topic.as_str().starts_with('$') {
+                    gone.push(Op::Delete {
+                        table: Table::Retained,
+                        key: r.message.topic.as_str().as_bytes().to_vec(),
+                    });
+                }
+            });
+            if gone.is_empty() {
+                return;
+            }
+            if let Err(e) = self.stored(gone) {
+                Stats::add(&self.stats.store_errors, 1);
+                tracing::error!(error = %e, "expired retained messages not removed from the store");
+                return;
+            }
+        }
         let mut freed = 0;
         store.tree.retain(|r| {
             let keep = r.remaining(now) != Some(0);

@@ -1,0 +1,283 @@
+//! Where the engine writes what must outlive the process: the [`Store`]
+//! trait, the encoding of what is stored, and an in-memory store.
+//!
+//! The engine writes a change to the store before it lets anyone rely on
+//! it (before the acknowledgement goes out), in the same order as it
+//! changes its own state, and reads everything back once, before the first
+//! client is accepted. It does no I/O itself: the store it is given does
+//! (the embedded one is [`crate::durable::DiskStore`]).
+//!
+//! What is stored so far: retained messages. Sessions, their queues and
+//! in-flight messages, and wills still live through a graceful restart
+//! only (`persistence`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use petrel_codec::{Limits, Properties, PropertyContext, QoS, TopicName};
+use petrel_session::Message;
+
+use super::lock;
+
+/// A part of the store, each its own key space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Retained messages: the topic name to [`encode_message`]'s form.
+    Retained,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Self; 1] = [Self::Retained];
+
+    /// Its name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Retained => "retained",
+        }
+    }
+}
+
+/// One change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// Where.
+        table: Table,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (nothing if absent).
+    Delete {
+        /// Where.
+        table: Table,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Durable storage for the engine.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Apply `ops` atomically, in order. When it returns `Ok`, they survive
+    /// the process being killed; how soon they also survive a power loss
+    /// is the store's durability setting.
+    fn commit(&self, ops: Vec<Op>) -> io::Result<()>;
+
+    /// Every entry of `table`, in key order.
+    fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// A store in memory: what a process restart loses. For tests and for
+/// embedding applications that keep state some other way.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: Mutex<Entries>,
+}
+
+/// Every entry, by table and key.
+type Entries = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn commit(&self, ops: Vec<Op>) -> io::Result<()> {
+        let mut tables = lock(&self.tables);
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    tables.insert((table, key), value);
+                }
+                Op::Delete { table, key } => {
+                    tables.remove(&(table, key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(lock(&self.tables)
+            .iter()
+            .filter(|((t, _), _)| *t == table)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// The version of [`encode_message`]'s layout, its first byte.
+const MESSAGE_FORMAT: u8 = 1;
+
+/// Why a stored value can't be read back.
+fn corrupt(what: impl fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// A message as stored: its layout version, when it was stored (wall-clock
+/// milliseconds, so that its expiry counts the time the broker was down),
+/// its QoS and RETAIN flag, its 5.0 properties as on the wire, its topic
+/// and its payload.
+pub fn encode_message(m: &Message, stored: SystemTime) -> Vec<u8> {
+    let props = m.properties.as_wire();
+    let topic = m.topic.as_str().as_bytes();
+    let millis = stored
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut out = Vec::with_capacity(1 + 8 + 2 + 8 + props.len() + topic.len() + m.payload.len());
+    out.push(MESSAGE_FORMAT);
+    out.extend_from_slice(&millis.to_be_bytes());
+    out.push(m.qos as u8);
+    out.push(u8::from(m.retain));
+    for part in [props, topic] {
+        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(&m.payload);
+    out
+}
+
+/// Read back what [`encode_message`] wrote: the message and when it was
+/// stored, as an `Instant` of this process (`now` less its age; a time in
+/// the future counts as now).
+pub fn decode_message(
+    bytes: &[u8],
+    now: Instant,
+    wall_now: SystemTime,
+) -> io::Result<(Message, Instant)> {
+    let mut r = Reader(bytes);
+    let format = r.take(1)?[0];
+    if format != MESSAGE_FORMAT {
+        return Err(corrupt(format!("unknown message layout {format}")));
+    }
+    let millis = u64::from_be_bytes(r.array()?);
+    let qos = r.take(1)?[0];
+    let qos = QoS::from_u8(qos).ok_or_else(|| corrupt(format!("bad QoS {qos}")))?;
+    let retain = r.take(1)?[0] != 0;
+    let props = r.sized()?;
+    let topic = r.sized()?;
+    let payload = r.0;
+    let topic = std::str::from_utf8(topic).map_err(corrupt)?;
+    let topic = TopicName::try_from(topic).map_err(corrupt)?;
+    let properties = Properties::from_wire(
+        Bytes::copy_from_slice(props),
+        PropertyContext::PUBLISH,
+        &Limits::default(),
+    )
+    .map_err(corrupt)?;
+    let mut m = Message::new(topic, Bytes::copy_from_slice(payload), qos);
+    m.retain = retain;
+    m.properties = properties;
+    let stored = UNIX_EPOCH + Duration::from_millis(millis);
+    let age = wall_now.duration_since(stored).unwrap_or_default();
+    Ok((m, now.checked_sub(age).unwrap_or(now)))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(corrupt("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn sized(&mut self) -> io::Result<&'a [u8]> {
+        let len = u32::from_be_bytes(self.array()?) as usize;
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        let mut m = Message::new(
+            TopicName::try_from("a/b").unwrap(),
+            Bytes::from_static(b"payload"),
+            QoS::ExactlyOnce,
+        );
+        m.retain = true;
+        m.properties.set_message_expiry_interval(Some(60));
+        m
+    }
+
+    #[test]
+    fn a_message_reads_back_with_its_age() {
+        let m = message();
+        let wall = SystemTime::now();
+        let bytes = encode_message(&m, wall - Duration::from_secs(30));
+        let now = Instant::now();
+        let (back, at) = decode_message(&bytes, now, wall).unwrap();
+        assert_eq!(back.topic.as_str(), "a/b");
+        assert_eq!(&back.payload[..], b"payload");
+        assert_eq!(back.qos, QoS::ExactlyOnce);
+        assert!(back.retain);
+        assert_eq!(back.properties.message_expiry_interval(), Some(60));
+        let age = now.duration_since(at);
+        assert!(
+            age >= Duration::from_secs(29) && age <= Duration::from_secs(31),
+            "{age:?}"
+        );
+    }
+
+    #[test]
+    fn damaged_messages_are_errors_not_panics() {
+        let bytes = encode_message(&message(), SystemTime::now());
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for cut in 0..bytes.len() - b"payload".len() {
+            assert!(
+                decode_message(&bytes[..cut], now, wall).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut other = bytes.clone();
+        other[0] = 99;
+        assert!(decode_message(&other, now, wall).is_err());
+        let mut qos = bytes;
+        qos[9] = 3;
+        assert!(decode_message(&qos, now, wall).is_err());
+    }
+
+    #[test]
+    fn the_memory_store_applies_batches_in_order() {
+        let s = MemoryStore::new();
+        let put = |k: &str, v: &str| Op::Put {
+            table: Table::Retained,
+            key: k.into(),
+            value: v.into(),
+        };
+        s.commit(vec![put("b", "1"), put("a", "2"), put("b", "3")])
+            .unwrap();
+        s.commit(vec![Op::Delete {
+            table: Table::Retained,
+            key: b"a".to_vec(),
+        }])
+        .unwrap();
+        assert_eq!(
+            s.scan(Table::Retained).unwrap(),
+            vec![(b"b".to_vec(), b"3".to_vec())]
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! `petrel store`: look inside a data directory, and copy what is readable
+//! out of a damaged one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use petrel_broker::core::store::decode_message;
+use petrel_broker::{BrokerConfig, DiskStore, Op, Store, Table};
+
+#[derive(clap::Args)]
+pub(crate) struct StoreArgs {
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum StoreCommand {
+    /// Read every entry of a data directory's store and report what is
+    /// there and what can't be read (exit status 1 if anything can't). The
+    /// broker must not be running on it.
+    Check(Where),
+    /// Copy every readable entry into a new data directory (which then
+    /// replaces the damaged one as `data_dir`); what can't be read is
+    /// listed and left behind.
+    Salvage {
+        #[command(flatten)]
+        from: Where,
+        /// The new data directory (must not hold a store yet).
+        #[arg(long = "into", value_name = "DIR")]
+        into: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Where {
+    /// The data directory.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Or the broker's configuration file, whose `data_dir` it is.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Where {
+    fn dir(&self) -> Result<PathBuf, String> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        let Some(path) = &self.config else {
+            return Err("say which store: --data-dir DIR or -c CONFIG".into());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config = BrokerConfig::from_toml(&text)
+            .map_err(|e| format!("invalid configuration in {}: {e}", path.display()))?;
+        config
+            .data_dir
+            .ok_or_else(|| format!("{} sets no data_dir", path.display()))
+    }
+}
+
+/// What reading a store found.
+struct Found {
+    good: Vec<(Table, Vec<u8>, Vec<u8>)>,
+    bad: Vec<(Table, Vec<u8>, String)>,
+}
+
+fn read_all(store: &DiskStore) -> Result<Found, String> {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let mut found = Found {
+        good: Vec::new(),
+        bad: Vec::new(),
+    };
+    for table in Table::ALL {
+        let entries = store
+            .scan(table)
+            .map_err(|e| format!("table {}: {e}", table.name()))?;
+        for (key, value) in entries {
+            let checked = match table {
+                Table::Retained => decode_message(&value, now, wall).map(|_| ()),
+            };
+            match checked {
+                Ok(()) => found.good.push((table, key, value)),
+                Err(e) => found.bad.push((table, key, e.to_string())),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn open(dir: &Path) -> Result<DiskStore, String> {
+    if !dir.join("FORMAT").exists() {
+        return Err(format!("{} holds no Petrel store", dir.display()));
+    }
+    DiskStore::open(dir, Duration::ZERO).map_err(|e| e.to_string())
+}
+
+fn report(dir: &Path, store: &DiskStore, found: &Found) {
+    println!("store: {}", dir.display());
+    println!("  on disk: {} bytes", store.disk_space());
+    for table in Table::ALL {
+        let good = found.good.iter().filter(|(t, ..)| *t == table).count();
+        let bad = found.bad.iter().filter(|(t, ..)| *t == table).count();
+        println!("  {}: {good} readable, {bad} not", table.name());
+    }
+    for (table, key, why) in &found.bad {
+        println!(
+            "  unreadable {} {:?}: {why}",
+            table.name(),
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+pub(crate) fn run(args: StoreArgs) -> ExitCode {
+    let result = match args.command {
+        StoreCommand::Check(w) => check(&w),
+        StoreCommand::Salvage { from, into } => salvage(&from, &into),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("petrel store: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(w: &Where) -> Result<ExitCode, String> {
+    let dir = w.dir()?;
+    let store = open(&dir)?;
+    let found = read_all(&store)?;
+    report(&dir, &store, &found);
+    if found.bad.is_empty() {
+        println!("  all readable");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "  `petrel store salvage --data-dir {} --into NEW_DIR` copies the readable entries into a new store",
+            dir.display()
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn salvage(from: &Where, into: &Path) -> Result<ExitCode, String> {
+    let dir = from.dir()?;
+    if into.join("FORMAT").exists() {
+        return Err(format!("{} holds a store already", into.display()));
+    }
+    let store = open(&dir)?;
+    let found = read_all(&store)?;
+    report(&dir, &store, &found);
+    let target = DiskStore::open(into, Duration::ZERO).map_err(|e| e.to_string())?;
+    let copied = found.good.len();
+    for chunk in found.good.chunks(1024) {
+        let ops = chunk
+            .iter()
+            .map(|(table, key, value)| Op::Put {
+                table: *table,
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        target.commit(ops).map_err(|e| e.to_string())?;
+    }
+    target.sync().map_err(|e| e.to_string())?;
+    println!(
+        "copied {copied} entries into {} ({} left behind); point data_dir there",
+        into.display(),
+        found.bad.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,181 @@
+//! The durable store as an operator meets it: retained messages that
+//! survive SIGKILL, a data directory two brokers can't share, and `petrel
+//! store check` / `salvage` on a store with a damaged entry.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{free_port, petrel, Running};
+use petrel_broker::{DiskStore, Op, Store, Table};
+use petrel_client::{connect, ConnectOptions, Message, Protocol, QoS, TopicName};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("petrel-cli-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A broker on `port` keeping its store in `data`.
+fn start(data: &Path, port: u16) -> Child {
+    let child = petrel()
+        .args(["broker", "-p", &port.to_string(), "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn options(port: u16, id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new("127.0.0.1", port, id).protocol(Protocol::V5);
+    o.reconnect.enabled = false;
+    o.connect_timeout = Duration::from_secs(3);
+    o
+}
+
+async fn retain(port: u16, topic: &str, payload: &'static [u8]) {
+    let (c, _) = connect(options(port, "retainer")).await.unwrap();
+    let mut m = Message::new(
+        TopicName::try_from(topic).unwrap(),
+        Bytes::from_static(payload),
+        QoS::AtLeastOnce,
+    );
+    m.retain = true;
+    // Returns once the PUBACK is in: from here on it is a promise.
+    c.publish(m).await.unwrap();
+}
+
+/// The retained messages a new subscriber to `#` gets, by topic.
+async fn retained(port: u16) -> Vec<(String, Vec<u8>)> {
+    let (c, mut inbox) = connect(options(port, "reader")).await.unwrap();
+    c.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await {
+        got.push((m.topic.as_str().to_string(), m.payload.to_vec()));
+    }
+    got.sort();
+    got
+}
+
+#[tokio::test]
+async fn retained_messages_survive_sigkill() {
+    let data = dir("kill");
+    let port = free_port();
+    let mut broker = Running(start(&data, port));
+    retain(port, "site/1/temp", b"21.5").await;
+    retain(port, "site/2/temp", b"19.0").await;
+    retain(port, "site/1/temp", b"22.0").await;
+    retain(port, "site/2/temp", b"").await;
+    // Killed the moment the last PUBACK came: nothing saved at shutdown.
+    broker.0.kill().unwrap();
+    broker.0.wait().unwrap();
+    let _broker = Running(start(&data, port));
+    assert_eq!(
+        retained(port).await,
+        vec![("site/1/temp".to_string(), b"22.0".to_vec())]
+    );
+    drop(_broker);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_refused_naming_it_and_the_other_broker() {
+    let data = dir("inuse");
+    let first = Running(start(&data, free_port()));
+    let out = petrel()
+        .args(["broker", "-p", &free_port().to_string(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second broker started on the same store"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&data.display().to_string()), "{err}");
+    assert!(err.contains(&first.0.id().to_string()), "{err}");
+    // Positive control: once the first is gone, the directory can be used.
+    drop(first);
+    let port = free_port();
+    let _again = Running(start(&data, port));
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[tokio::test]
+async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
+    let data = dir("damaged");
+    let port = free_port();
+    let broker = Running(start(&data, port));
+    retain(port, "good", b"kept").await;
+    drop(broker);
+    // Clean so far.
+    let out = petrel()
+        .args(["store", "check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("retained: 1 readable, 0 not"), "{report}");
+    // A value no Petrel wrote.
+    {
+        let store = DiskStore::open(&data, Duration::ZERO).unwrap();
+        store
+            .commit(vec![Op::Put {
+                table: Table::Retained,
+                key: b"bad".to_vec(),
+                value: vec![1, 0, 0],
+            }])
+            .unwrap();
+    }
+    // The broker will not start on it, and says what to do.
+    let out = petrel()
+        .args(["broker", "-p", &free_port().to_string(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"bad\""), "{err}");
+    let out = petrel()
+        .args(["store", "check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("retained: 1 readable, 1 not"), "{report}");
+    assert!(report.contains("unreadable retained \"bad\""), "{report}");
+    // Salvage into a new directory; a broker there has the good one.
+    let rescued = dir("rescued");
+    let out = petrel()
+        .args(["store", "salvage", "--data-dir"])
+        .arg(&data)
+        .arg("--into")
+        .arg(&rescued)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let _broker = Running(start(&rescued, port));
+    assert_eq!(
+        retained(port).await,
+        vec![("good".to_string(), b"kept".to_vec())]
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&rescued);
+}
