@@ -8,6 +8,7 @@
 //! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
 //! data_dir = "/var/lib/petrel"   # durable store: retained messages survive a kill (default: none)
 //! sync_interval = 1              # seconds between syncs of its journal to disk
+//! durability = "process"         # or "fsync": acknowledge only what is synced (group commit)
 //!
 //! # Who may connect (Mosquitto's names). With none of these, clients are
 //! # anonymous, which is allowed only while every listener is on loopback.
@@ -100,9 +101,12 @@ pub struct BrokerConfig {
     /// so killing the broker loses none. Default none (memory only).
     pub data_dir: Option<PathBuf>,
     /// Seconds between syncs of the durable store's journal to disk (what
-    /// a power loss, not a killed process, can take); 0 leaves it to the
-    /// operating system. Default 1.
+    /// a power loss, not a killed process, can take) with `process`
+    /// durability; 0 leaves it to the operating system. Default 1.
     pub sync_interval: u64,
+    /// When a write to the durable store is done: `process` (default) or
+    /// `fsync`.
+    pub durability: Durability,
     /// Whether clients without credentials may connect. Default: yes only
     /// when no authentication is configured and every listener is on a
     /// loopback address; a configuration with a listener elsewhere and no
@@ -432,6 +436,21 @@ impl ProtocolVersion {
     }
 }
 
+/// When a write to the durable store counts as done (and what it
+/// acknowledges may be acknowledged).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once it reached the operating system: killing the broker loses
+    /// nothing acknowledged; the journal is synced every `sync_interval`,
+    /// which bounds what a power loss can take.
+    #[default]
+    Process,
+    /// Once it is synced to disk; writes from every connection share one
+    /// sync (group commit), so it costs latency, not a sync per message.
+    Fsync,
+}
+
 /// Log verbosity.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -555,6 +574,7 @@ impl Default for BrokerConfig {
             persistence: None,
             data_dir: None,
             sync_interval: 1,
+            durability: Durability::Process,
             allow_anonymous: None,
             password_file: None,
             acl_file: None,

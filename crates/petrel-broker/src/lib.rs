@@ -48,7 +48,7 @@ mod persist;
 mod server;
 mod stats;
 
-pub use crate::config::{BrokerConfig, ConfigError};
+pub use crate::config::{BrokerConfig, ConfigError, Durability};
 pub use crate::core::auth::{
     Action, AuthExchange, AuthMethod, Authenticator, Authorizer, BoxFuture, CertificateIdentity,
     ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,
@@ -62,7 +62,7 @@ pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{
     Connected, ConnectionId, Handover, Released, SessionRegistry, NEVER,
 };
-pub use crate::core::store::{MemoryStore, Op, Store, Table};
+pub use crate::core::store::{Commit, MemoryStore, Op, Store, Table, Ticket};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
 pub use crate::core::wills::WillQueue;
 pub use crate::durable::DiskStore;

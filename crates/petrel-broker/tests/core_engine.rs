@@ -948,7 +948,7 @@ async fn listener_rules_limit_versions_and_methods() {
 struct BrokenStore;
 
 impl petrel_broker::Store for BrokenStore {
-    fn commit(&self, _: Vec<petrel_broker::Op>) -> std::io::Result<()> {
+    fn commit(&self, _: Vec<petrel_broker::Op>) -> std::io::Result<petrel_broker::Commit> {
         Err(std::io::Error::other("disk full"))
     }
     fn scan(&self, _: petrel_broker::Table) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use petrel_broker::core::store::decode_message;
-use petrel_broker::{BrokerConfig, DiskStore, Op, Store, Table};
+use petrel_broker::{BrokerConfig, DiskStore, Durability, Op, Store, Table};
 
 #[derive(clap::Args)]
 pub(crate) struct StoreArgs {
@@ -93,7 +93,7 @@ fn open(dir: &Path) -> Result<DiskStore, String> {
     if !dir.join("FORMAT").exists() {
         return Err(format!("{} holds no Petrel store", dir.display()));
     }
-    DiskStore::open(dir, Duration::ZERO).map_err(|e| e.to_string())
+    DiskStore::open(dir, Durability::Process, Duration::ZERO).map_err(|e| e.to_string())
 }
 
 fn report(dir: &Path, store: &DiskStore, found: &Found) {
@@ -152,7 +152,7 @@ fn salvage(from: &Where, into: &Path) -> Result<ExitCode, String> {
     let store = open(&dir)?;
     let found = read_all(&store)?;
     report(&dir, &store, &found);
-    let target = DiskStore::open(into, Duration::ZERO).map_err(|e| e.to_string())?;
+    let target = DiskStore::open(into, Durability::Process, Duration::ZERO).map_err(|e| e.to_string())?;
     let copied = found.good.len();
     for chunk in found.good.chunks(1024) {
         let ops = chunk

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{free_port, petrel, Running};
-use petrel_broker::{DiskStore, Op, Store, Table};
+use petrel_broker::{DiskStore, Durability, Op, Store, Table};
 use petrel_client::{connect, ConnectOptions, Message, Protocol, QoS, TopicName};
 
 fn dir(name: &str) -> PathBuf {
@@ -129,7 +129,7 @@ async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
     assert!(report.contains("retained: 1 readable, 0 not"), "{report}");
     // A value no Petrel wrote.
     {
-        let store = DiskStore::open(&data, Duration::ZERO).unwrap();
+        let store = DiskStore::open(&data, Durability::Process, Duration::ZERO).unwrap();
         store
             .commit(vec![Op::Put {
                 table: Table::Retained,

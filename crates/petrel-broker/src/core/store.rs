@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -66,9 +67,11 @@ pub enum Op {
 /// Durable storage for the engine.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Apply `ops` atomically, in order. When it returns `Ok`, they survive
-    /// the process being killed; how soon they also survive a power loss
-    /// is the store's durability setting.
-    fn commit(&self, ops: Vec<Op>) -> io::Result<()>;
+    /// the process being killed (and they are visible to [`Store::scan`]);
+    /// the [`Commit`] completes when they also survive a power loss, if the
+    /// store promises that before an acknowledgement (`fsync` durability),
+    /// and at once otherwise.
+    fn commit(&self, ops: Vec<Op>) -> io::Result<Commit>;
 
     /// Every entry of `table`, in key order.
     fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
@@ -91,8 +94,72 @@ impl MemoryStore {
     }
 }
 
+/// When a commit is durable: at once, or when the sync that covers it is
+/// done. Whoever acknowledges what it carries waits for it (without
+/// blocking anyone else: [`Commit::poll`] takes a waker).
+#[derive(Clone, Debug, Default)]
+pub struct Commit(Option<Arc<Ticket>>);
+
+/// A commit waiting for its sync.
+#[derive(Debug, Default)]
+pub struct Ticket {
+    state: Mutex<TicketState>,
+}
+
+#[derive(Debug, Default)]
+enum TicketState {
+    #[default]
+    Waiting,
+    Waited(Waker),
+    Done(Result<(), String>),
+}
+
+impl Commit {
+    /// Durable already.
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// Durable once `ticket` is [`Ticket::complete`]d.
+    pub fn waiting(ticket: Arc<Ticket>) -> Self {
+        Self(Some(ticket))
+    }
+
+    /// Whether it is durable (or failed) already.
+    pub fn is_done(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|t| matches!(*lock(&t.state), TicketState::Done(_)))
+    }
+
+    /// Ready when durable, with the sync's error if it failed.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(t) = &self.0 else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut state = lock(&t.state);
+        match &*state {
+            TicketState::Done(r) => Poll::Ready(r.clone().map_err(io::Error::other)),
+            _ => {
+                *state = TicketState::Waited(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Ticket {
+    /// Its sync is done (or failed): whoever waits goes on.
+    pub fn complete(&self, result: Result<(), String>) {
+        let before = std::mem::replace(&mut *lock(&self.state), TicketState::Done(result));
+        if let TicketState::Waited(w) = before {
+            w.wake();
+        }
+    }
+}
+
 impl Store for MemoryStore {
-    fn commit(&self, ops: Vec<Op>) -> io::Result<()> {
+    fn commit(&self, ops: Vec<Op>) -> io::Result<Commit> {
         let mut tables = lock(&self.tables);
         for op in ops {
             match op {
@@ -104,7 +171,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        Ok(())
+        Ok(Commit::done())
     }
 
     fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -258,6 +325,34 @@ mod tests {
         let mut qos = bytes;
         qos[9] = 3;
         assert!(decode_message(&qos, now, wall).is_err());
+    }
+
+    #[test]
+    fn a_commit_is_ready_once_its_ticket_completes() {
+        use std::task::Wake;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Commit::done().poll(&mut cx).is_ready());
+        let ticket = Arc::new(Ticket::default());
+        let c = Commit::waiting(ticket.clone());
+        assert!(c.poll(&mut cx).is_pending());
+        assert!(!c.is_done());
+        ticket.complete(Ok(()));
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+        assert!(matches!(c.poll(&mut cx), Poll::Ready(Ok(()))));
+        let failed = Arc::new(Ticket::default());
+        failed.complete(Err("disk gone".into()));
+        assert!(matches!(
+            Commit::waiting(failed).poll(&mut cx),
+            Poll::Ready(Err(_))
+        ));
     }
 
     #[test]

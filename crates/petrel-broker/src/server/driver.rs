@@ -4,6 +4,7 @@
 //! and writes. It never inspects topics, credentials or registry state
 //! itself. A connection that goes quiet hibernates ([`super::hibernate`]).
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use super::transport::Transport;
 use super::{Ctx, LiveGuard};
 use crate::core::auth::BoxFuture;
 use crate::core::engine::{Client, Login, Peer, ReauthStep, Step};
+use crate::core::store::Commit;
 use crate::stats::Stats;
 
 /// Stop taking messages from the session's queue while this much waits to
@@ -81,6 +83,10 @@ struct Task {
     lost: bool,
     /// Messages routed since this task last yielded.
     routed: usize,
+    /// Acknowledgements waiting for the store (`fsync` durability), and
+    /// those that came after them: they go out in the order the PUBLISHes
+    /// came ([MQTT-4.6.0-2]).
+    acks: VecDeque<PendingAck>,
     /// Quiet time after which the connection hibernates, if it can.
     hibernate_after: Option<Duration>,
     /// The whole in-flight window: QoS 1/2 messages the client may hold
@@ -228,7 +234,57 @@ async fn unless_shutdown<F: std::future::Future>(
     }
 }
 
+/// A PUBLISH's acknowledgement, held until what it acknowledges is in the
+/// store.
+struct PendingAck {
+    id: petrel_codec::PacketId,
+    reason: ReasonCode,
+    commit: Option<Commit>,
+}
+
+/// Ready when the first waiting acknowledgement may go.
+fn acks_ready(acks: &VecDeque<PendingAck>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    match acks.front().and_then(|a| a.commit.as_ref()) {
+        Some(c) => c.poll(cx).map(|_| ()),
+        None => std::task::Poll::Ready(()),
+    }
+}
+
 impl Task {
+    /// Send the acknowledgements whose store writes are durable, in order;
+    /// one whose write failed says so (5.0), or, as 3.1.1 can't, is not
+    /// sent and the connection closes (its client sends it again).
+    fn release_acks(&mut self, now: Instant) {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        while let Some(head) = self.acks.front() {
+            let done = match &head.commit {
+                None => Ok(()),
+                Some(c) => match c.poll(&mut cx) {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => return,
+                },
+            };
+            let Some(ack) = self.acks.pop_front() else {
+                return;
+            };
+            let reason = match done {
+                Ok(()) => ack.reason,
+                Err(e) => {
+                    let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
+                    tracing::error!(client_id = id, peer = %self.peer, error = %e, "not stored: refused");
+                    if !self.conn.protocol().is_v5() {
+                        self.lost = true;
+                        self.acks.clear();
+                        return;
+                    }
+                    ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+                }
+            };
+            let _ = self.conn.ack_with(now, ack.id, reason);
+        }
+    }
+
     /// A task for `conn` (new, or resumed after hibernation).
     fn new(link: Link, conn: Connection, peer: Option<SocketAddr>, can_hibernate: bool) -> Self {
         let after = link.ctx.hibernate_after;
@@ -249,6 +305,7 @@ impl Task {
             awaiting_auth: false,
             lost: false,
             routed: 0,
+            acks: VecDeque::new(),
         }
     }
 
@@ -274,6 +331,7 @@ impl Task {
             && self.login.is_none()
             && !self.lost
             && self.routed == 0
+            && self.acks.is_empty()
     }
 
     /// Whether decoding must pause: a CONNECT waits for the engine, which
@@ -305,6 +363,7 @@ impl Task {
             loop {
                 let more = self.decode(now);
                 self.handle_events(now, &mut shutdown).await;
+                self.release_acks(now);
                 if !more || self.paused() {
                     break;
                 }
@@ -393,6 +452,9 @@ impl Task {
                         last_active = now;
                     }
                     self.conn.handle_timeout(now);
+                }
+                () = std::future::poll_fn(|cx| acks_ready(&self.acks, cx)), if !self.acks.is_empty() => {
+                    self.release_acks(Instant::now());
                 }
                 _ = shutdown.changed() => {
                     self.close(ReasonCode::SERVER_SHUTTING_DOWN);
@@ -507,12 +569,13 @@ impl Task {
                 Event::Auth(a) => Box::pin(self.reauthenticate(now, shutdown, a)).await,
                 Event::Message(p) => {
                     let packet_id = p.qos.packet_id();
-                    let reason = match &mut self.link.client {
+                    let (reason, commit) = match &mut self.link.client {
                         Some(client) => {
                             self.routed += 1;
-                            client.publish(p, now)
+                            let reason = client.publish(p, now);
+                            (reason, client.take_commit())
                         }
-                        None => ReasonCode::SUCCESS,
+                        None => (ReasonCode::SUCCESS, None),
                     };
                     if reason == ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
                         && packet_id.is_some()
@@ -527,8 +590,13 @@ impl Task {
                     if let Some(id) = packet_id {
                         // In the order the PUBLISHes arrived ([MQTT-4.6.0-2]):
                         // events are handled in that order, each
-                        // acknowledged in turn.
-                        let _ = self.conn.ack_with(now, id, reason);
+                        // acknowledged in turn, after the store holds what
+                        // it acknowledges.
+                        if commit.is_none() && self.acks.is_empty() {
+                            let _ = self.conn.ack_with(now, id, reason);
+                        } else {
+                            self.acks.push_back(PendingAck { id, reason, commit });
+                        }
                     }
                 }
                 Event::Subscribe(s) => {

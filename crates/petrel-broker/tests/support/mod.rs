@@ -42,7 +42,11 @@ pub async fn start() -> TestBroker {
 }
 
 pub async fn start_with(config: BrokerConfig) -> TestBroker {
-    let broker = Broker::new(config).unwrap();
+    serve_broker(Broker::new(config).unwrap()).await
+}
+
+/// Serve a broker built by the test.
+pub async fn serve_broker(broker: Broker) -> TestBroker {
     let server = Server::bind(broker.clone()).await.unwrap();
     let addr = server.local_addrs()[0];
     let task = tokio::spawn(server.run());

@@ -22,6 +22,7 @@ use crate::core::auth::{
 use crate::core::queue::{detach, Queued, SessionKey, Taken};
 use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
+use crate::core::store::Commit;
 use crate::core::{is_sys, lock, too_deep, WakerSlot};
 use crate::stats::Stats;
 
@@ -167,6 +168,8 @@ struct Extra {
     /// Retained messages for new subscriptions, sent before live ones.
     backlog: VecDeque<Queued>,
     reauth: Option<Box<dyn AuthExchange>>,
+    /// The last publish's store write, until it is durable.
+    commit: Option<Commit>,
 }
 
 impl Extra {
@@ -328,9 +331,24 @@ impl Client {
         match self.engine.publish(Some(&self.key), message, now) {
             // Not stored: the driver must not acknowledge it as taken.
             None => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-            Some(0) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
-            Some(_) => ReasonCode::SUCCESS,
+            Some(p) => {
+                if !p.commit.is_done() {
+                    self.extra().commit = Some(p.commit);
+                }
+                if p.count == 0 {
+                    ReasonCode::NO_MATCHING_SUBSCRIBERS
+                } else {
+                    ReasonCode::SUCCESS
+                }
+            }
         }
+    }
+
+    /// What the last [`Client::publish`] wrote to the durable store, if it
+    /// is not durable yet: its acknowledgement must wait for it (and be
+    /// an error if it fails). Taken once.
+    pub fn take_commit(&mut self) -> Option<Commit> {
+        self.extra.as_mut().and_then(|e| e.commit.take())
     }
 
     /// A SUBSCRIBE: one reason code per filter, in order ([MQTT-3.9.3-1]):

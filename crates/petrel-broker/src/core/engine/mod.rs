@@ -341,8 +341,12 @@ impl BrokerBuilder {
         let store = match (self.store, &config.data_dir) {
             (Some(s), _) => Some(s),
             (None, Some(dir)) => Some(Arc::new(
-                crate::durable::DiskStore::open(dir, Duration::from_secs(config.sync_interval))
-                    .map_err(BuildError::Store)?,
+                crate::durable::DiskStore::open(
+                    dir,
+                    config.durability,
+                    Duration::from_secs(config.sync_interval),
+                )
+                .map_err(BuildError::Store)?,
             ) as Arc<dyn Store>),
             (None, None) => None,
         };
@@ -439,7 +443,7 @@ impl Broker {
         message.retain = retain;
         self.engine
             .publish(None, message, Instant::now())
-            .unwrap_or(0)
+            .map_or(0, |p| p.count)
     }
 
     /// The counters `$SYS` reports.

@@ -14,7 +14,7 @@ use crate::core::auth::Access;
 use crate::core::queue::{detach, message_size, Queued, SessionKey};
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Routed, Subscription};
-use crate::core::store::{decode_message, encode_message, Op, Table};
+use crate::core::store::{decode_message, encode_message, Commit, Op, Table};
 use crate::core::{read, write};
 use crate::stats::Stats;
 
@@ -34,6 +34,14 @@ impl Retained {
         let elapsed = now.saturating_duration_since(self.at).as_secs();
         Some(u32::try_from(u64::from(interval).saturating_sub(elapsed)).unwrap_or(0))
     }
+}
+
+/// What a publish did: how many subscribers it went to, and when what it
+/// stored is durable (its acknowledgement waits for that).
+#[derive(Debug)]
+pub(super) struct Published {
+    pub(super) count: usize,
+    pub(super) commit: Commit,
 }
 
 /// The retained store and the bytes it holds.
@@ -76,12 +84,16 @@ impl Engine {
         publisher: Option<&SessionKey>,
         message: Message,
         now: Instant,
-    ) -> Option<usize> {
+    ) -> Option<Published> {
+        let mut commit = Commit::done();
         if message.retain {
-            if let Err(e) = self.retain(&message, now) {
-                Stats::add(&self.stats.store_errors, 1);
-                tracing::error!(topic = %message.topic.as_str(), error = %e, "retained message not stored: refused");
-                return None;
+            match self.retain(&message, now) {
+                Ok(c) => commit = c,
+                Err(e) => {
+                    Stats::add(&self.stats.store_errors, 1);
+                    tracing::error!(topic = %message.topic.as_str(), error = %e, "retained message not stored: refused");
+                    return None;
+                }
             }
         }
         let mut deliveries = Vec::new();
@@ -117,7 +129,7 @@ impl Engine {
                 outgoing(source, d.qos, d.retain, &d.identifiers)
             });
         }
-        Some(count)
+        Some(Published { count, commit })
     }
 
     /// Store ([MQTT-3.3.1-5]); an empty payload deletes and is not stored
@@ -125,15 +137,16 @@ impl Engine {
     /// With a durable store, the change is written there first (under the
     /// same lock, so the store sees changes in the order memory does); an
     /// error leaves both unchanged.
-    fn retain(&self, message: &Message, now: Instant) -> io::Result<()> {
+    fn retain(&self, message: &Message, now: Instant) -> io::Result<Commit> {
         let mut store = write(&self.retained);
         let store = &mut *store;
         // `$SYS` describes the running process: made again after a start,
         // never stored.
         let durable = self.store.is_some() && !message.topic.as_str().starts_with('$');
+        let mut commit = Commit::done();
         if message.payload.is_empty() {
             if durable && store.tree.get(&message.topic).is_some() {
-                self.stored(vec![Op::Delete {
+                commit = self.stored(vec![Op::Delete {
                     table: Table::Retained,
                     key: message.topic.as_str().as_bytes().to_vec(),
                 }])?;
@@ -141,7 +154,7 @@ impl Engine {
             if let Some(old) = store.tree.remove(&message.topic) {
                 store.bytes -= message_size(&old.message);
             }
-            return Ok(());
+            return Ok(commit);
         }
         let limits = &self.config.limits;
         let size = message_size(message);
@@ -154,7 +167,7 @@ impl Engine {
             || store.bytes - replaced + size > limits.max_retained_bytes
         {
             tracing::warn!(topic = %message.topic.as_str(), "retained store full; not stored");
-            return Ok(());
+            return Ok(commit);
         }
         let mut stored = message.clone();
         // Kept for long: its own bytes, not its publisher's read buffer.
@@ -164,7 +177,7 @@ impl Engine {
             .properties
             .without(&[petrel_codec::properties::id::TOPIC_ALIAS]);
         if durable {
-            self.stored(vec![Op::Put {
+            commit = self.stored(vec![Op::Put {
                 table: Table::Retained,
                 key: message.topic.as_str().as_bytes().to_vec(),
                 value: encode_message(&stored, SystemTime::now()),
@@ -178,7 +191,7 @@ impl Engine {
                 at: now,
             },
         );
-        Ok(())
+        Ok(commit)
     }
 
     /// Whether a durable store backs it.
@@ -187,10 +200,10 @@ impl Engine {
     }
 
     /// Write `ops` to the durable store, if there is one.
-    fn stored(&self, ops: Vec<Op>) -> io::Result<()> {
+    fn stored(&self, ops: Vec<Op>) -> io::Result<Commit> {
         match &self.store {
             Some(s) => s.commit(ops),
-            None => Ok(()),
+            None => Ok(Commit::done()),
         }
     }
 
