@@ -42,8 +42,8 @@ use crate::config::Durability;
 use crate::core::lock as lock_mutex;
 use crate::core::store::{Commit, Op, Store, Table, Ticket};
 
-/// The layout this build writes; older ones it can read are listed in
-/// [`open_format`].
+/// The layout this build writes (the versions it can read are those up to
+/// this one that Petrel wrote).
 pub const FORMAT: u32 = 1;
 const FORMAT_NAME: &str = "petrel-store";
 

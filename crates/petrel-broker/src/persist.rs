@@ -6,9 +6,12 @@
 //! ([`petrel_session::Snapshot`]), its subscriptions and its queued
 //! messages — and every retained message, with the time each has left; and
 //! reads them back when it starts. The file is written to a temporary name
-//! and renamed, so a crash while saving leaves the previous one. What
-//! happens between two saves is lost by a crash (SIGKILL, power loss):
-//! this is a restart store, not a write-ahead log.
+//! and renamed, so a crash while saving leaves the previous one, and it is
+//! renamed to `<file>.loaded` once read, so a crash later does not bring
+//! back stale state at the next start. What happens between two saves is
+//! lost by a crash (SIGKILL, power loss): this is a restart store, not a
+//! write-ahead log (retained messages can be in the durable store:
+//! `data_dir`).
 
 use std::io;
 use std::path::Path;
@@ -218,11 +221,26 @@ impl Broker {
         Ok(counts)
     }
 
-    /// Read what [`Broker::save_to`] wrote. A missing file is an empty store.
+    /// Read what [`Broker::save_to`] wrote, and consume it (it is renamed
+    /// to `<file>.loaded`): a run that ends without saving (a crash) must
+    /// not bring back, at the next start, the state of the shutdown before
+    /// (retained messages deleted since, messages acknowledged since that
+    /// would be sent again, sessions that ended). A missing file is an
+    /// empty store.
     fn load_from(&self, path: &Path) -> io::Result<(usize, usize)> {
+        let consumed = loaded_name(path);
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if consumed.exists() {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "the last run ended without saving (was it killed?): what it held is lost; \
+                         the state it started from is in the .loaded file"
+                    );
+                }
+                return Ok((0, 0));
+            }
             Err(e) => return Err(e),
         };
         let stored: Stored = serde_json::from_reader(io::BufReader::new(file)).map_err(invalid)?;
@@ -263,6 +281,14 @@ impl Broker {
                 engine.subscribe(&key, &filter, subscription);
             }
         }
+        std::fs::rename(path, &consumed)?;
         Ok(counts)
     }
+}
+
+/// Where a snapshot goes once it has been read.
+fn loaded_name(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".loaded");
+    std::path::PathBuf::from(name)
 }

@@ -355,3 +355,36 @@ async fn qos0_is_queued_for_an_offline_session_only_when_configured() {
     assert!(ack.session_present);
     assert_eq!(&s.recv_publish().await.payload[..], b"kept");
 }
+
+#[tokio::test]
+async fn a_snapshot_read_at_start_does_not_come_back_after_a_crash() {
+    let file = temp_file("snapshot", "");
+    std::fs::remove_file(&file).unwrap();
+    let with_file = || petrel_broker::BrokerConfig {
+        persistence: Some(file.clone()),
+        ..config()
+    };
+    // A graceful run leaves a retained message in the snapshot.
+    let first = start_with(with_file()).await;
+    first.broker.publish(
+        topic("r/old"),
+        bytes::Bytes::from_static(b"v"),
+        QoS::AtLeastOnce,
+        true,
+    );
+    first.broker.shutdown();
+    first.task.await.unwrap();
+    // The next run reads it (positive control), deletes it, and is killed:
+    // no save.
+    let second = start_with(with_file()).await;
+    assert_eq!(second.broker.stats().retained, 1);
+    second
+        .broker
+        .publish(topic("r/old"), bytes::Bytes::new(), QoS::AtLeastOnce, true);
+    second.task.abort();
+    let _ = second.task.await;
+    // The deleted message stays deleted.
+    let third = start_with(with_file()).await;
+    assert_eq!(third.broker.stats().retained, 0, "stale state came back");
+    let _ = std::fs::remove_file(&file);
+}

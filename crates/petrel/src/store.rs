@@ -152,7 +152,8 @@ fn salvage(from: &Where, into: &Path) -> Result<ExitCode, String> {
     let store = open(&dir)?;
     let found = read_all(&store)?;
     report(&dir, &store, &found);
-    let target = DiskStore::open(into, Durability::Process, Duration::ZERO).map_err(|e| e.to_string())?;
+    let target =
+        DiskStore::open(into, Durability::Process, Duration::ZERO).map_err(|e| e.to_string())?;
     let copied = found.good.len();
     for chunk in found.good.chunks(1024) {
         let ops = chunk

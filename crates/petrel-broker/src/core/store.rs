@@ -5,7 +5,8 @@
 //! it (before the acknowledgement goes out), in the same order as it
 //! changes its own state, and reads everything back once, before the first
 //! client is accepted. It does no I/O itself: the store it is given does
-//! (the embedded one is [`crate::durable::DiskStore`]).
+//! (the embedded one is `DiskStore`, in the `durable` module outside
+//! `core`).
 //!
 //! What is stored so far: retained messages. Sessions, their queues and
 //! in-flight messages, and wills still live through a graceful restart
