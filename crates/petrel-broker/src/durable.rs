@@ -369,6 +369,13 @@ impl Store for DiskStore {
             match op {
                 Op::Put { table, key, value } => batch.insert(self.table(table), key, value),
                 Op::Delete { table, key } => batch.remove(self.table(table), key),
+                Op::DeletePrefix { table, prefix } => {
+                    let t = self.table(table);
+                    for kv in t.prefix(&prefix) {
+                        let k = kv.key().map_err(|e| at(&self.dir, e))?;
+                        batch.remove(t, k);
+                    }
+                }
             }
         }
         batch.commit().map_err(|e| at(&self.dir, e))?;

@@ -156,6 +156,8 @@ impl Broker {
     /// shutdown). Returns how many of each were saved.
     pub fn save(&self) -> io::Result<(usize, usize)> {
         match &self.config().persistence {
+            // The durable store holds all of it, always up to date.
+            Some(_) if self.engine.has_store() => Ok((0, 0)),
             Some(path) => self.save_to(path),
             None => Ok((0, 0)),
         }
@@ -165,6 +167,10 @@ impl Broker {
     /// binds). Returns how many sessions and retained messages were read.
     pub fn load(&self) -> io::Result<(usize, usize)> {
         match &self.config().persistence {
+            Some(path) if self.engine.has_store() => {
+                tracing::warn!(file = %path.display(), "persistence is not used with a data_dir: the durable store holds sessions and retained messages");
+                Ok((0, 0))
+            }
             Some(path) => self.load_from(path),
             None => Ok((0, 0)),
         }
@@ -196,12 +202,7 @@ impl Broker {
                 queued,
             });
         });
-        // With a durable store, retained messages live there.
-        let retained = if engine.has_store() {
-            Vec::new()
-        } else {
-            engine.retained_messages(now)
-        };
+        let retained = engine.retained_messages(now);
         let counts = (sessions.len(), retained.len());
         let stored = Stored {
             version: VERSION,
@@ -250,8 +251,7 @@ impl Broker {
         let engine = &self.engine;
         let now = Instant::now();
         let counts = (stored.sessions.len(), stored.retained.len());
-        // With a durable store, its retained messages are the newer ones.
-        for r in stored.retained.into_iter().filter(|_| !engine.has_store()) {
+        for r in stored.retained {
             let (m, at) = r.restore(now)?;
             engine.restore_retained(m, at);
         }
@@ -261,7 +261,7 @@ impl Broker {
             let queued = s
                 .queued
                 .into_iter()
-                .map(|m| m.restore(now))
+                .map(|m| m.restore(now).map(|(m, at)| (m, at, 0)))
                 .collect::<io::Result<Vec<_>>>()?;
             let subscriptions = s
                 .subscriptions

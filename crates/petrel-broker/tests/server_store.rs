@@ -114,3 +114,235 @@ async fn a_failed_store_write_is_an_error_in_5_0_and_no_ack_in_3_1_1() {
     store.complete(Ok(()));
     assert!(matches!(ok.recv().await, Some(Packet::PubAck(_))));
 }
+
+/// A store shared by brokers one after another, where a "crash" freezes
+/// what the old broker had written: after it, that broker's writes are
+/// lost, as a killed process's would be.
+#[derive(Debug)]
+struct Crashable {
+    data: Arc<MemoryStore>,
+    frozen: std::sync::atomic::AtomicBool,
+}
+
+impl Store for Crashable {
+    fn commit(&self, ops: Vec<Op>) -> std::io::Result<Commit> {
+        if !self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            self.data.commit(ops)?;
+        }
+        Ok(Commit::done())
+    }
+
+    fn scan(&self, table: Table) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.data.scan(table)
+    }
+}
+
+/// Brokers that share one store and can be "killed".
+struct Lives {
+    data: Arc<MemoryStore>,
+    current: Option<(Arc<Crashable>, support::TestBroker)>,
+}
+
+impl Lives {
+    fn new() -> Self {
+        Self {
+            data: Arc::new(MemoryStore::new()),
+            current: None,
+        }
+    }
+
+    /// Start a broker on the store; its address.
+    async fn start(&mut self) -> std::net::SocketAddr {
+        let store = Arc::new(Crashable {
+            data: self.data.clone(),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+        });
+        let broker = Broker::builder(config())
+            .store(store.clone())
+            .build()
+            .unwrap();
+        let b = serve_broker(broker).await;
+        let addr = b.addr;
+        self.current = Some((store, b));
+        addr
+    }
+
+    /// Kill it: nothing it writes from now on counts, and it stops.
+    fn kill(&mut self) {
+        if let Some((store, b)) = self.current.take() {
+            store
+                .frozen
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            b.broker.shutdown();
+            b.task.abort();
+        }
+    }
+}
+
+fn persistent(proto: Protocol) -> impl FnOnce(&mut petrel_codec::Connect) {
+    move |c| {
+        c.clean_start = false;
+        if proto.is_v5() {
+            c.properties.set_session_expiry_interval(Some(300));
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_offline_queue_and_subscriptions_survive_a_crash() {
+    for proto in [Protocol::V3_1_1, Protocol::V5] {
+        let mut lives = Lives::new();
+        let addr = lives.start().await;
+        let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
+        assert!(!ack.session_present);
+        s.subscribe("t/#", petrel_codec::QoS::ExactlyOnce).await;
+        s.disconnect().await;
+        let mut p = Raw::connect(addr, proto, "pub").await;
+        p.publish("t/1", b"one", petrel_codec::QoS::AtLeastOnce, false)
+            .await;
+        p.publish("t/2", b"two", petrel_codec::QoS::ExactlyOnce, false)
+            .await;
+        p.publish("t/0", b"zero", petrel_codec::QoS::AtMostOnce, false)
+            .await;
+        lives.kill();
+        let addr = lives.start().await;
+        let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
+        assert!(
+            ack.session_present,
+            "{proto:?}: the session did not come back"
+        );
+        let got: Vec<(Vec<u8>, petrel_codec::QoS)> =
+            vec![s.recv_publish().await, s.recv_publish().await]
+                .into_iter()
+                .map(|m| (m.payload.to_vec(), m.qos.qos()))
+                .collect();
+        assert_eq!(
+            got,
+            vec![
+                (b"one".to_vec(), petrel_codec::QoS::AtLeastOnce),
+                (b"two".to_vec(), petrel_codec::QoS::ExactlyOnce)
+            ],
+            "{proto:?}"
+        );
+        // Nothing more (the QoS 0 message was never promised), and the
+        // subscription is there: a new message arrives (positive control).
+        assert!(s.no_publish(Duration::from_millis(300)).await);
+        let mut p = Raw::connect(addr, proto, "pub2").await;
+        p.publish("t/3", b"three", petrel_codec::QoS::AtLeastOnce, false)
+            .await;
+        assert_eq!(&s.recv_publish().await.payload[..], b"three");
+        // Delivered ones are gone for good: after another crash, nothing
+        // comes again.
+        s.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lives.kill();
+        let addr = lives.start().await;
+        let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
+        assert!(ack.session_present);
+        assert!(
+            s.no_publish(Duration::from_millis(300)).await,
+            "{proto:?}: delivered again"
+        );
+        lives.kill();
+    }
+}
+
+#[tokio::test]
+async fn qos2_in_flight_both_ways_is_exactly_once_across_a_crash() {
+    use petrel_codec::{PubAck, QoS};
+    let proto = Protocol::V5;
+    let mut lives = Lives::new();
+    let addr = lives.start().await;
+    let (mut s, _) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
+    s.subscribe("q/#", QoS::ExactlyOnce).await;
+    // Outgoing: the subscriber gets the PUBLISH and answers PUBREC; the
+    // broker's PUBREL arrives; then the broker dies before PUBCOMP.
+    let (mut p, _) = Raw::connect_with(addr, proto, "pub", persistent(proto)).await;
+    p.publish("q/out", b"out", QoS::ExactlyOnce, false).await;
+    let Some(Packet::Publish(m)) = s.recv().await else {
+        panic!("no PUBLISH")
+    };
+    let out_pid = m.qos.packet_id().unwrap();
+    s.send(Packet::PubRec(PubAck::new(out_pid))).await;
+    assert!(matches!(s.recv().await, Some(Packet::PubRel(r)) if r.packet_id == out_pid));
+    // Incoming: the publisher's QoS 2 PUBLISH got its PUBREC, not yet
+    // PUBREL; the subscriber took the message.
+    let mut q = Publish::new(support::topic("q/in"), Bytes::from_static(b"in"));
+    q.qos = QosPid::ExactlyOnce(pid(77));
+    p.send(Packet::Publish(q.clone())).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.packet_id == pid(77)));
+    let Some(Packet::Publish(m)) = s.recv().await else {
+        panic!("no PUBLISH")
+    };
+    assert_eq!(&m.payload[..], b"in");
+    let in_pid = m.qos.packet_id().unwrap();
+    s.send(Packet::PubRec(PubAck::new(in_pid))).await;
+    assert!(matches!(s.recv().await, Some(Packet::PubRel(r)) if r.packet_id == in_pid));
+    lives.kill();
+    let addr = lives.start().await;
+    // The subscriber is asked for PUBCOMP only, for each in the order they
+    // were first sent: neither message is sent again ([MQTT-4.3.3-6]).
+    let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
+    assert!(ack.session_present);
+    for expected in [out_pid, in_pid] {
+        match s.recv().await {
+            Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, expected),
+            other => panic!("expected PUBREL {expected:?}, got {other:?}"),
+        }
+        s.send(Packet::PubComp(PubAck::new(expected))).await;
+    }
+    // The publisher sends its PUBLISH again (it had no PUBCOMP): it is not
+    // delivered twice, and the flow completes.
+    let (mut p, ack) = Raw::connect_with(addr, proto, "pub", persistent(proto)).await;
+    assert!(ack.session_present);
+    q.dup = true;
+    p.send(Packet::Publish(q)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.packet_id == pid(77)));
+    p.send(Packet::PubRel(PubAck::new(pid(77)))).await;
+    match p.recv().await {
+        Some(Packet::PubComp(c)) => assert_eq!(c.reason_code, ReasonCode::SUCCESS),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    assert!(
+        s.no_publish(Duration::from_millis(300)).await,
+        "delivered twice"
+    );
+    // Positive control: a new QoS 2 message (the identifier is free again).
+    p.publish("q/new", b"new", QoS::ExactlyOnce, false).await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"new");
+    lives.kill();
+}
+
+#[tokio::test]
+async fn subscription_options_and_identifiers_survive_a_crash() {
+    use petrel_codec::{Properties, QoS, SubscriptionOptions};
+    let proto = Protocol::V5;
+    let mut lives = Lives::new();
+    let addr = lives.start().await;
+    let (mut s, _) = Raw::connect_with(addr, proto, "ids", persistent(proto)).await;
+    let mut props = Properties::new();
+    props.set_subscription_identifiers([petrel_codec::SubscriptionId::new(42).unwrap()]);
+    let mut options = SubscriptionOptions::qos(QoS::AtLeastOnce);
+    options.no_local = true;
+    s.subscribe_with("i/#", options, props).await;
+    lives.kill();
+    let addr = lives.start().await;
+    let (mut s, ack) = Raw::connect_with(addr, proto, "ids", persistent(proto)).await;
+    assert!(ack.session_present);
+    // No Local kept: its own message does not come back.
+    s.publish("i/own", b"own", QoS::AtLeastOnce, false).await;
+    assert!(s.no_publish(Duration::from_millis(300)).await);
+    let mut p = Raw::connect(addr, proto, "other").await;
+    p.publish("i/x", b"x", QoS::AtLeastOnce, false).await;
+    let m = s.recv_publish().await;
+    assert_eq!(&m.payload[..], b"x");
+    assert_eq!(m.qos.qos(), QoS::AtLeastOnce);
+    let ids: Vec<u32> = m
+        .properties
+        .subscription_identifiers()
+        .iter()
+        .map(|i| i.get())
+        .collect();
+    assert_eq!(ids, vec![42]);
+    lives.kill();
+}

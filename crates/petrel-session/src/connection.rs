@@ -245,6 +245,38 @@ pub struct Connection {
     /// Server: whether CONNECT asked for a zero Session Expiry Interval.
     connect_session_expiry_zero: bool,
     close_reason: Option<CloseReason>,
+    /// With [`Connection::journal`] on: the changes not yet taken.
+    journal: Option<Vec<Change>>,
+}
+
+/// A change to the session state that a durable store records before
+/// anything it causes goes out (see [`Connection::journal`]): after a crash
+/// the session resumes from what was recorded, and the peer sees no QoS 2
+/// message twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// An outgoing QoS 1/2 message got its packet identifier and is about
+    /// to be sent: a resend after a crash must use the same one.
+    Sent {
+        /// The message.
+        id: MessageId,
+        /// Its packet identifier.
+        packet_id: u16,
+    },
+    /// PUBREC came for an outgoing QoS 2 message: from now on PUBREL is
+    /// sent, never the message again ([MQTT-4.3.3-6]).
+    Released {
+        /// The message.
+        id: MessageId,
+        /// Its packet identifier.
+        packet_id: u16,
+    },
+    /// A received QoS 2 identifier is free again (PUBREL came, or the
+    /// message was refused): a new message may use it.
+    Freed {
+        /// The identifier.
+        packet_id: u16,
+    },
 }
 
 /// An idle [`Connection`] in the compact form [`Connection::hibernate`] gives it: a fraction of its
@@ -269,6 +301,7 @@ pub struct Hibernated {
     #[allow(clippy::type_complexity)]
     aliases: Option<Box<(HashMap<TopicName, NonZeroU16>, HashMap<u16, TopicName>)>>,
     auth_method: Option<Box<MqttString>>,
+    journal: bool,
 }
 
 impl Hibernated {
@@ -318,6 +351,7 @@ impl Connection {
             auth_method: None,
             connect_session_expiry_zero: true,
             close_reason: None,
+            journal: None,
         }
     }
 
@@ -484,7 +518,8 @@ impl Connection {
             && self.unacked.is_empty()
             && self.timers[Timer::Connect as usize].is_none()
             && self.timers[Timer::Response as usize].is_none()
-            && self.close_reason.is_none();
+            && self.close_reason.is_none()
+            && self.journal.as_ref().is_none_or(Vec::is_empty);
         if !idle {
             return Err(Box::new(self));
         }
@@ -507,6 +542,7 @@ impl Connection {
             last_received: self.last_received,
             aliases,
             auth_method: self.auth_method.map(Box::new),
+            journal: self.journal.is_some(),
         })
     }
 
@@ -535,7 +571,31 @@ impl Connection {
             (c.alias_out, c.alias_in) = *aliases;
         }
         c.auth_method = hibernated.auth_method.map(|m| *m);
+        c.journal = hibernated.journal.then(Vec::new);
         c
+    }
+
+    /// Record every [`Change`] to the session state from now on (off by
+    /// default), for the caller to store before it writes what
+    /// [`Connection::poll_transmit`] returns. Kept through hibernation.
+    pub fn journal(&mut self, on: bool) {
+        if on != self.journal.is_some() {
+            self.journal = on.then(Vec::new);
+        }
+    }
+
+    /// The changes recorded since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, change: Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(change);
+        }
     }
 
     /// The next packet to encode and send, in order.
@@ -665,6 +725,11 @@ impl Connection {
                 // [MQTT-4.3.3-11]: PUBCOMP with the same identifier.
                 let known = self.session.incoming.remove(&a.packet_id.get());
                 self.session.deferred.remove(&a.packet_id.get());
+                if known {
+                    self.record(Change::Freed {
+                        packet_id: a.packet_id.get(),
+                    });
+                }
                 let mut comp = PubAck::new(a.packet_id);
                 if !known && self.protocol.is_v5() {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -1128,6 +1193,10 @@ impl Connection {
                     expires_at: q.expires_at,
                 },
             );
+            self.record(Change::Sent {
+                id: q.id,
+                packet_id: pid.get(),
+            });
             self.send_publish(now, q.id, message, Some(pid), false);
         }
     }
@@ -1384,6 +1453,7 @@ impl Connection {
                 // [MQTT-4.3.3-4]: PUBREL with the same identifier.
                 self.to_resend.retain(|p| *p != pid);
                 self.session.outgoing.insert(pid, Outgoing::Release { id });
+                self.record(Change::Released { id, packet_id: pid });
                 let _ = self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
                 Ok(())
             }
@@ -1550,8 +1620,8 @@ impl Connection {
             return Err(SendError::Invalid("not a PUBACK/PUBREC reason code"));
         }
         if self.session.deferred.remove(&id) {
-            if reason_code.is_error() {
-                self.session.incoming.remove(&id);
+            if reason_code.is_error() && self.session.incoming.remove(&id) {
+                self.record(Change::Freed { packet_id: id });
             }
             if self.state != State::Connected {
                 // Recorded in the session: when the sender repeats the

@@ -80,7 +80,7 @@ mod state;
 
 pub use config::Config;
 pub use connection::{
-    Accept, CloseReason, Connection, DropReason, Event, Hibernated, PeerLimits, Role,
+    Accept, Change, CloseReason, Connection, DropReason, Event, Hibernated, PeerLimits, Role,
 };
 pub use error::{ProtocolError, SendError};
 pub use state::{Message, MessageId, SessionState, Snapshot};

@@ -175,6 +175,51 @@ impl SessionState {
         Ok(id)
     }
 
+    /// Put back an outgoing exchange a durable store recorded (see
+    /// [`crate::Change`]): a QoS 1/2 message sent with `packet_id` (resent,
+    /// with DUP, when a connection resumes the session), or, `released`,
+    /// one whose PUBREC came (PUBREL is resent). Restore them in the order
+    /// they were first sent. `None` if the identifier is 0 or in use, or
+    /// the message is QoS 0.
+    pub fn restore_outgoing(
+        &mut self,
+        now: Instant,
+        packet_id: u16,
+        message: Message,
+        released: bool,
+    ) -> Option<MessageId> {
+        if packet_id == 0
+            || message.qos == QoS::AtMostOnce
+            || self.outgoing.contains_key(&packet_id)
+        {
+            return None;
+        }
+        let id = self.next_message_id();
+        let entry = if released {
+            Outgoing::Release { id }
+        } else {
+            let expires_at = message
+                .properties
+                .message_expiry_interval()
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+            Outgoing::Publish {
+                id,
+                message,
+                expires_at,
+            }
+        };
+        self.outgoing.insert(packet_id, entry);
+        Some(id)
+    }
+
+    /// Put back a received QoS 2 identifier whose PUBREL has not come: a
+    /// repeated PUBLISH with it is not delivered again ([MQTT-4.3.3-9]).
+    pub fn restore_incoming(&mut self, packet_id: u16) {
+        if packet_id != 0 {
+            self.incoming.insert(packet_id);
+        }
+    }
+
     pub(crate) fn next_message_id(&mut self) -> MessageId {
         self.next_message_id += 1;
         MessageId(self.next_message_id)

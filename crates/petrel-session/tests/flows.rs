@@ -1642,3 +1642,108 @@ fn a_qos2_ack_made_after_the_connection_closed_answers_the_repeat() {
     assert!(matches!(server.poll_transmit(), Some(Packet::PubRec(_))));
     assert!(!std::iter::from_fn(|| server.poll_event()).any(|e| matches!(e, Event::Message(_))));
 }
+
+/// What a durable store needs: the journal names each packet identifier an
+/// outgoing message is sent with, each PUBREC that moves one to PUBREL,
+/// and each received QoS 2 identifier freed; a state rebuilt from that
+/// resumes with the same identifiers, so the peer sees nothing twice.
+#[test]
+fn the_journal_records_what_a_store_needs_and_a_state_rebuilt_from_it_resumes() {
+    use petrel_session::Change;
+    let mut pair = Pair::connected(V5);
+    pair.server.journal(true);
+    let now = pair.now;
+    let x = pair
+        .server
+        .publish(now, msg("t", "x", QoS::ExactlyOnce))
+        .unwrap();
+    let y = pair
+        .server
+        .publish(now, msg("t", "y", QoS::AtLeastOnce))
+        .unwrap();
+    let sent = pair.server.take_changes();
+    let (px, py) = match sent[..] {
+        [Change::Sent {
+            id: a,
+            packet_id: pa,
+        }, Change::Sent {
+            id: b,
+            packet_id: pb,
+        }] if a == x && b == y => (pa, pb),
+        _ => panic!("{sent:?}"),
+    };
+    // To the client; it answers PUBREC for x (PUBACK for y is lost).
+    for p in std::iter::from_fn(|| pair.server.poll_transmit()).collect::<Vec<_>>() {
+        pair.client.handle_packet(now, p).unwrap();
+    }
+    let answers: Vec<Packet> = std::iter::from_fn(|| pair.client.poll_transmit()).collect();
+    let pubrec = answers
+        .into_iter()
+        .find(|p| matches!(p, Packet::PubRec(_)))
+        .unwrap();
+    pair.server.handle_packet(now, pubrec).unwrap();
+    assert_eq!(
+        pair.server.take_changes(),
+        [Change::Released {
+            id: x,
+            packet_id: px
+        }]
+    );
+    // A QoS 2 message from the client: its identifier is freed at PUBREL.
+    pair.client
+        .publish(now, msg("in", "z", QoS::ExactlyOnce))
+        .unwrap();
+    for _ in 0..3 {
+        for p in std::iter::from_fn(|| pair.client.poll_transmit()).collect::<Vec<_>>() {
+            if !matches!(
+                p,
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
+            ) {
+                pair.server.handle_packet(now, p).unwrap();
+            }
+        }
+        for p in std::iter::from_fn(|| pair.server.poll_transmit()).collect::<Vec<_>>() {
+            pair.client.handle_packet(now, p).unwrap();
+        }
+    }
+    let freed = pair.server.take_changes();
+    assert!(matches!(freed[..], [Change::Freed { .. }]), "{freed:?}");
+    // The broker "crashes": a state is rebuilt from the journal alone.
+    let mut rebuilt = SessionState::new();
+    assert!(rebuilt
+        .restore_outgoing(now, px, msg("t", "x", QoS::ExactlyOnce), true)
+        .is_some());
+    assert!(rebuilt
+        .restore_outgoing(now, py, msg("t", "y", QoS::AtLeastOnce), false)
+        .is_some());
+    assert!(
+        rebuilt
+            .restore_outgoing(now, py, msg("t", "w", QoS::AtLeastOnce), false)
+            .is_none(),
+        "an identifier in use"
+    );
+    let client_state = pair.client.take_state();
+    let (mut client, mut server) =
+        support::resume(now, V5, client_state, rebuilt, Config::default());
+    let Some(Packet::ConnAck(ack)) = server.poll_transmit() else {
+        panic!()
+    };
+    client.handle_packet(now, Packet::ConnAck(ack)).unwrap();
+    let resent: Vec<Packet> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    // x: PUBREL with its identifier, never the message; y: again, with DUP
+    // and the identifier it had.
+    assert!(
+        matches!(&resent[0], Packet::PubRel(r) if r.packet_id.get() == px),
+        "{resent:?}"
+    );
+    let Packet::Publish(p) = &resent[1] else {
+        panic!("{resent:?}")
+    };
+    assert!(p.dup && p.qos.packet_id().map(|i| i.get()) == Some(py));
+    for p in resent {
+        client.handle_packet(now, p).unwrap();
+    }
+    // The client had x already: it delivers only y, once.
+    let delivered: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert_eq!(messages(&delivered), ["y"]);
+}

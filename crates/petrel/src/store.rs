@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use petrel_broker::core::store::decode_message;
+use petrel_broker::core::store::check_entry;
 use petrel_broker::{BrokerConfig, DiskStore, Durability, Op, Store, Table};
 
 #[derive(clap::Args)]
@@ -67,7 +67,6 @@ struct Found {
 }
 
 fn read_all(store: &DiskStore) -> Result<Found, String> {
-    let (now, wall) = (Instant::now(), SystemTime::now());
     let mut found = Found {
         good: Vec::new(),
         bad: Vec::new(),
@@ -77,9 +76,7 @@ fn read_all(store: &DiskStore) -> Result<Found, String> {
             .scan(table)
             .map_err(|e| format!("table {}: {e}", table.name()))?;
         for (key, value) in entries {
-            let checked = match table {
-                Table::Retained => decode_message(&value, now, wall).map(|_| ()),
-            };
+            let checked = check_entry(table, &key, &value);
             match checked {
                 Ok(()) => found.good.push((table, key, value)),
                 Err(e) => found.bad.push((table, key, e.to_string())),

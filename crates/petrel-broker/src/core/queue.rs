@@ -52,6 +52,8 @@ use crate::stats::Stats;
 pub(crate) struct Queued {
     pub(crate) message: Message,
     pub(crate) at: Instant,
+    /// Its sequence number in the durable store (0: not stored).
+    pub(crate) seq: u64,
 }
 
 /// What a queued message costs: topic, properties and payload.
@@ -155,6 +157,20 @@ pub(crate) struct SessionShared {
     /// them when it ends and to store them.
     /// (Each filter as a plain string: half the size of a `TopicFilter`.)
     filters: Mutex<SmallMap<Box<str>, Subscription>>,
+    /// With a durable store, while the session outlives its connections:
+    /// how its messages are numbered there and which are with the
+    /// connection (boxed: most sessions pay one pointer).
+    stored: Mutex<Option<Box<StoredQueue>>>,
+}
+
+/// A stored session's bookkeeping.
+#[derive(Debug, Default)]
+pub(crate) struct StoredQueue {
+    /// The next message's sequence number.
+    next_seq: u64,
+    /// Messages given to the session machine, by its message id: their
+    /// sequence numbers.
+    delivering: std::collections::HashMap<u64, u64>,
 }
 
 /// A session as the router knows it: compared and hashed by identity, so a
@@ -201,7 +217,63 @@ impl SessionKey {
                 access,
             }),
             filters: Mutex::new(SmallMap::new()),
+            stored: Mutex::new(None),
         }))
+    }
+
+    /// Whether the session is kept in the durable store.
+    pub(crate) fn is_stored(&self) -> bool {
+        lock(&self.0.stored).is_some()
+    }
+
+    /// Keep the session in the durable store (its messages numbered from
+    /// `next_seq`), or stop.
+    pub(crate) fn set_stored(&self, on: bool, next_seq: u64) {
+        let mut s = lock(&self.0.stored);
+        match (on, s.is_some()) {
+            (true, false) => {
+                *s = Some(Box::new(StoredQueue {
+                    next_seq: next_seq.max(1),
+                    ..StoredQueue::default()
+                }));
+            }
+            (false, true) => *s = None,
+            _ => {}
+        }
+    }
+
+    /// A sequence number for the next message stored (`None` if the
+    /// session is not stored).
+    pub(crate) fn next_seq(&self) -> Option<u64> {
+        let mut s = lock(&self.0.stored);
+        let s = s.as_mut()?;
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        Some(seq)
+    }
+
+    /// The session machine took stored message `seq` as `message_id`.
+    pub(crate) fn delivering(&self, message_id: u64, seq: u64) {
+        if let Some(s) = lock(&self.0.stored).as_mut() {
+            s.delivering.insert(message_id, seq);
+        }
+    }
+
+    /// The stored message the session machine knows as `message_id`.
+    pub(crate) fn seq_of(&self, message_id: u64) -> Option<u64> {
+        lock(&self.0.stored)
+            .as_ref()?
+            .delivering
+            .get(&message_id)
+            .copied()
+    }
+
+    /// The session machine is done with `message_id`: its sequence number.
+    pub(crate) fn delivered(&self, message_id: u64) -> Option<u64> {
+        lock(&self.0.stored)
+            .as_mut()?
+            .delivering
+            .remove(&message_id)
     }
 
     /// The session's client identifier.
@@ -236,6 +308,7 @@ impl SessionKey {
         &self,
         qos: QoS,
         now: Instant,
+        seq: u64,
         limits: &Limits,
         stats: &Stats,
         make: impl FnOnce(bool) -> Message,
@@ -264,7 +337,14 @@ impl SessionKey {
             return false;
         }
         let wake = mb.is_empty();
-        mb.add(Queued { message, at: now }, false);
+        mb.add(
+            Queued {
+                message,
+                at: now,
+                seq,
+            },
+            false,
+        );
         let waker = if wake {
             mb.signal = true;
             mb.waker.take()
@@ -314,11 +394,13 @@ impl SessionKey {
             .collect()
     }
 
-    /// Put back messages restored from storage, whatever the QoS 0 policy.
-    pub(crate) fn restore_queue(&self, messages: Vec<(Message, Instant)>) {
+    /// Put back messages restored from storage (with their sequence
+    /// numbers in the durable store, 0 if none), whatever the QoS 0
+    /// policy.
+    pub(crate) fn restore_queue(&self, messages: Vec<(Message, Instant, u64)>) {
         let mut mb = self.mailbox();
-        for (message, at) in messages {
-            mb.add(Queued { message, at }, false);
+        for (message, at, seq) in messages {
+            mb.add(Queued { message, at, seq }, false);
         }
     }
 

@@ -8,9 +8,10 @@
 //! (the embedded one is `DiskStore`, in the `durable` module outside
 //! `core`).
 //!
-//! What is stored so far: retained messages. Sessions, their queues and
-//! in-flight messages, and wills still live through a graceful restart
-//! only (`persistence`).
+//! What is stored: retained messages, and every session that outlives its
+//! connection (its subscriptions, its QoS 1/2 messages until delivered,
+//! the packet identifiers they were sent with, the QoS 2 identifiers
+//! received from it awaiting PUBREL). Wills are not stored yet.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,27 +21,233 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use petrel_codec::{Limits, Properties, PropertyContext, QoS, TopicName};
+use petrel_codec::{
+    Limits, Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, TopicName,
+};
 use petrel_session::Message;
 
 use super::lock;
 
-/// A part of the store, each its own key space.
+/// A part of the store, each its own key space. A session's entries in
+/// the tables after [`Table::Sessions`] are keyed by its client id, a zero
+/// byte (which no client id contains, [MQTT-1.5.4-2]) and what identifies
+/// the entry within the session ([`child_key`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
     /// Retained messages: the topic name to [`encode_message`]'s form.
     Retained,
+    /// Sessions that outlive their connection: the client id to
+    /// [`StoredSession`]'s form.
+    Sessions,
+    /// Their subscriptions: by filter, to [`encode_subscription`]'s form.
+    Subscriptions,
+    /// QoS 1/2 messages for them not yet delivered: by sequence number (8
+    /// bytes, big-endian), to [`encode_message`]'s form.
+    Queue,
+    /// Of those, the ones sent: the same key as in [`Table::Queue`], to the
+    /// packet identifier they went with and whether PUBREC came.
+    Delivery,
+    /// QoS 2 packet identifiers received from them and not yet released
+    /// (2 bytes, big-endian), to nothing.
+    Incoming,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 1] = [Self::Retained];
+    pub const ALL: [Self; 6] = [
+        Self::Retained,
+        Self::Sessions,
+        Self::Subscriptions,
+        Self::Queue,
+        Self::Delivery,
+        Self::Incoming,
+    ];
+
+    /// The tables that hold a session's entries, besides its own record.
+    pub const SESSION_CHILDREN: [Self; 4] = [
+        Self::Subscriptions,
+        Self::Queue,
+        Self::Delivery,
+        Self::Incoming,
+    ];
 
     /// Its name on disk.
     pub fn name(self) -> &'static str {
         match self {
             Self::Retained => "retained",
+            Self::Sessions => "sessions",
+            Self::Subscriptions => "subscriptions",
+            Self::Queue => "queue",
+            Self::Delivery => "delivery",
+            Self::Incoming => "incoming",
         }
+    }
+}
+
+/// The key of a session's entry: its client id, a zero byte, `suffix`.
+pub fn child_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 1 + suffix.len());
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(suffix);
+    k
+}
+
+/// Split a [`child_key`] into the client id and the suffix.
+pub fn split_child_key(key: &[u8]) -> Option<(&str, &[u8])> {
+    let at = key.iter().position(|&b| b == 0)?;
+    let id = std::str::from_utf8(&key[..at]).ok()?;
+    Some((id, &key[at + 1..]))
+}
+
+/// What a session's record holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Its Session Expiry Interval (`u32::MAX`: never).
+    pub expiry: u32,
+    /// When its last connection ended (wall-clock milliseconds), or `None`
+    /// while a connection held it: its expiry counts from then (or from the
+    /// start after a crash).
+    pub detached: Option<u64>,
+    /// The user it belongs to.
+    pub owner: Option<String>,
+}
+
+const SESSION_FORMAT: u8 = 1;
+
+impl StoredSession {
+    /// Its stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SESSION_FORMAT];
+        out.extend_from_slice(&self.expiry.to_be_bytes());
+        out.extend_from_slice(&self.detached.unwrap_or(0).to_be_bytes());
+        if let Some(o) = &self.owner {
+            out.push(1);
+            out.extend_from_slice(o.as_bytes());
+        } else {
+            out.push(0);
+        }
+        out
+    }
+
+    /// Read back what [`StoredSession::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> io::Result<Self> {
+        let mut r = Reader(bytes);
+        let format = r.take(1)?[0];
+        if format != SESSION_FORMAT {
+            return Err(corrupt(format!("unknown session layout {format}")));
+        }
+        let expiry = u32::from_be_bytes(r.array()?);
+        let detached = u64::from_be_bytes(r.array()?);
+        let owner = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(std::str::from_utf8(r.0).map_err(corrupt)?.to_string()),
+            b => return Err(corrupt(format!("bad owner flag {b}"))),
+        };
+        Ok(Self {
+            expiry,
+            detached: (detached != 0).then_some(detached),
+            owner,
+        })
+    }
+}
+
+/// A subscription's stored form: its options as SUBSCRIBE's options byte
+/// has them (5.0), and its Subscription Identifier.
+pub fn encode_subscription(options: &SubscriptionOptions, identifier: Option<u32>) -> Vec<u8> {
+    let bits = options.qos as u8
+        | u8::from(options.no_local) << 2
+        | u8::from(options.retain_as_published) << 3
+        | (options.retain_handling as u8) << 4;
+    let mut out = vec![1, bits];
+    if let Some(id) = identifier {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    out
+}
+
+/// Read back what [`encode_subscription`] wrote.
+pub fn decode_subscription(bytes: &[u8]) -> io::Result<(SubscriptionOptions, Option<u32>)> {
+    let (format, bits, rest) = match bytes {
+        [f, b, rest @ ..] => (*f, *b, rest),
+        _ => return Err(corrupt("truncated subscription")),
+    };
+    if format != 1 {
+        return Err(corrupt(format!("unknown subscription layout {format}")));
+    }
+    let qos = QoS::from_u8(bits & 3).ok_or_else(|| corrupt("bad QoS"))?;
+    let mut options = SubscriptionOptions::qos(qos);
+    options.no_local = bits & 4 != 0;
+    options.retain_as_published = bits & 8 != 0;
+    options.retain_handling = match (bits >> 4) & 3 {
+        0 => RetainHandling::SendOnSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return Err(corrupt("bad retain handling")),
+    };
+    let identifier = match rest {
+        [] => None,
+        [a, b, c, d] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => return Err(corrupt("bad subscription identifier")),
+    };
+    Ok((options, identifier))
+}
+
+/// Whether an entry of `table` reads back as the broker wrote it (what
+/// `petrel store check` asks of each).
+pub fn check_entry(table: Table, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let suffix = |len: Option<usize>| -> io::Result<&[u8]> {
+        let (_, s) = split_child_key(key).ok_or_else(|| corrupt("no client id in the key"))?;
+        match len {
+            Some(n) if s.len() != n => Err(corrupt("bad key")),
+            _ => Ok(s),
+        }
+    };
+    match table {
+        Table::Retained => {
+            std::str::from_utf8(key).map_err(corrupt)?;
+            decode_message(value, now, wall).map(|_| ())
+        }
+        Table::Sessions => {
+            std::str::from_utf8(key).map_err(corrupt)?;
+            StoredSession::decode(value).map(|_| ())
+        }
+        Table::Subscriptions => {
+            std::str::from_utf8(suffix(None)?).map_err(corrupt)?;
+            decode_subscription(value).map(|_| ())
+        }
+        Table::Queue => {
+            suffix(Some(8))?;
+            decode_message(value, now, wall).map(|_| ())
+        }
+        Table::Delivery => {
+            suffix(Some(8))?;
+            decode_delivery(value).map(|_| ())
+        }
+        Table::Incoming => {
+            suffix(Some(2))?;
+            if value.is_empty() {
+                Ok(())
+            } else {
+                Err(corrupt("unexpected value"))
+            }
+        }
+    }
+}
+
+/// A sent message's stored state: its packet identifier, and whether its
+/// PUBREC came.
+pub fn encode_delivery(packet_id: u16, released: bool) -> Vec<u8> {
+    let [a, b] = packet_id.to_be_bytes();
+    vec![1 + u8::from(released), a, b]
+}
+
+/// Read back what [`encode_delivery`] wrote.
+pub fn decode_delivery(bytes: &[u8]) -> io::Result<(u16, bool)> {
+    match bytes {
+        [s @ (1 | 2), a, b] => Ok((u16::from_be_bytes([*a, *b]), *s == 2)),
+        _ => Err(corrupt("bad delivery state")),
     }
 }
 
@@ -62,6 +269,13 @@ pub enum Op {
         table: Table,
         /// The key.
         key: Vec<u8>,
+    },
+    /// Remove every key that starts with `prefix`.
+    DeletePrefix {
+        /// Where.
+        table: Table,
+        /// The prefix.
+        prefix: Vec<u8>,
     },
 }
 
@@ -169,6 +383,9 @@ impl Store for MemoryStore {
                 }
                 Op::Delete { table, key } => {
                     tables.remove(&(table, key));
+                }
+                Op::DeletePrefix { table, prefix } => {
+                    tables.retain(|(t, k), _| *t != table || !k.starts_with(&prefix));
                 }
             }
         }

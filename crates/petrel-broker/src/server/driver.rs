@@ -87,6 +87,9 @@ struct Task {
     /// those that came after them: they go out in the order the PUBLISHes
     /// came ([MQTT-4.6.0-2]).
     acks: VecDeque<PendingAck>,
+    /// A store write everything the connection sends waits for (`fsync`
+    /// durability): a SUBACK's subscriptions, a packet identifier given.
+    gate: Option<Commit>,
     /// Quiet time after which the connection hibernates, if it can.
     hibernate_after: Option<Duration>,
     /// The whole in-flight window: QoS 1/2 messages the client may hold
@@ -306,6 +309,7 @@ impl Task {
             lost: false,
             routed: 0,
             acks: VecDeque::new(),
+            gate: None,
         }
     }
 
@@ -332,6 +336,7 @@ impl Task {
             && !self.lost
             && self.routed == 0
             && self.acks.is_empty()
+            && self.gate.is_none()
     }
 
     /// Whether decoding must pause: a CONNECT waits for the engine, which
@@ -414,6 +419,7 @@ impl Task {
             }
             fired = false;
             let client = self.link.client.as_ref();
+            let gate = self.gate.clone();
             tokio::select! {
                 r = reader.read_buf(&mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
@@ -455,6 +461,9 @@ impl Task {
                 }
                 () = std::future::poll_fn(|cx| acks_ready(&self.acks, cx)), if !self.acks.is_empty() => {
                     self.release_acks(Instant::now());
+                }
+                _ = std::future::poll_fn(|cx| gate.as_ref().map_or(std::task::Poll::Pending, |g| g.poll(cx))), if gate.is_some() => {
+                    self.drain_transmit();
                 }
                 _ = shutdown.changed() => {
                     self.close(ReasonCode::SERVER_SHUTTING_DOWN);
@@ -533,6 +542,19 @@ impl Task {
     }
 
     fn drain_transmit(&mut self) {
+        // What is about to go out that a stored session must record first
+        // (packet identifiers given, PUBRECs received, identifiers freed).
+        let changes = self.conn.take_changes();
+        if let Some(client) = self.link.client.as_mut() {
+            if let Some(c) = client.record(changes) {
+                self.gate = Some(c);
+            }
+        }
+        if self.gate.as_ref().is_some_and(|g| !g.is_done()) {
+            // Out once the store has it (`fsync` durability).
+            return;
+        }
+        self.gate = None;
         let protocol = self.conn.protocol();
         let stats = &self.link.ctx.broker.engine.stats;
         while let Some(packet) = self.conn.poll_transmit() {
@@ -602,6 +624,10 @@ impl Task {
                 Event::Subscribe(s) => {
                     if let Some(client) = &mut self.link.client {
                         let suback = client.subscribe(s, now);
+                        if let Some(c) = client.take_commit() {
+                            // The SUBACK leaves once the store has them.
+                            self.gate = Some(c);
+                        }
                         if self.conn.suback(now, suback).is_err() {
                             self.lost = true;
                         }
@@ -610,16 +636,26 @@ impl Task {
                 Event::Unsubscribe(u) => {
                     if let Some(client) = &mut self.link.client {
                         let unsuback = client.unsubscribe(u);
+                        if let Some(c) = client.take_commit() {
+                            self.gate = Some(c);
+                        }
                         if self.conn.unsuback(now, unsuback).is_err() {
                             self.lost = true;
                         }
                     }
                 }
-                Event::Dropped { reason, .. } => match reason {
-                    DropReason::TooLarge => Stats::add(&self.stats().dropped_too_large, 1),
-                    DropReason::Expired => Stats::add(&self.stats().dropped_expired, 1),
-                    _ => {}
-                },
+                Event::Published { id, .. } | Event::Dropped { id, .. } => {
+                    if let Event::Dropped { reason, .. } = &event {
+                        match reason {
+                            DropReason::TooLarge => Stats::add(&self.stats().dropped_too_large, 1),
+                            DropReason::Expired => Stats::add(&self.stats().dropped_expired, 1),
+                            _ => {}
+                        }
+                    }
+                    if let Some(client) = &self.link.client {
+                        client.delivered(id);
+                    }
+                }
                 Event::Closed(reason) => self.log_close(&reason),
                 _ => {}
             }
@@ -666,6 +702,9 @@ impl Task {
                 // Kept in case the CONNACK can't be sent: the session must
                 // not lose what it holds because of this connection.
                 let kept = accepted.accept.state.clone();
+                // A stored session's packet identifiers are recorded from
+                // the first message sent.
+                self.conn.journal(accepted.client.is_durable());
                 match self.conn.accept(now, accepted.accept) {
                     Ok(()) => {
                         self.link.client = Some(accepted.client);
@@ -754,7 +793,7 @@ impl Task {
         if !self.conn.is_connected() {
             return;
         }
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch: Vec<(Message, u64)> = Vec::with_capacity(BATCH);
         // Whether messages wait that the socket or the window holds back.
         let behind = loop {
             let Some(client) = self.link.client.as_mut() else {
@@ -765,13 +804,13 @@ impl Task {
                 break true;
             }
             let more =
-                client.next_messages(BATCH, self.conn.send_quota(), self.window, now, &mut batch);
+                client.next_stored(BATCH, self.conn.send_quota(), self.window, now, &mut batch);
             if batch.is_empty() {
                 // Nothing taken: drained, or the window is full.
                 break more;
             }
-            for m in batch.drain(..) {
-                self.send(now, m);
+            for (m, seq) in batch.drain(..) {
+                self.send(now, m, seq);
             }
             if !more {
                 break false;
@@ -782,8 +821,17 @@ impl Task {
         }
     }
 
-    fn send(&mut self, now: Instant, message: Message) {
-        match self.conn.publish(now, message) {
+    /// Give one message (`seq`: its number in the durable store, or 0) to
+    /// the session machine, and send what it can.
+    fn send(&mut self, now: Instant, message: Message, seq: u64) {
+        let result = self.conn.publish(now, message);
+        if let Some(client) = &self.link.client {
+            match &result {
+                Ok(id) => client.delivering(*id, seq),
+                Err(_) => client.not_delivered(seq),
+            }
+        }
+        match result {
             Ok(_) => self.drain_transmit(),
             Err(SendError::PacketTooLarge { .. }) => {
                 Stats::add(&self.stats().dropped_too_large, 1);

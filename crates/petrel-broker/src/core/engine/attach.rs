@@ -2,10 +2,13 @@
 //! resumed, taken over), release (will, expiry, handover to a waiting
 //! connection), expiry, and sessions restored from storage.
 
+use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use petrel_codec::{SubscriptionId, TopicFilter};
 use petrel_session::{Message, SessionState};
 use tokio::sync::oneshot;
 
@@ -14,7 +17,22 @@ use super::{Core, Engine, PendingWill};
 use crate::core::auth::Access;
 use crate::core::lock;
 use crate::core::queue::{detach, SessionKey};
+use crate::core::router::Subscription;
 use crate::core::sessions::{Connected, ConnectionId, Handover, Released, NEVER};
+use crate::core::store::{
+    child_key, decode_delivery, decode_message, decode_subscription, split_child_key, Op, Store,
+    StoredSession, Table,
+};
+
+/// A table's entries, by the client id of their session.
+type ById = HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Wall-clock milliseconds since the epoch.
+pub(super) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// What a CONNECT got from the session registry.
 pub(super) enum Attach {
@@ -85,9 +103,9 @@ impl Engine {
                 .registry
                 .connect(client_id.clone(), clean_start, expiry, reach.clone(), new)
             {
-                Connected::Ready(handover) => Attach::Ready(
-                    self.take(&mut core, client_id, handover, access, created, &mut due),
-                ),
+                Connected::Ready(handover) => Attach::Ready(self.take(
+                    &mut core, client_id, handover, access, created, expiry, &mut due,
+                )),
                 Connected::TakeOver {
                     connection,
                     holder,
@@ -109,12 +127,13 @@ impl Engine {
 
     fn publish_wills(&self, wills: Vec<PendingWill>, now: Instant) {
         for w in wills {
-            self.publish(w.publisher.as_ref(), w.message, now);
+            self.publish(w.publisher.as_ref(), w.message, None, now);
         }
     }
 
     /// Give a handed-over (or new) session to its connection. Wills that
     /// fall due are added to `due`, to publish once the lock is released.
+    #[allow(clippy::too_many_arguments)]
     fn take(
         &self,
         core: &mut Core,
@@ -122,6 +141,7 @@ impl Engine {
         handover: Handover,
         access: &Arc<Access>,
         created: bool,
+        expiry: u32,
         due: &mut Vec<PendingWill>,
     ) -> Attached {
         let key = match core.registry.data(client_id).cloned() {
@@ -139,6 +159,7 @@ impl Engine {
                 if let Some(old) = old {
                     self.drop_subscriptions(&old);
                     old.end();
+                    self.unstore(client_id, &old);
                 }
                 due.extend(core.wills.session_ended(client_id));
                 let key =
@@ -147,6 +168,7 @@ impl Engine {
                 key
             }
         };
+        self.store_session(client_id, &key, expiry, None);
         key.set_online(true);
         Attached {
             key,
@@ -162,12 +184,15 @@ impl Engine {
         client_id: &Arc<str>,
         handover: Handover,
         access: &Arc<Access>,
+        expiry: u32,
         now: Instant,
     ) -> Attached {
         let mut due = Vec::new();
         let attached = {
             let mut core = lock(&self.core);
-            self.take(&mut core, client_id, handover, access, false, &mut due)
+            self.take(
+                &mut core, client_id, handover, access, false, expiry, &mut due,
+            )
         };
         self.publish_wills(due, now);
         attached
@@ -268,7 +293,15 @@ impl Engine {
                         self.end_session(&mut core, client_id, &old, &mut due);
                         break;
                     }
-                    Released::Kept | Released::NotHeld => break,
+                    Released::Kept => {
+                        if let Some(k) = &key {
+                            // Its expiry counts from now.
+                            let wall = now_millis();
+                            self.store_session(client_id, k, expiry, Some(wall));
+                        }
+                        break;
+                    }
+                    Released::NotHeld => break,
                 }
             }
         }
@@ -284,7 +317,52 @@ impl Engine {
     ) {
         self.drop_subscriptions(key);
         key.end();
+        self.unstore(client_id, key);
         due.extend(core.wills.session_ended(client_id));
+    }
+
+    /// With a durable store: record a session that outlives its connection
+    /// (`expiry` > 0), or forget one that no longer does.
+    fn store_session(&self, client_id: &str, key: &SessionKey, expiry: u32, detached: Option<u64>) {
+        if !self.has_store() {
+            return;
+        }
+        if expiry == 0 {
+            // It ends with its connection: nothing of it may come back.
+            self.unstore(client_id, key);
+            return;
+        }
+        key.set_stored(true, 1);
+        let record = StoredSession {
+            expiry,
+            detached,
+            owner: key.access().username.as_deref().map(str::to_string),
+        };
+        self.write(vec![Op::Put {
+            table: Table::Sessions,
+            key: client_id.as_bytes().to_vec(),
+            value: record.encode(),
+        }]);
+    }
+
+    /// Remove a session and all it had from the durable store.
+    fn unstore(&self, client_id: &str, key: &SessionKey) {
+        if !self.has_store() || !key.is_stored() {
+            return;
+        }
+        key.set_stored(false, 0);
+        let mut ops: Vec<Op> = Table::SESSION_CHILDREN
+            .iter()
+            .map(|&table| Op::DeletePrefix {
+                table,
+                prefix: child_key(client_id, &[]),
+            })
+            .collect();
+        ops.push(Op::Delete {
+            table: Table::Sessions,
+            key: client_id.as_bytes().to_vec(),
+        });
+        self.write(ops);
     }
 
     /// Expire sessions and publish wills that are due.
@@ -328,6 +406,184 @@ impl Engine {
             Ok(None) => Some(key),
             Err(_) => None,
         }
+    }
+
+    /// Read back the sessions the durable store holds (before the first
+    /// client): each with its subscriptions, its messages not yet
+    /// delivered (those sent go out again with the packet identifiers they
+    /// had, and those whose PUBREC came as PUBREL), and the QoS 2
+    /// identifiers received from it awaiting PUBREL. A session whose expiry
+    /// passed while the broker was down is dropped (a session still held by
+    /// a connection when the broker stopped counts its expiry from now), as
+    /// are entries of sessions that no longer exist. Returns how many
+    /// sessions came back.
+    pub(super) fn restore_sessions(&self, store: &dyn Store) -> io::Result<usize> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let wall_ms = now_millis();
+        let named = |table: Table, key: &[u8], e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} entry {:?} can't be read: {e}",
+                    table.name(),
+                    String::from_utf8_lossy(key)
+                ),
+            )
+        };
+        // Each session's entries, by client id.
+        let mut children: HashMap<Table, ById> = HashMap::new();
+        for table in Table::SESSION_CHILDREN {
+            let by_id = children.entry(table).or_default();
+            for (key, value) in store.scan(table)? {
+                let Some((id, _)) = split_child_key(&key) else {
+                    return Err(named(table, &key, io::Error::other("no client id")));
+                };
+                by_id.entry(id.to_string()).or_default().push((key, value));
+            }
+        }
+        let take = |children: &mut HashMap<Table, ById>, table: Table, id: &str| {
+            children
+                .get_mut(&table)
+                .and_then(|m| m.remove(id))
+                .unwrap_or_default()
+        };
+        let mut gone = Vec::new();
+        let mut restored = 0;
+        for (id_bytes, value) in store.scan(Table::Sessions)? {
+            let id = std::str::from_utf8(&id_bytes)
+                .map_err(|e| named(Table::Sessions, &id_bytes, io::Error::other(e)))?
+                .to_string();
+            let record =
+                StoredSession::decode(&value).map_err(|e| named(Table::Sessions, &id_bytes, e))?;
+            let subscriptions = take(&mut children, Table::Subscriptions, &id);
+            let queue = take(&mut children, Table::Queue, &id);
+            let delivery: HashMap<Vec<u8>, Vec<u8>> = take(&mut children, Table::Delivery, &id)
+                .into_iter()
+                .collect();
+            let incoming = take(&mut children, Table::Incoming, &id);
+            let expires_at = if record.expiry == NEVER {
+                None
+            } else {
+                let since = record.detached.unwrap_or(wall_ms);
+                let down = wall_ms.saturating_sub(since) / 1000;
+                if down >= u64::from(record.expiry) {
+                    gone.push(id);
+                    continue;
+                }
+                Some(now + Duration::from_secs(u64::from(record.expiry) - down))
+            };
+            let mut state = SessionState::new();
+            let mut queued = Vec::new();
+            let mut delivering = Vec::new();
+            let mut expired = Vec::new();
+            let mut last_seq = 0;
+            for (key, value) in queue {
+                let seq = split_child_key(&key)
+                    .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        named(Table::Queue, &key, io::Error::other("bad sequence number"))
+                    })?;
+                last_seq = last_seq.max(seq);
+                let (mut message, at) =
+                    decode_message(&value, now, wall).map_err(|e| named(Table::Queue, &key, e))?;
+                if let Some(interval) = message.properties.message_expiry_interval() {
+                    let waited = now.saturating_duration_since(at).as_secs();
+                    if waited >= u64::from(interval) {
+                        expired.push(key);
+                        continue;
+                    }
+                    let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
+                    message.properties.set_message_expiry_interval(Some(left));
+                }
+                match delivery.get(&key) {
+                    Some(d) => {
+                        let (pid, released) =
+                            decode_delivery(d).map_err(|e| named(Table::Delivery, &key, e))?;
+                        match state.restore_outgoing(now, pid, message.clone(), released) {
+                            Some(mid) => delivering.push((mid, seq)),
+                            None => queued.push((message, now, seq)),
+                        }
+                    }
+                    None => queued.push((message, at, seq)),
+                }
+            }
+            for (key, _) in incoming {
+                let pid = split_child_key(&key)
+                    .and_then(|(_, s)| <[u8; 2]>::try_from(s).ok())
+                    .map(u16::from_be_bytes)
+                    .ok_or_else(|| {
+                        named(
+                            Table::Incoming,
+                            &key,
+                            io::Error::other("bad packet identifier"),
+                        )
+                    })?;
+                state.restore_incoming(pid);
+            }
+            let owner = record.owner.map(Arc::from);
+            let Some(key) = self.restore_session(&id, owner, state, record.expiry, expires_at)
+            else {
+                continue;
+            };
+            key.set_stored(true, last_seq + 1);
+            for (mid, seq) in delivering {
+                key.delivering(mid.0, seq);
+            }
+            key.restore_queue(queued);
+            let access = key.access();
+            for (k, v) in subscriptions {
+                let filter = split_child_key(&k)
+                    .and_then(|(_, f)| std::str::from_utf8(f).ok())
+                    .and_then(|f| TopicFilter::try_from(f).ok())
+                    .ok_or_else(|| {
+                        named(Table::Subscriptions, &k, io::Error::other("bad filter"))
+                    })?;
+                let (options, identifier) =
+                    decode_subscription(&v).map_err(|e| named(Table::Subscriptions, &k, e))?;
+                let subscription = Subscription {
+                    options,
+                    identifier: identifier.and_then(SubscriptionId::new),
+                    authorize: !access.receives_all(filter.as_str()),
+                };
+                self.subscribe(&key, &filter, subscription);
+            }
+            if !expired.is_empty() {
+                self.write(
+                    expired
+                        .into_iter()
+                        .map(|key| Op::Delete {
+                            table: Table::Queue,
+                            key,
+                        })
+                        .collect(),
+                );
+            }
+            restored += 1;
+        }
+        // Expired sessions, and what is left of sessions that are gone.
+        let mut ops = Vec::new();
+        for id in gone
+            .iter()
+            .cloned()
+            .chain(children.values().flat_map(|m| m.keys().cloned()))
+        {
+            for table in Table::SESSION_CHILDREN {
+                ops.push(Op::DeletePrefix {
+                    table,
+                    prefix: child_key(&id, &[]),
+                });
+            }
+            ops.push(Op::Delete {
+                table: Table::Sessions,
+                key: id.into_bytes(),
+            });
+        }
+        if !ops.is_empty() {
+            store.commit(ops)?;
+        }
+        Ok(restored)
     }
 
     /// Visit every session no connection holds: its client id, state,

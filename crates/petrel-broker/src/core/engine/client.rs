@@ -22,7 +22,7 @@ use crate::core::auth::{
 use crate::core::queue::{detach, Queued, SessionKey, Taken};
 use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
-use crate::core::store::Commit;
+use crate::core::store::{child_key, encode_delivery, encode_subscription, Commit, Op, Table};
 use crate::core::{is_sys, lock, too_deep, WakerSlot};
 use crate::stats::Stats;
 
@@ -178,6 +178,7 @@ impl Extra {
             && self.cache.is_none()
             && self.backlog.is_empty()
             && self.reauth.is_none()
+            && self.commit.is_none()
     }
 }
 
@@ -325,10 +326,15 @@ impl Client {
             tracing::debug!(client_id = %self.client_id(), topic = %p.topic.as_str(), "publish not authorized");
             return ReasonCode::NOT_AUTHORIZED;
         }
+        // A QoS 2 identifier now awaits PUBREL: stored with the message.
+        let incoming = match p.qos {
+            petrel_codec::QosPid::ExactlyOnce(pid) => Some(pid.get()),
+            _ => None,
+        };
         let mut message = Message::new(p.topic, p.payload, p.qos.qos());
         message.retain = p.retain;
         message.properties = p.properties;
-        match self.engine.publish(Some(&self.key), message, now) {
+        match self.engine.publish(Some(&self.key), message, incoming, now) {
             // Not stored: the driver must not acknowledge it as taken.
             None => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
             Some(p) => {
@@ -342,6 +348,12 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Whether its session is kept in the durable store (the connection
+    /// records its session machine's changes: [`Client::record`]).
+    pub fn is_durable(&self) -> bool {
+        self.engine.has_store() && self.key.is_stored()
     }
 
     /// What the last [`Client::publish`] wrote to the durable store, if it
@@ -364,6 +376,10 @@ impl Client {
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         self.access();
         let generation = self.generation;
+        // With a durable store: the subscriptions granted, written before
+        // the SUBACK goes.
+        let mut ops = Vec::new();
+        let stored = self.engine.has_store() && self.key.is_stored();
         for sub in &s.subscriptions {
             let filter = sub.filter.as_str();
             if too_deep(filter, max_levels) {
@@ -387,6 +403,13 @@ impl Client {
                 None => codes.push(ReasonCode::QUOTA_EXCEEDED),
                 Some(existed) => {
                     codes.push(ReasonCode(options.qos as u8));
+                    if stored {
+                        ops.push(Op::Put {
+                            table: Table::Subscriptions,
+                            key: child_key(self.key.client_id(), filter.as_bytes()),
+                            value: encode_subscription(&options, identifier.map(|i| i.get())),
+                        });
+                    }
                     let send = match options.retain_handling {
                         RetainHandling::SendOnSubscribe => true,
                         RetainHandling::SendIfNew => !existed,
@@ -416,6 +439,11 @@ impl Client {
             self.access();
             self.engine.refresh_subscriptions(&self.key, &self.access);
         }
+        if !ops.is_empty() {
+            if let Some(c) = self.engine.write(ops).filter(|c| !c.is_done()) {
+                self.extra().commit = Some(c);
+            }
+        }
         self.tidy();
         SubAck {
             packet_id: s.packet_id,
@@ -426,17 +454,30 @@ impl Client {
 
     /// An UNSUBSCRIBE: Success, or 0x11 No subscription existed, per filter.
     pub fn unsubscribe(&mut self, u: Unsubscribe) -> UnsubAck {
+        let stored = self.engine.has_store() && self.key.is_stored();
+        let mut ops = Vec::new();
         let codes = u
             .filters
             .iter()
             .map(|f| {
                 if self.engine.unsubscribe(&self.key, f) {
+                    if stored {
+                        ops.push(Op::Delete {
+                            table: Table::Subscriptions,
+                            key: child_key(self.key.client_id(), f.as_str().as_bytes()),
+                        });
+                    }
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
                 }
             })
             .collect();
+        if !ops.is_empty() {
+            if let Some(c) = self.engine.write(ops).filter(|c| !c.is_done()) {
+                self.extra().commit = Some(c);
+            }
+        }
         UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::new(),
@@ -459,50 +500,161 @@ impl Client {
     pub fn next_messages(
         &mut self,
         max: usize,
-        mut quota: usize,
+        quota: usize,
         window: usize,
         now: Instant,
         out: &mut Vec<Message>,
     ) -> bool {
+        let mut stored = Vec::new();
+        let more = self.next_stored(max, quota, window, now, &mut stored);
+        out.extend(stored.into_iter().map(|(m, _)| m));
+        more
+    }
+
+    /// [`Client::next_messages`], each with its sequence number in the
+    /// durable store (0 if it is not stored there): once the session
+    /// machine has it, tell [`Client::delivering`] its message id.
+    pub fn next_stored(
+        &mut self,
+        max: usize,
+        mut quota: usize,
+        window: usize,
+        now: Instant,
+        out: &mut Vec<(Message, u64)>,
+    ) -> bool {
         let stats = &self.engine.stats;
         let behind = quota * 2 < window;
-        let deliver = |q: Queued, out: &mut Vec<Message>| deliver(stats, q, behind, now, out);
-        let mut taken = 0;
-        if let Some(backlog) = self
-            .extra
-            .as_mut()
-            .map(|e| &mut e.backlog)
-            .filter(|b| !b.is_empty())
-        {
-            let before = backlog.len();
-            while taken < max {
-                let Some(q) = backlog.front() else { break };
-                if q.message.qos != QoS::AtMostOnce {
-                    if quota == 0 {
-                        break;
+        let mut expired = Vec::new();
+        let more = {
+            let expired = &mut expired;
+            let mut deliver = |q: Queued, out: &mut Vec<(Message, u64)>| {
+                deliver(stats, q, behind, now, out, expired)
+            };
+            let mut taken = 0;
+            if let Some(backlog) = self
+                .extra
+                .as_mut()
+                .map(|e| &mut e.backlog)
+                .filter(|b| !b.is_empty())
+            {
+                let before = backlog.len();
+                while taken < max {
+                    let Some(q) = backlog.front() else { break };
+                    if q.message.qos != QoS::AtMostOnce {
+                        if quota == 0 {
+                            break;
+                        }
+                        quota -= 1;
                     }
-                    quota -= 1;
+                    if let Some(q) = backlog.pop_front() {
+                        taken += 1;
+                        deliver(q, out);
+                    }
                 }
-                if let Some(q) = backlog.pop_front() {
-                    taken += 1;
-                    deliver(q, out);
+                self.engine.backlog_done(before - backlog.len());
+                if !backlog.is_empty() {
+                    return true;
+                }
+                *backlog = VecDeque::new();
+                // (`tidy`, with `stats` still borrowed.)
+                if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+                    self.extra = None;
                 }
             }
-            self.engine.backlog_done(before - backlog.len());
-            if !backlog.is_empty() {
+            if taken >= max {
+                // Perhaps more: the caller asks again.
                 return true;
             }
-            *backlog = VecDeque::new();
-            // (`tidy`, with `stats` still borrowed.)
-            if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
-                self.extra = None;
+            self.key.take(max - taken, quota, |q| deliver(q, out)) == Taken::More
+        };
+        self.forget(&expired);
+        more
+    }
+
+    /// The session machine took stored message `seq` (from
+    /// [`Client::next_stored`]) as `message_id`.
+    pub fn delivering(&self, message_id: petrel_session::MessageId, seq: u64) {
+        if seq != 0 {
+            self.key.delivering(message_id.0, seq);
+        }
+    }
+
+    /// The session machine is done with `message_id` (delivered, or dropped
+    /// for good): a stored message leaves the store.
+    pub fn delivered(&self, message_id: petrel_session::MessageId) {
+        if let Some(seq) = self.key.delivered(message_id.0) {
+            self.forget(&[seq]);
+        }
+    }
+
+    /// A stored message that will never be sent (dropped before the session
+    /// machine had it).
+    pub fn not_delivered(&self, seq: u64) {
+        if seq != 0 {
+            self.forget(&[seq]);
+        }
+    }
+
+    /// Remove stored messages `seqs` of this session (and their delivery
+    /// state). Nothing acknowledged depends on it: if it is lost, a QoS 1
+    /// message is sent again, and a QoS 2 one's PUBREL.
+    fn forget(&self, seqs: &[u64]) {
+        if seqs.is_empty() || !self.engine.has_store() {
+            return;
+        }
+        let id = self.key.client_id();
+        let ops = seqs
+            .iter()
+            .flat_map(|seq| {
+                let key = child_key(id, &seq.to_be_bytes());
+                [
+                    Op::Delete {
+                        table: Table::Queue,
+                        key: key.clone(),
+                    },
+                    Op::Delete {
+                        table: Table::Delivery,
+                        key,
+                    },
+                ]
+            })
+            .collect();
+        self.engine.write(ops);
+    }
+
+    /// Store what the session machine's journal says (packet identifiers
+    /// given, PUBRECs received, received identifiers freed) before what it
+    /// causes is sent: the commit to wait for, if it is not durable yet.
+    pub fn record(&mut self, changes: Vec<petrel_session::Change>) -> Option<Commit> {
+        use petrel_session::Change;
+        if changes.is_empty() || !self.engine.has_store() || !self.key.is_stored() {
+            return None;
+        }
+        let id = self.key.client_id().clone();
+        let mut ops = Vec::with_capacity(changes.len());
+        for c in changes {
+            match c {
+                Change::Sent { id: m, packet_id } | Change::Released { id: m, packet_id } => {
+                    let Some(seq) = self.key.seq_of(m.0) else {
+                        continue;
+                    };
+                    let released = matches!(c, Change::Released { .. });
+                    ops.push(Op::Put {
+                        table: Table::Delivery,
+                        key: child_key(&id, &seq.to_be_bytes()),
+                        value: encode_delivery(packet_id, released),
+                    });
+                }
+                Change::Freed { packet_id } => ops.push(Op::Delete {
+                    table: Table::Incoming,
+                    key: child_key(&id, &packet_id.to_be_bytes()),
+                }),
             }
         }
-        if taken >= max {
-            // Perhaps more: the caller asks again.
-            return true;
+        if ops.is_empty() {
+            return None;
         }
-        self.key.take(max - taken, quota, |q| deliver(q, out)) == Taken::More
+        self.engine.write(ops).filter(|c| !c.is_done())
     }
 
     /// The connection is held back (its socket or its in-flight window is
@@ -676,7 +828,14 @@ impl Client {
 /// ran out while it waited ([MQTT-3.3.2-5]); otherwise it carries what is
 /// left ([MQTT-3.3.2-6]). With `own`, a QoS 1/2 message gets bytes of its
 /// own.
-fn deliver(stats: &Stats, q: Queued, own: bool, now: Instant, out: &mut Vec<Message>) {
+fn deliver(
+    stats: &Stats,
+    q: Queued,
+    own: bool,
+    now: Instant,
+    out: &mut Vec<(Message, u64)>,
+    expired: &mut Vec<u64>,
+) {
     let mut message = q.message;
     if own && message.qos != QoS::AtMostOnce {
         detach(&mut message);
@@ -685,6 +844,9 @@ fn deliver(stats: &Stats, q: Queued, own: bool, now: Instant, out: &mut Vec<Mess
         let waited = now.saturating_duration_since(q.at).as_secs();
         if waited >= u64::from(interval) {
             Stats::add(&stats.dropped_expired, 1);
+            if q.seq != 0 {
+                expired.push(q.seq);
+            }
             return;
         }
         let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
@@ -692,7 +854,7 @@ fn deliver(stats: &Stats, q: Queued, own: bool, now: Instant, out: &mut Vec<Mess
             message.properties.set_message_expiry_interval(Some(left));
         }
     }
-    out.push(message);
+    out.push((message, q.seq));
 }
 
 impl Drop for Client {

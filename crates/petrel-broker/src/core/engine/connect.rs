@@ -572,9 +572,9 @@ impl Login {
             .unwrap_or_else(crate::core::auth::anonymous);
         match handover {
             Some(h) => {
-                let a = self
-                    .engine
-                    .take_handover(&p.client_id, h, &access, Instant::now());
+                let a =
+                    self.engine
+                        .take_handover(&p.client_id, h, &access, p.expiry, Instant::now());
                 self.accepted(a)
             }
             None => {

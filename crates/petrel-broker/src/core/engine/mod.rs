@@ -442,7 +442,7 @@ impl Broker {
         let mut message = Message::new(topic, payload, qos);
         message.retain = retain;
         self.engine
-            .publish(None, message, Instant::now())
+            .publish(None, message, None, Instant::now())
             .map_or(0, |p| p.count)
     }
 
@@ -503,7 +503,7 @@ impl Broker {
             for (topic, value) in topics {
                 let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
                 m.retain = true;
-                e.publish(None, m, now);
+                e.publish(None, m, None, now);
             }
         }
     }

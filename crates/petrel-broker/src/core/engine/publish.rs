@@ -14,7 +14,7 @@ use crate::core::auth::Access;
 use crate::core::queue::{detach, message_size, Queued, SessionKey};
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Routed, Subscription};
-use crate::core::store::{decode_message, encode_message, Commit, Op, Table};
+use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
 use crate::core::{read, write};
 use crate::stats::Stats;
 
@@ -76,22 +76,32 @@ pub(super) fn outgoing(
 impl Engine {
     /// Retain (if asked), route and queue one message; how many
     /// subscribers it went to. A subscriber that may not read the topic
-    /// does not get it. `None`: a retained message (or its deletion) could
-    /// not be written to the store, and nothing was done (nobody may be
-    /// told it was taken).
+    /// does not get it. `None`: what had to be written to the durable
+    /// store could not be, and nothing was done (nobody may be told it was
+    /// taken).
+    ///
+    /// With a durable store, a QoS 1/2 copy for a stored session is
+    /// written to the store (with `incoming`, the publisher's QoS 2 packet
+    /// identifier now awaiting PUBREL, in the same batch) before any
+    /// subscriber can see it, so its delivery's completion (which deletes
+    /// it) always comes after.
     pub(super) fn publish(
         &self,
         publisher: Option<&SessionKey>,
         message: Message,
+        incoming: Option<u16>,
         now: Instant,
     ) -> Option<Published> {
+        let refused = |e: io::Error, what: &str| {
+            Stats::add(&self.stats.store_errors, 1);
+            tracing::error!(topic = %message.topic.as_str(), error = %e, "{what} not stored: refused");
+        };
         let mut commit = Commit::done();
         if message.retain {
             match self.retain(&message, now) {
                 Ok(c) => commit = c,
                 Err(e) => {
-                    Stats::add(&self.stats.store_errors, 1);
-                    tracing::error!(topic = %message.topic.as_str(), error = %e, "retained message not stored: refused");
+                    refused(e, "retained message");
                     return None;
                 }
             }
@@ -106,28 +116,90 @@ impl Engine {
             },
             |d| deliveries.push(d),
         );
-        let limits = &self.config.limits;
-        let mut count = 0;
-        // The message with bytes of its own, made once if a queue stores it.
-        let mut stored: Option<Message> = None;
-        for d in deliveries {
-            if d.authorize && !d.client.access().may_receive(message.topic.as_str()) {
+        deliveries.retain(|d| {
+            let allowed = !d.authorize || d.client.access().may_receive(message.topic.as_str());
+            if !allowed {
                 Stats::add(&self.stats.denied_delivery, 1);
-                continue;
             }
-            count += 1;
-            d.client.push_with(d.qos, now, limits, &self.stats, |kept| {
-                let source = if kept {
-                    stored.get_or_insert_with(|| {
+            allowed
+        });
+        let limits = &self.config.limits;
+        let count = deliveries.len();
+        // The message with bytes of its own, made once if a queue stores it.
+        let mut own: Option<Message> = None;
+        // Copies for stored sessions, made and written before any is queued.
+        let mut durable: Vec<Option<(u64, Message)>> = Vec::new();
+        if self.store.is_some() {
+            let mut ops = Vec::new();
+            let wall = SystemTime::now();
+            for d in &deliveries {
+                let seq = (d.qos != QoS::AtMostOnce)
+                    .then(|| d.client.next_seq())
+                    .flatten();
+                durable.push(seq.map(|seq| {
+                    let source = own.get_or_insert_with(|| {
                         let mut m = message.clone();
                         detach(&mut m);
                         m
-                    })
-                } else {
-                    &message
-                };
-                outgoing(source, d.qos, d.retain, &d.identifiers)
-            });
+                    });
+                    let copy = outgoing(source, d.qos, d.retain, &d.identifiers);
+                    ops.push(Op::Put {
+                        table: Table::Queue,
+                        key: child_key(d.client.client_id(), &seq.to_be_bytes()),
+                        value: encode_message(&copy, wall),
+                    });
+                    (seq, copy)
+                }));
+            }
+            if let (Some(pid), Some(p)) = (incoming, publisher.filter(|p| p.is_stored())) {
+                ops.push(Op::Put {
+                    table: Table::Incoming,
+                    key: child_key(p.client_id(), &pid.to_be_bytes()),
+                    value: Vec::new(),
+                });
+            }
+            if !ops.is_empty() {
+                match self.stored(ops) {
+                    Ok(c) => commit = c,
+                    Err(e) => {
+                        refused(e, "message");
+                        return None;
+                    }
+                }
+            }
+        }
+        let mut dropped = Vec::new();
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let stored = durable.get_mut(i).and_then(Option::take);
+            let seq = stored.as_ref().map_or(0, |(seq, _)| *seq);
+            let queued = d
+                .client
+                .push_with(d.qos, now, seq, limits, &self.stats, |kept| {
+                    if let Some((_, copy)) = stored {
+                        return copy;
+                    }
+                    let source = if kept {
+                        own.get_or_insert_with(|| {
+                            let mut m = message.clone();
+                            detach(&mut m);
+                            m
+                        })
+                    } else {
+                        &message
+                    };
+                    outgoing(source, d.qos, d.retain, &d.identifiers)
+                });
+            if !queued && seq != 0 {
+                // Dropped by the queue's policy: not to come back either.
+                dropped.push(Op::Delete {
+                    table: Table::Queue,
+                    key: child_key(d.client.client_id(), &seq.to_be_bytes()),
+                });
+            }
+        }
+        if !dropped.is_empty() {
+            // Nothing depends on it but the store's size.
+            let _ = self.stored(dropped);
         }
         Some(Published { count, commit })
     }
@@ -199,6 +271,20 @@ impl Engine {
         self.store.is_some()
     }
 
+    /// Write `ops` to the durable store (if there is one) where nothing
+    /// waits on the outcome but the log: the commit, or `None` (logged and
+    /// counted) if it failed.
+    pub(super) fn write(&self, ops: Vec<Op>) -> Option<Commit> {
+        match self.stored(ops) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                Stats::add(&self.stats.store_errors, 1);
+                tracing::error!(error = %e, "the durable store refused a write");
+                None
+            }
+        }
+    }
+
     /// Write `ops` to the durable store, if there is one.
     fn stored(&self, ops: Vec<Op>) -> io::Result<Commit> {
         match &self.store {
@@ -242,7 +328,8 @@ impl Engine {
         if !expired.is_empty() {
             store.commit(expired)?;
         }
-        tracing::info!(retained = restored, store = ?store, "restored from the durable store");
+        let sessions = self.restore_sessions(store.as_ref())?;
+        tracing::info!(retained = restored, sessions, store = ?store, "restored from the durable store");
         Ok(restored)
     }
 
@@ -273,7 +360,11 @@ impl Engine {
             }
             // Expiry counts from when it was stored, checked when it is sent.
             let message = outgoing(&r.message, r.message.qos.min(granted), true, &ids);
-            out.push_back(Queued { message, at: r.at });
+            out.push_back(Queued {
+                message,
+                at: r.at,
+                seq: 0,
+            });
         });
         refused
     }
