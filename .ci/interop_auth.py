@@ -65,7 +65,7 @@ class Broker:
             with open(conf, "w") as f:
                 f.write(f'sys_interval = 1\npassword_file = "{pw}"\nacl_file = "{acl}"\n'
                         f'[[listener]]\nbind = "127.0.0.1:{self.port}"\n')
-            cmd = [petrel, "broker", "-c", conf]
+            cmd = [petrel, "broker", "--memory", "-c", conf]
         else:
             conf = os.path.join(work, "mosquitto.conf")
             with open(conf, "w") as f:

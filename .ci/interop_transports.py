@@ -94,7 +94,7 @@ class Petrel:
                 f'[[listener]]\ntransport = "quic"\nbind = "127.0.0.1:{self.ports["quic"]}"\n{tls}'
             )
         tcp = [port for name, port in self.ports.items() if name != "quic"]  # QUIC is UDP
-        self.process = BrokerProcess("petrel", [binary, "broker", "-c", conf],
+        self.process = BrokerProcess("petrel", [binary, "broker", "--memory", "-c", conf],
                                      p("petrel.log"), tcp)
 
     def stop(self):

@@ -17,6 +17,10 @@ Mosquitto with its TLS and websockets listeners; rumqttd only over TCP;
 QUIC only Petrel (Mosquitto has none).
 --baseline BIN adds a broker "before": another Petrel binary (an earlier
 build) run exactly as Petrel is, so a change is measured side by side.
+--brokers also takes petrel-process and petrel-fsync (this Petrel with its
+durable store in a fresh data directory, in that durability mode; "petrel"
+alone runs with --memory) and mosquitto-persist (Mosquitto with
+persistence and autosave_on_changes).
 --acl RULES adds a broker "acl": this Petrel with an ACL file of RULES
 rules, the generator's own topics allowed by the last ones, so that every
 check scans past the others; "vs acl" is then Petrel without the ACL over
@@ -41,6 +45,7 @@ PETREL = os.path.join(ROOT, "target", "release", "petrel")
 BASELINE = None
 ACL_RULES = 0
 TRANSPORT = "tcp"
+PERSISTENT = False
 CERTS = None  # (ca, cert, key) paths, for transports over TLS
 
 # The generator runs, by name.
@@ -89,6 +94,11 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"broker did not listen on {port}")
 
 
+# Petrel in memory ("petrel"), with its durable store in each durability
+# mode, an earlier build ("before", --baseline) and with an ACL ("acl").
+PETRELS = ("petrel", "before", "acl", "petrel-process", "petrel-fsync")
+
+
 class Broker:
     """One broker process pinned to CPU 0 with limits raised for the load."""
 
@@ -101,7 +111,7 @@ class Broker:
 
     def start(self):
         env = dict(os.environ)
-        if self.name in ("petrel", "before", "acl"):
+        if self.name in PETRELS:
             conf = os.path.join(self.workdir, f"{self.name}.toml")
             acl = ""
             if self.name == "acl":
@@ -114,16 +124,26 @@ class Broker:
                 listener += f'transport = "{TRANSPORT}"\n'
             if CERTS:
                 listener += f'certfile = "{CERTS[1]}"\nkeyfile = "{CERTS[2]}"\n'
+            store = ""
+            if self.name in ("petrel-process", "petrel-fsync"):
+                # A fresh data directory each start.
+                data = tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.workdir)
+                mode = self.name.split("-")[1]
+                store = f'data_dir = "{data}"\ndurability = "{mode}"\n'
             with open(conf, "w") as f:
                 f.write(
-                    'log_level = "error"\nsys_interval = 0\n' + acl + listener +
+                    'log_level = "error"\nsys_interval = 0\n' + acl + store + listener +
                     "[limits]\nmax_connections = 30000\nmax_queued_messages = 10000\n"
                     "max_inflight = 128\nreceive_maximum = 128\n"
                 )
             binary = BASELINE if self.name == "before" else PETREL
             # One core: one thread, no worker pool.
             cmd = [binary, "broker", "-c", conf, "--threads", "1"]
-        elif self.name == "mosquitto":
+            if self.name in ("petrel", "acl"):
+                # In memory, as before the durable store (which earlier
+                # builds, "before", don't have nor know the flag of).
+                cmd.append("--memory")
+        elif self.name in ("mosquitto", "mosquitto-persist"):
             conf = os.path.join(self.workdir, "mosquitto.conf")
             with open(conf, "w") as f:
                 f.write(
@@ -139,6 +159,15 @@ class Broker:
                     # Mosquitto 2.0.11 starts no websockets listener unless
                     # another kind is also configured.
                     f.write(f"listener {free_port()} 127.0.0.1\n")
+                if self.name == "mosquitto-persist":
+                    # Its snapshot written on every change (the most
+                    # durable Mosquitto gets; it still acknowledges first).
+                    data = tempfile.mkdtemp(prefix="mosquitto-", dir=self.workdir)
+                    os.chmod(data, 0o777)
+                    f.write(
+                        f"persistence true\npersistence_location {data}/\n"
+                        "autosave_on_changes true\nautosave_interval 1\n"
+                    )
             cmd = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf]
         else:
             conf = os.path.join(self.workdir, "rumqttd.toml")
@@ -233,6 +262,8 @@ def run_generator(broker, flags, seconds, protocol):
     ]
     if flags[0] == "conns":
         cmd += ["--broker-pid", str(broker.proc.pid)]
+    if PERSISTENT:
+        cmd += ["--persistent"]
     if TRANSPORT != "tcp":
         cmd += ["--transport", TRANSPORT, "--host", "localhost"]
     if CERTS:
@@ -258,10 +289,13 @@ def main():
     ap.add_argument("--baseline", default="")
     ap.add_argument("--acl", type=int, default=0)
     ap.add_argument("--transport", default="tcp", choices=["tcp", "tls", "ws", "wss", "quic"])
+    ap.add_argument("--persistent", action="store_true",
+                    help="clients ask for sessions that outlive them (what a durable store keeps)")
     args = ap.parse_args()
-    global BASELINE, ACL_RULES, TRANSPORT, CERTS
+    global BASELINE, ACL_RULES, TRANSPORT, CERTS, PERSISTENT
     ACL_RULES = args.acl
     TRANSPORT = args.transport
+    PERSISTENT = args.persistent
     brokers = args.brokers.split(",")
     if TRANSPORT != "tcp":
         skipped = [b for b in brokers if b == "rumqttd" or (TRANSPORT == "quic" and b == "mosquitto")]

@@ -22,7 +22,7 @@ password_file = "$work/passwd"
 [[listener]]
 bind = "127.0.0.1:$port"
 CONF
-taskset -c 0 "$petrel" broker -c "$work/petrel.toml" --threads 1 &
+taskset -c 0 "$petrel" broker --memory -c "$work/petrel.toml" --threads 1 &
 pid=$!
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

@@ -8,7 +8,7 @@
 //! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
 //! data_dir = "/var/lib/petrel"   # durable store: retained messages survive a kill (default: none)
 //! sync_interval = 1              # seconds between syncs of its journal to disk
-//! durability = "process"         # or "fsync": acknowledge only what is synced (group commit)
+//! durability = "process"         # or "fsync" (acknowledge only what is synced), or "none" (memory only)
 //!
 //! # Who may connect (Mosquitto's names). With none of these, clients are
 //! # anonymous, which is allowed only while every listener is on loopback.
@@ -105,7 +105,7 @@ pub struct BrokerConfig {
     /// durability; 0 leaves it to the operating system. Default 1.
     pub sync_interval: u64,
     /// When a write to the durable store is done: `process` (default) or
-    /// `fsync`.
+    /// `fsync`; `none` keeps no store even with a `data_dir`.
     pub durability: Durability,
     /// Whether clients without credentials may connect. Default: yes only
     /// when no authentication is configured and every listener is on a
@@ -449,6 +449,9 @@ pub enum Durability {
     /// Once it is synced to disk; writes from every connection share one
     /// sync (group commit), so it costs latency, not a sync per message.
     Fsync,
+    /// Nothing is stored: state lives in memory only, and a stop loses it
+    /// (`data_dir` is not used).
+    None,
 }
 
 /// Log verbosity.

@@ -16,8 +16,11 @@
 //! acknowledging at the speed of a write instead of a sync. RocksDB would
 //! cost a long C++ build, sled is an unmaintained beta.
 //!
-//! **Durability.** A commit reaches the journal in the operating system's
-//! buffers before it returns: killing the broker loses nothing committed.
+//! **Durability.** A commit goes to the journal's buffer in the process;
+//! before any byte that acknowledges it leaves for a client, the broker
+//! hands the buffer to the operating system ([`Store::flush`], one write
+//! for every commit since the last, from every connection), so killing the
+//! broker loses nothing acknowledged.
 //! With `process` durability (the default) a thread syncs the journal to
 //! disk every `sync_interval`, which bounds what a power loss can take.
 //! With `fsync`, a commit is durable only once a sync covering it is done:
@@ -62,6 +65,8 @@ pub struct DiskStore {
     syncer: Option<Syncer>,
     /// With `fsync` durability: the thread that syncs groups of commits.
     group: Option<Group>,
+    /// Commits not yet handed to the operating system (see [`Store::flush`]).
+    unflushed: AtomicBool,
 }
 
 /// Commits waiting for a sync, and the thread that does it.
@@ -269,7 +274,8 @@ impl DiskStore {
             tables.push((t, ks));
         }
         let (syncer, group) = match durability {
-            Durability::Process => (
+            // (Not opened for `none`; as a store, it syncs like `process`.)
+            Durability::Process | Durability::None => (
                 (!sync_interval.is_zero()).then(|| Syncer::start(db.clone(), sync_interval)),
                 None,
             ),
@@ -285,6 +291,7 @@ impl DiskStore {
             _lock: lock,
             syncer,
             group,
+            unflushed: AtomicBool::new(false),
         })
     }
 
@@ -364,7 +371,10 @@ impl Syncer {
 
 impl Store for DiskStore {
     fn commit(&self, ops: Vec<Op>) -> io::Result<Commit> {
-        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::Buffer));
+        // Into the journal's buffer in the process: `flush` hands it to the
+        // operating system before anything it acknowledges goes out, one
+        // write for every commit since the last.
+        let mut batch = self.db.batch();
         for op in ops {
             match op {
                 Op::Put { table, key, value } => batch.insert(self.table(table), key, value),
@@ -379,6 +389,7 @@ impl Store for DiskStore {
             }
         }
         batch.commit().map_err(|e| at(&self.dir, e))?;
+        self.unflushed.store(true, Ordering::Release);
         let Some(group) = &self.group else {
             return Ok(Commit::done());
         };
@@ -388,6 +399,16 @@ impl Store for DiskStore {
             .push(ticket.clone());
         group.shared.wake.notify_one();
         Ok(Commit::waiting(ticket))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.unflushed.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.db.persist(fjall::PersistMode::Buffer) {
+                self.unflushed.store(true, Ordering::Release);
+                return Err(at(&self.dir, e));
+            }
+        }
+        Ok(())
     }
 
     fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -255,8 +255,9 @@ pub struct Connection {
 /// message twice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// An outgoing QoS 1/2 message got its packet identifier and is about
-    /// to be sent: a resend after a crash must use the same one.
+    /// An outgoing QoS 2 message got its packet identifier and is about to
+    /// be sent: a resend after a crash must use the same one (a QoS 1
+    /// message may go again with another).
     Sent {
         /// The message.
         id: MessageId,
@@ -1193,10 +1194,12 @@ impl Connection {
                     expires_at: q.expires_at,
                 },
             );
-            self.record(Change::Sent {
-                id: q.id,
-                packet_id: pid.get(),
-            });
+            if message.qos == QoS::ExactlyOnce {
+                self.record(Change::Sent {
+                    id: q.id,
+                    packet_id: pid.get(),
+                });
+            }
             self.send_publish(now, q.id, message, Some(pid), false);
         }
     }

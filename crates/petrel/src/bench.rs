@@ -124,6 +124,11 @@ pub(crate) struct BenchArgs {
     /// TLS: the name the broker's certificate must carry (default: --host).
     #[arg(long = "server-name")]
     server_name: Option<String>,
+    /// Every connection asks for a session that outlives it (3.1.1 clean
+    /// session 0, 5.0 a session expiry of 300 s): what a broker with a
+    /// durable store keeps there.
+    #[arg(long = "persistent")]
+    persistent: bool,
     /// WebSocket path.
     #[arg(long = "ws-path", default_value = "/mqtt")]
     ws_path: String,
@@ -430,6 +435,7 @@ struct Login {
     username: Option<String>,
     password: Option<String>,
     via: Option<Arc<petrel_client::ConnectOptions>>,
+    persistent: bool,
 }
 
 impl BenchArgs {
@@ -438,6 +444,7 @@ impl BenchArgs {
             username: self.username.clone(),
             password: self.password.clone(),
             via: self.via.clone(),
+            persistent: self.persistent,
         }
     }
 
@@ -500,6 +507,12 @@ fn connect_packet(protocol: Protocol, id: &str, login: &Login) -> Result<Connect
         .transpose()
         .map_err(|e| e.to_string())?;
     c.password = login.password.clone().map(Bytes::from);
+    if login.persistent {
+        c.clean_start = false;
+        if protocol.is_v5() {
+            c.properties.set_session_expiry_interval(Some(300));
+        }
+    }
     Ok(c)
 }
 
@@ -904,6 +917,7 @@ async fn login_storm(
             username: Some(login.username.clone().unwrap_or_else(|| "alice".into())),
             password: Some(format!("wrong-{i}")),
             via: None,
+            persistent: false,
         };
         attempts.push(async move {
             let _permit = gate.acquire().await.map_err(|e| e.to_string())?;

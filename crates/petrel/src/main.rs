@@ -24,7 +24,7 @@ mod passwd;
 mod store;
 mod tools;
 use petrel_broker::config::ListenerConfig;
-use petrel_broker::{Broker, BrokerConfig, Certificates, Server};
+use petrel_broker::{Broker, BrokerConfig, Certificates, Durability, Server};
 
 #[derive(Parser)]
 #[command(
@@ -73,10 +73,31 @@ struct BrokerArgs {
     /// everything on one thread, without cross-thread wake-ups.
     #[arg(long = "threads", value_name = "N")]
     threads: Option<usize>,
-    /// Keep the durable store (retained messages) in this directory,
-    /// instead of the configured `data_dir`.
-    #[arg(long = "data-dir", value_name = "DIR")]
+    /// Keep the durable store (sessions, queued and in-flight messages,
+    /// retained messages) in this directory, instead of the configured
+    /// `data_dir` (default: $XDG_DATA_HOME/petrel, else
+    /// ~/.local/share/petrel).
+    #[arg(long = "data-dir", value_name = "DIR", conflicts_with = "memory")]
     data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: everything is lost when the broker stops (as
+    /// `durability = "none"`).
+    #[arg(long = "memory")]
+    memory: bool,
+}
+
+/// Where the broker keeps its state when nothing says: the per-user data
+/// directory ($XDG_DATA_HOME/petrel, else ~/.local/share/petrel).
+fn default_data_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|h| h.join(".local").join("share"))
+    })?;
+    Some(base.join("petrel"))
 }
 
 /// jemalloc keeps each size class on slabs of its own and, from a
@@ -130,6 +151,16 @@ fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
     }
+    if args.memory {
+        config.durability = Durability::None;
+    }
+    if config.durability != Durability::None && config.data_dir.is_none() {
+        // Durable by default: nothing acknowledged is lost when the broker
+        // is killed.
+        config.data_dir = Some(default_data_dir().ok_or(
+            "no data directory: HOME and XDG_DATA_HOME are unset; give --data-dir DIR or --memory",
+        )?);
+    }
     Ok(config)
 }
 
@@ -152,6 +183,14 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    match (&config.data_dir, config.durability) {
+        (_, Durability::None) | (None, _) => {
+            tracing::info!("no data directory (--memory): everything is lost when the broker stops")
+        }
+        (Some(dir), d) => {
+            tracing::info!(data_dir = %dir.display(), durability = ?d, "keeping state in the data directory")
+        }
+    }
 
     let runtime = match args.threads {
         Some(0) => {

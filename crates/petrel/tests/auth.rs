@@ -71,7 +71,7 @@ fn broker(name: &str, acl: &str) -> (Running, u16, PathBuf) {
     )
     .unwrap();
     let child = petrel()
-        .args(["broker", "-c", conf.to_str().unwrap()])
+        .args(["broker", "--memory", "-c", conf.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -84,7 +84,7 @@ fn broker(name: &str, acl: &str) -> (Running, u16, PathBuf) {
 fn a_listener_off_loopback_without_authentication_does_not_start() {
     let port = free_port().to_string();
     let out = petrel()
-        .args(["broker", "--bind", "0.0.0.0", "-p", &port])
+        .args(["broker", "--memory", "--bind", "0.0.0.0", "-p", &port])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -100,7 +100,7 @@ fn a_listener_off_loopback_without_authentication_does_not_start() {
     .unwrap();
     let running = Running(
         petrel()
-            .args(["broker", "-c", conf.to_str().unwrap()])
+            .args(["broker", "--memory", "-c", conf.to_str().unwrap()])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -122,6 +122,7 @@ fn a_malformed_password_or_acl_line_stops_the_start_and_names_the_line() {
         let out = petrel()
             .args([
                 "broker",
+                "--memory",
                 "-c",
                 conf.to_str().unwrap(),
                 "-p",

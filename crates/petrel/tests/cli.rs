@@ -62,7 +62,7 @@ fn terminate(mut running: Running) -> std::process::ExitStatus {
 #[test]
 fn dash_p_overrides_the_port_and_sigterm_stops_gracefully() {
     let port = free_port();
-    let broker = spawn(&["broker", "-p", &port.to_string()]);
+    let broker = spawn(&["broker", "--memory", "-p", &port.to_string()]);
     mqtt_handshake(port);
     assert!(terminate(broker).success());
 }
@@ -73,9 +73,25 @@ fn with_no_configuration_it_listens_on_127_0_0_1_1883() {
         eprintln!("port 1883 is taken on this machine; skipping the default-port check");
         return;
     }
-    let broker = spawn(&["broker"]);
+    // Durable by default, in the per-user data directory.
+    let data = std::env::temp_dir().join(format!("petrel-cli-xdg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let broker = Running(
+        petrel()
+            .arg("broker")
+            .env("XDG_DATA_HOME", &data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     mqtt_handshake(1883);
+    assert!(
+        data.join("petrel").join("FORMAT").exists(),
+        "no store in $XDG_DATA_HOME/petrel"
+    );
     assert!(terminate(broker).success());
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
@@ -91,7 +107,7 @@ fn a_config_file_sets_the_listeners() {
         ),
     )
     .unwrap();
-    let broker = spawn(&["broker", "--config", path.to_str().unwrap()]);
+    let broker = spawn(&["broker", "--memory", "--config", path.to_str().unwrap()]);
     mqtt_handshake(port);
     assert!(terminate(broker).success());
 }
@@ -110,7 +126,7 @@ fn a_wrong_config_names_the_key_and_the_broker_does_not_start() {
         let path = dir.join("bad.toml");
         std::fs::write(&path, text).unwrap();
         let out = petrel()
-            .args(["broker", "--config", path.to_str().unwrap()])
+            .args(["broker", "--memory", "--config", path.to_str().unwrap()])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{text}");
@@ -121,7 +137,10 @@ fn a_wrong_config_names_the_key_and_the_broker_does_not_start() {
 
 #[test]
 fn help_describes_the_broker_flags() {
-    let out = petrel().args(["broker", "--help"]).output().unwrap();
+    let out = petrel()
+        .args(["broker", "--memory", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--config", "--port", "--bind"] {

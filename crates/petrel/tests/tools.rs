@@ -24,7 +24,7 @@ fn wait_port(port: u16) {
 fn brokers() -> Vec<(Running, String)> {
     let port = free_port();
     let child = petrel()
-        .args(["broker", "-p", &port.to_string()])
+        .args(["broker", "--memory", "-p", &port.to_string()])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -295,7 +295,7 @@ fn transports_broker(dir: &std::path::Path) -> (Running, u16, u16, std::path::Pa
     )
     .unwrap();
     let child = petrel()
-        .args(["broker", "-c", conf.to_str().unwrap()])
+        .args(["broker", "--memory", "-c", conf.to_str().unwrap()])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -478,7 +478,7 @@ fn tls_versions_suites_ca_directory_and_mqtts_urls() {
     .unwrap();
     let _b = Running(
         petrel()
-            .args(["broker", "-c", conf.to_str().unwrap()])
+            .args(["broker", "--memory", "-c", conf.to_str().unwrap()])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

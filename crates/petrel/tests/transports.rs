@@ -116,7 +116,7 @@ async fn sighup_swaps_the_certificate_and_keeps_connected_clients() {
     )
     .unwrap();
     let child = petrel()
-        .args(["broker", "-c", conf.to_str().unwrap()])
+        .args(["broker", "--memory", "-c", conf.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -163,13 +163,17 @@ pub(crate) struct SessionShared {
     stored: Mutex<Option<Box<StoredQueue>>>,
 }
 
+/// Marks a QoS 2 message's sequence number in [`StoredQueue`]'s map.
+pub(crate) const QOS2: u64 = 1 << 63;
+
 /// A stored session's bookkeeping.
 #[derive(Debug, Default)]
 pub(crate) struct StoredQueue {
     /// The next message's sequence number.
     next_seq: u64,
     /// Messages given to the session machine, by its message id: their
-    /// sequence numbers.
+    /// sequence numbers, with [`QOS2`] set for a QoS 2 one (which has a
+    /// delivery state in the store too).
     delivering: std::collections::HashMap<u64, u64>,
 }
 

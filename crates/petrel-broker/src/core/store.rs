@@ -281,15 +281,23 @@ pub enum Op {
 
 /// Durable storage for the engine.
 pub trait Store: Send + Sync + fmt::Debug {
-    /// Apply `ops` atomically, in order. When it returns `Ok`, they survive
-    /// the process being killed (and they are visible to [`Store::scan`]);
-    /// the [`Commit`] completes when they also survive a power loss, if the
-    /// store promises that before an acknowledgement (`fsync` durability),
-    /// and at once otherwise.
+    /// Apply `ops` atomically, in order. When it returns `Ok`, they are
+    /// visible to [`Store::scan`], and they survive the process being
+    /// killed once [`Store::flush`] has run; the [`Commit`] completes when
+    /// they also survive a power loss, if the store promises that before an
+    /// acknowledgement (`fsync` durability), and at once otherwise.
     fn commit(&self, ops: Vec<Op>) -> io::Result<Commit>;
 
     /// Every entry of `table`, in key order.
     fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Hand every commit so far to the operating system, for a store
+    /// whose commits wait in the process until then (so that many share
+    /// one write). The broker calls it before any byte leaves for a
+    /// client: what that byte acknowledges survives the process.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A store in memory: what a process restart loses. For tests and for

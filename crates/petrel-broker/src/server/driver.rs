@@ -555,6 +555,12 @@ impl Task {
             return;
         }
         self.gate = None;
+        // What this acknowledges (from any connection's commits) reaches
+        // the operating system first: one write for all of them.
+        if !self.link.ctx.broker.engine.flush_store() {
+            self.lost = true;
+            return;
+        }
         let protocol = self.conn.protocol();
         let stats = &self.link.ctx.broker.engine.stats;
         while let Some(packet) = self.conn.poll_transmit() {
@@ -824,10 +830,11 @@ impl Task {
     /// Give one message (`seq`: its number in the durable store, or 0) to
     /// the session machine, and send what it can.
     fn send(&mut self, now: Instant, message: Message, seq: u64) {
+        let qos = message.qos;
         let result = self.conn.publish(now, message);
         if let Some(client) = &self.link.client {
             match &result {
-                Ok(id) => client.delivering(*id, seq),
+                Ok(id) => client.delivering(*id, seq, qos),
                 Err(_) => client.not_delivered(seq),
             }
         }

@@ -16,7 +16,7 @@ use super::client::{Kick, Reach};
 use super::{Core, Engine, PendingWill};
 use crate::core::auth::Access;
 use crate::core::lock;
-use crate::core::queue::{detach, SessionKey};
+use crate::core::queue::{detach, SessionKey, QOS2};
 use crate::core::router::Subscription;
 use crate::core::sessions::{Connected, ConnectionId, Handover, Released, NEVER};
 use crate::core::store::{
@@ -529,7 +529,7 @@ impl Engine {
             };
             key.set_stored(true, last_seq + 1);
             for (mid, seq) in delivering {
-                key.delivering(mid.0, seq);
+                key.delivering(mid.0, seq | QOS2);
             }
             key.restore_queue(queued);
             let access = key.access();

@@ -19,7 +19,7 @@ use super::Engine;
 use crate::core::auth::{
     Access, Action, AuthExchange, Credentials, DecisionCache, Exchange, Identity, CACHED_TOPIC,
 };
-use crate::core::queue::{detach, Queued, SessionKey, Taken};
+use crate::core::queue::{detach, Queued, SessionKey, Taken, QOS2};
 use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
 use crate::core::store::{child_key, encode_delivery, encode_subscription, Commit, Op, Table};
@@ -572,10 +572,11 @@ impl Client {
     }
 
     /// The session machine took stored message `seq` (from
-    /// [`Client::next_stored`]) as `message_id`.
-    pub fn delivering(&self, message_id: petrel_session::MessageId, seq: u64) {
+    /// [`Client::next_stored`]), of QoS `qos`, as `message_id`.
+    pub fn delivering(&self, message_id: petrel_session::MessageId, seq: u64, qos: QoS) {
         if seq != 0 {
-            self.key.delivering(message_id.0, seq);
+            let mark = if qos == QoS::ExactlyOnce { QOS2 } else { 0 };
+            self.key.delivering(message_id.0, seq | mark);
         }
     }
 
@@ -595,30 +596,29 @@ impl Client {
         }
     }
 
-    /// Remove stored messages `seqs` of this session (and their delivery
-    /// state). Nothing acknowledged depends on it: if it is lost, a QoS 1
-    /// message is sent again, and a QoS 2 one's PUBREL.
+    /// Remove stored messages `seqs` of this session (and, for those
+    /// marked [`QOS2`], their delivery state). Nothing acknowledged depends
+    /// on it: if it is lost, a QoS 1 message is sent again, and a QoS 2
+    /// one's PUBREL.
     fn forget(&self, seqs: &[u64]) {
         if seqs.is_empty() || !self.engine.has_store() {
             return;
         }
         let id = self.key.client_id();
-        let ops = seqs
-            .iter()
-            .flat_map(|seq| {
-                let key = child_key(id, &seq.to_be_bytes());
-                [
-                    Op::Delete {
-                        table: Table::Queue,
-                        key: key.clone(),
-                    },
-                    Op::Delete {
-                        table: Table::Delivery,
-                        key,
-                    },
-                ]
-            })
-            .collect();
+        let mut ops = Vec::with_capacity(seqs.len() * 2);
+        for marked in seqs {
+            let key = child_key(id, &(marked & !QOS2).to_be_bytes());
+            if marked & QOS2 != 0 {
+                ops.push(Op::Delete {
+                    table: Table::Delivery,
+                    key: key.clone(),
+                });
+            }
+            ops.push(Op::Delete {
+                table: Table::Queue,
+                key,
+            });
+        }
         self.engine.write(ops);
     }
 
@@ -635,7 +635,7 @@ impl Client {
         for c in changes {
             match c {
                 Change::Sent { id: m, packet_id } | Change::Released { id: m, packet_id } => {
-                    let Some(seq) = self.key.seq_of(m.0) else {
+                    let Some(seq) = self.key.seq_of(m.0).map(|s| s & !QOS2) else {
                         continue;
                     };
                     let released = matches!(c, Change::Released { .. });

@@ -340,6 +340,7 @@ impl BrokerBuilder {
         let session_config = config.session_config();
         let store = match (self.store, &config.data_dir) {
             (Some(s), _) => Some(s),
+            (None, _) if config.durability == crate::config::Durability::None => None,
             (None, Some(dir)) => Some(Arc::new(
                 crate::durable::DiskStore::open(
                     dir,

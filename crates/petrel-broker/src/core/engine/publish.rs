@@ -285,6 +285,23 @@ impl Engine {
         }
     }
 
+    /// Hand what was committed to the operating system (before anything
+    /// that acknowledges it is sent). A failure is logged and counted; the
+    /// caller must not send: `false`.
+    pub(crate) fn flush_store(&self) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        match store.flush() {
+            Ok(()) => true,
+            Err(e) => {
+                Stats::add(&self.stats.store_errors, 1);
+                tracing::error!(error = %e, "the durable store could not be flushed");
+                false
+            }
+        }
+    }
+
     /// Write `ops` to the durable store, if there is one.
     fn stored(&self, ops: Vec<Op>) -> io::Result<Commit> {
         match &self.store {
