@@ -346,3 +346,45 @@ async fn subscription_options_and_identifiers_survive_a_crash() {
     assert_eq!(ids, vec![42]);
     lives.kill();
 }
+
+#[tokio::test]
+async fn a_stored_session_s_expiry_counts_the_time_the_broker_was_down() {
+    use petrel_broker::core::store::StoredSession;
+    let data = Arc::new(MemoryStore::new());
+    let ten_s_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 10_000;
+    for (id, expiry) in [("short", 5), ("long", 600)] {
+        let record = StoredSession {
+            expiry,
+            detached: Some(ten_s_ago),
+            owner: None,
+        };
+        data.commit(vec![Op::Put {
+            table: Table::Sessions,
+            key: id.as_bytes().to_vec(),
+            value: record.encode(),
+        }])
+        .unwrap();
+    }
+    let broker = Broker::builder(config())
+        .store(data.clone())
+        .build()
+        .unwrap();
+    let b = serve_broker(broker).await;
+    // Down 10 s: the 5 s session is gone (from the store too), the 600 s
+    // one is back.
+    let keys: Vec<Vec<u8>> = data
+        .scan(Table::Sessions)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"long".to_vec()]);
+    for (id, present) in [("short", false), ("long", true)] {
+        let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, id, persistent(Protocol::V5)).await;
+        assert_eq!(ack.session_present, present, "{id}");
+    }
+}
