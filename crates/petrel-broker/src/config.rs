@@ -6,7 +6,7 @@
 //! log_level = "info"            # error, warn, info, debug, trace
 //! sys_interval = 10             # seconds between $SYS updates; 0 turns them off
 //! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
-//! data_dir = "/var/lib/petrel"   # durable store: retained messages survive a kill (default: none)
+//! data_dir = "/var/lib/petrel"   # durable store: sessions, queues, retained messages (default: none)
 //! sync_interval = 1              # seconds between syncs of its journal to disk
 //! durability = "process"         # or "fsync" (acknowledge only what is synced), or "none" (memory only)
 //!
@@ -97,8 +97,11 @@ pub struct BrokerConfig {
     /// and this file keeps sessions only.
     pub persistence: Option<PathBuf>,
     /// Directory of the durable store (locked while the broker runs):
+    /// sessions that outlive their connections, their messages and
     /// retained messages are written there before they are acknowledged,
-    /// so killing the broker loses none. Default none (memory only).
+    /// so killing the broker loses nothing acknowledged. Default none here
+    /// (memory only); the `petrel` binary uses the per-user data directory
+    /// unless told `--memory`.
     pub data_dir: Option<PathBuf>,
     /// Seconds between syncs of the durable store's journal to disk (what
     /// a power loss, not a killed process, can take) with `process`
