@@ -388,3 +388,52 @@ async fn a_stored_session_s_expiry_counts_the_time_the_broker_was_down() {
         assert_eq!(ack.session_present, present, "{id}");
     }
 }
+
+/// A 5.0 CONNECT with a persistent session and a will on `topic` delayed
+/// by `delay` seconds.
+fn with_will(topic: &str, delay: u32) -> impl FnOnce(&mut petrel_codec::Connect) {
+    let topic = support::topic(topic);
+    move |c| {
+        let mut w = petrel_codec::Will {
+            topic,
+            payload: Bytes::from_static(b"gone"),
+            qos: petrel_codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: petrel_codec::Properties::new(),
+        };
+        w.properties.set_will_delay_interval(Some(delay));
+        c.clean_start = false;
+        c.properties.set_session_expiry_interval(Some(300));
+        c.will = Some(w);
+    }
+}
+
+#[tokio::test]
+async fn a_will_waiting_for_its_delay_survives_a_crash() {
+    let proto = Protocol::V5;
+    let mut lives = Lives::new();
+    let addr = lives.start().await;
+    // Two clients vanish without DISCONNECT, their wills 2 s away.
+    for id in ["w-gone", "w-back"] {
+        let (c, _) = Raw::connect_with(addr, proto, id, with_will(&format!("will/{id}"), 2)).await;
+        drop(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lives.kill();
+    let addr = lives.start().await;
+    let (mut watcher, _) = Raw::connect_with(addr, proto, "watcher", |_| {}).await;
+    watcher
+        .subscribe("will/#", petrel_codec::QoS::AtLeastOnce)
+        .await;
+    // One comes back in time: its will is cancelled (the negative); the
+    // other's is published when its delay ends (the positive).
+    let (_back, ack) = Raw::connect_with(addr, proto, "w-back", with_will("will/w-back", 2)).await;
+    assert!(ack.session_present);
+    let m = watcher.recv_publish().await;
+    assert_eq!(m.topic.as_str(), "will/w-gone");
+    assert!(
+        watcher.no_publish(Duration::from_millis(2500)).await,
+        "a cancelled will was published"
+    );
+    lives.kill();
+}

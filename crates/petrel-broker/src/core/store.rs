@@ -11,7 +11,7 @@
 //! What is stored: retained messages, and every session that outlives its
 //! connection (its subscriptions, its QoS 1/2 messages until delivered,
 //! the packet identifiers they were sent with, the QoS 2 identifiers
-//! received from it awaiting PUBREL). Wills are not stored yet.
+//! received from it awaiting PUBREL), and wills waiting for their delay.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,17 +50,21 @@ pub enum Table {
     /// QoS 2 packet identifiers received from them and not yet released
     /// (2 bytes, big-endian), to nothing.
     Incoming,
+    /// Wills waiting for their delay: the client id to [`encode_will`]'s
+    /// form.
+    Wills,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Retained,
         Self::Sessions,
         Self::Subscriptions,
         Self::Queue,
         Self::Delivery,
         Self::Incoming,
+        Self::Wills,
     ];
 
     /// The tables that hold a session's entries, besides its own record.
@@ -80,6 +84,7 @@ impl Table {
             Self::Queue => "queue",
             Self::Delivery => "delivery",
             Self::Incoming => "incoming",
+            Self::Wills => "wills",
         }
     }
 }
@@ -233,7 +238,32 @@ pub fn check_entry(table: Table, key: &[u8], value: &[u8]) -> io::Result<()> {
                 Err(corrupt("unexpected value"))
             }
         }
+        Table::Wills => {
+            std::str::from_utf8(key).map_err(corrupt)?;
+            decode_will(value).map(|_| ())
+        }
     }
+}
+
+/// A will's stored form: when it is due (wall-clock milliseconds), then
+/// the message as [`encode_message`] has it.
+pub fn encode_will(message: &Message, due_ms: u64) -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend_from_slice(&due_ms.to_be_bytes());
+    out.extend_from_slice(&encode_message(message, SystemTime::now()));
+    out
+}
+
+/// Read back what [`encode_will`] wrote: the message and when it is due.
+pub fn decode_will(bytes: &[u8]) -> io::Result<(Message, u64)> {
+    let mut r = Reader(bytes);
+    let format = r.take(1)?[0];
+    if format != 1 {
+        return Err(corrupt(format!("unknown will layout {format}")));
+    }
+    let due = u64::from_be_bytes(r.array()?);
+    let (m, _) = decode_message(r.0, Instant::now(), SystemTime::now())?;
+    Ok((m, due))
 }
 
 /// A sent message's stored state: its packet identifier, and whether its

@@ -67,6 +67,14 @@ impl<W> WillQueue<W> {
 
     /// Take the wills that are due, earliest first.
     pub fn due(&mut self, now: Instant) -> Vec<W> {
+        self.due_by_client(now)
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect()
+    }
+
+    /// [`WillQueue::due`], each with its client identifier.
+    pub fn due_by_client(&mut self, now: Instant) -> Vec<(String, W)> {
         let mut ready: Vec<(Instant, String)> = self
             .pending
             .iter()
@@ -76,8 +84,13 @@ impl<W> WillQueue<W> {
         ready.sort();
         ready
             .into_iter()
-            .filter_map(|(_, id)| self.pending.remove(&id).map(|(_, w)| w))
+            .filter_map(|(_, id)| self.pending.remove(&id).map(|(_, w)| (id, w)))
             .collect()
+    }
+
+    /// When `client_id`'s will is due, if one waits.
+    pub fn due_at(&self, client_id: &str) -> Option<Instant> {
+        self.pending.get(client_id).map(|(at, _)| *at)
     }
 
     /// When the next will is due.

@@ -20,8 +20,8 @@ use crate::core::queue::{detach, SessionKey, QOS2};
 use crate::core::router::Subscription;
 use crate::core::sessions::{Connected, ConnectionId, Handover, Released, NEVER};
 use crate::core::store::{
-    child_key, decode_delivery, decode_message, decode_subscription, split_child_key, Op, Store,
-    StoredSession, Table,
+    child_key, decode_delivery, decode_message, decode_subscription, decode_will, encode_will,
+    split_child_key, Op, Store, StoredSession, Table,
 };
 
 /// A table's entries, by the client id of their session.
@@ -148,7 +148,9 @@ impl Engine {
             Some(key) if handover.session_present => {
                 // [MQTT-3.1.3-9]: the session continues, so a will still
                 // waiting for its delay is not published.
-                core.wills.cancel(client_id);
+                if core.wills.cancel(client_id).is_some() {
+                    self.unstore_will(client_id);
+                }
                 key.set_access(access.clone());
                 key
             }
@@ -161,7 +163,7 @@ impl Engine {
                     old.end();
                     self.unstore(client_id, &old);
                 }
-                due.extend(core.wills.session_ended(client_id));
+                due.extend(self.will_ended(core, client_id));
                 let key =
                     SessionKey::new(client_id.clone(), self.queued_bytes.clone(), access.clone());
                 core.registry.replace_data(client_id, key.clone());
@@ -269,7 +271,17 @@ impl Engine {
                 } else {
                     let ends =
                         (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
+                    let message = self.has_store().then(|| will.message.clone());
                     core.wills.schedule(client_id, will, delay, ends, now);
+                    if let (Some(m), Some(at)) = (message, core.wills.due_at(client_id)) {
+                        let due_ms =
+                            now_millis() + at.saturating_duration_since(now).as_millis() as u64;
+                        self.write(vec![Op::Put {
+                            table: Table::Wills,
+                            key: client_id.as_bytes().to_vec(),
+                            value: encode_will(&m, due_ms),
+                        }]);
+                    }
                 }
             }
             let mut released = core
@@ -318,7 +330,25 @@ impl Engine {
         self.drop_subscriptions(key);
         key.end();
         self.unstore(client_id, key);
-        due.extend(core.wills.session_ended(client_id));
+        due.extend(self.will_ended(core, client_id));
+    }
+
+    /// `client_id`'s session ended: its waiting will, due now, leaves the
+    /// store.
+    fn will_ended(&self, core: &mut Core, client_id: &str) -> Option<PendingWill> {
+        let will = core.wills.session_ended(client_id)?;
+        self.unstore_will(client_id);
+        Some(will)
+    }
+
+    /// A will no longer waits: not in the store either.
+    fn unstore_will(&self, client_id: &str) {
+        if self.has_store() {
+            self.write(vec![Op::Delete {
+                table: Table::Wills,
+                key: client_id.as_bytes().to_vec(),
+            }]);
+        }
     }
 
     /// With a durable store: record a session that outlives its connection
@@ -373,7 +403,10 @@ impl Engine {
             for (client_id, key) in core.registry.expire(now) {
                 self.end_session(&mut core, &client_id, &key, &mut due);
             }
-            due.extend(core.wills.due(now));
+            for (client_id, will) in core.wills.due_by_client(now) {
+                self.unstore_will(&client_id);
+                due.push(will);
+            }
         }
         self.publish_wills(due, now);
     }
@@ -561,6 +594,18 @@ impl Engine {
                 );
             }
             restored += 1;
+        }
+        // Wills waiting for their delay: due when they were, or at once if
+        // that passed while the broker was down.
+        for (id_bytes, value) in store.scan(Table::Wills)? {
+            let (message, due_ms) =
+                decode_will(&value).map_err(|e| named(Table::Wills, &id_bytes, e))?;
+            let id = String::from_utf8_lossy(&id_bytes).into_owned();
+            let mut core = lock(&self.core);
+            let publisher = core.registry.data(&id).cloned();
+            let delay = Duration::from_millis(due_ms.saturating_sub(wall_ms));
+            core.wills
+                .schedule(&id, PendingWill { message, publisher }, delay, None, now);
         }
         // Expired sessions, and what is left of sessions that are gone.
         let mut ops = Vec::new();
