@@ -1,5 +1,5 @@
 //! Which embedded store Petrel keeps its state in, decided by the broker's
-//! own workload rather than by reputation.
+//! own workload rather than by reputation: its own journal, fjall or redb.
 //!
 //! The workload: session queues that take one small message at a time and
 //! give it back when the subscriber acknowledges it (an insert and, a
@@ -53,7 +53,9 @@ fn step(seq: u64) -> Step {
     Step {
         insert: key(seq),
         delete: seq.checked_sub(WINDOW).map(key),
-        retained: seq.is_multiple_of(10).then(|| format!("site/{}/temperature", seq % 500)),
+        retained: seq
+            .is_multiple_of(10)
+            .then(|| format!("site/{}/temperature", seq % 500)),
     }
 }
 
@@ -171,6 +173,115 @@ impl Engine for Fjall {
         self.queue = Some(db.keyspace("queue", opts)?);
         self.retained = Some(db.keyspace("retained", opts)?);
         self.db = Some(db);
+        Ok(())
+    }
+}
+
+/// Petrel's own journal (`petrel_broker::journal`), as the broker uses
+/// it: each commit in the process's buffer, handed to the operating system
+/// by a flush; compaction as its maintenance thread does it.
+struct Journal {
+    dir: PathBuf,
+    journal: Option<petrel_broker::journal::Journal>,
+    steps: u64,
+}
+
+impl Journal {
+    fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            journal: Some(petrel_broker::journal::Journal::open(dir)?),
+            steps: 0,
+        })
+    }
+
+    fn journal(&self) -> &petrel_broker::journal::Journal {
+        self.journal
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("opened"))
+    }
+}
+
+impl Engine for Journal {
+    fn name(&self) -> String {
+        "petrel journal".into()
+    }
+
+    fn run(&mut self, steps: &[Step], sync: bool) -> Result<()> {
+        use petrel_broker::{Op, Table};
+        let value = [7u8; MESSAGE];
+        let rvalue = [9u8; RETAINED];
+        for s in steps {
+            let mut ops = vec![Op::Put {
+                table: Table::Queue,
+                key: s.insert.to_vec(),
+                value: value.to_vec(),
+            }];
+            if let Some(d) = s.delete {
+                ops.push(Op::Delete {
+                    table: Table::Queue,
+                    key: d.to_vec(),
+                });
+            }
+            if let Some(t) = &s.retained {
+                ops.push(Op::Put {
+                    table: Table::Retained,
+                    key: t.as_bytes().to_vec(),
+                    value: rvalue.to_vec(),
+                });
+            }
+            self.journal().commit(ops)?;
+            if !sync {
+                self.journal().flush()?;
+            }
+            self.steps += 1;
+            if self.steps.is_multiple_of(10_000) {
+                while self.journal().compact()? {}
+            }
+        }
+        if sync {
+            self.journal().sync()?;
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, from: u64, n: u64) -> Result<()> {
+        use petrel_broker::{Op, Table};
+        let value = [7u8; MESSAGE];
+        for chunk in (from..from + n).collect::<Vec<_>>().chunks(10_000) {
+            let ops = chunk
+                .iter()
+                .map(|&seq| Op::Put {
+                    table: Table::Queue,
+                    key: key(seq).to_vec(),
+                    value: value.to_vec(),
+                })
+                .collect();
+            self.journal().commit(ops)?;
+        }
+        self.journal().sync()?;
+        Ok(())
+    }
+
+    fn scan(&mut self) -> Result<u64> {
+        use petrel_broker::Table;
+        // Opening is the read: the whole log is replayed.
+        self.journal = None;
+        self.journal = Some(petrel_broker::journal::Journal::open(&self.dir)?);
+        let mut n = 0u64;
+        for t in [Table::Queue, Table::Retained] {
+            n += self
+                .journal()
+                .scan(t)?
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .count() as u64;
+        }
+        Ok(n)
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        // (The scan opens it: its time includes reading the log.)
         Ok(())
     }
 }
@@ -352,6 +463,10 @@ fn main() -> Result<()> {
     let root = std::env::temp_dir().join(format!("petrel-store-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
     let run = || -> Result<()> {
+        let dir = root.join("journal");
+        let mut j = Journal::open(&dir)?;
+        bench(&mut j, &dir, secs)?;
+        drop(j);
         let dir = root.join("fjall");
         let mut f = Fjall::open(&dir)?;
         bench(&mut f, &dir, secs)?;

@@ -9,6 +9,7 @@
 //! data_dir = "/var/lib/petrel"   # durable store: sessions, queues, retained messages (default: none)
 //! sync_interval = 1              # seconds between syncs of its journal to disk
 //! durability = "process"         # or "fsync" (acknowledge only what is synced), or "none" (memory only)
+//! max_store_bytes = 1073741824   # what the store may hold; beyond it QoS 1/2 messages to store are refused (0: no limit)
 //!
 //! # Who may connect (Mosquitto's names). With none of these, clients are
 //! # anonymous, which is allowed only while every listener is on loopback.
@@ -110,6 +111,14 @@ pub struct BrokerConfig {
     /// When a write to the durable store is done: `process` (default) or
     /// `fsync`; `none` keeps no store even with a `data_dir`.
     pub durability: Durability,
+    /// Bytes the durable store may hold (its live entries, as encoded).
+    /// At the limit a QoS 1/2 message that would have to be stored (a
+    /// stored session would get it) is refused as a whole: a 5.0
+    /// publisher gets PUBACK or PUBREC 0x97 Quota exceeded, a 3.1.1 one
+    /// (whose acknowledgement can't refuse) none, and its connection
+    /// closes, so that its client sends it again later; nothing already
+    /// stored is dropped. 0: no limit. Default 1 GiB.
+    pub max_store_bytes: u64,
     /// Whether clients without credentials may connect. Default: yes only
     /// when no authentication is configured and every listener is on a
     /// loopback address; a configuration with a listener elsewhere and no
@@ -581,6 +590,7 @@ impl Default for BrokerConfig {
             data_dir: None,
             sync_interval: 1,
             durability: Durability::Process,
+            max_store_bytes: 1 << 30,
             allow_anonymous: None,
             password_file: None,
             acl_file: None,

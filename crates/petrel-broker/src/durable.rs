@@ -1,20 +1,24 @@
-//! The embedded durable store: a data directory holding a fjall database,
-//! locked by the broker that uses it.
+//! The embedded durable store: a data directory holding the broker's
+//! journal, locked by the broker that uses it.
 //!
-//! **Why fjall.** The broker's workload is many small commits (a message
-//! stored, later deleted when its subscriber acknowledges it; a retained
-//! value overwritten), each of which must survive the broker being killed
-//! before the acknowledgement goes out, plus one full scan at start.
-//! `benches/store` runs exactly that against fjall 3 and redb 3 (2-core
-//! machine, 5 s a mode): a commit that survives SIGKILL costs fjall a write
-//! of its journal to the operating system, 286,000 commits/s, while redb
-//! has no commit that survives the process without an fsync, 5,400
-//! commits/s (53x fewer). With 64 commits sharing one fsync, redb is ahead
-//! (198,000 against 115,000 steps/s), and its steady state on disk is
-//! smaller (1 MiB against fjall's journal bound of 64 MiB), and it scans
-//! 200,000 entries in 46 ms against fjall's 146 ms; none of that outweighs
-//! acknowledging at the speed of a write instead of a sync. RocksDB would
-//! cost a long C++ build, sled is an unmaintained beta.
+//! **Why a journal of our own** (see [`crate::journal`]): the broker holds
+//! its state in memory and only needs the store to bring it back after the
+//! process is gone, so the store is an append-only log read once at start.
+//! `benches/store` runs the broker's workload (1,000 session queues, each
+//! message deleted 2,000 steps after it was stored, retained values
+//! overwritten, one commit a step; then a cold read) against the journal,
+//! fjall 3 and redb 3 (2-core machine, 5 s a mode): commits that survive
+//! SIGKILL, 1,511,000/s for the journal, 287,000/s for fjall, 5,200/s for
+//! redb (which has no such commit short of an fsync); 64 commits per fsync,
+//! 171,000 / 98,000 / 175,000 steps/s; steady state on disk 16 / 171 /
+//! 1.1 MiB; a cold read of 200,000 entries 312 / 103 / 48 ms. The first
+//! layout used fjall (chosen over redb for the commits without a sync), but
+//! fjall also keeps every entry in an ordered memtable and writes it again
+//! into sorted tables, which for queued messages deleted milliseconds later
+//! was 40% of the broker's CPU under `petrel bench qos1 --persistent` and
+//! held `process` durability to 21% of the in-memory throughput (64% with
+//! the journal). The journal's price is the slower start-up read. A
+//! layout-1 (fjall) directory is converted when opened.
 //!
 //! **Durability.** A commit goes to the journal's buffer in the process;
 //! before any byte that acknowledges it leaves for a client, the broker
@@ -31,7 +35,7 @@
 //! **The directory.** `FORMAT` names the layout version; `lock` is held
 //! (an advisory lock) by the broker using it, and names its process id,
 //! so a second broker fails at once with that id instead of corrupting
-//! the store; `store/` is fjall's.
+//! the store; `journal/` is the log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -39,34 +43,31 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Durability;
 use crate::core::lock as lock_mutex;
 use crate::core::store::{Commit, Op, Store, Table, Ticket};
+use crate::journal::{Inspection, Journal};
 
-/// The layout this build writes (the versions it can read are those up to
-/// this one that Petrel wrote).
-pub const FORMAT: u32 = 1;
+/// The layout this build writes (it reads every layout Petrel wrote up to
+/// this one: 1 was a fjall database in `store/`, converted when opened).
+pub const FORMAT: u32 = 2;
 const FORMAT_NAME: &str = "petrel-store";
 
-/// Journals kept before fjall must flush them into its tables (its
-/// smallest setting; its default is 512 MiB): deleted messages give their
-/// space back within that.
-const MAX_JOURNALS: u64 = 64 * 1024 * 1024;
+/// How often the maintenance thread looks at whether the journal should be
+/// compacted (and, with `process` durability, syncs it when due).
+const MAINTENANCE_TICK: Duration = Duration::from_secs(1);
 
 /// The embedded store in a data directory.
 pub struct DiskStore {
     dir: PathBuf,
-    db: fjall::Database,
-    tables: Vec<(Table, fjall::Keyspace)>,
+    journal: Arc<Journal>,
     /// Held while the store is open.
     _lock: File,
-    syncer: Option<Syncer>,
+    maintenance: Option<Maintenance>,
     /// With `fsync` durability: the thread that syncs groups of commits.
     group: Option<Group>,
-    /// Commits not yet handed to the operating system (see [`Store::flush`]).
-    unflushed: AtomicBool,
 }
 
 /// Commits waiting for a sync, and the thread that does it.
@@ -100,7 +101,7 @@ impl Drop for Group {
 }
 
 impl Group {
-    fn start(db: fjall::Database) -> io::Result<Self> {
+    fn start(journal: Arc<Journal>) -> io::Result<Self> {
         let shared = Arc::new(GroupShared::default());
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -120,9 +121,7 @@ impl Group {
                     std::mem::take(&mut w.tickets)
                 };
                 // Everything committed before these tickets were queued.
-                let result = db
-                    .persist(fjall::PersistMode::SyncAll)
-                    .map_err(|e| e.to_string());
+                let result = journal.sync().map_err(|e| e.to_string());
                 s.syncs.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "the store could not sync: what waited is refused");
@@ -144,19 +143,59 @@ impl std::fmt::Debug for DiskStore {
     }
 }
 
-/// The thread that syncs the journal to disk now and then.
-struct Syncer {
+/// The thread that compacts the journal, and with `process` durability
+/// syncs it every `sync_interval`.
+struct Maintenance {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for Syncer {
+impl Drop for Maintenance {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+impl Maintenance {
+    fn start(journal: Arc<Journal>, sync_every: Option<Duration>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let tick = sync_every.map_or(MAINTENANCE_TICK, |d| d.min(MAINTENANCE_TICK));
+        let thread = std::thread::Builder::new()
+            .name("petrel-store".into())
+            .spawn(move || {
+                let mut synced = Instant::now();
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(tick);
+                    if sync_every.is_some_and(|every| synced.elapsed() >= every) {
+                        synced = Instant::now();
+                        if let Err(e) = journal.sync() {
+                            tracing::error!(error = %e, "the store's journal could not be synced");
+                        }
+                    }
+                    loop {
+                        match journal.compact() {
+                            Ok(true) if !flag.load(Ordering::Acquire) => {}
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::error!(error = %e, "the store's journal could not be compacted");
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!(
+                "the store's maintenance thread did not start: no compaction, syncs at shutdown only"
+            );
+        }
+        Self { stop, thread }
     }
 }
 
@@ -202,8 +241,8 @@ fn lock(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Check (or, in a new directory, write) the layout version.
-fn open_format(dir: &Path) -> io::Result<()> {
+/// The layout version the directory holds (0: none yet, a new store).
+fn read_format(dir: &Path) -> io::Result<u32> {
     let path = dir.join("FORMAT");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -218,7 +257,7 @@ fn open_format(dir: &Path) -> io::Result<()> {
                     )
                 })?;
             match version {
-                1 => Ok(()),
+                1 | FORMAT => Ok(version),
                 v if v > FORMAT => Err(at(
                     dir,
                     format!(
@@ -229,18 +268,107 @@ fn open_format(dir: &Path) -> io::Result<()> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if dir.join("store").exists() {
+            if dir.join("store").exists() || dir.join("journal").exists() {
                 return Err(at(
                     dir,
                     "a store without its FORMAT file: not opened (was it written by something else?)",
                 ));
             }
-            let tmp = dir.join("FORMAT.tmp");
-            std::fs::write(&tmp, format!("{FORMAT_NAME} {FORMAT}\n")).map_err(|e| at(dir, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| at(dir, e))
+            Ok(0)
         }
         Err(e) => Err(at(dir, e)),
     }
+}
+
+/// Say (atomically) that the directory holds this build's layout.
+fn write_format(dir: &Path) -> io::Result<()> {
+    let tmp = dir.join("FORMAT.tmp");
+    std::fs::write(&tmp, format!("{FORMAT_NAME} {FORMAT}\n"))?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("FORMAT"))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Every entry of a layout-1 store (a fjall database in `store/`).
+fn read_layout_1(dir: &Path) -> io::Result<Vec<Op>> {
+    let db = fjall::Database::builder(dir.join("store"))
+        .open()
+        .map_err(io::Error::other)?;
+    let mut ops = Vec::new();
+    for table in Table::ALL {
+        let ks = db
+            .keyspace(table.name(), fjall::KeyspaceCreateOptions::default)
+            .map_err(io::Error::other)?;
+        for kv in ks.iter() {
+            let (k, v) = kv.into_inner().map_err(io::Error::other)?;
+            ops.push(Op::Put {
+                table,
+                key: k.to_vec(),
+                value: v.to_vec(),
+            });
+        }
+    }
+    Ok(ops)
+}
+
+/// Convert a layout-1 directory: its entries into a new journal, synced,
+/// then `FORMAT` says 2, then the old database goes. A crash before
+/// `FORMAT` changes leaves layout 1 to convert again.
+fn convert_layout_1(dir: &Path) -> io::Result<()> {
+    let ops = read_layout_1(dir).map_err(|e| {
+        at(
+            dir,
+            format!(
+                "the layout-1 store in {} can't be read: {e}",
+                dir.join("store").display()
+            ),
+        )
+    })?;
+    let count = ops.len();
+    let journal_dir = dir.join("journal");
+    if journal_dir.exists() {
+        // Left by a conversion that did not finish.
+        std::fs::remove_dir_all(&journal_dir).map_err(|e| at(dir, e))?;
+    }
+    let journal = Journal::open(&journal_dir).map_err(|e| at(dir, e))?;
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        journal
+            .commit(ops.by_ref().take(1024).collect())
+            .map_err(|e| at(dir, e))?;
+    }
+    journal.sync().map_err(|e| at(dir, e))?;
+    drop(journal);
+    write_format(dir).map_err(|e| at(dir, e))?;
+    std::fs::remove_dir_all(dir.join("store")).map_err(|e| at(dir, e))?;
+    tracing::info!(dir = %dir.display(), entries = count, "converted the store from layout 1 (fjall) to layout 2 (journal)");
+    Ok(())
+}
+
+/// Take the lock and bring the directory to this build's layout.
+fn prepare(dir: &Path) -> io::Result<File> {
+    create_dir(dir)?;
+    let lock = lock(dir)?;
+    match read_format(dir)? {
+        0 => {
+            create_dir(&dir.join("journal"))?;
+            write_format(dir).map_err(|e| at(dir, e))?;
+        }
+        1 => convert_layout_1(dir)?,
+        _ => {}
+    }
+    Ok(lock)
+}
+
+fn damaged(dir: &Path, e: impl std::fmt::Display) -> io::Error {
+    at(
+        dir,
+        format!(
+            "the store can't be opened ({e}); `petrel store check --data-dir {}` reports what is \
+             readable, and `petrel store salvage` copies it into a new directory",
+            dir.display()
+        ),
+    )
 }
 
 impl DiskStore {
@@ -249,50 +377,33 @@ impl DiskStore {
     /// (never, if zero: then only the operating system's own writeback
     /// bounds a power loss); with `fsync`, commits wait for their sync.
     pub fn open(dir: &Path, durability: Durability, sync_interval: Duration) -> io::Result<Self> {
-        create_dir(dir)?;
-        let lock = lock(dir)?;
-        open_format(dir)?;
-        let db = fjall::Database::builder(dir.join("store"))
-            .max_journaling_size(MAX_JOURNALS)
-            .open()
-            .map_err(|e| {
-                at(
-                    dir,
-                    format!(
-                        "the store can't be opened ({e}); `petrel store check --data-dir {}` \
-                         reports what is readable, and `petrel store salvage` copies it into a new \
-                         directory",
-                        dir.display()
-                    ),
-                )
-            })?;
-        let mut tables = Vec::new();
-        for t in Table::ALL {
-            let ks = db
-                .keyspace(t.name(), fjall::KeyspaceCreateOptions::default)
-                .map_err(|e| at(dir, e))?;
-            tables.push((t, ks));
-        }
-        let (syncer, group) = match durability {
+        let lock = prepare(dir)?;
+        let journal = Arc::new(Journal::open(&dir.join("journal")).map_err(|e| damaged(dir, e))?);
+        let (sync_every, group) = match durability {
             // (Not opened for `none`; as a store, it syncs like `process`.)
-            Durability::Process | Durability::None => (
-                (!sync_interval.is_zero()).then(|| Syncer::start(db.clone(), sync_interval)),
-                None,
-            ),
+            Durability::Process | Durability::None => {
+                ((!sync_interval.is_zero()).then_some(sync_interval), None)
+            }
             Durability::Fsync => (
                 None,
-                Some(Group::start(db.clone()).map_err(|e| at(dir, e))?),
+                Some(Group::start(journal.clone()).map_err(|e| at(dir, e))?),
             ),
         };
         Ok(Self {
             dir: dir.to_path_buf(),
-            db,
-            tables,
+            maintenance: Some(Maintenance::start(journal.clone(), sync_every)),
+            journal,
             _lock: lock,
-            syncer,
             group,
-            unflushed: AtomicBool::new(false),
         })
+    }
+
+    /// Read whatever can be read in `dir`'s store, reading past damage,
+    /// for `petrel store check` and `salvage` (the directory is locked
+    /// meanwhile, so no broker may be using it).
+    pub fn inspect(dir: &Path) -> io::Result<Inspection> {
+        let _lock = prepare(dir)?;
+        crate::journal::Journal::inspect(&dir.join("journal")).map_err(|e| at(dir, e))
     }
 
     /// Syncs done for `fsync` durability so far (each covers every commit
@@ -308,26 +419,30 @@ impl DiskStore {
         &self.dir
     }
 
-    /// Bytes the store occupies on disk.
+    /// Bytes the store's journal occupies on disk.
     pub fn disk_space(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.journal.disk_bytes()
+    }
+
+    /// Bytes of the entries it holds (what compaction keeps).
+    pub fn live_bytes(&self) -> u64 {
+        self.journal.live_bytes()
+    }
+
+    /// Segment files of the journal.
+    pub fn segments(&self) -> usize {
+        self.journal.segments()
+    }
+
+    /// Compact the journal now if it is due (the maintenance thread does
+    /// it every second); whether it was.
+    pub fn compact(&self) -> io::Result<bool> {
+        self.journal.compact()
     }
 
     /// Sync everything to disk now.
     pub fn sync(&self) -> io::Result<()> {
-        self.db
-            .persist(fjall::PersistMode::SyncAll)
-            .map_err(|e| at(&self.dir, e))
-    }
-
-    fn table(&self, t: Table) -> &fjall::Keyspace {
-        // Every table is opened in `open`.
-        &self
-            .tables
-            .iter()
-            .find(|(x, _)| *x == t)
-            .unwrap_or(&self.tables[0])
-            .1
+        self.journal.sync().map_err(|e| at(&self.dir, e))
     }
 }
 
@@ -341,31 +456,9 @@ fn create_dir(dir: &Path) -> io::Result<()> {
 
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        self.syncer = None;
+        self.maintenance = None;
         self.group = None;
         let _ = self.sync();
-    }
-}
-
-impl Syncer {
-    fn start(db: fjall::Database, every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("petrel-store-sync".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    std::thread::park_timeout(every);
-                    if let Err(e) = db.persist(fjall::PersistMode::SyncAll) {
-                        tracing::error!(error = %e, "the store's journal could not be synced");
-                    }
-                }
-            })
-            .ok();
-        if thread.is_none() {
-            tracing::error!("the store's sync thread did not start: syncs happen at shutdown only");
-        }
-        Self { stop, thread }
     }
 }
 
@@ -374,22 +467,7 @@ impl Store for DiskStore {
         // Into the journal's buffer in the process: `flush` hands it to the
         // operating system before anything it acknowledges goes out, one
         // write for every commit since the last.
-        let mut batch = self.db.batch();
-        for op in ops {
-            match op {
-                Op::Put { table, key, value } => batch.insert(self.table(table), key, value),
-                Op::Delete { table, key } => batch.remove(self.table(table), key),
-                Op::DeletePrefix { table, prefix } => {
-                    let t = self.table(table);
-                    for kv in t.prefix(&prefix) {
-                        let k = kv.key().map_err(|e| at(&self.dir, e))?;
-                        batch.remove(t, k);
-                    }
-                }
-            }
-        }
-        batch.commit().map_err(|e| at(&self.dir, e))?;
-        self.unflushed.store(true, Ordering::Release);
+        self.journal.commit(ops).map_err(|e| at(&self.dir, e))?;
         let Some(group) = &self.group else {
             return Ok(Commit::done());
         };
@@ -402,22 +480,15 @@ impl Store for DiskStore {
     }
 
     fn flush(&self) -> io::Result<()> {
-        if self.unflushed.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.db.persist(fjall::PersistMode::Buffer) {
-                self.unflushed.store(true, Ordering::Release);
-                return Err(at(&self.dir, e));
-            }
-        }
-        Ok(())
+        self.journal.flush().map_err(|e| at(&self.dir, e))
     }
 
     fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for kv in self.table(table).iter() {
-            let (k, v) = kv.into_inner().map_err(|e| at(&self.dir, e))?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.journal.scan(table).map_err(|e| at(&self.dir, e))
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.journal.live_bytes()
     }
 }
 
@@ -530,6 +601,51 @@ mod tests {
         // Positive control: the layout this build writes opens.
         std::fs::write(d.join("FORMAT"), format!("petrel-store {FORMAT}\n")).unwrap();
         assert!(DiskStore::open(&d, Durability::Process, Duration::ZERO).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_layout_1_store_is_converted_when_opened() {
+        let d = temp("layout1");
+        create_dir(&d).unwrap();
+        // What Petrel's first durable layout wrote: a fjall database in
+        // `store/`, one keyspace per table, and FORMAT saying 1.
+        {
+            let db = fjall::Database::builder(d.join("store")).open().unwrap();
+            let retained = db
+                .keyspace("retained", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            retained.insert("a/b", "old").unwrap();
+            let sessions = db
+                .keyspace("sessions", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            sessions.insert("c1", [1u8, 2, 3]).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        std::fs::write(d.join("FORMAT"), "petrel-store 1\n").unwrap();
+        // A journal half-written by a conversion that was killed is redone.
+        std::fs::create_dir_all(d.join("journal")).unwrap();
+        std::fs::write(d.join("journal/0000000000000001.log"), b"PETRELJ1junk").unwrap();
+        {
+            let s = DiskStore::open(&d, Durability::Process, Duration::ZERO).unwrap();
+            assert_eq!(
+                s.scan(Table::Retained).unwrap(),
+                vec![(b"a/b".to_vec(), b"old".to_vec())]
+            );
+            assert_eq!(
+                s.scan(Table::Sessions).unwrap(),
+                vec![(b"c1".to_vec(), vec![1, 2, 3])]
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.join("FORMAT")).unwrap().trim(),
+            format!("petrel-store {FORMAT}")
+        );
+        assert!(!d.join("store").exists());
+        // And it stays converted.
+        let s = DiskStore::open(&d, Durability::Process, Duration::ZERO).unwrap();
+        assert_eq!(s.scan(Table::Retained).unwrap().len(), 1);
+        drop(s);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

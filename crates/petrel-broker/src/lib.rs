@@ -44,6 +44,7 @@
 pub mod config;
 pub mod core;
 pub mod durable;
+pub mod journal;
 mod persist;
 mod server;
 mod stats;

@@ -28,6 +28,7 @@ pub(crate) struct Stats {
     pub(crate) denied_subscribe: AtomicU64,
     pub(crate) denied_delivery: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) store_full: AtomicU64,
 }
 
 impl Stats {
@@ -70,6 +71,7 @@ impl Stats {
             denied_subscribe: get(&self.denied_subscribe),
             denied_delivery: get(&self.denied_delivery),
             store_errors: get(&self.store_errors),
+            store_full: get(&self.store_full),
             ..StatsSnapshot::default()
         }
     }
@@ -131,4 +133,6 @@ pub struct StatsSnapshot {
     /// Writes to the durable store that failed (what they carried was
     /// refused, not acknowledged).
     pub store_errors: u64,
+    /// Messages refused because the durable store held `max_store_bytes`.
+    pub store_full: u64,
 }

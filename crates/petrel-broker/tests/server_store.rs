@@ -39,6 +39,10 @@ impl Store for Held {
     fn scan(&self, table: Table) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.scan(table)
     }
+
+    fn stored_bytes(&self) -> u64 {
+        self.inner.stored_bytes()
+    }
 }
 
 impl Held {
@@ -134,6 +138,10 @@ impl Store for Crashable {
 
     fn scan(&self, table: Table) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.data.scan(table)
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.data.stored_bytes()
     }
 }
 
@@ -436,4 +444,81 @@ async fn a_will_waiting_for_its_delay_survives_a_crash() {
         "a cancelled will was published"
     );
     lives.kill();
+}
+
+/// A QoS 1 PUBLISH of `payload` with packet id `id`, not waiting.
+async fn send_payload(c: &mut Raw, t: &str, id: u16, payload: &'static [u8]) {
+    let mut p = Publish::new(topic(t), Bytes::from_static(payload));
+    p.qos = QosPid::AtLeastOnce(pid(id));
+    c.send(Packet::Publish(p)).await;
+}
+
+#[tokio::test]
+async fn at_max_store_bytes_new_messages_to_store_are_refused_and_stored_ones_kept() {
+    use petrel_codec::QoS;
+    static PAYLOAD: [u8; 200] = [b'x'; 200];
+    let store = Arc::new(MemoryStore::new());
+    let mut cfg = config();
+    cfg.max_store_bytes = 2_000;
+    let b = serve_broker(Broker::builder(cfg).store(store.clone()).build().unwrap()).await;
+    // A stored session, offline: what it matches must be stored.
+    let (mut sub, _) =
+        Raw::connect_with(b.addr, Protocol::V5, "stored", persistent(Protocol::V5)).await;
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    // A session that is not stored, online.
+    let mut live = Raw::connect(b.addr, Protocol::V5, "live").await;
+    live.subscribe("q/#", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr, Protocol::V5, "pub").await;
+    let mut accepted = 0;
+    let mut refused_at = None;
+    for id in 1..=40u16 {
+        send_payload(&mut p, "q/a", id, &PAYLOAD).await;
+        match p.recv().await {
+            Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::SUCCESS => accepted += 1,
+            Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::QUOTA_EXCEEDED => {
+                refused_at = Some(id);
+                break;
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // Positive control: messages were taken until the store was full.
+    assert!(accepted >= 5, "only {accepted} accepted");
+    assert!(
+        refused_at.is_some(),
+        "never refused: the limit does not hold"
+    );
+    assert!(
+        store.stored_bytes() < 2_000 + 400,
+        "{}",
+        store.stored_bytes()
+    );
+    // The refused message went to nobody, not even the session that would
+    // not have stored it.
+    for _ in 0..accepted {
+        assert_eq!(live.recv_publish().await.payload.len(), 200);
+    }
+    assert!(live.no_publish(Duration::from_millis(200)).await);
+    // 3.1.1 can't be told: no PUBACK, and the connection closes.
+    let mut v3 = Raw::connect(b.addr, Protocol::V3_1_1, "pub3").await;
+    send_payload(&mut v3, "q/b", 1, &PAYLOAD).await;
+    assert!(v3.recv().await.is_none(), "3.1.1 was acknowledged");
+    // What was stored is all there: the session gets every accepted one.
+    let (mut sub, ack) =
+        Raw::connect_with(b.addr, Protocol::V5, "stored", persistent(Protocol::V5)).await;
+    assert!(ack.session_present);
+    for _ in 0..accepted {
+        assert_eq!(sub.recv_publish().await.payload.len(), 200);
+    }
+    assert!(sub.no_publish(Duration::from_millis(200)).await);
+    // Delivered, it leaves the store: there is room again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send_payload(&mut p, "q/a", 99, &PAYLOAD).await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    // Refused twice: the 5.0 message and the 3.1.1 one.
+    assert_eq!(b.broker.stats().store_full, 2);
 }

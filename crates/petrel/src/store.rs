@@ -64,38 +64,34 @@ impl Where {
 struct Found {
     good: Vec<(Table, Vec<u8>, Vec<u8>)>,
     bad: Vec<(Table, Vec<u8>, String)>,
+    /// Parts of the journal that can't be read (file, offset, why).
+    damage: Vec<String>,
+    disk_bytes: u64,
 }
 
-fn read_all(store: &DiskStore) -> Result<Found, String> {
+fn read_all(dir: &Path) -> Result<Found, String> {
+    if !dir.join("FORMAT").exists() {
+        return Err(format!("{} holds no Petrel store", dir.display()));
+    }
+    let seen = DiskStore::inspect(dir).map_err(|e| e.to_string())?;
     let mut found = Found {
         good: Vec::new(),
         bad: Vec::new(),
+        damage: seen.damage,
+        disk_bytes: seen.disk_bytes,
     };
-    for table in Table::ALL {
-        let entries = store
-            .scan(table)
-            .map_err(|e| format!("table {}: {e}", table.name()))?;
-        for (key, value) in entries {
-            let checked = check_entry(table, &key, &value);
-            match checked {
-                Ok(()) => found.good.push((table, key, value)),
-                Err(e) => found.bad.push((table, key, e.to_string())),
-            }
+    for ((table, key), value) in seen.entries {
+        match check_entry(table, &key, &value) {
+            Ok(()) => found.good.push((table, key, value)),
+            Err(e) => found.bad.push((table, key, e.to_string())),
         }
     }
     Ok(found)
 }
 
-fn open(dir: &Path) -> Result<DiskStore, String> {
-    if !dir.join("FORMAT").exists() {
-        return Err(format!("{} holds no Petrel store", dir.display()));
-    }
-    DiskStore::open(dir, Durability::Process, Duration::ZERO).map_err(|e| e.to_string())
-}
-
-fn report(dir: &Path, store: &DiskStore, found: &Found) {
+fn report(dir: &Path, found: &Found) {
     println!("store: {}", dir.display());
-    println!("  on disk: {} bytes", store.disk_space());
+    println!("  on disk: {} bytes", found.disk_bytes);
     for table in Table::ALL {
         let good = found.good.iter().filter(|(t, ..)| *t == table).count();
         let bad = found.bad.iter().filter(|(t, ..)| *t == table).count();
@@ -107,6 +103,9 @@ fn report(dir: &Path, store: &DiskStore, found: &Found) {
             table.name(),
             String::from_utf8_lossy(key)
         );
+    }
+    for d in &found.damage {
+        println!("  damaged journal (the rest of that file is skipped): {d}");
     }
 }
 
@@ -126,10 +125,9 @@ pub(crate) fn run(args: StoreArgs) -> ExitCode {
 
 fn check(w: &Where) -> Result<ExitCode, String> {
     let dir = w.dir()?;
-    let store = open(&dir)?;
-    let found = read_all(&store)?;
-    report(&dir, &store, &found);
-    if found.bad.is_empty() {
+    let found = read_all(&dir)?;
+    report(&dir, &found);
+    if found.bad.is_empty() && found.damage.is_empty() {
         println!("  all readable");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -146,9 +144,8 @@ fn salvage(from: &Where, into: &Path) -> Result<ExitCode, String> {
     if into.join("FORMAT").exists() {
         return Err(format!("{} holds a store already", into.display()));
     }
-    let store = open(&dir)?;
-    let found = read_all(&store)?;
-    report(&dir, &store, &found);
+    let found = read_all(&dir)?;
+    report(&dir, &found);
     let target =
         DiskStore::open(into, Durability::Process, Duration::ZERO).map_err(|e| e.to_string())?;
     let copied = found.good.len();
@@ -169,5 +166,10 @@ fn salvage(from: &Where, into: &Path) -> Result<ExitCode, String> {
         into.display(),
         found.bad.len()
     );
+    if !found.damage.is_empty() {
+        println!(
+            "entries in the damaged part of the journal are lost, and entries it deleted may be back"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

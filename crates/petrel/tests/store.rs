@@ -111,6 +111,46 @@ async fn a_data_directory_in_use_is_refused_naming_it_and_the_other_broker() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// Start a broker on `data` expecting it to refuse: what it said.
+fn refused_start(data: &Path) -> String {
+    let out = petrel()
+        .args(["broker", "-p", &free_port().to_string(), "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `petrel store check` on `data`: its exit status and report.
+fn check(data: &Path) -> (Option<i32>, String) {
+    let out = petrel()
+        .args(["store", "check", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `petrel store salvage` from `data` into `into`, which must succeed.
+fn salvage(data: &Path, into: &Path) {
+    let out = petrel()
+        .args(["store", "salvage", "--data-dir"])
+        .arg(data)
+        .arg("--into")
+        .arg(into)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
     let data = dir("damaged");
@@ -119,13 +159,8 @@ async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
     retain(port, "good", b"kept").await;
     drop(broker);
     // Clean so far.
-    let out = petrel()
-        .args(["store", "check", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}");
+    let (code, report) = check(&data);
+    assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("retained: 1 readable, 0 not"), "{report}");
     // A value no Petrel wrote.
     {
@@ -139,42 +174,59 @@ async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
             .unwrap();
     }
     // The broker will not start on it, and says what to do.
-    let out = petrel()
-        .args(["broker", "-p", &free_port().to_string(), "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&data);
     assert!(err.contains("\"bad\""), "{err}");
-    let out = petrel()
-        .args(["store", "check", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{report}");
+    let (code, report) = check(&data);
+    assert_eq!(code, Some(1), "{report}");
     assert!(report.contains("retained: 1 readable, 1 not"), "{report}");
     assert!(report.contains("unreadable retained \"bad\""), "{report}");
     // Salvage into a new directory; a broker there has the good one.
     let rescued = dir("rescued");
-    let out = petrel()
-        .args(["store", "salvage", "--data-dir"])
-        .arg(&data)
-        .arg("--into")
-        .arg(&rescued)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    salvage(&data, &rescued);
     let port = free_port();
     let _broker = Running(start(&rescued, port));
     assert_eq!(
         retained(port).await,
         vec![("good".to_string(), b"kept".to_vec())]
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&rescued);
+}
+
+#[tokio::test]
+async fn a_damaged_journal_is_refused_naming_the_file_and_salvage_keeps_what_precedes_it() {
+    let data = dir("torn");
+    let port = free_port();
+    let broker = Running(start(&data, port));
+    retain(port, "one", b"1").await;
+    retain(port, "two", b"2").await;
+    retain(port, "three", b"3").await;
+    drop(broker);
+    // Flip a byte inside the second message's frame, before the end.
+    let journal = data.join("journal");
+    let segment = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.windows(3).position(|w| w == b"two").unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(&segment, &bytes).unwrap();
+    let err = refused_start(&data);
+    assert!(err.contains(&segment.display().to_string()), "{err}");
+    assert!(err.contains("petrel store check"), "{err}");
+    let (code, report) = check(&data);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("damaged journal"), "{report}");
+    assert!(report.contains("retained: 1 readable, 0 not"), "{report}");
+    let rescued = dir("torn-rescued");
+    salvage(&data, &rescued);
+    let port = free_port();
+    let _broker = Running(start(&rescued, port));
+    assert_eq!(
+        retained(port).await,
+        vec![("one".to_string(), b"1".to_vec())]
     );
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&rescued);

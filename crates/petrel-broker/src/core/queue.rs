@@ -174,7 +174,7 @@ pub(crate) struct StoredQueue {
     /// Messages given to the session machine, by its message id: their
     /// sequence numbers, with [`QOS2`] set for a QoS 2 one (which has a
     /// delivery state in the store too).
-    delivering: std::collections::HashMap<u64, u64>,
+    delivering: rustc_hash::FxHashMap<u64, u64>,
 }
 
 /// A session as the router knows it: compared and hashed by identity, so a

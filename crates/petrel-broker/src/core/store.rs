@@ -328,6 +328,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Bytes its entries take, for `max_store_bytes` (a store that does
+    /// not count them is never full).
+    fn stored_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// A store in memory: what a process restart loses. For tests and for
@@ -335,6 +341,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Entries>,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Every entry, by table and key.
@@ -414,19 +421,34 @@ impl Ticket {
 impl Store for MemoryStore {
     fn commit(&self, ops: Vec<Op>) -> io::Result<Commit> {
         let mut tables = lock(&self.tables);
+        let size = |k: &[u8], v: &[u8]| (k.len() + v.len()) as u64;
+        let mut bytes = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
         for op in ops {
             match op {
                 Op::Put { table, key, value } => {
-                    tables.insert((table, key), value);
+                    bytes += size(&key, &value);
+                    if let Some(old) = tables.insert((table, key.clone()), value) {
+                        bytes -= size(&key, &old);
+                    }
                 }
                 Op::Delete { table, key } => {
-                    tables.remove(&(table, key));
+                    if let Some(old) = tables.remove(&(table, key.clone())) {
+                        bytes -= size(&key, &old);
+                    }
                 }
                 Op::DeletePrefix { table, prefix } => {
-                    tables.retain(|(t, k), _| *t != table || !k.starts_with(&prefix));
+                    tables.retain(|(t, k), v| {
+                        let keep = *t != table || !k.starts_with(&prefix);
+                        if !keep {
+                            bytes -= size(k, v);
+                        }
+                        keep
+                    });
                 }
             }
         }
+        self.bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(Commit::done())
     }
 
@@ -436,6 +458,10 @@ impl Store for MemoryStore {
             .filter(|((t, _), _)| *t == table)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

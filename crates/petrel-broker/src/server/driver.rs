@@ -605,13 +605,15 @@ impl Task {
                         }
                         None => (ReasonCode::SUCCESS, None),
                     };
-                    if reason == ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+                    if (reason == ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+                        || reason == ReasonCode::QUOTA_EXCEEDED)
                         && packet_id.is_some()
                         && !self.conn.protocol().is_v5()
                     {
-                        // Not stored, and 3.1.1 can only say "taken": no
-                        // acknowledgement; the connection closes and the
-                        // client sends it again when it is back.
+                        // Not stored (or the store is full), and 3.1.1 can
+                        // only say "taken": no acknowledgement; the
+                        // connection closes and the client sends it again
+                        // when it is back.
                         self.lost = true;
                         continue;
                     }

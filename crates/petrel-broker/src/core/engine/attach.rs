@@ -127,7 +127,7 @@ impl Engine {
 
     fn publish_wills(&self, wills: Vec<PendingWill>, now: Instant) {
         for w in wills {
-            self.publish(w.publisher.as_ref(), w.message, None, now);
+            let _ = self.publish(w.publisher.as_ref(), w.message, None, now, false);
         }
     }
 

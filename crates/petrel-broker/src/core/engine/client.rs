@@ -15,6 +15,7 @@ use petrel_codec::{
 use petrel_session::{CloseReason, Message, SessionState};
 use tokio::sync::oneshot;
 
+use super::publish::NotTaken;
 use super::Engine;
 use crate::core::auth::{
     Access, Action, AuthExchange, Credentials, DecisionCache, Exchange, Identity, CACHED_TOPIC,
@@ -318,7 +319,10 @@ impl Client {
     /// it. Returns the reason its PUBACK or PUBREC carries: 0x87 Not
     /// authorized for a topic it may not write (in 3.1.1, which has no
     /// reason codes, the message is acknowledged and dropped, as Mosquitto
-    /// does), 0x10 No matching subscribers, or Success. Routed before it is
+    /// does), 0x97 Quota exceeded when the durable store is full, 0x83
+    /// Implementation specific error when it could not be written (for
+    /// 3.1.1 the driver then closes instead), 0x10 No matching
+    /// subscribers, or Success. Routed before it is
     /// acknowledged ([MQTT-4.3.2-4], [MQTT-4.3.3-8] hold: it is ours now).
     pub fn publish(&mut self, p: Publish, now: Instant) -> ReasonCode {
         if !self.may_publish(p.topic.as_str()) {
@@ -334,10 +338,14 @@ impl Client {
         let mut message = Message::new(p.topic, p.payload, p.qos.qos());
         message.retain = p.retain;
         message.properties = p.properties;
-        match self.engine.publish(Some(&self.key), message, incoming, now) {
+        match self
+            .engine
+            .publish(Some(&self.key), message, incoming, now, true)
+        {
             // Not stored: the driver must not acknowledge it as taken.
-            None => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-            Some(p) => {
+            Err(NotTaken::StoreFailed) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            Err(NotTaken::StoreFull) => ReasonCode::QUOTA_EXCEEDED,
+            Ok(p) => {
                 if !p.commit.is_done() {
                     self.extra().commit = Some(p.commit);
                 }

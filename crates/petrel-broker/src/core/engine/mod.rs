@@ -443,7 +443,7 @@ impl Broker {
         let mut message = Message::new(topic, payload, qos);
         message.retain = retain;
         self.engine
-            .publish(None, message, None, Instant::now())
+            .publish(None, message, None, Instant::now(), false)
             .map_or(0, |p| p.count)
     }
 
@@ -504,7 +504,7 @@ impl Broker {
             for (topic, value) in topics {
                 let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
                 m.retain = true;
-                e.publish(None, m, None, now);
+                let _ = e.publish(None, m, None, now, false);
             }
         }
     }

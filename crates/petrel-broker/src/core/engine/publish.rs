@@ -44,6 +44,16 @@ pub(super) struct Published {
     pub(super) commit: Commit,
 }
 
+/// Why a message was not taken (nobody may be told it was).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NotTaken {
+    /// What had to be written to the durable store could not be.
+    StoreFailed,
+    /// The durable store holds `max_store_bytes`, and a stored session
+    /// would have had to keep it.
+    StoreFull,
+}
+
 /// The retained store and the bytes it holds.
 #[derive(Debug, Default)]
 pub(super) struct RetainedStore {
@@ -76,9 +86,11 @@ pub(super) fn outgoing(
 impl Engine {
     /// Retain (if asked), route and queue one message; how many
     /// subscribers it went to. A subscriber that may not read the topic
-    /// does not get it. `None`: what had to be written to the durable
-    /// store could not be, and nothing was done (nobody may be told it was
-    /// taken).
+    /// does not get it. [`NotTaken`]: what had to be written to the
+    /// durable store could not be (or the store is full), and nothing was
+    /// done. Only a `bounded` message (a client's PUBLISH) is refused for
+    /// a full store: wills were taken when their client connected, and
+    /// `$SYS` and the application's own messages are the broker's.
     ///
     /// With a durable store, a QoS 1/2 copy for a stored session is
     /// written to the store (with `incoming`, the publisher's QoS 2 packet
@@ -91,7 +103,8 @@ impl Engine {
         message: Message,
         incoming: Option<u16>,
         now: Instant,
-    ) -> Option<Published> {
+        bounded: bool,
+    ) -> Result<Published, NotTaken> {
         let refused = |e: io::Error, what: &str| {
             Stats::add(&self.stats.store_errors, 1);
             tracing::error!(topic = %message.topic.as_str(), error = %e, "{what} not stored: refused");
@@ -102,7 +115,7 @@ impl Engine {
                 Ok(c) => commit = c,
                 Err(e) => {
                     refused(e, "retained message");
-                    return None;
+                    return Err(NotTaken::StoreFailed);
                 }
             }
         }
@@ -158,12 +171,19 @@ impl Engine {
                     value: Vec::new(),
                 });
             }
+            if bounded && durable.iter().any(Option::is_some) && self.store_full() {
+                // Nothing already stored is dropped to make room: the new
+                // message is refused instead.
+                Stats::add(&self.stats.store_full, 1);
+                tracing::debug!(topic = %message.topic.as_str(), "the store is full (max_store_bytes): message refused");
+                return Err(NotTaken::StoreFull);
+            }
             if !ops.is_empty() {
                 match self.stored(ops) {
                     Ok(c) => commit = c,
                     Err(e) => {
                         refused(e, "message");
-                        return None;
+                        return Err(NotTaken::StoreFailed);
                     }
                 }
             }
@@ -201,7 +221,13 @@ impl Engine {
             // Nothing depends on it but the store's size.
             let _ = self.stored(dropped);
         }
-        Some(Published { count, commit })
+        Ok(Published { count, commit })
+    }
+
+    /// Whether the durable store holds `max_store_bytes` already.
+    fn store_full(&self) -> bool {
+        let max = self.config.max_store_bytes;
+        max != 0 && self.store.as_ref().is_some_and(|s| s.stored_bytes() >= max)
     }
 
     /// Store ([MQTT-3.3.1-5]); an empty payload deletes and is not stored
