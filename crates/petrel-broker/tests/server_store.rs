@@ -175,6 +175,26 @@ impl Lives {
         addr
     }
 
+    /// Stop it `how`.
+    async fn end(&mut self, how: Ending) {
+        match how {
+            Ending::Kill => self.kill(),
+            Ending::Graceful => self.stop().await,
+        }
+    }
+
+    /// Shut it down gracefully: connections are closed and handed back,
+    /// everything it writes counts.
+    async fn stop(&mut self) {
+        if let Some((_, b)) = self.current.take() {
+            b.broker.shutdown();
+            tokio::time::timeout(Duration::from_secs(10), b.task)
+                .await
+                .expect("the broker did not stop")
+                .unwrap();
+        }
+    }
+
     /// Kill it: nothing it writes from now on counts, and it stops.
     fn kill(&mut self) {
         if let Some((store, b)) = self.current.take() {
@@ -187,6 +207,17 @@ impl Lives {
     }
 }
 
+/// How a broker's life ends in a restart test.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// As SIGKILL would: nothing written after this moment counts.
+    Kill,
+    /// A graceful shutdown.
+    Graceful,
+}
+
+const ENDINGS: [Ending; 2] = [Ending::Kill, Ending::Graceful];
+
 fn persistent(proto: Protocol) -> impl FnOnce(&mut petrel_codec::Connect) {
     move |c| {
         c.clean_start = false;
@@ -197,8 +228,11 @@ fn persistent(proto: Protocol) -> impl FnOnce(&mut petrel_codec::Connect) {
 }
 
 #[tokio::test]
-async fn an_offline_queue_and_subscriptions_survive_a_crash() {
-    for proto in [Protocol::V3_1_1, Protocol::V5] {
+async fn an_offline_queue_and_subscriptions_survive_a_crash_and_a_restart() {
+    for (proto, how) in [Protocol::V3_1_1, Protocol::V5]
+        .into_iter()
+        .flat_map(|p| ENDINGS.map(|h| (p, h)))
+    {
         let mut lives = Lives::new();
         let addr = lives.start().await;
         let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
@@ -212,12 +246,12 @@ async fn an_offline_queue_and_subscriptions_survive_a_crash() {
             .await;
         p.publish("t/0", b"zero", petrel_codec::QoS::AtMostOnce, false)
             .await;
-        lives.kill();
+        lives.end(how).await;
         let addr = lives.start().await;
         let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
         assert!(
             ack.session_present,
-            "{proto:?}: the session did not come back"
+            "{proto:?} {how:?}: the session did not come back"
         );
         let got: Vec<(Vec<u8>, petrel_codec::QoS)> =
             vec![s.recv_publish().await, s.recv_publish().await]
@@ -243,20 +277,26 @@ async fn an_offline_queue_and_subscriptions_survive_a_crash() {
         // comes again.
         s.disconnect().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        lives.kill();
+        lives.end(how).await;
         let addr = lives.start().await;
         let (mut s, ack) = Raw::connect_with(addr, proto, "sub", persistent(proto)).await;
         assert!(ack.session_present);
         assert!(
             s.no_publish(Duration::from_millis(300)).await,
-            "{proto:?}: delivered again"
+            "{proto:?} {how:?}: delivered again"
         );
         lives.kill();
     }
 }
 
 #[tokio::test]
-async fn qos2_in_flight_both_ways_is_exactly_once_across_a_crash() {
+async fn qos2_in_flight_both_ways_is_exactly_once_across_a_crash_and_a_restart() {
+    for how in ENDINGS {
+        qos2_in_flight_both_ways_is_exactly_once_across_a_crash_and_a_restart_case(how).await;
+    }
+}
+
+async fn qos2_in_flight_both_ways_is_exactly_once_across_a_crash_and_a_restart_case(how: Ending) {
     use petrel_codec::{PubAck, QoS};
     let proto = Protocol::V5;
     let mut lives = Lives::new();
@@ -286,7 +326,7 @@ async fn qos2_in_flight_both_ways_is_exactly_once_across_a_crash() {
     let in_pid = m.qos.packet_id().unwrap();
     s.send(Packet::PubRec(PubAck::new(in_pid))).await;
     assert!(matches!(s.recv().await, Some(Packet::PubRel(r)) if r.packet_id == in_pid));
-    lives.kill();
+    lives.end(how).await;
     let addr = lives.start().await;
     // The subscriber is asked for PUBCOMP only, for each in the order they
     // were first sent: neither message is sent again ([MQTT-4.3.3-6]).
@@ -322,7 +362,13 @@ async fn qos2_in_flight_both_ways_is_exactly_once_across_a_crash() {
 }
 
 #[tokio::test]
-async fn subscription_options_and_identifiers_survive_a_crash() {
+async fn subscription_options_and_identifiers_survive_a_crash_and_a_restart() {
+    for how in ENDINGS {
+        subscription_options_and_identifiers_survive_a_crash_and_a_restart_case(how).await;
+    }
+}
+
+async fn subscription_options_and_identifiers_survive_a_crash_and_a_restart_case(how: Ending) {
     use petrel_codec::{Properties, QoS, SubscriptionOptions};
     let proto = Protocol::V5;
     let mut lives = Lives::new();
@@ -333,7 +379,7 @@ async fn subscription_options_and_identifiers_survive_a_crash() {
     let mut options = SubscriptionOptions::qos(QoS::AtLeastOnce);
     options.no_local = true;
     s.subscribe_with("i/#", options, props).await;
-    lives.kill();
+    lives.end(how).await;
     let addr = lives.start().await;
     let (mut s, ack) = Raw::connect_with(addr, proto, "ids", persistent(proto)).await;
     assert!(ack.session_present);
@@ -417,7 +463,13 @@ fn with_will(topic: &str, delay: u32) -> impl FnOnce(&mut petrel_codec::Connect)
 }
 
 #[tokio::test]
-async fn a_will_waiting_for_its_delay_survives_a_crash() {
+async fn a_will_waiting_for_its_delay_survives_a_crash_and_a_restart() {
+    for how in ENDINGS {
+        a_will_waiting_for_its_delay_survives_a_crash_and_a_restart_case(how).await;
+    }
+}
+
+async fn a_will_waiting_for_its_delay_survives_a_crash_and_a_restart_case(how: Ending) {
     let proto = Protocol::V5;
     let mut lives = Lives::new();
     let addr = lives.start().await;
@@ -427,7 +479,7 @@ async fn a_will_waiting_for_its_delay_survives_a_crash() {
         drop(c);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    lives.kill();
+    lives.end(how).await;
     let addr = lives.start().await;
     let (mut watcher, _) = Raw::connect_with(addr, proto, "watcher", |_| {}).await;
     watcher
