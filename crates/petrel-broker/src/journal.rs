@@ -84,7 +84,54 @@ struct SegmentInfo {
 /// Entries by table, then by the part of the key before its first zero
 /// byte (a session's client id), then by the rest: a session's entries
 /// go together, so deleting them all is one removal.
-type Index = Vec<FxHashMap<Box<[u8]>, FxHashMap<Box<[u8]>, Loc>>>;
+type Index = Vec<FxHashMap<Box<[u8]>, FxHashMap<Rest, Loc>>>;
+
+/// The rest of a key, after its client id: held inline when short (a
+/// queued message's is 9 bytes), so that an entry costs no allocation of
+/// its own.
+#[derive(Clone, Debug)]
+enum Rest {
+    Inline(u8, [u8; 22]),
+    Heap(Box<[u8]>),
+}
+
+impl From<&[u8]> for Rest {
+    fn from(b: &[u8]) -> Self {
+        match u8::try_from(b.len()) {
+            Ok(n) if usize::from(n) <= 22 => {
+                let mut a = [0; 22];
+                a[..b.len()].copy_from_slice(b);
+                Self::Inline(n, a)
+            }
+            _ => Self::Heap(b.into()),
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Rest {
+    fn borrow(&self) -> &[u8] {
+        match self {
+            Self::Inline(n, a) => &a[..usize::from(*n)],
+            Self::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Rest {
+    fn eq(&self, other: &Self) -> bool {
+        <Self as std::borrow::Borrow<[u8]>>::borrow(self)
+            == <Self as std::borrow::Borrow<[u8]>>::borrow(other)
+    }
+}
+
+impl Eq for Rest {}
+
+impl std::hash::Hash for Rest {
+    // As the slice hashes, so that lookups by `&[u8]` find it.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        <Self as std::borrow::Borrow<[u8]>>::borrow(self).hash(state);
+    }
+}
 
 /// Split a key at its first zero byte (the zero stays with the rest).
 fn split(key: &[u8]) -> (&[u8], &[u8]) {
@@ -129,6 +176,10 @@ pub struct Journal {
     inner: Mutex<Inner>,
     /// `Inner::live` as of the last change, readable without the lock.
     live: std::sync::atomic::AtomicU64,
+    /// The buffer holds commits: a flush has something to write. (A
+    /// commit sets it before it returns, so a flush that follows it in
+    /// the same task sees it.)
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -425,7 +476,7 @@ fn delete_prefix_loc(
         });
     } else if let Some(entries) = groups.get_mut(group) {
         entries.retain(|r, loc| {
-            if r.starts_with(rest) {
+            if std::borrow::Borrow::<[u8]>::borrow(r).starts_with(rest) {
                 forget(segments, live, *loc);
                 false
             } else {
@@ -533,6 +584,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(MAGIC.len() as u64 + 1),
             live: std::sync::atomic::AtomicU64::new(live),
+            dirty: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 buf: Vec::new(),
                 active,
@@ -624,6 +676,7 @@ impl Journal {
         seal(&mut inner.buf, start);
         self.live
             .store(inner.live, std::sync::atomic::Ordering::Relaxed);
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         if inner.buf.len() >= BUFFER_LIMIT {
             self.write(inner)?;
         }
@@ -632,6 +685,9 @@ impl Journal {
 
     /// Hand every commit so far to the operating system.
     pub fn flush(&self) -> io::Result<()> {
+        if !self.dirty.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let mut g = lock(&self.inner);
         self.write(&mut g)
     }
@@ -644,6 +700,8 @@ impl Journal {
             return Ok(());
         }
         inner.file.write_all_at(&inner.buf, inner.written)?;
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
         inner.written += inner.buf.len() as u64;
         if let Some(s) = inner.segments.get_mut(&inner.active) {
             s.len = inner.written;
@@ -866,6 +924,7 @@ impl Journal {
         }
         self.live
             .store(inner.live, std::sync::atomic::Ordering::Relaxed);
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         self.write(inner)
     }
 }

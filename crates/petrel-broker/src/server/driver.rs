@@ -575,6 +575,9 @@ impl Task {
     }
 
     async fn handle_events(&mut self, now: Instant, shutdown: &mut watch::Receiver<bool>) {
+        // Deliveries completed, told to the engine together at the end:
+        // one store write for all of them.
+        let mut delivered = Vec::new();
         while let Some(event) = self.conn.poll_event() {
             match event {
                 Event::ConnectRequest(c) => {
@@ -660,13 +663,16 @@ impl Task {
                             _ => {}
                         }
                     }
-                    if let Some(client) = &self.link.client {
-                        client.delivered(id);
+                    if self.link.client.is_some() {
+                        delivered.push(id);
                     }
                 }
                 Event::Closed(reason) => self.log_close(&reason),
                 _ => {}
             }
+        }
+        if let Some(client) = &self.link.client {
+            client.delivered(&delivered);
         }
     }
 

@@ -588,12 +588,15 @@ impl Client {
         }
     }
 
-    /// The session machine is done with `message_id` (delivered, or dropped
-    /// for good): a stored message leaves the store.
-    pub fn delivered(&self, message_id: petrel_session::MessageId) {
-        if let Some(seq) = self.key.delivered(message_id.0) {
-            self.forget(&[seq]);
-        }
+    /// The session machine is done with `message_ids` (delivered, or
+    /// dropped for good): their stored messages leave the store, in one
+    /// write.
+    pub fn delivered(&self, message_ids: &[petrel_session::MessageId]) {
+        let seqs: Vec<u64> = message_ids
+            .iter()
+            .filter_map(|m| self.key.delivered(m.0))
+            .collect();
+        self.forget(&seqs);
     }
 
     /// A stored message that will never be sent (dropped before the session

@@ -140,7 +140,9 @@ impl Engine {
         let count = deliveries.len();
         // The message with bytes of its own, made once if a queue stores it.
         let mut own: Option<Message> = None;
-        // Copies for stored sessions, made and written before any is queued.
+        // Copies for stored sessions, made and written before any is
+        // queued. They share the received bytes, as other copies do, unless
+        // their queue keeps them (below).
         let mut durable: Vec<Option<(u64, Message)>> = Vec::new();
         if self.store.is_some() {
             let mut ops = Vec::new();
@@ -150,12 +152,7 @@ impl Engine {
                     .then(|| d.client.next_seq())
                     .flatten();
                 durable.push(seq.map(|seq| {
-                    let source = own.get_or_insert_with(|| {
-                        let mut m = message.clone();
-                        detach(&mut m);
-                        m
-                    });
-                    let copy = outgoing(source, d.qos, d.retain, &d.identifiers);
+                    let copy = outgoing(&message, d.qos, d.retain, &d.identifiers);
                     ops.push(Op::Put {
                         table: Table::Queue,
                         key: child_key(d.client.client_id(), &seq.to_be_bytes()),
@@ -195,7 +192,7 @@ impl Engine {
             let queued = d
                 .client
                 .push_with(d.qos, now, seq, limits, &self.stats, |kept| {
-                    if let Some((_, copy)) = stored {
+                    if let Some((_, copy)) = stored.filter(|_| !kept) {
                         return copy;
                     }
                     let source = if kept {
