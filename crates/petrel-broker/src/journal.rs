@@ -84,7 +84,149 @@ struct SegmentInfo {
 /// Entries by table, then by the part of the key before its first zero
 /// byte (a session's client id), then by the rest: a session's entries
 /// go together, so deleting them all is one removal.
-type Index = Vec<FxHashMap<Box<[u8]>, FxHashMap<Rest, Loc>>>;
+type Index = Vec<FxHashMap<Box<[u8]>, Group>>;
+
+/// One client id's entries in a table.
+#[derive(Debug, Default)]
+struct Group {
+    /// Those whose rest is a zero byte and a big-endian number (a queued
+    /// message's sequence number), in its order: a session's messages are
+    /// stored in that order and mostly deleted in it, so this is a push at
+    /// the back and a pop at the front, without hashing. A deleted one in
+    /// the middle is marked (`size` 0) until it reaches the front.
+    seqs: std::collections::VecDeque<(u64, Loc)>,
+    /// Marked entries in `seqs`.
+    dead: usize,
+    /// The others.
+    other: FxHashMap<Rest, Loc>,
+}
+
+/// The number in a rest that is a zero byte and a big-endian u64.
+fn seq_of(rest: &[u8]) -> Option<u64> {
+    match rest {
+        [0, n @ ..] => n.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
+impl Group {
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        match self.seqs.front() {
+            Some((first, _)) if *first == seq => Ok(0),
+            _ => self.seqs.binary_search_by_key(&seq, |(n, _)| *n),
+        }
+    }
+
+    fn get(&self, rest: &[u8]) -> Option<Loc> {
+        match seq_of(rest) {
+            Some(n) => self
+                .find(n)
+                .ok()
+                .map(|i| self.seqs[i].1)
+                .filter(|l| l.size != 0),
+            None => self.other.get(rest).copied(),
+        }
+    }
+
+    /// Put `loc` for `rest`; what it replaces.
+    fn insert(&mut self, rest: &[u8], loc: Loc) -> Option<Loc> {
+        let Some(n) = seq_of(rest) else {
+            return self.other.insert(rest.into(), loc);
+        };
+        if self.seqs.back().is_none_or(|(last, _)| *last < n) {
+            self.seqs.push_back((n, loc));
+            return None;
+        }
+        match self.find(n) {
+            Ok(i) => {
+                let old = std::mem::replace(&mut self.seqs[i].1, loc);
+                if old.size == 0 {
+                    self.dead -= 1;
+                    None
+                } else {
+                    Some(old)
+                }
+            }
+            Err(i) => {
+                self.seqs.insert(i, (n, loc));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, rest: &[u8]) -> Option<Loc> {
+        let Some(n) = seq_of(rest) else {
+            return self.other.remove(rest);
+        };
+        let i = self.find(n).ok()?;
+        if self.seqs[i].1.size == 0 {
+            return None;
+        }
+        let old = std::mem::replace(&mut self.seqs[i].1.size, 0);
+        let loc = Loc {
+            size: old,
+            ..self.seqs[i].1
+        };
+        self.dead += 1;
+        self.trim();
+        Some(loc)
+    }
+
+    /// Drop marked entries from the ends, and from the middle once they
+    /// are most of it.
+    fn trim(&mut self) {
+        while self.seqs.front().is_some_and(|(_, l)| l.size == 0) {
+            self.seqs.pop_front();
+            self.dead -= 1;
+        }
+        while self.seqs.back().is_some_and(|(_, l)| l.size == 0) {
+            self.seqs.pop_back();
+            self.dead -= 1;
+        }
+        if self.dead > 64 && self.dead * 2 > self.seqs.len() {
+            self.seqs.retain(|(_, l)| l.size != 0);
+            self.dead = 0;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.seqs.len() == self.dead && self.other.is_empty()
+    }
+
+    /// Every live entry's location.
+    fn locs(&self) -> impl Iterator<Item = Loc> + '_ {
+        self.seqs
+            .iter()
+            .map(|(_, l)| *l)
+            .filter(|l| l.size != 0)
+            .chain(self.other.values().copied())
+    }
+
+    /// Remove the entries whose rest starts with `prefix`; their locations.
+    fn remove_prefix(&mut self, prefix: &[u8]) -> Vec<Loc> {
+        let mut gone = Vec::new();
+        let mut rest = [0u8; 9];
+        self.seqs.retain(|(n, l)| {
+            rest[1..].copy_from_slice(&n.to_be_bytes());
+            if l.size != 0 && rest.starts_with(prefix) {
+                gone.push(*l);
+                false
+            } else {
+                true
+            }
+        });
+        self.dead = self.seqs.iter().filter(|(_, l)| l.size == 0).count();
+        self.other.retain(|r, l| {
+            if std::borrow::Borrow::<[u8]>::borrow(r).starts_with(prefix) {
+                gone.push(*l);
+                false
+            } else {
+                true
+            }
+        });
+        gone
+    }
+}
 
 /// The rest of a key, after its client id: held inline when short (a
 /// queued message's is 9 bytes), so that an entry costs no allocation of
@@ -418,14 +560,7 @@ fn put_loc(
         Some(e) => e,
         None => groups.entry(group.into()).or_default(),
     };
-    let old = match entries.get_mut(rest) {
-        Some(l) => Some(std::mem::replace(l, loc)),
-        None => {
-            entries.insert(rest.into(), loc);
-            None
-        }
-    };
-    if let Some(old) = old {
+    if let Some(old) = entries.insert(rest, loc) {
         forget(segments, live, old);
     }
     segments.entry(loc.segment).or_default().live += u64::from(loc.size);
@@ -469,20 +604,15 @@ fn delete_prefix_loc(
             if !g.starts_with(group) {
                 return true;
             }
-            for (_, loc) in entries.drain() {
+            for loc in entries.locs() {
                 forget(segments, live, loc);
             }
             false
         });
     } else if let Some(entries) = groups.get_mut(group) {
-        entries.retain(|r, loc| {
-            if std::borrow::Borrow::<[u8]>::borrow(r).starts_with(rest) {
-                forget(segments, live, *loc);
-                false
-            } else {
-                true
-            }
-        });
+        for loc in entries.remove_prefix(rest) {
+            forget(segments, live, loc);
+        }
         if entries.is_empty() {
             groups.remove(group);
         }
@@ -839,11 +969,7 @@ impl Journal {
             let mut wanted = Vec::new();
             for groups in &g.index {
                 for entries in groups.values() {
-                    for loc in entries.values() {
-                        if loc.segment == oldest {
-                            wanted.push(*loc);
-                        }
-                    }
+                    wanted.extend(entries.locs().filter(|l| l.segment == oldest));
                 }
             }
             (wanted, g.segments.get(&oldest).map_or(0, |s| s.len))
@@ -890,7 +1016,7 @@ impl Journal {
             let here = inner.index[table_index(table)]
                 .get(group)
                 .and_then(|e| e.get(rest))
-                .is_some_and(|l| *l == loc);
+                .is_some_and(|l| l == loc);
             if !here {
                 continue;
             }
@@ -1124,6 +1250,48 @@ mod tests {
         assert!(j.disk_bytes() <= 2 * j.live_bytes() + (SPARE_SEGMENTS + 1) * 2048);
         drop(j);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    proptest::proptest! {
+        /// A group's index agrees with a plain map whatever the order of
+        /// puts and deletes, by sequence number or by other rests.
+        #[test]
+        fn a_group_holds_what_a_map_would(
+            ops in proptest::collection::vec((0u8..4, 0u64..40), 0..300)
+        ) {
+            let mut g = Group::default();
+            let mut model: BTreeMap<Vec<u8>, Loc> = BTreeMap::new();
+            for (i, (op, n)) in ops.into_iter().enumerate() {
+                let rest: Vec<u8> = if n % 7 == 0 {
+                    vec![0, n as u8]
+                } else {
+                    let mut r = vec![0];
+                    r.extend_from_slice(&n.to_be_bytes());
+                    r
+                };
+                let loc = Loc { segment: 1, offset: i as u64, size: 10 + i as u32 };
+                match op {
+                    0 | 1 => {
+                        proptest::prop_assert_eq!(g.insert(&rest, loc), model.insert(rest.clone(), loc));
+                    }
+                    2 => {
+                        proptest::prop_assert_eq!(g.remove(&rest), model.remove(&rest));
+                    }
+                    _ => {
+                        let gone = g.remove_prefix(&[0]).len();
+                        proptest::prop_assert_eq!(gone, model.len());
+                        model.clear();
+                    }
+                }
+                proptest::prop_assert_eq!(g.get(&rest), model.get(&rest).copied());
+                let mut locs: Vec<u64> = g.locs().map(|l| l.offset).collect();
+                locs.sort_unstable();
+                let mut expected: Vec<u64> = model.values().map(|l| l.offset).collect();
+                expected.sort_unstable();
+                proptest::prop_assert_eq!(locs, expected);
+                proptest::prop_assert_eq!(g.is_empty(), model.is_empty());
+            }
+        }
     }
 
     fn only_segment(d: &Path) -> PathBuf {
