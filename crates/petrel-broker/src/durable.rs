@@ -16,7 +16,7 @@
 //! fjall also keeps every entry in an ordered memtable and writes it again
 //! into sorted tables, which for queued messages deleted milliseconds later
 //! was 40% of the broker's CPU under `petrel bench qos1 --persistent` and
-//! held `process` durability to 21% of the in-memory throughput (64% with
+//! held `process` durability to 21% of the in-memory throughput (73% with
 //! the journal). The journal's price is the slower start-up read. A
 //! layout-1 (fjall) directory is converted when opened.
 //!
