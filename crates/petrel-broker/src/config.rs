@@ -4,6 +4,8 @@
 //! ```toml
 //! # Every key is optional; these are the defaults.
 //! log_level = "info"            # error, warn, info, debug, trace
+//! log_format = "text"           # or "json": one object a line
+//! log_file = "/var/log/petrel.log"  # append the log there instead of standard error
 //! sys_interval = 10             # seconds between $SYS updates; 0 turns them off
 //! persistence = "petrel.db"     # keep sessions and retained messages across restarts (default: none)
 //! data_dir = "/var/lib/petrel"   # durable store: sessions, queues, retained messages (default: none)
@@ -92,6 +94,12 @@ pub struct BrokerConfig {
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`), for the binary
     /// that sets up logging. Default `info`.
     pub log_level: LogLevel,
+    /// How log lines are written: `text` (default) or `json` (one object
+    /// a line), for the binary that sets up logging.
+    pub log_format: LogFormat,
+    /// File the binary appends its log to, instead of standard error.
+    /// Default none.
+    pub log_file: Option<PathBuf>,
     /// File where sessions and retained messages are kept across a
     /// graceful restart (written at shutdown, read at start). Default none.
     /// With `data_dir`, retained messages are in the durable store instead
@@ -466,6 +474,17 @@ pub enum Durability {
     None,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text for people (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
 /// Log verbosity.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -586,6 +605,8 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             sys_interval: 10,
             log_level: LogLevel::default(),
+            log_format: LogFormat::default(),
+            log_file: None,
             persistence: None,
             data_dir: None,
             sync_interval: 1,

@@ -49,7 +49,7 @@ mod persist;
 mod server;
 mod stats;
 
-pub use crate::config::{BrokerConfig, ConfigError, Durability};
+pub use crate::config::{BrokerConfig, ConfigError, Durability, LogFormat};
 pub use crate::core::auth::{
     Action, AuthExchange, AuthMethod, Authenticator, Authorizer, BoxFuture, CertificateIdentity,
     ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,

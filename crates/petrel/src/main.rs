@@ -24,7 +24,7 @@ mod passwd;
 mod store;
 mod tools;
 use petrel_broker::config::ListenerConfig;
-use petrel_broker::{Broker, BrokerConfig, Certificates, Durability, Server};
+use petrel_broker::{Broker, BrokerConfig, Certificates, Durability, LogFormat, Server};
 
 #[derive(Parser)]
 #[command(
@@ -164,6 +164,37 @@ fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
     Ok(config)
 }
 
+/// Log to `log_file` (appended) or standard error, as text (colours only
+/// on a terminal) or JSON lines.
+fn init_logging(config: &BrokerConfig, level: &str) -> Result<(), String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (writer, terminal) = match &config.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match config.log_format {
+        LogFormat::Text => builder.with_ansi(terminal).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
+}
+
 fn run_broker(args: BrokerArgs) -> ExitCode {
     let config = match load_config(&args) {
         Ok(c) => c,
@@ -177,12 +208,10 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logging(&config, level) {
+        eprintln!("petrel: {e}");
+        return ExitCode::from(2);
+    }
     match (&config.data_dir, config.durability) {
         (_, Durability::None) | (None, _) => {
             tracing::info!("no data directory (--memory): everything is lost when the broker stops")

@@ -147,3 +147,76 @@ fn help_describes_the_broker_flags() {
         assert!(help.contains(flag), "{flag} missing from {help}");
     }
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_terminal_colours() {
+    let port = free_port();
+    let broker = Running(
+        petrel()
+            .args(["broker", "--memory", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    mqtt_handshake(port);
+    let mut running = broker;
+    let mut stderr = running.0.stderr.take().unwrap();
+    let _ = terminate(running);
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    // Positive control: the log is there, its level names readable.
+    assert!(log.contains(" INFO "), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes in a piped log: {log:?}"
+    );
+}
+
+#[test]
+fn log_format_json_to_a_log_file_writes_one_object_a_line() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("petrel-cli-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("petrel.log");
+    let _ = std::fs::remove_file(&log);
+    let config = dir.join("petrel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_format = \"json\"\nlog_file = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:{port}\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let broker = spawn(&["broker", "--memory", "--config", config.to_str().unwrap()]);
+    mqtt_handshake(port);
+    assert!(terminate(broker).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{text}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    assert!(!text.contains('\u{1b}'));
+    // A log file that can't be opened stops the broker, naming it.
+    let out = petrel()
+        .args(["broker", "--memory", "-p", &free_port().to_string()])
+        .arg("--config")
+        .arg({
+            let bad = dir.join("bad.toml");
+            std::fs::write(&bad, "log_file = \"/nonexistent-dir/petrel.log\"\n").unwrap();
+            bad
+        })
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent-dir/petrel.log"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
