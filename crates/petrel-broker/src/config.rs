@@ -101,9 +101,11 @@ pub struct BrokerConfig {
     /// Default none.
     pub log_file: Option<PathBuf>,
     /// File where sessions and retained messages are kept across a
-    /// graceful restart (written at shutdown, read at start). Default none.
-    /// With `data_dir`, retained messages are in the durable store instead
-    /// and this file keeps sessions only.
+    /// graceful restart (written at shutdown, read at start), without a
+    /// durable store. Default none. With a durable store, a snapshot found
+    /// there (an older Petrel's) is imported into the store if the store
+    /// holds no session and no retained message yet, then renamed to
+    /// `<file>.imported`.
     pub persistence: Option<PathBuf>,
     /// Directory of the durable store (locked while the broker runs):
     /// sessions that outlive their connections, their messages and

@@ -10,8 +10,9 @@
 //! renamed to `<file>.loaded` once read, so a crash later does not bring
 //! back stale state at the next start. What happens between two saves is
 //! lost by a crash (SIGKILL, power loss): this is a restart store, not a
-//! write-ahead log (retained messages can be in the durable store:
-//! `data_dir`).
+//! write-ahead log. With the durable store (`data_dir`) the file is not
+//! written; one found there (an older Petrel's) is imported into a store
+//! that holds nothing yet.
 
 use std::io;
 use std::path::Path;
@@ -168,8 +169,11 @@ impl Broker {
     pub fn load(&self) -> io::Result<(usize, usize)> {
         match &self.config().persistence {
             Some(path) if self.engine.has_store() => {
-                tracing::warn!(file = %path.display(), "persistence is not used with a data_dir: the durable store holds sessions and retained messages");
-                Ok((0, 0))
+                let counts = self.import(path)?;
+                if counts != (0, 0) {
+                    self.engine.restore()?;
+                }
+                Ok(counts)
             }
             Some(path) => self.load_from(path),
             None => Ok((0, 0)),
@@ -282,6 +286,163 @@ impl Broker {
             }
         }
         std::fs::rename(path, &consumed)?;
+        Ok(counts)
+    }
+}
+
+impl Broker {
+    /// With a durable store: bring a snapshot that an older Petrel wrote
+    /// (`persistence`, before the store existed) into a store that holds
+    /// no session and no retained message yet, as the store would have
+    /// recorded it: retained messages, and sessions with their owner,
+    /// expiry, subscriptions, queue, messages in flight both ways and QoS 2
+    /// identifiers awaiting PUBREL. The file is then renamed to
+    /// `<file>.imported`. A store that holds state already keeps it, and
+    /// the snapshot is left as it is (with a warning).
+    fn import(&self, path: &Path) -> io::Result<(usize, usize)> {
+        use crate::core::sessions::NEVER;
+        use crate::core::store::{
+            child_key, encode_delivery, encode_message, encode_subscription, Op, StoredSession,
+            Table,
+        };
+        use std::time::SystemTime;
+        let Some(store) = self.engine.store() else {
+            return Ok((0, 0));
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e),
+        };
+        if !store.scan(Table::Sessions)?.is_empty() || !store.scan(Table::Retained)?.is_empty() {
+            tracing::warn!(file = %path.display(), "the durable store holds sessions or retained messages already: the persistence snapshot is not imported (it is left as it is)");
+            return Ok((0, 0));
+        }
+        let stored: Stored = serde_json::from_reader(io::BufReader::new(file)).map_err(invalid)?;
+        if stored.version != VERSION {
+            return Err(invalid(format!("unknown store version {}", stored.version)));
+        }
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let wall_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // When something `at` (an instant of this process) happened, on the
+        // wall clock.
+        let since = |at: Instant| wall - now.saturating_duration_since(at);
+        let counts = (stored.sessions.len(), stored.retained.len());
+        let mut ops = Vec::new();
+        for r in stored.retained {
+            let (m, at) = r.restore(now)?;
+            ops.push(Op::Put {
+                table: Table::Retained,
+                key: m.topic.as_str().as_bytes().to_vec(),
+                value: encode_message(&m, since(at)),
+            });
+        }
+        // What stands for a QoS 2 message whose PUBREC came: only its
+        // PUBREL is ever sent again, never the message.
+        let released = Message::new(
+            TopicName::try_from("$petrel/released").map_err(invalid)?,
+            Bytes::new(),
+            QoS::ExactlyOnce,
+        );
+        for s in stored.sessions {
+            let id = s.client_id.as_str();
+            let state = s.state.restore(now).map_err(invalid)?;
+            // Its expiry counts from when its connection ended.
+            let gone_for = match s.expires_in {
+                Some(left) if s.expiry != NEVER => u64::from(s.expiry).saturating_sub(left),
+                _ => 0,
+            };
+            ops.push(Op::Put {
+                table: Table::Sessions,
+                key: id.as_bytes().to_vec(),
+                value: StoredSession {
+                    expiry: s.expiry,
+                    detached: Some(wall_ms.saturating_sub(gone_for * 1000)),
+                    owner: s.owner.clone(),
+                }
+                .encode(),
+            });
+            for sub in s.subscriptions {
+                let (filter, subscription) = sub.restore()?;
+                ops.push(Op::Put {
+                    table: Table::Subscriptions,
+                    key: child_key(id, filter.as_str().as_bytes()),
+                    value: encode_subscription(
+                        &subscription.options,
+                        subscription.identifier.map(SubscriptionId::get),
+                    ),
+                });
+            }
+            // In flight first, in the order first sent, then what waited
+            // for the window, then the broker's queue: the order they go
+            // out in.
+            let mut seq = 0u64;
+            let mut queue = |ops: &mut Vec<Op>, m: &Message, expires_at: Option<Instant>| {
+                seq += 1;
+                let mut m = m.clone();
+                if let Some(t) = expires_at {
+                    let left = t.saturating_duration_since(now).as_secs();
+                    m.properties
+                        .set_message_expiry_interval(Some(u32::try_from(left).unwrap_or(u32::MAX)));
+                }
+                ops.push(Op::Put {
+                    table: Table::Queue,
+                    key: child_key(id, &seq.to_be_bytes()),
+                    value: encode_message(&m, wall),
+                });
+                seq
+            };
+            for (packet_id, held) in state.outgoing_in_order() {
+                let (n, was_released) = match held {
+                    Some((m, expires_at)) if m.qos == QoS::ExactlyOnce => {
+                        (queue(&mut ops, m, expires_at), false)
+                    }
+                    // QoS 1 in flight is sent again as a new delivery.
+                    Some((m, expires_at)) => {
+                        queue(&mut ops, m, expires_at);
+                        continue;
+                    }
+                    None => (queue(&mut ops, &released, None), true),
+                };
+                ops.push(Op::Put {
+                    table: Table::Delivery,
+                    key: child_key(id, &n.to_be_bytes()),
+                    value: encode_delivery(packet_id, was_released),
+                });
+            }
+            for (m, expires_at) in state.pending_messages() {
+                queue(&mut ops, m, expires_at);
+            }
+            for q in s.queued {
+                let (m, at) = q.restore(now)?;
+                seq += 1;
+                ops.push(Op::Put {
+                    table: Table::Queue,
+                    key: child_key(id, &seq.to_be_bytes()),
+                    value: encode_message(&m, since(at)),
+                });
+            }
+            for packet_id in state.incoming_ids() {
+                ops.push(Op::Put {
+                    table: Table::Incoming,
+                    key: child_key(id, &packet_id.to_be_bytes()),
+                    value: Vec::new(),
+                });
+            }
+        }
+        store.commit(ops)?;
+        store.flush()?;
+        let mut imported = path.as_os_str().to_os_string();
+        imported.push(".imported");
+        std::fs::rename(path, &imported)?;
+        tracing::info!(
+            sessions = counts.0,
+            retained = counts.1,
+            file = %path.display(),
+            "imported the persistence snapshot of an older Petrel into the durable store"
+        );
         Ok(counts)
     }
 }

@@ -574,3 +574,96 @@ async fn at_max_store_bytes_new_messages_to_store_are_refused_and_stored_ones_ke
     // Refused twice: the 5.0 message and the 3.1.1 one.
     assert_eq!(b.broker.stats().store_full, 2);
 }
+
+#[tokio::test]
+async fn a_persistence_snapshot_from_an_older_petrel_is_imported_into_an_empty_store() {
+    use petrel_codec::{PubAck, QoS};
+    let file = support::temp_file("import", "");
+    std::fs::remove_file(&file).unwrap();
+    let old = || petrel_broker::BrokerConfig {
+        persistence: Some(file.clone()),
+        ..config()
+    };
+    // An older Petrel's run: state in memory, saved to the snapshot when
+    // it shuts down.
+    let first = support::start_with(old()).await;
+    let proto = Protocol::V5;
+    let (mut s, _) = Raw::connect_with(first.addr, proto, "sub", persistent(proto)).await;
+    s.subscribe("q/#", QoS::ExactlyOnce).await;
+    let (mut p, _) = Raw::connect_with(first.addr, proto, "pub", persistent(proto)).await;
+    // In flight to the subscriber: one QoS 2 message whose PUBREC came
+    // (PUBREL sent, no PUBCOMP yet), one with no PUBREC yet.
+    p.publish("q/a", b"a", QoS::ExactlyOnce, false).await;
+    let Some(Packet::Publish(m)) = s.recv().await else {
+        panic!("no PUBLISH")
+    };
+    let released = m.qos.packet_id().unwrap();
+    s.send(Packet::PubRec(PubAck::new(released))).await;
+    assert!(matches!(s.recv().await, Some(Packet::PubRel(r)) if r.packet_id == released));
+    p.publish("q/b", b"b", QoS::ExactlyOnce, false).await;
+    let Some(Packet::Publish(m)) = s.recv().await else {
+        panic!("no PUBLISH")
+    };
+    let unacked = m.qos.packet_id().unwrap();
+    s.disconnect().await;
+    // Queued while it is away.
+    p.publish("q/1", b"one", QoS::AtLeastOnce, false).await;
+    p.publish("q/2", b"two", QoS::ExactlyOnce, false).await;
+    // A QoS 2 PUBLISH whose PUBREL has not come.
+    let mut q = Publish::new(topic("q/3"), Bytes::from_static(b"three"));
+    q.qos = QosPid::ExactlyOnce(pid(77));
+    p.send(Packet::Publish(q.clone())).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.packet_id == pid(77)));
+    p.disconnect().await;
+    first.broker.publish(
+        topic("r/1"),
+        Bytes::from_static(b"kept"),
+        QoS::AtLeastOnce,
+        true,
+    );
+    first.broker.shutdown();
+    first.task.await.unwrap();
+    assert!(file.exists(), "the older run saved nothing");
+    // The new Petrel, with a durable store and the same configuration.
+    let store = Arc::new(MemoryStore::new());
+    let b = serve_broker(Broker::builder(old()).store(store.clone()).build().unwrap()).await;
+    let mut imported = file.as_os_str().to_os_string();
+    imported.push(".imported");
+    assert!(!file.exists() && std::path::Path::new(&imported).exists());
+    assert_eq!(b.broker.stats().retained, 1);
+    assert_eq!(store.scan(Table::Sessions).unwrap().len(), 2);
+    // The subscriber: PUBREL again for the first, the second sent again
+    // with its identifier and DUP ([MQTT-4.4.0-1]), then its queue, in order.
+    let (mut s, ack) = Raw::connect_with(b.addr, proto, "sub", persistent(proto)).await;
+    assert!(ack.session_present);
+    match s.recv().await {
+        Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, released),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    s.send(Packet::PubComp(PubAck::new(released))).await;
+    let again = s.recv_publish().await;
+    assert_eq!(
+        (&again.payload[..], again.qos.packet_id(), again.dup),
+        (&b"b"[..], Some(unacked), true)
+    );
+    for expected in [&b"one"[..], b"two", b"three"] {
+        assert_eq!(&s.recv_publish().await.payload[..], expected);
+    }
+    // The publisher's identifier 77 still awaits PUBREL: its PUBLISH sent
+    // again is not delivered twice, and the flow completes.
+    let (mut p, ack) = Raw::connect_with(b.addr, proto, "pub", persistent(proto)).await;
+    assert!(ack.session_present);
+    q.dup = true;
+    p.send(Packet::Publish(q)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.packet_id == pid(77)));
+    p.send(Packet::PubRel(PubAck::new(pid(77)))).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubComp(_))));
+    assert!(
+        s.no_publish(Duration::from_millis(300)).await,
+        "delivered twice"
+    );
+    // Positive control: a new message reaches the imported subscription.
+    p.publish("q/4", b"four", QoS::AtLeastOnce, false).await;
+    assert_eq!(&s.recv_publish().await.payload[..], b"four");
+    let _ = std::fs::remove_file(&imported);
+}

@@ -139,6 +139,39 @@ impl SessionState {
         }
     }
 
+    /// Our exchanges in flight, in the order they were first sent: each
+    /// packet identifier with its message and when that expires, or `None`
+    /// once its PUBREC came (only PUBREL remains). For a store that keeps
+    /// a session its own way.
+    #[allow(clippy::type_complexity)] // a plain list of what is held
+    pub fn outgoing_in_order(&self) -> Vec<(u16, Option<(&Message, Option<Instant>)>)> {
+        let mut v: Vec<(MessageId, u16, Option<(&Message, Option<Instant>)>)> = self
+            .outgoing
+            .iter()
+            .map(|(pid, o)| match o {
+                Outgoing::Publish {
+                    id,
+                    message,
+                    expires_at,
+                } => (*id, *pid, Some((message, *expires_at))),
+                Outgoing::Release { id } => (*id, *pid, None),
+            })
+            .collect();
+        v.sort_unstable_by_key(|(id, ..)| *id);
+        v.into_iter().map(|(_, pid, m)| (pid, m)).collect()
+    }
+
+    /// Messages waiting for room in the window, in order, each with when
+    /// it expires.
+    pub fn pending_messages(&self) -> impl Iterator<Item = (&Message, Option<Instant>)> {
+        self.pending.iter().map(|q| (&q.message, q.expires_at))
+    }
+
+    /// QoS 2 packet identifiers received whose PUBREL has not come.
+    pub fn incoming_ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.incoming.iter().copied()
+    }
+
     /// Packet identifiers in use by our exchanges, in send order.
     pub fn inflight_ids(&self) -> Vec<u16> {
         let mut v: Vec<(MessageId, u16)> = self

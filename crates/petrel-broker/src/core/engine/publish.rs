@@ -294,6 +294,11 @@ impl Engine {
         self.store.is_some()
     }
 
+    /// The durable store, if one backs it.
+    pub(crate) fn store(&self) -> Option<&std::sync::Arc<dyn crate::core::store::Store>> {
+        self.store.as_ref()
+    }
+
     /// Write `ops` to the durable store (if there is one) where nothing
     /// waits on the outcome but the log: the commit, or `None` (logged and
     /// counted) if it failed.
@@ -337,7 +342,7 @@ impl Engine {
     /// messages, their expiry counting the time the broker was down; an
     /// expired one is dropped from the store too. A value that can't be
     /// read is an error naming its key.
-    pub(super) fn restore(&self) -> io::Result<usize> {
+    pub(crate) fn restore(&self) -> io::Result<usize> {
         let Some(store) = &self.store else {
             return Ok(0);
         };
