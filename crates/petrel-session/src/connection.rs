@@ -123,6 +123,24 @@ pub enum CloseReason {
     ResponseTimeout,
 }
 
+impl std::fmt::Display for CloseReason {
+    /// In words, for logs: `peer disconnected: Normal disconnection`,
+    /// `protocol error: …`, `keep alive timed out`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disconnected { reason_code, .. } => {
+                write!(f, "peer disconnected: {reason_code}")
+            }
+            Self::Local(rc) => write!(f, "closed by us: {rc}"),
+            Self::Refused(rc) => write!(f, "connection refused: {rc}"),
+            Self::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            Self::KeepAliveTimeout => f.write_str("nothing heard within 1.5 times the keep alive"),
+            Self::ConnectTimeout => f.write_str("no CONNECT in time"),
+            Self::ResponseTimeout => f.write_str("no CONNACK or PINGRESP in time"),
+        }
+    }
+}
+
 /// What the peer told us it accepts (5.0 CONNECT or CONNACK properties; 3.1.x
 /// peers get the protocol's defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -220,3 +220,42 @@ fn log_format_json_to_a_log_file_writes_one_object_a_line() {
     assert!(err.contains("/nonexistent-dir/petrel.log"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_close_is_logged_in_words() {
+    let port = free_port();
+    let mut broker = Running(
+        petrel()
+            .args(["broker", "--memory", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    mqtt_handshake(port);
+    // A client with a keep alive of 1 s that then says nothing.
+    let mut connect = CONNECT_3_1_1;
+    connect[11] = 1;
+    connect[14] = b'k';
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).unwrap();
+    // The broker closes it after 1.5 keep alives: end of stream.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let mut stderr = broker.0.stderr.take().unwrap();
+    let _ = terminate(broker);
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection closed") && l.contains("client_id=k"))
+        .unwrap_or_else(|| panic!("no close logged: {log}"));
+    assert!(
+        line.contains("nothing heard within 1.5 times the keep alive"),
+        "{line}"
+    );
+    assert!(!line.contains("KeepAliveTimeout"), "{line}");
+}

@@ -793,10 +793,10 @@ impl Task {
         let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
-                tracing::info!(client_id = id, peer = %self.peer, reason = %reason_code, "client disconnected");
+                tracing::info!(client_id = %id, peer = %self.peer, reason = %reason_code, "client disconnected");
             }
             other => {
-                tracing::info!(client_id = id, peer = %self.peer, reason = ?other, "connection closed");
+                tracing::info!(client_id = %id, peer = %self.peer, reason = %other, "connection closed");
             }
         }
     }
