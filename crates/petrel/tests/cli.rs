@@ -148,23 +148,33 @@ fn help_describes_the_broker_flags() {
     }
 }
 
-#[test]
-fn logs_to_a_pipe_carry_no_terminal_colours() {
-    let port = free_port();
-    let broker = Running(
+/// A broker on `port` in memory, its standard error piped.
+fn spawn_logged(port: u16) -> Running {
+    Running(
         petrel()
             .args(["broker", "--memory", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    );
-    mqtt_handshake(port);
-    let mut running = broker;
+    )
+}
+
+/// Stop a broker from [`spawn_logged`] with SIGTERM: all it logged.
+fn log_after(mut running: Running) -> String {
     let mut stderr = running.0.stderr.take().unwrap();
     let _ = terminate(running);
     let mut log = String::new();
     stderr.read_to_string(&mut log).unwrap();
+    log
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_terminal_colours() {
+    let port = free_port();
+    let broker = spawn_logged(port);
+    mqtt_handshake(port);
+    let log = log_after(broker);
     // Positive control: the log is there, its level names readable.
     assert!(log.contains(" INFO "), "{log}");
     assert!(
@@ -224,14 +234,7 @@ fn log_format_json_to_a_log_file_writes_one_object_a_line() {
 #[test]
 fn a_close_is_logged_in_words() {
     let port = free_port();
-    let mut broker = Running(
-        petrel()
-            .args(["broker", "--memory", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let broker = spawn_logged(port);
     mqtt_handshake(port);
     // A client with a keep alive of 1 s that then says nothing.
     let mut connect = CONNECT_3_1_1;
@@ -245,10 +248,7 @@ fn a_close_is_logged_in_words() {
     // The broker closes it after 1.5 keep alives: end of stream.
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
-    let mut stderr = broker.0.stderr.take().unwrap();
-    let _ = terminate(broker);
-    let mut log = String::new();
-    stderr.read_to_string(&mut log).unwrap();
+    let log = log_after(broker);
     let line = log
         .lines()
         .find(|l| l.contains("connection closed") && l.contains("client_id=k"))
