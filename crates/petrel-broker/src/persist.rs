@@ -379,32 +379,36 @@ impl Broker {
             // for the window, then the broker's queue: the order they go
             // out in.
             let mut seq = 0u64;
-            let mut queue = |ops: &mut Vec<Op>, m: &Message, expires_at: Option<Instant>| {
-                seq += 1;
+            // A message the session state holds, with the expiry it has left.
+            let with_left = |m: &Message, expires_at: Option<Instant>| {
                 let mut m = m.clone();
                 if let Some(t) = expires_at {
                     let left = t.saturating_duration_since(now).as_secs();
                     m.properties
                         .set_message_expiry_interval(Some(u32::try_from(left).unwrap_or(u32::MAX)));
                 }
+                m
+            };
+            let mut queue = |ops: &mut Vec<Op>, m: &Message, stored: SystemTime| {
+                seq += 1;
                 ops.push(Op::Put {
                     table: Table::Queue,
                     key: child_key(id, &seq.to_be_bytes()),
-                    value: encode_message(&m, wall),
+                    value: encode_message(m, stored),
                 });
                 seq
             };
             for (packet_id, held) in state.outgoing_in_order() {
                 let (n, was_released) = match held {
                     Some((m, expires_at)) if m.qos == QoS::ExactlyOnce => {
-                        (queue(&mut ops, m, expires_at), false)
+                        (queue(&mut ops, &with_left(m, expires_at), wall), false)
                     }
                     // QoS 1 in flight is sent again as a new delivery.
                     Some((m, expires_at)) => {
-                        queue(&mut ops, m, expires_at);
+                        queue(&mut ops, &with_left(m, expires_at), wall);
                         continue;
                     }
-                    None => (queue(&mut ops, &released, None), true),
+                    None => (queue(&mut ops, &released, wall), true),
                 };
                 ops.push(Op::Put {
                     table: Table::Delivery,
@@ -413,16 +417,11 @@ impl Broker {
                 });
             }
             for (m, expires_at) in state.pending_messages() {
-                queue(&mut ops, m, expires_at);
+                queue(&mut ops, &with_left(m, expires_at), wall);
             }
             for q in s.queued {
                 let (m, at) = q.restore(now)?;
-                seq += 1;
-                ops.push(Op::Put {
-                    table: Table::Queue,
-                    key: child_key(id, &seq.to_be_bytes()),
-                    value: encode_message(&m, since(at)),
-                });
+                queue(&mut ops, &m, since(at));
             }
             for packet_id in state.incoming_ids() {
                 ops.push(Op::Put {
