@@ -14,15 +14,6 @@ use support::*;
 
 const SHORT: Duration = Duration::from_millis(300);
 
-fn persistent(proto: Protocol) -> impl FnOnce(&mut petrel_codec::Connect) {
-    move |c| {
-        c.clean_start = false;
-        if proto.is_v5() {
-            c.properties.set_session_expiry_interval(Some(300));
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_persistent_session_keeps_subscriptions_and_queues_qos1_and_qos2_while_offline() {
     let b = start().await;

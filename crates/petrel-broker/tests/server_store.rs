@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use petrel_broker::{Broker, Commit, MemoryStore, Op, Store, Table, Ticket};
 use petrel_codec::{Packet, Protocol, Publish, QosPid, ReasonCode};
-use support::{config, pid, serve_broker, topic, Raw};
+use support::{config, persistent, pid, serve_broker, topic, Raw};
 
 /// A QoS 1 PUBLISH with packet id `id`, sent without waiting for its PUBACK.
 async fn send(c: &mut Raw, t: &str, id: u16, retain: bool) {
@@ -217,15 +217,6 @@ enum Ending {
 }
 
 const ENDINGS: [Ending; 2] = [Ending::Kill, Ending::Graceful];
-
-fn persistent(proto: Protocol) -> impl FnOnce(&mut petrel_codec::Connect) {
-    move |c| {
-        c.clean_start = false;
-        if proto.is_v5() {
-            c.properties.set_session_expiry_interval(Some(300));
-        }
-    }
-}
 
 #[tokio::test]
 async fn an_offline_queue_and_subscriptions_survive_a_crash_and_a_restart() {

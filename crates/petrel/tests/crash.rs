@@ -8,35 +8,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, petrel, Running};
+use common::{free_port, start_on_data};
 use futures::stream::{FuturesUnordered, StreamExt};
 use petrel_client::{connect, ConnectOptions, Message, Protocol, QoS, TopicName};
 
 const MESSAGES: u32 = 2000;
 const KILLS: usize = 8;
 const SUBSCRIBERS: usize = 2;
-
-fn start(data: &Path, port: u16) -> Child {
-    let child = petrel()
-        .args(["broker", "-p", &port.to_string(), "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
 
 /// A client that keeps its session and comes back quickly.
 fn options(port: u16, proto: Protocol, id: &str) -> ConnectOptions {
@@ -82,7 +64,7 @@ async fn acknowledged_messages_survive_repeated_sigkill() {
             std::env::temp_dir().join(format!("petrel-crash-{proto:?}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         let port = free_port();
-        let mut broker = Running(start(&data, port));
+        let mut broker = start_on_data(&data, port);
         let tag = format!("{proto:?}");
         // Subscribers, each counting what arrives by number.
         let mut inboxes = Vec::new();
@@ -153,7 +135,7 @@ async fn acknowledged_messages_survive_repeated_sigkill() {
             broker.0.kill().unwrap();
             broker.0.wait().unwrap();
             kills += 1;
-            broker = Running(start(&data, port));
+            broker = start_on_data(&data, port);
         }
         let publ = tokio::time::timeout(Duration::from_secs(60), publisher)
             .await

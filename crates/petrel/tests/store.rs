@@ -5,11 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{free_port, petrel, Running};
+use common::{free_port, petrel, start_on_data};
 use petrel_broker::{DiskStore, Durability, Op, Store, Table};
 use petrel_client::{connect, ConnectOptions, Message, Protocol, QoS, TopicName};
 
@@ -17,23 +16,6 @@ fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("petrel-cli-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// A broker on `port` keeping its store in `data`.
-fn start(data: &Path, port: u16) -> Child {
-    let child = petrel()
-        .args(["broker", "-p", &port.to_string(), "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 fn options(port: u16, id: &str) -> ConnectOptions {
@@ -71,7 +53,7 @@ async fn retained(port: u16) -> Vec<(String, Vec<u8>)> {
 async fn retained_messages_survive_sigkill() {
     let data = dir("kill");
     let port = free_port();
-    let mut broker = Running(start(&data, port));
+    let mut broker = start_on_data(&data, port);
     retain(port, "site/1/temp", b"21.5").await;
     retain(port, "site/2/temp", b"19.0").await;
     retain(port, "site/1/temp", b"22.0").await;
@@ -79,7 +61,7 @@ async fn retained_messages_survive_sigkill() {
     // Killed the moment the last PUBACK came: nothing saved at shutdown.
     broker.0.kill().unwrap();
     broker.0.wait().unwrap();
-    let _broker = Running(start(&data, port));
+    let _broker = start_on_data(&data, port);
     assert_eq!(
         retained(port).await,
         vec![("site/1/temp".to_string(), b"22.0".to_vec())]
@@ -91,7 +73,7 @@ async fn retained_messages_survive_sigkill() {
 #[tokio::test]
 async fn a_data_directory_in_use_is_refused_naming_it_and_the_other_broker() {
     let data = dir("inuse");
-    let first = Running(start(&data, free_port()));
+    let first = start_on_data(&data, free_port());
     let out = petrel()
         .args(["broker", "-p", &free_port().to_string(), "--data-dir"])
         .arg(&data)
@@ -107,7 +89,7 @@ async fn a_data_directory_in_use_is_refused_naming_it_and_the_other_broker() {
     // Positive control: once the first is gone, the directory can be used.
     drop(first);
     let port = free_port();
-    let _again = Running(start(&data, port));
+    let _again = start_on_data(&data, port);
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -155,7 +137,7 @@ fn salvage(data: &Path, into: &Path) {
 async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
     let data = dir("damaged");
     let port = free_port();
-    let broker = Running(start(&data, port));
+    let broker = start_on_data(&data, port);
     retain(port, "good", b"kept").await;
     drop(broker);
     // Clean so far.
@@ -184,7 +166,7 @@ async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
     let rescued = dir("rescued");
     salvage(&data, &rescued);
     let port = free_port();
-    let _broker = Running(start(&rescued, port));
+    let _broker = start_on_data(&rescued, port);
     assert_eq!(
         retained(port).await,
         vec![("good".to_string(), b"kept".to_vec())]
@@ -197,7 +179,7 @@ async fn check_reports_a_damaged_entry_and_salvage_keeps_the_rest() {
 async fn a_damaged_journal_is_refused_naming_the_file_and_salvage_keeps_what_precedes_it() {
     let data = dir("torn");
     let port = free_port();
-    let broker = Running(start(&data, port));
+    let broker = start_on_data(&data, port);
     retain(port, "one", b"1").await;
     retain(port, "two", b"2").await;
     retain(port, "three", b"3").await;
@@ -223,7 +205,7 @@ async fn a_damaged_journal_is_refused_naming_the_file_and_salvage_keeps_what_pre
     let rescued = dir("torn-rescued");
     salvage(&data, &rescued);
     let port = free_port();
-    let _broker = Running(start(&rescued, port));
+    let _broker = start_on_data(&rescued, port);
     assert_eq!(
         retained(port).await,
         vec![("one".to_string(), b"1".to_vec())]

@@ -37,6 +37,17 @@ pub fn config() -> BrokerConfig {
     }
 }
 
+/// A CONNECT for a session that outlives its connection: Clean Start 0
+/// (3.1.1 Clean Session 0), and in 5.0 a Session Expiry Interval of 300 s.
+pub fn persistent(proto: Protocol) -> impl FnOnce(&mut Connect) {
+    move |c| {
+        c.clean_start = false;
+        if proto.is_v5() {
+            c.properties.set_session_expiry_interval(Some(300));
+        }
+    }
+}
+
 pub async fn start() -> TestBroker {
     start_with(config()).await
 }

@@ -3,7 +3,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn petrel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_petrel"))
@@ -25,4 +27,22 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A broker on `port` keeping its store in `data`, once it listens.
+pub fn start_on_data(data: &Path, port: u16) -> Running {
+    let child = petrel()
+        .args(["broker", "-p", &port.to_string(), "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    running
 }
