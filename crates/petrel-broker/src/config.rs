@@ -32,6 +32,12 @@
 //! [certificate]                 # a client certificate's identity as user name
 //! username = "cn"               # cn, subject, dns, email
 //!
+//! [http]                        # metrics, admin API, dashboard (petrel-admin); off unless present
+//! bind = "127.0.0.1:8080"
+//! token_hash = "sha256:..."     # `petrel token`; without it a token is written to <data_dir>/http.token
+//! allow_unauthenticated = false # true only on a loopback bind
+//! public_metrics = false        # /metrics without the token
+//!
 //! [[listener]]
 //! bind = "127.0.0.1:1883"       # several [[listener]] tables, several sockets
 //! transport = "tcp"             # tcp, tls, ws, wss, quic, unix (with path = "...")
@@ -78,10 +84,10 @@ use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the broker can be told.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// The sockets to listen on. Default: one, 127.0.0.1:1883.
@@ -153,6 +159,55 @@ pub struct BrokerConfig {
     /// certificates.
     #[serde(skip)]
     pub auth_order: Vec<AuthSource>,
+    /// The HTTP listener for metrics, the admin API and the dashboard
+    /// (`petrel-admin`); none unless configured.
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: where metrics, the admin API and the dashboard are served,
+/// and who may use them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port. Default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// The SHA-256 of the bearer token requests must carry, as
+    /// `sha256:<64 hex digits>` (`petrel token` makes a token and its
+    /// hash). Without it, the token is one the broker makes at start and
+    /// writes to `http.token` in the data directory (readable by its user
+    /// only), where `petrel ctl` finds it.
+    pub token_hash: Option<String>,
+    /// Serve requests without a token. Allowed only on a loopback address.
+    pub allow_unauthenticated: bool,
+    /// Serve `/metrics` without a token (for a Prometheus that can't send
+    /// one); the admin API still needs it.
+    pub public_metrics: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token_hash: None,
+            allow_unauthenticated: false,
+            public_metrics: false,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The token's hash as bytes, if it is well formed.
+    pub fn token_digest(&self) -> Option<[u8; 32]> {
+        let hex = self.token_hash.as_deref()?.strip_prefix("sha256:")?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
 }
 
 /// A method of authentication that reads the CONNECT's credentials.
@@ -167,7 +222,7 @@ pub enum AuthSource {
 }
 
 /// `[scram]`: 5.0 enhanced authentication by SCRAM (RFC 5802).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScramConfig {
     /// The credentials file (`petrel passwd --scram`).
@@ -185,7 +240,7 @@ impl ScramConfig {
 }
 
 /// `[jwt]`: a password that is a JSON Web Token.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// HMAC secret (HS256, HS384, HS512).
@@ -222,7 +277,7 @@ impl Default for JwtConfig {
 }
 
 /// `[certificate]`: a verified client certificate names its holder.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CertificateConfig {
     /// Which field is the user name. Default the Common Name.
@@ -230,7 +285,7 @@ pub struct CertificateConfig {
 }
 
 /// A field of a client certificate.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CertificateField {
     /// The subject's Common Name.
@@ -246,7 +301,7 @@ pub enum CertificateField {
 
 /// One listening socket: its transport, where it listens, and what it
 /// allows.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
     /// How clients reach it. Default `tcp`.
@@ -391,7 +446,7 @@ impl ListenerConfig {
 }
 
 /// How clients reach a listener.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// MQTT over TCP.
@@ -434,7 +489,7 @@ impl TransportKind {
 }
 
 /// A protocol version, as a listener's `protocols` names it.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub enum ProtocolVersion {
     /// MQTT 3.1.
     #[serde(rename = "3.1")]
@@ -460,7 +515,7 @@ impl ProtocolVersion {
 
 /// When a write to the durable store counts as done (and what it
 /// acknowledges may be acknowledged).
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Once it reached the operating system: killing the broker loses
@@ -477,7 +532,7 @@ pub enum Durability {
 }
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Text for people (colours only on a terminal).
@@ -488,7 +543,7 @@ pub enum LogFormat {
 }
 
 /// Log verbosity.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Errors only.
@@ -518,7 +573,7 @@ impl LogLevel {
 }
 
 /// Limits and queue sizes. Every one is finite and has a default.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Connections held at once; more are closed as they arrive. Default 100,000.
@@ -622,6 +677,7 @@ impl Default for BrokerConfig {
             certificate: None,
             session_ownership: None,
             auth_order: Vec::new(),
+            http: None,
         }
     }
 }
@@ -664,6 +720,11 @@ pub enum ConfigError {
     /// The TOML is malformed, or a key is unknown or has the wrong type.
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
+    /// The file is a Mosquitto configuration: what to write instead.
+    #[error(
+        "this looks like a mosquitto.conf, but Petrel reads TOML; in Petrel's format it would be:\n\n{0}"
+    )]
+    Mosquitto(String),
     /// A value is out of range.
     #[error("invalid value for `{key}`: {reason}")]
     Invalid {
@@ -677,9 +738,18 @@ pub enum ConfigError {
 impl BrokerConfig {
     /// Parse and check a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(match mosquitto_hint(text) {
+                    Some(hint) => ConfigError::Mosquitto(hint),
+                    None => ConfigError::Toml(e),
+                })
+            }
+        };
+        check_binds(&table)?;
         let mut config: Self = toml::from_str(text)?;
         // The order the methods appear in is the order they are tried.
-        let table: toml::Table = toml::from_str(text)?;
         config.auth_order = table
             .keys()
             .filter_map(|k| match k.as_str() {
@@ -809,6 +879,20 @@ impl BrokerConfig {
                 "must be at least 1 second and at most limits.login_delay_max",
             );
         }
+        if let Some(http) = &self.http {
+            if http.token_hash.is_some() && http.token_digest().is_none() {
+                return invalid(
+                    "http.token_hash",
+                    "must be `sha256:` and 64 hex digits (`petrel token` makes one)",
+                );
+            }
+            if http.allow_unauthenticated && !http.bind.ip().is_loopback() {
+                return invalid(
+                    "http.allow_unauthenticated",
+                    "only a listener on a loopback address may serve requests without a token",
+                );
+            }
+        }
         if l.hibernate_after > 86_400 {
             return invalid(
                 "limits.hibernate_after",
@@ -833,6 +917,155 @@ impl BrokerConfig {
             ..petrel_session::Config::default()
         }
     }
+}
+
+/// What a `bind` that is not `IP:PORT` should have been, if it can tell.
+pub fn bind_hint(value: &str, port: u16) -> Option<String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return None;
+    }
+    if let Ok(ip) = value.parse::<std::net::IpAddr>() {
+        let addr = SocketAddr::new(ip, port);
+        return Some(format!("`{value}` has no port: write \"{addr}\""));
+    }
+    let (host, port_text) = match value.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.to_string()),
+        _ => (value, port.to_string()),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(format!(
+            "a bind address is an IP address, not a host name: write \"127.0.0.1:{port_text}\" (or \"[::1]:{port_text}\")"
+        ));
+    }
+    if host == "*" || host.is_empty() {
+        return Some(format!(
+            "to listen on every address write \"0.0.0.0:{port_text}\" (or \"[::]:{port_text}\")"
+        ));
+    }
+    Some(format!(
+        "`{value}` is not an IP address and port: write one, such as \"0.0.0.0:{port_text}\" (every address) or \"127.0.0.1:{port_text}\" (this machine only)"
+    ))
+}
+
+/// The usual port of a listener's transport.
+fn usual_port(transport: Option<&str>) -> u16 {
+    match transport {
+        Some("tls") | Some("quic") => 8883,
+        Some("ws") => 8080,
+        Some("wss") => 8443,
+        _ => 1883,
+    }
+}
+
+/// Bind addresses that are not `IP:PORT`, with what to write instead
+/// (serde's own message says only "invalid socket address syntax").
+fn check_binds(table: &toml::Table) -> Result<(), ConfigError> {
+    let bad = |key: &'static str, value: &toml::Value, port: u16| match value.as_str() {
+        Some(v) => {
+            bind_hint(v, port).map_or(Ok(()), |reason| Err(ConfigError::Invalid { key, reason }))
+        }
+        None => Ok(()),
+    };
+    if let Some(listeners) = table.get("listener").and_then(|l| l.as_array()) {
+        for l in listeners.iter().filter_map(|l| l.as_table()) {
+            let port = usual_port(l.get("transport").and_then(|t| t.as_str()));
+            if let Some(v) = l.get("bind") {
+                bad("listener.bind", v, port)?;
+            }
+        }
+    }
+    if let Some(v) = table
+        .get("http")
+        .and_then(|h| h.as_table())
+        .and_then(|h| h.get("bind"))
+    {
+        bad("http.bind", v, 8080)?;
+    }
+    Ok(())
+}
+
+/// If `text` is a Mosquitto configuration (`key value` lines), the Petrel
+/// configuration it corresponds to, as far as the common keys go.
+fn mosquitto_hint(text: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut recognised = 0;
+    let mut unknown = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(key), rest) = (words.next(), words.collect::<Vec<_>>()) else {
+            continue;
+        };
+        if key.contains('=') || rest.first().is_some_and(|w| w.starts_with('=')) {
+            // A TOML line, not Mosquitto's.
+            return None;
+        }
+        let value = rest.join(" ");
+        let quoted = |v: &str| format!("{v:?}");
+        let line = match key {
+            "listener" => {
+                let port = rest.first().copied().unwrap_or("1883");
+                let ip = rest.get(1).copied().unwrap_or("0.0.0.0");
+                Some(format!("[[listener]]\nbind = \"{ip}:{port}\""))
+            }
+            "port" => Some(format!("[[listener]]\nbind = \"0.0.0.0:{value}\"")),
+            "allow_anonymous" => Some(format!("allow_anonymous = {value}")),
+            "password_file" => Some(format!("password_file = {}", quoted(&value))),
+            "acl_file" => Some(format!("acl_file = {}", quoted(&value))),
+            "persistence_location" => Some(format!("data_dir = {}", quoted(&value))),
+            "persistence" => {
+                Some("# persistence: Petrel keeps its state in data_dir by default".into())
+            }
+            "log_dest" if rest.first() == Some(&"file") => {
+                Some(format!("log_file = {}", quoted(&rest[1..].join(" "))))
+            }
+            "log_dest" | "log_type" | "connection_messages" | "log_timestamp" => {
+                Some(format!("# {key}: see log_level, log_format and log_file"))
+            }
+            "max_connections" => Some(format!("[limits]\nmax_connections = {value}")),
+            "max_packet_size" => Some(format!("[limits]\nmax_packet_size = {value}")),
+            "max_inflight_messages" => Some(format!("[limits]\nmax_inflight = {value}")),
+            "max_queued_messages" => Some(format!("[limits]\nmax_queued_messages = {value}")),
+            "max_keepalive" => Some(format!("[limits]\nmax_keepalive = {value}")),
+            "sys_interval" => Some(format!("sys_interval = {value}")),
+            "certfile"
+            | "keyfile"
+            | "cafile"
+            | "require_certificate"
+            | "use_identity_as_username" => Some(format!(
+                "# in the [[listener]] above: transport = \"tls\"\n{key} = {}",
+                if matches!(value.as_str(), "true" | "false") {
+                    value.clone()
+                } else {
+                    quoted(&value)
+                }
+            )),
+            "protocol" if value == "websockets" => {
+                Some("# in the [[listener]] above: transport = \"ws\"".into())
+            }
+            _ => None,
+        };
+        match line {
+            Some(l) => {
+                recognised += 1;
+                out.push(l);
+            }
+            None => unknown.push(key.to_string()),
+        }
+    }
+    if recognised == 0 {
+        return None;
+    }
+    if !unknown.is_empty() {
+        out.push(format!(
+            "# not translated here: {} (see the README's configuration section)",
+            unknown.join(", ")
+        ));
+    }
+    Some(out.join("\n"))
 }
 
 #[cfg(test)]

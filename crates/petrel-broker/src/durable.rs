@@ -49,6 +49,7 @@ use crate::config::Durability;
 use crate::core::lock as lock_mutex;
 use crate::core::store::{Commit, Op, Store, Table, Ticket};
 use crate::journal::{Inspection, Journal};
+use crate::stats::LatencyHistogram;
 
 /// The layout this build writes (it reads every layout Petrel wrote up to
 /// this one: 1 was a fjall database in `store/`, converted when opened).
@@ -68,6 +69,8 @@ pub struct DiskStore {
     maintenance: Option<Maintenance>,
     /// With `fsync` durability: the thread that syncs groups of commits.
     group: Option<Group>,
+    /// How long writes and group syncs take.
+    latency: Arc<LatencyHistogram>,
 }
 
 /// Commits waiting for a sync, and the thread that does it.
@@ -101,7 +104,7 @@ impl Drop for Group {
 }
 
 impl Group {
-    fn start(journal: Arc<Journal>) -> io::Result<Self> {
+    fn start(journal: Arc<Journal>, latency: Arc<LatencyHistogram>) -> io::Result<Self> {
         let shared = Arc::new(GroupShared::default());
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -121,7 +124,9 @@ impl Group {
                     std::mem::take(&mut w.tickets)
                 };
                 // Everything committed before these tickets were queued.
+                let started = Instant::now();
                 let result = journal.sync().map_err(|e| e.to_string());
+                latency.record(started.elapsed());
                 s.syncs.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "the store could not sync: what waited is refused");
@@ -379,6 +384,7 @@ impl DiskStore {
     pub fn open(dir: &Path, durability: Durability, sync_interval: Duration) -> io::Result<Self> {
         let lock = prepare(dir)?;
         let journal = Arc::new(Journal::open(&dir.join("journal")).map_err(|e| damaged(dir, e))?);
+        let latency = Arc::new(LatencyHistogram::default());
         let (sync_every, group) = match durability {
             // (Not opened for `none`; as a store, it syncs like `process`.)
             Durability::Process | Durability::None => {
@@ -386,7 +392,7 @@ impl DiskStore {
             }
             Durability::Fsync => (
                 None,
-                Some(Group::start(journal.clone()).map_err(|e| at(dir, e))?),
+                Some(Group::start(journal.clone(), latency.clone()).map_err(|e| at(dir, e))?),
             ),
         };
         Ok(Self {
@@ -395,6 +401,7 @@ impl DiskStore {
             journal,
             _lock: lock,
             group,
+            latency,
         })
     }
 
@@ -480,7 +487,13 @@ impl Store for DiskStore {
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.journal.flush().map_err(|e| at(&self.dir, e))
+        if !self.journal.is_dirty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.journal.flush().map_err(|e| at(&self.dir, e));
+        self.latency.record(started.elapsed());
+        result
     }
 
     fn scan(&self, table: Table) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -489,6 +502,10 @@ impl Store for DiskStore {
 
     fn stored_bytes(&self) -> u64 {
         self.journal.live_bytes()
+    }
+
+    fn write_latency(&self) -> Option<&LatencyHistogram> {
+        Some(&self.latency)
     }
 }
 

@@ -813,6 +813,11 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether commits wait in the buffer for [`Journal::flush`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Hand every commit so far to the operating system.
     pub fn flush(&self) -> io::Result<()> {
         if !self.dirty.load(std::sync::atomic::Ordering::Acquire) {

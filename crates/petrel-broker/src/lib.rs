@@ -55,17 +55,20 @@ pub use crate::core::auth::{
     ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,
 };
 pub use crate::core::engine::{
-    Accepted, Broker, BrokerBuilder, BuildError, Client, Kick, ListenerRules, Login, Peer,
-    ReauthStep, Reloaded, Step,
+    Accepted, Broker, BrokerBuilder, BuildError, Client, ClientSummary, Discard, Kick,
+    ListenerConnections, ListenerRules, Login, MetricsSnapshot, Peer, ReauthStep, Reconfigured,
+    Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{
-    Connected, ConnectionId, Handover, Released, SessionRegistry, NEVER,
+    Connected, ConnectionId, Handover, Released, SessionRegistry, SessionView, NEVER,
 };
 pub use crate::core::store::{Commit, MemoryStore, Op, Store, Table, Ticket};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
 pub use crate::core::wills::WillQueue;
 pub use crate::durable::DiskStore;
 pub use crate::server::{Certificates, Server};
-pub use crate::stats::StatsSnapshot;
+pub use crate::stats::{
+    DisconnectReason, HistogramSnapshot, LatencyHistogram, StatsSnapshot, LATENCY_BOUNDS_US,
+};

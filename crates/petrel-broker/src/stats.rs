@@ -1,6 +1,179 @@
-//! Counters the broker keeps for `$SYS` and for embedding applications.
+//! Counters the broker keeps for `$SYS`, metrics and embedding applications.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (the
+/// last bucket, above them all, is implicit): 10 µs to 10 s, about three
+/// per decade.
+pub const LATENCY_BOUNDS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+fn bucket(d: Duration) -> usize {
+    let us = d.as_micros();
+    LATENCY_BOUNDS_US
+        .iter()
+        .position(|&b| us <= u128::from(b))
+        .unwrap_or(LATENCY_BOUNDS_US.len())
+}
+
+/// A histogram of durations, updated without locks by any thread.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Count one observation.
+    pub fn record(&self, d: Duration) {
+        self.buckets[bucket(d)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Add what a [`LocalHistogram`] counted (one update per bucket used,
+    /// not per observation).
+    pub(crate) fn merge(&self, local: &LocalHistogram) {
+        if local.count == 0 {
+            return;
+        }
+        for (b, &n) in self.buckets.iter().zip(&local.buckets) {
+            if n > 0 {
+                b.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.sum_ns.fetch_add(local.sum_ns, Ordering::Relaxed);
+        self.count.fetch_add(local.count, Ordering::Relaxed);
+    }
+
+    /// What it counted so far.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum: Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed)),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Observations counted by one task, added to a [`LatencyHistogram`] at
+/// once.
+#[derive(Debug, Default)]
+pub(crate) struct LocalHistogram {
+    buckets: [u64; BUCKETS],
+    sum_ns: u64,
+    count: u64,
+}
+
+impl LocalHistogram {
+    pub(crate) fn record(&mut self, d: Duration) {
+        self.buckets[bucket(d)] += 1;
+        self.sum_ns = self
+            .sum_ns
+            .saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.count += 1;
+    }
+}
+
+/// A [`LatencyHistogram`] at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket (not cumulative): bucket `i` counts those
+    /// up to [`LATENCY_BOUNDS_US`]`[i]`, and above the one before; the last
+    /// counts those above every bound.
+    pub buckets: Vec<u64>,
+    /// The sum of every observation.
+    pub sum: Duration,
+    /// How many there were.
+    pub count: u64,
+}
+
+/// Why connections ended, as the metrics count them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT (any reason code).
+    Client,
+    /// The broker disconnected it for breaking the protocol or a limit.
+    ProtocolError,
+    /// Nothing heard within 1.5 times the keep alive.
+    KeepAliveTimeout,
+    /// Another connection took its session over.
+    TakenOver,
+    /// An administrator kicked it (the admin API).
+    Administrative,
+    /// The broker was shutting down.
+    ServerShutdown,
+    /// The broker closed it for another reason (quota, authorisation, a
+    /// failed re-authentication).
+    Server,
+    /// The network connection ended without DISCONNECT.
+    ConnectionLost,
+}
+
+impl DisconnectReason {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [Self; 8] = [
+        Self::Client,
+        Self::ProtocolError,
+        Self::KeepAliveTimeout,
+        Self::TakenOver,
+        Self::Administrative,
+        Self::ServerShutdown,
+        Self::Server,
+        Self::ConnectionLost,
+    ];
+
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client_disconnect",
+            Self::ProtocolError => "protocol_error",
+            Self::KeepAliveTimeout => "keep_alive_timeout",
+            Self::TakenOver => "taken_over",
+            Self::Administrative => "administrative",
+            Self::ServerShutdown => "server_shutdown",
+            Self::Server => "server",
+            Self::ConnectionLost => "connection_lost",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What one connection task counted since it last reported, added to the
+/// broker's counters in one go (a handful of atomic additions per wake-up
+/// rather than several per packet).
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) packets_in: u64,
+    pub(crate) packets_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) publish_in: [u64; 3],
+    pub(crate) payload_in: [u64; 3],
+    pub(crate) publish_out: [u64; 3],
+    pub(crate) payload_out: [u64; 3],
+}
+
+impl Tally {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.packets_in == 0 && self.packets_out == 0 && self.bytes_in == 0 && self.bytes_out == 0
+    }
+}
 
 /// Live counters, updated by every connection task. Relaxed atomics: each is
 /// an independent tally, read for reporting only.
@@ -11,8 +184,10 @@ pub(crate) struct Stats {
     pub(crate) connections_total: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) messages_sent: AtomicU64,
-    pub(crate) publish_received: AtomicU64,
-    pub(crate) publish_sent: AtomicU64,
+    pub(crate) publish_in: [AtomicU64; 3],
+    pub(crate) publish_out: [AtomicU64; 3],
+    pub(crate) payload_in: [AtomicU64; 3],
+    pub(crate) payload_out: [AtomicU64; 3],
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) dropped_qos0: AtomicU64,
@@ -29,11 +204,58 @@ pub(crate) struct Stats {
     pub(crate) denied_delivery: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) store_full: AtomicU64,
+    /// CONNACKs sent, by reason code.
+    pub(crate) connacks: ConnackCounts,
+    /// Connections ended, by [`DisconnectReason`].
+    pub(crate) disconnects: [AtomicU64; DisconnectReason::ALL.len()],
+    /// From a PUBLISH's arrival to its copy leaving for a subscriber.
+    pub(crate) delivery_latency: LatencyHistogram,
+}
+
+/// One counter per reason code.
+#[derive(Debug)]
+pub(crate) struct ConnackCounts([AtomicU64; 256]);
+
+impl Default for ConnackCounts {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 impl Stats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add what a connection task counted.
+    pub(crate) fn report(&self, t: &mut Tally) {
+        if t.is_empty() {
+            return;
+        }
+        let add = |c: &AtomicU64, n: u64| {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.messages_received, t.packets_in);
+        add(&self.messages_sent, t.packets_out);
+        add(&self.bytes_received, t.bytes_in);
+        add(&self.bytes_sent, t.bytes_out);
+        for q in 0..3 {
+            add(&self.publish_in[q], t.publish_in[q]);
+            add(&self.payload_in[q], t.payload_in[q]);
+            add(&self.publish_out[q], t.publish_out[q]);
+            add(&self.payload_out[q], t.payload_out[q]);
+        }
+        *t = Tally::default();
+    }
+
+    pub(crate) fn connack(&self, code: u8) {
+        self.connacks.0[usize::from(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn disconnected(&self, why: DisconnectReason) {
+        self.disconnects[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn client_connected(&self) {
@@ -48,14 +270,21 @@ impl Stats {
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let each = |a: &[AtomicU64; 3]| [get(&a[0]), get(&a[1]), get(&a[2])];
+        let publish_in = each(&self.publish_in);
+        let publish_out = each(&self.publish_out);
         StatsSnapshot {
             clients_connected: get(&self.clients_connected),
             clients_maximum: get(&self.clients_maximum),
             connections_total: get(&self.connections_total),
             messages_received: get(&self.messages_received),
             messages_sent: get(&self.messages_sent),
-            publish_received: get(&self.publish_received),
-            publish_sent: get(&self.publish_sent),
+            publish_received: publish_in.iter().sum(),
+            publish_sent: publish_out.iter().sum(),
+            publish_received_by_qos: publish_in,
+            publish_sent_by_qos: publish_out,
+            payload_bytes_received_by_qos: each(&self.payload_in),
+            payload_bytes_sent_by_qos: each(&self.payload_out),
             bytes_received: get(&self.bytes_received),
             bytes_sent: get(&self.bytes_sent),
             dropped_qos0: get(&self.dropped_qos0),
@@ -74,6 +303,24 @@ impl Stats {
             store_full: get(&self.store_full),
             ..StatsSnapshot::default()
         }
+    }
+
+    /// CONNACKs sent, by reason code (only codes sent at least once).
+    pub(crate) fn connack_counts(&self) -> Vec<(u8, u64)> {
+        (0..=255u8)
+            .filter_map(|c| {
+                let n = self.connacks.0[usize::from(c)].load(Ordering::Relaxed);
+                (n > 0).then_some((c, n))
+            })
+            .collect()
+    }
+
+    /// Connections ended, by reason.
+    pub(crate) fn disconnect_counts(&self) -> Vec<(DisconnectReason, u64)> {
+        DisconnectReason::ALL
+            .iter()
+            .map(|&r| (r, self.disconnects[r.index()].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -96,6 +343,14 @@ pub struct StatsSnapshot {
     pub publish_received: u64,
     /// PUBLISH packets sent.
     pub publish_sent: u64,
+    /// PUBLISH packets received, by QoS (0, 1, 2).
+    pub publish_received_by_qos: [u64; 3],
+    /// PUBLISH packets sent, by QoS.
+    pub publish_sent_by_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub payload_bytes_received_by_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets sent, by QoS.
+    pub payload_bytes_sent_by_qos: [u64; 3],
     /// Bytes read from clients.
     pub bytes_received: u64,
     /// Bytes written to clients.

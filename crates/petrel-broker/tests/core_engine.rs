@@ -918,6 +918,7 @@ async fn listener_rules_limit_versions_and_methods() {
     let rules = std::sync::Arc::new(ListenerRules {
         protocols: vec![Protocol::V5],
         methods: Some(vec!["password_file".into()]),
+        ..ListenerRules::default()
     });
     let here = || Peer {
         rules: rules.clone(),

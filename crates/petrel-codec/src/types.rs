@@ -24,6 +24,15 @@ impl Protocol {
         }
     }
 
+    /// The version as people write it: `3.1`, `3.1.1` or `5.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::V3_1 => "3.1",
+            Self::V3_1_1 => "3.1.1",
+            Self::V5 => "5.0",
+        }
+    }
+
     /// The protocol name sent in CONNECT.
     pub fn name(self) -> &'static str {
         match self {

@@ -225,6 +225,12 @@ impl SessionKey {
         }))
     }
 
+    /// Messages waiting in its queue, and their bytes.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let m = lock(&self.0.mailbox);
+        (m.len(), m.bytes)
+    }
+
     /// Whether the session is kept in the durable store.
     pub(crate) fn is_stored(&self) -> bool {
         lock(&self.0.stored).is_some()

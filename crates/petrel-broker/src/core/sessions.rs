@@ -107,6 +107,21 @@ impl<S, C> Entry<S, C> {
     }
 }
 
+/// One session as [`SessionRegistry::sessions`] shows it.
+#[derive(Debug)]
+pub struct SessionView<'a, S, C> {
+    /// Its client identifier.
+    pub client_id: &'a Arc<str>,
+    /// What the caller keeps with it.
+    pub data: &'a S,
+    /// The handle of the connection holding it, if one does.
+    pub holder: Option<&'a C>,
+    /// Its Session Expiry Interval, in seconds.
+    pub expiry: u32,
+    /// When it ends, if no connection holds it and it expires.
+    pub expires_at: Option<Instant>,
+}
+
 /// Every session, by client identifier: decisions about one client id
 /// (connect, takeover, release, expiry) happen here, one at a time.
 #[derive(Debug)]
@@ -342,6 +357,39 @@ impl<S, C: Clone> SessionRegistry<S, C> {
                 Some((id, e.data))
             })
             .collect()
+    }
+
+    /// Every session, connected or not.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionView<'_, S, C>> {
+        self.sessions.iter().map(|(id, e)| SessionView {
+            client_id: id,
+            data: &e.data,
+            holder: e.holder.as_ref().map(|h| &h.1),
+            expiry: e.expiry,
+            expires_at: e.expires_at(),
+        })
+    }
+
+    /// `client_id`'s session, connected or not.
+    pub fn session(&self, client_id: &str) -> Option<SessionView<'_, S, C>> {
+        let (id, e) = self.sessions.get_key_value(client_id)?;
+        Some(SessionView {
+            client_id: id,
+            data: &e.data,
+            holder: e.holder.as_ref().map(|h| &h.1),
+            expiry: e.expiry,
+            expires_at: e.expires_at(),
+        })
+    }
+
+    /// End `client_id`'s session now if no connection holds it or waits
+    /// for it; returns what the caller kept with it.
+    pub fn discard(&mut self, client_id: &str) -> Option<S> {
+        let e = self.sessions.get(client_id)?;
+        if e.holder.is_some() || e.waiting.is_some() {
+            return None;
+        }
+        self.sessions.remove(client_id).map(|e| e.data)
     }
 
     /// Every session no connection holds: client id, state, Session Expiry

@@ -334,6 +334,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn stored_bytes(&self) -> u64 {
         0
     }
+
+    /// How long its writes to the operating system (and its syncs, where
+    /// acknowledgements wait for them) take, if it measures that.
+    fn write_latency(&self) -> Option<&crate::stats::LatencyHistogram> {
+        None
+    }
 }
 
 /// A store in memory: what a process restart loses. For tests and for

@@ -23,7 +23,7 @@ use super::{Ctx, LiveGuard};
 use crate::core::auth::BoxFuture;
 use crate::core::engine::{Client, Login, Peer, ReauthStep, Step};
 use crate::core::store::Commit;
-use crate::stats::Stats;
+use crate::stats::{Stats, Tally};
 
 /// Stop taking messages from the session's queue while this much waits to
 /// be written: a slow subscriber's backlog stays in its bounded queue.
@@ -87,6 +87,10 @@ struct Task {
     /// those that came after them: they go out in the order the PUBLISHes
     /// came ([MQTT-4.6.0-2]).
     acks: VecDeque<PendingAck>,
+    /// What this task counted since it last told the broker's counters.
+    tally: Tally,
+    /// In-flight messages last told to the engine.
+    inflight: usize,
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
     gate: Option<Commit>,
@@ -310,6 +314,8 @@ impl Task {
             routed: 0,
             acks: VecDeque::new(),
             gate: None,
+            tally: Tally::default(),
+            inflight: 0,
         }
     }
 
@@ -410,6 +416,7 @@ impl Task {
             }
             let spare = self.inbuf.capacity() - self.inbuf.len();
             self.out.shrink_if_idle();
+            self.report();
             // Moved earlier at once, later only once it has fired: the
             // deadlines move with every packet, and resetting a timer each
             // time costs a timer-wheel update per packet. Firing early is
@@ -424,7 +431,7 @@ impl Task {
                 r = reader.read_buf(&mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
-                        Stats::add(&self.link.ctx.broker.engine.stats.bytes_received, n as u64);
+                        self.tally.bytes_in += n as u64;
                         self.read_hint = if n >= spare {
                             (self.read_hint * 2).min(MAX_READ)
                         } else if n < self.read_hint / 4 {
@@ -438,7 +445,7 @@ impl Task {
                     }
                 },
                 r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
-                    Ok(n) => Stats::add(&self.link.ctx.broker.engine.stats.bytes_sent, n as u64),
+                    Ok(n) => self.tally.bytes_out += n as u64,
                     Err(_) => self.lost = true,
                 },
                 () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
@@ -451,6 +458,7 @@ impl Task {
                     fired = true;
                     if idle_at.is_some_and(|t| t <= now) {
                         if self.idle() {
+                            self.report();
                             return Run::Idle;
                         }
                         // Busy (something in flight): try again after
@@ -470,6 +478,7 @@ impl Task {
                 }
             }
         }
+        self.report();
         if self.lost {
             return Run::Closed;
         }
@@ -483,6 +492,43 @@ impl Task {
         })
         .await;
         Run::Closed
+    }
+
+    /// Add what this task counted to the broker's counters, and tell the
+    /// engine how many messages are in flight if that changed.
+    fn report(&mut self) {
+        self.link.ctx.broker.engine.stats.report(&mut self.tally);
+        let inflight = self.conn.state().inflight();
+        if inflight != self.inflight {
+            self.inflight = inflight;
+            if let Some(c) = &self.link.client {
+                c.set_inflight(inflight);
+            }
+        }
+    }
+
+    /// One packet in or out, in the log at debug level (as Mosquitto's
+    /// `log_type all`): its kind and, for a PUBLISH, the flags, packet
+    /// identifier, topic and payload size; never the payload itself.
+    fn trace(&self, dir: &'static str, packet: &Packet) {
+        let client_id = self.link.client.as_ref().map_or("-", |c| c.client_id());
+        match packet {
+            Packet::Publish(p) => tracing::debug!(
+                client_id,
+                peer = %self.peer,
+                "{dir} PUBLISH (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                u8::from(p.dup),
+                p.qos.qos() as u8,
+                u8::from(p.retain),
+                p.qos.packet_id().map_or(0, |id| id.get()),
+                p.topic.as_str(),
+                p.payload.len()
+            ),
+            other => {
+                let kind = format!("{:?}", other.packet_type()).to_ascii_uppercase();
+                tracing::debug!(client_id, peer = %self.peer, "{dir} {kind}");
+            }
+        }
     }
 
     fn close(&mut self, reason: ReasonCode) {
@@ -512,10 +558,14 @@ impl Task {
             match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
                 Ok(Some(packet)) => {
                     self.got_connect = true;
-                    let stats = &self.link.ctx.broker.engine.stats;
-                    Stats::add(&stats.messages_received, 1);
+                    self.tally.packets_in += 1;
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        self.trace("received", &packet);
+                    }
                     if let Packet::Publish(p) = &packet {
-                        Stats::add(&stats.publish_received, 1);
+                        let q = p.qos.qos() as usize;
+                        self.tally.publish_in[q] += 1;
+                        self.tally.payload_in[q] += p.payload.len() as u64;
                         // Checked before the session acknowledges it.
                         let refusal = self.link.client.as_ref().and_then(|c| c.check_publish(p));
                         if let Some(reason) = refusal {
@@ -562,11 +612,16 @@ impl Task {
             return;
         }
         let protocol = self.conn.protocol();
-        let stats = &self.link.ctx.broker.engine.stats;
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
         while let Some(packet) = self.conn.poll_transmit() {
-            Stats::add(&stats.messages_sent, 1);
-            if matches!(packet, Packet::Publish(_)) {
-                Stats::add(&stats.publish_sent, 1);
+            self.tally.packets_out += 1;
+            if let Packet::Publish(p) = &packet {
+                let q = p.qos.qos() as usize;
+                self.tally.publish_out[q] += 1;
+                self.tally.payload_out[q] += p.payload.len() as u64;
+            }
+            if debug {
+                self.trace("sent", &packet);
             }
             if let Err(e) = self.out.push(&packet, protocol) {
                 tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");

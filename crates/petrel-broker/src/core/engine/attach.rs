@@ -91,7 +91,7 @@ impl Engine {
                 if ownership && key.access().username != access.username {
                     return Attach::Owned;
                 }
-            } else if core.registry.len() >= self.config.limits.max_sessions {
+            } else if core.registry.len() >= self.limits().max_sessions {
                 return Attach::Full;
             }
             let mut created = false;
@@ -125,7 +125,7 @@ impl Engine {
         attach
     }
 
-    fn publish_wills(&self, wills: Vec<PendingWill>, now: Instant) {
+    pub(super) fn publish_wills(&self, wills: Vec<PendingWill>, now: Instant) {
         for w in wills {
             let _ = self.publish(w.publisher.as_ref(), w.message, None, now, false);
         }
@@ -320,7 +320,7 @@ impl Engine {
         self.publish_wills(due, now);
     }
 
-    fn end_session(
+    pub(super) fn end_session(
         &self,
         core: &mut Core,
         client_id: &str,

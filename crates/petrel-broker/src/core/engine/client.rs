@@ -25,7 +25,7 @@ use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
 use crate::core::store::{child_key, encode_delivery, encode_subscription, Commit, Op, Table};
 use crate::core::{is_sys, lock, too_deep, WakerSlot};
-use crate::stats::Stats;
+use crate::stats::{DisconnectReason, LocalHistogram, Stats};
 
 /// Why the engine asks a connection to close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub enum Kick {
     /// Another connection took its session over ([MQTT-3.1.4-3]: 5.0
     /// DISCONNECT 0x8E Session taken over).
     TakenOver,
+    /// An administrator asked (5.0 DISCONNECT 0x98 Administrative action).
+    Administrative,
 }
 
 impl Kick {
@@ -41,6 +43,7 @@ impl Kick {
     pub fn reason_code(self) -> ReasonCode {
         match self {
             Self::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
+            Self::Administrative => ReasonCode::ADMINISTRATIVE_ACTION,
         }
     }
 }
@@ -54,15 +57,48 @@ struct ReachState {
     handover: Option<oneshot::Sender<Handover>>,
 }
 
+/// What the engine knows of a connected client beyond its session, for
+/// the admin API and metrics.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) username: Option<Arc<str>>,
+    pub(crate) addr: Option<std::net::SocketAddr>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) protocol: Protocol,
+    pub(crate) connected_at: std::time::SystemTime,
+    pub(crate) keep_alive: u16,
+    pub(crate) clean_start: bool,
+    pub(crate) expiry: u32,
+}
+
 /// How the engine reaches one connection: to tell it to let go of its
 /// session, or to hand it the session it waits for.
 #[derive(Debug, Default)]
-pub(crate) struct Reach(Mutex<ReachState>);
+pub(crate) struct Reach {
+    state: Mutex<ReachState>,
+    /// Set once the CONNECT is accepted.
+    info: std::sync::OnceLock<Box<ConnInfo>>,
+    /// Its QoS 1/2 messages the client has not yet acknowledged, as its
+    /// connection last said.
+    inflight: std::sync::atomic::AtomicU32,
+}
 
 impl Reach {
+    pub(super) fn set_info(&self, info: ConnInfo) {
+        let _ = self.info.set(Box::new(info));
+    }
+
+    pub(crate) fn info(&self) -> Option<&ConnInfo> {
+        self.info.get().map(|b| &**b)
+    }
+
+    pub(crate) fn inflight(&self) -> u32 {
+        self.inflight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn kick(&self, reason: Kick) {
         let waker = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.state);
             state.kick = Some(reason);
             state.waker.take()
         };
@@ -72,7 +108,7 @@ impl Reach {
     }
 
     fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.state);
         if let Some(reason) = state.kick.take() {
             return Poll::Ready(reason);
         }
@@ -82,7 +118,7 @@ impl Reach {
 
     /// Arm `waker` for a kick; false (arming nothing) if kicked already.
     fn arm(&self, waker: &Waker) -> bool {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.state);
         if state.kick.is_some() {
             return false;
         }
@@ -91,26 +127,26 @@ impl Reach {
     }
 
     fn disarm(&self) {
-        lock(&self.0).waker.clear();
+        lock(&self.state).waker.clear();
     }
 
     /// This connection waits for a takeover: where the session will come.
     pub(super) fn await_handover(&self) -> oneshot::Receiver<Handover> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.0).handover = Some(tx);
+        lock(&self.state).handover = Some(tx);
         rx
     }
 
     /// It will never get the session (another connection superseded it).
     pub(super) fn cancel_handover(&self) {
-        lock(&self.0).handover.take();
+        lock(&self.state).handover.take();
     }
 
     /// Hand it the session; the handover back if it is gone (moved, not
     /// copied, and rare: a takeover).
     #[allow(clippy::result_large_err)]
     pub(super) fn send_handover(&self, h: Handover) -> Result<(), Handover> {
-        let tx = lock(&self.0).handover.take();
+        let tx = lock(&self.state).handover.take();
         match tx {
             Some(tx) => tx.send(h),
             None => Err(h),
@@ -275,7 +311,7 @@ impl Client {
     /// told the client ([MQTT-3.2.2-11]), or a topic deeper than
     /// `max_topic_levels`.
     pub fn check_publish(&self, p: &Publish) -> Option<ReasonCode> {
-        let limits = &self.engine.config.limits;
+        let limits = self.engine.limits();
         if p.qos.qos() as u8 > limits.max_qos {
             return Some(ReasonCode::QOS_NOT_SUPPORTED);
         }
@@ -377,7 +413,7 @@ impl Client {
     /// sees 0x80 Failure for each refusal). Retained messages the client
     /// may read are queued for it ([`Client::next_messages`]).
     pub fn subscribe(&mut self, s: Subscribe, _now: Instant) -> SubAck {
-        let limits = &self.engine.config.limits;
+        let limits = self.engine.limits();
         let max_qos = QoS::from_u8(limits.max_qos).unwrap_or(QoS::ExactlyOnce);
         let max_levels = limits.max_topic_levels;
         let identifier = s.properties.subscription_identifiers().first();
@@ -573,7 +609,15 @@ impl Client {
                 // Perhaps more: the caller asks again.
                 return true;
             }
-            self.key.take(max - taken, quota, |q| deliver(q, out)) == Taken::More
+            // Live messages (not retained ones for a new subscription):
+            // how long each waited since its PUBLISH arrived.
+            let mut waited = LocalHistogram::default();
+            let more = self.key.take(max - taken, quota, |q| {
+                waited.record(now.saturating_duration_since(q.at));
+                deliver(q, out);
+            }) == Taken::More;
+            stats.delivery_latency.merge(&waited);
+            more
         };
         self.forget(&expired);
         more
@@ -781,6 +825,15 @@ impl Client {
         self.tidy();
     }
 
+    /// The connection says how many QoS 1/2 messages it has in flight (for
+    /// the admin API and metrics).
+    pub fn set_inflight(&self, n: usize) {
+        self.reach.inflight.store(
+            n.min(u32::MAX as usize) as u32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// The connection is over: hand the session back (with the state its
     /// session machine ends with), with the will if the connection did not
     /// end normally.
@@ -801,11 +854,12 @@ impl Client {
         if !std::mem::take(&mut self.open) {
             return;
         }
+        self.engine.stats.disconnected(disconnect_reason(close));
         let extra = self.extra.take().map(|e| *e).unwrap_or_default();
         self.engine.backlog_done(extra.backlog.len());
         let mut will = extra.will;
         let now = Instant::now();
-        let max = self.engine.config.limits.max_session_expiry;
+        let max = self.engine.limits().max_session_expiry;
         let (expiry, will) = match close {
             // [MQTT-3.1.2-10], [MQTT-3.14.4-3]: a normal DISCONNECT discards
             // the will; 5.0 reason 0x04 asks for it. A 5.0 DISCONNECT may
@@ -871,5 +925,29 @@ fn deliver(
 impl Drop for Client {
     fn drop(&mut self) {
         self.finish(SessionState::default(), None);
+    }
+}
+
+/// How the metrics count the end of a connection.
+fn disconnect_reason(close: Option<&CloseReason>) -> DisconnectReason {
+    match close {
+        None => DisconnectReason::ConnectionLost,
+        Some(CloseReason::Disconnected { .. }) => DisconnectReason::Client,
+        Some(CloseReason::ProtocolError(_)) => DisconnectReason::ProtocolError,
+        Some(CloseReason::KeepAliveTimeout) => DisconnectReason::KeepAliveTimeout,
+        Some(CloseReason::Local(rc)) => match *rc {
+            ReasonCode::SESSION_TAKEN_OVER => DisconnectReason::TakenOver,
+            ReasonCode::ADMINISTRATIVE_ACTION => DisconnectReason::Administrative,
+            ReasonCode::SERVER_SHUTTING_DOWN => DisconnectReason::ServerShutdown,
+            ReasonCode::KEEP_ALIVE_TIMEOUT => DisconnectReason::KeepAliveTimeout,
+            ReasonCode::MALFORMED_PACKET
+            | ReasonCode::PROTOCOL_ERROR
+            | ReasonCode::PACKET_TOO_LARGE
+            | ReasonCode::RECEIVE_MAXIMUM_EXCEEDED
+            | ReasonCode::TOPIC_ALIAS_INVALID
+            | ReasonCode::TOPIC_NAME_INVALID => DisconnectReason::ProtocolError,
+            _ => DisconnectReason::Server,
+        },
+        Some(_) => DisconnectReason::Server,
     }
 }

@@ -11,7 +11,7 @@ use petrel_session::{Accept, Message};
 use tokio::sync::oneshot;
 
 use super::attach::{Attach, Attached};
-use super::client::{Client, Reach, Settled};
+use super::client::{Client, ConnInfo, Reach, Settled};
 use super::{Engine, Security};
 use crate::core::auth::throttle::{Admission, Ticket};
 use crate::core::auth::{
@@ -46,6 +46,10 @@ pub struct ListenerRules {
     /// Methods of authentication allowed, by name (an authenticator's or
     /// a 5.0 method's, or `anonymous`); none: every one.
     pub methods: Option<Vec<String>>,
+    /// The listener's name in the admin API and metrics (`tcp
+    /// 127.0.0.1:1883`); empty: not a listener (an embedding application's
+    /// own transport).
+    pub name: Arc<str>,
 }
 
 impl ListenerRules {
@@ -59,6 +63,7 @@ impl ListenerRules {
                 .then(|| vec!["certificate".to_string()])
         });
         Self {
+            name: listener.describe().into(),
             protocols: listener
                 .protocols
                 .iter()
@@ -178,12 +183,27 @@ impl Login {
 
     /// Decide the CONNECT: call once, first.
     pub async fn start(&mut self) -> Step {
+        let step = self.begin().await;
+        self.counted(step)
+    }
+
+    /// Count the CONNACK a step sends.
+    fn counted(&self, step: Step) -> Step {
+        match &step {
+            Step::Accept(_) => self.engine.stats.connack(0),
+            Step::Refuse(rc, _) => self.engine.stats.connack(rc.0),
+            Step::Continue(_) => {}
+        }
+        step
+    }
+
+    async fn begin(&mut self) -> Step {
         if !matches!(self.state, State::New) {
             return refuse(ReasonCode::PROTOCOL_ERROR);
         }
         self.state = State::Done;
         if !self.peer.rules.accepts(self.connect.protocol) {
-            tracing::info!(client_id = %self.connect.client_id.as_str(), protocol = ?self.connect.protocol, "protocol version not accepted on this listener");
+            tracing::info!(client_id = %self.connect.client_id.as_str(), protocol = self.connect.protocol.version(), "protocol version not accepted on this listener");
             return self.refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
         }
         let prepared = match self.prepare() {
@@ -272,6 +292,11 @@ impl Login {
 
     /// The client's AUTH during an enhanced authentication exchange.
     pub async fn auth(&mut self, auth: Auth) -> Step {
+        let step = self.continue_auth(auth).await;
+        self.counted(step)
+    }
+
+    async fn continue_auth(&mut self, auth: Auth) -> Step {
         let State::Exchange(mut exchange) = std::mem::replace(&mut self.state, State::Done) else {
             return refuse(ReasonCode::PROTOCOL_ERROR);
         };
@@ -383,7 +408,7 @@ impl Login {
     fn prepare(&mut self) -> Result<Prepared, ReasonCode> {
         let engine = &self.engine;
         let c = &mut self.connect;
-        let limits = &engine.config.limits;
+        let limits = engine.limits();
         let v5 = c.protocol.is_v5();
         let max_qos = QoS::from_u8(limits.max_qos).unwrap_or(QoS::ExactlyOnce);
         let mut props = Properties::new();
@@ -545,7 +570,7 @@ impl Login {
     /// The holder was kicked and lets go within its close flush; bounded
     /// anyway.
     async fn wait_handover(&mut self) -> Step {
-        let limit = Duration::from_secs(self.engine.config.limits.connect_timeout) + HANDOVER_SLACK;
+        let limit = Duration::from_secs(self.engine.limits().connect_timeout) + HANDOVER_SLACK;
         let State::Waiting { rx, .. } = &mut self.state else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);
         };
@@ -599,11 +624,21 @@ impl Login {
             ..
         } = *p;
         let access = access.unwrap_or_else(crate::core::auth::anonymous);
+        reach.set_info(ConnInfo {
+            username: access.username.clone(),
+            addr: self.peer.addr,
+            listener: self.peer.rules.name.clone(),
+            protocol: self.connect.protocol,
+            connected_at: std::time::SystemTime::now(),
+            keep_alive: self.connect.keep_alive,
+            clean_start: self.connect.clean_start,
+            expiry,
+        });
         tracing::info!(
             client_id = %client_id,
             username = access.username.as_deref().unwrap_or(""),
             peer = %self.peer.addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
-            protocol = self.connect.protocol.name(),
+            protocol = self.connect.protocol.version(),
             session_present = a.session_present,
             "client connected"
         );

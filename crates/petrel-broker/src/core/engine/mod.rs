@@ -32,6 +32,7 @@
 //! (password hashing, an application's authenticator) is awaited by the
 //! connecting client's own task and never holds a lock.
 
+mod admin;
 mod attach;
 mod client;
 mod connect;
@@ -40,11 +41,17 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
+pub use admin::{
+    ClientSummary, Discard, ListenerConnections, MetricsSnapshot, SessionSummary,
+    SubscriptionSummary,
+};
 pub use client::{Client, Kick, ReauthStep};
 pub use connect::{Accepted, ListenerRules, Login, Peer, Step};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -190,7 +197,12 @@ impl Security {
 /// The shared state every connection's [`Client`] and the application's
 /// [`Broker`] handle work on.
 pub(crate) struct Engine {
+    /// The configuration the broker started with (what needs a restart).
     pub(crate) config: BrokerConfig,
+    /// The configuration in force: the start's, or the last reload's.
+    current: ArcSwap<BrokerConfig>,
+    /// Its limits, read on the publish path.
+    limits: ArcSwap<crate::config::Limits>,
     pub(crate) session_config: petrel_session::Config,
     extensions: Extensions,
     security: RwLock<Arc<Security>>,
@@ -222,7 +234,14 @@ struct Ticks {
     sys: SysPublisher,
     last_sys: Option<Instant>,
     last_retained: Option<Instant>,
+    /// Drop counters as of the last warning about drops, and when it was.
+    drops_warned: [u64; 4],
+    last_drop_warning: Option<Instant>,
 }
+
+/// Dropped messages are reported at most this often (a flood of drops is
+/// one line per interval, with counts, not one per message).
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a broker could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +373,8 @@ impl BrokerBuilder {
         let broker = Broker {
             engine: Arc::new(Engine {
                 session_config,
+                current: ArcSwap::from_pointee(config.clone()),
+                limits: ArcSwap::from_pointee(config.limits.clone()),
                 extensions: self.extensions,
                 security: RwLock::new(Arc::new(security)),
                 generation: AtomicU64::new(1),
@@ -375,6 +396,8 @@ impl BrokerBuilder {
                     sys: SysPublisher::new(),
                     last_sys: None,
                     last_retained: None,
+                    drops_warned: [0; 4],
+                    last_drop_warning: None,
                 }),
                 config,
             }),
@@ -398,6 +421,79 @@ impl std::fmt::Debug for Broker {
             .field("config", &self.engine.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Settings a reload can't change in a running broker: listeners and
+/// sockets, the store, logging's destination, and what each connection is
+/// told at CONNECT.
+const RESTART_ONLY: &[&str] = &[
+    "listener",
+    "data_dir",
+    "durability",
+    "sync_interval",
+    "max_store_bytes",
+    "persistence",
+    "log_format",
+    "log_file",
+    "http",
+    "limits.max_connections",
+    "limits.max_packet_size",
+    "limits.connect_timeout",
+    "limits.max_keepalive",
+    "limits.receive_maximum",
+    "limits.max_inflight",
+    "limits.topic_alias_maximum",
+    "limits.max_qos",
+    "limits.hibernate_after",
+    "limits.login_free_failures",
+    "limits.login_address_free_failures",
+    "limits.login_delay",
+    "limits.login_delay_max",
+];
+
+/// The settings in [`RESTART_ONLY`] that differ between `a` and `b`.
+fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str> {
+    let (la, lb) = (&a.limits, &b.limits);
+    let changed = [
+        a.listeners != b.listeners,
+        a.data_dir != b.data_dir,
+        a.durability != b.durability,
+        a.sync_interval != b.sync_interval,
+        a.max_store_bytes != b.max_store_bytes,
+        a.persistence != b.persistence,
+        a.log_format != b.log_format,
+        a.log_file != b.log_file,
+        a.http != b.http,
+        la.max_connections != lb.max_connections,
+        la.max_packet_size != lb.max_packet_size,
+        la.connect_timeout != lb.connect_timeout,
+        la.max_keepalive != lb.max_keepalive,
+        la.receive_maximum != lb.receive_maximum,
+        la.max_inflight != lb.max_inflight,
+        la.topic_alias_maximum != lb.topic_alias_maximum,
+        la.max_qos != lb.max_qos,
+        la.hibernate_after != lb.hibernate_after,
+        la.login_free_failures != lb.login_free_failures,
+        la.login_address_free_failures != lb.login_address_free_failures,
+        la.login_delay != lb.login_delay,
+        la.login_delay_max != lb.login_delay_max,
+    ];
+    RESTART_ONLY
+        .iter()
+        .zip(changed)
+        .filter_map(|(name, c)| c.then_some(*name))
+        .collect()
+}
+
+/// What [`Broker::reconfigure`] put in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Sessions whose permissions were resolved again.
+    pub sessions: usize,
+    /// Settings that changed in the file but keep their running value
+    /// until a restart (listeners, the store, what clients were told at
+    /// CONNECT).
+    pub restart_needed: Vec<&'static str>,
 }
 
 /// What [`Broker::reload`] read.
@@ -491,9 +587,10 @@ impl Broker {
             };
             (
                 every(&mut t.last_retained, 10),
-                every(&mut t.last_sys, e.config.sys_interval),
+                every(&mut t.last_sys, e.current.load().sys_interval),
             )
         };
+        e.warn_of_drops(now);
         if retained {
             e.expire_retained(now);
             lock(&e.throttle).tidy(now);
@@ -509,13 +606,82 @@ impl Broker {
         }
     }
 
+    /// Put a new configuration in force without dropping a connection:
+    /// authentication and authorisation (the files read again, and
+    /// `allow_anonymous`), `$SYS` interval, and the limits that are not
+    /// told to clients at CONNECT (queues, subscriptions, retained store,
+    /// sessions, client id length, topic depth). The rest keeps its
+    /// running value, named in [`Reconfigured::restart_needed`]. A
+    /// configuration that can't be used is refused with its error, and
+    /// nothing changes.
+    pub fn reconfigure(&self, new: BrokerConfig) -> Result<Reconfigured, BuildError> {
+        let e = &self.engine;
+        new.validate()?;
+        let security = Arc::new(Security::load(&new, &e.extensions)?);
+        let mut restart_needed = restart_only_changes(&e.config, &new);
+        if new.allow_anonymous.is_none()
+            && security.allow_anonymous
+            && e.config.listeners.iter().any(|l| !l.is_local())
+        {
+            return Err(BuildError::AnonymousNotLoopback(
+                e.config
+                    .listeners
+                    .iter()
+                    .find(|l| !l.is_local())
+                    .map(|l| l.describe())
+                    .unwrap_or_default(),
+            ));
+        }
+        // What stays as it started, in force and in what the API shows.
+        let mut effective = new;
+        effective.listeners = e.config.listeners.clone();
+        effective.data_dir = e.config.data_dir.clone();
+        effective.durability = e.config.durability;
+        effective.sync_interval = e.config.sync_interval;
+        effective.max_store_bytes = e.config.max_store_bytes;
+        effective.persistence = e.config.persistence.clone();
+        effective.log_format = e.config.log_format;
+        effective.log_file = e.config.log_file.clone();
+        effective.http = e.config.http.clone();
+        {
+            let (l, start) = (&mut effective.limits, &e.config.limits);
+            l.max_connections = start.max_connections;
+            l.max_packet_size = start.max_packet_size;
+            l.connect_timeout = start.connect_timeout;
+            l.max_keepalive = start.max_keepalive;
+            l.receive_maximum = start.receive_maximum;
+            l.max_inflight = start.max_inflight;
+            l.topic_alias_maximum = start.topic_alias_maximum;
+            l.max_qos = start.max_qos;
+            l.hibernate_after = start.hibernate_after;
+            l.login_free_failures = start.login_free_failures;
+            l.login_address_free_failures = start.login_address_free_failures;
+            l.login_delay = start.login_delay;
+            l.login_delay_max = start.login_delay_max;
+        }
+        restart_needed.dedup();
+        e.limits.store(Arc::new(effective.limits.clone()));
+        e.current.store(Arc::new(effective));
+        *write(&e.security) = security;
+        e.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(Reconfigured {
+            sessions: e.refresh_permissions(),
+            restart_needed,
+        })
+    }
+
+    /// The configuration in force (the start's, with what reloads changed).
+    pub fn current_config(&self) -> Arc<BrokerConfig> {
+        self.engine.current.load_full()
+    }
+
     /// Read the password, ACL, credentials and key files again and put the
     /// new rules in force for every client, connected or not, without
     /// dropping a connection. A file that can't be used is refused with its
     /// error, and the rules in force stay.
     pub fn reload(&self) -> Result<Reloaded, AuthFileError> {
         let e = &self.engine;
-        let security = Arc::new(Security::load(&e.config, &e.extensions)?);
+        let security = Arc::new(Security::load(&e.current.load(), &e.extensions)?);
         *write(&e.security) = security;
         e.generation.fetch_add(1, Ordering::AcqRel);
         Ok(Reloaded {
@@ -525,6 +691,50 @@ impl Broker {
 }
 
 impl Engine {
+    /// The limits in force.
+    pub(crate) fn limits(&self) -> arc_swap::Guard<Arc<crate::config::Limits>> {
+        self.limits.load()
+    }
+
+    /// Messages dropped since the last warning: one line with the counts,
+    /// at most every [`DROP_WARNING_INTERVAL`].
+    fn warn_of_drops(&self, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let counts = [
+            s.dropped_queue_full.load(Relaxed),
+            s.dropped_qos0.load(Relaxed),
+            s.dropped_expired.load(Relaxed),
+            s.dropped_too_large.load(Relaxed),
+        ];
+        let mut t = lock(&self.ticks);
+        if counts == t.drops_warned
+            || t.last_drop_warning
+                .is_some_and(|l| now.saturating_duration_since(l) < DROP_WARNING_INTERVAL)
+        {
+            return;
+        }
+        let d: Vec<u64> = counts
+            .iter()
+            .zip(t.drops_warned)
+            .map(|(now, then)| now - then)
+            .collect();
+        let since = t.last_drop_warning.map_or_else(
+            || self.started.elapsed(),
+            |l| now.saturating_duration_since(l),
+        );
+        tracing::warn!(
+            queue_full = d[0],
+            qos0_queue_full = d[1],
+            expired = d[2],
+            too_large = d[3],
+            seconds = since.as_secs(),
+            "messages dropped (queue full: a subscriber too slow or away too long; see the petrel_messages_dropped_total metric)"
+        );
+        t.drops_warned = counts;
+        t.last_drop_warning = Some(now);
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
         s.subscriptions = read(&self.router).len() as u64;

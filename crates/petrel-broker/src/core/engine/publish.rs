@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
-use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter};
+use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter, TopicName};
 use petrel_session::Message;
 
 use super::Engine;
@@ -136,7 +136,7 @@ impl Engine {
             }
             allowed
         });
-        let limits = &self.config.limits;
+        let limits = self.limits();
         let count = deliveries.len();
         // The message with bytes of its own, made once if a queue stores it.
         let mut own: Option<Message> = None;
@@ -191,7 +191,7 @@ impl Engine {
             let seq = stored.as_ref().map_or(0, |(seq, _)| *seq);
             let queued = d
                 .client
-                .push_with(d.qos, now, seq, limits, &self.stats, |kept| {
+                .push_with(d.qos, now, seq, &limits, &self.stats, |kept| {
                     if let Some((_, copy)) = stored.filter(|_| !kept) {
                         return copy;
                     }
@@ -251,7 +251,7 @@ impl Engine {
             }
             return Ok(commit);
         }
-        let limits = &self.config.limits;
+        let limits = self.limits();
         let size = message_size(message);
         let replaced = store
             .tree
@@ -390,7 +390,7 @@ impl Engine {
         out: &mut VecDeque<Queued>,
     ) -> usize {
         let ids: Vec<SubscriptionId> = identifier.into_iter().collect();
-        let max = self.config.limits.max_retained_backlog;
+        let max = self.limits().max_retained_backlog;
         let check = !access.receives_all(filter.as_str());
         let mut refused = 0;
         read(&self.retained).tree.matching(filter, |r| {
@@ -430,6 +430,34 @@ impl Engine {
             }
         });
         out
+    }
+
+    /// The retained messages matching `filter` (those not expired).
+    pub(super) fn retained_matching(&self, filter: &petrel_codec::TopicFilter) -> Vec<Message> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        read(&self.retained).tree.matching(filter, |r| {
+            if r.remaining(now) != Some(0) {
+                out.push(r.message.clone());
+            }
+        });
+        out
+    }
+
+    /// Whether `topic` has a retained message.
+    pub(super) fn retained_get(&self, topic: &TopicName) -> bool {
+        read(&self.retained).tree.get(topic).is_some()
+    }
+
+    /// Retain (or, with an empty payload, delete) `message` without
+    /// routing it; the store's commit, to wait for.
+    pub(super) fn retain_only(&self, message: &Message) -> io::Result<Commit> {
+        self.retain(message, Instant::now())
+    }
+
+    /// Bytes the retained messages hold.
+    pub(super) fn retained_bytes(&self) -> usize {
+        read(&self.retained).bytes
     }
 
     pub(super) fn retained_count(&self) -> usize {
@@ -490,7 +518,7 @@ impl Engine {
     ) -> Option<bool> {
         let mut filters = key.filters();
         if !filters.contains_key(filter.as_str())
-            && filters.len() >= self.config.limits.max_subscriptions_per_session
+            && filters.len() >= self.limits().max_subscriptions_per_session
         {
             return None;
         }
