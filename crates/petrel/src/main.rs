@@ -11,7 +11,11 @@
 //!   report delivered messages per second.
 //! * `petrel passwd` — manage a password file, with `mosquitto_passwd`'s
 //!   flags (`-c`, `-b`, `-D`, `-U`), argon2id by default.
-#![forbid(unsafe_code)]
+//! * `petrel ctl` — the admin API (`[http]`, `--http`) from the command
+//!   line: clients, kick, sessions, retained messages, stats.
+//! * `petrel token` — a new API token and the `token_hash` for `[http]`.
+// One exception, below: jemalloc's configuration symbol.
+#![deny(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod ctl;
 mod passwd;
 mod store;
 mod tools;
@@ -53,6 +58,10 @@ enum Command {
     Passwd(passwd::PasswdArgs),
     /// Check a data directory's durable store, or salvage what is readable.
     Store(store::StoreArgs),
+    /// Ask a running broker through its admin API (`[http]`, `--http`).
+    Ctl(ctl::CtlArgs),
+    /// Make a new admin API token, and the `token_hash` line for `[http]`.
+    Token,
 }
 
 #[derive(clap::Args)]
@@ -63,9 +72,14 @@ struct BrokerArgs {
     /// Listen on this port instead of the configured listeners (as Mosquitto's -p).
     #[arg(short = 'p', long = "port", value_name = "PORT")]
     port: Option<u16>,
-    /// Listen on this address instead of the configured listeners' (default 127.0.0.1).
+    /// Listen on this address instead of the configured listeners' (default
+    /// 127.0.0.1); `ADDR:PORT` sets the port too.
     #[arg(long = "bind", value_name = "ADDR")]
-    bind: Option<IpAddr>,
+    bind: Option<String>,
+    /// Serve metrics, the admin API and the dashboard on this address
+    /// (instead of the configured `[http]` bind).
+    #[arg(long = "http", value_name = "ADDR:PORT")]
+    http: Option<String>,
     /// Log more (-v debug, -vv trace), overriding the configured level.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     verbose: u8,
@@ -109,6 +123,17 @@ fn default_data_dir() -> Option<PathBuf> {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read at its first allocation (before `main`): the
+/// same in a `cargo install` as in this repository's builds, which also
+/// set them at compile time (`.cargo/config.toml`). `MALLOC_CONF` in the
+/// environment (`_RJEM_MALLOC_CONF`) still overrides them.
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> =
+    // SAFETY: a pointer to the first byte of a static NUL-terminated
+    // string, as jemalloc's `const char *malloc_conf` wants.
+    Some(unsafe { &*c"dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true".as_ptr() });
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -117,6 +142,21 @@ fn main() -> ExitCode {
         Command::Sub(args) => tools::subscribe(args),
         Command::Passwd(args) => passwd::run(args),
         Command::Store(args) => store::run(args),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Token => match petrel_admin::new_token() {
+            Ok(token) => {
+                println!("token (give it to clients of the API; it is not stored):\n  {token}");
+                println!(
+                    "for the configuration's [http] table:\n  token_hash = \"{}\"",
+                    petrel_admin::token_hash(&token)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("petrel token: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -140,13 +180,27 @@ fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
     if args.port.is_some() || args.bind.is_some() {
         // One plain TCP listener, in place of the configured ones.
         let first = config.listeners.iter().find_map(|l| l.bind);
-        let ip = args
-            .bind
-            .unwrap_or_else(|| first.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip()));
+        let (bind_ip, bind_port) = match args.bind.as_deref().map(parse_bind).transpose()? {
+            Some((ip, port)) => (Some(ip), port),
+            None => (None, None),
+        };
+        let ip =
+            bind_ip.unwrap_or_else(|| first.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip()));
         let port = args
             .port
+            .or(bind_port)
             .unwrap_or_else(|| first.map_or(1883, |a| a.port()));
         config.listeners = vec![ListenerConfig::tcp(SocketAddr::new(ip, port))];
+    }
+    if let Some(http) = &args.http {
+        let addr: SocketAddr = http.parse().map_err(|_| {
+            let hint = petrel_broker::config::bind_hint(http, 8080)
+                .unwrap_or_else(|| "write an IP address and port".into());
+            format!("--http {http}: {hint}")
+        })?;
+        let mut h = config.http.take().unwrap_or_default();
+        h.bind = addr;
+        config.http = Some(h);
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = Some(dir.clone());
@@ -164,13 +218,39 @@ fn load_config(args: &BrokerArgs) -> Result<BrokerConfig, String> {
     Ok(config)
 }
 
+/// `--bind`'s value: an IP address, or an address and port; a host name
+/// is refused with what to write instead.
+fn parse_bind(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((addr.ip(), Some(addr.port())));
+    }
+    let host = text.rsplit_once(':').map_or(text, |(h, _)| h);
+    Err(if host.eq_ignore_ascii_case("localhost") {
+        format!("--bind {text}: --bind takes an IP address, not a host name: write --bind 127.0.0.1 (or --bind ::1)")
+    } else {
+        format!("--bind {text}: --bind takes an IP address (such as 0.0.0.0 for every address, or 127.0.0.1), optionally with :PORT")
+    })
+}
+
+/// Changes the log level while the broker runs (SIGHUP).
+type LogLevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
 /// Log to `log_file` (appended) or standard error, as text (colours only
-/// on a terminal) or JSON lines.
-fn init_logging(config: &BrokerConfig, level: &str) -> Result<(), String> {
+/// on a terminal) or JSON lines; the handle that changes its level, unless
+/// `RUST_LOG` decides it.
+fn init_logging(config: &BrokerConfig, level: &str) -> Result<Option<LogLevelHandle>, String> {
     use std::io::IsTerminal;
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let (writer, terminal) = match &config.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -185,14 +265,13 @@ fn init_logging(config: &BrokerConfig, level: &str) -> Result<(), String> {
             std::io::stderr().is_terminal(),
         ),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     match config.log_format {
-        LogFormat::Text => builder.with_ansi(terminal).init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => registry.with(layer.with_ansi(terminal)).init(),
+        LogFormat::Json => registry.with(layer.json().with_ansi(false)).init(),
     }
-    Ok(())
+    Ok((!fixed).then_some(handle))
 }
 
 fn run_broker(args: BrokerArgs) -> ExitCode {
@@ -208,10 +287,13 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    if let Err(e) = init_logging(&config, level) {
-        eprintln!("petrel: {e}");
-        return ExitCode::from(2);
-    }
+    let log_level = match init_logging(&config, level) {
+        Ok(handle) => handle.filter(|_| args.verbose == 0),
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match (&config.data_dir, config.durability) {
         (_, Durability::None) | (None, _) => {
             tracing::info!("no data directory (--memory): everything is lost when the broker stops")
@@ -260,6 +342,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let http = config.http.clone();
         let broker = match Broker::new(config) {
             Ok(b) => b,
             Err(e) => {
@@ -274,7 +357,24 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(signals.handle(broker, server.certificates()));
+        if let Some(http) = http {
+            match petrel_admin::AdminServer::bind(broker.clone(), &http).await {
+                Ok(admin) => {
+                    tokio::spawn(admin.run());
+                }
+                Err(e) => {
+                    eprintln!("petrel: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let reloader = Reloader {
+            broker: broker.clone(),
+            certificates: server.certificates(),
+            args,
+            log_level,
+        };
+        tokio::spawn(signals.handle(reloader));
         server.run().await;
         ExitCode::SUCCESS
     })
@@ -303,13 +403,13 @@ impl Signals {
         Ok(Self {})
     }
 
-    async fn handle(mut self, broker: Broker, certificates: Certificates) {
+    async fn handle(mut self, reloader: Reloader) {
         loop {
             #[cfg(unix)]
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = self.term.recv() => break,
-                _ = self.hup.recv() => reload(&broker, &certificates),
+                _ = self.hup.recv() => reloader.reload(),
             }
             #[cfg(not(unix))]
             {
@@ -318,26 +418,70 @@ impl Signals {
             }
         }
         tracing::info!("signal received; shutting down");
-        broker.shutdown();
+        reloader.broker.shutdown();
     }
 }
 
-/// SIGHUP: new rules in force for every client, no connection dropped; a
-/// file that can't be used leaves the old rules in force.
+/// What SIGHUP reloads.
+struct Reloader {
+    broker: Broker,
+    certificates: Certificates,
+    /// The command line, to read the configuration as at start.
+    args: BrokerArgs,
+    /// None when `-v` or `RUST_LOG` fixed the level.
+    log_level: Option<LogLevelHandle>,
+}
+
+/// SIGHUP: the configuration file read again and put in force without
+/// dropping a connection (authentication, ACLs, the limits that can change
+/// live, the log level), the certificates read again; a file that can't be
+/// used leaves everything as it was. Never stops the broker.
 #[cfg(unix)]
-fn reload(broker: &Broker, certificates: &Certificates) {
-    match broker.reload() {
-        Ok(r) => tracing::info!(
-            sessions = r.sessions,
-            "reloaded the authentication and ACL files"
-        ),
-        Err(e) => tracing::error!(error = %e, "reload refused; the rules in force stay"),
-    }
-    match certificates.reload() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(listeners = n, "reloaded the TLS certificates"),
-        Err(e) => {
-            tracing::error!(error = %e, "certificate reload refused; the certificates in force stay")
+impl Reloader {
+    fn reload(&self) {
+        let config = match load_config(&self.args) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the configuration in force stays");
+                return;
+            }
+        };
+        let level = config.log_level;
+        match self.broker.reconfigure(config) {
+            Ok(r) => {
+                tracing::info!(
+                    sessions = r.sessions,
+                    "configuration reloaded (authentication, ACLs and limits in force)"
+                );
+                if !r.restart_needed.is_empty() {
+                    tracing::warn!(
+                        settings = %r.restart_needed.join(", "),
+                        "these settings changed but keep their running values until a restart"
+                    );
+                }
+                if let Some(h) = &self.log_level {
+                    match h.reload(tracing_subscriber::EnvFilter::new(level.as_str())) {
+                        Ok(()) => tracing::info!(level = level.as_str(), "log level in force"),
+                        Err(e) => tracing::error!(error = %e, "the log level could not be changed"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the configuration in force stays");
+                return;
+            }
+        }
+        match self.certificates.reload() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(listeners = n, "reloaded the TLS certificates"),
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload refused; the certificates in force stay")
+            }
         }
     }
+}
+
+#[cfg(not(unix))]
+impl Reloader {
+    fn reload(&self) {}
 }
