@@ -288,3 +288,53 @@ async fn ctl_lists_and_kicks_through_the_api_with_the_token_the_broker_wrote() {
     let (ok, out) = ctl(&["health"]);
     assert!(ok && out.contains("ok"), "{out}");
 }
+
+#[tokio::test]
+async fn dropped_messages_are_reported_at_warn_once_per_interval_with_counts() {
+    let d = dir();
+    let (file, log) = (d.join("drops.toml"), d.join("drops.log"));
+    let _ = std::fs::remove_file(&log);
+    let port = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "log_file = {log:?}\n[[listener]]\nbind = \"127.0.0.1:{port}\"\n[limits]\nmax_queued_messages = 2\n"
+        ),
+    )
+    .unwrap();
+    let _broker = Running(
+        petrel()
+            .args(["broker", "--memory", "-c"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    // A persistent session, away: its queue holds 2 messages.
+    let mut o = options(port, "away");
+    o.clean_start = false;
+    o.session_expiry = 300;
+    let (away, _inbox) = connect(o).await.unwrap();
+    away.subscribe("d/#", QoS::AtLeastOnce).await.unwrap();
+    away.disconnect().await.unwrap();
+    let (publ, _) = connect(options(port, "pub")).await.unwrap();
+    for i in 0..12 {
+        publ.publish_to("d/x", i.to_string(), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    assert!(logged(&log, "messages dropped").await, "no warning");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("queue_full=10"), "{text}");
+    // More drops within the interval: no second line yet.
+    for i in 0..5 {
+        publ.publish_to("d/x", i.to_string(), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("messages dropped").count(), 1, "{text}");
+}
