@@ -339,3 +339,84 @@ async fn a_disconnect_with_an_error_reason_still_publishes_the_will_mqtt_3_14_4_
     .await;
     assert_eq!(&w.recv_publish().await.payload[..], b"w");
 }
+
+/// A 5.0 client past Receive Maximum with QoS 2 that goes on writing (it
+/// answers each PUBREC with a PUBREL, as real clients do) still reads the
+/// DISCONNECT 0x93: the broker half-closes and drains what the client
+/// sends, rather than closing on unread data (which the kernel answers
+/// with a reset that can destroy the DISCONNECT before it is read).
+#[tokio::test]
+async fn a_client_past_receive_maximum_reads_the_0x93_while_it_keeps_writing() {
+    use petrel_codec::{Limits, PacketId, PubAck, Publish, QosPid, TopicName};
+    use tokio::io::AsyncWriteExt;
+    let mut config = config();
+    config.limits.receive_maximum = 2;
+    let b = start_with(config).await;
+    let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let encode = |p: Packet| {
+        let mut buf = BytesMut::new();
+        p.encode(Protocol::V5, &mut buf).unwrap();
+        buf
+    };
+    wr.write_all(&encode(Packet::Connect(Box::new(Connect::new(
+        Protocol::V5,
+        MqttString::from_static("past-rm"),
+    )))))
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PacketId>();
+    // The writer: QoS 2 PUBLISHes without waiting, a PUBREL for every
+    // PUBREC, and on for a while after the broker's DISCONNECT. A write
+    // that fails (the broken pipe or reset of a broker closing on unread
+    // data) ends it with the error: a real client would give up there,
+    // without reading the reason.
+    let writer = tokio::spawn(async move {
+        for i in 1..=400u16 {
+            let mut p = Publish::new(
+                TopicName::try_from("rm/t").unwrap(),
+                bytes::Bytes::from_static(b"x"),
+            );
+            p.qos = QosPid::from_parts(QoS::ExactlyOnce, PacketId::new(i)).unwrap();
+            wr.write_all(&encode(Packet::Publish(p))).await?;
+            while let Ok(id) = rx.try_recv() {
+                wr.write_all(&encode(Packet::PubRel(PubAck::new(id))))
+                    .await?;
+            }
+            // Bursts of 8: more than Receive Maximum is outstanding.
+            if i % 8 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok::<_, std::io::Error>(wr)
+    });
+    // The reader, at the same time: a PUBREL asked for each PUBREC.
+    let reader = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        let mut reason = None;
+        let limits = Limits::default();
+        loop {
+            match Packet::decode(&mut buf, Some(Protocol::V5), &limits) {
+                Ok(Some(Packet::PubRec(a))) => {
+                    let _ = tx.send(a.packet_id);
+                }
+                Ok(Some(Packet::Disconnect(d))) => reason = Some(d.reason_code),
+                Ok(Some(_)) => {}
+                Ok(None) => match rd.read_buf(&mut buf).await {
+                    Ok(0) => return Ok(reason),
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                },
+                Err(e) => panic!("undecodable from the broker: {e}"),
+            }
+        }
+    });
+    let written = writer.await.unwrap();
+    assert!(written.is_ok(), "the client's writes failed: {written:?}");
+    let reason = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the broker closed in time")
+        .unwrap();
+    assert_eq!(reason.unwrap(), Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+    still_serving(b.addr).await;
+}

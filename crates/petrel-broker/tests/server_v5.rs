@@ -23,6 +23,26 @@ async fn connack_tells_the_client_what_the_server_supports_and_assigns_an_id() {
     // [MQTT-3.2.2-16]: an empty client id gets one assigned, and told.
     let assigned = p.assigned_client_identifier().expect("assigned id");
     assert!(!assigned.as_str().is_empty());
+    // Unguessable: 128 random bits, not a start time and a counter. Two
+    // ids in a row share nothing after the prefix but by chance.
+    let (_c2, ack2) = Raw::connect_with(b.addr, Protocol::V5, "", |_| {}).await;
+    let second = ack2
+        .properties
+        .assigned_client_identifier()
+        .expect("assigned id");
+    for id in [assigned.as_str(), second.as_str()] {
+        let hex = id.strip_prefix("petrel-").expect(id);
+        assert_eq!(hex.len(), 32, "{id}");
+        assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+    let same = assigned
+        .as_str()
+        .bytes()
+        .zip(second.as_str().bytes())
+        .skip("petrel-".len())
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(same < 12, "{assigned:?} and {second:?} look related");
     assert_eq!(p.receive_maximum().map(|r| r.get()), Some(128));
     assert_eq!(p.maximum_packet_size().map(|m| m.get()), Some(1024 * 1024));
     assert_eq!(p.topic_alias_maximum(), Some(16));

@@ -483,12 +483,18 @@ impl Task {
             return Run::Closed;
         }
         // Write what the session still has to say (DISCONNECT, CONNACK with
-        // a refusal), briefly, then close the socket.
+        // a refusal), half-close, then read and discard what the client
+        // still sends until it closes too: closing with unread data would
+        // make the kernel answer with a reset, and a client still writing
+        // might never read the reason. All within `CLOSE_FLUSH`.
         let _ = tokio::time::timeout(CLOSE_FLUSH, async {
             while !self.out.is_empty() {
                 self.out.write_to(&mut writer).await?;
             }
-            writer.shutdown().await
+            writer.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while reader.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
         })
         .await;
         Run::Closed

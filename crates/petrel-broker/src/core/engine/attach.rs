@@ -57,12 +57,28 @@ pub(super) struct Attached {
 
 impl Engine {
     /// A client identifier for a client that sent none ([MQTT-3.1.3-6]),
-    /// unique among the sessions that exist.
+    /// unique among the sessions that exist, and unguessable: 128 random
+    /// bits, so nobody can predict another client's id to take its session
+    /// over.
     pub(super) fn assign_client_id(&self) -> String {
         let core = lock(&self.core);
         loop {
-            let n = self.next_assigned.fetch_add(1, Ordering::Relaxed);
-            let id = format!("petrel-{:x}-{n}", self.instance);
+            let mut bits = [0u8; 16];
+            if getrandom::getrandom(&mut bits).is_err() {
+                // The operating system's generator failed (it does not once
+                // booted): a keyed hash of a counter, with the process's
+                // random keys, is unpredictable still.
+                use std::hash::{BuildHasher, Hasher};
+                let n = self.next_assigned.fetch_add(1, Ordering::Relaxed);
+                for (i, chunk) in bits.chunks_mut(8).enumerate() {
+                    let mut h = self.id_keys.build_hasher();
+                    h.write_u64(n);
+                    h.write_usize(i);
+                    chunk.copy_from_slice(&h.finish().to_le_bytes());
+                }
+            }
+            let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
+            let id = format!("petrel-{hex}");
             if !core.registry.exists(&id) {
                 return id;
             }

@@ -220,8 +220,8 @@ pub(crate) struct Engine {
     backlog: AtomicUsize,
     pub(crate) stats: Stats,
     started: Instant,
-    /// Distinguishes this broker's assigned client ids from another run's.
-    instance: u64,
+    /// Keys for assigned client ids if the random generator fails.
+    id_keys: std::collections::hash_map::RandomState,
     next_assigned: AtomicU64,
     shutdown: watch::Sender<bool>,
     throttle: Mutex<Throttle>,
@@ -386,9 +386,7 @@ impl BrokerBuilder {
                 backlog: AtomicUsize::new(0),
                 stats: Stats::default(),
                 started: Instant::now(),
-                instance: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                id_keys: std::collections::hash_map::RandomState::new(),
                 next_assigned: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
                 throttle: Mutex::new(throttle),
