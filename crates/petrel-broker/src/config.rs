@@ -67,6 +67,8 @@
 //! max_retained_bytes = 268435456        # all retained messages together
 //! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
 //! hibernate_after = 5           # seconds of silence before an idle connection hibernates; 0 = never
+//! tcp_keepalive = 120           # seconds of silence before TCP keepalive probes a peer; 0 = off
+//! packet_timeout = 30           # seconds a partly received packet may go without a byte more
 //! login_free_failures = 5       # failed logins of one user from one address before its attempts are spaced out
 //! login_address_free_failures = 100   # failed logins from one address, any user, before all are spaced out
 //! login_delay = 1               # seconds between them at first, doubling with each failure
@@ -637,6 +639,16 @@ pub struct Limits {
     /// deadline (as EMQX hibernates idle connection processes). 0 keeps
     /// every connection awake. Default 5.
     pub hibernate_after: u64,
+    /// Seconds a TCP connection may be silent before the kernel probes the
+    /// peer (TCP keepalive, every 10 s, 3 times): a peer that vanished
+    /// (powered off, unplugged) is found even by a client with MQTT keep
+    /// alive 0. 0 turns it off. Default 120.
+    pub tcp_keepalive: u64,
+    /// Seconds a packet may stay partly received with no byte of it
+    /// arriving: a peer that sends half a packet and stops is closed
+    /// rather than holding its buffer forever (a slow upload that goes on
+    /// arriving is not). Default 30.
+    pub packet_timeout: u64,
     /// Failed logins one user name may have from one address before its
     /// attempts from there are spaced out (its own success clears them).
     /// Default 5.
@@ -706,6 +718,8 @@ impl Default for Limits {
             max_retained_bytes: 256 * 1024 * 1024,
             max_retained_backlog: 2_000_000,
             hibernate_after: 5,
+            tcp_keepalive: 120,
+            packet_timeout: 30,
             login_free_failures: 5,
             login_address_free_failures: 100,
             login_delay: 1,
@@ -892,6 +906,18 @@ impl BrokerConfig {
                     "only a listener on a loopback address may serve requests without a token",
                 );
             }
+        }
+        if l.packet_timeout == 0 || l.packet_timeout > 3600 {
+            return invalid(
+                "limits.packet_timeout",
+                "must be between 1 and 3600 seconds",
+            );
+        }
+        if l.tcp_keepalive > 7200 {
+            return invalid(
+                "limits.tcp_keepalive",
+                "must be at most 7200 seconds (0 turns it off)",
+            );
         }
         if l.hibernate_after > 86_400 {
             return invalid(

@@ -420,3 +420,42 @@ async fn a_client_past_receive_maximum_reads_the_0x93_while_it_keeps_writing() {
     assert_eq!(reason.unwrap(), Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
     still_serving(b.addr).await;
 }
+
+/// A peer that sends half a packet and stops is closed after
+/// `packet_timeout`, its buffer freed; one whose packet goes on arriving,
+/// however slowly, is not.
+#[tokio::test]
+async fn a_packet_that_stops_arriving_half_way_closes_the_connection() {
+    use petrel_codec::{PacketId, Publish, QosPid, TopicName};
+    let mut config = config();
+    config.limits.packet_timeout = 1;
+    let b = start_with(config).await;
+    let mut stalled = Raw::connect(b.addr, Protocol::V3_1_1, "stalled").await;
+    // A PUBLISH header announcing 16 bytes, and nothing more.
+    stalled.send_bytes(&[0x30, 0x10, 0x00]).await;
+    let mut slow = Raw::connect(b.addr, Protocol::V3_1_1, "slow").await;
+    let mut p = Publish::new(
+        TopicName::try_from("slow/t").unwrap(),
+        bytes::Bytes::from_static(b"payload"),
+    );
+    p.qos = QosPid::from_parts(QoS::AtLeastOnce, PacketId::new(1)).unwrap();
+    let mut bytes = BytesMut::new();
+    Packet::Publish(p)
+        .encode(Protocol::V3_1_1, &mut bytes)
+        .unwrap();
+    let started = std::time::Instant::now();
+    // The slow one: a byte every 300 ms, 2.7 s for the whole packet.
+    for b in bytes.iter() {
+        slow.send_bytes(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    match slow.try_recv(WAIT).await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, PacketId::new(1).unwrap()),
+        other => panic!("the slow packet was not taken: {other:?}"),
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    // The stalled one was closed meanwhile.
+    let closed = tokio::time::timeout(Duration::from_millis(500), stalled.closed()).await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
+    still_serving(b.addr).await;
+}

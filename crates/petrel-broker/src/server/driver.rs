@@ -91,6 +91,8 @@ struct Task {
     tally: Tally,
     /// In-flight messages last told to the engine.
     inflight: usize,
+    /// A packet is partly received: when its last byte came.
+    partial_since: Option<Instant>,
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
     gate: Option<Commit>,
@@ -316,6 +318,7 @@ impl Task {
             gate: None,
             tally: Tally::default(),
             inflight: 0,
+            partial_since: None,
         }
     }
 
@@ -397,15 +400,25 @@ impl Task {
             if std::mem::take(&mut self.quiet) && self.hibernate_after.is_none() {
                 self.conn.shrink();
             }
+            let can_read = self.out.len() < READ_STOP;
+            // A packet begun and not finished (not a CONNECT's followers
+            // waiting for the engine, nor input held back while the peer
+            // doesn't read): it must go on arriving.
+            if self.inbuf.is_empty() || self.paused() || !can_read {
+                self.partial_since = None;
+            } else if self.partial_since.is_none() {
+                self.partial_since = Some(now);
+            }
+            let stall_at = self.partial_since.map(|t| t + self.link.ctx.packet_timeout);
             let idle_at = self.hibernate_after.map(|d| last_active + d);
             let deadline: tokio::time::Instant = self
                 .conn
                 .poll_timeout()
                 .into_iter()
                 .chain(idle_at)
+                .chain(stall_at)
                 .min()
                 .map_or(far, tokio::time::Instant::from_std);
-            let can_read = self.out.len() < READ_STOP;
             if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
                 // Idle: give back what a burst left (frames still in use
                 // keep their part alive on their own).
@@ -432,6 +445,8 @@ impl Task {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
                         self.tally.bytes_in += n as u64;
+                        // Progress: the unfinished packet's clock restarts.
+                        self.partial_since = None;
                         self.read_hint = if n >= spare {
                             (self.read_hint * 2).min(MAX_READ)
                         } else if n < self.read_hint / 4 {
@@ -456,6 +471,17 @@ impl Task {
                 () = &mut timer => {
                     let now = Instant::now();
                     fired = true;
+                    if stall_at.is_some_and(|t| t <= now) {
+                        let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
+                        tracing::info!(
+                            client_id = id,
+                            peer = %self.peer,
+                            seconds = self.link.ctx.packet_timeout.as_secs(),
+                            "a packet stopped arriving half-way; closing"
+                        );
+                        self.lost = true;
+                        continue;
+                    }
                     if idle_at.is_some_and(|t| t <= now) {
                         if self.idle() {
                             self.report();

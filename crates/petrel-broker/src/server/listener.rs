@@ -162,6 +162,9 @@ impl Bound {
             let accepted = match &self.socket {
                 Socket::Tcp(l) => l.accept().await.map(|(s, a)| {
                     let _ = s.set_nodelay(true);
+                    if let Err(e) = set_keepalive(&s, ctx.tcp_keepalive) {
+                        tracing::debug!(error = %e, "TCP keepalive not set");
+                    }
                     (Stream::Tcp(s), Some(a))
                 }),
                 Socket::Unix { listener: l, .. } => {
@@ -340,6 +343,19 @@ impl Bound {
     }
 }
 
+/// Turn TCP keepalive on (`idle` silent before the first probe, then
+/// every 10 s, 3 probes), or leave it off for `None`.
+pub(crate) fn set_keepalive(s: &TcpStream, idle: Option<Duration>) -> std::io::Result<()> {
+    let Some(idle) = idle else {
+        return Ok(());
+    };
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(s).set_tcp_keepalive(&keepalive)
+}
+
 /// What comes before MQTT (PROXY header, handshakes), bounded by the
 /// connect timeout; why it failed otherwise.
 async fn within_connect_timeout<T, E: std::fmt::Display>(
@@ -389,4 +405,34 @@ fn refused(r: ws::Refused) -> io::Error {
         format!("WebSocket upgrade refused ({}): {}", r.status, r.why)
     };
     io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    /// Accepted TCP connections get keepalive probes after the configured
+    /// silence (so a peer that vanished, even with MQTT keep alive 0, is
+    /// found); 0 leaves the socket as the kernel made it.
+    #[tokio::test]
+    async fn accepted_sockets_probe_silent_peers() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        for idle in [Some(Duration::from_secs(120)), None] {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            let sock = socket2::SockRef::from(&s);
+            assert!(!sock.keepalive().unwrap(), "off until set");
+            set_keepalive(&s, idle).unwrap();
+            assert_eq!(sock.keepalive().unwrap(), idle.is_some());
+            if let Some(idle) = idle {
+                assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
+                assert_eq!(
+                    sock.tcp_keepalive_interval().unwrap(),
+                    Duration::from_secs(10)
+                );
+                assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+            }
+        }
+    }
 }

@@ -65,6 +65,10 @@ struct Ctx {
     codec_limits: petrel_codec::Limits,
     /// Quiet time after which a connection hibernates (none: never).
     hibernate_after: Option<Duration>,
+    /// TCP keepalive's idle time (none: off).
+    tcp_keepalive: Option<Duration>,
+    /// How long a partly received packet may wait for its next byte.
+    packet_timeout: Duration,
 }
 
 impl Ctx {
@@ -74,6 +78,10 @@ impl Ctx {
             codec_limits: broker.session_config().codec_limits(),
             hibernation: Hibernation::new(broker.clone()),
             hibernate_after: (after > 0).then(|| Duration::from_secs(after)),
+            tcp_keepalive: Some(broker.config().limits.tcp_keepalive)
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            packet_timeout: Duration::from_secs(broker.config().limits.packet_timeout),
             broker,
         })
     }

@@ -443,6 +443,8 @@ const RESTART_ONLY: &[&str] = &[
     "limits.topic_alias_maximum",
     "limits.max_qos",
     "limits.hibernate_after",
+    "limits.tcp_keepalive",
+    "limits.packet_timeout",
     "limits.login_free_failures",
     "limits.login_address_free_failures",
     "limits.login_delay",
@@ -471,6 +473,8 @@ fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str>
         la.topic_alias_maximum != lb.topic_alias_maximum,
         la.max_qos != lb.max_qos,
         la.hibernate_after != lb.hibernate_after,
+        la.tcp_keepalive != lb.tcp_keepalive,
+        la.packet_timeout != lb.packet_timeout,
         la.login_free_failures != lb.login_free_failures,
         la.login_address_free_failures != lb.login_address_free_failures,
         la.login_delay != lb.login_delay,
@@ -652,6 +656,8 @@ impl Broker {
             l.topic_alias_maximum = start.topic_alias_maximum;
             l.max_qos = start.max_qos;
             l.hibernate_after = start.hibernate_after;
+            l.tcp_keepalive = start.tcp_keepalive;
+            l.packet_timeout = start.packet_timeout;
             l.login_free_failures = start.login_free_failures;
             l.login_address_free_failures = start.login_address_free_failures;
             l.login_delay = start.login_delay;
