@@ -50,7 +50,7 @@
 //! max_packet_size = 1048576     # bytes; told to 5.0 clients as Maximum Packet Size
 //! connect_timeout = 10          # seconds a new connection has to send CONNECT
 //! max_keepalive = 65535         # seconds; longer (or 0) is answered with Server Keep Alive (5.0)
-//! receive_maximum = 128         # unacknowledged QoS 1/2 PUBLISHes accepted per client (5.0)
+//! receive_maximum = 128         # unacknowledged QoS 1/2 PUBLISHes accepted per client (5.0; 3.1.x: QoS 2 awaiting PUBREL)
 //! max_inflight = 128            # our QoS 1/2 PUBLISHes in flight per client
 //! topic_alias_maximum = 16      # 5.0 topic aliases accepted per client
 //! max_queued_messages = 1000    # per session, messages waiting to be sent (online or offline)
@@ -590,7 +590,11 @@ pub struct Limits {
     /// `max_keepalive`). Default 65,535.
     pub max_keepalive: u16,
     /// Unacknowledged QoS 1/2 PUBLISHes accepted from one client (5.0
-    /// Receive Maximum). Default 128.
+    /// Receive Maximum; past it, DISCONNECT 0x93). A 3.1.x client can't be
+    /// told, but its QoS 2 messages awaiting PUBREL are held to it too, and
+    /// past it its connection closes: set it at least as large as your
+    /// 3.1.x clients' in-flight windows (Mosquitto's and paho's default to
+    /// 20). Default 128.
     pub receive_maximum: u16,
     /// QoS 1/2 PUBLISHes the broker keeps in flight to one client (also
     /// bounded by the client's Receive Maximum). Default 128.

@@ -459,3 +459,41 @@ async fn a_packet_that_stops_arriving_half_way_closes_the_connection() {
     assert!(closed.is_ok(), "the stalled connection is still open");
     still_serving(b.addr).await;
 }
+
+/// A 3.1.1 client can't be told a Receive Maximum, but its QoS 2 messages
+/// awaiting PUBREL are capped by the configured one all the same: past it,
+/// the connection closes (3.1.1 has no DISCONNECT from the server). One
+/// that releases them as it goes is served without end.
+#[tokio::test]
+async fn qos2_awaiting_pubrel_is_capped_for_3_1_1_too() {
+    let mut config = config();
+    config.limits.receive_maximum = 4;
+    let b = start_with(config).await;
+    // Positive control: 20 QoS 2 exchanges completed one by one.
+    let mut good = Raw::connect(b.addr, Protocol::V3_1_1, "releases").await;
+    for _ in 0..20 {
+        good.publish("q2/t", b"x", QoS::ExactlyOnce, false).await;
+    }
+    // Four held open: accepted (a PUBREC each).
+    let mut hoarder = Raw::connect(b.addr, Protocol::V3_1_1, "hoards").await;
+    for i in 1..=4u16 {
+        let mut p = petrel_codec::Publish::new(topic("q2/t"), bytes::Bytes::from_static(b"x"));
+        p.qos = petrel_codec::QosPid::from_parts(QoS::ExactlyOnce, petrel_codec::PacketId::new(i))
+            .unwrap();
+        hoarder.send(Packet::Publish(p)).await;
+        assert!(
+            matches!(hoarder.recv().await, Some(Packet::PubRec(_))),
+            "{i}"
+        );
+    }
+    // The fifth: the connection closes, without a PUBREC.
+    let mut p = petrel_codec::Publish::new(topic("q2/t"), bytes::Bytes::from_static(b"x"));
+    p.qos =
+        petrel_codec::QosPid::from_parts(QoS::ExactlyOnce, petrel_codec::PacketId::new(5)).unwrap();
+    hoarder.send(Packet::Publish(p)).await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, hoarder.recv()).await.unwrap(),
+        None
+    );
+    still_serving(b.addr).await;
+}

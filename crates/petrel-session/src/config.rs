@@ -9,8 +9,9 @@ use std::time::Duration;
 pub struct Config {
     /// Most unacknowledged QoS 1 and 2 PUBLISHes we accept from a 5.0 peer at
     /// once, sent to it as Receive Maximum; a peer that exceeds it is
-    /// disconnected with 0x93. (3.1.x can't tell the peer; there the packet
-    /// identifier space bounds what it holds open.) Default 128.
+    /// disconnected with 0x93. A 3.1.x client can't be told, but a server
+    /// holds it to the same number of QoS 2 messages awaiting their PUBREL,
+    /// and closes the connection past it. Default 128.
     pub receive_maximum: NonZeroU16,
     /// Most of our own QoS 1 and 2 PUBLISHes in flight at once, whatever the
     /// peer's Receive Maximum allows. Default 128.

@@ -1381,9 +1381,8 @@ impl Connection {
                     }
                     return Ok(());
                 }
-                let max = self.our_receive_maximum;
                 let held = self.unacked.len() + self.session.incoming.len();
-                if self.protocol.is_v5() && held >= usize::from(max) {
+                if let Some(max) = self.qos2_limit().filter(|m| held >= usize::from(*m)) {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
                 self.session.incoming.insert(pid.get());
@@ -1409,11 +1408,8 @@ impl Connection {
                     let _ = self.queue(now, Packet::PubRec(PubAck::new(pid)));
                     return Ok(());
                 }
-                // A 5.0 peer was told our Receive Maximum ([MQTT-3.3.4-9]). A
-                // 3.1.x peer can't be told; the packet identifier space (65,535)
-                // bounds what it can hold open.
-                let max = self.our_receive_maximum;
-                if self.protocol.is_v5() && self.session.incoming.len() >= usize::from(max) {
+                let held = self.session.incoming.len();
+                if let Some(max) = self.qos2_limit().filter(|m| held >= usize::from(*m)) {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
                 self.session.incoming.insert(pid.get());
@@ -1423,6 +1419,20 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// How many QoS 2 messages the peer may leave awaiting PUBREL. A 5.0
+    /// peer was told our Receive Maximum ([MQTT-3.3.4-9]). A 3.1.x client
+    /// can't be told, but a server holds it to the configured one all the
+    /// same: each id is state kept for it, and 65,535 of them per client is
+    /// too many. A client keeps what its broker sends (brokers bound their
+    /// own windows).
+    fn qos2_limit(&self) -> Option<u16> {
+        if self.protocol.is_v5() {
+            Some(self.our_receive_maximum)
+        } else {
+            (self.role == Role::Server).then(|| self.config.receive_maximum.get())
+        }
     }
 
     fn on_puback(&mut self, now: Instant, a: PubAck) -> Result<(), ProtocolError> {

@@ -145,7 +145,7 @@ impl Sim {
             now,
         )
         .unwrap();
-        let server = Connection::server(random_config(&mut rng), now);
+        let server = Connection::server(server_config(&mut rng, protocol), now);
         Self {
             rng,
             seed,
@@ -336,7 +336,7 @@ impl Sim {
         // Each side may come back with other limits: a smaller window must
         // hold back resends, not break the session.
         self.config = random_config(&mut self.rng);
-        let server_config = random_config(&mut self.rng);
+        let server_config = server_config(&mut self.rng, self.protocol);
         self.server = Connection::server(server_config, self.now);
     }
 
@@ -451,6 +451,17 @@ fn stored(state: SessionState, now: Instant) -> SessionState {
 
 /// Limits drawn for one connection of one side.
 const MAX_WINDOW: u16 = 8;
+
+/// A server's limits: a 3.1.x client can't be told the Receive Maximum it
+/// is held to (QoS 2 awaiting PUBREL), so the server's covers every window
+/// a client here may use, as an operator's must cover its clients'.
+fn server_config(rng: &mut Rng, protocol: Protocol) -> Config {
+    let mut c = random_config(rng);
+    if !protocol.is_v5() {
+        c.receive_maximum = c.receive_maximum.max(NonZeroU16::new(MAX_WINDOW).unwrap());
+    }
+    c
+}
 
 fn random_config(rng: &mut Rng) -> Config {
     Config {
