@@ -210,6 +210,7 @@ async fn stats(State(app): Shared) -> Response {
         "denied_delivery": s.denied_delivery,
         "store_errors": s.store_errors,
         "store_full": s.store_full,
+        "sessions_evicted": s.sessions_evicted,
         "uptime_seconds": m.uptime.as_secs(),
     }))
     .into_response()

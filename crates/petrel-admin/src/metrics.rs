@@ -301,6 +301,13 @@ impl prometheus_client::collector::Collector for Collector {
             None,
             one(gauge_of(s.sessions)),
         )?;
+        counter(
+            e,
+            "petrel_sessions_evicted",
+            "Offline sessions ended to make room for new ones at max_sessions.",
+            None,
+            one(s.sessions_evicted),
+        )?;
         gauge(
             e,
             "petrel_subscriptions",

@@ -60,9 +60,9 @@
 //! max_subscriptions_per_session = 10000
 //! max_retained_messages = 1000000
 //! max_qos = 2                   # highest QoS granted and accepted
-//! max_client_id_length = 65535  # longer client identifiers are refused
+//! max_client_id_length = 256    # longer client identifiers are refused (0x85)
 //! max_topic_levels = 200        # deeper topic names and filters are refused
-//! max_sessions = 1000000        # sessions (connected or not); more are refused
+//! max_sessions = 1000000        # sessions (connected or not); past it the one offline longest ends
 //! max_queued_bytes_total = 1073741824   # all sessions' queues together
 //! max_retained_bytes = 268435456        # all retained messages together
 //! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
@@ -620,13 +620,18 @@ pub struct Limits {
     pub max_retained_messages: usize,
     /// Highest QoS the broker grants and accepts (0, 1 or 2). Default 2.
     pub max_qos: u8,
-    /// Longest client identifier accepted, in bytes. Default 65,535.
+    /// Longest client identifier accepted, in bytes: an id is a key the
+    /// broker keeps (and stores) for each session, not a payload. Default
+    /// 256.
     pub max_client_id_length: usize,
     /// Most levels in a topic name or filter (as Mosquitto's limit of 200):
     /// deeper ones are refused (5.0 reason 0x90 or 0x8F). Default 200.
     pub max_topic_levels: usize,
-    /// Sessions held, connected or not; a CONNECT that would make a new one
-    /// past this is refused (5.0 0x97 Quota exceeded). Default 1,000,000.
+    /// Sessions held, connected or not. A CONNECT that would make a new one
+    /// past this ends the session that has been offline longest (its
+    /// waiting will is published; counted as `sessions_evicted`); only when
+    /// every session is connected is it refused (5.0 0x97 Quota exceeded,
+    /// 3.1.1 Server unavailable). Default 1,000,000.
     pub max_sessions: usize,
     /// Bytes waiting in all sessions' queues together; past it, messages
     /// for any session are dropped and counted. Default 1 GiB.
@@ -715,7 +720,7 @@ impl Default for Limits {
             max_subscriptions_per_session: 10_000,
             max_retained_messages: 1_000_000,
             max_qos: 2,
-            max_client_id_length: 65_535,
+            max_client_id_length: 256,
             max_topic_levels: 200,
             max_sessions: 1_000_000,
             max_queued_bytes_total: 1024 * 1024 * 1024,

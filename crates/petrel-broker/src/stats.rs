@@ -204,6 +204,7 @@ pub(crate) struct Stats {
     pub(crate) denied_delivery: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) store_full: AtomicU64,
+    pub(crate) sessions_evicted: AtomicU64,
     /// CONNACKs sent, by reason code.
     pub(crate) connacks: ConnackCounts,
     /// Connections ended, by [`DisconnectReason`].
@@ -301,6 +302,7 @@ impl Stats {
             denied_delivery: get(&self.denied_delivery),
             store_errors: get(&self.store_errors),
             store_full: get(&self.store_full),
+            sessions_evicted: get(&self.sessions_evicted),
             ..StatsSnapshot::default()
         }
     }
@@ -390,4 +392,6 @@ pub struct StatsSnapshot {
     pub store_errors: u64,
     /// Messages refused because the durable store held `max_store_bytes`.
     pub store_full: u64,
+    /// Offline sessions ended to make room for new ones at `max_sessions`.
+    pub sessions_evicted: u64,
 }

@@ -228,3 +228,54 @@ fn taking_over_a_session_with_expiry_zero_does_not_resume_it() {
     assert!(!h.session_present);
     assert!(h.state.is_empty());
 }
+
+/// The registry keeps offline sessions in order: eviction takes the one
+/// offline longest, expiry and its next deadline come from an index (no
+/// scan of every session), and a session that reconnects leaves both.
+#[test]
+fn offline_sessions_are_evicted_oldest_first_and_expire_by_index() {
+    let t0 = Instant::now();
+    let mut r = Registry::new();
+    for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let h = ready(connect(&mut r, id, false, 100, "x"));
+        let at = t0 + Duration::from_secs(i as u64);
+        r.release(
+            id,
+            h.connection,
+            SessionState::new(),
+            100 - i as u32 * 10,
+            at,
+        );
+    }
+    // Expiry deadlines: a 100, b 91, c 82, d 73 (seconds after t0).
+    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(73)));
+    // "b" reconnects: out of both orders.
+    let h = ready(connect(&mut r, "b", false, 100, "y"));
+    assert!(h.session_present);
+    assert_eq!(
+        r.evict_oldest().map(|(id, ())| id.to_string()).as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        r.evict_oldest().map(|(id, ())| id.to_string()).as_deref(),
+        Some("c")
+    );
+    assert_eq!(r.len(), 2); // b (connected) and d
+    let ended: Vec<String> = r
+        .expire(t0 + Duration::from_secs(1000))
+        .into_iter()
+        .map(|(id, ())| id.to_string())
+        .collect();
+    assert_eq!(ended, ["d"], "b is connected, a and c are gone");
+    assert_eq!(r.poll_timeout(), None);
+    // Only connected sessions left: nothing to evict.
+    assert!(r.evict_oldest().is_none());
+    // "b" goes offline again: evictable, expiring anew.
+    r.release("b", h.connection, SessionState::new(), 5, t0);
+    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    assert_eq!(
+        r.evict_oldest().map(|(id, ())| id.to_string()).as_deref(),
+        Some("b")
+    );
+    assert!(r.is_empty());
+}

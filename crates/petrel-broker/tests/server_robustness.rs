@@ -278,27 +278,63 @@ async fn no_client_writes_into_sys_not_even_through_a_will() {
     assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
 }
 
+/// At `max_sessions`, a new session ends the one offline longest (its
+/// will published, counted) instead of refusing everyone new; only when
+/// every session is connected is the newcomer refused.
 #[tokio::test]
-async fn max_sessions_bounds_the_sessions_a_peer_can_create() {
+async fn max_sessions_evicts_the_longest_offline_session_and_refuses_only_when_all_are_connected() {
     let mut config = config();
-    config.limits.max_sessions = 2;
+    config.limits.max_sessions = 3;
     let b = start_with(config).await;
     let keep = |c: &mut Connect| {
         c.clean_start = false;
         c.properties.set_session_expiry_interval(Some(300));
     };
-    for id in ["s1", "s2"] {
-        let (c, ack) = Raw::connect_with(b.addr, Protocol::V5, id, keep).await;
-        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
-        c.disconnect().await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "s3", keep).await;
-    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
-    // An existing session is still resumed.
-    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "s1", keep).await;
+    let mut watch = Raw::connect(b.addr, Protocol::V5, "watch").await;
+    watch.subscribe("evicted/+", QoS::AtLeastOnce).await;
+    // s1 offline first, with a will delayed past its session's end.
+    let (c, _) = Raw::connect_with(b.addr, Protocol::V5, "s1", |c| {
+        keep(c);
+        let mut props = petrel_codec::Properties::new();
+        props.set_will_delay_interval(Some(600));
+        c.will = Some(petrel_codec::Will {
+            topic: topic("evicted/s1"),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: props,
+        });
+    })
+    .await;
+    drop(c); // a lost connection: the will waits for its delay
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (c, _) = Raw::connect_with(b.addr, Protocol::V5, "s2", keep).await;
+    c.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Full (watch, s1, s2): s3 ends s1, the longest offline.
+    let (_s3, ack) = Raw::connect_with(b.addr, Protocol::V5, "s3", keep).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert_eq!(&watch.recv_publish().await.payload[..], b"gone");
+    assert_eq!(b.broker.stats().sessions_evicted, 1);
+    // s2 is still there (the positive control)...
+    let (_s2, ack) = Raw::connect_with(b.addr, Protocol::V5, "s2", keep).await;
     assert!(ack.session_present);
+    // ...and with every session connected (watch, s2, s3), a fourth is
+    // refused.
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "s4", keep).await;
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+    assert_eq!(b.broker.stats().sessions_evicted, 1);
+}
+
+/// Client identifiers past `max_client_id_length` (256 by default) are
+/// refused: a session's id is a key the broker keeps, not a payload.
+#[tokio::test]
+async fn long_client_ids_are_refused_by_default() {
+    let b = start().await;
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, &"x".repeat(256), |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, &"x".repeat(257), |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! how to tell the connection to let go, and how to hand it the session);
 //! tests use `()` for both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,11 +94,14 @@ struct Waiting<C> {
     handle: C,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Detached {
     state: SessionState,
     /// When the session ends.
     expires_at: Option<Instant>,
+    /// Its place in the registry's indices: since when it is offline, and
+    /// a number that tells apart sessions detached at the same instant.
+    since: (Instant, u64),
 }
 
 impl<S, C> Entry<S, C> {
@@ -128,6 +131,11 @@ pub struct SessionView<'a, S, C> {
 pub struct SessionRegistry<S = (), C = ()> {
     sessions: HashMap<Arc<str>, Entry<S, C>>,
     next_connection: u64,
+    /// Sessions no connection holds, longest offline first (to evict).
+    offline: BTreeMap<(Instant, u64), Arc<str>>,
+    /// Those that expire, soonest first (so expiry never scans them all).
+    expiring: BTreeMap<(Instant, u64), Arc<str>>,
+    next_detached: u64,
 }
 
 impl<S, C> Default for SessionRegistry<S, C> {
@@ -135,6 +143,9 @@ impl<S, C> Default for SessionRegistry<S, C> {
         Self {
             sessions: HashMap::new(),
             next_connection: 0,
+            offline: BTreeMap::new(),
+            expiring: BTreeMap::new(),
+            next_detached: 0,
         }
     }
 }
@@ -251,10 +262,17 @@ impl<S, C: Clone> SessionRegistry<S, C> {
         }
         entry.holder = Some((connection, handle));
         entry.expiry = expiry;
-        let state = entry
-            .detached
-            .take()
-            .map_or_else(SessionState::new, |d| d.state);
+        let detached = entry.detached.take();
+        let state = match detached {
+            Some(d) => {
+                self.offline.remove(&d.since);
+                if let Some(at) = d.expires_at {
+                    self.expiring.remove(&(at, d.since.1));
+                }
+                d.state
+            }
+            None => SessionState::new(),
+        };
         Connected::Ready(if clean_start {
             Handover {
                 connection,
@@ -323,7 +341,15 @@ impl<S, C: Clone> SessionRegistry<S, C> {
         entry.holder = None;
         entry.expiry = expiry;
         let expires_at = (expiry != NEVER).then(|| now + Duration::from_secs(u64::from(expiry)));
-        entry.detached = Some(Box::new(Detached { state, expires_at }));
+        let since = (now, self.next_detached);
+        self.next_detached += 1;
+        entry.detached = Some(Box::new(Detached {
+            state,
+            expires_at,
+            since,
+        }));
+        let id: Arc<str> = Arc::from(client_id);
+        self.index(since, expires_at, id);
         Released::Kept
     }
 
@@ -344,19 +370,49 @@ impl<S, C: Clone> SessionRegistry<S, C> {
     /// client identifiers and data (so the caller can drop their
     /// subscriptions and publish wills still waiting).
     pub fn expire(&mut self, now: Instant) -> Vec<(Arc<str>, S)> {
-        let ended: Vec<Arc<str>> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.holder.is_none() && e.expires_at().is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mut ended = Vec::new();
+        while let Some(entry) = self.expiring.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let id = entry.remove();
+            if let Some(data) = self.remove_detached(&id) {
+                ended.push((id, data));
+            }
+        }
         ended
-            .into_iter()
-            .filter_map(|id| {
-                let e = self.sessions.remove(&id)?;
-                Some((id, e.data))
-            })
-            .collect()
+    }
+
+    /// End the session that has been offline longest, to make room for a
+    /// new one; none if every session is connected.
+    pub fn evict_oldest(&mut self) -> Option<(Arc<str>, S)> {
+        let id = self.offline.first_key_value()?.1.clone();
+        let data = self.remove_detached(&id)?;
+        Some((id, data))
+    }
+
+    /// Put a detached session in the indices.
+    fn index(&mut self, since: (Instant, u64), expires_at: Option<Instant>, id: Arc<str>) {
+        if let Some(at) = expires_at {
+            self.expiring.insert((at, since.1), id.clone());
+        }
+        self.offline.insert(since, id);
+    }
+
+    /// Remove a session no connection holds, and its index entries.
+    fn remove_detached(&mut self, client_id: &str) -> Option<S> {
+        let e = self.sessions.get(client_id)?;
+        if e.holder.is_some() || e.waiting.is_some() {
+            return None;
+        }
+        let e = self.sessions.remove(client_id)?;
+        if let Some(d) = &e.detached {
+            self.offline.remove(&d.since);
+            if let Some(at) = d.expires_at {
+                self.expiring.remove(&(at, d.since.1));
+            }
+        }
+        Some(e.data)
     }
 
     /// Every session, connected or not.
@@ -385,11 +441,7 @@ impl<S, C: Clone> SessionRegistry<S, C> {
     /// End `client_id`'s session now if no connection holds it or waits
     /// for it; returns what the caller kept with it.
     pub fn discard(&mut self, client_id: &str) -> Option<S> {
-        let e = self.sessions.get(client_id)?;
-        if e.holder.is_some() || e.waiting.is_some() {
-            return None;
-        }
-        self.sessions.remove(client_id).map(|e| e.data)
+        self.remove_detached(client_id)
     }
 
     /// Every session no connection holds: client id, state, Session Expiry
@@ -423,28 +475,32 @@ impl<S, C: Clone> SessionRegistry<S, C> {
         if self.is_connected(client_id) {
             return Err(data);
         }
-        Ok(self
-            .sessions
-            .insert(
-                client_id.into(),
-                Entry {
-                    holder: None,
-                    waiting: None,
-                    detached: Some(Box::new(Detached { state, expires_at })),
-                    expiry,
-                    data,
-                },
-            )
-            .map(|e| e.data))
+        let old = self.remove_detached(client_id);
+        // Restored at start: offline since now, as far as eviction goes.
+        let since = (Instant::now(), self.next_detached);
+        self.next_detached += 1;
+        let id: Arc<str> = Arc::from(client_id);
+        self.sessions.insert(
+            id.clone(),
+            Entry {
+                holder: None,
+                waiting: None,
+                detached: Some(Box::new(Detached {
+                    state,
+                    expires_at,
+                    since,
+                })),
+                expiry,
+                data,
+            },
+        );
+        self.index(since, expires_at, id);
+        Ok(old)
     }
 
     /// When the next detached session expires.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions
-            .values()
-            .filter(|e| e.holder.is_none())
-            .filter_map(Entry::expires_at)
-            .min()
+        self.expiring.first_key_value().map(|(k, _)| k.0)
     }
 }
 

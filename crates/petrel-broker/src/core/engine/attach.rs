@@ -23,6 +23,7 @@ use crate::core::store::{
     child_key, decode_delivery, decode_message, decode_subscription, decode_will, encode_will,
     split_child_key, Op, Store, StoredSession, Table,
 };
+use crate::stats::Stats;
 
 /// A table's entries, by the client id of their session.
 type ById = HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
@@ -108,7 +109,15 @@ impl Engine {
                     return Attach::Owned;
                 }
             } else if core.registry.len() >= self.limits().max_sessions {
-                return Attach::Full;
+                // Room for the new session: the one offline longest ends
+                // (its will, if waiting, goes out); refused only if every
+                // session is connected.
+                let Some((old, key)) = core.registry.evict_oldest() else {
+                    return Attach::Full;
+                };
+                Stats::add(&self.stats.sessions_evicted, 1);
+                tracing::info!(client_id = %old, "max_sessions reached: the session offline longest ends");
+                self.end_session(&mut core, &old, &key, &mut due);
             }
             let mut created = false;
             let new = || {
