@@ -211,6 +211,7 @@ async fn stats(State(app): Shared) -> Response {
         "store_errors": s.store_errors,
         "store_full": s.store_full,
         "sessions_evicted": s.sessions_evicted,
+        "connections_throttled": s.connections_throttled,
         "uptime_seconds": m.uptime.as_secs(),
     }))
     .into_response()

@@ -185,6 +185,13 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             e,
+            "petrel_connections_throttled",
+            "Connections refused by the per-address rate and caps, or the cap on unfinished CONNECTs.",
+            None,
+            one(s.connections_throttled),
+        )?;
+        counter(
+            e,
             "petrel_messages_received",
             "PUBLISH packets received, by QoS.",
             None,

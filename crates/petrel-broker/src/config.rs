@@ -69,6 +69,12 @@
 //! hibernate_after = 5           # seconds of silence before an idle connection hibernates; 0 = never
 //! tcp_keepalive = 120           # seconds of silence before TCP keepalive probes a peer; 0 = off
 //! packet_timeout = 30           # seconds a partly received packet may go without a byte more
+//! max_connections_per_address = 10000  # open connections from one address (0: no cap)
+//! max_pending_per_address = 100 # connections from one address that have not finished CONNECT
+//! max_pending_connections = 10000      # ... from every address together
+//! connection_rate = 100         # new connections a second from one address, after a burst of
+//! connection_burst = 1000       # ... this many (0 rate: none)
+//! limit_loopback = false        # hold loopback addresses to the per-address limits too
 //! login_free_failures = 5       # failed logins of one user from one address before its attempts are spaced out
 //! login_address_free_failures = 100   # failed logins from one address, any user, before all are spaced out
 //! login_delay = 1               # seconds between them at first, doubling with each failure
@@ -658,6 +664,26 @@ pub struct Limits {
     /// rather than holding its buffer forever (a slow upload that goes on
     /// arriving is not). Default 30.
     pub packet_timeout: u64,
+    /// Connections one source address may hold open (0: no cap). Default
+    /// 10,000 (room for a NAT gateway's devices).
+    pub max_connections_per_address: usize,
+    /// Connections one address may hold that have not finished CONNECT
+    /// (0: no cap). Default 100.
+    pub max_pending_per_address: usize,
+    /// Connections, over every address, that have not finished CONNECT
+    /// (0: no cap): sockets that never speak MQTT can't fill
+    /// `max_connections`. Default 10,000.
+    pub max_pending_connections: usize,
+    /// New connections a second one address may open, after a burst of
+    /// `connection_burst` (0: no rate). Default 100.
+    pub connection_rate: u32,
+    /// The burst of `connection_rate`. Default 1,000.
+    pub connection_burst: u32,
+    /// Hold loopback addresses to the per-address limits too (by default
+    /// they are exempt: this machine's processes, bridges and benchmarks).
+    /// Listeners behind a PROXY header are never held to them (every
+    /// connection comes from the load balancer). Default false.
+    pub limit_loopback: bool,
     /// Failed logins one user name may have from one address before its
     /// attempts from there are spaced out (its own success clears them).
     /// Default 5.
@@ -729,6 +755,12 @@ impl Default for Limits {
             hibernate_after: 5,
             tcp_keepalive: 120,
             packet_timeout: 30,
+            max_connections_per_address: 10_000,
+            max_pending_per_address: 100,
+            max_pending_connections: 10_000,
+            connection_rate: 100,
+            connection_burst: 1000,
+            limit_loopback: false,
             login_free_failures: 5,
             login_address_free_failures: 100,
             login_delay: 1,
@@ -920,6 +952,12 @@ impl BrokerConfig {
             return invalid(
                 "limits.packet_timeout",
                 "must be between 1 and 3600 seconds",
+            );
+        }
+        if l.connection_rate > 0 && l.connection_burst == 0 {
+            return invalid(
+                "limits.connection_burst",
+                "must be at least 1 when connection_rate is set",
             );
         }
         if l.tcp_keepalive > 7200 {

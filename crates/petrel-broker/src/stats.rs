@@ -205,6 +205,7 @@ pub(crate) struct Stats {
     pub(crate) store_errors: AtomicU64,
     pub(crate) store_full: AtomicU64,
     pub(crate) sessions_evicted: AtomicU64,
+    pub(crate) connections_throttled: AtomicU64,
     /// CONNACKs sent, by reason code.
     pub(crate) connacks: ConnackCounts,
     /// Connections ended, by [`DisconnectReason`].
@@ -303,6 +304,7 @@ impl Stats {
             store_errors: get(&self.store_errors),
             store_full: get(&self.store_full),
             sessions_evicted: get(&self.sessions_evicted),
+            connections_throttled: get(&self.connections_throttled),
             ..StatsSnapshot::default()
         }
     }
@@ -394,4 +396,7 @@ pub struct StatsSnapshot {
     pub store_full: u64,
     /// Offline sessions ended to make room for new ones at `max_sessions`.
     pub sessions_evicted: u64,
+    /// Connections refused by the per-address rate and caps, or the cap on
+    /// unfinished CONNECTs (also counted in `connections_refused`).
+    pub connections_throttled: u64,
 }

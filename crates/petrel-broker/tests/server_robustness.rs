@@ -533,3 +533,35 @@ async fn qos2_awaiting_pubrel_is_capped_for_3_1_1_too() {
     );
     still_serving(b.addr).await;
 }
+
+/// Sockets that never send CONNECT can't lock others out: one address may
+/// hold `max_pending_per_address` of them, and once their CONNECTs are
+/// done it may open more (here loopback is held to the limits, as a remote
+/// address is by default).
+#[tokio::test]
+async fn unfinished_connects_from_one_address_are_capped() {
+    let mut config = config();
+    config.limits.limit_loopback = true;
+    config.limits.max_pending_per_address = 2;
+    config.limits.connection_rate = 0;
+    let b = start_with(config).await;
+    let silent1 = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let silent2 = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The third is closed at once: it reads end of stream.
+    let mut third = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, third.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(b.broker.stats().connections_throttled, 1);
+    // The silent ones go: room again, and MQTT clients are served.
+    drop((silent1, silent2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _c1 = Raw::connect(b.addr, Protocol::V5, "after-1").await;
+    let _c2 = Raw::connect(b.addr, Protocol::V5, "after-2").await;
+    // Connected clients don't count as unfinished: a third is fine.
+    let _c3 = Raw::connect(b.addr, Protocol::V5, "after-3").await;
+    assert_eq!(b.broker.stats().connections_throttled, 1);
+}

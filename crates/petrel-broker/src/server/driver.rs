@@ -808,6 +808,9 @@ impl Task {
                 self.conn.journal(accepted.client.is_durable());
                 match self.conn.accept(now, accepted.accept) {
                     Ok(()) => {
+                        if let Some(g) = &mut self.link._guard {
+                            g.connected();
+                        }
                         self.link.client = Some(accepted.client);
                         self.window = window(&self.link.ctx, &self.conn);
                     }

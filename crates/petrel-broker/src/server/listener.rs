@@ -249,6 +249,21 @@ impl Bound {
     /// Count a new connection against the server's and this listener's
     /// limits, or refuse it.
     fn admit(&self, ctx: &Ctx, live: &Arc<Live>, addr: Option<SocketAddr>) -> Option<LiveGuard> {
+        // Behind a PROXY header every socket comes from the load balancer:
+        // only the broker-wide cap on unfinished CONNECTs applies.
+        let ip = addr.map(|a| a.ip()).filter(|_| !self.config.proxy_protocol);
+        let source = match ctx.admission.admit(ip, std::time::Instant::now()) {
+            Ok(s) => s,
+            Err(why) => {
+                Stats::add(&ctx.broker.engine.stats.connections_refused, 1);
+                Stats::add(&ctx.broker.engine.stats.connections_throttled, 1);
+                let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+                // Debug, not warn: a flood must not flood the log too (the
+                // counter and the periodic drop report say it).
+                tracing::debug!(%peer, listener = %self.config.describe(), why = why.describe(), "connection refused");
+                return None;
+            }
+        };
         let max = ctx.broker.config().limits.max_connections;
         let mine = self.config.max_connections.unwrap_or(usize::MAX);
         let all = live.within.as_ref().unwrap_or(live);
@@ -258,7 +273,10 @@ impl Bound {
             live.count.fetch_sub(1, Ordering::AcqRel);
             all.count.fetch_sub(1, Ordering::AcqRel);
         } else {
-            return Some(LiveGuard(live.clone()));
+            return Some(LiveGuard {
+                live: live.clone(),
+                source: Some(source),
+            });
         }
         Stats::add(&ctx.broker.engine.stats.connections_refused, 1);
         let peer = addr.map_or_else(|| "-".to_string(), |a| a.to_string());

@@ -2,6 +2,7 @@
 //! per connection (the same for every transport), hibernation of quiet
 //! connections, the once-a-second tick, graceful shutdown.
 
+mod admission;
 mod driver;
 mod hibernate;
 mod listener;
@@ -69,6 +70,8 @@ struct Ctx {
     tcp_keepalive: Option<Duration>,
     /// How long a partly received packet may wait for its next byte.
     packet_timeout: Duration,
+    /// Per-address rates and caps, and unfinished CONNECTs.
+    admission: Arc<admission::Admission>,
 }
 
 impl Ctx {
@@ -82,6 +85,7 @@ impl Ctx {
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
             packet_timeout: Duration::from_secs(broker.config().limits.packet_timeout),
+            admission: admission::Admission::new(&broker.config().limits),
             broker,
         })
     }
@@ -115,12 +119,25 @@ impl Live {
 
 /// Counts one connection in its listener's [`Live`] (and so the server's)
 /// while it exists.
-struct LiveGuard(Arc<Live>);
+struct LiveGuard {
+    live: Arc<Live>,
+    /// Its place in the per-address counts.
+    source: Option<admission::SourceGuard>,
+}
+
+impl LiveGuard {
+    /// Its CONNECT was accepted: no longer an unfinished connection.
+    fn connected(&mut self) {
+        if let Some(s) = &mut self.source {
+            s.connected();
+        }
+    }
+}
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.release();
-        if let Some(all) = &self.0.within {
+        self.live.release();
+        if let Some(all) = &self.live.within {
             all.release();
         }
     }

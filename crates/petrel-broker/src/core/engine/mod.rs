@@ -445,6 +445,12 @@ const RESTART_ONLY: &[&str] = &[
     "limits.hibernate_after",
     "limits.tcp_keepalive",
     "limits.packet_timeout",
+    "limits.max_connections_per_address",
+    "limits.max_pending_per_address",
+    "limits.max_pending_connections",
+    "limits.connection_rate",
+    "limits.connection_burst",
+    "limits.limit_loopback",
     "limits.login_free_failures",
     "limits.login_address_free_failures",
     "limits.login_delay",
@@ -475,6 +481,12 @@ fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str>
         la.hibernate_after != lb.hibernate_after,
         la.tcp_keepalive != lb.tcp_keepalive,
         la.packet_timeout != lb.packet_timeout,
+        la.max_connections_per_address != lb.max_connections_per_address,
+        la.max_pending_per_address != lb.max_pending_per_address,
+        la.max_pending_connections != lb.max_pending_connections,
+        la.connection_rate != lb.connection_rate,
+        la.connection_burst != lb.connection_burst,
+        la.limit_loopback != lb.limit_loopback,
         la.login_free_failures != lb.login_free_failures,
         la.login_address_free_failures != lb.login_address_free_failures,
         la.login_delay != lb.login_delay,
@@ -658,6 +670,12 @@ impl Broker {
             l.hibernate_after = start.hibernate_after;
             l.tcp_keepalive = start.tcp_keepalive;
             l.packet_timeout = start.packet_timeout;
+            l.max_connections_per_address = start.max_connections_per_address;
+            l.max_pending_per_address = start.max_pending_per_address;
+            l.max_pending_connections = start.max_pending_connections;
+            l.connection_rate = start.connection_rate;
+            l.connection_burst = start.connection_burst;
+            l.limit_loopback = start.limit_loopback;
             l.login_free_failures = start.login_free_failures;
             l.login_address_free_failures = start.login_address_free_failures;
             l.login_delay = start.login_delay;
