@@ -75,6 +75,8 @@
 //! connection_rate = 100         # new connections a second from one address, after a burst of
 //! connection_burst = 1000       # ... this many (0 rate: none)
 //! limit_loopback = false        # hold loopback addresses to the per-address limits too
+//! max_publish_rate = 0          # PUBLISHes a second per client (0: none); past it the socket is not read
+//! max_publish_bytes_rate = 0    # payload bytes a second per client, likewise
 //! login_free_failures = 5       # failed logins of one user from one address before its attempts are spaced out
 //! login_address_free_failures = 100   # failed logins from one address, any user, before all are spaced out
 //! login_delay = 1               # seconds between them at first, doubling with each failure
@@ -684,6 +686,14 @@ pub struct Limits {
     /// Listeners behind a PROXY header are never held to them (every
     /// connection comes from the load balancer). Default false.
     pub limit_loopback: bool,
+    /// PUBLISH packets a second one client may send, after a burst of as
+    /// many (0: no limit). Past it the broker stops reading the client's
+    /// socket until it may go on: nothing is dropped, TCP slows the client
+    /// down. Default 0.
+    pub max_publish_rate: u32,
+    /// Payload bytes a second one client may publish, likewise (0: no
+    /// limit). Default 0.
+    pub max_publish_bytes_rate: u64,
     /// Failed logins one user name may have from one address before its
     /// attempts from there are spaced out (its own success clears them).
     /// Default 5.
@@ -761,6 +771,8 @@ impl Default for Limits {
             connection_rate: 100,
             connection_burst: 1000,
             limit_loopback: false,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
             login_free_failures: 5,
             login_address_free_failures: 100,
             login_delay: 1,

@@ -565,3 +565,41 @@ async fn unfinished_connects_from_one_address_are_capped() {
     let _c3 = Raw::connect(b.addr, Protocol::V5, "after-3").await;
     assert_eq!(b.broker.stats().connections_throttled, 1);
 }
+
+/// `max_publish_rate` slows a client down by not reading it, and drops
+/// nothing: 30 QoS 1 messages at 10 a second (after a burst of 10) take
+/// about two seconds, and every one is acknowledged and delivered. Without
+/// the limit (the positive control) they take a moment.
+#[tokio::test]
+async fn the_publish_rate_limit_holds_a_client_back_and_loses_nothing() {
+    async fn thirty(b: &TestBroker, id: &str) -> Duration {
+        let mut sub = Raw::connect(b.addr, Protocol::V5, &format!("{id}-sub")).await;
+        sub.subscribe(&format!("{id}/t"), QoS::AtLeastOnce).await;
+        let mut publ = Raw::connect(b.addr, Protocol::V5, id).await;
+        let started = std::time::Instant::now();
+        for i in 0..30u32 {
+            publ.publish(
+                &format!("{id}/t"),
+                &i.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await
+            .expect("acknowledged");
+        }
+        for i in 0..30u32 {
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], &i.to_be_bytes(), "in order, none lost");
+        }
+        started.elapsed()
+    }
+    let unlimited = start().await;
+    let fast = thirty(&unlimited, "free").await;
+    assert!(fast < Duration::from_millis(1000), "{fast:?}");
+    let mut config = config();
+    config.limits.max_publish_rate = 10;
+    let limited = start_with(config).await;
+    let slow = thirty(&limited, "held").await;
+    assert!(slow >= Duration::from_millis(1800), "{slow:?}");
+    assert!(slow < Duration::from_secs(4), "{slow:?}");
+}

@@ -93,6 +93,8 @@ struct Task {
     inflight: usize,
     /// A packet is partly received: when its last byte came.
     partial_since: Option<Instant>,
+    /// The client's publish rate limits, if any (boxed: most have none).
+    rate: Option<Box<PublishRate>>,
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
     gate: Option<Commit>,
@@ -243,6 +245,49 @@ async fn unless_shutdown<F: std::future::Future>(
     }
 }
 
+/// One client's publish rate limits: token buckets of PUBLISHes and of
+/// payload bytes, each holding a second's worth. Spending past empty runs
+/// a debt; the client is held (not read) until the debt is paid.
+#[derive(Debug)]
+struct PublishRate {
+    /// Per second (0: no limit), and what is left now.
+    messages: (f64, f64),
+    bytes: (f64, f64),
+    at: Instant,
+}
+
+impl PublishRate {
+    fn new(messages: u32, bytes: u64, now: Instant) -> Self {
+        Self {
+            messages: (f64::from(messages), f64::from(messages)),
+            bytes: (bytes as f64, bytes as f64),
+            at: now,
+        }
+    }
+
+    /// One PUBLISH of `size` payload bytes at `now`.
+    fn spend(&mut self, size: u64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        for (bucket, cost) in [(&mut self.messages, 1.0), (&mut self.bytes, size as f64)] {
+            let (rate, left) = bucket;
+            if *rate > 0.0 {
+                *left = (*left + elapsed * *rate).min(*rate) - cost;
+            }
+        }
+    }
+
+    /// When both buckets are out of debt again, if one is in debt.
+    fn held_until(&self) -> Option<Instant> {
+        let wait = [self.messages, self.bytes]
+            .into_iter()
+            .filter(|(rate, left)| *rate > 0.0 && *left < 0.0)
+            .map(|(rate, left)| -left / rate)
+            .fold(0.0f64, f64::max);
+        (wait > 0.0).then(|| self.at + Duration::from_secs_f64(wait))
+    }
+}
+
 /// A PUBLISH's acknowledgement, held until what it acknowledges is in the
 /// store.
 struct PendingAck {
@@ -319,7 +364,9 @@ impl Task {
             tally: Tally::default(),
             inflight: 0,
             partial_since: None,
+            rate: None,
         }
+        .with_rate()
     }
 
     fn take_link(&mut self) -> Link {
@@ -346,6 +393,26 @@ impl Task {
             && self.routed == 0
             && self.acks.is_empty()
             && self.gate.is_none()
+    }
+
+    /// The configured publish rate limits (read as the task starts, so a
+    /// reload applies to new connections and to woken ones).
+    fn with_rate(mut self) -> Self {
+        let l = self.link.ctx.broker.engine.limits();
+        if l.max_publish_rate > 0 || l.max_publish_bytes_rate > 0 {
+            self.rate = Some(Box::new(PublishRate::new(
+                l.max_publish_rate,
+                l.max_publish_bytes_rate,
+                Instant::now(),
+            )));
+        }
+        self
+    }
+
+    /// Until when the client is over its publish rate (nothing is read or
+    /// decoded from it meanwhile).
+    fn held_until(&self, now: Instant) -> Option<Instant> {
+        self.rate.as_ref()?.held_until().filter(|t| *t > now)
     }
 
     /// Whether decoding must pause: a CONNECT waits for the engine, which
@@ -400,7 +467,8 @@ impl Task {
             if std::mem::take(&mut self.quiet) && self.hibernate_after.is_none() {
                 self.conn.shrink();
             }
-            let can_read = self.out.len() < READ_STOP;
+            let held = self.held_until(now);
+            let can_read = self.out.len() < READ_STOP && held.is_none();
             // A packet begun and not finished (not a CONNECT's followers
             // waiting for the engine, nor input held back while the peer
             // doesn't read): it must go on arriving.
@@ -417,6 +485,7 @@ impl Task {
                 .into_iter()
                 .chain(idle_at)
                 .chain(stall_at)
+                .chain(held)
                 .min()
                 .map_or(far, tokio::time::Instant::from_std);
             if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
@@ -586,6 +655,11 @@ impl Task {
             if self.paused() {
                 return true;
             }
+            if self.held_until(now).is_some() {
+                // Over its publish rate: the rest waits in the buffer (and
+                // the socket is not read) until it may go on.
+                return false;
+            }
             let protocol = self.protocol();
             match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
                 Ok(Some(packet)) => {
@@ -598,6 +672,9 @@ impl Task {
                         let q = p.qos.qos() as usize;
                         self.tally.publish_in[q] += 1;
                         self.tally.payload_in[q] += p.payload.len() as u64;
+                        if let Some(rate) = &mut self.rate {
+                            rate.spend(p.payload.len() as u64, now);
+                        }
                         // Checked before the session acknowledges it.
                         let refusal = self.link.client.as_ref().and_then(|c| c.check_publish(p));
                         if let Some(reason) = refusal {
@@ -964,6 +1041,25 @@ mod tests {
     use crate::{Broker, BrokerConfig};
     use petrel_codec::{Connect, MqttString, PacketId, Publish, QosPid, TopicName};
     use tokio::io::AsyncWriteExt;
+
+    /// The bytes bucket: 1,000 bytes a second, a burst of as many; a
+    /// 2,500-byte message runs a 1,500-byte debt, held 1.5 s; the messages
+    /// bucket, unset, holds nothing.
+    #[test]
+    fn publish_rate_in_bytes_runs_a_debt_paid_with_time() {
+        let t = Instant::now();
+        let mut r = PublishRate::new(0, 1000, t);
+        r.spend(600, t);
+        assert_eq!(r.held_until(), None);
+        r.spend(1900, t);
+        let held = r.held_until().unwrap();
+        assert_eq!(held.duration_since(t).as_millis(), 1500);
+        // Half-way, half the debt is paid: spending nothing keeps the date.
+        r.spend(0, t + Duration::from_millis(750));
+        assert_eq!(r.held_until().unwrap().duration_since(t).as_millis(), 1500);
+        r.spend(0, t + Duration::from_millis(1500));
+        assert_eq!(r.held_until(), None);
+    }
 
     /// A peer that sends QoS 1 PUBLISHes and never reads its PUBACKs: once
     /// the acknowledgements waiting to be written pass `READ_STOP`, the
