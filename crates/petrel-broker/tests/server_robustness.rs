@@ -603,3 +603,66 @@ async fn the_publish_rate_limit_holds_a_client_back_and_loses_nothing() {
     assert!(slow >= Duration::from_millis(1800), "{slow:?}");
     assert!(slow < Duration::from_secs(4), "{slow:?}");
 }
+
+/// One SUBSCRIBE repeating a filter 100 times: a reason code each
+/// ([MQTT-3.9.3-1]), but the retained messages once (they are looked up at
+/// the filter's last occurrence only).
+#[tokio::test]
+async fn a_filter_repeated_in_one_subscribe_gets_its_retained_messages_once() {
+    use petrel_codec::{Properties, Subscribe, Subscription, SubscriptionOptions};
+    let b = start().await;
+    let mut p = Raw::connect(b.addr, Protocol::V5, "retainer").await;
+    for i in 0..3 {
+        p.publish(&format!("dup/{i}"), b"r", QoS::AtLeastOnce, true)
+            .await;
+    }
+    let mut c = Raw::connect(b.addr, Protocol::V5, "repeater").await;
+    let filters = (0..100)
+        .map(|_| Subscription {
+            filter: filter("dup/#"),
+            options: SubscriptionOptions::qos(QoS::AtMostOnce),
+        })
+        .collect();
+    let packet_id = c.next_pid();
+    c.send(Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Properties::new(),
+        subscriptions: filters,
+    }))
+    .await;
+    let mut retained = 0;
+    loop {
+        match c.try_recv(Duration::from_millis(300)).await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes.len(), 100),
+            Some(Packet::Publish(_)) => retained += 1,
+            None => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(retained, 3);
+}
+
+/// Past `max_retained_backlog`, a new subscription's walk of the retained
+/// messages stops: it gets what fits, and the rest is not looked at.
+#[tokio::test]
+async fn the_retained_walk_stops_at_the_backlog_bound() {
+    let mut config = config();
+    config.limits.max_retained_backlog = 5;
+    let b = start_with(config).await;
+    for i in 0..200 {
+        b.broker.publish(
+            topic(&format!("many/{i}")),
+            bytes::Bytes::from_static(b"r"),
+            QoS::AtMostOnce,
+            true,
+        );
+    }
+    let mut c = Raw::connect(b.addr, Protocol::V5, "walker").await;
+    c.subscribe("many/#", QoS::AtMostOnce).await;
+    let mut got = 0;
+    while c.try_recv(Duration::from_millis(300)).await.is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 5);
+    assert_eq!(b.broker.stats().dropped_queue_full, 1);
+}

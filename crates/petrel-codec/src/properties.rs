@@ -686,9 +686,22 @@ impl Properties {
         list: impl IntoIterator<Item = SubscriptionId>,
     ) -> &mut Self {
         self.remove_all(id::SUBSCRIPTION_IDENTIFIER);
-        for i in list {
-            self.push_subscription_identifier(i);
+        // The block is copied once for all of them, not once each (a
+        // subscriber with many overlapping subscriptions would otherwise
+        // cost a copy per identifier per delivery).
+        let list: Vec<SubscriptionId> = list.into_iter().collect();
+        if list.is_empty() {
+            return self;
         }
+        let extra: usize = list.iter().map(PropertyItem::wire_len).sum();
+        let mut buf = BytesMut::with_capacity(self.block.len() + extra);
+        buf.put_slice(&self.block);
+        for i in &list {
+            i.put(&mut buf);
+        }
+        self.block = buf.freeze();
+        self.present |= 1 << SubscriptionId::ID;
+        self.sub_id_count += u32::try_from(list.len()).unwrap_or(u32::MAX);
         self
     }
 

@@ -163,3 +163,37 @@ fn encode_header_leaves_the_payload_to_the_caller() {
         assert_eq!(head.freeze(), whole);
     }
 }
+
+/// Many Subscription Identifiers are set in one go (one copy of the block,
+/// not one per identifier), replace any before, and leave the rest alone.
+#[test]
+fn many_subscription_identifiers_set_at_once_replace_the_old_ones() {
+    let mut p = Properties::new();
+    p.set_content_type(Some(s("text/plain")));
+    p.set_subscription_identifiers([SubscriptionId::new(7).unwrap()]);
+    let ids: Vec<SubscriptionId> = (1..=1000)
+        .map(|i| SubscriptionId::new(i).unwrap())
+        .collect();
+    p.set_subscription_identifiers(ids.iter().copied());
+    let got: Vec<u32> = p
+        .subscription_identifiers()
+        .iter()
+        .map(|i| i.get())
+        .collect();
+    assert_eq!(got, (1..=1000).collect::<Vec<u32>>());
+    assert_eq!(p.content_type().unwrap(), "text/plain");
+    // Encoded and decoded as a PUBLISH's: the same list.
+    let mut publish = Publish::new(TopicName::try_from("t").unwrap(), Bytes::from_static(b"x"));
+    publish.properties = p.clone();
+    let wire = Packet::Publish(publish).to_bytes(Protocol::V5).unwrap();
+    let mut buf = bytes::BytesMut::from(&wire[..]);
+    let Some(Packet::Publish(back)) =
+        Packet::decode(&mut buf, Some(Protocol::V5), &Limits::default()).unwrap()
+    else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!(back.properties, p);
+    p.set_subscription_identifiers([]);
+    assert!(p.subscription_identifiers().is_empty());
+    assert_eq!(p.content_type().unwrap(), "text/plain");
+}

@@ -132,16 +132,32 @@ impl<V> RetainedTree<V> {
     /// of a shared subscription is used as is). Topics starting with `$` are
     /// not matched by a leading wildcard ([MQTT-4.7.2-1]).
     pub fn matching<'a>(&'a self, filter: &TopicFilter, mut visit: impl FnMut(&'a V)) {
-        let f = filter.shared().map_or(filter.as_str(), |(_, f)| f);
-        Self::walk(&self.root, Some(f), true, &mut visit);
+        self.matching_while(filter, |v| {
+            visit(v);
+            true
+        });
     }
 
-    fn walk<'a>(node: &'a Node<V>, rest: Option<&str>, first: bool, visit: &mut impl FnMut(&'a V)) {
+    /// As [`RetainedTree::matching`], stopping as soon as `visit` returns
+    /// false (the rest is not walked); whether it went to the end.
+    pub fn matching_while<'a>(
+        &'a self,
+        filter: &TopicFilter,
+        mut visit: impl FnMut(&'a V) -> bool,
+    ) -> bool {
+        let f = filter.shared().map_or(filter.as_str(), |(_, f)| f);
+        Self::walk(&self.root, Some(f), true, &mut visit)
+    }
+
+    /// Whether the walk went to the end (`visit` never said stop).
+    fn walk<'a>(
+        node: &'a Node<V>,
+        rest: Option<&str>,
+        first: bool,
+        visit: &mut impl FnMut(&'a V) -> bool,
+    ) -> bool {
         let Some(rest) = rest else {
-            if let Some(v) = &node.value {
-                visit(v);
-            }
-            return;
+            return node.value.as_ref().is_none_or(&mut *visit);
         };
         let (level, tail) = super::split_level(rest);
         let eligible = |name: &str| !(first && name.starts_with('$'));
@@ -149,28 +165,24 @@ impl<V> RetainedTree<V> {
             "#" => {
                 // The level itself (`sport/#` matches `sport`), then all below.
                 if let Some(v) = &node.value {
-                    if !first {
-                        visit(v);
+                    if !first && !visit(v) {
+                        return false;
                     }
                 }
-                for (name, child) in &node.children {
-                    if eligible(name) {
-                        Self::all(child, visit);
-                    }
-                }
+                node.children
+                    .iter()
+                    .filter(|(name, _)| eligible(name))
+                    .all(|(_, child)| Self::all_while(child, visit))
             }
-            "+" => {
-                for (name, child) in &node.children {
-                    if eligible(name) {
-                        Self::walk(child, tail, false, visit);
-                    }
-                }
-            }
-            lit => {
-                if let Some(child) = node.children.get(lit) {
-                    Self::walk(child, tail, false, visit);
-                }
-            }
+            "+" => node
+                .children
+                .iter()
+                .filter(|(name, _)| eligible(name))
+                .all(|(_, child)| Self::walk(child, tail, false, visit)),
+            lit => node
+                .children
+                .get(lit)
+                .is_none_or(|child| Self::walk(child, tail, false, visit)),
         }
     }
 
@@ -181,5 +193,10 @@ impl<V> RetainedTree<V> {
         for child in node.children.values() {
             Self::all(child, visit);
         }
+    }
+
+    fn all_while<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V) -> bool) -> bool {
+        node.value.as_ref().is_none_or(&mut *visit)
+            && node.children.values().all(|c| Self::all_while(c, visit))
     }
 }

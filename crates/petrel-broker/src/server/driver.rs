@@ -582,16 +582,25 @@ impl Task {
         // still sends until it closes too: closing with unread data would
         // make the kernel answer with a reset, and a client still writing
         // might never read the reason. All within `CLOSE_FLUSH`.
-        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        let until = tokio::time::Instant::now() + CLOSE_FLUSH;
+        let written = tokio::time::timeout_at(until, async {
             while !self.out.is_empty() {
                 self.out.write_to(&mut writer).await?;
             }
-            writer.shutdown().await?;
-            let mut sink = [0u8; 1024];
-            while reader.read(&mut sink).await? > 0 {}
-            Ok::<(), std::io::Error>(())
+            writer.shutdown().await
         })
         .await;
+        // The session goes back now (its will, its takeover), not after
+        // the drain.
+        self.finish();
+        if matches!(written, Ok(Ok(()))) {
+            let _ = tokio::time::timeout_at(until, async {
+                let mut sink = [0u8; 1024];
+                while reader.read(&mut sink).await? > 0 {}
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        }
         Run::Closed
     }
 

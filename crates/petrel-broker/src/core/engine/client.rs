@@ -424,7 +424,20 @@ impl Client {
         // the SUBACK goes.
         let mut ops = Vec::new();
         let stored = self.engine.has_store() && self.key.is_stored();
-        for sub in &s.subscriptions {
+        // A filter repeated in one SUBSCRIBE is subscribed each time (the
+        // last options win), but its retained messages are looked up once,
+        // at its last occurrence, as new if it was new before the packet.
+        let mut seen = std::collections::HashSet::new();
+        let mut last: Vec<bool> = s
+            .subscriptions
+            .iter()
+            .rev()
+            .map(|sub| seen.insert(sub.filter.as_str()))
+            .collect();
+        last.reverse();
+        let mut existed_before: std::collections::HashMap<&str, bool> =
+            std::collections::HashMap::new();
+        for (i, sub) in s.subscriptions.iter().enumerate() {
             let filter = sub.filter.as_str();
             if too_deep(filter, max_levels) {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
@@ -446,6 +459,7 @@ impl Client {
             match self.engine.subscribe(&self.key, &sub.filter, subscription) {
                 None => codes.push(ReasonCode::QUOTA_EXCEEDED),
                 Some(existed) => {
+                    let existed = *existed_before.entry(filter).or_insert(existed);
                     codes.push(ReasonCode(options.qos as u8));
                     if stored {
                         ops.push(Op::Put {
@@ -461,7 +475,7 @@ impl Client {
                     };
                     // Retained messages are not sent for a shared
                     // subscription (4.8.2).
-                    if send && sub.filter.shared().is_none() {
+                    if send && last[i] && sub.filter.shared().is_none() {
                         let access = self.access.clone();
                         let engine = self.engine.clone();
                         let backlog = &mut self.extra().backlog;

@@ -380,7 +380,9 @@ impl Engine {
 
     /// Queue the retained messages a new subscription to `filter` receives
     /// ([MQTT-3.3.1-8]: with RETAIN 1) and `access` may read, within the
-    /// broker-wide backlog bound; returns how many did not fit.
+    /// broker-wide backlog bound. The walk stops where the bound is
+    /// reached (the rest is not even looked at, under the lock); returns 1
+    /// if it stopped short, 0 if everything fit.
     pub(super) fn retained_for(
         &self,
         filter: &TopicFilter,
@@ -392,16 +394,14 @@ impl Engine {
         let ids: Vec<SubscriptionId> = identifier.into_iter().collect();
         let max = self.limits().max_retained_backlog;
         let check = !access.receives_all(filter.as_str());
-        let mut refused = 0;
-        read(&self.retained).tree.matching(filter, |r| {
+        let complete = read(&self.retained).tree.matching_while(filter, |r| {
             if check && !access.may_receive(r.message.topic.as_str()) {
                 Stats::add(&self.stats.denied_delivery, 1);
-                return;
+                return true;
             }
             if self.backlog.fetch_add(1, Ordering::Relaxed) >= max {
                 self.backlog.fetch_sub(1, Ordering::Relaxed);
-                refused += 1;
-                return;
+                return false;
             }
             // Expiry counts from when it was stored, checked when it is sent.
             let message = outgoing(&r.message, r.message.qos.min(granted), true, &ids);
@@ -410,8 +410,15 @@ impl Engine {
                 at: r.at,
                 seq: 0,
             });
+            true
         });
-        refused
+        if !complete {
+            tracing::debug!(
+                filter = filter.as_str(),
+                "max_retained_backlog reached: the rest of the retained messages are not sent"
+            );
+        }
+        usize::from(!complete)
     }
 
     /// Retained messages taken out of clients' backlogs (sent or dropped).
