@@ -47,7 +47,8 @@
 //!
 //! [limits]
 //! max_connections = 100000      # connections beyond this are closed at once
-//! max_packet_size = 1048576     # bytes; told to 5.0 clients as Maximum Packet Size
+//! max_packet_size = 268435456   # bytes (256 MiB); told to 5.0 clients as Maximum Packet Size
+//! max_partial_bytes = 536870912 # all connections' partly received large packets together (512 MiB); past it new ones wait
 //! connect_timeout = 10          # seconds a new connection has to send CONNECT
 //! max_keepalive = 65535         # seconds; longer (or 0) is answered with Server Keep Alive (5.0)
 //! receive_maximum = 128         # unacknowledged QoS 1/2 PUBLISHes accepted per client (5.0; 3.1.x: QoS 2 awaiting PUBREL)
@@ -589,7 +590,8 @@ pub struct Limits {
     /// Connections held at once; more are closed as they arrive. Default 100,000.
     pub max_connections: usize,
     /// Largest packet accepted, in bytes, told to 5.0 clients as Maximum
-    /// Packet Size. Default 1 MiB.
+    /// Packet Size. Default 256 MiB (a camera image or a firmware chunk
+    /// goes through; `max_partial_bytes` bounds what many of them cost).
     pub max_packet_size: u32,
     /// Seconds a new connection has to send CONNECT. Default 10.
     pub connect_timeout: u64,
@@ -666,6 +668,12 @@ pub struct Limits {
     /// rather than holding its buffer forever (a slow upload that goes on
     /// arriving is not). Default 30.
     pub packet_timeout: u64,
+    /// Bytes all connections together may hold in partly received packets
+    /// larger than 64 KiB (each is counted at its full announced size from
+    /// its header on). A connection whose large packet would pass it does
+    /// not read on until others finish theirs: it waits, nothing is
+    /// refused, and one at least always goes on. Default 512 MiB.
+    pub max_partial_bytes: usize,
     /// Connections one source address may hold open (0: no cap). Default
     /// 10,000 (room for a NAT gateway's devices).
     pub max_connections_per_address: usize,
@@ -743,7 +751,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
-            max_packet_size: 1024 * 1024,
+            max_packet_size: 256 * 1024 * 1024,
             connect_timeout: 10,
             max_keepalive: u16::MAX,
             receive_maximum: 128,
@@ -765,6 +773,7 @@ impl Default for Limits {
             hibernate_after: 5,
             tcp_keepalive: 120,
             packet_timeout: 30,
+            max_partial_bytes: 512 * 1024 * 1024,
             max_connections_per_address: 10_000,
             max_pending_per_address: 100,
             max_pending_connections: 10_000,

@@ -40,6 +40,11 @@ const MAX_READ: usize = 64 * 1024;
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Most messages taken from the session's queue at once.
 const BATCH: usize = 64;
+/// A packet partly received past this many bytes counts against
+/// `max_partial_bytes`.
+const LARGE_PACKET: usize = 64 * 1024;
+/// How soon a packet waiting for room in `max_partial_bytes` looks again.
+const ROOM_RETRY: Duration = Duration::from_millis(20);
 
 /// What a connection keeps through hibernation besides its session
 /// machine: the server's context, its engine client, and its place in the
@@ -95,6 +100,11 @@ struct Task {
     partial_since: Option<Instant>,
     /// The client's publish rate limits, if any (boxed: most have none).
     rate: Option<Box<PublishRate>>,
+    /// The large packet being received, counted in the server's
+    /// `partial_bytes` at its announced size (0: none).
+    partial_charge: usize,
+    /// A large packet waits for room in `max_partial_bytes`.
+    waiting_room: bool,
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
     gate: Option<Commit>,
@@ -223,6 +233,12 @@ impl<T: Transport> Hibernator for Asleep<T> {
 impl Drop for Task {
     fn drop(&mut self) {
         self.finish();
+        if self.partial_charge > 0 {
+            self.link
+                .ctx
+                .partial_bytes
+                .fetch_sub(self.partial_charge, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 
@@ -365,6 +381,8 @@ impl Task {
             inflight: 0,
             partial_since: None,
             rate: None,
+            partial_charge: 0,
+            waiting_room: false,
         }
         .with_rate()
     }
@@ -413,6 +431,43 @@ impl Task {
     /// decoded from it meanwhile).
     fn held_until(&self, now: Instant) -> Option<Instant> {
         self.rate.as_ref()?.held_until().filter(|t| *t > now)
+    }
+
+    /// Count the large packet being received against `max_partial_bytes`
+    /// (at the size its header announces), or let it go once complete. A
+    /// new one that would pass the bound waits (not read) for room; one
+    /// always goes on when nothing else holds any.
+    fn charge_partial(&mut self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        let want = if self.inbuf.len() >= LARGE_PACKET && !self.paused() {
+            petrel_codec::FixedHeader::parse(&self.inbuf, self.protocol())
+                .ok()
+                .flatten()
+                .map(|h| h.packet_len())
+                .filter(|len| *len > self.inbuf.len())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.waiting_room = false;
+        if want == self.partial_charge {
+            return;
+        }
+        let ctx = &self.link.ctx;
+        if self.partial_charge > 0 {
+            ctx.partial_bytes.fetch_sub(self.partial_charge, AcqRel);
+            self.partial_charge = 0;
+        }
+        if want == 0 {
+            return;
+        }
+        let before = ctx.partial_bytes.fetch_add(want, AcqRel);
+        if before > 0 && before + want > ctx.max_partial_bytes {
+            ctx.partial_bytes.fetch_sub(want, AcqRel);
+            self.waiting_room = true;
+        } else {
+            self.partial_charge = want;
+        }
     }
 
     /// Whether decoding must pause: a CONNECT waits for the engine, which
@@ -468,7 +523,10 @@ impl Task {
                 self.conn.shrink();
             }
             let held = self.held_until(now);
-            let can_read = self.out.len() < READ_STOP && held.is_none();
+            self.charge_partial();
+            let can_read = self.out.len() < READ_STOP && held.is_none() && !self.waiting_room;
+            // Room is looked for again soon (it frees as others finish).
+            let room_retry = self.waiting_room.then(|| now + ROOM_RETRY);
             // A packet begun and not finished (not a CONNECT's followers
             // waiting for the engine, nor input held back while the peer
             // doesn't read): it must go on arriving.
@@ -486,6 +544,7 @@ impl Task {
                 .chain(idle_at)
                 .chain(stall_at)
                 .chain(held)
+                .chain(room_retry)
                 .min()
                 .map_or(far, tokio::time::Instant::from_std);
             if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {

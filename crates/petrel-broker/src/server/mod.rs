@@ -72,6 +72,10 @@ struct Ctx {
     packet_timeout: Duration,
     /// Per-address rates and caps, and unfinished CONNECTs.
     admission: Arc<admission::Admission>,
+    /// Bytes of large packets being received, over every connection, and
+    /// the most there may be.
+    partial_bytes: std::sync::atomic::AtomicUsize,
+    max_partial_bytes: usize,
 }
 
 impl Ctx {
@@ -86,6 +90,8 @@ impl Ctx {
                 .map(Duration::from_secs),
             packet_timeout: Duration::from_secs(broker.config().limits.packet_timeout),
             admission: admission::Admission::new(&broker.config().limits),
+            partial_bytes: std::sync::atomic::AtomicUsize::new(0),
+            max_partial_bytes: broker.config().limits.max_partial_bytes,
             broker,
         })
     }

@@ -445,6 +445,7 @@ const RESTART_ONLY: &[&str] = &[
     "limits.hibernate_after",
     "limits.tcp_keepalive",
     "limits.packet_timeout",
+    "limits.max_partial_bytes",
     "limits.max_connections_per_address",
     "limits.max_pending_per_address",
     "limits.max_pending_connections",
@@ -481,6 +482,7 @@ fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str>
         la.hibernate_after != lb.hibernate_after,
         la.tcp_keepalive != lb.tcp_keepalive,
         la.packet_timeout != lb.packet_timeout,
+        la.max_partial_bytes != lb.max_partial_bytes,
         la.max_connections_per_address != lb.max_connections_per_address,
         la.max_pending_per_address != lb.max_pending_per_address,
         la.max_pending_connections != lb.max_pending_connections,
@@ -670,6 +672,7 @@ impl Broker {
             l.hibernate_after = start.hibernate_after;
             l.tcp_keepalive = start.tcp_keepalive;
             l.packet_timeout = start.packet_timeout;
+            l.max_partial_bytes = start.max_partial_bytes;
             l.max_connections_per_address = start.max_connections_per_address;
             l.max_pending_per_address = start.max_pending_per_address;
             l.max_pending_connections = start.max_pending_connections;
