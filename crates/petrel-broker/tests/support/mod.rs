@@ -223,15 +223,49 @@ impl Raw {
         }
     }
 
-    /// Whether a PUBLISH arrives within `d` (answering PUBRELs on the way).
+    /// That no PUBLISH arrives within `d` (answering PUBRELs on the way),
+    /// on a connection still open: silence is told from a closed socket,
+    /// and the connection must then answer a PINGREQ (so the check could
+    /// have seen a PUBLISH). Always true; it panics otherwise.
     pub async fn no_publish(&mut self, d: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + d;
         loop {
-            match self.try_recv(d).await {
-                None => return true,
+            match tokio::time::timeout_at(deadline, self.recv_inner()).await {
+                Err(_) => break,
+                Ok(None) => panic!("the connection closed: silence can't be told from that"),
+                Ok(Some(Packet::PubRel(r))) => {
+                    self.send(Packet::PubComp(PubAck::new(r.packet_id))).await;
+                }
+                Ok(Some(Packet::Publish(p))) => panic!("unexpected PUBLISH {p:?}"),
+                Ok(Some(_)) => {}
+            }
+        }
+        self.alive().await;
+        true
+    }
+
+    /// That nothing arrives within `d` on a connection still open (a
+    /// closed socket fails it, as any packet does): the test's next step
+    /// shows what does arrive after.
+    pub async fn silent(&mut self, d: Duration) {
+        match tokio::time::timeout(d, self.recv_inner()).await {
+            Err(_) => {}
+            Ok(None) => panic!("the connection closed: silence can't be told from that"),
+            Ok(Some(p)) => panic!("expected nothing, got {p:?}"),
+        }
+    }
+
+    /// The connection answers a PINGREQ (a PUBLISH on the way fails it).
+    pub async fn alive(&mut self) {
+        self.send(Packet::PingReq).await;
+        loop {
+            match self.recv().await {
+                Some(Packet::PingResp) => return,
                 Some(Packet::PubRel(r)) => {
                     self.send(Packet::PubComp(PubAck::new(r.packet_id))).await;
                 }
                 Some(Packet::Publish(p)) => panic!("unexpected PUBLISH {p:?}"),
+                None => panic!("the connection closed instead of answering PINGREQ"),
                 Some(_) => {}
             }
         }
@@ -335,14 +369,25 @@ impl Raw {
     }
 
     /// Wait for the broker to close the connection; returns the DISCONNECT
-    /// it sent first, if any.
+    /// it sent first, if any. Any other packet before the close fails the
+    /// test (a "no CONNACK" check must be able to see one): a test that
+    /// expects others uses [`Raw::closed_after`].
     pub async fn closed(&mut self) -> Option<petrel_codec::Disconnect> {
+        let (others, disconnect) = self.closed_after().await;
+        assert!(others.is_empty(), "packets before the close: {others:?}");
+        disconnect
+    }
+
+    /// Wait for the broker to close the connection; the packets that came
+    /// first, and its DISCONNECT if it sent one.
+    pub async fn closed_after(&mut self) -> (Vec<Packet>, Option<petrel_codec::Disconnect>) {
+        let mut others = Vec::new();
         let mut disconnect = None;
         loop {
             match self.recv().await {
-                None => return disconnect,
+                None => return (others, disconnect),
                 Some(Packet::Disconnect(d)) => disconnect = Some(d),
-                Some(_) => {}
+                Some(p) => others.push(p),
             }
         }
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use petrel_codec::{Connect, MqttString, Packet, Protocol, QoS, TopicName};
-use petrel_session::{Accept, Config, Connection, Event, Message, SessionState};
+use petrel_session::{Accept, Config, Connection, Event, Message, ProtocolError, SessionState};
 
 pub(crate) struct Pair {
     pub(crate) now: Instant,
@@ -76,23 +76,39 @@ impl Pair {
         pair
     }
 
-    /// Ferry packets both ways until both machines are quiet.
+    /// Ferry packets both ways until both machines are quiet. A protocol
+    /// error either side raises fails the test: a flow that expects one
+    /// uses [`Pair::run_expecting_errors`].
     pub(crate) fn run(&mut self) {
+        let errors = self.run_expecting_errors();
+        assert!(errors.is_empty(), "protocol errors mid-run: {errors:?}");
+    }
+
+    /// [`Pair::run`], returning the protocol errors raised (by the side the
+    /// packet went to) instead of failing on them.
+    pub(crate) fn run_expecting_errors(&mut self) -> Vec<(Dir, ProtocolError)> {
+        let mut errors = Vec::new();
         loop {
             let mut moved = false;
             while let Some(p) = self.client.poll_transmit() {
                 moved = true;
                 self.log.push((Dir::ToServer, p.clone()));
-                let _ = self
+                if let Err(e) = self
                     .server
-                    .handle_packet(self.now, reencode(p, &self.client));
+                    .handle_packet(self.now, reencode(p, &self.client))
+                {
+                    errors.push((Dir::ToServer, e));
+                }
             }
             while let Some(p) = self.server.poll_transmit() {
                 moved = true;
                 self.log.push((Dir::ToClient, p.clone()));
-                let _ = self
+                if let Err(e) = self
                     .client
-                    .handle_packet(self.now, reencode(p, &self.server));
+                    .handle_packet(self.now, reencode(p, &self.server))
+                {
+                    errors.push((Dir::ToClient, e));
+                }
             }
             while let Some(e) = self.client.poll_event() {
                 self.client_events.push(e);
@@ -101,7 +117,7 @@ impl Pair {
                 self.server_events.push(e);
             }
             if !moved {
-                return;
+                return errors;
             }
         }
     }
