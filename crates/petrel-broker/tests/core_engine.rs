@@ -1080,3 +1080,40 @@ async fn an_unreadable_stored_value_stops_the_broker_from_starting() {
     assert!(matches!(e, BuildError::Store(_)), "{msg}");
     assert!(msg.contains("bad/topic"), "{msg}");
 }
+
+/// Retained messages expire by an index of deadlines: the due ones go at
+/// the next tick, a message replaced by one with a later (or no) expiry
+/// stays, and a deleted one leaves no trace in the index.
+#[tokio::test]
+async fn retained_messages_expire_by_their_deadlines() {
+    let b = Broker::new(BrokerConfig {
+        sys_interval: 0,
+        ..config()
+    })
+    .unwrap();
+    let mut c = login(&b, connect("exp", None, None)).await.unwrap();
+    let now = Instant::now();
+    let retain = |c: &mut Client, t: &str, expiry: Option<u32>, payload: &'static str| {
+        let mut p = Publish::new(topic(t), Bytes::from_static(payload.as_bytes()));
+        p.retain = true;
+        p.properties.set_message_expiry_interval(expiry);
+        c.publish(p, now)
+    };
+    retain(&mut c, "exp/short", Some(1), "s");
+    retain(&mut c, "exp/replaced", Some(1), "r");
+    retain(&mut c, "exp/replaced", Some(1000), "r2");
+    retain(&mut c, "exp/forever", Some(1), "f");
+    retain(&mut c, "exp/forever", None, "f2");
+    retain(&mut c, "exp/deleted", Some(1), "d");
+    retain(&mut c, "exp/deleted", Some(1), "");
+    assert_eq!(b.stats().retained, 3);
+    b.tick(now + Duration::from_secs(2));
+    let mut topics: Vec<String> = b
+        .retained(&filter("exp/#"))
+        .iter()
+        .map(|m| m.topic.as_str().to_string())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["exp/forever", "exp/replaced"]);
+    assert_eq!(b.stats().retained, 2);
+}

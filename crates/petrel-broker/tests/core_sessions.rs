@@ -279,3 +279,24 @@ fn offline_sessions_are_evicted_oldest_first_and_expire_by_index() {
     );
     assert!(r.is_empty());
 }
+
+/// Wills come due from an index by time: a rescheduled will keeps only its
+/// new time, a cancelled one never comes, and the next deadline is the
+/// soonest left.
+#[test]
+fn wills_come_due_in_time_order_from_their_index() {
+    let t0 = Instant::now();
+    let mut q: WillQueue<&str> = WillQueue::new();
+    q.schedule("a", "a1", Duration::from_secs(5), None, t0);
+    q.schedule("b", "b", Duration::from_secs(3), None, t0);
+    q.schedule("c", "c", Duration::from_secs(4), None, t0);
+    // "a" again, later: its first time is gone.
+    q.schedule("a", "a2", Duration::from_secs(10), None, t0);
+    assert_eq!(q.cancel("c"), Some("c"));
+    assert_eq!(q.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    assert_eq!(q.due(t0 + Duration::from_secs(6)), vec!["b"]);
+    assert_eq!(q.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    assert!(q.due(t0 + Duration::from_secs(9)).is_empty());
+    assert_eq!(q.due(t0 + Duration::from_secs(10)), vec!["a2"]);
+    assert!(q.is_empty() && q.poll_timeout().is_none());
+}

@@ -1,6 +1,6 @@
 //! Will messages waiting for their delay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// Wills of connections that ended without a normal DISCONNECT, each due
@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct WillQueue<W> {
     pending: HashMap<String, (Instant, W)>,
+    /// The same wills by due time, soonest first (so finding the due ones
+    /// never walks them all).
+    by_time: BTreeSet<(Instant, String)>,
 }
 
 impl<W> Default for WillQueue<W> {
     fn default() -> Self {
         Self {
             pending: HashMap::new(),
+            by_time: BTreeSet::new(),
         }
     }
 }
@@ -51,13 +55,18 @@ impl<W> WillQueue<W> {
         if let Some(end) = session_ends {
             at = at.min(end);
         }
-        self.pending.insert(client_id.to_string(), (at, will));
+        if let Some((old, _)) = self.pending.insert(client_id.to_string(), (at, will)) {
+            self.by_time.remove(&(old, client_id.to_string()));
+        }
+        self.by_time.insert((at, client_id.to_string()));
     }
 
     /// The client reconnected (or its session was taken over) before its
     /// will was due: the will is not published ([MQTT-3.1.2-8]).
     pub fn cancel(&mut self, client_id: &str) -> Option<W> {
-        self.pending.remove(client_id).map(|(_, w)| w)
+        let (at, w) = self.pending.remove(client_id)?;
+        self.by_time.remove(&(at, client_id.to_string()));
+        Some(w)
     }
 
     /// The client's session ended: its will, if still waiting, is due now.
@@ -75,17 +84,19 @@ impl<W> WillQueue<W> {
 
     /// [`WillQueue::due`], each with its client identifier.
     pub fn due_by_client(&mut self, now: Instant) -> Vec<(String, W)> {
-        let mut ready: Vec<(Instant, String)> = self
-            .pending
-            .iter()
-            .filter(|(_, (at, _))| *at <= now)
-            .map(|(id, (at, _))| (*at, id.clone()))
-            .collect();
-        ready.sort();
-        ready
-            .into_iter()
-            .filter_map(|(_, id)| self.pending.remove(&id).map(|(_, w)| (id, w)))
-            .collect()
+        let mut out = Vec::new();
+        while let Some(first) = self.by_time.first() {
+            if first.0 > now {
+                break;
+            }
+            let Some((_, id)) = self.by_time.pop_first() else {
+                break;
+            };
+            if let Some((_, w)) = self.pending.remove(&id) {
+                out.push((id, w));
+            }
+        }
+        out
     }
 
     /// When `client_id`'s will is due, if one waits.
@@ -95,6 +106,6 @@ impl<W> WillQueue<W> {
 
     /// When the next will is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|(at, _)| *at).min()
+        self.by_time.first().map(|(at, _)| *at)
     }
 }

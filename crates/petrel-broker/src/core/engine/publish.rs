@@ -1,7 +1,7 @@
 //! Where messages go: the retained store, routing to subscriptions (with
 //! each subscriber's read permission), and the subscription index itself.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -59,6 +59,50 @@ pub(super) enum NotTaken {
 pub(super) struct RetainedStore {
     tree: RetainedTree<Retained>,
     bytes: usize,
+    /// The topics of retained messages that expire, soonest first: expiry
+    /// takes what is due without walking every retained message.
+    expiring: BTreeSet<(Instant, Box<str>)>,
+}
+
+impl Retained {
+    /// When its Message Expiry Interval runs out, if it has one.
+    fn deadline(&self) -> Option<Instant> {
+        let interval = self.message.properties.message_expiry_interval()?;
+        Some(self.at + std::time::Duration::from_secs(u64::from(interval)))
+    }
+}
+
+impl RetainedStore {
+    /// Store `r` as `topic`'s retained message; the one it replaces.
+    fn put(&mut self, topic: &TopicName, r: Retained) -> Option<Retained> {
+        let deadline = r.deadline();
+        let old = self.tree.insert(topic, r);
+        if let Some(d) = old.as_ref().and_then(Retained::deadline) {
+            self.expiring.remove(&(d, Box::from(topic.as_str())));
+        }
+        if let Some(d) = deadline {
+            self.expiring.insert((d, Box::from(topic.as_str())));
+        }
+        old
+    }
+
+    /// Remove `topic`'s retained message.
+    fn take(&mut self, topic: &TopicName) -> Option<Retained> {
+        let old = self.tree.remove(topic)?;
+        if let Some(d) = old.deadline() {
+            self.expiring.remove(&(d, Box::from(topic.as_str())));
+        }
+        Some(old)
+    }
+
+    /// The topics whose retained messages expired by `now`.
+    fn due(&self, now: Instant) -> Vec<Box<str>> {
+        self.expiring
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
 }
 
 /// The copy of `message` one subscriber receives: the same topic, payload
@@ -246,7 +290,7 @@ impl Engine {
                     key: message.topic.as_str().as_bytes().to_vec(),
                 }])?;
             }
-            if let Some(old) = store.tree.remove(&message.topic) {
+            if let Some(old) = store.take(&message.topic) {
                 store.bytes -= message_size(&old.message);
             }
             return Ok(commit);
@@ -279,7 +323,7 @@ impl Engine {
             }])?;
         }
         store.bytes = store.bytes - replaced + size;
-        store.tree.insert(
+        store.put(
             &message.topic,
             Retained {
                 message: stored,
@@ -476,7 +520,7 @@ impl Engine {
         let mut store = write(&self.retained);
         store.bytes += message_size(&message);
         let topic = message.topic.clone();
-        if let Some(old) = store.tree.insert(&topic, Retained { message, at }) {
+        if let Some(old) = store.put(&topic, Retained { message, at }) {
             store.bytes -= message_size(&old.message);
         }
     }
@@ -485,34 +529,35 @@ impl Engine {
     /// too; if that fails they stay in both, to go next time).
     pub(super) fn expire_retained(&self, now: Instant) {
         let mut store = write(&self.retained);
+        let due = store.due(now);
+        if due.is_empty() {
+            return;
+        }
         if self.store.is_some() {
-            let mut gone = Vec::new();
-            store.tree.for_each(|r| {
-                if r.remaining(now) == Some(0) && !r.message.topic.as_str().starts_with('$') {
-                    gone.push(Op::Delete {
-                        table: Table::Retained,
-                        key: r.message.topic.as_str().as_bytes().to_vec(),
-                    });
+            let gone: Vec<Op> = due
+                .iter()
+                .filter(|t| !t.starts_with('$'))
+                .map(|t| Op::Delete {
+                    table: Table::Retained,
+                    key: t.as_bytes().to_vec(),
+                })
+                .collect();
+            if !gone.is_empty() {
+                if let Err(e) = self.stored(gone) {
+                    Stats::add(&self.stats.store_errors, 1);
+                    tracing::error!(error = %e, "expired retained messages not removed from the store");
+                    return;
                 }
-            });
-            if gone.is_empty() {
-                return;
-            }
-            if let Err(e) = self.stored(gone) {
-                Stats::add(&self.stats.store_errors, 1);
-                tracing::error!(error = %e, "expired retained messages not removed from the store");
-                return;
             }
         }
-        let mut freed = 0;
-        store.tree.retain(|r| {
-            let keep = r.remaining(now) != Some(0);
-            if !keep {
-                freed += message_size(&r.message);
+        for t in due {
+            let Ok(topic) = TopicName::try_from(&*t) else {
+                continue;
+            };
+            if let Some(old) = store.take(&topic) {
+                store.bytes -= message_size(&old.message);
             }
-            keep
-        });
-        store.bytes -= freed;
+        }
     }
 
     /// Add a subscription; whether it replaced one (for Retain Handling 1),
