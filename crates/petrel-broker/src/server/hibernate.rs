@@ -240,9 +240,19 @@ impl<H: Hibernator> Wake for Cell<H> {
             State::Going | State::Early => *state = State::Early,
             State::Asleep(s) => {
                 drop(state);
-                // Set by `hibernate` before anything could wake it.
-                if let Some(runtime) = s.hibernation.0 .0.runtime.get().cloned() {
-                    runtime.spawn(wake_up(s));
+                // Set by `hibernate` before anything could wake it. Without
+                // it (never, in practice) the sleeper is let go on a thread
+                // of its own, not here: the waker may be called with locks
+                // held that handing its session back takes.
+                match s.hibernation.0 .0.runtime.get().cloned() {
+                    Some(runtime) => {
+                        runtime.spawn(wake_up(s));
+                    }
+                    None => {
+                        let _ = std::thread::Builder::new()
+                            .name("petrel-release".into())
+                            .spawn(move || drop(s));
+                    }
                 }
             }
             State::Awake => {}
@@ -307,17 +317,34 @@ pub(crate) struct SlotId {
 /// The watcher's own token, to stop it.
 const STOP: mio::Token = mio::Token(usize::MAX);
 
+/// How a slot's index and generation share a token's bits: half each
+/// where `usize` has 64 bits; where it has 32, 16 each (at most 65,535
+/// hibernating connections at once there, and a generation that wraps
+/// sooner: a stale event then wakes a sleeper early, which goes back to
+/// sleep, never a wrong one for good).
+const HALF: u32 = usize::BITS / 2;
+
 impl SlotId {
     fn token(self) -> mio::Token {
-        mio::Token((self.index as usize) << 32 | self.generation as usize)
+        mio::Token(pack(self.index, self.generation, HALF))
     }
 
     fn from_token(t: mio::Token) -> Self {
-        Self {
-            index: (t.0 >> 32) as u32,
-            generation: t.0 as u32,
-        }
+        let (index, generation) = unpack(t.0, HALF);
+        Self { index, generation }
     }
+}
+
+/// An index and a generation in one `usize`, `half` bits each.
+fn pack(index: u32, generation: u32, half: u32) -> usize {
+    let mask = (1u64 << half) - 1;
+    (((u64::from(index) & mask) << half) | (u64::from(generation) & mask)) as usize
+}
+
+fn unpack(token: usize, half: u32) -> (u32, u32) {
+    let mask = (1u64 << half) - 1;
+    let t = token as u64;
+    (((t >> half) & mask) as u32, (t & mask) as u32)
 }
 
 impl Slots {
@@ -335,8 +362,13 @@ impl Slots {
             });
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
         });
+        debug_assert!(
+            u64::from(index) < (1u64 << HALF),
+            "more sleepers than a token can name"
+        );
         let slot = &mut self.slots[index as usize];
-        slot.generation = slot.generation.wrapping_add(1);
+        // Within the bits a token has for it (see `HALF`).
+        slot.generation = slot.generation.wrapping_add(1) & ((1u64 << HALF) - 1) as u32;
         slot.waker = Some(waker);
         self.live += 1;
         let id = SlotId {
@@ -438,16 +470,46 @@ impl Drop for Watcher {
     }
 }
 
-fn watch(mut poll: mio::Poll, slots: &Mutex<Slots>, stopping: &AtomicBool) {
+/// What the watcher waits on (mio's poll; a test's stand-in).
+trait Poller {
+    fn poll(&mut self, events: &mut mio::Events) -> io::Result<()>;
+}
+
+impl<P: Poller> Poller for &mut P {
+    fn poll(&mut self, events: &mut mio::Events) -> io::Result<()> {
+        (**self).poll(events)
+    }
+}
+
+impl Poller for mio::Poll {
+    fn poll(&mut self, events: &mut mio::Events) -> io::Result<()> {
+        mio::Poll::poll(self, events, None)
+    }
+}
+
+/// After a failed poll, how long the watcher waits before it polls again.
+const POLL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn watch(mut poll: impl Poller, slots: &Mutex<Slots>, stopping: &AtomicBool) {
     let mut events = mio::Events::with_capacity(1024);
+    let mut failures = 0u64;
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        if let Err(e) = poll.poll(&mut events) {
+            if stopping.load(Ordering::Acquire) {
+                return;
             }
-            tracing::error!(error = %e, "the hibernation watcher failed");
-            return;
+            if e.kind() != io::ErrorKind::Interrupted {
+                // Never give up: sleeping connections would never wake on
+                // their data again. Retry, saying so (not every time).
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::error!(error = %e, failures, "the hibernation watcher's poll failed; retrying");
+                }
+                std::thread::sleep(POLL_RETRY);
+            }
+            continue;
         }
+        failures = 0;
         if stopping.load(Ordering::Acquire) {
             return;
         }
@@ -466,6 +528,54 @@ fn watch(mut poll: mio::Poll, slots: &Mutex<Slots>, stopping: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tokens name slots exactly with 64-bit and with 32-bit `usize`.
+    #[test]
+    fn tokens_pack_index_and_generation_on_64_and_32_bit() {
+        for (index, generation) in [(0, 1), (7, 65_535), (65_535, 3), (12, 40_000)] {
+            assert_eq!(unpack(pack(index, generation, 16), 16), (index, generation));
+            assert!(pack(index, generation, 16) <= u32::MAX as usize);
+        }
+        for (index, generation) in [(0, 1), (u32::MAX - 1, u32::MAX), (1 << 20, 5)] {
+            if usize::BITS == 64 {
+                assert_eq!(unpack(pack(index, generation, 32), 32), (index, generation));
+            }
+        }
+        let id = SlotId {
+            index: 3,
+            generation: 9,
+        };
+        let back = SlotId::from_token(id.token());
+        assert_eq!((back.index, back.generation), (3, 9));
+    }
+
+    /// A failed poll is retried: the watcher goes on waking sleepers
+    /// rather than stopping for good.
+    #[test]
+    fn the_watcher_retries_after_a_failed_poll() {
+        struct Failing {
+            calls: usize,
+            stopping: Arc<AtomicBool>,
+        }
+        impl Poller for Failing {
+            fn poll(&mut self, _: &mut mio::Events) -> io::Result<()> {
+                self.calls += 1;
+                if self.calls == 3 {
+                    self.stopping.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Err(io::Error::other("poll failed"))
+            }
+        }
+        let stopping = Arc::new(AtomicBool::new(false));
+        let slots = Mutex::new(Slots::default());
+        let mut poller = Failing {
+            calls: 0,
+            stopping: stopping.clone(),
+        };
+        watch(&mut poller, &slots, &stopping);
+        assert_eq!(poller.calls, 3, "it stopped at the first failure");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 

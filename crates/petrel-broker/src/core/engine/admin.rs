@@ -182,8 +182,13 @@ impl Broker {
     /// Administrative action); its session is kept or ends as its expiry
     /// says, and its will is published. False if it is not connected.
     pub fn kick(&self, client_id: &str) -> bool {
-        let core = lock(&self.engine.core);
-        match core.registry.session(client_id).and_then(|v| v.holder) {
+        // Told outside the core's lock (waking a connection may hand its
+        // session back, which takes that lock).
+        let reach = lock(&self.engine.core)
+            .registry
+            .session(client_id)
+            .and_then(|v| v.holder.cloned());
+        match reach {
             Some(reach) => {
                 tracing::info!(client_id, "client kicked by an administrator");
                 reach.kick(Kick::Administrative);

@@ -102,6 +102,10 @@ impl Engine {
         now: Instant,
     ) -> Attach {
         let mut due = Vec::new();
+        // The connection to tell to let go, told once the core is unlocked:
+        // waking a hibernating connection may drop it in place (its runtime
+        // gone), and dropping hands its session back, which locks the core.
+        let mut to_kick = None;
         let attach = {
             let mut core = lock(&self.core);
             if let Some(key) = core.registry.data(client_id) {
@@ -137,7 +141,7 @@ impl Engine {
                     superseded,
                 } => {
                     // [MQTT-3.1.4-3]: the existing connection is closed.
-                    holder.kick(Kick::TakenOver);
+                    to_kick = Some(holder);
                     if let Some(old) = superseded {
                         // Dropping its sender tells the waiting connection it lost.
                         old.cancel_handover();
@@ -146,6 +150,9 @@ impl Engine {
                 }
             }
         };
+        if let Some(holder) = to_kick {
+            holder.kick(Kick::TakenOver);
+        }
         self.publish_wills(due, now);
         attach
     }
