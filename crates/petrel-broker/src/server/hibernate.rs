@@ -483,7 +483,7 @@ impl<P: Poller> Poller for &mut P {
 
 impl Poller for mio::Poll {
     fn poll(&mut self, events: &mut mio::Events) -> io::Result<()> {
-        mio::Poll::poll(self, events, None)
+        Self::poll(self, events, None)
     }
 }
 
