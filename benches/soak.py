@@ -53,6 +53,25 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+# paho-mqtt 2.x refuses a Maximum Packet Size above 268,435,455 in a CONNACK as a
+# malformed packet, and closes the connection. Petrel's default limit (256 MiB,
+# 268,435,456) is told to 5.0 clients as is, so no paho 5.0 client could connect to
+# a broker on its defaults. MQTT 5.0 allows up to 268,435,460 (remaining length
+# 268,435,455 plus a 5-byte fixed header): accept those here, so the soak runs the
+# broker as configured by default.
+_paho_setattr = Properties.__setattr__
+
+
+def _lenient_setattr(self, name, value):
+    if (name.replace(" ", "") == "MaximumPacketSize" and isinstance(value, int)
+            and 268435455 < value <= 268435460):
+        object.__setattr__(self, "MaximumPacketSize", value)
+    else:
+        _paho_setattr(self, name, value)
+
+
+Properties.__setattr__ = _lenient_setattr
+
 HOST = "127.0.0.1"
 V2 = mqtt.CallbackAPIVersion.VERSION2
 STOP = threading.Event()
@@ -78,6 +97,8 @@ class Counters:
             self.v[field] += n
 
     def err(self, kind, detail=None):
+        if STOP.is_set():  # clients closing at the end of the run are not errors
+            return
         with self.lock:
             self.v["errors"] += 1
             n = self.err_kinds.get(kind, 0) + 1

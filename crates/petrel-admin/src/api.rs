@@ -191,6 +191,7 @@ async fn stats(State(app): Shared) -> Response {
         "bytes_received": s.bytes_received,
         "bytes_sent": s.bytes_sent,
         "subscriptions": s.subscriptions,
+        "subscription_bytes": s.subscription_bytes,
         "retained": s.retained,
         "retained_bytes": m.retained_bytes,
         "queued_messages": m.queued_messages,

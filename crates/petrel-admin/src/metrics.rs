@@ -322,6 +322,13 @@ impl prometheus_client::collector::Collector for Collector {
             None,
             one(gauge_of(s.subscriptions)),
         )?;
+        gauge(
+            e,
+            "petrel_subscriptions",
+            "What the subscriptions are charged (estimated cost; see max_subscription_bytes).",
+            Some(&Unit::Bytes),
+            one(gauge_of(s.subscription_bytes)),
+        )?;
         counter(
             e,
             "petrel_auth_successes",

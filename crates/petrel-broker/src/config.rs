@@ -58,7 +58,9 @@
 //! max_queued_bytes = 16777216   # per session, payload bytes waiting to be sent
 //! queue_qos0_offline = false    # whether QoS 0 messages wait for an offline persistent session
 //! max_session_expiry = 604800   # seconds a disconnected session is kept at most (also 3.1.1 persistent)
-//! max_subscriptions_per_session = 10000
+//! max_subscriptions_per_session = 1000000
+//! max_subscription_bytes_per_session = 268435456  # subscriptions' estimated cost per session (256 B a level, 128 B each, the filter twice)
+//! max_subscription_bytes = 1073741824              # ... over every session
 //! max_retained_messages = 1000000
 //! max_qos = 2                   # highest QoS granted and accepted
 //! max_client_id_length = 256    # longer client identifiers are refused (0x85)
@@ -623,8 +625,19 @@ pub struct Limits {
     /// asked; also what a 3.1.x persistent session (Clean Session 0) gets.
     /// Default 7 days.
     pub max_session_expiry: u32,
-    /// Subscriptions one session may hold. Default 10,000.
+    /// Subscriptions one session may hold (a gateway may hold a hundred
+    /// thousand). Default 1,000,000.
     pub max_subscriptions_per_session: usize,
+    /// What one session's subscriptions may cost, in bytes, each charged
+    /// an estimate of what it takes with no prefix shared: 128 bytes, its
+    /// filter twice, and 256 bytes a level (a node of the subscription
+    /// trie). Past it a new subscription is refused (0x97; 3.1.1 0x80).
+    /// Default 256 MiB (a gateway's 100,000 five-level filters cost about
+    /// 150 MB).
+    pub max_subscription_bytes_per_session: usize,
+    /// What all sessions' subscriptions may cost together, charged alike:
+    /// a storm of subscriptions stays bounded. Default 1 GiB.
+    pub max_subscription_bytes: usize,
     /// Retained messages kept in all; a new retained topic past this is not
     /// stored (the message is still delivered). Default 1,000,000.
     pub max_retained_messages: usize,
@@ -761,7 +774,9 @@ impl Default for Limits {
             max_queued_bytes: 16 * 1024 * 1024,
             queue_qos0_offline: false,
             max_session_expiry: 7 * 24 * 3600,
-            max_subscriptions_per_session: 10_000,
+            max_subscriptions_per_session: 1_000_000,
+            max_subscription_bytes_per_session: 256 * 1024 * 1024,
+            max_subscription_bytes: 1024 * 1024 * 1024,
             max_retained_messages: 1_000_000,
             max_qos: 2,
             max_client_id_length: 256,

@@ -282,7 +282,7 @@ impl Broker {
             let access = key.access();
             for (filter, mut subscription) in subscriptions {
                 subscription.authorize = !access.receives_all(filter.as_str());
-                engine.subscribe(&key, &filter, subscription);
+                engine.subscribe_within(&key, &filter, subscription, false);
             }
         }
         std::fs::rename(path, &consumed)?;

@@ -361,6 +361,9 @@ pub struct StatsSnapshot {
     pub bytes_sent: u64,
     /// Subscriptions held.
     pub subscriptions: u64,
+    /// What the subscriptions are charged, in bytes (see
+    /// `max_subscription_bytes`).
+    pub subscription_bytes: u64,
     /// Retained messages stored.
     pub retained: u64,
     /// QoS 0 messages dropped because a subscriber's queue was full.

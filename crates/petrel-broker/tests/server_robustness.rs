@@ -727,3 +727,110 @@ async fn large_packets_past_max_partial_bytes_wait_their_turn() {
     assert_eq!(race(1024 * 1024).await, vec![b"b".to_vec(), b"a".to_vec()]);
     assert_eq!(race(600 * 1024).await, vec![b"a".to_vec(), b"b".to_vec()]);
 }
+
+/// A gateway holding 100,000 subscriptions on one session works with the
+/// default limits (the 10,001st was refused before).
+#[tokio::test]
+async fn a_gateway_with_a_hundred_thousand_subscriptions_works_by_default() {
+    use petrel_codec::{Properties, Subscribe, Subscription, SubscriptionOptions};
+    let b = start().await;
+    let mut gw = Raw::connect(b.addr, Protocol::V5, "gateway").await;
+    // 250 filters a SUBSCRIBE (a packet may carry 256).
+    for batch in 0..400 {
+        let subscriptions = (0..250)
+            .map(|i| Subscription {
+                filter: filter(&format!("site/{batch}/dev{i}/cmd/#")),
+                options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+            })
+            .collect();
+        let packet_id = gw.next_pid();
+        gw.send(Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: Properties::new(),
+            subscriptions,
+        }))
+        .await;
+        match gw.recv().await {
+            Some(Packet::SubAck(a)) => assert!(
+                a.reason_codes
+                    .iter()
+                    .all(|c| *c == ReasonCode::GRANTED_QOS_1),
+                "batch {batch}: {:?}",
+                a.reason_codes
+                    .iter()
+                    .find(|c| **c != ReasonCode::GRANTED_QOS_1)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(b.broker.stats().subscriptions, 100_000);
+    let mut p = Raw::connect(b.addr, Protocol::V5, "cmd").await;
+    p.publish(
+        "site/399/dev249/cmd/reboot",
+        b"now",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await;
+    assert_eq!(&gw.recv_publish().await.payload[..], b"now");
+}
+
+/// Subscriptions are charged what they cost, per session and over all
+/// sessions; past either budget a new one is refused (0x97), and what an
+/// unsubscribe or an ended session gives back makes room again.
+#[tokio::test]
+async fn subscriptions_are_bounded_in_bytes_per_session_and_overall() {
+    let cost = |f: &str| 128 + 2 * f.len() + 256 * f.split('/').count();
+    let mut config = config();
+    // Room for three "b/x/N" a session, five overall.
+    config.limits.max_subscription_bytes_per_session = 3 * cost("b/x/0") + 10;
+    config.limits.max_subscription_bytes = 5 * cost("b/x/0") + 10;
+    let b = start_with(config).await;
+    let mut one = Raw::connect(b.addr, Protocol::V5, "one").await;
+    for i in 0..3 {
+        let ack = one.subscribe(&format!("b/x/{i}"), QoS::AtMostOnce).await;
+        assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_0]);
+    }
+    let ack = one.subscribe("b/x/3", QoS::AtMostOnce).await;
+    assert_eq!(
+        ack.reason_codes,
+        vec![ReasonCode::QUOTA_EXCEEDED],
+        "per session"
+    );
+    // Replacing one it holds costs nothing more.
+    let ack = one.subscribe("b/x/0", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_1]);
+    let mut two = Raw::connect(b.addr, Protocol::V3_1_1, "two").await;
+    for i in 0..2 {
+        let ack = two.subscribe(&format!("b/x/{i}"), QoS::AtMostOnce).await;
+        assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_0]);
+    }
+    let ack = two.subscribe("b/x/2", QoS::AtMostOnce).await;
+    assert_eq!(
+        ack.reason_codes,
+        vec![ReasonCode(0x80)],
+        "overall (3.1.1: 0x80 Failure)"
+    );
+    // An unsubscribe gives room back...
+    let before = b.broker.stats().subscription_bytes;
+    one.unsubscribe("b/x/1").await;
+    assert_eq!(
+        b.broker.stats().subscription_bytes,
+        before - cost("b/x/1") as u64
+    );
+    let ack = two.subscribe("b/x/2", QoS::AtMostOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_0]);
+    // ...and so does a session that ends: full now (one 2, two 3), a third
+    // session's subscription is refused until `one` goes.
+    let mut three = Raw::connect(b.addr, Protocol::V5, "three").await;
+    let ack = three.subscribe("b/x/9", QoS::AtMostOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::QUOTA_EXCEEDED]);
+    one.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ack = three.subscribe("b/x/9", QoS::AtMostOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_0]);
+    assert_eq!(
+        b.broker.stats().subscription_bytes as usize,
+        4 * cost("b/x/0")
+    );
+}

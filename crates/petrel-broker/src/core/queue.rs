@@ -157,6 +157,8 @@ pub(crate) struct SessionShared {
     /// them when it ends and to store them.
     /// (Each filter as a plain string: half the size of a `TopicFilter`.)
     filters: Mutex<SmallMap<Box<str>, Subscription>>,
+    /// What its subscriptions are charged (see `subscription_cost`).
+    sub_bytes: AtomicUsize,
     /// With a durable store, while the session outlives its connections:
     /// how its messages are numbered there and which are with the
     /// connection (boxed: most sessions pay one pointer).
@@ -221,6 +223,7 @@ impl SessionKey {
                 access,
             }),
             filters: Mutex::new(SmallMap::new()),
+            sub_bytes: AtomicUsize::new(0),
             stored: Mutex::new(None),
         }))
     }
@@ -298,6 +301,24 @@ impl SessionKey {
     /// The session's subscriptions, by filter.
     pub(crate) fn filters(&self) -> MutexGuard<'_, SmallMap<Box<str>, Subscription>> {
         lock(&self.0.filters)
+    }
+
+    /// What the session's subscriptions are charged, in bytes.
+    pub(crate) fn subscription_bytes(&self) -> usize {
+        self.0.sub_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Charge (or, negative, refund) the session's subscriptions.
+    pub(crate) fn charge_subscriptions(&self, bytes: isize) {
+        if bytes >= 0 {
+            self.0
+                .sub_bytes
+                .fetch_add(bytes.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            self.0
+                .sub_bytes
+                .fetch_sub(bytes.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     /// Who owns the session and what it may receive.

@@ -271,6 +271,24 @@ impl Raw {
         }
     }
 
+    /// UNSUBSCRIBE from `f`; the UNSUBACK.
+    pub async fn unsubscribe(&mut self, f: &str) -> petrel_codec::UnsubAck {
+        let packet_id = self.next_pid();
+        self.send(Packet::Unsubscribe(petrel_codec::Unsubscribe {
+            packet_id,
+            properties: Properties::new(),
+            filters: vec![filter(f)],
+        }))
+        .await;
+        loop {
+            match self.recv().await {
+                Some(Packet::UnsubAck(a)) => return a,
+                Some(Packet::Publish(_)) | Some(Packet::PingResp) => {}
+                other => panic!("expected UNSUBACK, got {other:?}"),
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, f: &str, qos: QoS) -> SubAck {
         self.subscribe_with(f, SubscriptionOptions::qos(qos), Properties::new())
             .await

@@ -612,7 +612,8 @@ impl Engine {
                     identifier: identifier.and_then(SubscriptionId::new),
                     authorize: !access.receives_all(filter.as_str()),
                 };
-                self.subscribe(&key, &filter, subscription);
+                // Given before: charged, never refused.
+                self.subscribe_within(&key, &filter, subscription, false);
             }
             if !expired.is_empty() {
                 self.write(

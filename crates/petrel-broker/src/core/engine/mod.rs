@@ -216,6 +216,8 @@ pub(crate) struct Engine {
     core: Mutex<Core>,
     /// Bytes waiting in every session's queue.
     queued_bytes: Arc<AtomicUsize>,
+    /// What every session's subscriptions are charged.
+    subscription_bytes: AtomicUsize,
     /// Retained messages waiting in clients' backlogs.
     backlog: AtomicUsize,
     pub(crate) stats: Stats,
@@ -383,6 +385,7 @@ impl BrokerBuilder {
                 store,
                 core: Mutex::new(Core::default()),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
+                subscription_bytes: AtomicUsize::new(0),
                 backlog: AtomicUsize::new(0),
                 stats: Stats::default(),
                 started: Instant::now(),
@@ -763,6 +766,7 @@ impl Engine {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
         s.subscriptions = read(&self.router).len() as u64;
+        s.subscription_bytes = self.subscription_bytes.load(Ordering::Relaxed) as u64;
         s.retained = self.retained_count() as u64;
         s.sessions = lock(&self.core).registry.len() as u64;
         s

@@ -105,6 +105,18 @@ impl RetainedStore {
     }
 }
 
+/// What a subscription is charged against `max_subscription_bytes_per_session`
+/// and `max_subscription_bytes`: an estimate of what it costs with no prefix
+/// shared with another filter (each level a node of the subscription trie,
+/// with its map; the filter kept twice, in the trie and in its session; the
+/// entries that name the session).
+pub(crate) fn subscription_cost(filter: &str) -> usize {
+    const PER_SUBSCRIPTION: usize = 128;
+    const PER_LEVEL: usize = 256;
+    let levels = filter.split('/').count();
+    PER_SUBSCRIPTION + 2 * filter.len() + PER_LEVEL * levels
+}
+
 /// The copy of `message` one subscriber receives: the same topic, payload
 /// and properties (shared, not copied) with its QoS, RETAIN flag and
 /// Subscription Identifiers ([MQTT-3.3.4-3]).
@@ -561,18 +573,45 @@ impl Engine {
     }
 
     /// Add a subscription; whether it replaced one (for Retain Handling 1),
-    /// or `None` if the session holds too many already.
+    /// or `None` if the session holds too many already, or its
+    /// subscriptions (or everyone's) would cost more than their budget.
     pub(crate) fn subscribe(
         &self,
         key: &SessionKey,
         filter: &TopicFilter,
         subscription: Subscription,
     ) -> Option<bool> {
+        self.subscribe_within(key, filter, subscription, true)
+    }
+
+    /// [`Engine::subscribe`]; `enforce` false for a subscription given
+    /// before (restored from storage): it is charged, never refused.
+    pub(crate) fn subscribe_within(
+        &self,
+        key: &SessionKey,
+        filter: &TopicFilter,
+        subscription: Subscription,
+        enforce: bool,
+    ) -> Option<bool> {
         let mut filters = key.filters();
-        if !filters.contains_key(filter.as_str())
-            && filters.len() >= self.limits().max_subscriptions_per_session
-        {
-            return None;
+        if !filters.contains_key(filter.as_str()) {
+            let limits = self.limits();
+            let cost = subscription_cost(filter.as_str());
+            if enforce {
+                if filters.len() >= limits.max_subscriptions_per_session
+                    || key.subscription_bytes() + cost > limits.max_subscription_bytes_per_session
+                {
+                    return None;
+                }
+                let before = self.subscription_bytes.fetch_add(cost, Ordering::Relaxed);
+                if before + cost > limits.max_subscription_bytes {
+                    self.subscription_bytes.fetch_sub(cost, Ordering::Relaxed);
+                    return None;
+                }
+            } else {
+                self.subscription_bytes.fetch_add(cost, Ordering::Relaxed);
+            }
+            key.charge_subscriptions(cost as isize);
         }
         // A copy: kept for the session's life, it must not hold on to the
         // read buffer the SUBSCRIBE came in.
@@ -582,16 +621,27 @@ impl Engine {
 
     /// Remove a subscription; whether there was one.
     pub(super) fn unsubscribe(&self, key: &SessionKey, filter: &TopicFilter) -> bool {
-        key.filters().remove(filter.as_str());
+        if key.filters().remove(filter.as_str()).is_some() {
+            self.refund_subscriptions(key, subscription_cost(filter.as_str()));
+        }
         write(&self.router).unsubscribe(key, filter)
+    }
+
+    /// Give back what `bytes` of `key`'s subscriptions were charged.
+    fn refund_subscriptions(&self, key: &SessionKey, bytes: usize) {
+        self.subscription_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        key.charge_subscriptions(-(bytes as isize));
     }
 
     /// Remove every subscription of an ended session.
     pub(super) fn drop_subscriptions(&self, key: &SessionKey) {
         // Each was a valid filter when it was stored.
-        let filters: Vec<TopicFilter> = key
-            .filters()
-            .drain()
+        let drained = key.filters().drain();
+        let cost: usize = drained.iter().map(|(f, _)| subscription_cost(f)).sum();
+        if cost > 0 {
+            self.refund_subscriptions(key, cost);
+        }
+        let filters: Vec<TopicFilter> = drained
             .into_iter()
             .filter_map(|(f, _)| TopicFilter::try_from(&*f).ok())
             .collect();
