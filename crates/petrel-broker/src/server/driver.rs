@@ -43,6 +43,9 @@ const BATCH: usize = 64;
 /// A packet partly received past this many bytes counts against
 /// `max_partial_bytes`.
 const LARGE_PACKET: usize = 64 * 1024;
+/// Packets decoded from one connection before its task lets others run:
+/// a buffer full of tiny packets is not handled all in one go.
+const PACKETS_PER_TURN: usize = 256;
 /// How soon a packet waiting for room in `max_partial_bytes` looks again.
 const ROOM_RETRY: Duration = Duration::from_millis(20);
 
@@ -105,6 +108,8 @@ struct Task {
     partial_charge: usize,
     /// A large packet waits for room in `max_partial_bytes`.
     waiting_room: bool,
+    /// Decoding stopped at `PACKETS_PER_TURN`: more waits in the buffer.
+    turn_over: bool,
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
     gate: Option<Commit>,
@@ -383,6 +388,7 @@ impl Task {
             rate: None,
             partial_charge: 0,
             waiting_room: false,
+            turn_over: false,
         }
         .with_rate()
     }
@@ -503,6 +509,20 @@ impl Task {
                 if !more || self.paused() {
                     break;
                 }
+            }
+            if std::mem::take(&mut self.turn_over) {
+                // Enough from this connection for one turn: what it earned
+                // goes out, then the other tasks run before the rest of
+                // its buffer is decoded.
+                self.routed = 0;
+                self.fill(now);
+                self.drain_transmit();
+                self.report();
+                if self.conn.is_closed() || self.lost {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                continue;
             }
             if self.routed > 0 {
                 // Let the subscriber tasks this turn woke deliver before
@@ -719,7 +739,12 @@ impl Task {
     /// Pauses after a CONNECT, for the engine to answer it before what the
     /// client sent next; returns whether it paused that way.
     fn decode(&mut self, now: Instant) -> bool {
+        let mut decoded = 0;
         while !self.conn.is_closed() {
+            if decoded == PACKETS_PER_TURN {
+                self.turn_over = true;
+                return false;
+            }
             if self.paused() {
                 return true;
             }
@@ -731,6 +756,7 @@ impl Task {
             let protocol = self.protocol();
             match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
                 Ok(Some(packet)) => {
+                    decoded += 1;
                     self.got_connect = true;
                     self.tally.packets_in += 1;
                     if tracing::enabled!(tracing::Level::DEBUG) {
