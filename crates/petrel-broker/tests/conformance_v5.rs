@@ -26,7 +26,7 @@ async fn a_byte_order_mark_in_a_topic_is_kept_v5() {
 }
 
 /// Checks [MQTT-3.2.2-7] and [MQTT-4.13.2-1]: after a CONNACK of 0x80 or
-/// above the server closes the connection; [MQTT-3.2.0-2]: one CONNACK.
+/// above the server closes the connection.
 #[tokio::test]
 async fn a_refusing_connack_is_followed_by_the_close() {
     let mut config = config();
@@ -186,7 +186,7 @@ async fn a_malformed_packet_closes_with_its_reason_code() {
 
 /// PUBACK and PUBREC reason codes (3.4.2.1, 3.5.2.1): 0x10 when no
 /// subscription matched, 0x00 when one did, 0x87 for a write into `$SYS`
-/// (a PUBREC with an error ends the QoS 2 exchange, [MQTT-4.3.3-4]).
+/// (a PUBREC with an error ends the QoS 2 exchange, [MQTT-4.3.3-9]).
 #[tokio::test]
 async fn acknowledgements_say_what_routing_found() {
     let b = start().await;
@@ -239,4 +239,235 @@ async fn acknowledgements_say_what_routing_found() {
     assert!(matches!(p.recv().await, Some(Packet::PubComp(_))));
     assert_eq!(&s.recv_publish().await.payload[..], b"y");
     assert_eq!(&s.recv_publish().await.payload[..], b"new");
+}
+
+fn with_id(id: u32) -> Properties {
+    let mut p = Properties::new();
+    p.push_subscription_identifier(petrel_codec::SubscriptionId::new(id).unwrap());
+    p
+}
+
+fn ids(p: &Publish) -> Vec<u32> {
+    p.properties
+        .subscription_identifiers()
+        .iter()
+        .map(|i| i.get())
+        .collect()
+}
+
+/// Checks [MQTT-3.3.4-5]: a shared and a plain subscription of one client
+/// both match, so it gets two copies, each with its own subscription's
+/// identifier only. Positive control: two plain overlapping subscriptions
+/// give one copy carrying both identifiers.
+#[tokio::test]
+async fn overlapping_copies_carry_their_own_subscription_identifier() {
+    let b = start().await;
+    let mut s = Raw::connect(b.addr, V5, "ov").await;
+    let opts = petrel_codec::SubscriptionOptions::qos(QoS::AtLeastOnce);
+    s.subscribe_with("$share/g5/ov/t", opts, with_id(11)).await;
+    s.subscribe_with("ov/+", opts, with_id(12)).await;
+    let mut p = Raw::connect(b.addr, V5, "ovp").await;
+    p.publish("ov/t", b"x", QoS::AtLeastOnce, false).await;
+    let mut got = vec![ids(&s.recv_publish().await), ids(&s.recv_publish().await)];
+    got.sort();
+    assert_eq!(got, vec![vec![11], vec![12]]);
+    assert!(s.no_publish(SHORT).await);
+    s.subscribe_with("ov2/#", opts, with_id(21)).await;
+    s.subscribe_with("ov2/+", opts, with_id(22)).await;
+    p.publish("ov2/t", b"y", QoS::AtLeastOnce, false).await;
+    let mut both = ids(&s.recv_publish().await);
+    both.sort();
+    assert_eq!(both, vec![21, 22]);
+    assert!(s.no_publish(SHORT).await);
+}
+
+/// Checks [MQTT-4.3.3-13]: the broker's QoS 2 delivery of a message whose
+/// expiry passes while the subscriber holds its PUBREC goes on: the PUBREC
+/// still gets its PUBREL, and the PUBREL its PUBCOMP.
+#[tokio::test]
+async fn a_qos2_exchange_continues_after_the_message_expired() {
+    let b = start().await;
+    let mut s = Raw::connect(b.addr, V5, "q2x-sub").await;
+    s.subscribe("q2x/t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connect(b.addr, V5, "q2x-pub").await;
+    let mut props = Properties::new();
+    props.set_message_expiry_interval(Some(1));
+    p.publish_with("q2x/t", b"soon gone", QoS::ExactlyOnce, false, props)
+        .await;
+    let id = match s.recv().await {
+        Some(Packet::Publish(m)) => m.qos.packet_id().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.send(Packet::PubRec(PubAck::new(id))).await;
+    match s.recv().await {
+        Some(Packet::PubRel(r)) => {
+            assert_eq!(r.packet_id, id);
+            assert_eq!(r.reason_code, ReasonCode::SUCCESS);
+        }
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    s.send(Packet::PubComp(PubAck::new(id))).await;
+    s.alive().await;
+}
+
+/// Checks [MQTT-4.9.0-1]: the send quota starts at the client's Receive
+/// Maximum (3 here): three QoS 1 messages go out unacknowledged, not more,
+/// and each acknowledgement lets one more go. Positive control: without a
+/// Receive Maximum all five go at once.
+#[tokio::test]
+async fn the_send_quota_starts_at_the_receive_maximum() {
+    let b = start().await;
+    for (rm, first) in [(Some(3u16), 3), (None, 5)] {
+        let (mut s, _) = Raw::connect_with(b.addr, V5, "quota", |c| {
+            c.properties
+                .set_receive_maximum(rm.and_then(std::num::NonZeroU16::new));
+        })
+        .await;
+        s.subscribe("quota/t", QoS::AtLeastOnce).await;
+        let mut p = Raw::connect(b.addr, V5, "quota-pub").await;
+        for i in 0..5u8 {
+            p.publish("quota/t", &[i], QoS::AtLeastOnce, false).await;
+        }
+        let mut held = Vec::new();
+        for _ in 0..first {
+            match s.recv().await {
+                Some(Packet::Publish(m)) => held.push(m.qos.packet_id().unwrap()),
+                other => panic!("{other:?}"),
+            }
+        }
+        s.silent(SHORT).await;
+        if first < 5 {
+            s.send(Packet::PubAck(PubAck::new(held[0]))).await;
+            assert!(matches!(s.recv().await, Some(Packet::Publish(_))));
+            s.silent(SHORT).await;
+        }
+        s.disconnect().await;
+    }
+}
+
+/// Checks [MQTT-4.8.2-6]: a shared subscriber that answers with a PUBACK of
+/// 0x80 or above has the message discarded: it is not sent to another
+/// member. The next message goes to the other member (which would have
+/// got the refused one first if it had been passed on).
+#[tokio::test]
+async fn a_refused_shared_delivery_is_not_tried_on_another_member() {
+    let b = start().await;
+    let mut r = Raw::connect(b.addr, V5, "sh6-a").await;
+    let mut o = Raw::connect(b.addr, V5, "sh6-b").await;
+    r.subscribe("$share/g6/sh6/t", QoS::AtLeastOnce).await;
+    o.subscribe("$share/g6/sh6/t", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr, V5, "sh6-p").await;
+    p.publish("sh6/t", b"x", QoS::AtLeastOnce, false).await;
+    // Whoever got it refuses it.
+    let ((mut holder, m), mut other) = match r.try_recv(SHORT).await {
+        Some(Packet::Publish(m)) => ((r, m), o),
+        None => match o.recv().await {
+            Some(Packet::Publish(m)) => ((o, m), r),
+            x => panic!("{x:?}"),
+        },
+        x => panic!("{x:?}"),
+    };
+    let id = m.qos.packet_id().unwrap();
+    holder
+        .send(Packet::PubAck(PubAck::with_reason(
+            id,
+            ReasonCode::UNSPECIFIED_ERROR,
+        )))
+        .await;
+    // The refuser leaves the group; the next message goes to the other,
+    // and it is that one, not the refused one.
+    holder.unsubscribe("$share/g6/sh6/t").await;
+    p.publish("sh6/t", b"y", QoS::AtLeastOnce, false).await;
+    assert_eq!(&other.recv_publish().await.payload[..], b"y");
+    assert!(other.no_publish(SHORT).await);
+    assert!(holder.no_publish(SHORT).await);
+}
+
+/// Checks [MQTT-4.8.2-4]: a QoS 2 message of a shared subscription whose
+/// member lost its connection mid-delivery goes to that member again when
+/// it reconnects, and never to the other member. Positive control: a new
+/// message published meanwhile does go to the other member.
+#[tokio::test]
+async fn an_interrupted_shared_qos2_delivery_is_completed_to_the_same_member() {
+    let b = start().await;
+    let join = |id: &'static str| {
+        let addr = b.addr;
+        async move {
+            let (mut c, _) = Raw::connect_with(addr, V5, id, persistent(V5)).await;
+            c.subscribe("$share/g4/s4/t", QoS::ExactlyOnce).await;
+            c
+        }
+    };
+    let a = join("sh4-a").await;
+    let o = join("sh4-b").await;
+    let mut p = Raw::connect(b.addr, V5, "sh4-p").await;
+    p.publish("s4/t", b"x", QoS::ExactlyOnce, false).await;
+    let (r, r_id, mut other) = {
+        let mut a = a;
+        let mut o = o;
+        match a.try_recv(SHORT).await {
+            Some(Packet::Publish(m)) => {
+                assert_eq!(&m.payload[..], b"x");
+                (a, "sh4-a", o)
+            }
+            None => match o.recv().await {
+                Some(Packet::Publish(m)) => {
+                    assert_eq!(&m.payload[..], b"x");
+                    (o, "sh4-b", a)
+                }
+                x => panic!("{x:?}"),
+            },
+            x => panic!("{x:?}"),
+        }
+    };
+    // The receiver goes away without a PUBREC.
+    drop(r);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.publish("s4/t", b"y", QoS::ExactlyOnce, false).await;
+    assert_eq!(&other.recv_publish().await.payload[..], b"y");
+    assert!(other.no_publish(SHORT).await, "x went to the other member");
+    let (mut back, ack) = Raw::connect_with(b.addr, V5, r_id, persistent(V5)).await;
+    assert!(ack.session_present);
+    match back.recv().await {
+        Some(Packet::Publish(m)) => {
+            assert_eq!(&m.payload[..], b"x");
+            assert!(m.dup);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Checks [MQTT-4.8.2-5]: if the member holding an unfinished shared
+/// delivery has its session end first, the message is not sent to another
+/// member. Positive control: a new message goes to the other member.
+#[tokio::test]
+async fn a_shared_delivery_of_an_ended_session_is_not_passed_on() {
+    let b = start().await;
+    let short = |c: &mut petrel_codec::Connect| {
+        c.clean_start = false;
+        c.properties.set_session_expiry_interval(Some(1));
+    };
+    let (mut a, _) = Raw::connect_with(b.addr, V5, "sh5-a", short).await;
+    a.subscribe("$share/g5e/s5/t", QoS::ExactlyOnce).await;
+    let (mut o, _) = Raw::connect_with(b.addr, V5, "sh5-b", short).await;
+    o.subscribe("$share/g5e/s5/t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connect(b.addr, V5, "sh5-p").await;
+    p.publish("s5/t", b"x", QoS::ExactlyOnce, false).await;
+    let (conn, holder, mut other) = match a.try_recv(SHORT).await {
+        Some(Packet::Publish(_)) => (a, "sh5-a", o),
+        None => match o.recv().await {
+            Some(Packet::Publish(_)) => (o, "sh5-b", a),
+            x => panic!("{x:?}"),
+        },
+        x => panic!("{x:?}"),
+    };
+    // Its connection drops, and its session ends a second later.
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(other.no_publish(SHORT).await, "x went to the other member");
+    p.publish("s5/t", b"y", QoS::ExactlyOnce, false).await;
+    assert_eq!(&other.recv_publish().await.payload[..], b"y");
+    let (_back, ack) = Raw::connect_with(b.addr, V5, holder, short).await;
+    assert!(!ack.session_present);
 }

@@ -122,9 +122,9 @@ fn no_normalisation_mqtt_4_7_3_4() {
     assert!(matched(&tree, "a/b/").contains("a/b/"));
 }
 
-/// Checks [MQTT-4.8.2-1], [MQTT-4.8.2-2].
+/// Shared filters are grouped by their share name.
 #[test]
-fn shared_subscriptions_report_the_group_mqtt_4_8_2() {
+fn shared_subscriptions_report_the_group() {
     let mut tree = SubscriptionTree::new();
     tree.insert(&f("$share/g1/a/+"), "c1".to_string(), 1u8);
     tree.insert(&f("$share/g1/a/+"), "c2".to_string(), 1);

@@ -15,9 +15,9 @@ use support::*;
 const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
 const SHORT: Duration = Duration::from_millis(300);
 
-/// Checks [MQTT-3.8.4-6].
+/// Checks 3.1.1: [MQTT-3.8.4-6]; 5.0: [MQTT-3.8.4-8].
 #[tokio::test]
-async fn every_qos_both_ways_is_delivered_at_the_lower_of_the_two_qos_mqtt_3_8_4_6() {
+async fn every_qos_both_ways_is_delivered_at_the_lower_of_the_two_qos() {
     let b = start().await;
     for proto in BOTH {
         for sub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -41,7 +41,7 @@ async fn every_qos_both_ways_is_delivered_at_the_lower_of_the_two_qos_mqtt_3_8_4
                 assert_eq!(got.qos.qos(), pub_qos.min(sub_qos), "{payload}");
                 assert!(
                     !got.retain,
-                    "[MQTT-3.3.1-9] a live message is not marked retained"
+                    "a live message is not marked retained (3.1.1: [MQTT-3.3.1-9]; 5.0: [MQTT-3.3.1-12])"
                 );
             }
             publ.disconnect().await;
@@ -59,7 +59,7 @@ async fn wildcards_and_dollar_topics_follow_4_7() {
         sub.subscribe("+/+/temp", QoS::AtLeastOnce).await;
         sub.subscribe("#", QoS::AtMostOnce).await;
         let mut publ = Raw::connect(b.addr, proto, "pub").await;
-        // [MQTT-4.7.1-2]: `sport/#` also matches `sport`.
+        // `sport/#` also matches `sport`.
         publ.publish("sport", b"1", QoS::AtLeastOnce, false).await;
         let p = sub.recv_publish().await;
         assert_eq!((p.topic.as_str(), p.qos.qos()), ("sport", QoS::AtLeastOnce));
@@ -319,5 +319,35 @@ async fn a_payload_is_shared_not_copied_between_subscribers() {
     assert_eq!(n, 5);
     for s in &mut subs {
         assert_eq!(s.recv_publish().await.payload, payload);
+    }
+}
+
+/// Checks 3.1.1 and 5.0: [MQTT-3.10.4-3]: a QoS 2 delivery begun before an
+/// UNSUBSCRIBE is completed after it (the PUBREC still gets its PUBREL);
+/// and, the positive control that the filter is gone ([MQTT-3.10.4-2]),
+/// a message published after it is not delivered.
+#[tokio::test]
+async fn a_delivery_begun_before_an_unsubscribe_is_completed() {
+    let b = start().await;
+    for proto in BOTH {
+        let mut s = Raw::connect(b.addr, proto, "unsub-s").await;
+        s.subscribe("u3/t", QoS::ExactlyOnce).await;
+        let mut p = Raw::connect(b.addr, proto, "unsub-p").await;
+        p.publish("u3/t", b"x", QoS::ExactlyOnce, false).await;
+        let id = match s.recv().await {
+            Some(Packet::Publish(m)) => m.qos.packet_id().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        s.unsubscribe("u3/t").await;
+        s.send(Packet::PubRec(petrel_codec::PubAck::new(id))).await;
+        match s.recv().await {
+            Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, id),
+            other => panic!("{proto:?}: expected PUBREL, got {other:?}"),
+        }
+        s.send(Packet::PubComp(petrel_codec::PubAck::new(id))).await;
+        p.publish("u3/t", b"after", QoS::AtLeastOnce, false).await;
+        assert!(s.no_publish(SHORT).await);
+        s.disconnect().await;
+        p.disconnect().await;
     }
 }

@@ -66,7 +66,8 @@ async fn invalid_utf8_in_a_topic_closes_the_connection_mqtt_1_5_4_1() {
     assert_eq!(rc, ReasonCode::MALFORMED_PACKET);
 }
 
-/// Checks [MQTT-3.1.0-2].
+/// Checks [MQTT-3.1.0-2]; 5.0: [MQTT-3.2.0-2] (the second CONNECT gets no
+/// second CONNACK: `closed()` fails on any packet but DISCONNECT).
 #[tokio::test]
 async fn a_second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
     let b = start().await;
@@ -353,9 +354,10 @@ async fn the_retained_store_is_bounded_in_bytes() {
     assert_eq!(b.broker.stats().retained, 2);
 }
 
-/// Checks [MQTT-3.14.4-3].
+/// A DISCONNECT with an error reason code still publishes the will (only
+/// 0x00 discards it).
 #[tokio::test]
-async fn a_disconnect_with_an_error_reason_still_publishes_the_will_mqtt_3_14_4_3() {
+async fn a_disconnect_with_an_error_reason_still_publishes_the_will() {
     let b = start().await;
     let mut w = Raw::connect(b.addr, Protocol::V5, "watch").await;
     w.subscribe("err/will", QoS::AtLeastOnce).await;

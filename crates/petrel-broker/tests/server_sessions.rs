@@ -31,7 +31,8 @@ async fn a_persistent_session_keeps_subscriptions_and_queues_qos1_and_qos2_while
         publ.publish("off/3", b"zero", QoS::AtMostOnce, false).await;
 
         let (mut s, ack) = Raw::connect_with(b.addr, proto, &id, persistent(proto)).await;
-        // [MQTT-3.2.2-2]: Session Present 1; [MQTT-3.1.2-5]: the session continues.
+        // Session Present 1 (3.1.1: [MQTT-3.2.2-2]; 5.0: [MQTT-3.2.2-3]);
+        // [MQTT-3.1.2-5]: the session continues.
         assert!(ack.session_present);
         assert_eq!(&s.recv_publish().await.payload[..], b"one");
         let p = s.recv_publish().await;
@@ -48,9 +49,9 @@ async fn a_persistent_session_keeps_subscriptions_and_queues_qos1_and_qos2_while
     }
 }
 
-/// Checks [MQTT-3.1.2-4].
+/// Checks 5.0: [MQTT-3.1.2-4]; 3.1.1: [MQTT-3.1.2-6].
 #[tokio::test]
-async fn clean_start_discards_the_old_session_mqtt_3_1_2_4() {
+async fn clean_start_discards_the_old_session() {
     let b = start().await;
     for proto in [Protocol::V3_1_1, Protocol::V5] {
         let id = format!("clean-{proto:?}");
@@ -218,7 +219,7 @@ async fn a_will_is_published_when_the_connection_ends_without_disconnect_mqtt_3_
         assert_eq!(&p.payload[..], b"gone");
         assert_eq!(p.qos.qos(), QoS::AtLeastOnce);
         if proto.is_v5() {
-            // Will properties are passed on ([MQTT-3.1.3-9]).
+            // Will properties are passed on.
             assert_eq!(p.properties.content_type().unwrap().as_str(), "text/plain");
             assert_eq!(p.properties.user_properties().len(), 1);
             assert!(p.properties.will_delay_interval().is_none());

@@ -96,7 +96,7 @@ async fn serve_one(listener: tokio::net::TcpListener) -> Vec<Bytes> {
 }
 
 /// Checks [MQTT-4.12.0-3] and [MQTT-4.12.0-5] from the client's side of an
-/// exchange the server opens with AUTH 0x18 ([MQTT-4.12.0-2]).
+/// exchange the server (here the test's own) opens with AUTH 0x18.
 #[tokio::test]
 async fn the_authenticator_answers_the_servers_challenge() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -120,7 +120,9 @@ async fn a_wrong_password_is_refused() {
     );
 }
 
-/// A client speaking packets itself: CONNECT with client-first, AUTH
+/// Checks 5.0: [MQTT-4.12.0-2] (the broker's AUTH during the exchange
+/// carries 0x18, asserted on each). A client speaking packets itself:
+/// CONNECT with client-first, AUTH
 /// 0x18 with server-first, AUTH 0x18 with client-final, CONNACK with the
 /// server's proof ([MQTT-4.12.0-5]: every AUTH and the CONNACK repeat the
 /// method); then AUTH 0x19 starts a re-authentication, answered by AUTH

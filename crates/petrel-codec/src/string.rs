@@ -526,8 +526,9 @@ mod tests {
         }
     }
 
+    /// Checks 5.0: [MQTT-4.8.2-1], [MQTT-4.8.2-2].
     #[test]
-    fn invalid_shared_mqtt_4_8_2() {
+    fn invalid_shared_mqtt_4_8_2_1_and_2() {
         for f in [
             "$share",
             "$share/",

@@ -1036,7 +1036,7 @@ fn subscribe_without_filters_mqtt_3_8_3_2() {
     );
 }
 
-/// Checks 5.0: [MQTT-4.7.1-1], [MQTT-4.7.1-2]; 3.1.1: [MQTT-4.7.1-2], [MQTT-4.7.1-3]; [MQTT-4.8.2-1], [MQTT-4.8.2-2].
+/// Checks 5.0: [MQTT-4.7.1-1], [MQTT-4.7.1-2]; 3.1.1: [MQTT-4.7.1-2], [MQTT-4.7.1-3].
 #[test]
 fn subscribe_malformed_filters_mqtt_4_7_1() {
     for (f, e) in [

@@ -1580,7 +1580,7 @@ fn unacknowledged_messages_count_against_the_receive_maximum_mqtt_3_3_4_9() {
 }
 
 /// A PUBREC with an error code ends the QoS 2 exchange on the receiver too
-/// ([MQTT-4.3.3-4]): the identifier is free for a new message at once.
+/// ([MQTT-4.3.3-9]): the identifier is free for a new message at once.
 #[test]
 fn an_error_pubrec_from_ack_with_frees_the_identifier() {
     let mut server_cfg = Config::default();

@@ -88,8 +88,8 @@ fn a_hibernated_connection_keeps_its_aliases_and_packet_identifiers() {
 }
 
 /// The keep-alive timers go on through hibernation: the client still pings
-/// ([MQTT-3.1.2-20]) and the server still closes a silent client after one
-/// and a half keep alives ([MQTT-3.1.2-22]).
+/// and the server still closes a silent client after one and a half keep
+/// alives (3.1.1: [MQTT-3.1.2-23], [MQTT-3.1.2-24]).
 #[test]
 fn a_hibernated_connection_keeps_its_timers() {
     let cfg = Config::default();
