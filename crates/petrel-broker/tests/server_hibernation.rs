@@ -110,10 +110,10 @@ async fn nothing_in_flight_is_put_to_sleep() {
 }
 
 /// The keep-alive deadline holds through hibernation: a silent client is
-/// closed after one and a half keep alives ([MQTT-3.1.2-22]) and its will
-/// is published ([MQTT-3.1.2-8]).
+/// closed after one and a half keep alives (5.0: [MQTT-3.1.2-22]) and its
+/// will is published.
 #[tokio::test]
-async fn a_silent_hibernating_client_is_closed_at_its_keep_alive_mqtt_3_1_2_22() {
+async fn a_silent_hibernating_client_is_closed_at_its_keep_alive() {
     let b = sleepy().await;
     let mut watcher = Raw::connect(b.addr, Protocol::V3_1_1, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;

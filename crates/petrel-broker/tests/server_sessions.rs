@@ -325,7 +325,7 @@ async fn an_acknowledged_qos1_message_survives_the_subscriber_being_away_and_tak
         assert!(p.dup);
         got.push(String::from_utf8(p.payload.to_vec()).unwrap());
     }
-    // [MQTT-4.6.0-2]..: in the original order.
+    // In the original order.
     assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"]);
     assert!(s2.no_publish(SHORT).await);
     let _ = s1.closed().await;

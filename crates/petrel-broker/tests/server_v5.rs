@@ -73,7 +73,7 @@ async fn max_keepalive_is_sent_as_server_keep_alive_and_capped_expiry_is_told() 
         c.properties.set_session_expiry_interval(Some(1000));
     })
     .await;
-    // [MQTT-3.2.2-21]: the client must use the Server Keep Alive.
+    // The client must use the Server Keep Alive it is told.
     assert_eq!(ack.properties.server_keep_alive(), Some(10));
     assert_eq!(ack.properties.session_expiry_interval(), Some(100));
     let (_c, ack) = Raw::connect_with(b.addr, Protocol::V5, "ka2", |c| c.keep_alive = 5).await;
@@ -229,7 +229,7 @@ async fn maximum_packet_size_is_enforced_both_ways() {
     assert_eq!(&s.recv_publish().await.payload[..], b"fits");
     assert!(b.broker.stats().dropped_too_large >= 1);
     // The server's limit: a packet over it is refused with 0x95
-    // ([MQTT-3.2.2-15] told in CONNACK, [MQTT-3.1.2-24]).
+    // (told in CONNACK; [MQTT-3.1.2-24]).
     let mut p = Publish::new(topic("mps/t"), Bytes::from(vec![0u8; 2000]));
     p.qos = QosPid::AtMostOnce;
     publ.send(Packet::Publish(p)).await;
@@ -388,7 +388,7 @@ async fn the_broker_uses_topic_aliases_when_the_client_allows_them_mqtt_3_3_2_8(
     let alias = first.properties.topic_alias().expect("an alias is set");
     assert!(
         alias.get() <= 4,
-        "[MQTT-3.3.2-9]: within the client's maximum"
+        "within the client's maximum"
     );
     assert_eq!(first.topic.as_str(), "alias/out/topic");
     for _ in 0..2 {
