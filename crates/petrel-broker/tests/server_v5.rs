@@ -386,10 +386,7 @@ async fn the_broker_uses_topic_aliases_when_the_client_allows_them_mqtt_3_3_2_8(
     }
     let first = s.recv_publish().await;
     let alias = first.properties.topic_alias().expect("an alias is set");
-    assert!(
-        alias.get() <= 4,
-        "within the client's maximum"
-    );
+    assert!(alias.get() <= 4, "within the client's maximum");
     assert_eq!(first.topic.as_str(), "alias/out/topic");
     for _ in 0..2 {
         let p = s.recv_publish().await;
