@@ -47,7 +47,7 @@
 //!
 //! [limits]
 //! max_connections = 100000      # connections beyond this are closed at once
-//! max_packet_size = 268435456   # bytes (256 MiB); told to 5.0 clients as Maximum Packet Size
+//! max_packet_size = 268435455   # bytes (256 MiB less one); told to 5.0 clients as Maximum Packet Size
 //! max_partial_bytes = 536870912 # all connections' partly received large packets together (512 MiB); past it new ones wait
 //! connect_timeout = 10          # seconds a new connection has to send CONNECT
 //! max_keepalive = 65535         # seconds; longer (or 0) is answered with Server Keep Alive (5.0)
@@ -764,7 +764,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
-            max_packet_size: 256 * 1024 * 1024,
+            // 256 MiB less a byte: clients (paho among them) refuse a
+            // Maximum Packet Size above 268,435,455.
+            max_packet_size: 268_435_455,
             connect_timeout: 10,
             max_keepalive: u16::MAX,
             receive_maximum: 128,
@@ -901,10 +903,12 @@ impl BrokerConfig {
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
         }
-        if l.max_packet_size < 128 || l.max_packet_size > petrel_codec::MAX_VARINT + 5 {
+        // (The protocol allows 5 bytes more, but clients such as paho
+        // refuse a Maximum Packet Size above 268,435,455.)
+        if l.max_packet_size < 128 || l.max_packet_size > petrel_codec::MAX_VARINT {
             return invalid(
                 "limits.max_packet_size",
-                "must be between 128 and 268435460 bytes",
+                "must be between 128 and 268435455 bytes",
             );
         }
         if l.connect_timeout == 0 || l.connect_timeout > 3600 {

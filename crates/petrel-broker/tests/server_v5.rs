@@ -44,10 +44,7 @@ async fn connack_tells_the_client_what_the_server_supports_and_assigns_an_id() {
         .count();
     assert!(same < 12, "{assigned:?} and {second:?} look related");
     assert_eq!(p.receive_maximum().map(|r| r.get()), Some(128));
-    assert_eq!(
-        p.maximum_packet_size().map(|m| m.get()),
-        Some(256 * 1024 * 1024)
-    );
+    assert_eq!(p.maximum_packet_size().map(|m| m.get()), Some(268_435_455));
     assert_eq!(p.topic_alias_maximum(), Some(16));
     // Maximum QoS 2, Retain, wildcards, subscription ids and shared
     // subscriptions are all available: the absent properties say so.
