@@ -138,12 +138,23 @@ async function main() {
   if (!Number.isInteger(body.clients_connected)) fail(`stats lack an integer clients_connected: ${JSON.stringify(body)}`);
 
   // 3. The dashboard in Chromium; the token travels in the fragment.
-  held.browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: 20_000,
-  });
+  // Chromium has been seen to crash while starting (SIGSEGV before any
+  // page, on a loaded machine): a start that fails is tried again, twice.
+  // What the test checks begins once a browser runs.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      held.browser = await chromium.launch({
+        executablePath: CHROMIUM,
+        args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+          '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+        timeout: 20_000,
+      });
+      break;
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      log(`chromium did not start (attempt ${attempt}): ${String(e.message).split('\n')[0]}; trying again`);
+    }
+  }
   const page = await held.browser.newPage({ viewport: { width: 1280, height: 800 } });
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
