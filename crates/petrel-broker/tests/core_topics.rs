@@ -316,6 +316,75 @@ proptest! {
         }
         prop_assert!(store.is_empty());
     }
+
+    /// A walk taken a few topics at a time, going on after the last one it
+    /// visited, visits exactly what one whole walk does, in the same order,
+    /// each once; a topic retained meanwhile is visited only if it sorts
+    /// after the last visited one, and a deleted one never again.
+    #[test]
+    fn a_walk_goes_on_where_it_stopped(
+        topics in prop::collection::vec(topic(), 0..40),
+        later in prop::collection::vec(topic(), 0..10),
+        filters in prop::collection::vec(filter(), 1..8),
+        step in 1usize..5,
+    ) {
+        let mut base = RetainedTree::new();
+        for topic in &topics {
+            base.insert(&t(topic), topic.clone());
+        }
+        for fl in &filters {
+            let Ok(filter) = TopicFilter::try_from(fl.as_str()) else { continue };
+            let mut whole: Vec<String> = Vec::new();
+            let complete = base.matching_while(&filter, |v| {
+                whole.push(v.clone());
+                true
+            });
+            prop_assert!(complete);
+            // In batches of `step`.
+            let mut got: Vec<String> = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut batch: Vec<String> = Vec::new();
+                let done = base.matching_after(&filter, after.as_deref(), |v| {
+                    if batch.len() == step {
+                        return false;
+                    }
+                    batch.push(v.clone());
+                    true
+                });
+                after = batch.last().cloned().or(after);
+                got.extend(batch);
+                if done {
+                    break;
+                }
+            }
+            prop_assert_eq!(&got, &whole, "filter {:?}", fl);
+            // Changes between two batches.
+            let mut store = RetainedTree::new();
+            for topic in &topics {
+                store.insert(&t(topic), topic.clone());
+            }
+            let mut first: Vec<String> = Vec::new();
+            store.matching_while(&filter, |v| { first.push(v.clone()); first.len() < step });
+            let cut = first.last().cloned();
+            for topic in &later {
+                store.insert(&t(topic), topic.clone());
+            }
+            if let Some(gone) = whole.get(first.len()) {
+                store.remove(&t(gone));
+            }
+            let mut rest: Vec<String> = Vec::new();
+            store.matching_after(&filter, cut.as_deref(), |v| { rest.push(v.clone()); true });
+            let mut now: Vec<String> = Vec::new();
+            store.matching_while(&filter, |v| { now.push(v.clone()); true });
+            let position = |tp: &String| now.iter().position(|n| n == tp);
+            let from = cut.as_ref().and_then(position).map_or(0, |i| i + 1);
+            prop_assert_eq!(&rest, &now[from..].to_vec(), "filter {:?} after {:?}", fl, cut);
+            for tp in &first {
+                prop_assert!(!rest.contains(tp), "{:?} visited twice", tp);
+            }
+        }
+    }
 }
 
 /// A filter held by many subscribers (past the short list a node keeps

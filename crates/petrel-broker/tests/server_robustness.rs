@@ -669,6 +669,38 @@ async fn the_retained_walk_stops_at_the_backlog_bound() {
     assert_eq!(b.broker.stats().dropped_queue_full, 1);
 }
 
+/// A new subscription's retained messages are taken a batch at a time as
+/// they are sent, so the broker-wide `max_retained_backlog` bounds what is
+/// held, not what one subscription gets: with room for 100, a subscriber
+/// of 1,000 retained messages gets all of them, each once, in topic order.
+#[tokio::test]
+async fn more_retained_messages_than_the_backlog_bound_arrive_in_batches() {
+    let mut config = config();
+    config.limits.max_retained_backlog = 100;
+    let b = start_with(config).await;
+    for i in 0..1000 {
+        b.broker.publish(
+            topic(&format!("batch/{i:04}")),
+            bytes::Bytes::from_static(b"r"),
+            QoS::AtMostOnce,
+            true,
+        );
+    }
+    let mut c = Raw::connect(b.addr, Protocol::V5, "batches").await;
+    c.subscribe("batch/#", QoS::AtMostOnce).await;
+    let mut got = Vec::new();
+    while let Some(p) = c.try_recv(Duration::from_millis(500)).await {
+        let Packet::Publish(p) = p else {
+            panic!("{p:?}")
+        };
+        assert!(p.retain);
+        got.push(p.topic.as_str().to_string());
+    }
+    let want: Vec<String> = (0..1000).map(|i| format!("batch/{i:04}")).collect();
+    assert_eq!(got, want);
+    assert_eq!(b.broker.stats().dropped_queue_full, 0);
+}
+
 /// A 10 MiB payload (a camera image, a firmware chunk) goes through with
 /// the default limits, in 3.1.1 and 5.0.
 #[tokio::test]

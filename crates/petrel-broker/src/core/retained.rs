@@ -1,6 +1,7 @@
 //! Retained messages by topic, looked up with topic filters.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use petrel_codec::{TopicFilter, TopicName};
 
@@ -10,6 +11,11 @@ use petrel_codec::{TopicFilter, TopicName};
 /// one child, `+` every child of that level, `#` the whole branch below (and
 /// the level itself, 4.7.1.2). Topics outside the filter's prefix are never
 /// visited, so a new subscription does not scan every retained message.
+///
+/// Walks go in *topic order*: a topic before the topics below it, siblings
+/// in byte order of their level. So a walk can stop and later go on after
+/// the last topic it visited ([`RetainedTree::matching_after`]), which is
+/// how a subscription's retained messages are sent a batch at a time.
 #[derive(Debug)]
 pub struct RetainedTree<V> {
     root: Node<V>,
@@ -18,14 +24,14 @@ pub struct RetainedTree<V> {
 
 #[derive(Debug)]
 struct Node<V> {
-    children: HashMap<Box<str>, Self>,
+    children: BTreeMap<Box<str>, Self>,
     value: Option<V>,
 }
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: BTreeMap::new(),
             value: None,
         }
     }
@@ -143,10 +149,25 @@ impl<V> RetainedTree<V> {
     pub fn matching_while<'a>(
         &'a self,
         filter: &TopicFilter,
+        visit: impl FnMut(&'a V) -> bool,
+    ) -> bool {
+        self.matching_after(filter, None, visit)
+    }
+
+    /// As [`RetainedTree::matching_while`], visiting only topics that come
+    /// after `after` in topic order (all of them if `None`): a walk that
+    /// stopped goes on from the last topic it visited, whatever was retained
+    /// or deleted meanwhile. The cost of going back to `after` is its depth,
+    /// not the number of topics already visited.
+    pub fn matching_after<'a>(
+        &'a self,
+        filter: &TopicFilter,
+        after: Option<&str>,
         mut visit: impl FnMut(&'a V) -> bool,
     ) -> bool {
         let f = filter.shared().map_or(filter.as_str(), |(_, f)| f);
-        Self::walk(&self.root, Some(f), true, &mut visit)
+        let cursor = after.map_or(Cursor::All, Cursor::Below);
+        Self::walk(&self.root, Some(f), true, cursor, &mut visit)
     }
 
     /// Whether the walk went to the end (`visit` never said stop).
@@ -154,36 +175,72 @@ impl<V> RetainedTree<V> {
         node: &'a Node<V>,
         rest: Option<&str>,
         first: bool,
+        cursor: Cursor<'_>,
         visit: &mut impl FnMut(&'a V) -> bool,
     ) -> bool {
+        let mine = matches!(cursor, Cursor::All);
         let Some(rest) = rest else {
-            return node.value.as_ref().is_none_or(&mut *visit);
+            return !mine || node.value.as_ref().is_none_or(&mut *visit);
         };
         let (level, tail) = super::split_level(rest);
         let eligible = |name: &str| !(first && name.starts_with('$'));
         match level {
             "#" => {
                 // The level itself (`sport/#` matches `sport`), then all below.
-                if let Some(v) = &node.value {
-                    if !first && !visit(v) {
+                if let Some(v) = node.value.as_ref().filter(|_| mine && !first) {
+                    if !visit(v) {
                         return false;
                     }
                 }
-                node.children
-                    .iter()
-                    .filter(|(name, _)| eligible(name))
-                    .all(|(_, child)| Self::all_while(child, visit))
+                Self::children(node, cursor)
+                    .filter(|(name, _, _)| eligible(name))
+                    .all(|(_, child, c)| Self::all_while(child, c, visit))
             }
-            "+" => node
-                .children
-                .iter()
-                .filter(|(name, _)| eligible(name))
-                .all(|(_, child)| Self::walk(child, tail, false, visit)),
-            lit => node
-                .children
-                .get(lit)
-                .is_none_or(|child| Self::walk(child, tail, false, visit)),
+            "+" => Self::children(node, cursor)
+                .filter(|(name, _, _)| eligible(name))
+                .all(|(_, child, c)| Self::walk(child, tail, false, c, visit)),
+            lit => {
+                let Some(child) = node.children.get(lit) else {
+                    return true;
+                };
+                match cursor {
+                    Cursor::All | Cursor::Here => {
+                        Self::walk(child, tail, false, Cursor::All, visit)
+                    }
+                    Cursor::Below(c) => match super::split_level(c) {
+                        (l, _) if lit < l => true,
+                        (l, after) if lit == l => {
+                            Self::walk(child, tail, false, Cursor::after(after), visit)
+                        }
+                        _ => Self::walk(child, tail, false, Cursor::All, visit),
+                    },
+                }
+            }
         }
+    }
+
+    /// `node`'s children that hold topics after `cursor`, in order, each
+    /// with what is left of the cursor below it.
+    fn children<'n, 'c>(
+        node: &'n Node<V>,
+        cursor: Cursor<'c>,
+    ) -> impl Iterator<Item = (&'n str, &'n Node<V>, Cursor<'c>)> {
+        let (from, rest) = match cursor {
+            Cursor::All | Cursor::Here => (Bound::Unbounded, None),
+            Cursor::Below(c) => {
+                let (level, rest) = super::split_level(c);
+                (Bound::Included(level), Some((level, rest)))
+            }
+        };
+        node.children
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(move |(name, child)| {
+                let c = match rest {
+                    Some((level, after)) if &**name == level => Cursor::after(after),
+                    _ => Cursor::All,
+                };
+                (&**name, child, c)
+            })
     }
 
     fn all<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V)) {
@@ -195,8 +252,32 @@ impl<V> RetainedTree<V> {
         }
     }
 
-    fn all_while<'a>(node: &'a Node<V>, visit: &mut impl FnMut(&'a V) -> bool) -> bool {
-        node.value.as_ref().is_none_or(&mut *visit)
-            && node.children.values().all(|c| Self::all_while(c, visit))
+    fn all_while<'a>(
+        node: &'a Node<V>,
+        cursor: Cursor<'_>,
+        visit: &mut impl FnMut(&'a V) -> bool,
+    ) -> bool {
+        (!matches!(cursor, Cursor::All) || node.value.as_ref().is_none_or(&mut *visit))
+            && Self::children(node, cursor).all(|(_, c, cur)| Self::all_while(c, cur, visit))
+    }
+}
+
+/// Where a resumed walk stands relative to a node: which of the topics at
+/// and below it come after the last one visited.
+#[derive(Clone, Copy)]
+enum Cursor<'a> {
+    /// Every one (the last visited topic sorts before this node).
+    All,
+    /// All below it, not the node's own (the last visited topic is this one).
+    Here,
+    /// Those after these remaining levels of the last visited topic, below
+    /// this node.
+    Below(&'a str),
+}
+
+impl<'a> Cursor<'a> {
+    /// The cursor for the child named by the first of the remaining levels.
+    fn after(rest: Option<&'a str>) -> Self {
+        rest.map_or(Self::Here, Self::Below)
     }
 }

@@ -15,7 +15,7 @@ use petrel_codec::{
 use petrel_session::{CloseReason, Message, SessionState};
 use tokio::sync::oneshot;
 
-use super::publish::NotTaken;
+use super::publish::{NotTaken, RetainedWalk};
 use super::Engine;
 use crate::core::auth::{
     Access, Action, AuthExchange, Credentials, DecisionCache, Exchange, Identity, CACHED_TOPIC,
@@ -197,13 +197,20 @@ pub struct Client {
     extra: Option<Box<Extra>>,
 }
 
+/// How many retained messages a new subscription's walk takes at a time
+/// (they go out before the next batch is taken).
+const RETAINED_BATCH: usize = 64;
+
 /// The parts of a [`Client`] most clients never use.
 #[derive(Default)]
 struct Extra {
     will: Option<(Message, Duration)>,
     cache: Option<PublishCache>,
-    /// Retained messages for new subscriptions, sent before live ones.
+    /// Retained messages for new subscriptions, sent before live ones:
+    /// those taken from the retained store, and the walks of it that go on
+    /// as these are sent (one per filter).
     backlog: VecDeque<Queued>,
+    walks: VecDeque<RetainedWalk>,
     reauth: Option<Box<dyn AuthExchange>>,
     /// The last publish's store write, until it is durable.
     commit: Option<Commit>,
@@ -214,6 +221,7 @@ impl Extra {
         self.will.is_none()
             && self.cache.is_none()
             && self.backlog.is_empty()
+            && self.walks.is_empty()
             && self.reauth.is_none()
             && self.commit.is_none()
     }
@@ -475,18 +483,18 @@ impl Client {
                     };
                     // Retained messages are not sent for a shared
                     // subscription (4.8.2).
+                    // Nothing is walked here: the walk goes on as the
+                    // connection sends (`next_stored`). A repeated filter
+                    // starts its walk again rather than adding one.
                     if send && last[i] && sub.filter.shared().is_none() {
-                        let access = self.access.clone();
-                        let engine = self.engine.clone();
-                        let backlog = &mut self.extra().backlog;
-                        let refused = engine.retained_for(
-                            &sub.filter,
-                            options.qos,
-                            identifier,
-                            &access,
-                            backlog,
-                        );
-                        Stats::add(&self.engine.stats.dropped_queue_full, refused as u64);
+                        let fresh = self
+                            .engine
+                            .retained_walk(&sub.filter, options.qos, identifier);
+                        let walks = &mut self.extra().walks;
+                        match walks.iter_mut().find(|w| w.filter == sub.filter) {
+                            Some(w) => w.restart(fresh),
+                            None => walks.push_back(fresh),
+                        }
                     }
                 }
             }
@@ -531,11 +539,17 @@ impl Client {
                 }
             })
             .collect();
+        if let Some(e) = &mut self.extra {
+            // Retained messages not taken yet for a filter that went are
+            // not sent.
+            e.walks.retain(|w| !u.filters.contains(&w.filter));
+        }
         if !ops.is_empty() {
             if let Some(c) = self.engine.write(ops).filter(|c| !c.is_done()) {
                 self.extra().commit = Some(c);
             }
         }
+        self.tidy();
         UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::new(),
@@ -589,12 +603,30 @@ impl Client {
                 deliver(stats, q, behind, now, out, expired)
             };
             let mut taken = 0;
-            if let Some(backlog) = self
+            if let Some(extra) = self
                 .extra
                 .as_mut()
-                .map(|e| &mut e.backlog)
-                .filter(|b| !b.is_empty())
+                .filter(|e| !e.backlog.is_empty() || !e.walks.is_empty())
             {
+                if extra.backlog.is_empty() {
+                    // The next batch of the oldest walk.
+                    while let Some(walk) = extra.walks.front_mut() {
+                        let over = self.engine.retained_batch(
+                            walk,
+                            &self.access,
+                            RETAINED_BATCH,
+                            &mut extra.backlog,
+                        );
+                        if !over {
+                            break;
+                        }
+                        extra.walks.pop_front();
+                        if !extra.backlog.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                let backlog = &mut extra.backlog;
                 let before = backlog.len();
                 while taken < max {
                     let Some(q) = backlog.front() else { break };
@@ -610,7 +642,7 @@ impl Client {
                     }
                 }
                 self.engine.backlog_done(before - backlog.len());
-                if !backlog.is_empty() {
+                if !backlog.is_empty() || !extra.walks.is_empty() {
                     return true;
                 }
                 *backlog = VecDeque::new();
@@ -739,7 +771,9 @@ impl Client {
 
     /// Whether retained messages for new subscriptions wait to be sent.
     pub fn has_backlog(&self) -> bool {
-        self.extra.as_ref().is_some_and(|e| !e.backlog.is_empty())
+        self.extra
+            .as_ref()
+            .is_some_and(|e| !e.backlog.is_empty() || !e.walks.is_empty())
     }
 
     /// Ready once a message came to the session's empty queue since the

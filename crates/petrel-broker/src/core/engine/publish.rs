@@ -24,6 +24,10 @@ use crate::stats::Stats;
 pub(super) struct Retained {
     pub(super) message: Message,
     pub(super) at: Instant,
+    /// When it was retained, in the order of [`RetainedStore::version`]:
+    /// a walk for a new subscription leaves out what was retained after
+    /// the subscription was made (it reached the subscription live).
+    pub(super) version: u64,
 }
 
 impl Retained {
@@ -54,6 +58,27 @@ pub(super) enum NotTaken {
     StoreFull,
 }
 
+/// A new subscription's retained messages, being sent a batch at a time:
+/// where the walk of the retained store stands.
+#[derive(Debug)]
+pub(super) struct RetainedWalk {
+    pub(super) filter: TopicFilter,
+    qos: QoS,
+    identifier: Option<SubscriptionId>,
+    /// The last topic visited (its own copy: the message may go).
+    after: Option<Box<str>>,
+    /// The retained store's version when the subscription was made.
+    version: u64,
+}
+
+impl RetainedWalk {
+    /// Start again from the first topic, as a repeated subscription to the
+    /// same filter (its options replaced) asks.
+    pub(super) fn restart(&mut self, fresh: Self) {
+        *self = fresh;
+    }
+}
+
 /// The retained store and the bytes it holds.
 #[derive(Debug, Default)]
 pub(super) struct RetainedStore {
@@ -62,6 +87,8 @@ pub(super) struct RetainedStore {
     /// The topics of retained messages that expire, soonest first: expiry
     /// takes what is due without walking every retained message.
     expiring: BTreeSet<(Instant, Box<str>)>,
+    /// How many messages were ever retained (the last one's `version`).
+    version: u64,
 }
 
 impl Retained {
@@ -74,7 +101,9 @@ impl Retained {
 
 impl RetainedStore {
     /// Store `r` as `topic`'s retained message; the one it replaces.
-    fn put(&mut self, topic: &TopicName, r: Retained) -> Option<Retained> {
+    fn put(&mut self, topic: &TopicName, mut r: Retained) -> Option<Retained> {
+        self.version += 1;
+        r.version = self.version;
         let deadline = r.deadline();
         let old = self.tree.insert(topic, r);
         if let Some(d) = old.as_ref().and_then(Retained::deadline) {
@@ -340,6 +369,7 @@ impl Engine {
             Retained {
                 message: stored,
                 at: now,
+                version: 0,
             },
         );
         Ok(commit)
@@ -415,7 +445,11 @@ impl Engine {
                     ),
                 )
             })?;
-            let r = Retained { message, at };
+            let r = Retained {
+                message,
+                at,
+                version: 0,
+            };
             if r.remaining(now) == Some(0) {
                 expired.push(Op::Delete {
                     table: Table::Retained,
@@ -434,47 +468,91 @@ impl Engine {
         Ok(restored)
     }
 
-    /// Queue the retained messages a new subscription to `filter` receives
-    /// ([MQTT-3.3.1-8]: with RETAIN 1) and `access` may read, within the
-    /// broker-wide backlog bound. The walk stops where the bound is
-    /// reached (the rest is not even looked at, under the lock); returns 1
-    /// if it stopped short, 0 if everything fit.
-    pub(super) fn retained_for(
+    /// Start sending the retained messages a new subscription to `filter`
+    /// receives ([MQTT-3.3.1-8]: with RETAIN 1): nothing is walked yet
+    /// (a SUBSCRIBE costs the same whatever is retained); the walk notes
+    /// which retained messages exist now, and [`Engine::retained_batch`]
+    /// takes them a batch at a time as the client's connection sends them.
+    pub(super) fn retained_walk(
         &self,
         filter: &TopicFilter,
-        granted: QoS,
+        qos: QoS,
         identifier: Option<SubscriptionId>,
+    ) -> RetainedWalk {
+        RetainedWalk {
+            filter: filter.clone(),
+            qos,
+            identifier,
+            after: None,
+            version: read(&self.retained).version,
+        }
+    }
+
+    /// Take up to `max` more of `walk`'s retained messages that `access`
+    /// may read into `out` (looking at no more than 16 times that many),
+    /// within the broker-wide `max_retained_backlog`
+    /// on messages taken and not yet sent (if that is reached the rest of
+    /// the walk is dropped, counted as a full queue). Whether the walk is
+    /// over.
+    pub(super) fn retained_batch(
+        &self,
+        walk: &mut RetainedWalk,
         access: &Access,
+        max: usize,
         out: &mut VecDeque<Queued>,
-    ) -> usize {
-        let ids: Vec<SubscriptionId> = identifier.into_iter().collect();
-        let max = self.limits().max_retained_backlog;
-        let check = !access.receives_all(filter.as_str());
-        let complete = read(&self.retained).tree.matching_while(filter, |r| {
-            if check && !access.may_receive(r.message.topic.as_str()) {
-                Stats::add(&self.stats.denied_delivery, 1);
-                return true;
-            }
-            if self.backlog.fetch_add(1, Ordering::Relaxed) >= max {
-                self.backlog.fetch_sub(1, Ordering::Relaxed);
-                return false;
-            }
-            // Expiry counts from when it was stored, checked when it is sent.
-            let message = outgoing(&r.message, r.message.qos.min(granted), true, &ids);
-            out.push_back(Queued {
-                message,
-                at: r.at,
-                seq: 0,
+    ) -> bool {
+        let ids: Vec<SubscriptionId> = walk.identifier.into_iter().collect();
+        let bound = self.limits().max_retained_backlog;
+        let check = !access.receives_all(walk.filter.as_str());
+        let mut taken = 0;
+        let mut looked = 0;
+        let mut full = false;
+        let mut last = None;
+        let store = read(&self.retained);
+        let complete = store
+            .tree
+            .matching_after(&walk.filter, walk.after.as_deref(), |r| {
+                if taken == max || looked == max * 16 {
+                    return false;
+                }
+                looked += 1;
+                last = Some(&r.message.topic);
+                if r.version > walk.version {
+                    // Retained after the subscription was made: routed to
+                    // it already.
+                    return true;
+                }
+                if check && !access.may_receive(r.message.topic.as_str()) {
+                    Stats::add(&self.stats.denied_delivery, 1);
+                    return true;
+                }
+                if self.backlog.fetch_add(1, Ordering::Relaxed) >= bound {
+                    self.backlog.fetch_sub(1, Ordering::Relaxed);
+                    full = true;
+                    return false;
+                }
+                taken += 1;
+                // Expiry counts from when it was stored, checked when sent.
+                let message = outgoing(&r.message, r.message.qos.min(walk.qos), true, &ids);
+                out.push_back(Queued {
+                    message,
+                    at: r.at,
+                    seq: 0,
+                });
+                true
             });
-            true
-        });
-        if !complete {
+        if let Some(t) = last {
+            walk.after = Some(t.as_str().into());
+        }
+        drop(store);
+        if full {
+            Stats::add(&self.stats.dropped_queue_full, 1);
             tracing::debug!(
-                filter = filter.as_str(),
+                filter = walk.filter.as_str(),
                 "max_retained_backlog reached: the rest of the retained messages are not sent"
             );
         }
-        usize::from(!complete)
+        complete || full
     }
 
     /// Retained messages taken out of clients' backlogs (sent or dropped).
@@ -532,7 +610,14 @@ impl Engine {
         let mut store = write(&self.retained);
         store.bytes += message_size(&message);
         let topic = message.topic.clone();
-        if let Some(old) = store.put(&topic, Retained { message, at }) {
+        if let Some(old) = store.put(
+            &topic,
+            Retained {
+                message,
+                at,
+                version: 0,
+            },
+        ) {
             store.bytes -= message_size(&old.message);
         }
     }

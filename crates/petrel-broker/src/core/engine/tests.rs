@@ -129,3 +129,47 @@ async fn a_message_is_shared_only_while_its_subscriber_keeps_up() {
     assert!(inside(&buffer, &next(&mut client, 128).payload));
     client.close(Default::default(), None);
 }
+
+/// A new subscription's retained messages are taken from the store a batch
+/// at a time, as they are sent: the SUBSCRIBE takes none. A topic not
+/// reached yet that gets a new retained value meanwhile arrives once (the
+/// live copy); one already sent arrives again with its new value.
+#[tokio::test]
+async fn retained_messages_are_taken_as_they_are_sent() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let b = Broker::new(BrokerConfig::default()).unwrap();
+    let topic = |i: usize| TopicName::try_from(format!("a/{i:03}")).unwrap();
+    for i in 0..200 {
+        b.publish(topic(i), Bytes::from_static(b"old"), QoS::AtMostOnce, true);
+    }
+    let mut client = subscriber(&b, false).await;
+    assert_eq!(b.engine.backlog.load(Relaxed), 0, "taken at SUBSCRIBE");
+    let now = Instant::now();
+    let mut out = Vec::new();
+    assert!(client.next_messages(10, 100, 128, now, &mut out));
+    let first: Vec<&str> = out.iter().map(|m| m.topic.as_str()).collect();
+    let want: Vec<String> = (0..10).map(|i| topic(i).as_str().to_string()).collect();
+    assert_eq!(first, want, "in topic order");
+    let held = b.engine.backlog.load(Relaxed);
+    assert!(held > 0 && held < 190, "one batch taken, not all: {held}");
+    b.publish(
+        topic(150),
+        Bytes::from_static(b"new"),
+        QoS::AtMostOnce,
+        true,
+    );
+    b.publish(topic(5), Bytes::from_static(b"new"), QoS::AtMostOnce, true);
+    while client.next_messages(100, 100, 128, now, &mut out) {}
+    let copies = |i: usize| -> Vec<(&[u8], bool)> {
+        out.iter()
+            .filter(|m| m.topic == topic(i))
+            .map(|m| (&m.payload[..], m.retain))
+            .collect()
+    };
+    assert_eq!(copies(150), [(&b"new"[..], false)], "once, live");
+    assert_eq!(copies(5), [(&b"old"[..], true), (&b"new"[..], false)]);
+    assert_eq!(copies(199), [(&b"old"[..], true)]);
+    assert_eq!(out.len(), 201);
+    assert_eq!(b.engine.backlog.load(Relaxed), 0, "all given back");
+    client.close(Default::default(), None);
+}
