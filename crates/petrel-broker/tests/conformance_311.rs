@@ -168,6 +168,32 @@ async fn a_multi_filter_subscribe_gets_one_suback_with_a_code_per_filter() {
     }
 }
 
+/// Checks [MQTT-3.8.4-3]: a SUBSCRIBE whose filter equals an existing
+/// subscription's replaces it (the new maximum QoS applies, one copy per
+/// message, not two) and the matching retained messages are sent again.
+#[tokio::test]
+async fn subscribing_again_replaces_the_subscription_and_resends_retained() {
+    let b = start().await;
+    let mut p = Raw::connect(b.addr, V311, "again-pub").await;
+    p.publish("again/r", b"kept", QoS::AtLeastOnce, true).await;
+    let mut c = Raw::connect(b.addr, V311, "again-sub").await;
+    c.subscribe("again/#", QoS::AtMostOnce).await;
+    let r = c.recv_publish().await;
+    assert_eq!((r.topic.as_str(), r.retain), ("again/r", true));
+    assert_eq!(r.qos.qos(), QoS::AtMostOnce);
+    let a = c.subscribe("again/#", QoS::AtLeastOnce).await;
+    assert_eq!(a.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+    let r = c.recv_publish().await;
+    assert_eq!((r.topic.as_str(), r.retain), ("again/r", true), "re-sent");
+    assert_eq!(r.qos.qos(), QoS::AtLeastOnce, "at the new QoS");
+    p.publish("again/live", b"x", QoS::AtLeastOnce, false).await;
+    let live = c.recv_publish().await;
+    assert_eq!(live.topic.as_str(), "again/live");
+    assert_eq!(live.qos.qos(), QoS::AtLeastOnce, "the new maximum QoS");
+    // One subscription, so one copy.
+    assert!(c.no_publish(SHORT).await);
+}
+
 /// Checks [MQTT-3.10.4-4] (UNSUBACK with the same Packet Identifier),
 /// [MQTT-3.10.4-5] (sent even when nothing was deleted), [MQTT-3.10.4-6]
 /// (several filters, one UNSUBACK) and [MQTT-3.10.4-2] (no new messages

@@ -82,7 +82,7 @@ fn overlapping_subscriptions_give_one_copy_at_the_highest_qos_mqtt_3_3_4_2() {
     assert_eq!(ids, [1, 2]);
 }
 
-/// Checks [MQTT-3.8.3-3].
+/// Checks 5.0: [MQTT-3.8.3-3] (No Local).
 #[test]
 fn no_local_skips_the_publisher_mqtt_3_8_3_3() {
     let mut r = Router::new();

@@ -105,8 +105,8 @@ fn sessions_expire() {
     assert_eq!(detached_pending(&r, "forever"), Some(0));
 }
 
-/// Checks [MQTT-3.1.4-3]: a second connection with the same client id takes
-/// the session over; the first must close and hands its state on.
+/// Checks [MQTT-3.1.4-3 (5.0)]: a second connection with the same client id
+/// takes the session over; the first must close and hands its state on.
 #[test]
 fn takeover_hands_the_state_on() {
     let now = Instant::now();
@@ -213,8 +213,9 @@ fn wills_wait_for_their_delay_or_the_session_end() {
     assert_eq!(q.session_ended("x"), Some("x-will"));
 }
 
-/// Checks [MQTT-3.1.2-23]: a takeover of a session whose holder had expiry 0
-/// (3.1.1: Clean Session 1) starts a new session, even without Clean Start.
+/// A takeover of a session whose holder had expiry 0 (3.1.1: Clean Session 1)
+/// starts a new session, even without Clean Start: that session ended with
+/// its connection.
 #[test]
 fn taking_over_a_session_with_expiry_zero_does_not_resume_it() {
     let now = Instant::now();

@@ -151,11 +151,11 @@ fn shared_subscriptions_report_the_group() {
     assert_eq!(tree.len(), 4);
 }
 
-/// Checks [MQTT-3.8.4-3], [MQTT-3.10.4-1].
+/// Checks 5.0: [MQTT-3.8.4-3]; [MQTT-3.10.4-1].
 #[test]
 fn insert_replaces_and_remove_prunes() {
     let mut tree = SubscriptionTree::new();
-    // [MQTT-3.8.4-3]: the same filter again replaces the subscription.
+    // [MQTT-3.8.4-3 (5.0)]: the same filter again replaces the subscription.
     assert_eq!(tree.insert(&f("a/+/c"), "k".to_string(), 1u8), None);
     assert_eq!(tree.insert(&f("a/+/c"), "k".to_string(), 2), Some(1));
     assert_eq!(tree.len(), 1);
@@ -172,7 +172,7 @@ fn insert_replaces_and_remove_prunes() {
     assert!(!after);
 }
 
-/// Checks [MQTT-3.3.1-5], [MQTT-3.3.1-6]; 3.1.1: [MQTT-3.3.1-10].
+/// Checks [MQTT-3.3.1-5]; 3.1.1: [MQTT-3.3.1-6].
 #[test]
 fn retained_lookup_examples() {
     let mut store = RetainedTree::new();
@@ -209,7 +209,7 @@ fn retained_lookup_examples() {
     assert_eq!(get("$SYS/#"), ["$SYS/uptime"]);
     assert_eq!(get("+/+"), ["/finance", "sport/golf"]);
     assert_eq!(get("$share/g/sport/golf"), ["sport/golf"]);
-    // Replace, delete ([MQTT-3.3.1-5], [MQTT-3.3.1-6]), prune.
+    // Replace ([MQTT-3.3.1-5]), delete, prune.
     assert_eq!(
         store.insert(&t("sport/golf"), "new".into()),
         Some("sport/golf".into())
@@ -389,7 +389,7 @@ proptest! {
 
 /// A filter held by many subscribers (past the short list a node keeps
 /// before it hashes them): each is matched once, a second SUBSCRIBE
-/// replaces its options ([MQTT-3.8.4-3]), and removals leave the tree empty.
+/// replaces its options ([MQTT-3.8.4-3 (5.0)]), and removals leave the tree empty.
 #[test]
 fn many_subscribers_of_one_filter() {
     let mut tree = SubscriptionTree::new();

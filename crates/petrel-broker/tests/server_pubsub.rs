@@ -178,7 +178,7 @@ async fn no_local_and_retain_as_published_mqtt_3_8_3_3_and_3_3_1_12() {
     assert!(!p.retain);
 }
 
-/// Checks [MQTT-3.3.1-5].
+/// Checks [MQTT-3.3.1-5]; 3.1.1: [MQTT-3.3.1-6], [MQTT-3.3.1-8], [MQTT-3.3.1-10], [MQTT-3.3.1-11]; 5.0: [MQTT-3.3.1-6], [MQTT-3.3.1-7], [MQTT-3.3.1-9].
 #[tokio::test]
 async fn retained_messages_are_stored_replaced_and_deleted_mqtt_3_3_1_5_to_3_3_1_11() {
     let b = start().await;
@@ -192,15 +192,18 @@ async fn retained_messages_are_stored_replaced_and_deleted_mqtt_3_3_1_5_to_3_3_1
         let mut s = Raw::connect(b.addr, proto, "s").await;
         s.subscribe("ret/+", QoS::AtLeastOnce).await;
         let p = s.recv_publish().await;
-        // [MQTT-3.3.1-8]: sent because of the subscription, RETAIN 1.
+        // The new subscription gets the retained message ([MQTT-3.3.1-6 (3.1.1)],
+        // Retain Handling 0: [MQTT-3.3.1-9 (5.0)]), with RETAIN 1 as it is sent
+        // because of the subscription ([MQTT-3.3.1-8 (3.1.1)]).
         assert!(p.retain);
         assert_eq!(&p.payload[..], b"second");
         assert_eq!(p.qos.qos(), QoS::AtLeastOnce);
         assert!(s.no_publish(SHORT).await);
         s.disconnect().await;
 
-        // [MQTT-3.3.1-10], [MQTT-3.3.1-11]: an empty retained payload
-        // deletes, and is itself delivered to current subscribers but not kept.
+        // An empty retained payload deletes the retained message
+        // ([MQTT-3.3.1-10 (3.1.1)], [MQTT-3.3.1-6 (5.0)]) and is not itself kept
+        // ([MQTT-3.3.1-11 (3.1.1)], [MQTT-3.3.1-7 (5.0)]).
         publ.publish(&t, b"", QoS::AtLeastOnce, true).await;
         let mut s = Raw::connect(b.addr, proto, "s2").await;
         s.subscribe(&t, QoS::AtLeastOnce).await;

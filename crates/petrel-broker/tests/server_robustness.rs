@@ -99,9 +99,10 @@ async fn a_packet_over_the_maximum_size_is_refused_from_its_header() {
     );
 }
 
-/// Checks [MQTT-3.1.0-1].
+/// A PUBLISH before CONNECT: the connection is closed ([MQTT-4.13.1-1 (5.0)])
+/// with no DISCONNECT before a CONNACK ([MQTT-3.14.0-1 (5.0)]).
 #[tokio::test]
-async fn publish_before_connect_closes_without_an_answer_mqtt_3_1_0_1() {
+async fn publish_before_connect_closes_without_an_answer() {
     let b = start().await;
     let mut c = Raw::open(b.addr, Protocol::V5).await;
     c.send_bytes(&[0x30, 0x04, 0x00, 0x01, b'a', b'x']).await;

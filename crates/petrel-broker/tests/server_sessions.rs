@@ -49,7 +49,7 @@ async fn a_persistent_session_keeps_subscriptions_and_queues_qos1_and_qos2_while
     }
 }
 
-/// Checks 5.0: [MQTT-3.1.2-4]; 3.1.1: [MQTT-3.1.2-6].
+/// Checks 5.0: [MQTT-3.1.2-4]; 3.1.1: [MQTT-3.1.2-6], [MQTT-3.1.4-3].
 #[tokio::test]
 async fn clean_start_discards_the_old_session() {
     let b = start().await;

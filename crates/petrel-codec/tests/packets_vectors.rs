@@ -216,9 +216,11 @@ fn partial_frames_wait_and_reserve_only_what_is_missing() {
     }
 }
 
-/// Checks [MQTT-3.1.0-1].
+/// Before a CONNECT has fixed the version only CONNECT decodes: another
+/// first packet (a client breaking the first-packet rule of section 3.1) is
+/// refused with its own error.
 #[test]
-fn only_connect_before_the_version_is_known_mqtt_3_1_0_1() {
+fn only_connect_before_the_version_is_known() {
     let mut buf = BytesMut::from(&[0xC0u8, 0x00][..]);
     let e = Packet::decode(&mut buf, None, &Limits::default()).unwrap_err();
     assert_eq!(e, DecodeError::FirstPacketNotConnect(PacketType::PingReq));
@@ -1075,7 +1077,7 @@ fn subscribe_packet_id_zero_and_filter_limit() {
     );
 }
 
-/// Checks [MQTT-3.9.3-2]; 5.0: [MQTT-2.2.1-6]; 3.1.1: [MQTT-2.3.1-7].
+/// Checks 3.1.1: [MQTT-3.9.3-2], [MQTT-2.3.1-7]; 5.0: [MQTT-2.2.1-6].
 #[test]
 fn suback_every_version() {
     // 3.9.3's example: granted QoS 0, 2 and a failure.
@@ -1174,7 +1176,7 @@ fn ping_every_version() {
     }
 }
 
-/// Checks [MQTT-3.14.1-1], [MQTT-3.14.2-1].
+/// Checks 5.0: [MQTT-3.14.1-1], [MQTT-3.14.2-1].
 #[test]
 fn disconnect_every_version() {
     assert_eq!(
@@ -1203,7 +1205,7 @@ fn disconnect_every_version() {
         err(&[0xE0, 0x01, 0x10], V5),
         DecodeError::InvalidReasonCode { .. }
     ));
-    // [MQTT-3.14.1-1]: reserved flags.
+    // [MQTT-3.14.1-1 (5.0)]: reserved flags.
     assert!(matches!(
         err(&[0xE1, 0x00], V5),
         DecodeError::InvalidHeaderFlags { .. }

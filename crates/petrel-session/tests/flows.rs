@@ -137,9 +137,11 @@ fn second_connect_is_a_protocol_error_mqtt_3_1_0_2() {
     assert!(pair.server.is_closed());
 }
 
-/// Checks [MQTT-3.1.0-1], [MQTT-3.14.0-1].
+/// A server whose first packet is not CONNECT (the client's duty, section 3.1)
+/// closes the connection without answering. Checks 3.1.1: [MQTT-4.8.0-1];
+/// 5.0: [MQTT-4.13.1-1], [MQTT-3.14.0-1].
 #[test]
-fn first_packet_must_be_connect_mqtt_3_1_0_1() {
+fn first_packet_must_be_connect() {
     let now = std::time::Instant::now();
     let mut server = Connection::server(Config::default(), now);
     assert!(server.handle_packet(now, Packet::PingReq).is_err());
@@ -336,12 +338,14 @@ fn qos1_flow_mqtt_4_3_2() {
             .unwrap();
         pair.run();
         let sent = pair.sent(Dir::ToServer);
-        // [MQTT-4.3.2-1], [MQTT-4.3.2-2]: a fresh identifier, QoS 1, DUP 0.
+        // A packet identifier, QoS 1, DUP 0 ([MQTT-4.3.2-1 (3.1.1)],
+        // [MQTT-4.3.2-2 (5.0)]).
         let Packet::Publish(p) = sent[0] else {
             panic!()
         };
         assert!(matches!(p.qos, QosPid::AtLeastOnce(_)) && !p.dup);
-        // [MQTT-4.3.2-4]: PUBACK with the same identifier.
+        // PUBACK with the same identifier ([MQTT-4.3.2-4 (5.0)],
+        // [MQTT-4.3.2-2 (3.1.1)]).
         let Packet::PubAck(a) = pair.sent(Dir::ToClient)[0] else {
             panic!()
         };
