@@ -354,3 +354,44 @@ async fn a_delivery_begun_before_an_unsubscribe_is_completed() {
         p.disconnect().await;
     }
 }
+
+/// A 3.1.x client that says it is a bridge (Mosquitto's `try_private`:
+/// protocol level 0x84 or 0x83) does not get back what it published, and
+/// gets retained messages with the retain flag kept, as 5.0's No Local
+/// and Retain As Published would do; another client (the control) still
+/// gets the bridge's messages, and a plain client its own.
+#[tokio::test]
+async fn a_bridge_does_not_get_its_own_messages_back() {
+    let b = start().await;
+    let (mut bridge, ack) = Raw::connect_with(b.addr, Protocol::V3_1_1, "a-bridge", |c| {
+        c.bridge = true;
+    })
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    bridge.subscribe("loop/#", QoS::AtLeastOnce).await;
+    let mut other = Raw::connect(b.addr, Protocol::V3_1_1, "watcher").await;
+    other.subscribe("loop/#", QoS::AtLeastOnce).await;
+    bridge
+        .publish("loop/from-bridge", b"x", QoS::AtLeastOnce, true)
+        .await;
+    let seen = other.recv_publish().await;
+    assert_eq!(seen.topic.as_str(), "loop/from-bridge");
+    assert!(bridge.no_publish(Duration::from_millis(300)).await);
+    // Another client's retained message reaches the bridge live with its
+    // retain flag.
+    other
+        .publish("loop/from-other", b"y", QoS::AtLeastOnce, true)
+        .await;
+    let got = bridge.recv_publish().await;
+    assert_eq!(got.topic.as_str(), "loop/from-other");
+    assert!(got.retain, "retain as published");
+    // A plain 3.1.1 client gets its own messages back, without the flag.
+    let mut plain = Raw::connect(b.addr, Protocol::V3_1_1, "plain").await;
+    plain.subscribe("loop/plain", QoS::AtLeastOnce).await;
+    plain
+        .publish("loop/plain", b"z", QoS::AtLeastOnce, true)
+        .await;
+    let own = plain.recv_publish().await;
+    assert_eq!(own.topic.as_str(), "loop/plain");
+    assert!(!own.retain);
+}

@@ -430,6 +430,45 @@ fn connect_will_flags_mqtt_3_1_2_11_to_13() {
     }
 }
 
+/// Mosquitto's bridge flag: a 3.1 or 3.1.1 protocol level with its high
+/// bit (0x83, 0x84) decodes as that version with `bridge` set and encodes
+/// back to the same bytes; 5.0 with the bit (0x85), or the bit on a level
+/// that is no version, stays an unsupported level.
+#[test]
+fn the_bridge_flag_of_3_1_x_levels() {
+    let mk = |name: &str, level: u8| frame(0x10, &cat(&[&s(name), &[level, 0x02, 0, 0], &s("c")]));
+    for (name, level, protocol) in [("MQTT", 0x84, V311), ("MQIsdp", 0x83, Protocol::V3_1)] {
+        let bytes = mk(name, level);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Some(Packet::Connect(c)) = Packet::decode(&mut buf, None, &Limits::default()).unwrap()
+        else {
+            panic!("not a CONNECT")
+        };
+        assert!(c.bridge);
+        assert_eq!(c.protocol, protocol);
+        let mut out = BytesMut::new();
+        Packet::Connect(c.clone())
+            .encode(protocol, &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &bytes[..], "the same bytes again");
+        // The positive control: without the bit, no flag.
+        let mut plain = BytesMut::from(&mk(name, level & 0x7F)[..]);
+        let Some(Packet::Connect(c)) =
+            Packet::decode(&mut plain, None, &Limits::default()).unwrap()
+        else {
+            panic!("not a CONNECT")
+        };
+        assert!(!c.bridge);
+    }
+    for level in [0x85u8, 0x86, 0x80] {
+        let mut buf = BytesMut::from(&mk("MQTT", level)[..]);
+        assert_eq!(
+            Packet::decode(&mut buf, None, &Limits::default()).unwrap_err(),
+            DecodeError::UnsupportedProtocolLevel { level }
+        );
+    }
+}
+
 /// Checks [MQTT-3.1.2-1], [MQTT-3.1.2-2].
 #[test]
 fn connect_protocol_name_and_level_mqtt_3_1_2_1_and_2() {

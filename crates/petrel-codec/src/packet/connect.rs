@@ -31,6 +31,13 @@ pub struct Connect {
     pub username: Option<MqttString>,
     /// Password (binary data).
     pub password: Option<Bytes>,
+    /// The bridge flag of MQTT 3.1 and 3.1.1: the protocol level with its
+    /// high bit set (0x83, 0x84), which Mosquitto's bridges send
+    /// (`try_private`) to say that the client is a bridge, so that the
+    /// broker does not send it back what it published. Not part of either
+    /// standard; 5.0 says the same with No Local, and a 5.0 level with the
+    /// bit is refused as an unsupported version.
+    pub bridge: bool,
 }
 
 /// The Will Message of a CONNECT (3.1.2.5, 3.1.3.2–4).
@@ -61,6 +68,7 @@ impl Connect {
             will: None,
             username: None,
             password: None,
+            bridge: false,
         }
     }
 
@@ -71,7 +79,10 @@ impl Connect {
     fn parse<'f>(cx: &Cx<'f>, input: &'f [u8]) -> PResult<'f, Self> {
         let (input, name) = length_prefixed(input)?;
         let (input, level) = be_u8(input)?;
-        let Some(protocol) = Protocol::from_name_and_level(name, level) else {
+        let bridged = Protocol::from_name_and_level(name, level & 0x7F)
+            .filter(|p| level & 0x80 != 0 && !p.is_v5());
+        let bridge = bridged.is_some();
+        let Some(protocol) = bridged.or_else(|| Protocol::from_name_and_level(name, level)) else {
             return fail(if name == b"MQTT" || name == b"MQIsdp" {
                 DecodeError::UnsupportedProtocolLevel { level }
             } else {
@@ -151,6 +162,7 @@ impl Connect {
                 will,
                 username,
                 password,
+                bridge,
             },
         ))
     }
@@ -200,7 +212,8 @@ impl Connect {
     pub(crate) fn encode_body(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         let v5 = self.protocol.is_v5();
         put_binary(buf, self.protocol.name().as_bytes());
-        buf.put_u8(self.protocol.level());
+        let bridge = if self.bridge && !v5 { 0x80 } else { 0 };
+        buf.put_u8(self.protocol.level() | bridge);
         buf.put_u8(self.flags());
         buf.put_u16(self.keep_alive);
         if v5 {

@@ -192,6 +192,10 @@ pub struct Client {
     open: bool,
     /// The connection is held back (as last told to the session's queue).
     behind: bool,
+    /// A 3.1.x bridge (Mosquitto's bridge flag in CONNECT): its
+    /// subscriptions don't get back what it published, and keep the retain
+    /// flag as published, as with 5.0's No Local and Retain As Published.
+    bridge: bool,
     /// What most clients never need, in one box: a connection that
     /// hibernates keeps only the pointer.
     extra: Option<Box<Extra>>,
@@ -247,6 +251,7 @@ pub(super) struct Settled {
     pub(super) expiry: u32,
     pub(super) protocol: Protocol,
     pub(super) will: Option<(Message, Duration)>,
+    pub(super) bridge: bool,
 }
 
 impl Client {
@@ -263,6 +268,7 @@ impl Client {
             protocol: s.protocol,
             open: true,
             behind: false,
+            bridge: s.bridge,
             extra: s.will.map(|will| {
                 Box::new(Extra {
                     will: Some(will),
@@ -459,6 +465,10 @@ impl Client {
             }
             let mut options = sub.options;
             options.qos = options.qos.min(max_qos);
+            if self.bridge {
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             let subscription = Subscription {
                 options,
                 identifier,

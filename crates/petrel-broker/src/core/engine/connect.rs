@@ -653,6 +653,7 @@ impl Login {
                 expiry,
                 protocol: self.connect.protocol,
                 will,
+                bridge: self.connect.bridge,
             },
         );
         Step::Accept(Box::new(Accepted {
