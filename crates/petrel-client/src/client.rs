@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
-use crate::request::{Ack, Command, Control, Status};
+use crate::request::{Ack, AckToken, Command, Control, Status};
 use crate::task::Task;
 
 /// Commands waiting for the connection task at most; past it, calls wait
@@ -48,12 +48,21 @@ pub struct Client {
 /// arrives. Ends when the client is closed.
 #[derive(Debug)]
 pub struct Messages {
-    rx: mpsc::Receiver<Publish>,
+    rx: mpsc::Receiver<(Publish, Option<AckToken>)>,
 }
 
 impl Messages {
-    /// The next message, or `None` once the client is closed.
+    /// The next message, or `None` once the client is closed. (With
+    /// [`crate::ConnectOptions::manual_acks`], a QoS 1/2 message read this
+    /// way is never acknowledged: use [`Messages::recv_ack`].)
     pub async fn recv(&mut self) -> Option<Publish> {
+        self.rx.recv().await.map(|(p, _)| p)
+    }
+
+    /// The next message and, with [`crate::ConnectOptions::manual_acks`]
+    /// and QoS 1 or 2, what acknowledges it ([`Client::ack`]); `None` once
+    /// the client is closed.
+    pub async fn recv_ack(&mut self) -> Option<(Publish, Option<AckToken>)> {
         self.rx.recv().await
     }
 }
@@ -62,7 +71,7 @@ impl Stream for Messages {
     type Item = Publish;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Publish>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|m| m.map(|(p, _)| p))
     }
 }
 
@@ -114,6 +123,35 @@ impl Client {
             .await
             .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Queue a message for publishing, waiting only for room to queue it
+    /// (as [`Client::publish`] does); the returned future gives the
+    /// acknowledgement. Messages queued one after another are sent in that
+    /// order, however their acknowledgements are awaited: a forwarder can
+    /// keep many in flight and still keep their order.
+    pub async fn publish_queued(
+        &self,
+        message: Message,
+    ) -> Result<impl std::future::Future<Output = Result<Ack, ClientError>>, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Publish { message, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(async move { rx.await.map_err(|_| ClientError::Closed)? })
+    }
+
+    /// Acknowledge a received message (with
+    /// [`crate::ConnectOptions::manual_acks`]): PUBACK, or PUBREC for QoS 2.
+    /// Acknowledge in the order the messages arrived. A QoS 1 message that
+    /// arrived on a connection that has since been lost is not acknowledged
+    /// (the broker sends it again); a QoS 2 one is, on the next connection.
+    pub async fn ack(&self, token: AckToken) -> Result<(), ClientError> {
+        self.control
+            .send(Control::Ack(token))
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Publish `payload` to `topic`, not retained, no properties.

@@ -98,9 +98,9 @@ pub use petrel_codec::{
     UserProperty,
 };
 pub use petrel_session::Message;
-pub use request::{Ack, Status};
+pub use request::{Ack, AckToken, Status};
 /// The rustls this crate is built with, for [`ConnectOptions::tls_config`]
 /// and [`TlsOptions::cipher_suites`].
 pub use rustls;
 pub use scram::{ScramAuthenticator, ScramMechanism};
-pub use transport::{open_stream, Io};
+pub use transport::{open_stream, Connector, Io, Opening};

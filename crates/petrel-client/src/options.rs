@@ -95,6 +95,30 @@ pub struct ConnectOptions {
     /// How long to wait for the connection (TCP, TLS, WebSocket upgrade,
     /// QUIC handshake) and CONNACK, each attempt. Default 10 s.
     pub connect_timeout: Duration,
+    /// The application acknowledges each received QoS 1 or 2 message
+    /// itself, once it has taken care of it ([`crate::Messages::recv_ack`]
+    /// gives the [`crate::AckToken`], [`crate::Client::ack`] sends the
+    /// PUBACK or PUBREC), instead of the client acknowledging it as it
+    /// enters the [`crate::Messages`] buffer: a message the process did not
+    /// finish with is sent again by the broker. Default false.
+    pub manual_acks: bool,
+    /// Say in CONNECT that this client is a bridge (3.1 and 3.1.1 only: the
+    /// protocol level with its high bit, Mosquitto's `try_private`), so a
+    /// broker that knows the flag does not send back what it published.
+    /// Default false.
+    pub bridge: bool,
+    /// More addresses (host, port) of the same service, tried in turn after
+    /// `host:port` when a connection attempt fails (failover). Once a
+    /// connection that was up is lost, trying starts again from `host:port`;
+    /// while connected to one of these, `host:port` is checked every
+    /// `primary_check` and the client moves back as soon as it answers.
+    pub fallbacks: Vec<(String, u16)>,
+    /// How often to check whether `host:port` is back while connected to a
+    /// fallback address. Default 60 s.
+    pub primary_check: Duration,
+    /// Opens the byte stream itself instead of `transport` (an in-process
+    /// pipe to a broker in the same program, say). Default none.
+    pub connector: Option<Arc<dyn crate::transport::Connector>>,
 }
 
 /// What carries the MQTT byte stream to the broker.
@@ -233,6 +257,11 @@ impl ConnectOptions {
             max_incoming: 1000,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            manual_acks: false,
+            bridge: false,
+            fallbacks: Vec::new(),
+            primary_check: Duration::from_secs(60),
+            connector: None,
         }
     }
 

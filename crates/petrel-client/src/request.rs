@@ -61,9 +61,25 @@ pub(crate) enum Command {
     },
 }
 
+/// What acknowledges one received QoS 1 or 2 message, with
+/// [`crate::ConnectOptions::manual_acks`]: hand it to [`crate::Client::ack`]
+/// once the message is taken care of, in the order messages arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckToken {
+    /// The connection it arrived on.
+    pub(crate) generation: u64,
+    /// The session it arrived in (a QoS 2 acknowledgement belongs to the
+    /// session, not the connection).
+    pub(crate) epoch: u64,
+    pub(crate) id: petrel_codec::PacketId,
+    pub(crate) exactly_once: bool,
+}
+
 /// Requests the connection task always listens to, even while commands
 /// wait for room.
 pub(crate) enum Control {
+    /// Acknowledge a received message (manual acknowledgements).
+    Ack(AckToken),
     Disconnect {
         reason_code: ReasonCode,
         properties: Properties,

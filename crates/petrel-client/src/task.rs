@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{is_final_refusal, ClientError};
 use crate::options::ConnectOptions;
-use crate::request::{Ack, Command, Control, Reply, Status};
+use crate::request::{Ack, AckToken, Command, Control, Reply, Status};
 use crate::transport;
 
 /// Most filters per SUBSCRIBE when restoring subscriptions.
@@ -79,9 +79,15 @@ pub(crate) struct Task {
     state: SessionState,
     commands: mpsc::Receiver<Command>,
     control: mpsc::Receiver<Control>,
-    messages: mpsc::Sender<Publish>,
+    messages: mpsc::Sender<(Publish, Option<AckToken>)>,
     status: watch::Sender<Status>,
     assigned: watch::Sender<Option<String>>,
+    /// Which address the next connection goes to: 0 is `host:port`, the
+    /// others `fallbacks`.
+    address: usize,
+    /// Leaving a fallback for `host:port`, which answered again: reconnect
+    /// at once.
+    returning: bool,
     /// QoS 1/2 publishes awaiting their acknowledgement, across connections.
     publishes: HashMap<MessageId, Reply<Ack>>,
     /// SUBSCRIBE/UNSUBSCRIBE sent on this connection, by packet identifier.
@@ -99,6 +105,9 @@ pub(crate) struct Task {
     acks_due: Vec<PacketId>,
     /// Counts connections, to tell which one a held message came on.
     generation: u64,
+    /// Counts sessions (a connection whose session did not continue starts
+    /// a new one): a QoS 2 acknowledgement is valid within its session.
+    epoch: u64,
     connected_once: bool,
     connected_at: Option<Instant>,
     closing: Option<Reply<()>>,
@@ -112,7 +121,7 @@ impl Task {
         opts: ConnectOptions,
         commands: mpsc::Receiver<Command>,
         control: mpsc::Receiver<Control>,
-        messages: mpsc::Sender<Publish>,
+        messages: mpsc::Sender<(Publish, Option<AckToken>)>,
         status: watch::Sender<Status>,
         assigned: watch::Sender<Option<String>>,
     ) -> Result<Self, ClientError> {
@@ -173,6 +182,8 @@ impl Task {
             messages,
             status,
             assigned,
+            address: 0,
+            returning: false,
             publishes: HashMap::new(),
             requests: HashMap::new(),
             queued: VecDeque::new(),
@@ -181,6 +192,7 @@ impl Task {
             incoming: VecDeque::new(),
             acks_due: Vec::new(),
             generation: 0,
+            epoch: 0,
             connected_once: false,
             connected_at: None,
             closing: None,
@@ -202,6 +214,22 @@ impl Task {
                     break;
                 }
                 Outcome::Lost(error) => {
+                    let was_up = self.connected_at.is_some();
+                    let addresses = 1 + self.opts.fallbacks.len();
+                    // A connection that was up starts again from the first
+                    // address; a failed attempt tries the next.
+                    self.address = if was_up || self.returning {
+                        0
+                    } else {
+                        (self.address + 1) % addresses
+                    };
+                    // Moving back to the first address, or on to the next
+                    // after a failed attempt: at once.
+                    if std::mem::take(&mut self.returning) || (!was_up && self.address != 0) {
+                        self.connected_at = None;
+                        self.status.send_replace(Status::Connecting);
+                        continue;
+                    }
                     if first.is_some() {
                         // The first connection: retried only if asked, and
                         // only for what may pass.
@@ -270,6 +298,7 @@ impl Task {
             o.protocol != Protocol::V5 && o.clean_start
         };
         c.keep_alive = u16::try_from(o.keep_alive.as_secs()).unwrap_or(u16::MAX);
+        c.bridge = o.bridge && !o.protocol.is_v5();
         c.username = o
             .username
             .as_deref()
@@ -306,7 +335,15 @@ impl Task {
         };
         // Its own copy of the options: a re-authentication request may be
         // answered while the connection opens.
-        let opts = self.opts.clone();
+        let mut opts = self.opts.clone();
+        if let Some((host, port)) = self
+            .address
+            .checked_sub(1)
+            .and_then(|i| opts.fallbacks.get(i))
+        {
+            opts.host = host.clone();
+            opts.port = *port;
+        }
         let opening = tokio::time::timeout(opts.connect_timeout, transport::connect(&opts));
         tokio::pin!(opening);
         let io = loop {
@@ -344,6 +381,13 @@ impl Task {
         let mut out = BytesMut::new();
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let mut outcome = None;
+        // On a fallback address: when to check whether the first is back,
+        // and the check under way.
+        let mut check_at =
+            (self.address != 0).then(|| tokio::time::Instant::now() + self.opts.primary_check);
+        let mut checking: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+        > = None;
         loop {
             let now = Instant::now();
             while let Some(event) = conn.poll_event() {
@@ -433,6 +477,26 @@ impl Task {
                     // Room for one more: `deliver` uses it on the next turn.
                 }
                 () = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now()),
+                () = tokio::time::sleep_until(check_at.unwrap_or(far)), if check_at.is_some() && checking.is_none() => {
+                    let mut primary = self.opts.clone();
+                    primary.fallbacks.clear();
+                    let timeout = primary.connect_timeout;
+                    checking = Some(Box::pin(async move {
+                        matches!(
+                            tokio::time::timeout(timeout, transport::connect(&primary)).await,
+                            Ok(Ok(_))
+                        )
+                    }));
+                }
+                back = async { checking.as_mut().expect("checked").await }, if checking.is_some() => {
+                    checking = None;
+                    check_at = Some(tokio::time::Instant::now() + self.opts.primary_check);
+                    if back && conn.is_connected() && self.closing.is_none() {
+                        self.returning = true;
+                        check_at = None;
+                        let _ = conn.disconnect(Instant::now(), ReasonCode::NORMAL_DISCONNECTION, Properties::new());
+                    }
+                }
             }
         }
         // Whatever the connection held stays with the session.
@@ -474,6 +538,10 @@ impl Task {
     fn on_control(&mut self, conn: Option<&mut Connection>, control: Option<Control>) -> bool {
         let now = Instant::now();
         let (reason_code, properties, reply) = match control {
+            Some(Control::Ack(token)) => {
+                self.ack(conn, now, token);
+                return false;
+            }
             Some(Control::Disconnect {
                 reason_code,
                 properties,
@@ -715,6 +783,7 @@ impl Task {
                 }
             }
             self.acks_due.clear();
+            self.epoch += 1;
         }
     }
 
@@ -797,32 +866,52 @@ impl Task {
     }
 
     /// Hand received messages to the application while its queue has room,
-    /// acknowledging each QoS 1/2 message as it is handed over.
+    /// acknowledging each QoS 1/2 message as it is handed over (unless the
+    /// application acknowledges them itself).
     fn deliver(&mut self, mut conn: Option<&mut Connection>, now: Instant) {
         while let Some(h) = self.incoming.pop_front() {
             let Held { publish, ack } = h;
-            let exactly_once = publish.qos.qos() == QoS::ExactlyOnce;
-            match self.messages.try_send(publish) {
+            let token = ack.map(|(generation, id)| AckToken {
+                generation,
+                epoch: self.epoch,
+                id,
+                exactly_once: publish.qos.qos() == QoS::ExactlyOnce,
+            });
+            let manual = self.opts.manual_acks;
+            match self.messages.try_send((publish, token.filter(|_| manual))) {
+                Ok(()) if manual => continue,
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(publish)) => {
+                Err(mpsc::error::TrySendError::Full((publish, _))) => {
                     self.incoming.push_front(Held { publish, ack });
                     return;
                 }
                 // Nobody reads any more: acknowledge and discard.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-            let Some((generation, id)) = ack else {
-                continue;
-            };
-            match conn.as_deref_mut() {
-                Some(c) if c.is_connected() && generation == self.generation => {
-                    let _ = c.ack(now, id);
-                }
-                // QoS 2 acknowledgements wait for the next connection of the
-                // session; a QoS 1 message is sent again by the broker.
-                _ if exactly_once => self.acks_due.push(id),
-                _ => {}
+            if let Some(t) = token {
+                self.ack(conn.as_deref_mut(), now, t);
             }
+        }
+    }
+
+    /// Acknowledge a received QoS 1/2 message: on its own connection if
+    /// that is still up; a QoS 2 one otherwise on the session's next
+    /// connection; a QoS 1 one not at all (the broker sends it again).
+    fn ack(&mut self, conn: Option<&mut Connection>, now: Instant, t: AckToken) {
+        let current = if t.exactly_once {
+            t.epoch == self.epoch
+        } else {
+            t.generation == self.generation
+        };
+        if !current {
+            return;
+        }
+        match conn {
+            Some(c) if c.is_connected() => {
+                let _ = c.ack(now, t.id);
+            }
+            _ if t.exactly_once => self.acks_due.push(t.id),
+            _ => {}
         }
     }
 
@@ -1051,7 +1140,7 @@ impl Task {
 }
 
 /// Resolves when the application's queue has room (or is gone).
-async fn room(messages: &mpsc::Sender<Publish>) -> bool {
+async fn room(messages: &mpsc::Sender<(Publish, Option<AckToken>)>) -> bool {
     messages.reserve().await.is_ok()
 }
 

@@ -18,6 +18,18 @@ use crate::options::{ConnectOptions, TlsOptions, Transport};
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// A stream being opened by a [`Connector`].
+pub type Opening =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Io>>> + Send>>;
+
+/// Opens a byte stream of the application's own making for
+/// [`ConnectOptions::connector`] (an in-process pipe to a broker in the
+/// same program, say), each time the client connects.
+pub trait Connector: Send + Sync + std::fmt::Debug + 'static {
+    /// Open a new stream to the broker.
+    fn open(&self) -> Opening;
+}
+
 /// ALPN for secure WebSocket: it starts as HTTP/1.1.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
@@ -31,6 +43,12 @@ pub async fn open_stream(opts: &ConnectOptions) -> Result<Box<dyn Io>, ClientErr
 
 /// [`open_stream`], for the connection task.
 pub(crate) async fn connect(opts: &ConnectOptions) -> Result<Box<dyn Io>, ClientError> {
+    if let Some(c) = &opts.connector {
+        return c
+            .open()
+            .await
+            .map_err(|e| ClientError::io(format!("{c:?}"), e));
+    }
     match &opts.transport {
         Transport::Tcp => {
             let tls = opts
