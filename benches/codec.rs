@@ -501,6 +501,7 @@ fn connect_case(name: &'static str, protocol: Protocol) -> Case {
         }),
         username: Some(s(USERNAME)),
         password: Some(Bytes::from_static(PASSWORD.as_bytes())),
+        bridge: false,
     }));
     let peer = if v5 {
         Peer::V5(v5::Packet::Connect(v5::Connect {

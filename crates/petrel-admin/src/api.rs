@@ -458,5 +458,12 @@ async fn config(State(app): Shared) -> Response {
             }
         }
     }
+    if let Some(bridges) = v.get_mut("bridge").and_then(Value::as_array_mut) {
+        for b in bridges {
+            if let Some(slot) = b.get_mut("password").filter(|p| !p.is_null()) {
+                *slot = Value::String("<redacted>".into());
+            }
+        }
+    }
     Json(v).into_response()
 }

@@ -403,6 +403,83 @@ impl prometheus_client::collector::Collector for Collector {
             Some(&Unit::Seconds),
             one(gauge_of(m.uptime.as_secs())),
         )?;
+        if !m.bridges.is_empty() {
+            let per = |f: fn(&petrel_broker::BridgeSnapshot) -> u64| -> Vec<(Labels<'_>, u64)> {
+                m.bridges
+                    .iter()
+                    .map(|b| (vec![("bridge", b.name.clone())], f(b)))
+                    .collect()
+            };
+            gauge(
+                e,
+                "petrel_bridge_up",
+                "Whether the bridge is connected to its remote broker (1) or not (0).",
+                None,
+                per(|b| u64::from(b.up))
+                    .into_iter()
+                    .map(|(l, v)| (l, gauge_of(v)))
+                    .collect(),
+            )?;
+            counter(
+                e,
+                "petrel_bridge_connects",
+                "Connections the bridge made to its remote broker.",
+                None,
+                per(|b| b.connects),
+            )?;
+            counter(
+                e,
+                "petrel_bridge_connect_failures",
+                "The bridge's failed attempts to connect (refused, unreachable, TLS).",
+                None,
+                per(|b| b.connect_failures),
+            )?;
+            counter(
+                e,
+                "petrel_bridge_messages",
+                "Messages the bridge forwarded, by direction (out: to the remote).",
+                None,
+                m.bridges
+                    .iter()
+                    .flat_map(|b| {
+                        [
+                            (
+                                vec![("bridge", b.name.clone()), ("direction", "out".into())],
+                                b.forwarded_out,
+                            ),
+                            (
+                                vec![("bridge", b.name.clone()), ("direction", "in".into())],
+                                b.forwarded_in,
+                            ),
+                        ]
+                    })
+                    .collect(),
+            )?;
+            counter(
+                e,
+                "petrel_bridge_refused",
+                "Forwarded messages the other side refused with an error reason code.",
+                None,
+                per(|b| b.refused),
+            )?;
+            gauge(
+                e,
+                "petrel_bridge_queued_messages",
+                "Messages waiting for the remote broker.",
+                None,
+                per(|b| b.queued)
+                    .into_iter()
+                    .map(|(l, v)| (l, gauge_of(v)))
+                    .collect(),
+            )?;
+            counter(
+                e,
+                "petrel_bridge_dropped",
+                "Messages for the remote dropped because the bridge's queue was full.",
+                None,
+                per(|b| b.dropped),
+            )?;
+        }
         Ok(())
     }
 }

@@ -500,6 +500,11 @@ async fn the_configuration_is_shown_with_its_secrets_redacted() {
             .unwrap(),
     );
     config.http = Some(with_token());
+    config.bridges = petrel_broker::BrokerConfig::from_toml(
+        "[[bridge]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\npassword = \"hunter2-bridge\"\ntopic = [\"a/# out\"]\n",
+    )
+    .unwrap()
+    .bridges;
     let b = support::start_with(config.clone()).await;
     let admin = petrel_admin::AdminServer::bind(b.broker.clone(), config.http.as_ref().unwrap())
         .await
@@ -514,6 +519,8 @@ async fn the_configuration_is_shown_with_its_secrets_redacted() {
     // Positive control: the keys are there, with their values replaced.
     assert_eq!(v["jwt"]["secret"], "<redacted>");
     assert_eq!(v["http"]["token_hash"], "<redacted>");
+    assert_eq!(v["bridge"][0]["password"], "<redacted>");
+    assert_eq!(v["bridge"][0]["name"], "b");
     assert!(!a.body.contains("hunter2"), "{}", a.body);
     assert!(
         !a.body.contains(&petrel_admin::token_hash(TOKEN)[7..]),
@@ -521,4 +528,31 @@ async fn the_configuration_is_shown_with_its_secrets_redacted() {
         a.body
     );
     b.broker.shutdown();
+}
+
+/// A bridge's counters (registered by `petrel-bridge`) appear in
+/// `/metrics` with its name, and move as the bridge counts.
+#[tokio::test]
+async fn bridge_metrics_appear_and_move() {
+    let (b, http) = start(with_token()).await;
+    let before = http.get("/metrics").await.body;
+    assert!(!before.contains("petrel_bridge_up"), "no bridge, no family");
+    let c = b.broker.bridge_counters(
+        "central",
+        "petrel-bridge.central",
+        petrel_broker::QueueBound::new(10, 1000),
+    );
+    c.up.store(true, std::sync::atomic::Ordering::Relaxed);
+    c.forwarded_out
+        .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+    let after = http.get("/metrics").await.body;
+    for line in [
+        "petrel_bridge_up{bridge=\"central\"} 1",
+        "petrel_bridge_messages_total{bridge=\"central\",direction=\"out\"} 7",
+        "petrel_bridge_messages_total{bridge=\"central\",direction=\"in\"} 0",
+        "petrel_bridge_dropped_total{bridge=\"central\"} 0",
+        "petrel_bridge_queued_messages{bridge=\"central\"} 0",
+    ] {
+        assert!(after.lines().any(|l| l == line), "{line} in:\n{after}");
+    }
 }

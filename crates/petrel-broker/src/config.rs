@@ -99,6 +99,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod bridge;
+pub use bridge::{split_address, BridgeConfig, BridgeTransport, Direction, TopicRule};
+
 /// Everything the broker can be told.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -175,6 +178,9 @@ pub struct BrokerConfig {
     /// The HTTP listener for metrics, the admin API and the dashboard
     /// (`petrel-admin`); none unless configured.
     pub http: Option<HttpConfig>,
+    /// Bridges to other brokers (`[[bridge]]`, run by `petrel-bridge`).
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// `[http]`: where metrics, the admin API and the dashboard are served,
@@ -756,6 +762,7 @@ impl Default for BrokerConfig {
             session_ownership: None,
             auth_order: Vec::new(),
             http: None,
+            bridges: Vec::new(),
         }
     }
 }
@@ -986,6 +993,16 @@ impl BrokerConfig {
                     "http.allow_unauthenticated",
                     "only a listener on a loopback address may serve requests without a token",
                 );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for b in &self.bridges {
+            b.validate().map_err(|reason| ConfigError::Invalid {
+                key: "bridge",
+                reason,
+            })?;
+            if !names.insert(b.name.as_str()) {
+                return invalid("bridge", &format!("two bridges named `{}`", b.name));
             }
         }
         if l.packet_timeout == 0 || l.packet_timeout > 3600 {

@@ -55,10 +55,11 @@ pub use crate::core::auth::{
     ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,
 };
 pub use crate::core::engine::{
-    Accepted, Broker, BrokerBuilder, BuildError, Client, ClientSummary, Discard, Kick,
+    Accepted, Broker, BrokerBuilder, BuildError, Client, ClientSummary, Discard, Internal, Kick,
     ListenerConnections, ListenerRules, Login, MetricsSnapshot, Peer, ReauthStep, Reconfigured,
     Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
+pub use crate::core::queue::QueueBound;
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{
@@ -68,7 +69,8 @@ pub use crate::core::store::{Commit, MemoryStore, Op, Store, Table, Ticket};
 pub use crate::core::subscriptions::{Matched, SubscriptionTree};
 pub use crate::core::wills::WillQueue;
 pub use crate::durable::DiskStore;
-pub use crate::server::{Certificates, Server};
+pub use crate::server::{Certificates, LocalConnector, Server};
 pub use crate::stats::{
-    DisconnectReason, HistogramSnapshot, LatencyHistogram, StatsSnapshot, LATENCY_BOUNDS_US,
+    BridgeCounters, BridgeSnapshot, DisconnectReason, HistogramSnapshot, LatencyHistogram,
+    StatsSnapshot, LATENCY_BOUNDS_US,
 };

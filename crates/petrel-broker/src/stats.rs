@@ -1,6 +1,7 @@
 //! Counters the broker keeps for `$SYS`, metrics and embedding applications.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Upper bounds of the latency histograms' buckets, in microseconds (the
@@ -402,4 +403,49 @@ pub struct StatsSnapshot {
     /// Connections refused by the per-address rate and caps, or the cap on
     /// unfinished CONNECTs (also counted in `connections_refused`).
     pub connections_throttled: u64,
+}
+
+/// What one bridge (`petrel-bridge`) counts, for the metrics: registered
+/// with [`crate::Broker::bridge_counters`], updated by the bridge, read by
+/// [`crate::Broker::metrics`].
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// Connected to the remote now.
+    pub up: std::sync::atomic::AtomicBool,
+    /// Connections to the remote made.
+    pub connects: AtomicU64,
+    /// Attempts to connect that failed (refused, unreachable, TLS).
+    pub connect_failures: AtomicU64,
+    /// Messages forwarded to the remote (acknowledged there, for QoS 1/2).
+    pub forwarded_out: AtomicU64,
+    /// Messages forwarded from the remote into this broker.
+    pub forwarded_in: AtomicU64,
+    /// Messages the other side refused (an error reason code).
+    pub refused: AtomicU64,
+    /// The bounds of the queue of messages waiting for the remote, and the
+    /// messages dropped for want of room in it.
+    pub queue: Arc<crate::core::queue::QueueBound>,
+}
+
+/// A bridge's counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BridgeSnapshot {
+    /// The bridge's name.
+    pub name: String,
+    /// Connected to the remote now.
+    pub up: bool,
+    /// Connections to the remote made.
+    pub connects: u64,
+    /// Attempts to connect that failed.
+    pub connect_failures: u64,
+    /// Messages forwarded to the remote.
+    pub forwarded_out: u64,
+    /// Messages forwarded from the remote.
+    pub forwarded_in: u64,
+    /// Messages the other side refused.
+    pub refused: u64,
+    /// Messages waiting to go to the remote.
+    pub queued: u64,
+    /// Messages dropped because the queue for the remote was full.
+    pub dropped: u64,
 }

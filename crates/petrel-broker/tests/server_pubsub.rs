@@ -395,3 +395,71 @@ async fn a_bridge_does_not_get_its_own_messages_back() {
     assert_eq!(own.topic.as_str(), "loop/plain");
     assert!(!own.retain);
 }
+
+/// `$SYS` is the broker's, but a client may write its own link state,
+/// `$SYS/broker/connection/<its client id>/state` (as Mosquitto's bridges
+/// do with their notifications), by publish or by will; another client's
+/// state stays refused (0x87).
+#[tokio::test]
+async fn a_client_writes_its_own_connection_state_and_no_other_sys_topic() {
+    let b = start().await;
+    let mut watcher = Raw::connect(b.addr, Protocol::V5, "watcher").await;
+    watcher
+        .subscribe("$SYS/broker/connection/#", QoS::AtLeastOnce)
+        .await;
+    let (mut edge, ack) = Raw::connect_with(b.addr, Protocol::V5, "edge", |c| {
+        c.will = Some(petrel_codec::Will {
+            topic: topic("$SYS/broker/connection/edge/state"),
+            payload: bytes::Bytes::from_static(b"0"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties::new(),
+        });
+    })
+    .await;
+    assert_eq!(
+        ack.reason_code,
+        ReasonCode::SUCCESS,
+        "its own state as a will"
+    );
+    let ack = edge
+        .publish(
+            "$SYS/broker/connection/edge/state",
+            b"1",
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let seen = watcher.recv_publish().await;
+    assert_eq!(seen.topic.as_str(), "$SYS/broker/connection/edge/state");
+    let ack = edge
+        .publish(
+            "$SYS/broker/connection/other/state",
+            b"1",
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    let ack = edge
+        .publish("$SYS/broker/uptime", b"1", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    assert!(watcher.no_publish(Duration::from_millis(300)).await);
+    // A will on another client's state is refused at CONNECT.
+    let (_, ack) = Raw::connect_with(b.addr, Protocol::V5, "sly", |c| {
+        c.will = Some(petrel_codec::Will {
+            topic: topic("$SYS/broker/connection/edge/state"),
+            payload: bytes::Bytes::from_static(b"0"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties::new(),
+        });
+    })
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+}

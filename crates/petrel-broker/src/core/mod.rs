@@ -82,6 +82,17 @@ pub(crate) fn is_sys(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
+/// Whether `topic` is `$SYS/broker/connection/<client_id>/state`, where a
+/// bridge (Mosquitto's, with its notifications) writes its own link's
+/// state, will included: the one `$SYS` topic a client may write, and only
+/// for its own client id.
+pub(crate) fn own_connection_state(topic: &str, client_id: &str) -> bool {
+    topic
+        .strip_prefix("$SYS/broker/connection/")
+        .and_then(|rest| rest.strip_suffix("/state"))
+        .is_some_and(|id| id == client_id)
+}
+
 /// Whether a topic name or filter has more than `max` levels.
 pub(crate) fn too_deep(topic: &str, max: usize) -> bool {
     topic.bytes().filter(|&b| b == b'/').count() >= max

@@ -93,6 +93,34 @@ struct Mailbox {
     /// Who owns the session and what it may receive, as of its last
     /// connection (deliveries are checked against it while it is away).
     access: Arc<Access>,
+    /// Its own bounds instead of the broker's, if its connection brought
+    /// some (a bridge's local side).
+    bound: Option<Arc<QueueBound>>,
+}
+
+/// A session queue's own bounds, instead of `max_queued_messages` and
+/// `max_queued_bytes` (the broker-wide `max_queued_bytes_total` still
+/// holds), and the count of messages dropped for want of room in it: what
+/// a bridge's local side brings ([`crate::Peer::internal`]).
+#[derive(Debug, Default)]
+pub struct QueueBound {
+    /// Messages that may wait.
+    pub max_messages: usize,
+    /// Bytes (topic, properties, payload) that may wait.
+    pub max_bytes: usize,
+    /// Messages dropped because the queue was full.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl QueueBound {
+    /// Bounds of `max_messages` and `max_bytes`, nothing dropped yet.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Self {
+            max_messages,
+            max_bytes,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl Mailbox {
@@ -221,6 +249,7 @@ impl SessionKey {
                 waker: WakerSlot::default(),
                 signal: false,
                 access,
+                bound: None,
             }),
             filters: Mutex::new(SmallMap::new()),
             sub_bytes: AtomicUsize::new(0),
@@ -331,6 +360,11 @@ impl SessionKey {
         self.mailbox().access = access;
     }
 
+    /// Bounds of its own for the queue (or the broker's again).
+    pub(crate) fn set_bound(&self, bound: Option<Arc<QueueBound>>) {
+        self.mailbox().bound = bound;
+    }
+
     /// Queue the message `make` gives by the overflow policy; whether it
     /// was queued. `make` is told whether the message will be stored
     /// rather than sent at once (the session is offline, or its connection
@@ -354,10 +388,19 @@ impl SessionKey {
         }
         let message = make(!mb.online || mb.behind);
         let size = message_size(&message);
-        if mb.len() >= limits.max_queued_messages
-            || mb.bytes + size > limits.max_queued_bytes
+        let (max_messages, max_bytes) = mb
+            .bound
+            .as_ref()
+            .map_or((limits.max_queued_messages, limits.max_queued_bytes), |b| {
+                (b.max_messages, b.max_bytes)
+            });
+        if mb.len() >= max_messages
+            || mb.bytes + size > max_bytes
             || mb.total.load(Ordering::Relaxed) + size > limits.max_queued_bytes_total
         {
+            if let Some(b) = &mb.bound {
+                b.dropped.fetch_add(1, Ordering::Relaxed);
+            }
             drop(mb);
             let counter = if qos0 {
                 &stats.dropped_qos0

@@ -357,6 +357,7 @@ impl Bound {
             addr,
             certificate: None,
             rules: self.rules.clone(),
+            internal: None,
         })
     }
 }

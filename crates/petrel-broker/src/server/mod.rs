@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::core::engine::Broker;
+use crate::core::engine::{Broker, Internal, ListenerRules, Peer};
 use hibernate::Hibernation;
 use listener::Bound;
 use tls::TlsAcceptor;
@@ -34,6 +34,54 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Server {
     broker: Broker,
     listeners: Vec<Arc<Bound>>,
+    ctx: Arc<Ctx>,
+    live: Arc<Live>,
+}
+
+/// Opens connections to the server from inside the program, without a
+/// socket (a bridge's local side): each is an in-memory byte stream served
+/// by the same connection driver as every network client, so its session
+/// (persistent, stored, with its queue and in-flight messages) is a
+/// client's like any other. The stream's user is authenticated without
+/// credentials and may do anything; the server counts it and waits for it
+/// at shutdown.
+#[derive(Clone, Debug)]
+pub struct LocalConnector {
+    ctx: Arc<Ctx>,
+    live: Arc<Live>,
+}
+
+impl LocalConnector {
+    /// A new connection, as `internal` says: speak MQTT on the returned
+    /// stream, starting with CONNECT.
+    pub fn connect(&self, internal: Internal) -> tokio::io::DuplexStream {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        if self.ctx.broker.is_shut_down() {
+            // Shutting down: the stream ends at once.
+            return near;
+        }
+        let (r, w) = tokio::io::split(far);
+        self.live.count.fetch_add(1, Ordering::AcqRel);
+        let guard = LiveGuard {
+            live: self.live.clone(),
+            source: None,
+        };
+        let peer = Box::new(Peer {
+            rules: Arc::new(ListenerRules {
+                name: Arc::from(format!("local {}", internal.user)),
+                ..ListenerRules::default()
+            }),
+            internal: Some(internal),
+            ..Peer::default()
+        });
+        tokio::spawn(driver::serve(
+            self.ctx.clone(),
+            transport::Pipe(r, w),
+            peer,
+            Some(guard),
+        ));
+        near
+    }
 }
 
 /// The certificates of a server's TLS listeners, to read again (on SIGHUP).
@@ -164,7 +212,21 @@ impl Server {
             let keep_alive = broker.config().limits.max_keepalive;
             listeners.push(Arc::new(Bound::bind(l, keep_alive).await?));
         }
-        Ok(Self { broker, listeners })
+        let ctx = Ctx::new(broker.clone());
+        Ok(Self {
+            broker,
+            listeners,
+            ctx,
+            live: Arc::new(Live::default()),
+        })
+    }
+
+    /// What opens connections to this server from inside the program.
+    pub fn local(&self) -> LocalConnector {
+        LocalConnector {
+            ctx: self.ctx.clone(),
+            live: self.live.clone(),
+        }
     }
 
     /// The addresses actually bound (a configured port 0 becomes a real
@@ -201,8 +263,8 @@ impl Server {
     /// connection to close (5.0 DISCONNECT 0x8B), and wait for them (at most
     /// five seconds).
     pub async fn run(self) {
-        let ctx = Ctx::new(self.broker.clone());
-        let live = Arc::new(Live::default());
+        let ctx = self.ctx.clone();
+        let live = self.live.clone();
         // If this future is dropped (its runtime shutting down, say) rather
         // than run to the end, hibernating connections are woken all the
         // same: nothing else would close their sockets or hand their

@@ -375,12 +375,10 @@ impl<F: mio::event::Source, T> mio::event::Source for Folded<F, T> {
     }
 }
 
-/// Separate reading and writing halves (tests, in-memory pipes): they
-/// don't hibernate.
-#[cfg(test)]
+/// Separate reading and writing halves (in-memory pipes): they don't
+/// hibernate.
 pub(crate) struct Pipe<R, W>(pub(crate) R, pub(crate) W);
 
-#[cfg(test)]
 impl<R, W> Transport for Pipe<R, W>
 where
     R: AsyncRead + Unpin + Send + 'static,

@@ -292,6 +292,21 @@ pub trait Permissions: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// Permissions that allow everything: a connection the program made to
+/// itself (a bridge's local side).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Unrestricted;
+
+impl Permissions for Unrestricted {
+    fn check(&self, _: Action, _: &str) -> Decision {
+        Decision::Allow
+    }
+
+    fn receives_all(&self, _: &str) -> bool {
+        true
+    }
+}
+
 /// Accepts a client whose transport verified a client certificate, known
 /// by its certificate's identity (Mosquitto's `use_identity_as_username`):
 /// the Common Name, or the first DNS name or e-mail address of the Subject

@@ -136,6 +136,8 @@ pub struct MetricsSnapshot {
     pub store_bytes: u64,
     /// Seconds since the broker started.
     pub uptime: Duration,
+    /// Each bridge's counters.
+    pub bridges: Vec<crate::stats::BridgeSnapshot>,
 }
 
 fn summary(view: &SessionView<'_, SessionKey, Arc<Reach>>, info: &ConnInfo) -> ClientSummary {
@@ -328,7 +330,56 @@ impl Broker {
             queued_bytes,
             max_queue_depth,
             inflight,
+            bridges: self.bridge_snapshots(),
         }
+    }
+
+    /// The counters of the bridge `name`, whose local session has
+    /// `client_id`, for [`Broker::metrics`]: made on first use, the same
+    /// ones after (a bridge restarted within the process goes on counting).
+    /// `queue` bounds its queue of messages for the remote.
+    pub fn bridge_counters(
+        &self,
+        name: &str,
+        client_id: &str,
+        queue: crate::core::queue::QueueBound,
+    ) -> Arc<crate::stats::BridgeCounters> {
+        let mut all = lock(&self.engine.bridges);
+        if let Some((_, _, c)) = all.iter().find(|(n, _, _)| n == name) {
+            return c.clone();
+        }
+        let c = Arc::new(crate::stats::BridgeCounters {
+            queue: Arc::new(queue),
+            ..crate::stats::BridgeCounters::default()
+        });
+        all.push((name.to_string(), client_id.to_string(), c.clone()));
+        c
+    }
+
+    fn bridge_snapshots(&self) -> Vec<crate::stats::BridgeSnapshot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let all = lock(&self.engine.bridges).clone();
+        all.into_iter()
+            .map(|(name, client_id, c)| {
+                let queued = {
+                    let core = lock(&self.engine.core);
+                    core.registry
+                        .session(&client_id)
+                        .map_or(0, |v| v.data.depth().0 as u64)
+                };
+                crate::stats::BridgeSnapshot {
+                    name,
+                    up: c.up.load(Relaxed),
+                    connects: c.connects.load(Relaxed),
+                    connect_failures: c.connect_failures.load(Relaxed),
+                    forwarded_out: c.forwarded_out.load(Relaxed),
+                    forwarded_in: c.forwarded_in.load(Relaxed),
+                    refused: c.refused.load(Relaxed),
+                    queued,
+                    dropped: c.queue.dropped.load(Relaxed),
+                }
+            })
+            .collect()
     }
 
     /// Whether the broker is up and taking clients (not shutting down).

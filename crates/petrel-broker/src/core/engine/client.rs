@@ -24,7 +24,7 @@ use crate::core::queue::{detach, Queued, SessionKey, Taken, QOS2};
 use crate::core::router::Subscription;
 use crate::core::sessions::{ConnectionId, Handover};
 use crate::core::store::{child_key, encode_delivery, encode_subscription, Commit, Op, Table};
-use crate::core::{is_sys, lock, too_deep, WakerSlot};
+use crate::core::{is_sys, lock, own_connection_state, too_deep, WakerSlot};
 use crate::stats::{DisconnectReason, LocalHistogram, Stats};
 
 /// Why the engine asks a connection to close.
@@ -336,6 +336,9 @@ impl Client {
     }
 
     fn may_publish(&mut self, topic: &str) -> bool {
+        if is_sys(topic) && own_connection_state(topic, self.key.client_id()) {
+            return true;
+        }
         if self.access().is_unrestricted() {
             // $SYS belongs to the broker, as Mosquitto's default rules say.
             return !is_sys(topic);

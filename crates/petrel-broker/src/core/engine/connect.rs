@@ -19,7 +19,7 @@ use crate::core::auth::{
 };
 use crate::core::queue::detach;
 use crate::core::sessions::{ConnectionId, Handover, NEVER};
-use crate::core::{is_sys, lock, too_deep};
+use crate::core::{is_sys, lock, own_connection_state, too_deep};
 use crate::stats::Stats;
 
 /// How long a connection waits for another to hand over the session it
@@ -36,6 +36,20 @@ pub struct Peer {
     pub certificate: Option<CertificateIdentity>,
     /// What the listener it came through allows.
     pub rules: Arc<ListenerRules>,
+    /// A connection the program made to itself, never one from the
+    /// network (a bridge's local side, opened by [`crate::LocalConnector`]).
+    pub internal: Option<Internal>,
+}
+
+/// What a connection the program made to itself is: a user authenticated
+/// without credentials that may publish, subscribe and receive anything
+/// (except publish to `$SYS`), and the bounds of its session's queue.
+#[derive(Clone, Debug)]
+pub struct Internal {
+    /// Its user name (logs, the admin API).
+    pub user: Arc<str>,
+    /// Its session queue's own bounds, instead of the broker's.
+    pub queue: Option<Arc<crate::core::queue::QueueBound>>,
 }
 
 /// What one listener allows, beyond the broker's own rules.
@@ -249,6 +263,15 @@ impl Login {
                 .await;
             return self.exchange_step(exchange, step).await;
         }
+        if let Some(internal) = &self.peer.internal {
+            let name = internal.user.to_string();
+            return self
+                .authenticated(Grant {
+                    identity: Identity::Named(name),
+                    permissions: Some(Arc::new(crate::core::auth::Unrestricted)),
+                })
+                .await;
+        }
         let mut verdict = Verdict::Pass;
         let rules = self.peer.rules.clone();
         let authenticators = || {
@@ -438,8 +461,9 @@ impl Login {
                 // [MQTT-3.2.2-12]
                 return Err(ReasonCode::QOS_NOT_SUPPORTED);
             }
-            if is_sys(w.topic.as_str()) {
-                // $SYS is the broker's: no client writes there, will included.
+            if is_sys(w.topic.as_str()) && !own_connection_state(w.topic.as_str(), &client_id) {
+                // $SYS is the broker's: no client writes there, will
+                // included (but for a bridge's own link state).
                 return Err(ReasonCode::NOT_AUTHORIZED);
             }
             if too_deep(w.topic.as_str(), limits.max_topic_levels) {
@@ -525,7 +549,10 @@ impl Login {
             &p.security.authorizers,
         );
         if let Some(w) = &p.will {
-            if !access.check(crate::core::auth::Action::Publish, w.0.topic.as_str()) {
+            let topic = w.0.topic.as_str();
+            if !own_connection_state(topic, &p.client_id)
+                && !access.check(crate::core::auth::Action::Publish, topic)
+            {
                 // A will is a publish like any other.
                 Stats::add(&engine.stats.denied_publish, 1);
                 return self.refused(ReasonCode::NOT_AUTHORIZED);
@@ -624,6 +651,8 @@ impl Login {
             ..
         } = *p;
         let access = access.unwrap_or_else(crate::core::auth::anonymous);
+        a.key
+            .set_bound(self.peer.internal.as_ref().and_then(|i| i.queue.clone()));
         reach.set_info(ConnInfo {
             username: access.username.clone(),
             addr: self.peer.addr,

@@ -46,7 +46,7 @@ pub use admin::{
     SubscriptionSummary,
 };
 pub use client::{Client, Kick, ReauthStep};
-pub use connect::{Accepted, ListenerRules, Login, Peer, Step};
+pub use connect::{Accepted, Internal, ListenerRules, Login, Peer, Step};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -222,6 +222,9 @@ pub(crate) struct Engine {
     backlog: AtomicUsize,
     pub(crate) stats: Stats,
     started: Instant,
+    /// The bridges' counters, by name, with their local sessions' client
+    /// ids.
+    bridges: Mutex<Vec<(String, String, Arc<crate::stats::BridgeCounters>)>>,
     /// Keys for assigned client ids if the random generator fails.
     id_keys: std::collections::hash_map::RandomState,
     next_assigned: AtomicU64,
@@ -389,6 +392,7 @@ impl BrokerBuilder {
                 backlog: AtomicUsize::new(0),
                 stats: Stats::default(),
                 started: Instant::now(),
+                bridges: Mutex::default(),
                 id_keys: std::collections::hash_map::RandomState::new(),
                 next_assigned: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
@@ -437,6 +441,7 @@ const RESTART_ONLY: &[&str] = &[
     "log_format",
     "log_file",
     "http",
+    "bridge",
     "limits.max_connections",
     "limits.max_packet_size",
     "limits.connect_timeout",
@@ -474,6 +479,7 @@ fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str>
         a.log_format != b.log_format,
         a.log_file != b.log_file,
         a.http != b.http,
+        a.bridges != b.bridges,
         la.max_connections != lb.max_connections,
         la.max_packet_size != lb.max_packet_size,
         la.connect_timeout != lb.connect_timeout,
