@@ -368,6 +368,22 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 }
             }
         }
+        // Bridges to other brokers ([[bridge]]): stopped (each side told
+        // DISCONNECT) as soon as the broker starts shutting down.
+        let bridges = match petrel_bridge::start_all(&broker, &server.local()) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("petrel: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if !bridges.is_empty() {
+            let mut shutdown = broker.shutdown_signal();
+            tokio::spawn(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                futures::future::join_all(bridges.into_iter().map(|b| b.stop())).await;
+            });
+        }
         let reloader = Reloader {
             broker: broker.clone(),
             certificates: server.certificates(),
