@@ -270,6 +270,9 @@ fn host_name() -> String {
 /// Connect, and again after each loss the clients can't recover from
 /// (the remote refused the credentials for good, say), until stopped.
 async fn run(link: Arc<Link>, mut stopped: watch::Receiver<bool>) {
+    // Down until it connects: said at once, so a stale `1` (a restart
+    // while it was up) does not stand.
+    link.announce(false);
     let mut failures: u32 = 0;
     loop {
         let session = tokio::select! {
@@ -430,9 +433,13 @@ impl Link {
 
     /// Record (and announce) whether the remote is connected.
     fn set_up(&self, up: bool) {
-        if self.counters.up.swap(up, Relaxed) == up {
-            return;
+        if self.counters.up.swap(up, Relaxed) != up {
+            self.announce(up);
         }
+    }
+
+    /// Publish the link's state on the notification topic, retained.
+    fn announce(&self, up: bool) {
         if let Some(t) = &self.notify {
             let payload = Bytes::from_static(if up { b"1" } else { b"0" });
             self.broker

@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 use petrel_client::{connect, Protocol, QoS};
 use support::*;
 
+/// The host name, as the default bridge client id has it.
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "petrel".into())
+}
+
 fn version(p: Protocol) -> &'static str {
     if p == Protocol::V5 {
         "5.0"
@@ -369,8 +376,16 @@ async fn while_the_remote_is_away_the_queue_waits_within_its_bound() {
         assert!(!b.up);
         assert_eq!(b.queued, 30, "{b:?}");
         assert_eq!(b.dropped, 10, "{b:?}");
+        // The link's state, retained on Mosquitto's notification topic.
+        let (watch, mut state) = client(&petrel.addr.to_string(), proto, "state").await;
+        let topic = format!("$SYS/broker/connection/{}.away/state", host());
+        watch.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+        let down = next(&mut state).await;
+        assert_eq!((&down.payload[..], down.retain), (&b"0"[..], true));
         mosq.run();
         petrel.wait_up("away").await;
+        let up = next(&mut state).await;
+        assert_eq!(&up.payload[..], b"1", "announced when it came up");
         let (_sub, mut got) = connect(so).await.unwrap();
         let mut order = Vec::new();
         while order.len() < 40 {
