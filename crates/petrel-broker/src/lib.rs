@@ -59,7 +59,7 @@ pub use crate::core::engine::{
     ListenerConnections, ListenerRules, Login, MetricsSnapshot, Peer, ReauthStep, Reconfigured,
     Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
-pub use crate::core::queue::QueueBound;
+
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{
@@ -72,5 +72,5 @@ pub use crate::durable::DiskStore;
 pub use crate::server::{Certificates, LocalConnector, Server};
 pub use crate::stats::{
     BridgeCounters, BridgeSnapshot, DisconnectReason, HistogramSnapshot, LatencyHistogram,
-    StatsSnapshot, LATENCY_BOUNDS_US,
+    QueueBound, StatsSnapshot, LATENCY_BOUNDS_US,
 };

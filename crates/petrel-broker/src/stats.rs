@@ -424,7 +424,7 @@ pub struct BridgeCounters {
     pub refused: AtomicU64,
     /// The bounds of the queue of messages waiting for the remote, and the
     /// messages dropped for want of room in it.
-    pub queue: Arc<crate::core::queue::QueueBound>,
+    pub queue: Arc<QueueBound>,
 }
 
 /// A bridge's counters at one moment.
@@ -448,4 +448,29 @@ pub struct BridgeSnapshot {
     pub queued: u64,
     /// Messages dropped because the queue for the remote was full.
     pub dropped: u64,
+}
+
+/// A session queue's own bounds, instead of `max_queued_messages` and
+/// `max_queued_bytes` (the broker-wide `max_queued_bytes_total` still
+/// holds), and the count of messages dropped for want of room in it: what
+/// a bridge's local side brings ([`crate::Peer::internal`]).
+#[derive(Debug, Default)]
+pub struct QueueBound {
+    /// Messages that may wait.
+    pub max_messages: usize,
+    /// Bytes (topic, properties, payload) that may wait.
+    pub max_bytes: usize,
+    /// Messages dropped because the queue was full.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl QueueBound {
+    /// Bounds of `max_messages` and `max_bytes`, nothing dropped yet.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Self {
+            max_messages,
+            max_bytes,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }

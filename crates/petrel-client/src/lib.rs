@@ -84,6 +84,7 @@ mod error;
 mod options;
 mod request;
 mod scram;
+mod stream;
 mod task;
 mod transport;
 
@@ -103,4 +104,5 @@ pub use request::{Ack, AckToken, Status};
 /// and [`TlsOptions::cipher_suites`].
 pub use rustls;
 pub use scram::{ScramAuthenticator, ScramMechanism};
-pub use transport::{open_stream, Connector, Io, Opening};
+pub use stream::{Connector, Io, Opening};
+pub use transport::open_stream;

@@ -118,7 +118,7 @@ pub struct ConnectOptions {
     pub primary_check: Duration,
     /// Opens the byte stream itself instead of `transport` (an in-process
     /// pipe to a broker in the same program, say). Default none.
-    pub connector: Option<Arc<dyn crate::transport::Connector>>,
+    pub connector: Option<Arc<dyn crate::stream::Connector>>,
 }
 
 /// What carries the MQTT byte stream to the broker.

@@ -14,21 +14,7 @@ use tokio_rustls::TlsConnector;
 use crate::error::ClientError;
 use crate::options::{ConnectOptions, TlsOptions, Transport};
 
-/// A connected byte stream, whatever the transport.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
-/// A stream being opened by a [`Connector`].
-pub type Opening =
-    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Io>>> + Send>>;
-
-/// Opens a byte stream of the application's own making for
-/// [`ConnectOptions::connector`] (an in-process pipe to a broker in the
-/// same program, say), each time the client connects.
-pub trait Connector: Send + Sync + std::fmt::Debug + 'static {
-    /// Open a new stream to the broker.
-    fn open(&self) -> Opening;
-}
+use crate::stream::Io;
 
 /// ALPN for secure WebSocket: it starts as HTTP/1.1.
 const ALPN_HTTP1: &[u8] = b"http/1.1";

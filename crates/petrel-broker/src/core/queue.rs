@@ -37,6 +37,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use petrel_codec::QoS;
+
+use crate::stats::QueueBound;
 use petrel_session::Message;
 
 use super::auth::Access;
@@ -96,31 +98,6 @@ struct Mailbox {
     /// Its own bounds instead of the broker's, if its connection brought
     /// some (a bridge's local side).
     bound: Option<Arc<QueueBound>>,
-}
-
-/// A session queue's own bounds, instead of `max_queued_messages` and
-/// `max_queued_bytes` (the broker-wide `max_queued_bytes_total` still
-/// holds), and the count of messages dropped for want of room in it: what
-/// a bridge's local side brings ([`crate::Peer::internal`]).
-#[derive(Debug, Default)]
-pub struct QueueBound {
-    /// Messages that may wait.
-    pub max_messages: usize,
-    /// Bytes (topic, properties, payload) that may wait.
-    pub max_bytes: usize,
-    /// Messages dropped because the queue was full.
-    pub dropped: std::sync::atomic::AtomicU64,
-}
-
-impl QueueBound {
-    /// Bounds of `max_messages` and `max_bytes`, nothing dropped yet.
-    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
-        Self {
-            max_messages,
-            max_bytes,
-            dropped: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
 }
 
 impl Mailbox {

@@ -342,7 +342,7 @@ impl Broker {
         &self,
         name: &str,
         client_id: &str,
-        queue: crate::core::queue::QueueBound,
+        queue: crate::stats::QueueBound,
     ) -> Arc<crate::stats::BridgeCounters> {
         let mut all = lock(&self.engine.bridges);
         if let Some((_, _, c)) = all.iter().find(|(n, _, _)| n == name) {

@@ -49,7 +49,7 @@ pub struct Internal {
     /// Its user name (logs, the admin API).
     pub user: Arc<str>,
     /// Its session queue's own bounds, instead of the broker's.
-    pub queue: Option<Arc<crate::core::queue::QueueBound>>,
+    pub queue: Option<Arc<crate::stats::QueueBound>>,
 }
 
 /// What one listener allows, beyond the broker's own rules.
