@@ -285,8 +285,8 @@ async fn run(link: Arc<Link>, mut stopped: watch::Receiver<bool>) {
         };
         failures = 0;
         let outcome = tokio::select! {
-            r = out_pump(&link, &local, local_msgs, &remote) => r,
-            r = in_pump(&link, &local, &remote, remote_msgs) => r,
+            r = pump(&link, Way::Out, local_msgs, &remote, &local) => r,
+            r = pump(&link, Way::In, remote_msgs, &local, &remote) => r,
             r = watch_remote(&link, &remote) => r,
             () = until_stopped(&mut stopped) => {
                 let _ = tokio::join!(remote.disconnect(), local.disconnect());
@@ -453,7 +453,7 @@ impl Link {
         self.rules
             .iter()
             .filter(|r| r.direction.out())
-            .find(|r| matches(&r.local_filter(), topic))
+            .find(|r| petrel_codec::topic_matches(&r.local_filter(), topic))
             .and_then(|r| {
                 let rest = topic.strip_prefix(r.local_prefix.as_str())?;
                 Some(format!("{}{rest}", r.remote_prefix))
@@ -466,7 +466,7 @@ impl Link {
         self.rules
             .iter()
             .filter(|r| r.direction.r#in())
-            .find(|r| matches(&r.remote_filter(), topic))
+            .find(|r| petrel_codec::topic_matches(&r.remote_filter(), topic))
             .and_then(|r| {
                 let rest = topic.strip_prefix(r.remote_prefix.as_str())?;
                 Some(format!("{}{rest}", r.local_prefix))
@@ -491,102 +491,61 @@ impl Link {
     }
 }
 
-/// Whether `topic` matches `filter` (4.7; a leading wildcard does not
-/// match a `$` topic).
-fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
 type AckFuture = Pin<Box<dyn Future<Output = (Result<Ack, ClientError>, Option<AckToken>)> + Send>>;
 
-/// Local messages to the remote: each acknowledged locally once the remote
-/// acknowledged it, in order, at most `inflight` at a time.
-async fn out_pump(
-    link: &Link,
-    local: &Client,
-    mut from: Messages,
-    remote: &Client,
-) -> Result<(), ClientError> {
-    let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-    let max = usize::from(link.config.inflight);
-    loop {
-        tokio::select! {
-            m = from.recv_ack(), if pending.len() < max => {
-                let Some((p, token)) = m else { return Err(ClientError::Closed) };
-                let message = link
-                    .to_remote(p.topic.as_str())
-                    .and_then(|t| link.forwarded(&p, &t, link.remote_v5));
-                match message {
-                    Some(message) => {
-                        let ack = remote.publish_queued(message).await?;
-                        pending.push_back(Box::pin(async move { (ack.await, token) }));
-                    }
-                    None => {
-                        // No rule gives it a remote topic (a subscription
-                        // left from an older configuration): not forwarded.
-                        tracing::debug!(bridge = %link.name, topic = %p.topic.as_str(), "bridge: no out rule for this topic");
-                        if let Some(t) = token {
-                            local.ack(t).await?;
-                        }
-                    }
-                }
-            }
-            Some((r, token)) = pending.next(), if !pending.is_empty() => {
-                settle(link, r, "remote", &link.counters.forwarded_out)?;
-                if let Some(t) = token {
-                    local.ack(t).await?;
-                }
-            }
-        }
-    }
+/// Which way a pump forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    /// Local messages to the remote.
+    Out,
+    /// Remote messages into the local broker.
+    In,
 }
 
-/// Remote messages into the local broker, as [`out_pump`] the other way.
-async fn in_pump(
+/// Forward what `from` (a client of one side) receives through `to` (the
+/// other side's client): each message acknowledged through `back` (the
+/// client it came on) once `to`'s broker acknowledged it, in order, at
+/// most `inflight` at a time.
+async fn pump(
     link: &Link,
-    local: &Client,
-    remote: &Client,
+    way: Way,
     mut from: Messages,
+    to: &Client,
+    back: &Client,
 ) -> Result<(), ClientError> {
+    let (forwarded, side) = match way {
+        Way::Out => (&link.counters.forwarded_out, "remote"),
+        Way::In => (&link.counters.forwarded_in, "local"),
+    };
     let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let max = usize::from(link.config.inflight);
     loop {
         tokio::select! {
             m = from.recv_ack(), if pending.len() < max => {
                 let Some((p, token)) = m else { return Err(ClientError::Closed) };
-                let message = link
-                    .to_local(p.topic.as_str())
-                    .and_then(|t| link.forwarded(&p, &t, link.remote_v5));
-                match message {
+                let topic = match way {
+                    Way::Out => link.to_remote(p.topic.as_str()),
+                    Way::In => link.to_local(p.topic.as_str()),
+                };
+                match topic.and_then(|t| link.forwarded(&p, &t, link.remote_v5)) {
                     Some(message) => {
-                        let ack = local.publish_queued(message).await?;
+                        let ack = to.publish_queued(message).await?;
                         pending.push_back(Box::pin(async move { (ack.await, token) }));
                     }
                     None => {
-                        tracing::debug!(bridge = %link.name, topic = %p.topic.as_str(), "bridge: no in rule for this topic");
+                        // No rule gives it a topic on the other side (a
+                        // subscription left from an older configuration).
+                        tracing::debug!(bridge = %link.name, topic = %p.topic.as_str(), ?way, "bridge: no rule for this topic");
                         if let Some(t) = token {
-                            remote.ack(t).await?;
+                            back.ack(t).await?;
                         }
                     }
                 }
             }
             Some((r, token)) = pending.next(), if !pending.is_empty() => {
-                settle(link, r, "local", &link.counters.forwarded_in)?;
+                settle(link, r, side, forwarded)?;
                 if let Some(t) = token {
-                    remote.ack(t).await?;
+                    back.ack(t).await?;
                 }
             }
         }
@@ -635,24 +594,5 @@ async fn watch_remote(link: &Link, remote: &Client) -> Result<(), ClientError> {
             Status::Closed => return Err(ClientError::Closed),
         }
         last = now;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn filters_match_topics() {
-        assert!(matches("a/#", "a"));
-        assert!(matches("a/#", "a/b/c"));
-        assert!(matches("a/+/c", "a/b/c"));
-        assert!(!matches("a/+/c", "a/b/d"));
-        assert!(!matches("a/+", "a/b/c"));
-        assert!(matches("#", "x/y"));
-        assert!(!matches("#", "$SYS/x"));
-        assert!(!matches("+/x", "$SYS/x"));
-        assert!(matches("$SYS/#", "$SYS/x"));
-        assert!(!matches("a/b", "a"));
     }
 }

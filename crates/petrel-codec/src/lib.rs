@@ -84,7 +84,7 @@ pub use properties::{
     UserProperty,
 };
 pub use reason::{ReasonCode, ReasonContext};
-pub use string::{MqttString, StringError, TopicFilter, TopicName, SHARE_PREFIX};
+pub use string::{topic_matches, MqttString, StringError, TopicFilter, TopicName, SHARE_PREFIX};
 pub use types::{PacketId, Protocol, QoS, QosPid, RetainHandling, SubscriptionOptions};
 pub use wire::MAX_VARINT;
 

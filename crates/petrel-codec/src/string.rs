@@ -350,7 +350,43 @@ pub struct TopicFilter(MqttString);
 /// The prefix of a shared subscription's filter.
 pub const SHARE_PREFIX: &str = "$share/";
 
+/// Whether the topic filter `filter` matches the topic name `topic`, by the
+/// rules of 4.7: `+` one level, `#` the rest (and the level above it:
+/// `sport/#` matches `sport`), and a leading wildcard never matches a topic
+/// that starts with `$` ([MQTT-4.7.2-1]). Neither is validated here: a
+/// shared subscription's `$share/{group}/` prefix is not stripped.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    let mut first = true;
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), Some(level)) => return !(first && level.starts_with('$')),
+            (Some("#"), None) => return true,
+            (Some("+"), Some(level)) => {
+                if first && level.starts_with('$') {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) => {
+                if a != b {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            _ => return false,
+        }
+        first = false;
+    }
+}
+
 impl TopicFilter {
+    /// Whether this filter matches the topic name `topic` (4.7; for a
+    /// shared subscription, by its filter part).
+    pub fn matches(&self, topic: &str) -> bool {
+        topic_matches(self.shared().map_or(self.as_str(), |(_, f)| f), topic)
+    }
+
     /// Validate a topic filter.
     pub fn new(s: MqttString) -> Result<Self, StringError> {
         validate_filter(s.as_bytes())?;
@@ -436,6 +472,26 @@ fn validate_filter(s: &[u8]) -> Result<(), StringError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Checks [MQTT-4.7.2-1] (a leading wildcard does not match `$` topics).
+    #[test]
+    fn filters_match_topics_by_4_7() {
+        assert!(topic_matches("a/#", "a"));
+        assert!(topic_matches("a/#", "a/b/c"));
+        assert!(topic_matches("a/+/c", "a/b/c"));
+        assert!(!topic_matches("a/+/c", "a/b/d"));
+        assert!(!topic_matches("a/+", "a/b/c"));
+        assert!(topic_matches("#", "x/y"));
+        assert!(!topic_matches("#", "$SYS/x"));
+        assert!(!topic_matches("+/x", "$SYS/x"));
+        assert!(topic_matches("$SYS/#", "$SYS/x"));
+        assert!(!topic_matches("a/b", "a"));
+        assert!(topic_matches("/+", "/x"));
+        let shared = TopicFilter::try_from("$share/g/a/+").unwrap();
+        assert!(shared.matches("a/b"));
+        assert!(!shared.matches("b/b"));
+    }
+
     use super::*;
 
     fn filter(s: &str) -> Result<TopicFilter, StringError> {

@@ -11,29 +11,7 @@ fn dollar(level: &str) -> bool {
 
 /// Whether `filter` matches the topic name `topic`.
 pub(crate) fn matches(filter: &str, topic: &str) -> bool {
-    let mut f = levels(filter);
-    let mut t = levels(topic);
-    let mut first = true;
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), Some(level)) => return !(first && dollar(level)),
-            // `sport/#` matches `sport` ([MQTT-4.7.1-2] example).
-            (Some("#"), None) => return true,
-            (Some("+"), Some(level)) => {
-                if first && dollar(level) {
-                    return false;
-                }
-            }
-            (Some(a), Some(b)) => {
-                if a != b {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            _ => return false,
-        }
-        first = false;
-    }
+    petrel_codec::topic_matches(filter, topic)
 }
 
 /// Whether every topic `inner` matches is matched by `outer` (`inner` is a
