@@ -57,6 +57,10 @@ RUNS = {
     "latency": ["latency", "--rate", "2000"],
     "conns": ["conns", "--count", "10000"],
     "retained": ["retained", "--count", "100000"],
+    # Many devices, each one message at a time at 10 msg/s, no batching,
+    # to 10 wildcard subscribers: the broker's CPU per delivery, latency.
+    "fleet0": ["fleet", "--count", "2000", "--rate", "20000", "-n", "10", "-q", "0"],
+    "fleet1": ["fleet", "--count", "2000", "--rate", "20000", "-n", "10", "-q", "1"],
 }
 
 # Table rows: (label, run, figure, higher_is_better).
@@ -72,6 +76,12 @@ ROWS = [
     ("KiB/conn connected", "conns", "kib_per_connection", False),
     ("KiB/conn idle 10 s", "conns", "kib_per_connection_after_idle", False),
     ("retained s", "retained", "seconds", False),
+    ("fleet q0 us/deliv", "fleet0", "broker_cpu_us_per_delivered", False),
+    ("fleet q0 p99 us", "fleet0", "p99_us", False),
+    ("fleet q1 us/deliv", "fleet1", "broker_cpu_us_per_delivered", False),
+    ("fleet q1 p50 us", "fleet1", "p50_us", False),
+    ("fleet q1 p99 us", "fleet1", "p99_us", False),
+    ("fleet q1 p99.9 us", "fleet1", "p999_us", False),
 ]
 
 
@@ -260,7 +270,7 @@ def run_generator(broker, flags, seconds, protocol):
     cmd = ["taskset", "-c", "1", PETREL, "bench"] + flags + [
         "-p", str(broker.port), "-s", str(seconds), "-V", protocol, "--json",
     ]
-    if flags[0] == "conns":
+    if flags[0] in ("conns", "fleet"):
         cmd += ["--broker-pid", str(broker.proc.pid)]
     if PERSISTENT:
         cmd += ["--persistent"]

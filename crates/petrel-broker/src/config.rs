@@ -68,7 +68,7 @@
 //! max_sessions = 1000000        # sessions (connected or not); past it the one offline longest ends
 //! max_queued_bytes_total = 1073741824   # all sessions' queues together
 //! max_retained_bytes = 268435456        # all retained messages together
-//! max_retained_backlog = 2000000        # retained messages waiting to be sent to new subscriptions, all connections
+//! max_retained_backlog = 2000000        # retained messages taken for new subscriptions (64 at a time each) and not yet sent, all connections
 //! hibernate_after = 5           # seconds of silence before an idle connection hibernates; 0 = never
 //! tcp_keepalive = 120           # seconds of silence before TCP keepalive probes a peer; 0 = off
 //! packet_timeout = 30           # seconds a partly received packet may go without a byte more
@@ -668,8 +668,12 @@ pub struct Limits {
     /// Bytes of all retained messages together; a new retained message past
     /// it is not stored (still delivered). Default 256 MiB.
     pub max_retained_bytes: usize,
-    /// Retained messages waiting to be sent to new subscriptions, over all
-    /// connections; past it, the rest are not sent (counted). Default 2,000,000.
+    /// Retained messages taken from the store for new subscriptions and not
+    /// yet sent, over all connections. A new subscription's retained
+    /// messages are taken 64 at a time as its connection sends them (a
+    /// SUBSCRIBE walks nothing), so this bounds what is held, not what one
+    /// subscription gets; if a batch finds it full, the rest of that walk is
+    /// not sent (counted as dropped). Default 2,000,000.
     pub max_retained_backlog: usize,
     /// Seconds a connection with nothing in flight stays quiet before it
     /// hibernates: its task ends and it waits, folded to a few hundred

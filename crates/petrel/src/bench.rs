@@ -59,6 +59,11 @@ pub(crate) enum Scenario {
     Conns,
     /// A new subscriber receiving many retained messages.
     Retained,
+    /// Many devices (`--count`), each publishing one message at a time at a
+    /// fixed rate (`--rate` in all), no batching, to `-n` subscribers on a
+    /// wildcard filter: the broker's CPU per delivered message and the
+    /// latency, at that load (`--broker-pid` for the CPU).
+    Fleet,
 }
 
 /// `petrel bench` options.
@@ -228,6 +233,7 @@ pub(crate) fn run(mut args: BenchArgs) -> Result<(), String> {
             Scenario::Latency => latency(&args, protocol).await,
             Scenario::Conns => conns(&args, protocol).await,
             Scenario::Retained => retained(&args, protocol).await,
+            Scenario::Fleet => fleet(&args, protocol, qos).await,
             _ => bench(&args, protocol, qos).await,
         }
     })?;
@@ -319,6 +325,7 @@ async fn bench(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
         | Scenario::Qos1
         | Scenario::Latency
         | Scenario::Conns
+        | Scenario::Fleet
         | Scenario::Retained => (0..args.clients)
             .map(|i| {
                 let g = Group::new(1, 1, window);
@@ -713,6 +720,177 @@ async fn publisher(
 }
 
 /// The resident memory of a process, in bytes (Linux /proc).
+/// A process's user + system CPU seconds (Linux /proc).
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The fleet: `--count` devices, each on a connection of its own sending
+/// one message at a time (QoS 1: waiting for its PUBACK) on
+/// `bench/RUN/fleet/D/data`, evenly spread so that all together send
+/// `--rate` a second; `-n` subscribers on `bench/RUN/fleet/+/data` each
+/// receive every message. After a second of warm-up, `--seconds` are
+/// measured: messages sent then, their deliveries and latency (send to
+/// receipt), and the broker's CPU over the same time.
+async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report, String> {
+    let addr = address(args).await?;
+    let run = std::process::id();
+    let epoch = Instant::now();
+    let devices = args.count.max(1);
+    let rate = args.rate.max(1);
+    let filter = format!("bench/{run}/fleet/+/data");
+    let mut subs = Vec::new();
+    for s in 0..args.clients {
+        let mut c = connect(addr, protocol, &format!("bf-s{s}-{run}"), &args.login()).await?;
+        subscribe_and_wait(&mut c, protocol, &filter, qos).await?;
+        subs.push(c);
+    }
+    let mut devs = Vec::with_capacity(devices);
+    for d in 0..devices {
+        devs.push(connect(addr, protocol, &format!("bf-d{d}-{run}"), &args.login()).await?);
+    }
+    eprintln!(
+        "  {devices} devices and {} subscribers connected",
+        args.clients
+    );
+    let size = args.size.max(8);
+    let period = Duration::from_secs_f64(devices as f64 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let from = start + Duration::from_secs(1);
+    let end = from + Duration::from_secs(args.seconds);
+    let nanos = |t: tokio::time::Instant| {
+        t.duration_since(tokio::time::Instant::from_std(epoch))
+            .as_nanos() as u64
+    };
+    let (from_ns, end_ns) = (nanos(from), nanos(end));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (d, conn) in devs.into_iter().enumerate() {
+        let topic = TopicName::try_from(format!("bench/{run}/fleet/{d}/data").as_str())
+            .map_err(|e| e.to_string())?;
+        let first = start + period.mul_f64(d as f64 / devices as f64);
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let Conn {
+                mut read,
+                mut write,
+                mut buf,
+                ..
+            } = conn;
+            let mut out = BytesMut::new();
+            let mut next = first;
+            let mut id: u16 = 0;
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                let mut payload = vec![b'x'; size];
+                let at = epoch.elapsed().as_nanos() as u64;
+                payload[..8].copy_from_slice(&at.to_be_bytes());
+                let mut p = Publish::new(topic.clone(), Bytes::from(payload));
+                if qos == QoS::AtLeastOnce {
+                    id = id % 65_535 + 1;
+                    let Some(pid) = PacketId::new(id) else { return };
+                    p.qos = QosPid::AtLeastOnce(pid);
+                }
+                out.clear();
+                if p.encode(protocol, &mut out).is_err()
+                    || send_all(&mut write, &out).await.is_err()
+                {
+                    return;
+                }
+                if at >= from_ns && at < end_ns {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if qos == QoS::AtLeastOnce {
+                    // One at a time: the next waits for this one's PUBACK.
+                    loop {
+                        match next_packet(&mut read, &mut buf, protocol).await {
+                            Some(Packet::PubAck(_)) => break,
+                            Some(_) => {}
+                            None => return,
+                        }
+                    }
+                }
+                next += period;
+            }
+            // Stay connected while the others finish.
+            tokio::time::sleep_until(end + Duration::from_secs(3)).await;
+        }));
+    }
+    let mut readers = Vec::new();
+    for mut c in subs {
+        readers.push(tokio::spawn(async move {
+            let mut samples: Vec<u64> = Vec::new();
+            let mut acks = BytesMut::new();
+            let quiet = end + Duration::from_secs(2);
+            while let Ok(Some(p)) = tokio::time::timeout_at(quiet, c.next(protocol)).await {
+                let Packet::Publish(p) = p else { continue };
+                let now = epoch.elapsed().as_nanos() as u64;
+                if p.payload.len() >= 8 {
+                    let at = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
+                    if at >= from_ns && at < end_ns {
+                        samples.push(now.saturating_sub(at));
+                    }
+                }
+                if let QosPid::AtLeastOnce(id) = p.qos {
+                    acks.clear();
+                    let _ = Packet::PubAck(PubAck::new(id)).encode(protocol, &mut acks);
+                    if send_all(&mut c.write, &acks).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            samples
+        }));
+    }
+    tokio::time::sleep_until(from).await;
+    let (broker0, own0) = (args.broker_pid.and_then(cpu_seconds_of), cpu_seconds());
+    tokio::time::sleep_until(end).await;
+    let (broker1, own1) = (args.broker_pid.and_then(cpu_seconds_of), cpu_seconds());
+    let mut samples = Vec::new();
+    for r in readers {
+        samples.extend(r.await.map_err(|e| e.to_string())?);
+    }
+    for t in tasks {
+        t.abort();
+    }
+    samples.sort_unstable();
+    let sent = sent.load(Ordering::Relaxed);
+    let delivered = samples.len() as u64;
+    let expected = sent * args.clients as u64;
+    eprintln!(
+        "  {sent} messages sent in the measured time, {delivered} of {expected} deliveries arrived"
+    );
+    let seconds = args.seconds as f64;
+    let us = |p: f64| percentile(&samples, p) / 1000.0;
+    let mut figures = vec![
+        ("qos", qos as u8 as f64),
+        ("devices", devices as f64),
+        ("rate", rate as f64),
+        ("delivered_per_s", delivered as f64 / seconds),
+        ("lost", expected.saturating_sub(delivered) as f64),
+        ("p50_us", us(0.50)),
+        ("p99_us", us(0.99)),
+        ("p999_us", us(0.999)),
+    ];
+    if let Some(cpu) = broker1.zip(broker0).map(|(b, a)| b - a) {
+        figures.push(("broker_cpu_percent", 100.0 * cpu / seconds));
+        figures.push((
+            "broker_cpu_us_per_delivered",
+            1e6 * cpu / (delivered.max(1) as f64),
+        ));
+    }
+    Ok(Report {
+        scenario: "fleet",
+        figures,
+        generator_cpu: own1.zip(own0).map(|(b, a)| 100.0 * (b - a) / seconds),
+    })
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
