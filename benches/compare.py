@@ -25,6 +25,9 @@ persistence and autosave_on_changes).
 rules, the generator's own topics allowed by the last ones, so that every
 check scans past the others; "vs acl" is then Petrel without the ACL over
 Petrel with it (1.05 = the ACL costs 5%).
+--chart FILE writes the ratios as an SVG chart (one panel per table row,
+a bar per peer and protocol version, the line at 1 = level with the peer;
+above it Petrel wins), with no plotting library.
 Run `bash benches/compare.sh` to install what is missing first.
 """
 
@@ -288,6 +291,67 @@ def run_generator(broker, flags, seconds, protocol):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def svg_chart(table, peers):
+    """The table's ratios as an SVG: one panel per row label, in a grid,
+    each with a bar per (peer, protocol), a log scale from 1/8 to 16 and a
+    line at 1 (level). Above the line Petrel does better, whichever way the
+    figure counts (the ratios are oriented so)."""
+    import math
+    from xml.sax.saxutils import escape
+
+    labels = []
+    for row in table:
+        if row["scenario"] not in labels:
+            labels.append(row["scenario"])
+    protocols = []
+    for row in table:
+        if row["protocol"] not in protocols:
+            protocols.append(row["protocol"])
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    series = [(p, v) for p in peers for v in protocols]
+    cols = 3
+    pw, ph, pad = 260, 170, 40  # panel size, inner padding
+    rows_n = max(1, math.ceil(len(labels) / cols))
+    width, height = cols * pw + 20, rows_n * ph + 70
+    lo, hi = math.log2(1 / 8), math.log2(16)
+
+    def y_of(ratio, top, h):
+        r = min(max(math.log2(max(ratio, 1e-9)), lo), hi)
+        return top + h - (r - lo) / (hi - lo) * h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           '<text x="10" y="18" font-size="14">Petrel against each peer: ratio per scenario '
+           '(above 1: Petrel better; log scale)</text>']
+    for i, (peer, ver) in enumerate(series):
+        x = 10 + i * 150
+        out.append(f'<rect x="{x}" y="28" width="10" height="10" fill="{colours[i % len(colours)]}"/>')
+        out.append(f'<text x="{x + 14}" y="37">vs {escape(peer)} {escape(ver)}</text>')
+    for n, label in enumerate(labels):
+        px, py = 10 + (n % cols) * pw, 50 + (n // cols) * ph
+        top, h = py + 30, ph - pad - 10
+        out.append(f'<text x="{px + 5}" y="{py + 14}" font-weight="bold">{escape(label)}</text>')
+        out.append(f'<line x1="{px + 30}" x2="{px + pw - 10}" y1="{y_of(1, top, h):.1f}" '
+                   f'y2="{y_of(1, top, h):.1f}" stroke="black" stroke-dasharray="3,2"/>')
+        for tick in (0.25, 1, 4, 16):
+            ty = y_of(tick, top, h)
+            out.append(f'<text x="{px + 2}" y="{ty + 4:.1f}" fill="#666">{tick:g}</text>')
+        bw = (pw - 50) / max(1, len(series))
+        for i, (peer, ver) in enumerate(series):
+            ratio = next((r["ratios"].get(peer) for r in table
+                          if r["scenario"] == label and r["protocol"] == ver), None)
+            if ratio is None:
+                continue
+            y1, y0 = y_of(ratio, top, h), y_of(1, top, h)
+            x = px + 35 + i * bw
+            out.append(f'<rect x="{x:.1f}" y="{min(y0, y1):.1f}" width="{bw - 4:.1f}" '
+                       f'height="{abs(y0 - y1):.1f}" fill="{colours[i % len(colours)]}"/>')
+            out.append(f'<text x="{x:.1f}" y="{min(y0, y1) - 2:.1f}" font-size="9">{ratio:.2f}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -296,6 +360,7 @@ def main():
     ap.add_argument("--brokers", default="petrel,mosquitto,rumqttd")
     ap.add_argument("--protocols", default="311,5")
     ap.add_argument("--json", default="")
+    ap.add_argument("--chart", default="", help="write the ratios as an SVG chart to this file")
     ap.add_argument("--baseline", default="")
     ap.add_argument("--acl", type=int, default=0)
     ap.add_argument("--transport", default="tcp", choices=["tcp", "tls", "ws", "wss", "quic"])
@@ -386,6 +451,10 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=1)
+    if args.chart:
+        with open(args.chart, "w") as f:
+            f.write(svg_chart(table, peers))
+        print(f"chart: {args.chart}")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
