@@ -644,3 +644,28 @@ async fn mosquitto_bridges_into_petrel() {
         assert_eq!(count(there_got, "both/from-mosquitto"), 1, "{proto:?}");
     }
 }
+
+/// Over WebSocket to Mosquitto's websockets listener: messages go out.
+#[tokio::test]
+async fn websocket_to_mosquitto() {
+    let ws_port = free_port();
+    let Some(mosq) = Mosquitto::start(
+        "ws",
+        &format!("listener {ws_port} 127.0.0.1\nprotocol websockets\n"),
+    ) else {
+        return;
+    };
+    let petrel = Petrel::start(vec![bridge(&format!(
+        "name = \"ws\"\naddress = \"127.0.0.1:{ws_port}\"\ntransport = \"ws\"\nws_path = \"/\"\n\
+         topic = [\"web/# out 1\"]"
+    ))])
+    .await;
+    petrel.wait_up("ws").await;
+    let (ts, mut there_in) = client(&mosq.addr(), Protocol::V5, "ws-sub").await;
+    ts.subscribe("web/#", QoS::AtLeastOnce).await.unwrap();
+    let (hp, _) = client(&petrel.addr.to_string(), Protocol::V5, "ws-pub").await;
+    until_flowing(&hp, "web/probe", &mut there_in).await;
+    for b in petrel.bridges {
+        b.stop().await;
+    }
+}
