@@ -403,11 +403,8 @@ async fn a_bridge_does_not_get_its_own_messages_back() {
 #[tokio::test]
 async fn a_client_writes_its_own_connection_state_and_no_other_sys_topic() {
     let b = start().await;
-    let mut watcher = Raw::connect(b.addr, Protocol::V5, "watcher").await;
-    watcher
-        .subscribe("$SYS/broker/connection/#", QoS::AtLeastOnce)
-        .await;
-    let (mut edge, ack) = Raw::connect_with(b.addr, Protocol::V5, "edge", |c| {
+    // A will of "0", retained, on edge's state topic.
+    let edge_state_will = |c: &mut petrel_codec::Connect| {
         c.will = Some(petrel_codec::Will {
             topic: topic("$SYS/broker/connection/edge/state"),
             payload: bytes::Bytes::from_static(b"0"),
@@ -415,8 +412,12 @@ async fn a_client_writes_its_own_connection_state_and_no_other_sys_topic() {
             retain: true,
             properties: Properties::new(),
         });
-    })
-    .await;
+    };
+    let mut watcher = Raw::connect(b.addr, Protocol::V5, "watcher").await;
+    watcher
+        .subscribe("$SYS/broker/connection/#", QoS::AtLeastOnce)
+        .await;
+    let (mut edge, ack) = Raw::connect_with(b.addr, Protocol::V5, "edge", edge_state_will).await;
     assert_eq!(
         ack.reason_code,
         ReasonCode::SUCCESS,
@@ -451,15 +452,6 @@ async fn a_client_writes_its_own_connection_state_and_no_other_sys_topic() {
     assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
     assert!(watcher.no_publish(Duration::from_millis(300)).await);
     // A will on another client's state is refused at CONNECT.
-    let (_, ack) = Raw::connect_with(b.addr, Protocol::V5, "sly", |c| {
-        c.will = Some(petrel_codec::Will {
-            topic: topic("$SYS/broker/connection/edge/state"),
-            payload: bytes::Bytes::from_static(b"0"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: Properties::new(),
-        });
-    })
-    .await;
+    let (_, ack) = Raw::connect_with(b.addr, Protocol::V5, "sly", edge_state_will).await;
     assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, petrel, Running};
+use common::{free_port, listening, petrel, Running};
 use petrel_client::{connect, ConnectOptions, Protocol, QoS};
 
 /// Mosquitto with persistence in `dir`, on `port`, until dropped.
@@ -90,13 +90,7 @@ fn broker(dir: &std::path::Path, port: u16, remote: u16) -> Running {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    running
+    listening(child, port)
 }
 
 #[tokio::test]

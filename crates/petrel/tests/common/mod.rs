@@ -38,6 +38,11 @@ pub fn start_on_data(data: &Path, port: u16) -> Running {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    listening(child, port)
+}
+
+/// `child` (a broker), once it listens on `port`.
+pub fn listening(child: Child, port: u16) -> Running {
     let running = Running(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
