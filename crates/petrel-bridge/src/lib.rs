@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
-use petrel_broker::config::{split_address, BridgeConfig, BridgeTransport, TopicRule};
+use petrel_broker::config::{split_address, BridgeConfig, TopicRule, TransportKind};
 use petrel_broker::{BridgeCounters, Broker, Internal, LocalConnector, QueueBound};
 use petrel_client::{
     connect, Ack, AckToken, Client, ClientError, ConnectOptions, Connector, Message, Messages,
@@ -138,7 +138,6 @@ pub fn start(
     let remote = remote_options(&config, &client_id)?;
     let link = Arc::new(Link {
         name: config.name.clone(),
-        remote_v5: remote.protocol == Protocol::V5,
         rules,
         broker: broker.clone(),
         local_options: local_options(&config, &local_id, local, &counters),
@@ -162,7 +161,6 @@ struct Link {
     broker: Broker,
     local_options: ConnectOptions,
     remote: ConnectOptions,
-    remote_v5: bool,
     counters: Arc<BridgeCounters>,
     notify: Option<TopicName>,
 }
@@ -225,17 +223,15 @@ fn remote_options(c: &BridgeConfig, client_id: &str) -> Result<ConnectOptions, B
     let mut o = ConnectOptions::new(host, port, client_id).protocol(protocol);
     o.fallbacks = addresses;
     o.primary_check = Duration::from_secs(c.primary_check.max(1));
+    // (`unix` is refused by `validate`.)
     o.transport = match c.transport {
-        BridgeTransport::Tcp | BridgeTransport::Tls => petrel_client::Transport::Tcp,
-        BridgeTransport::Ws | BridgeTransport::Wss => petrel_client::Transport::WebSocket {
+        TransportKind::Quic => petrel_client::Transport::Quic,
+        k if k.is_websocket() => petrel_client::Transport::WebSocket {
             path: c.ws_path.clone(),
         },
-        BridgeTransport::Quic => petrel_client::Transport::Quic,
+        _ => petrel_client::Transport::Tcp,
     };
-    if matches!(
-        c.transport,
-        BridgeTransport::Tls | BridgeTransport::Wss | BridgeTransport::Quic
-    ) {
+    if c.transport.is_tls() {
         let mut tls = TlsOptions::default();
         tls.ca_file.clone_from(&c.ca_file);
         tls.client_cert = c.cert_file.clone().zip(c.key_file.clone());
@@ -350,7 +346,11 @@ async fn connect_both(link: &Link, failures: &mut u32) -> Option<Both> {
             Err(e) => {
                 link.counters.connect_failures.fetch_add(1, Relaxed);
                 *failures = failures.saturating_add(1);
-                let wait = backoff(&link.config, *failures);
+                // The first wait is `reconnect_min_ms` itself.
+                let wait = link
+                    .remote
+                    .reconnect
+                    .backoff(failures.saturating_sub(1), jitter());
                 tracing::warn!(
                     bridge = %link.name,
                     remote = %link.remote_address(),
@@ -411,19 +411,11 @@ fn subscription(
     Some(Subscription { filter, options })
 }
 
-/// Exponential backoff with equal jitter, between `reconnect_min_ms` and
-/// `reconnect_max_s`.
-fn backoff(c: &BridgeConfig, failures: u32) -> Duration {
-    let min = Duration::from_millis(c.reconnect_min_ms);
-    let cap = min
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
-        .min(Duration::from_secs(c.reconnect_max_s))
-        .max(Duration::from_millis(1));
-    let half = cap / 2;
-    let nanos = std::time::SystemTime::now()
+/// Enough randomness for a backoff's jitter: the clock's nanoseconds.
+fn jitter() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    half + Duration::from_nanos(nanos % (half.as_nanos().max(1) as u64))
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
 }
 
 impl Link {
@@ -447,41 +439,32 @@ impl Link {
         }
     }
 
-    /// The remote topic of a local message, by the first `out` rule that
-    /// matches it.
-    fn to_remote(&self, topic: &str) -> Option<String> {
+    /// A message's topic on the other side, by the first rule of that
+    /// direction whose filter matches it: the prefix of the side it came
+    /// from replaced by the other side's.
+    fn translate(&self, way: Way, topic: &str) -> Option<String> {
         self.rules
             .iter()
-            .filter(|r| r.direction.out())
-            .find(|r| petrel_codec::topic_matches(&r.local_filter(), topic))
-            .and_then(|r| {
-                let rest = topic.strip_prefix(r.local_prefix.as_str())?;
-                Some(format!("{}{rest}", r.remote_prefix))
+            .find_map(|r| {
+                let (goes, from, to) = match way {
+                    Way::Out => (r.direction.out(), &r.local_prefix, &r.remote_prefix),
+                    Way::In => (r.direction.r#in(), &r.remote_prefix, &r.local_prefix),
+                };
+                let filter = format!("{from}{}", r.pattern);
+                (goes && petrel_codec::topic_matches(&filter, topic)).then_some((from, to))
             })
+            .and_then(|(from, to)| Some(format!("{to}{}", topic.strip_prefix(from.as_str())?)))
     }
 
-    /// The local topic of a remote message, by the first `in` rule that
-    /// matches it.
-    fn to_local(&self, topic: &str) -> Option<String> {
-        self.rules
-            .iter()
-            .filter(|r| r.direction.r#in())
-            .find(|r| petrel_codec::topic_matches(&r.remote_filter(), topic))
-            .and_then(|r| {
-                let rest = topic.strip_prefix(r.remote_prefix.as_str())?;
-                Some(format!("{}{rest}", r.local_prefix))
-            })
-    }
-
-    /// The message to forward: its new topic, its QoS, the retain flag if
-    /// kept, the 5.0 properties that belong to the message (not those of
-    /// one connection: topic alias, subscription identifiers) when both
-    /// sides speak 5.0.
-    fn forwarded(&self, p: &Publish, topic: &str, properties: bool) -> Option<Message> {
-        let topic = TopicName::try_from(topic).ok()?;
+    /// The message to forward the way `way` goes: its new topic, its QoS,
+    /// the retain flag if kept, and when the remote speaks 5.0 the
+    /// properties that belong to the message (not those of one connection:
+    /// topic alias, subscription identifiers).
+    fn forwarded(&self, way: Way, p: &Publish) -> Option<Message> {
+        let topic = TopicName::try_from(self.translate(way, p.topic.as_str())?.as_str()).ok()?;
         let mut m = Message::new(topic, p.payload.clone(), p.qos.qos());
         m.retain = p.retain && self.config.forward_retained;
-        if properties {
+        if self.remote.protocol == Protocol::V5 {
             use petrel_codec::properties::id;
             m.properties = p
                 .properties
@@ -523,11 +506,7 @@ async fn pump(
         tokio::select! {
             m = from.recv_ack(), if pending.len() < max => {
                 let Some((p, token)) = m else { return Err(ClientError::Closed) };
-                let topic = match way {
-                    Way::Out => link.to_remote(p.topic.as_str()),
-                    Way::In => link.to_local(p.topic.as_str()),
-                };
-                match topic.and_then(|t| link.forwarded(&p, &t, link.remote_v5)) {
+                match link.forwarded(way, &p) {
                     Some(message) => {
                         let ack = to.publish_queued(message).await?;
                         pending.push_back(Box::pin(async move { (ack.await, token) }));

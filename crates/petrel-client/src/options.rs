@@ -222,6 +222,22 @@ pub struct Reconnect {
     pub max_backoff: Duration,
 }
 
+impl Reconnect {
+    /// The wait after `failures` failed attempts: exponential backoff with
+    /// equal jitter, a wait in [cap/2, cap] where the cap is `min_backoff`
+    /// doubled with each failure, at most `max_backoff`; `random` picks the
+    /// point in that range.
+    pub fn backoff(&self, failures: u32, random: u64) -> Duration {
+        let cap = self
+            .min_backoff
+            .saturating_mul(1u32 << failures.min(20))
+            .min(self.max_backoff)
+            .max(Duration::from_millis(1));
+        let half = cap / 2;
+        half + Duration::from_nanos(random % (half.as_nanos().max(1) as u64))
+    }
+}
+
 impl Default for Reconnect {
     fn default() -> Self {
         Self {

@@ -268,21 +268,14 @@ impl Task {
         }
     }
 
-    /// Exponential backoff with equal jitter: a random wait in [cap/2, cap],
-    /// cap doubling with each failure from `min_backoff` to `max_backoff`.
+    /// The reconnect policy's wait after `failures` failures, its jitter
+    /// from the task's own generator.
     fn backoff(&mut self, failures: u32) -> Duration {
-        let r = &self.opts.reconnect;
-        let cap = r
-            .min_backoff
-            .saturating_mul(1u32 << failures.min(20))
-            .min(r.max_backoff)
-            .max(Duration::from_millis(1));
         // xorshift64
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let half = cap / 2;
-        half + Duration::from_nanos(self.rng % (half.as_nanos().max(1) as u64))
+        self.opts.reconnect.backoff(failures, self.rng)
     }
 
     fn connect_packet(&self) -> Result<Connect, ClientError> {
