@@ -100,7 +100,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod bridge;
-pub use bridge::{split_address, BridgeConfig, BridgeTransport, Direction, TopicRule};
+pub use bridge::{split_address, BridgeConfig, Direction, TopicRule};
 
 /// Everything the broker can be told.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

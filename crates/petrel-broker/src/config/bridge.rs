@@ -33,9 +33,9 @@ pub struct BridgeConfig {
     /// `primary_check` seconds and the bridge moves back when it answers.
     #[serde(default)]
     pub addresses: Vec<String>,
-    /// `tcp` (default), `tls`, `ws`, `wss` or `quic`.
+    /// `tcp` (default), `tls`, `ws`, `wss` or `quic` (not `unix`).
     #[serde(default)]
-    pub transport: BridgeTransport,
+    pub transport: super::TransportKind,
     /// The WebSocket path (`ws`, `wss`). Default `/mqtt`.
     #[serde(default = "default_ws_path")]
     pub ws_path: String,
@@ -120,23 +120,6 @@ pub struct BridgeConfig {
     /// later one. Default 60.
     #[serde(default = "default_primary_check")]
     pub primary_check: u64,
-}
-
-/// What carries a bridge's connection.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum BridgeTransport {
-    /// Plain TCP.
-    #[default]
-    Tcp,
-    /// TLS over TCP.
-    Tls,
-    /// WebSocket.
-    Ws,
-    /// WebSocket over TLS.
-    Wss,
-    /// QUIC.
-    Quic,
 }
 
 /// Which way a topic rule forwards.
@@ -302,11 +285,13 @@ impl BridgeConfig {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(at("`cert_file` and `key_file` go together".into()));
         }
-        let tls = matches!(
-            self.transport,
-            BridgeTransport::Tls | BridgeTransport::Wss | BridgeTransport::Quic
-        );
-        if !tls && (self.ca_file.is_some() || self.cert_file.is_some()) {
+        if self.transport == super::TransportKind::Unix {
+            return Err(at(
+                "transport `unix`: a bridge reaches its remote over tcp, tls, ws, wss or quic"
+                    .into(),
+            ));
+        }
+        if !self.transport.is_tls() && (self.ca_file.is_some() || self.cert_file.is_some()) {
             return Err(at(
                 "certificates need `transport = \"tls\"`, `\"wss\"` or `\"quic\"`".into(),
             ));
