@@ -501,13 +501,7 @@ def connect_churn(tid):
             else:
                 drop_tcp(c, rst=random.random() < 0.5)
         finally:
-            st["expect_close"] = True
-            s = c.socket()
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            close_sync(c, graceful=False)
         STOP.wait(random.uniform(0.2, 0.6) / RATE)
 
 
@@ -544,13 +538,7 @@ def takeovers():
             close_sync(b, graceful=True)
         finally:
             for c in (a, b):
-                c.user_data_get()["expect_close"] = True
-                s = c.socket()
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
+                close_sync(c, graceful=False)
         STOP.wait(random.uniform(1.0, 2.0) / RATE)
 
 
