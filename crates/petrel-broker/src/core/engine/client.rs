@@ -336,15 +336,14 @@ impl Client {
     }
 
     fn may_publish(&mut self, topic: &str) -> bool {
-        if is_sys(topic) && own_connection_state(topic, self.key.client_id()) {
-            return true;
-        }
         if self.access().is_unrestricted() {
-            // $SYS belongs to the broker, as Mosquitto's default rules say.
-            return !is_sys(topic);
+            // $SYS belongs to the broker, as Mosquitto's default rules say,
+            // but for a client's own link state.
+            return !is_sys(topic) || own_connection_state(topic, self.key.client_id());
         }
         // Fields borrowed apart: no reference count touched on this path.
         let access = &self.access;
+        let id = self.key.client_id();
         let cache = self
             .extra
             .get_or_insert_with(Box::default)
@@ -358,7 +357,7 @@ impl Client {
         let mut fresh = false;
         let decision = cache.decisions.get(topic, || {
             fresh = true;
-            access.check(Action::Publish, topic)
+            access.check(Action::Publish, topic) || own_connection_state(topic, id)
         });
         if fresh && topic.len() <= CACHED_TOPIC {
             // A topic seen for the first time becomes the one remembered
