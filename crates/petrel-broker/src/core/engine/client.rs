@@ -504,7 +504,8 @@ impl Client {
                             .retained_walk(&sub.filter, options.qos, identifier);
                         let walks = &mut self.extra().walks;
                         match walks.iter_mut().find(|w| w.filter == sub.filter) {
-                            Some(w) => w.restart(fresh),
+                            // Again from the first topic, with the new options.
+                            Some(w) => *w = fresh,
                             None => walks.push_back(fresh),
                         }
                     }

@@ -71,14 +71,6 @@ pub(super) struct RetainedWalk {
     version: u64,
 }
 
-impl RetainedWalk {
-    /// Start again from the first topic, as a repeated subscription to the
-    /// same filter (its options replaced) asks.
-    pub(super) fn restart(&mut self, fresh: Self) {
-        *self = fresh;
-    }
-}
-
 /// The retained store and the bytes it holds.
 #[derive(Debug, Default)]
 pub(super) struct RetainedStore {
