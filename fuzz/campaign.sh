@@ -8,9 +8,12 @@
 # The budget is CPU time, not wall time: on a machine with fewer free cores
 # than targets a wall-clock hour is only a share of one. JOBS (default: every
 # target at once) bounds how many run together; NICE (default 10) keeps the
-# machine usable. A run may be paused (SIGSTOP / SIGCONT on the fuzzer's pid,
-# written to fuzz/campaign-logs/<target>.pid) without losing budget: a
-# stopped process uses no CPU.
+# machine usable. Never pause a fuzzer (SIGSTOP): libFuzzer's per-input
+# timeout is wall time, so the paused input is reported as a hang. To keep a
+# campaign out of other work's way, give it the idle scheduling class and a
+# core of its own, which every process it starts inherits:
+#
+#   JOBS=1 taskset -c 1 chrt --idle 0 fuzz/campaign.sh
 #
 # Build: no sanitizer (plain stable), optimised, with debug assertions on, so
 # an arithmetic overflow panics instead of wrapping. Every libFuzzer run stops
@@ -51,7 +54,6 @@ run_target() {
   nice -n "${NICE:-10}" "$bindir/$t" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="artifacts/$t/" "corpus/$t" "seeds/$t" >"$log" 2>&1 &
   pid=$!
-  echo "$pid" >"campaign-logs/$t.pid"
   while kill -0 "$pid" 2>/dev/null; do
     cpu=$(cpu_of "$pid")
     if [ "$cpu" -ge "$seconds" ] && [ "$interrupted" = 0 ]; then
@@ -61,7 +63,6 @@ run_target() {
     sleep 5
   done
   wait "$pid" || rc=$?
-  rm -f "campaign-logs/$t.pid"
   echo "cpu_seconds_at_stop $cpu" >>"$log"
   echo "wall_seconds $(($(date +%s) - start))" >>"$log"
   if [ "$interrupted" = 1 ] && [ "$rc" = 72 ]; then
