@@ -36,6 +36,9 @@ const READ_STOP: usize = 1024 * 1024;
 /// large chunks.
 const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
+/// A read into a connection that holds no buffer goes through this much
+/// stack (more is read into a buffer of its own next time).
+const STACK_READ: usize = 4096;
 /// How long the last packets (DISCONNECT, …) may take to write at close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Most messages taken from the session's queue at once.
@@ -252,6 +255,50 @@ impl Drop for Task {
 fn window(ctx: &Ctx, conn: &Connection) -> usize {
     let ours = ctx.broker.session_config().max_inflight.get();
     usize::from(conn.peer_limits().receive_maximum.min(ours))
+}
+
+/// Read into `buf`; when it holds no memory (a quiet connection gave it
+/// back), through a buffer on the stack of the poll, so that a connection
+/// waiting for its next packet holds none and then takes only what came.
+async fn read_into<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.capacity() > 0 {
+        return reader.read_buf(buf).await;
+    }
+    std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
+        let mut read = tokio::io::ReadBuf::uninit(&mut stack);
+        match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            std::task::Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                std::task::Poll::Ready(Ok(read.filled().len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Read and drop what the peer sends until it closes. The buffer lives on
+/// the stack of each poll, not in the future: a future is as large as its
+/// largest state, and every connection's task holds this one's.
+async fn discard<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| loop {
+        let mut sink = [0u8; 1024];
+        let mut buf = tokio::io::ReadBuf::new(&mut sink);
+        match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut buf) {
+            std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Run `f` unless the broker shuts down first.
@@ -537,10 +584,17 @@ impl Task {
             if self.conn.is_closed() || self.lost {
                 break;
             }
-            // A connection that can hibernate gives its memory back then;
-            // one that can't, whenever it goes quiet.
-            if std::mem::take(&mut self.quiet) && self.hibernate_after.is_none() {
+            // A trickle, not a stream: between its packets the connection
+            // holds no buffers (its session machine's queues, its read and
+            // write buffers); the next packet takes them again, a few
+            // allocations against the wake-up and system calls it costs
+            // anyway. A burst keeps them.
+            let quiet = std::mem::take(&mut self.quiet);
+            if quiet {
                 self.conn.shrink();
+                if self.inbuf.is_empty() {
+                    self.inbuf = BytesMut::new();
+                }
             }
             let held = self.held_until(now);
             self.charge_partial();
@@ -572,11 +626,17 @@ impl Task {
                 // keep their part alive on their own).
                 self.inbuf = BytesMut::new();
             }
-            if self.inbuf.capacity() - self.inbuf.len() < self.read_hint / 2 {
-                self.inbuf.reserve(self.read_hint);
-            }
-            let spare = self.inbuf.capacity() - self.inbuf.len();
-            self.out.shrink_if_idle();
+            // No buffer at all (a quiet connection gave it back): the next
+            // read goes through the stack and takes only what arrived.
+            let spare = if self.inbuf.capacity() == 0 {
+                STACK_READ
+            } else {
+                if self.inbuf.capacity() - self.inbuf.len() < self.read_hint / 2 {
+                    self.inbuf.reserve(self.read_hint);
+                }
+                self.inbuf.capacity() - self.inbuf.len()
+            };
+            self.out.shrink_if_idle(quiet);
             self.report();
             // Moved earlier at once, later only once it has fired: the
             // deadlines move with every packet, and resetting a timer each
@@ -589,7 +649,7 @@ impl Task {
             let client = self.link.client.as_ref();
             let gate = self.gate.clone();
             tokio::select! {
-                r = reader.read_buf(&mut self.inbuf), if can_read => match r {
+                r = read_into(&mut reader, &mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
                         self.tally.bytes_in += n as u64;
@@ -673,12 +733,7 @@ impl Task {
         // the drain.
         self.finish();
         if matches!(written, Ok(Ok(()))) {
-            let _ = tokio::time::timeout_at(until, async {
-                let mut sink = [0u8; 1024];
-                while reader.read(&mut sink).await? > 0 {}
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
+            let _ = tokio::time::timeout_at(until, discard(&mut reader)).await;
         }
         Run::Closed
     }

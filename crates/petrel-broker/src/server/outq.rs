@@ -35,11 +35,13 @@ impl OutQueue {
         self.len == 0
     }
 
-    /// Give back the buffer's memory once everything is written, if a burst
-    /// made it large.
-    pub(crate) fn shrink_if_idle(&mut self) {
-        if self.len == 0 && self.buf.capacity() > 4096 {
+    /// Give back the buffer's memory once everything is written: always
+    /// when the connection is `quiet` (between the packets of a trickle),
+    /// otherwise only if a burst made it large.
+    pub(crate) fn shrink_if_idle(&mut self, quiet: bool) {
+        if self.len == 0 && (quiet || self.buf.capacity() > 4096) {
             self.buf = BytesMut::new();
+            self.chunks = VecDeque::new();
         }
     }
 
