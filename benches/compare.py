@@ -55,6 +55,9 @@ CERTS = None  # (ca, cert, key) paths, for transports over TLS
 RUNS = {
     "pairs": ["pairs", "-n", "10"],
     "fanout": ["fanout", "-n", "10"],
+    # One publisher to 1,000 subscribers: the per-delivery cost when every
+    # message fans out wide (the window is per subscriber).
+    "fanout1000": ["fanout", "-n", "1000"],
     "fanin": ["fanin", "-n", "10"],
     "qos1": ["qos1", "-n", "10", "--window", "64"],
     "latency": ["latency", "--rate", "2000"],
@@ -70,6 +73,7 @@ RUNS = {
 ROWS = [
     ("pairs msg/s", "pairs", "delivered_per_s", True),
     ("fanout msg/s", "fanout", "delivered_per_s", True),
+    ("fanout 1000 msg/s", "fanout1000", "delivered_per_s", True),
     ("fanin msg/s", "fanin", "delivered_per_s", True),
     ("qos1 msg/s", "qos1", "delivered_per_s", True),
     ("latency p50 us", "latency", "p50_us", False),
