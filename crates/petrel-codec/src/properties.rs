@@ -749,12 +749,19 @@ impl Properties {
     /// incoming PUBLISH. Shares the block when none of them is present.
     pub fn without(&self, ids: &[u8]) -> Self {
         let mut out = self.clone();
-        out.remove_mask(
+        out.remove(ids);
+        out
+    }
+
+    /// Drop the properties named, in place: [`Properties::without`] for
+    /// properties the caller owns (no copy of the block, nor of its share,
+    /// when none of them is present).
+    pub fn remove(&mut self, ids: &[u8]) {
+        self.remove_mask(
             ids.iter()
                 .filter(|&&id| id < 64)
                 .fold(0, |m, &id| m | 1 << id),
         );
-        out
     }
 
     /// Parse a property block (length, then properties) for a packet.

@@ -1263,30 +1263,33 @@ impl Connection {
         let Some(qos) = QosPid::from_parts(message.qos, packet_id) else {
             return;
         };
+        let mut properties = message.properties;
+        if self.role == Role::Client {
+            // [MQTT-3.3.4-6]: a client's PUBLISH carries none.
+            properties.remove(&[prop::TOPIC_ALIAS, prop::SUBSCRIPTION_IDENTIFIER]);
+        } else {
+            properties.remove(&[prop::TOPIC_ALIAS]);
+        }
         let mut publish = Publish {
             dup: dup && packet_id.is_some(),
             qos,
             retain: message.retain,
             topic: message.topic,
-            properties: if self.role == Role::Client {
-                // [MQTT-3.3.4-6]: a client's PUBLISH carries none.
-                message
-                    .properties
-                    .without(&[prop::TOPIC_ALIAS, prop::SUBSCRIPTION_IDENTIFIER])
-            } else {
-                message.properties.without(&[prop::TOPIC_ALIAS])
-            },
+            properties,
             payload: message.payload,
         };
-        let topic = publish.topic.clone();
-        let new_alias = self.protocol.is_v5()
-            && self.peer.topic_alias_maximum > 0
-            && self.apply_alias_out(&mut publish);
-        let size = Packet::Publish(publish.clone()).encoded_len(self.protocol);
+        // The message is moved, not copied, on its way to the wire (each
+        // copy of a shared buffer is an atomic count up and down again, per
+        // subscriber): the topic is kept aside only where an alias may
+        // replace it.
+        let aliasing = self.protocol.is_v5() && self.peer.topic_alias_maximum > 0;
+        let topic = aliasing.then(|| publish.topic.clone());
+        let new_alias = aliasing && self.apply_alias_out(&mut publish);
+        let size = publish.encoded_len(self.protocol);
         if size.map_or(true, |s| s > self.peer.maximum_packet_size as usize) {
             // [MQTT-3.1.2-24], [MQTT-3.1.2-25]: never sent; as if delivered.
             // An alias it would have set was never set.
-            if new_alias {
+            if let Some(topic) = topic.filter(|_| new_alias) {
                 self.alias_out.remove(&topic);
             }
             if let Some(pid) = packet_id {

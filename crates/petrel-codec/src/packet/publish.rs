@@ -100,6 +100,15 @@ impl Publish {
         })
     }
 
+    /// The size of the whole encoded packet, as [`Packet::encoded_len`]
+    /// would give for it, without making a packet of it.
+    ///
+    /// [`Packet::encoded_len`]: crate::Packet::encoded_len
+    pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+        let r = self.body_len(protocol)?;
+        Ok(1 + varint_len(r as u32) + r)
+    }
+
     /// Encode the whole packet into `buf` with one reservation; returns its size.
     #[inline]
     pub fn encode(&self, protocol: Protocol, buf: &mut BytesMut) -> Result<usize, EncodeError> {
