@@ -36,6 +36,12 @@ const READ_STOP: usize = 1024 * 1024;
 /// large chunks.
 const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
+/// A connection's first reads, each followed by giving its buffers back
+/// when small (a storm's connections connect, subscribe and wait).
+const YOUNG_READS: u8 = 4;
+/// Wake-ups at least this far apart make a sparse trickle: its buffers go
+/// back between packets.
+const SPARSE: Duration = Duration::from_millis(50);
 /// A read into a connection that holds no buffer goes through this much
 /// stack (more is read into a buffer of its own next time).
 const STACK_READ: usize = 4096;
@@ -82,6 +88,9 @@ struct Task {
     read_hint: usize,
     /// The last read was small: shrink buffers once it is handled.
     quiet: bool,
+    /// Reads so far (saturating): the first `YOUNG_READS` always give the
+    /// buffers back when small.
+    reads: u8,
     out: OutQueue,
     got_connect: bool,
     /// A CONNECT being decided (boxed: it holds the whole CONNECT, and
@@ -422,6 +431,7 @@ impl Task {
             inbuf: BytesMut::new(),
             read_hint: MIN_READ,
             quiet: false,
+            reads: 0,
             out: OutQueue::default(),
             login: None,
             awaiting_auth: false,
@@ -546,6 +556,8 @@ impl Task {
         tokio::pin!(timer);
         loop {
             let now = Instant::now();
+            // Since the last wake-up that wasn't the timer's.
+            let gap = now.saturating_duration_since(last_active);
             if !fired {
                 last_active = now;
             }
@@ -584,12 +596,16 @@ impl Task {
             if self.conn.is_closed() || self.lost {
                 break;
             }
-            // A trickle, not a stream: between its packets the connection
-            // holds no buffers (its session machine's queues, its read and
-            // write buffers); the next packet takes them again, a few
-            // allocations against the wake-up and system calls it costs
-            // anyway. A burst keeps them.
-            let quiet = std::mem::take(&mut self.quiet);
+            // A trickle, not a stream: between its packets a connection that
+            // has just started (a storm's connect and subscribe) or whose
+            // packets come far apart holds no buffers (its session machine's
+            // queues, its read and write buffers); the next packet takes
+            // them again, a few allocations against the wake-up and system
+            // calls it costs anyway. A burst keeps them, and so does a dense
+            // trickle (a packet every few milliseconds), whose next packet
+            // would take them back at once.
+            let quiet =
+                std::mem::take(&mut self.quiet) && (self.reads <= YOUNG_READS || gap >= SPARSE);
             if quiet {
                 self.conn.shrink();
                 if self.inbuf.is_empty() {
@@ -652,6 +668,7 @@ impl Task {
                 r = read_into(&mut reader, &mut self.inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.lost = true,
                     Ok(n) => {
+                        self.reads = self.reads.saturating_add(1);
                         self.tally.bytes_in += n as u64;
                         // Progress: the unfinished packet's clock restarts.
                         self.partial_since = None;
