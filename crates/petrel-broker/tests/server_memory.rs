@@ -3,8 +3,8 @@
 //! has connected and subscribed and is waiting for its next packet (the
 //! peak of a connection storm), and the same connection hibernated.
 //!
-//! The bounds sit a little above what the broker holds today (about 3.0 KB
-//! awake and 0.6 KB asleep, this allocator's count; RSS adds the allocator's
+//! The bounds sit a little above what the broker holds today (about 3.1 KB
+//! awake and 0.8 KB asleep, this allocator's count; RSS adds the allocator's
 //! rounding), so a change that makes every connection keep a buffer again
 //! fails here. Each figure is the growth from the measured connections
 //! alone, so the broker's fixed costs and its tables' growth are left out.

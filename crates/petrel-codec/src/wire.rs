@@ -75,6 +75,12 @@ pub(crate) fn varint(input: &[u8]) -> PResult<'_, u32> {
     fail(DecodeError::MalformedRemainingLength)
 }
 
+/// Bytes a whole packet takes on the wire: its first byte, the Remaining
+/// Length (a Variable Byte Integer) and the `remaining` bytes it counts.
+pub(crate) fn packet_len(remaining: usize) -> usize {
+    1 + varint_len(remaining as u32) + remaining
+}
+
 /// Bytes a Variable Byte Integer takes on the wire.
 pub(crate) fn varint_len(value: u32) -> usize {
     match value {

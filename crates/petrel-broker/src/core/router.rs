@@ -82,11 +82,7 @@ pub struct Routed<'a, K> {
 impl<K: Eq + Hash + Clone> Router<K> {
     /// An empty router.
     pub fn new() -> Self {
-        Self {
-            subscriptions: SubscriptionTree::new(),
-            shared_turn: AtomicUsize::new(0),
-            last_fanout: AtomicUsize::new(0),
-        }
+        Self::default()
     }
 
     /// How many subscriptions are held.

@@ -279,14 +279,9 @@ async fn read_into<R: tokio::io::AsyncRead + Unpin>(
     std::future::poll_fn(|cx| {
         let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
         let mut read = tokio::io::ReadBuf::uninit(&mut stack);
-        match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read) {
-            std::task::Poll::Ready(Ok(())) => {
-                buf.extend_from_slice(read.filled());
-                std::task::Poll::Ready(Ok(read.filled().len()))
-            }
-            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
+        std::task::ready!(std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
     })
     .await
 }
@@ -298,13 +293,9 @@ async fn discard<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> std::io::Re
     std::future::poll_fn(|cx| loop {
         let mut sink = [0u8; 1024];
         let mut buf = tokio::io::ReadBuf::new(&mut sink);
-        match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut buf) {
-            std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                return std::task::Poll::Ready(Ok(()));
-            }
-            std::task::Poll::Ready(Ok(())) => {}
-            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => return std::task::Poll::Pending,
+        std::task::ready!(std::pin::Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+        if buf.filled().is_empty() {
+            return std::task::Poll::Ready(Ok(()));
         }
     })
     .await
@@ -608,9 +599,6 @@ impl Task {
                 std::mem::take(&mut self.quiet) && (self.reads <= YOUNG_READS || gap >= SPARSE);
             if quiet {
                 self.conn.shrink();
-                if self.inbuf.is_empty() {
-                    self.inbuf = BytesMut::new();
-                }
             }
             let held = self.held_until(now);
             self.charge_partial();
@@ -637,9 +625,10 @@ impl Task {
                 .chain(room_retry)
                 .min()
                 .map_or(far, tokio::time::Instant::from_std);
-            if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * self.read_hint {
-                // Idle: give back what a burst left (frames still in use
-                // keep their part alive on their own).
+            if self.inbuf.is_empty() && (quiet || self.inbuf.capacity() > 2 * self.read_hint) {
+                // Between a trickle's packets, or what a burst left: give it
+                // back (frames still in use keep their part alive on their
+                // own), as the write queue does below.
                 self.inbuf = BytesMut::new();
             }
             // No buffer at all (a quiet connection gave it back): the next

@@ -29,7 +29,7 @@ use nom::number::complete::be_u16;
 use crate::error::{DecodeError, EncodeError};
 pub use crate::types::PacketType;
 use crate::types::{PacketId, Protocol};
-use crate::wire::{fail, put_varint, varint_len, Frame, PResult, MAX_VARINT};
+use crate::wire::{fail, packet_len, put_varint, Frame, PResult, MAX_VARINT};
 use crate::Limits;
 
 /// Most a decoder reserves ahead of the bytes that have arrived.
@@ -333,8 +333,7 @@ impl Packet {
     /// The size of the whole encoded packet, so a sender can compare it with
     /// the peer's Maximum Packet Size before sending ([MQTT-3.1.2-24]).
     pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
-        let r = self.remaining_len(protocol)?;
-        Ok(1 + varint_len(r as u32) + r)
+        Ok(packet_len(self.remaining_len(protocol)?))
     }
 
     /// Append the encoded packet to `buf`, reserving its exact size once.
@@ -346,7 +345,7 @@ impl Packet {
             return p.encode(protocol, buf);
         }
         let remaining = self.remaining_len(protocol)?;
-        let total = 1 + varint_len(remaining as u32) + remaining;
+        let total = packet_len(remaining);
         buf.reserve(total);
         let start = buf.len();
         buf.put_u8(self.first_byte());

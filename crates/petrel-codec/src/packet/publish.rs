@@ -8,7 +8,8 @@ use crate::properties::{Properties, PropertyContext};
 use crate::string::TopicName;
 use crate::types::{Protocol, QosPid};
 use crate::wire::{
-    into_error, length_prefixed, string_len, varint_len, write_varint, Frame, MAX_VARINT,
+    into_error, length_prefixed, packet_len, string_len, varint_len, write_varint, Frame,
+    MAX_VARINT,
 };
 use crate::Limits;
 
@@ -105,8 +106,7 @@ impl Publish {
     ///
     /// [`Packet::encoded_len`]: crate::Packet::encoded_len
     pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
-        let r = self.body_len(protocol)?;
-        Ok(1 + varint_len(r as u32) + r)
+        Ok(packet_len(self.body_len(protocol)?))
     }
 
     /// Encode the whole packet into `buf` with one reservation; returns its size.
@@ -157,7 +157,7 @@ impl Publish {
                 max: MAX_VARINT as usize,
             });
         }
-        let total = 1 + varint_len(remaining as u32) + remaining;
+        let total = packet_len(remaining);
         buf.reserve(if with_payload {
             total
         } else {
