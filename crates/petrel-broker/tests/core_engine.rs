@@ -70,7 +70,7 @@ async fn login_from(b: &Broker, c: Connect, peer: Peer) -> Result<Client, Reason
 fn publish(c: &mut Client, t: &str, payload: &str) -> ReasonCode {
     let mut p = Publish::new(topic(t), Bytes::copy_from_slice(payload.as_bytes()));
     p.qos = QosPid::AtLeastOnce(pid(1));
-    c.publish(p, Instant::now())
+    c.publish(p, Instant::now(), false)
 }
 
 fn subscribe(c: &mut Client, f: &str) -> ReasonCode {
@@ -961,7 +961,7 @@ fn retain(c: &mut Client, t: &str, payload: &str) -> ReasonCode {
     let mut p = Publish::new(topic(t), Bytes::copy_from_slice(payload.as_bytes()));
     p.qos = QosPid::AtLeastOnce(pid(1));
     p.retain = true;
-    c.publish(p, Instant::now())
+    c.publish(p, Instant::now(), false)
 }
 
 #[tokio::test]
@@ -1097,7 +1097,7 @@ async fn retained_messages_expire_by_their_deadlines() {
         let mut p = Publish::new(topic(t), Bytes::from_static(payload.as_bytes()));
         p.retain = true;
         p.properties.set_message_expiry_interval(expiry);
-        c.publish(p, now)
+        c.publish(p, now, false)
     };
     retain(&mut c, "exp/short", Some(1), "s");
     retain(&mut c, "exp/replaced", Some(1), "r");

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use petrel_codec::QoS;
+use petrel_codec::{QoS, SubscriptionId};
 
 use crate::stats::QueueBound;
 use petrel_session::Message;
@@ -48,14 +48,135 @@ use super::{lock, WakerSlot};
 use crate::config::Limits;
 use crate::stats::Stats;
 
-/// A message waiting, with when it was queued (its Message Expiry Interval
-/// counts from then).
+/// One message as routed, shared by every queue it goes to: a wide
+/// fan-out writes a pointer and a few flags into each subscriber's queue,
+/// not a copy of the message (which, written into a thousand cold queues,
+/// was a thousand cache misses per line it spanned).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The message as published (its own QoS and RETAIN flag, no
+    /// Subscription Identifiers).
+    pub(crate) message: Message,
+    /// When it came (its Message Expiry Interval counts from then).
+    pub(crate) at: Instant,
+    /// Its Message Expiry Interval, read once.
+    pub(crate) expiry: Option<u32>,
+    /// What a queue is charged for it ([`message_size`]).
+    pub(crate) size: usize,
+    /// Its bytes are its own, not views of the buffer it was read into.
+    pub(crate) owned: bool,
+}
+
+impl Shared {
+    /// `message`, come at `at`; `owned` if its bytes are its own.
+    pub(crate) fn new(message: Message, at: Instant, owned: bool) -> Arc<Self> {
+        Arc::new(Self {
+            expiry: message.properties.message_expiry_interval(),
+            size: message_size(&message),
+            message,
+            at,
+            owned,
+        })
+    }
+
+    /// The same message with bytes of its own.
+    pub(crate) fn detached(self: &Arc<Self>) -> Arc<Self> {
+        if self.owned {
+            return self.clone();
+        }
+        let mut message = self.message.clone();
+        detach(&mut message);
+        Self::new(message, self.at, true)
+    }
+}
+
+/// A message waiting in one session's queue: the shared message and what
+/// this subscriber's copy changes in it.
 #[derive(Debug)]
 pub(crate) struct Queued {
-    pub(crate) message: Message,
-    pub(crate) at: Instant,
+    pub(crate) shared: Arc<Shared>,
     /// Its sequence number in the durable store (0: not stored).
     pub(crate) seq: u64,
+    /// The Subscription Identifiers this copy carries, if any (boxed: most
+    /// copies have none, and an entry stays half a cache line).
+    #[allow(clippy::box_collection)] // 8 bytes instead of 24, on purpose
+    pub(crate) ids: Option<Box<Vec<SubscriptionId>>>,
+    /// The QoS it goes out with.
+    pub(crate) qos: QoS,
+    /// The RETAIN flag it goes out with.
+    pub(crate) retain: bool,
+}
+
+impl Queued {
+    /// `shared` as one subscriber receives it.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        qos: QoS,
+        retain: bool,
+        ids: Vec<SubscriptionId>,
+        seq: u64,
+    ) -> Self {
+        Self {
+            shared,
+            seq,
+            ids: (!ids.is_empty()).then(|| Box::new(ids)),
+            qos,
+            retain,
+        }
+    }
+
+    /// A message restored as it was queued (its QoS, RETAIN flag and
+    /// Subscription Identifiers already the subscriber's).
+    pub(crate) fn restored(message: Message, at: Instant, seq: u64) -> Self {
+        let (qos, retain) = (message.qos, message.retain);
+        Self {
+            shared: Shared::new(message, at, true),
+            seq,
+            ids: None,
+            qos,
+            retain,
+        }
+    }
+
+    /// When it came.
+    pub(crate) fn at(&self) -> Instant {
+        self.shared.at
+    }
+
+    /// The subscriber's copy: the shared topic, payload and properties
+    /// with its QoS, RETAIN flag and Subscription Identifiers
+    /// ([MQTT-3.3.4-3]).
+    pub(crate) fn message(&self) -> Message {
+        copy_for(
+            self.shared.message.clone(),
+            self.qos,
+            self.retain,
+            self.ids.as_deref(),
+        )
+    }
+
+    /// The subscriber's copy, moved out without a count taken on any of its
+    /// bytes where no other queue shares the message (a single
+    /// subscriber's).
+    pub(crate) fn into_message(self) -> Message {
+        let message = match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared.message,
+            Err(shared) => shared.message.clone(),
+        };
+        copy_for(message, self.qos, self.retain, self.ids.as_deref())
+    }
+}
+
+/// `m` as one subscriber gets it: with its QoS, RETAIN flag and
+/// Subscription Identifiers.
+fn copy_for(mut m: Message, qos: QoS, retain: bool, ids: Option<&Vec<SubscriptionId>>) -> Message {
+    m.qos = qos;
+    m.retain = retain;
+    if let Some(ids) = ids {
+        m.properties
+            .set_subscription_identifiers(ids.iter().copied());
+    }
+    m
 }
 
 /// What a queued message costs: topic, properties and payload.
@@ -114,7 +235,7 @@ impl Mailbox {
     }
 
     fn add(&mut self, q: Queued, front: bool) {
-        let size = message_size(&q.message);
+        let size = q.shared.size;
         self.bytes += size;
         self.total.fetch_add(size, Ordering::Relaxed);
         if front {
@@ -126,16 +247,68 @@ impl Mailbox {
 
     fn pop(&mut self) -> Option<Queued> {
         let q = self.queue.as_mut()?.pop_front()?;
-        let size = message_size(&q.message);
+        let size = q.shared.size;
         self.bytes -= size;
         self.total.fetch_sub(size, Ordering::Relaxed);
         Some(q)
     }
 
+    /// Queue the copy `make` gives (told whether it will be kept, see
+    /// [`SessionKey::push_with`]) of a message of `qos`, by the overflow
+    /// policy; whether it was queued.
+    fn offer(
+        &mut self,
+        qos: QoS,
+        limits: &Limits,
+        stats: &Stats,
+        make: impl FnOnce(bool) -> Queued,
+    ) -> bool {
+        if self.ended {
+            return false;
+        }
+        let qos0 = qos == QoS::AtMostOnce;
+        if qos0 && !self.online && !limits.queue_qos0_offline {
+            return false;
+        }
+        let q = make(!self.online || self.behind);
+        let size = q.shared.size;
+        let (max_messages, max_bytes) = self
+            .bound
+            .as_ref()
+            .map_or((limits.max_queued_messages, limits.max_queued_bytes), |b| {
+                (b.max_messages, b.max_bytes)
+            });
+        if self.len() >= max_messages
+            || self.bytes + size > max_bytes
+            || self.total.load(Ordering::Relaxed) + size > limits.max_queued_bytes_total
+        {
+            if let Some(b) = &self.bound {
+                b.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            let counter = if qos0 {
+                &stats.dropped_qos0
+            } else {
+                &stats.dropped_queue_full
+            };
+            Stats::add(counter, 1);
+            return false;
+        }
+        self.add(q, false);
+        true
+    }
+
+    /// A message came to the empty queue: the connection must be told,
+    /// with the waker this gives, once the queue's lock is released (waking
+    /// a hibernating connection may take the lock again).
+    fn arrived(&mut self) -> Option<Waker> {
+        self.signal = true;
+        self.waker.take()
+    }
+
     /// Give every queued message bytes of its own: they are to stay.
     fn detach_all(&mut self) {
         if let Some(q) = &mut self.queue {
-            q.iter_mut().for_each(|q| detach(&mut q.message));
+            q.iter_mut().for_each(|q| q.shared = q.shared.detached());
         }
     }
 
@@ -342,71 +515,68 @@ impl SessionKey {
         self.mailbox().bound = bound;
     }
 
-    /// Queue the message `make` gives by the overflow policy; whether it
-    /// was queued. `make` is told whether the message will be stored
-    /// rather than sent at once (the session is offline, or its connection
-    /// is held back): then it must give the message bytes of its own.
+    /// Queue the message `make` gives, with this subscriber's `qos`,
+    /// `retain` flag and Subscription Identifiers, by the overflow policy;
+    /// whether it was queued. `make` is told whether the message will be
+    /// stored rather than sent at once (the session is offline, or its
+    /// connection is held back): then it must give the message bytes of
+    /// its own.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn push_with(
         &self,
         qos: QoS,
-        now: Instant,
+        retain: bool,
+        ids: Vec<SubscriptionId>,
         seq: u64,
         limits: &Limits,
         stats: &Stats,
-        make: impl FnOnce(bool) -> Message,
+        make: impl FnOnce(bool) -> Arc<Shared>,
     ) -> bool {
         let mut mb = self.mailbox();
-        if mb.ended {
-            return false;
-        }
-        let qos0 = qos == QoS::AtMostOnce;
-        if qos0 && !mb.online && !limits.queue_qos0_offline {
-            return false;
-        }
-        let message = make(!mb.online || mb.behind);
-        let size = message_size(&message);
-        let (max_messages, max_bytes) = mb
-            .bound
-            .as_ref()
-            .map_or((limits.max_queued_messages, limits.max_queued_bytes), |b| {
-                (b.max_messages, b.max_bytes)
-            });
-        if mb.len() >= max_messages
-            || mb.bytes + size > max_bytes
-            || mb.total.load(Ordering::Relaxed) + size > limits.max_queued_bytes_total
-        {
-            if let Some(b) = &mb.bound {
-                b.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(mb);
-            let counter = if qos0 {
-                &stats.dropped_qos0
-            } else {
-                &stats.dropped_queue_full
-            };
-            Stats::add(counter, 1);
-            return false;
-        }
         let wake = mb.is_empty();
-        mb.add(
-            Queued {
-                message,
-                at: now,
-                seq,
-            },
-            false,
-        );
-        let waker = if wake {
-            mb.signal = true;
-            mb.waker.take()
-        } else {
-            None
-        };
+        let queued = mb.offer(qos, limits, stats, |kept| {
+            Queued::new(make(kept), qos, retain, ids, seq)
+        });
+        let waker = (wake && queued).then(|| mb.arrived()).flatten();
         drop(mb);
         if let Some(w) = waker {
             w.wake();
         }
-        true
+        queued
+    }
+
+    /// Queue each of `messages` (none of them stored in the durable
+    /// store), in order, lowered to the `granted` QoS, RETAIN kept with
+    /// `retain_as_published`, with the Subscription Identifiers `ids`, by
+    /// the overflow policy, taking the queue once for all. `own(i, m)`
+    /// gives message `i` (`m`) with bytes of its own, for a queue that
+    /// keeps it (see [`SessionKey::push_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push_run(
+        &self,
+        messages: &mut dyn Iterator<Item = Arc<Shared>>,
+        granted: QoS,
+        retain_as_published: bool,
+        ids: &[SubscriptionId],
+        limits: &Limits,
+        stats: &Stats,
+        mut own: impl FnMut(usize, &Arc<Shared>) -> Arc<Shared>,
+    ) {
+        let mut mb = self.mailbox();
+        let wake = mb.is_empty();
+        for (i, m) in messages.enumerate() {
+            let qos = m.message.qos.min(granted);
+            let retain = m.message.retain && retain_as_published;
+            mb.offer(qos, limits, stats, |kept| {
+                let shared = if kept { own(i, &m) } else { m };
+                Queued::new(shared, qos, retain, ids.to_vec(), 0)
+            });
+        }
+        let waker = (wake && !mb.is_empty()).then(|| mb.arrived()).flatten();
+        drop(mb);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Take up to `max` messages, of which at most `quota` QoS 1/2 ones,
@@ -419,7 +589,7 @@ impl SessionKey {
             let Some(q) = mb.pop() else {
                 return Taken::Drained;
             };
-            if q.message.qos != QoS::AtMostOnce {
+            if q.qos != QoS::AtMostOnce {
                 if quota == 0 {
                     mb.add(q, true);
                     return Taken::More;
@@ -441,7 +611,7 @@ impl SessionKey {
             .queue
             .iter()
             .flat_map(|q| q.iter())
-            .map(|q| (q.message.clone(), q.at))
+            .map(|q| (q.message(), q.at()))
             .collect()
     }
 
@@ -451,7 +621,7 @@ impl SessionKey {
     pub(crate) fn restore_queue(&self, messages: Vec<(Message, Instant, u64)>) {
         let mut mb = self.mailbox();
         for (message, at, seq) in messages {
-            mb.add(Queued { message, at, seq }, false);
+            mb.add(Queued::restored(message, at, seq), false);
         }
     }
 

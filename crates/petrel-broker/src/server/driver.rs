@@ -898,6 +898,13 @@ impl Task {
         // one store write for all of them.
         let mut delivered = Vec::new();
         while let Some(event) = self.conn.poll_event() {
+            if !matches!(event, Event::Message(_)) {
+                // Messages held back go first: nothing else is handled
+                // while one waits.
+                if let Some(client) = &mut self.link.client {
+                    client.flush();
+                }
+            }
             match event {
                 Event::ConnectRequest(c) => {
                     let peer = self.origin.take().map_or_else(
@@ -922,7 +929,8 @@ impl Task {
                     let (reason, commit) = match &mut self.link.client {
                         Some(client) => {
                             self.routed += 1;
-                            let reason = client.publish(p, now);
+                            let more = self.conn.has_events();
+                            let reason = client.publish(p, now, more);
                             (reason, client.take_commit())
                         }
                         None => (ReasonCode::SUCCESS, None),
@@ -990,7 +998,10 @@ impl Task {
                 _ => {}
             }
         }
-        if let Some(client) = &self.link.client {
+        if let Some(client) = &mut self.link.client {
+            // What was published is queued before anything acknowledging
+            // it goes out.
+            client.flush();
             client.delivered(&delivered);
         }
     }

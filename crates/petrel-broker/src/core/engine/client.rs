@@ -15,7 +15,7 @@ use petrel_codec::{
 use petrel_session::{CloseReason, Message, SessionState};
 use tokio::sync::oneshot;
 
-use super::publish::{NotTaken, RetainedWalk};
+use super::publish::{NotTaken, RetainedWalk, Run};
 use super::Engine;
 use crate::core::auth::{
     Access, Action, AuthExchange, Credentials, DecisionCache, Exchange, Identity, CACHED_TOPIC,
@@ -218,6 +218,8 @@ struct Extra {
     reauth: Option<Box<dyn AuthExchange>>,
     /// The last publish's store write, until it is durable.
     commit: Option<Commit>,
+    /// Messages published and routed, not yet queued (see [`Run`]).
+    run: Run,
 }
 
 impl Extra {
@@ -228,6 +230,7 @@ impl Extra {
             && self.walks.is_empty()
             && self.reauth.is_none()
             && self.commit.is_none()
+            && self.run.is_empty()
     }
 }
 
@@ -376,7 +379,12 @@ impl Client {
     /// 3.1.1 the driver then closes instead), 0x10 No matching
     /// subscribers, or Success. Routed before it is
     /// acknowledged ([MQTT-4.3.2-4], [MQTT-4.3.3-8] hold: it is ours now).
-    pub fn publish(&mut self, p: Publish, now: Instant) -> ReasonCode {
+    ///
+    /// With `more` (other packets from the client wait to be handled), the
+    /// message may be held back to be queued together with the messages on
+    /// the same topic that follow, until [`Client::flush`]: call it before
+    /// anything acknowledged goes out.
+    pub fn publish(&mut self, p: Publish, now: Instant, more: bool) -> ReasonCode {
         if !self.may_publish(p.topic.as_str()) {
             Stats::add(&self.engine.stats.denied_publish, 1);
             tracing::debug!(client_id = %self.client_id(), topic = %p.topic.as_str(), "publish not authorized");
@@ -390,9 +398,11 @@ impl Client {
         let mut message = Message::new(p.topic, p.payload, p.qos.qos());
         message.retain = p.retain;
         message.properties = p.properties;
+        let hold = more || self.extra.as_ref().is_some_and(|e| !e.run.is_empty());
+        let run = hold.then(|| &mut self.extra.get_or_insert_with(Box::default).run);
         match self
             .engine
-            .publish(Some(&self.key), message, incoming, now, true)
+            .publish(Some(&self.key), message, incoming, now, true, run)
         {
             // Not stored: the driver must not acknowledge it as taken.
             Err(NotTaken::StoreFailed) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
@@ -407,6 +417,14 @@ impl Client {
                     ReasonCode::SUCCESS
                 }
             }
+        }
+    }
+
+    /// Queue the messages [`Client::publish`] held back.
+    pub fn flush(&mut self) {
+        if let Some(e) = self.extra.as_mut().filter(|e| !e.run.is_empty()) {
+            self.engine.flush_run(&mut e.run);
+            self.tidy();
         }
     }
 
@@ -643,7 +661,7 @@ impl Client {
                 let before = backlog.len();
                 while taken < max {
                     let Some(q) = backlog.front() else { break };
-                    if q.message.qos != QoS::AtMostOnce {
+                    if q.qos != QoS::AtMostOnce {
                         if quota == 0 {
                             break;
                         }
@@ -672,7 +690,7 @@ impl Client {
             // how long each waited since its PUBLISH arrived.
             let mut waited = LocalHistogram::default();
             let more = self.key.take(max - taken, quota, |q| {
-                waited.record(now.saturating_duration_since(q.at));
+                waited.record(now.saturating_duration_since(q.at()));
                 deliver(q, out);
             }) == Taken::More;
             stats.delivery_latency.merge(&waited);
@@ -912,6 +930,8 @@ impl Client {
     }
 
     fn finish(&mut self, state: SessionState, close: Option<&CloseReason>) {
+        // What it published is queued whatever becomes of it.
+        self.flush();
         if !std::mem::take(&mut self.open) {
             return;
         }
@@ -962,12 +982,9 @@ fn deliver(
     out: &mut Vec<(Message, u64)>,
     expired: &mut Vec<u64>,
 ) {
-    let mut message = q.message;
-    if own && message.qos != QoS::AtMostOnce {
-        detach(&mut message);
-    }
-    if let Some(interval) = message.properties.message_expiry_interval() {
-        let waited = now.saturating_duration_since(q.at).as_secs();
+    let mut left = None;
+    if let Some(interval) = q.shared.expiry {
+        let waited = now.saturating_duration_since(q.at()).as_secs();
         if waited >= u64::from(interval) {
             Stats::add(&stats.dropped_expired, 1);
             if q.seq != 0 {
@@ -975,12 +992,20 @@ fn deliver(
             }
             return;
         }
-        let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
-        if left != interval {
-            message.properties.set_message_expiry_interval(Some(left));
-        }
+        left = u32::try_from(u64::from(interval) - waited)
+            .ok()
+            .filter(|&l| l != interval);
     }
-    out.push((message, q.seq));
+    let owned = q.shared.owned;
+    let seq = q.seq;
+    let mut message = q.into_message();
+    if own && message.qos != QoS::AtMostOnce && !owned {
+        detach(&mut message);
+    }
+    if left.is_some() {
+        message.properties.set_message_expiry_interval(left);
+    }
+    out.push((message, seq));
 }
 
 impl Drop for Client {

@@ -564,7 +564,7 @@ impl Broker {
         let mut message = Message::new(topic, payload, qos);
         message.retain = retain;
         self.engine
-            .publish(None, message, None, Instant::now(), false)
+            .publish(None, message, None, Instant::now(), false, None)
             .map_or(0, |p| p.count)
     }
 
@@ -626,7 +626,7 @@ impl Broker {
             for (topic, value) in topics {
                 let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
                 m.retain = true;
-                let _ = e.publish(None, m, None, now, false);
+                let _ = e.publish(None, m, None, now, false, None);
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter, TopicName};
@@ -11,9 +12,9 @@ use petrel_session::Message;
 
 use super::Engine;
 use crate::core::auth::Access;
-use crate::core::queue::{detach, message_size, Queued, SessionKey};
+use crate::core::queue::{detach, message_size, Queued, SessionKey, Shared};
 use crate::core::retained::RetainedTree;
-use crate::core::router::{Routed, Subscription};
+use crate::core::router::{Delivery, Routed, Subscription};
 use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
 use crate::core::{read, write};
 use crate::stats::Stats;
@@ -138,6 +139,52 @@ pub(crate) fn subscription_cost(filter: &str) -> usize {
     PER_SUBSCRIPTION + 2 * filter.len() + PER_LEVEL * levels
 }
 
+/// The QoS and RETAIN flag of `message` as delivery `d` sends it: its own,
+/// lowered to what the subscriptions granted, and RETAIN kept only with
+/// Retain As Published.
+fn copy_of(d: &Delivery<SessionKey>, message: &Message) -> (QoS, bool) {
+    (
+        message.qos.min(d.granted),
+        message.retain && d.retain_as_published,
+    )
+}
+
+/// The most messages a run holds before they are queued.
+const MAX_RUN: usize = 64;
+
+/// Consecutive messages from one connection on one topic, routed once and
+/// queued per subscriber together: a pipelining publisher's burst takes
+/// each subscriber's queue once, not once per message (with a thousand
+/// subscribers, each taking is a cache miss or two). A run lasts while
+/// the routing is stable (no shared group: those turn per message) and
+/// the subscriptions do not change, and ends when the connection has
+/// handled what it read ([`Client::flush`](super::Client::flush)), before
+/// anything it acknowledged is written.
+#[derive(Debug, Default)]
+pub(crate) struct Run {
+    /// The topic, while a run is open.
+    topic: Option<TopicName>,
+    /// The router's version when it was routed.
+    version: u64,
+    /// Who gets the run's messages.
+    targets: Vec<Delivery<SessionKey>>,
+    /// The messages, in order.
+    messages: Vec<Arc<Shared>>,
+}
+
+impl Run {
+    /// Whether a message on `topic` continues the run, the router being at
+    /// `version` now.
+    fn continues(&self, topic: &TopicName, version: u64) -> bool {
+        version == self.version && self.topic.as_ref().is_some_and(|t| t == topic)
+    }
+
+    /// Whether messages wait in it.
+    pub(super) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
 /// The copy of `message` one subscriber receives: the same topic, payload
 /// and properties (shared, not copied) with its QoS, RETAIN flag and
 /// Subscription Identifiers ([MQTT-3.3.4-3]).
@@ -181,6 +228,7 @@ impl Engine {
         incoming: Option<u16>,
         now: Instant,
         bounded: bool,
+        run: Option<&mut Run>,
     ) -> Result<Published, NotTaken> {
         let refused = |e: io::Error, what: &str| {
             Stats::add(&self.stats.store_errors, 1);
@@ -196,98 +244,125 @@ impl Engine {
                 }
             }
         }
-        let mut deliveries = Vec::new();
-        read(&self.router).route(
-            Routed {
-                topic: message.topic.as_str(),
-                qos: message.qos,
-                retain: message.retain,
-                publisher,
-            },
-            |d| deliveries.push(d),
-        );
-        deliveries.retain(|d| {
-            let allowed = !d.authorize || d.client.access().may_receive(message.topic.as_str());
-            if !allowed {
-                Stats::add(&self.stats.denied_delivery, 1);
-            }
-            allowed
-        });
-        let limits = self.limits();
-        let count = deliveries.len();
-        // The message with bytes of its own, made once if a queue stores it.
-        let mut own: Option<Message> = None;
-        // Copies for stored sessions, made and written before any is
-        // queued. They share the received bytes, as other copies do, unless
-        // their queue keeps them (below).
-        let mut durable: Vec<Option<(u64, Message)>> = Vec::new();
-        if self.store.is_some() {
-            let mut ops = Vec::new();
-            let wall = SystemTime::now();
-            for d in &deliveries {
-                let seq = (d.qos != QoS::AtMostOnce)
-                    .then(|| d.client.next_seq())
-                    .flatten();
-                durable.push(seq.map(|seq| {
-                    let copy = outgoing(&message, d.qos, d.retain, &d.identifiers);
-                    ops.push(Op::Put {
-                        table: Table::Queue,
-                        key: child_key(d.client.client_id(), &seq.to_be_bytes()),
-                        value: encode_message(&copy, wall),
-                    });
-                    (seq, copy)
-                }));
-            }
-            if let (Some(pid), Some(p)) = (incoming, publisher.filter(|p| p.is_stored())) {
-                ops.push(Op::Put {
-                    table: Table::Incoming,
-                    key: child_key(p.client_id(), &pid.to_be_bytes()),
-                    value: Vec::new(),
-                });
-            }
-            if bounded && durable.iter().any(Option::is_some) && self.store_full() {
-                // Nothing already stored is dropped to make room: the new
-                // message is refused instead.
-                Stats::add(&self.stats.store_full, 1);
-                tracing::debug!(topic = %message.topic.as_str(), "the store is full (max_store_bytes): message refused");
-                return Err(NotTaken::StoreFull);
-            }
-            if !ops.is_empty() {
-                match self.stored(ops) {
-                    Ok(c) => commit = c,
-                    Err(e) => {
-                        refused(e, "message");
-                        return Err(NotTaken::StoreFailed);
-                    }
+        // A run of earlier messages that this one does not continue is
+        // queued first: each subscriber gets them before this one.
+        let mut run = run;
+        let mut routed = None;
+        if let Some(r) = run.as_deref_mut() {
+            if !r.messages.is_empty() {
+                if r.continues(&message.topic, read(&self.router).version()) {
+                    routed = Some((std::mem::take(&mut r.targets), true, r.version));
+                } else {
+                    self.flush_run(r);
                 }
             }
         }
-        let mut dropped = Vec::new();
-        for (i, d) in deliveries.into_iter().enumerate() {
-            let stored = durable.get_mut(i).and_then(Option::take);
-            let seq = stored.as_ref().map_or(0, |(seq, _)| *seq);
-            let queued = d
-                .client
-                .push_with(d.qos, now, seq, &limits, &self.stats, |kept| {
-                    if let Some((_, copy)) = stored.filter(|_| !kept) {
-                        return copy;
+        // Whether `deliveries` are the run's (taken out of it for now).
+        let continuing = routed.is_some();
+        let (deliveries, stable, version) = match routed {
+            Some(routed) => routed,
+            None => {
+                let mut deliveries = Vec::new();
+                let router = read(&self.router);
+                let version = router.version();
+                let stable = router.route(
+                    Routed {
+                        topic: message.topic.as_str(),
+                        qos: message.qos,
+                        retain: message.retain,
+                        publisher,
+                    },
+                    |d| deliveries.push(d),
+                );
+                drop(router);
+                deliveries.retain(|d| {
+                    let allowed =
+                        !d.authorize || d.client.access().may_receive(message.topic.as_str());
+                    if !allowed {
+                        Stats::add(&self.stats.denied_delivery, 1);
                     }
-                    let source = if kept {
-                        own.get_or_insert_with(|| {
-                            let mut m = message.clone();
-                            detach(&mut m);
-                            m
-                        })
-                    } else {
-                        &message
-                    };
-                    outgoing(source, d.qos, d.retain, &d.identifiers)
+                    allowed
                 });
+                (deliveries, stable, version)
+            }
+        };
+        let count = deliveries.len();
+        let durable = match self.store_copies(publisher, &message, incoming, &deliveries, bounded) {
+            Ok((durable, c)) => {
+                if let Some(c) = c {
+                    commit = c;
+                }
+                durable
+            }
+            Err(e) => {
+                if let Some(r) = run.filter(|_| continuing) {
+                    r.targets = deliveries;
+                }
+                return Err(e);
+            }
+        };
+        if deliveries.is_empty() {
+            return Ok(Published { count, commit });
+        }
+        // One copy of the message for every queue: as received (sharing
+        // the read buffer), and with bytes of its own, made once if a
+        // queue keeps it.
+        let view = Shared::new(message, now, false);
+        if let Some(r) = run {
+            if stable && durable.is_empty() {
+                // Queued with the run's other messages, per subscriber at
+                // once.
+                if !continuing {
+                    r.topic = Some(view.message.topic.clone());
+                    r.version = version;
+                }
+                r.targets = deliveries;
+                r.messages.push(view);
+                if r.messages.len() >= MAX_RUN {
+                    self.flush_run(r);
+                }
+                return Ok(Published { count, commit });
+            }
+            if continuing {
+                // Its copies are stored, numbered one by one: the run goes
+                // first, then this message on its own.
+                self.queue_run(&deliveries, &mut r.messages);
+                r.topic = None;
+            }
+        }
+        let limits = self.limits();
+        let mut own: Option<Arc<Shared>> = None;
+        let mut dropped = Vec::new();
+        let last = deliveries.len() - 1;
+        let mut view = Some(view);
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let seq = durable.get(i).copied().unwrap_or(0);
+            let Some(v) = view.take() else { break };
+            // The last subscriber takes the reference made for the message:
+            // a single subscriber's is then moved, not shared.
+            let this = if i == last { v } else { view.insert(v).clone() };
+            let (qos, retain) = copy_of(&d, &this.message);
+            let client = d.client;
+            let queued = client.push_with(
+                qos,
+                retain,
+                d.identifiers,
+                seq,
+                &limits,
+                &self.stats,
+                |kept| {
+                    if kept {
+                        own.get_or_insert_with(|| this.detached()).clone()
+                    } else {
+                        this
+                    }
+                },
+            );
             if !queued && seq != 0 {
                 // Dropped by the queue's policy: not to come back either.
                 dropped.push(Op::Delete {
                     table: Table::Queue,
-                    key: child_key(d.client.client_id(), &seq.to_be_bytes()),
+                    key: child_key(client.client_id(), &seq.to_be_bytes()),
                 });
             }
         }
@@ -296,6 +371,117 @@ impl Engine {
             let _ = self.stored(dropped);
         }
         Ok(Published { count, commit })
+    }
+
+    /// With a durable store, write the copies of `message` that stored
+    /// sessions keep (QoS 1/2), and the publisher's QoS 2 identifier
+    /// awaiting PUBREL, before any is queued: each copy's sequence number
+    /// by delivery (none at all if no copy is stored) and the write's
+    /// commit.
+    fn store_copies(
+        &self,
+        publisher: Option<&SessionKey>,
+        message: &Message,
+        incoming: Option<u16>,
+        deliveries: &[Delivery<SessionKey>],
+        bounded: bool,
+    ) -> Result<(Vec<u64>, Option<Commit>), NotTaken> {
+        if self.store.is_none() {
+            return Ok((Vec::new(), None));
+        }
+        let mut durable: Vec<u64> = Vec::new();
+        let mut ops = Vec::new();
+        let wall = SystemTime::now();
+        for (i, d) in deliveries.iter().enumerate() {
+            let (qos, retain) = copy_of(d, message);
+            let Some(seq) = (qos != QoS::AtMostOnce)
+                .then(|| d.client.next_seq())
+                .flatten()
+            else {
+                continue;
+            };
+            let copy = outgoing(message, qos, retain, &d.identifiers);
+            ops.push(Op::Put {
+                table: Table::Queue,
+                key: child_key(d.client.client_id(), &seq.to_be_bytes()),
+                value: encode_message(&copy, wall),
+            });
+            durable.resize(i, 0);
+            durable.push(seq);
+        }
+        if let (Some(pid), Some(p)) = (incoming, publisher.filter(|p| p.is_stored())) {
+            ops.push(Op::Put {
+                table: Table::Incoming,
+                key: child_key(p.client_id(), &pid.to_be_bytes()),
+                value: Vec::new(),
+            });
+        }
+        if bounded && !durable.is_empty() && self.store_full() {
+            // Nothing already stored is dropped to make room: the new
+            // message is refused instead.
+            Stats::add(&self.stats.store_full, 1);
+            tracing::debug!(topic = %message.topic.as_str(), "the store is full (max_store_bytes): message refused");
+            return Err(NotTaken::StoreFull);
+        }
+        if ops.is_empty() {
+            return Ok((durable, None));
+        }
+        match self.stored(ops) {
+            Ok(c) => Ok((durable, Some(c))),
+            Err(e) => {
+                Stats::add(&self.stats.store_errors, 1);
+                tracing::error!(topic = %message.topic.as_str(), error = %e, "message not stored: refused");
+                Err(NotTaken::StoreFailed)
+            }
+        }
+    }
+
+    /// Queue a run's messages (see [`Run`]) and end it.
+    pub(super) fn flush_run(&self, r: &mut Run) {
+        self.queue_run(&r.targets, &mut r.messages);
+        r.targets.clear();
+        r.topic = None;
+    }
+
+    /// Queue `messages`, in order, for each of `targets`, taking each
+    /// subscriber's queue once for all of them.
+    fn queue_run(&self, targets: &[Delivery<SessionKey>], messages: &mut Vec<Arc<Shared>>) {
+        if messages.is_empty() {
+            return;
+        }
+        let limits = self.limits();
+        // Copies with bytes of their own, made once each if a queue keeps
+        // them.
+        let mut own: Vec<Option<Arc<Shared>>> = Vec::new();
+        let last = targets.len().saturating_sub(1);
+        let count = messages.len();
+        for (t, d) in targets.iter().enumerate() {
+            // The last subscriber takes the run's own references: a single
+            // subscriber's messages are then moved, not shared.
+            let (mut moved, mut shared);
+            let batch: &mut dyn Iterator<Item = Arc<Shared>> = if t == last {
+                moved = messages.drain(..);
+                &mut moved
+            } else {
+                shared = messages.iter().cloned();
+                &mut shared
+            };
+            d.client.push_run(
+                batch,
+                d.granted,
+                d.retain_as_published,
+                &d.identifiers,
+                &limits,
+                &self.stats,
+                |i, m| {
+                    if own.len() <= i {
+                        own.resize(count, None);
+                    }
+                    own[i].get_or_insert_with(|| m.detached()).clone()
+                },
+            );
+        }
+        messages.clear();
     }
 
     /// Whether the durable store holds `max_store_bytes` already.
@@ -525,12 +711,13 @@ impl Engine {
                 }
                 taken += 1;
                 // Expiry counts from when it was stored, checked when sent.
-                let message = outgoing(&r.message, r.message.qos.min(walk.qos), true, &ids);
-                out.push_back(Queued {
-                    message,
-                    at: r.at,
-                    seq: 0,
-                });
+                out.push_back(Queued::new(
+                    Shared::new(r.message.clone(), r.at, true),
+                    r.message.qos.min(walk.qos),
+                    true,
+                    ids.clone(),
+                    0,
+                ));
                 true
             });
         if let Some(t) = last {
