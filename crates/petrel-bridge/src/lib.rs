@@ -136,9 +136,14 @@ pub fn start(
         None
     };
     let remote = remote_options(&config, &client_id)?;
+    let filters = rules
+        .iter()
+        .map(|r| (r.local_filter(), r.remote_filter()))
+        .collect();
     let link = Arc::new(Link {
         name: config.name.clone(),
         rules,
+        filters,
         broker: broker.clone(),
         local_options: local_options(&config, &local_id, local, &counters),
         remote,
@@ -158,6 +163,9 @@ struct Link {
     name: String,
     config: BridgeConfig,
     rules: Vec<TopicRule>,
+    /// Each rule's filter on the local side and on the remote side, made
+    /// once (matched against every message forwarded).
+    filters: Vec<(String, String)>,
     broker: Broker,
     local_options: ConnectOptions,
     remote: ConnectOptions,
@@ -445,13 +453,18 @@ impl Link {
     fn translate(&self, way: Way, topic: &str) -> Option<String> {
         self.rules
             .iter()
-            .find_map(|r| {
-                let (goes, from, to) = match way {
-                    Way::Out => (r.direction.out(), &r.local_prefix, &r.remote_prefix),
-                    Way::In => (r.direction.r#in(), &r.remote_prefix, &r.local_prefix),
+            .zip(&self.filters)
+            .find_map(|(r, (local, remote))| {
+                let (goes, filter, from, to) = match way {
+                    Way::Out => (r.direction.out(), local, &r.local_prefix, &r.remote_prefix),
+                    Way::In => (
+                        r.direction.r#in(),
+                        remote,
+                        &r.remote_prefix,
+                        &r.local_prefix,
+                    ),
                 };
-                let filter = format!("{from}{}", r.pattern);
-                (goes && petrel_codec::topic_matches(&filter, topic)).then_some((from, to))
+                (goes && petrel_codec::topic_matches(filter, topic)).then_some((from, to))
             })
             .and_then(|(from, to)| Some(format!("{to}{}", topic.strip_prefix(from.as_str())?)))
     }
