@@ -151,7 +151,7 @@ impl Queued {
             self.shared.message.clone(),
             self.qos,
             self.retain,
-            self.ids.as_deref(),
+            ids_of(&self.ids),
         )
     }
 
@@ -163,16 +163,23 @@ impl Queued {
             Ok(shared) => shared.message,
             Err(shared) => shared.message.clone(),
         };
-        copy_for(message, self.qos, self.retain, self.ids.as_deref())
+        copy_for(message, self.qos, self.retain, ids_of(&self.ids))
     }
 }
 
+/// A copy's Subscription Identifiers, as kept in [`Queued`].
+#[allow(clippy::box_collection)] // as in `Queued::ids`
+fn ids_of(ids: &Option<Box<Vec<SubscriptionId>>>) -> &[SubscriptionId] {
+    ids.as_deref().map_or(&[], Vec::as_slice)
+}
+
 /// `m` as one subscriber gets it: with its QoS, RETAIN flag and
-/// Subscription Identifiers.
-fn copy_for(mut m: Message, qos: QoS, retain: bool, ids: Option<&Vec<SubscriptionId>>) -> Message {
+/// Subscription Identifiers ([MQTT-3.3.4-3]; none: the properties as
+/// published).
+pub(crate) fn copy_for(mut m: Message, qos: QoS, retain: bool, ids: &[SubscriptionId]) -> Message {
     m.qos = qos;
     m.retain = retain;
-    if let Some(ids) = ids {
+    if !ids.is_empty() {
         m.properties
             .set_subscription_identifiers(ids.iter().copied());
     }

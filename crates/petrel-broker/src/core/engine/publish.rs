@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use petrel_codec::{Properties, QoS, SubscriptionId, TopicFilter, TopicName};
+use petrel_codec::{QoS, SubscriptionId, TopicFilter, TopicName};
 use petrel_session::Message;
 
 use super::Engine;
 use crate::core::auth::Access;
-use crate::core::queue::{detach, message_size, Queued, SessionKey, Shared};
+use crate::core::queue::{copy_for, detach, message_size, Queued, SessionKey, Shared};
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Delivery, Routed, Subscription};
 use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
@@ -182,28 +182,6 @@ impl Run {
     /// Whether messages wait in it.
     pub(super) fn is_empty(&self) -> bool {
         self.messages.is_empty()
-    }
-}
-
-/// The copy of `message` one subscriber receives: the same topic, payload
-/// and properties (shared, not copied) with its QoS, RETAIN flag and
-/// Subscription Identifiers ([MQTT-3.3.4-3]).
-pub(super) fn outgoing(
-    message: &Message,
-    qos: QoS,
-    retain: bool,
-    ids: &[SubscriptionId],
-) -> Message {
-    let mut properties: Properties = message.properties.clone();
-    if !ids.is_empty() {
-        properties.set_subscription_identifiers(ids.iter().copied());
-    }
-    Message {
-        topic: message.topic.clone(),
-        payload: message.payload.clone(),
-        qos,
-        retain,
-        properties,
     }
 }
 
@@ -400,7 +378,7 @@ impl Engine {
             else {
                 continue;
             };
-            let copy = outgoing(message, qos, retain, &d.identifiers);
+            let copy = copy_for(message.clone(), qos, retain, &d.identifiers);
             ops.push(Op::Put {
                 table: Table::Queue,
                 key: child_key(d.client.client_id(), &seq.to_be_bytes()),
