@@ -414,11 +414,12 @@ impl Engine {
         }
     }
 
-    /// Queue a run's messages (see [`Run`]) and end it.
+    /// Queue a run's messages (see [`Run`]) and end it, giving back what
+    /// it held (a wide fan-out's list of subscribers is not kept by a
+    /// publisher between bursts).
     pub(super) fn flush_run(&self, r: &mut Run) {
         self.queue_run(&r.targets, &mut r.messages);
-        r.targets.clear();
-        r.topic = None;
+        *r = Run::default();
     }
 
     /// Queue `messages`, in order, for each of `targets`, taking each
