@@ -84,6 +84,18 @@
 //! login_address_free_failures = 100   # failed logins from one address, any user, before all are spaced out
 //! login_delay = 1               # seconds between them at first, doubling with each failure
 //! login_delay_max = 30          # seconds between them at most
+//!
+//! [cluster]                     # this broker as one node of a cluster (petrel-cluster); off unless present
+//! node_id = 1
+//! bind = "10.0.0.1:7883"        # node-to-node traffic
+//! peers = ["1@10.0.0.1:7883", "2@10.0.0.2:7883", "3@10.0.0.3:7883"]
+//! secret_file = "/etc/petrel/cluster.key"   # or secret = "..."; required unless bind is loopback
+//! peer_queue = 100000           # messages queued for one peer, and as many unanswered; past it QoS 1/2 is refused
+//! heartbeat_ms = 200            # the leader's heartbeats
+//! election_timeout_ms = 1000    # silence before a node stands for leader (randomised up to twice this)
+//! route_timeout = 10            # seconds a new route may wait for the cluster to agree
+//! forward_timeout = 5           # seconds a forwarded message waits for its node before it is given up on
+//! max_frame_bytes = 314572800   # largest node-to-node frame
 //! ```
 //!
 //! Methods of authentication are tried in the order they appear in the
@@ -100,7 +112,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod bridge;
+mod cluster;
 pub use bridge::{split_address, BridgeConfig, Direction, TopicRule};
+pub use cluster::ClusterConfig;
 
 /// Everything the broker can be told.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -181,6 +195,9 @@ pub struct BrokerConfig {
     /// Bridges to other brokers (`[[bridge]]`, run by `petrel-bridge`).
     #[serde(rename = "bridge")]
     pub bridges: Vec<BridgeConfig>,
+    /// This broker as a node of a cluster (`[cluster]`, run by
+    /// `petrel-cluster`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[http]`: where metrics, the admin API and the dashboard are served,
@@ -767,6 +784,7 @@ impl Default for BrokerConfig {
             auth_order: Vec::new(),
             http: None,
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -1000,6 +1018,12 @@ impl BrokerConfig {
             }
         }
         let mut names = std::collections::HashSet::new();
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|reason| ConfigError::Invalid {
+                key: "cluster",
+                reason,
+            })?;
+        }
         for b in &self.bridges {
             b.validate().map_err(|reason| ConfigError::Invalid {
                 key: "bridge",

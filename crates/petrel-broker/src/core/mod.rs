@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod engine;
+pub mod peers;
 pub(crate) mod queue;
 pub mod retained;
 pub mod router;

@@ -53,11 +53,15 @@ pub enum Table {
     /// Wills waiting for their delay: the client id to [`encode_will`]'s
     /// form.
     Wills,
+    /// A cluster node's consensus state (its Raft log, vote and
+    /// snapshot), kept and read by the cluster layer: the engine neither
+    /// writes nor reads it. Keys and values are that layer's own.
+    Cluster,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Retained,
         Self::Sessions,
         Self::Subscriptions,
@@ -65,6 +69,7 @@ impl Table {
         Self::Delivery,
         Self::Incoming,
         Self::Wills,
+        Self::Cluster,
     ];
 
     /// The tables that hold a session's entries, besides its own record.
@@ -85,6 +90,7 @@ impl Table {
             Self::Delivery => "delivery",
             Self::Incoming => "incoming",
             Self::Wills => "wills",
+            Self::Cluster => "cluster",
         }
     }
 }
@@ -242,6 +248,8 @@ pub fn check_entry(table: Table, key: &[u8], value: &[u8]) -> io::Result<()> {
             std::str::from_utf8(key).map_err(corrupt)?;
             decode_will(value).map(|_| ())
         }
+        // The cluster layer checks its own entries when it reads them.
+        Table::Cluster => Ok(()),
     }
 }
 
@@ -361,10 +369,11 @@ impl MemoryStore {
 }
 
 /// When a commit is durable: at once, or when the sync that covers it is
-/// done. Whoever acknowledges what it carries waits for it (without
-/// blocking anyone else: [`Commit::poll`] takes a waker).
+/// done (and, in a cluster, when the other nodes have what it promises:
+/// [`Commit::and`]). Whoever acknowledges what it carries waits for it
+/// (without blocking anyone else: [`Commit::poll`] takes a waker).
 #[derive(Clone, Debug, Default)]
-pub struct Commit(Option<Arc<Ticket>>);
+pub struct Commit(Option<Arc<Ticket>>, Option<Arc<Ticket>>);
 
 /// A commit waiting for its sync.
 #[derive(Debug, Default)]
@@ -376,51 +385,148 @@ pub struct Ticket {
 enum TicketState {
     #[default]
     Waiting,
-    Waited(Waker),
+    /// Whoever waits: the connection that acknowledges, and any ticket
+    /// chained to it ([`Commit::and`]).
+    Waited(Vec<Waker>),
     Done(Result<(), String>),
 }
 
-impl Commit {
-    /// Durable already.
-    pub fn done() -> Self {
-        Self(None)
-    }
-
-    /// Durable once `ticket` is [`Ticket::complete`]d.
-    pub fn waiting(ticket: Arc<Ticket>) -> Self {
-        Self(Some(ticket))
-    }
-
-    /// Whether it is durable (or failed) already.
-    pub fn is_done(&self) -> bool {
-        self.0
-            .as_ref()
-            .is_none_or(|t| matches!(*lock(&t.state), TicketState::Done(_)))
-    }
-
-    /// Ready when durable, with the sync's error if it failed.
-    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(t) = &self.0 else {
-            return Poll::Ready(Ok(()));
-        };
-        let mut state = lock(&t.state);
-        match &*state {
-            TicketState::Done(r) => Poll::Ready(r.clone().map_err(io::Error::other)),
-            _ => {
-                *state = TicketState::Waited(cx.waker().clone());
+impl TicketState {
+    /// Ready with the result, or `waker` is woken when there is one.
+    fn poll(&mut self, waker: &Waker) -> Poll<Result<(), String>> {
+        match self {
+            Self::Done(r) => Poll::Ready(r.clone()),
+            Self::Waited(ws) => {
+                if !ws.iter().any(|w| w.will_wake(waker)) {
+                    ws.push(waker.clone());
+                }
+                Poll::Pending
+            }
+            Self::Waiting => {
+                *self = Self::Waited(vec![waker.clone()]);
                 Poll::Pending
             }
         }
     }
 }
 
+impl Commit {
+    /// Durable already.
+    pub fn done() -> Self {
+        Self(None, None)
+    }
+
+    /// Durable once `ticket` is [`Ticket::complete`]d.
+    pub fn waiting(ticket: Arc<Ticket>) -> Self {
+        Self(Some(ticket), None)
+    }
+
+    /// Done when both are: this one's tickets and `other`'s; failed if
+    /// either fails. (A commit holds two tickets; past two that wait,
+    /// the rest are folded into one that is done when they all are.)
+    pub fn and(self, other: Self) -> Self {
+        // A ticket done well adds nothing; one that failed is kept, so
+        // the whole fails.
+        let mut waiting = [self.0, self.1, other.0, other.1]
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.succeeded());
+        let (a, b) = (waiting.next(), waiting.next());
+        match waiting.next() {
+            None => Self(a, b),
+            // More than two wait: all but the first are folded into one
+            // ticket, done when they all are.
+            Some(c) => {
+                let rest: Vec<Arc<Ticket>> = b.into_iter().chain([c]).chain(waiting).collect();
+                Self(a, Some(Ticket::all(rest)))
+            }
+        }
+    }
+
+    /// Whether it is durable already, without an error: nobody needs to
+    /// wait for it (one that failed must still be looked at).
+    pub fn succeeded(&self) -> bool {
+        [&self.0, &self.1]
+            .into_iter()
+            .flatten()
+            .all(|t| t.succeeded())
+    }
+
+    /// Whether it is durable (or failed) already.
+    pub fn is_done(&self) -> bool {
+        [&self.0, &self.1]
+            .into_iter()
+            .flatten()
+            .all(|t| t.is_done())
+    }
+
+    /// Ready when durable, with the first error if any part failed.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        for t in [&self.0, &self.1].into_iter().flatten() {
+            match lock(&t.state).poll(cx.waker()) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl Ticket {
+    /// Whether it was completed.
+    pub fn is_done(&self) -> bool {
+        matches!(*lock(&self.state), TicketState::Done(_))
+    }
+
+    /// Whether it was completed without an error.
+    fn succeeded(&self) -> bool {
+        matches!(*lock(&self.state), TicketState::Done(Ok(())))
+    }
+
+    /// A ticket done when all of `tickets` are (with the first error if
+    /// one failed): each, when done, wakes a [`Chain`] that looks at the
+    /// rest, so no thread or task waits for them.
+    fn all(tickets: Vec<Arc<Self>>) -> Arc<Self> {
+        let all = Arc::new(Self::default());
+        Waker::from(Arc::new(Chain {
+            all: all.clone(),
+            tickets,
+        }))
+        .wake();
+        all
+    }
+
     /// Its sync is done (or failed): whoever waits goes on.
     pub fn complete(&self, result: Result<(), String>) {
         let before = std::mem::replace(&mut *lock(&self.state), TicketState::Done(result));
-        if let TicketState::Waited(w) = before {
-            w.wake();
+        if let TicketState::Waited(ws) = before {
+            ws.into_iter().for_each(Waker::wake);
         }
+    }
+}
+
+/// A ticket completed when each of several is: woken by each in turn,
+/// it looks again and registers itself with the next that still waits.
+struct Chain {
+    all: Arc<Ticket>,
+    tickets: Vec<Arc<Ticket>>,
+}
+
+impl std::task::Wake for Chain {
+    fn wake(self: Arc<Self>) {
+        if self.all.is_done() {
+            return;
+        }
+        let waker = Waker::from(self.clone());
+        for t in &self.tickets {
+            match lock(&t.state).poll(&waker) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return self.all.complete(Err(e)),
+                Poll::Pending => return,
+            }
+        }
+        self.all.complete(Ok(()));
     }
 }
 

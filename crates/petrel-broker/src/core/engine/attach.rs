@@ -159,7 +159,15 @@ impl Engine {
 
     pub(super) fn publish_wills(&self, wills: Vec<PendingWill>, now: Instant) {
         for w in wills {
-            let _ = self.publish(w.publisher.as_ref(), w.message, None, now, false, None);
+            let _ = self.publish(
+                w.publisher.as_ref(),
+                w.message,
+                None,
+                now,
+                false,
+                None,
+                false,
+            );
         }
     }
 

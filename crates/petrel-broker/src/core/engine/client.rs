@@ -402,13 +402,13 @@ impl Client {
         let run = hold.then(|| &mut self.extra.get_or_insert_with(Box::default).run);
         match self
             .engine
-            .publish(Some(&self.key), message, incoming, now, true, run)
+            .publish(Some(&self.key), message, incoming, now, true, run, false)
         {
             // Not stored: the driver must not acknowledge it as taken.
             Err(NotTaken::StoreFailed) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
             Err(NotTaken::StoreFull) => ReasonCode::QUOTA_EXCEEDED,
             Ok(p) => {
-                if !p.commit.is_done() {
+                if !p.commit.succeeded() {
                     self.extra().commit = Some(p.commit);
                 }
                 if p.count == 0 {
@@ -444,8 +444,9 @@ impl Client {
     /// A SUBSCRIBE: one reason code per filter, in order ([MQTT-3.9.3-1]):
     /// the granted QoS, 0x87 Not authorized, 0x8F for a filter deeper than
     /// `max_topic_levels`, 0x97 past `max_subscriptions_per_session` (3.1.1
-    /// sees 0x80 Failure for each refusal). Retained messages the client
-    /// may read are queued for it ([`Client::next_messages`]).
+    /// sees 0x80 Failure for each refusal), 0x83 in a cluster that can't
+    /// agree the filter's route now. Retained messages the client may
+    /// read are queued for it ([`Client::next_messages`]).
     pub fn subscribe(&mut self, s: Subscribe, _now: Instant) -> SubAck {
         let limits = self.engine.limits();
         let max_qos = QoS::from_u8(limits.max_qos).unwrap_or(QoS::ExactlyOnce);
@@ -458,6 +459,9 @@ impl Client {
         // the SUBACK goes.
         let mut ops = Vec::new();
         let stored = self.engine.has_store() && self.key.is_stored();
+        // In a cluster: when the other nodes know of the filters new on
+        // this node (the SUBACK waits for it too).
+        let mut routed = Commit::done();
         // A filter repeated in one SUBSCRIBE is subscribed each time (the
         // last options win), but its retained messages are looked up once,
         // at its last occurrence, as new if it was new before the packet.
@@ -483,6 +487,11 @@ impl Client {
                 codes.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
+            if self.engine.route_unavailable(filter) {
+                tracing::debug!(client_id = %self.client_id(), filter, "subscribe refused: the cluster can't agree a route now");
+                codes.push(ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR);
+                continue;
+            }
             let mut options = sub.options;
             options.qos = options.qos.min(max_qos);
             if self.bridge {
@@ -496,7 +505,8 @@ impl Client {
             };
             match self.engine.subscribe(&self.key, &sub.filter, subscription) {
                 None => codes.push(ReasonCode::QUOTA_EXCEEDED),
-                Some(existed) => {
+                Some((existed, known)) => {
+                    routed = routed.and(known);
                     let existed = *existed_before.entry(filter).or_insert(existed);
                     codes.push(ReasonCode(options.qos as u8));
                     if stored {
@@ -537,9 +547,12 @@ impl Client {
             self.engine.refresh_subscriptions(&self.key, &self.access);
         }
         if !ops.is_empty() {
-            if let Some(c) = self.engine.write(ops).filter(|c| !c.is_done()) {
-                self.extra().commit = Some(c);
+            if let Some(c) = self.engine.write(ops) {
+                routed = routed.and(c);
             }
+        }
+        if !routed.succeeded() {
+            self.extra().commit = Some(routed);
         }
         self.tidy();
         SubAck {
@@ -576,7 +589,7 @@ impl Client {
             e.walks.retain(|w| !u.filters.contains(&w.filter));
         }
         if !ops.is_empty() {
-            if let Some(c) = self.engine.write(ops).filter(|c| !c.is_done()) {
+            if let Some(c) = self.engine.write(ops).filter(|c| !c.succeeded()) {
                 self.extra().commit = Some(c);
             }
         }
@@ -786,7 +799,7 @@ impl Client {
         if ops.is_empty() {
             return None;
         }
-        self.engine.write(ops).filter(|c| !c.is_done())
+        self.engine.write(ops).filter(|c| !c.succeeded())
     }
 
     /// The connection is held back (its socket or its in-flight window is

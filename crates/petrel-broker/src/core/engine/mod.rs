@@ -65,10 +65,11 @@ use super::auth::password::PasswordFile;
 use super::auth::scram::{ScramFile, ScramHash, ScramMethod};
 use super::auth::throttle::{Throttle, ThrottleConfig};
 use super::auth::{AuthFileError, AuthMethod, Authenticator, Authorizer, CertificateAuthenticator};
+use super::peers::Peers;
 use super::queue::SessionKey;
 use super::router::Router;
 use super::sessions::SessionRegistry;
-use super::store::Store;
+use super::store::{Commit, Store};
 use super::wills::WillQueue;
 use super::{lock, read, write};
 use crate::config::{AuthSource, BrokerConfig};
@@ -213,6 +214,10 @@ pub(crate) struct Engine {
     retained: RwLock<RetainedStore>,
     /// Where what must outlive the process is written (none: memory only).
     store: Option<Arc<dyn Store>>,
+    /// The other nodes of a cluster, if this broker is one.
+    peers: Option<Arc<dyn Peers>>,
+    /// With peers: how many of this node's subscriptions each filter has.
+    interest: Mutex<std::collections::HashMap<Box<str>, u32>>,
     core: Mutex<Core>,
     /// Bytes waiting in every session's queue.
     queued_bytes: Arc<AtomicUsize>,
@@ -287,6 +292,7 @@ pub struct BrokerBuilder {
     config: BrokerConfig,
     extensions: Extensions,
     store: Option<Arc<dyn Store>>,
+    peers: Option<Arc<dyn Peers>>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -321,6 +327,13 @@ impl BrokerBuilder {
     /// shared by brokers a test restarts).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Make the broker a node of a cluster: `peers` hears of this node's
+    /// subscriptions and messages (see [`Peers`]).
+    pub fn peers(mut self, peers: Arc<dyn Peers>) -> Self {
+        self.peers = Some(peers);
         self
     }
 
@@ -386,6 +399,8 @@ impl BrokerBuilder {
                 router: RwLock::new(Router::new()),
                 retained: RwLock::new(RetainedStore::default()),
                 store,
+                peers: self.peers,
+                interest: Mutex::default(),
                 core: Mutex::new(Core::default()),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
                 subscription_bytes: AtomicUsize::new(0),
@@ -442,6 +457,7 @@ const RESTART_ONLY: &[&str] = &[
     "log_file",
     "http",
     "bridge",
+    "cluster",
     "limits.max_connections",
     "limits.max_packet_size",
     "limits.connect_timeout",
@@ -480,6 +496,7 @@ fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str>
         a.log_file != b.log_file,
         a.http != b.http,
         a.bridges != b.bridges,
+        a.cluster != b.cluster,
         la.max_connections != lb.max_connections,
         la.max_packet_size != lb.max_packet_size,
         la.connect_timeout != lb.connect_timeout,
@@ -542,6 +559,7 @@ impl Broker {
             config,
             extensions: Extensions::default(),
             store: None,
+            peers: None,
         }
     }
 
@@ -564,8 +582,36 @@ impl Broker {
         let mut message = Message::new(topic, payload, qos);
         message.retain = retain;
         self.engine
-            .publish(None, message, None, Instant::now(), false, None)
+            .publish(None, message, None, Instant::now(), false, None, false)
             .map_or(0, |p| p.count)
+    }
+
+    /// Deliver a message that another node of the cluster took from its
+    /// publisher: to this node's matching subscribers (retained here too
+    /// if it is), never forwarded again. Its commit is when the copies
+    /// for stored sessions are durable: the other node's acknowledgement
+    /// waits for it. An error: the durable store could not take it.
+    pub fn deliver_forwarded(&self, message: Message) -> std::io::Result<Commit> {
+        self.engine
+            .publish(None, message, None, Instant::now(), false, None, true)
+            .map(|p| p.commit)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))
+    }
+
+    /// The durable store, if the broker has one (a cluster keeps its
+    /// consensus state there, in [`crate::Table::Cluster`]).
+    pub fn store(&self) -> Option<Arc<dyn Store>> {
+        self.engine.store.clone()
+    }
+
+    /// The filters this node's subscriptions use (what a cluster tells
+    /// the other nodes it wants); empty without [`BrokerBuilder::peers`].
+    pub fn interests(&self) -> Vec<String> {
+        let _router = read(&self.engine.router);
+        lock(&self.engine.interest)
+            .keys()
+            .map(|f| f.to_string())
+            .collect()
     }
 
     /// The counters `$SYS` reports.
@@ -626,7 +672,7 @@ impl Broker {
             for (topic, value) in topics {
                 let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
                 m.retain = true;
-                let _ = e.publish(None, m, None, now, false, None);
+                let _ = e.publish(None, m, None, now, false, None, false);
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::core::queue::{copy_for, detach, message_size, Queued, SessionKey, Sha
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Delivery, Routed, Subscription};
 use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
-use crate::core::{read, write};
+use crate::core::{lock, read, write};
 use crate::stats::Stats;
 
 /// A retained message and when it was stored (its Message Expiry Interval
@@ -199,6 +199,11 @@ impl Engine {
     /// identifier now awaiting PUBREL, in the same batch) before any
     /// subscriber can see it, so its delivery's completion (which deletes
     /// it) always comes after.
+    ///
+    /// In a cluster, a message published here (not `forwarded` from
+    /// another node, and not on a `$SYS` topic) also goes to the other
+    /// nodes that want its topic; its commit then covers their taking it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn publish(
         &self,
         publisher: Option<&SessionKey>,
@@ -207,6 +212,7 @@ impl Engine {
         now: Instant,
         bounded: bool,
         run: Option<&mut Run>,
+        forwarded: bool,
     ) -> Result<Published, NotTaken> {
         let refused = |e: io::Error, what: &str| {
             Stats::add(&self.stats.store_errors, 1);
@@ -268,7 +274,7 @@ impl Engine {
         let durable = match self.store_copies(publisher, &message, incoming, &deliveries, bounded) {
             Ok((durable, c)) => {
                 if let Some(c) = c {
-                    commit = c;
+                    commit = commit.and(c);
                 }
                 durable
             }
@@ -279,6 +285,16 @@ impl Engine {
                 return Err(e);
             }
         };
+        // Taken here: now to the other nodes too (their taking it is part
+        // of the commit the acknowledgement waits for).
+        let mut count = count;
+        if let Some(peers) = self.peers.as_ref().filter(|_| !forwarded) {
+            if !message.topic.as_str().starts_with("$SYS") {
+                let f = peers.forward(&message);
+                count += f.nodes;
+                commit = commit.and(f.commit);
+            }
+        }
         if deliveries.is_empty() {
             return Ok(Published { count, commit });
         }
@@ -823,7 +839,7 @@ impl Engine {
         key: &SessionKey,
         filter: &TopicFilter,
         subscription: Subscription,
-    ) -> Option<bool> {
+    ) -> Option<(bool, Commit)> {
         self.subscribe_within(key, filter, subscription, true)
     }
 
@@ -835,7 +851,7 @@ impl Engine {
         filter: &TopicFilter,
         subscription: Subscription,
         enforce: bool,
-    ) -> Option<bool> {
+    ) -> Option<(bool, Commit)> {
         let mut filters = key.filters();
         if !filters.contains_key(filter.as_str()) {
             let limits = self.limits();
@@ -859,7 +875,15 @@ impl Engine {
         // A copy: kept for the session's life, it must not hold on to the
         // read buffer the SUBSCRIBE came in.
         filters.insert(filter.as_str().into(), subscription.clone());
-        Some(write(&self.router).subscribe(key.clone(), filter, subscription))
+        let mut router = write(&self.router);
+        let existed = router.subscribe(key.clone(), filter, subscription);
+        let commit = if existed {
+            Commit::done()
+        } else {
+            self.interest(filter.as_str(), true)
+        };
+        drop(router);
+        Some((existed, commit))
     }
 
     /// Remove a subscription; whether there was one.
@@ -867,7 +891,50 @@ impl Engine {
         if key.filters().remove(filter.as_str()).is_some() {
             self.refund_subscriptions(key, subscription_cost(filter.as_str()));
         }
-        write(&self.router).unsubscribe(key, filter)
+        let mut router = write(&self.router);
+        let removed = router.unsubscribe(key, filter);
+        if removed {
+            self.interest(filter.as_str(), false);
+        }
+        removed
+    }
+
+    /// Whether a subscription to `filter` would need a route the cluster
+    /// can't agree now (see [`Peers::available`](crate::Peers::available)).
+    pub(super) fn route_unavailable(&self, filter: &str) -> bool {
+        self.peers
+            .as_ref()
+            .is_some_and(|p| !lock(&self.interest).contains_key(filter) && !p.available())
+    }
+
+    /// One subscription more (`wanted`) or fewer to `filter` on this node:
+    /// the cluster is told when the first is made and the last removed.
+    /// Called with the router's write lock held, so that the changes
+    /// reach the cluster in the order the router made them.
+    fn interest(&self, filter: &str, wanted: bool) -> Commit {
+        let Some(peers) = &self.peers else {
+            return Commit::done();
+        };
+        let mut counts = lock(&self.interest);
+        if wanted {
+            let n = counts.entry(filter.into()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                return Commit::done();
+            }
+        } else {
+            match counts.get_mut(filter) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return Commit::done();
+                }
+                Some(_) => {
+                    counts.remove(filter);
+                }
+                None => return Commit::done(),
+            }
+        }
+        peers.interest(filter, wanted)
     }
 
     /// Give back what `bytes` of `key`'s subscriptions were charged.
@@ -893,7 +960,9 @@ impl Engine {
         }
         let mut router = write(&self.router);
         for f in &filters {
-            router.unsubscribe(key, f);
+            if router.unsubscribe(key, f) {
+                self.interest(f.as_str(), false);
+            }
         }
     }
 

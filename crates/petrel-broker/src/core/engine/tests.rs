@@ -84,7 +84,9 @@ async fn a_message_queued_for_an_offline_session_owns_its_bytes() {
     let b = Broker::new(BrokerConfig::default()).unwrap();
     subscriber(&b, true).await.close(Default::default(), None);
     let (buffer, m) = message_in_buffer();
-    let _ = b.engine.publish(None, m, None, Instant::now(), false, None);
+    let _ = b
+        .engine
+        .publish(None, m, None, Instant::now(), false, None, false);
     let queued = queued_of(&b);
     assert_eq!(queued.len(), 1);
     let q = &queued[0];
@@ -110,7 +112,9 @@ async fn a_message_is_shared_only_while_its_subscriber_keeps_up() {
     let (buffer, m) = message_in_buffer();
     let now = Instant::now();
     let next = |client: &mut Client, quota: usize| {
-        let _ = b.engine.publish(None, m.clone(), None, now, false, None);
+        let _ = b
+            .engine
+            .publish(None, m.clone(), None, now, false, None, false);
         let mut out = Vec::new();
         client.next_messages(10, quota, 128, now, &mut out);
         assert_eq!(out.len(), 1);

@@ -1,0 +1,60 @@
+//! The seam between one broker and the other nodes of a cluster.
+//!
+//! The engine knows nothing of how nodes find each other or agree; it
+//! tells a [`Peers`] (the cluster layer, when there is one) two things and
+//! waits on what it answers:
+//!
+//! * **interest**: this node's first subscription to a filter was made, or
+//!   its last one removed. The cluster records that the node wants the
+//!   filter, and the SUBACK waits until the other nodes know (so no
+//!   message published elsewhere after the SUBACK can miss the new
+//!   subscriber);
+//! * **forward**: a message was published here. The cluster sends it to
+//!   the nodes that want its topic, and the publisher's acknowledgement
+//!   waits until they have taken it (a PUBACK is a promise on every node).
+//!
+//! A message that came from another node is delivered here with
+//! [`Broker::deliver_forwarded`](crate::Broker::deliver_forwarded), which
+//! never forwards it again: messages cross the cluster at most one hop.
+
+use std::fmt;
+
+use petrel_session::Message;
+
+use super::store::Commit;
+
+/// What a [`Peers::forward`] did with a message.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// How many other nodes it went to.
+    pub nodes: usize,
+    /// When they have all taken it: the publisher's acknowledgement waits
+    /// for it (an error refuses the message).
+    pub commit: Commit,
+}
+
+/// The other nodes of a cluster, as the engine sees them. Called on the
+/// publish and subscribe paths (`interest` with the router's lock held):
+/// quick, and never blocking (anything slow completes a [`Commit`] later).
+pub trait Peers: Send + Sync + fmt::Debug + 'static {
+    /// This node now has a subscription to `filter` (`wanted`), or no
+    /// longer has any. Called once per change, in order, with the filter
+    /// as subscribed (a shared subscription's `$share/GROUP/` prefix
+    /// included). Its commit is when the other nodes know: a SUBACK waits
+    /// for it; an unsubscribe does not.
+    fn interest(&self, filter: &str, wanted: bool) -> Commit;
+
+    /// Send `message`, published on this node, to the nodes that want its
+    /// topic. Not called for `$SYS` topics (each node has its own) nor for
+    /// messages that came from another node.
+    fn forward(&self, message: &Message) -> Forwarded;
+
+    /// Whether a new route can be agreed now (this node reaches a
+    /// majority of the cluster). While it can't, a subscription that
+    /// would need one is refused (5.0: 0x83 Implementation specific
+    /// error; 3.1.1: 0x80 Failure), and subscriptions to filters this
+    /// node routes already are granted.
+    fn available(&self) -> bool {
+        true
+    }
+}

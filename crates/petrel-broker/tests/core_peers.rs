@@ -1,0 +1,276 @@
+//! The cluster seam ([`Peers`]), with a recording stand-in for the other
+//! nodes: the engine tells it of a filter's first and last subscription on
+//! this node (not of the ones between), sends it what is published here
+//! (not `$SYS`, not what came from another node), waits on its commits
+//! before acknowledging, and refuses a subscription that needs a route
+//! while it says none can be agreed.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use petrel_broker::{Broker, Client, Commit, Forwarded, Peer, Peers, Step, Ticket};
+use petrel_codec::{
+    Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode, Subscribe, Subscription,
+    SubscriptionOptions, Unsubscribe,
+};
+use petrel_session::{Message, SessionState};
+use support::{config, filter, pid, topic};
+
+/// Records what the engine tells it; its commits complete when the test
+/// says.
+#[derive(Debug, Default)]
+struct Recorder {
+    interest: Mutex<Vec<(String, bool)>>,
+    forwarded: Mutex<Vec<String>>,
+    tickets: Mutex<Vec<Arc<Ticket>>>,
+    unavailable: AtomicBool,
+    /// The next forward fails at once.
+    fail_next: AtomicBool,
+}
+
+impl Recorder {
+    fn ticket(&self) -> Commit {
+        let t = Arc::new(Ticket::default());
+        self.tickets.lock().unwrap().push(t.clone());
+        Commit::waiting(t)
+    }
+
+    fn complete_all(&self, result: Result<(), String>) {
+        for t in self.tickets.lock().unwrap().drain(..) {
+            t.complete(result.clone());
+        }
+    }
+
+    fn interest(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut *self.interest.lock().unwrap())
+    }
+
+    fn forwarded(&self) -> Vec<String> {
+        std::mem::take(&mut *self.forwarded.lock().unwrap())
+    }
+}
+
+impl Peers for Recorder {
+    fn interest(&self, filter: &str, wanted: bool) -> Commit {
+        self.interest
+            .lock()
+            .unwrap()
+            .push((filter.to_string(), wanted));
+        if wanted {
+            self.ticket()
+        } else {
+            Commit::done()
+        }
+    }
+
+    fn forward(&self, message: &Message) -> Forwarded {
+        self.forwarded
+            .lock()
+            .unwrap()
+            .push(message.topic.as_str().to_string());
+        if self.fail_next.swap(false, Ordering::Relaxed) {
+            let t = Arc::new(Ticket::default());
+            t.complete(Err("full".into()));
+            return Forwarded {
+                nodes: 0,
+                commit: Commit::waiting(t),
+            };
+        }
+        Forwarded {
+            nodes: 1,
+            commit: if message.qos == QoS::AtMostOnce {
+                Commit::done()
+            } else {
+                self.ticket()
+            },
+        }
+    }
+
+    fn available(&self) -> bool {
+        !self.unavailable.load(Ordering::Relaxed)
+    }
+}
+
+fn broker() -> (Broker, Arc<Recorder>) {
+    let r = Arc::new(Recorder::default());
+    let b = Broker::builder(config()).peers(r.clone()).build().unwrap();
+    (b, r)
+}
+
+async fn client(b: &Broker, id: &str, proto: Protocol) -> Client {
+    let c = Connect::new(proto, MqttString::try_from(id).unwrap());
+    match b.login(c, Peer::default()).start().await {
+        Step::Accept(a) => a.client,
+        _ => panic!("{id} refused"),
+    }
+}
+
+fn subscribe(c: &mut Client, f: &str) -> ReasonCode {
+    let s = Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        subscriptions: vec![Subscription {
+            filter: filter(f),
+            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+        }],
+    };
+    c.subscribe(s, Instant::now()).reason_codes[0]
+}
+
+fn unsubscribe(c: &mut Client, f: &str) {
+    c.unsubscribe(Unsubscribe {
+        packet_id: pid(2),
+        properties: Default::default(),
+        filters: vec![filter(f)],
+    });
+}
+
+fn publish(c: &mut Client, t: &str, qos: QoS) -> ReasonCode {
+    let mut p = Publish::new(topic(t), Bytes::from_static(b"x"));
+    p.qos = match qos {
+        QoS::AtMostOnce => QosPid::AtMostOnce,
+        QoS::AtLeastOnce => QosPid::AtLeastOnce(pid(3)),
+        QoS::ExactlyOnce => QosPid::ExactlyOnce(pid(3)),
+    };
+    c.publish(p, Instant::now(), false)
+}
+
+fn waker_commit(c: &Commit) -> Option<std::io::Result<()>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match c.poll(&mut cx) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[tokio::test]
+async fn the_first_and_last_subscription_of_a_filter_are_told_and_the_suback_waits() {
+    let (b, r) = broker();
+    let mut a = client(&b, "a", Protocol::V5).await;
+    let mut c = client(&b, "c", Protocol::V5).await;
+    assert_eq!(subscribe(&mut a, "t/+"), ReasonCode(1));
+    assert_eq!(r.interest(), [("t/+".to_string(), true)]);
+    // The SUBACK waits for the cluster to know.
+    let commit = a.take_commit().expect("a commit to wait for");
+    assert!(waker_commit(&commit).is_none());
+    r.complete_all(Ok(()));
+    assert!(matches!(waker_commit(&commit), Some(Ok(()))));
+    // A second subscriber of the same filter, and the same one again:
+    // nothing new for the cluster, nothing to wait for.
+    assert_eq!(subscribe(&mut c, "t/+"), ReasonCode(1));
+    assert_eq!(subscribe(&mut a, "t/+"), ReasonCode(1));
+    assert!(r.interest().is_empty());
+    assert!(c.take_commit().is_none());
+    // One leaves: the other still wants it. The last leaving (its session
+    // ending) is told.
+    unsubscribe(&mut a, "t/+");
+    assert!(r.interest().is_empty());
+    c.close(SessionState::default(), None);
+    assert_eq!(r.interest(), [("t/+".to_string(), false)]);
+    // The control: the filter wanted again is told again.
+    assert_eq!(subscribe(&mut a, "t/+"), ReasonCode(1));
+    assert_eq!(r.interest(), [("t/+".to_string(), true)]);
+}
+
+#[tokio::test]
+async fn what_is_published_here_is_forwarded_and_acknowledged_after() {
+    let (b, r) = broker();
+    let mut p = client(&b, "p", Protocol::V5).await;
+    // Nobody here subscribes: the cluster took it, so it is not "no
+    // matching subscribers".
+    assert_eq!(
+        publish(&mut p, "a/b", QoS::AtLeastOnce),
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(r.forwarded(), ["a/b"]);
+    let commit = p
+        .take_commit()
+        .expect("the PUBACK waits for the other nodes");
+    assert!(waker_commit(&commit).is_none());
+    r.complete_all(Ok(()));
+    assert!(matches!(waker_commit(&commit), Some(Ok(()))));
+    // A node that could not take it fails the acknowledgement.
+    publish(&mut p, "a/c", QoS::AtLeastOnce);
+    let commit = p.take_commit().unwrap();
+    r.complete_all(Err("queue full".into()));
+    assert!(matches!(waker_commit(&commit), Some(Err(_))));
+    // Also when it failed at once (a full queue): the acknowledgement
+    // still has it to look at.
+    r.fail_next.store(true, Ordering::Relaxed);
+    publish(&mut p, "a/d", QoS::AtLeastOnce);
+    let commit = p.take_commit().expect("a failed commit is not dropped");
+    assert!(matches!(waker_commit(&commit), Some(Err(_))));
+    // What came from another node is delivered here, never sent back;
+    // `$SYS` stays on its node.
+    let mut sub = client(&b, "s", Protocol::V5).await;
+    assert_eq!(subscribe(&mut sub, "a/#"), ReasonCode(1));
+    r.forwarded();
+    let m = Message::new(
+        topic("a/remote"),
+        Bytes::from_static(b"y"),
+        QoS::AtLeastOnce,
+    );
+    let c = b.deliver_forwarded(m).unwrap();
+    assert!(c.is_done());
+    assert!(r.forwarded().is_empty());
+    let mut got = Vec::new();
+    sub.next_messages(10, 10, 1 << 20, Instant::now(), &mut got);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].topic.as_str(), "a/remote");
+    b.publish(topic("$SYS/x"), Bytes::new(), QoS::AtMostOnce, false);
+    assert!(r.forwarded().is_empty());
+    // The control: the application's own message is forwarded.
+    b.publish(topic("a/app"), Bytes::new(), QoS::AtMostOnce, false);
+    assert_eq!(r.forwarded(), ["a/app"]);
+}
+
+#[tokio::test]
+async fn without_a_majority_a_new_route_is_refused_and_an_existing_one_granted() {
+    for proto in [Protocol::V3_1_1, Protocol::V5] {
+        let (b, r) = broker();
+        let mut a = client(&b, "a", proto).await;
+        assert_eq!(subscribe(&mut a, "have/#"), ReasonCode(1));
+        r.unavailable.store(true, Ordering::Relaxed);
+        let mut c = client(&b, "c", proto).await;
+        assert_eq!(
+            subscribe(&mut c, "new/#"),
+            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+        );
+        assert_eq!(subscribe(&mut c, "have/#"), ReasonCode(1));
+        r.unavailable.store(false, Ordering::Relaxed);
+        assert_eq!(subscribe(&mut c, "new/#"), ReasonCode(1));
+    }
+}
+
+#[test]
+fn a_commit_of_several_tickets_is_done_when_all_are() {
+    let tickets: Vec<Arc<Ticket>> = (0..4).map(|_| Arc::new(Ticket::default())).collect();
+    let all = tickets
+        .iter()
+        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())));
+    for (i, t) in tickets.iter().enumerate() {
+        assert!(waker_commit(&all).is_none(), "{i} of 4 done");
+        assert!(!all.is_done());
+        t.complete(Ok(()));
+    }
+    assert!(all.is_done());
+    assert!(matches!(waker_commit(&all), Some(Ok(()))));
+    // A commit that failed already fails what it is joined to.
+    let failed = Arc::new(Ticket::default());
+    failed.complete(Err("refused".into()));
+    let joined = Commit::done().and(Commit::waiting(failed));
+    assert!(matches!(waker_commit(&joined), Some(Err(_))));
+    // One failing fails the whole, whichever it is.
+    let tickets: Vec<Arc<Ticket>> = (0..3).map(|_| Arc::new(Ticket::default())).collect();
+    let all = tickets
+        .iter()
+        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())));
+    tickets[2].complete(Err("lost".into()));
+    tickets[0].complete(Ok(()));
+    tickets[1].complete(Ok(()));
+    assert!(matches!(waker_commit(&all), Some(Err(_))));
+}
