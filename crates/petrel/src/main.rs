@@ -239,6 +239,17 @@ fn parse_bind(text: &str) -> Result<(IpAddr, Option<u16>), String> {
 type LogLevelHandle =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
+/// The log filter for `level`. The consensus library (openraft, with `[cluster]`) says at `info` what
+/// is routine for it (each vote, each log write); its warnings and errors
+/// are kept, and `-vv` (trace, debug) shows the rest.
+fn level_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    match level {
+        "debug" | "trace" => filter,
+        _ => filter.add_directive("openraft=warn".parse().expect("a valid directive")),
+    }
+}
+
 /// Log to `log_file` (appended) or standard error, as text (colours only
 /// on a terminal) or JSON lines; the handle that changes its level, unless
 /// `RUST_LOG` decides it.
@@ -249,7 +260,7 @@ fn init_logging(config: &BrokerConfig, level: &str) -> Result<Option<LogLevelHan
     use tracing_subscriber::util::SubscriberInitExt;
     let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
     let fixed = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let filter = from_env.unwrap_or_else(|| level_filter(level));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let (writer, terminal) = match &config.log_file {
         Some(path) => {
@@ -343,7 +354,25 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
             }
         };
         let http = config.http.clone();
-        let broker = match Broker::new(config) {
+        // A node of a cluster ([cluster]): made before the broker, which
+        // tells it of subscriptions and messages; started once it is built.
+        let cluster = match config
+            .cluster
+            .clone()
+            .map(petrel_cluster::Cluster::new)
+            .transpose()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("petrel: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut builder = Broker::builder(config);
+        if let Some(c) = &cluster {
+            builder = builder.peers(c.peers());
+        }
+        let broker = match builder.build() {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("petrel: {e}");
@@ -357,6 +386,12 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(c) = &cluster {
+            if let Err(e) = c.start(broker.clone()).await {
+                eprintln!("petrel: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         if let Some(http) = http {
             match petrel_admin::AdminServer::bind(broker.clone(), &http).await {
                 Ok(admin) => {
@@ -476,7 +511,7 @@ impl Reloader {
                     );
                 }
                 if let Some(h) = &self.log_level {
-                    match h.reload(tracing_subscriber::EnvFilter::new(level.as_str())) {
+                    match h.reload(level_filter(level.as_str())) {
                         Ok(()) => tracing::info!(level = level.as_str(), "log level in force"),
                         Err(e) => tracing::error!(error = %e, "the log level could not be changed"),
                     }

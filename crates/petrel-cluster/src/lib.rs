@@ -1,0 +1,40 @@
+//! # petrel-cluster
+//!
+//! Several Petrel brokers that clients see as one: a message published on
+//! any node reaches the matching subscribers on every node.
+//!
+//! ## How it works
+//! * **What must be agreed goes through [openraft]**: which node wants
+//!   which topic filter (a node writes a route when its first local
+//!   subscriber of a filter arrives and when its last one leaves, in
+//!   batches), and the membership. The Raft log, vote and snapshot are kept
+//!   in the broker's own durable store ([`petrel_broker::Table::Cluster`]),
+//!   so a restarted node rejoins from its data directory.
+//! * **Messages never go through consensus**: each node keeps a link to
+//!   every other and sends a message published on it only to the nodes
+//!   whose routes match its topic (retained messages to every node, which
+//!   each keeps). The receiving node delivers it to its own subscribers
+//!   and never forwards it again.
+//! * **Acknowledgements are promises on every node**: a SUBACK is sent once
+//!   the route is committed and every node that answers has applied it,
+//!   so a message published anywhere after the SUBACK reaches the new
+//!   subscriber; a PUBACK (PUBREC) waits until every node the message went
+//!   to has taken it (and stored it for its persistent sessions).
+//!
+//! ## Limits of this version
+//! Session takeover across nodes, shared subscriptions as one group across
+//! nodes (each node with a member delivers to one of its own), retained
+//! messages agreed through Raft (they are sent to every node instead),
+//! membership changes at run time and a `petrel cluster` command are not
+//! here yet. A node that is down misses the messages published meanwhile
+//! for its subscribers (counted as lost by the sender).
+#![forbid(unsafe_code)]
+
+mod net;
+mod node;
+mod store;
+mod types;
+
+pub use node::{Cluster, ClusterCounters, ClusterError};
+pub use store::{LogStore, StateMachine};
+pub use types::{Applied, Command, NodeId, Routes, TypeConfig};

@@ -1,0 +1,311 @@
+//! Node-to-node links: length-delimited frames of bincode over TCP.
+//!
+//! Each node listens on its `bind` address. A node connecting proves it
+//! knows the cluster's secret (the listener sends a random challenge; the
+//! answer is HMAC-SHA256 of it under the secret) before anything else is
+//! read from it. Then it sends requests, each with a number, and the
+//! listener answers each by number, in any order.
+//!
+//! A node keeps two links to each peer: one for consensus (Raft's
+//! messages, route writes sent to the leader), one for the messages it
+//! forwards, so that a flood of messages never delays a heartbeat.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::types::{Command, NodeId, TypeConfig};
+
+/// The first frame a listener sends: a challenge.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Challenge {
+    pub(crate) nonce: [u8; 32],
+}
+
+/// The connecting node's answer.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) from: NodeId,
+    pub(crate) mac: Vec<u8>,
+}
+
+/// What one node asks another.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A route change, to the leader: answered when committed, with its
+    /// log index.
+    Write(Command),
+    /// Answer once this node has applied the log up to this index.
+    Applied(u64),
+    /// A message published on the sending node, in the store's form.
+    Forward(Vec<u8>),
+}
+
+/// The answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    Append(AppendEntriesResponse<NodeId>),
+    Vote(VoteResponse<NodeId>),
+    Snapshot(InstallSnapshotResponse<NodeId>),
+    /// Committed at this log index.
+    Written(u64),
+    /// Not the leader; the leader, if known.
+    NotLeader(Option<NodeId>),
+    Done,
+    Failed(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Frame<T> {
+    pub(crate) id: u64,
+    pub(crate) body: T,
+}
+
+pub(crate) type Wire = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// A framed stream with frames of at most `max` bytes.
+pub(crate) fn framed(stream: TcpStream, max: usize) -> Wire {
+    let _ = stream.set_nodelay(true);
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(max)
+        .new_codec();
+    Framed::new(stream, codec)
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> io::Result<bytes::Bytes> {
+    bincode::serialize(v)
+        .map(bytes::Bytes::from)
+        .map_err(io::Error::other)
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
+    bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The answer to `nonce` under `secret`.
+pub(crate) fn answer(secret: &[u8], nonce: &[u8; 32], from: NodeId) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(nonce);
+    mac.update(&from.to_be_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Whether `hello` answers `nonce` under `secret`.
+pub(crate) fn verify(secret: &[u8], nonce: &[u8; 32], hello: &Hello) -> bool {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(nonce);
+    mac.update(&hello.from.to_be_bytes());
+    mac.verify_slice(&hello.mac).is_ok()
+}
+
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after a failed connection to a peer the next one is tried.
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// One link to a peer, connected when first used and again after a
+/// failure. Requests go out in the order they are made.
+#[derive(Debug)]
+pub(crate) struct Link {
+    me: NodeId,
+    addr: String,
+    secret: Arc<Vec<u8>>,
+    max_frame: usize,
+    next_id: AtomicU64,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::UnboundedSender<Frame<Request>>,
+    pending: Pending,
+    /// Set when the connection's tasks end.
+    closed: Arc<tokio::sync::Notify>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Link {
+    pub(crate) fn new(me: NodeId, addr: String, secret: Arc<Vec<u8>>, max_frame: usize) -> Self {
+        Self {
+            me,
+            addr,
+            secret,
+            max_frame,
+            next_id: AtomicU64::new(1),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Send `request`; the answer, or an error if the link failed or no
+    /// answer came within `timeout`.
+    pub(crate) async fn call(&self, request: Request, timeout: Duration) -> io::Result<Response> {
+        let rx = self.send(request).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "link closed",
+            )),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")),
+        }
+    }
+
+    /// Queue `request` on the connection (made first if there is none);
+    /// its answer comes on the receiver.
+    pub(crate) async fn send(&self, request: Request) -> io::Result<oneshot::Receiver<Response>> {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_none_or(|c| c.dead.load(Ordering::Relaxed)) {
+            *conn = None;
+            *conn = Some(self.connect().await?);
+        }
+        let c = conn.as_ref().expect("connected above");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&c.pending).insert(id, tx);
+        if c.tx.send(Frame { id, body: request }).is_err() {
+            lock(&c.pending).remove(&id);
+            c.dead.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "link closed",
+            ));
+        }
+        Ok(rx)
+    }
+
+    async fn connect(&self) -> io::Result<Conn> {
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tokio::time::sleep(RECONNECT_AFTER).await;
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            };
+        let mut wire = framed(stream, self.max_frame);
+        let challenge: Challenge = match tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await {
+            Ok(Some(Ok(b))) => decode(&b)?,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "no challenge",
+                ))
+            }
+        };
+        let hello = Hello {
+            from: self.me,
+            mac: answer(&self.secret, &challenge.nonce, self.me),
+        };
+        wire.send(encode(&hello)?).await?;
+        let (mut sink, mut stream) = wire.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame<Request>>();
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Writer: everything queued, one flush per batch.
+        let w_dead = dead.clone();
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                let mut batch = vec![f];
+                while let Ok(f) = rx.try_recv() {
+                    batch.push(f);
+                    if batch.len() >= 256 {
+                        break;
+                    }
+                }
+                for f in batch {
+                    let Ok(b) = encode(&f) else { continue };
+                    if sink.feed(b).await.is_err() {
+                        w_dead.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    w_dead.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+        // Reader: answers to whoever waits.
+        let r_pending = pending.clone();
+        let r_dead = dead.clone();
+        let r_closed = closed.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(b)) = stream.next().await {
+                let Ok(f) = decode::<Frame<Response>>(&b) else {
+                    break;
+                };
+                if let Some(tx) = lock(&r_pending).remove(&f.id) {
+                    let _ = tx.send(f.body);
+                }
+            }
+            r_dead.store(true, Ordering::Relaxed);
+            // Whoever waits learns the link failed.
+            lock(&r_pending).clear();
+            r_closed.notify_waiters();
+        });
+        Ok(Conn {
+            tx,
+            pending,
+            closed,
+            dead,
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.closed.notify_waiters();
+    }
+}
+
+/// The listener's side of a link, after the challenge: the node that
+/// connected, or why it may not.
+pub(crate) async fn accept(
+    stream: TcpStream,
+    secret: &[u8],
+    max_frame: usize,
+) -> io::Result<(NodeId, Wire, SocketAddr)> {
+    let peer = stream.peer_addr()?;
+    let mut wire = framed(stream, max_frame);
+    let mut nonce = [0u8; 32];
+    getrandom::getrandom(&mut nonce).map_err(io::Error::other)?;
+    wire.send(encode(&Challenge { nonce })?).await?;
+    let hello: Hello = match tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await {
+        Ok(Some(Ok(b))) => decode(&b)?,
+        _ => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "no hello")),
+    };
+    if !verify(secret, &nonce, &hello) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "wrong cluster secret",
+        ));
+    }
+    Ok((hello.from, wire, peer))
+}

@@ -1,0 +1,877 @@
+//! One node: its Raft, its listener for the other nodes, its links to
+//! them, and the broker seam ([`Peers`]) through which the broker tells it
+//! of subscriptions and messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use openraft::error::{NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use petrel_broker::config::ClusterConfig;
+use petrel_broker::core::store::{decode_message, encode_message};
+use petrel_broker::{Broker, Commit, Forwarded, MemoryStore, Peers, Store, Ticket};
+use petrel_codec::QoS;
+use petrel_session::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+
+use crate::net::{self, Frame, Link, Request, Response};
+use crate::store::{LogStore, StateMachine};
+use crate::types::{Command, NodeId, Routes, TypeConfig};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `[cluster]` is not usable.
+    #[error("cluster: {0}")]
+    Config(String),
+    /// Its store or listener failed.
+    #[error("cluster: {0}")]
+    Io(#[from] io::Error),
+    /// Raft would not start.
+    #[error("cluster: raft: {0}")]
+    Raft(String),
+}
+
+/// Counters of a node's traffic with the others.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Messages sent to other nodes (once per node).
+    pub forwarded: AtomicU64,
+    /// Messages taken from other nodes.
+    pub received: AtomicU64,
+    /// Messages for a node that was down, not taken in time, or past its
+    /// queue (QoS 0), so not delivered there.
+    pub lost: AtomicU64,
+    /// QoS 1/2 messages refused to their publisher: a peer's queue was
+    /// full.
+    pub refused: AtomicU64,
+    /// Route changes written (batches).
+    pub route_writes: AtomicU64,
+}
+
+/// A node of a cluster. Made before the broker (whose builder takes its
+/// [`Cluster::peers`]), started once the broker is built.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: NodeId,
+    config: ClusterConfig,
+    secret: Arc<Vec<u8>>,
+    members: BTreeMap<NodeId, String>,
+    routes: Arc<RwLock<Routes>>,
+    /// Consensus links, by peer.
+    control: HashMap<NodeId, Arc<Link>>,
+    /// Message queues, by peer.
+    data: HashMap<NodeId, mpsc::Sender<Outgoing>>,
+    data_rx: Mutex<Vec<(NodeId, mpsc::Receiver<Outgoing>)>>,
+    raft: OnceLock<Raft<TypeConfig>>,
+    broker: OnceLock<Broker>,
+    changes: Mutex<Changes>,
+    wake: Notify,
+    counters: ClusterCounters,
+    /// The address the listener got (for a `bind` with port 0).
+    local_addr: OnceLock<std::net::SocketAddr>,
+    /// When each peer last answered this node's consensus messages or
+    /// sent it its own.
+    heard: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Inner {
+    fn heard_from(&self, node: NodeId) {
+        lock(&self.heard).insert(node, Instant::now());
+    }
+
+    /// Whether this node reaches a majority of the members (itself
+    /// included) and knows a leader.
+    fn available(&self) -> bool {
+        let recent = Duration::from_millis(self.config.election_timeout_ms * 2);
+        let reached = 1 + lock(&self.heard)
+            .values()
+            .filter(|t| t.elapsed() < recent)
+            .count();
+        let leader = self
+            .raft
+            .get()
+            .is_some_and(|r| r.metrics().borrow().current_leader.is_some());
+        leader && reached * 2 > self.members.len()
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("me", &self.me)
+            .field("members", &self.members)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Route changes not yet written, and who waits for them.
+#[derive(Debug, Default)]
+struct Changes {
+    add: Vec<String>,
+    remove: Vec<String>,
+    ticket: Option<Arc<Ticket>>,
+    /// The node has (re)started: write all its routes first.
+    reset: bool,
+}
+
+/// A message for one peer.
+#[derive(Debug)]
+struct Outgoing {
+    bytes: Arc<Vec<u8>>,
+    gather: Option<Arc<Gather>>,
+}
+
+/// A forwarded QoS 1/2 message's acknowledgement: done when every node it
+/// went to has answered (or is given up on).
+#[derive(Debug)]
+struct Gather {
+    left: AtomicUsize,
+    ticket: Arc<Ticket>,
+}
+
+impl Gather {
+    fn one_done(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ticket.complete(Ok(()));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How long a forwarded message waits after a peer's link failed before
+/// that peer is tried again.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// A node as `config` describes it (not started).
+    pub fn new(config: ClusterConfig) -> Result<Self, ClusterError> {
+        config.validate().map_err(ClusterError::Config)?;
+        let secret = Arc::new(config.load_secret().map_err(ClusterError::Config)?);
+        let me = config.node_id;
+        let members: BTreeMap<NodeId, String> = config
+            .peer_list()
+            .map_err(ClusterError::Config)?
+            .into_iter()
+            .collect();
+        let mut control = HashMap::new();
+        let mut data = HashMap::new();
+        let mut data_rx = Vec::new();
+        for (&id, addr) in members.iter().filter(|(id, _)| **id != me) {
+            control.insert(
+                id,
+                Arc::new(Link::new(
+                    me,
+                    addr.clone(),
+                    secret.clone(),
+                    config.max_frame_bytes,
+                )),
+            );
+            let (tx, rx) = mpsc::channel(config.peer_queue);
+            data.insert(id, tx);
+            data_rx.push((id, rx));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                me,
+                secret,
+                members,
+                routes: Arc::default(),
+                control,
+                data,
+                data_rx: Mutex::new(data_rx),
+                raft: OnceLock::new(),
+                broker: OnceLock::new(),
+                changes: Mutex::new(Changes {
+                    reset: true,
+                    ..Changes::default()
+                }),
+                wake: Notify::new(),
+                counters: ClusterCounters::default(),
+                local_addr: OnceLock::new(),
+                heard: Mutex::default(),
+                config,
+            }),
+        })
+    }
+
+    /// What the broker's builder takes ([`petrel_broker::BrokerBuilder::peers`]).
+    pub fn peers(&self) -> Arc<dyn Peers> {
+        Arc::new(Seam(self.inner.clone()))
+    }
+
+    /// Start: Raft (from the consensus state in `broker`'s store, or in
+    /// memory without one), the listener for the other nodes, and the
+    /// tasks that write routes and forward messages. The first time the
+    /// members start, the cluster is formed of them.
+    pub async fn start(&self, broker: Broker) -> Result<(), ClusterError> {
+        let inner = &self.inner;
+        let store: Arc<dyn Store> = broker
+            .store()
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let _ = inner.broker.set(broker);
+        let log = LogStore::open(store.clone())?;
+        let sm = StateMachine::open(store, inner.routes.clone())?;
+        let c = &inner.config;
+        let config = openraft::Config {
+            cluster_name: "petrel".into(),
+            heartbeat_interval: c.heartbeat_ms,
+            election_timeout_min: c.election_timeout_ms,
+            election_timeout_max: c.election_timeout_ms * 2,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let network = Network {
+            inner: inner.clone(),
+        };
+        let raft = Raft::new(inner.me, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let listener = TcpListener::bind(&c.bind).await?;
+        let _ = inner.local_addr.set(listener.local_addr()?);
+        let _ = inner.raft.set(raft.clone());
+        tokio::spawn(serve(inner.clone(), listener));
+        for (id, rx) in lock(&inner.data_rx).drain(..) {
+            tokio::spawn(send_to(inner.clone(), id, rx));
+        }
+        tokio::spawn(write_routes(inner.clone()));
+        tokio::spawn(report(inner.clone(), raft.clone()));
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?
+        {
+            let nodes: BTreeMap<NodeId, BasicNode> = inner
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            // Every member does this with the same members: safe (the
+            // first vote decides), and whoever starts first forms it.
+            if let Err(e) = raft.initialize(nodes).await {
+                tracing::debug!(error = %e, "cluster already formed");
+            }
+        }
+        inner.wake.notify_one();
+        tracing::info!(node = inner.me, bind = %c.bind, members = inner.members.len(), "cluster node started");
+        Ok(())
+    }
+
+    /// Stop Raft (the links close when the process ends).
+    pub async fn shutdown(&self) {
+        if let Some(r) = self.inner.raft.get() {
+            let _ = r.shutdown().await;
+        }
+    }
+
+    /// This node's number.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// The address the node-to-node listener is bound to, once started.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.local_addr.get().copied()
+    }
+
+    /// The leader, if this node knows one.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner
+            .raft
+            .get()
+            .and_then(|r| r.metrics().borrow().current_leader)
+    }
+
+    /// Raft's view of this node (state, term, leader, log, members).
+    pub fn metrics(&self) -> Option<openraft::RaftMetrics<NodeId, BasicNode>> {
+        self.inner.raft.get().map(|r| r.metrics().borrow().clone())
+    }
+
+    /// The filters node `node` is known to want.
+    pub fn routes_of(&self, node: NodeId) -> Vec<String> {
+        read(&self.inner.routes).of(node)
+    }
+
+    /// How many (node, filter) routes the cluster holds.
+    pub fn route_count(&self) -> usize {
+        read(&self.inner.routes).len()
+    }
+
+    /// The node's counters.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.inner.counters
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The broker's view of the node.
+#[derive(Debug)]
+struct Seam(Arc<Inner>);
+
+impl Peers for Seam {
+    fn interest(&self, filter: &str, wanted: bool) -> Commit {
+        let mut guard = lock(&self.0.changes);
+        let c = &mut *guard;
+        let (to, from) = if wanted {
+            (&mut c.add, &mut c.remove)
+        } else {
+            (&mut c.remove, &mut c.add)
+        };
+        // A change undone before it was written is no change.
+        if let Some(i) = from.iter().position(|f| f == filter) {
+            from.remove(i);
+        } else {
+            to.push(filter.to_string());
+        }
+        let commit = if wanted {
+            let t = c.ticket.get_or_insert_with(Arc::default).clone();
+            Commit::waiting(t)
+        } else {
+            Commit::done()
+        };
+        drop(guard);
+        self.0.wake.notify_one();
+        commit
+    }
+
+    fn available(&self) -> bool {
+        self.0.available()
+    }
+
+    fn forward(&self, message: &Message) -> Forwarded {
+        let inner = &self.0;
+        let nodes: Vec<NodeId> = if message.retain {
+            // Every node keeps retained messages: all of them get it.
+            inner.data.keys().copied().collect()
+        } else {
+            read(&inner.routes).nodes_for(message.topic.as_str(), inner.me)
+        };
+        if nodes.is_empty() {
+            return Forwarded::default();
+        }
+        let bytes = Arc::new(encode_message(message, SystemTime::now()));
+        let gather = (message.qos != QoS::AtMostOnce).then(|| {
+            Arc::new(Gather {
+                left: AtomicUsize::new(nodes.len()),
+                ticket: Arc::default(),
+            })
+        });
+        let mut sent = 0;
+        for n in &nodes {
+            let Some(tx) = inner.data.get(n) else {
+                gather.as_ref().inspect(|g| g.one_done());
+                continue;
+            };
+            match tx.try_send(Outgoing {
+                bytes: bytes.clone(),
+                gather: gather.clone(),
+            }) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(o)) => match o.gather {
+                    Some(g) => {
+                        inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        g.ticket.complete(Err(format!("node {n}'s queue is full")));
+                    }
+                    None => {
+                        inner.counters.lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Err(mpsc::error::TrySendError::Closed(o)) => {
+                    inner.counters.lost.fetch_add(1, Ordering::Relaxed);
+                    if let Some(g) = o.gather {
+                        g.one_done();
+                    }
+                }
+            }
+        }
+        Forwarded {
+            nodes: sent,
+            commit: gather.map_or_else(Commit::done, |g| Commit::waiting(g.ticket.clone())),
+        }
+    }
+}
+
+/// Send what is queued for peer `id`, in order, each answered on its own
+/// (many in flight at once).
+async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
+    let link = Link::new(
+        inner.me,
+        inner.members[&id].clone(),
+        inner.secret.clone(),
+        inner.config.max_frame_bytes,
+    );
+    let timeout = Duration::from_secs(inner.config.forward_timeout);
+    // Messages sent and not yet answered: at most a queue's worth, so a
+    // peer that is slow (or stopped) fills the queue, and the queue's
+    // bound refuses what follows, instead of memory growing.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(inner.config.peer_queue));
+    let mut down_until: Option<Instant> = None;
+    while let Some(o) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        if down_until.is_some_and(|t| Instant::now() < t) {
+            inner.counters.lost.fetch_add(1, Ordering::Relaxed);
+            o.gather.inspect(|g| g.one_done());
+            continue;
+        }
+        match link.send(Request::Forward(o.bytes.to_vec())).await {
+            Ok(answer) => {
+                down_until = None;
+                inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                let counters = inner.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let ok = matches!(
+                        tokio::time::timeout(timeout, answer).await,
+                        Ok(Ok(Response::Done))
+                    );
+                    if !ok {
+                        counters.counters.lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(g) = o.gather {
+                        g.one_done();
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::debug!(peer = id, error = %e, "peer down: messages for it are dropped for a while");
+                down_until = Some(Instant::now() + DOWN_FOR);
+                inner.counters.lost.fetch_add(1, Ordering::Relaxed);
+                o.gather.inspect(|g| g.one_done());
+            }
+        }
+    }
+}
+
+/// Write route changes as they come, in batches: one write carries every
+/// change made while the one before was being agreed.
+async fn write_routes(inner: Arc<Inner>) {
+    loop {
+        let pending = {
+            let c = lock(&inner.changes);
+            c.reset || !c.add.is_empty() || !c.remove.is_empty() || c.ticket.is_some()
+        };
+        if !pending {
+            inner.wake.notified().await;
+            continue;
+        }
+        let Some(raft) = inner.raft.get() else {
+            inner.wake.notified().await;
+            continue;
+        };
+        // What the broker holds is read before the changes are taken (the
+        // broker holds its router's lock while it records one), so a
+        // change made meanwhile is in both: applied twice, to the same
+        // result.
+        let reset = lock(&inner.changes).reset;
+        let all = reset
+            .then(|| inner.broker.get().map(Broker::interests))
+            .flatten();
+        let (add, remove, ticket) = {
+            let mut c = lock(&inner.changes);
+            if all.is_some() {
+                c.reset = false;
+            }
+            (
+                std::mem::take(&mut c.add),
+                std::mem::take(&mut c.remove),
+                c.ticket.take(),
+            )
+        };
+        let mut commands = Vec::new();
+        if let Some(filters) = all {
+            commands.push(Command::Reset {
+                node: inner.me,
+                filters,
+            });
+        }
+        if !add.is_empty() || !remove.is_empty() {
+            commands.push(Command::Routes {
+                node: inner.me,
+                add,
+                remove,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(inner.config.route_timeout);
+        let mut result = Ok(());
+        for command in commands {
+            match propose(&inner, raft, command, deadline).await {
+                Ok(index) => {
+                    inner.counters.route_writes.fetch_add(1, Ordering::Relaxed);
+                    everyone_applied(&inner, raft, index).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "route change not agreed");
+                    result = Err(e);
+                    // Written again, whole, when the cluster answers.
+                    lock(&inner.changes).reset = true;
+                    break;
+                }
+            }
+        }
+        if let Some(t) = ticket {
+            t.complete(result.clone());
+        }
+        if result.is_err() {
+            // Not at once again: the cluster is without a leader.
+            tokio::time::sleep(Duration::from_millis(inner.config.election_timeout_ms)).await;
+        }
+    }
+}
+
+/// Publish the node's view of the cluster under `$SYS/broker/cluster/`
+/// (retained, this node only): `node`, `leader` (a number, or `none`),
+/// `state` (leader, follower, candidate, learner), `term` and `members`
+/// when they change; `routes`, `forwarded`, `received` and `lost` every
+/// `sys_interval`.
+async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
+    let Some(broker) = inner.broker.get().cloned() else {
+        return;
+    };
+    let publish = |topic: &str, value: String| {
+        if let Ok(t) =
+            petrel_codec::TopicName::try_from(format!("$SYS/broker/cluster/{topic}").as_str())
+        {
+            broker.publish(t, bytes::Bytes::from(value), QoS::AtMostOnce, true);
+        }
+    };
+    publish("node", inner.me.to_string());
+    let members: Vec<String> = inner.members.keys().map(u64::to_string).collect();
+    publish("members", members.join(","));
+    let mut metrics = raft.metrics();
+    let every = Duration::from_secs(broker.config().sys_interval.max(1));
+    let mut tick = tokio::time::interval(every);
+    let mut last: Option<(Option<NodeId>, String, u64)> = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (
+                m.current_leader,
+                format!("{:?}", m.state).to_lowercase(),
+                m.current_term,
+            )
+        };
+        if last.as_ref() != Some(&now) {
+            if last.as_ref().map(|l| l.0) != Some(now.0) {
+                tracing::info!(node = inner.me, leader = ?now.0, term = now.2, "cluster leader");
+            }
+            publish(
+                "leader",
+                now.0.map_or_else(|| "none".into(), |l| l.to_string()),
+            );
+            publish("state", now.1.clone());
+            publish("term", now.2.to_string());
+            last = Some(now);
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {
+                let c = &inner.counters;
+                publish("routes", read(&inner.routes).len().to_string());
+                publish("forwarded", c.forwarded.load(Ordering::Relaxed).to_string());
+                publish("received", c.received.load(Ordering::Relaxed).to_string());
+                publish("lost", c.lost.load(Ordering::Relaxed).to_string());
+            }
+        }
+    }
+}
+
+/// Have `command` committed, through the leader: its log index.
+async fn propose(
+    inner: &Inner,
+    raft: &Raft<TypeConfig>,
+    command: Command,
+    deadline: Instant,
+) -> Result<u64, String> {
+    let pause = Duration::from_millis(inner.config.heartbeat_ms.min(100));
+    loop {
+        if Instant::now() >= deadline {
+            return Err("no leader agreed in time (is a majority of the nodes up?)".into());
+        }
+        let leader = raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == inner.me => match raft.client_write(command.clone()).await {
+                Ok(r) => return Ok(r.log_id.index),
+                Err(e) => tracing::debug!(error = %e, "route write: not leader now"),
+            },
+            Some(l) => {
+                if let Some(link) = inner.control.get(&l) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(Response::Written(i)) =
+                        link.call(Request::Write(command.clone()), left).await
+                    {
+                        return Ok(i);
+                    }
+                }
+            }
+            None => {}
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Wait until every node that answers has applied the log up to `index`:
+/// from then on, whichever node a message is published on routes by it.
+/// A node that does not answer in time is not waited for (it is down, or
+/// cut off; it applies the log when it is back).
+async fn everyone_applied(inner: &Inner, raft: &Raft<TypeConfig>, index: u64) {
+    let wait = Duration::from_millis(inner.config.election_timeout_ms);
+    let waiter = raft.wait(Some(wait));
+    let mine = waiter.applied_index_at_least(Some(index), "route");
+    let others = futures::future::join_all(
+        inner
+            .control
+            .values()
+            .map(|l| l.call(Request::Applied(index), wait)),
+    );
+    let _ = tokio::join!(mine, others);
+}
+
+/// Accept the other nodes' links.
+async fn serve(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            match net::accept(stream, &inner.secret, inner.config.max_frame_bytes).await {
+                Ok((from, wire, _)) if inner.members.contains_key(&from) && from != inner.me => {
+                    handle(inner, from, wire).await;
+                }
+                Ok((from, _, peer)) => {
+                    tracing::warn!(%peer, node = from, "a node that is not a member: closed");
+                }
+                Err(e) => tracing::warn!(error = %e, "node link refused"),
+            }
+        });
+    }
+}
+
+/// Answer one link's requests.
+async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
+    use futures::SinkExt;
+    let (mut sink, mut stream) = wire.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame<Response>>();
+    let writer = tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            let mut batch = vec![f];
+            while let Ok(f) = rx.try_recv() {
+                batch.push(f);
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            for f in batch {
+                let Ok(b) = net::encode(&f) else { continue };
+                if sink.feed(b).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let Some(raft) = inner.raft.get().cloned() else {
+        return;
+    };
+    while let Some(Ok(b)) = stream.next().await {
+        let Ok(f) = net::decode::<Frame<Request>>(&b) else {
+            tracing::warn!("undecodable node frame: link closed");
+            break;
+        };
+        let id = f.id;
+        let tx = tx.clone();
+        let answer = move |body: Response| {
+            let _ = tx.send(Frame { id, body });
+        };
+        match f.body {
+            // Delivered here, in the order sent; answered when what it
+            // promises is durable.
+            Request::Forward(bytes) => {
+                inner.counters.received.fetch_add(1, Ordering::Relaxed);
+                let commit = match decode_message(&bytes, Instant::now(), SystemTime::now()) {
+                    Ok((m, _)) => match inner.broker.get() {
+                        Some(b) => b.deliver_forwarded(m).map_err(|e| e.to_string()),
+                        None => Err("not started".into()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match commit {
+                    Ok(c) if c.succeeded() => answer(Response::Done),
+                    Ok(c) => {
+                        tokio::spawn(async move {
+                            match futures::future::poll_fn(|cx| c.poll(cx)).await {
+                                Ok(()) => answer(Response::Done),
+                                Err(e) => answer(Response::Failed(e.to_string())),
+                            }
+                        });
+                    }
+                    Err(e) => answer(Response::Failed(e)),
+                }
+            }
+            request => {
+                if matches!(request, Request::Append(_) | Request::Vote(_)) {
+                    inner.heard_from(from);
+                }
+                let raft = raft.clone();
+                tokio::spawn(async move { answer(consensus(&raft, request).await) });
+            }
+        }
+    }
+    writer.abort();
+}
+
+/// Answer a consensus request.
+async fn consensus(raft: &Raft<TypeConfig>, request: Request) -> Response {
+    match request {
+        Request::Append(r) => raft
+            .append_entries(r)
+            .await
+            .map_or_else(|e| Response::Failed(e.to_string()), Response::Append),
+        Request::Vote(r) => raft
+            .vote(r)
+            .await
+            .map_or_else(|e| Response::Failed(e.to_string()), Response::Vote),
+        Request::Snapshot(r) => raft
+            .install_snapshot(r)
+            .await
+            .map_or_else(|e| Response::Failed(e.to_string()), Response::Snapshot),
+        Request::Write(command) => match raft.client_write(command).await {
+            Ok(r) => Response::Written(r.log_id.index),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Response::NotLeader(f.leader_id),
+                None => Response::Failed(e.to_string()),
+            },
+        },
+        Request::Applied(index) => {
+            let wait = Duration::from_secs(5);
+            match raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(index), "route")
+                .await
+            {
+                Ok(_) => Response::Done,
+                Err(e) => Response::Failed(e.to_string()),
+            }
+        }
+        Request::Forward(_) => Response::Failed("not a consensus request".into()),
+    }
+}
+
+/// Raft's network: the consensus links.
+struct Network {
+    inner: Arc<Inner>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Client;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
+        Client {
+            link: self.inner.control.get(&target).cloned(),
+            addr: node.addr.clone(),
+            target,
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// Raft's client of one peer.
+struct Client {
+    link: Option<Arc<Link>>,
+    addr: String,
+    target: NodeId,
+    inner: Arc<Inner>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Client {
+    async fn call(&self, request: Request, option: &RPCOption) -> RpcResult<Response> {
+        let Some(link) = &self.link else {
+            let e = io::Error::other(format!("{} is not a configured peer", self.addr));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        match link.call(request, option.hard_ttl()).await {
+            Ok(Response::Failed(e)) => {
+                Err(RPCError::Network(NetworkError::new(&io::Error::other(e))))
+            }
+            Ok(r) => {
+                self.inner.heard_from(self.target);
+                Ok(r)
+            }
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&io::Error::other("unexpected answer")))
+}
+
+impl RaftNetwork<TypeConfig> for Client {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self.call(Request::Append(rpc), &option).await? {
+            Response::Append(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, openraft::error::InstallSnapshotError> {
+        let r = match self.call(Request::Snapshot(rpc), &option).await {
+            Ok(r) => r,
+            Err(RPCError::Unreachable(u)) => return Err(RPCError::Unreachable(u)),
+            Err(_) => return Err(unexpected()),
+        };
+        match r {
+            Response::Snapshot(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(Request::Vote(rpc), &option).await? {
+            Response::Vote(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+}

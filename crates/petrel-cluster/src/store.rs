@@ -1,0 +1,467 @@
+//! The Raft log, vote and snapshot, kept in the broker's own store (the
+//! table [`Table::Cluster`]), so a restarted node rejoins from its own data
+//! directory; and the state machine they build (the routes).
+//!
+//! Keys in the table: `v` the vote, `c` the last committed log id, `p` the
+//! last purged one, `s` the current snapshot, and `l` with the index
+//! (8 bytes, big-endian) for each entry. The log is also kept in memory
+//! (it holds route changes only, and is purged behind each snapshot), so
+//! reading it for replication never touches the disk.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::{self, Cursor};
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use petrel_broker::{Op, Store, Table};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Applied, NodeId, Routes, SnapshotBytes, SnapshotData, TypeConfig};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+const VOTE: &[u8] = b"v";
+const COMMITTED: &[u8] = b"c";
+const PURGED: &[u8] = b"p";
+const SNAPSHOT: &[u8] = b"s";
+
+fn entry_key(index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'l');
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl ToString,
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Only our own types, which always serialise.
+    bincode::serialize(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    bincode::deserialize(bytes).map_err(io::Error::other)
+}
+
+/// Write `ops` to the store and make them survive the process (and a power
+/// loss, with `fsync` durability) before returning.
+async fn write(store: &dyn Store, ops: Vec<Op>) -> io::Result<()> {
+    let commit = store.commit(ops)?;
+    store.flush()?;
+    futures::future::poll_fn(|cx| commit.poll(cx)).await
+}
+
+/// What the log store holds in memory.
+#[derive(Debug, Default)]
+struct Log {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+/// The Raft log store.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    store: Arc<dyn Store>,
+    log: Arc<Mutex<Log>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LogStore {
+    /// The log kept in `store`, read back from it.
+    pub fn open(store: Arc<dyn Store>) -> io::Result<Self> {
+        let mut log = Log::default();
+        for (k, v) in store.scan(Table::Cluster)? {
+            match k.as_slice() {
+                VOTE => log.vote = Some(decode(&v)?),
+                COMMITTED => log.committed = decode(&v)?,
+                PURGED => log.purged = decode(&v)?,
+                [b'l', index @ ..] if index.len() == 8 => {
+                    let entry: Entry<TypeConfig> = decode(&v)?;
+                    log.entries.insert(entry.log_id.index, entry);
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            store,
+            log: Arc::new(Mutex::new(log)),
+        })
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        Ok(lock(&self.log)
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let log = lock(&self.log);
+        let last = log
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(log.purged);
+        Ok(LogState {
+            last_purged_log_id: log.purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        write(
+            &*self.store,
+            vec![Op::Put {
+                table: Table::Cluster,
+                key: VOTE.to_vec(),
+                value: encode(vote),
+            }],
+        )
+        .await
+        .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        lock(&self.log).vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        Ok(lock(&self.log).vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Not waited on beyond the process: a committed id lost to a
+        // power cut is learnt again from the leader.
+        self.store
+            .commit(vec![Op::Put {
+                table: Table::Cluster,
+                key: COMMITTED.to_vec(),
+                value: encode(&committed),
+            }])
+            .and_then(|_| self.store.flush())
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        lock(&self.log).committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(lock(&self.log).committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let ops = entries
+            .iter()
+            .map(|e| Op::Put {
+                table: Table::Cluster,
+                key: entry_key(e.log_id.index),
+                value: encode(e),
+            })
+            .collect();
+        {
+            let mut log = lock(&self.log);
+            for e in &entries {
+                log.entries.insert(e.log_id.index, e.clone());
+            }
+        }
+        let result = write(&*self.store, ops).await;
+        let failed = result.as_ref().err().map(|e| e.to_string());
+        callback.log_io_completed(result);
+        match failed {
+            Some(e) => Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let gone: Vec<u64> = {
+            let mut log = lock(&self.log);
+            let gone: Vec<u64> = log.entries.range(log_id.index..).map(|(i, _)| *i).collect();
+            for i in &gone {
+                log.entries.remove(i);
+            }
+            gone
+        };
+        let ops = gone
+            .into_iter()
+            .map(|i| Op::Delete {
+                table: Table::Cluster,
+                key: entry_key(i),
+            })
+            .collect();
+        write(&*self.store, ops)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let gone: Vec<u64> = {
+            let mut log = lock(&self.log);
+            let gone: Vec<u64> = log
+                .entries
+                .range(..=log_id.index)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in &gone {
+                log.entries.remove(i);
+            }
+            log.purged = Some(log_id);
+            gone
+        };
+        let mut ops: Vec<Op> = vec![Op::Put {
+            table: Table::Cluster,
+            key: PURGED.to_vec(),
+            value: encode(&Some(log_id)),
+        }];
+        ops.extend(gone.into_iter().map(|i| Op::Delete {
+            table: Table::Cluster,
+            key: entry_key(i),
+        }));
+        write(&*self.store, ops)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+/// A snapshot as stored: its meta and its data.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// What the state machine has applied.
+#[derive(Debug, Default)]
+pub(crate) struct AppliedState {
+    pub(crate) last: Option<LogId<NodeId>>,
+    pub(crate) membership: StoredMembership<NodeId, openraft::BasicNode>,
+}
+
+/// The state machine: the routes, shared with the node that forwards by
+/// them.
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    store: Arc<dyn Store>,
+    routes: Arc<RwLock<Routes>>,
+    applied: Arc<Mutex<AppliedState>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshot_count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Debug for StoredSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSnapshot")
+            .field("meta", &self.meta)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+impl StateMachine {
+    /// The state machine kept in `store` (its last snapshot, if any; the
+    /// log after it is applied again when the node starts), updating
+    /// `routes`.
+    pub fn open(store: Arc<dyn Store>, routes: Arc<RwLock<Routes>>) -> io::Result<Self> {
+        let sm = Self {
+            store,
+            routes,
+            applied: Arc::default(),
+            snapshot: Arc::default(),
+            snapshot_count: Arc::default(),
+        };
+        let stored = sm
+            .store
+            .scan(Table::Cluster)?
+            .into_iter()
+            .find(|(k, _)| k == SNAPSHOT)
+            .map(|(_, v)| decode::<StoredSnapshot>(&v))
+            .transpose()?;
+        if let Some(s) = stored {
+            sm.load(&s)?;
+            *lock(&sm.snapshot) = Some(s);
+        }
+        Ok(sm)
+    }
+
+    /// Put the state a snapshot holds in force.
+    fn load(&self, s: &StoredSnapshot) -> io::Result<()> {
+        let data: SnapshotData = decode(&s.data)?;
+        *self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Routes::from_snapshot(data.routes);
+        let mut applied = lock(&self.applied);
+        applied.last = s.meta.last_log_id;
+        applied.membership = s.meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let data = encode(&SnapshotData {
+            routes: self
+                .routes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .to_snapshot(),
+        });
+        let (last, membership) = {
+            let a = lock(&self.applied);
+            (a.last, a.membership.clone())
+        };
+        let n = self
+            .snapshot_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id: format!(
+                "{}-{}-{n}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index)
+            ),
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        write(
+            &*self.store,
+            vec![Op::Put {
+                table: Table::Cluster,
+                key: SNAPSHOT.to_vec(),
+                value: encode(&stored),
+            }],
+        )
+        .await
+        .map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        *lock(&self.snapshot) = Some(stored);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
+        let a = lock(&self.applied);
+        Ok((a.last, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Applied>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut applied = lock(&self.applied);
+        for entry in entries {
+            applied.last = Some(entry.log_id);
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(command) => routes.apply(command),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                }
+            }
+            out.push(Applied);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotBytes>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<SnapshotBytes>,
+    ) -> StorageResult<()> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        self.load(&stored)
+            .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        write(
+            &*self.store,
+            vec![Op::Put {
+                table: Table::Cluster,
+                key: SNAPSHOT.to_vec(),
+                value: encode(&stored),
+            }],
+        )
+        .await
+        .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        *lock(&self.snapshot) = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(lock(&self.snapshot).as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}

@@ -1,0 +1,539 @@
+//! A cluster of `petrel broker` processes on 127.0.0.1, each with its own
+//! MQTT port, node-to-node port and data directory, started and killed (by
+//! process id, SIGKILL, SIGSTOP / SIGCONT) by the test, every wait bounded.
+//!
+//! What each node thinks of the cluster is read over MQTT, from its
+//! `$SYS/broker/cluster/` topics.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port, listening, petrel, Running};
+use futures::stream::{FuturesUnordered, StreamExt};
+use petrel_client::{connect, Client, ConnectOptions, Messages, Protocol, QoS};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Node {
+    id: u64,
+    mqtt: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    process: Option<Running>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.process = None;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    /// `n` nodes, started.
+    fn start(test: &str, n: usize) -> Self {
+        Self::start_with(test, n, "forward_timeout = 2\n")
+    }
+
+    /// `n` nodes with `extra` in their `[cluster]` tables, started.
+    fn start_with(test: &str, n: usize, extra: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("petrel-cluster-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let binds: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<String> = binds
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, bind) in binds.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mqtt = free_port();
+            let conf = dir.join(format!("node{id}.toml"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "data_dir = \"{}\"\nsys_interval = 1\n\n[[listener]]\nbind = \"127.0.0.1:{mqtt}\"\n\n\
+                     [cluster]\nnode_id = {id}\nbind = \"127.0.0.1:{bind}\"\npeers = [{}]\n\
+                     heartbeat_ms = 100\nelection_timeout_ms = 500\n{extra}",
+                    dir.join(format!("data{id}")).display(),
+                    peers.join(", ")
+                ),
+            )
+            .unwrap();
+            nodes.push(Node {
+                id,
+                mqtt,
+                log: dir.join(format!("node{id}.log")),
+                conf,
+                process: None,
+            });
+        }
+        let mut c = Self { nodes, dir };
+        for i in 0..n {
+            c.up(i);
+        }
+        c
+    }
+
+    /// Start node `i` (index, not id) again.
+    fn up(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let child = petrel()
+            .args(["broker", "-c"])
+            .arg(&n.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        n.process = Some(listening(child, n.mqtt));
+    }
+
+    /// SIGKILL node `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].process.take() {
+            p.0.kill().unwrap();
+            p.0.wait().unwrap();
+        }
+    }
+
+    /// Send `signal` (STOP, CONT) to node `i`'s process.
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].process.as_ref().unwrap().0.id();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    fn port(&self, i: usize) -> u16 {
+        self.nodes[i].mqtt
+    }
+
+    /// The leader every node in `alive` (indices) names, once they agree
+    /// on one that is not `not`.
+    async fn leader(&self, alive: &[usize], not: Option<u64>) -> u64 {
+        let until = Instant::now() + WAIT;
+        loop {
+            let mut seen = BTreeSet::new();
+            for &i in alive {
+                seen.insert(sys(self.port(i), "leader").await);
+            }
+            if seen.len() == 1 {
+                if let Some(Some(l)) = seen.first().map(|s| s.parse::<u64>().ok()) {
+                    if Some(l) != not {
+                        return l;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "no leader agreed by nodes {alive:?}: {seen:?}; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn index_of(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap()
+    }
+}
+
+/// What node at `port` publishes on `$SYS/broker/cluster/<what>` now.
+async fn sys(port: u16, what: &str) -> String {
+    let o = ConnectOptions::new("127.0.0.1", port, "").protocol(Protocol::V3_1_1);
+    let Ok(Ok((c, mut m))) = tokio::time::timeout(Duration::from_secs(2), connect(o)).await else {
+        return "unreachable".into();
+    };
+    let _ = c
+        .subscribe(&format!("$SYS/broker/cluster/{what}"), QoS::AtMostOnce)
+        .await;
+    let v = tokio::time::timeout(Duration::from_secs(1), m.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .unwrap_or_default();
+    let _ = c.disconnect().await;
+    v
+}
+
+fn options(port: u16, proto: Protocol, id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new("127.0.0.1", port, id).protocol(proto);
+    o.connect_timeout = Duration::from_secs(3);
+    o
+}
+
+/// A client whose session outlives its connection.
+fn persistent(port: u16, proto: Protocol, id: &str) -> ConnectOptions {
+    let mut o = options(port, proto, id);
+    o.clean_start = false;
+    o.session_expiry = 3600;
+    o
+}
+
+async fn client(o: ConnectOptions) -> (Client, Messages) {
+    tokio::time::timeout(WAIT, connect(o))
+        .await
+        .expect("connect in time")
+        .expect("connected")
+}
+
+/// The next message's payload, within `WAIT`.
+async fn next(m: &mut Messages) -> Option<String> {
+    tokio::time::timeout(WAIT, m.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_nodes_in_both_versions() {
+    let c = Cluster::start("cross", 3);
+    c.leader(&[0, 1, 2], None).await;
+    for proto in [Protocol::V3_1_1, Protocol::V5] {
+        let (sub, mut inbox) = client(options(c.port(1), proto, "cross-sub")).await;
+        let (publ, _) = client(options(c.port(0), proto, "cross-pub")).await;
+        let (publ3, _) = client(options(c.port(2), proto, "cross-pub3")).await;
+        let asked = Instant::now();
+        let ack = sub
+            .subscribe("cross/+/temp", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let commit = asked.elapsed();
+        assert!(!ack.reason_codes[0].is_error(), "{ack:?}");
+        eprintln!("{proto:?}: a new route committed and applied on 3 nodes (SUBSCRIBE to SUBACK): {commit:?}");
+        publ.publish_to("cross/kitchen/temp", "from node 1", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut inbox).await.as_deref(), Some("from node 1"));
+        publ3
+            .publish_to("cross/hall/temp", "from node 3", QoS::ExactlyOnce)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut inbox).await.as_deref(), Some("from node 3"));
+        // A topic nobody wants is not delivered: the next one that is
+        // shows it would have been seen.
+        publ.publish_to("cross/kitchen/humidity", "not wanted", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        publ.publish_to("cross/kitchen/temp", "wanted", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut inbox).await.as_deref(), Some("wanted"));
+        let _ = sub.unsubscribe(&["cross/+/temp"]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_under_qos1_load_loses_nothing_acknowledged() {
+    const MESSAGES: u32 = 600;
+    let mut c = Cluster::start("leaderkill", 3);
+    let leader = c.leader(&[0, 1, 2], None).await;
+    let l = c.index_of(leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let (p, s) = (others[0], others[1]);
+    let (sub, mut inbox) = client(options(c.port(s), Protocol::V5, "lk-sub")).await;
+    let ack = sub.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    assert!(!ack.reason_codes[0].is_error());
+    let got: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let reader = tokio::spawn({
+        let got = got.clone();
+        async move {
+            while let Some(m) = inbox.recv().await {
+                let i: u32 = String::from_utf8_lossy(&m.payload).parse().unwrap();
+                got.lock().unwrap().insert(i);
+            }
+        }
+    });
+    let (publ, _) = client(options(c.port(p), Protocol::V5, "lk-pub")).await;
+    let acked: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
+    let publisher = tokio::spawn({
+        let acked = acked.clone();
+        async move {
+            let mut inflight = FuturesUnordered::new();
+            for i in 0..MESSAGES {
+                if inflight.len() >= 16 {
+                    if let Some((i, Ok(a))) = inflight.next().await {
+                        let a: petrel_client::Ack = a;
+                        if !a.reason_code.is_error() {
+                            acked.lock().unwrap().insert(i);
+                        }
+                    }
+                }
+                let publ = publ.clone();
+                inflight.push(async move {
+                    (
+                        i,
+                        publ.publish_to(
+                            &format!("load/{}", i % 7),
+                            i.to_string(),
+                            QoS::AtLeastOnce,
+                        )
+                        .await,
+                    )
+                });
+                if i % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            while let Some((i, r)) = inflight.next().await {
+                if r.is_ok_and(|a| !a.reason_code.is_error()) {
+                    acked.lock().unwrap().insert(i);
+                }
+            }
+        }
+    });
+    // Under way: kill the leader.
+    let until = Instant::now() + WAIT;
+    while acked.lock().unwrap().len() < 150 {
+        assert!(Instant::now() < until, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Instant::now();
+    c.kill(l);
+    let new = c.leader(&others, Some(leader)).await;
+    let election = killed.elapsed();
+    eprintln!("leader {leader} SIGKILLed: node {new} leads after {election:?} (election timeout 500-1000 ms, polled over MQTT)");
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .unwrap()
+        .unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() as u32 > MESSAGES / 2,
+        "most were acknowledged: {}",
+        acked.len()
+    );
+    let until = Instant::now() + WAIT;
+    loop {
+        let missing: Vec<u32> = acked.difference(&got.lock().unwrap()).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} acknowledged messages never reached the subscriber on a surviving node: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{} acknowledged QoS 1 messages, all delivered across nodes while the leader died",
+        acked.len()
+    );
+    reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_lost_and_regained_then_the_whole_cluster_restarted() {
+    let mut c = Cluster::start("restart", 3);
+    c.leader(&[0, 1, 2], None).await;
+    // A persistent subscriber on node 2, offline when the message comes.
+    let (sub, _) = client(persistent(c.port(1), Protocol::V3_1_1, "keeper")).await;
+    assert!(!sub
+        .subscribe("keep/#", QoS::AtLeastOnce)
+        .await
+        .unwrap()
+        .reason_codes[0]
+        .is_error());
+    sub.disconnect().await.unwrap();
+    drop(sub);
+    let (publ, _) = client(options(c.port(0), Protocol::V3_1_1, "kpub")).await;
+    publ.publish_to("keep/1", "queued on node 2", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    publ.disconnect().await.unwrap();
+
+    // Two of three killed: node 2 alone can't agree a new route.
+    c.kill(0);
+    c.kill(2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for proto in [Protocol::V3_1_1, Protocol::V5] {
+        let (alone, _) = client(options(c.port(1), proto, "alone")).await;
+        let refused = alone.subscribe("fresh/#", QoS::AtLeastOnce).await.unwrap();
+        assert!(
+            refused.reason_codes[0].is_error(),
+            "{proto:?}: a new route without a majority: {refused:?}"
+        );
+        // The control: a filter node 2 routes already needs no agreement.
+        let granted = alone.subscribe("keep/#", QoS::AtLeastOnce).await.unwrap();
+        assert!(!granted.reason_codes[0].is_error(), "{granted:?}");
+        alone.disconnect().await.unwrap();
+    }
+    // Back: the same subscription is granted.
+    c.up(0);
+    c.up(2);
+    c.leader(&[0, 1, 2], None).await;
+    let (again, _) = client(options(c.port(1), Protocol::V5, "again")).await;
+    let until = Instant::now() + WAIT;
+    loop {
+        let r = again.subscribe("fresh/#", QoS::AtLeastOnce).await.unwrap();
+        if !r.reason_codes[0].is_error() {
+            break;
+        }
+        assert!(Instant::now() < until, "never granted again: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again.disconnect().await.unwrap();
+
+    // The whole cluster stopped (SIGKILL) and started again: the queued
+    // message is still on node 2, and the route from its stored session
+    // is agreed again, so a message published on node 3 reaches it.
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.up(i);
+    }
+    c.leader(&[0, 1, 2], None).await;
+    let (sub, mut inbox) = client(persistent(c.port(1), Protocol::V3_1_1, "keeper")).await;
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("queued on node 2"));
+    let (publ3, _) = client(options(c.port(2), Protocol::V3_1_1, "kpub3")).await;
+    publ3
+        .publish_to("keep/2", "after the restart", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("after the restart"));
+    drop(sub);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_neither_stops_the_others_nor_misses_what_follows() {
+    let c = Cluster::start("pause", 3);
+    c.leader(&[0, 1, 2], None).await;
+    // Node 3 wants `p/#` (and so gets everything published there).
+    let (sub3, mut inbox3) = client(options(c.port(2), Protocol::V5, "p-sub3")).await;
+    assert!(!sub3
+        .subscribe("p/#", QoS::AtLeastOnce)
+        .await
+        .unwrap()
+        .reason_codes[0]
+        .is_error());
+    c.signal(2, "STOP");
+    // The other two go on: a new route is agreed (two of three) and
+    // messages flow between them.
+    let (sub2, mut inbox2) = client(options(c.port(1), Protocol::V5, "p-sub2")).await;
+    let until = Instant::now() + WAIT;
+    loop {
+        let r = sub2.subscribe("q/#", QoS::AtLeastOnce).await.unwrap();
+        if !r.reason_codes[0].is_error() {
+            break;
+        }
+        // Refused while the survivors elect a leader (if node 3 led).
+        assert!(Instant::now() < until, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (publ, _) = client(options(c.port(0), Protocol::V5, "p-pub")).await;
+    let sent = Instant::now();
+    publ.publish_to("q/1", "while 3 sleeps", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox2).await.as_deref(), Some("while 3 sleeps"));
+    eprintln!(
+        "QoS 1 between two nodes while a third is stopped: acknowledged and delivered in {:?}",
+        sent.elapsed()
+    );
+    c.signal(2, "CONT");
+    // Awake, node 3 gets what is published after (its link is back).
+    let until = Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        publ.publish_to("p/1", format!("after {n}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), inbox3.recv()).await {
+            let text = String::from_utf8_lossy(&m.payload).into_owned();
+            assert!(text.starts_with("after "), "{text}");
+            break;
+        }
+        assert!(Instant::now() < until, "node 3 never came back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_peer_fills_its_bounded_queue_then_qos1_for_it_is_refused() {
+    // 8 queued and 8 sent unanswered at most for one peer; an answer
+    // not come in 3 s, the peer is given up on for that message.
+    let c = Cluster::start_with("queue", 3, "peer_queue = 8\nforward_timeout = 3\n");
+    c.leader(&[0, 1, 2], None).await;
+    let (sub, _inbox) = client(options(c.port(2), Protocol::V5, "q-sub")).await;
+    assert!(!sub
+        .subscribe("full/#", QoS::AtLeastOnce)
+        .await
+        .unwrap()
+        .reason_codes[0]
+        .is_error());
+    let (publ, _) = client(options(c.port(0), Protocol::V5, "q-pub")).await;
+    // 40 messages, `window` of them in flight at a time: how many were
+    // acknowledged and how many refused (within 10 s).
+    let burst = |tag: &'static str, window: usize| {
+        let publ = publ.clone();
+        async move {
+            let (mut ok, mut refused) = (0, 0);
+            let mut count = |r: Result<petrel_client::Ack, petrel_client::ClientError>| match r {
+                Ok(a) if !a.reason_code.is_error() => ok += 1,
+                Ok(_) => refused += 1,
+                Err(e) => panic!("{e}"),
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut all = FuturesUnordered::new();
+            for i in 0..40 {
+                if all.len() >= window {
+                    match tokio::time::timeout_at(deadline, all.next()).await {
+                        Ok(Some(r)) => count(r),
+                        _ => break,
+                    }
+                }
+                let publ = publ.clone();
+                all.push(async move {
+                    publ.publish_to(&format!("full/{i}"), tag, QoS::AtLeastOnce)
+                        .await
+                });
+            }
+            while let Ok(Some(r)) = tokio::time::timeout_at(deadline, all.next()).await {
+                count(r);
+            }
+            (ok, refused)
+        }
+    };
+    // The control: node 3 awake, every one is taken.
+    assert_eq!(burst("awake", 8).await, (40, 0));
+    c.signal(2, "STOP");
+    let (ok, refused) = burst("asleep", 40).await;
+    c.signal(2, "CONT");
+    eprintln!("a stopped peer, queue 8 + 8: {ok} acknowledged once given up on (after 3 s), {refused} refused");
+    // Acknowledgements go in order: the refusals wait behind the first
+    // message, which waits for node 3 (given up on after 3 s).
+    assert_eq!(ok + refused, 40);
+    assert!(
+        ok <= 16 + 1,
+        "no more than the bound waited for node 3: {ok}"
+    );
+    assert!(refused >= 40 - 16 - 1, "past the bound, refused: {refused}");
+}
