@@ -174,6 +174,13 @@ async fn the_first_and_last_subscription_of_a_filter_are_told_and_the_suback_wai
     // The control: the filter wanted again is told again.
     assert_eq!(subscribe(&mut a, "t/+"), ReasonCode(1));
     assert_eq!(r.interest(), [("t/+".to_string(), true)]);
+    assert!(a.take_commit().is_some());
+    // `$SYS` is each node's own: no route, nothing to wait for, granted
+    // even without a majority.
+    r.unavailable.store(true, Ordering::Relaxed);
+    assert_eq!(subscribe(&mut a, "$SYS/broker/#"), ReasonCode(1));
+    assert!(r.interest().is_empty());
+    assert!(a.take_commit().is_none());
 }
 
 #[tokio::test]

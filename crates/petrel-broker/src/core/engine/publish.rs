@@ -902,9 +902,11 @@ impl Engine {
     /// Whether a subscription to `filter` would need a route the cluster
     /// can't agree now (see [`Peers::available`](crate::Peers::available)).
     pub(super) fn route_unavailable(&self, filter: &str) -> bool {
-        self.peers
-            .as_ref()
-            .is_some_and(|p| !lock(&self.interest).contains_key(filter) && !p.available())
+        self.peers.as_ref().is_some_and(|p| {
+            !filter.starts_with("$SYS")
+                && !lock(&self.interest).contains_key(filter)
+                && !p.available()
+        })
     }
 
     /// One subscription more (`wanted`) or fewer to `filter` on this node:
@@ -915,6 +917,10 @@ impl Engine {
         let Some(peers) = &self.peers else {
             return Commit::done();
         };
+        if filter.starts_with("$SYS") {
+            // Each node's own: never sent between nodes.
+            return Commit::done();
+        }
         let mut counts = lock(&self.interest);
         if wanted {
             let n = counts.entry(filter.into()).or_insert(0);
