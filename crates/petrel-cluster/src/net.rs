@@ -1,9 +1,10 @@
 //! Node-to-node links: length-delimited frames of bincode over TCP.
 //!
-//! Each node listens on its `bind` address. A node connecting proves it
-//! knows the cluster's secret (the listener sends a random challenge; the
-//! answer is HMAC-SHA256 of it under the secret) before anything else is
-//! read from it. Then it sends requests, each with a number, and the
+//! Each node listens on its `bind` address. The two ends prove to each
+//! other that they know the cluster's secret before anything else is read:
+//! each sends a random challenge, and the other answers with HMAC-SHA256
+//! of it (and of who answers) under the secret. A node that can't answer
+//! is not read from; a listener that can't is not sent anything. Then it sends requests, each with a number, and the
 //! listener answers each by number, in any order.
 //!
 //! A node keeps two links to each peer: one for consensus (Raft's
@@ -37,10 +38,18 @@ pub(crate) struct Challenge {
     pub(crate) nonce: [u8; 32],
 }
 
-/// The connecting node's answer.
+/// The connecting node's answer, and its own challenge.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Hello {
     pub(crate) from: NodeId,
+    pub(crate) mac: Vec<u8>,
+    pub(crate) nonce: [u8; 32],
+}
+
+/// The listener's answer to the connecting node's challenge.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Welcome {
+    pub(crate) node: NodeId,
     pub(crate) mac: Vec<u8>,
 }
 
@@ -81,9 +90,17 @@ pub(crate) struct Frame<T> {
 
 pub(crate) type Wire = Framed<TcpStream, LengthDelimitedCodec>;
 
-/// A framed stream with frames of at most `max` bytes.
+/// A framed stream with frames of at most `max` bytes. TCP keepalive
+/// finds a peer that went away without closing (its machine gone, or cut
+/// off) within about half a minute, so neither end keeps a dead link's
+/// tasks.
 pub(crate) fn framed(stream: TcpStream, max: usize) -> Wire {
     let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(max)
         .new_codec();
@@ -108,12 +125,18 @@ pub(crate) fn answer(secret: &[u8], nonce: &[u8; 32], from: NodeId) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// Whether `hello` answers `nonce` under `secret`.
-pub(crate) fn verify(secret: &[u8], nonce: &[u8; 32], hello: &Hello) -> bool {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(nonce);
-    mac.update(&hello.from.to_be_bytes());
-    mac.verify_slice(&hello.mac).is_ok()
+/// Whether `mac` is node `from`'s answer to `nonce` under `secret`.
+pub(crate) fn verify(secret: &[u8], nonce: &[u8; 32], from: NodeId, mac: &[u8]) -> bool {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
+    m.update(nonce);
+    m.update(&from.to_be_bytes());
+    m.verify_slice(mac).is_ok()
+}
+
+fn nonce() -> io::Result<[u8; 32]> {
+    let mut n = [0u8; 32];
+    getrandom::getrandom(&mut n).map_err(io::Error::other)?;
+    Ok(n)
 }
 
 /// How long connecting to a peer may take.
@@ -141,8 +164,10 @@ struct Conn {
     tx: mpsc::UnboundedSender<Frame<Request>>,
     pending: Pending,
     /// Set when the connection's tasks end.
-    closed: Arc<tokio::sync::Notify>,
     dead: Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped with the connection: its reader stops (the writer stops
+    /// when `tx` goes).
+    _stop: oneshot::Sender<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,6 +198,11 @@ impl Link {
             )),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no answer")),
         }
+    }
+
+    /// Drop the connection: the next request connects again.
+    pub(crate) async fn reset(&self) {
+        *self.conn.lock().await = None;
     }
 
     /// Queue `request` on the connection (made first if there is none);
@@ -218,16 +248,33 @@ impl Link {
                 ))
             }
         };
+        let mine = nonce()?;
         let hello = Hello {
             from: self.me,
             mac: answer(&self.secret, &challenge.nonce, self.me),
+            nonce: mine,
         };
         wire.send(encode(&hello)?).await?;
+        let welcome: Welcome = match tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await {
+            Ok(Some(Ok(b))) => decode(&b)?,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "refused (is the cluster secret the same on both nodes?)",
+                ))
+            }
+        };
+        if !verify(&self.secret, &mine, welcome.node, &welcome.mac) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} does not know the cluster secret", self.addr),
+            ));
+        }
         let (mut sink, mut stream) = wire.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame<Request>>();
         let pending: Pending = Arc::default();
-        let closed = Arc::new(tokio::sync::Notify::new());
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, mut stopped) = oneshot::channel::<()>();
         // Writer: everything queued, one flush per batch.
         let w_dead = dead.clone();
         tokio::spawn(async move {
@@ -255,9 +302,13 @@ impl Link {
         // Reader: answers to whoever waits.
         let r_pending = pending.clone();
         let r_dead = dead.clone();
-        let r_closed = closed.clone();
         tokio::spawn(async move {
-            while let Some(Ok(b)) = stream.next().await {
+            loop {
+                let b = tokio::select! {
+                    b = stream.next() => b,
+                    _ = &mut stopped => None,
+                };
+                let Some(Ok(b)) = b else { break };
                 let Ok(f) = decode::<Frame<Response>>(&b) else {
                     break;
                 };
@@ -268,20 +319,13 @@ impl Link {
             r_dead.store(true, Ordering::Relaxed);
             // Whoever waits learns the link failed.
             lock(&r_pending).clear();
-            r_closed.notify_waiters();
         });
         Ok(Conn {
             tx,
             pending,
-            closed,
             dead,
+            _stop: stop,
         })
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.closed.notify_waiters();
     }
 }
 
@@ -289,23 +333,28 @@ impl Drop for Conn {
 /// connected, or why it may not.
 pub(crate) async fn accept(
     stream: TcpStream,
+    me: NodeId,
     secret: &[u8],
     max_frame: usize,
 ) -> io::Result<(NodeId, Wire, SocketAddr)> {
     let peer = stream.peer_addr()?;
     let mut wire = framed(stream, max_frame);
-    let mut nonce = [0u8; 32];
-    getrandom::getrandom(&mut nonce).map_err(io::Error::other)?;
+    let nonce = nonce()?;
     wire.send(encode(&Challenge { nonce })?).await?;
     let hello: Hello = match tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await {
         Ok(Some(Ok(b))) => decode(&b)?,
         _ => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "no hello")),
     };
-    if !verify(secret, &nonce, &hello) {
+    if !verify(secret, &nonce, hello.from, &hello.mac) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "wrong cluster secret",
         ));
     }
+    let welcome = Welcome {
+        node: me,
+        mac: answer(secret, &hello.nonce, me),
+    };
+    wire.send(encode(&welcome)?).await?;
     Ok((hello.from, wire, peer))
 }

@@ -94,19 +94,25 @@ impl Inner {
         lock(&self.heard).insert(node, Instant::now());
     }
 
-    /// Whether this node reaches a majority of the members (itself
-    /// included) and knows a leader.
+    /// Whether a route can be agreed now: this node leads and a majority
+    /// (itself included) answered it lately, or it follows a leader it
+    /// heard from lately.
     fn available(&self) -> bool {
         let recent = Duration::from_millis(self.config.election_timeout_ms * 2);
-        let reached = 1 + lock(&self.heard)
-            .values()
-            .filter(|t| t.elapsed() < recent)
-            .count();
-        let leader = self
+        let Some(leader) = self
             .raft
             .get()
-            .is_some_and(|r| r.metrics().borrow().current_leader.is_some());
-        leader && reached * 2 > self.members.len()
+            .and_then(|r| r.metrics().borrow().current_leader)
+        else {
+            return false;
+        };
+        let heard = lock(&self.heard);
+        if leader == self.me {
+            let reached = 1 + heard.values().filter(|t| t.elapsed() < recent).count();
+            reached * 2 > self.members.len()
+        } else {
+            heard.get(&leader).is_some_and(|t| t.elapsed() < recent)
+        }
     }
 }
 
@@ -416,39 +422,49 @@ impl Peers for Seam {
 /// Send what is queued for peer `id`, in order, each answered on its own
 /// (many in flight at once).
 async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
-    let link = Link::new(
+    let link = Arc::new(Link::new(
         inner.me,
         inner.members[&id].clone(),
         inner.secret.clone(),
         inner.config.max_frame_bytes,
-    );
+    ));
     let timeout = Duration::from_secs(inner.config.forward_timeout);
     // Messages sent and not yet answered: at most a queue's worth, so a
     // peer that is slow (or stopped) fills the queue, and the queue's
     // bound refuses what follows, instead of memory growing.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(inner.config.peer_queue));
-    let mut down_until: Option<Instant> = None;
+    // Until when the peer is taken to be down: its link failed, or it
+    // left a message unanswered for `forward_timeout` (stopped, or cut
+    // off with the connection still open). Meanwhile what is sent to it
+    // is given up on at once, rather than each message waiting.
+    let down_until: Arc<Mutex<Option<Instant>>> = Arc::default();
     while let Some(o) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        if down_until.is_some_and(|t| Instant::now() < t) {
+        if lock(&down_until).is_some_and(|t| Instant::now() < t) {
             inner.counters.lost.fetch_add(1, Ordering::Relaxed);
             o.gather.inspect(|g| g.one_done());
             continue;
         }
         match link.send(Request::Forward(o.bytes.to_vec())).await {
             Ok(answer) => {
-                down_until = None;
                 inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 let counters = inner.clone();
+                let (down_until, link) = (down_until.clone(), link.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let ok = matches!(
-                        tokio::time::timeout(timeout, answer).await,
-                        Ok(Ok(Response::Done))
-                    );
-                    if !ok {
+                    let answer = tokio::time::timeout(timeout, answer).await;
+                    if answer.is_err() {
+                        tracing::warn!(
+                            peer = id,
+                            "a peer left a message unanswered: taken as down for a while"
+                        );
+                        *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
+                        // Connected again when it is tried again.
+                        link.reset().await;
+                    }
+                    if !matches!(answer, Ok(Ok(Response::Done))) {
                         counters.counters.lost.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Some(g) = o.gather {
@@ -458,7 +474,7 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>
             }
             Err(e) => {
                 tracing::debug!(peer = id, error = %e, "peer down: messages for it are dropped for a while");
-                down_until = Some(Instant::now() + DOWN_FOR);
+                *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
                 inner.counters.lost.fetch_add(1, Ordering::Relaxed);
                 o.gather.inspect(|g| g.one_done());
             }
@@ -619,9 +635,14 @@ async fn propose(
             },
             Some(l) => {
                 if let Some(link) = inner.control.get(&l) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if let Ok(Response::Written(i)) =
-                        link.call(Request::Write(command.clone()), left).await
+                    // Not longer than an election: a leader that does not
+                    // answer may have been replaced meanwhile.
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(inner.config.election_timeout_ms));
+                    if let Ok(Ok(Response::Written(i))) =
+                        tokio::time::timeout(left, link.call(Request::Write(command.clone()), left))
+                            .await
                     {
                         return Ok(i);
                     }
@@ -645,7 +666,7 @@ async fn everyone_applied(inner: &Inner, raft: &Raft<TypeConfig>, index: u64) {
         inner
             .control
             .values()
-            .map(|l| l.call(Request::Applied(index), wait)),
+            .map(|l| tokio::time::timeout(wait, l.call(Request::Applied(index), wait))),
     );
     let _ = tokio::join!(mine, others);
 }
@@ -659,7 +680,14 @@ async fn serve(inner: Arc<Inner>, listener: TcpListener) {
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            match net::accept(stream, &inner.secret, inner.config.max_frame_bytes).await {
+            match net::accept(
+                stream,
+                inner.me,
+                &inner.secret,
+                inner.config.max_frame_bytes,
+            )
+            .await
+            {
                 Ok((from, wire, _)) if inner.members.contains_key(&from) && from != inner.me => {
                     handle(inner, from, wire).await;
                 }

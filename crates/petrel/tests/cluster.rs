@@ -537,3 +537,324 @@ async fn a_stopped_peer_fills_its_bounded_queue_then_qos1_for_it_is_refused() {
     );
     assert!(refused >= 40 - 16 - 1, "past the bound, refused: {refused}");
 }
+
+/// Three hosts: network namespaces of the test's own, each joined to a
+/// bridge (in this namespace, where the test's clients are) by a veth
+/// pair. A partition takes one host's pair down. Needs root and `ip`.
+struct Hosts {
+    ns: Vec<String>,
+    veth: Vec<String>,
+    bridge: String,
+    subnet: String,
+}
+
+impl Hosts {
+    fn create(n: usize) -> Option<Self> {
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let tag = std::process::id() % 100_000;
+        let bridge = format!("pb{tag}");
+        let subnet = format!("10.213.{}", tag % 250);
+        if !ip(&["link", "add", &bridge, "type", "bridge"]) {
+            assert!(
+                std::env::var_os("PETREL_REQUIRE_NETNS").is_none(),
+                "network namespaces are required (root and iproute2) but could not be made"
+            );
+            eprintln!("cannot make network namespaces here (root and iproute2 needed): skipped");
+            return None;
+        }
+        let mut hosts = Self {
+            ns: Vec::new(),
+            veth: Vec::new(),
+            bridge,
+            subnet,
+        };
+        let ok = ip(&[
+            "addr",
+            "add",
+            &format!("{}.254/24", hosts.subnet),
+            "dev",
+            &hosts.bridge,
+        ]) && ip(&["link", "set", &hosts.bridge, "up"]);
+        assert!(ok, "bridge");
+        for i in 0..n {
+            let ns = format!("pt{tag}n{i}");
+            let (outer, inner) = (format!("pv{tag}h{i}"), format!("pv{tag}c{i}"));
+            let ok = ip(&["netns", "add", &ns])
+                && ip(&[
+                    "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                ])
+                && ip(&["link", "set", &outer, "master", &hosts.bridge])
+                && ip(&["link", "set", &outer, "up"])
+                && ip(&["link", "set", &inner, "netns", &ns])
+                && ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{}.{}/24", hosts.subnet, i + 1),
+                    "dev",
+                    &inner,
+                ])
+                && ip(&["-n", &ns, "link", "set", &inner, "up"])
+                && ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            hosts.ns.push(ns);
+            hosts.veth.push(outer);
+            assert!(ok, "host {i}");
+        }
+        Some(hosts)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    /// Cut host `i` off from the others (and from the test), or join it
+    /// back.
+    fn link(&self, i: usize, up: bool) {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", &self.veth[i], if up { "up" } else { "down" }])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Run `petrel` with `args` inside host `i`: its exit status and output.
+    fn petrel_in(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns[i], env!("CARGO_BIN_EXE_petrel")])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// What node at `host:1883` says on `$SYS/broker/cluster/<what>`.
+async fn sys_at(host: &str, what: &str) -> String {
+    let o = ConnectOptions::new(host, 1883, "").protocol(Protocol::V3_1_1);
+    let Ok(Ok((c, mut m))) = tokio::time::timeout(Duration::from_secs(2), connect(o)).await else {
+        return "unreachable".into();
+    };
+    let _ = c
+        .subscribe(&format!("$SYS/broker/cluster/{what}"), QoS::AtMostOnce)
+        .await;
+    let v = tokio::time::timeout(Duration::from_secs(1), m.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .unwrap_or_default();
+    let _ = c.disconnect().await;
+    v
+}
+
+/// The leader hosts `of` agree on, once they do (and it is not `not`).
+async fn agreed_leader(hosts: &Hosts, of: &[usize], not: Option<&str>) -> String {
+    let until = Instant::now() + WAIT;
+    loop {
+        let mut seen = BTreeSet::new();
+        for &i in of {
+            seen.insert(sys_at(&hosts.addr(i), "leader").await);
+        }
+        if let [l] = seen.iter().collect::<Vec<_>>()[..] {
+            if l.parse::<u64>().is_ok() && Some(l.as_str()) != not {
+                return l.clone();
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "hosts {of:?} agree on no leader: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_then_healed_has_one_side_that_decides_and_routes_converge() {
+    let Some(hosts) = Hosts::create(3) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("petrel-partition-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let peers: Vec<String> = (0..3)
+        .map(|i| format!("\"{}@{}:7883\"", i + 1, hosts.addr(i)))
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let conf = dir.join(format!("node{}.toml", i + 1));
+        std::fs::write(
+            &conf,
+            format!(
+                "data_dir = \"{}\"\nsys_interval = 1\nallow_anonymous = true\n\n\
+                 [[listener]]\nbind = \"{addr}:1883\"\n\n\
+                 [cluster]\nnode_id = {id}\nbind = \"{addr}:7883\"\npeers = [{peers}]\n\
+                 secret = \"the partition test's cluster secret\"\n\
+                 heartbeat_ms = 100\nelection_timeout_ms = 500\nforward_timeout = 2\n",
+                dir.join(format!("data{}", i + 1)).display(),
+                addr = hosts.addr(i),
+                id = i + 1,
+                peers = peers.join(", "),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1))).unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &hosts.ns[i],
+                env!("CARGO_BIN_EXE_petrel"),
+                "broker",
+                "-c",
+            ])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // `ip netns exec` execs the broker: the id is the broker's.
+        nodes.push(Running(child));
+    }
+    let leader = agreed_leader(&hosts, &[0, 1, 2], None).await;
+    let cut: usize = leader.parse::<usize>().unwrap() - 1;
+    let side: Vec<usize> = (0..3).filter(|i| *i != cut).collect();
+    let (a, b) = (side[0], side[1]);
+    // Before: a subscriber on the node to be cut off, one on the majority.
+    let opts = |i: usize, id: &str| {
+        let mut o = ConnectOptions::new(hosts.addr(i), 1883, id).protocol(Protocol::V5);
+        o.connect_timeout = Duration::from_secs(3);
+        o
+    };
+    let (iso_sub, mut iso_inbox) = client(opts(cut, "iso-sub")).await;
+    assert!(!iso_sub
+        .subscribe("iso/#", QoS::AtLeastOnce)
+        .await
+        .unwrap()
+        .reason_codes[0]
+        .is_error());
+
+    // The leader cut off: the other two elect one of theirs.
+    let t = Instant::now();
+    hosts.link(cut, false);
+    let new = agreed_leader(&hosts, &side, Some(&leader)).await;
+    eprintln!(
+        "leader {leader} cut off: {new} leads the majority after {:?}",
+        t.elapsed()
+    );
+    // The majority decides: a new route is agreed, and messages flow.
+    let (maj_sub, mut maj_inbox) = client(opts(a, "maj-sub")).await;
+    let until = Instant::now() + WAIT;
+    loop {
+        let r = maj_sub
+            .subscribe("during/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        if !r.reason_codes[0].is_error() {
+            break;
+        }
+        assert!(Instant::now() < until, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (maj_pub, _) = client(opts(b, "maj-pub")).await;
+    maj_pub
+        .publish_to("during/1", "majority", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut maj_inbox).await.as_deref(), Some("majority"));
+    // The side cut off decides nothing: a new route there is refused
+    // (whatever it thinks of its leadership), while the same command on
+    // the majority's side, the control, was granted above.
+    let host = hosts.addr(cut);
+    let (granted, text) = hosts.petrel_in(
+        cut,
+        &[
+            "sub",
+            "-h",
+            &host,
+            "-p",
+            "1883",
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-t",
+            "minority/#",
+            "-E",
+        ],
+    );
+    assert!(!granted, "a new route on the side cut off: {text}");
+    assert!(text.contains("refused"), "{text}");
+
+    // Healed: one leader for all three, and the same routes everywhere.
+    hosts.link(cut, true);
+    let t = Instant::now();
+    let all = agreed_leader(&hosts, &[0, 1, 2], None).await;
+    let until = Instant::now() + WAIT;
+    let routes = loop {
+        let mut seen = BTreeSet::new();
+        for i in 0..3 {
+            seen.insert(sys_at(&hosts.addr(i), "routes").await);
+        }
+        if seen.len() == 1 {
+            break seen.pop_first().unwrap();
+        }
+        assert!(Instant::now() < until, "routes never converged: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "healed: all three follow {all} and hold {routes} routes after {:?}",
+        t.elapsed()
+    );
+    // The node that was cut off routes to the route made without it, and
+    // gets what the majority publishes for its own subscriber.
+    let (iso_pub, _) = client(opts(cut, "iso-pub")).await;
+    iso_pub
+        .publish_to("during/2", "from the healed node", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut maj_inbox).await.as_deref(),
+        Some("from the healed node")
+    );
+    let until = Instant::now() + WAIT;
+    loop {
+        maj_pub
+            .publish_to("iso/1", "to the healed node", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_millis(500), iso_inbox.recv()).await {
+            Ok(Some(m)) => {
+                assert_eq!(&m.payload[..], b"to the healed node");
+                break;
+            }
+            _ => assert!(
+                Instant::now() < until,
+                "the healed node's subscriber got nothing"
+            ),
+        }
+    }
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
