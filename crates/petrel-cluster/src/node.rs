@@ -419,8 +419,17 @@ impl Peers for Seam {
     }
 }
 
-/// Send what is queued for peer `id`, in order, each answered on its own
-/// (many in flight at once).
+/// The most messages one forwarding frame carries.
+const MAX_BATCH: usize = 256;
+
+/// The most bytes one forwarding frame carries (beyond one message).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Send what is queued for peer `id`, in order: what waits when a frame
+/// goes is sent in that frame (up to [`MAX_BATCH`] messages), and each
+/// frame is answered once, when the peer has taken all of it, so a busy
+/// link costs a write and an answer per batch, not per message. Many
+/// frames are in flight at once.
 async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
     let link = Arc::new(Link::new(
         inner.me,
@@ -434,49 +443,89 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>
     // bound refuses what follows, instead of memory growing.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(inner.config.peer_queue));
     // Until when the peer is taken to be down: its link failed, or it
-    // left a message unanswered for `forward_timeout` (stopped, or cut
-    // off with the connection still open). Meanwhile what is sent to it
-    // is given up on at once, rather than each message waiting.
+    // left a frame unanswered for `forward_timeout` (stopped, or cut off
+    // with the connection still open). Meanwhile what is sent to it is
+    // given up on at once, rather than each message waiting.
     let down_until: Arc<Mutex<Option<Instant>>> = Arc::default();
-    while let Some(o) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+    let max = MAX_BATCH.min(inner.config.peer_queue);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].bytes.len();
+        while batch.len() < max && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(o) => {
+                    bytes += o.bytes.len();
+                    batch.push(o);
+                }
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let Ok(permit) = in_flight.clone().acquire_many_owned(n as u32).await else {
             return;
         };
+        let gathers: Vec<Arc<Gather>> = batch.iter().filter_map(|o| o.gather.clone()).collect();
         if lock(&down_until).is_some_and(|t| Instant::now() < t) {
-            inner.counters.lost.fetch_add(1, Ordering::Relaxed);
-            o.gather.inspect(|g| g.one_done());
+            inner.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
+            gathers.iter().for_each(|g| g.one_done());
             continue;
         }
-        match link.send(Request::Forward(o.bytes.to_vec())).await {
+        // Each message's length (4 bytes, big-endian), then the message.
+        let mut frame = Vec::with_capacity(bytes + 4 * n);
+        for o in &batch {
+            frame.extend_from_slice(&(o.bytes.len() as u32).to_be_bytes());
+            frame.extend_from_slice(&o.bytes);
+        }
+        drop(batch);
+        match link.send(Request::Forward(frame)).await {
             Ok(answer) => {
-                inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .counters
+                    .forwarded
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 let counters = inner.clone();
                 let (down_until, link) = (down_until.clone(), link.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     let answer = tokio::time::timeout(timeout, answer).await;
-                    if answer.is_err() {
-                        tracing::warn!(
-                            peer = id,
-                            "a peer left a message unanswered: taken as down for a while"
-                        );
-                        *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
-                        // Connected again when it is tried again.
-                        link.reset().await;
-                    }
-                    if !matches!(answer, Ok(Ok(Response::Done))) {
-                        counters.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(g) = o.gather {
-                        g.one_done();
+                    match answer {
+                        Ok(Ok(Response::Done)) => gathers.iter().for_each(|g| g.one_done()),
+                        // The peer could not take them (its store failed):
+                        // their publishers are told.
+                        Ok(Ok(Response::Failed(e))) => {
+                            counters
+                                .counters
+                                .lost
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            let e = format!("node {id}: {e}");
+                            gathers
+                                .iter()
+                                .for_each(|g| g.ticket.complete(Err(e.clone())));
+                        }
+                        other => {
+                            if other.is_err() {
+                                tracing::warn!(
+                                    peer = id,
+                                    "a peer left messages unanswered: taken as down for a while"
+                                );
+                                *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
+                                // Connected again when it is tried again.
+                                link.reset().await;
+                            }
+                            counters
+                                .counters
+                                .lost
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            gathers.iter().for_each(|g| g.one_done());
+                        }
                     }
                 });
             }
             Err(e) => {
                 tracing::debug!(peer = id, error = %e, "peer down: messages for it are dropped for a while");
                 *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
-                inner.counters.lost.fetch_add(1, Ordering::Relaxed);
-                o.gather.inspect(|g| g.one_done());
+                inner.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
+                gathers.iter().for_each(|g| g.one_done());
             }
         }
     }
@@ -741,14 +790,17 @@ async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
         match f.body {
             // Delivered here, in the order sent; answered when what it
             // promises is durable.
-            Request::Forward(bytes) => {
-                inner.counters.received.fetch_add(1, Ordering::Relaxed);
-                let commit = match decode_message(&bytes, Instant::now(), SystemTime::now()) {
-                    Ok((m, _)) => match inner.broker.get() {
-                        Some(b) => b.deliver_forwarded(m).map_err(|e| e.to_string()),
-                        None => Err("not started".into()),
-                    },
-                    Err(e) => Err(e.to_string()),
+            Request::Forward(frame) => {
+                let commit = match (split_batch(&frame), inner.broker.get()) {
+                    (Ok(messages), Some(b)) => {
+                        inner
+                            .counters
+                            .received
+                            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                        b.deliver_forwarded_all(messages).map_err(|e| e.to_string())
+                    }
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, None) => Err("not started".into()),
                 };
                 match commit {
                     Ok(c) if c.succeeded() => answer(Response::Done),
@@ -773,6 +825,25 @@ async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
         }
     }
     writer.abort();
+}
+
+/// The messages of a forwarding frame.
+fn split_batch(mut frame: &[u8]) -> io::Result<Vec<Message>> {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let mut out = Vec::new();
+    while !frame.is_empty() {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated forwarding frame");
+        let len: [u8; 4] = frame
+            .get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
+        let len = u32::from_be_bytes(len) as usize;
+        let body = frame.get(4..4 + len).ok_or_else(bad)?;
+        out.push(decode_message(body, now, wall)?.0);
+        frame = &frame[4 + len..];
+    }
+    Ok(out)
 }
 
 /// Answer a consensus request.

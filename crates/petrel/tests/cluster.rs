@@ -244,6 +244,24 @@ async fn messages_cross_nodes_in_both_versions() {
             .await
             .unwrap();
         assert_eq!(next(&mut inbox).await.as_deref(), Some("wanted"));
+        // A pipelined stream crosses in batches, and in order
+        // ([MQTT-4.6.0-2] as the subscriber's node sends them): 500
+        // messages queued at once.
+        let mut acks = Vec::new();
+        for i in 0..500 {
+            let m = petrel_client::Message::new(
+                petrel_client::TopicName::try_from("cross/stream/temp").unwrap(),
+                bytes::Bytes::from(i.to_string()),
+                QoS::AtLeastOnce,
+            );
+            acks.push(publ.publish_queued(m).await.unwrap());
+        }
+        for a in futures::future::join_all(acks).await {
+            assert!(!a.unwrap().reason_code.is_error());
+        }
+        for i in 0..500 {
+            assert_eq!(next(&mut inbox).await, Some(i.to_string()), "in order");
+        }
         let _ = sub.unsubscribe(&["cross/+/temp"]).await;
     }
 }

@@ -598,6 +598,35 @@ impl Broker {
             .map_err(|e| std::io::Error::other(format!("{e:?}")))
     }
 
+    /// [`Broker::deliver_forwarded`] for several messages, in order: a
+    /// run of them on one topic is routed once and queued for each
+    /// subscriber together (as a pipelining client's burst is). The
+    /// commit covers them all; an error: one could not be stored (those
+    /// before it were delivered).
+    pub fn deliver_forwarded_all(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> std::io::Result<Commit> {
+        let mut run = publish::Run::default();
+        let mut commit = Commit::done();
+        let now = Instant::now();
+        let mut result = Ok(());
+        for m in messages {
+            match self
+                .engine
+                .publish(None, m, None, now, false, Some(&mut run), true)
+            {
+                Ok(p) => commit = commit.and(p.commit),
+                Err(e) => {
+                    result = Err(std::io::Error::other(format!("{e:?}")));
+                    break;
+                }
+            }
+        }
+        self.engine.flush_run(&mut run);
+        result.map(|()| commit)
+    }
+
     /// The durable store, if the broker has one (a cluster keeps its
     /// consensus state there, in [`crate::Table::Cluster`]).
     pub fn store(&self) -> Option<Arc<dyn Store>> {
