@@ -78,6 +78,11 @@ pub(crate) struct BenchArgs {
     /// Broker port.
     #[arg(short = 'p', long = "port", default_value_t = 1883)]
     port: u16,
+    /// Subscribers connect to this port instead (pairs, qos1, fanout,
+    /// fanin, fleet): another node of a cluster, so that every message
+    /// crosses from one node to another.
+    #[arg(long = "sub-port")]
+    sub_port: Option<u16>,
     /// Publishers (pairs, fanin) or subscribers (fanout).
     #[arg(short = 'n', long = "clients", default_value_t = 10)]
     clients: usize,
@@ -202,6 +207,9 @@ const BATCH: usize = 64;
 
 pub(crate) fn run(mut args: BenchArgs) -> Result<(), String> {
     args.via = args.transport()?.map(Arc::new);
+    if args.sub_port.is_some() && args.via.is_some() {
+        return Err("--sub-port is for --transport tcp".into());
+    }
     let protocol = match args.protocol.as_str() {
         "311" | "mqttv311" => Protocol::V3_1_1,
         "5" | "mqttv5" => Protocol::V5,
@@ -304,15 +312,31 @@ impl Group {
 }
 
 async fn address(args: &BenchArgs) -> Result<SocketAddr, String> {
-    tokio::net::lookup_host((args.host.as_str(), args.port))
+    address_of(args, args.port).await
+}
+
+async fn address_of(args: &BenchArgs, port: u16) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host((args.host.as_str(), port))
         .await
         .map_err(|e| e.to_string())?
         .next()
         .ok_or_else(|| "no address".to_string())
 }
 
+/// Where subscribers connect: `--sub-port`, else the publishers' address.
+async fn subscriber_address(
+    args: &BenchArgs,
+    publishers: SocketAddr,
+) -> Result<SocketAddr, String> {
+    match args.sub_port {
+        Some(p) => address_of(args, p).await,
+        None => Ok(publishers),
+    }
+}
+
 async fn bench(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report, String> {
     let addr = address(args).await?;
+    let sub_addr = subscriber_address(args, addr).await?;
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -353,7 +377,7 @@ async fn bench(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     };
     let mut tasks = Vec::new();
     for (i, (filter, group)) in subscribers.iter().enumerate() {
-        let conn = connect(addr, protocol, &format!("bs-{run}-{i}"), &args.login()).await?;
+        let conn = connect(sub_addr, protocol, &format!("bs-{run}-{i}"), &args.login()).await?;
         tasks.push(tokio::spawn(subscriber(
             conn,
             protocol,
@@ -739,6 +763,7 @@ fn cpu_seconds_of(pid: u32) -> Option<f64> {
 /// receipt), and the broker's CPU over the same time.
 async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report, String> {
     let addr = address(args).await?;
+    let sub_addr = subscriber_address(args, addr).await?;
     let run = std::process::id();
     let epoch = Instant::now();
     let devices = args.count.max(1);
@@ -746,7 +771,7 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     let filter = format!("bench/{run}/fleet/+/data");
     let mut subs = Vec::new();
     for s in 0..args.clients {
-        let mut c = connect(addr, protocol, &format!("bf-s{s}-{run}"), &args.login()).await?;
+        let mut c = connect(sub_addr, protocol, &format!("bf-s{s}-{run}"), &args.login()).await?;
         subscribe_and_wait(&mut c, protocol, &filter, qos).await?;
         subs.push(c);
     }
