@@ -96,6 +96,7 @@
 //! route_timeout = 10            # seconds a new route may wait for the cluster to agree
 //! forward_timeout = 5           # seconds a forwarded message waits for its node before it is given up on
 //! max_frame_bytes = 314572800   # largest node-to-node frame
+//! snapshot_logs = 5000          # Raft log entries between snapshots of the routes
 //! ```
 //!
 //! Methods of authentication are tried in the order they appear in the

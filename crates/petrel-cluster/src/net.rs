@@ -278,26 +278,8 @@ impl Link {
         // Writer: everything queued, one flush per batch.
         let w_dead = dead.clone();
         tokio::spawn(async move {
-            while let Some(f) = rx.recv().await {
-                let mut batch = vec![f];
-                while let Ok(f) = rx.try_recv() {
-                    batch.push(f);
-                    if batch.len() >= 256 {
-                        break;
-                    }
-                }
-                for f in batch {
-                    let Ok(b) = encode(&f) else { continue };
-                    if sink.feed(b).await.is_err() {
-                        w_dead.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    w_dead.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
+            write_frames(&mut sink, &mut rx).await;
+            w_dead.store(true, Ordering::Relaxed);
         });
         // Reader: answers to whoever waits.
         let r_pending = pending.clone();
@@ -326,6 +308,32 @@ impl Link {
             dead,
             _stop: stop,
         })
+    }
+}
+
+/// Write the frames `rx` gives to `sink`, whatever waits at once in one
+/// flush, until `rx` ends or the link fails.
+pub(crate) async fn write_frames<T: Serialize>(
+    sink: &mut futures::stream::SplitSink<Wire, bytes::Bytes>,
+    rx: &mut mpsc::UnboundedReceiver<Frame<T>>,
+) {
+    while let Some(f) = rx.recv().await {
+        let mut batch = vec![f];
+        while let Ok(f) = rx.try_recv() {
+            batch.push(f);
+            if batch.len() >= 256 {
+                break;
+            }
+        }
+        for f in batch {
+            let Ok(b) = encode(&f) else { continue };
+            if sink.feed(b).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
     }
 }
 

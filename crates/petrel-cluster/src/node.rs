@@ -242,6 +242,8 @@ impl Cluster {
             heartbeat_interval: c.heartbeat_ms,
             election_timeout_min: c.election_timeout_ms,
             election_timeout_max: c.election_timeout_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
+            max_in_snapshot_log_to_keep: c.snapshot_logs / 2,
             ..Default::default()
         }
         .validate()
@@ -751,29 +753,9 @@ async fn serve(inner: Arc<Inner>, listener: TcpListener) {
 
 /// Answer one link's requests.
 async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
-    use futures::SinkExt;
     let (mut sink, mut stream) = wire.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame<Response>>();
-    let writer = tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            let mut batch = vec![f];
-            while let Ok(f) = rx.try_recv() {
-                batch.push(f);
-                if batch.len() >= 256 {
-                    break;
-                }
-            }
-            for f in batch {
-                let Ok(b) = net::encode(&f) else { continue };
-                if sink.feed(b).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let writer = tokio::spawn(async move { net::write_frames(&mut sink, &mut rx).await });
     let Some(raft) = inner.raft.get().cloned() else {
         return;
     };

@@ -333,6 +333,25 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Store `s` as the current snapshot (durable before it is current).
+    async fn save(&self, s: StoredSnapshot) -> StorageResult<()> {
+        let subject = ErrorSubject::Snapshot(Some(s.meta.signature()));
+        write(
+            &*self.store,
+            vec![Op::Put {
+                table: Table::Cluster,
+                key: SNAPSHOT.to_vec(),
+                value: encode(&s),
+            }],
+        )
+        .await
+        .map_err(|e| io_error(subject, ErrorVerb::Write, e))?;
+        *lock(&self.snapshot) = Some(s);
+        Ok(())
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let data = encode(&SnapshotData {
@@ -358,27 +377,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last.map_or(0, |l| l.index)
             ),
         };
-        let stored = StoredSnapshot {
+        self.save(StoredSnapshot {
             meta: meta.clone(),
             data: data.clone(),
-        };
-        write(
-            &*self.store,
-            vec![Op::Put {
-                table: Table::Cluster,
-                key: SNAPSHOT.to_vec(),
-                value: encode(&stored),
-            }],
-        )
-        .await
-        .map_err(|e| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
-        *lock(&self.snapshot) = Some(stored);
+        })
+        .await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -444,18 +447,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         self.load(&stored)
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
-        write(
-            &*self.store,
-            vec![Op::Put {
-                table: Table::Cluster,
-                key: SNAPSHOT.to_vec(),
-                value: encode(&stored),
-            }],
-        )
-        .await
-        .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
-        *lock(&self.snapshot) = Some(stored);
-        Ok(())
+        self.save(stored).await
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {

@@ -75,6 +75,7 @@ async fn start(test: &str, secrets: &[&str]) -> Vec<Node> {
                 route_timeout: 10,
                 forward_timeout: 5,
                 max_frame_bytes: 16 << 20,
+                snapshot_logs: 5000,
             }),
             ..BrokerConfig::default()
         };

@@ -876,3 +876,59 @@ async fn a_partition_then_healed_has_one_side_that_decides_and_routes_converge()
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_while_the_log_moved_on_catches_up_from_a_snapshot() {
+    // A snapshot every 4 log entries, 2 kept behind it: a node away for
+    // more than that gets the routes from a snapshot, not the log.
+    let mut c = Cluster::start_with("snapshot", 3, "forward_timeout = 2\nsnapshot_logs = 4\n");
+    let leader = c.leader(&[0, 1, 2], None).await;
+    let l = c.index_of(leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let (away, stays) = (others[0], others[1]);
+    c.kill(away);
+    // 20 routes, one SUBSCRIBE (one log entry) each, on the node that stays.
+    let (sub, mut inbox) = client(options(c.port(stays), Protocol::V3_1_1, "snap-sub")).await;
+    for i in 0..20 {
+        let r = sub
+            .subscribe(&format!("snap/{i}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(!r.reason_codes[0].is_error(), "{r:?}");
+    }
+    let want = "20";
+    c.up(away);
+    // Back: it holds the same routes (from the leader's snapshot), and
+    // routes by them.
+    let until = Instant::now() + WAIT;
+    loop {
+        let got = sys(c.port(away), "routes").await;
+        if got == want && !got.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "routes on the node back: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (publ, _) = client(options(c.port(away), Protocol::V3_1_1, "snap-pub")).await;
+    publ.publish_to("snap/17", "via the snapshot", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("via the snapshot"));
+    // It kept what it learnt: killed and started again, it routes from
+    // its own stored snapshot and log at once (the message is published
+    // as soon as it listens).
+    drop(publ);
+    c.kill(away);
+    c.up(away);
+    let (publ, _) = client(options(c.port(away), Protocol::V3_1_1, "snap-pub2")).await;
+    publ.publish_to("snap/3", "from what it stored", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut inbox).await.as_deref(),
+        Some("from what it stored")
+    );
+}

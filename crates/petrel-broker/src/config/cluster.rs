@@ -57,6 +57,11 @@ pub struct ClusterConfig {
     /// The largest node-to-node frame, bytes.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
+    /// Raft log entries between snapshots of the routes; the log before a
+    /// snapshot (but the last half of this many entries) is dropped, and a
+    /// node that was away longer catches up from the snapshot.
+    #[serde(default = "default_snapshot_logs")]
+    pub snapshot_logs: u64,
 }
 
 fn default_peer_queue() -> usize {
@@ -73,6 +78,9 @@ fn default_route_timeout() -> u64 {
 }
 fn default_forward_timeout() -> u64 {
     5
+}
+fn default_snapshot_logs() -> u64 {
+    5_000
 }
 fn default_max_frame() -> usize {
     300 * 1024 * 1024
@@ -144,6 +152,9 @@ impl ClusterConfig {
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
             return Err("election_timeout_ms must be more than heartbeat_ms (not 0)".into());
+        }
+        if self.snapshot_logs < 2 {
+            return Err("snapshot_logs: at least 2".into());
         }
         if self.peer_queue == 0 {
             return Err("peer_queue: at least 1".into());
