@@ -163,7 +163,12 @@ impl Cluster {
 
 /// What node at `port` publishes on `$SYS/broker/cluster/<what>` now.
 async fn sys(port: u16, what: &str) -> String {
-    let o = ConnectOptions::new("127.0.0.1", port, "").protocol(Protocol::V3_1_1);
+    sys_on("127.0.0.1", port, what).await
+}
+
+/// [`sys`] of a node at `host:port`.
+async fn sys_on(host: &str, port: u16, what: &str) -> String {
+    let o = ConnectOptions::new(host, port, "").protocol(Protocol::V3_1_1);
     let Ok(Ok((c, mut m))) = tokio::time::timeout(Duration::from_secs(2), connect(o)).await else {
         return "unreachable".into();
     };
@@ -668,32 +673,13 @@ impl Drop for Hosts {
     }
 }
 
-/// What node at `host:1883` says on `$SYS/broker/cluster/<what>`.
-async fn sys_at(host: &str, what: &str) -> String {
-    let o = ConnectOptions::new(host, 1883, "").protocol(Protocol::V3_1_1);
-    let Ok(Ok((c, mut m))) = tokio::time::timeout(Duration::from_secs(2), connect(o)).await else {
-        return "unreachable".into();
-    };
-    let _ = c
-        .subscribe(&format!("$SYS/broker/cluster/{what}"), QoS::AtMostOnce)
-        .await;
-    let v = tokio::time::timeout(Duration::from_secs(1), m.recv())
-        .await
-        .ok()
-        .flatten()
-        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
-        .unwrap_or_default();
-    let _ = c.disconnect().await;
-    v
-}
-
 /// The leader hosts `of` agree on, once they do (and it is not `not`).
 async fn agreed_leader(hosts: &Hosts, of: &[usize], not: Option<&str>) -> String {
     let until = Instant::now() + WAIT;
     loop {
         let mut seen = BTreeSet::new();
         for &i in of {
-            seen.insert(sys_at(&hosts.addr(i), "leader").await);
+            seen.insert(sys_on(&hosts.addr(i), 1883, "leader").await);
         }
         if let [l] = seen.iter().collect::<Vec<_>>()[..] {
             if l.parse::<u64>().is_ok() && Some(l.as_str()) != not {
@@ -833,7 +819,7 @@ async fn a_partition_then_healed_has_one_side_that_decides_and_routes_converge()
     let routes = loop {
         let mut seen = BTreeSet::new();
         for i in 0..3 {
-            seen.insert(sys_at(&hosts.addr(i), "routes").await);
+            seen.insert(sys_on(&hosts.addr(i), 1883, "routes").await);
         }
         if seen.len() == 1 {
             break seen.pop_first().unwrap();
