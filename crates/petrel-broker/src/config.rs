@@ -97,6 +97,7 @@
 //! forward_timeout = 5           # seconds a forwarded message waits for its node before it is given up on
 //! max_frame_bytes = 314572800   # largest node-to-node frame
 //! snapshot_logs = 5000          # Raft log entries between snapshots of the routes
+//! max_pending_links = 64        # connections to bind still proving the secret; past it closed at once
 //! ```
 //!
 //! Methods of authentication are tried in the order they appear in the
@@ -1024,6 +1025,13 @@ impl BrokerConfig {
                 key: "cluster",
                 reason,
             })?;
+            if self.durability == Durability::None {
+                // A node that forgets its vote can vote twice in a term.
+                return invalid(
+                    "cluster",
+                    "a node of a cluster must keep its consensus state: durability \"none\" (--memory) can't be used",
+                );
+            }
         }
         for b in &self.bridges {
             b.validate().map_err(|reason| ConfigError::Invalid {

@@ -281,3 +281,47 @@ fn a_commit_of_several_tickets_is_done_when_all_are() {
     tickets[1].complete(Ok(()));
     assert!(matches!(waker_commit(&all), Some(Err(_))));
 }
+
+#[test]
+fn a_long_chain_of_joined_commits_completes_without_nesting() {
+    // Thousands of tickets joined one by one (each a chain over the one
+    // before), completed newest first, then the oldest: each completion
+    // wakes the next chain in a loop, not a call deeper.
+    let tickets: Vec<Arc<Ticket>> = (0..20_000).map(|_| Arc::new(Ticket::default())).collect();
+    let all = tickets
+        .iter()
+        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())));
+    for t in tickets.iter().skip(1).rev() {
+        t.complete(Ok(()));
+    }
+    assert!(waker_commit(&all).is_none());
+    // Run on a thread with a small stack: nesting would overflow it.
+    let first = tickets[0].clone();
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || first.complete(Ok(())))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(matches!(waker_commit(&all), Some(Ok(()))));
+}
+
+#[tokio::test]
+async fn a_second_subscriber_of_a_filter_waits_for_the_first_ones_route() {
+    let (b, r) = broker();
+    let mut a = client(&b, "a", Protocol::V5).await;
+    let mut c = client(&b, "c", Protocol::V5).await;
+    assert_eq!(subscribe(&mut a, "w/#"), ReasonCode(1));
+    let first = a.take_commit().unwrap();
+    // The route is not agreed yet: the second SUBACK waits for it too.
+    assert_eq!(subscribe(&mut c, "w/#"), ReasonCode(1));
+    let second = c.take_commit().expect("waits for the same route");
+    assert!(waker_commit(&second).is_none());
+    r.complete_all(Ok(()));
+    assert!(matches!(waker_commit(&first), Some(Ok(()))));
+    assert!(matches!(waker_commit(&second), Some(Ok(()))));
+    // Agreed: a third waits for nothing.
+    let mut d = client(&b, "d", Protocol::V5).await;
+    assert_eq!(subscribe(&mut d, "w/#"), ReasonCode(1));
+    assert!(d.take_commit().is_none());
+}

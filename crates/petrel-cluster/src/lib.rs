@@ -19,7 +19,15 @@
 //!   the route is committed and every node that answers has applied it,
 //!   so a message published anywhere after the SUBACK reaches the new
 //!   subscriber; a PUBACK (PUBREC) waits until every node the message went
-//!   to has taken it (and stored it for its persistent sessions).
+//!   to has taken it (and stored it for its persistent sessions), or has
+//!   been given up on: a node whose link failed, or that left it
+//!   unanswered for `forward_timeout`, is taken as down for a while and
+//!   the message counted as lost there (a node that answers it could not
+//!   store it fails the acknowledgement).
+//! * **Durability of the consensus state** follows the broker's: with
+//!   `process` (the default) a vote and the log survive the process being
+//!   killed, with `fsync` also a power loss, which Raft's promises assume
+//!   for every node at once; a cluster refuses `durability = "none"`.
 //!
 //! ## Limits of this version
 //! Session takeover across nodes, shared subscriptions as one group across

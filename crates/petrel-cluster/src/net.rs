@@ -139,6 +139,11 @@ fn nonce() -> io::Result<[u8; 32]> {
     Ok(n)
 }
 
+/// The largest frame before the other end has proved it knows the
+/// secret: the handshake's are a few dozen bytes, and nobody unproven may
+/// make a node buffer more.
+const HANDSHAKE_FRAME: usize = 1024;
+
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -165,9 +170,43 @@ struct Conn {
     pending: Pending,
     /// Set when the connection's tasks end.
     dead: Arc<std::sync::atomic::AtomicBool>,
-    /// Dropped with the connection: its reader stops (the writer stops
-    /// when `tx` goes).
+    /// Dropped with the connection: its reader stops.
     _stop: oneshot::Sender<()>,
+    /// Stopped with the connection, so nothing queued on it goes out
+    /// after (a newer connection may be carrying what follows).
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+/// The answer to one request, when it comes. Dropped unanswered (timed
+/// out), it leaves nothing behind in its link.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    id: u64,
+    rx: oneshot::Receiver<Response>,
+    pending: Pending,
+}
+
+impl std::future::Future for Answer {
+    type Output = Result<Response, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,7 +246,7 @@ impl Link {
 
     /// Queue `request` on the connection (made first if there is none);
     /// its answer comes on the receiver.
-    pub(crate) async fn send(&self, request: Request) -> io::Result<oneshot::Receiver<Response>> {
+    pub(crate) async fn send(&self, request: Request) -> io::Result<Answer> {
         let mut conn = self.conn.lock().await;
         if conn.as_ref().is_none_or(|c| c.dead.load(Ordering::Relaxed)) {
             *conn = None;
@@ -217,15 +256,19 @@ impl Link {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&c.pending).insert(id, tx);
+        let answer = Answer {
+            id,
+            rx,
+            pending: c.pending.clone(),
+        };
         if c.tx.send(Frame { id, body: request }).is_err() {
-            lock(&c.pending).remove(&id);
             c.dead.store(true, Ordering::Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "link closed",
             ));
         }
-        Ok(rx)
+        Ok(answer)
     }
 
     async fn connect(&self) -> io::Result<Conn> {
@@ -238,7 +281,7 @@ impl Link {
                 }
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
             };
-        let mut wire = framed(stream, self.max_frame);
+        let mut wire = framed(stream, HANDSHAKE_FRAME);
         let challenge: Challenge = match tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await {
             Ok(Some(Ok(b))) => decode(&b)?,
             _ => {
@@ -270,6 +313,7 @@ impl Link {
                 format!("{} does not know the cluster secret", self.addr),
             ));
         }
+        wire.codec_mut().set_max_frame_length(self.max_frame);
         let (mut sink, mut stream) = wire.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame<Request>>();
         let pending: Pending = Arc::default();
@@ -277,7 +321,7 @@ impl Link {
         let (stop, mut stopped) = oneshot::channel::<()>();
         // Writer: everything queued, one flush per batch.
         let w_dead = dead.clone();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             write_frames(&mut sink, &mut rx).await;
             w_dead.store(true, Ordering::Relaxed);
         });
@@ -307,6 +351,7 @@ impl Link {
             pending,
             dead,
             _stop: stop,
+            writer,
         })
     }
 }
@@ -346,7 +391,7 @@ pub(crate) async fn accept(
     max_frame: usize,
 ) -> io::Result<(NodeId, Wire, SocketAddr)> {
     let peer = stream.peer_addr()?;
-    let mut wire = framed(stream, max_frame);
+    let mut wire = framed(stream, HANDSHAKE_FRAME);
     let nonce = nonce()?;
     wire.send(encode(&Challenge { nonce })?).await?;
     let hello: Hello = match tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await {
@@ -364,5 +409,6 @@ pub(crate) async fn accept(
         mac: answer(secret, &hello.nonce, me),
     };
     wire.send(encode(&welcome)?).await?;
+    wire.codec_mut().set_max_frame_length(max_frame);
     Ok((hello.from, wire, peer))
 }

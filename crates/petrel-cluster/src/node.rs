@@ -18,7 +18,7 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use petrel_broker::config::ClusterConfig;
 use petrel_broker::core::store::{decode_message, encode_message};
-use petrel_broker::{Broker, Commit, Forwarded, MemoryStore, Peers, Store, Ticket};
+use petrel_broker::{Broker, Commit, Forwarded, Peers, Store, Ticket};
 use petrel_codec::QoS;
 use petrel_session::Message;
 use tokio::net::TcpListener;
@@ -224,15 +224,18 @@ impl Cluster {
         Arc::new(Seam(self.inner.clone()))
     }
 
-    /// Start: Raft (from the consensus state in `broker`'s store, or in
-    /// memory without one), the listener for the other nodes, and the
+    /// Start: Raft (from the consensus state in `broker`'s durable store,
+    /// which it must have), the listener for the other nodes, and the
     /// tasks that write routes and forward messages. The first time the
     /// members start, the cluster is formed of them.
     pub async fn start(&self, broker: Broker) -> Result<(), ClusterError> {
         let inner = &self.inner;
-        let store: Arc<dyn Store> = broker
-            .store()
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        // A node that forgets its vote can vote twice in a term.
+        let store: Arc<dyn Store> = broker.store().ok_or_else(|| {
+            ClusterError::Config(
+                "a node of a cluster keeps its consensus state in the broker's durable store: give the broker one (data_dir)".into(),
+            )
+        })?;
         let _ = inner.broker.set(broker);
         let log = LogStore::open(store.clone())?;
         let sm = StateMachine::open(store, inner.routes.clone())?;
@@ -724,21 +727,29 @@ async fn everyone_applied(inner: &Inner, raft: &Raft<TypeConfig>, index: u64) {
 
 /// Accept the other nodes' links.
 async fn serve(inner: Arc<Inner>, listener: TcpListener) {
+    // Links that have not proved the secret yet, at most: past it a new
+    // connection is closed at once (each proof takes 2 s at most).
+    let unproven = Arc::new(tokio::sync::Semaphore::new(inner.config.max_pending_links));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = unproven.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many node links proving the secret at once: closed");
             continue;
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            match net::accept(
+            let proven = net::accept(
                 stream,
                 inner.me,
                 &inner.secret,
                 inner.config.max_frame_bytes,
             )
-            .await
-            {
+            .await;
+            drop(permit);
+            match proven {
                 Ok((from, wire, _)) if inner.members.contains_key(&from) && from != inner.me => {
                     handle(inner, from, wire).await;
                 }

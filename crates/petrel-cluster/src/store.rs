@@ -334,8 +334,20 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Store `s` as the current snapshot (durable before it is current).
+    /// Store `s` as the current snapshot (durable before it is current),
+    /// unless a later one is current already (a snapshot built while one
+    /// from the leader was installed must not replace it: the log before
+    /// the later one may be gone).
     async fn save(&self, s: StoredSnapshot) -> StorageResult<()> {
+        let later = |current: &Option<StoredSnapshot>| {
+            current
+                .as_ref()
+                .is_some_and(|c| c.meta.last_log_id > s.meta.last_log_id)
+        };
+        let stale = later(&lock(&self.snapshot));
+        if stale {
+            return Ok(());
+        }
         let subject = ErrorSubject::Snapshot(Some(s.meta.signature()));
         write(
             &*self.store,
@@ -347,24 +359,46 @@ impl StateMachine {
         )
         .await
         .map_err(|e| io_error(subject, ErrorVerb::Write, e))?;
-        *lock(&self.snapshot) = Some(s);
+        // A later one stored meanwhile goes back in the store.
+        let restore = {
+            let mut current = lock(&self.snapshot);
+            if later(&current) {
+                current.as_ref().map(encode)
+            } else {
+                *current = Some(s);
+                None
+            }
+        };
+        if let Some(value) = restore {
+            write(
+                &*self.store,
+                vec![Op::Put {
+                    table: Table::Cluster,
+                    key: SNAPSHOT.to_vec(),
+                    value,
+                }],
+            )
+            .await
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        }
         Ok(())
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let data = encode(&SnapshotData {
-            routes: self
+        // The routes and how far they are applied, read together: `apply`
+        // (which may run meanwhile) takes the routes' lock before
+        // `applied`, so holding the first makes them agree.
+        let (routes, last, membership) = {
+            let routes = self
                 .routes
                 .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .to_snapshot(),
-        });
-        let (last, membership) = {
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let a = lock(&self.applied);
-            (a.last, a.membership.clone())
+            (routes.to_snapshot(), a.last, a.membership.clone())
         };
+        let data = encode(&SnapshotData { routes });
         let n = self
             .snapshot_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -76,6 +76,7 @@ async fn start(test: &str, secrets: &[&str]) -> Vec<Node> {
                 forward_timeout: 5,
                 max_frame_bytes: 16 << 20,
                 snapshot_logs: 5000,
+                max_pending_links: 4,
             }),
             ..BrokerConfig::default()
         };
@@ -181,14 +182,19 @@ async fn subscribe_on_one_node_publish_on_another_3_1_1() {
     leader(&nodes).await;
     let (sub, mut sub_ev) = v311::client("sub", nodes[1].mqtt).await;
     let (publ, mut pub_ev) = v311::client("pub", nodes[0].mqtt).await;
-    tokio::spawn(async move { while pub_ev.poll().await.is_ok() {} });
 
     // Before anyone subscribes, no node wants the topic: a message
-    // published now reaches nobody on node 2 (the control below shows the
-    // same client would have seen one).
+    // published (and acknowledged) now reaches nobody on node 2 (the
+    // control below shows the same client would have seen one).
     publ.publish("home/kitchen/temp", v311::Q::AtLeastOnce, false, "early")
         .await
         .unwrap();
+    v311::until(&mut pub_ev, |p| {
+        matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+    })
+    .await
+    .expect("PUBACK");
+    tokio::spawn(async move { while pub_ev.poll().await.is_ok() {} });
 
     let asked = Instant::now();
     sub.subscribe("home/+/temp", v311::Q::AtLeastOnce)
@@ -347,4 +353,72 @@ async fn a_node_without_the_secret_is_refused() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let m = nodes[2].cluster.metrics().unwrap();
     assert_ne!(m.current_leader, nodes[0].cluster.leader(), "{m:?}");
+}
+
+/// Read one length-delimited frame from a raw node link: its body, or
+/// `None` if the link closed first.
+async fn raw_frame(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut len))
+        .await
+        .ok()?
+        .ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    Some(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_port_gives_little_to_whoever_has_not_proved_the_secret() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nodes = start("unproven", &[SECRET; 3]).await;
+    leader(&nodes).await;
+    let addr = nodes[0].cluster.local_addr().unwrap();
+
+    // A frame longer than any handshake's is refused as its length
+    // arrives: the link closes without the rest being awaited (the
+    // handshake itself may take 2 s).
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(raw_frame(&mut s).await.is_some(), "a challenge first");
+    // (1 MB: less than the test's max_frame_bytes, so only the handshake's
+    // bound can refuse it.)
+    s.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
+    s.write_all(&[0u8; 512]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_millis(1000), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at once: {closed:?}"
+    );
+
+    // At most max_pending_links (4 here) links prove themselves at once:
+    // four silent ones each get a challenge, a fifth is closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(raw_frame(&mut s).await.is_some(), "a challenge");
+        silent.push(s);
+    }
+    let mut fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        raw_frame(&mut fifth).await.is_none(),
+        "the fifth gets nothing"
+    );
+    // Once they are gone, a link is answered again.
+    drop(silent);
+    let until = Instant::now() + WAIT;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if raw_frame(&mut s).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < until, "never answered again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The nodes themselves were never disturbed.
+    assert!(leader(&nodes).await > 0);
 }

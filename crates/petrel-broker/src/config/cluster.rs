@@ -62,6 +62,10 @@ pub struct ClusterConfig {
     /// node that was away longer catches up from the snapshot.
     #[serde(default = "default_snapshot_logs")]
     pub snapshot_logs: u64,
+    /// Connections to `bind` still proving the secret, at most (each
+    /// has 2 s); past it a new one is closed at once.
+    #[serde(default = "default_pending_links")]
+    pub max_pending_links: usize,
 }
 
 fn default_peer_queue() -> usize {
@@ -78,6 +82,9 @@ fn default_route_timeout() -> u64 {
 }
 fn default_forward_timeout() -> u64 {
     5
+}
+fn default_pending_links() -> usize {
+    64
 }
 fn default_snapshot_logs() -> u64 {
     5_000
@@ -152,6 +159,9 @@ impl ClusterConfig {
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
             return Err("election_timeout_ms must be more than heartbeat_ms (not 0)".into());
+        }
+        if self.max_pending_links == 0 {
+            return Err("max_pending_links: at least 1".into());
         }
         if self.snapshot_logs < 2 {
             return Err("snapshot_logs: at least 2".into());

@@ -317,7 +317,9 @@ pub enum Op {
     },
 }
 
-/// Durable storage for the engine.
+/// Durable storage for the engine. Its commits complete in the order they
+/// were made (a sync covers every commit before it): waiting for the last
+/// is waiting for all.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Apply `ops` atomically, in order. When it returns `Ok`, they are
     /// visible to [`Store::scan`], and they survive the process being
@@ -427,10 +429,15 @@ impl Commit {
     pub fn and(self, other: Self) -> Self {
         // A ticket done well adds nothing; one that failed is kept, so
         // the whole fails.
-        let mut waiting = [self.0, self.1, other.0, other.1]
-            .into_iter()
-            .flatten()
-            .filter(|t| !t.succeeded());
+        let mut seen: Vec<Arc<Ticket>> = Vec::with_capacity(4);
+        for t in [self.0, self.1, other.0, other.1].into_iter().flatten() {
+            // The same ticket twice (one batch's, for several filters) is
+            // waited on once: no chain grows with it.
+            if !t.succeeded() && !seen.iter().any(|s| Arc::ptr_eq(s, &t)) {
+                seen.push(t);
+            }
+        }
+        let mut waiting = seen.into_iter();
         let (a, b) = (waiting.next(), waiting.next());
         match waiting.next() {
             None => Self(a, b),
@@ -513,8 +520,42 @@ struct Chain {
     tickets: Vec<Arc<Ticket>>,
 }
 
+thread_local! {
+    /// Chains woken on this thread while one is being looked at: looked at
+    /// after it, in a loop, so chains of chains never nest wake-ups (the
+    /// stack stays flat however many are joined).
+    static WOKEN: std::cell::RefCell<Option<Vec<Arc<Chain>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl std::task::Wake for Chain {
     fn wake(self: Arc<Self>) {
+        let queued = WOKEN.with(|w| match &mut *w.borrow_mut() {
+            Some(q) => {
+                q.push(self.clone());
+                true
+            }
+            none => {
+                *none = Some(Vec::new());
+                false
+            }
+        });
+        if queued {
+            return;
+        }
+        let mut next = Some(self);
+        while let Some(chain) = next {
+            chain.look();
+            next = WOKEN.with(|w| w.borrow_mut().as_mut().and_then(Vec::pop));
+        }
+        WOKEN.with(|w| *w.borrow_mut() = None);
+    }
+}
+
+impl Chain {
+    /// Complete `all` if every ticket is done; else wait for the first
+    /// that is not.
+    fn look(self: Arc<Self>) {
         if self.all.is_done() {
             return;
         }

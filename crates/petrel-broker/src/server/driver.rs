@@ -861,7 +861,12 @@ impl Task {
         let changes = self.conn.take_changes();
         if let Some(client) = self.link.client.as_mut() {
             if let Some(c) = client.record(changes) {
-                self.gate = Some(c);
+                // With what was waited for already (a SUBACK's route in a
+                // cluster completes apart from the store).
+                self.gate = Some(match self.gate.take() {
+                    Some(g) => g.and(c),
+                    None => c,
+                });
             }
         }
         if self.gate.as_ref().is_some_and(|g| !g.is_done()) {

@@ -216,8 +216,9 @@ pub(crate) struct Engine {
     store: Option<Arc<dyn Store>>,
     /// The other nodes of a cluster, if this broker is one.
     peers: Option<Arc<dyn Peers>>,
-    /// With peers: how many of this node's subscriptions each filter has.
-    interest: Mutex<std::collections::HashMap<Box<str>, u32>>,
+    /// With peers: how many of this node's subscriptions each filter has,
+    /// and when the other nodes know of it (the first one's route).
+    interest: Mutex<std::collections::HashMap<Box<str>, (u32, Commit)>>,
     core: Mutex<Core>,
     /// Bytes waiting in every session's queue.
     queued_bytes: Arc<AtomicUsize>,
@@ -616,7 +617,11 @@ impl Broker {
                 .engine
                 .publish(None, m, None, now, false, Some(&mut run), true)
             {
-                Ok(p) => commit = commit.and(p.commit),
+                // The store's commits complete in order: the last one
+                // that waits covers the rest (a chain of hundreds would
+                // be as many nested wake-ups).
+                Ok(p) if !p.commit.succeeded() => commit = p.commit,
+                Ok(_) => {}
                 Err(e) => {
                     result = Err(std::io::Error::other(format!("{e:?}")));
                     break;

@@ -923,24 +923,35 @@ impl Engine {
         }
         let mut counts = lock(&self.interest);
         if wanted {
-            let n = counts.entry(filter.into()).or_insert(0);
+            let (n, known) = counts
+                .entry(filter.into())
+                .or_insert_with(|| (0, Commit::done()));
             *n += 1;
             if *n > 1 {
-                return Commit::done();
+                // Not new here, but perhaps not yet known elsewhere: a
+                // second subscriber's SUBACK waits for the first's route.
+                return if known.succeeded() {
+                    Commit::done()
+                } else {
+                    known.clone()
+                };
             }
+            let c = peers.interest(filter, wanted);
+            *known = c.clone();
+            c
         } else {
             match counts.get_mut(filter) {
-                Some(n) if *n > 1 => {
+                Some((n, _)) if *n > 1 => {
                     *n -= 1;
-                    return Commit::done();
+                    Commit::done()
                 }
                 Some(_) => {
                     counts.remove(filter);
+                    peers.interest(filter, wanted)
                 }
-                None => return Commit::done(),
+                None => Commit::done(),
             }
         }
-        peers.interest(filter, wanted)
     }
 
     /// Give back what `bytes` of `key`'s subscriptions were charged.
