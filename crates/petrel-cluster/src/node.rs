@@ -615,7 +615,9 @@ async fn write_routes(inner: Arc<Inner>) {
 /// Publish the node's view of the cluster under `$SYS/broker/cluster/`
 /// (retained, this node only): `node`, `leader` (a number, or `none`),
 /// `state` (leader, follower, candidate, learner), `term` and `members`
-/// when they change; `routes`, `forwarded`, `received` and `lost` every
+/// when they change; `quorum` (`yes` when new routes can be agreed: see
+/// [`Inner::available`]) when it changes, looked at twice a heartbeat
+/// timeout; `routes`, `forwarded`, `received` and `lost` every
 /// `sys_interval`.
 async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
     let Some(broker) = inner.broker.get().cloned() else {
@@ -635,6 +637,9 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
     let every = Duration::from_secs(broker.config().sys_interval.max(1));
     let mut tick = tokio::time::interval(every);
     let mut last: Option<(Option<NodeId>, String, u64)> = None;
+    let mut quorum_tick =
+        tokio::time::interval(Duration::from_millis(inner.config.heartbeat_ms.max(50)));
+    let mut last_quorum: Option<bool> = None;
     loop {
         let now = {
             let m = metrics.borrow_and_update();
@@ -658,6 +663,13 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
+            _ = quorum_tick.tick() => {
+                let q = inner.available();
+                if last_quorum != Some(q) {
+                    publish("quorum", if q { "yes" } else { "no" }.into());
+                    last_quorum = Some(q);
+                }
+            }
             _ = tick.tick() => {
                 let c = &inner.counters;
                 publish("routes", read(&inner.routes).len().to_string());

@@ -60,6 +60,8 @@ enum Command {
     Store(store::StoreArgs),
     /// Ask a running broker through its admin API (`[http]`, `--http`).
     Ctl(ctl::CtlArgs),
+    /// A node of a cluster (`[cluster]`): `petrel cluster status`.
+    Cluster(tools::ClusterArgs),
     /// Make a new admin API token, and the `token_hash` line for `[http]`.
     Token,
 }
@@ -143,6 +145,7 @@ fn main() -> ExitCode {
         Command::Passwd(args) => passwd::run(args),
         Command::Store(args) => store::run(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::Cluster(args) => tools::cluster(args),
         Command::Token => match petrel_admin::new_token() {
             Ok(token) => {
                 println!("token (give it to clients of the API; it is not stored):\n  {token}");

@@ -546,6 +546,110 @@ fn finish(result: Result<ExitCode, String>, quiet: bool, tool: &str) -> ExitCode
     }
 }
 
+/// `petrel cluster` flags.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterCommand {
+    /// What a node says of the cluster (its `$SYS/broker/cluster/`
+    /// topics): node, state, term, leader, members, routes, messages.
+    /// Exits 0 when the node knows a leader and reaches a quorum (new
+    /// routes can be agreed), 1 when not, 2 when the broker is not a node of a cluster, 3 when it can't
+    /// be asked.
+    #[command(disable_help_flag = true)]
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// `petrel cluster`.
+pub(crate) fn cluster(args: ClusterArgs) -> ExitCode {
+    let ClusterCommand::Status { common } = args.command;
+    let quiet = common.quiet;
+    let result = runtime().and_then(|rt| rt.block_on(cluster_status(common)));
+    match result {
+        Err(e) => {
+            if !quiet {
+                eprintln!("petrel cluster status: {e}");
+            }
+            ExitCode::from(3)
+        }
+        ok => finish(ok, quiet, "petrel cluster status"),
+    }
+}
+
+async fn cluster_status(common: Common) -> Result<ExitCode, String> {
+    const KEYS: [&str; 10] = [
+        "node",
+        "state",
+        "term",
+        "leader",
+        "quorum",
+        "members",
+        "routes",
+        "forwarded",
+        "received",
+        "lost",
+    ];
+    let (options, _) = options(&common, "petrel_cluster_")?;
+    let (client, mut messages) = petrel_client::connect(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .subscribe("$SYS/broker/cluster/#", QoS::AtMostOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The values are retained: they come at once, or not at all.
+    let mut seen = std::collections::BTreeMap::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while seen.len() < KEYS.len() {
+        match tokio::time::timeout_at(until, messages.recv()).await {
+            Ok(Some(p)) => {
+                let key = p.topic.as_str().trim_start_matches("$SYS/broker/cluster/");
+                seen.insert(
+                    key.to_string(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                );
+            }
+            _ => break,
+        }
+    }
+    let _ = client.disconnect().await;
+    let get = |k: &str| seen.get(k).map_or("?", String::as_str);
+    if !seen.contains_key("node") {
+        println!("not a node of a cluster (no $SYS/broker/cluster/node)");
+        return Ok(ExitCode::from(2));
+    }
+    println!(
+        "node {} ({}, term {}), leader {}, quorum {}",
+        get("node"),
+        get("state"),
+        get("term"),
+        get("leader"),
+        get("quorum")
+    );
+    println!("members {}", get("members"));
+    println!(
+        "routes {}, messages forwarded {}, received {}, lost {}",
+        get("routes"),
+        get("forwarded"),
+        get("received"),
+        get("lost")
+    );
+    Ok(
+        if get("leader").parse::<u64>().is_ok() && get("quorum") == "yes" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
+}
+
 /// `petrel pub`.
 pub(crate) fn publish(args: PubArgs) -> ExitCode {
     let quiet = args.common.quiet;

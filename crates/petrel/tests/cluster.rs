@@ -392,10 +392,38 @@ async fn quorum_lost_and_regained_then_the_whole_cluster_restarted() {
         .unwrap();
     publ.disconnect().await.unwrap();
 
+    // `petrel cluster status` on node 2: it follows or leads (exit 0).
+    let status = |port: u16| {
+        let out = petrel()
+            .args([
+                "cluster",
+                "status",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = status(c.port(1));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("node 2 (") && text.contains("members 1,2,3"),
+        "{text}"
+    );
+
     // Two of three killed: node 2 alone can't agree a new route.
     c.kill(0);
     c.kill(2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, text) = status(c.port(1));
+    assert_eq!(code, Some(1), "no quorum now: {text}");
+    assert!(text.contains("quorum no"), "{text}");
     for proto in [Protocol::V3_1_1, Protocol::V5] {
         let (alone, _) = client(options(c.port(1), proto, "alone")).await;
         let refused = alone.subscribe("fresh/#", QoS::AtLeastOnce).await.unwrap();
@@ -917,4 +945,28 @@ async fn a_node_away_while_the_log_moved_on_catches_up_from_a_snapshot() {
         next(&mut inbox).await.as_deref(),
         Some("from what it stored")
     );
+}
+
+#[test]
+fn cluster_status_on_a_broker_that_is_no_node_says_so() {
+    let data = std::env::temp_dir().join(format!("petrel-nocluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let port = free_port();
+    let _broker = common::start_on_data(&data, port);
+    let out = petrel()
+        .args([
+            "cluster",
+            "status",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not a node of a cluster"), "{text}");
+    drop(_broker);
+    let _ = std::fs::remove_dir_all(&data);
 }
