@@ -593,10 +593,7 @@ impl Broker {
     /// for stored sessions are durable: the other node's acknowledgement
     /// waits for it. An error: the durable store could not take it.
     pub fn deliver_forwarded(&self, message: Message) -> std::io::Result<Commit> {
-        self.engine
-            .publish(None, message, None, Instant::now(), false, None, true)
-            .map(|p| p.commit)
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))
+        self.deliver_forwarded_all([message])
     }
 
     /// [`Broker::deliver_forwarded`] for several messages, in order: a

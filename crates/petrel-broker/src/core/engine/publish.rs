@@ -16,7 +16,7 @@ use crate::core::queue::{copy_for, detach, message_size, Queued, SessionKey, Sha
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Delivery, Routed, Subscription};
 use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
-use crate::core::{lock, read, write};
+use crate::core::{is_sys, lock, read, write};
 use crate::stats::Stats;
 
 /// A retained message and when it was stored (its Message Expiry Interval
@@ -289,7 +289,7 @@ impl Engine {
         // of the commit the acknowledgement waits for).
         let mut count = count;
         if let Some(peers) = self.peers.as_ref().filter(|_| !forwarded) {
-            if !message.topic.as_str().starts_with("$SYS") {
+            if !is_sys(message.topic.as_str()) {
                 let f = peers.forward(&message);
                 count += f.nodes;
                 commit = commit.and(f.commit);
@@ -903,9 +903,7 @@ impl Engine {
     /// can't agree now (see [`Peers::available`](crate::Peers::available)).
     pub(super) fn route_unavailable(&self, filter: &str) -> bool {
         self.peers.as_ref().is_some_and(|p| {
-            !filter.starts_with("$SYS")
-                && !lock(&self.interest).contains_key(filter)
-                && !p.available()
+            !is_sys(filter) && !lock(&self.interest).contains_key(filter) && !p.available()
         })
     }
 
@@ -917,7 +915,7 @@ impl Engine {
         let Some(peers) = &self.peers else {
             return Commit::done();
         };
-        if filter.starts_with("$SYS") {
+        if is_sys(filter) {
             // Each node's own: never sent between nodes.
             return Commit::done();
         }
