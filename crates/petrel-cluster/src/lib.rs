@@ -41,6 +41,7 @@
 mod net;
 mod node;
 mod store;
+mod sync;
 mod types;
 
 pub use node::{Cluster, ClusterCounters, ClusterError};

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::sync::lock;
 use crate::types::{Command, NodeId, TypeConfig};
 
 /// The first frame a listener sends: a challenge.
@@ -207,10 +208,6 @@ impl Drop for Answer {
     fn drop(&mut self) {
         lock(&self.pending).remove(&self.id);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Link {

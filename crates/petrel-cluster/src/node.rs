@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::net::{self, Frame, Link, Request, Response};
 use crate::store::{LogStore, StateMachine};
+use crate::sync::{lock, read};
 use crate::types::{Command, NodeId, Routes, TypeConfig};
 
 /// Why a node could not start.
@@ -157,10 +158,6 @@ impl Gather {
             self.ticket.complete(Ok(()));
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How long a forwarded message waits after a peer's link failed before
@@ -331,10 +328,6 @@ impl Cluster {
     pub fn counters(&self) -> &ClusterCounters {
         &self.inner.counters
     }
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The broker's view of the node.

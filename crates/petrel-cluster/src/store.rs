@@ -23,6 +23,7 @@ use petrel_broker::{Op, Store, Table};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::sync::{lock, read, write as write_lock};
 use crate::types::{Applied, NodeId, Routes, SnapshotBytes, SnapshotData, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -78,10 +79,6 @@ struct Log {
 pub struct LogStore {
     store: Arc<dyn Store>,
     log: Arc<Mutex<Log>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl LogStore {
@@ -321,11 +318,9 @@ impl StateMachine {
     /// Put the state a snapshot holds in force.
     fn load(&self, s: &StoredSnapshot) -> io::Result<()> {
         let data: SnapshotData = decode(&s.data)?;
-        *self
-            .routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Routes::from_snapshot(data.routes);
+        // Both under the routes' lock, as `apply` changes them.
+        let mut routes = write_lock(&self.routes);
+        *routes = Routes::from_snapshot(data.routes);
         let mut applied = lock(&self.applied);
         applied.last = s.meta.last_log_id;
         applied.membership = s.meta.last_membership.clone();
@@ -391,10 +386,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // (which may run meanwhile) takes the routes' lock before
         // `applied`, so holding the first makes them agree.
         let (routes, last, membership) = {
-            let routes = self
-                .routes
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let routes = read(&self.routes);
             let a = lock(&self.applied);
             (routes.to_snapshot(), a.last, a.membership.clone())
         };
@@ -442,10 +434,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut out = Vec::new();
-        let mut routes = self
-            .routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut routes = write_lock(&self.routes);
         let mut applied = lock(&self.applied);
         for entry in entries {
             applied.last = Some(entry.log_id);

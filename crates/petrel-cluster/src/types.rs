@@ -108,10 +108,18 @@ impl Routes {
         if set.remove(filter) {
             if let Some(tf) = route_filter(filter) {
                 // Another filter of the node's may map to the same route
-                // (`$share/a/x` and `x`): keep it while one does.
-                let still = set
-                    .iter()
-                    .any(|f| route_filter(f).is_some_and(|o| o.as_str() == tf.as_str()));
+                // (`$share/a/x` and `x`): keep it while one does. Only the
+                // plain filter and the shared ones (sorted together, by
+                // their prefix) can: a removal costs a lookup and a look
+                // at the node's shared filters, not at all its filters.
+                let shared = (
+                    std::ops::Bound::Included(SHARE_PREFIX),
+                    std::ops::Bound::Excluded(SHARE_END),
+                );
+                let still = set.contains(tf.as_str())
+                    || set
+                        .range::<str, _>(shared)
+                        .any(|f| route_filter(f).is_some_and(|o| o.as_str() == tf.as_str()));
                 if !still {
                     self.tree.remove(&tf, &node);
                 }
@@ -169,6 +177,11 @@ impl Routes {
         r
     }
 }
+
+/// Where shared subscriptions' filters begin, and the first string past
+/// them in order (`0` follows `/`).
+const SHARE_PREFIX: &str = "$share/";
+const SHARE_END: &str = "$share0";
 
 /// The filter a route matches with: a shared subscription's
 /// `$share/GROUP/` prefix taken off (a node with a member of the group
@@ -230,6 +243,13 @@ mod tests {
         r.apply(&routes(2, &[], &["$share/g/s/+"]));
         assert!(r.nodes_for("s/1", 1).is_empty());
         assert!(r.is_empty());
+        // The other way round, and two groups: the route stays while any
+        // form of it does.
+        r.apply(&routes(2, &["s/+", "$share/a/s/+", "$share/b/s/+"], &[]));
+        r.apply(&routes(2, &[], &["$share/a/s/+", "s/+"]));
+        assert_eq!(r.nodes_for("s/1", 1), [2], "group b still wants it");
+        r.apply(&routes(2, &[], &["$share/b/s/+"]));
+        assert!(r.nodes_for("s/1", 1).is_empty());
     }
 
     #[test]
