@@ -185,6 +185,26 @@ async fn sys_on(host: &str, port: u16, what: &str) -> String {
     v
 }
 
+/// `petrel cluster status` against the broker on `port`: its exit code and
+/// what it printed.
+fn cluster_status(port: u16) -> (Option<i32>, String) {
+    let out = petrel()
+        .args([
+            "cluster",
+            "status",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn options(port: u16, proto: Protocol, id: &str) -> ConnectOptions {
     let mut o = ConnectOptions::new("127.0.0.1", port, id).protocol(proto);
     o.connect_timeout = Duration::from_secs(3);
@@ -392,28 +412,22 @@ async fn quorum_lost_and_regained_then_the_whole_cluster_restarted() {
         .unwrap();
     publ.disconnect().await.unwrap();
 
-    // `petrel cluster status` on node 2: it follows or leads (exit 0).
-    let status = |port: u16| {
-        let out = petrel()
-            .args([
-                "cluster",
-                "status",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+    // `petrel cluster status` on node 2: it follows or leads, with a
+    // quorum (exit 0). Its view is looked at every heartbeat, and a leader
+    // just elected may not have heard its peers yet: asked until then.
+    let until = Instant::now() + WAIT;
+    let text = loop {
+        let (code, text) = cluster_status(c.port(1));
+        if code == Some(0) {
+            break text;
+        }
+        assert!(Instant::now() < until, "{code:?}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (code, text) = status(c.port(1));
-    assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.starts_with("node 2 (") && text.contains("members 1,2,3"),
+        text.starts_with("node 2 (")
+            && text.contains("quorum yes")
+            && text.contains("members 1,2,3"),
         "{text}"
     );
 
@@ -421,7 +435,7 @@ async fn quorum_lost_and_regained_then_the_whole_cluster_restarted() {
     c.kill(0);
     c.kill(2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, text) = status(c.port(1));
+    let (code, text) = cluster_status(c.port(1));
     assert_eq!(code, Some(1), "no quorum now: {text}");
     assert!(text.contains("quorum no"), "{text}");
     for proto in [Protocol::V3_1_1, Protocol::V5] {
@@ -953,19 +967,8 @@ fn cluster_status_on_a_broker_that_is_no_node_says_so() {
     let _ = std::fs::remove_dir_all(&data);
     let port = free_port();
     let _broker = common::start_on_data(&data, port);
-    let out = petrel()
-        .args([
-            "cluster",
-            "status",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = cluster_status(port);
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("not a node of a cluster"), "{text}");
     drop(_broker);
     let _ = std::fs::remove_dir_all(&data);
