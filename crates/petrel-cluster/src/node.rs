@@ -610,8 +610,9 @@ async fn write_routes(inner: Arc<Inner>) {
 /// `state` (leader, follower, candidate, learner), `term` and `members`
 /// when they change; `quorum` (`yes` when new routes can be agreed: see
 /// [`Inner::available`]) when it changes, looked at twice a heartbeat
-/// timeout; `routes`, `forwarded`, `received` and `lost` every
-/// `sys_interval`.
+/// timeout; `routes` (how many node-filter pairs this node has applied)
+/// when it changes, looked at as often; `forwarded`, `received` and
+/// `lost` every `sys_interval`.
 async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
     let Some(broker) = inner.broker.get().cloned() else {
         return;
@@ -633,6 +634,7 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
     let mut quorum_tick =
         tokio::time::interval(Duration::from_millis(inner.config.heartbeat_ms.max(50)));
     let mut last_quorum: Option<bool> = None;
+    let mut last_routes: Option<usize> = None;
     loop {
         let now = {
             let m = metrics.borrow_and_update();
@@ -662,10 +664,16 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
                     publish("quorum", if q { "yes" } else { "no" }.into());
                     last_quorum = Some(q);
                 }
+                // The route count as soon as it changes, so whoever watches
+                // a node catch up sees when it has.
+                let routes = read(&inner.routes).len();
+                if last_routes != Some(routes) {
+                    publish("routes", routes.to_string());
+                    last_routes = Some(routes);
+                }
             }
             _ = tick.tick() => {
                 let c = &inner.counters;
-                publish("routes", read(&inner.routes).len().to_string());
                 publish("forwarded", c.forwarded.load(Ordering::Relaxed).to_string());
                 publish("received", c.received.load(Ordering::Relaxed).to_string());
                 publish("lost", c.lost.load(Ordering::Relaxed).to_string());
