@@ -60,7 +60,7 @@ pub use crate::core::engine::{
     Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
 
-pub use crate::core::peers::{Forwarded, Peers};
+pub use crate::core::peers::{Claim, Forwarded, Peers};
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{

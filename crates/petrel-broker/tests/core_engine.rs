@@ -15,10 +15,7 @@ use petrel_broker::core::auth::password::PasswordHash;
 use petrel_broker::{
     Broker, BrokerConfig, BuildError, CertificateIdentity, Client, Kick, Peer, Step,
 };
-use petrel_codec::{
-    Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode, Subscribe, Subscription,
-    SubscriptionOptions,
-};
+use petrel_codec::{Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode};
 use petrel_session::Message;
 use support::{filter, pid, temp_file, topic};
 
@@ -74,15 +71,8 @@ fn publish(c: &mut Client, t: &str, payload: &str) -> ReasonCode {
 }
 
 fn subscribe(c: &mut Client, f: &str) -> ReasonCode {
-    let s = Subscribe {
-        packet_id: pid(1),
-        properties: Default::default(),
-        subscriptions: vec![Subscription {
-            filter: filter(f),
-            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-        }],
-    };
-    c.subscribe(s, Instant::now()).reason_codes[0]
+    c.subscribe(support::subscribe_one(f), Instant::now())
+        .reason_codes[0]
 }
 
 /// The topics of the messages waiting for `c`.

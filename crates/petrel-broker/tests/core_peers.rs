@@ -13,10 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use petrel_broker::{Broker, Client, Commit, Forwarded, Peer, Peers, Step, Ticket};
-use petrel_codec::{
-    Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode, Subscribe, Subscription,
-    SubscriptionOptions, Unsubscribe,
-};
+use petrel_codec::{Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode, Unsubscribe};
 use petrel_session::{Message, SessionState};
 use support::{config, filter, pid, topic};
 
@@ -110,15 +107,8 @@ async fn client(b: &Broker, id: &str, proto: Protocol) -> Client {
 }
 
 fn subscribe(c: &mut Client, f: &str) -> ReasonCode {
-    let s = Subscribe {
-        packet_id: pid(1),
-        properties: Default::default(),
-        subscriptions: vec![Subscription {
-            filter: filter(f),
-            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-        }],
-    };
-    c.subscribe(s, Instant::now()).reason_codes[0]
+    c.subscribe(support::subscribe_one(f), Instant::now())
+        .reason_codes[0]
 }
 
 fn unsubscribe(c: &mut Client, f: &str) {

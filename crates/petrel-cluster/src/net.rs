@@ -67,6 +67,15 @@ pub(crate) enum Request {
     Applied(u64),
     /// A message published on the sending node, in the store's form.
     Forward(Vec<u8>),
+    /// The session of a client that connected to the receiving node, from
+    /// the node that had it (`None`: it had none, or it ended there).
+    Adopt {
+        /// The client id.
+        client: String,
+        /// The session, in [`petrel_broker::Broker::export_session`]'s
+        /// form.
+        session: Option<Vec<u8>>,
+    },
 }
 
 /// The answer.
@@ -75,8 +84,8 @@ pub(crate) enum Response {
     Append(AppendEntriesResponse<NodeId>),
     Vote(VoteResponse<NodeId>),
     Snapshot(InstallSnapshotResponse<NodeId>),
-    /// Committed at this log index.
-    Written(u64),
+    /// Committed at this log index, with what applying it answered.
+    Written(u64, crate::types::Applied),
     /// Not the leader; the leader, if known.
     NotLeader(Option<NodeId>),
     Done,

@@ -22,12 +22,15 @@ use petrel_broker::{Broker, Commit, Forwarded, Peers, Store, Ticket};
 use petrel_codec::QoS;
 use petrel_session::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+mod owners;
 
 use crate::net::{self, Frame, Link, Request, Response};
 use crate::store::{LogStore, StateMachine};
 use crate::sync::{lock, read};
-use crate::types::{Command, NodeId, Routes, TypeConfig};
+use crate::types::{Applied, Command, Move, NodeId, Routes, TypeConfig};
+use owners::{adopt, claim, hand_on, hand_on_held};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,13 @@ struct Inner {
     /// When each peer last answered this node's consensus messages or
     /// sent it its own.
     heard: Mutex<HashMap<NodeId, Instant>>,
+    /// CONNECTs here waiting for their session from the node that had it.
+    arrivals: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Sessions other nodes took from this one, to hand on.
+    moves_rx: Mutex<Option<mpsc::UnboundedReceiver<Move>>>,
+    /// Whether this node has caught up with the log since it started (its
+    /// routes and sessions written): claims applied before are replays.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -127,7 +137,7 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// Route changes not yet written, and who waits for them.
+/// Route and ownership changes not yet written, and who waits for them.
 #[derive(Debug, Default)]
 struct Changes {
     add: Vec<String>,
@@ -135,7 +145,21 @@ struct Changes {
     ticket: Option<Arc<Ticket>>,
     /// The node has (re)started: write all its routes first.
     reset: bool,
+    /// Sessions claimed (`Some(clean_start)`) and released (`None`), in
+    /// order.
+    owners: Vec<(String, Option<bool>)>,
+    /// Each claim's place in `owners`, and who waits for its previous
+    /// owner.
+    claims: Vec<(usize, Claimed)>,
+    /// Client ids of the ownership changes being written: until they are,
+    /// a claim of one of them goes through the log too (ordered after
+    /// them), and a release of one is written (it may be this node's by
+    /// then).
+    in_flight: std::collections::HashSet<String>,
 }
+
+/// Where a claim's previous owner goes.
+type Claimed = oneshot::Sender<Result<Option<NodeId>, String>>;
 
 /// A message for one peer.
 #[derive(Debug)]
@@ -192,12 +216,13 @@ impl Cluster {
             data.insert(id, tx);
             data_rx.push((id, rx));
         }
+        let (moves, moves_rx) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
                 me,
                 secret,
                 members,
-                routes: Arc::default(),
+                routes: Arc::new(RwLock::new(Routes::new(me, moves))),
                 control,
                 data,
                 data_rx: Mutex::new(data_rx),
@@ -211,6 +236,9 @@ impl Cluster {
                 counters: ClusterCounters::default(),
                 local_addr: OnceLock::new(),
                 heard: Mutex::default(),
+                arrivals: Mutex::default(),
+                moves_rx: Mutex::new(Some(moves_rx)),
+                caught_up: std::sync::atomic::AtomicBool::new(false),
                 config,
             }),
         })
@@ -262,6 +290,9 @@ impl Cluster {
             tokio::spawn(send_to(inner.clone(), id, rx));
         }
         tokio::spawn(write_routes(inner.clone()));
+        if let Some(rx) = lock(&inner.moves_rx).take() {
+            tokio::spawn(hand_on(inner.clone(), rx));
+        }
         tokio::spawn(report(inner.clone(), raft.clone()));
         if !raft
             .is_initialized()
@@ -324,6 +355,11 @@ impl Cluster {
         read(&self.inner.routes).len()
     }
 
+    /// The node that owns `client`'s session, as this node knows.
+    pub fn owner(&self, client: &str) -> Option<NodeId> {
+        read(&self.inner.routes).owner(client)
+    }
+
     /// The node's counters.
     pub fn counters(&self) -> &ClusterCounters {
         &self.inner.counters
@@ -362,6 +398,27 @@ impl Peers for Seam {
 
     fn available(&self) -> bool {
         self.0.available()
+    }
+
+    fn claim(&self, client_id: &str, clean_start: bool) -> petrel_broker::Claim {
+        let inner = self.0.clone();
+        let client = client_id.to_string();
+        Box::pin(async move { claim(inner, client, clean_start).await })
+    }
+
+    fn released(&self, client_id: &str) {
+        let mut c = lock(&self.0.changes);
+        // Only what is (or may be about to be) this node's: a session it
+        // never claimed (a client id the broker assigned) writes nothing.
+        let mine = c.in_flight.contains(client_id)
+            || c.owners.iter().any(|(x, _)| x == client_id)
+            || read(&self.0.routes).owner(client_id) == Some(self.0.me);
+        if !mine {
+            return;
+        }
+        c.owners.push((client_id.to_string(), None));
+        drop(c);
+        self.0.wake.notify_one();
     }
 
     fn forward(&self, message: &Message) -> Forwarded {
@@ -535,7 +592,11 @@ async fn write_routes(inner: Arc<Inner>) {
     loop {
         let pending = {
             let c = lock(&inner.changes);
-            c.reset || !c.add.is_empty() || !c.remove.is_empty() || c.ticket.is_some()
+            c.reset
+                || !c.add.is_empty()
+                || !c.remove.is_empty()
+                || c.ticket.is_some()
+                || !c.owners.is_empty()
         };
         if !pending {
             inner.wake.notified().await;
@@ -551,24 +612,30 @@ async fn write_routes(inner: Arc<Inner>) {
         // result.
         let reset = lock(&inner.changes).reset;
         let all = reset
-            .then(|| inner.broker.get().map(Broker::interests))
+            .then(|| inner.broker.get().map(|b| (b.interests(), b.session_ids())))
             .flatten();
-        let (add, remove, ticket) = {
+        let (add, remove, ticket, owners, mut claims) = {
             let mut c = lock(&inner.changes);
             if all.is_some() {
                 c.reset = false;
             }
+            let owners = std::mem::take(&mut c.owners);
+            c.in_flight = owners.iter().map(|(client, _)| client.clone()).collect();
             (
                 std::mem::take(&mut c.add),
                 std::mem::take(&mut c.remove),
                 c.ticket.take(),
+                owners,
+                std::mem::take(&mut c.claims),
             )
         };
+        let was_reset = all.is_some();
         let mut commands = Vec::new();
-        if let Some(filters) = all {
+        if let Some((filters, clients)) = all {
             commands.push(Command::Reset {
                 node: inner.me,
                 filters,
+                clients,
             });
         }
         if !add.is_empty() || !remove.is_empty() {
@@ -578,13 +645,27 @@ async fn write_routes(inner: Arc<Inner>) {
                 remove,
             });
         }
+        if !owners.is_empty() {
+            commands.push(Command::Owners {
+                node: inner.me,
+                ops: owners,
+            });
+        }
         let deadline = Instant::now() + Duration::from_secs(inner.config.route_timeout);
         let mut result = Ok(());
+        let mut answered = None;
         for command in commands {
+            let owners = matches!(command, Command::Owners { .. });
             match propose(&inner, raft, command, deadline).await {
-                Ok(index) => {
+                Ok((index, applied)) => {
                     inner.counters.route_writes.fetch_add(1, Ordering::Relaxed);
-                    everyone_applied(&inner, raft, index).await;
+                    if owners {
+                        // Claims wait for no other node: the node they
+                        // take a session from hears of it as it applies.
+                        answered = Some(applied);
+                    } else {
+                        everyone_applied(&inner, raft, index).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "route change not agreed");
@@ -594,6 +675,19 @@ async fn write_routes(inner: Arc<Inner>) {
                     break;
                 }
             }
+        }
+        lock(&inner.changes).in_flight.clear();
+        for (i, tx) in claims.drain(..) {
+            let _ = tx.send(match (&result, &answered) {
+                (Ok(()), Some(a)) => Ok(a.previous.get(i).copied().flatten()),
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), None) => Err("the claim was not written".into()),
+            });
+        }
+        if was_reset && result.is_ok() {
+            // Caught up to the log's end: sessions this node kept while
+            // another took them over go to their owners now.
+            tokio::spawn(hand_on_held(inner.clone()));
         }
         if let Some(t) = ticket {
             t.complete(result.clone());
@@ -688,7 +782,7 @@ async fn propose(
     raft: &Raft<TypeConfig>,
     command: Command,
     deadline: Instant,
-) -> Result<u64, String> {
+) -> Result<(u64, Applied), String> {
     let pause = Duration::from_millis(inner.config.heartbeat_ms.min(100));
     loop {
         if Instant::now() >= deadline {
@@ -697,7 +791,7 @@ async fn propose(
         let leader = raft.metrics().borrow().current_leader;
         match leader {
             Some(l) if l == inner.me => match raft.client_write(command.clone()).await {
-                Ok(r) => return Ok(r.log_id.index),
+                Ok(r) => return Ok((r.log_id.index, r.data)),
                 Err(e) => tracing::debug!(error = %e, "route write: not leader now"),
             },
             Some(l) => {
@@ -707,11 +801,11 @@ async fn propose(
                     let left = deadline
                         .saturating_duration_since(Instant::now())
                         .min(Duration::from_millis(inner.config.election_timeout_ms));
-                    if let Ok(Ok(Response::Written(i))) =
+                    if let Ok(Ok(Response::Written(i, applied))) =
                         tokio::time::timeout(left, link.call(Request::Write(command.clone()), left))
                             .await
                     {
-                        return Ok(i);
+                        return Ok((i, applied));
                     }
                 }
             }
@@ -809,17 +903,22 @@ async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
                     (_, None) => Err("not started".into()),
                 };
                 match commit {
-                    Ok(c) if c.succeeded() => answer(Response::Done),
+                    Ok(c) if c.succeeded() => answer(flushed(&inner)),
                     Ok(c) => {
+                        let inner = inner.clone();
                         tokio::spawn(async move {
                             match futures::future::poll_fn(|cx| c.poll(cx)).await {
-                                Ok(()) => answer(Response::Done),
+                                Ok(()) => answer(flushed(&inner)),
                                 Err(e) => answer(Response::Failed(e.to_string())),
                             }
                         });
                     }
                     Err(e) => answer(Response::Failed(e)),
                 }
+            }
+            Request::Adopt { client, session } => {
+                let inner = inner.clone();
+                tokio::spawn(async move { answer(adopt(&inner, from, client, session).await) });
             }
             request => {
                 if matches!(request, Request::Append(_) | Request::Vote(_)) {
@@ -831,6 +930,25 @@ async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
         }
     }
     writer.abort();
+}
+
+/// `Done` once what was committed to the broker's store is handed to the
+/// operating system (a store may keep commits in the process until
+/// then, as it does for its own clients until it sends them anything):
+/// the other node's acknowledgement then survives this one being killed.
+fn flushed(inner: &Inner) -> Response {
+    match inner
+        .broker
+        .get()
+        .and_then(Broker::store)
+        .map(|s| s.flush())
+    {
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the durable store could not be flushed");
+            Response::Failed(e.to_string())
+        }
+        _ => Response::Done,
+    }
 }
 
 /// The messages of a forwarding frame.
@@ -868,7 +986,7 @@ async fn consensus(raft: &Raft<TypeConfig>, request: Request) -> Response {
             .await
             .map_or_else(|e| Response::Failed(e.to_string()), Response::Snapshot),
         Request::Write(command) => match raft.client_write(command).await {
-            Ok(r) => Response::Written(r.log_id.index),
+            Ok(r) => Response::Written(r.log_id.index, r.data),
             Err(e) => match e.forward_to_leader() {
                 Some(f) => Response::NotLeader(f.leader_id),
                 None => Response::Failed(e.to_string()),
@@ -885,7 +1003,9 @@ async fn consensus(raft: &Raft<TypeConfig>, request: Request) -> Response {
                 Err(e) => Response::Failed(e.to_string()),
             }
         }
-        Request::Forward(_) => Response::Failed("not a consensus request".into()),
+        Request::Forward(_) | Request::Adopt { .. } => {
+            Response::Failed("not a consensus request".into())
+        }
     }
 }
 

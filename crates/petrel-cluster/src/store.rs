@@ -320,7 +320,7 @@ impl StateMachine {
         let data: SnapshotData = decode(&s.data)?;
         // Both under the routes' lock, as `apply` changes them.
         let mut routes = write_lock(&self.routes);
-        *routes = Routes::from_snapshot(data.routes);
+        routes.load_snapshot(data);
         let mut applied = lock(&self.applied);
         applied.last = s.meta.last_log_id;
         applied.membership = s.meta.last_membership.clone();
@@ -390,7 +390,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let a = lock(&self.applied);
             (routes.to_snapshot(), a.last, a.membership.clone())
         };
-        let data = encode(&SnapshotData { routes });
+        let data = encode(&routes);
         let n = self
             .snapshot_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -440,12 +440,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => routes.apply(command),
+                EntryPayload::Normal(command) => {
+                    out.push(routes.apply(command));
+                    continue;
+                }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 }
             }
-            out.push(Applied);
+            out.push(Applied::default());
         }
         Ok(out)
     }

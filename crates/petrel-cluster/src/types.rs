@@ -1,12 +1,13 @@
 //! What the nodes agree on through openraft: the commands of the log and
 //! the state they build.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Cursor;
 
 use petrel_broker::SubscriptionTree;
 use petrel_codec::TopicFilter;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 /// A node's number, unique in its cluster (`node_id` in `[cluster]`).
 pub type NodeId = u64;
@@ -37,31 +38,130 @@ pub enum Command {
     },
     /// Node `node` wants exactly `filters`: what it writes when it starts
     /// (or finds its routes out of date), replacing whatever the cluster
-    /// held for it.
+    /// held for it. It holds the sessions of `clients`: those the cluster
+    /// gives no owner become its own, and a session it owned and holds
+    /// no longer (it ended while the node was down) has no owner.
     Reset {
         /// The node.
         node: NodeId,
         /// Every filter it wants.
         filters: Vec<String>,
+        /// The client ids of the sessions it holds.
+        clients: Vec<String>,
+    },
+    /// Session ownership on node `node`, in the order it happened: each a
+    /// client id with `Some(clean_start)` for a CONNECT there (the node
+    /// now owns the session: the one that had it hands it on, or ends it
+    /// with Clean Start), or `None` for a session that ended there (no
+    /// longer its own, if it still was).
+    Owners {
+        /// The node.
+        node: NodeId,
+        /// Claims and releases, in order.
+        ops: Vec<(String, Option<bool>)>,
     },
 }
 
-/// What applying a command answers: nothing beyond its being applied.
+/// What applying a command answers: for [`Command::Owners`], each
+/// operation's previous owner, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied;
+pub struct Applied {
+    /// The owner before each operation.
+    pub previous: Vec<Option<NodeId>>,
+}
+
+/// A session to hand on: node `to` took over `client`'s session from
+/// this node (`clean`: with Clean Start, so it ends here instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The client id.
+    pub client: String,
+    /// Its new node.
+    pub to: NodeId,
+    /// Whether the session ends rather than moves.
+    pub clean: bool,
+}
 
 /// The routes: which node wants which filter. Kept as the filters by node
 /// (what snapshots hold) and as a subscription tree, to find the nodes a
 /// topic goes to in one walk.
+/// Beside them, each session's owner, and what this node must hand on.
 #[derive(Debug, Default)]
 pub struct Routes {
     by_node: BTreeMap<NodeId, BTreeSet<String>>,
     tree: SubscriptionTree<NodeId, ()>,
+    owners: HashMap<String, NodeId>,
+    /// This node, and where it hears of sessions taken from it.
+    moves: Option<(NodeId, mpsc::UnboundedSender<Move>)>,
 }
 
 impl Routes {
-    /// Apply one command.
-    pub fn apply(&mut self, command: &Command) {
+    /// Routes for node `me`, which hears on `moves` of sessions other
+    /// nodes take from it.
+    pub fn new(me: NodeId, moves: mpsc::UnboundedSender<Move>) -> Self {
+        Self {
+            moves: Some((me, moves)),
+            ..Self::default()
+        }
+    }
+
+    /// The node that owns `client`'s session, if one does.
+    pub fn owner(&self, client: &str) -> Option<NodeId> {
+        self.owners.get(client).copied()
+    }
+
+    /// How many sessions have an owner.
+    pub fn owned(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Apply one command: what it answers.
+    pub fn apply(&mut self, command: &Command) -> Applied {
+        let mut applied = Applied::default();
+        match command {
+            Command::Owners { node, ops } => {
+                for (client, claim) in ops {
+                    let previous = match claim {
+                        Some(clean) => {
+                            let previous = self.owners.insert(client.clone(), *node);
+                            if let Some((me, tx)) = &self.moves {
+                                if previous == Some(*me) && *node != *me {
+                                    let _ = tx.send(Move {
+                                        client: client.clone(),
+                                        to: *node,
+                                        clean: *clean,
+                                    });
+                                }
+                            }
+                            previous
+                        }
+                        None => {
+                            let previous = self.owners.get(client).copied();
+                            if previous == Some(*node) {
+                                self.owners.remove(client);
+                            }
+                            previous
+                        }
+                    };
+                    applied.previous.push(previous);
+                }
+                return applied;
+            }
+            Command::Reset { node, clients, .. } => {
+                let holds: HashSet<&str> = clients.iter().map(String::as_str).collect();
+                self.owners
+                    .retain(|c, n| *n != *node || holds.contains(c.as_str()));
+                for c in clients {
+                    self.owners.entry(c.clone()).or_insert(*node);
+                }
+            }
+            Command::Routes { .. } => {}
+        }
+        self.apply_routes(command);
+        applied
+    }
+
+    fn apply_routes(&mut self, command: &Command) {
         match command {
             Command::Routes { node, add, remove } => {
                 for f in add {
@@ -71,7 +171,7 @@ impl Routes {
                     self.remove(*node, f);
                 }
             }
-            Command::Reset { node, filters } => {
+            Command::Reset { node, filters, .. } => {
                 let old: Vec<String> = self
                     .by_node
                     .get(node)
@@ -84,6 +184,7 @@ impl Routes {
                     self.add(*node, f);
                 }
             }
+            Command::Owners { .. } => {}
         }
     }
 
@@ -161,20 +262,28 @@ impl Routes {
         self.by_node.is_empty()
     }
 
-    /// The routes as a snapshot holds them.
-    pub fn to_snapshot(&self) -> BTreeMap<NodeId, BTreeSet<String>> {
-        self.by_node.clone()
+    /// The routes and owners as a snapshot holds them.
+    pub(crate) fn to_snapshot(&self) -> SnapshotData {
+        SnapshotData {
+            routes: self.by_node.clone(),
+            owners: self.owners.iter().map(|(c, n)| (c.clone(), *n)).collect(),
+        }
     }
 
-    /// The routes a snapshot held.
-    pub fn from_snapshot(by_node: BTreeMap<NodeId, BTreeSet<String>>) -> Self {
-        let mut r = Self::default();
-        for (node, filters) in by_node {
+    /// Replace the routes and owners with what a snapshot held (this node,
+    /// and where it hears of moves, stay).
+    pub(crate) fn load_snapshot(&mut self, data: SnapshotData) {
+        let moves = self.moves.take();
+        *self = Self {
+            moves,
+            owners: data.owners.into_iter().collect(),
+            ..Self::default()
+        };
+        for (node, filters) in data.routes {
             for f in filters {
-                r.add(node, &f);
+                self.add(node, &f);
             }
         }
-        r
     }
 }
 
@@ -199,6 +308,7 @@ fn route_filter(filter: &str) -> Option<TopicFilter> {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct SnapshotData {
     pub(crate) routes: BTreeMap<NodeId, BTreeSet<String>>,
+    pub(crate) owners: BTreeMap<String, NodeId>,
 }
 
 /// The data type openraft moves snapshots in.
@@ -260,14 +370,106 @@ mod tests {
         r.apply(&Command::Reset {
             node: 2,
             filters: vec!["keep".into(), "new/+".into()],
+            clients: vec![],
         });
         assert_eq!(r.of(2), ["keep", "new/+"]);
         assert!(r.nodes_for("old/x", 1).is_empty());
         assert_eq!(r.nodes_for("new/x", 1), [2]);
         assert_eq!(r.len(), 3);
-        let back = Routes::from_snapshot(r.to_snapshot());
+        let mut back = Routes::default();
+        back.load_snapshot(r.to_snapshot());
         assert_eq!(back.of(2), r.of(2));
         assert_eq!(back.of(3), ["other"]);
         assert_eq!(back.nodes_for("new/x", 1), [2]);
+    }
+
+    fn owners(node: NodeId, ops: &[(&str, Option<bool>)]) -> Command {
+        Command::Owners {
+            node,
+            ops: ops.iter().map(|(c, o)| (c.to_string(), *o)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_claim_answers_the_previous_owner_and_tells_it_to_hand_the_session_on() {
+        let (tx, mut moves) = mpsc::unbounded_channel();
+        // Node 1's view.
+        let mut r = Routes::new(1, tx);
+        let a = r.apply(&owners(1, &[("c1", Some(false)), ("c2", Some(false))]));
+        assert_eq!(a.previous, [None, None]);
+        assert!(moves.try_recv().is_err(), "its own claims move nothing");
+        // Node 2 takes c1 over (keeping it), node 3 takes c2 with Clean Start.
+        let a = r.apply(&owners(2, &[("c1", Some(false))]));
+        assert_eq!(a.previous, [Some(1)]);
+        let a = r.apply(&owners(3, &[("c2", Some(true))]));
+        assert_eq!(a.previous, [Some(1)]);
+        let got: Vec<Move> = std::iter::from_fn(|| moves.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            [
+                Move {
+                    client: "c1".into(),
+                    to: 2,
+                    clean: false
+                },
+                Move {
+                    client: "c2".into(),
+                    to: 3,
+                    clean: true
+                }
+            ]
+        );
+        // Between two others: nothing for node 1 to do.
+        r.apply(&owners(3, &[("c1", Some(false))]));
+        assert!(moves.try_recv().is_err());
+        assert_eq!(r.owner("c1"), Some(3));
+    }
+
+    #[test]
+    fn a_release_frees_only_a_session_the_node_still_owns() {
+        let mut r = Routes::default();
+        r.apply(&owners(1, &[("c", Some(false))]));
+        r.apply(&owners(2, &[("c", Some(false))]));
+        // Node 1's release, written after node 2's claim: not node 1's now.
+        let a = r.apply(&owners(1, &[("c", None)]));
+        assert_eq!(a.previous, [Some(2)]);
+        assert_eq!(r.owner("c"), Some(2));
+        // The control: node 2's own release frees it.
+        r.apply(&owners(2, &[("c", None)]));
+        assert_eq!(r.owner("c"), None);
+        assert_eq!(r.owned(), 0);
+        // A claim and a release in one batch apply in order.
+        r.apply(&owners(
+            1,
+            &[
+                ("d", Some(false)),
+                ("d", None),
+                ("e", None),
+                ("e", Some(true)),
+            ],
+        ));
+        assert_eq!((r.owner("d"), r.owner("e")), (None, Some(1)));
+    }
+
+    #[test]
+    fn a_reset_keeps_the_sessions_a_node_holds_and_a_snapshot_keeps_owners() {
+        let mut r = Routes::default();
+        r.apply(&owners(1, &[("gone", Some(false)), ("kept", Some(false))]));
+        r.apply(&owners(2, &[("theirs", Some(false))]));
+        // Node 1 restarted holding `kept`, `theirs` (taken over while it was
+        // down) and `unowned`.
+        r.apply(&Command::Reset {
+            node: 1,
+            filters: vec![],
+            clients: vec!["kept".into(), "theirs".into(), "unowned".into()],
+        });
+        assert_eq!(r.owner("gone"), None, "it ended with the node");
+        assert_eq!(r.owner("kept"), Some(1));
+        assert_eq!(r.owner("theirs"), Some(2), "a reset claims nothing taken");
+        assert_eq!(r.owner("unowned"), Some(1));
+        let mut back = Routes::default();
+        back.load_snapshot(r.to_snapshot());
+        assert_eq!(back.owner("theirs"), Some(2));
+        assert_eq!(back.owned(), 3);
     }
 }

@@ -37,7 +37,9 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.process = None;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("PETREL_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -411,6 +413,14 @@ async fn quorum_lost_and_regained_then_the_whole_cluster_restarted() {
         .await
         .unwrap();
     publ.disconnect().await.unwrap();
+    // Clients whose sessions node 2 keeps (so it owns them), and clients
+    // whose sessions node 1 keeps.
+    for proto in [Protocol::V3_1_1, Protocol::V5] {
+        let (c2, _) = client(persistent(c.port(1), proto, &format!("alone-{proto:?}"))).await;
+        c2.disconnect().await.unwrap();
+        let (c1, _) = client(persistent(c.port(0), proto, &format!("away-{proto:?}"))).await;
+        c1.disconnect().await.unwrap();
+    }
 
     // `petrel cluster status` on node 2: it follows or leads, with a
     // quorum (exit 0). Its view is looked at every heartbeat, and a leader
@@ -439,7 +449,21 @@ async fn quorum_lost_and_regained_then_the_whole_cluster_restarted() {
     assert_eq!(code, Some(1), "no quorum now: {text}");
     assert!(text.contains("quorum no"), "{text}");
     for proto in [Protocol::V3_1_1, Protocol::V5] {
-        let (alone, _) = client(options(c.port(1), proto, "alone")).await;
+        // A client whose session node 1 has: node 2 can't take it over
+        // without a majority (5.0 0x88, 3.1.1 return code 3).
+        let stranger = connect(persistent(c.port(1), proto, &format!("away-{proto:?}"))).await;
+        assert!(
+            matches!(
+                stranger,
+                Err(petrel_client::ClientError::Refused(
+                    petrel_client::ReasonCode::SERVER_UNAVAILABLE
+                ))
+            ),
+            "{proto:?}: {:?}",
+            stranger.map(|_| ())
+        );
+        // The control: one whose session node 2 owns is let in.
+        let (alone, _) = client(persistent(c.port(1), proto, &format!("alone-{proto:?}"))).await;
         let refused = alone.subscribe("fresh/#", QoS::AtLeastOnce).await.unwrap();
         assert!(
             refused.reason_codes[0].is_error(),
@@ -976,4 +1000,138 @@ fn cluster_status_on_a_broker_that_is_no_node_says_so() {
     assert!(text.contains("not a node of a cluster"), "{text}");
     drop(_broker);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A persistent client that never reconnects on its own (the test moves it).
+fn mover(port: u16, id: &str) -> ConnectOptions {
+    let mut o = persistent(port, Protocol::V5, id);
+    o.reconnect.enabled = false;
+    o
+}
+
+fn session_present(c: &Client) -> bool {
+    matches!(
+        c.status(),
+        petrel_client::Status::Connected {
+            session_present: true
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_follows_its_client_to_another_node() {
+    let c = Cluster::start("move", 3);
+    c.leader(&[0, 1, 2], None).await;
+    let (publ, _) = client(options(c.port(2), Protocol::V5, "move-pub")).await;
+
+    // Subscribed on node 1, then away: what is published meanwhile waits
+    // in its session there.
+    let (a, _) = client(mover(c.port(0), "move-c")).await;
+    assert!(!session_present(&a));
+    a.subscribe("move/#", QoS::AtLeastOnce).await.unwrap();
+    a.disconnect().await.unwrap();
+    for i in 0..5 {
+        publ.publish_to("move/x", format!("queued {i}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+
+    // Back on node 2: the session came along, queue and subscription.
+    let asked = Instant::now();
+    let (b, mut inbox) = client(mover(c.port(1), "move-c")).await;
+    eprintln!("a takeover from another node took {:?}", asked.elapsed());
+    assert!(session_present(&b), "{:?}", b.status());
+    for i in 0..5 {
+        assert_eq!(next(&mut inbox).await, Some(format!("queued {i}")));
+    }
+    // Routed to its new node: published anywhere, it arrives.
+    publ.publish_to("move/x", "after", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("after"));
+
+    // Taken over while connected: the old connection is closed (0x8E)
+    // and the new one resumes.
+    let (d, mut inbox3) = client(mover(c.port(2), "move-c")).await;
+    assert!(session_present(&d));
+    let closed =
+        tokio::time::timeout(WAIT, b.wait_for(|s| *s == petrel_client::Status::Closed)).await;
+    assert!(
+        closed.is_ok(),
+        "the node 2 connection stayed: {:?}",
+        b.status()
+    );
+    publ.publish_to("move/x", "on node 3", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox3).await.as_deref(), Some("on node 3"));
+
+    // With Clean Start elsewhere the session ends: nothing comes back.
+    d.disconnect().await.unwrap();
+    publ.publish_to("move/x", "dropped", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut o = mover(c.port(0), "move-c");
+    o.clean_start = true;
+    let (e, mut inbox4) = client(o).await;
+    assert!(!session_present(&e));
+    e.subscribe("move/#", QoS::AtLeastOnce).await.unwrap();
+    publ.publish_to("move/x", "fresh", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // The control shows the inbox works; what the ended session held is
+    // not in it.
+    assert_eq!(next(&mut inbox4).await.as_deref(), Some("fresh"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_session_reaches_its_client_elsewhere_once_it_restarts() {
+    let mut c = Cluster::start("dead-owner", 3);
+    c.leader(&[0, 1, 2], None).await;
+    // Subscribed on node 1 and away; three messages wait there, stored.
+    let (a, _) = client(mover(c.port(0), "orphan")).await;
+    a.subscribe("orphan/#", QoS::AtLeastOnce).await.unwrap();
+    a.disconnect().await.unwrap();
+    let (publ, _) = client(options(c.port(2), Protocol::V5, "orphan-pub")).await;
+    for i in 0..3 {
+        publ.publish_to("orphan/x", format!("kept {i}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    c.kill(0);
+    // The client goes to node 2 meanwhile: accepted, without its session
+    // (node 1 can't hand it on), and subscribes again.
+    let asked = Instant::now();
+    let (b, mut inbox) = client(mover(c.port(1), "orphan")).await;
+    eprintln!(
+        "a takeover from a dead node answered after {:?}",
+        asked.elapsed()
+    );
+    assert!(!session_present(&b));
+    b.subscribe("orphan/#", QoS::AtLeastOnce).await.unwrap();
+    publ.publish_to("orphan/x", "meanwhile", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("meanwhile"));
+    // Node 1 back: it hands the session on, and its messages reach the
+    // client on node 2.
+    c.up(0);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut inbox).await);
+    }
+    assert_eq!(
+        got,
+        (0..3)
+            .map(|i| Some(format!("kept {i}")))
+            .collect::<Vec<_>>()
+    );
+    // Handed on once: a restart of node 1 brings nothing again.
+    c.kill(0);
+    c.up(0);
+    c.leader(&[0, 1, 2], None).await;
+    publ.publish_to("orphan/x", "last", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("last"));
 }

@@ -18,10 +18,16 @@
 //! never forwards it again: messages cross the cluster at most one hop.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use petrel_session::Message;
 
 use super::store::Commit;
+
+/// What a [`Peers::claim`] answers, once the session is this node's: an
+/// error refuses the CONNECT.
+pub type Claim = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// What a [`Peers::forward`] did with a message.
 #[derive(Debug, Default)]
@@ -56,5 +62,23 @@ pub trait Peers: Send + Sync + fmt::Debug + 'static {
     /// node routes already are granted.
     fn available(&self) -> bool {
         true
+    }
+
+    /// A CONNECT for `client_id` was authenticated on this node: make this
+    /// node the owner of its session, bringing the session here (with
+    /// [`Broker::import_session`](crate::Broker::import_session)) from the
+    /// node that had it, or ending it there with `clean_start`. The
+    /// CONNECT waits for the answer; an error refuses it (0x88 Server
+    /// unavailable; 3.1.1: 0x03), as when the cluster can't agree.
+    fn claim(&self, client_id: &str, clean_start: bool) -> Claim {
+        let _ = (client_id, clean_start);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The session of `client_id` ended on this node (its connection
+    /// closed with no expiry, it expired, or it was discarded): this node
+    /// no longer owns it. Not called for a session that moved away.
+    fn released(&self, client_id: &str) {
+        let _ = client_id;
     }
 }

@@ -632,6 +632,23 @@ impl SessionKey {
         }
     }
 
+    /// Queue messages brought from elsewhere (a session moved from another
+    /// node, merged into this one), after those waiting, whatever the
+    /// overflow policy (they were within another node's bounds), with
+    /// their sequence numbers in the durable store (0 if none).
+    pub(crate) fn append_queue(&self, messages: Vec<(Message, Instant, u64)>) {
+        let mut mb = self.mailbox();
+        let wake = mb.is_empty();
+        for (message, at, seq) in messages {
+            mb.add(Queued::restored(message, at, seq), false);
+        }
+        let waker = (wake && !mb.is_empty()).then(|| mb.arrived()).flatten();
+        drop(mb);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// The session ended: drop what waits and refuse more.
     pub(crate) fn end(&self) {
         let mut mb = self.mailbox();

@@ -104,6 +104,22 @@ pub fn child_key(client_id: &str, suffix: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The operations that remove `client_id`'s session, and every entry of
+/// it, from the store.
+pub fn session_delete_ops(client_id: &str) -> Vec<Op> {
+    let mut ops: Vec<Op> = Table::SESSION_CHILDREN
+        .iter()
+        .map(|&table| Op::DeletePrefix {
+            table,
+            prefix: child_key(client_id, &[]),
+        })
+        .collect();
+    ops.push(Op::Delete {
+        table: Table::Sessions,
+        key: client_id.as_bytes().to_vec(),
+    });
+    ops
+}
 /// Split a [`child_key`] into the client id and the suffix.
 pub fn split_child_key(key: &[u8]) -> Option<(&str, &[u8])> {
     let at = key.iter().position(|&b| b == 0)?;

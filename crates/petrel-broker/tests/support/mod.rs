@@ -84,6 +84,19 @@ pub fn filter(s: &str) -> TopicFilter {
     TopicFilter::try_from(s).unwrap()
 }
 
+/// A SUBSCRIBE of one filter at QoS 1, as an engine test hands it to a
+/// [`petrel_broker::Client`] (no wire in between).
+pub fn subscribe_one(f: &str) -> Subscribe {
+    Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        subscriptions: vec![Subscription {
+            filter: filter(f),
+            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+        }],
+    }
+}
+
 pub fn pid(n: u16) -> PacketId {
     PacketId::new(n).unwrap()
 }

@@ -20,13 +20,67 @@ use crate::core::queue::{detach, SessionKey, QOS2};
 use crate::core::router::Subscription;
 use crate::core::sessions::{Connected, ConnectionId, Handover, Released, NEVER};
 use crate::core::store::{
-    child_key, decode_delivery, decode_message, decode_subscription, decode_will, encode_will,
-    split_child_key, Op, Store, StoredSession, Table,
+    decode_delivery, decode_message, decode_subscription, decode_will, encode_will,
+    session_delete_ops, split_child_key, Commit, Op, Store, StoredSession, Table,
 };
 use crate::stats::Stats;
 
 /// A table's entries, by the client id of their session.
 type ById = HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// One session's entries in the tables after its own record (keys as
+/// stored: [`child_key`]).
+#[derive(Clone, Default)]
+pub(super) struct SessionEntries {
+    pub(super) subscriptions: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) queue: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) delivery: HashMap<Vec<u8>, Vec<u8>>,
+    pub(super) incoming: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What became of a stored session read back.
+pub(super) enum Restored {
+    /// Its expiry passed while it was away: its entries are to go.
+    Gone,
+    /// A connection holds a session of that client id already.
+    Held,
+    /// Back, detached, with its subscriptions and messages; the commit
+    /// is when the cluster (if any) routes its subscriptions here.
+    Back(Commit),
+}
+
+/// `e`, naming the entry of `table` at `key` that could not be read.
+fn named(table: Table, key: &[u8], e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{} entry {:?} can't be read: {e}",
+            table.name(),
+            String::from_utf8_lossy(key)
+        ),
+    )
+}
+
+/// A stored subscription (its key in [`Table::Subscriptions`] and its
+/// value) as the router takes it, for a session of `access`.
+pub(super) fn stored_subscription(
+    access: &Access,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<(TopicFilter, Subscription)> {
+    let filter = split_child_key(key)
+        .and_then(|(_, f)| std::str::from_utf8(f).ok())
+        .and_then(|f| TopicFilter::try_from(f).ok())
+        .ok_or_else(|| named(Table::Subscriptions, key, io::Error::other("bad filter")))?;
+    let (options, identifier) =
+        decode_subscription(value).map_err(|e| named(Table::Subscriptions, key, e))?;
+    let subscription = Subscription {
+        options,
+        identifier: identifier.and_then(SubscriptionId::new),
+        authorize: !access.receives_all(filter.as_str()),
+    };
+    Ok((filter, subscription))
+}
 
 /// Wall-clock milliseconds since the epoch.
 pub(super) fn now_millis() -> u64 {
@@ -371,6 +425,9 @@ impl Engine {
         key.end();
         self.unstore(client_id, key);
         due.extend(self.will_ended(core, client_id));
+        if let Some(p) = &self.peers {
+            p.released(client_id);
+        }
     }
 
     /// `client_id`'s session ended: its waiting will, due now, leaves the
@@ -421,18 +478,7 @@ impl Engine {
             return;
         }
         key.set_stored(false, 0);
-        let mut ops: Vec<Op> = Table::SESSION_CHILDREN
-            .iter()
-            .map(|&table| Op::DeletePrefix {
-                table,
-                prefix: child_key(client_id, &[]),
-            })
-            .collect();
-        ops.push(Op::Delete {
-            table: Table::Sessions,
-            key: client_id.as_bytes().to_vec(),
-        });
-        self.write(ops);
+        self.write(session_delete_ops(client_id));
     }
 
     /// Expire sessions and publish wills that are due.
@@ -494,16 +540,6 @@ impl Engine {
         let now = Instant::now();
         let wall = SystemTime::now();
         let wall_ms = now_millis();
-        let named = |table: Table, key: &[u8], e: io::Error| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "{} entry {:?} can't be read: {e}",
-                    table.name(),
-                    String::from_utf8_lossy(key)
-                ),
-            )
-        };
         // Each session's entries, by client id.
         let mut children: HashMap<Table, ById> = HashMap::new();
         for table in Table::SESSION_CHILDREN {
@@ -529,112 +565,19 @@ impl Engine {
                 .to_string();
             let record =
                 StoredSession::decode(&value).map_err(|e| named(Table::Sessions, &id_bytes, e))?;
-            let subscriptions = take(&mut children, Table::Subscriptions, &id);
-            let queue = take(&mut children, Table::Queue, &id);
-            let delivery: HashMap<Vec<u8>, Vec<u8>> = take(&mut children, Table::Delivery, &id)
-                .into_iter()
-                .collect();
-            let incoming = take(&mut children, Table::Incoming, &id);
-            let expires_at = if record.expiry == NEVER {
-                None
-            } else {
-                let since = record.detached.unwrap_or(wall_ms);
-                let down = wall_ms.saturating_sub(since) / 1000;
-                if down >= u64::from(record.expiry) {
-                    gone.push(id);
-                    continue;
-                }
-                Some(now + Duration::from_secs(u64::from(record.expiry) - down))
+            let entries = SessionEntries {
+                subscriptions: take(&mut children, Table::Subscriptions, &id),
+                queue: take(&mut children, Table::Queue, &id),
+                delivery: take(&mut children, Table::Delivery, &id)
+                    .into_iter()
+                    .collect(),
+                incoming: take(&mut children, Table::Incoming, &id),
             };
-            let mut state = SessionState::new();
-            let mut queued = Vec::new();
-            let mut delivering = Vec::new();
-            let mut expired = Vec::new();
-            let mut last_seq = 0;
-            for (key, value) in queue {
-                let seq = split_child_key(&key)
-                    .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| {
-                        named(Table::Queue, &key, io::Error::other("bad sequence number"))
-                    })?;
-                last_seq = last_seq.max(seq);
-                let (mut message, at) =
-                    decode_message(&value, now, wall).map_err(|e| named(Table::Queue, &key, e))?;
-                if let Some(interval) = message.properties.message_expiry_interval() {
-                    let waited = now.saturating_duration_since(at).as_secs();
-                    if waited >= u64::from(interval) {
-                        expired.push(key);
-                        continue;
-                    }
-                    let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
-                    message.properties.set_message_expiry_interval(Some(left));
-                }
-                match delivery.get(&key) {
-                    Some(d) => {
-                        let (pid, released) =
-                            decode_delivery(d).map_err(|e| named(Table::Delivery, &key, e))?;
-                        match state.restore_outgoing(now, pid, message.clone(), released) {
-                            Some(mid) => delivering.push((mid, seq)),
-                            None => queued.push((message, now, seq)),
-                        }
-                    }
-                    None => queued.push((message, at, seq)),
-                }
+            match self.restore_entries(&id, record, entries, now, wall, wall_ms)? {
+                Restored::Gone => gone.push(id),
+                Restored::Held => {}
+                Restored::Back(_) => restored += 1,
             }
-            for (key, _) in incoming {
-                let pid = split_child_key(&key)
-                    .and_then(|(_, s)| <[u8; 2]>::try_from(s).ok())
-                    .map(u16::from_be_bytes)
-                    .ok_or_else(|| {
-                        named(
-                            Table::Incoming,
-                            &key,
-                            io::Error::other("bad packet identifier"),
-                        )
-                    })?;
-                state.restore_incoming(pid);
-            }
-            let owner = record.owner.map(Arc::from);
-            let Some(key) = self.restore_session(&id, owner, state, record.expiry, expires_at)
-            else {
-                continue;
-            };
-            key.set_stored(true, last_seq + 1);
-            for (mid, seq) in delivering {
-                key.delivering(mid.0, seq | QOS2);
-            }
-            key.restore_queue(queued);
-            let access = key.access();
-            for (k, v) in subscriptions {
-                let filter = split_child_key(&k)
-                    .and_then(|(_, f)| std::str::from_utf8(f).ok())
-                    .and_then(|f| TopicFilter::try_from(f).ok())
-                    .ok_or_else(|| {
-                        named(Table::Subscriptions, &k, io::Error::other("bad filter"))
-                    })?;
-                let (options, identifier) =
-                    decode_subscription(&v).map_err(|e| named(Table::Subscriptions, &k, e))?;
-                let subscription = Subscription {
-                    options,
-                    identifier: identifier.and_then(SubscriptionId::new),
-                    authorize: !access.receives_all(filter.as_str()),
-                };
-                // Given before: charged, never refused.
-                self.subscribe_within(&key, &filter, subscription, false);
-            }
-            if !expired.is_empty() {
-                self.write(
-                    expired
-                        .into_iter()
-                        .map(|key| Op::Delete {
-                            table: Table::Queue,
-                            key,
-                        })
-                        .collect(),
-                );
-            }
-            restored += 1;
         }
         // Wills waiting for their delay: due when they were, or at once if
         // that passed while the broker was down.
@@ -655,21 +598,120 @@ impl Engine {
             .cloned()
             .chain(children.values().flat_map(|m| m.keys().cloned()))
         {
-            for table in Table::SESSION_CHILDREN {
-                ops.push(Op::DeletePrefix {
-                    table,
-                    prefix: child_key(&id, &[]),
-                });
-            }
-            ops.push(Op::Delete {
-                table: Table::Sessions,
-                key: id.into_bytes(),
-            });
+            ops.extend(session_delete_ops(&id));
         }
         if !ops.is_empty() {
             store.commit(ops)?;
         }
         Ok(restored)
+    }
+
+    /// Recreate session `id` from its stored `record` and `entries` (see
+    /// [`Engine::restore_sessions`]); what became of it.
+    pub(super) fn restore_entries(
+        &self,
+        id: &str,
+        record: StoredSession,
+        entries: SessionEntries,
+        now: Instant,
+        wall: SystemTime,
+        wall_ms: u64,
+    ) -> io::Result<Restored> {
+        let SessionEntries {
+            subscriptions,
+            queue,
+            delivery,
+            incoming,
+        } = entries;
+        let expires_at = if record.expiry == NEVER {
+            None
+        } else {
+            let since = record.detached.unwrap_or(wall_ms);
+            let down = wall_ms.saturating_sub(since) / 1000;
+            if down >= u64::from(record.expiry) {
+                return Ok(Restored::Gone);
+            }
+            Some(now + Duration::from_secs(u64::from(record.expiry) - down))
+        };
+        let mut state = SessionState::new();
+        let mut queued = Vec::new();
+        let mut delivering = Vec::new();
+        let mut expired = Vec::new();
+        let mut last_seq = 0;
+        for (key, value) in queue {
+            let seq = split_child_key(&key)
+                .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| {
+                    named(Table::Queue, &key, io::Error::other("bad sequence number"))
+                })?;
+            last_seq = last_seq.max(seq);
+            let (mut message, at) =
+                decode_message(&value, now, wall).map_err(|e| named(Table::Queue, &key, e))?;
+            if let Some(interval) = message.properties.message_expiry_interval() {
+                let waited = now.saturating_duration_since(at).as_secs();
+                if waited >= u64::from(interval) {
+                    expired.push(key);
+                    continue;
+                }
+                let left = u32::try_from(u64::from(interval) - waited).unwrap_or(interval);
+                message.properties.set_message_expiry_interval(Some(left));
+            }
+            match delivery.get(&key) {
+                Some(d) => {
+                    let (pid, released) =
+                        decode_delivery(d).map_err(|e| named(Table::Delivery, &key, e))?;
+                    match state.restore_outgoing(now, pid, message.clone(), released) {
+                        Some(mid) => delivering.push((mid, seq)),
+                        None => queued.push((message, now, seq)),
+                    }
+                }
+                None => queued.push((message, at, seq)),
+            }
+        }
+        for (key, _) in incoming {
+            let pid = split_child_key(&key)
+                .and_then(|(_, s)| <[u8; 2]>::try_from(s).ok())
+                .map(u16::from_be_bytes)
+                .ok_or_else(|| {
+                    named(
+                        Table::Incoming,
+                        &key,
+                        io::Error::other("bad packet identifier"),
+                    )
+                })?;
+            state.restore_incoming(pid);
+        }
+        let owner = record.owner.map(Arc::from);
+        let Some(key) = self.restore_session(id, owner, state, record.expiry, expires_at) else {
+            return Ok(Restored::Held);
+        };
+        key.set_stored(true, last_seq + 1);
+        for (mid, seq) in delivering {
+            key.delivering(mid.0, seq | QOS2);
+        }
+        key.restore_queue(queued);
+        let mut routed = Commit::done();
+        let access = key.access();
+        for (k, v) in subscriptions {
+            let (filter, subscription) = stored_subscription(&access, &k, &v)?;
+            // Given before: charged, never refused.
+            if let Some((_, c)) = self.subscribe_within(&key, &filter, subscription, false) {
+                routed = routed.and(c);
+            }
+        }
+        if !expired.is_empty() {
+            self.write(
+                expired
+                    .into_iter()
+                    .map(|key| Op::Delete {
+                        table: Table::Queue,
+                        key,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(Restored::Back(routed))
     }
 
     /// Visit every session no connection holds: its client id, state,

@@ -25,7 +25,7 @@ use crate::stats::Stats;
 /// How long a connection waits for another to hand over the session it
 /// takes over, beyond the connect timeout (the holder writes its
 /// DISCONNECT within its close flush).
-const HANDOVER_SLACK: Duration = Duration::from_secs(4);
+pub(super) const HANDOVER_SLACK: Duration = Duration::from_secs(4);
 
 /// What the transport knows of the peer.
 #[derive(Clone, Debug, Default)]
@@ -559,6 +559,22 @@ impl Login {
             }
         }
         p.access = Some(access.clone());
+        // (A connection the program made to itself is this node's own, and
+        // a client id this node assigned, 128 random bits, is no other
+        // node's.)
+        let own = self.peer.internal.is_some() || self.connect.client_id.is_empty();
+        if let Some(peers) = engine.peers.clone().filter(|_| !own) {
+            // In a cluster the session is this node's first: brought from
+            // the node that had it, or ended there with Clean Start.
+            let client_id = p.client_id.clone();
+            if let Err(e) = peers.claim(&client_id, self.connect.clean_start).await {
+                tracing::warn!(client_id = %client_id, error = %e, "the cluster could not give this node the session; refused");
+                return self.refused(ReasonCode::SERVER_UNAVAILABLE);
+            }
+        }
+        let Some(p) = self.prepared.as_mut() else {
+            return refuse(ReasonCode::UNSPECIFIED_ERROR);
+        };
         let now = Instant::now();
         match engine.attach(
             &p.client_id,

@@ -36,6 +36,7 @@ mod admin;
 mod attach;
 mod client;
 mod connect;
+mod moved;
 mod publish;
 mod sys;
 #[cfg(test)]

@@ -590,7 +590,7 @@ impl Engine {
     }
 
     /// Write `ops` to the durable store, if there is one.
-    fn stored(&self, ops: Vec<Op>) -> io::Result<Commit> {
+    pub(super) fn stored(&self, ops: Vec<Op>) -> io::Result<Commit> {
         match &self.store {
             Some(s) => s.commit(ops),
             None => Ok(Commit::done()),
