@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
-use petrel_broker::{ClientSummary, Discard, SubscriptionSummary};
+use petrel_broker::{ClientSummary, Discard, Drain, SubscriptionSummary};
 use petrel_codec::{QoS, TopicFilter, TopicName};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,6 +41,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         )
         .route("/publish", post(publish))
         .route("/config", get(config))
+        .route("/drain", get(drained).post(drain).delete(undrain))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
 }
 
@@ -466,4 +467,86 @@ async fn config(State(app): Shared) -> Response {
         }
     }
     Json(v).into_response()
+}
+
+/// `POST /drain`'s body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    /// Where 5.0 clients are sent (`host:port`, or several,
+    /// space-separated).
+    #[serde(default)]
+    server_reference: Option<String>,
+    /// How many connected clients are sent away a second (0 or absent:
+    /// all at once). Spreads their reconnections over the other servers.
+    #[serde(default)]
+    per_second: u32,
+}
+
+/// The drain, as `GET /drain` and `POST /drain` answer it.
+fn drain_json(app: &App) -> Value {
+    let d = app.broker.draining();
+    let connected = app
+        .broker
+        .clients()
+        .iter()
+        .filter(|c| !c.listener.is_empty())
+        .count();
+    json!({
+        "draining": d.is_some(),
+        "server_reference": d.and_then(|d| d.server_reference),
+        "connected": connected,
+    })
+}
+
+async fn drained(State(app): Shared) -> Response {
+    Json(drain_json(&app)).into_response()
+}
+
+/// Drain the broker: new connections are refused (5.0 CONNACK 0x9C with
+/// the Server Reference), and the connected clients are sent away (5.0
+/// DISCONNECT 0x9C), `per_second` at a time if asked, until all have gone
+/// or the drain is lifted.
+async fn drain(State(app): Shared, body: Result<Json<DrainRequest>, JsonRejection>) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    if let Some(r) = &req.server_reference {
+        if r.is_empty() || petrel_codec::MqttString::try_from(r.as_str()).is_err() {
+            return bad_request("server_reference must be a non-empty UTF-8 string without NUL");
+        }
+    }
+    app.broker.drain(Drain {
+        server_reference: req.server_reference,
+    });
+    // Clients that came through a listener (a bridge's local side stays).
+    let clients: Vec<String> = app
+        .broker
+        .clients()
+        .into_iter()
+        .filter(|c| !c.listener.is_empty())
+        .map(|c| c.client_id)
+        .collect();
+    let broker = app.broker.clone();
+    let per_second = req.per_second;
+    tokio::spawn(async move {
+        let pause = (per_second > 0).then(|| Duration::from_secs(1) / per_second);
+        for id in clients {
+            // Lifted meanwhile: the rest stay.
+            if broker.draining().is_none() {
+                return;
+            }
+            broker.redirect(&id);
+            if let Some(p) = pause {
+                tokio::time::sleep(p).await;
+            }
+        }
+    });
+    (StatusCode::ACCEPTED, Json(drain_json(&app))).into_response()
+}
+
+async fn undrain(State(app): Shared) -> Response {
+    app.broker.undrain();
+    Json(drain_json(&app)).into_response()
 }

@@ -234,6 +234,9 @@ async fn every_route_needs_the_token_and_refuses_bad_input_in_json() {
         ("DELETE", "/api/v1/sessions/nobody"),
         ("DELETE", "/api/v1/retained/r/none"),
         ("POST", "/api/v1/publish"),
+        ("GET", "/api/v1/drain"),
+        ("POST", "/api/v1/drain"),
+        ("DELETE", "/api/v1/drain"),
     ];
     for (method, path) in routes {
         for token in [None, Some("wrong")] {
@@ -555,4 +558,104 @@ async fn bridge_metrics_appear_and_move() {
     ] {
         assert!(after.lines().any(|l| l == line), "{line} in:\n{after}");
     }
+}
+
+#[tokio::test]
+async fn a_drained_broker_sends_clients_elsewhere_until_it_is_undrained() {
+    let (b, http) = start(with_token()).await;
+    // Each with a retained will: a client sent elsewhere has not failed,
+    // so its will is not published; the control, a client kicked, has
+    // its will published.
+    let will = |name: &str| {
+        let topic = support::topic(&format!("wills/{name}"));
+        move |c: &mut petrel_codec::Connect| {
+            c.will = Some(petrel_codec::Will {
+                topic,
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: petrel_codec::Properties::new(),
+            });
+        }
+    };
+    let (mut kicked, _) = Raw::connect_with(b.addr, Protocol::V5, "kicked", will("kicked")).await;
+    let kick = http
+        .call("DELETE", "/api/v1/clients/kicked", Some(TOKEN), "")
+        .await;
+    assert_eq!(kick.status, 204);
+    tokio::time::timeout(WAIT, kicked.closed()).await.unwrap();
+    let (mut v5, _) = Raw::connect_with(b.addr, Protocol::V5, "drain-5", will("drained")).await;
+    let mut v3 = Raw::connect(b.addr, Protocol::V3_1_1, "drain-3").await;
+    // Positive control: served before the drain.
+    v5.subscribe("d/t", QoS::AtMostOnce).await;
+    v5.publish("d/t", b"here", QoS::AtMostOnce, false).await;
+    assert_eq!(&v5.recv_publish().await.payload[..], b"here");
+    assert_eq!(http.get("/api/v1/drain").await.json()["draining"], false);
+
+    let a = http
+        .call(
+            "POST",
+            "/api/v1/drain",
+            Some(TOKEN),
+            r#"{"server_reference": "other.example:1883"}"#,
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    // 5.0: DISCONNECT 0x9C Use another server, saying where.
+    let d = tokio::time::timeout(WAIT, v5.closed())
+        .await
+        .unwrap()
+        .expect("a DISCONNECT");
+    assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER);
+    assert_eq!(
+        d.properties
+            .server_reference()
+            .map(|s| s.as_str().to_string()),
+        Some("other.example:1883".to_string())
+    );
+    // 3.1.1 has no DISCONNECT from the server: the connection closes.
+    assert!(tokio::time::timeout(WAIT, v3.closed())
+        .await
+        .unwrap()
+        .is_none());
+    // New connections are refused: 5.0 with 0x9C and the reference, 3.1.1
+    // with return code 3 (Server unavailable).
+    let (_, ack) = Raw::connect_with(b.addr, Protocol::V5, "late-5", |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::USE_ANOTHER_SERVER);
+    assert_eq!(
+        ack.properties
+            .server_reference()
+            .map(|s| s.as_str().to_string()),
+        Some("other.example:1883".to_string())
+    );
+    let (_, ack) = Raw::connect_with(b.addr, Protocol::V3_1_1, "late-3", |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::SERVER_UNAVAILABLE);
+    let status = http.get("/api/v1/drain").await.json();
+    assert_eq!(status["draining"], true);
+    assert_eq!(status["server_reference"], "other.example:1883");
+    assert_eq!(status["connected"], 0);
+    // A bad body changes nothing.
+    let bad = http
+        .call(
+            "POST",
+            "/api/v1/drain",
+            Some(TOKEN),
+            r#"{"per_second": -1}"#,
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // Undrained: taken again.
+    let a = http.call("DELETE", "/api/v1/drain", Some(TOKEN), "").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["draining"], false);
+    let (mut back, ack) = Raw::connect_with(b.addr, Protocol::V5, "back", |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    back.subscribe("wills/#", QoS::AtMostOnce).await;
+    let p = back.recv_publish().await;
+    assert_eq!(p.topic.as_str(), "wills/kicked");
+    assert!(
+        back.no_publish(Duration::from_millis(300)).await,
+        "the drained client's will was published"
+    );
 }

@@ -55,12 +55,12 @@ pub use crate::core::auth::{
     ClientInfo, Credentials, Decision, Exchange, Grant, Identity, Permissions, Verdict,
 };
 pub use crate::core::engine::{
-    Accepted, Broker, BrokerBuilder, BuildError, Client, ClientSummary, Discard, Internal, Kick,
-    ListenerConnections, ListenerRules, Login, MetricsSnapshot, Peer, ReauthStep, Reconfigured,
-    Reloaded, SessionSummary, Step, SubscriptionSummary,
+    Accepted, Broker, BrokerBuilder, BuildError, Client, ClientSummary, Discard, Drain, Exported,
+    Imported, Internal, Kick, ListenerConnections, ListenerRules, Login, MetricsSnapshot, Peer,
+    ReauthStep, Reconfigured, Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
 
-pub use crate::core::peers::{Claim, Forwarded, Peers};
+pub use crate::core::peers::{Claim, ClaimRefused, Forwarded, Peers};
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, Subscription};
 pub use crate::core::sessions::{

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use petrel_broker::{Broker, Client, MemoryStore, Peer, Step, Store, Table};
+use petrel_broker::{Broker, Client, Exported, MemoryStore, Peer, Step, Store, Table};
 use petrel_codec::{Connect, MqttString, Protocol, Publish, QoS, QosPid};
 use petrel_session::{Accept, Message, SessionState};
 use support::{config, persistent, pid, topic};
@@ -54,6 +54,14 @@ fn payloads(c: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// `b`'s session of `id`, taken out.
+async fn export(b: &Broker, id: &str) -> Vec<u8> {
+    match b.export_session(id, false, None).await {
+        Exported::Session(form) => form,
+        other => panic!("nothing to move: {other:?}"),
+    }
+}
+
 fn message(payload: &'static str) -> Message {
     Message::new(
         topic("t/x"),
@@ -84,11 +92,9 @@ async fn offline_session(a: &Broker, queued: &[&'static str]) {
 async fn a_session_moves_with_its_subscriptions_queue_and_exchanges_in_flight() {
     let (a, a_store) = broker();
     offline_session(&a, &["one", "two", "three"]).await;
-    let form = a
-        .export_session("m", false)
-        .await
-        .expect("a session to move");
-    // Out of `a`'s memory, still in its store until the other has it.
+    let form = export(&a, "m").await;
+    // Out of `a`'s memory and its session tables; its form waits in the
+    // store until the other broker has it.
     assert!(!a.session_ids().contains(&"m".to_string()));
     let kept = |s: &MemoryStore| {
         s.scan(Table::Sessions)
@@ -96,16 +102,29 @@ async fn a_session_moves_with_its_subscriptions_queue_and_exchanges_in_flight() 
             .iter()
             .any(|(k, _)| k == b"m")
     };
-    assert!(kept(&a_store));
+    assert!(!kept(&a_store));
+    assert!(a_store.scan(Table::Queue).unwrap().is_empty());
+    assert_eq!(
+        a.moving_sessions().unwrap(),
+        [("m".to_string(), form.clone())]
+    );
 
     let (b, b_store) = broker();
-    let (id, commit) = b.import_session(&form).unwrap();
-    assert_eq!(id, "m");
-    assert!(commit.is_done());
+    let imported = b.import_session(&form).unwrap();
+    assert_eq!(imported.client_id, "m");
+    assert!(imported.stored.is_done() && imported.routed.is_done());
     assert!(kept(&b_store), "in the new broker's store");
     a.forget_moved("m");
-    assert!(!kept(&a_store), "gone from the old one's");
-    assert!(a_store.scan(Table::Queue).unwrap().is_empty());
+    assert!(
+        a.moving_sessions().unwrap().is_empty(),
+        "gone from the old one's"
+    );
+    // What `b` stored reads back: a broker restarted on it has the session.
+    let c = Broker::builder(config())
+        .store(b_store.clone())
+        .build()
+        .unwrap();
+    assert!(c.session_ids().contains(&"m".to_string()));
 
     // Resumed on `b`: the exchanges in flight go on with their packet
     // identifiers, and the queue comes in order.
@@ -124,15 +143,15 @@ async fn a_session_moves_with_its_subscriptions_queue_and_exchanges_in_flight() 
 async fn a_session_moved_into_one_that_exists_is_merged() {
     let (a, _) = broker();
     offline_session(&a, &["old 1", "old 2"]).await;
-    let form = a.export_session("m", false).await.unwrap();
+    let form = export(&a, "m").await;
 
     // On `b` the client connected meanwhile, with a new session.
     let (b, b_store) = broker();
     let (mut m, accept) = login(&b, "m", true).await;
     assert!(!accept.session_present);
     subscribe(&mut m, "mine/#");
-    let (_, commit) = b.import_session(&form).unwrap();
-    assert!(commit.is_done());
+    let imported = b.import_session(&form).unwrap();
+    assert!(imported.stored.is_done());
     // What waited arrives; the message in flight is sent again as a new
     // one; the one whose PUBREC came was received already.
     assert_eq!(payloads(&mut m), ["in flight", "old 1", "old 2"]);
@@ -150,19 +169,22 @@ async fn a_session_moved_into_one_that_exists_is_merged() {
 async fn a_session_taken_with_clean_start_ends_and_nothing_moves() {
     let (a, a_store) = broker();
     offline_session(&a, &["gone"]).await;
-    assert!(a.export_session("m", true).await.is_none());
+    assert_eq!(a.export_session("m", true, None).await, Exported::Nothing);
     assert!(!a.session_ids().contains(&"m".to_string()));
     assert!(a_store.scan(Table::Sessions).unwrap().is_empty());
     // Nothing to move either for a client id the broker never saw (the
     // control: the session above was there to move).
-    assert!(a.export_session("nobody", false).await.is_none());
+    assert_eq!(
+        a.export_session("nobody", false, None).await,
+        Exported::Nothing
+    );
 }
 
 #[tokio::test]
 async fn a_damaged_form_is_refused_and_changes_nothing() {
     let (a, _) = broker();
     offline_session(&a, &["x"]).await;
-    let form = a.export_session("m", false).await.unwrap();
+    let form = export(&a, "m").await;
     let (b, b_store) = broker();
     // Cut anywhere, or with a byte changed anywhere: an error or a
     // session that reads back, never a panic.
@@ -185,8 +207,48 @@ async fn a_damaged_form_is_refused_and_changes_nothing() {
     let (e, e_store) = broker();
     assert!(e.import_session(&renamed).is_err());
     assert!(e_store.scan(Table::Sessions).unwrap().is_empty());
+    // A subscription whose filter is no filter (`t#/`, in place of `t/#`):
+    // refused before anything is kept, and the store still starts a broker.
+    let at = form
+        .windows(5)
+        .position(|w| w == b"m\0t/#")
+        .expect("the filter's key");
+    let mut bad_filter = form.clone();
+    bad_filter[at + 2..at + 5].copy_from_slice(b"t#/");
+    let (f, f_store) = broker();
+    assert!(f.import_session(&bad_filter).is_err());
+    assert!(f_store.scan(Table::Sessions).unwrap().is_empty());
+    assert!(f_store.scan(Table::Subscriptions).unwrap().is_empty());
+    assert!(Broker::builder(config()).store(f_store).build().is_ok());
     // The control: the form as made reads back.
     let (d, _) = broker();
     assert!(d.import_session(&form).is_ok());
     assert!(d.session_ids().contains(&"m".to_string()));
+}
+
+#[tokio::test]
+async fn another_users_claim_leaves_the_session_and_its_connection_alone() {
+    let mut cfg = config();
+    cfg.session_ownership = Some(true);
+    let b = Broker::builder(cfg)
+        .store(Arc::new(MemoryStore::new()))
+        .build()
+        .unwrap();
+    // The session is anonymous's (no user name), connected.
+    let (m, _) = login(&b, "m", true).await;
+    assert_eq!(
+        b.export_session("m", false, Some("mallory")).await,
+        Exported::NotYours
+    );
+    assert!(b.session_ids().contains(&"m".to_string()));
+    assert!(b.moving_sessions().unwrap().is_empty());
+    // The control: its own user's claim takes it (once it lets go).
+    let export = b.export_session("m", false, None);
+    let close = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        m.close(SessionState::new(), None);
+    };
+    let (exported, ()) = tokio::join!(export, close);
+    assert!(matches!(exported, Exported::Session(_)), "{exported:?}");
+    assert!(!b.session_ids().contains(&"m".to_string()));
 }

@@ -75,6 +75,12 @@ pub(crate) enum Request {
         /// The session, in [`petrel_broker::Broker::export_session`]'s
         /// form.
         session: Option<Vec<u8>>,
+        /// This hand-on's number, the same when it is sent again: taken
+        /// once.
+        id: u64,
+        /// The session belongs to another user than the one who connected:
+        /// not handed on, and the CONNECT is refused.
+        not_yours: bool,
     },
 }
 

@@ -30,7 +30,7 @@ use crate::net::{self, Frame, Link, Request, Response};
 use crate::store::{LogStore, StateMachine};
 use crate::sync::{lock, read};
 use crate::types::{Applied, Command, Move, NodeId, Routes, TypeConfig};
-use owners::{adopt, claim, hand_on, hand_on_held};
+use owners::{adopt, claim_session, hand_on, hand_on_held};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +92,20 @@ struct Inner {
     /// sent it its own.
     heard: Mutex<HashMap<NodeId, Instant>>,
     /// CONNECTs here waiting for their session from the node that had it.
-    arrivals: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Each with its claim's own number, so a claim removes only its own.
+    arrivals: Mutex<HashMap<String, (u64, oneshot::Sender<owners::Arrival>)>>,
+    /// Numbers claims' places in `arrivals`.
+    next_arrival: AtomicU64,
+    /// The ids of the last sessions brought in (a resent one is taken once).
+    adopted: Mutex<std::collections::VecDeque<u64>>,
+    /// Sessions being handed on from here.
+    moving: Mutex<std::collections::HashSet<String>>,
     /// Sessions other nodes took from this one, to hand on.
     moves_rx: Mutex<Option<mpsc::UnboundedReceiver<Move>>>,
-    /// Whether this node has caught up with the log since it started (its
-    /// routes and sessions written): claims applied before are replays.
-    caught_up: std::sync::atomic::AtomicBool,
+    /// The log index of this node's first Reset since it started, once it
+    /// has applied it (0 until then): claims at or before it are replays,
+    /// which [`owners::hand_on_held`] covers.
+    caught_up: AtomicU64,
 }
 
 impl Inner {
@@ -145,12 +153,11 @@ struct Changes {
     ticket: Option<Arc<Ticket>>,
     /// The node has (re)started: write all its routes first.
     reset: bool,
-    /// Sessions claimed (`Some(clean_start)`) and released (`None`), in
-    /// order.
-    owners: Vec<(String, Option<bool>)>,
-    /// Each claim's place in `owners`, and who waits for its previous
-    /// owner.
-    claims: Vec<(usize, Claimed)>,
+    /// Sessions claimed and released (`None`), in order.
+    owners: Vec<(String, Option<crate::types::Claimed>)>,
+    /// Each awaited claim's place in `owners`, and who waits for its
+    /// previous owner.
+    claims: Vec<(usize, ClaimAnswer)>,
     /// Client ids of the ownership changes being written: until they are,
     /// a claim of one of them goes through the log too (ordered after
     /// them), and a release of one is written (it may be this node's by
@@ -159,7 +166,7 @@ struct Changes {
 }
 
 /// Where a claim's previous owner goes.
-type Claimed = oneshot::Sender<Result<Option<NodeId>, String>>;
+type ClaimAnswer = oneshot::Sender<Result<Option<NodeId>, String>>;
 
 /// A message for one peer.
 #[derive(Debug)]
@@ -237,8 +244,11 @@ impl Cluster {
                 local_addr: OnceLock::new(),
                 heard: Mutex::default(),
                 arrivals: Mutex::default(),
+                next_arrival: AtomicU64::new(1),
+                adopted: Mutex::default(),
+                moving: Mutex::default(),
                 moves_rx: Mutex::new(Some(moves_rx)),
-                caught_up: std::sync::atomic::AtomicBool::new(false),
+                caught_up: AtomicU64::new(0),
                 config,
             }),
         })
@@ -400,10 +410,19 @@ impl Peers for Seam {
         self.0.available()
     }
 
-    fn claim(&self, client_id: &str, clean_start: bool) -> petrel_broker::Claim {
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        username: Option<&str>,
+    ) -> petrel_broker::Claim {
         let inner = self.0.clone();
         let client = client_id.to_string();
-        Box::pin(async move { claim(inner, client, clean_start).await })
+        let claim = crate::types::Claimed {
+            clean: clean_start,
+            user: username.map(str::to_string),
+        };
+        Box::pin(async move { claim_session(inner, client, claim).await })
     }
 
     fn released(&self, client_id: &str) {
@@ -503,12 +522,25 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>
     // given up on at once, rather than each message waiting.
     let down_until: Arc<Mutex<Option<Instant>>> = Arc::default();
     let max = MAX_BATCH.min(inner.config.peer_queue);
-    while let Some(first) = rx.recv().await {
+    loop {
+        // A message leaves the queue only with a place among those in
+        // flight: what waits for one stays in the queue, where its bound
+        // counts it.
+        let Ok(mut permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
         let mut bytes = batch[0].bytes.len();
         while batch.len() < max && bytes < MAX_BATCH_BYTES {
+            let Ok(more) = in_flight.clone().try_acquire_owned() else {
+                break;
+            };
             match rx.try_recv() {
                 Ok(o) => {
+                    permit.merge(more);
                     bytes += o.bytes.len();
                     batch.push(o);
                 }
@@ -516,9 +548,6 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>
             }
         }
         let n = batch.len();
-        let Ok(permit) = in_flight.clone().acquire_many_owned(n as u32).await else {
-            return;
-        };
         let gathers: Vec<Arc<Gather>> = batch.iter().filter_map(|o| o.gather.clone()).collect();
         if lock(&down_until).is_some_and(|t| Instant::now() < t) {
             inner.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
@@ -654,29 +683,69 @@ async fn write_routes(inner: Arc<Inner>) {
         let deadline = Instant::now() + Duration::from_secs(inner.config.route_timeout);
         let mut result = Ok(());
         let mut answered = None;
+        let mut reset_at = None;
+        let mut unwritten = None;
         for command in commands {
-            let owners = matches!(command, Command::Owners { .. });
+            let owners = match &command {
+                Command::Owners { ops, .. } => Some(ops.clone()),
+                _ => None,
+            };
+            let is_reset = matches!(command, Command::Reset { .. });
             match propose(&inner, raft, command, deadline).await {
                 Ok((index, applied)) => {
                     inner.counters.route_writes.fetch_add(1, Ordering::Relaxed);
-                    if owners {
-                        // Claims wait for no other node: the node they
-                        // take a session from hears of it as it applies.
+                    if owners.is_some() {
+                        // Claims wait for no other node (the node they
+                        // take a session from hears of it as it applies),
+                        // but for this one: until it has applied them, its
+                        // own view of who owns what is behind.
+                        let wait = Duration::from_secs(inner.config.route_timeout);
+                        let _ = raft
+                            .wait(Some(wait))
+                            .applied_index_at_least(Some(index), "owners")
+                            .await;
                         answered = Some(applied);
                     } else {
                         everyone_applied(&inner, raft, index).await;
+                        if is_reset {
+                            reset_at = Some(index);
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "route change not agreed");
                     result = Err(e);
+                    unwritten = owners;
                     // Written again, whole, when the cluster answers.
                     lock(&inner.changes).reset = true;
                     break;
                 }
             }
         }
-        lock(&inner.changes).in_flight.clear();
+        {
+            let mut c = lock(&inner.changes);
+            c.in_flight.clear();
+            if let Some(ops) = unwritten {
+                // Releases and the claims nobody waits for are written
+                // when the cluster answers, before what came since (the
+                // claims a CONNECT waits for are refused).
+                let waited: std::collections::HashSet<usize> =
+                    claims.iter().map(|(i, _)| *i).collect();
+                let mut again: Vec<_> = ops
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| !waited.contains(i))
+                    .map(|(_, op)| op)
+                    .collect();
+                // The waiters' places shift by what goes in front.
+                let shift = again.len();
+                again.append(&mut c.owners);
+                for (i, _) in &mut c.claims {
+                    *i += shift;
+                }
+                c.owners = again;
+            }
+        }
         for (i, tx) in claims.drain(..) {
             let _ = tx.send(match (&result, &answered) {
                 (Ok(()), Some(a)) => Ok(a.previous.get(i).copied().flatten()),
@@ -684,10 +753,10 @@ async fn write_routes(inner: Arc<Inner>) {
                 (Ok(()), None) => Err("the claim was not written".into()),
             });
         }
-        if was_reset && result.is_ok() {
+        if let (true, Some(index)) = (was_reset && result.is_ok(), reset_at) {
             // Caught up to the log's end: sessions this node kept while
             // another took them over go to their owners now.
-            tokio::spawn(hand_on_held(inner.clone()));
+            tokio::spawn(hand_on_held(inner.clone(), index));
         }
         if let Some(t) = ticket {
             t.complete(result.clone());
@@ -916,9 +985,16 @@ async fn handle(inner: Arc<Inner>, from: NodeId, wire: net::Wire) {
                     Err(e) => answer(Response::Failed(e)),
                 }
             }
-            Request::Adopt { client, session } => {
+            Request::Adopt {
+                client,
+                session,
+                id,
+                not_yours,
+            } => {
                 let inner = inner.clone();
-                tokio::spawn(async move { answer(adopt(&inner, from, client, session).await) });
+                tokio::spawn(async move {
+                    answer(adopt(&inner, from, client, session, id, not_yours).await)
+                });
             }
             request => {
                 if matches!(request, Request::Append(_) | Request::Vote(_)) {

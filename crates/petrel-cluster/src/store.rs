@@ -441,7 +441,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(command) => {
-                    out.push(routes.apply(command));
+                    out.push(routes.apply(command, entry.log_id.index));
                     continue;
                 }
                 EntryPayload::Membership(m) => {

@@ -50,16 +50,26 @@ pub enum Command {
         clients: Vec<String>,
     },
     /// Session ownership on node `node`, in the order it happened: each a
-    /// client id with `Some(clean_start)` for a CONNECT there (the node
-    /// now owns the session: the one that had it hands it on, or ends it
-    /// with Clean Start), or `None` for a session that ended there (no
-    /// longer its own, if it still was).
+    /// client id with `Some` claim for a CONNECT there (the node now owns
+    /// the session: the one that had it hands it on, or ends it with
+    /// Clean Start), or `None` for a session that ended there (no longer
+    /// its own, if it still was).
     Owners {
         /// The node.
         node: NodeId,
         /// Claims and releases, in order.
-        ops: Vec<(String, Option<bool>)>,
+        ops: Vec<(String, Option<Claimed>)>,
     },
+}
+
+/// A CONNECT's claim of its session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claimed {
+    /// With Clean Start: the session ends where it was.
+    pub clean: bool,
+    /// Who connected (a session that belongs to another user is not
+    /// taken).
+    pub user: Option<String>,
 }
 
 /// What applying a command answers: for [`Command::Owners`], each
@@ -71,15 +81,17 @@ pub struct Applied {
 }
 
 /// A session to hand on: node `to` took over `client`'s session from
-/// this node (`clean`: with Clean Start, so it ends here instead).
+/// this node, at log index `index`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Move {
     /// The client id.
     pub client: String,
     /// Its new node.
     pub to: NodeId,
-    /// Whether the session ends rather than moves.
-    pub clean: bool,
+    /// How it was claimed (with Clean Start the session ends here).
+    pub claim: Claimed,
+    /// The log index of the claim (0: not from the log).
+    pub index: u64,
 }
 
 /// The routes: which node wants which filter. Kept as the filters by node
@@ -90,7 +102,10 @@ pub struct Move {
 pub struct Routes {
     by_node: BTreeMap<NodeId, BTreeSet<String>>,
     tree: SubscriptionTree<NodeId, ()>,
-    owners: HashMap<String, NodeId>,
+    /// Each session's owner, with how it claimed the session (a node back
+    /// from the dead that still has it ends it if that was with Clean
+    /// Start).
+    owners: HashMap<String, (NodeId, Claimed)>,
     /// This node, and where it hears of sessions taken from it.
     moves: Option<(NodeId, mpsc::UnboundedSender<Move>)>,
 }
@@ -107,7 +122,12 @@ impl Routes {
 
     /// The node that owns `client`'s session, if one does.
     pub fn owner(&self, client: &str) -> Option<NodeId> {
-        self.owners.get(client).copied()
+        self.owners.get(client).map(|(n, _)| *n)
+    }
+
+    /// The owner of `client`'s session and how it claimed it.
+    pub fn owner_claim(&self, client: &str) -> Option<(NodeId, Claimed)> {
+        self.owners.get(client).cloned()
     }
 
     /// How many sessions have an owner.
@@ -115,28 +135,32 @@ impl Routes {
         self.owners.len()
     }
 
-    /// Apply one command: what it answers.
-    pub fn apply(&mut self, command: &Command) -> Applied {
+    /// Apply one command, the log's entry `index`: what it answers.
+    pub fn apply(&mut self, command: &Command, index: u64) -> Applied {
         let mut applied = Applied::default();
         match command {
             Command::Owners { node, ops } => {
                 for (client, claim) in ops {
                     let previous = match claim {
-                        Some(clean) => {
-                            let previous = self.owners.insert(client.clone(), *node);
+                        Some(claim) => {
+                            let previous = self
+                                .owners
+                                .insert(client.clone(), (*node, claim.clone()))
+                                .map(|(n, _)| n);
                             if let Some((me, tx)) = &self.moves {
                                 if previous == Some(*me) && *node != *me {
                                     let _ = tx.send(Move {
                                         client: client.clone(),
                                         to: *node,
-                                        clean: *clean,
+                                        claim: claim.clone(),
+                                        index,
                                     });
                                 }
                             }
                             previous
                         }
                         None => {
-                            let previous = self.owners.get(client).copied();
+                            let previous = self.owner(client);
                             if previous == Some(*node) {
                                 self.owners.remove(client);
                             }
@@ -150,9 +174,11 @@ impl Routes {
             Command::Reset { node, clients, .. } => {
                 let holds: HashSet<&str> = clients.iter().map(String::as_str).collect();
                 self.owners
-                    .retain(|c, n| *n != *node || holds.contains(c.as_str()));
+                    .retain(|c, (n, _)| *n != *node || holds.contains(c.as_str()));
                 for c in clients {
-                    self.owners.entry(c.clone()).or_insert(*node);
+                    self.owners
+                        .entry(c.clone())
+                        .or_insert_with(|| (*node, Claimed::default()));
                 }
             }
             Command::Routes { .. } => {}
@@ -266,7 +292,11 @@ impl Routes {
     pub(crate) fn to_snapshot(&self) -> SnapshotData {
         SnapshotData {
             routes: self.by_node.clone(),
-            owners: self.owners.iter().map(|(c, n)| (c.clone(), *n)).collect(),
+            owners: self
+                .owners
+                .iter()
+                .map(|(c, o)| (c.clone(), o.clone()))
+                .collect(),
         }
     }
 
@@ -308,7 +338,7 @@ fn route_filter(filter: &str) -> Option<TopicFilter> {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct SnapshotData {
     pub(crate) routes: BTreeMap<NodeId, BTreeSet<String>>,
-    pub(crate) owners: BTreeMap<String, NodeId>,
+    pub(crate) owners: BTreeMap<String, (NodeId, Claimed)>,
 }
 
 /// The data type openraft moves snapshots in.
@@ -329,16 +359,16 @@ mod tests {
     #[test]
     fn a_topic_goes_to_each_node_whose_filters_match_once_and_never_back() {
         let mut r = Routes::default();
-        r.apply(&routes(2, &["a/+", "a/#"], &[]));
-        r.apply(&routes(3, &["a/b"], &[]));
-        r.apply(&routes(1, &["a/#"], &[]));
+        r.apply(&routes(2, &["a/+", "a/#"], &[]), 1);
+        r.apply(&routes(3, &["a/b"], &[]), 2);
+        r.apply(&routes(1, &["a/#"], &[]), 3);
         let mut n = r.nodes_for("a/b", 1);
         n.sort_unstable();
         assert_eq!(n, [2, 3]);
         assert_eq!(r.nodes_for("a/c", 1), [2]);
         assert!(r.nodes_for("b", 1).is_empty());
         // `$` topics are not matched by a leading wildcard.
-        r.apply(&routes(4, &["#"], &[]));
+        r.apply(&routes(4, &["#"], &[]), 4);
         assert!(r.nodes_for("$internal/x", 1).is_empty());
         assert_eq!(r.nodes_for("z", 1), [4]);
     }
@@ -346,32 +376,35 @@ mod tests {
     #[test]
     fn a_shared_subscription_routes_by_its_filter_and_goes_with_its_last_form() {
         let mut r = Routes::default();
-        r.apply(&routes(2, &["$share/g/s/+", "s/+"], &[]));
+        r.apply(&routes(2, &["$share/g/s/+", "s/+"], &[]), 1);
         assert_eq!(r.nodes_for("s/1", 1), [2]);
-        r.apply(&routes(2, &[], &["s/+"]));
+        r.apply(&routes(2, &[], &["s/+"]), 2);
         assert_eq!(r.nodes_for("s/1", 1), [2], "the shared form still wants it");
-        r.apply(&routes(2, &[], &["$share/g/s/+"]));
+        r.apply(&routes(2, &[], &["$share/g/s/+"]), 3);
         assert!(r.nodes_for("s/1", 1).is_empty());
         assert!(r.is_empty());
         // The other way round, and two groups: the route stays while any
         // form of it does.
-        r.apply(&routes(2, &["s/+", "$share/a/s/+", "$share/b/s/+"], &[]));
-        r.apply(&routes(2, &[], &["$share/a/s/+", "s/+"]));
+        r.apply(&routes(2, &["s/+", "$share/a/s/+", "$share/b/s/+"], &[]), 4);
+        r.apply(&routes(2, &[], &["$share/a/s/+", "s/+"]), 5);
         assert_eq!(r.nodes_for("s/1", 1), [2], "group b still wants it");
-        r.apply(&routes(2, &[], &["$share/b/s/+"]));
+        r.apply(&routes(2, &[], &["$share/b/s/+"]), 6);
         assert!(r.nodes_for("s/1", 1).is_empty());
     }
 
     #[test]
     fn a_reset_replaces_what_a_node_wanted_and_a_snapshot_keeps_it() {
         let mut r = Routes::default();
-        r.apply(&routes(2, &["old/#", "keep"], &[]));
-        r.apply(&routes(3, &["other"], &[]));
-        r.apply(&Command::Reset {
-            node: 2,
-            filters: vec!["keep".into(), "new/+".into()],
-            clients: vec![],
-        });
+        r.apply(&routes(2, &["old/#", "keep"], &[]), 1);
+        r.apply(&routes(3, &["other"], &[]), 2);
+        r.apply(
+            &Command::Reset {
+                node: 2,
+                filters: vec!["keep".into(), "new/+".into()],
+                clients: vec![],
+            },
+            3,
+        );
         assert_eq!(r.of(2), ["keep", "new/+"]);
         assert!(r.nodes_for("old/x", 1).is_empty());
         assert_eq!(r.nodes_for("new/x", 1), [2]);
@@ -386,7 +419,13 @@ mod tests {
     fn owners(node: NodeId, ops: &[(&str, Option<bool>)]) -> Command {
         Command::Owners {
             node,
-            ops: ops.iter().map(|(c, o)| (c.to_string(), *o)).collect(),
+            ops: ops
+                .iter()
+                .map(|(c, o)| {
+                    let claim = o.map(|clean| Claimed { clean, user: None });
+                    (c.to_string(), claim)
+                })
+                .collect(),
         }
     }
 
@@ -395,13 +434,13 @@ mod tests {
         let (tx, mut moves) = mpsc::unbounded_channel();
         // Node 1's view.
         let mut r = Routes::new(1, tx);
-        let a = r.apply(&owners(1, &[("c1", Some(false)), ("c2", Some(false))]));
+        let a = r.apply(&owners(1, &[("c1", Some(false)), ("c2", Some(false))]), 1);
         assert_eq!(a.previous, [None, None]);
         assert!(moves.try_recv().is_err(), "its own claims move nothing");
         // Node 2 takes c1 over (keeping it), node 3 takes c2 with Clean Start.
-        let a = r.apply(&owners(2, &[("c1", Some(false))]));
+        let a = r.apply(&owners(2, &[("c1", Some(false))]), 2);
         assert_eq!(a.previous, [Some(1)]);
-        let a = r.apply(&owners(3, &[("c2", Some(true))]));
+        let a = r.apply(&owners(3, &[("c2", Some(true))]), 3);
         assert_eq!(a.previous, [Some(1)]);
         let got: Vec<Move> = std::iter::from_fn(|| moves.try_recv().ok()).collect();
         assert_eq!(
@@ -410,17 +449,22 @@ mod tests {
                 Move {
                     client: "c1".into(),
                     to: 2,
-                    clean: false
+                    claim: Claimed::default(),
+                    index: 2,
                 },
                 Move {
                     client: "c2".into(),
                     to: 3,
-                    clean: true
+                    claim: Claimed {
+                        clean: true,
+                        user: None
+                    },
+                    index: 3,
                 }
             ]
         );
         // Between two others: nothing for node 1 to do.
-        r.apply(&owners(3, &[("c1", Some(false))]));
+        r.apply(&owners(3, &[("c1", Some(false))]), 4);
         assert!(moves.try_recv().is_err());
         assert_eq!(r.owner("c1"), Some(3));
     }
@@ -428,41 +472,50 @@ mod tests {
     #[test]
     fn a_release_frees_only_a_session_the_node_still_owns() {
         let mut r = Routes::default();
-        r.apply(&owners(1, &[("c", Some(false))]));
-        r.apply(&owners(2, &[("c", Some(false))]));
+        r.apply(&owners(1, &[("c", Some(false))]), 1);
+        r.apply(&owners(2, &[("c", Some(false))]), 2);
         // Node 1's release, written after node 2's claim: not node 1's now.
-        let a = r.apply(&owners(1, &[("c", None)]));
+        let a = r.apply(&owners(1, &[("c", None)]), 3);
         assert_eq!(a.previous, [Some(2)]);
         assert_eq!(r.owner("c"), Some(2));
         // The control: node 2's own release frees it.
-        r.apply(&owners(2, &[("c", None)]));
+        r.apply(&owners(2, &[("c", None)]), 4);
         assert_eq!(r.owner("c"), None);
         assert_eq!(r.owned(), 0);
         // A claim and a release in one batch apply in order.
-        r.apply(&owners(
-            1,
-            &[
-                ("d", Some(false)),
-                ("d", None),
-                ("e", None),
-                ("e", Some(true)),
-            ],
-        ));
+        r.apply(
+            &owners(
+                1,
+                &[
+                    ("d", Some(false)),
+                    ("d", None),
+                    ("e", None),
+                    ("e", Some(true)),
+                ],
+            ),
+            5,
+        );
         assert_eq!((r.owner("d"), r.owner("e")), (None, Some(1)));
     }
 
     #[test]
     fn a_reset_keeps_the_sessions_a_node_holds_and_a_snapshot_keeps_owners() {
         let mut r = Routes::default();
-        r.apply(&owners(1, &[("gone", Some(false)), ("kept", Some(false))]));
-        r.apply(&owners(2, &[("theirs", Some(false))]));
+        r.apply(
+            &owners(1, &[("gone", Some(false)), ("kept", Some(false))]),
+            1,
+        );
+        r.apply(&owners(2, &[("theirs", Some(false))]), 2);
         // Node 1 restarted holding `kept`, `theirs` (taken over while it was
         // down) and `unowned`.
-        r.apply(&Command::Reset {
-            node: 1,
-            filters: vec![],
-            clients: vec!["kept".into(), "theirs".into(), "unowned".into()],
-        });
+        r.apply(
+            &Command::Reset {
+                node: 1,
+                filters: vec![],
+                clients: vec!["kept".into(), "theirs".into(), "unowned".into()],
+            },
+            3,
+        );
         assert_eq!(r.owner("gone"), None, "it ended with the node");
         assert_eq!(r.owner("kept"), Some(1));
         assert_eq!(r.owner("theirs"), Some(2), "a reset claims nothing taken");

@@ -121,6 +121,24 @@ enum CtlCommand {
     },
     /// The configuration in force, secrets redacted.
     Config,
+    /// Drain the broker: refuse new connections and send the connected
+    /// clients elsewhere (5.0: 0x9C Use another server, with the Server
+    /// Reference); in a cluster their sessions follow them. `--status`
+    /// only tells whether it is drained.
+    Drain {
+        /// Where 5.0 clients are sent (`host:port`; several,
+        /// space-separated).
+        #[arg(long = "server-reference", value_name = "HOST:PORT")]
+        server_reference: Option<String>,
+        /// Clients sent away a second (0: all at once).
+        #[arg(long = "per-second", default_value_t = 0)]
+        per_second: u32,
+        /// Only show whether the broker is drained.
+        #[arg(long, conflicts_with_all = ["server_reference", "per_second"])]
+        status: bool,
+    },
+    /// Take connections again after `drain`.
+    Undrain,
 }
 
 /// Percent-encode one path segment (RFC 3986 unreserved characters stay).
@@ -345,6 +363,20 @@ fn execute(api: &Api, args: &CtlArgs) -> Result<(), String> {
             &[],
         ),
         CtlCommand::Config => ("GET", "/api/v1/config".into(), None, &[]),
+        CtlCommand::Drain { status: true, .. } => ("GET", "/api/v1/drain".into(), None, &[]),
+        CtlCommand::Drain {
+            server_reference,
+            per_second,
+            ..
+        } => (
+            "POST",
+            "/api/v1/drain".into(),
+            Some(serde_json::json!({
+                "server_reference": server_reference, "per_second": per_second,
+            })),
+            &[],
+        ),
+        CtlCommand::Undrain => ("DELETE", "/api/v1/drain".into(), None, &[]),
     };
     match api.call(method, &path, body)? {
         Answer::Empty => println!("ok"),

@@ -22,6 +22,9 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Node {
     id: u64,
     mqtt: u16,
+    /// Its admin API.
+    http: u16,
+    data: PathBuf,
     conf: PathBuf,
     log: PathBuf,
     process: Option<Running>,
@@ -64,15 +67,17 @@ impl Cluster {
         let mut nodes = Vec::new();
         for (i, bind) in binds.iter().enumerate() {
             let id = i as u64 + 1;
-            let mqtt = free_port();
+            let (mqtt, http) = (free_port(), free_port());
             let conf = dir.join(format!("node{id}.toml"));
+            let data = dir.join(format!("data{id}"));
             std::fs::write(
                 &conf,
                 format!(
                     "data_dir = \"{}\"\nsys_interval = 1\n\n[[listener]]\nbind = \"127.0.0.1:{mqtt}\"\n\n\
+                     [http]\nbind = \"127.0.0.1:{http}\"\n\n\
                      [cluster]\nnode_id = {id}\nbind = \"127.0.0.1:{bind}\"\npeers = [{}]\n\
                      heartbeat_ms = 100\nelection_timeout_ms = 500\n{extra}",
-                    dir.join(format!("data{id}")).display(),
+                    data.display(),
                     peers.join(", ")
                 ),
             )
@@ -80,6 +85,8 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 mqtt,
+                http,
+                data,
                 log: dir.join(format!("node{id}.log")),
                 conf,
                 process: None,
@@ -156,6 +163,27 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `petrel ctl` against node `i`'s admin API: whether it succeeded,
+    /// and what it printed.
+    fn ctl(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let n = &self.nodes[i];
+        let out = petrel()
+            .arg("ctl")
+            .args([
+                "--url",
+                &format!("http://127.0.0.1:{}", n.http),
+                "--data-dir",
+            ])
+            .arg(&n.data)
+            .args(args)
+            .env_remove("PETREL_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
     }
 
     fn index_of(&self, id: u64) -> usize {
@@ -1126,7 +1154,10 @@ async fn a_killed_nodes_session_reaches_its_client_elsewhere_once_it_restarts() 
             .map(|i| Some(format!("kept {i}")))
             .collect::<Vec<_>>()
     );
-    // Handed on once: a restart of node 1 brings nothing again.
+    // Handed on once: node 1 keeps nothing of it, nothing more arrives,
+    // and a restart of node 1 brings nothing again.
+    let (ok, out) = c.ctl(0, &["sessions", "--client-id", "orphan", "--json"]);
+    assert!(ok && out.contains("\"count\": 0"), "{out}");
     c.kill(0);
     c.up(0);
     c.leader(&[0, 1, 2], None).await;
@@ -1134,4 +1165,43 @@ async fn a_killed_nodes_session_reaches_its_client_elsewhere_once_it_restarts() 
         .await
         .unwrap();
     assert_eq!(next(&mut inbox).await.as_deref(), Some("last"));
+    let more = tokio::time::timeout(Duration::from_millis(1500), inbox.recv()).await;
+    assert!(more.is_err(), "more came: {more:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_sends_its_clients_to_another_and_their_sessions_follow() {
+    let c = Cluster::start("drain", 3);
+    c.leader(&[0, 1, 2], None).await;
+    let (a, _) = client(mover(c.port(0), "drained")).await;
+    a.subscribe("dr/#", QoS::AtLeastOnce).await.unwrap();
+    // Positive control: node 1 serves it before the drain.
+    let (publ, _) = client(options(c.port(2), Protocol::V5, "dr-pub")).await;
+    // Drained through its admin API, sending clients to node 2.
+    let target = format!("127.0.0.1:{}", c.port(1));
+    let (ok, text) = c.ctl(0, &["drain", "--server-reference", &target]);
+    assert!(ok && text.contains("\"draining\": true"), "{text}");
+    let closed =
+        tokio::time::timeout(WAIT, a.wait_for(|s| *s == petrel_client::Status::Closed)).await;
+    assert!(closed.is_ok(), "still connected to the drained node");
+    // What is published meanwhile waits in its session (still on node 1).
+    publ.publish_to("dr/x", "while moving", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Node 1 sends newcomers where it was told.
+    match connect(mover(c.port(0), "drained")).await {
+        Err(petrel_client::ClientError::Refused(rc)) => {
+            assert_eq!(rc, petrel_client::ReasonCode::USE_ANOTHER_SERVER)
+        }
+        other => panic!("a drained node let a client in: {:?}", other.map(|_| ())),
+    }
+    // At the reference: the session, and what waited in it.
+    let port: u16 = target.rsplit(':').next().unwrap().parse().unwrap();
+    let (b, mut inbox) = client(mover(port, "drained")).await;
+    assert!(session_present(&b));
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("while moving"));
+    publ.publish_to("dr/x", "after", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox).await.as_deref(), Some("after"));
 }

@@ -27,7 +27,18 @@ use super::store::Commit;
 
 /// What a [`Peers::claim`] answers, once the session is this node's: an
 /// error refuses the CONNECT.
-pub type Claim = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub type Claim = Pin<Box<dyn Future<Output = Result<(), ClaimRefused>> + Send>>;
+
+/// Why a [`Peers::claim`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimRefused {
+    /// The cluster could not agree (no majority): 0x88 Server unavailable
+    /// (3.1.1: return code 3).
+    Unavailable(String),
+    /// The session belongs to another user (with `ownership` on): 0x87
+    /// Not authorized (3.1.1: return code 5).
+    NotYours,
+}
 
 /// What a [`Peers::forward`] did with a message.
 #[derive(Debug, Default)]
@@ -64,14 +75,14 @@ pub trait Peers: Send + Sync + fmt::Debug + 'static {
         true
     }
 
-    /// A CONNECT for `client_id` was authenticated on this node: make this
-    /// node the owner of its session, bringing the session here (with
+    /// A CONNECT for `client_id` by `username` was authenticated on this
+    /// node: make this node the owner of its session, bringing the
+    /// session here (with
     /// [`Broker::import_session`](crate::Broker::import_session)) from the
     /// node that had it, or ending it there with `clean_start`. The
-    /// CONNECT waits for the answer; an error refuses it (0x88 Server
-    /// unavailable; 3.1.1: 0x03), as when the cluster can't agree.
-    fn claim(&self, client_id: &str, clean_start: bool) -> Claim {
-        let _ = (client_id, clean_start);
+    /// CONNECT waits for the answer; an error refuses it.
+    fn claim(&self, client_id: &str, clean_start: bool, username: Option<&str>) -> Claim {
+        let _ = (client_id, clean_start, username);
         Box::pin(std::future::ready(Ok(())))
     }
 

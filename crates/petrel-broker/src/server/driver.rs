@@ -679,8 +679,10 @@ impl Task {
                 },
                 () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
                 kick = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_kicked(cx))), if client.is_some() => {
-                    // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close.
-                    self.close(kick.reason_code());
+                    // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close (or
+                    // 0x98, or 0x9C with a Server Reference).
+                    let props = client.map(|c| c.kick_properties(kick)).unwrap_or_default();
+                    self.close_with(kick.reason_code(), props);
                 }
                 () = &mut timer => {
                     let now = Instant::now();
@@ -782,12 +784,12 @@ impl Task {
     }
 
     fn close(&mut self, reason: ReasonCode) {
+        self.close_with(reason, Properties::new());
+    }
+
+    fn close_with(&mut self, reason: ReasonCode, props: Properties) {
         let now = Instant::now();
-        if self
-            .conn
-            .disconnect(now, reason, Properties::new())
-            .is_err()
-        {
+        if self.conn.disconnect(now, reason, props).is_err() {
             self.lost = true;
         }
     }

@@ -1,120 +1,200 @@
 //! Who owns each client's session. A CONNECT claims the session for its
-//! node through the log ([`Command::Owners`]), in order with the node's
-//! other ownership changes; the node that had the session hears of it as
-//! it applies the claim, closes the client's connection there (0x8E) and
-//! hands the session on ([`Request::Adopt`]); the CONNECT waits for it,
-//! bounded, and then resumes it as a local one.
+//! node through the log ([`Command::Owners`](crate::types::Command)), in
+//! order with the node's other ownership changes; the node that had the
+//! session hears of it as it applies the claim, closes the client's
+//! connection there (0x8E) and hands the session on ([`Request::Adopt`]);
+//! the CONNECT waits for it, bounded, and then resumes it as a local one.
 //!
-//! A node that was down when its session was claimed keeps the session in
-//! its store; once it is back and has caught up with the log, it hands
-//! on every session it holds that another node owns, and the owner merges
-//! it into the session the client has there.
+//! The node that hands a session on keeps its form in its store until the
+//! new owner has it in its own: a crash meanwhile sends it again after
+//! the restart. A node that was down when its session was claimed still
+//! has the session; once it is back and has caught up with the log, it
+//! hands on every session it holds that another node owns, and the owner
+//! merges it into the session the client has there (or, if that claim was
+//! with Clean Start, the session ends).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use petrel_broker::{ClaimRefused, Exported};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Inner, Move, NodeId, Request, Response};
 use crate::sync::{lock, read};
+use crate::types::Claimed;
+
+/// What a CONNECT waiting for its session hears from the node that had it.
+#[derive(Debug)]
+pub(super) enum Arrival {
+    /// Here (or there was none).
+    Here,
+    /// It belongs to another user.
+    NotYours,
+}
+
+/// How many hand-on ids a node remembers, to take a resent session once.
+const REMEMBERED: usize = 4096;
+
+/// How often a session the new owner could not read is sent again before
+/// this node takes it back.
+const READ_FAILURES: u32 = 5;
+
+/// A CONNECT's place in `arrivals`, given up when the CONNECT is (its
+/// connection gone) or done.
+struct Waiting {
+    inner: Arc<Inner>,
+    client: String,
+    token: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut a = lock(&self.inner.arrivals);
+        if a.get(&self.client).is_some_and(|(t, _)| *t == self.token) {
+            a.remove(&self.client);
+        }
+    }
+}
+
+/// Queue an ownership change nobody waits for (written with the next
+/// batch).
+pub(super) fn queue(inner: &Inner, client: String, claim: Option<Claimed>) {
+    lock(&inner.changes).owners.push((client, claim));
+    inner.wake.notify_one();
+}
 
 /// Make this node the owner of `client`'s session (see
 /// [`petrel_broker::Peers::claim`]).
-pub(super) async fn claim(inner: Arc<Inner>, client: String, clean: bool) -> Result<(), String> {
+pub(super) async fn claim_session(
+    inner: Arc<Inner>,
+    client: String,
+    claim: Claimed,
+) -> Result<(), ClaimRefused> {
     let owner = {
         let c = lock(&inner.changes);
         let pending = c.in_flight.contains(&client) || c.owners.iter().any(|(x, _)| *x == client);
         let owner = read(&inner.routes).owner(&client);
         if !pending && owner == Some(inner.me) {
             // Already this node's: nothing to agree, with or without a
-            // quorum.
+            // quorum (cut off from the majority, this node still lets its
+            // own clients back in).
             return Ok(());
         }
         owner
     };
     if !inner.available() {
         if owner.is_some_and(|o| o != inner.me) {
-            return Err(
+            return Err(ClaimRefused::Unavailable(
                 "this node reaches no majority of the cluster: the session can't be taken over from the node that has it"
                     .into(),
-            );
+            ));
         }
         // Nobody has it (as far as this node knows): the client is let in,
         // and the claim written when the cluster answers (a node that had
         // the session after all hands it on then, merged into this one).
-        lock(&inner.changes).owners.push((client, Some(clean)));
-        inner.wake.notify_one();
+        queue(&inner, client, Some(claim));
         return Ok(());
     }
     let (arrived_tx, arrived) = oneshot::channel();
-    lock(&inner.arrivals).insert(client.clone(), arrived_tx);
+    let token = inner.next_arrival.fetch_add(1, Ordering::Relaxed);
+    lock(&inner.arrivals).insert(client.clone(), (token, arrived_tx));
+    let _waiting = Waiting {
+        inner: inner.clone(),
+        client: client.clone(),
+        token,
+    };
     let (tx, rx) = oneshot::channel();
     {
         let mut c = lock(&inner.changes);
         let i = c.owners.len();
-        c.owners.push((client.clone(), Some(clean)));
+        c.owners.push((client.clone(), Some(claim)));
         c.claims.push((i, tx));
     }
     inner.wake.notify_one();
     let previous = rx
         .await
-        .unwrap_or_else(|_| Err("the cluster node stopped".into()));
-    let previous = match previous {
-        Ok(p) => p,
-        Err(e) => {
-            lock(&inner.arrivals).remove(&client);
-            return Err(e);
-        }
-    };
+        .unwrap_or_else(|_| Err("the cluster node stopped".into()))
+        .map_err(ClaimRefused::Unavailable)?;
     match previous {
         Some(p) if p != inner.me => {
             let wait = Duration::from_secs(inner.config.forward_timeout);
-            if tokio::time::timeout(wait, arrived).await.is_err() {
-                lock(&inner.arrivals).remove(&client);
-                tracing::warn!(
+            match tokio::time::timeout(wait, arrived).await {
+                Ok(Ok(Arrival::NotYours)) => return Err(ClaimRefused::NotYours),
+                Ok(_) => {}
+                Err(_) => tracing::warn!(
                     client,
                     node = p,
                     "the node that had this session did not hand it on in time: it comes when that node is back"
-                );
+                ),
             }
         }
-        _ => {
-            lock(&inner.arrivals).remove(&client);
-        }
+        _ => {}
     }
     Ok(())
 }
 
-/// Node `from` hands on `client`'s session: bring it in, then let the
-/// CONNECT that waits for it go on.
+/// Node `from` hands on `client`'s session: bring it in (answered once it
+/// is in this node's store), then let the CONNECT that waits for it go on
+/// (once its subscriptions are routed here).
 pub(super) async fn adopt(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     from: NodeId,
     client: String,
     session: Option<Vec<u8>>,
+    id: u64,
+    not_yours: bool,
 ) -> Response {
     let Some(broker) = inner.broker.get() else {
         return Response::Failed("not started".into());
     };
-    if let Some(bytes) = session {
+    let seen = {
+        let mut a = lock(&inner.adopted);
+        let seen = a.contains(&id);
+        if !seen {
+            a.push_back(id);
+            if a.len() > REMEMBERED {
+                a.pop_front();
+            }
+        }
+        seen
+    };
+    let mut routed = None;
+    if let (Some(bytes), false) = (session, seen) {
         match broker.import_session(&bytes) {
-            Ok((id, commit)) => {
-                if let Err(e) = futures::future::poll_fn(|cx| commit.poll(cx)).await {
+            Ok(imported) => {
+                let stored = imported.stored;
+                if let Err(e) = futures::future::poll_fn(|cx| stored.poll(cx)).await {
+                    lock(&inner.adopted).retain(|x| *x != id);
                     return Response::Failed(e.to_string());
                 }
-                tracing::info!(client = id, from, "session taken over from another node");
+                tracing::info!(client, from, "session taken over from another node");
+                routed = Some(imported.routed);
             }
             Err(e) => {
+                lock(&inner.adopted).retain(|x| *x != id);
                 tracing::warn!(client, from, error = %e, "a session from another node could not be read: refused");
                 return Response::Failed(e.to_string());
             }
         }
     }
     let answer = super::flushed(inner);
-    if let Some(tx) = lock(&inner.arrivals).remove(&client) {
-        let _ = tx.send(());
-    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        if let Some(routed) = routed {
+            let wait = Duration::from_secs(inner.config.route_timeout);
+            let _ =
+                tokio::time::timeout(wait, futures::future::poll_fn(|cx| routed.poll(cx))).await;
+        }
+        let waiting = lock(&inner.arrivals).remove(&client);
+        if let Some((_, tx)) = waiting {
+            let _ = tx.send(if not_yours {
+                Arrival::NotYours
+            } else {
+                Arrival::Here
+            });
+        }
+    });
     answer
 }
 
@@ -124,106 +204,218 @@ pub(super) async fn adopt(
 /// the owners as they are once it has.
 pub(super) async fn hand_on(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Move>) {
     while let Some(m) = rx.recv().await {
-        if inner.caught_up.load(Ordering::Acquire) {
-            tokio::spawn(move_session(inner.clone(), m));
+        let caught_up = inner.caught_up.load(Ordering::Acquire);
+        if caught_up != 0 && m.index > caught_up {
+            tokio::spawn(move_session(inner.clone(), m, None));
         }
     }
 }
 
-/// Hand on every session this node holds that another node owns.
-pub(super) async fn hand_on_held(inner: Arc<Inner>) {
-    inner.caught_up.store(true, Ordering::Release);
+/// Once this node has applied its first Reset (at `index`): send again
+/// the sessions whose hand-on a crash interrupted, and hand on every
+/// session this node holds that another node owns.
+pub(super) async fn hand_on_held(inner: Arc<Inner>, index: u64) {
     let Some(broker) = inner.broker.get() else {
         return;
     };
-    let moves: Vec<Move> = {
+    if let Some(raft) = inner.raft.get() {
+        // Its own apply, however long the catching up takes.
+        let _ = raft
+            .wait(None)
+            .applied_index_at_least(Some(index), "caught up")
+            .await;
+    }
+    if inner
+        .caught_up
+        .compare_exchange(0, index, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    let moving = broker.moving_sessions().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "sessions being handed on can't be read");
+        Vec::new()
+    });
+    // Read before the routes' lock: the broker's lock comes first.
+    let held = broker.session_ids();
+    let mut moves = Vec::new();
+    {
         let routes = read(&inner.routes);
-        broker
-            .session_ids()
-            .into_iter()
-            .filter_map(|client| match routes.owner(&client) {
-                Some(to) if to != inner.me => Some(Move {
-                    client,
-                    to,
-                    clean: false,
-                }),
-                _ => None,
-            })
-            .collect()
-    };
+        for (client, form) in moving {
+            let (to, claim) = routes.owner_claim(&client).unwrap_or_default();
+            let m = Move {
+                client,
+                to,
+                claim,
+                index: 0,
+            };
+            moves.push((m, Some(form)));
+        }
+        for client in held {
+            if let Some((to, claim)) = routes.owner_claim(&client) {
+                if to != inner.me {
+                    let m = Move {
+                        client,
+                        to,
+                        claim,
+                        index: 0,
+                    };
+                    moves.push((m, None));
+                }
+            }
+        }
+    }
     if !moves.is_empty() {
         tracing::info!(
             sessions = moves.len(),
             "handing on sessions other nodes took over while this one was away"
         );
     }
-    for m in moves {
-        tokio::spawn(move_session(inner.clone(), m));
+    for (m, form) in moves {
+        tokio::spawn(move_session(inner.clone(), m, form));
     }
 }
 
-/// Take `m`'s session out of this node and hand it to its owner, until
-/// the owner has it (in its store). Meanwhile the session's entries stay
-/// in this node's store: a crash loses nothing, and the next start hands
-/// it on again. If the session changed owner meanwhile it goes to the new
-/// one; if it came back here, it is brought back in; if its owner ended
-/// it, it goes.
-async fn move_session(inner: Arc<Inner>, m: Move) {
+/// Removes a client from `moving` when its hand-on ends.
+struct Moving<'a>(&'a Inner, String);
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.moving).remove(&self.1);
+    }
+}
+
+/// Take `m`'s session out of this node (or send again the `form` a crash
+/// left in the store) and hand it to its owner, until the owner has it.
+/// If the session changed owner meanwhile it goes to the new one; if it
+/// came back here, or its owner let it go, it is brought back in here.
+async fn move_session(inner: Arc<Inner>, m: Move, form: Option<Vec<u8>>) {
     let Some(broker) = inner.broker.get() else {
         return;
     };
-    if read(&inner.routes).owner(&m.client) != Some(m.to) {
-        // Claimed again since: whoever had it then hands it on.
+    if !lock(&inner.moving).insert(m.client.clone()) {
         return;
     }
-    let session = broker.export_session(&m.client, m.clean).await;
+    let _moving = Moving(&inner, m.client.clone());
+    let session = match form {
+        Some(f) => Some(f),
+        None => {
+            if read(&inner.routes).owner(&m.client) != Some(m.to) {
+                // Claimed again since: whoever had it then hands it on.
+                return;
+            }
+            let user = m.claim.user.as_deref();
+            match broker.export_session(&m.client, m.claim.clean, user).await {
+                Exported::Session(f) => Some(f),
+                Exported::Nothing => None,
+                Exported::NotYours => {
+                    // Not taken: the CONNECT there is refused, and the
+                    // session is this node's again.
+                    tracing::warn!(
+                        client = m.client,
+                        node = m.to,
+                        "a client id was claimed by another user: its session stays"
+                    );
+                    send_once(&inner, &m, None, true).await;
+                    queue(&inner, m.client.clone(), Some(Claimed::default()));
+                    return;
+                }
+            }
+        }
+    };
+    let Some(session) = session else {
+        // Nothing to hand on: the CONNECT waiting there need not wait.
+        send_once(&inner, &m, None, false).await;
+        return;
+    };
+    let session = Some(session);
+    let id = rand_id();
     let wait = Duration::from_secs(inner.config.forward_timeout);
     let mut pause = Duration::from_millis(200);
-    let mut to = m.to;
+    let (mut to, mut failures, mut tries) = (m.to, 0u32, 0u64);
     loop {
-        let Some(link) = inner.control.get(&to) else {
-            return;
+        let answer = match inner.control.get(&to) {
+            Some(link) => {
+                let request = Request::Adopt {
+                    client: m.client.clone(),
+                    session: session.clone(),
+                    id,
+                    not_yours: false,
+                };
+                link.call(request, wait).await
+            }
+            None => Err(std::io::Error::other(format!("node {to} is no member"))),
         };
-        let request = Request::Adopt {
-            client: m.client.clone(),
-            session: session.clone(),
-        };
-        match link.call(request, wait).await {
+        match answer {
             Ok(Response::Done) => {
                 if session.is_some() {
                     broker.forget_moved(&m.client);
                 }
                 return;
             }
-            other => {
-                let e = match other {
-                    Ok(Response::Failed(e)) => e,
-                    Ok(_) => "unexpected answer".into(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::warn!(client = m.client, node = to, error = %e, "a session could not be handed on yet");
+            Ok(Response::Failed(e)) => {
+                failures += 1;
+                tracing::warn!(client = m.client, node = to, error = %e, "the new owner could not take a session");
+            }
+            Ok(_) => failures += 1,
+            Err(e) => {
+                if tries % 60 == 0 {
+                    tracing::warn!(client = m.client, node = to, error = %e, "a session can't be handed on yet: sent again until it is");
+                }
             }
         }
+        tries += 1;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
-        match read(&inner.routes).owner(&m.client) {
-            Some(n) if n == inner.me => {
-                // Back here: merged into the session the client has now.
+        let owner = read(&inner.routes).owner(&m.client);
+        match owner {
+            Some(n) if n != inner.me && failures < READ_FAILURES => to = n,
+            _ => {
+                // Back here, let go by its owner, or never readable there:
+                // this node keeps it (merged into a session of the client
+                // here), and owns it.
                 if let Some(bytes) = &session {
-                    if let Err(e) = broker.import_session(bytes) {
-                        tracing::error!(client = m.client, error = %e, "a session handed back could not be read");
+                    match broker.import_session(bytes) {
+                        Ok(_) => broker.forget_moved(&m.client),
+                        Err(e) => {
+                            tracing::error!(client = m.client, error = %e, "a session handed back could not be read")
+                        }
                     }
                 }
-                return;
-            }
-            Some(n) => to = n,
-            None => {
-                // Its owner ended it: nothing to keep.
-                if session.is_some() {
-                    broker.forget_moved(&m.client);
+                if owner != Some(inner.me) {
+                    queue(&inner, m.client.clone(), Some(Claimed::default()));
                 }
                 return;
             }
         }
     }
+}
+
+/// Tell `m.to`, once, that there is nothing for it (or that the session
+/// is not the connecting user's).
+async fn send_once(inner: &Inner, m: &Move, session: Option<Vec<u8>>, not_yours: bool) {
+    if let Some(link) = inner.control.get(&m.to) {
+        let request = Request::Adopt {
+            client: m.client.clone(),
+            session,
+            id: rand_id(),
+            not_yours,
+        };
+        let _ = link
+            .call(request, Duration::from_secs(inner.config.forward_timeout))
+            .await;
+    }
+}
+
+/// A hand-on's number: random, so two nodes' never meet.
+fn rand_id() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // The clock's nanoseconds, should the generator ever fail.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t;
+    }
+    u64::from_be_bytes(b)
 }

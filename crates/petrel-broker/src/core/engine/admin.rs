@@ -94,6 +94,16 @@ pub enum Discard {
     NotFound,
 }
 
+/// A drained broker: it takes no new connection, and tells its clients to
+/// use another server ([`Broker::drain`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// Where clients are sent: the 5.0 Server Reference (`host:port`, or
+    /// several, space-separated, as the specification allows); none: they
+    /// are only told to use another server.
+    pub server_reference: Option<String>,
+}
+
 /// Connections now, by listener and protocol version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConnections {
@@ -184,20 +194,57 @@ impl Broker {
     /// Administrative action); its session is kept or ends as its expiry
     /// says, and its will is published. False if it is not connected.
     pub fn kick(&self, client_id: &str) -> bool {
+        let kicked = self.close_connection(client_id, Kick::Administrative);
+        if kicked {
+            tracing::info!(client_id, "client kicked by an administrator");
+        }
+        kicked
+    }
+
+    /// Tell `client_id`'s connection to close for `why`; whether one held
+    /// the session.
+    fn close_connection(&self, client_id: &str, why: Kick) -> bool {
         // Told outside the core's lock (waking a connection may hand its
         // session back, which takes that lock).
         let reach = lock(&self.engine.core)
             .registry
             .session(client_id)
             .and_then(|v| v.holder.cloned());
-        match reach {
-            Some(reach) => {
-                tracing::info!(client_id, "client kicked by an administrator");
-                reach.kick(Kick::Administrative);
-                true
-            }
-            None => false,
+        reach.map(|r| r.kick(why)).is_some()
+    }
+
+    /// Drain the broker, to take it out of service (or out of a
+    /// cluster) without dropping anyone's session: from now on a CONNECT
+    /// is refused (5.0: CONNACK 0x9C Use another server, with `drain`'s
+    /// Server Reference; 3.1.1: return code 3 Server unavailable), and
+    /// [`Broker::redirect`] closes a connected client the same way (5.0
+    /// DISCONNECT 0x9C). In a cluster, a client that connects to another
+    /// node takes its session there. A connection the program made to
+    /// itself (a bridge's local side) is let in.
+    pub fn drain(&self, drain: Drain) {
+        tracing::info!(server_reference = ?drain.server_reference, "draining: new connections are refused, clients are sent elsewhere");
+        *super::write(&self.engine.drain) = Some(drain);
+    }
+
+    /// Take connections again after [`Broker::drain`].
+    pub fn undrain(&self) {
+        if super::write(&self.engine.drain).take().is_some() {
+            tracing::info!("no longer draining: connections are taken again");
         }
+    }
+
+    /// Whether the broker is drained, and where to.
+    pub fn draining(&self) -> Option<Drain> {
+        super::read(&self.engine.drain).clone()
+    }
+
+    /// Close `client_id`'s connection while the broker is drained (5.0
+    /// clients get DISCONNECT 0x9C Use another server, with the Server
+    /// Reference): its session is kept or ends as its expiry says, and its
+    /// will is not published (the client is moved, not lost). False if it
+    /// is not connected, or the broker is not drained.
+    pub fn redirect(&self, client_id: &str) -> bool {
+        self.draining().is_some() && self.close_connection(client_id, Kick::UseAnotherServer)
     }
 
     /// Every session, connected or not (in no particular order).

@@ -36,6 +36,10 @@ pub enum Kick {
     TakenOver,
     /// An administrator asked (5.0 DISCONNECT 0x98 Administrative action).
     Administrative,
+    /// The broker is drained: the client is to use another server (5.0
+    /// DISCONNECT 0x9C Use another server, with the Server Reference
+    /// [`Broker::drain`](crate::Broker::drain) was given).
+    UseAnotherServer,
 }
 
 impl Kick {
@@ -44,6 +48,7 @@ impl Kick {
         match self {
             Self::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
             Self::Administrative => ReasonCode::ADMINISTRATIVE_ACTION,
+            Self::UseAnotherServer => ReasonCode::USE_ANOTHER_SERVER,
         }
     }
 }
@@ -831,6 +836,16 @@ impl Client {
         self.reach.poll_kicked(cx)
     }
 
+    /// The properties of the 5.0 DISCONNECT that closes the connection for
+    /// `kick`: the Server Reference of a drained broker, if it has one.
+    pub fn kick_properties(&self, kick: Kick) -> Properties {
+        let mut props = Properties::new();
+        if kick == Kick::UseAnotherServer {
+            props.set_server_reference(self.engine.server_reference());
+        }
+        props
+    }
+
     /// Arm `waker` for a message to the session or a kick, for a
     /// connection about to hibernate. Returns false if either already
     /// happened: the connection must not sleep (then call
@@ -971,8 +986,12 @@ impl Client {
                     .then(|| will.take())
                     .flatten(),
             ),
-            // A server shutting down is not the client's failure.
-            Some(CloseReason::Local(rc)) if *rc == ReasonCode::SERVER_SHUTTING_DOWN => {
+            // A server shutting down, or sending its clients elsewhere, is
+            // not the client's failure.
+            Some(CloseReason::Local(rc))
+                if *rc == ReasonCode::SERVER_SHUTTING_DOWN
+                    || *rc == ReasonCode::USE_ANOTHER_SERVER =>
+            {
                 (self.expiry, None)
             }
             _ => (self.expiry, will.take()),

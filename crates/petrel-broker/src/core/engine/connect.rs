@@ -220,6 +220,17 @@ impl Login {
             tracing::info!(client_id = %self.connect.client_id.as_str(), protocol = self.connect.protocol.version(), "protocol version not accepted on this listener");
             return self.refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
         }
+        if self.engine.drained() && self.peer.internal.is_none() {
+            // Drained: elsewhere (a 5.0 client's Server Reference says
+            // where, 4.11 Server redirection).
+            Stats::add(&self.engine.stats.connections_refused, 1);
+            if !self.connect.protocol.is_v5() {
+                return refuse(ReasonCode::SERVER_UNAVAILABLE);
+            }
+            let mut props = Properties::new();
+            props.set_server_reference(self.engine.server_reference());
+            return Step::Refuse(ReasonCode::USE_ANOTHER_SERVER, props);
+        }
         let prepared = match self.prepare() {
             Ok(p) => p,
             Err(reason) => return self.refused(reason),
@@ -567,9 +578,21 @@ impl Login {
             // In a cluster the session is this node's first: brought from
             // the node that had it, or ended there with Clean Start.
             let client_id = p.client_id.clone();
-            if let Err(e) = peers.claim(&client_id, self.connect.clean_start).await {
-                tracing::warn!(client_id = %client_id, error = %e, "the cluster could not give this node the session; refused");
-                return self.refused(ReasonCode::SERVER_UNAVAILABLE);
+            let claim = peers.claim(
+                &client_id,
+                self.connect.clean_start,
+                access.username.as_deref(),
+            );
+            match claim.await {
+                Ok(()) => {}
+                Err(crate::core::peers::ClaimRefused::Unavailable(e)) => {
+                    tracing::warn!(client_id = %client_id, error = %e, "the cluster could not give this node the session; refused");
+                    return self.refused(ReasonCode::SERVER_UNAVAILABLE);
+                }
+                Err(crate::core::peers::ClaimRefused::NotYours) => {
+                    tracing::warn!(client_id = %client_id, username = access.username.as_deref().unwrap_or(""), "session belongs to another user (on another node); refused");
+                    return self.refused(ReasonCode::NOT_AUTHORIZED);
+                }
             }
         }
         let Some(p) = self.prepared.as_mut() else {

@@ -43,11 +43,12 @@ mod sys;
 mod tests;
 
 pub use admin::{
-    ClientSummary, Discard, ListenerConnections, MetricsSnapshot, SessionSummary,
+    ClientSummary, Discard, Drain, ListenerConnections, MetricsSnapshot, SessionSummary,
     SubscriptionSummary,
 };
 pub use client::{Client, Kick, ReauthStep};
 pub use connect::{Accepted, Internal, ListenerRules, Login, Peer, Step};
+pub use moved::{Exported, Imported};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -220,6 +221,8 @@ pub(crate) struct Engine {
     /// With peers: how many of this node's subscriptions each filter has,
     /// and when the other nodes know of it (the first one's route).
     interest: Mutex<std::collections::HashMap<Box<str>, (u32, Commit)>>,
+    /// While the broker is drained: where clients are sent.
+    drain: RwLock<Option<Drain>>,
     core: Mutex<Core>,
     /// Bytes waiting in every session's queue.
     queued_bytes: Arc<AtomicUsize>,
@@ -403,6 +406,7 @@ impl BrokerBuilder {
                 store,
                 peers: self.peers,
                 interest: Mutex::default(),
+                drain: RwLock::default(),
                 core: Mutex::new(Core::default()),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
                 subscription_bytes: AtomicUsize::new(0),
@@ -803,6 +807,19 @@ impl Broker {
 }
 
 impl Engine {
+    /// The Server Reference clients of a drained broker are sent to.
+    pub(crate) fn server_reference(&self) -> Option<petrel_codec::MqttString> {
+        read(&self.drain)
+            .as_ref()
+            .and_then(|d| d.server_reference.as_deref())
+            .and_then(|r| petrel_codec::MqttString::try_from(r).ok())
+    }
+
+    /// Whether the broker is drained.
+    pub(crate) fn drained(&self) -> bool {
+        read(&self.drain).is_some()
+    }
+
     /// The limits in force.
     pub(crate) fn limits(&self) -> arc_swap::Guard<Arc<crate::config::Limits>> {
         self.limits.load()

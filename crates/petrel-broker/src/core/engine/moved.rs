@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use petrel_codec::{QoS, TopicName};
+use petrel_codec::{QoS, TopicFilter, TopicName};
 use petrel_session::{Message, SessionState};
 
 use super::attach::{now_millis, stored_subscription, Attach, Attached, Restored, SessionEntries};
@@ -23,6 +23,7 @@ use super::client::Reach;
 use super::connect::HANDOVER_SLACK;
 use super::{Broker, Engine};
 use crate::core::lock;
+use crate::core::queue::QOS2;
 use crate::core::sessions::Released;
 use crate::core::store::{
     check_entry, child_key, decode_delivery, decode_message, encode_delivery, encode_message,
@@ -47,6 +48,32 @@ const TABLES: [Table; 5] = [
     Table::Delivery,
     Table::Incoming,
 ];
+
+/// What [`Broker::export_session`] took out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exported {
+    /// The session, in the form [`Broker::import_session`] reads.
+    Session(Vec<u8>),
+    /// Nothing to move: no session, one that ended with its connection or
+    /// with Clean Start, or a holder that would not let go.
+    Nothing,
+    /// The session belongs to another user (with `ownership` on): left
+    /// alone, its connection too.
+    NotYours,
+}
+
+/// What [`Broker::import_session`] brought in.
+#[derive(Debug)]
+pub struct Imported {
+    /// The client id.
+    pub client_id: String,
+    /// When the session is in this node's store (answer the node it came
+    /// from then).
+    pub stored: Commit,
+    /// When the cluster routes its subscriptions here (let its client in
+    /// then).
+    pub routed: Commit,
+}
 
 /// What stands for a message whose PUBREC came: only PUBREL is left to
 /// send, so the message itself is no longer kept in memory.
@@ -104,6 +131,7 @@ fn decode(bytes: &[u8]) -> io::Result<(String, Vec<Entry>)> {
         let n = r.len()?;
         let value = r.take(n)?.to_vec();
         check_entry(table, &key, &value)?;
+        check_moved(table, &key)?;
         let owner = if table == Table::Sessions {
             records += 1;
             std::str::from_utf8(&key).ok()
@@ -122,6 +150,32 @@ fn decode(bytes: &[u8]) -> io::Result<(String, Vec<Entry>)> {
         return Err(bad("bytes after the entries"));
     }
     Ok((id, entries))
+}
+
+/// What [`check_entry`] leaves to check of a moved entry before anything
+/// of it is kept: a subscription's filter is one, a message's sequence
+/// number is one the broker could have given (not 0, below the flag it
+/// keeps in the top bit), a received identifier is not 0.
+fn check_moved(table: Table, key: &[u8]) -> io::Result<()> {
+    let suffix = split_child_key(key).map(|(_, s)| s);
+    let ok = match table {
+        Table::Subscriptions => suffix
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .is_some_and(|f| TopicFilter::try_from(f).is_ok()),
+        Table::Queue | Table::Delivery => suffix
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(u64::from_be_bytes)
+            .is_some_and(|seq| seq != 0 && seq < QOS2 - 1),
+        Table::Incoming => suffix
+            .and_then(|s| <[u8; 2]>::try_from(s).ok())
+            .is_some_and(|p| p != [0, 0]),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!("a bad {} entry", table.name())))
+    }
 }
 
 /// What is left to read of a moved session's form.
@@ -152,12 +206,24 @@ impl Engine {
     /// connected elsewhere with Clean Start) the session ends instead.
     /// `None` if there is nothing to move (no session, one that ended with
     /// its connection, or a holder that would not let go).
-    pub(crate) async fn export_session(&self, client_id: &str, discard: bool) -> Option<Vec<u8>> {
+    pub(crate) async fn export_session(
+        &self,
+        client_id: &str,
+        discard: bool,
+        username: Option<&str>,
+    ) -> Exported {
         let (access, expiry) = {
             let core = lock(&self.core);
-            let v = core.registry.session(client_id)?;
+            let Some(v) = core.registry.session(client_id) else {
+                return Exported::Nothing;
+            };
             (v.data.access(), v.expiry)
         };
+        if self.security().ownership && access.username.as_deref() != username {
+            // Sessions belong to their users: another's client id does not
+            // take this one, here or on another node.
+            return Exported::NotYours;
+        }
         let id: Arc<str> = Arc::from(client_id);
         // A stand-in for the connection on the other node: it takes the
         // session here as a local CONNECT would.
@@ -180,11 +246,11 @@ impl Engine {
                     Some(h) => self.take_handover(&id, h, &access, expiry, now),
                     None => {
                         self.abandon(&id, connection, None, expiry, now);
-                        return None;
+                        return Exported::Nothing;
                     }
                 }
             }
-            Attach::Full | Attach::Owned => return None,
+            Attach::Full | Attach::Owned => return Exported::Nothing,
         };
         let Attached {
             key,
@@ -195,9 +261,20 @@ impl Engine {
         if discard || !session_present || expiry == 0 {
             // It ends here (its will, if any, as any ended session's).
             self.release(&key, connection, SessionState::new(), 0, None, now);
-            return None;
+            return Exported::Nothing;
         }
-        let entries = self.entries_of(&id, &key, &state, expiry);
+        let form = encode(&id, &self.entries_of(&id, &key, &state, expiry));
+        // Its entries leave the store and its form waits there, in one
+        // write, until the other node has it: a crash meanwhile sends it
+        // again, and a new session of the client id here starts clean.
+        let mut ops = session_delete_ops(&id);
+        ops.push(Op::Put {
+            table: Table::Moving,
+            key: id.as_bytes().to_vec(),
+            value: form.clone(),
+        });
+        self.write(ops);
+        key.set_stored(false, 0);
         // Out of memory here, its stored entries kept.
         {
             let mut core = lock(&self.core);
@@ -218,7 +295,8 @@ impl Engine {
         }
         self.drop_subscriptions(&key);
         key.end();
-        Some(encode(&id, &entries))
+        self.flush_store();
+        Exported::Session(form)
     }
 
     /// The store's entries for a session: its record, subscriptions,
@@ -281,34 +359,39 @@ impl Engine {
     }
 
     /// The session exported with [`Engine::export_session`] reached its
-    /// new node: its entries leave this node's store, unless a connection
-    /// here holds a session of that client id again.
+    /// new node: its form leaves this node's store.
     pub(crate) fn forget_moved(&self, client_id: &str) {
-        if lock(&self.core).registry.exists(client_id) {
-            return;
-        }
-        self.write(session_delete_ops(client_id));
+        self.write(vec![Op::Delete {
+            table: Table::Moving,
+            key: client_id.as_bytes().to_vec(),
+        }]);
+    }
+
+    /// Sessions exported and not yet confirmed by their new node: client
+    /// id and form.
+    pub(crate) fn moving_sessions(&self) -> io::Result<Vec<(String, Vec<u8>)>> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        Ok(store
+            .scan(Table::Moving)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
     }
 
     /// Bring in a session another node exported: as it was if this node
-    /// has no session of its client id (written to the store, then read
-    /// back as a restart would), merged into the one it has otherwise
+    /// has no session of its client id (read back as a restart would, then
+    /// written to the store), merged into the one it has otherwise
     /// (subscriptions it lacks are added, and the messages are queued
     /// after its own: a message whose PUBREC came is left out, as are the
-    /// packet identifiers, which were the old connection's). The commit
-    /// is when the store has it. Returns the client id.
-    pub(crate) fn import_session(&self, bytes: &[u8]) -> io::Result<(String, Commit)> {
+    /// packet identifiers, which were the old connection's). A form that
+    /// does not read back whole changes nothing.
+    pub(crate) fn import_session(&self, bytes: &[u8]) -> io::Result<Imported> {
         let (id, entries) = decode(bytes)?;
+        let (record, children) = split(entries.clone())?;
         let exists = lock(&self.core).registry.exists(&id);
         if !exists {
-            let mut ops = session_delete_ops(&id);
-            ops.extend(entries.iter().map(|(table, key, value)| Op::Put {
-                table: *table,
-                key: key.clone(),
-                value: value.clone(),
-            }));
-            let commit = self.stored(ops)?;
-            let (record, children) = split(entries)?;
             let now = Instant::now();
             match self.restore_entries(
                 &id,
@@ -318,20 +401,36 @@ impl Engine {
                 SystemTime::now(),
                 now_millis(),
             )? {
-                Restored::Back(routed) => return Ok((id, commit.and(routed))),
+                Restored::Back(routed) => {
+                    let mut ops = session_delete_ops(&id);
+                    ops.extend(entries.into_iter().map(|(table, key, value)| Op::Put {
+                        table,
+                        key,
+                        value,
+                    }));
+                    let stored = self.stored(ops)?;
+                    return Ok(Imported {
+                        client_id: id,
+                        stored,
+                        routed,
+                    });
+                }
+                // Its expiry passed on the way: nothing to keep.
                 Restored::Gone => {
-                    self.write(session_delete_ops(&id));
-                    return Ok((id, commit));
+                    return Ok(Imported {
+                        client_id: id,
+                        stored: Commit::done(),
+                        routed: Commit::done(),
+                    })
                 }
                 // A connection took the client id meanwhile.
-                Restored::Held => return self.merge(id, children).map(|c| (c.0, c.1.and(commit))),
+                Restored::Held => {}
             }
         }
-        let (_, children) = split(entries)?;
         self.merge(id, children)
     }
 
-    fn merge(&self, id: String, children: SessionEntries) -> io::Result<(String, Commit)> {
+    fn merge(&self, id: String, children: SessionEntries) -> io::Result<Imported> {
         let Some(key) = lock(&self.core).registry.data(&id).cloned() else {
             return Err(bad("the session ended while it was merged"));
         };
@@ -378,9 +477,13 @@ impl Engine {
         }
         // Stored before they can be sent: what a client acknowledges
         // here is in this node's store.
-        let commit = self.stored(ops)?;
+        let stored = self.stored(ops)?;
         key.append_queue(messages);
-        Ok((id, commit.and(routed)))
+        Ok(Imported {
+            client_id: id,
+            stored,
+            routed,
+        })
     }
 
     /// Ids of every session this node holds, connected or not.
@@ -416,27 +519,40 @@ impl Broker {
     /// Take `client_id`'s session out of this node for another node of a
     /// cluster, in a form [`Broker::import_session`] reads: its connection
     /// here (if any) is closed with 0x8E Session taken over, and the
-    /// session leaves memory. Its entries stay in this node's store until
-    /// [`Broker::forget_moved`]. With `discard` (the client connected
-    /// elsewhere with Clean Start) the session ends instead. `None` when
-    /// there is nothing to move.
-    pub async fn export_session(&self, client_id: &str, discard: bool) -> Option<Vec<u8>> {
-        self.engine.export_session(client_id, discard).await
+    /// session leaves memory and the store here; its form waits in the
+    /// store ([`Broker::moving_sessions`]) until [`Broker::forget_moved`].
+    /// With `discard` (the client connected elsewhere with Clean Start)
+    /// the session ends instead. `username`: who connected elsewhere; with
+    /// `ownership` on, another user's session is not taken.
+    pub async fn export_session(
+        &self,
+        client_id: &str,
+        discard: bool,
+        username: Option<&str>,
+    ) -> Exported {
+        self.engine
+            .export_session(client_id, discard, username)
+            .await
     }
 
     /// The session exported with [`Broker::export_session`] is safe on its
-    /// new node: its entries leave this node's store.
+    /// new node: its form leaves this node's store.
     pub fn forget_moved(&self, client_id: &str) {
         self.engine.forget_moved(client_id);
+    }
+
+    /// Sessions exported and not yet confirmed by their new node (a crash
+    /// may have come between): client id and form, to send again.
+    pub fn moving_sessions(&self) -> io::Result<Vec<(String, Vec<u8>)>> {
+        self.engine.moving_sessions()
     }
 
     /// Bring in a session [`Broker::export_session`] took out of another
     /// node: as it was if none of its client id is here, merged into the
     /// one here otherwise (its subscriptions added, its messages queued
-    /// after this one's). Returns the client id, and the commit after
-    /// which the session is in this node's store. A form that does not
-    /// read back is an error, and nothing of it is kept.
-    pub fn import_session(&self, bytes: &[u8]) -> io::Result<(String, Commit)> {
+    /// after this one's). A form that does not read back is an error, and
+    /// nothing of it is kept.
+    pub fn import_session(&self, bytes: &[u8]) -> io::Result<Imported> {
         self.engine.import_session(bytes)
     }
 
