@@ -28,6 +28,8 @@
 mod api;
 mod metrics;
 
+pub use metrics::{ExtraMetrics, Family};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,6 +118,7 @@ impl Access {
 struct App {
     broker: Broker,
     access: Access,
+    extra: Option<Arc<dyn ExtraMetrics>>,
 }
 
 /// The HTTP listener, bound and ready to serve.
@@ -166,9 +169,18 @@ impl AdminServer {
                     digest,
                     public_metrics: config.public_metrics,
                 },
+                extra: None,
             }),
             token_file,
         })
+    }
+
+    /// Show `extra`'s figures on `/metrics` too (a cluster node's).
+    pub fn with_metrics(mut self, extra: Arc<dyn ExtraMetrics>) -> Self {
+        if let Some(app) = Arc::get_mut(&mut self.app) {
+            app.extra = Some(extra);
+        }
+        self
     }
 
     /// Where it listens.
@@ -272,7 +284,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics::render(&app.broker),
+        metrics::render(&app.broker, app.extra.as_ref()),
     )
         .into_response()
 }

@@ -13,10 +13,55 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Debug)]
 struct Collector(Broker);
 
+/// Figures of the program's own that `/metrics` shows beside the broker's
+/// (a cluster node's, for one): read at each scrape.
+pub trait ExtraMetrics: Send + Sync + std::fmt::Debug + 'static {
+    /// The metric families now.
+    fn families(&self) -> Vec<Family>;
+}
+
+/// One metric family of [`ExtraMetrics`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Family {
+    /// Its name (`petrel_cluster_routes`; a counter's without `_total`).
+    pub name: String,
+    /// What it counts.
+    pub help: String,
+    /// A counter (only goes up) or a gauge.
+    pub counter: bool,
+    /// Its samples: labels and value.
+    pub samples: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+/// Writes the [`ExtraMetrics`] at each scrape.
+#[derive(Debug)]
+struct Extra(std::sync::Arc<dyn ExtraMetrics>);
+
+impl prometheus_client::collector::Collector for Extra {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in self.0.families() {
+            if f.counter {
+                counter(&mut e, &f.name, &f.help, None, f.samples)?;
+            } else {
+                let samples = f
+                    .samples
+                    .into_iter()
+                    .map(|(l, v)| (l, gauge_of(v)))
+                    .collect();
+                gauge(&mut e, &f.name, &f.help, None, samples)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The text of `/metrics` now.
-pub(crate) fn render(broker: &Broker) -> String {
+pub(crate) fn render(broker: &Broker, extra: Option<&std::sync::Arc<dyn ExtraMetrics>>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Collector(broker.clone())));
+    if let Some(x) = extra {
+        registry.register_collector(Box::new(Extra(x.clone())));
+    }
     let mut out = String::new();
     // Writing to a String can't fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -374,6 +374,23 @@ impl Cluster {
     pub fn counters(&self) -> &ClusterCounters {
         &self.inner.counters
     }
+
+    /// Whether this node can agree new routes and takeovers now (it leads
+    /// a majority that answered lately, or follows a leader it heard from
+    /// lately).
+    pub fn has_quorum(&self) -> bool {
+        self.inner.available()
+    }
+
+    /// How many client ids' sessions have an owner, as this node knows.
+    pub fn owned_sessions(&self) -> usize {
+        read(&self.inner.routes).owned()
+    }
+
+    /// How many sessions this node is handing on now.
+    pub fn moving_sessions(&self) -> usize {
+        lock(&self.inner.moving).len()
+    }
 }
 
 /// The broker's view of the node.

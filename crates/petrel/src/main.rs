@@ -398,6 +398,11 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         if let Some(http) = http {
             match petrel_admin::AdminServer::bind(broker.clone(), &http).await {
                 Ok(admin) => {
+                    let admin = match &cluster {
+                        Some(c) => admin
+                            .with_metrics(std::sync::Arc::new(tools::ClusterMetrics(c.clone()))),
+                        None => admin,
+                    };
                     tokio::spawn(admin.run());
                 }
                 Err(e) => {

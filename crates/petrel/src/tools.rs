@@ -1047,3 +1047,107 @@ mod tests {
         assert_eq!(iso8601(t), "2023-11-14T22:13:20.000000Z");
     }
 }
+
+/// A cluster node's figures on `/metrics`, beside the broker's.
+#[derive(Debug)]
+pub(crate) struct ClusterMetrics(pub(crate) petrel_cluster::Cluster);
+
+impl petrel_admin::ExtraMetrics for ClusterMetrics {
+    fn families(&self) -> Vec<petrel_admin::Family> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.0;
+        let family = |name: &str, help: &str, counter: bool, value: u64| petrel_admin::Family {
+            name: format!("petrel_cluster_{name}"),
+            help: help.to_string(),
+            counter,
+            samples: vec![(Vec::new(), value)],
+        };
+        let metrics = c.metrics();
+        let (term, applied, last_log, members) = metrics.as_ref().map_or((0, 0, 0, 0), |m| {
+            (
+                m.current_term,
+                m.last_applied.map_or(0, |l| l.index),
+                m.last_log_index.unwrap_or(0),
+                m.membership_config.membership().voter_ids().count() as u64,
+            )
+        });
+        let k = c.counters();
+        vec![
+            family("node", "This node's number", false, c.node_id()),
+            family(
+                "leader",
+                "The leader this node knows (0: none)",
+                false,
+                c.leader().unwrap_or(0),
+            ),
+            family(
+                "quorum",
+                "1 while this node can agree new routes and takeovers",
+                false,
+                u64::from(c.has_quorum()),
+            ),
+            family("term", "The Raft term", false, term),
+            family("members", "Voting members", false, members),
+            family(
+                "raft_last_log_index",
+                "The last entry of this node's Raft log",
+                false,
+                last_log,
+            ),
+            family(
+                "raft_applied_index",
+                "The last entry this node applied",
+                false,
+                applied,
+            ),
+            family(
+                "routes",
+                "Node-filter routes this node has applied",
+                false,
+                c.route_count() as u64,
+            ),
+            family(
+                "sessions_owned",
+                "Client ids whose session has an owner node",
+                false,
+                c.owned_sessions() as u64,
+            ),
+            family(
+                "sessions_moving",
+                "Sessions this node is handing on now",
+                false,
+                c.moving_sessions() as u64,
+            ),
+            family(
+                "forwarded",
+                "Messages sent to other nodes (once per node)",
+                true,
+                k.forwarded.load(Relaxed),
+            ),
+            family(
+                "received",
+                "Messages taken from other nodes",
+                true,
+                k.received.load(Relaxed),
+            ),
+            family(
+                "lost",
+                "Messages for a node that was down, did not answer in time, or was past its queue (QoS 0)",
+                true,
+                k.lost.load(Relaxed),
+            ),
+            family(
+                "refused",
+                "QoS 1/2 messages refused to their publisher: a peer's queue was full",
+                true,
+                k.refused.load(Relaxed),
+            ),
+            family(
+                "route_writes",
+                "Route and ownership changes written (batches)",
+                true,
+                k.route_writes.load(Relaxed),
+            ),
+        ]
+    }
+}

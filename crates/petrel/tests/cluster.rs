@@ -165,6 +165,26 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s `/metrics`, with the token it wrote in its data
+    /// directory.
+    fn scrape(&self, i: usize) -> String {
+        use std::io::{Read, Write};
+        let n = &self.nodes[i];
+        let token = std::fs::read_to_string(n.data.join("http.token")).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", n.http)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    }
+
     /// `petrel ctl` against node `i`'s admin API: whether it succeeded,
     /// and what it printed.
     fn ctl(&self, i: usize, args: &[&str]) -> (bool, String) {
@@ -319,6 +339,26 @@ async fn messages_cross_nodes_in_both_versions() {
         }
         let _ = sub.unsubscribe(&["cross/+/temp"]).await;
     }
+    // Each node's figures on its /metrics: the publishing nodes forwarded,
+    // the subscriber's received, all agree on the leader.
+    let leader = sys(c.port(0), "leader").await;
+    let (m0, m1) = (c.scrape(0), c.scrape(1));
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(value(&m0, "petrel_cluster_node"), 1);
+    assert_eq!(value(&m1, "petrel_cluster_node"), 2);
+    for m in [&m0, &m1] {
+        assert_eq!(value(m, "petrel_cluster_leader").to_string(), leader);
+        assert_eq!(value(m, "petrel_cluster_quorum"), 1);
+        assert_eq!(value(m, "petrel_cluster_members"), 3);
+    }
+    assert!(value(&m0, "petrel_cluster_forwarded_total") >= 1000, "{m0}");
+    assert!(value(&m1, "petrel_cluster_received_total") >= 1000, "{m1}");
+    assert_eq!(value(&m0, "petrel_cluster_lost_total"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
