@@ -520,33 +520,53 @@ async fn drain(State(app): Shared, body: Result<Json<DrainRequest>, JsonRejectio
     app.broker.drain(Drain {
         server_reference: req.server_reference,
     });
-    // Clients that came through a listener (a bridge's local side stays).
-    let clients: Vec<String> = app
-        .broker
-        .clients()
-        .into_iter()
-        .filter(|c| !c.listener.is_empty())
-        .map(|c| c.client_id)
-        .collect();
-    let broker = app.broker.clone();
-    let per_second = req.per_second;
-    tokio::spawn(async move {
-        let pause = (per_second > 0).then(|| Duration::from_secs(1) / per_second);
-        for id in clients {
-            // Lifted meanwhile: the rest stay.
-            if broker.draining().is_none() {
-                return;
-            }
-            broker.redirect(&id);
-            if let Some(p) = pause {
-                tokio::time::sleep(p).await;
-            }
-        }
-    });
+    // One sender at a time: a new drain (or an undrain) stops the last.
+    let generation = app.drains.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let app2 = app.clone();
+    tokio::spawn(send_away(app2, generation, req.per_second));
     (StatusCode::ACCEPTED, Json(drain_json(&app))).into_response()
 }
 
+/// Send the connected clients away, `per_second` a second (0: all at
+/// once), looking again until none is left (one may have been let in
+/// while the drain began), while drain `generation` lasts.
+async fn send_away(app: Arc<App>, generation: u64, per_second: u32) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Ticks of at least 10 ms, with as many clients each as the rate asks.
+    let tick = Duration::from_millis(10).max(Duration::from_secs(1) / per_second.max(1));
+    let per_tick = if per_second == 0 {
+        usize::MAX
+    } else {
+        ((u64::from(per_second) * tick.as_millis() as u64 / 1000).max(1)) as usize
+    };
+    let current = || app.drains.load(SeqCst) == generation && app.broker.draining().is_some();
+    while current() {
+        // Clients that came through a listener (a bridge's local side
+        // stays).
+        let clients: Vec<String> = app
+            .broker
+            .clients()
+            .into_iter()
+            .filter(|c| !c.listener.is_empty())
+            .map(|c| c.client_id)
+            .collect();
+        if clients.is_empty() {
+            return;
+        }
+        for chunk in clients.chunks(per_tick.max(1)) {
+            if !current() {
+                return;
+            }
+            for id in chunk {
+                app.broker.redirect(id);
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+}
+
 async fn undrain(State(app): Shared) -> Response {
+    app.drains.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     app.broker.undrain();
     Json(drain_json(&app)).into_response()
 }

@@ -119,6 +119,8 @@ struct App {
     broker: Broker,
     access: Access,
     extra: Option<Arc<dyn ExtraMetrics>>,
+    /// Numbers drains, so the clients of an old one stop being sent away.
+    drains: std::sync::atomic::AtomicU64,
 }
 
 /// The HTTP listener, bound and ready to serve.
@@ -170,6 +172,7 @@ impl AdminServer {
                     public_metrics: config.public_metrics,
                 },
                 extra: None,
+                drains: std::sync::atomic::AtomicU64::new(0),
             }),
             token_file,
         })

@@ -691,6 +691,9 @@ async fn write_routes(inner: Arc<Inner>) {
                 remove,
             });
         }
+        // Until the Owners command is written, its operations are this
+        // batch's to put back.
+        let mut unwritten = (!owners.is_empty()).then(|| owners.clone());
         if !owners.is_empty() {
             commands.push(Command::Owners {
                 node: inner.me,
@@ -701,7 +704,6 @@ async fn write_routes(inner: Arc<Inner>) {
         let mut result = Ok(());
         let mut answered = None;
         let mut reset_at = None;
-        let mut unwritten = None;
         for command in commands {
             let owners = match &command {
                 Command::Owners { ops, .. } => Some(ops.clone()),
@@ -722,6 +724,7 @@ async fn write_routes(inner: Arc<Inner>) {
                             .applied_index_at_least(Some(index), "owners")
                             .await;
                         answered = Some(applied);
+                        unwritten = None;
                     } else {
                         everyone_applied(&inner, raft, index).await;
                         if is_reset {
@@ -732,30 +735,39 @@ async fn write_routes(inner: Arc<Inner>) {
                 Err(e) => {
                     tracing::warn!(error = %e, "route change not agreed");
                     result = Err(e);
-                    unwritten = owners;
                     // Written again, whole, when the cluster answers.
                     lock(&inner.changes).reset = true;
                     break;
                 }
             }
         }
+        // Releases and the claims nobody waits for are written when the
+        // cluster answers, before what came since (the claims a CONNECT
+        // waits for are refused). A claim for a session this node no longer
+        // holds would only take it from whoever has it now. (The broker is
+        // asked before the changes' lock is taken: its lock comes first.)
+        let again: Vec<_> = unwritten
+            .map(|ops| {
+                let waited: std::collections::HashSet<usize> =
+                    claims.iter().map(|(i, _)| *i).collect();
+                let holds =
+                    |client: &str| inner.broker.get().is_some_and(|b| b.has_session(client));
+                ops.into_iter()
+                    .enumerate()
+                    .filter(|(i, (client, claim))| {
+                        !waited.contains(i) && (claim.is_none() || holds(client))
+                    })
+                    .map(|(_, op)| op)
+                    .collect()
+            })
+            .unwrap_or_default();
         {
             let mut c = lock(&inner.changes);
             c.in_flight.clear();
-            if let Some(ops) = unwritten {
-                // Releases and the claims nobody waits for are written
-                // when the cluster answers, before what came since (the
-                // claims a CONNECT waits for are refused).
-                let waited: std::collections::HashSet<usize> =
-                    claims.iter().map(|(i, _)| *i).collect();
-                let mut again: Vec<_> = ops
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(i, _)| !waited.contains(i))
-                    .map(|(_, op)| op)
-                    .collect();
+            if !again.is_empty() {
                 // The waiters' places shift by what goes in front.
                 let shift = again.len();
+                let mut again = again;
                 again.append(&mut c.owners);
                 for (i, _) in &mut c.claims {
                     *i += shift;

@@ -358,7 +358,20 @@ async fn messages_cross_nodes_in_both_versions() {
     }
     assert!(value(&m0, "petrel_cluster_forwarded_total") >= 1000, "{m0}");
     assert!(value(&m1, "petrel_cluster_received_total") >= 1000, "{m1}");
+    // The controls: node 2 published nothing, node 1 subscribed to nothing.
+    assert_eq!(value(&m1, "petrel_cluster_forwarded_total"), 0);
+    assert_eq!(value(&m0, "petrel_cluster_received_total"), 0);
     assert_eq!(value(&m0, "petrel_cluster_lost_total"), 0);
+    // As its $SYS says.
+    assert_eq!(
+        value(&m0, "petrel_cluster_term").to_string(),
+        sys(c.port(0), "term").await
+    );
+    assert!(value(&m0, "petrel_cluster_raft_applied_index") >= 1);
+    assert!(
+        value(&m0, "petrel_cluster_raft_last_log_index")
+            >= value(&m0, "petrel_cluster_raft_applied_index")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1213,10 +1226,14 @@ async fn a_killed_nodes_session_reaches_its_client_elsewhere_once_it_restarts() 
 async fn a_drained_node_sends_its_clients_to_another_and_their_sessions_follow() {
     let c = Cluster::start("drain", 3);
     c.leader(&[0, 1, 2], None).await;
-    let (a, _) = client(mover(c.port(0), "drained")).await;
+    let (a, mut before) = client(mover(c.port(0), "drained")).await;
     a.subscribe("dr/#", QoS::AtLeastOnce).await.unwrap();
     // Positive control: node 1 serves it before the drain.
     let (publ, _) = client(options(c.port(2), Protocol::V5, "dr-pub")).await;
+    publ.publish_to("dr/x", "before", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut before).await.as_deref(), Some("before"));
     // Drained through its admin API, sending clients to node 2.
     let target = format!("127.0.0.1:{}", c.port(1));
     let (ok, text) = c.ctl(0, &["drain", "--server-reference", &target]);

@@ -657,6 +657,22 @@ impl SessionKey {
         mb.clear();
     }
 
+    /// [`SessionKey::end`], giving back what waited (oldest first): no
+    /// message can come between the last one read and the end.
+    pub(crate) fn end_taking(&self) -> Vec<(Message, Instant)> {
+        let mut mb = self.mailbox();
+        let waiting = mb
+            .queue
+            .iter()
+            .flat_map(|q| q.iter())
+            .map(|q| (q.message(), q.at()))
+            .collect();
+        mb.ended = true;
+        mb.online = false;
+        mb.clear();
+        waiting
+    }
+
     /// Ready once a message came to the empty queue since the last time
     /// it was.
     pub(crate) fn poll_signal(&self, cx: &mut Context<'_>) -> Poll<()> {

@@ -243,6 +243,12 @@ pub(super) async fn hand_on_held(inner: Arc<Inner>, index: u64) {
         let routes = read(&inner.routes);
         for (client, form) in moving {
             let (to, claim) = routes.owner_claim(&client).unwrap_or_default();
+            if claim.clean && to != inner.me {
+                // Claimed with Clean Start while this node was away: the
+                // session it was handing on ends.
+                broker.forget_moved(&client);
+                continue;
+            }
             let m = Move {
                 client,
                 to,
@@ -287,9 +293,10 @@ impl Drop for Moving<'_> {
 
 /// Take `m`'s session out of this node (or send again the `form` a crash
 /// left in the store) and hand it to its owner, until the owner has it.
-/// If the session changed owner meanwhile it goes to the new one; if it
-/// came back here, or its owner let it go, it is brought back in here.
-async fn move_session(inner: Arc<Inner>, m: Move, form: Option<Vec<u8>>) {
+/// If the session changed owner meanwhile it goes to the new one (or ends,
+/// if that one claimed it with Clean Start); if it came back here, its
+/// owner let it go, or the owner can't read it, it is taken back here.
+async fn move_session(inner: Arc<Inner>, mut m: Move, form: Option<Vec<u8>>) {
     let Some(broker) = inner.broker.get() else {
         return;
     };
@@ -298,16 +305,32 @@ async fn move_session(inner: Arc<Inner>, m: Move, form: Option<Vec<u8>>) {
     }
     let _moving = Moving(&inner, m.client.clone());
     let session = match form {
-        Some(f) => Some(f),
+        Some(f) => f,
         None => {
-            if read(&inner.routes).owner(&m.client) != Some(m.to) {
-                // Claimed again since: whoever had it then hands it on.
-                return;
+            // Claimed again since? Then to its owner now, as that claim
+            // says (this node has the session: nobody else hands it on).
+            match read(&inner.routes).owner_claim(&m.client) {
+                Some((to, _)) if to == inner.me => return,
+                Some((to, claim)) => {
+                    m.to = to;
+                    m.claim = claim;
+                }
+                None => {
+                    // Let go by the node that claimed it: this node keeps
+                    // it, and owns it.
+                    queue(&inner, m.client.clone(), Some(Claimed::default()));
+                    return;
+                }
             }
             let user = m.claim.user.as_deref();
             match broker.export_session(&m.client, m.claim.clean, user).await {
-                Exported::Session(f) => Some(f),
-                Exported::Nothing => None,
+                Exported::Session(f) => f,
+                Exported::Nothing => {
+                    // Nothing to hand on: the CONNECT waiting there need
+                    // not wait.
+                    send_once(&inner, &m, false).await;
+                    return;
+                }
                 Exported::NotYours => {
                     // Not taken: the CONNECT there is refused, and the
                     // session is this node's again.
@@ -316,88 +339,104 @@ async fn move_session(inner: Arc<Inner>, m: Move, form: Option<Vec<u8>>) {
                         node = m.to,
                         "a client id was claimed by another user: its session stays"
                     );
-                    send_once(&inner, &m, None, true).await;
+                    send_once(&inner, &m, true).await;
                     queue(&inner, m.client.clone(), Some(Claimed::default()));
                     return;
                 }
             }
         }
     };
-    let Some(session) = session else {
-        // Nothing to hand on: the CONNECT waiting there need not wait.
-        send_once(&inner, &m, None, false).await;
-        return;
-    };
-    let session = Some(session);
     let id = rand_id();
     let wait = Duration::from_secs(inner.config.forward_timeout);
     let mut pause = Duration::from_millis(200);
-    let (mut to, mut failures, mut tries) = (m.to, 0u32, 0u64);
+    let (mut failures, mut tries) = (0u32, 0u64);
     loop {
-        let answer = match inner.control.get(&to) {
+        let answer = match inner.control.get(&m.to) {
             Some(link) => {
                 let request = Request::Adopt {
                     client: m.client.clone(),
-                    session: session.clone(),
+                    session: Some(session.clone()),
                     id,
                     not_yours: false,
                 };
                 link.call(request, wait).await
             }
-            None => Err(std::io::Error::other(format!("node {to} is no member"))),
+            None => Err(std::io::Error::other(format!("node {} is no member", m.to))),
         };
         match answer {
             Ok(Response::Done) => {
-                if session.is_some() {
-                    broker.forget_moved(&m.client);
-                }
+                broker.forget_moved(&m.client);
                 return;
             }
             Ok(Response::Failed(e)) => {
                 failures += 1;
-                tracing::warn!(client = m.client, node = to, error = %e, "the new owner could not take a session");
+                tracing::warn!(client = m.client, node = m.to, error = %e, "the new owner could not take a session");
             }
             Ok(_) => failures += 1,
             Err(e) => {
                 if tries % 60 == 0 {
-                    tracing::warn!(client = m.client, node = to, error = %e, "a session can't be handed on yet: sent again until it is");
+                    tracing::warn!(client = m.client, node = m.to, error = %e, "a session can't be handed on yet: sent again until it is");
                 }
             }
         }
         tries += 1;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
-        let owner = read(&inner.routes).owner(&m.client);
+        let owner = read(&inner.routes).owner_claim(&m.client);
         match owner {
-            Some(n) if n != inner.me && failures < READ_FAILURES => to = n,
-            _ => {
+            Some((n, claim)) if n != inner.me && failures < READ_FAILURES => {
+                if claim.clean {
+                    // Taken with Clean Start meanwhile: it ends.
+                    broker.forget_moved(&m.client);
+                    return;
+                }
+                m.to = n;
+                m.claim = claim;
+            }
+            owner => {
                 // Back here, let go by its owner, or never readable there:
                 // this node keeps it (merged into a session of the client
                 // here), and owns it.
-                if let Some(bytes) = &session {
-                    match broker.import_session(bytes) {
-                        Ok(_) => broker.forget_moved(&m.client),
-                        Err(e) => {
-                            tracing::error!(client = m.client, error = %e, "a session handed back could not be read")
-                        }
-                    }
-                }
-                if owner != Some(inner.me) {
-                    queue(&inner, m.client.clone(), Some(Claimed::default()));
-                }
+                take_back(&inner, &m.client, &session, owner.map(|(n, _)| n)).await;
                 return;
             }
         }
     }
 }
 
+/// Bring a session this node was handing on back in, and claim it again
+/// (unless it is this node's already).
+async fn take_back(inner: &Inner, client: &str, form: &[u8], owner: Option<NodeId>) {
+    let Some(broker) = inner.broker.get() else {
+        return;
+    };
+    match broker.import_session(form) {
+        Ok(imported) => {
+            let stored = imported.stored;
+            if futures::future::poll_fn(|cx| stored.poll(cx)).await.is_ok() {
+                broker.forget_moved(client);
+            }
+            if owner != Some(inner.me) {
+                let claim = Claimed {
+                    clean: false,
+                    user: imported.user,
+                };
+                queue(inner, client.to_string(), Some(claim));
+            }
+        }
+        Err(e) => {
+            tracing::error!(client, error = %e, "a session handed back could not be read");
+        }
+    }
+}
+
 /// Tell `m.to`, once, that there is nothing for it (or that the session
 /// is not the connecting user's).
-async fn send_once(inner: &Inner, m: &Move, session: Option<Vec<u8>>, not_yours: bool) {
+async fn send_once(inner: &Inner, m: &Move, not_yours: bool) {
     if let Some(link) = inner.control.get(&m.to) {
         let request = Request::Adopt {
             client: m.client.clone(),
-            session,
+            session: None,
             id: rand_id(),
             not_yours,
         };

@@ -220,16 +220,8 @@ impl Login {
             tracing::info!(client_id = %self.connect.client_id.as_str(), protocol = self.connect.protocol.version(), "protocol version not accepted on this listener");
             return self.refused(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
         }
-        if self.engine.drained() && self.peer.internal.is_none() {
-            // Drained: elsewhere (a 5.0 client's Server Reference says
-            // where, 4.11 Server redirection).
-            Stats::add(&self.engine.stats.connections_refused, 1);
-            if !self.connect.protocol.is_v5() {
-                return refuse(ReasonCode::SERVER_UNAVAILABLE);
-            }
-            let mut props = Properties::new();
-            props.set_server_reference(self.engine.server_reference());
-            return Step::Refuse(ReasonCode::USE_ANOTHER_SERVER, props);
+        if let Some(step) = self.drained() {
+            return step;
         }
         let prepared = match self.prepare() {
             Ok(p) => p,
@@ -365,6 +357,22 @@ impl Login {
             }
             Exchange::Deny(reason) => self.failed(reason, "enhanced authentication failed"),
         }
+    }
+
+    /// While the broker is drained: the refusal that sends the client
+    /// elsewhere (a 5.0 client's Server Reference says where, 4.11 Server
+    /// redirection). A connection the program made to itself is let in.
+    fn drained(&self) -> Option<Step> {
+        if !self.engine.drained() || self.peer.internal.is_some() {
+            return None;
+        }
+        Stats::add(&self.engine.stats.connections_refused, 1);
+        if !self.connect.protocol.is_v5() {
+            return Some(refuse(ReasonCode::SERVER_UNAVAILABLE));
+        }
+        let mut props = Properties::new();
+        props.set_server_reference(self.engine.server_reference());
+        Some(Step::Refuse(ReasonCode::USE_ANOTHER_SERVER, props))
     }
 
     fn security(&self) -> Arc<Security> {
@@ -594,6 +602,10 @@ impl Login {
                     return self.refused(ReasonCode::NOT_AUTHORIZED);
                 }
             }
+        }
+        // Drained while it authenticated or waited for its session.
+        if let Some(step) = self.drained() {
+            return step;
         }
         let Some(p) = self.prepared.as_mut() else {
             return refuse(ReasonCode::UNSPECIFIED_ERROR);

@@ -24,6 +24,7 @@ use super::connect::HANDOVER_SLACK;
 use super::{Broker, Engine};
 use crate::core::lock;
 use crate::core::queue::QOS2;
+use crate::core::router::Subscription;
 use crate::core::sessions::Released;
 use crate::core::store::{
     check_entry, child_key, decode_delivery, decode_message, encode_delivery, encode_message,
@@ -67,6 +68,8 @@ pub enum Exported {
 pub struct Imported {
     /// The client id.
     pub client_id: String,
+    /// The user the session belongs to.
+    pub user: Option<String>,
     /// When the session is in this node's store (answer the node it came
     /// from then).
     pub stored: Commit,
@@ -197,6 +200,67 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The store's entries for a session of `user`: its record, its
+/// `subscriptions`, its messages (those in flight in `state` first, in
+/// the order they were sent, then those waiting there, then `queued`) and
+/// its QoS 2 identifiers received.
+fn entries_of(
+    id: &str,
+    user: Option<String>,
+    subscriptions: &[(Box<str>, Subscription)],
+    state: &SessionState,
+    queued: &[(Message, Instant)],
+    expiry: u32,
+) -> Vec<Entry> {
+    let wall = SystemTime::now();
+    let now = Instant::now();
+    let record = StoredSession {
+        expiry,
+        detached: Some(now_millis()),
+        owner: user,
+    };
+    let mut entries = vec![(Table::Sessions, id.as_bytes().to_vec(), record.encode())];
+    for (filter, s) in subscriptions {
+        entries.push((
+            Table::Subscriptions,
+            child_key(id, filter.as_bytes()),
+            encode_subscription(&s.options, s.identifier.map(|i| i.get())),
+        ));
+    }
+    let mut seq = 0u64;
+    let mut next = || {
+        seq += 1;
+        child_key(id, &seq.to_be_bytes())
+    };
+    for (pid, m) in state.outgoing_in_order() {
+        let k = next();
+        let (message, released) = match m {
+            Some((m, _)) => (encode_message(m, wall), false),
+            None => (encode_message(&released_placeholder(), wall), true),
+        };
+        entries.push((Table::Queue, k.clone(), message));
+        entries.push((Table::Delivery, k, encode_delivery(pid, released)));
+    }
+    for (m, _) in state.pending_messages() {
+        entries.push((Table::Queue, next(), encode_message(m, wall)));
+    }
+    for (m, at) in queued {
+        // Stored as of when it came, so its expiry keeps counting.
+        let came = wall
+            .checked_sub(now.saturating_duration_since(*at))
+            .unwrap_or(wall);
+        entries.push((Table::Queue, next(), encode_message(m, came)));
+    }
+    for pid in state.incoming_ids() {
+        entries.push((
+            Table::Incoming,
+            child_key(id, &pid.to_be_bytes()),
+            Vec::new(),
+        ));
+    }
+    entries
+}
+
 impl Engine {
     /// Take `client_id`'s session out of this node, for another node that
     /// takes it over: its connection (if one holds it) is closed as in a
@@ -263,7 +327,22 @@ impl Engine {
             self.release(&key, connection, SessionState::new(), 0, None, now);
             return Exported::Nothing;
         }
-        let form = encode(&id, &self.entries_of(&id, &key, &state, expiry));
+        // Nothing more comes to it: out of the router, no longer stored (a
+        // publish would leave an entry of no session), and its queue
+        // closed, with what waited taken in the same step.
+        let subscriptions: Vec<(Box<str>, Subscription)> = key
+            .filters()
+            .iter()
+            .map(|(f, s)| (f.clone(), s.clone()))
+            .collect();
+        self.drop_subscriptions(&key);
+        key.set_stored(false, 0);
+        let queued = key.end_taking();
+        let user = key.access().username.as_deref().map(str::to_string);
+        let form = encode(
+            &id,
+            &entries_of(&id, user, &subscriptions, &state, &queued, expiry),
+        );
         // Its entries leave the store and its form waits there, in one
         // write, until the other node has it: a crash meanwhile sends it
         // again, and a new session of the client id here starts clean.
@@ -274,8 +353,6 @@ impl Engine {
             value: form.clone(),
         });
         self.write(ops);
-        key.set_stored(false, 0);
-        // Out of memory here, its stored entries kept.
         {
             let mut core = lock(&self.core);
             let mut released = core
@@ -293,69 +370,8 @@ impl Engine {
                 }
             }
         }
-        self.drop_subscriptions(&key);
-        key.end();
         self.flush_store();
         Exported::Session(form)
-    }
-
-    /// The store's entries for a session: its record, subscriptions,
-    /// messages (in flight first, in the order they were sent, then those
-    /// waiting) and QoS 2 identifiers received.
-    fn entries_of(
-        &self,
-        id: &str,
-        key: &crate::core::queue::SessionKey,
-        state: &SessionState,
-        expiry: u32,
-    ) -> Vec<Entry> {
-        let wall = SystemTime::now();
-        let now = Instant::now();
-        let record = StoredSession {
-            expiry,
-            detached: Some(now_millis()),
-            owner: key.access().username.as_deref().map(str::to_string),
-        };
-        let mut entries = vec![(Table::Sessions, id.as_bytes().to_vec(), record.encode())];
-        for (filter, s) in key.filters().iter() {
-            entries.push((
-                Table::Subscriptions,
-                child_key(id, filter.as_bytes()),
-                encode_subscription(&s.options, s.identifier.map(|i| i.get())),
-            ));
-        }
-        let mut seq = 0u64;
-        let mut next = || {
-            seq += 1;
-            child_key(id, &seq.to_be_bytes())
-        };
-        for (pid, m) in state.outgoing_in_order() {
-            let k = next();
-            let (message, released) = match m {
-                Some((m, _)) => (encode_message(m, wall), false),
-                None => (encode_message(&released_placeholder(), wall), true),
-            };
-            entries.push((Table::Queue, k.clone(), message));
-            entries.push((Table::Delivery, k, encode_delivery(pid, released)));
-        }
-        for (m, _) in state.pending_messages() {
-            entries.push((Table::Queue, next(), encode_message(m, wall)));
-        }
-        for (m, at) in key.queued() {
-            // Stored as of when it came, so its expiry keeps counting.
-            let came = wall
-                .checked_sub(now.saturating_duration_since(at))
-                .unwrap_or(wall);
-            entries.push((Table::Queue, next(), encode_message(&m, came)));
-        }
-        for pid in state.incoming_ids() {
-            entries.push((
-                Table::Incoming,
-                child_key(id, &pid.to_be_bytes()),
-                Vec::new(),
-            ));
-        }
-        entries
     }
 
     /// The session exported with [`Engine::export_session`] reached its
@@ -390,8 +406,15 @@ impl Engine {
     pub(crate) fn import_session(&self, bytes: &[u8]) -> io::Result<Imported> {
         let (id, entries) = decode(bytes)?;
         let (record, children) = split(entries.clone())?;
-        let exists = lock(&self.core).registry.exists(&id);
-        if !exists {
+        let user = record.owner.clone();
+        let existing = lock(&self.core).registry.data(&id).map(|k| k.access());
+        if let Some(access) = &existing {
+            if self.security().ownership && access.username.as_deref() != user.as_deref() {
+                // Another user's session: nothing of this one goes into it.
+                return Err(bad("the session here belongs to another user"));
+            }
+        }
+        if existing.is_none() {
             let now = Instant::now();
             match self.restore_entries(
                 &id,
@@ -402,15 +425,18 @@ impl Engine {
                 now_millis(),
             )? {
                 Restored::Back(routed) => {
-                    let mut ops = session_delete_ops(&id);
-                    ops.extend(entries.into_iter().map(|(table, key, value)| Op::Put {
-                        table,
-                        key,
-                        value,
-                    }));
+                    // Written as it is in memory now; no session of the
+                    // client id was here, so the store holds none of its
+                    // entries (and a message stored for it since it came
+                    // back has a sequence number past these).
+                    let ops = entries
+                        .into_iter()
+                        .map(|(table, key, value)| Op::Put { table, key, value })
+                        .collect();
                     let stored = self.stored(ops)?;
                     return Ok(Imported {
                         client_id: id,
+                        user,
                         stored,
                         routed,
                     });
@@ -419,6 +445,7 @@ impl Engine {
                 Restored::Gone => {
                     return Ok(Imported {
                         client_id: id,
+                        user,
                         stored: Commit::done(),
                         routed: Commit::done(),
                     })
@@ -427,10 +454,15 @@ impl Engine {
                 Restored::Held => {}
             }
         }
-        self.merge(id, children)
+        self.merge(id, user, children)
     }
 
-    fn merge(&self, id: String, children: SessionEntries) -> io::Result<Imported> {
+    fn merge(
+        &self,
+        id: String,
+        user: Option<String>,
+        children: SessionEntries,
+    ) -> io::Result<Imported> {
         let Some(key) = lock(&self.core).registry.data(&id).cloned() else {
             return Err(bad("the session ended while it was merged"));
         };
@@ -481,6 +513,7 @@ impl Engine {
         key.append_queue(messages);
         Ok(Imported {
             client_id: id,
+            user,
             stored,
             routed,
         })
@@ -559,5 +592,10 @@ impl Broker {
     /// The client ids of every session this node holds, connected or not.
     pub fn session_ids(&self) -> Vec<String> {
         self.engine.session_ids()
+    }
+
+    /// Whether this node holds a session of `client_id`.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        lock(&self.engine.core).registry.exists(client_id)
     }
 }
