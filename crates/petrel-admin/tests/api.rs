@@ -644,6 +644,9 @@ async fn a_drained_broker_sends_clients_elsewhere_until_it_is_undrained() {
         )
         .await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+    let status = http.get("/api/v1/drain").await.json();
+    assert_eq!(status["draining"], true);
+    assert_eq!(status["server_reference"], "other.example:1883");
 
     // Undrained: taken again.
     let a = http.call("DELETE", "/api/v1/drain", Some(TOKEN), "").await;
