@@ -315,3 +315,39 @@ async fn a_second_subscriber_of_a_filter_waits_for_the_first_ones_route() {
     assert_eq!(subscribe(&mut d, "w/#"), ReasonCode(1));
     assert!(d.take_commit().is_none());
 }
+
+#[tokio::test]
+async fn a_suback_whose_route_was_not_agreed_is_never_sent() {
+    let r = Arc::new(Recorder::default());
+    let b =
+        support::serve_broker(Broker::builder(config()).peers(r.clone()).build().unwrap()).await;
+    // The cluster answers 200 ms after each SUBSCRIBE: first yes, then no.
+    let answer = |result: Result<(), String>| {
+        let r = r.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            r.complete_all(result);
+        })
+    };
+    // The control: agreed, the SUBACK comes.
+    let mut agreed = support::Raw::connect(b.addr, Protocol::V5, "agreed").await;
+    answer(Ok(()));
+    assert_eq!(
+        agreed
+            .subscribe("ok/#", QoS::AtLeastOnce)
+            .await
+            .reason_codes,
+        [ReasonCode(1)]
+    );
+    // Not agreed: no SUBACK, the connection closes.
+    for proto in [Protocol::V5, Protocol::V3_1_1] {
+        let mut c = support::Raw::connect(b.addr, proto, "refused").await;
+        answer(Err("no leader agreed in time".into()));
+        c.send(petrel_codec::Packet::Subscribe(support::subscribe_one(
+            "new/#",
+        )))
+        .await;
+        let closed = tokio::time::timeout(support::WAIT, c.closed()).await;
+        assert!(closed.is_ok(), "{proto:?}: still open");
+    }
+}

@@ -875,7 +875,21 @@ impl Task {
             // Out once the store has it (`fsync` durability).
             return;
         }
-        self.gate = None;
+        if let Some(g) = self.gate.take().filter(|g| !g.succeeded()) {
+            // What it waited for failed (the store, or in a cluster a route
+            // not agreed in time): the SUBACK it holds back would promise
+            // what is not kept. Closed instead; the client subscribes again
+            // when it is back.
+            let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let why = match g.poll(&mut cx) {
+                std::task::Poll::Ready(Err(e)) => e.to_string(),
+                _ => "failed".into(),
+            };
+            tracing::warn!(client_id = id, peer = %self.peer, error = %why, "an acknowledgement could not be kept: connection closed");
+            self.lost = true;
+            return;
+        }
         // What this acknowledges (from any connection's commits) reaches
         // the operating system first: one write for all of them.
         if !self.link.ctx.broker.engine.flush_store() {
