@@ -16,6 +16,9 @@ for all four), and measures with `petrel bench`:
 * route commit: SUBSCRIBE to SUBACK for a new filter on a follower
   (committed through the leader and applied on every node), median and
   p99 of 200;
+* session takeover: CONNECT to CONNACK for a persistent session (with a
+  subscription and a queued message) that moves to another node at each
+  connection, median and p99 of 200 (--takeover-only: just this);
 * memory: --count idle connections, each subscribed to its own topic,
   spread over the three nodes (a third on each), against the same count
   on the single node: each node's resident memory grows by its own third
@@ -186,6 +189,63 @@ def route_commit(port, count):
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 
+def takeover(ports, count):
+    """CONNECT to CONNACK for one persistent session (3.1.1, Clean
+    Session 0) that moves to another node at each connection: the claim
+    through Raft, the old node handing the session on (subscription and
+    queue), the new node storing it. The session holds a subscription and
+    a queued message each time. Median and p99 of `count`."""
+    cid = mqtt_string(f"takeover-{os.getpid()}")
+
+    def connect(port):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = mqtt_string("MQTT") + bytes([4, 0]) + struct.pack("!H", 60) + cid
+        t0 = time.perf_counter()
+        s.sendall(bytes([0x10]) + remaining(len(body)) + body)
+        ack = s.recv(4)
+        took = time.perf_counter() - t0
+        assert ack[0] == 0x20 and ack[3] == 0, ack
+        return s, took, ack[2] & 1
+
+    def publish(port, i):
+        s = socket.create_connection(("127.0.0.1", port))
+        body = mqtt_string("MQTT") + bytes([4, 2]) + struct.pack("!H", 60) + mqtt_string(f"to-{os.getpid()}")
+        s.sendall(bytes([0x10]) + remaining(len(body)) + body)
+        assert s.recv(4)[0] == 0x20
+        body = mqtt_string(f"takeover/{os.getpid()}") + struct.pack("!H", 1) + str(i).encode()
+        s.sendall(bytes([0x32]) + remaining(len(body)) + body)
+        assert s.recv(4)[0] == 0x40
+        s.sendall(bytes([0xE0, 0]))
+        s.close()
+
+    s, _, _ = connect(ports[0])
+    body = struct.pack("!H", 1) + mqtt_string(f"takeover/{os.getpid()}") + bytes([1])
+    s.sendall(bytes([0x82]) + remaining(len(body)) + body)
+    assert s.recv(5)[0] == 0x90
+    s.sendall(bytes([0xE0, 0]))
+    s.close()
+    times = []
+    for i in range(count):
+        # A message waits in the session, published on the third node.
+        publish(ports[2], i)
+        port = ports[(i + 1) % 2]
+        s, took, present = connect(port)
+        assert present == 1, "the session did not come along"
+        # Its queued message arrives (QoS 1: acknowledged).
+        got = b""
+        while len(got) < 2 or len(got) < 2 + got[1]:
+            got += s.recv(256)
+        assert got[0] & 0xF0 == 0x30, got
+        pid = got[4 + struct.unpack("!H", got[2:4])[0]:][:2]
+        s.sendall(bytes([0x40, 2]) + pid)
+        s.sendall(bytes([0xE0, 0]))
+        s.close()
+        times.append(took)
+    times.sort()
+    return statistics.median(times), times[max(int(len(times) * 0.99) - 1, 0)]
+
+
 def memory(nodes, count, seconds):
     """Idle subscribed connections, a share on each of `nodes`: each
     node's memory growth, and the routes each holds."""
@@ -224,6 +284,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--count", type=int, default=30000)
     ap.add_argument("--json")
+    ap.add_argument("--takeover-only", action="store_true",
+                    help="only the session takeover between nodes")
     a = ap.parse_args()
     if not os.path.exists(PETREL):
         sys.exit(f"build it first: cargo build --release -p petrel ({PETREL})")
@@ -233,6 +295,12 @@ def main():
     all_pids = [n.proc.pid for n in nodes]
     results = {}
     try:
+        median, p99 = takeover([n.mqtt for n in nodes], 200)
+        results["takeover_ms"] = {"median": median * 1e3, "p99": p99 * 1e3}
+        print(f"session takeover between nodes: median {median * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms",
+              flush=True)
+        if a.takeover_only:
+            return
         scenarios = {
             "pairs": ["pairs", "-n", "10", "-s", str(a.seconds)],
             "qos1": ["qos1", "-n", "10", "-s", str(a.seconds)],
