@@ -483,15 +483,21 @@ struct DrainRequest {
     per_second: u32,
 }
 
+/// The clients a drain sends away: those that came through a listener (a
+/// bridge's local side stays).
+fn listener_clients(broker: &petrel_broker::Broker) -> Vec<String> {
+    broker
+        .clients()
+        .into_iter()
+        .filter(|c| !c.listener.is_empty())
+        .map(|c| c.client_id)
+        .collect()
+}
+
 /// The drain, as `GET /drain` and `POST /drain` answer it.
 fn drain_json(app: &App) -> Value {
     let d = app.broker.draining();
-    let connected = app
-        .broker
-        .clients()
-        .iter()
-        .filter(|c| !c.listener.is_empty())
-        .count();
+    let connected = listener_clients(&app.broker).len();
     json!({
         "draining": d.is_some(),
         "server_reference": d.and_then(|d| d.server_reference),
@@ -541,15 +547,7 @@ async fn send_away(app: Arc<App>, generation: u64, per_second: u32) {
     };
     let current = || app.drains.load(SeqCst) == generation && app.broker.draining().is_some();
     while current() {
-        // Clients that came through a listener (a bridge's local side
-        // stays).
-        let clients: Vec<String> = app
-            .broker
-            .clients()
-            .into_iter()
-            .filter(|c| !c.listener.is_empty())
-            .map(|c| c.client_id)
-            .collect();
+        let clients = listener_clients(&app.broker);
         if clients.is_empty() {
             return;
         }

@@ -243,12 +243,17 @@ async fn without_a_majority_a_new_route_is_refused_and_an_existing_one_granted()
     }
 }
 
+/// One commit of all of `tickets`, joined one by one.
+fn all_of(tickets: &[Arc<Ticket>]) -> Commit {
+    tickets
+        .iter()
+        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())))
+}
+
 #[test]
 fn a_commit_of_several_tickets_is_done_when_all_are() {
     let tickets: Vec<Arc<Ticket>> = (0..4).map(|_| Arc::new(Ticket::default())).collect();
-    let all = tickets
-        .iter()
-        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())));
+    let all = all_of(&tickets);
     for (i, t) in tickets.iter().enumerate() {
         assert!(waker_commit(&all).is_none(), "{i} of 4 done");
         assert!(!all.is_done());
@@ -263,9 +268,7 @@ fn a_commit_of_several_tickets_is_done_when_all_are() {
     assert!(matches!(waker_commit(&joined), Some(Err(_))));
     // One failing fails the whole, whichever it is.
     let tickets: Vec<Arc<Ticket>> = (0..3).map(|_| Arc::new(Ticket::default())).collect();
-    let all = tickets
-        .iter()
-        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())));
+    let all = all_of(&tickets);
     tickets[2].complete(Err("lost".into()));
     tickets[0].complete(Ok(()));
     tickets[1].complete(Ok(()));
@@ -278,9 +281,7 @@ fn a_long_chain_of_joined_commits_completes_without_nesting() {
     // before), completed newest first, then the oldest: each completion
     // wakes the next chain in a loop, not a call deeper.
     let tickets: Vec<Arc<Ticket>> = (0..20_000).map(|_| Arc::new(Ticket::default())).collect();
-    let all = tickets
-        .iter()
-        .fold(Commit::done(), |c, t| c.and(Commit::waiting(t.clone())));
+    let all = all_of(&tickets);
     for t in tickets.iter().skip(1).rev() {
         t.complete(Ok(()));
     }
@@ -318,9 +319,8 @@ async fn a_second_subscriber_of_a_filter_waits_for_the_first_ones_route() {
 
 #[tokio::test]
 async fn a_suback_whose_route_was_not_agreed_is_never_sent() {
-    let r = Arc::new(Recorder::default());
-    let b =
-        support::serve_broker(Broker::builder(config()).peers(r.clone()).build().unwrap()).await;
+    let (b, r) = broker();
+    let b = support::serve_broker(b).await;
     // The cluster answers 200 ms after each SUBSCRIBE: first yes, then no.
     let answer = |result: Result<(), String>| {
         let r = r.clone();

@@ -1056,12 +1056,6 @@ impl petrel_admin::ExtraMetrics for ClusterMetrics {
     fn families(&self) -> Vec<petrel_admin::Family> {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.0;
-        let family = |name: &str, help: &str, counter: bool, value: u64| petrel_admin::Family {
-            name: format!("petrel_cluster_{name}"),
-            help: help.to_string(),
-            counter,
-            samples: vec![(Vec::new(), value)],
-        };
         let metrics = c.metrics();
         let (term, applied, last_log, members) = metrics.as_ref().map_or((0, 0, 0, 0), |m| {
             (
@@ -1072,82 +1066,31 @@ impl petrel_admin::ExtraMetrics for ClusterMetrics {
             )
         });
         let k = c.counters();
-        vec![
-            family("node", "This node's number", false, c.node_id()),
-            family(
-                "leader",
-                "The leader this node knows (0: none)",
-                false,
-                c.leader().unwrap_or(0),
-            ),
-            family(
-                "quorum",
-                "1 while this node can agree new routes and takeovers",
-                false,
-                u64::from(c.has_quorum()),
-            ),
-            family("term", "The Raft term", false, term),
-            family("members", "Voting members", false, members),
-            family(
-                "raft_last_log_index",
-                "The last entry of this node's Raft log",
-                false,
-                last_log,
-            ),
-            family(
-                "raft_applied_index",
-                "The last entry this node applied",
-                false,
-                applied,
-            ),
-            family(
-                "routes",
-                "Node-filter routes this node has applied",
-                false,
-                c.route_count() as u64,
-            ),
-            family(
-                "sessions_owned",
-                "Client ids whose session has an owner node",
-                false,
-                c.owned_sessions() as u64,
-            ),
-            family(
-                "sessions_moving",
-                "Sessions this node is handing on now",
-                false,
-                c.moving_sessions() as u64,
-            ),
-            family(
-                "forwarded",
-                "Messages sent to other nodes (once per node)",
-                true,
-                k.forwarded.load(Relaxed),
-            ),
-            family(
-                "received",
-                "Messages taken from other nodes",
-                true,
-                k.received.load(Relaxed),
-            ),
-            family(
-                "lost",
-                "Messages for a node that was down, did not answer in time, or was past its queue (QoS 0)",
-                true,
-                k.lost.load(Relaxed),
-            ),
-            family(
-                "refused",
-                "QoS 1/2 messages refused to their publisher: a peer's queue was full",
-                true,
-                k.refused.load(Relaxed),
-            ),
-            family(
-                "route_writes",
-                "Route and ownership changes written (batches)",
-                true,
-                k.route_writes.load(Relaxed),
-            ),
-        ]
+        // Name, help, whether a counter, value.
+        let rows: [(&str, &str, bool, u64); 15] = [
+            ("node", "This node's number", false, c.node_id()),
+            ("leader", "The leader this node knows (0: none)", false, c.leader().unwrap_or(0)),
+            ("quorum", "1 while this node can agree new routes and takeovers", false, u64::from(c.has_quorum())),
+            ("term", "The Raft term", false, term),
+            ("members", "Voting members", false, members),
+            ("raft_last_log_index", "The last entry of this node's Raft log", false, last_log),
+            ("raft_applied_index", "The last entry this node applied", false, applied),
+            ("routes", "Node-filter routes this node has applied", false, c.route_count() as u64),
+            ("sessions_owned", "Client ids whose session has an owner node", false, c.owned_sessions() as u64),
+            ("sessions_moving", "Sessions this node is handing on now", false, c.moving_sessions() as u64),
+            ("forwarded", "Messages sent to other nodes (once per node)", true, k.forwarded.load(Relaxed)),
+            ("received", "Messages taken from other nodes", true, k.received.load(Relaxed)),
+            ("lost", "Messages for a node that was down, did not answer in time, or was past its queue (QoS 0)", true, k.lost.load(Relaxed)),
+            ("refused", "QoS 1/2 messages refused to their publisher: a peer's queue was full", true, k.refused.load(Relaxed)),
+            ("route_writes", "Route and ownership changes written (batches)", true, k.route_writes.load(Relaxed)),
+        ];
+        rows.into_iter()
+            .map(|(name, help, counter, value)| petrel_admin::Family {
+                name: format!("petrel_cluster_{name}"),
+                help: help.to_string(),
+                counter,
+                samples: vec![(Vec::new(), value)],
+            })
+            .collect()
     }
 }
