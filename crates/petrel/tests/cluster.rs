@@ -115,6 +115,17 @@ impl Cluster {
             .spawn()
             .unwrap();
         n.process = Some(listening(child, n.mqtt));
+        // Its admin API binds after the cluster has started: waited for
+        // too, so a test that asks it right away is answered.
+        let until = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", n.http)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "node {} never served its admin API",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL node `i`.

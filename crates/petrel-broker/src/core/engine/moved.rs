@@ -381,6 +381,9 @@ impl Engine {
             table: Table::Moving,
             key: client_id.as_bytes().to_vec(),
         }]);
+        // Out of the process at once: a kill after it must not send the
+        // session again (its messages would be delivered twice).
+        self.flush_store();
     }
 
     /// Sessions exported and not yet confirmed by their new node: client
