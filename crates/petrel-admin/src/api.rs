@@ -42,6 +42,9 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/publish", post(publish))
         .route("/config", get(config))
         .route("/drain", get(drained).post(drain).delete(undrain))
+        .route("/cluster", get(cluster))
+        .route("/cluster/nodes", post(join))
+        .route("/cluster/nodes/{id}", axum::routing::delete(leave))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
 }
 
@@ -567,4 +570,64 @@ async fn undrain(State(app): Shared) -> Response {
     app.drains.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     app.broker.undrain();
     Json(drain_json(&app)).into_response()
+}
+
+/// This node's cluster, if it is one's.
+fn membership(app: &App) -> Result<Arc<dyn crate::Membership>, Response> {
+    app.membership.clone().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this broker is not a node of a cluster",
+        )
+    })
+}
+
+/// `GET /cluster`: the cluster as this node sees it.
+async fn cluster(State(app): Shared) -> Response {
+    match membership(&app) {
+        Ok(m) => Json(m.status()).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /cluster/nodes`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    /// The node's number.
+    id: u64,
+    /// Its node-to-node listener, `host:port`.
+    addr: String,
+}
+
+/// The answer to a membership change.
+fn changed(result: Result<String, String>) -> Response {
+    match result {
+        Ok(members) => Json(json!({ "members": members })).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, "not_changed", e),
+    }
+}
+
+/// `POST /cluster/nodes`: add a node (answered once it is a member).
+async fn join(State(app): Shared, body: Result<Json<JoinRequest>, JsonRejection>) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    if req.id == 0 || req.addr.parse::<std::net::SocketAddr>().is_err() && !req.addr.contains(':') {
+        return bad_request("id must be a node number (from 1) and addr host:port");
+    }
+    match membership(&app) {
+        Ok(m) => changed(m.join(req.id, req.addr).await),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /cluster/nodes/{id}`: take a node out.
+async fn leave(State(app): Shared, Path(id): Path<u64>) -> Response {
+    match membership(&app) {
+        Ok(m) => changed(m.leave(id).await),
+        Err(r) => r,
+    }
 }

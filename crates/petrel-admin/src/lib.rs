@@ -30,6 +30,23 @@ mod metrics;
 
 pub use metrics::{ExtraMetrics, Family};
 
+/// What [`Membership`]'s changes answer, once done: the membership after,
+/// or why it could not be changed.
+pub type MembershipChange =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
+
+/// A cluster node's membership, for `/api/v1/cluster`: how the admin API
+/// reaches the cluster layer without depending on it.
+pub trait Membership: Send + Sync + std::fmt::Debug + 'static {
+    /// The cluster as this node sees it (JSON): node, leader, voters,
+    /// learners.
+    fn status(&self) -> serde_json::Value;
+    /// Add node `id`, whose node-to-node listener is `addr`.
+    fn join(&self, id: u64, addr: String) -> MembershipChange;
+    /// Take node `id` out.
+    fn leave(&self, id: u64) -> MembershipChange;
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,6 +136,8 @@ struct App {
     broker: Broker,
     access: Access,
     extra: Option<Arc<dyn ExtraMetrics>>,
+    /// The cluster this node is one of.
+    membership: Option<Arc<dyn Membership>>,
     /// Numbers drains, so the clients of an old one stop being sent away.
     drains: std::sync::atomic::AtomicU64,
 }
@@ -172,6 +191,7 @@ impl AdminServer {
                     public_metrics: config.public_metrics,
                 },
                 extra: None,
+                membership: None,
                 drains: std::sync::atomic::AtomicU64::new(0),
             }),
             token_file,
@@ -182,6 +202,15 @@ impl AdminServer {
     pub fn with_metrics(mut self, extra: Arc<dyn ExtraMetrics>) -> Self {
         if let Some(app) = Arc::get_mut(&mut self.app) {
             app.extra = Some(extra);
+        }
+        self
+    }
+
+    /// Serve `/api/v1/cluster` (a cluster node's membership: status,
+    /// join, leave) through `membership`.
+    pub fn with_membership(mut self, membership: Arc<dyn Membership>) -> Self {
+        if let Some(app) = Arc::get_mut(&mut self.app) {
+            app.membership = Some(membership);
         }
         self
     }

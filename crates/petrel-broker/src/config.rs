@@ -98,6 +98,7 @@
 //! max_frame_bytes = 314572800   # largest node-to-node frame
 //! snapshot_logs = 5000          # Raft log entries between snapshots of the routes
 //! max_pending_links = 64        # connections to bind still proving the secret; past it closed at once
+//! shared_local = false          # a shared group's message goes to a member on the publisher's node when it has one
 //! ```
 //!
 //! Methods of authentication are tried in the order they appear in the

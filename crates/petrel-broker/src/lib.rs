@@ -62,7 +62,7 @@ pub use crate::core::engine::{
 
 pub use crate::core::peers::{Claim, ClaimRefused, Forwarded, Peers};
 pub use crate::core::retained::RetainedTree;
-pub use crate::core::router::{Delivery, Routed, Router, Subscription};
+pub use crate::core::router::{Delivery, Routed, Router, SharedGroups, Subscription};
 pub use crate::core::sessions::{
     Connected, ConnectionId, Handover, Released, SessionRegistry, SessionView, NEVER,
 };

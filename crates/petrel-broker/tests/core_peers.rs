@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use petrel_broker::{Broker, Client, Commit, Forwarded, Peer, Peers, Step, Ticket};
+use petrel_broker::{Broker, Client, Commit, Forwarded, Peer, Peers, SharedGroups, Step, Ticket};
 use petrel_codec::{Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode, Unsubscribe};
 use petrel_session::{Message, SessionState};
 use support::{config, filter, pid, topic};
@@ -27,6 +27,8 @@ struct Recorder {
     unavailable: AtomicBool,
     /// The next forward fails at once.
     fail_next: AtomicBool,
+    /// The shared groups other nodes serve.
+    elsewhere: Mutex<Vec<String>>,
 }
 
 impl Recorder {
@@ -75,6 +77,7 @@ impl Peers for Recorder {
             return Forwarded {
                 nodes: 0,
                 commit: Commit::waiting(t),
+                here: SharedGroups::All,
             };
         }
         Forwarded {
@@ -84,6 +87,7 @@ impl Peers for Recorder {
             } else {
                 self.ticket()
             },
+            here: SharedGroups::Except(self.elsewhere.lock().unwrap().clone()),
         }
     }
 
@@ -211,7 +215,7 @@ async fn what_is_published_here_is_forwarded_and_acknowledged_after() {
         Bytes::from_static(b"y"),
         QoS::AtLeastOnce,
     );
-    let c = b.deliver_forwarded(m).unwrap();
+    let c = b.deliver_forwarded(m, SharedGroups::Only(vec![])).unwrap();
     assert!(c.is_done());
     assert!(r.forwarded().is_empty());
     let mut got = Vec::new();
@@ -223,6 +227,51 @@ async fn what_is_published_here_is_forwarded_and_acknowledged_after() {
     // The control: the application's own message is forwarded.
     b.publish(topic("a/app"), Bytes::new(), QoS::AtMostOnce, false);
     assert_eq!(r.forwarded(), ["a/app"]);
+}
+
+/// Each shared group gets a message once across the cluster: a message
+/// published here skips the groups the cluster gave to other nodes, and
+/// one from another node reaches only the groups that node picked this
+/// one for. Direct subscribers get both either way.
+#[tokio::test]
+async fn shared_groups_are_served_only_where_the_cluster_picked() {
+    let (b, r) = broker();
+    let mut g = client(&b, "g", Protocol::V5).await;
+    let mut h = client(&b, "h", Protocol::V5).await;
+    let mut d = client(&b, "d", Protocol::V5).await;
+    assert_eq!(subscribe(&mut g, "$share/g/s/#"), ReasonCode(1));
+    assert_eq!(subscribe(&mut h, "$share/h/s/#"), ReasonCode(1));
+    assert_eq!(subscribe(&mut d, "s/#"), ReasonCode(1));
+    r.complete_all(Ok(()));
+    let got = |c: &mut Client| {
+        let mut out = Vec::new();
+        c.next_messages(10, 10, 1 << 20, Instant::now(), &mut out);
+        out.iter()
+            .map(|m| m.topic.as_str().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut p = client(&b, "p", Protocol::V5).await;
+    // The control: nothing served elsewhere, every group here gets it.
+    publish(&mut p, "s/1", QoS::AtMostOnce);
+    assert_eq!(
+        (got(&mut g), got(&mut h), got(&mut d).len()),
+        (vec!["s/1".into()], vec!["s/1".into()], 1)
+    );
+    // Group g is another node's for the next one.
+    *r.elsewhere.lock().unwrap() = vec!["$share/g/s/#".into()];
+    publish(&mut p, "s/2", QoS::AtMostOnce);
+    assert!(got(&mut g).is_empty(), "another node serves group g");
+    assert_eq!(
+        (got(&mut h), got(&mut d).len()),
+        (vec!["s/2".to_string()], 1)
+    );
+    // From another node, which picked this one for group g only.
+    let m = Message::new(topic("s/3"), Bytes::from_static(b"x"), QoS::AtMostOnce);
+    b.deliver_forwarded(m, SharedGroups::Only(vec!["$share/g/s/#".into()]))
+        .unwrap();
+    assert_eq!(got(&mut g), ["s/3"]);
+    assert!(got(&mut h).is_empty(), "group h was served elsewhere");
+    assert_eq!(got(&mut d).len(), 1);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Routing rules: which subscribers get a message, with what QoS, RETAIN
 //! and Subscription Identifiers.
 
-use petrel_broker::{Delivery, Routed, Router, Subscription};
+use petrel_broker::{Delivery, Routed, Router, SharedGroups, Subscription};
 use petrel_codec::{QoS, RetainHandling, SubscriptionId, SubscriptionOptions, TopicFilter};
 
 fn f(s: &str) -> TopicFilter {
@@ -30,6 +30,7 @@ fn route(
             qos,
             retain,
             publisher: Some(&publisher),
+            groups: &SharedGroups::All,
         },
         |d| out.push(d),
     );

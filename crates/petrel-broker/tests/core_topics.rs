@@ -44,7 +44,7 @@ fn matched(tree: &SubscriptionTree<String, u8>, topic: &str) -> BTreeSet<String>
         Matched::Direct { key, .. } => {
             out.insert(key.clone());
         }
-        Matched::Shared { group, members } => {
+        Matched::Shared { group, members, .. } => {
             for (k, _) in members {
                 out.insert(format!("{group}:{k}"));
             }
@@ -133,7 +133,7 @@ fn shared_subscriptions_report_the_group() {
     let mut groups = Vec::new();
     let mut direct = Vec::new();
     tree.matches("a/b", |m| match m {
-        Matched::Shared { group, members } => groups.push((
+        Matched::Shared { group, members, .. } => groups.push((
             group.to_string(),
             members.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
         )),
@@ -149,6 +149,44 @@ fn shared_subscriptions_report_the_group() {
     );
     assert_eq!(direct, [("c1".to_string(), 2)]);
     assert_eq!(tree.len(), 4);
+}
+
+/// A group is its share name with its filter: `$share/g/a/+` and
+/// `$share/g/#` are two groups, each reported with its whole filter (what
+/// the nodes of a cluster name a group by).
+#[test]
+fn shared_groups_of_one_name_with_two_filters_are_two_groups() {
+    let mut tree = SubscriptionTree::new();
+    tree.insert(&f("$share/g/a/+"), "c1".to_string(), 1u8);
+    tree.insert(&f("$share/g/#"), "c2".to_string(), 1);
+    let mut seen = Vec::new();
+    tree.matches("a/b", |m| {
+        if let Matched::Shared {
+            group,
+            share,
+            members,
+        } = m
+        {
+            seen.push((group.to_string(), share.to_string(), members.len()));
+        }
+    });
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("g".into(), "$share/g/#".into(), 1),
+            ("g".into(), "$share/g/a/+".into(), 1)
+        ]
+    );
+    // Removing one leaves the other.
+    assert_eq!(tree.remove(&f("$share/g/#"), &"c2".to_string()), Some(1));
+    let mut left = Vec::new();
+    tree.matches("a/b", |m| {
+        if let Matched::Shared { share, .. } = m {
+            left.push(share.to_string());
+        }
+    });
+    assert_eq!(left, ["$share/g/a/+"]);
 }
 
 /// Checks 5.0: [MQTT-3.8.4-3]; [MQTT-3.10.4-1].

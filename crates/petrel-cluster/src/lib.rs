@@ -12,9 +12,16 @@
 //!   so a restarted node rejoins from its data directory.
 //! * **Messages never go through consensus**: each node keeps a link to
 //!   every other and sends a message published on it only to the nodes
-//!   whose routes match its topic (retained messages to every node, which
-//!   each keeps). The receiving node delivers it to its own subscribers
-//!   and never forwards it again.
+//!   whose routes match its topic. The receiving node delivers it to its
+//!   own subscribers and never forwards it again.
+//! * **Retained messages are agreed**: a retained PUBLISH is written to
+//!   the log ([`Command::Retain`]) and each node keeps it as it applies it
+//!   (snapshots carry every retained message), so a node that was down
+//!   finds what changed meanwhile.
+//! * **A shared subscription is one group across the nodes**: the node a
+//!   message is published on picks one node (of those with a member) for
+//!   each group its topic matches, and tells each node which groups it
+//!   serves.
 //! * **Acknowledgements are promises on every node**: a SUBACK is sent once
 //!   the route is committed and every node that answers has applied it,
 //!   so a message published anywhere after the SUBACK reaches the new
@@ -30,12 +37,10 @@
 //!   for every node at once; a cluster refuses `durability = "none"`.
 //!
 //! ## Limits of this version
-//! Session takeover across nodes, shared subscriptions as one group across
-//! nodes (each node with a member delivers to one of its own), retained
-//! messages agreed through Raft (they are sent to every node instead),
-//! membership changes at run time and a `petrel cluster` command are not
-//! here yet. A node that is down misses the messages published meanwhile
-//! for its subscribers (counted as lost by the sender).
+//! Membership changes at run time (join, leave, learners) are not here
+//! yet: the voters are the `peers` of `[cluster]`. A node that is down
+//! misses the messages published meanwhile for its subscribers (counted
+//! as lost by the sender).
 #![forbid(unsafe_code)]
 
 mod net;

@@ -65,6 +65,9 @@ pub(crate) enum Request {
     Write(Command),
     /// Answer once this node has applied the log up to this index.
     Applied(u64),
+    /// A membership change, to the leader: answered once made, with the
+    /// membership after.
+    Change(Change),
     /// A message published on the sending node, in the store's form.
     Forward(Vec<u8>),
     /// The session of a client that connected to the receiving node, from
@@ -84,6 +87,23 @@ pub(crate) enum Request {
     },
 }
 
+/// A change of the cluster's members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Change {
+    /// Add node `id`, listening at `addr`.
+    Join {
+        /// Its number.
+        id: NodeId,
+        /// Its node-to-node listener.
+        addr: String,
+    },
+    /// Take node `id` out.
+    Leave {
+        /// Its number.
+        id: NodeId,
+    },
+}
+
 /// The answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {
@@ -94,6 +114,8 @@ pub(crate) enum Response {
     Written(u64, crate::types::Applied),
     /// Not the leader; the leader, if known.
     NotLeader(Option<NodeId>),
+    /// The membership after a change (`1,2,3,4L`).
+    Changed(String),
     Done,
     Failed(String),
 }

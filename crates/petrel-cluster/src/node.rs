@@ -2,7 +2,7 @@
 //! them, and the broker seam ([`Peers`]) through which the broker tells it
 //! of subscriptions and messages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -18,12 +18,13 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use petrel_broker::config::ClusterConfig;
 use petrel_broker::core::store::{decode_message, encode_message};
-use petrel_broker::{Broker, Commit, Forwarded, Peers, Store, Ticket};
+use petrel_broker::{Broker, Commit, Forwarded, Peers, SharedGroups, Store, Ticket};
 use petrel_codec::QoS;
 use petrel_session::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+mod members;
 mod owners;
 
 use crate::net::{self, Frame, Link, Request, Response};
@@ -74,13 +75,16 @@ struct Inner {
     me: NodeId,
     config: ClusterConfig,
     secret: Arc<Vec<u8>>,
-    members: BTreeMap<NodeId, String>,
+    /// The voters `peers` names: the cluster is formed of them the first
+    /// time they start (if this node is one of them).
+    configured: BTreeMap<NodeId, String>,
     routes: Arc<RwLock<Routes>>,
-    /// Consensus links, by peer.
-    control: HashMap<NodeId, Arc<Link>>,
-    /// Message queues, by peer.
-    data: HashMap<NodeId, mpsc::Sender<Outgoing>>,
-    data_rx: Mutex<Vec<(NodeId, mpsc::Receiver<Outgoing>)>>,
+    /// The other nodes: those `peers` names, then every node of the
+    /// membership (voters and learners) as it changes.
+    links: RwLock<BTreeMap<NodeId, Arc<PeerLinks>>>,
+    /// Message queues made before the node started, whose senders start
+    /// with it (`None` once started).
+    parked: Mutex<Option<Vec<Parked>>>,
     raft: OnceLock<Raft<TypeConfig>>,
     broker: OnceLock<Broker>,
     changes: Mutex<Changes>,
@@ -102,13 +106,107 @@ struct Inner {
     moving: Mutex<std::collections::HashSet<String>>,
     /// Sessions other nodes took from this one, to hand on.
     moves_rx: Mutex<Option<mpsc::UnboundedReceiver<Move>>>,
+    /// Retained messages published here, to write.
+    retains: Mutex<RetainWrites>,
+    /// Wakes [`write_retained`].
+    retain_wake: Notify,
     /// The log index of this node's first Reset since it started, once it
     /// has applied it (0 until then): claims at or before it are replays,
     /// which [`owners::hand_on_held`] covers.
     caught_up: AtomicU64,
 }
 
+/// A peer's message queue waiting for the node to start: its number,
+/// its address, and the queue's receiving end.
+type Parked = (NodeId, String, mpsc::Receiver<Outgoing>);
+
+/// This node's links to another.
+#[derive(Debug)]
+struct PeerLinks {
+    addr: String,
+    /// For consensus (and hand-ons), answered in turn.
+    control: Arc<Link>,
+    /// Its message queue.
+    data: mpsc::Sender<Outgoing>,
+}
+
 impl Inner {
+    /// Link to node `id` at `addr` (a new address replaces the old
+    /// links): its consensus link, and its message queue with the task
+    /// that sends what is queued.
+    fn connect(self: &Arc<Self>, id: NodeId, addr: &str) {
+        if id == self.me {
+            return;
+        }
+        let mut links = crate::sync::write(&self.links);
+        if links.get(&id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
+        let control = Arc::new(Link::new(
+            self.me,
+            addr.to_string(),
+            self.secret.clone(),
+            self.config.max_frame_bytes,
+        ));
+        let (tx, rx) = mpsc::channel(self.config.peer_queue);
+        links.insert(
+            id,
+            Arc::new(PeerLinks {
+                addr: addr.to_string(),
+                control,
+                data: tx,
+            }),
+        );
+        drop(links);
+        match lock(&self.parked).as_mut() {
+            Some(parked) => parked.push((id, addr.to_string(), rx)),
+            None => {
+                tokio::spawn(send_to(self.clone(), id, addr.to_string(), rx));
+            }
+        }
+    }
+
+    /// Drop the links to the nodes not in `keep` (what was queued for
+    /// one is dropped with its queue).
+    fn disconnect_all_but(&self, keep: &BTreeSet<NodeId>) {
+        crate::sync::write(&self.links).retain(|id, _| keep.contains(id));
+    }
+
+    /// Node `id`'s consensus link.
+    fn link(&self, id: NodeId) -> Option<Arc<Link>> {
+        read(&self.links).get(&id).map(|p| p.control.clone())
+    }
+
+    /// Every other node's consensus link.
+    fn all_links(&self) -> Vec<Arc<Link>> {
+        read(&self.links)
+            .values()
+            .map(|p| p.control.clone())
+            .collect()
+    }
+
+    /// The voters, as this node last applied them (the configured peers
+    /// before it knows any).
+    fn voters(&self) -> BTreeSet<NodeId> {
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .get()
+            .map(|r| {
+                r.metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if voters.is_empty() {
+            self.configured.keys().copied().collect()
+        } else {
+            voters
+        }
+    }
+
     fn heard_from(&self, node: NodeId) {
         lock(&self.heard).insert(node, Instant::now());
     }
@@ -125,10 +223,14 @@ impl Inner {
         else {
             return false;
         };
+        let voters = self.voters();
         let heard = lock(&self.heard);
         if leader == self.me {
-            let reached = 1 + heard.values().filter(|t| t.elapsed() < recent).count();
-            reached * 2 > self.members.len()
+            let reached = voters
+                .iter()
+                .filter(|v| **v == self.me || heard.get(v).is_some_and(|t| t.elapsed() < recent))
+                .count();
+            reached * 2 > voters.len()
         } else {
             heard.get(&leader).is_some_and(|t| t.elapsed() < recent)
         }
@@ -139,7 +241,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
             .field("me", &self.me)
-            .field("members", &self.members)
+            .field("configured", &self.configured)
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -165,6 +267,39 @@ struct Changes {
     in_flight: std::collections::HashSet<String>,
 }
 
+/// Retained messages not yet written, and who waits for them.
+#[derive(Debug, Default)]
+struct RetainWrites {
+    /// Each topic's last retained message (stored form), in order.
+    pending: Vec<(String, Vec<u8>)>,
+    /// Where each topic is in `pending`.
+    at: HashMap<String, usize>,
+    ticket: Option<Arc<Ticket>>,
+}
+
+impl RetainWrites {
+    /// Put `topic`'s message in (replacing the one waiting), unless that
+    /// would make more than `max` topics wait: whether it went in.
+    fn put(&mut self, topic: &str, bytes: Vec<u8>, max: usize) -> bool {
+        if let Some(&i) = self.at.get(topic) {
+            self.pending[i].1 = bytes;
+            return true;
+        }
+        if self.pending.len() >= max {
+            return false;
+        }
+        self.at.insert(topic.to_string(), self.pending.len());
+        self.pending.push((topic.to_string(), bytes));
+        true
+    }
+
+    /// Take what waits.
+    fn take(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.at.clear();
+        std::mem::take(&mut self.pending)
+    }
+}
+
 /// Where a claim's previous owner goes.
 type ClaimAnswer = oneshot::Sender<Result<Option<NodeId>, String>>;
 
@@ -172,6 +307,8 @@ type ClaimAnswer = oneshot::Sender<Result<Option<NodeId>, String>>;
 #[derive(Debug)]
 struct Outgoing {
     bytes: Arc<Vec<u8>>,
+    /// The shared groups the peer serves for it.
+    groups: Vec<String>,
     gather: Option<Arc<Gather>>,
 }
 
@@ -201,38 +338,20 @@ impl Cluster {
         config.validate().map_err(ClusterError::Config)?;
         let secret = Arc::new(config.load_secret().map_err(ClusterError::Config)?);
         let me = config.node_id;
-        let members: BTreeMap<NodeId, String> = config
+        let configured: BTreeMap<NodeId, String> = config
             .peer_list()
             .map_err(ClusterError::Config)?
             .into_iter()
             .collect();
-        let mut control = HashMap::new();
-        let mut data = HashMap::new();
-        let mut data_rx = Vec::new();
-        for (&id, addr) in members.iter().filter(|(id, _)| **id != me) {
-            control.insert(
-                id,
-                Arc::new(Link::new(
-                    me,
-                    addr.clone(),
-                    secret.clone(),
-                    config.max_frame_bytes,
-                )),
-            );
-            let (tx, rx) = mpsc::channel(config.peer_queue);
-            data.insert(id, tx);
-            data_rx.push((id, rx));
-        }
         let (moves, moves_rx) = mpsc::unbounded_channel();
-        Ok(Self {
+        let cluster = Self {
             inner: Arc::new(Inner {
                 me,
                 secret,
-                members,
+                configured,
                 routes: Arc::new(RwLock::new(Routes::new(me, moves))),
-                control,
-                data,
-                data_rx: Mutex::new(data_rx),
+                links: RwLock::default(),
+                parked: Mutex::new(Some(Vec::new())),
                 raft: OnceLock::new(),
                 broker: OnceLock::new(),
                 changes: Mutex::new(Changes {
@@ -249,9 +368,16 @@ impl Cluster {
                 moving: Mutex::default(),
                 moves_rx: Mutex::new(Some(moves_rx)),
                 caught_up: AtomicU64::new(0),
+                retains: Mutex::default(),
+                retain_wake: Notify::new(),
                 config,
             }),
-        })
+        };
+        let inner = &cluster.inner;
+        for (id, addr) in &inner.configured {
+            inner.connect(*id, addr);
+        }
+        Ok(cluster)
     }
 
     /// What the broker's builder takes ([`petrel_broker::BrokerBuilder::peers`]).
@@ -273,7 +399,7 @@ impl Cluster {
         })?;
         let _ = inner.broker.set(broker);
         let log = LogStore::open(store.clone())?;
-        let sm = StateMachine::open(store, inner.routes.clone())?;
+        let sm = StateMachine::open(store, inner.routes.clone(), inner.broker.get().cloned())?;
         let c = &inner.config;
         let config = openraft::Config {
             cluster_name: "petrel".into(),
@@ -296,21 +422,27 @@ impl Cluster {
         let _ = inner.local_addr.set(listener.local_addr()?);
         let _ = inner.raft.set(raft.clone());
         tokio::spawn(serve(inner.clone(), listener));
-        for (id, rx) in lock(&inner.data_rx).drain(..) {
-            tokio::spawn(send_to(inner.clone(), id, rx));
+        for (id, addr, rx) in lock(&inner.parked).take().unwrap_or_default() {
+            tokio::spawn(send_to(inner.clone(), id, addr, rx));
         }
         tokio::spawn(write_routes(inner.clone()));
+        tokio::spawn(write_retained(inner.clone()));
         if let Some(rx) = lock(&inner.moves_rx).take() {
             tokio::spawn(hand_on(inner.clone(), rx));
         }
         tokio::spawn(report(inner.clone(), raft.clone()));
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?
+        tokio::spawn(follow_members(inner.clone(), raft.clone()));
+        // Formed of the configured voters the first time they start; a
+        // node they do not name waits to be added
+        // ([`Cluster::join`]).
+        if inner.configured.contains_key(&inner.me)
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?
         {
             let nodes: BTreeMap<NodeId, BasicNode> = inner
-                .members
+                .configured
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr)))
                 .collect();
@@ -321,7 +453,7 @@ impl Cluster {
             }
         }
         inner.wake.notify_one();
-        tracing::info!(node = inner.me, bind = %c.bind, members = inner.members.len(), "cluster node started");
+        tracing::info!(node = inner.me, bind = %c.bind, peers = inner.configured.len(), "cluster node started");
         Ok(())
     }
 
@@ -387,6 +519,45 @@ impl Cluster {
         read(&self.inner.routes).owned()
     }
 
+    /// Add node `id`, whose node-to-node listener is `addr`, to the
+    /// cluster: as a learner, answered once it has a copy of the log,
+    /// then as a voter while the cluster has fewer than three voters (five
+    /// once it has five nodes). The node starts with a `[cluster]` table
+    /// whose `peers` name the members but not itself, and waits to be
+    /// added. Asked of any node; the leader makes it. The membership
+    /// after (`1,2,3,4L`: voters, then learners marked `L`).
+    pub async fn join(&self, id: NodeId, addr: &str) -> Result<String, String> {
+        members::change(
+            &self.inner,
+            net::Change::Join {
+                id,
+                addr: addr.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Take node `id` out of the cluster, for good: its routes go, and
+    /// the sessions it owned have no owner (drain it first, and its
+    /// clients' sessions follow them to the nodes they reconnect to). A
+    /// learner takes a leaving voter's place. The leader can't leave:
+    /// stop it first (another node takes the lead). The membership after.
+    pub async fn leave(&self, id: NodeId) -> Result<String, String> {
+        members::change(&self.inner, net::Change::Leave { id }).await
+    }
+
+    /// The voters and the learners, as this node last applied them.
+    pub fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        self.inner
+            .raft
+            .get()
+            .map(|r| {
+                let m = r.metrics().borrow().membership_config.membership().clone();
+                (m.voter_ids().collect(), m.learner_ids().collect())
+            })
+            .unwrap_or_default()
+    }
+
     /// How many sessions this node is handing on now.
     pub fn moving_sessions(&self) -> usize {
         lock(&self.inner.moving).len()
@@ -427,6 +598,26 @@ impl Peers for Seam {
         self.0.available()
     }
 
+    fn agrees_retained(&self) -> bool {
+        true
+    }
+
+    fn retain(&self, message: &Message) -> Commit {
+        let bytes = encode_message(message, SystemTime::now());
+        let mut q = lock(&self.0.retains);
+        if !q.put(message.topic.as_str(), bytes, self.0.config.peer_queue) {
+            drop(q);
+            self.0.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let t = Arc::new(Ticket::default());
+            t.complete(Err("too many retained messages wait for the cluster".into()));
+            return Commit::waiting(t);
+        }
+        let t = q.ticket.get_or_insert_with(Arc::default).clone();
+        drop(q);
+        self.0.retain_wake.notify_one();
+        Commit::waiting(t)
+    }
+
     fn claim(
         &self,
         client_id: &str,
@@ -459,14 +650,17 @@ impl Peers for Seam {
 
     fn forward(&self, message: &Message) -> Forwarded {
         let inner = &self.0;
-        let nodes: Vec<NodeId> = if message.retain {
-            // Every node keeps retained messages: all of them get it.
-            inner.data.keys().copied().collect()
-        } else {
-            read(&inner.routes).nodes_for(message.topic.as_str(), inner.me)
-        };
+        let plan =
+            read(&inner.routes).plan(message.topic.as_str(), inner.me, inner.config.shared_local);
+        let here = SharedGroups::Except(plan.elsewhere);
+        // A retained message reaches the other nodes' retained messages
+        // through the log ([`Peers::retain`]): here only its subscribers.
+        let nodes = plan.nodes;
         if nodes.is_empty() {
-            return Forwarded::default();
+            return Forwarded {
+                here,
+                ..Forwarded::default()
+            };
         }
         let bytes = Arc::new(encode_message(message, SystemTime::now()));
         let gather = (message.qos != QoS::AtMostOnce).then(|| {
@@ -476,13 +670,15 @@ impl Peers for Seam {
             })
         });
         let mut sent = 0;
-        for n in &nodes {
-            let Some(tx) = inner.data.get(n) else {
+        let links = read(&inner.links);
+        for (n, groups) in nodes {
+            let Some(tx) = links.get(&n).map(|p| &p.data) else {
                 gather.as_ref().inspect(|g| g.one_done());
                 continue;
             };
             match tx.try_send(Outgoing {
                 bytes: bytes.clone(),
+                groups,
                 gather: gather.clone(),
             }) {
                 Ok(()) => sent += 1,
@@ -506,6 +702,7 @@ impl Peers for Seam {
         Forwarded {
             nodes: sent,
             commit: gather.map_or_else(Commit::done, |g| Commit::waiting(g.ticket.clone())),
+            here,
         }
     }
 }
@@ -521,10 +718,10 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// frame is answered once, when the peer has taken all of it, so a busy
 /// link costs a write and an answer per batch, not per message. Many
 /// frames are in flight at once.
-async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
+async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
     let link = Arc::new(Link::new(
         inner.me,
-        inner.members[&id].clone(),
+        addr,
         inner.secret.clone(),
         inner.config.max_frame_bytes,
     ));
@@ -571,11 +768,9 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, mut rx: mpsc::Receiver<Outgoing>
             gathers.iter().for_each(|g| g.one_done());
             continue;
         }
-        // Each message's length (4 bytes, big-endian), then the message.
-        let mut frame = Vec::with_capacity(bytes + 4 * n);
+        let mut frame = Vec::with_capacity(bytes + 8 * n);
         for o in &batch {
-            frame.extend_from_slice(&(o.bytes.len() as u32).to_be_bytes());
-            frame.extend_from_slice(&o.bytes);
+            put_message(&mut frame, &o.bytes, &o.groups);
         }
         drop(batch);
         match link.send(Request::Forward(frame)).await {
@@ -797,6 +992,99 @@ async fn write_routes(inner: Arc<Inner>) {
     }
 }
 
+/// Write retained messages as they come, in batches (only a topic's last
+/// one), each agreed once every node that answers has applied it: from
+/// then on a subscription anywhere finds it. A batch the cluster did not
+/// agree in time fails its publishers' acknowledgements and is written
+/// again when the cluster answers (unless a later message of its topic
+/// came meanwhile).
+async fn write_retained(inner: Arc<Inner>) {
+    loop {
+        let (batch, ticket) = {
+            let mut q = lock(&inner.retains);
+            (q.take(), q.ticket.take())
+        };
+        let Some(raft) = inner.raft.get().filter(|_| !batch.is_empty()) else {
+            if let Some(t) = ticket {
+                t.complete(Ok(()));
+            }
+            inner.retain_wake.notified().await;
+            continue;
+        };
+        let deadline = Instant::now() + Duration::from_secs(inner.config.route_timeout);
+        let command = Command::Retain {
+            node: inner.me,
+            messages: batch.iter().map(|(_, b)| b.clone()).collect(),
+        };
+        match propose(&inner, raft, command, deadline).await {
+            Ok((index, _)) => {
+                everyone_applied(&inner, raft, index).await;
+                if let Some(t) = ticket {
+                    t.complete(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retained messages not agreed: written again later");
+                if let Some(t) = ticket {
+                    t.complete(Err(e));
+                }
+                {
+                    // Before what came since, which replaces its topics'.
+                    let mut q = lock(&inner.retains);
+                    let since = q.take();
+                    for (topic, bytes) in batch.into_iter().chain(since) {
+                        q.put(&topic, bytes, usize::MAX);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(inner.config.election_timeout_ms)).await;
+            }
+        }
+    }
+}
+
+/// The membership as `$SYS/broker/cluster/members` says it: the voters'
+/// numbers, then each learner's with `L` after it (`1,2,3,4L`).
+fn members_line(m: &openraft::Membership<NodeId, BasicNode>) -> String {
+    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    m.nodes()
+        .map(|(id, _)| {
+            if voters.contains(id) {
+                id.to_string()
+            } else {
+                format!("{id}L")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Keep the links to the membership's nodes as it changes: link to each
+/// node added, drop those removed.
+async fn follow_members(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    loop {
+        let nodes: BTreeMap<NodeId, String> = metrics
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        // Before this node knows a membership, its configured peers.
+        if !nodes.is_empty() && last.as_ref() != Some(&nodes) {
+            for (id, addr) in &nodes {
+                inner.connect(*id, addr);
+            }
+            inner.disconnect_all_but(&nodes.keys().copied().collect());
+            last = Some(nodes);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Publish the node's view of the cluster under `$SYS/broker/cluster/`
 /// (retained, this node only): `node`, `leader` (a number, or `none`),
 /// `state` (leader, follower, candidate, learner), `term` and `members`
@@ -817,8 +1105,7 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
         }
     };
     publish("node", inner.me.to_string());
-    let members: Vec<String> = inner.members.keys().map(u64::to_string).collect();
-    publish("members", members.join(","));
+    let mut last_members = String::new();
     let mut metrics = raft.metrics();
     let every = Duration::from_secs(broker.config().sys_interval.max(1));
     let mut tick = tokio::time::interval(every);
@@ -828,6 +1115,14 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
     let mut last_quorum: Option<bool> = None;
     let mut last_routes: Option<usize> = None;
     loop {
+        let members = {
+            let m = metrics.borrow();
+            members_line(m.membership_config.membership())
+        };
+        if members != last_members {
+            publish("members", members.clone());
+            last_members = members;
+        }
         let now = {
             let m = metrics.borrow_and_update();
             (
@@ -893,7 +1188,7 @@ async fn propose(
                 Err(e) => tracing::debug!(error = %e, "route write: not leader now"),
             },
             Some(l) => {
-                if let Some(link) = inner.control.get(&l) {
+                if let Some(link) = inner.link(l) {
                     // Not longer than an election: a leader that does not
                     // answer may have been replaced meanwhile.
                     let left = deadline
@@ -921,10 +1216,10 @@ async fn everyone_applied(inner: &Inner, raft: &Raft<TypeConfig>, index: u64) {
     let wait = Duration::from_millis(inner.config.election_timeout_ms);
     let waiter = raft.wait(Some(wait));
     let mine = waiter.applied_index_at_least(Some(index), "route");
+    let links = inner.all_links();
     let others = futures::future::join_all(
-        inner
-            .control
-            .values()
+        links
+            .iter()
             .map(|l| tokio::time::timeout(wait, l.call(Request::Applied(index), wait))),
     );
     let _ = tokio::join!(mine, others);
@@ -955,11 +1250,13 @@ async fn serve(inner: Arc<Inner>, listener: TcpListener) {
             .await;
             drop(permit);
             match proven {
-                Ok((from, wire, _)) if inner.members.contains_key(&from) && from != inner.me => {
+                // Any node that proved the secret: one joining is not a
+                // member yet.
+                Ok((from, wire, _)) if from != inner.me => {
                     handle(inner, from, wire).await;
                 }
                 Ok((from, _, peer)) => {
-                    tracing::warn!(%peer, node = from, "a node that is not a member: closed");
+                    tracing::warn!(%peer, node = from, "a node with this node's own number: closed");
                 }
                 Err(e) => tracing::warn!(error = %e, "node link refused"),
             }
@@ -1056,21 +1353,48 @@ fn flushed(inner: &Inner) -> Response {
     }
 }
 
-/// The messages of a forwarding frame.
-fn split_batch(mut frame: &[u8]) -> io::Result<Vec<Message>> {
+/// One message of a forwarding frame: its length (4 bytes, big-endian),
+/// the message, then how many shared groups the peer serves for it (4
+/// bytes) and each group's whole filter, with its length (2 bytes) first.
+fn put_message(frame: &mut Vec<u8>, message: &[u8], groups: &[String]) {
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame.extend_from_slice(&(groups.len() as u32).to_be_bytes());
+    for g in groups {
+        frame.extend_from_slice(&(g.len() as u16).to_be_bytes());
+        frame.extend_from_slice(g.as_bytes());
+    }
+}
+
+/// The messages of a forwarding frame, each with the shared groups this
+/// node serves for it.
+fn split_batch(mut frame: &[u8]) -> io::Result<Vec<(Message, SharedGroups)>> {
     let (now, wall) = (Instant::now(), SystemTime::now());
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated forwarding frame");
+    fn take<'a>(frame: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = frame.split_at_checked(n)?;
+        *frame = rest;
+        Some(head)
+    }
     let mut out = Vec::new();
     while !frame.is_empty() {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated forwarding frame");
-        let len: [u8; 4] = frame
-            .get(..4)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?;
-        let len = u32::from_be_bytes(len) as usize;
-        let body = frame.get(4..4 + len).ok_or_else(bad)?;
-        out.push(decode_message(body, now, wall)?.0);
-        frame = &frame[4 + len..];
+        let len = take(&mut frame, 4).ok_or_else(bad)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let body = take(&mut frame, len).ok_or_else(bad)?;
+        let message = decode_message(body, now, wall)?.0;
+        let count = take(&mut frame, 4).ok_or_else(bad)?;
+        let count = u32::from_be_bytes([count[0], count[1], count[2], count[3]]);
+        let mut groups = Vec::new();
+        for _ in 0..count {
+            let len = take(&mut frame, 2).ok_or_else(bad)?;
+            let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+            let g = take(&mut frame, len).ok_or_else(bad)?;
+            let g = std::str::from_utf8(g).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "a group that is not UTF-8")
+            })?;
+            groups.push(g.to_string());
+        }
+        out.push((message, SharedGroups::Only(groups)));
     }
     Ok(out)
 }
@@ -1108,6 +1432,20 @@ async fn consensus(raft: &Raft<TypeConfig>, request: Request) -> Response {
                 Err(e) => Response::Failed(e.to_string()),
             }
         }
+        Request::Change(change) => {
+            let metrics = raft.metrics();
+            let (me, leader) = {
+                let m = metrics.borrow();
+                (m.id, m.current_leader)
+            };
+            if leader != Some(me) {
+                return Response::NotLeader(leader);
+            }
+            match members::make(raft, change).await {
+                Ok(m) => Response::Changed(m),
+                Err(e) => Response::Failed(e),
+            }
+        }
         Request::Forward(_) | Request::Adopt { .. } => {
             Response::Failed("not a consensus request".into())
         }
@@ -1123,8 +1461,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Client;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
+        // A node just added (a learner) is linked to at once.
+        self.inner.connect(target, &node.addr);
         Client {
-            link: self.inner.control.get(&target).cloned(),
+            link: self.inner.link(target),
             addr: node.addr.clone(),
             target,
             inner: self.inner.clone(),

@@ -1,30 +1,35 @@
 //! The Raft log, vote and snapshot, kept in the broker's own store (the
 //! table [`Table::Cluster`]), so a restarted node rejoins from its own data
-//! directory; and the state machine they build (the routes).
+//! directory; and the state machine they build (the routes and session
+//! owners, and the retained messages, which it keeps in the broker).
 //!
 //! Keys in the table: `v` the vote, `c` the last committed log id, `p` the
 //! last purged one, `s` the current snapshot, and `l` with the index
 //! (8 bytes, big-endian) for each entry. The log is also kept in memory
-//! (it holds route changes only, and is purged behind each snapshot), so
-//! reading it for replication never touches the disk.
+//! (it holds route and ownership changes and retained messages, and is
+//! purged behind each snapshot), so reading it for replication never
+//! touches the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use petrel_broker::{Op, Store, Table};
+use petrel_broker::core::store::{decode_message, encode_message};
+use petrel_broker::{Broker, Op, Store, Table};
+use petrel_session::Message;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sync::{lock, read, write as write_lock};
-use crate::types::{Applied, NodeId, Routes, SnapshotBytes, SnapshotData, TypeConfig};
+use crate::types::{Applied, Command, NodeId, Routes, SnapshotBytes, SnapshotData, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -255,6 +260,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Keep agreed retained messages in `broker` (one that does not decode,
+/// or that its store refuses, is logged and left: the others are kept).
+fn keep_retained(broker: &Broker, messages: &[Vec<u8>]) {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    for bytes in messages {
+        let kept = decode_message(bytes, now, wall).and_then(|(m, _)| broker.set_retained(&m));
+        if let Err(e) = kept {
+            tracing::error!(error = %e, "an agreed retained message could not be kept");
+        }
+    }
+}
+
+/// Make `broker`'s retained messages (but `$SYS`'s) those of a snapshot.
+fn replace_retained(broker: &Broker, messages: &[Vec<u8>]) -> io::Result<()> {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let mut topics = HashSet::new();
+    let mut decoded = Vec::with_capacity(messages.len());
+    for bytes in messages {
+        let (m, _) = decode_message(bytes, now, wall)?;
+        topics.insert(m.topic.as_str().to_string());
+        decoded.push(m);
+    }
+    for old in broker.retained_all() {
+        if !topics.contains(old.topic.as_str()) {
+            let gone = Message::new(old.topic, bytes::Bytes::new(), old.qos);
+            broker.set_retained(&gone)?;
+        }
+    }
+    for m in &decoded {
+        broker.set_retained(m)?;
+    }
+    Ok(())
+}
+
 /// A snapshot as stored: its meta and its data.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -275,6 +314,8 @@ pub(crate) struct AppliedState {
 pub struct StateMachine {
     store: Arc<dyn Store>,
     routes: Arc<RwLock<Routes>>,
+    /// Where the agreed retained messages are kept.
+    broker: Option<Broker>,
     applied: Arc<Mutex<AppliedState>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshot_count: Arc<std::sync::atomic::AtomicU64>,
@@ -292,11 +333,16 @@ impl Debug for StoredSnapshot {
 impl StateMachine {
     /// The state machine kept in `store` (its last snapshot, if any; the
     /// log after it is applied again when the node starts), updating
-    /// `routes`.
-    pub fn open(store: Arc<dyn Store>, routes: Arc<RwLock<Routes>>) -> io::Result<Self> {
+    /// `routes`, and keeping the agreed retained messages in `broker`.
+    pub fn open(
+        store: Arc<dyn Store>,
+        routes: Arc<RwLock<Routes>>,
+        broker: Option<Broker>,
+    ) -> io::Result<Self> {
         let sm = Self {
             store,
             routes,
+            broker,
             applied: Arc::default(),
             snapshot: Arc::default(),
             snapshot_count: Arc::default(),
@@ -317,10 +363,14 @@ impl StateMachine {
 
     /// Put the state a snapshot holds in force.
     fn load(&self, s: &StoredSnapshot) -> io::Result<()> {
-        let data: SnapshotData = decode(&s.data)?;
-        // Both under the routes' lock, as `apply` changes them.
+        let mut data: SnapshotData = decode(&s.data)?;
+        let retained = std::mem::take(&mut data.retained);
+        // All under the routes' lock, as `apply` changes them.
         let mut routes = write_lock(&self.routes);
         routes.load_snapshot(data);
+        if let Some(b) = &self.broker {
+            replace_retained(b, &retained)?;
+        }
         let mut applied = lock(&self.applied);
         applied.last = s.meta.last_log_id;
         applied.membership = s.meta.last_membership.clone();
@@ -385,10 +435,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // The routes and how far they are applied, read together: `apply`
         // (which may run meanwhile) takes the routes' lock before
         // `applied`, so holding the first makes them agree.
+        // The retained messages too: `apply` keeps them with the routes'
+        // lock held.
         let (routes, last, membership) = {
             let routes = read(&self.routes);
             let a = lock(&self.applied);
-            (routes.to_snapshot(), a.last, a.membership.clone())
+            let mut data = routes.to_snapshot();
+            if let Some(b) = &self.broker {
+                let wall = SystemTime::now();
+                data.retained = b
+                    .retained_all()
+                    .iter()
+                    .map(|m| encode_message(m, wall))
+                    .collect();
+            }
+            (data, a.last, a.membership.clone())
         };
         let data = encode(&routes);
         let n = self
@@ -441,6 +502,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(command) => {
+                    if let (Command::Retain { messages, .. }, Some(b)) = (command, &self.broker) {
+                        keep_retained(b, messages);
+                    }
                     out.push(routes.apply(command, entry.log_id.index));
                     continue;
                 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use petrel_broker::SubscriptionTree;
 use petrel_codec::TopicFilter;
@@ -48,6 +49,16 @@ pub enum Command {
         filters: Vec<String>,
         /// The client ids of the sessions it holds.
         clients: Vec<String>,
+    },
+    /// Retained messages published on node `node`, in order: each
+    /// becomes its topic's retained message on every node (one with an
+    /// empty payload deletes the topic's). Each is a message in the
+    /// broker's stored form, its expiry as a wall-clock time.
+    Retain {
+        /// The node.
+        node: NodeId,
+        /// The messages.
+        messages: Vec<Vec<u8>>,
     },
     /// Session ownership on node `node`, in the order it happened: each a
     /// client id with `Some` claim for a CONNECT there (the node now owns
@@ -108,6 +119,8 @@ pub struct Routes {
     owners: HashMap<String, (NodeId, Claimed)>,
     /// This node, and where it hears of sessions taken from it.
     moves: Option<(NodeId, mpsc::UnboundedSender<Move>)>,
+    /// Whose turn it is in shared groups with members on several nodes.
+    turn: AtomicUsize,
 }
 
 impl Routes {
@@ -181,7 +194,7 @@ impl Routes {
                         .or_insert_with(|| (*node, Claimed::default()));
                 }
             }
-            Command::Routes { .. } => {}
+            Command::Routes { .. } | Command::Retain { .. } => {}
         }
         self.apply_routes(command);
         applied
@@ -210,7 +223,7 @@ impl Routes {
                     self.add(*node, f);
                 }
             }
-            Command::Owners { .. } => {}
+            Command::Owners { .. } | Command::Retain { .. } => {}
         }
     }
 
@@ -234,22 +247,7 @@ impl Routes {
         };
         if set.remove(filter) {
             if let Some(tf) = route_filter(filter) {
-                // Another filter of the node's may map to the same route
-                // (`$share/a/x` and `x`): keep it while one does. Only the
-                // plain filter and the shared ones (sorted together, by
-                // their prefix) can: a removal costs a lookup and a look
-                // at the node's shared filters, not at all its filters.
-                let shared = (
-                    std::ops::Bound::Included(SHARE_PREFIX),
-                    std::ops::Bound::Excluded(SHARE_END),
-                );
-                let still = set.contains(tf.as_str())
-                    || set
-                        .range::<str, _>(shared)
-                        .any(|f| route_filter(f).is_some_and(|o| o.as_str() == tf.as_str()));
-                if !still {
-                    self.tree.remove(&tf, &node);
-                }
+                self.tree.remove(&tf, &node);
             }
             if set.is_empty() {
                 self.by_node.remove(&node);
@@ -257,13 +255,53 @@ impl Routes {
         }
     }
 
-    /// The nodes other than `me` that want `topic`, each once.
+    /// Where a message on `topic` published on node `me` goes: each other
+    /// node that wants it, with the shared groups it serves, and the
+    /// groups other nodes serve (which `me` does not). Each shared group
+    /// the topic matches is served by one of the nodes with a member:
+    /// `me` if it has one and `prefer_local`, else each in turn.
+    pub fn plan(&self, topic: &str, me: NodeId, prefer_local: bool) -> Plan {
+        let mut plan = Plan::default();
+        self.tree.matches(topic, |m| match m {
+            petrel_broker::Matched::Direct { key, .. } => {
+                if *key != me {
+                    plan.node(*key);
+                }
+            }
+            petrel_broker::Matched::Shared { share, members, .. } => {
+                if members.is_empty() {
+                    return;
+                }
+                let local = prefer_local && members.iter().any(|(n, _)| *n == me);
+                let to = if local {
+                    me
+                } else {
+                    let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                    members[turn % members.len()].0
+                };
+                if to != me {
+                    plan.node(to).push(share.to_string());
+                    plan.elsewhere.push(share.to_string());
+                }
+            }
+        });
+        plan
+    }
+
+    /// The nodes other than `me` that want `topic`, each once (for one
+    /// of its filters, or a shared group with a member there).
     pub fn nodes_for(&self, topic: &str, me: NodeId) -> Vec<NodeId> {
         let mut nodes = Vec::new();
         self.tree.matches(topic, |m| {
-            if let petrel_broker::Matched::Direct { key, .. } = m {
+            let mut add = |key: &NodeId| {
                 if *key != me && !nodes.contains(key) {
                     nodes.push(*key);
+                }
+            };
+            match m {
+                petrel_broker::Matched::Direct { key, .. } => add(key),
+                petrel_broker::Matched::Shared { members, .. } => {
+                    members.iter().for_each(|(n, _)| add(n));
                 }
             }
         });
@@ -297,6 +335,7 @@ impl Routes {
                 .iter()
                 .map(|(c, o)| (c.clone(), o.clone()))
                 .collect(),
+            retained: Vec::new(),
         }
     }
 
@@ -317,20 +356,34 @@ impl Routes {
     }
 }
 
-/// Where shared subscriptions' filters begin, and the first string past
-/// them in order (`0` follows `/`).
-const SHARE_PREFIX: &str = "$share/";
-const SHARE_END: &str = "$share0";
-
-/// The filter a route matches with: a shared subscription's
-/// `$share/GROUP/` prefix taken off (a node with a member of the group
-/// wants what the group's filter matches). `None` for what is not a
-/// filter (never written by a node of ours).
+/// The filter a route matches with: a shared subscription's stays
+/// shared (the tree holds, for each group, the nodes with a member).
+/// `None` for what is not a filter (never written by a node of ours).
 fn route_filter(filter: &str) -> Option<TopicFilter> {
-    let tf = TopicFilter::try_from(filter).ok()?;
-    match tf.shared() {
-        Some((_, inner)) => TopicFilter::try_from(inner).ok(),
-        None => Some(tf),
+    TopicFilter::try_from(filter).ok()
+}
+
+/// Where a message goes in the cluster ([`Routes::plan`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Each other node it goes to, with the shared groups (whole filters)
+    /// picked for it.
+    pub nodes: Vec<(NodeId, Vec<String>)>,
+    /// The groups picked for other nodes: the publishing node skips them.
+    pub elsewhere: Vec<String>,
+}
+
+impl Plan {
+    /// Node `n`'s groups, with `n` added if it was not there.
+    fn node(&mut self, n: NodeId) -> &mut Vec<String> {
+        let at = match self.nodes.iter().position(|(x, _)| *x == n) {
+            Some(at) => at,
+            None => {
+                self.nodes.push((n, Vec::new()));
+                self.nodes.len() - 1
+            }
+        };
+        &mut self.nodes[at].1
     }
 }
 
@@ -339,6 +392,8 @@ fn route_filter(filter: &str) -> Option<TopicFilter> {
 pub(crate) struct SnapshotData {
     pub(crate) routes: BTreeMap<NodeId, BTreeSet<String>>,
     pub(crate) owners: BTreeMap<String, (NodeId, Claimed)>,
+    /// Every retained message, in the broker's stored form.
+    pub(crate) retained: Vec<Vec<u8>>,
 }
 
 /// The data type openraft moves snapshots in.
@@ -390,6 +445,56 @@ mod tests {
         assert_eq!(r.nodes_for("s/1", 1), [2], "group b still wants it");
         r.apply(&routes(2, &[], &["$share/b/s/+"]), 6);
         assert!(r.nodes_for("s/1", 1).is_empty());
+    }
+
+    #[test]
+    fn each_shared_group_is_served_by_one_node_in_turn() {
+        let mut r = Routes::default();
+        // Group g has members on nodes 1, 2 and 3; group h on node 2 only;
+        // node 3 also subscribes directly.
+        r.apply(&routes(1, &["$share/g/s/+"], &[]), 1);
+        r.apply(&routes(2, &["$share/g/s/+", "$share/h/s/#"], &[]), 2);
+        r.apply(&routes(3, &["$share/g/s/+", "s/#"], &[]), 3);
+        let mut served = BTreeMap::<NodeId, usize>::new();
+        for _ in 0..30 {
+            let plan = r.plan("s/1", 1, false);
+            // Group h is node 2's, always; node 3 gets every message.
+            let two = plan.nodes.iter().find(|(n, _)| *n == 2).unwrap();
+            assert!(two.1.contains(&"$share/h/s/#".to_string()));
+            assert!(plan.nodes.iter().any(|(n, _)| *n == 3));
+            assert!(plan.elsewhere.contains(&"$share/h/s/#".to_string()));
+            // Group g: exactly one node.
+            let g = "$share/g/s/+".to_string();
+            let picked: Vec<NodeId> = plan
+                .nodes
+                .iter()
+                .filter(|(_, gs)| gs.contains(&g))
+                .map(|(n, _)| *n)
+                .collect();
+            let here = !plan.elsewhere.contains(&g);
+            assert_eq!(picked.len() + usize::from(here), 1, "{plan:?}");
+            *served
+                .entry(picked.first().copied().unwrap_or(1))
+                .or_default() += 1;
+        }
+        assert_eq!(served.into_values().collect::<Vec<_>>(), [10, 10, 10]);
+        // A node with no match and no group is not sent it.
+        assert!(r.plan("t", 1, false).nodes.is_empty());
+        // With shared_local, node 1 keeps group g's messages.
+        for _ in 0..5 {
+            let plan = r.plan("s/1", 1, true);
+            assert_eq!(plan.elsewhere, ["$share/h/s/#"]);
+        }
+        // Node 4 (no member) spreads group g over the three.
+        let mut to = BTreeSet::new();
+        for _ in 0..3 {
+            for (n, gs) in r.plan("s/1", 4, true).nodes {
+                if gs.contains(&"$share/g/s/+".to_string()) {
+                    to.insert(n);
+                }
+            }
+        }
+        assert_eq!(to.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[test]

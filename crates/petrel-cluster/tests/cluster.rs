@@ -77,6 +77,7 @@ async fn start(test: &str, secrets: &[&str]) -> Vec<Node> {
                 max_frame_bytes: 16 << 20,
                 snapshot_logs: 5000,
                 max_pending_links: 4,
+                shared_local: false,
             }),
             ..BrokerConfig::default()
         };
@@ -130,6 +131,20 @@ mod v311 {
                 break;
             }
         }
+        (c, ev)
+    }
+
+    /// A client of `at` subscribed to `filter` (its SUBACK in).
+    pub(super) async fn subscribed(
+        id: &str,
+        at: SocketAddr,
+        filter: &str,
+    ) -> (AsyncClient, EventLoop) {
+        let (c, mut ev) = client(id, at).await;
+        c.subscribe(filter, Q::AtLeastOnce).await.unwrap();
+        until(&mut ev, |p| matches!(p, Packet::SubAck(_)).then_some(()))
+            .await
+            .expect("SUBACK");
         (c, ev)
     }
 
@@ -421,4 +436,58 @@ async fn the_node_port_gives_little_to_whoever_has_not_proved_the_secret() {
     }
     // The nodes themselves were never disturbed.
     assert!(leader(&nodes).await > 0);
+}
+
+/// A shared subscription group with members on two nodes gets each
+/// message once across the cluster, from whichever node it is published
+/// on (a member's node included), and the nodes take turns; a direct
+/// subscriber gets every message (the control: the messages all went
+/// out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    use std::collections::BTreeSet;
+    let nodes = start("shared", &[SECRET; 3]).await;
+    leader(&nodes).await;
+    let mut members = Vec::new();
+    for (i, at) in [(1, nodes[1].mqtt), (2, nodes[2].mqtt)] {
+        members.push(v311::subscribed(&format!("worker{i}"), at, "$share/work/jobs/#").await);
+    }
+    let (_direct, mut direct_ev) = v311::subscribed("watcher", nodes[2].mqtt, "jobs/#").await;
+    // Published on node 1 (no member there), then on node 2 (a member's).
+    let mut sent = BTreeSet::new();
+    for (n, at) in [(0, nodes[0].mqtt), (1, nodes[1].mqtt)] {
+        let (publ, mut pub_ev) = v311::client(&format!("boss{n}"), at).await;
+        for i in 0..20 {
+            let payload = format!("{n}-{i}");
+            publ.publish("jobs/x", v311::Q::AtLeastOnce, false, payload.clone())
+                .await
+                .unwrap();
+            sent.insert(payload.into_bytes());
+        }
+        let mut acks = 0;
+        v311::until(&mut pub_ev, |p| {
+            acks += usize::from(matches!(p, rumqttc::Packet::PubAck(_)));
+            (acks == 20).then_some(())
+        })
+        .await
+        .expect("every PUBACK");
+    }
+    let quiet = Duration::from_millis(1500);
+    let mut got = Vec::new();
+    for (_, ev) in &mut members {
+        got.push(v311::collect(ev, quiet).await);
+    }
+    let watched: BTreeSet<Vec<u8>> = v311::collect(&mut direct_ev, quiet)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(watched, sent, "the direct subscriber got every message");
+    let all: Vec<&Vec<u8>> = got.iter().flatten().collect();
+    let once: BTreeSet<&Vec<u8>> = all.iter().copied().collect();
+    assert_eq!(all.len(), sent.len(), "each message once in the group");
+    assert_eq!(once.len(), sent.len());
+    // Each member had its share (the turns go round the nodes).
+    for (i, g) in got.iter().enumerate() {
+        assert!(g.len() >= 10, "member {i} got {} of 40", g.len());
+    }
 }

@@ -11,6 +11,18 @@ use serde_json::Value;
 /// `petrel ctl`'s arguments.
 #[derive(Args)]
 pub(crate) struct CtlArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print the API's JSON answer instead of columns.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+/// Where the admin API is, and how to be let in.
+#[derive(Args, Debug)]
+pub(crate) struct AdminArgs {
     /// The broker's HTTP listener.
     #[arg(
         long,
@@ -27,11 +39,32 @@ pub(crate) struct CtlArgs {
     /// the per-user data directory).
     #[arg(long = "data-dir", value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
-    /// Print the API's JSON answer instead of columns.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: CtlCommand,
+}
+
+impl AdminArgs {
+    /// The API these arguments reach, each request given `timeout`.
+    fn api(&self, timeout: std::time::Duration) -> Api {
+        Api {
+            url: self.url.clone(),
+            token: token(self),
+            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+        }
+    }
+
+    /// One request, given `timeout`: the JSON answer (`null` for none), or
+    /// what went wrong.
+    pub(crate) fn call(
+        &self,
+        timeout: std::time::Duration,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        match self.api(timeout).call(method, path, body)? {
+            Answer::Json(v) => Ok(v),
+            Answer::Empty => Ok(Value::Null),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -214,7 +247,7 @@ impl Api {
 }
 
 /// The token: given, or read from the data directory's `http.token`.
-fn token(args: &CtlArgs) -> Option<String> {
+fn token(args: &AdminArgs) -> Option<String> {
     if let Some(t) = &args.token {
         return Some(t.clone());
     }
@@ -225,13 +258,7 @@ fn token(args: &CtlArgs) -> Option<String> {
 }
 
 pub(crate) fn run(args: CtlArgs) -> ExitCode {
-    let api = Api {
-        url: args.url.clone(),
-        token: token(&args),
-        agent: ureq::AgentBuilder::new()
-            .timeout(std::time::Duration::from_secs(10))
-            .build(),
-    };
+    let api = args.admin.api(std::time::Duration::from_secs(10));
     match execute(&api, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

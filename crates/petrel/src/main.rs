@@ -400,7 +400,10 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
                 Ok(admin) => {
                     let admin = match &cluster {
                         Some(c) => admin
-                            .with_metrics(std::sync::Arc::new(tools::ClusterMetrics(c.clone()))),
+                            .with_metrics(std::sync::Arc::new(tools::ClusterMetrics(c.clone())))
+                            .with_membership(std::sync::Arc::new(tools::ClusterMembership(
+                                c.clone(),
+                            ))),
                         None => admin,
                     };
                     tokio::spawn(admin.run());

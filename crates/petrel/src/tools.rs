@@ -563,13 +563,70 @@ enum ClusterCommand {
     #[command(disable_help_flag = true)]
     Status {
         #[command(flatten)]
-        common: Common,
+        common: Box<Common>,
+    },
+    /// Add a node to the cluster, through any member's admin API
+    /// (`--url`): as a learner with a copy of the log, then a voter while
+    /// there are fewer than three voters (five once there are five
+    /// nodes). Start the node first, with `peers` naming the members but
+    /// not itself. Prints the membership after (learners marked `L`).
+    Join {
+        /// The node: `ID@HOST:PORT`, its node-to-node listener.
+        node: String,
+        #[command(flatten)]
+        admin: crate::ctl::AdminArgs,
+    },
+    /// Take a node out of the cluster for good, through any member's
+    /// admin API: its routes go and its sessions have no owner (drain it
+    /// first: its clients' sessions follow them). The leader can't leave:
+    /// stop it first. Prints the membership after.
+    Leave {
+        /// The node's number.
+        id: u64,
+        #[command(flatten)]
+        admin: crate::ctl::AdminArgs,
     },
 }
 
 /// `petrel cluster`.
 pub(crate) fn cluster(args: ClusterArgs) -> ExitCode {
-    let ClusterCommand::Status { common } = args.command;
+    let (admin, method, path, body) = match args.command {
+        ClusterCommand::Status { common } => return status(*common),
+        ClusterCommand::Join { node, admin } => {
+            let Some((id, addr)) = node
+                .split_once('@')
+                .and_then(|(id, addr)| Some((id.parse::<u64>().ok()?, addr)))
+            else {
+                eprintln!("petrel cluster join: `{node}` is not ID@HOST:PORT");
+                return ExitCode::from(2);
+            };
+            let body = serde_json::json!({ "id": id, "addr": addr });
+            (
+                admin,
+                "POST",
+                "/api/v1/cluster/nodes".to_string(),
+                Some(body),
+            )
+        }
+        ClusterCommand::Leave { id, admin } => {
+            (admin, "DELETE", format!("/api/v1/cluster/nodes/{id}"), None)
+        }
+    };
+    let timeout = std::time::Duration::from_secs(70);
+    match admin.call(timeout, method, &path, body) {
+        Ok(v) => {
+            println!("members {}", v["members"].as_str().unwrap_or("?"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("petrel cluster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `petrel cluster status`.
+fn status(common: Common) -> ExitCode {
     let quiet = common.quiet;
     let result = runtime().and_then(|rt| rt.block_on(cluster_status(common)));
     match result {
@@ -1045,6 +1102,34 @@ mod tests {
     fn iso8601_renders_a_known_instant() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(iso8601(t), "2023-11-14T22:13:20.000000Z");
+    }
+}
+
+/// A cluster node's membership on the admin API (`/api/v1/cluster`).
+#[derive(Debug)]
+pub(crate) struct ClusterMembership(pub(crate) petrel_cluster::Cluster);
+
+impl petrel_admin::Membership for ClusterMembership {
+    fn status(&self) -> serde_json::Value {
+        let c = &self.0;
+        let (voters, learners) = c.members();
+        serde_json::json!({
+            "node": c.node_id(),
+            "leader": c.leader(),
+            "quorum": c.has_quorum(),
+            "voters": voters,
+            "learners": learners,
+        })
+    }
+
+    fn join(&self, id: u64, addr: String) -> petrel_admin::MembershipChange {
+        let c = self.0.clone();
+        Box::pin(async move { c.join(id, &addr).await })
+    }
+
+    fn leave(&self, id: u64) -> petrel_admin::MembershipChange {
+        let c = self.0.clone();
+        Box::pin(async move { c.leave(id).await })
     }
 }
 

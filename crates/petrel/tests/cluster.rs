@@ -33,6 +33,10 @@ struct Node {
 struct Cluster {
     nodes: Vec<Node>,
     dir: PathBuf,
+    /// The configured voters, as `peers` lists them.
+    peers: Vec<String>,
+    /// What every node's `[cluster]` table has besides.
+    extra: String,
 }
 
 impl Drop for Cluster {
@@ -64,39 +68,51 @@ impl Cluster {
             .enumerate()
             .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
             .collect();
-        let mut nodes = Vec::new();
-        for (i, bind) in binds.iter().enumerate() {
-            let id = i as u64 + 1;
-            let (mqtt, http) = (free_port(), free_port());
-            let conf = dir.join(format!("node{id}.toml"));
-            let data = dir.join(format!("data{id}"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "data_dir = \"{}\"\nsys_interval = 1\n\n[[listener]]\nbind = \"127.0.0.1:{mqtt}\"\n\n\
-                     [http]\nbind = \"127.0.0.1:{http}\"\n\n\
-                     [cluster]\nnode_id = {id}\nbind = \"127.0.0.1:{bind}\"\npeers = [{}]\n\
-                     heartbeat_ms = 100\nelection_timeout_ms = 500\n{extra}",
-                    data.display(),
-                    peers.join(", ")
-                ),
-            )
-            .unwrap();
-            nodes.push(Node {
-                id,
-                mqtt,
-                http,
-                data,
-                log: dir.join(format!("node{id}.log")),
-                conf,
-                process: None,
-            });
+        let mut c = Self {
+            nodes: Vec::new(),
+            dir,
+            peers,
+            extra: extra.to_string(),
+        };
+        for bind in binds {
+            c.add(bind);
         }
-        let mut c = Self { nodes, dir };
         for i in 0..n {
             c.up(i);
         }
         c
+    }
+
+    /// Write node `nodes.len() + 1`'s configuration, its cluster listener
+    /// on `bind` (not started): its index.
+    fn add(&mut self, bind: u16) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let (mqtt, http) = (free_port(), free_port());
+        let conf = self.dir.join(format!("node{id}.toml"));
+        let data = self.dir.join(format!("data{id}"));
+        std::fs::write(
+            &conf,
+            format!(
+                "data_dir = \"{}\"\nsys_interval = 1\n\n[[listener]]\nbind = \"127.0.0.1:{mqtt}\"\n\n\
+                 [http]\nbind = \"127.0.0.1:{http}\"\n\n\
+                 [cluster]\nnode_id = {id}\nbind = \"127.0.0.1:{bind}\"\npeers = [{}]\n\
+                 heartbeat_ms = 100\nelection_timeout_ms = 500\n{}",
+                data.display(),
+                self.peers.join(", "),
+                self.extra
+            ),
+        )
+        .unwrap();
+        self.nodes.push(Node {
+            id,
+            mqtt,
+            http,
+            data,
+            log: self.dir.join(format!("node{id}.log")),
+            conf,
+            process: None,
+        });
+        self.nodes.len() - 1
     }
 
     /// Start node `i` (index, not id) again.
@@ -199,16 +215,26 @@ impl Cluster {
     /// `petrel ctl` against node `i`'s admin API: whether it succeeded,
     /// and what it printed.
     fn ctl(&self, i: usize, args: &[&str]) -> (bool, String) {
+        self.admin(i, "ctl", args)
+    }
+
+    /// `petrel cluster ARGS` (join, leave) through node `i`'s admin API.
+    fn cluster(&self, i: usize, args: &[&str]) -> (bool, String) {
+        self.admin(i, "cluster", args)
+    }
+
+    /// `petrel COMMAND ARGS` with node `i`'s admin API and token.
+    fn admin(&self, i: usize, command: &str, args: &[&str]) -> (bool, String) {
         let n = &self.nodes[i];
         let out = petrel()
-            .arg("ctl")
+            .arg(command)
+            .args(args)
             .args([
                 "--url",
                 &format!("http://127.0.0.1:{}", n.http),
                 "--data-dir",
             ])
             .arg(&n.data)
-            .args(args)
             .env_remove("PETREL_TOKEN")
             .output()
             .unwrap();
@@ -1272,4 +1298,183 @@ async fn a_drained_node_sends_its_clients_to_another_and_their_sessions_follow()
         .await
         .unwrap();
     assert_eq!(next(&mut inbox).await.as_deref(), Some("after"));
+}
+
+/// The retained messages `port`'s node holds under `filter`, as a new
+/// subscriber there gets them (topic = payload), within a short wait.
+async fn retained_on(port: u16, filter: &str) -> Vec<String> {
+    let id = format!("look-{}", free_port());
+    let (c, mut m) = client(options(port, Protocol::V5, &id)).await;
+    c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(700), m.recv()).await {
+        got.push(format!(
+            "{}={}",
+            p.topic,
+            String::from_utf8_lossy(&p.payload)
+        ));
+    }
+    let _ = c.disconnect().await;
+    got.sort();
+    got
+}
+
+/// Wait until node `i` holds exactly `want` under `ret/#`.
+async fn holds_in_time(c: &Cluster, i: usize, want: &[&str]) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let got = retained_on(c.port(i), "ret/#").await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < until, "node {} holds {got:?}", i + 1);
+    }
+}
+
+/// Retained messages are agreed through the log: a node that was down
+/// while one was set and another deleted finds both changes when it is
+/// back, from the log and, once the log has moved past it, from a
+/// snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_changed_while_a_node_was_down_reach_it() {
+    let mut c = Cluster::start_with("retained", 3, "forward_timeout = 2\nsnapshot_logs = 8\n");
+    c.leader(&[0, 1, 2], None).await;
+    let (publ, _) = client(options(c.port(0), Protocol::V5, "ret-pub")).await;
+    // Each returns once its PUBACK is in.
+    let set = |topic: &'static str, payload: String| {
+        let publ = publ.clone();
+        async move {
+            let mut m = petrel_client::Message::new(
+                petrel_client::TopicName::try_from(topic).unwrap(),
+                bytes::Bytes::from(payload),
+                QoS::AtLeastOnce,
+            );
+            m.retain = true;
+            publ.publish(m).await.unwrap();
+        }
+    };
+    set("ret/old", "before".into()).await;
+    // The control: node 3 holds it (it would show a message it holds).
+    assert_eq!(retained_on(c.port(2), "ret/#").await, ["ret/old=before"]);
+    c.kill(2);
+    set("ret/new", "while away".into()).await;
+    set("ret/old", String::new()).await;
+    c.up(2);
+    holds_in_time(&c, 2, &["ret/new=while away"]).await;
+    // Away again while the log moves past a snapshot (8 entries): back,
+    // it takes the retained messages from the snapshot.
+    c.kill(2);
+    set("ret/new", String::new()).await;
+    for i in 0..12 {
+        set("ret/snap", format!("v{i}")).await;
+    }
+    c.up(2);
+    holds_in_time(&c, 2, &["ret/snap=v11"]).await;
+    assert_eq!(retained_on(c.port(1), "ret/#").await, ["ret/snap=v11"]);
+}
+
+/// Wait until node `i` says `members` is `want`.
+async fn members_are(c: &Cluster, i: usize, want: &str) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let got = sys(c.port(i), "members").await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "node {} says members {got:?}, want {want:?}",
+            i + 1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Nodes join at run time (a learner first, voters up to three, then
+/// five), route and take part as any member; one leaves, and with it its
+/// routes. A node the configured peers do not name forms no cluster of
+/// its own: it waits to be added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_at_run_time() {
+    let mut c = Cluster::start("members", 3);
+    c.leader(&[0, 1, 2], None).await;
+    members_are(&c, 0, "1,2,3").await;
+    // Node 4: configured with the three as peers, not itself.
+    let four = c.add(free_port());
+    c.up(four);
+    // Alone it has no leader, and no cluster of its own.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sys(c.port(four), "leader").await, "none");
+    // A node's cluster listener, from its `[cluster]` table.
+    let bind = |c: &Cluster, i: usize| -> String {
+        let conf = std::fs::read_to_string(&c.nodes[i].conf).unwrap();
+        let cluster = conf.split("[cluster]").nth(1).unwrap().to_string();
+        cluster
+            .lines()
+            .find_map(|l| l.strip_prefix("bind = \""))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_string()
+    };
+    let (ok, out) = c.cluster(1, &["join", &format!("4@{}", bind(&c, four))]);
+    assert!(ok, "{out}");
+    assert!(out.contains("members 1,2,3,4L"), "{out}");
+    members_are(&c, four, "1,2,3,4L").await;
+    // The learner routes: a subscriber there gets what node 1 publishes,
+    // and one on node 2 what it publishes.
+    let (sub4, mut inbox4) = client(options(c.port(four), Protocol::V5, "m-sub4")).await;
+    sub4.subscribe("members/#", QoS::AtLeastOnce).await.unwrap();
+    let (sub2, mut inbox2) = client(options(c.port(1), Protocol::V5, "m-sub2")).await;
+    sub2.subscribe("members/#", QoS::AtLeastOnce).await.unwrap();
+    let (pub1, _) = client(options(c.port(0), Protocol::V5, "m-pub1")).await;
+    pub1.publish_to("members/a", "to the learner", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox4).await.as_deref(), Some("to the learner"));
+    assert_eq!(next(&mut inbox2).await.as_deref(), Some("to the learner"));
+    let (pub4, _) = client(options(c.port(four), Protocol::V5, "m-pub4")).await;
+    pub4.publish_to("members/b", "from the learner", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut inbox2).await.as_deref(), Some("from the learner"));
+    assert_eq!(next(&mut inbox4).await.as_deref(), Some("from the learner"));
+    // Node 5: five nodes, five voters.
+    let five = c.add(free_port());
+    c.up(five);
+    let (ok, out) = c.cluster(0, &["join", &format!("5@{}", bind(&c, five))]);
+    assert!(ok, "{out}");
+    assert!(out.contains("members 1,2,3,4,5"), "{out}");
+    members_are(&c, 2, "1,2,3,4,5").await;
+    let (sub5, inbox5) = client(options(c.port(five), Protocol::V5, "m-sub5")).await;
+    sub5.subscribe("five/#", QoS::AtLeastOnce).await.unwrap();
+    // Routes on node 1: members/# on nodes 2 and 4, five/# on node 5.
+    let port0 = c.port(0);
+    let routes_are = move |want: &'static str| async move {
+        let until = Instant::now() + WAIT;
+        loop {
+            let now = sys(port0, "routes").await;
+            if now == want {
+                return;
+            }
+            assert!(Instant::now() < until, "routes {now}, want {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    routes_are("3").await;
+    // A member that is not the leader leaves; the leader can't.
+    let leader = c.leader(&[0, 1, 2, 3, 4], None).await;
+    let (ok, out) = c.cluster(0, &["leave", &leader.to_string()]);
+    assert!(!ok && out.contains("leads"), "{out}");
+    let (ok, out) = c.cluster(0, &["leave", "5"]);
+    assert!(ok, "{out}");
+    // Four nodes: three voters and a learner.
+    let after = out.trim().trim_start_matches("members ").to_string();
+    assert_eq!(after.matches('L').count(), 1, "{after}");
+    assert!(!after.contains('5'), "{after}");
+    members_are(&c, 0, &after).await;
+    // Its route is gone (the control above: it was there).
+    routes_are("2").await;
+    let (ok, out) = c.cluster(0, &["leave", "5"]);
+    assert!(!ok && out.contains("not a member"), "{out}");
+    drop(inbox5);
 }

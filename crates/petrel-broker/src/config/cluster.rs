@@ -19,8 +19,10 @@ pub struct ClusterConfig {
     pub node_id: u64,
     /// Where this node listens for the other nodes, `host:port`.
     pub bind: String,
-    /// Every voting node, `ID@HOST:PORT`; may include this node itself.
-    /// The cluster is formed of them the first time they start.
+    /// The voting nodes, `ID@HOST:PORT`, this node among them or not. The
+    /// cluster is formed of them the first time they start. A node they
+    /// do not name forms nothing: it links to them and waits to be added
+    /// (`petrel cluster join`).
     pub peers: Vec<String>,
     /// The secret every node proves it knows before another node reads
     /// anything from it. Required unless `bind` is a loopback address.
@@ -66,6 +68,13 @@ pub struct ClusterConfig {
     /// has 2 s); past it a new one is closed at once.
     #[serde(default = "default_pending_links")]
     pub max_pending_links: usize,
+    /// Where a shared subscription group has members on several nodes, a
+    /// message published on one of them goes to a member there (no hop
+    /// between nodes), rather than to each node with members in turn
+    /// (the default, which spreads the group's load evenly across its
+    /// nodes).
+    #[serde(default)]
+    pub shared_local: bool,
 }
 
 fn default_peer_queue() -> usize {
@@ -140,12 +149,10 @@ impl ClusterConfig {
         if self.node_id == 0 {
             return Err("node_id: node numbers start at 1".into());
         }
-        let peers = self.peer_list()?;
-        if !peers.iter().any(|(i, _)| *i == self.node_id) {
-            return Err(format!(
-                "peers must name this node ({}@{})",
-                self.node_id, self.bind
-            ));
+        // A node the peers do not name joins a cluster they form: it
+        // needs one of them to link to.
+        if self.peer_list()?.is_empty() {
+            return Err("peers must name the cluster's voters".into());
         }
         let secret = self.load_secret()?;
         if secret.is_empty() && !self.is_local() {

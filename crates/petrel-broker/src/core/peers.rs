@@ -23,6 +23,7 @@ use std::pin::Pin;
 
 use petrel_session::Message;
 
+use super::router::SharedGroups;
 use super::store::Commit;
 
 /// What a [`Peers::claim`] answers, once the session is this node's: an
@@ -48,6 +49,9 @@ pub struct Forwarded {
     /// When they have all taken it: the publisher's acknowledgement waits
     /// for it (an error refuses the message).
     pub commit: Commit,
+    /// The shared groups this node serves for it: each group the message
+    /// matches is served by one node of the cluster.
+    pub here: SharedGroups,
 }
 
 /// The other nodes of a cluster, as the engine sees them. Called on the
@@ -62,9 +66,31 @@ pub trait Peers: Send + Sync + fmt::Debug + 'static {
     fn interest(&self, filter: &str, wanted: bool) -> Commit;
 
     /// Send `message`, published on this node, to the nodes that want its
-    /// topic. Not called for `$SYS` topics (each node has its own) nor for
+    /// topic, and pick the node that serves each shared group it matches
+    /// (telling each node its groups, and this one through
+    /// [`Forwarded::here`]). Called before this node routes the message.
+    /// Not called for `$SYS` topics (each node has its own) nor for
     /// messages that came from another node.
     fn forward(&self, message: &Message) -> Forwarded;
+
+    /// Whether the cluster agrees retained messages ([`Peers::retain`]).
+    /// If not (the default), each node keeps the retained messages that
+    /// reach it.
+    fn agrees_retained(&self) -> bool {
+        false
+    }
+
+    /// With [`Peers::agrees_retained`]: `message`, published here with
+    /// RETAIN (not on a `$SYS` topic), becomes its topic's retained
+    /// message on every node (with an empty payload, the topic has none).
+    /// The cluster agrees it and each node keeps it as it applies it, with
+    /// [`Broker::set_retained`](crate::Broker::set_retained); no node
+    /// keeps it as it arrives. The commit: when it is agreed (the
+    /// publisher's acknowledgement waits for it).
+    fn retain(&self, message: &Message) -> Commit {
+        let _ = message;
+        Commit::done()
+    }
 
     /// Whether a new route can be agreed now (this node reaches a
     /// majority of the cluster). While it can't, a subscription that

@@ -87,6 +87,36 @@ pub struct Routed<'a, K> {
     pub retain: bool,
     /// Who published it (for No Local); `None` for the broker itself.
     pub publisher: Option<&'a K>,
+    /// Which shared groups it goes to here.
+    pub groups: &'a SharedGroups,
+}
+
+/// Which shared subscription groups a message's routing on this node
+/// serves. Alone, a broker serves every group; in a cluster, each group
+/// gets a message once across the nodes, so the node that takes it picks
+/// one node for each group its topic matches, and each node serves only
+/// the groups picked for it. A group is named by its whole filter,
+/// `$share/{group}/{filter}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SharedGroups {
+    /// Every group.
+    #[default]
+    All,
+    /// Only these (a message another node sent here).
+    Only(Vec<String>),
+    /// All but these, which other nodes serve (a message published here).
+    Except(Vec<String>),
+}
+
+impl SharedGroups {
+    /// Whether the group `share` (`$share/{group}/{filter}`) is served.
+    pub fn serves(&self, share: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(these) => these.iter().any(|s| s == share),
+            Self::Except(those) => !those.iter().any(|s| s == share),
+        }
+    }
 }
 
 impl<K: Eq + Hash + Clone> Router<K> {
@@ -143,7 +173,8 @@ impl<K: Eq + Hash + Clone> Router<K> {
     /// * RETAIN is kept only where a matching subscription has Retain As
     ///   Published ([MQTT-3.3.1-12], [MQTT-3.3.1-13]); otherwise a live
     ///   message goes out with RETAIN 0 ([MQTT-3.3.1-9] in 3.1.1).
-    /// * Each shared group sends one copy, to one member, in turn (4.8.2).
+    /// * Each shared group sends one copy, to one member, in turn (4.8.2):
+    ///   each group that [`Routed::groups`] serves.
     ///
     /// Returns whether the routing is stable: no shared group matched, so
     /// while [`Router::version`] stands, the next message on this topic
@@ -161,6 +192,9 @@ impl<K: Eq + Hash + Clone> Router<K> {
         let mut direct: FxHashMap<&K, Delivery<K>> =
             FxHashMap::with_capacity_and_hasher(hint, Default::default());
         let mut shared: Vec<Delivery<K>> = Vec::new();
+        // A group matched, served here or not: the next message may be
+        // routed differently.
+        let mut groups = false;
         self.subscriptions.matches(message.topic, |m| match m {
             Matched::Direct { key, value } => {
                 if value.options.no_local && Some(key) == message.publisher {
@@ -185,8 +219,9 @@ impl<K: Eq + Hash + Clone> Router<K> {
                 d.authorize &= value.authorize;
                 d.identifiers.extend(value.identifier);
             }
-            Matched::Shared { members, .. } => {
-                if members.is_empty() {
+            Matched::Shared { members, share, .. } => {
+                groups = true;
+                if members.is_empty() || !message.groups.serves(share) {
                     return;
                 }
                 let turn = self.shared_turn.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +243,7 @@ impl<K: Eq + Hash + Clone> Router<K> {
         for (_, d) in direct {
             deliver(d);
         }
-        let stable = shared.is_empty();
+        let stable = !groups;
         for d in shared {
             deliver(d);
         }

@@ -59,7 +59,8 @@ impl<K, V> More<K, V> {
     }
 }
 
-/// Shared subscriptions' groups by share name, members in joining order.
+/// Shared subscriptions' groups by their whole filter (`$share/{group}/{filter}`:
+/// a group is its share name with its filter), members in joining order.
 type Groups<K, V> = HashMap<Box<str>, Vec<(K, V)>>;
 
 #[derive(Debug)]
@@ -82,6 +83,10 @@ pub enum Matched<'a, K, V> {
     Shared {
         /// The share name.
         group: &'a str,
+        /// The group's whole filter, `$share/{group}/{filter}`: what names
+        /// the group (two groups of one share name with different
+        /// filters are two groups).
+        share: &'a str,
         /// Its members, in the order they joined.
         members: &'a [(K, V)],
     },
@@ -137,13 +142,25 @@ impl<K, V> Default for SubscriptionTree<K, V> {
     }
 }
 
-/// Split a filter into (share group, the filter proper).
+/// Split a filter into (the whole filter if it is a shared one, the
+/// filter proper).
 fn split_shared(filter: &TopicFilter) -> (Option<&str>, &str) {
     match filter.shared() {
-        Some((group, f)) => (Some(group), f),
+        Some((_, f)) => (Some(filter.as_str()), f),
         None => (None, filter.as_str()),
     }
 }
+
+/// The share name of a shared filter (`g` of `$share/g/f`).
+fn share_name(share: &str) -> &str {
+    share
+        .get(SHARE_PREFIX.len()..)
+        .and_then(|s| s.split_once('/'))
+        .map_or(share, |(g, _)| g)
+}
+
+/// What a shared filter begins with.
+const SHARE_PREFIX: &str = "$share/";
 
 impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     /// An empty tree.
@@ -324,8 +341,12 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         for (key, value) in slot.direct.iter() {
             visit(Matched::Direct { key, value });
         }
-        for (group, members) in slot.shared.iter().flat_map(|g| g.iter()) {
-            visit(Matched::Shared { group, members });
+        for (share, members) in slot.shared.iter().flat_map(|g| g.iter()) {
+            visit(Matched::Shared {
+                group: share_name(share),
+                share,
+                members,
+            });
         }
     }
 }

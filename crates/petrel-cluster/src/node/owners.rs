@@ -351,7 +351,7 @@ async fn move_session(inner: Arc<Inner>, mut m: Move, form: Option<Vec<u8>>) {
     let mut pause = Duration::from_millis(200);
     let (mut failures, mut tries) = (0u32, 0u64);
     loop {
-        let answer = match inner.control.get(&m.to) {
+        let answer = match inner.link(m.to) {
             Some(link) => {
                 let request = Request::Adopt {
                     client: m.client.clone(),
@@ -433,7 +433,7 @@ async fn take_back(inner: &Inner, client: &str, form: &[u8], owner: Option<NodeI
 /// Tell `m.to`, once, that there is nothing for it (or that the session
 /// is not the connecting user's).
 async fn send_once(inner: &Inner, m: &Move, not_yours: bool) {
-    if let Some(link) = inner.control.get(&m.to) {
+    if let Some(link) = inner.link(m.to) {
         let request = Request::Adopt {
             client: m.client.clone(),
             session: None,

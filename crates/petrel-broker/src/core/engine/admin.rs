@@ -300,6 +300,21 @@ impl Broker {
             .collect()
     }
 
+    /// Keep `message` as its topic's retained message (with an empty
+    /// payload: delete the topic's), as a retained PUBLISH would, but
+    /// without delivering it to anyone: how a cluster's agreed retained
+    /// messages reach each node ([`crate::Peers::retain`]). The commit:
+    /// when the durable store has it.
+    pub fn set_retained(&self, message: &Message) -> std::io::Result<crate::Commit> {
+        self.engine.retain_only(message)
+    }
+
+    /// Every retained message but `$SYS`'s (which describe this process),
+    /// `$` topics included.
+    pub fn retained_all(&self) -> Vec<Message> {
+        self.engine.retained_all()
+    }
+
     /// The retained messages whose topics match `filter`.
     pub fn retained(&self, filter: &TopicFilter) -> Vec<Message> {
         self.engine.retained_matching(filter)
@@ -307,7 +322,8 @@ impl Broker {
 
     /// Delete the retained message of `topic`, without telling
     /// subscribers (as a retained PUBLISH with an empty payload would);
-    /// once the durable store has the change. False if there was none.
+    /// once the durable store has the change (in a cluster, once the
+    /// cluster agreed it). False if there was none.
     pub async fn delete_retained(&self, topic: &TopicName) -> std::io::Result<bool> {
         let e = &self.engine;
         if !e.retained_get(topic) {
@@ -315,6 +331,13 @@ impl Broker {
         }
         let mut empty = Message::new(topic.clone(), Bytes::new(), petrel_codec::QoS::AtMostOnce);
         empty.retain = true;
+        // In a cluster that agrees retained messages, every node deletes
+        // it as the cluster applies the deletion.
+        if let Some(p) = e.peers.as_ref().filter(|p| p.agrees_retained()) {
+            let commit = p.retain(&empty);
+            std::future::poll_fn(|cx| commit.poll(cx)).await?;
+            return Ok(true);
+        }
         let commit = e.retain_only(&empty)?;
         if !e.flush_store() {
             return Err(std::io::Error::other(

@@ -220,7 +220,7 @@ impl Engine {
                 now,
                 false,
                 None,
-                false,
+                None,
             );
         }
     }

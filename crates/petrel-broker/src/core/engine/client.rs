@@ -407,7 +407,7 @@ impl Client {
         let run = hold.then(|| &mut self.extra.get_or_insert_with(Box::default).run);
         match self
             .engine
-            .publish(Some(&self.key), message, incoming, now, true, run, false)
+            .publish(Some(&self.key), message, incoming, now, true, run, None)
         {
             // Not stored: the driver must not acknowledge it as taken.
             Err(NotTaken::StoreFailed) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,

@@ -69,7 +69,7 @@ use super::auth::throttle::{Throttle, ThrottleConfig};
 use super::auth::{AuthFileError, AuthMethod, Authenticator, Authorizer, CertificateAuthenticator};
 use super::peers::Peers;
 use super::queue::SessionKey;
-use super::router::Router;
+use super::router::{Router, SharedGroups};
 use super::sessions::SessionRegistry;
 use super::store::{Commit, Store};
 use super::wills::WillQueue;
@@ -588,17 +588,23 @@ impl Broker {
         let mut message = Message::new(topic, payload, qos);
         message.retain = retain;
         self.engine
-            .publish(None, message, None, Instant::now(), false, None, false)
+            .publish(None, message, None, Instant::now(), false, None, None)
             .map_or(0, |p| p.count)
     }
 
     /// Deliver a message that another node of the cluster took from its
-    /// publisher: to this node's matching subscribers (retained here too
-    /// if it is), never forwarded again. Its commit is when the copies
-    /// for stored sessions are durable: the other node's acknowledgement
-    /// waits for it. An error: the durable store could not take it.
-    pub fn deliver_forwarded(&self, message: Message) -> std::io::Result<Commit> {
-        self.deliver_forwarded_all([message])
+    /// publisher: to this node's matching subscribers and the shared
+    /// groups in `groups` (those the other node picked this node for),
+    /// retained here too if it is, and never forwarded again. Its commit
+    /// is when the copies for stored sessions are durable: the other
+    /// node's acknowledgement waits for it. An error: the durable store
+    /// could not take it.
+    pub fn deliver_forwarded(
+        &self,
+        message: Message,
+        groups: SharedGroups,
+    ) -> std::io::Result<Commit> {
+        self.deliver_forwarded_all([(message, groups)])
     }
 
     /// [`Broker::deliver_forwarded`] for several messages, in order: a
@@ -608,16 +614,16 @@ impl Broker {
     /// before it were delivered).
     pub fn deliver_forwarded_all(
         &self,
-        messages: impl IntoIterator<Item = Message>,
+        messages: impl IntoIterator<Item = (Message, SharedGroups)>,
     ) -> std::io::Result<Commit> {
         let mut run = publish::Run::default();
         let mut commit = Commit::done();
         let now = Instant::now();
         let mut result = Ok(());
-        for m in messages {
+        for (m, groups) in messages {
             match self
                 .engine
-                .publish(None, m, None, now, false, Some(&mut run), true)
+                .publish(None, m, None, now, false, Some(&mut run), Some(&groups))
             {
                 // The store's commits complete in order: the last one
                 // that waits covers the rest (a chain of hundreds would
@@ -708,7 +714,7 @@ impl Broker {
             for (topic, value) in topics {
                 let mut m = Message::new(topic, Bytes::from(value), QoS::AtMostOnce);
                 m.retain = true;
-                let _ = e.publish(None, m, None, now, false, None, false);
+                let _ = e.publish(None, m, None, now, false, None, None);
             }
         }
     }

@@ -14,7 +14,7 @@ use super::Engine;
 use crate::core::auth::Access;
 use crate::core::queue::{copy_for, detach, message_size, Queued, SessionKey, Shared};
 use crate::core::retained::RetainedTree;
-use crate::core::router::{Delivery, Routed, Subscription};
+use crate::core::router::{Delivery, Routed, SharedGroups, Subscription};
 use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
 use crate::core::{is_sys, lock, read, write};
 use crate::stats::Stats;
@@ -201,8 +201,12 @@ impl Engine {
     /// it) always comes after.
     ///
     /// In a cluster, a message published here (not `forwarded` from
-    /// another node, and not on a `$SYS` topic) also goes to the other
-    /// nodes that want its topic; its commit then covers their taking it.
+    /// another node, with the shared groups it serves here, and not on a
+    /// `$SYS` topic) also goes to the other nodes that want its topic; its
+    /// commit then covers their taking it. It goes to them first, since
+    /// they pick which node serves each shared group it matches (so a
+    /// message this node then fails to store may have reached them: the
+    /// publisher, refused, sends it again, at least once).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn publish(
         &self,
@@ -212,14 +216,31 @@ impl Engine {
         now: Instant,
         bounded: bool,
         run: Option<&mut Run>,
-        forwarded: bool,
+        forwarded: Option<&SharedGroups>,
     ) -> Result<Published, NotTaken> {
         let refused = |e: io::Error, what: &str| {
             Stats::add(&self.stats.store_errors, 1);
             tracing::error!(topic = %message.topic.as_str(), error = %e, "{what} not stored: refused");
         };
         let mut commit = Commit::done();
-        if message.retain {
+        // In a cluster, retained messages are agreed: each node keeps
+        // them as the cluster applies them (one published here once
+        // agreed, its acknowledgement waiting for that), not as they
+        // arrive.
+        let agreed = match self.peers.as_ref() {
+            Some(peers)
+                if message.retain && peers.agrees_retained() && !is_sys(message.topic.as_str()) =>
+            {
+                Some(match forwarded {
+                    Some(_) => Commit::done(),
+                    None => peers.retain(&message),
+                })
+            }
+            _ => None,
+        };
+        if let Some(c) = agreed {
+            commit = c;
+        } else if message.retain {
             match self.retain(&message, now) {
                 Ok(c) => commit = c,
                 Err(e) => {
@@ -228,6 +249,14 @@ impl Engine {
                 }
             }
         }
+        // To the other nodes: they take it, and say which shared groups
+        // are served here.
+        let sent = match (self.peers.as_ref(), forwarded) {
+            (Some(peers), None) if !is_sys(message.topic.as_str()) => Some(peers.forward(&message)),
+            _ => None,
+        };
+        static ALL: SharedGroups = SharedGroups::All;
+        let groups = forwarded.or(sent.as_ref().map(|f| &f.here)).unwrap_or(&ALL);
         // A run of earlier messages that this one does not continue is
         // queued first: each subscriber gets them before this one.
         let mut run = run;
@@ -255,6 +284,7 @@ impl Engine {
                         qos: message.qos,
                         retain: message.retain,
                         publisher,
+                        groups,
                     },
                     |d| deliveries.push(d),
                 );
@@ -285,15 +315,12 @@ impl Engine {
                 return Err(e);
             }
         };
-        // Taken here: now to the other nodes too (their taking it is part
-        // of the commit the acknowledgement waits for).
+        // Taken here: the other nodes' taking it is part of the commit the
+        // acknowledgement waits for.
         let mut count = count;
-        if let Some(peers) = self.peers.as_ref().filter(|_| !forwarded) {
-            if !is_sys(message.topic.as_str()) {
-                let f = peers.forward(&message);
-                count += f.nodes;
-                commit = commit.and(f.commit);
-            }
+        if let Some(f) = sent {
+            count += f.nodes;
+            commit = commit.and(f.commit);
         }
         if deliveries.is_empty() {
             return Ok(Published { count, commit });
@@ -753,6 +780,18 @@ impl Engine {
         let mut out = Vec::new();
         read(&self.retained).tree.matching(filter, |r| {
             if r.remaining(now) != Some(0) {
+                out.push(r.message.clone());
+            }
+        });
+        out
+    }
+
+    /// Every retained message but `$SYS`'s.
+    pub(super) fn retained_all(&self) -> Vec<Message> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        read(&self.retained).tree.for_each(|r| {
+            if r.remaining(now) != Some(0) && !is_sys(r.message.topic.as_str()) {
                 out.push(r.message.clone());
             }
         });

@@ -86,7 +86,7 @@ async fn a_message_queued_for_an_offline_session_owns_its_bytes() {
     let (buffer, m) = message_in_buffer();
     let _ = b
         .engine
-        .publish(None, m, None, Instant::now(), false, None, false);
+        .publish(None, m, None, Instant::now(), false, None, None);
     let queued = queued_of(&b);
     assert_eq!(queued.len(), 1);
     let q = &queued[0];
@@ -114,7 +114,7 @@ async fn a_message_is_shared_only_while_its_subscriber_keeps_up() {
     let next = |client: &mut Client, quota: usize| {
         let _ = b
             .engine
-            .publish(None, m.clone(), None, now, false, None, false);
+            .publish(None, m.clone(), None, now, false, None, None);
         let mut out = Vec::new();
         client.next_messages(10, quota, 128, now, &mut out);
         assert_eq!(out.len(), 1);
