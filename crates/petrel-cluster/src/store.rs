@@ -53,13 +53,31 @@ fn io_error(
     StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
 }
 
+/// The format of what this module stores, and of the snapshots nodes
+/// send each other: the first byte of each value. One of another format
+/// (written by another version of Petrel) is refused, with this said,
+/// rather than misread.
+const FORMAT: u8 = 1;
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT];
     // Only our own types, which always serialise.
-    bincode::serialize(v).unwrap_or_default()
+    let _ = bincode::serialize_into(&mut out, v);
+    out
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    bincode::deserialize(bytes).map_err(io::Error::other)
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => bincode::deserialize(rest).map_err(io::Error::other),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "cluster data of format {:?}, and this version of Petrel reads format {FORMAT} \
+                 (it was written by another version)",
+                other.map(|(f, _)| *f)
+            ),
+        )),
+    }
 }
 
 /// Write `ops` to the store and make them survive the process (and a power
@@ -355,20 +373,27 @@ impl StateMachine {
             .map(|(_, v)| decode::<StoredSnapshot>(&v))
             .transpose()?;
         if let Some(s) = stored {
-            sm.load(&s)?;
+            // The broker's own store holds the retained messages already:
+            // every one applied before the snapshot was stored was
+            // written with it (a snapshot is stored durably, the store's
+            // earlier writes with it), and the log after it is applied
+            // again. Replacing them with the snapshot's would take them
+            // back in time until then.
+            sm.load(&s, false)?;
             *lock(&sm.snapshot) = Some(s);
         }
         Ok(sm)
     }
 
-    /// Put the state a snapshot holds in force.
-    fn load(&self, s: &StoredSnapshot) -> io::Result<()> {
+    /// Put the state a snapshot holds in force (with `retained`, the
+    /// broker's retained messages too: one from the leader).
+    fn load(&self, s: &StoredSnapshot, retained: bool) -> io::Result<()> {
         let mut data: SnapshotData = decode(&s.data)?;
-        let retained = std::mem::take(&mut data.retained);
+        let (replace, retained) = (retained, std::mem::take(&mut data.retained));
         // All under the routes' lock, as `apply` changes them.
         let mut routes = write_lock(&self.routes);
         routes.load_snapshot(data);
-        if let Some(b) = &self.broker {
+        if let Some(b) = self.broker.as_ref().filter(|_| replace) {
             replace_retained(b, &retained)?;
         }
         let mut applied = lock(&self.applied);
@@ -535,7 +560,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data: snapshot.into_inner(),
         };
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        self.load(&stored)
+        self.load(&stored, true)
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
         self.save(stored).await
     }
@@ -545,5 +570,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta.clone(),
             snapshot: Box::new(Cursor::new(s.data.clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode, encode, FORMAT};
+
+    #[test]
+    fn values_carry_their_format_and_another_is_refused_with_a_reason() {
+        let v: Option<u64> = Some(7);
+        let bytes = encode(&v);
+        assert_eq!(bytes[0], FORMAT);
+        assert_eq!(decode::<Option<u64>>(&bytes).unwrap(), v);
+        let mut other = bytes.clone();
+        other[0] = FORMAT + 1;
+        let e = decode::<Option<u64>>(&other).unwrap_err();
+        assert!(e.to_string().contains("another version"), "{e}");
+        assert!(decode::<Option<u64>>(&[]).is_err());
     }
 }
