@@ -400,3 +400,48 @@ async fn a_suback_whose_route_was_not_agreed_is_never_sent() {
         assert!(closed.is_ok(), "{proto:?}: still open");
     }
 }
+
+/// A retained message the cluster agreed keeps its age (its expiry counts
+/// from when it was published, not from when this node applied it), and
+/// reaches a subscription made while it was on its way.
+#[tokio::test]
+async fn an_agreed_retained_message_keeps_its_age_and_reaches_a_walk_begun_before_it() {
+    use std::time::Duration;
+    let (b, _r) = broker();
+    let held = |b: &Broker| b.retained_all();
+    let agreed = |t: &str, age: u64| {
+        let mut m = Message::new(topic(t), Bytes::from_static(b"v"), QoS::AtLeastOnce);
+        m.retain = true;
+        m.properties.set_message_expiry_interval(Some(5));
+        (m, Instant::now() - Duration::from_secs(age))
+    };
+    // Published 10 s ago with 5 s to live: gone already.
+    let (m, at) = agreed("r/old", 10);
+    b.set_retained(&m, at).unwrap();
+    assert!(held(&b).is_empty(), "an expired message is not kept");
+    // The control: 2 s ago, kept, with its age.
+    let (m, at) = agreed("r/new", 2);
+    b.set_retained(&m, at).unwrap();
+    let all = held(&b);
+    assert_eq!(all.len(), 1);
+    assert!(all[0].1 <= Instant::now() - Duration::from_secs(2));
+    // A subscription made before it was applied gets it from its walk.
+    let (b, _r) = broker();
+    let mut s = client(&b, "s", Protocol::V5).await;
+    // A retained message applied before: the walk of the next subscription
+    // starts after it.
+    let (m, at) = agreed("w/1", 0);
+    b.set_retained(&m, at).unwrap();
+    assert_eq!(subscribe(&mut s, "w/#"), ReasonCode(1));
+    let (m, at) = agreed("w/2", 0);
+    b.set_retained(&m, at).unwrap();
+    let mut got = Vec::new();
+    s.next_messages(10, 10, 1 << 20, Instant::now(), &mut got);
+    let topics: std::collections::BTreeSet<String> =
+        got.iter().map(|m| m.topic.as_str().to_string()).collect();
+    assert!(topics.contains("w/1"), "{topics:?}");
+    assert!(
+        topics.contains("w/2"),
+        "applied while the walk went on: {topics:?}"
+    );
+}

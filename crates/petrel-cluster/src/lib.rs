@@ -51,4 +51,4 @@ mod types;
 
 pub use node::{Cluster, ClusterCounters, ClusterError};
 pub use store::{LogStore, StateMachine};
-pub use types::{Applied, Command, NodeId, Routes, TypeConfig};
+pub use types::{Applied, Command, NodeId, Origin, Proposal, Routes, TypeConfig};

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::sync::lock;
-use crate::types::{Command, NodeId, TypeConfig};
+use crate::types::{NodeId, Proposal, TypeConfig};
 
 /// The first frame a listener sends: a challenge.
 #[derive(Serialize, Deserialize)]
@@ -62,7 +62,7 @@ pub(crate) enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A route change, to the leader: answered when committed, with its
     /// log index.
-    Write(Command),
+    Write(Proposal),
     /// Answer once this node has applied the log up to this index.
     Applied(u64),
     /// A membership change, to the leader: answered once made, with the

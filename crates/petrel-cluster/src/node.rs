@@ -30,7 +30,7 @@ mod owners;
 use crate::net::{self, Frame, Link, Request, Response};
 use crate::store::{LogStore, StateMachine};
 use crate::sync::{lock, read};
-use crate::types::{Applied, Command, Move, NodeId, Routes, TypeConfig};
+use crate::types::{Applied, Command, Move, NodeId, Origin, Proposal, Routes, TypeConfig};
 use owners::{adopt, claim_session, hand_on, hand_on_held};
 
 /// Why a node could not start.
@@ -106,6 +106,11 @@ struct Inner {
     moving: Mutex<std::collections::HashSet<String>>,
     /// Sessions other nodes took from this one, to hand on.
     moves_rx: Mutex<Option<mpsc::UnboundedReceiver<Move>>>,
+    /// This run of the node, drawn when it starts: with the numbers of
+    /// its writes, what makes a write sent twice applied once.
+    incarnation: u64,
+    /// The last number given to a write, by stream.
+    seqs: [AtomicU64; 2],
     /// Retained messages published here, to write.
     retains: Mutex<RetainWrites>,
     /// Wakes [`write_retained`].
@@ -117,8 +122,13 @@ struct Inner {
 }
 
 /// A peer's message queue waiting for the node to start: its number,
-/// its address, and the queue's receiving end.
-type Parked = (NodeId, String, mpsc::Receiver<Outgoing>);
+/// its address, the queue's receiving end, and until when it is down.
+type Parked = (
+    NodeId,
+    String,
+    mpsc::Receiver<Outgoing>,
+    Arc<Mutex<Option<Instant>>>,
+);
 
 /// This node's links to another.
 #[derive(Debug)]
@@ -128,6 +138,18 @@ struct PeerLinks {
     control: Arc<Link>,
     /// Its message queue.
     data: mpsc::Sender<Outgoing>,
+    /// Until when it is taken to be down: its link failed, or it left a
+    /// frame unanswered for `forward_timeout` (stopped, or cut off with
+    /// the connection still open). Meanwhile what is sent to it is given
+    /// up on at once, and no shared group's message is given to it.
+    down: Arc<Mutex<Option<Instant>>>,
+}
+
+impl PeerLinks {
+    /// Whether it is not taken to be down now.
+    fn up(&self) -> bool {
+        lock(&self.down).is_none_or(|t| Instant::now() >= t)
+    }
 }
 
 impl Inner {
@@ -149,19 +171,22 @@ impl Inner {
             self.config.max_frame_bytes,
         ));
         let (tx, rx) = mpsc::channel(self.config.peer_queue);
+        let down = Arc::new(Mutex::new(None));
         links.insert(
             id,
             Arc::new(PeerLinks {
                 addr: addr.to_string(),
                 control,
                 data: tx,
+                down: down.clone(),
             }),
         );
         drop(links);
+        let parked = (id, addr.to_string(), rx, down);
         match lock(&self.parked).as_mut() {
-            Some(parked) => parked.push((id, addr.to_string(), rx)),
+            Some(waiting) => waiting.push(parked),
             None => {
-                tokio::spawn(send_to(self.clone(), id, addr.to_string(), rx));
+                tokio::spawn(send_to(self.clone(), parked));
             }
         }
     }
@@ -267,6 +292,9 @@ struct Changes {
     in_flight: std::collections::HashSet<String>,
 }
 
+/// Retained messages to write: each topic with its message (stored form).
+type RetainBatch = Vec<(String, Vec<u8>)>;
+
 /// Retained messages not yet written, and who waits for them.
 #[derive(Debug, Default)]
 struct RetainWrites {
@@ -293,10 +321,32 @@ impl RetainWrites {
         true
     }
 
-    /// Take what waits.
-    fn take(&mut self) -> Vec<(String, Vec<u8>)> {
-        self.at.clear();
-        std::mem::take(&mut self.pending)
+    /// Take what waits, in order, up to about `max_bytes` (one at least),
+    /// with the ticket if that was all (else it waits for the rest).
+    fn take(&mut self, max_bytes: usize) -> (RetainBatch, Option<Arc<Ticket>>) {
+        let mut bytes = 0;
+        let n = self
+            .pending
+            .iter()
+            .take_while(|(_, b)| {
+                let first = bytes == 0;
+                bytes += b.len();
+                first || bytes <= max_bytes
+            })
+            .count();
+        let batch: Vec<_> = self.pending.drain(..n).collect();
+        self.at = self
+            .pending
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t.clone(), i))
+            .collect();
+        let ticket = if self.pending.is_empty() {
+            self.ticket.take()
+        } else {
+            None
+        };
+        (batch, ticket)
     }
 }
 
@@ -370,6 +420,13 @@ impl Cluster {
                 caught_up: AtomicU64::new(0),
                 retains: Mutex::default(),
                 retain_wake: Notify::new(),
+                incarnation: {
+                    let mut b = [0u8; 8];
+                    getrandom::getrandom(&mut b)
+                        .map_err(|e| ClusterError::Io(io::Error::other(e)))?;
+                    u64::from_le_bytes(b)
+                },
+                seqs: Default::default(),
                 config,
             }),
         };
@@ -422,8 +479,8 @@ impl Cluster {
         let _ = inner.local_addr.set(listener.local_addr()?);
         let _ = inner.raft.set(raft.clone());
         tokio::spawn(serve(inner.clone(), listener));
-        for (id, addr, rx) in lock(&inner.parked).take().unwrap_or_default() {
-            tokio::spawn(send_to(inner.clone(), id, addr, rx));
+        for parked in lock(&inner.parked).take().unwrap_or_default() {
+            tokio::spawn(send_to(inner.clone(), parked));
         }
         tokio::spawn(write_routes(inner.clone()));
         tokio::spawn(write_retained(inner.clone()));
@@ -650,8 +707,15 @@ impl Peers for Seam {
 
     fn forward(&self, message: &Message) -> Forwarded {
         let inner = &self.0;
-        let plan =
-            read(&inner.routes).plan(message.topic.as_str(), inner.me, inner.config.shared_local);
+        // A shared group goes to a node that is up.
+        let links = read(&inner.links);
+        let up = |n: NodeId| links.get(&n).is_some_and(|p| p.up());
+        let plan = read(&inner.routes).plan(
+            message.topic.as_str(),
+            inner.me,
+            inner.config.shared_local,
+            up,
+        );
         let here = SharedGroups::Except(plan.elsewhere);
         // A retained message reaches the other nodes' retained messages
         // through the log ([`Peers::retain`]): here only its subscribers.
@@ -670,7 +734,6 @@ impl Peers for Seam {
             })
         });
         let mut sent = 0;
-        let links = read(&inner.links);
         for (n, groups) in nodes {
             let Some(tx) = links.get(&n).map(|p| &p.data) else {
                 gather.as_ref().inspect(|g| g.one_done());
@@ -718,7 +781,7 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// frame is answered once, when the peer has taken all of it, so a busy
 /// link costs a write and an answer per batch, not per message. Many
 /// frames are in flight at once.
-async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
+async fn send_to(inner: Arc<Inner>, (id, addr, mut rx, down_until): Parked) {
     let link = Arc::new(Link::new(
         inner.me,
         addr,
@@ -730,11 +793,6 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Rece
     // peer that is slow (or stopped) fills the queue, and the queue's
     // bound refuses what follows, instead of memory growing.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(inner.config.peer_queue));
-    // Until when the peer is taken to be down: its link failed, or it
-    // left a frame unanswered for `forward_timeout` (stopped, or cut off
-    // with the connection still open). Meanwhile what is sent to it is
-    // given up on at once, rather than each message waiting.
-    let down_until: Arc<Mutex<Option<Instant>>> = Arc::default();
     let max = MAX_BATCH.min(inner.config.peer_queue);
     loop {
         // A message leaves the queue only with a place among those in
@@ -762,10 +820,15 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Rece
             }
         }
         let n = batch.len();
-        let gathers: Vec<Arc<Gather>> = batch.iter().filter_map(|o| o.gather.clone()).collect();
+        // Each QoS 1/2 message's acknowledgement, and whether the peer
+        // was to serve a shared group with it.
+        let gathers: Vec<(Arc<Gather>, bool)> = batch
+            .iter()
+            .filter_map(|o| o.gather.clone().map(|g| (g, !o.groups.is_empty())))
+            .collect();
         if lock(&down_until).is_some_and(|t| Instant::now() < t) {
             inner.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
-            gathers.iter().for_each(|g| g.one_done());
+            given_up(&gathers, id);
             continue;
         }
         let mut frame = Vec::with_capacity(bytes + 8 * n);
@@ -785,7 +848,7 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Rece
                     let _permit = permit;
                     let answer = tokio::time::timeout(timeout, answer).await;
                     match answer {
-                        Ok(Ok(Response::Done)) => gathers.iter().for_each(|g| g.one_done()),
+                        Ok(Ok(Response::Done)) => gathers.iter().for_each(|(g, _)| g.one_done()),
                         // The peer could not take them (its store failed):
                         // their publishers are told.
                         Ok(Ok(Response::Failed(e))) => {
@@ -796,7 +859,7 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Rece
                             let e = format!("node {id}: {e}");
                             gathers
                                 .iter()
-                                .for_each(|g| g.ticket.complete(Err(e.clone())));
+                                .for_each(|(g, _)| g.ticket.complete(Err(e.clone())));
                         }
                         other => {
                             if other.is_err() {
@@ -812,7 +875,7 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Rece
                                 .counters
                                 .lost
                                 .fetch_add(n as u64, Ordering::Relaxed);
-                            gathers.iter().for_each(|g| g.one_done());
+                            given_up(&gathers, id);
                         }
                     }
                 });
@@ -821,8 +884,25 @@ async fn send_to(inner: Arc<Inner>, id: NodeId, addr: String, mut rx: mpsc::Rece
                 tracing::debug!(peer = id, error = %e, "peer down: messages for it are dropped for a while");
                 *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
                 inner.counters.lost.fetch_add(n as u64, Ordering::Relaxed);
-                gathers.iter().for_each(|g| g.one_done());
+                given_up(&gathers, id);
             }
+        }
+    }
+}
+
+/// Messages peer `id` did not take in time (it is down, or cut off): a
+/// subscriber there misses it, and the publisher is acknowledged (a node
+/// that is down must not hold up the others); but a shared group served
+/// there missed it as a whole, so that message's publisher is refused
+/// (and sends it again, when the group is served elsewhere).
+fn given_up(gathers: &[(Arc<Gather>, bool)], id: NodeId) {
+    for (g, group) in gathers {
+        if *group {
+            g.ticket.complete(Err(format!(
+                "node {id}, which was to serve a shared group, did not take it"
+            )));
+        } else {
+            g.one_done();
         }
     }
 }
@@ -999,18 +1079,18 @@ async fn write_routes(inner: Arc<Inner>) {
 /// again when the cluster answers (unless a later message of its topic
 /// came meanwhile).
 async fn write_retained(inner: Arc<Inner>) {
+    // One write well inside a frame (and a log entry a node can take).
+    let max_bytes = (inner.config.max_frame_bytes / 8).max(1);
     loop {
-        let (batch, ticket) = {
-            let mut q = lock(&inner.retains);
-            (q.take(), q.ticket.take())
+        // Started after Raft was.
+        let Some(raft) = inner.raft.get() else {
+            return;
         };
-        let Some(raft) = inner.raft.get().filter(|_| !batch.is_empty()) else {
-            if let Some(t) = ticket {
-                t.complete(Ok(()));
-            }
+        let (batch, ticket) = lock(&inner.retains).take(max_bytes);
+        if batch.is_empty() {
             inner.retain_wake.notified().await;
             continue;
-        };
+        }
         let deadline = Instant::now() + Duration::from_secs(inner.config.route_timeout);
         let command = Command::Retain {
             node: inner.me,
@@ -1025,14 +1105,24 @@ async fn write_retained(inner: Arc<Inner>) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "retained messages not agreed: written again later");
-                if let Some(t) = ticket {
-                    t.complete(Err(e));
+                // Their publishers are refused (also those whose messages
+                // wait behind them).
+                let waiting = lock(&inner.retains).ticket.take();
+                for t in ticket.into_iter().chain(waiting) {
+                    t.complete(Err(e.clone()));
                 }
                 {
-                    // Before what came since, which replaces its topics'.
+                    // Before what came since, which replaces its topics';
+                    // within the bound, the oldest dropped past it.
                     let mut q = lock(&inner.retains);
-                    let since = q.take();
-                    for (topic, bytes) in batch.into_iter().chain(since) {
+                    let (since, _) = q.take(usize::MAX);
+                    let max = inner.config.peer_queue;
+                    let keep = max.saturating_sub(since.len()).min(batch.len());
+                    let dropped = batch.len() - keep;
+                    if dropped > 0 {
+                        tracing::warn!(dropped, "retained messages waiting for the cluster past peer_queue: the oldest dropped");
+                    }
+                    for (topic, bytes) in batch.into_iter().skip(dropped).chain(since) {
                         q.put(&topic, bytes, usize::MAX);
                     }
                 }
@@ -1169,13 +1259,25 @@ async fn report(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
     }
 }
 
-/// Have `command` committed, through the leader: its log index.
+/// Have `command` committed, through the leader: its log index. Sent
+/// again until then, with the same number in its stream (retained
+/// messages, or the rest), so that it is applied once.
 async fn propose(
     inner: &Inner,
     raft: &Raft<TypeConfig>,
     command: Command,
     deadline: Instant,
 ) -> Result<(u64, Applied), String> {
+    let stream = u8::from(matches!(command, Command::Retain { .. }));
+    let command = Proposal {
+        origin: Some(Origin {
+            node: inner.me,
+            stream,
+            incarnation: inner.incarnation,
+            seq: inner.seqs[usize::from(stream)].fetch_add(1, Ordering::Relaxed) + 1,
+        }),
+        command,
+    };
     let pause = Duration::from_millis(inner.config.heartbeat_ms.min(100));
     loop {
         if Instant::now() >= deadline {
@@ -1464,7 +1566,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         // A node just added (a learner) is linked to at once.
         self.inner.connect(target, &node.addr);
         Client {
-            link: self.inner.link(target),
             addr: node.addr.clone(),
             target,
             inner: self.inner.clone(),
@@ -1474,7 +1575,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// Raft's client of one peer.
 struct Client {
-    link: Option<Arc<Link>>,
     addr: String,
     target: NodeId,
     inner: Arc<Inner>,
@@ -1485,7 +1585,8 @@ type RpcResult<T, E = openraft::error::Infallible> =
 
 impl Client {
     async fn call(&self, request: Request, option: &RPCOption) -> RpcResult<Response> {
-        let Some(link) = &self.link else {
+        // Looked up at each call: the links follow the membership.
+        let Some(link) = &self.inner.link(self.target) else {
             let e = io::Error::other(format!("{} is not a configured peer", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };

@@ -283,7 +283,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 fn keep_retained(broker: &Broker, messages: &[Vec<u8>]) {
     let (now, wall) = (Instant::now(), SystemTime::now());
     for bytes in messages {
-        let kept = decode_message(bytes, now, wall).and_then(|(m, _)| broker.set_retained(&m));
+        let kept = decode_message(bytes, now, wall).and_then(|(m, at)| broker.set_retained(&m, at));
         if let Err(e) = kept {
             tracing::error!(error = %e, "an agreed retained message could not be kept");
         }
@@ -296,18 +296,18 @@ fn replace_retained(broker: &Broker, messages: &[Vec<u8>]) -> io::Result<()> {
     let mut topics = HashSet::new();
     let mut decoded = Vec::with_capacity(messages.len());
     for bytes in messages {
-        let (m, _) = decode_message(bytes, now, wall)?;
+        let (m, at) = decode_message(bytes, now, wall)?;
         topics.insert(m.topic.as_str().to_string());
-        decoded.push(m);
+        decoded.push((m, at));
     }
-    for old in broker.retained_all() {
+    for (old, _) in broker.retained_all() {
         if !topics.contains(old.topic.as_str()) {
             let gone = Message::new(old.topic, bytes::Bytes::new(), old.qos);
-            broker.set_retained(&gone)?;
+            broker.set_retained(&gone, now)?;
         }
     }
-    for m in &decoded {
-        broker.set_retained(m)?;
+    for (m, at) in &decoded {
+        broker.set_retained(m, *at)?;
     }
     Ok(())
 }
@@ -460,22 +460,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // The routes and how far they are applied, read together: `apply`
         // (which may run meanwhile) takes the routes' lock before
         // `applied`, so holding the first makes them agree.
-        // The retained messages too: `apply` keeps them with the routes'
-        // lock held.
-        let (routes, last, membership) = {
+        // The retained messages too (`apply` keeps them with the routes'
+        // lock held), copied (their payloads shared) and encoded after.
+        let (mut routes, retained, last, membership) = {
             let routes = read(&self.routes);
             let a = lock(&self.applied);
-            let mut data = routes.to_snapshot();
-            if let Some(b) = &self.broker {
-                let wall = SystemTime::now();
-                data.retained = b
-                    .retained_all()
-                    .iter()
-                    .map(|m| encode_message(m, wall))
-                    .collect();
-            }
-            (data, a.last, a.membership.clone())
+            let retained = self.broker.as_ref().map(Broker::retained_all);
+            (routes.to_snapshot(), retained, a.last, a.membership.clone())
         };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        routes.retained = retained
+            .unwrap_or_default()
+            .iter()
+            .map(|(m, at)| {
+                let ago = now.saturating_duration_since(*at);
+                encode_message(m, wall.checked_sub(ago).unwrap_or(wall))
+            })
+            .collect();
         let data = encode(&routes);
         let n = self
             .snapshot_count
@@ -526,11 +527,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => {
-                    if let (Command::Retain { messages, .. }, Some(b)) = (command, &self.broker) {
-                        keep_retained(b, messages);
+                EntryPayload::Normal(proposal) => {
+                    if routes.repeated(proposal).is_none() {
+                        if let (Command::Retain { messages, .. }, Some(b)) =
+                            (&proposal.command, &self.broker)
+                        {
+                            keep_retained(b, messages);
+                        }
                     }
-                    out.push(routes.apply(command, entry.log_id.index));
+                    out.push(routes.apply_proposal(proposal, entry.log_id.index));
                     continue;
                 }
                 EntryPayload::Membership(m) => {

@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// The cluster's Raft types: the commands below, nodes known by an
-    /// address (`host:port` of their node-to-node listener).
+    /// The cluster's Raft types: the commands below (each with where it
+    /// came from), nodes known by an address (`host:port` of their
+    /// node-to-node listener).
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = Applied,
         NodeId = NodeId,
         Node = openraft::BasicNode,
@@ -73,6 +74,41 @@ pub enum Command {
     },
 }
 
+/// A command as written to the log: with where it came from, so that one
+/// written twice (sent again after its answer was lost, or arriving late)
+/// is applied once, and never after a later one from the same place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Where it came from (`None`: applied as it comes).
+    pub origin: Option<Origin>,
+    /// The command.
+    pub command: Command,
+}
+
+/// Where a [`Proposal`] came from: one node's run (`incarnation`, drawn
+/// when it starts) and one of its streams of writes, each write with the
+/// next number of its stream. A stream's writes are made one at a time,
+/// so a number at or below the last applied is a repeat (or a late copy
+/// of a write given up on, whose changes were written again since).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The node.
+    pub node: NodeId,
+    /// Its stream (0: routes and sessions, 1: retained messages).
+    pub stream: u8,
+    /// Its run.
+    pub incarnation: u64,
+    /// The write's number in the stream.
+    pub seq: u64,
+}
+
+/// A node's stream of writes: the node, and the stream's number.
+pub(crate) type Stream = (NodeId, u8);
+
+/// The last write applied from a stream: its run, its number, and what it
+/// answered.
+pub(crate) type LastWrite = (u64, u64, Applied);
+
 /// A CONNECT's claim of its session.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claimed {
@@ -121,6 +157,9 @@ pub struct Routes {
     moves: Option<(NodeId, mpsc::UnboundedSender<Move>)>,
     /// Whose turn it is in shared groups with members on several nodes.
     turn: AtomicUsize,
+    /// The last write applied from each node's stream: its run, its
+    /// number, and what it answered (a repeat answers the same).
+    last: HashMap<Stream, LastWrite>,
 }
 
 impl Routes {
@@ -146,6 +185,34 @@ impl Routes {
     /// How many sessions have an owner.
     pub fn owned(&self) -> usize {
         self.owners.len()
+    }
+
+    /// Whether `proposal` repeats a write applied already: what that
+    /// answered, if so.
+    pub fn repeated(&self, proposal: &Proposal) -> Option<Applied> {
+        let o = proposal.origin?;
+        let (run, seq, answer) = self.last.get(&(o.node, o.stream))?;
+        (*run == o.incarnation && o.seq <= *seq).then(|| {
+            if o.seq == *seq {
+                answer.clone()
+            } else {
+                Applied::default()
+            }
+        })
+    }
+
+    /// Apply `proposal`, the log's entry `index`, unless it repeats one
+    /// applied already ([`Routes::repeated`]): what it answers.
+    pub fn apply_proposal(&mut self, proposal: &Proposal, index: u64) -> Applied {
+        if let Some(answer) = self.repeated(proposal) {
+            return answer;
+        }
+        let applied = self.apply(&proposal.command, index);
+        if let Some(o) = proposal.origin {
+            self.last
+                .insert((o.node, o.stream), (o.incarnation, o.seq, applied.clone()));
+        }
+        applied
     }
 
     /// Apply one command, the log's entry `index`: what it answers.
@@ -260,8 +327,17 @@ impl Routes {
     /// groups other nodes serve (which `me` does not). Each shared group
     /// the topic matches is served by one of the nodes with a member:
     /// `me` if it has one and `prefer_local`, else each in turn.
-    pub fn plan(&self, topic: &str, me: NodeId, prefer_local: bool) -> Plan {
+    pub fn plan(
+        &self,
+        topic: &str,
+        me: NodeId,
+        prefer_local: bool,
+        up: impl Fn(NodeId) -> bool,
+    ) -> Plan {
         let mut plan = Plan::default();
+        // One turn a message; each group starts from its own place in it,
+        // so two groups on the same nodes do not go in step.
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         self.tree.matches(topic, |m| match m {
             petrel_broker::Matched::Direct { key, .. } => {
                 if *key != me {
@@ -269,15 +345,22 @@ impl Routes {
                 }
             }
             petrel_broker::Matched::Shared { share, members, .. } => {
-                if members.is_empty() {
-                    return;
+                // The nodes with a member that can take it now (this one,
+                // and the others not down).
+                // (None can: one that is down is picked anyway, and a QoS
+                // 1/2 publisher is refused when it does not take it.)
+                let all = members.iter().map(|(n, _)| *n);
+                let mut able: Vec<NodeId> = all.clone().filter(|n| *n == me || up(*n)).collect();
+                if able.is_empty() {
+                    able = all.collect();
                 }
-                let local = prefer_local && members.iter().any(|(n, _)| *n == me);
-                let to = if local {
+                let to = if prefer_local && able.contains(&me) {
                     me
                 } else {
-                    let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-                    members[turn % members.len()].0
+                    let offset = share.bytes().fold(0usize, |h, b| {
+                        h.wrapping_mul(31).wrapping_add(usize::from(b))
+                    });
+                    able[turn.wrapping_add(offset) % able.len()]
                 };
                 if to != me {
                     plan.node(to).push(share.to_string());
@@ -336,6 +419,7 @@ impl Routes {
                 .map(|(c, o)| (c.clone(), o.clone()))
                 .collect(),
             retained: Vec::new(),
+            last: self.last.iter().map(|(k, v)| (*k, v.clone())).collect(),
         }
     }
 
@@ -346,6 +430,7 @@ impl Routes {
         *self = Self {
             moves,
             owners: data.owners.into_iter().collect(),
+            last: data.last.into_iter().collect(),
             ..Self::default()
         };
         for (node, filters) in data.routes {
@@ -394,6 +479,8 @@ pub(crate) struct SnapshotData {
     pub(crate) owners: BTreeMap<String, (NodeId, Claimed)>,
     /// Every retained message, in the broker's stored form.
     pub(crate) retained: Vec<Vec<u8>>,
+    /// The last write applied from each node's stream.
+    pub(crate) last: Vec<(Stream, LastWrite)>,
 }
 
 /// The data type openraft moves snapshots in.
@@ -457,7 +544,7 @@ mod tests {
         r.apply(&routes(3, &["$share/g/s/+", "s/#"], &[]), 3);
         let mut served = BTreeMap::<NodeId, usize>::new();
         for _ in 0..30 {
-            let plan = r.plan("s/1", 1, false);
+            let plan = r.plan("s/1", 1, false, |_| true);
             // Group h is node 2's, always; node 3 gets every message.
             let two = plan.nodes.iter().find(|(n, _)| *n == 2).unwrap();
             assert!(two.1.contains(&"$share/h/s/#".to_string()));
@@ -479,22 +566,75 @@ mod tests {
         }
         assert_eq!(served.into_values().collect::<Vec<_>>(), [10, 10, 10]);
         // A node with no match and no group is not sent it.
-        assert!(r.plan("t", 1, false).nodes.is_empty());
+        assert!(r.plan("t", 1, false, |_| true).nodes.is_empty());
         // With shared_local, node 1 keeps group g's messages.
         for _ in 0..5 {
-            let plan = r.plan("s/1", 1, true);
+            let plan = r.plan("s/1", 1, true, |_| true);
             assert_eq!(plan.elsewhere, ["$share/h/s/#"]);
         }
+        // Node 3 down: group g goes to nodes 1 and 2 only, and group h
+        // (whose only member is on node 2, down too) still to node 2.
+        let mut to = BTreeSet::new();
+        for _ in 0..6 {
+            let plan = r.plan("s/1", 1, false, |n| n != 3 && n != 2);
+            assert!(plan
+                .nodes
+                .iter()
+                .any(|(n, gs)| *n == 2 && gs.contains(&"$share/h/s/#".to_string())));
+            for (n, gs) in plan.nodes {
+                if gs.contains(&"$share/g/s/+".to_string()) {
+                    to.insert(n);
+                }
+            }
+        }
+        assert!(to.is_empty(), "only node 1 can take group g: {to:?}");
         // Node 4 (no member) spreads group g over the three.
         let mut to = BTreeSet::new();
         for _ in 0..3 {
-            for (n, gs) in r.plan("s/1", 4, true).nodes {
+            for (n, gs) in r.plan("s/1", 4, true, |_| true).nodes {
                 if gs.contains(&"$share/g/s/+".to_string()) {
                     to.insert(n);
                 }
             }
         }
         assert_eq!(to.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_write_applied_twice_answers_the_same_and_a_late_one_is_dropped() {
+        let mut r = Routes::default();
+        let from = |seq, command| Proposal {
+            origin: Some(Origin {
+                node: 2,
+                stream: 0,
+                incarnation: 9,
+                seq,
+            }),
+            command,
+        };
+        let claim = from(1, owners(2, &[("c", Some(false))]));
+        assert_eq!(r.apply_proposal(&claim, 1).previous, [None]);
+        r.apply(&owners(3, &[("c", Some(false))]), 2);
+        // Written again (its answer was lost): applied once, the same
+        // answer; node 3 keeps the session.
+        assert_eq!(r.apply_proposal(&claim, 3).previous, [None]);
+        assert_eq!(r.owner("c"), Some(3));
+        // A route change, then a late copy of an earlier one: dropped.
+        r.apply_proposal(&from(2, routes(2, &["x"], &[])), 4);
+        r.apply_proposal(&from(3, routes(2, &[], &["x"])), 5);
+        r.apply_proposal(&from(2, routes(2, &["x"], &[])), 6);
+        assert!(r.of(2).is_empty(), "the late add is not applied");
+        // The control: the next number is; so is another run's first.
+        r.apply_proposal(&from(4, routes(2, &["y"], &[])), 7);
+        assert_eq!(r.of(2), ["y"]);
+        let mut other = from(1, routes(2, &["z"], &[]));
+        other.origin.as_mut().unwrap().incarnation = 10;
+        r.apply_proposal(&other, 8);
+        assert_eq!(r.of(2), ["y", "z"]);
+        // Snapshots keep what was applied last.
+        let mut back = Routes::default();
+        back.load_snapshot(r.to_snapshot());
+        assert!(back.repeated(&other).is_some());
     }
 
     #[test]

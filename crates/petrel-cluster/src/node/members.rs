@@ -11,7 +11,7 @@ use openraft::{BasicNode, ChangeMembers, Raft};
 
 use super::{members_line, Inner};
 use crate::net::{Change, Request, Response};
-use crate::types::{Command, NodeId, TypeConfig};
+use crate::types::{Command, NodeId, Proposal, TypeConfig};
 
 /// How long a membership change may take (a joining node first copies
 /// the log).
@@ -76,9 +76,18 @@ pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<Stri
             Some(_) => {}
             None => {
                 // Blocking: answered once the learner has the log.
-                raft.add_learner(id, BasicNode::new(&addr), true)
-                    .await
-                    .map_err(|e| format!("node {id} not added: {e}"))?;
+                let added = raft.add_learner(id, BasicNode::new(&addr), true);
+                match tokio::time::timeout(CHANGE_TIMEOUT, added).await {
+                    Ok(r) => r.map_err(|e| format!("node {id} not added: {e}"))?,
+                    Err(_) => {
+                        return Err(format!(
+                            "node {id} is a learner now, but has not copied the log in {} s: \
+                             is it running, reachable at {addr}, with the cluster's secret? \
+                             (`petrel cluster leave {id}` takes it out again)",
+                            CHANGE_TIMEOUT.as_secs()
+                        ))
+                    }
+                };
                 tracing::info!(node = id, %addr, "node joined as a learner");
             }
         },
@@ -104,7 +113,8 @@ pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<Stri
                 };
                 keep.remove(&last);
             }
-            for l in m.learner_ids().filter(|l| *l != id) {
+            let ready = caught_up(raft);
+            for l in m.learner_ids().filter(|l| *l != id && ready.contains(l)) {
                 if keep.len() >= want {
                     break;
                 }
@@ -121,10 +131,13 @@ pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<Stri
                     .map_err(|e| format!("node {id} not removed: {e}"))?;
             }
             // Its routes and its sessions' ownership go with it.
-            raft.client_write(Command::Reset {
-                node: id,
-                filters: Vec::new(),
-                clients: Vec::new(),
+            raft.client_write(Proposal {
+                origin: None,
+                command: Command::Reset {
+                    node: id,
+                    filters: Vec::new(),
+                    clients: Vec::new(),
+                },
             })
             .await
             .map_err(|e| format!("node {id}'s routes not removed: {e}"))?;
@@ -135,8 +148,24 @@ pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<Stri
     Ok(members_line(&membership()))
 }
 
-/// Promote learners while there are fewer voters than [`voters_for`] the
-/// cluster's size.
+/// How far behind the leader's log a learner may be and be made a voter.
+const CAUGHT_UP: u64 = 64;
+
+/// The nodes the leader has replicated (nearly) its whole log to.
+fn caught_up(raft: &Raft<TypeConfig>) -> BTreeSet<NodeId> {
+    let metrics = raft.metrics();
+    let now = metrics.borrow();
+    let last = now.last_log_index.unwrap_or(0);
+    now.replication
+        .iter()
+        .flatten()
+        .filter(|(_, at)| at.is_some_and(|l| l.index + CAUGHT_UP >= last))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// Promote learners that have (nearly) the whole log while there are
+/// fewer voters than [`voters_for`] the cluster's size.
 async fn promote(raft: &Raft<TypeConfig>) -> Result<(), String> {
     let m = raft
         .metrics()
@@ -144,16 +173,28 @@ async fn promote(raft: &Raft<TypeConfig>) -> Result<(), String> {
         .membership_config
         .membership()
         .clone();
+    // A learner just added is caught up; the metrics that say so may
+    // follow a moment later.
+    let learners: BTreeSet<NodeId> = m.learner_ids().collect();
+    let mut caught_up = caught_up(raft);
+    for _ in 0..20 {
+        if learners.is_subset(&caught_up) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        caught_up = self::caught_up(raft);
+    }
     let mut voters: BTreeSet<NodeId> = m.voter_ids().collect();
     let want = voters_for(m.nodes().count());
-    if voters.len() >= want {
-        return Ok(());
-    }
-    for l in m.learner_ids() {
+    let before = voters.len();
+    for l in m.learner_ids().filter(|l| caught_up.contains(l)) {
         if voters.len() >= want {
             break;
         }
         voters.insert(l);
+    }
+    if voters.len() == before {
+        return Ok(());
     }
     raft.change_membership(voters, true)
         .await

@@ -300,18 +300,20 @@ impl Broker {
             .collect()
     }
 
-    /// Keep `message` as its topic's retained message (with an empty
+    /// Keep `message`, retained `at` (its Message Expiry Interval counts
+    /// from then), as its topic's retained message (with an empty
     /// payload: delete the topic's), as a retained PUBLISH would, but
     /// without delivering it to anyone: how a cluster's agreed retained
-    /// messages reach each node ([`crate::Peers::retain`]). The commit:
-    /// when the durable store has it.
-    pub fn set_retained(&self, message: &Message) -> std::io::Result<crate::Commit> {
-        self.engine.retain_only(message)
+    /// messages reach each node ([`crate::Peers::retain`]). A subscription
+    /// made while it was on its way gets it too. The commit: when the
+    /// durable store has it.
+    pub fn set_retained(&self, message: &Message, at: Instant) -> std::io::Result<crate::Commit> {
+        self.engine.retain_only(message, at)
     }
 
     /// Every retained message but `$SYS`'s (which describe this process),
-    /// `$` topics included.
-    pub fn retained_all(&self) -> Vec<Message> {
+    /// `$` topics included, each with when it was retained.
+    pub fn retained_all(&self) -> Vec<(Message, Instant)> {
         self.engine.retained_all()
     }
 
@@ -338,7 +340,7 @@ impl Broker {
             std::future::poll_fn(|cx| commit.poll(cx)).await?;
             return Ok(true);
         }
-        let commit = e.retain_only(&empty)?;
+        let commit = e.retain_only(&empty, Instant::now())?;
         if !e.flush_store() {
             return Err(std::io::Error::other(
                 "the durable store could not be written",

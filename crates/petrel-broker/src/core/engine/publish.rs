@@ -93,10 +93,12 @@ impl Retained {
 }
 
 impl RetainedStore {
-    /// Store `r` as `topic`'s retained message; the one it replaces.
-    fn put(&mut self, topic: &TopicName, mut r: Retained) -> Option<Retained> {
+    /// Store `r` as `topic`'s retained message; the one it replaces. With
+    /// `routed`, it was routed to the subscriptions made so far (a walk
+    /// begun before it skips it); without, a walk sends it whenever made.
+    fn put(&mut self, topic: &TopicName, mut r: Retained, routed: bool) -> Option<Retained> {
         self.version += 1;
-        r.version = self.version;
+        r.version = if routed { self.version } else { 0 };
         let deadline = r.deadline();
         let old = self.tree.insert(topic, r);
         if let Some(d) = old.as_ref().and_then(Retained::deadline) {
@@ -518,6 +520,12 @@ impl Engine {
     /// same lock, so the store sees changes in the order memory does); an
     /// error leaves both unchanged.
     fn retain(&self, message: &Message, now: Instant) -> io::Result<Commit> {
+        self.keep_retained(message, now, true)
+    }
+
+    /// [`Engine::retain`], of a message retained `at` (its expiry counts
+    /// from then), `routed` to the subscriptions made so far or not.
+    fn keep_retained(&self, message: &Message, at: Instant, routed: bool) -> io::Result<Commit> {
         let mut store = write(&self.retained);
         let store = &mut *store;
         // `$SYS` describes the running process: made again after a start,
@@ -560,7 +568,7 @@ impl Engine {
             commit = self.stored(vec![Op::Put {
                 table: Table::Retained,
                 key: message.topic.as_str().as_bytes().to_vec(),
-                value: encode_message(&stored, SystemTime::now()),
+                value: encode_message(&stored, wall_time(at)),
             }])?;
         }
         store.bytes = store.bytes - replaced + size;
@@ -568,9 +576,10 @@ impl Engine {
             &message.topic,
             Retained {
                 message: stored,
-                at: now,
+                at,
                 version: 0,
             },
+            routed,
         );
         Ok(commit)
     }
@@ -787,12 +796,13 @@ impl Engine {
     }
 
     /// Every retained message but `$SYS`'s.
-    pub(super) fn retained_all(&self) -> Vec<Message> {
+    /// Each with when it was retained.
+    pub(super) fn retained_all(&self) -> Vec<(Message, Instant)> {
         let now = Instant::now();
         let mut out = Vec::new();
         read(&self.retained).tree.for_each(|r| {
             if r.remaining(now) != Some(0) && !is_sys(r.message.topic.as_str()) {
-                out.push(r.message.clone());
+                out.push((r.message.clone(), r.at));
             }
         });
         out
@@ -803,10 +813,11 @@ impl Engine {
         read(&self.retained).tree.get(topic).is_some()
     }
 
-    /// Retain (or, with an empty payload, delete) `message` without
-    /// routing it; the store's commit, to wait for.
-    pub(super) fn retain_only(&self, message: &Message) -> io::Result<Commit> {
-        self.retain(message, Instant::now())
+    /// Retain (or, with an empty payload, delete) `message`, retained
+    /// `at`, without routing it (a walk for a subscription made before
+    /// sends it too); the store's commit, to wait for.
+    pub(super) fn retain_only(&self, message: &Message, at: Instant) -> io::Result<Commit> {
+        self.keep_retained(message, at, false)
     }
 
     /// Bytes the retained messages hold.
@@ -830,6 +841,7 @@ impl Engine {
                 at,
                 version: 0,
             },
+            false,
         ) {
             store.bytes -= message_size(&old.message);
         }
@@ -1068,4 +1080,13 @@ impl Engine {
         }
         drop(filters);
     }
+}
+
+/// The wall-clock time of `at` (for the store, whose expiries outlive the
+/// process's clock).
+fn wall_time(at: Instant) -> SystemTime {
+    let ago = Instant::now().saturating_duration_since(at);
+    SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
