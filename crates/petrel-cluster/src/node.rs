@@ -106,9 +106,10 @@ struct Inner {
     moving: Mutex<std::collections::HashSet<String>>,
     /// Sessions other nodes took from this one, to hand on.
     moves_rx: Mutex<Option<mpsc::UnboundedReceiver<Move>>>,
-    /// This run of the node, drawn when it starts: with the numbers of
-    /// its writes, what makes a write sent twice applied once.
-    incarnation: u64,
+    /// This run of the node, above its earlier runs' (set when it
+    /// starts): with the numbers of its writes, what makes a write sent
+    /// twice applied once, and one of an earlier run never.
+    incarnation: AtomicU64,
     /// The last number given to a write, by stream.
     seqs: [AtomicU64; 2],
     /// Retained messages published here, to write.
@@ -292,61 +293,57 @@ struct Changes {
     in_flight: std::collections::HashSet<String>,
 }
 
-/// Retained messages to write: each topic with its message (stored form).
-type RetainBatch = Vec<(String, Vec<u8>)>;
+/// Retained messages to write: each topic with its message (stored form)
+/// and the ticket of those who wait for that topic's write.
+type RetainBatch = Vec<(String, Vec<u8>, Arc<Ticket>)>;
 
-/// Retained messages not yet written, and who waits for them.
+/// Retained messages not yet written, each topic's last, in order.
 #[derive(Debug, Default)]
 struct RetainWrites {
-    /// Each topic's last retained message (stored form), in order.
-    pending: Vec<(String, Vec<u8>)>,
+    pending: RetainBatch,
     /// Where each topic is in `pending`.
     at: HashMap<String, usize>,
-    ticket: Option<Arc<Ticket>>,
 }
 
 impl RetainWrites {
-    /// Put `topic`'s message in (replacing the one waiting), unless that
-    /// would make more than `max` topics wait: whether it went in.
-    fn put(&mut self, topic: &str, bytes: Vec<u8>, max: usize) -> bool {
+    /// Put `topic`'s message in (replacing the one waiting, whose waiters
+    /// wait for this one now), unless that would make more than `max`
+    /// topics wait: the ticket of its write, if it went in.
+    fn put(&mut self, topic: &str, bytes: Vec<u8>, max: usize) -> Option<Arc<Ticket>> {
         if let Some(&i) = self.at.get(topic) {
             self.pending[i].1 = bytes;
-            return true;
+            return Some(self.pending[i].2.clone());
         }
         if self.pending.len() >= max {
-            return false;
+            return None;
         }
+        let ticket = Arc::new(Ticket::default());
         self.at.insert(topic.to_string(), self.pending.len());
-        self.pending.push((topic.to_string(), bytes));
-        true
+        self.pending
+            .push((topic.to_string(), bytes, ticket.clone()));
+        Some(ticket)
     }
 
-    /// Take what waits, in order, up to about `max_bytes` (one at least),
-    /// with the ticket if that was all (else it waits for the rest).
-    fn take(&mut self, max_bytes: usize) -> (RetainBatch, Option<Arc<Ticket>>) {
+    /// Take what waits, in order, up to about `max_bytes` (one at least).
+    fn take(&mut self, max_bytes: usize) -> RetainBatch {
         let mut bytes = 0;
         let n = self
             .pending
             .iter()
-            .take_while(|(_, b)| {
+            .take_while(|(_, b, _)| {
                 let first = bytes == 0;
                 bytes += b.len();
                 first || bytes <= max_bytes
             })
             .count();
-        let batch: Vec<_> = self.pending.drain(..n).collect();
+        let batch: RetainBatch = self.pending.drain(..n).collect();
         self.at = self
             .pending
             .iter()
             .enumerate()
-            .map(|(i, (t, _))| (t.clone(), i))
+            .map(|(i, (t, _, _))| (t.clone(), i))
             .collect();
-        let ticket = if self.pending.is_empty() {
-            self.ticket.take()
-        } else {
-            None
-        };
-        (batch, ticket)
+        batch
     }
 }
 
@@ -420,12 +417,7 @@ impl Cluster {
                 caught_up: AtomicU64::new(0),
                 retains: Mutex::default(),
                 retain_wake: Notify::new(),
-                incarnation: {
-                    let mut b = [0u8; 8];
-                    getrandom::getrandom(&mut b)
-                        .map_err(|e| ClusterError::Io(io::Error::other(e)))?;
-                    u64::from_le_bytes(b)
-                },
+                incarnation: AtomicU64::new(0),
                 seqs: Default::default(),
                 config,
             }),
@@ -455,6 +447,8 @@ impl Cluster {
             )
         })?;
         let _ = inner.broker.set(broker);
+        let run = crate::store::next_run(&*store).await?;
+        inner.incarnation.store(run, Ordering::Relaxed);
         let log = LogStore::open(store.clone())?;
         let sm = StateMachine::open(store, inner.routes.clone(), inner.broker.get().cloned())?;
         let c = &inner.config;
@@ -489,6 +483,7 @@ impl Cluster {
         }
         tokio::spawn(report(inner.clone(), raft.clone()));
         tokio::spawn(follow_members(inner.clone(), raft.clone()));
+        tokio::spawn(members::keep_voters(inner.clone(), raft.clone()));
         // Formed of the configured voters the first time they start; a
         // node they do not name waits to be added
         // ([`Cluster::join`]).
@@ -661,16 +656,14 @@ impl Peers for Seam {
 
     fn retain(&self, message: &Message) -> Commit {
         let bytes = encode_message(message, SystemTime::now());
-        let mut q = lock(&self.0.retains);
-        if !q.put(message.topic.as_str(), bytes, self.0.config.peer_queue) {
-            drop(q);
+        let put =
+            lock(&self.0.retains).put(message.topic.as_str(), bytes, self.0.config.peer_queue);
+        let Some(t) = put else {
             self.0.counters.refused.fetch_add(1, Ordering::Relaxed);
             let t = Arc::new(Ticket::default());
             t.complete(Err("too many retained messages wait for the cluster".into()));
             return Commit::waiting(t);
-        }
-        let t = q.ticket.get_or_insert_with(Arc::default).clone();
-        drop(q);
+        };
         self.0.retain_wake.notify_one();
         Commit::waiting(t)
     }
@@ -736,7 +729,9 @@ impl Peers for Seam {
         let mut sent = 0;
         for (n, groups) in nodes {
             let Some(tx) = links.get(&n).map(|p| &p.data) else {
-                gather.as_ref().inspect(|g| g.one_done());
+                if let Some(g) = &gather {
+                    given_up(&[(g.clone(), !groups.is_empty())], n);
+                }
                 continue;
             };
             match tx.try_send(Outgoing {
@@ -757,7 +752,7 @@ impl Peers for Seam {
                 Err(mpsc::error::TrySendError::Closed(o)) => {
                     inner.counters.lost.fetch_add(1, Ordering::Relaxed);
                     if let Some(g) = o.gather {
-                        g.one_done();
+                        given_up(&[(g, !o.groups.is_empty())], n);
                     }
                 }
             }
@@ -867,7 +862,10 @@ async fn send_to(inner: Arc<Inner>, (id, addr, mut rx, down_until): Parked) {
                                     peer = id,
                                     "a peer left messages unanswered: taken as down for a while"
                                 );
-                                *lock(&down_until) = Some(Instant::now() + DOWN_FOR);
+                                // As long as it left them: a peer that is
+                                // stopped or cut off is not picked for a
+                                // shared group for most of the time.
+                                *lock(&down_until) = Some(Instant::now() + timeout.max(DOWN_FOR));
                                 // Connected again when it is tried again.
                                 link.reset().await;
                             }
@@ -1086,7 +1084,7 @@ async fn write_retained(inner: Arc<Inner>) {
         let Some(raft) = inner.raft.get() else {
             return;
         };
-        let (batch, ticket) = lock(&inner.retains).take(max_bytes);
+        let batch = lock(&inner.retains).take(max_bytes);
         if batch.is_empty() {
             inner.retain_wake.notified().await;
             continue;
@@ -1094,36 +1092,50 @@ async fn write_retained(inner: Arc<Inner>) {
         let deadline = Instant::now() + Duration::from_secs(inner.config.route_timeout);
         let command = Command::Retain {
             node: inner.me,
-            messages: batch.iter().map(|(_, b)| b.clone()).collect(),
+            messages: batch.iter().map(|(_, b, _)| b.clone()).collect(),
         };
         match propose(&inner, raft, command, deadline).await {
             Ok((index, _)) => {
                 everyone_applied(&inner, raft, index).await;
-                if let Some(t) = ticket {
+                for (_, _, t) in &batch {
                     t.complete(Ok(()));
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "retained messages not agreed: written again later");
-                // Their publishers are refused (also those whose messages
-                // wait behind them).
-                let waiting = lock(&inner.retains).ticket.take();
-                for t in ticket.into_iter().chain(waiting) {
+                // Their publishers are refused; the messages go again
+                // before what came since (which replaces its topics'),
+                // within the bound (the oldest dropped past it).
+                for (_, _, t) in &batch {
                     t.complete(Err(e.clone()));
                 }
                 {
-                    // Before what came since, which replaces its topics';
-                    // within the bound, the oldest dropped past it.
                     let mut q = lock(&inner.retains);
-                    let (since, _) = q.take(usize::MAX);
+                    let since = q.take(usize::MAX);
                     let max = inner.config.peer_queue;
                     let keep = max.saturating_sub(since.len()).min(batch.len());
                     let dropped = batch.len() - keep;
                     if dropped > 0 {
                         tracing::warn!(dropped, "retained messages waiting for the cluster past peer_queue: the oldest dropped");
                     }
-                    for (topic, bytes) in batch.into_iter().skip(dropped).chain(since) {
+                    for (topic, bytes, _) in batch.into_iter().skip(dropped) {
                         q.put(&topic, bytes, usize::MAX);
+                    }
+                    // Those that came since keep their tickets.
+                    for slot in since {
+                        match q.at.get(&slot.0) {
+                            Some(&i) => {
+                                q.pending[i].1 = slot.1;
+                                let old = std::mem::replace(&mut q.pending[i].2, slot.2);
+                                // Nobody waited for the re-put one.
+                                drop(old);
+                            }
+                            None => {
+                                let i = q.pending.len();
+                                q.at.insert(slot.0.clone(), i);
+                                q.pending.push(slot);
+                            }
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(inner.config.election_timeout_ms)).await;
@@ -1273,7 +1285,7 @@ async fn propose(
         origin: Some(Origin {
             node: inner.me,
             stream,
-            incarnation: inner.incarnation,
+            incarnation: inner.incarnation.load(Ordering::Relaxed),
             seq: inner.seqs[usize::from(stream)].fetch_add(1, Ordering::Relaxed) + 1,
         }),
         command,
@@ -1285,10 +1297,16 @@ async fn propose(
         }
         let leader = raft.metrics().borrow().current_leader;
         match leader {
-            Some(l) if l == inner.me => match raft.client_write(command.clone()).await {
-                Ok(r) => return Ok((r.log_id.index, r.data)),
-                Err(e) => tracing::debug!(error = %e, "route write: not leader now"),
-            },
+            Some(l) if l == inner.me => {
+                // A leader cut off from the majority commits nothing: not
+                // waited for past the deadline.
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, raft.client_write(command.clone())).await {
+                    Ok(Ok(r)) => return Ok((r.log_id.index, r.data)),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "write: not leader now"),
+                    Err(_) => {}
+                }
+            }
             Some(l) => {
                 if let Some(link) = inner.link(l) {
                     // Not longer than an election: a leader that does not
@@ -1613,6 +1631,22 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        // Well inside a frame: past it, openraft is told to send fewer
+        // entries (a retained write is at most an eighth of a frame).
+        let budget = (self.inner.config.max_frame_bytes / 2) as u64;
+        if rpc.entries.len() > 1 && bincode::serialized_size(&rpc).unwrap_or(0) > budget {
+            let mut size = 0;
+            let fit = rpc
+                .entries
+                .iter()
+                .take_while(|e| {
+                    size += bincode::serialized_size(e).unwrap_or(0);
+                    size <= budget
+                })
+                .count()
+                .max(1);
+            return Err(openraft::error::PayloadTooLarge::new_entries_hint(fit as u64).into());
+        }
         match self.call(Request::Append(rpc), &option).await? {
             Response::Append(r) => Ok(r),
             _ => Err(unexpected()),

@@ -37,6 +37,34 @@ const VOTE: &[u8] = b"v";
 const COMMITTED: &[u8] = b"c";
 const PURGED: &[u8] = b"p";
 const SNAPSHOT: &[u8] = b"s";
+const RUN: &[u8] = b"r";
+
+/// This start's run number: above the last start's (kept in the store) and
+/// at least the time in nanoseconds, so a write from an earlier run that
+/// arrives late is known for one (see [`crate::types::Origin`]).
+pub(crate) async fn next_run(store: &dyn Store) -> io::Result<u64> {
+    let last = store
+        .scan(Table::Cluster)?
+        .into_iter()
+        .find(|(k, _)| k == RUN)
+        .map(|(_, v)| decode::<u64>(&v))
+        .transpose()?
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let run = now.max(last.saturating_add(1));
+    write(
+        store,
+        vec![Op::Put {
+            table: Table::Cluster,
+            key: RUN.to_vec(),
+            value: encode(&run),
+        }],
+    )
+    .await?;
+    Ok(run)
+}
 
 fn entry_key(index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -54,27 +82,27 @@ fn io_error(
 }
 
 /// The format of what this module stores, and of the snapshots nodes
-/// send each other: the first byte of each value. One of another format
+/// send each other: the first bytes of each value. One of another format
 /// (written by another version of Petrel) is refused, with this said,
 /// rather than misread.
-const FORMAT: u8 = 1;
+const FORMAT: &[u8; 4] = b"PCl1";
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT];
+    let mut out = FORMAT.to_vec();
     // Only our own types, which always serialise.
     let _ = bincode::serialize_into(&mut out, v);
     out
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    match bytes.split_first() {
-        Some((&FORMAT, rest)) => bincode::deserialize(rest).map_err(io::Error::other),
-        other => Err(io::Error::new(
+    match bytes.strip_prefix(FORMAT) {
+        Some(rest) => bincode::deserialize(rest).map_err(io::Error::other),
+        None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "cluster data of format {:?}, and this version of Petrel reads format {FORMAT} \
-                 (it was written by another version)",
-                other.map(|(f, _)| *f)
+                "cluster data that does not begin {:?}, the format this version of Petrel \
+                 reads (it was written by another version)",
+                String::from_utf8_lossy(FORMAT)
             ),
         )),
     }
@@ -586,10 +614,10 @@ mod tests {
     fn values_carry_their_format_and_another_is_refused_with_a_reason() {
         let v: Option<u64> = Some(7);
         let bytes = encode(&v);
-        assert_eq!(bytes[0], FORMAT);
+        assert!(bytes.starts_with(FORMAT));
         assert_eq!(decode::<Option<u64>>(&bytes).unwrap(), v);
         let mut other = bytes.clone();
-        other[0] = FORMAT + 1;
+        other[3] = b'0';
         let e = decode::<Option<u64>>(&other).unwrap_err();
         assert!(e.to_string().contains("another version"), "{e}");
         assert!(decode::<Option<u64>>(&[]).is_err());

@@ -192,8 +192,11 @@ impl Routes {
     pub fn repeated(&self, proposal: &Proposal) -> Option<Applied> {
         let o = proposal.origin?;
         let (run, seq, answer) = self.last.get(&(o.node, o.stream))?;
-        (*run == o.incarnation && o.seq <= *seq).then(|| {
-            if o.seq == *seq {
+        // From an earlier run of the node (which started again since), or
+        // at or before the last of this run.
+        let stale = o.incarnation < *run || (o.incarnation == *run && o.seq <= *seq);
+        stale.then(|| {
+            if o.incarnation == *run && o.seq == *seq {
                 answer.clone()
             } else {
                 Applied::default()
@@ -624,12 +627,15 @@ mod tests {
         r.apply_proposal(&from(3, routes(2, &[], &["x"])), 5);
         r.apply_proposal(&from(2, routes(2, &["x"], &[])), 6);
         assert!(r.of(2).is_empty(), "the late add is not applied");
-        // The control: the next number is; so is another run's first.
+        // The control: the next number is; so is a later run's first.
         r.apply_proposal(&from(4, routes(2, &["y"], &[])), 7);
         assert_eq!(r.of(2), ["y"]);
         let mut other = from(1, routes(2, &["z"], &[]));
         other.origin.as_mut().unwrap().incarnation = 10;
         r.apply_proposal(&other, 8);
+        assert_eq!(r.of(2), ["y", "z"]);
+        // A late write of the earlier run, after the later run's first: dropped.
+        r.apply_proposal(&from(5, routes(2, &["late"], &[])), 9);
         assert_eq!(r.of(2), ["y", "z"]);
         // Snapshots keep what was applied last.
         let mut back = Routes::default();

@@ -47,6 +47,26 @@ pub(super) async fn change(inner: &Arc<Inner>, change: Change) -> Result<String,
     }
 }
 
+/// On the leader, now and then: make voters of learners that have caught
+/// up while the cluster has fewer voters than it should (a learner that
+/// was behind when a voter left).
+pub(super) async fn keep_voters(inner: Arc<Inner>, raft: Raft<TypeConfig>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leads = {
+            let m = raft.metrics();
+            let now = m.borrow();
+            now.current_leader == Some(inner.me)
+        };
+        if leads {
+            let _one = ONE.lock().await;
+            if let Err(e) = promote(&raft).await {
+                tracing::debug!(error = %e, "learners not made voters yet");
+            }
+        }
+    }
+}
+
 /// How many voters a cluster of `nodes` nodes has: three or five (an
 /// even number tolerates no more failures than the odd one below it),
 /// all of them below three.
@@ -60,6 +80,7 @@ fn voters_for(nodes: usize) -> usize {
 
 /// Make `change`, on the leader.
 pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<String, String> {
+    let _one = ONE.lock().await;
     let membership = || {
         raft.metrics()
             .borrow()
@@ -148,6 +169,10 @@ pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<Stri
     Ok(members_line(&membership()))
 }
 
+/// One membership change at a time (openraft refuses a second while one
+/// is under way): a join's or a leave's, and the background promotion.
+static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How far behind the leader's log a learner may be and be made a voter.
 const CAUGHT_UP: u64 = 64;
 
@@ -173,6 +198,9 @@ async fn promote(raft: &Raft<TypeConfig>) -> Result<(), String> {
         .membership_config
         .membership()
         .clone();
+    if m.voter_ids().count() >= voters_for(m.nodes().count()) {
+        return Ok(());
+    }
     // A learner just added is caught up; the metrics that say so may
     // follow a moment later.
     let learners: BTreeSet<NodeId> = m.learner_ids().collect();

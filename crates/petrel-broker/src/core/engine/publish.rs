@@ -82,7 +82,16 @@ pub(super) struct RetainedStore {
     expiring: BTreeSet<(Instant, Box<str>)>,
     /// How many messages were ever retained (the last one's `version`).
     version: u64,
+    /// In a cluster: the version at which a retained message on each
+    /// topic was routed here live, before the cluster agreed it (applied,
+    /// it takes that version: a walk begun before skips it, one begun
+    /// after sends it). At most [`MAX_ROUTED`] topics.
+    routed: std::collections::HashMap<Box<str>, u64>,
 }
+
+/// Topics [`RetainedStore::routed`] remembers at most (past it, it forgets
+/// them all: a walk then may send a message its subscriber had live).
+const MAX_ROUTED: usize = 65_536;
 
 impl Retained {
     /// When its Message Expiry Interval runs out, if it has one.
@@ -95,10 +104,16 @@ impl Retained {
 impl RetainedStore {
     /// Store `r` as `topic`'s retained message; the one it replaces. With
     /// `routed`, it was routed to the subscriptions made so far (a walk
-    /// begun before it skips it); without, a walk sends it whenever made.
+    /// begun before it skips it); without, it takes the version at which
+    /// it was routed here, if it was ([`RetainedStore::routed`]), else 0:
+    /// a walk sends it whenever begun.
     fn put(&mut self, topic: &TopicName, mut r: Retained, routed: bool) -> Option<Retained> {
         self.version += 1;
-        r.version = if routed { self.version } else { 0 };
+        r.version = if routed {
+            self.version
+        } else {
+            self.routed.remove(topic.as_str()).unwrap_or(0)
+        };
         let deadline = r.deadline();
         let old = self.tree.insert(topic, r);
         if let Some(d) = old.as_ref().and_then(Retained::deadline) {
@@ -242,6 +257,14 @@ impl Engine {
         };
         if let Some(c) = agreed {
             commit = c;
+            // Routed here now: when applied, walks begun before skip it.
+            let mut store = write(&self.retained);
+            store.version += 1;
+            let v = store.version;
+            if store.routed.len() >= MAX_ROUTED {
+                store.routed.clear();
+            }
+            store.routed.insert(message.topic.as_str().into(), v);
         } else if message.retain {
             match self.retain(&message, now) {
                 Ok(c) => commit = c,
