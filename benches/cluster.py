@@ -19,6 +19,9 @@ for all four), and measures with `petrel bench`:
 * session takeover: CONNECT to CONNACK for a persistent session (with a
   subscription and a queued message) that moves to another node at each
   connection, median and p99 of 200 (--takeover-only: just this);
+* retained publishes (--retained-only: just these): PUBLISH to PUBACK of
+  a retained QoS 1 message on one broker and on a node of the cluster,
+  where it is agreed through Raft;
 * memory: --count idle connections, each subscribed to its own topic,
   spread over the three nodes (a third on each), against the same count
   on the single node: each node's resident memory grows by its own third
@@ -246,6 +249,37 @@ def takeover(ports, count):
     return statistics.median(times), times[max(int(len(times) * 0.99) - 1, 0)]
 
 
+def retained_publish(port, count):
+    """PUBLISH to PUBACK for `count` retained QoS 1 messages, one at a
+    time, each on a topic of its own (3.1.1, hand-written packets). In a
+    cluster the PUBACK waits for the message to be agreed through Raft and
+    applied on every node that answers. Median and p99."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = mqtt_string("MQTT") + bytes([4, 2]) + struct.pack("!H", 60) + mqtt_string(
+        f"ret-{os.getpid()}-{port}"
+    )
+    s.sendall(bytes([0x10]) + remaining(len(body)) + body)
+    assert s.recv(4)[0] == 0x20
+    times = []
+    for i in range(count):
+        pid = i % 65535 + 1
+        body = mqtt_string(f"ret/{os.getpid()}/{i}") + struct.pack("!H", pid) + b"retained value"
+        t0 = time.perf_counter()
+        s.sendall(bytes([0x33]) + remaining(len(body)) + body)
+        got = s.recv(4)
+        times.append(time.perf_counter() - t0)
+        assert got[0] == 0x40 and struct.unpack("!H", got[2:4])[0] == pid, got
+    # Cleared again, so the brokers hold no more than they did.
+    for i in range(count):
+        body = mqtt_string(f"ret/{os.getpid()}/{i}")
+        s.sendall(bytes([0x31]) + remaining(len(body)) + body)
+    s.sendall(bytes([0xE0, 0]))
+    s.close()
+    times.sort()
+    return statistics.median(times), times[max(int(len(times) * 0.99) - 1, 0)]
+
+
 def memory(nodes, count, seconds):
     """Idle subscribed connections, a share on each of `nodes`: each
     node's memory growth, and the routes each holds."""
@@ -286,6 +320,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--takeover-only", action="store_true",
                     help="only the session takeover between nodes")
+    ap.add_argument("--retained-only", action="store_true",
+                    help="only retained publishes, one broker and a node of the cluster")
     a = ap.parse_args()
     if not os.path.exists(PETREL):
         sys.exit(f"build it first: cargo build --release -p petrel ({PETREL})")
@@ -295,6 +331,15 @@ def main():
     all_pids = [n.proc.pid for n in nodes]
     results = {}
     try:
+        if a.retained_only:
+            for label, port in [("one broker", single.mqtt), ("cluster of three", nodes[0].mqtt)]:
+                runs = [retained_publish(port, 500) for _ in range(a.runs)]
+                median = statistics.median(r[0] for r in runs)
+                p99 = statistics.median(r[1] for r in runs)
+                results[f"retained_ms {label}"] = {"median": median * 1e3, "p99": p99 * 1e3}
+                print(f"retained QoS 1 PUBLISH to PUBACK, {label}: median {median * 1e3:.2f} ms, "
+                      f"p99 {p99 * 1e3:.2f} ms (medians of {a.runs} runs of 500)", flush=True)
+            return
         median, p99 = takeover([n.mqtt for n in nodes], 200)
         results["takeover_ms"] = {"median": median * 1e3, "p99": p99 * 1e3}
         print(f"session takeover between nodes: median {median * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms",

@@ -1481,3 +1481,81 @@ async fn nodes_join_and_leave_at_run_time() {
     assert!(!ok && out.contains("not a member"), "{out}");
     drop(inbox5);
 }
+
+/// The payloads that arrive until none has for half a second.
+async fn drain(inbox: &mut Messages) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await {
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    got
+}
+
+/// A shared group with members on two nodes, one of which is killed: no
+/// message acknowledged to its publisher is lost to the group. The node
+/// that is down is passed over, and a message given to it before that was
+/// known is refused to its publisher (which sends it again), never
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_loses_nothing_acknowledged_when_a_members_node_dies() {
+    let mut c = Cluster::start("shared-down", 3);
+    c.leader(&[0, 1, 2], None).await;
+    let (a, mut inbox_a) = client(options(c.port(1), Protocol::V5, "sh-a")).await;
+    a.subscribe("$share/g/sh/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (b, mut inbox_b) = client(options(c.port(2), Protocol::V5, "sh-b")).await;
+    b.subscribe("$share/g/sh/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (publ, _) = client(options(c.port(0), Protocol::V5, "sh-pub")).await;
+    // The control: the group is served on both nodes.
+    for i in 0..6 {
+        let ack = publ
+            .publish_to("sh/x", format!("before-{i}"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(!ack.reason_code.is_error(), "{ack:?}");
+    }
+    let (first_a, first_b) = (drain(&mut inbox_a).await, drain(&mut inbox_b).await);
+    assert_eq!(first_a.len() + first_b.len(), 6, "{first_a:?} {first_b:?}");
+    assert!(
+        !first_a.is_empty() && !first_b.is_empty(),
+        "{first_a:?} {first_b:?}"
+    );
+    drop((b, inbox_b));
+    c.kill(2);
+    // Each message sent until acknowledged.
+    let mut acknowledged = BTreeSet::new();
+    let mut refused = 0;
+    for i in 0..30 {
+        let payload = format!("after-{i}");
+        let until = Instant::now() + WAIT;
+        loop {
+            let ack = publ
+                .publish_to("sh/x", payload.clone(), QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            if !ack.reason_code.is_error() {
+                break;
+            }
+            refused += 1;
+            assert!(Instant::now() < until, "{payload} never acknowledged");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        acknowledged.insert(payload);
+    }
+    let mut got = BTreeSet::new();
+    let until = Instant::now() + WAIT;
+    while !acknowledged.is_subset(&got) && Instant::now() < until {
+        if let Some(p) = next(&mut inbox_a).await {
+            got.insert(p);
+        }
+    }
+    let lost: Vec<_> = acknowledged.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged and lost: {lost:?} ({refused} refused first)"
+    );
+    eprintln!("{refused} publishes refused while node 3 was found down");
+}
