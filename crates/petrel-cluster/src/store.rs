@@ -362,6 +362,10 @@ pub struct StateMachine {
     routes: Arc<RwLock<Routes>>,
     /// Where the agreed retained messages are kept.
     broker: Option<Broker>,
+    /// Held while the state changes (applying, loading a snapshot) and
+    /// while a snapshot reads it: the routes, what was applied and the
+    /// broker's retained messages then agree.
+    state: Arc<Mutex<()>>,
     applied: Arc<Mutex<AppliedState>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshot_count: Arc<std::sync::atomic::AtomicU64>,
@@ -389,6 +393,7 @@ impl StateMachine {
             store,
             routes,
             broker,
+            state: Arc::default(),
             applied: Arc::default(),
             snapshot: Arc::default(),
             snapshot_count: Arc::default(),
@@ -418,15 +423,18 @@ impl StateMachine {
     fn load(&self, s: &StoredSnapshot, retained: bool) -> io::Result<()> {
         let mut data: SnapshotData = decode(&s.data)?;
         let (replace, retained) = (retained, std::mem::take(&mut data.retained));
-        // All under the routes' lock, as `apply` changes them.
-        let mut routes = write_lock(&self.routes);
-        routes.load_snapshot(data);
+        // All under `state` and the routes' lock, as `apply` changes them.
+        let _state = lock(&self.state);
+        {
+            let mut routes = write_lock(&self.routes);
+            routes.load_snapshot(data);
+            let mut applied = lock(&self.applied);
+            applied.last = s.meta.last_log_id;
+            applied.membership = s.meta.last_membership.clone();
+        }
         if let Some(b) = self.broker.as_ref().filter(|_| replace) {
             replace_retained(b, &retained)?;
         }
-        let mut applied = lock(&self.applied);
-        applied.last = s.meta.last_log_id;
-        applied.membership = s.meta.last_membership.clone();
         Ok(())
     }
 }
@@ -488,9 +496,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // The routes and how far they are applied, read together: `apply`
         // (which may run meanwhile) takes the routes' lock before
         // `applied`, so holding the first makes them agree.
-        // The retained messages too (`apply` keeps them with the routes'
-        // lock held), copied (their payloads shared) and encoded after.
+        // The retained messages too (`apply` keeps them under `state`),
+        // copied (their payloads shared) and encoded after.
         let (mut routes, retained, last, membership) = {
+            let _state = lock(&self.state);
             let routes = read(&self.routes);
             let a = lock(&self.applied);
             let retained = self.broker.as_ref().map(Broker::retained_all);
@@ -549,28 +558,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut out = Vec::new();
-        let mut routes = write_lock(&self.routes);
-        let mut applied = lock(&self.applied);
+        // The retained messages are kept in the broker outside the routes'
+        // lock (a batch of them takes a while, and every publish reads the
+        // routes), under `state`, which a snapshot also takes.
+        let _state = lock(&self.state);
         for entry in entries {
-            applied.last = Some(entry.log_id);
-            match &entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(proposal) => {
-                    if routes.repeated(proposal).is_none() {
-                        if let (Command::Retain { messages, .. }, Some(b)) =
-                            (&proposal.command, &self.broker)
-                        {
-                            keep_retained(b, messages);
-                        }
+            let keep = {
+                let mut routes = write_lock(&self.routes);
+                let mut applied = lock(&self.applied);
+                applied.last = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Blank => {
+                        out.push(Applied::default());
+                        None
                     }
-                    out.push(routes.apply_proposal(proposal, entry.log_id.index));
-                    continue;
+                    EntryPayload::Normal(proposal) => {
+                        let keep = match (&proposal.command, &self.broker) {
+                            (Command::Retain { messages, .. }, Some(b))
+                                if routes.repeated(proposal).is_none() =>
+                            {
+                                Some((b, messages))
+                            }
+                            _ => None,
+                        };
+                        out.push(routes.apply_proposal(proposal, entry.log_id.index));
+                        keep
+                    }
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        out.push(Applied::default());
+                        None
+                    }
                 }
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                }
+            };
+            if let Some((b, messages)) = keep {
+                keep_retained(b, messages);
             }
-            out.push(Applied::default());
         }
         Ok(out)
     }
