@@ -169,16 +169,21 @@ def remaining(n):
             return out
 
 
+def connected(port, client_id):
+    """A 3.1.1 connection (Clean Session) to `port`, CONNACK read, with
+    Nagle off."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = mqtt_string("MQTT") + bytes([4, 2]) + struct.pack("!H", 60) + mqtt_string(client_id)
+    s.sendall(bytes([0x10]) + remaining(len(body)) + body)
+    assert s.recv(4)[0] == 0x20
+    return s
+
+
 def route_commit(port, count):
     """SUBSCRIBE to SUBACK for `count` new filters, one at a time (3.1.1,
     hand-written packets: no client library's own latency)."""
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = mqtt_string("MQTT") + bytes([4, 2]) + struct.pack("!H", 60) + mqtt_string(
-        f"rc-{os.getpid()}"
-    )
-    s.sendall(bytes([0x10]) + remaining(len(body)) + body)
-    assert s.recv(4)[0] == 0x20
+    s = connected(port, f"rc-{os.getpid()}")
     times = []
     for i in range(count):
         body = struct.pack("!H", i + 1) + mqtt_string(f"rc/{os.getpid()}/{i}/#") + bytes([1])
@@ -254,13 +259,7 @@ def retained_publish(port, count):
     time, each on a topic of its own (3.1.1, hand-written packets). In a
     cluster the PUBACK waits for the message to be agreed through Raft and
     applied on every node that answers. Median and p99."""
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = mqtt_string("MQTT") + bytes([4, 2]) + struct.pack("!H", 60) + mqtt_string(
-        f"ret-{os.getpid()}-{port}"
-    )
-    s.sendall(bytes([0x10]) + remaining(len(body)) + body)
-    assert s.recv(4)[0] == 0x20
+    s = connected(port, f"ret-{os.getpid()}-{port}")
     times = []
     for i in range(count):
         pid = i % 65535 + 1
