@@ -36,11 +36,18 @@
 //!   killed, with `fsync` also a power loss, which Raft's promises assume
 //!   for every node at once; a cluster refuses `durability = "none"`.
 //!
+//! * **Membership changes at run time** ([`Cluster::join`],
+//!   [`Cluster::leave`]): a node joins as a learner with a full copy of the
+//!   log, and learners that have caught up are made voters while the
+//!   cluster has fewer than three (five once it has five nodes).
+//! * **Each write is applied once**: it carries its node's run and number
+//!   ([`Proposal`]), so one sent again, or arriving late, changes nothing.
+//!
 //! ## Limits of this version
-//! Membership changes at run time (join, leave, learners) are not here
-//! yet: the voters are the `peers` of `[cluster]`. A node that is down
-//! misses the messages published meanwhile for its subscribers (counted
-//! as lost by the sender).
+//! A node that is down misses the messages published meanwhile for its
+//! subscribers (counted as lost by the sender). The engine sends a message
+//! to the other nodes before it stores its own copies, so one this node
+//! then fails to store has reached them while its publisher is refused.
 #![forbid(unsafe_code)]
 
 mod net;
