@@ -60,7 +60,7 @@ pub use crate::core::engine::{
     ReauthStep, Reconfigured, Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
 
-pub use crate::core::peers::{Claim, ClaimRefused, Forwarded, Peers};
+pub use crate::core::peers::{Claim, ClaimRefused, Deferred, Forwarded, Peers};
 pub use crate::core::retained::RetainedTree;
 pub use crate::core::router::{Delivery, Routed, Router, SharedGroups, Subscription};
 pub use crate::core::sessions::{

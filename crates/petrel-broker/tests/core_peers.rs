@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use petrel_broker::{Broker, Client, Commit, Forwarded, Peer, Peers, SharedGroups, Step, Ticket};
+use petrel_broker::{
+    Broker, Client, Commit, Deferred, Forwarded, Peer, Peers, SharedGroups, Step, Ticket,
+};
 use petrel_codec::{Connect, MqttString, Protocol, Publish, QoS, QosPid, ReasonCode, Unsubscribe};
 use petrel_session::{Message, SessionState};
 use support::{config, filter, pid, topic};
@@ -22,7 +24,8 @@ use support::{config, filter, pid, topic};
 #[derive(Debug, Default)]
 struct Recorder {
     interest: Mutex<Vec<(String, bool)>>,
-    forwarded: Mutex<Vec<String>>,
+    /// What was sent on (once the engine ran the deferred send).
+    forwarded: Arc<Mutex<Vec<String>>>,
     tickets: Mutex<Vec<Arc<Ticket>>>,
     unavailable: AtomicBool,
     /// The next forward fails at once.
@@ -67,27 +70,34 @@ impl Peers for Recorder {
     }
 
     fn forward(&self, message: &Message) -> Forwarded {
-        self.forwarded
-            .lock()
-            .unwrap()
-            .push(message.topic.as_str().to_string());
         if self.fail_next.swap(false, Ordering::Relaxed) {
+            self.forwarded
+                .lock()
+                .unwrap()
+                .push(message.topic.as_str().to_string());
             let t = Arc::new(Ticket::default());
             t.complete(Err("full".into()));
             return Forwarded {
                 nodes: 0,
                 commit: Commit::waiting(t),
                 here: SharedGroups::All,
+                send: None,
             };
         }
+        // Sent (recorded) only when the engine says: once it took it.
+        let commit = if message.qos == QoS::AtMostOnce {
+            Commit::done()
+        } else {
+            self.ticket()
+        };
+        let (sent, topic) = (self.forwarded.clone(), message.topic.as_str().to_string());
         Forwarded {
-            nodes: 1,
-            commit: if message.qos == QoS::AtMostOnce {
-                Commit::done()
-            } else {
-                self.ticket()
-            },
             here: SharedGroups::Except(self.elsewhere.lock().unwrap().clone()),
+            send: Some(Deferred(Box::new(move || {
+                sent.lock().unwrap().push(topic);
+                (1, commit)
+            }))),
+            ..Forwarded::default()
         }
     }
 
@@ -444,4 +454,53 @@ async fn an_agreed_retained_message_keeps_its_age_and_reaches_a_walk_begun_befor
         topics.contains("w/2"),
         "applied while the walk went on: {topics:?}"
     );
+}
+
+/// A store whose writes fail while `fail` is set.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: petrel_broker::MemoryStore,
+    fail: AtomicBool,
+}
+
+impl petrel_broker::Store for Flaky {
+    fn commit(&self, ops: Vec<petrel_broker::Op>) -> std::io::Result<Commit> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.inner.commit(ops)
+    }
+    fn scan(&self, t: petrel_broker::Table) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan(t)
+    }
+}
+
+/// A message this node could not store (a persistent subscriber's copy)
+/// is refused to its publisher and reaches no other node: the cluster
+/// sends it only once this node has taken it.
+#[tokio::test]
+async fn a_message_this_node_could_not_store_reaches_no_other_node() {
+    let r = Arc::new(Recorder::default());
+    let store = Arc::new(Flaky::default());
+    let b = Broker::builder(config())
+        .store(store.clone())
+        .peers(r.clone())
+        .build()
+        .unwrap();
+    let mut c = Connect::new(Protocol::V3_1_1, MqttString::try_from("keeper").unwrap());
+    c.clean_start = false;
+    let mut keeper = match b.login(c, Peer::default()).start().await {
+        Step::Accept(a) => a.client,
+        _ => panic!("keeper refused"),
+    };
+    assert_eq!(subscribe(&mut keeper, "kept/#"), ReasonCode(1));
+    r.complete_all(Ok(()));
+    let mut p = client(&b, "p", Protocol::V5).await;
+    store.fail.store(true, Ordering::Relaxed);
+    assert!(publish(&mut p, "kept/x", QoS::AtLeastOnce).is_error());
+    assert!(r.forwarded().is_empty(), "sent on though not taken here");
+    // The control: stored, it is sent on.
+    store.fail.store(false, Ordering::Relaxed);
+    assert!(!publish(&mut p, "kept/y", QoS::AtLeastOnce).is_error());
+    assert_eq!(r.forwarded(), ["kept/y"]);
 }

@@ -45,9 +45,7 @@
 //!
 //! ## Limits of this version
 //! A node that is down misses the messages published meanwhile for its
-//! subscribers (counted as lost by the sender). The engine sends a message
-//! to the other nodes before it stores its own copies, so one this node
-//! then fails to store has reached them while its publisher is refused.
+//! subscribers (counted as lost by the sender).
 #![forbid(unsafe_code)]
 
 mod net;

@@ -719,8 +719,32 @@ impl Peers for Seam {
                 ..Forwarded::default()
             };
         }
+        drop(links);
         let bytes = Arc::new(encode_message(message, SystemTime::now()));
-        let gather = (message.qos != QoS::AtMostOnce).then(|| {
+        let qos = message.qos;
+        let inner = inner.clone();
+        // Sent once this node has taken it.
+        let send = move || send_out(&inner, bytes, qos, nodes);
+        Forwarded {
+            here,
+            send: Some(petrel_broker::Deferred(Box::new(send))),
+            ..Forwarded::default()
+        }
+    }
+}
+
+/// Queue a message (`bytes`, its `qos`) for each of `nodes`, with the
+/// shared groups each serves: how many took it in their queue, and when
+/// they have all taken it.
+fn send_out(
+    inner: &Inner,
+    bytes: Arc<Vec<u8>>,
+    qos: QoS,
+    nodes: Vec<(NodeId, Vec<String>)>,
+) -> (usize, Commit) {
+    {
+        let links = read(&inner.links);
+        let gather = (qos != QoS::AtMostOnce).then(|| {
             Arc::new(Gather {
                 left: AtomicUsize::new(nodes.len()),
                 ticket: Arc::default(),
@@ -757,11 +781,10 @@ impl Peers for Seam {
                 }
             }
         }
-        Forwarded {
-            nodes: sent,
-            commit: gather.map_or_else(Commit::done, |g| Commit::waiting(g.ticket.clone())),
-            here,
-        }
+        (
+            sent,
+            gather.map_or_else(Commit::done, |g| Commit::waiting(g.ticket.clone())),
+        )
     }
 }
 

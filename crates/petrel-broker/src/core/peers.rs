@@ -52,6 +52,21 @@ pub struct Forwarded {
     /// The shared groups this node serves for it: each group the message
     /// matches is served by one node of the cluster.
     pub here: SharedGroups,
+    /// What is left to send: the engine runs it once this node has taken
+    /// the message (stored its own copies), and never if it could not
+    /// (the publisher is refused, and no other node has it). Its numbers
+    /// add to `nodes` and `commit`.
+    pub send: Option<Deferred>,
+}
+
+/// The sending part of a [`Forwarded`], run once this node has taken the
+/// message: how many nodes it went to, and when they have taken it.
+pub struct Deferred(pub Box<dyn FnOnce() -> (usize, Commit) + Send>);
+
+impl fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Deferred(..)")
+    }
 }
 
 /// The other nodes of a cluster, as the engine sees them. Called on the
@@ -68,7 +83,9 @@ pub trait Peers: Send + Sync + fmt::Debug + 'static {
     /// Send `message`, published on this node, to the nodes that want its
     /// topic, and pick the node that serves each shared group it matches
     /// (telling each node its groups, and this one through
-    /// [`Forwarded::here`]). Called before this node routes the message.
+    /// [`Forwarded::here`]). Called before this node routes the message;
+    /// the sending itself may wait in [`Forwarded::send`] until this node
+    /// has taken it.
     /// Not called for `$SYS` topics (each node has its own) nor for
     /// messages that came from another node.
     fn forward(&self, message: &Message) -> Forwarded;

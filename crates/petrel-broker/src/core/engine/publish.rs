@@ -220,10 +220,10 @@ impl Engine {
     /// In a cluster, a message published here (not `forwarded` from
     /// another node, with the shared groups it serves here, and not on a
     /// `$SYS` topic) also goes to the other nodes that want its topic; its
-    /// commit then covers their taking it. It goes to them first, since
-    /// they pick which node serves each shared group it matches (so a
-    /// message this node then fails to store may have reached them: the
-    /// publisher, refused, sends it again, at least once).
+    /// commit then covers their taking it. The cluster picks which node
+    /// serves each shared group it matches before it is routed here, and
+    /// sends it once this node has stored its own copies (one this node
+    /// could not store reaches no other node).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn publish(
         &self,
@@ -346,6 +346,11 @@ impl Engine {
         if let Some(f) = sent {
             count += f.nodes;
             commit = commit.and(f.commit);
+            if let Some(send) = f.send {
+                let (nodes, c) = (send.0)();
+                count += nodes;
+                commit = commit.and(c);
+            }
         }
         if deliveries.is_empty() {
             return Ok(Published { count, commit });
