@@ -318,10 +318,37 @@ impl RetainWrites {
             return None;
         }
         let ticket = Arc::new(Ticket::default());
-        self.at.insert(topic.to_string(), self.pending.len());
-        self.pending
-            .push((topic.to_string(), bytes, ticket.clone()));
+        self.insert((topic.to_string(), bytes, ticket.clone()));
         Some(ticket)
+    }
+
+    /// Put `slot` in: in its topic's place if that waits already (which it
+    /// replaces), else last.
+    fn insert(&mut self, slot: (String, Vec<u8>, Arc<Ticket>)) {
+        match self.at.get(&slot.0) {
+            Some(&i) => self.pending[i] = slot,
+            None => {
+                self.at.insert(slot.0.clone(), self.pending.len());
+                self.pending.push(slot);
+            }
+        }
+    }
+
+    /// Put `batch`, whose write failed (its waiters told), back before
+    /// what came since, which replaces its topics' messages and keeps its
+    /// own waiters; at most `max` topics, the oldest dropped past it: how
+    /// many were.
+    fn put_back(&mut self, batch: RetainBatch, max: usize) -> usize {
+        let since = self.take(usize::MAX);
+        let keep = max.saturating_sub(since.len()).min(batch.len());
+        let dropped = batch.len() - keep;
+        for (topic, bytes, _) in batch.into_iter().skip(dropped) {
+            self.insert((topic, bytes, Arc::default()));
+        }
+        for slot in since {
+            self.insert(slot);
+        }
+        dropped
     }
 
     /// Take what waits, in order, up to about `max_bytes` (one at least).
@@ -742,50 +769,48 @@ fn send_out(
     qos: QoS,
     nodes: Vec<(NodeId, Vec<String>)>,
 ) -> (usize, Commit) {
-    {
-        let links = read(&inner.links);
-        let gather = (qos != QoS::AtMostOnce).then(|| {
-            Arc::new(Gather {
-                left: AtomicUsize::new(nodes.len()),
-                ticket: Arc::default(),
-            })
-        });
-        let mut sent = 0;
-        for (n, groups) in nodes {
-            let Some(tx) = links.get(&n).map(|p| &p.data) else {
-                if let Some(g) = &gather {
-                    given_up(&[(g.clone(), !groups.is_empty())], n);
+    let links = read(&inner.links);
+    let gather = (qos != QoS::AtMostOnce).then(|| {
+        Arc::new(Gather {
+            left: AtomicUsize::new(nodes.len()),
+            ticket: Arc::default(),
+        })
+    });
+    let mut sent = 0;
+    for (n, groups) in nodes {
+        let Some(tx) = links.get(&n).map(|p| &p.data) else {
+            if let Some(g) = &gather {
+                given_up(&[(g.clone(), !groups.is_empty())], n);
+            }
+            continue;
+        };
+        match tx.try_send(Outgoing {
+            bytes: bytes.clone(),
+            groups,
+            gather: gather.clone(),
+        }) {
+            Ok(()) => sent += 1,
+            Err(mpsc::error::TrySendError::Full(o)) => match o.gather {
+                Some(g) => {
+                    inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    g.ticket.complete(Err(format!("node {n}'s queue is full")));
                 }
-                continue;
-            };
-            match tx.try_send(Outgoing {
-                bytes: bytes.clone(),
-                groups,
-                gather: gather.clone(),
-            }) {
-                Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(o)) => match o.gather {
-                    Some(g) => {
-                        inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-                        g.ticket.complete(Err(format!("node {n}'s queue is full")));
-                    }
-                    None => {
-                        inner.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                Err(mpsc::error::TrySendError::Closed(o)) => {
+                None => {
                     inner.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    if let Some(g) = o.gather {
-                        given_up(&[(g, !o.groups.is_empty())], n);
-                    }
+                }
+            },
+            Err(mpsc::error::TrySendError::Closed(o)) => {
+                inner.counters.lost.fetch_add(1, Ordering::Relaxed);
+                if let Some(g) = o.gather {
+                    given_up(&[(g, !o.groups.is_empty())], n);
                 }
             }
         }
-        (
-            sent,
-            gather.map_or_else(Commit::done, |g| Commit::waiting(g.ticket.clone())),
-        )
     }
+    (
+        sent,
+        gather.map_or_else(Commit::done, |g| Commit::waiting(g.ticket.clone())),
+    )
 }
 
 /// The most messages one forwarding frame carries.
@@ -1132,34 +1157,9 @@ async fn write_retained(inner: Arc<Inner>) {
                 for (_, _, t) in &batch {
                     t.complete(Err(e.clone()));
                 }
-                {
-                    let mut q = lock(&inner.retains);
-                    let since = q.take(usize::MAX);
-                    let max = inner.config.peer_queue;
-                    let keep = max.saturating_sub(since.len()).min(batch.len());
-                    let dropped = batch.len() - keep;
-                    if dropped > 0 {
-                        tracing::warn!(dropped, "retained messages waiting for the cluster past peer_queue: the oldest dropped");
-                    }
-                    for (topic, bytes, _) in batch.into_iter().skip(dropped) {
-                        q.put(&topic, bytes, usize::MAX);
-                    }
-                    // Those that came since keep their tickets.
-                    for slot in since {
-                        match q.at.get(&slot.0) {
-                            Some(&i) => {
-                                q.pending[i].1 = slot.1;
-                                let old = std::mem::replace(&mut q.pending[i].2, slot.2);
-                                // Nobody waited for the re-put one.
-                                drop(old);
-                            }
-                            None => {
-                                let i = q.pending.len();
-                                q.at.insert(slot.0.clone(), i);
-                                q.pending.push(slot);
-                            }
-                        }
-                    }
+                let dropped = lock(&inner.retains).put_back(batch, inner.config.peer_queue);
+                if dropped > 0 {
+                    tracing::warn!(dropped, "retained messages waiting for the cluster past peer_queue: the oldest dropped");
                 }
                 tokio::time::sleep(Duration::from_millis(inner.config.election_timeout_ms)).await;
             }
@@ -1701,5 +1701,40 @@ impl RaftNetwork<TypeConfig> for Client {
             Response::Vote(r) => Ok(r),
             _ => Err(unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetainWrites;
+
+    fn order(q: &RetainWrites) -> Vec<(String, Vec<u8>)> {
+        q.pending
+            .iter()
+            .map(|(t, b, _)| (t.clone(), b.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_retained_batch_goes_back_before_what_came_since() {
+        let mut q = RetainWrites::default();
+        q.put("a", b"1".to_vec(), 10).unwrap();
+        q.put("b", b"1".to_vec(), 10).unwrap();
+        let batch = q.take(usize::MAX);
+        // Since: a new message for b (its waiters keep their ticket) and c.
+        let waiting = q.put("b", b"2".to_vec(), 10).unwrap();
+        q.put("c", b"1".to_vec(), 10).unwrap();
+        assert_eq!(q.put_back(batch, 10), 0);
+        let want = [("a", "1"), ("b", "2"), ("c", "1")]
+            .map(|(t, b)| (t.to_string(), b.as_bytes().to_vec()));
+        assert_eq!(order(&q), want);
+        assert!(std::sync::Arc::ptr_eq(&q.pending[1].2, &waiting));
+        // Past the bound the oldest of the batch go.
+        let batch = q.take(usize::MAX);
+        q.put("d", b"1".to_vec(), 10).unwrap();
+        assert_eq!(q.put_back(batch, 3), 1);
+        let topics: Vec<String> = q.pending.iter().map(|s| s.0.clone()).collect();
+        assert_eq!(topics, ["b", "c", "d"]);
+        assert_eq!(q.at.len(), 3);
     }
 }

@@ -22,7 +22,7 @@ use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftLogReader, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use petrel_broker::core::store::{decode_message, encode_message};
+use petrel_broker::core::store::{decode_message, encode_message, wall_time};
 use petrel_broker::{Broker, Op, Store, Table};
 use petrel_session::Message;
 use serde::de::DeserializeOwned;
@@ -505,14 +505,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let retained = self.broker.as_ref().map(Broker::retained_all);
             (routes.to_snapshot(), retained, a.last, a.membership.clone())
         };
-        let (now, wall) = (Instant::now(), SystemTime::now());
         routes.retained = retained
             .unwrap_or_default()
             .iter()
-            .map(|(m, at)| {
-                let ago = now.saturating_duration_since(*at);
-                encode_message(m, wall.checked_sub(ago).unwrap_or(wall))
-            })
+            .map(|(m, at)| encode_message(m, wall_time(*at)))
             .collect();
         let data = encode(&routes);
         let n = self

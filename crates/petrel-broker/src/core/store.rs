@@ -656,6 +656,16 @@ fn corrupt(what: impl fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// The wall-clock time of `at`, an instant of this process: what
+/// [`encode_message`] takes, so that an expiry outlives the process's
+/// clock.
+pub fn wall_time(at: Instant) -> SystemTime {
+    let ago = Instant::now().saturating_duration_since(at);
+    SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// A message as stored: its layout version, when it was stored (wall-clock
 /// milliseconds, so that its expiry counts the time the broker was down),
 /// its QoS and RETAIN flag, its 5.0 properties as on the wire, its topic

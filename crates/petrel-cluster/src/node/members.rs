@@ -135,12 +135,11 @@ pub(super) async fn make(raft: &Raft<TypeConfig>, change: Change) -> Result<Stri
                 keep.remove(&last);
             }
             let ready = caught_up(raft);
-            for l in m.learner_ids().filter(|l| *l != id && ready.contains(l)) {
-                if keep.len() >= want {
-                    break;
-                }
-                keep.insert(l);
-            }
+            fill(
+                &mut keep,
+                m.learner_ids().filter(|l| *l != id && ready.contains(l)),
+                want,
+            );
             if keep != voters {
                 raft.change_membership(keep, true)
                     .await
@@ -215,12 +214,11 @@ async fn promote(raft: &Raft<TypeConfig>) -> Result<(), String> {
     let mut voters: BTreeSet<NodeId> = m.voter_ids().collect();
     let want = voters_for(m.nodes().count());
     let before = voters.len();
-    for l in m.learner_ids().filter(|l| caught_up.contains(l)) {
-        if voters.len() >= want {
-            break;
-        }
-        voters.insert(l);
-    }
+    fill(
+        &mut voters,
+        m.learner_ids().filter(|l| caught_up.contains(l)),
+        want,
+    );
     if voters.len() == before {
         return Ok(());
     }
@@ -228,6 +226,16 @@ async fn promote(raft: &Raft<TypeConfig>) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| format!("learners not promoted: {e}"))
+}
+
+/// Add `learners`, in order, to `voters` until there are `want`.
+fn fill(voters: &mut BTreeSet<NodeId>, learners: impl Iterator<Item = NodeId>, want: usize) {
+    for l in learners {
+        if voters.len() >= want {
+            break;
+        }
+        voters.insert(l);
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::core::auth::Access;
 use crate::core::queue::{copy_for, detach, message_size, Queued, SessionKey, Shared};
 use crate::core::retained::RetainedTree;
 use crate::core::router::{Delivery, Routed, SharedGroups, Subscription};
-use crate::core::store::{child_key, decode_message, encode_message, Commit, Op, Table};
+use crate::core::store::{child_key, decode_message, encode_message, wall_time, Commit, Op, Table};
 use crate::core::{is_sys, lock, read, write};
 use crate::stats::Stats;
 
@@ -1108,13 +1108,4 @@ impl Engine {
         }
         drop(filters);
     }
-}
-
-/// The wall-clock time of `at` (for the store, whose expiries outlive the
-/// process's clock).
-fn wall_time(at: Instant) -> SystemTime {
-    let ago = Instant::now().saturating_duration_since(at);
-    SystemTime::now()
-        .checked_sub(ago)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
