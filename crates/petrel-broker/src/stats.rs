@@ -160,13 +160,15 @@ impl DisconnectReason {
 /// rather than several per packet).
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
-    pub(crate) packets_in: u64,
-    pub(crate) packets_out: u64,
+    // Counts of packets between two reports fit 32 bits (a report comes at
+    // every wake-up); byte counts may not.
+    pub(crate) packets_in: u32,
+    pub(crate) packets_out: u32,
+    pub(crate) publish_in: [u32; 3],
+    pub(crate) publish_out: [u32; 3],
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
-    pub(crate) publish_in: [u64; 3],
     pub(crate) payload_in: [u64; 3],
-    pub(crate) publish_out: [u64; 3],
     pub(crate) payload_out: [u64; 3],
 }
 
@@ -240,14 +242,14 @@ impl Stats {
                 c.fetch_add(n, Ordering::Relaxed);
             }
         };
-        add(&self.messages_received, t.packets_in);
-        add(&self.messages_sent, t.packets_out);
+        add(&self.messages_received, u64::from(t.packets_in));
+        add(&self.messages_sent, u64::from(t.packets_out));
         add(&self.bytes_received, t.bytes_in);
         add(&self.bytes_sent, t.bytes_out);
         for q in 0..3 {
-            add(&self.publish_in[q], t.publish_in[q]);
+            add(&self.publish_in[q], u64::from(t.publish_in[q]));
             add(&self.payload_in[q], t.payload_in[q]);
-            add(&self.publish_out[q], t.publish_out[q]);
+            add(&self.publish_out[q], u64::from(t.publish_out[q]));
             add(&self.payload_out[q], t.payload_out[q]);
         }
         *t = Tally::default();

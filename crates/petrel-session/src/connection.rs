@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU16;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petrel_codec::packet::PacketType;
@@ -230,7 +231,8 @@ pub struct Connection {
     role: Role,
     state: State,
     protocol: Protocol,
-    config: Config,
+    /// Shared: a server's connections all have the same.
+    config: Arc<Config>,
     session: SessionState,
     peer: PeerLimits,
     keep_alive: Option<Duration>,
@@ -239,6 +241,25 @@ pub struct Connection {
     last_received: Instant,
     transmit: VecDeque<Packet>,
     events: VecDeque<Event>,
+    /// What few connections use, in one box taken when first needed.
+    rare: Option<Box<Rare>>,
+    /// What we told the peer we accept (CONNECT or CONNACK), and enforce.
+    our_receive_maximum: u16,
+    our_topic_alias_maximum: u16,
+    /// Clean Start as the CONNECT had it.
+    clean_start: bool,
+    /// Server: whether CONNECT asked for a zero Session Expiry Interval.
+    connect_session_expiry_zero: bool,
+    /// With [`Connection::journal`] on: the changes not yet taken.
+    journal: Option<Vec<Change>>,
+}
+
+/// The parts of a [`Connection`] that few connections use or that are
+/// used briefly: a connection holds one pointer for all of them (a server
+/// holds thousands of connections, most with none of these), and gives the
+/// box back when they are empty again ([`Connection::shrink`]).
+#[derive(Debug, Default)]
+struct Rare {
     /// Server, awaiting accept: packets a pipelining client sent after
     /// CONNECT, and their size on the wire.
     deferred: VecDeque<Packet>,
@@ -247,11 +268,6 @@ pub struct Connection {
     /// connection, in their original order: they go out as the window allows
     /// ([MQTT-4.4.0-1] with the send quota of 4.9).
     to_resend: VecDeque<u16>,
-    /// What we told the peer we accept (CONNECT or CONNACK), and enforce.
-    our_receive_maximum: u16,
-    our_topic_alias_maximum: u16,
-    /// Clean Start as the CONNECT had it.
-    clean_start: bool,
     alias_out: HashMap<TopicName, NonZeroU16>,
     alias_in: HashMap<u16, TopicName>,
     /// Client: SUBSCRIBE/UNSUBSCRIBE identifiers awaiting their acknowledgement.
@@ -260,11 +276,21 @@ pub struct Connection {
     /// With manual acknowledgements: QoS 1 identifiers received on this
     /// connection whose PUBACK waits for [`Connection::ack`].
     unacked: BTreeSet<u16>,
-    /// Server: whether CONNECT asked for a zero Session Expiry Interval.
-    connect_session_expiry_zero: bool,
     close_reason: Option<CloseReason>,
-    /// With [`Connection::journal`] on: the changes not yet taken.
-    journal: Option<Vec<Change>>,
+}
+
+impl Rare {
+    /// Nothing in it: the box may go.
+    fn is_unused(&self) -> bool {
+        self.deferred.is_empty()
+            && self.to_resend.is_empty()
+            && self.alias_out.is_empty()
+            && self.alias_in.is_empty()
+            && self.pending_subscriptions.is_empty()
+            && self.auth_method.is_none()
+            && self.unacked.is_empty()
+            && self.close_reason.is_none()
+    }
 }
 
 /// A change to the session state that a durable store records before
@@ -343,7 +369,7 @@ impl Hibernated {
 }
 
 impl Connection {
-    fn new(role: Role, protocol: Protocol, config: Config, now: Instant) -> Self {
+    fn new(role: Role, protocol: Protocol, config: Arc<Config>, now: Instant) -> Self {
         Self {
             role,
             state: State::Closed,
@@ -357,27 +383,19 @@ impl Connection {
             last_received: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
-            deferred: VecDeque::new(),
-            deferred_bytes: 0,
-            to_resend: VecDeque::new(),
+            rare: None,
             our_receive_maximum: u16::MAX,
             our_topic_alias_maximum: 0,
             clean_start: true,
-            alias_out: HashMap::new(),
-            alias_in: HashMap::new(),
-            pending_subscriptions: BTreeSet::new(),
-            unacked: BTreeSet::new(),
-            auth_method: None,
             connect_session_expiry_zero: true,
-            close_reason: None,
             journal: None,
         }
     }
 
     /// A server-role machine for a new network connection: it waits for
     /// CONNECT, for at most [`Config::connect_timeout`].
-    pub fn server(config: Config, now: Instant) -> Self {
-        let mut c = Self::new(Role::Server, Protocol::V5, config, now);
+    pub fn server(config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        let mut c = Self::new(Role::Server, Protocol::V5, config.into(), now);
         c.state = State::AwaitConnect;
         c.timers[Timer::Connect as usize] = Some(now + c.config.connect_timeout);
         c
@@ -388,12 +406,12 @@ impl Connection {
     /// [`Connection::publish`] before CONNACK wait for it. Fails if the
     /// CONNECT can't be encoded.
     pub fn client(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         mut connect: Connect,
         state: SessionState,
         now: Instant,
     ) -> Result<Self, SendError> {
-        let mut c = Self::new(Role::Client, connect.protocol, config, now);
+        let mut c = Self::new(Role::Client, connect.protocol, config.into(), now);
         c.session = state;
         c.keep_alive = (connect.keep_alive > 0).then(|| secs(connect.keep_alive));
         if connect.protocol.is_v5() {
@@ -407,7 +425,7 @@ impl Connection {
             if p.topic_alias_maximum().is_none() && c.config.topic_alias_maximum > 0 {
                 p.set_topic_alias_maximum(Some(c.config.topic_alias_maximum));
             }
-            c.auth_method = p.authentication_method();
+            c.set_auth_method(p.authentication_method());
             c.connect_session_expiry_zero = p.session_expiry_interval().unwrap_or(0) == 0;
             c.our_receive_maximum = p.receive_maximum().map_or(u16::MAX, NonZeroU16::get);
             c.our_topic_alias_maximum = p.topic_alias_maximum().unwrap_or(0);
@@ -448,7 +466,7 @@ impl Connection {
 
     /// Why the connection closed, once it has.
     pub fn close_reason(&self) -> Option<&CloseReason> {
-        self.close_reason.as_ref()
+        self.rare.as_ref()?.close_reason.as_ref()
     }
 
     /// What the peer accepts.
@@ -470,18 +488,63 @@ impl Connection {
     /// connection of the same session, for a takeover, or to store it.
     pub fn take_state(&mut self) -> SessionState {
         // What was still to be resent is in the state's own in-flight list.
-        self.to_resend.clear();
+        if let Some(r) = &mut self.rare {
+            r.to_resend.clear();
+        }
         std::mem::take(&mut self.session)
     }
 
     /// How many more QoS 1/2 messages may be sent now.
     pub fn send_quota(&self) -> usize {
-        let active = self
-            .session
-            .outgoing
-            .len()
-            .saturating_sub(self.to_resend.len());
+        let active = self.session.outgoing.len().saturating_sub(self.resends());
         self.window().saturating_sub(active)
+    }
+
+    /// The rare parts, boxed when first needed.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The Authentication Method the CONNECT named, if any.
+    fn auth_method(&self) -> Option<&MqttString> {
+        self.rare.as_ref()?.auth_method.as_ref()
+    }
+
+    /// Set the Authentication Method (none takes no box).
+    fn set_auth_method(&mut self, method: Option<MqttString>) {
+        match method {
+            Some(m) => self.rare().auth_method = Some(m),
+            None => {
+                if let Some(r) = &mut self.rare {
+                    r.auth_method = None;
+                }
+            }
+        }
+    }
+
+    /// Outgoing exchanges of a resumed session still to be resent.
+    fn resends(&self) -> usize {
+        self.rare.as_ref().map_or(0, |r| r.to_resend.len())
+    }
+
+    /// An exchange is no longer to be resent.
+    fn forget_resend(&mut self, pid: u16) {
+        if let Some(r) = &mut self.rare {
+            r.to_resend.retain(|p| *p != pid);
+        }
+    }
+
+    /// Client: a SUBSCRIBE or UNSUBSCRIBE got its acknowledgement; whether
+    /// it was awaited.
+    fn end_request(&mut self, pid: u16) -> bool {
+        self.rare
+            .as_mut()
+            .is_some_and(|r| r.pending_subscriptions.remove(&pid))
+    }
+
+    /// QoS 1 messages whose manual acknowledgement is awaited.
+    fn unacked(&self) -> usize {
+        self.rare.as_ref().map_or(0, |r| r.unacked.len())
     }
 
     fn window(&self) -> usize {
@@ -504,11 +567,17 @@ impl Connection {
         if self.events.is_empty() {
             self.events = VecDeque::new();
         }
-        if self.deferred.is_empty() {
-            self.deferred = VecDeque::new();
-        }
-        if self.to_resend.is_empty() {
-            self.to_resend = VecDeque::new();
+        if let Some(r) = &mut self.rare {
+            if r.is_unused() {
+                self.rare = None;
+            } else {
+                if r.deferred.is_empty() {
+                    r.deferred = VecDeque::new();
+                }
+                if r.to_resend.is_empty() {
+                    r.to_resend = VecDeque::new();
+                }
+            }
         }
         if self.session.pending.is_empty() {
             self.session.pending = VecDeque::new();
@@ -529,21 +598,35 @@ impl Connection {
         let idle = self.state == State::Connected
             && self.transmit.is_empty()
             && self.events.is_empty()
-            && self.deferred.is_empty()
-            && self.to_resend.is_empty()
             && s.is_empty()
             && s.deferred.is_empty()
-            && self.pending_subscriptions.is_empty()
-            && self.unacked.is_empty()
+            && self.rare.as_ref().is_none_or(|r| {
+                r.deferred.is_empty()
+                    && r.to_resend.is_empty()
+                    && r.pending_subscriptions.is_empty()
+                    && r.unacked.is_empty()
+                    && r.close_reason.is_none()
+            })
             && self.timers[Timer::Connect as usize].is_none()
             && self.timers[Timer::Response as usize].is_none()
-            && self.close_reason.is_none()
             && self.journal.as_ref().is_none_or(Vec::is_empty);
         if !idle {
             return Err(Box::new(self));
         }
-        let aliases = (!self.alias_out.is_empty() || !self.alias_in.is_empty())
-            .then(|| Box::new((self.alias_out, self.alias_in)));
+        let (aliases, auth_method) = match self.rare {
+            Some(r) => {
+                let Rare {
+                    alias_out,
+                    alias_in,
+                    auth_method,
+                    ..
+                } = *r;
+                let aliases = (!alias_out.is_empty() || !alias_in.is_empty())
+                    .then(|| Box::new((alias_out, alias_in)));
+                (aliases, auth_method.map(Box::new))
+            }
+            None => (None, None),
+        };
         Ok(Hibernated {
             role: self.role,
             protocol: self.protocol,
@@ -560,18 +643,18 @@ impl Connection {
             last_sent: self.last_sent,
             last_received: self.last_received,
             aliases,
-            auth_method: self.auth_method.map(Box::new),
+            auth_method,
             journal: self.journal.is_some(),
         })
     }
 
     /// Resume a [`Hibernated`] connection: it goes on as if it had never
     /// hibernated. `config` is the one it was created with.
-    pub fn resume(hibernated: Hibernated, config: Config) -> Self {
+    pub fn resume(hibernated: Hibernated, config: impl Into<Arc<Config>>) -> Self {
         let mut c = Self::new(
             hibernated.role,
             hibernated.protocol,
-            config,
+            config.into(),
             hibernated.last_received,
         );
         c.state = State::Connected;
@@ -587,9 +670,12 @@ impl Connection {
         c.arm_keep_alive();
         c.arm_idle();
         if let Some(aliases) = hibernated.aliases {
-            (c.alias_out, c.alias_in) = *aliases;
+            let r = c.rare();
+            (r.alias_out, r.alias_in) = *aliases;
         }
-        c.auth_method = hibernated.auth_method.map(|m| *m);
+        if let Some(m) = hibernated.auth_method {
+            c.rare().auth_method = Some(*m);
+        }
         c.journal = hibernated.journal.then(Vec::new);
         c
     }
@@ -722,11 +808,12 @@ impl Connection {
                 // A client may send before CONNACK; hold a little. (A driver
                 // should stop reading while the application decides.)
                 let size = p.encoded_len(self.protocol).unwrap_or(usize::MAX);
-                self.deferred_bytes = self.deferred_bytes.saturating_add(size);
-                if self.deferred.len() >= MAX_DEFERRED || self.deferred_bytes > MAX_DEFERRED_BYTES {
+                let r = self.rare();
+                r.deferred_bytes = r.deferred_bytes.saturating_add(size);
+                if r.deferred.len() >= MAX_DEFERRED || r.deferred_bytes > MAX_DEFERRED_BYTES {
                     return Err(ProtocolError::TooMuchBeforeConnAck);
                 }
-                self.deferred.push_back(p);
+                r.deferred.push_back(p);
                 Ok(())
             }
             (Role::Client, State::AwaitConnAck, Packet::ConnAck(c)) => self.on_connack(now, c),
@@ -782,13 +869,13 @@ impl Connection {
                 Ok(())
             }
             (Role::Client, Packet::SubAck(a)) => {
-                if self.pending_subscriptions.remove(&a.packet_id.get()) {
+                if self.end_request(a.packet_id.get()) {
                     self.events.push_back(Event::SubAck(a));
                 }
                 Ok(())
             }
             (Role::Client, Packet::UnsubAck(a)) => {
-                if self.pending_subscriptions.remove(&a.packet_id.get()) {
+                if self.end_request(a.packet_id.get()) {
                     self.events.push_back(Event::UnsubAck(a));
                 }
                 Ok(())
@@ -819,7 +906,7 @@ impl Connection {
             self.peer.request_problem_information = p.request_problem_information().unwrap_or(true);
             self.peer.request_response_information =
                 p.request_response_information().unwrap_or(false);
-            self.auth_method = p.authentication_method();
+            self.set_auth_method(p.authentication_method());
             self.connect_session_expiry_zero = p.session_expiry_interval().unwrap_or(0) == 0;
         }
         self.state = State::AwaitAccept;
@@ -907,15 +994,17 @@ impl Connection {
         self.resume_inflight(now);
         self.flush_pending(now);
         while self.state == State::Connected {
-            let Some(p) = self.deferred.pop_front() else {
+            let Some(p) = self.rare.as_mut().and_then(|r| r.deferred.pop_front()) else {
                 break;
             };
             if let Err(e) = self.on_connected(now, p) {
                 self.fail(now, e);
             }
         }
-        self.deferred.clear();
-        self.deferred_bytes = 0;
+        if let Some(r) = &mut self.rare {
+            r.deferred.clear();
+            r.deferred_bytes = 0;
+        }
         Ok(())
     }
 
@@ -963,7 +1052,7 @@ impl Connection {
         if !self.protocol.is_v5() || matches!(self.state, State::Closed | State::AwaitConnect) {
             return Err(SendError::Invalid("AUTH needs an open 5.0 connection"));
         }
-        if self.auth_method.is_none() {
+        if self.auth_method().is_none() {
             // [MQTT-4.12.0-7]: no AUTH unless CONNECT named a method.
             return Err(SendError::Invalid(
                 "AUTH needs an Authentication Method in CONNECT",
@@ -976,7 +1065,8 @@ impl Connection {
         // 4.12: AUTH only within an exchange started by CONNECT's method, and
         // with the same method.
         let method = a.properties.authentication_method();
-        if !self.protocol.is_v5() || self.auth_method.is_none() || method != self.auth_method {
+        let ours = self.auth_method();
+        if !self.protocol.is_v5() || ours.is_none() || method.as_ref() != ours {
             return Err(ProtocolError::BadAuthentication);
         }
         self.events.push_back(Event::Auth(a));
@@ -1076,10 +1166,12 @@ impl Connection {
             .map(|(pid, o)| (o.id(), *pid))
             .collect();
         order.sort_unstable();
-        self.to_resend.clear();
+        if let Some(r) = &mut self.rare {
+            r.to_resend.clear();
+        }
         for (_, pid) in order {
             match self.session.outgoing.get(&pid) {
-                Some(Outgoing::Publish { .. }) => self.to_resend.push_back(pid),
+                Some(Outgoing::Publish { .. }) => self.rare().to_resend.push_back(pid),
                 Some(Outgoing::Release { .. }) => {
                     if let Some(packet_id) = PacketId::new(pid) {
                         let _ = self.queue(now, Packet::PubRel(PubAck::new(packet_id)));
@@ -1093,7 +1185,7 @@ impl Connection {
     /// Resend what the window allows of a resumed session's PUBLISHes.
     fn flush_resends(&mut self, now: Instant) {
         while self.state == State::Connected && self.send_quota() > 0 {
-            let Some(pid) = self.to_resend.pop_front() else {
+            let Some(pid) = self.rare.as_mut().and_then(|r| r.to_resend.pop_front()) else {
                 return;
             };
             let Some(Outgoing::Publish {
@@ -1163,7 +1255,7 @@ impl Connection {
     /// session's resends, then new messages.
     fn flush_pending(&mut self, now: Instant) {
         self.flush_resends(now);
-        if !self.to_resend.is_empty() {
+        if self.resends() > 0 {
             return;
         }
         while self.state == State::Connected {
@@ -1249,7 +1341,10 @@ impl Connection {
             let candidate = self.session.next_packet_id;
             if candidate != 0
                 && !self.session.outgoing.contains_key(&candidate)
-                && !self.pending_subscriptions.contains(&candidate)
+                && !self
+                    .rare
+                    .as_ref()
+                    .is_some_and(|r| r.pending_subscriptions.contains(&candidate))
             {
                 return PacketId::new(candidate);
             }
@@ -1295,8 +1390,8 @@ impl Connection {
         if size.map_or(true, |s| s > self.peer.maximum_packet_size as usize) {
             // [MQTT-3.1.2-24], [MQTT-3.1.2-25]: never sent; as if delivered.
             // An alias it would have set was never set.
-            if let Some(topic) = topic.filter(|_| new_alias) {
-                self.alias_out.remove(&topic);
+            if let Some((topic, r)) = topic.filter(|_| new_alias).zip(self.rare.as_mut()) {
+                r.alias_out.remove(&topic);
             }
             if let Some(pid) = packet_id {
                 self.finish_exchange(pid.get());
@@ -1315,17 +1410,21 @@ impl Connection {
     /// whether a new alias was set by this message.
     fn apply_alias_out(&mut self, publish: &mut Publish) -> bool {
         let max = self.peer.topic_alias_maximum.min(1024);
-        if let Some(&alias) = self.alias_out.get(&publish.topic) {
+        let known = self
+            .rare
+            .as_ref()
+            .and_then(|r| r.alias_out.get(&publish.topic));
+        if let Some(&alias) = known {
             publish.properties.set_topic_alias(Some(alias));
             publish.topic = TopicName::alias_only();
             return false;
         }
         // Aliases are handed out 1, 2, 3, … and never reused for another
         // topic on this connection ([MQTT-3.3.2-9], [MQTT-3.3.2-11]).
-        let next = self.alias_out.len() as u16 + 1;
+        let next = self.rare.as_ref().map_or(0, |r| r.alias_out.len()) as u16 + 1;
         match NonZeroU16::new(next) {
             Some(alias) if next <= max => {
-                self.alias_out.insert(publish.topic.clone(), alias);
+                self.rare().alias_out.insert(publish.topic.clone(), alias);
                 publish.properties.set_topic_alias(Some(alias));
                 true
             }
@@ -1348,15 +1447,16 @@ impl Connection {
                 }
                 if p.topic.is_empty() {
                     p.topic = self
-                        .alias_in
-                        .get(&alias.get())
+                        .rare
+                        .as_ref()
+                        .and_then(|r| r.alias_in.get(&alias.get()))
                         .cloned()
                         .ok_or(ProtocolError::UnknownTopicAlias(alias.get()))?;
                 } else {
                     // Its own allocation: a view would keep the whole frame
                     // alive for as long as the alias lives.
                     let topic = TopicName::try_from(p.topic.as_str())?;
-                    self.alias_in.insert(alias.get(), topic);
+                    self.rare().alias_in.insert(alias.get(), topic);
                 }
                 p.properties = p.properties.without(&[prop::TOPIC_ALIAS]);
             }
@@ -1368,17 +1468,21 @@ impl Connection {
             QosPid::AtLeastOnce(pid) if self.config.manual_acks => {
                 // The peer counts it against our Receive Maximum until the
                 // PUBACK ([MQTT-3.3.4-9]).
-                if self.unacked.contains(&pid.get()) {
+                if self
+                    .rare
+                    .as_ref()
+                    .is_some_and(|r| r.unacked.contains(&pid.get()))
+                {
                     // A repeat of a message the application has and has
                     // not acknowledged yet: delivered once per connection.
                     return Ok(());
                 }
                 let max = self.our_receive_maximum;
-                let held = self.unacked.len() + self.session.incoming.len();
+                let held = self.unacked() + self.session.incoming.len();
                 if self.protocol.is_v5() && held >= usize::from(max) {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
-                self.unacked.insert(pid.get());
+                self.rare().unacked.insert(pid.get());
                 self.events.push_back(Event::Message(p));
             }
             QosPid::ExactlyOnce(pid) if self.config.manual_acks => {
@@ -1390,7 +1494,7 @@ impl Connection {
                     }
                     return Ok(());
                 }
-                let held = self.unacked.len() + self.session.incoming.len();
+                let held = self.unacked() + self.session.incoming.len();
                 if let Some(max) = self.qos2_limit().filter(|m| held >= usize::from(*m)) {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
@@ -1470,7 +1574,7 @@ impl Connection {
 
     /// An exchange of ours is over: its identifier is free again.
     fn finish_exchange(&mut self, pid: u16) -> Option<Outgoing> {
-        self.to_resend.retain(|p| *p != pid);
+        self.forget_resend(pid);
         self.session.outgoing.remove(&pid)
     }
 
@@ -1491,7 +1595,7 @@ impl Connection {
                     return Ok(());
                 }
                 // [MQTT-4.3.3-4]: PUBREL with the same identifier.
-                self.to_resend.retain(|p| *p != pid);
+                self.forget_resend(pid);
                 self.session.outgoing.insert(pid, Outgoing::Release { id });
                 self.record(Change::Released { id, packet_id: pid });
                 let _ = self.queue(now, Packet::PubRel(PubAck::new(a.packet_id)));
@@ -1582,7 +1686,11 @@ impl Connection {
         if self.state != State::Connected {
             return Err(SendError::NotConnected);
         }
-        if self.pending_subscriptions.len() >= self.config.max_pending_subscriptions {
+        let pending = self
+            .rare
+            .as_ref()
+            .map_or(0, |r| r.pending_subscriptions.len());
+        if pending >= self.config.max_pending_subscriptions {
             return Err(SendError::TooManyPendingSubscriptions);
         }
         self.allocate_packet_id()
@@ -1602,7 +1710,7 @@ impl Connection {
                 max: self.peer.maximum_packet_size,
             });
         }
-        self.pending_subscriptions.insert(packet_id.get());
+        self.rare().pending_subscriptions.insert(packet_id.get());
         self.queue_unchecked(now, packet);
         Ok(packet_id)
     }
@@ -1673,7 +1781,7 @@ impl Connection {
                 now,
                 Packet::PubRec(PubAck::with_reason(packet_id, reason_code)),
             )
-        } else if self.unacked.remove(&id) {
+        } else if self.rare.as_mut().is_some_and(|r| r.unacked.remove(&id)) {
             self.queue(
                 now,
                 Packet::PubAck(PubAck::with_reason(packet_id, reason_code)),
@@ -1804,13 +1912,14 @@ impl Connection {
     fn close(&mut self, reason: CloseReason) {
         self.state = State::Closed;
         self.timers = [None; 4];
-        self.deferred.clear();
-        self.deferred_bytes = 0;
-        self.to_resend.clear();
-        self.alias_in.clear();
-        self.alias_out.clear();
-        self.pending_subscriptions.clear();
-        self.close_reason = Some(reason.clone());
+        let r = self.rare();
+        r.deferred.clear();
+        r.deferred_bytes = 0;
+        r.to_resend.clear();
+        r.alias_in.clear();
+        r.alias_out.clear();
+        r.pending_subscriptions.clear();
+        r.close_reason = Some(reason.clone());
         self.events.push_back(Event::Closed(reason));
     }
 

@@ -16,12 +16,13 @@ use petrel_session::{CloseReason, Connection, DropReason, Event, Hibernated, Mes
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::hibernate::Hibernator;
+use super::hibernate::{Hibernator, SlotId};
 use super::outq::OutQueue;
 use super::transport::Transport;
 use super::{Ctx, LiveGuard};
 use crate::core::auth::BoxFuture;
 use crate::core::engine::{Client, Login, Peer, ReauthStep, Step};
+use crate::core::lock;
 use crate::core::store::Commit;
 use crate::stats::{Stats, Tally};
 
@@ -74,6 +75,79 @@ enum Run {
     Idle,
 }
 
+/// An event [`Task::handle_events`] leaves to [`Task::slow`].
+enum Slow {
+    /// The CONNECT, or the client's AUTH during its exchange.
+    Login(Option<Auth>),
+    /// A connected client's AUTH: re-authentication.
+    Reauth(Auth),
+}
+
+/// What [`Task::prepare`] worked out for the next wait.
+struct Turn {
+    /// Whether to read from the peer.
+    can_read: bool,
+    /// Room in the read buffer.
+    spare: usize,
+    /// When the timer should fire.
+    deadline: tokio::time::Instant,
+}
+
+/// How long after `then` is `now` (zero if before), taking both by value.
+fn since(now: Instant, then: Instant) -> Duration {
+    now.saturating_duration_since(then)
+}
+
+/// A deadline that never comes in practice: the timer when nothing is due.
+fn far_off() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Move `timer` to `deadline`: earlier at once, later only once it has
+/// fired (see [`Task::run`]).
+fn rearm(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    deadline: tokio::time::Instant,
+    fired: bool,
+) {
+    let at = timer.deadline();
+    if deadline < at || (fired && deadline != at) {
+        timer.reset(deadline);
+    }
+}
+
+/// A connection task's place in the server's list of awake connections,
+/// which the broker's shutdown wakes; it leaves the list when the task
+/// stops driving the connection (closed, or hibernating).
+struct Awake {
+    ctx: Arc<Ctx>,
+    id: SlotId,
+}
+
+impl Awake {
+    /// Join the list with this task's waker. Joined before the shutdown is
+    /// looked at ([`Awake::stopping`]), so one is never missed.
+    async fn register(ctx: &Arc<Ctx>) -> Self {
+        let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+        let id = lock(&ctx.awake).insert(waker, None);
+        Self {
+            ctx: ctx.clone(),
+            id,
+        }
+    }
+
+    /// Whether the server is shutting down.
+    fn stopping(&self) -> bool {
+        self.ctx.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        lock(&self.ctx.awake).remove(self.id);
+    }
+}
+
 struct Task {
     link: Link,
     /// The peer's address, for the logs (asked of the transport again
@@ -82,10 +156,9 @@ struct Task {
     /// What the transport knows of the peer, until the CONNECT takes it.
     origin: Option<Box<Peer>>,
     conn: Connection,
-    limits: petrel_codec::Limits,
     inbuf: BytesMut,
     /// How much the next read asks for.
-    read_hint: usize,
+    read_hint: u32,
     /// The last read was small: shrink buffers once it is handled.
     quiet: bool,
     /// Reads so far (saturating): the first `YOUNG_READS` always give the
@@ -102,7 +175,7 @@ struct Task {
     /// The peer closed the socket or it failed.
     lost: bool,
     /// Messages routed since this task last yielded.
-    routed: usize,
+    routed: u32,
     /// Acknowledgements waiting for the store (`fsync` durability), and
     /// those that came after them: they go out in the order the PUBLISHes
     /// came ([MQTT-4.6.0-2]).
@@ -110,7 +183,7 @@ struct Task {
     /// What this task counted since it last told the broker's counters.
     tally: Tally,
     /// In-flight messages last told to the engine.
-    inflight: usize,
+    inflight: u32,
     /// A packet is partly received: when its last byte came.
     partial_since: Option<Instant>,
     /// The client's publish rate limits, if any (boxed: most have none).
@@ -125,22 +198,25 @@ struct Task {
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
     gate: Option<Commit>,
-    /// Quiet time after which the connection hibernates, if it can.
-    hibernate_after: Option<Duration>,
+    /// The connection hibernates after `hibernate_after` of quiet (its
+    /// transport can, and the configuration asks for it).
+    can_hibernate: bool,
     /// The whole in-flight window: QoS 1/2 messages the client may hold
     /// unacknowledged (its Receive Maximum, within ours).
-    window: usize,
+    window: u32,
 }
 
-/// Serve one connection until it closes.
-pub(crate) async fn serve<T: Transport>(
+/// Serve one connection until it closes. Not an `async fn`: one would keep
+/// its arguments in the future beside the task built from them, and every
+/// connection's runtime task holds this future.
+pub(crate) fn serve<T: Transport>(
     ctx: Arc<Ctx>,
     io: T,
     peer: Box<Peer>,
     guard: Option<LiveGuard>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let task = first_task(ctx, peer, guard, &io);
-    drive(task, io).await;
+    drive(task, io)
 }
 
 /// A new connection's task, built outside the async function so that the
@@ -152,7 +228,7 @@ fn first_task<T: Transport>(
     io: &T,
 ) -> Box<Task> {
     let now = Instant::now();
-    let conn = Connection::server(ctx.broker.session_config().clone(), now);
+    let conn = Connection::server(ctx.broker.engine.session_config.clone(), now);
     let link = Link {
         ctx,
         client: None,
@@ -167,40 +243,48 @@ fn first_task<T: Transport>(
 }
 
 /// Run a connection, hibernating it whenever it goes quiet; returns when it
-/// closes or hibernates (a wake-up drives it again in a new task).
-async fn drive<T: Transport>(mut task: Box<Task>, mut io: T) {
-    loop {
-        if let Run::Closed = task.run(&mut io).await {
-            // Dropping the task hands the session back (also if it panicked).
-            return;
-        }
-        if !io.settled() {
-            // The transport still has bytes to write: not idle after all.
-            continue;
-        }
-        let placeholder = Connection::server(
-            task.link.ctx.broker.session_config().clone(),
-            Instant::now(),
-        );
-        let machine = match std::mem::replace(&mut task.conn, placeholder).hibernate() {
-            Ok(h) => h,
-            Err(conn) => {
-                // Not idle after all: go on.
-                task.conn = *conn;
+/// closes or hibernates (a wake-up drives it again in a new task). The
+/// future uses the captured arguments themselves (an `async fn` would hold
+/// a second copy of each).
+#[allow(clippy::manual_async_fn)]
+fn drive<T: Transport>(
+    mut task: Box<Task>,
+    mut io: T,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        loop {
+            if let Run::Closed = task.run(&mut io).await {
+                // Dropping the task hands the session back (also if it panicked).
+                return;
+            }
+            if !io.settled() {
+                // The transport still has bytes to write: not idle after all.
                 continue;
             }
-        };
-        let asleep = Asleep::<T> {
-            link: task.take_link(),
-            machine,
-            _io: PhantomData,
-        };
-        drop(task);
-        let hibernation = asleep.link.ctx.hibernation.clone();
-        match hibernation.hibernate(asleep, io) {
-            Ok(()) => return,
-            Err((asleep, back)) => {
-                (task, io) = (asleep.wake(&back), back);
+            let placeholder = Connection::server(
+                task.link.ctx.broker.engine.session_config.clone(),
+                Instant::now(),
+            );
+            let machine = match std::mem::replace(&mut task.conn, placeholder).hibernate() {
+                Ok(h) => h,
+                Err(conn) => {
+                    // Not idle after all: go on.
+                    task.conn = *conn;
+                    continue;
+                }
+            };
+            let asleep = Asleep::<T> {
+                link: task.take_link(),
+                machine,
+                _io: PhantomData,
+            };
+            drop(task);
+            let hibernation = asleep.link.ctx.hibernation.clone();
+            match hibernation.hibernate(asleep, io) {
+                Ok(()) => return,
+                Err((asleep, back)) => {
+                    (task, io) = (asleep.wake(&back), back);
+                }
             }
         }
     }
@@ -216,7 +300,7 @@ struct Asleep<T> {
 
 impl<T: Transport> Asleep<T> {
     fn wake(self, io: &T) -> Box<Task> {
-        let config = self.link.ctx.broker.session_config().clone();
+        let config = self.link.ctx.broker.engine.session_config.clone();
         let conn = Connection::resume(self.machine, config);
         Box::new(Task::new(self.link, conn, io.peer(), io.can_hibernate()))
     }
@@ -240,10 +324,8 @@ impl<T: Transport> Hibernator for Asleep<T> {
     }
 
     fn resume(self, io: T) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let task = self.wake(&io);
-            drive(task, io).await;
-        })
+        let task = self.wake(&io);
+        Box::pin(drive(task, io))
     }
 }
 
@@ -261,9 +343,9 @@ impl Drop for Task {
 
 /// The in-flight window of a connection: the client's Receive Maximum
 /// within `max_inflight`.
-fn window(ctx: &Ctx, conn: &Connection) -> usize {
+fn window(ctx: &Ctx, conn: &Connection) -> u32 {
     let ours = ctx.broker.session_config().max_inflight.get();
-    usize::from(conn.peer_limits().receive_maximum.min(ours))
+    u32::from(conn.peer_limits().receive_maximum.min(ours))
 }
 
 /// Read into `buf`; when it holds no memory (a quiet connection gave it
@@ -413,14 +495,13 @@ impl Task {
         Self {
             peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             origin: None,
-            hibernate_after: after.filter(|_| can_hibernate),
+            can_hibernate: can_hibernate && after.is_some(),
             got_connect: conn.is_connected(),
             window: window(&link.ctx, &conn),
-            limits: link.ctx.codec_limits.clone(),
             link,
             conn,
             inbuf: BytesMut::new(),
-            read_hint: MIN_READ,
+            read_hint: MIN_READ as u32,
             quiet: false,
             reads: 0,
             out: OutQueue::default(),
@@ -439,6 +520,11 @@ impl Task {
             turn_over: false,
         }
         .with_rate()
+    }
+
+    /// Quiet time after which the connection hibernates, if it can.
+    fn hibernate_after(&self) -> Option<Duration> {
+        self.link.ctx.hibernate_after.filter(|_| self.can_hibernate)
     }
 
     fn take_link(&mut self) -> Link {
@@ -530,205 +616,195 @@ impl Task {
         self.conn.is_awaiting_accept() && !self.awaiting_auth
     }
 
-    async fn run<T: Transport>(&mut self, io: &mut T) -> Run {
-        let (mut reader, mut writer) = io.halves();
-        let mut shutdown = self.link.ctx.broker.shutdown_signal();
-        if *shutdown.borrow_and_update() {
-            // Also a connection woken from hibernation by the shutdown.
-            self.close(ReasonCode::SERVER_SHUTTING_DOWN);
-        }
-        let mut last_active = Instant::now();
-        // The last wake-up was the timer's (not activity).
-        let mut fired = false;
-        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-        // One timer for the task's life, moved only when the session's
-        // deadline moves (a new one per turn costs a timer-wheel insert).
-        let timer = tokio::time::sleep_until(far);
-        tokio::pin!(timer);
-        loop {
-            let now = Instant::now();
-            // Since the last wake-up that wasn't the timer's.
-            let gap = now.saturating_duration_since(last_active);
-            if !fired {
-                last_active = now;
-            }
-            loop {
-                let more = self.decode(now);
-                self.handle_events(now, &mut shutdown).await;
-                self.release_acks(now);
-                if !more || self.paused() {
-                    break;
-                }
-            }
-            if std::mem::take(&mut self.turn_over) {
-                // Enough from this connection for one turn: what it earned
-                // goes out, then the other tasks run before the rest of
-                // its buffer is decoded.
-                self.routed = 0;
-                self.fill(now);
-                self.drain_transmit();
-                self.report();
-                if self.conn.is_closed() || self.lost {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if self.routed > 0 {
-                // Let the subscriber tasks this turn woke deliver before
-                // this one writes its acknowledgements (one syscall less
-                // between a PUBLISH and its delivery), and a publisher with
-                // a full socket can't starve them.
-                self.routed = 0;
-                tokio::task::yield_now().await;
-            }
-            self.fill(now);
-            self.drain_transmit();
-            if self.conn.is_closed() || self.lost {
-                break;
-            }
-            // A trickle, not a stream: between its packets a connection that
-            // has just started (a storm's connect and subscribe) or whose
-            // packets come far apart holds no buffers (its session machine's
-            // queues, its read and write buffers); the next packet takes
-            // them again, a few allocations against the wake-up and system
-            // calls it costs anyway. A burst keeps them, and so does a dense
-            // trickle (a packet every few milliseconds), whose next packet
-            // would take them back at once.
-            let quiet =
-                std::mem::take(&mut self.quiet) && (self.reads <= YOUNG_READS || gap >= SPARSE);
-            if quiet {
-                self.conn.shrink();
-            }
-            let held = self.held_until(now);
-            self.charge_partial();
-            let can_read = self.out.len() < READ_STOP && held.is_none() && !self.waiting_room;
-            // Room is looked for again soon (it frees as others finish).
-            let room_retry = self.waiting_room.then(|| now + ROOM_RETRY);
-            // A packet begun and not finished (not a CONNECT's followers
-            // waiting for the engine, nor input held back while the peer
-            // doesn't read): it must go on arriving.
-            if self.inbuf.is_empty() || self.paused() || !can_read {
-                self.partial_since = None;
-            } else if self.partial_since.is_none() {
-                self.partial_since = Some(now);
-            }
-            let stall_at = self.partial_since.map(|t| t + self.link.ctx.packet_timeout);
-            let idle_at = self.hibernate_after.map(|d| last_active + d);
-            let deadline: tokio::time::Instant = self
-                .conn
-                .poll_timeout()
-                .into_iter()
-                .chain(idle_at)
-                .chain(stall_at)
-                .chain(held)
-                .chain(room_retry)
-                .min()
-                .map_or(far, tokio::time::Instant::from_std);
-            if self.inbuf.is_empty() && (quiet || self.inbuf.capacity() > 2 * self.read_hint) {
-                // Between a trickle's packets, or what a burst left: give it
-                // back (frames still in use keep their part alive on their
-                // own), as the write queue does below.
-                self.inbuf = BytesMut::new();
-            }
-            // No buffer at all (a quiet connection gave it back): the next
-            // read goes through the stack and takes only what arrived.
-            let spare = if self.inbuf.capacity() == 0 {
-                STACK_READ
-            } else {
-                if self.inbuf.capacity() - self.inbuf.len() < self.read_hint / 2 {
-                    self.inbuf.reserve(self.read_hint);
-                }
-                self.inbuf.capacity() - self.inbuf.len()
-            };
-            self.out.shrink_if_idle(quiet);
-            self.report();
-            // Moved earlier at once, later only once it has fired: the
-            // deadlines move with every packet, and resetting a timer each
-            // time costs a timer-wheel update per packet. Firing early is
-            // harmless (`handle_timeout` does nothing before it is due).
-            if deadline < timer.deadline() || (fired && deadline != timer.deadline()) {
-                timer.as_mut().reset(deadline);
-            }
-            fired = false;
-            let client = self.link.client.as_ref();
-            let gate = self.gate.clone();
-            tokio::select! {
-                r = read_into(&mut reader, &mut self.inbuf), if can_read => match r {
-                    Ok(0) | Err(_) => self.lost = true,
-                    Ok(n) => {
-                        self.reads = self.reads.saturating_add(1);
-                        self.tally.bytes_in += n as u64;
-                        // Progress: the unfinished packet's clock restarts.
-                        self.partial_since = None;
-                        self.read_hint = if n >= spare {
-                            (self.read_hint * 2).min(MAX_READ)
-                        } else if n < self.read_hint / 4 {
-                            (self.read_hint / 2).max(MIN_READ)
-                        } else {
-                            self.read_hint
-                        };
-                        // A trickle, not a stream: this connection is mostly
-                        // idle, so its queues give their memory back.
-                        self.quiet = n < MIN_READ;
-                    }
-                },
-                r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
-                    Ok(n) => self.tally.bytes_out += n as u64,
-                    Err(_) => self.lost = true,
-                },
-                () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
-                kick = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_kicked(cx))), if client.is_some() => {
-                    // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close (or
-                    // 0x98, or 0x9C with a Server Reference).
-                    let props = client.map(|c| c.kick_properties(kick)).unwrap_or_default();
-                    self.close_with(kick.reason_code(), props);
-                }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    fired = true;
-                    if stall_at.is_some_and(|t| t <= now) {
-                        let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
-                        tracing::info!(
-                            client_id = id,
-                            peer = %self.peer,
-                            seconds = self.link.ctx.packet_timeout.as_secs(),
-                            "a packet stopped arriving half-way; closing"
-                        );
-                        self.lost = true;
-                        continue;
-                    }
-                    if idle_at.is_some_and(|t| t <= now) {
-                        if self.idle() {
-                            self.report();
-                            return Run::Idle;
-                        }
-                        // Busy (something in flight): try again after
-                        // another quiet spell, not at once.
-                        last_active = now;
-                    }
-                    self.conn.handle_timeout(now);
-                }
-                () = std::future::poll_fn(|cx| acks_ready(&self.acks, cx)), if !self.acks.is_empty() => {
-                    self.release_acks(Instant::now());
-                }
-                _ = std::future::poll_fn(|cx| gate.as_ref().map_or(std::task::Poll::Pending, |g| g.poll(cx))), if gate.is_some() => {
-                    self.drain_transmit();
-                }
-                _ = shutdown.changed() => {
+    /// Drive the connection until it closes or goes quiet. Not an `async
+    /// fn`, whose future would hold `self` and `io` twice.
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a, T: Transport>(
+        &'a mut self,
+        io: &'a mut T,
+    ) -> impl std::future::Future<Output = Run> + Send + 'a {
+        async move {
+            let (mut reader, mut writer) = io.halves();
+            // The loop's state (its timer above all) is gone before the close
+            // below waits: the future is as large as its largest state.
+            {
+                // The broker's shutdown wakes this task through the server's list
+                // of awake connections (a pointer here, where a watch receiver's
+                // `changed()` future would be 120 bytes in every connection).
+                let awake = Awake::register(&self.link.ctx).await;
+                let mut told_shutdown = false;
+                if awake.stopping() {
+                    // Also a connection woken from hibernation by the shutdown.
+                    told_shutdown = true;
                     self.close(ReasonCode::SERVER_SHUTTING_DOWN);
                 }
+                let mut last_active = Instant::now();
+                // The last wake-up was the timer's (not activity).
+                let mut fired = false;
+                // One timer for the task's life, moved only when the session's
+                // deadline moves (a new one per turn costs a timer-wheel insert).
+                let timer = tokio::time::sleep_until(far_off());
+                tokio::pin!(timer);
+                loop {
+                    // What is worked out before waiting lives in this block, so
+                    // that the future does not keep it while it waits.
+                    let (can_read, spare) = {
+                        // `now` is read again after each wait rather than kept
+                        // through it (every local kept through more than one
+                        // wait takes room in every state of the future).
+                        let mut now = Instant::now();
+                        // Since the last wake-up that wasn't the timer's.
+                        let sparse = since(now, last_active) >= SPARSE;
+                        if !fired {
+                            last_active = now;
+                        }
+                        loop {
+                            let more = self.decode(now);
+                            while let Some(slow) = self.handle_events(now) {
+                                // Boxed: the CONNECT and AUTH paths are large and
+                                // rare; the task's own future stays small.
+                                Box::pin(self.slow(now, slow)).await;
+                                now = Instant::now();
+                            }
+                            self.release_acks(now);
+                            if !more || self.paused() {
+                                break;
+                            }
+                        }
+                        if std::mem::take(&mut self.turn_over) {
+                            // Enough from this connection for one turn: what it
+                            // earned goes out, then the other tasks run before the
+                            // rest of its buffer is decoded.
+                            self.routed = 0;
+                            self.fill(now);
+                            self.drain_transmit();
+                            self.report();
+                            if self.conn.is_closed() || self.lost {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        if self.routed > 0 {
+                            // Let the subscriber tasks this turn woke deliver before
+                            // this one writes its acknowledgements (one syscall less
+                            // between a PUBLISH and its delivery), and a publisher
+                            // with a full socket can't starve them.
+                            self.routed = 0;
+                            tokio::task::yield_now().await;
+                            now = Instant::now();
+                        }
+                        self.fill(now);
+                        self.drain_transmit();
+                        if self.conn.is_closed() || self.lost {
+                            break;
+                        }
+                        let turn = self.prepare(now, sparse, last_active);
+                        // Moved earlier at once, later only once it has fired: the
+                        // deadlines move with every packet, and resetting a timer
+                        // each time costs a timer-wheel update per packet. Firing
+                        // early is harmless (`handle_timeout` does nothing before
+                        // it is due).
+                        rearm(timer.as_mut(), turn.deadline, fired);
+                        (turn.can_read, turn.spare)
+                    };
+                    fired = false;
+                    let client = self.link.client.as_ref();
+                    let gate = &self.gate;
+                    let stopping = &awake;
+                    tokio::select! {
+                        r = read_into(&mut reader, &mut self.inbuf), if can_read => match r {
+                            Ok(0) | Err(_) => self.lost = true,
+                            Ok(n) => {
+                                self.reads = self.reads.saturating_add(1);
+                                self.tally.bytes_in += n as u64;
+                                // Progress: the unfinished packet's clock restarts.
+                                self.partial_since = None;
+                                let hint = self.read_hint as usize;
+                                self.read_hint = if n >= spare {
+                                    (hint * 2).min(MAX_READ)
+                                } else if n < hint / 4 {
+                                    (hint / 2).max(MIN_READ)
+                                } else {
+                                    hint
+                                } as u32;
+                                // A trickle, not a stream: this connection is mostly
+                                // idle, so its queues give their memory back.
+                                self.quiet = n < MIN_READ;
+                            }
+                        },
+                        r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
+                            Ok(n) => self.tally.bytes_out += n as u64,
+                            Err(_) => self.lost = true,
+                        },
+                        () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
+                        kick = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_kicked(cx))), if client.is_some() => {
+                            // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close (or
+                            // 0x98, or 0x9C with a Server Reference).
+                            let props = client.map(|c| c.kick_properties(kick)).unwrap_or_default();
+                            self.close_with(kick.reason_code(), props);
+                        }
+                        () = &mut timer => {
+                            let now = Instant::now();
+                            fired = true;
+                            let stall_at = self.partial_since.map(|t| t + self.link.ctx.packet_timeout);
+                            if stall_at.is_some_and(|t| t <= now) {
+                                let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
+                                tracing::info!(
+                                    client_id = id,
+                                    peer = %self.peer,
+                                    seconds = self.link.ctx.packet_timeout.as_secs(),
+                                    "a packet stopped arriving half-way; closing"
+                                );
+                                self.lost = true;
+                                continue;
+                            }
+                            let idle_at = self.hibernate_after().map(|d| last_active + d);
+                            if idle_at.is_some_and(|t| t <= now) {
+                                if self.idle() {
+                                    self.report();
+                                    return Run::Idle;
+                                }
+                                // Busy (something in flight): try again after
+                                // another quiet spell, not at once.
+                                last_active = now;
+                            }
+                            self.conn.handle_timeout(now);
+                        }
+                        () = std::future::poll_fn(|cx| acks_ready(&self.acks, cx)), if !self.acks.is_empty() => {
+                            self.release_acks(Instant::now());
+                        }
+                        _ = std::future::poll_fn(|cx| gate.as_ref().map_or(std::task::Poll::Pending, |g| g.poll(cx))), if gate.is_some() => {
+                            self.drain_transmit();
+                        }
+                        () = std::future::poll_fn(|_| if stopping.stopping() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }), if !told_shutdown => {
+                            told_shutdown = true;
+                            self.close(ReasonCode::SERVER_SHUTTING_DOWN);
+                        }
+                    }
+                }
             }
+            self.report();
+            if self.lost {
+                return Run::Closed;
+            }
+            // Boxed: a close happens once, and its timeouts would otherwise
+            // take room in every connection's future.
+            Box::pin(self.say_goodbye(reader, writer)).await;
+            Run::Closed
         }
-        self.report();
-        if self.lost {
-            return Run::Closed;
-        }
-        // Write what the session still has to say (DISCONNECT, CONNACK with
-        // a refusal), half-close, then read and discard what the client
-        // still sends until it closes too: closing with unread data would
-        // make the kernel answer with a reset, and a client still writing
-        // might never read the reason. All within `CLOSE_FLUSH`.
+    }
+
+    /// Write what the session still has to say (DISCONNECT, CONNACK with a
+    /// refusal), half-close, then read and discard what the client still
+    /// sends until it closes too: closing with unread data would make the
+    /// kernel answer with a reset, and a client still writing might never
+    /// read the reason. All within `CLOSE_FLUSH`.
+    async fn say_goodbye<R, W>(&mut self, mut reader: R, mut writer: W)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
         let until = tokio::time::Instant::now() + CLOSE_FLUSH;
         let written = tokio::time::timeout_at(until, async {
             while !self.out.is_empty() {
@@ -743,7 +819,6 @@ impl Task {
         if matches!(written, Ok(Ok(()))) {
             let _ = tokio::time::timeout_at(until, discard(&mut reader)).await;
         }
-        Run::Closed
     }
 
     /// Add what this task counted to the broker's counters, and tell the
@@ -751,8 +826,8 @@ impl Task {
     fn report(&mut self) {
         self.link.ctx.broker.engine.stats.report(&mut self.tally);
         let inflight = self.conn.state().inflight();
-        if inflight != self.inflight {
-            self.inflight = inflight;
+        if inflight != self.inflight as usize {
+            self.inflight = u32::try_from(inflight).unwrap_or(u32::MAX);
             if let Some(c) = &self.link.client {
                 c.set_inflight(inflight);
             }
@@ -817,7 +892,7 @@ impl Task {
                 return false;
             }
             let protocol = self.protocol();
-            match Packet::decode(&mut self.inbuf, protocol, &self.limits) {
+            match Packet::decode(&mut self.inbuf, protocol, &self.link.ctx.codec_limits) {
                 Ok(Some(packet)) => {
                     decoded += 1;
                     self.got_connect = true;
@@ -914,10 +989,14 @@ impl Task {
         }
     }
 
-    async fn handle_events(&mut self, now: Instant, shutdown: &mut watch::Receiver<bool>) {
+    /// Handle the session's events until one needs the engine to decide
+    /// at length (a CONNECT, an AUTH): that one is returned, for
+    /// [`Task::slow`] to await in a future of its own.
+    fn handle_events(&mut self, now: Instant) -> Option<Slow> {
         // Deliveries completed, told to the engine together at the end:
         // one store write for all of them.
         let mut delivered = Vec::new();
+        let mut slow = None;
         while let Some(event) = self.conn.poll_event() {
             if !matches!(event, Event::Message(_)) {
                 // Messages held back go first: nothing else is handled
@@ -936,20 +1015,23 @@ impl Task {
                         |p| *p,
                     );
                     self.login = Some(Box::new(self.link.ctx.broker.login(*c, peer)));
-                    // Boxed: the CONNECT path is large and runs once; the
-                    // task's own future stays small for idle connections.
-                    Box::pin(self.decide_login(now, shutdown, None)).await;
+                    slow = Some(Slow::Login(None));
+                    break;
                 }
                 Event::Auth(a) if self.login.is_some() => {
                     self.awaiting_auth = false;
-                    Box::pin(self.decide_login(now, shutdown, Some(a))).await;
+                    slow = Some(Slow::Login(Some(a)));
+                    break;
                 }
-                Event::Auth(a) => Box::pin(self.reauthenticate(now, shutdown, a)).await,
+                Event::Auth(a) => {
+                    slow = Some(Slow::Reauth(a));
+                    break;
+                }
                 Event::Message(p) => {
                     let packet_id = p.qos.packet_id();
                     let (reason, commit) = match &mut self.link.client {
                         Some(client) => {
-                            self.routed += 1;
+                            self.routed = self.routed.saturating_add(1);
                             let more = self.conn.has_events();
                             let reason = client.publish(p, now, more);
                             (reason, client.take_commit())
@@ -1024,6 +1106,86 @@ impl Task {
             // it goes out.
             client.flush();
             client.delivered(&delivered);
+        }
+        slow
+    }
+
+    /// Ask the engine about a CONNECT or an AUTH ([`Task::handle_events`]
+    /// stopped at it), watching for the broker's shutdown meanwhile.
+    async fn slow(&mut self, now: Instant, slow: Slow) {
+        let mut shutdown = self.link.ctx.broker.shutdown_signal();
+        match slow {
+            Slow::Login(auth) => self.decide_login(now, &mut shutdown, auth).await,
+            Slow::Reauth(a) => self.reauthenticate(now, &mut shutdown, a).await,
+        }
+    }
+
+    /// Work out what the next wait is for, before waiting: give back the
+    /// buffers of a quiet connection, count a large packet being received,
+    /// and find whether to read, into how much room, and the earliest
+    /// deadline (the session's, hibernation's, a stalled packet's, the
+    /// publish rate's, and a retry for room).
+    fn prepare(&mut self, now: Instant, sparse: bool, last_active: Instant) -> Turn {
+        // A trickle, not a stream: between its packets a connection that
+        // has just started (a storm's connect and subscribe) or whose
+        // packets come far apart holds no buffers (its session machine's
+        // queues, its read and write buffers); the next packet takes them
+        // again, a few allocations against the wake-up and system calls it
+        // costs anyway. A burst keeps them, and so does a dense trickle (a
+        // packet every few milliseconds), whose next packet would take them
+        // back at once.
+        let quiet = std::mem::take(&mut self.quiet) && (self.reads <= YOUNG_READS || sparse);
+        if quiet {
+            self.conn.shrink();
+        }
+        let held = self.held_until(now);
+        self.charge_partial();
+        let can_read = self.out.len() < READ_STOP && held.is_none() && !self.waiting_room;
+        // Room is looked for again soon (it frees as others finish).
+        let room_retry = self.waiting_room.then(|| now + ROOM_RETRY);
+        // A packet begun and not finished (not a CONNECT's followers
+        // waiting for the engine, nor input held back while the peer
+        // doesn't read): it must go on arriving.
+        if self.inbuf.is_empty() || self.paused() || !can_read {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(now);
+        }
+        let stall_at = self.partial_since.map(|t| t + self.link.ctx.packet_timeout);
+        let idle_at = self.hibernate_after().map(|d| last_active + d);
+        let deadline = self
+            .conn
+            .poll_timeout()
+            .into_iter()
+            .chain(idle_at)
+            .chain(stall_at)
+            .chain(held)
+            .chain(room_retry)
+            .min()
+            .map_or_else(far_off, tokio::time::Instant::from_std);
+        let hint = self.read_hint as usize;
+        if self.inbuf.is_empty() && (quiet || self.inbuf.capacity() > 2 * hint) {
+            // Between a trickle's packets, or what a burst left: give it
+            // back (frames still in use keep their part alive on their
+            // own), as the write queue does below.
+            self.inbuf = BytesMut::new();
+        }
+        // No buffer at all (a quiet connection gave it back): the next
+        // read goes through the stack and takes only what arrived.
+        let spare = if self.inbuf.capacity() == 0 {
+            STACK_READ
+        } else {
+            if self.inbuf.capacity() - self.inbuf.len() < hint / 2 {
+                self.inbuf.reserve(hint);
+            }
+            self.inbuf.capacity() - self.inbuf.len()
+        };
+        self.out.shrink_if_idle(quiet);
+        self.report();
+        Turn {
+            can_read,
+            spare,
+            deadline,
         }
     }
 
@@ -1171,8 +1333,13 @@ impl Task {
                 // The socket is not keeping up: the rest waits in the queue.
                 break true;
             }
-            let more =
-                client.next_stored(BATCH, self.conn.send_quota(), self.window, now, &mut batch);
+            let more = client.next_stored(
+                BATCH,
+                self.conn.send_quota(),
+                self.window as usize,
+                now,
+                &mut batch,
+            );
             if batch.is_empty() {
                 // Nothing taken: drained, or the window is full.
                 break more;

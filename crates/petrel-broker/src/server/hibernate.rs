@@ -246,7 +246,7 @@ impl<H: Hibernator> Wake for Cell<H> {
                 // held that handing its session back takes.
                 match s.hibernation.0 .0.runtime.get().cloned() {
                     Some(runtime) => {
-                        runtime.spawn(wake_up(s));
+                        runtime.spawn(wake_up(Box::new(s)));
                     }
                     None => {
                         let _ = std::thread::Builder::new()
@@ -260,13 +260,16 @@ impl<H: Hibernator> Wake for Cell<H> {
     }
 }
 
-async fn wake_up<H: Hibernator>(s: Sleeping<H>) {
+/// Resume a woken connection in the task this runs in. `s` comes boxed
+/// (and the box goes at once): the task's future holds it unboxed only
+/// until its first poll, but is as large as that for the connection's life.
+async fn wake_up<H: Hibernator>(s: Box<Sleeping<H>>) {
     let Sleeping {
         socket,
         conn,
         slot,
         hibernation,
-    } = s;
+    } = *s;
     let io = hibernation.0.undo(slot, &conn, socket);
     drop(hibernation);
     if let Some(io) = io {
@@ -354,7 +357,7 @@ impl Slots {
         self.live
     }
 
-    fn insert(&mut self, waker: Waker, deadline: Option<Instant>) -> SlotId {
+    pub(super) fn insert(&mut self, waker: Waker, deadline: Option<Instant>) -> SlotId {
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: 0,
@@ -391,7 +394,7 @@ impl Slots {
         id
     }
 
-    fn remove(&mut self, id: SlotId) -> Option<Waker> {
+    pub(super) fn remove(&mut self, id: SlotId) -> Option<Waker> {
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -419,7 +422,7 @@ impl Slots {
 
     /// Take every waker (shutdown). The slots stay, generations and all,
     /// so an id handed out before can't name a later sleeper.
-    fn all(&mut self) -> Vec<Waker> {
+    pub(super) fn all(&mut self) -> Vec<Waker> {
         self.deadlines.clear();
         self.live = 0;
         let mut all = Vec::new();

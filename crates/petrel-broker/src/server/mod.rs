@@ -124,6 +124,11 @@ struct Ctx {
     /// the most there may be.
     partial_bytes: std::sync::atomic::AtomicUsize,
     max_partial_bytes: usize,
+    /// The wakers of connection tasks that are running (not hibernating),
+    /// woken at shutdown.
+    awake: std::sync::Mutex<hibernate::Slots>,
+    /// The server is shutting down: set before `awake` is woken.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -140,6 +145,8 @@ impl Ctx {
             admission: admission::Admission::new(&broker.config().limits),
             partial_bytes: std::sync::atomic::AtomicUsize::new(0),
             max_partial_bytes: broker.config().limits.max_partial_bytes,
+            awake: std::sync::Mutex::new(hibernate::Slots::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             broker,
         })
     }
@@ -278,6 +285,11 @@ impl Server {
         let mut shutdown = self.broker.shutdown_signal();
         let _ = shutdown.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
+        // Every running connection says goodbye (each looks at `stopping`
+        // after joining `awake`, so none misses it).
+        ctx.stopping.store(true, Ordering::Release);
+        let awake = crate::core::lock(&ctx.awake).all();
+        awake.into_iter().for_each(std::task::Waker::wake);
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         // Hibernating connections wake to say goodbye like the others.

@@ -206,7 +206,7 @@ pub(crate) struct Engine {
     current: ArcSwap<BrokerConfig>,
     /// Its limits, read on the publish path.
     limits: ArcSwap<crate::config::Limits>,
-    pub(crate) session_config: petrel_session::Config,
+    pub(crate) session_config: Arc<petrel_session::Config>,
     extensions: Extensions,
     security: RwLock<Arc<Security>>,
     /// Bumped on each reload of the rules: permissions resolved before
@@ -379,7 +379,7 @@ impl BrokerBuilder {
             max_delay: Duration::from_secs(l.login_delay_max),
             max_wait: Duration::from_secs(l.connect_timeout),
         });
-        let session_config = config.session_config();
+        let session_config = Arc::new(config.session_config());
         let store = match (self.store, &config.data_dir) {
             (Some(s), _) => Some(s),
             (None, _) if config.durability == crate::config::Durability::None => None,
