@@ -339,14 +339,22 @@ pub struct Hibernated {
     next_packet_id: u16,
     next_message_id: u64,
     peer: PeerLimits,
-    /// Seconds; 0 for none. The timers follow from it and the two instants.
+    /// Seconds; 0 for none. The timers follow from it and `last`.
     keep_alive: u16,
-    last_sent: Instant,
-    last_received: Instant,
-    #[allow(clippy::type_complexity)]
-    aliases: Option<Box<(HashMap<TopicName, NonZeroU16>, HashMap<u16, TopicName>)>>,
-    auth_method: Option<Box<MqttString>>,
+    /// What the keep alive counts from: a client's last packet sent, a
+    /// server's last packet received (neither role times the other).
+    last: Instant,
+    /// Topic aliases and the Authentication Method, where there are any.
+    rare: Option<Box<HibernatedRare>>,
     journal: bool,
+}
+
+/// What few hibernated connections keep beyond the common part.
+#[derive(Debug)]
+struct HibernatedRare {
+    alias_out: HashMap<TopicName, NonZeroU16>,
+    alias_in: HashMap<u16, TopicName>,
+    auth_method: Option<MqttString>,
 }
 
 impl Hibernated {
@@ -356,9 +364,9 @@ impl Hibernated {
         let ka = secs(self.keep_alive);
         (self.keep_alive > 0).then(|| match self.role {
             // The PINGREQ after a silent keep alive ([MQTT-3.1.2-20]).
-            Role::Client => self.last_sent + ka,
+            Role::Client => self.last + ka,
             // One and a half keep alives without a packet ([MQTT-3.1.2-22]).
-            Role::Server => self.last_received + ka + ka / 2,
+            Role::Server => self.last + ka + ka / 2,
         })
     }
 
@@ -613,20 +621,21 @@ impl Connection {
         if !idle {
             return Err(Box::new(self));
         }
-        let (aliases, auth_method) = match self.rare {
-            Some(r) => {
-                let Rare {
+        let rare = self.rare.and_then(|r| {
+            let Rare {
+                alias_out,
+                alias_in,
+                auth_method,
+                ..
+            } = *r;
+            (!alias_out.is_empty() || !alias_in.is_empty() || auth_method.is_some()).then(|| {
+                Box::new(HibernatedRare {
                     alias_out,
                     alias_in,
                     auth_method,
-                    ..
-                } = *r;
-                let aliases = (!alias_out.is_empty() || !alias_in.is_empty())
-                    .then(|| Box::new((alias_out, alias_in)));
-                (aliases, auth_method.map(Box::new))
-            }
-            None => (None, None),
-        };
+                })
+            })
+        });
         Ok(Hibernated {
             role: self.role,
             protocol: self.protocol,
@@ -640,10 +649,11 @@ impl Connection {
             keep_alive: self
                 .keep_alive
                 .map_or(0, |k| u16::try_from(k.as_secs()).unwrap_or(u16::MAX)),
-            last_sent: self.last_sent,
-            last_received: self.last_received,
-            aliases,
-            auth_method,
+            last: match self.role {
+                Role::Client => self.last_sent,
+                Role::Server => self.last_received,
+            },
+            rare,
             journal: self.journal.is_some(),
         })
     }
@@ -655,7 +665,7 @@ impl Connection {
             hibernated.role,
             hibernated.protocol,
             config.into(),
-            hibernated.last_received,
+            hibernated.last,
         );
         c.state = State::Connected;
         c.clean_start = hibernated.clean_start;
@@ -666,15 +676,12 @@ impl Connection {
         c.session.next_message_id = hibernated.next_message_id;
         c.peer = hibernated.peer;
         c.keep_alive = (hibernated.keep_alive > 0).then(|| secs(hibernated.keep_alive));
-        c.last_sent = hibernated.last_sent;
+
         c.arm_keep_alive();
         c.arm_idle();
-        if let Some(aliases) = hibernated.aliases {
+        if let Some(h) = hibernated.rare {
             let r = c.rare();
-            (r.alias_out, r.alias_in) = *aliases;
-        }
-        if let Some(m) = hibernated.auth_method {
-            c.rare().auth_method = Some(*m);
+            (r.alias_out, r.alias_in, r.auth_method) = (h.alias_out, h.alias_in, h.auth_method);
         }
         c.journal = hibernated.journal.then(Vec::new);
         c

@@ -158,7 +158,7 @@ fn summary(view: &SessionView<'_, SessionKey, Arc<Reach>>, info: &ConnInfo) -> C
         address: info.addr,
         listener: info.listener.to_string(),
         protocol: info.protocol,
-        connected_at: info.connected_at,
+        connected_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(info.connected_ms),
         keep_alive: info.keep_alive,
         clean_start: info.clean_start,
         session_expiry: info.expiry,

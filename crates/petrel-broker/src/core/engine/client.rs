@@ -70,7 +70,9 @@ pub(crate) struct ConnInfo {
     pub(crate) addr: Option<std::net::SocketAddr>,
     pub(crate) listener: Arc<str>,
     pub(crate) protocol: Protocol,
-    pub(crate) connected_at: std::time::SystemTime,
+    /// When it connected, in milliseconds since the Unix epoch (half the
+    /// room of a `SystemTime`).
+    pub(crate) connected_ms: u64,
     pub(crate) keep_alive: u16,
     pub(crate) clean_start: bool,
     pub(crate) expiry: u32,
@@ -82,7 +84,9 @@ pub(crate) struct ConnInfo {
 pub(crate) struct Reach {
     state: Mutex<ReachState>,
     /// Set once the CONNECT is accepted.
-    info: std::sync::OnceLock<Box<ConnInfo>>,
+    /// (A pointer, where a `OnceLock` of the box would take twice the room
+    /// in every connection's record.)
+    info: once_cell::race::OnceBox<ConnInfo>,
     /// Its QoS 1/2 messages the client has not yet acknowledged, as its
     /// connection last said.
     inflight: std::sync::atomic::AtomicU32,
@@ -94,7 +98,7 @@ impl Reach {
     }
 
     pub(crate) fn info(&self) -> Option<&ConnInfo> {
-        self.info.get().map(|b| &**b)
+        self.info.get()
     }
 
     pub(crate) fn inflight(&self) -> u32 {
