@@ -97,7 +97,12 @@ impl Hibernation {
     /// Wake the hibernating connections whose deadline came, each to go on
     /// in a task of its own.
     pub(crate) fn wake_due(&self, now: Instant) {
-        let wakers = lock(&self.0.slots).due(now);
+        let wakers = {
+            let mut slots = lock(&self.0.slots);
+            let due = slots.due(now);
+            slots.compact();
+            due
+        };
         wakers.into_iter().for_each(Waker::wake);
     }
 
@@ -277,12 +282,18 @@ async fn wake_up<H: Hibernator>(s: Box<Sleeping<H>>) {
     }
 }
 
-/// Hibernating connections the server wakes on its own: each at its
-/// keep-alive deadline, and all at shutdown.
+/// Connections the server wakes on its own: hibernating ones each at its
+/// keep-alive deadline, and all at shutdown (the server keeps a second set
+/// for its running connections, woken at shutdown).
 #[derive(Debug)]
 pub(crate) struct Slots {
     slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Free slots, lowest first: the set stays packed at the low end, so
+    /// that [`Slots::compact`] can give back the room a peak left.
+    free: BinaryHeap<Reverse<u32>>,
+    /// Generations below this may have been used by slots given back:
+    /// new slots start above it, so no old id names them.
+    floor: u32,
     live: usize,
     /// Deadlines (whole seconds after `base`, rounded up: the server checks
     /// them once a second anyway) by slot and generation; entries of slots
@@ -296,7 +307,8 @@ impl Default for Slots {
     fn default() -> Self {
         Self {
             slots: Vec::new(),
-            free: Vec::new(),
+            free: BinaryHeap::new(),
+            floor: 0,
             live: 0,
             deadlines: BinaryHeap::new(),
             base: Instant::now(),
@@ -358,9 +370,9 @@ impl Slots {
     }
 
     pub(super) fn insert(&mut self, waker: Waker, deadline: Option<Instant>) -> SlotId {
-        let index = self.free.pop().unwrap_or_else(|| {
+        let index = self.free.pop().map(|Reverse(i)| i).unwrap_or_else(|| {
             self.slots.push(Slot {
-                generation: 0,
+                generation: self.floor,
                 waker: None,
             });
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
@@ -386,8 +398,9 @@ impl Slots {
             if self.deadlines.len() > 2 * self.live + 1024 {
                 let slots = &self.slots;
                 self.deadlines.retain(|Reverse((_, i, g))| {
-                    let s = &slots[*i as usize];
-                    s.generation == *g && s.waker.is_some()
+                    slots
+                        .get(*i as usize)
+                        .is_some_and(|s| s.generation == *g && s.waker.is_some())
                 });
             }
         }
@@ -400,9 +413,29 @@ impl Slots {
             return None;
         }
         let waker = slot.waker.take()?;
-        self.free.push(id.index);
+        self.free.push(Reverse(id.index));
         self.live -= 1;
         Some(waker)
+    }
+
+    /// Give back the room of the free slots at the end, once most of the
+    /// set is free (after a peak of connections): the server calls it once
+    /// a second.
+    pub(super) fn compact(&mut self) {
+        if self.slots.len() < 64 || self.live * 4 > self.slots.len() {
+            return;
+        }
+        let before = self.slots.len();
+        while let Some(slot) = self.slots.pop_if(|s| s.waker.is_none()) {
+            self.floor = self.floor.max(slot.generation);
+        }
+        if self.slots.len() == before {
+            return;
+        }
+        let len = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.free.retain(|Reverse(i)| *i < len);
+        self.slots.shrink_to(2 * self.slots.len());
+        self.free.shrink_to(2 * self.free.len());
     }
 
     /// Take the wakers of the connections whose deadline has come.
@@ -428,7 +461,7 @@ impl Slots {
         let mut all = Vec::new();
         for (index, slot) in (0u32..).zip(&mut self.slots) {
             if let Some(w) = slot.waker.take() {
-                self.free.push(index);
+                self.free.push(Reverse(index));
                 all.push(w);
             }
         }
@@ -636,6 +669,44 @@ mod tests {
         assert!(slots.remove(id).is_none() && slots.remove(ia).is_none());
         assert!(slots.remove(ib).is_none() && slots.remove(ic).is_none());
         assert_eq!(slots.len(), 1);
+    }
+
+    #[test]
+    fn a_peak_of_connections_gives_its_room_back() {
+        let mut slots = Slots::default();
+        let (_, w) = counter();
+        let ids: Vec<SlotId> = (0..2000).map(|_| slots.insert(w.clone(), None)).collect();
+        // Most of them stay: nothing to give back yet.
+        for id in &ids[1500..] {
+            assert!(slots.remove(*id).is_some());
+        }
+        slots.compact();
+        assert_eq!(slots.slots.len(), 2000, "kept while most are in use");
+        // All but the first ten go (a storm's connections hibernate or close).
+        for id in &ids[10..1500] {
+            assert!(slots.remove(*id).is_some());
+        }
+        assert!(slots.slots.capacity() >= 2000);
+        slots.compact();
+        assert_eq!(slots.slots.len(), 10);
+        assert!(slots.slots.capacity() <= 20, "{}", slots.slots.capacity());
+        assert!(slots.free.is_empty());
+        // The free slots in the middle are taken lowest first, so the set
+        // stays packed.
+        assert!(slots.remove(ids[3]).is_some() && slots.remove(ids[7]).is_some());
+        let a = slots.insert(w.clone(), None);
+        assert_eq!(a.index, 3);
+        let b = slots.insert(w.clone(), None);
+        assert_eq!(b.index, 7);
+        // New slots past the end: no id of a slot given back names them.
+        let new: Vec<SlotId> = (0..100).map(|_| slots.insert(w.clone(), None)).collect();
+        for id in &ids[10..] {
+            assert!(slots.remove(*id).is_none());
+        }
+        assert_eq!(slots.len(), 110);
+        for id in new {
+            assert!(slots.remove(id).is_some());
+        }
     }
 
     #[test]

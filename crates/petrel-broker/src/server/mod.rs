@@ -334,6 +334,8 @@ async fn tick(ctx: Arc<Ctx>) {
         tick.tick().await;
         let now = Instant::now();
         ctx.hibernation.wake_due(now);
+        // The room a peak of running connections left.
+        crate::core::lock(&ctx.awake).compact();
         ctx.broker.tick(now);
     }
 }
