@@ -166,8 +166,9 @@ pub(crate) struct Tally {
     pub(crate) packets_out: u32,
     pub(crate) publish_in: [u32; 3],
     pub(crate) publish_out: [u32; 3],
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
+    // One read or one write between two reports: 32 bits too.
+    pub(crate) bytes_in: u32,
+    pub(crate) bytes_out: u32,
     pub(crate) payload_in: [u64; 3],
     pub(crate) payload_out: [u64; 3],
 }
@@ -244,8 +245,8 @@ impl Stats {
         };
         add(&self.messages_received, u64::from(t.packets_in));
         add(&self.messages_sent, u64::from(t.packets_out));
-        add(&self.bytes_received, t.bytes_in);
-        add(&self.bytes_sent, t.bytes_out);
+        add(&self.bytes_received, u64::from(t.bytes_in));
+        add(&self.bytes_sent, u64::from(t.bytes_out));
         for q in 0..3 {
             add(&self.publish_in[q], u64::from(t.publish_in[q]));
             add(&self.payload_in[q], t.payload_in[q]);

@@ -231,6 +231,27 @@ async fn shutdown_tells_5_0_clients_and_stops_the_server() {
 }
 
 #[tokio::test]
+async fn shutdown_reaches_connections_after_the_servers_future_is_gone() {
+    let b = start().await;
+    let mut v5 = Raw::connect(b.addr, Protocol::V5, "v5").await;
+    // An embedder drops the server's future; its connections live on in
+    // tasks of their own.
+    b.task.abort();
+    assert!(b.task.await.unwrap_err().is_cancelled());
+    // Control: the connection is still served.
+    let ack = v5.subscribe("a/b", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_1]);
+    b.broker.shutdown();
+    let closed = tokio::time::timeout(Duration::from_secs(5), v5.closed())
+        .await
+        .expect("told within 5 s");
+    assert_eq!(
+        closed.unwrap().reason_code,
+        ReasonCode::SERVER_SHUTTING_DOWN
+    );
+}
+
+#[tokio::test]
 async fn topics_deeper_than_max_topic_levels_are_refused() {
     let mut config = config();
     config.limits.max_topic_levels = 8;

@@ -150,9 +150,6 @@ impl Drop for Awake {
 
 struct Task {
     link: Link,
-    /// The peer's address, for the logs (asked of the transport again
-    /// after hibernation: a hibernating connection doesn't keep it).
-    peer: SocketAddr,
     /// What the transport knows of the peer, until the CONNECT takes it.
     origin: Option<Box<Peer>>,
     conn: Connection,
@@ -179,7 +176,7 @@ struct Task {
     /// Acknowledgements waiting for the store (`fsync` durability), and
     /// those that came after them: they go out in the order the PUBLISHes
     /// came ([MQTT-4.6.0-2]).
-    acks: VecDeque<PendingAck>,
+    acks: Acks,
     /// What this task counted since it last told the broker's counters.
     tally: Tally,
     /// In-flight messages last told to the engine.
@@ -236,8 +233,9 @@ fn first_task<T: Transport>(
     };
     // The address accept gave (or a PROXY header named): no need to ask
     // the socket.
-    let addr = peer.addr.or_else(|| io.peer());
-    let mut task = Box::new(Task::new(link, conn, addr, io.can_hibernate()));
+    let mut peer = peer;
+    peer.addr = peer.addr.or_else(|| io.peer());
+    let mut task = Box::new(Task::new(link, conn, io.can_hibernate()));
     task.origin = Some(peer);
     task
 }
@@ -302,7 +300,7 @@ impl<T: Transport> Asleep<T> {
     fn wake(self, io: &T) -> Box<Task> {
         let config = self.link.ctx.broker.engine.session_config.clone();
         let conn = Connection::resume(self.machine, config);
-        Box::new(Task::new(self.link, conn, io.peer(), io.can_hibernate()))
+        Box::new(Task::new(self.link, conn, io.can_hibernate()))
     }
 }
 
@@ -446,8 +444,50 @@ struct PendingAck {
     commit: Option<Commit>,
 }
 
+/// Acknowledgements waiting for the store, in order: a queue boxed when
+/// first needed (most connections never wait for the store).
+/// (The box is the point: an empty `VecDeque` is 32 bytes in every task.)
+#[derive(Default)]
+#[allow(clippy::box_collection)]
+struct Acks(Option<Box<VecDeque<PendingAck>>>);
+
+impl Acks {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    fn front(&self) -> Option<&PendingAck> {
+        self.0.as_ref()?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<PendingAck> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn push_back(&mut self, ack: PendingAck) {
+        self.0.get_or_insert_default().push_back(ack);
+    }
+
+    /// Drop them all, and the box.
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// The peer's address in the logs (`-` where it is not known).
+struct PeerAddr(Option<SocketAddr>);
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// Ready when the first waiting acknowledgement may go.
-fn acks_ready(acks: &VecDeque<PendingAck>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+fn acks_ready(acks: &Acks, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
     match acks.front().and_then(|a| a.commit.as_ref()) {
         Some(c) => c.poll(cx).map(|_| ()),
         None => std::task::Poll::Ready(()),
@@ -476,7 +516,7 @@ impl Task {
                 Ok(()) => ack.reason,
                 Err(e) => {
                     let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
-                    tracing::error!(client_id = id, peer = %self.peer, error = %e, "not stored: refused");
+                    tracing::error!(client_id = id, peer = %self.peer(), error = %e, "not stored: refused");
                     if !self.conn.protocol().is_v5() {
                         self.lost = true;
                         self.acks.clear();
@@ -490,10 +530,9 @@ impl Task {
     }
 
     /// A task for `conn` (new, or resumed after hibernation).
-    fn new(link: Link, conn: Connection, peer: Option<SocketAddr>, can_hibernate: bool) -> Self {
+    fn new(link: Link, conn: Connection, can_hibernate: bool) -> Self {
         let after = link.ctx.hibernate_after;
         Self {
-            peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             origin: None,
             can_hibernate: can_hibernate && after.is_some(),
             got_connect: conn.is_connected(),
@@ -509,7 +548,7 @@ impl Task {
             awaiting_auth: false,
             lost: false,
             routed: 0,
-            acks: VecDeque::new(),
+            acks: Acks::default(),
             gate: None,
             tally: Tally::default(),
             inflight: 0,
@@ -520,6 +559,19 @@ impl Task {
             turn_over: false,
         }
         .with_rate()
+    }
+
+    /// The peer's address, for the logs: the transport's until the
+    /// CONNECT, then the one the engine keeps with the client (not kept
+    /// here: every connection would carry 32 bytes more).
+    fn peer(&self) -> PeerAddr {
+        PeerAddr(
+            self.origin
+                .as_ref()
+                .and_then(|p| p.addr)
+                .or_else(|| self.login.as_ref().and_then(|l| l.peer_addr()))
+                .or_else(|| self.link.client.as_ref().and_then(|c| c.addr())),
+        )
     }
 
     /// Quiet time after which the connection hibernates, if it can.
@@ -717,7 +769,7 @@ impl Task {
                             Ok(0) | Err(_) => self.lost = true,
                             Ok(n) => {
                                 self.reads = self.reads.saturating_add(1);
-                                self.tally.bytes_in += n as u64;
+                                self.tally.bytes_in = self.tally.bytes_in.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
                                 // Progress: the unfinished packet's clock restarts.
                                 self.partial_since = None;
                                 let hint = self.read_hint as usize;
@@ -734,7 +786,7 @@ impl Task {
                             }
                         },
                         r = self.out.write_to(&mut writer), if !self.out.is_empty() => match r {
-                            Ok(n) => self.tally.bytes_out += n as u64,
+                            Ok(n) => self.tally.bytes_out = self.tally.bytes_out.saturating_add(u32::try_from(n).unwrap_or(u32::MAX)),
                             Err(_) => self.lost = true,
                         },
                         () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
@@ -752,7 +804,7 @@ impl Task {
                                 let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
                                 tracing::info!(
                                     client_id = id,
-                                    peer = %self.peer,
+                                    peer = %self.peer(),
                                     seconds = self.link.ctx.packet_timeout.as_secs(),
                                     "a packet stopped arriving half-way; closing"
                                 );
@@ -842,7 +894,7 @@ impl Task {
         match packet {
             Packet::Publish(p) => tracing::debug!(
                 client_id,
-                peer = %self.peer,
+                peer = %self.peer(),
                 "{dir} PUBLISH (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
                 u8::from(p.dup),
                 p.qos.qos() as u8,
@@ -853,7 +905,7 @@ impl Task {
             ),
             other => {
                 let kind = format!("{:?}", other.packet_type()).to_ascii_uppercase();
-                tracing::debug!(client_id, peer = %self.peer, "{dir} {kind}");
+                tracing::debug!(client_id, peer = %self.peer(), "{dir} {kind}");
             }
         }
     }
@@ -915,12 +967,12 @@ impl Task {
                         }
                     }
                     if let Err(e) = self.conn.handle_packet(now, packet) {
-                        tracing::info!(peer = %self.peer, error = %e, "protocol error; closing");
+                        tracing::info!(peer = %self.peer(), error = %e, "protocol error; closing");
                     }
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    tracing::info!(peer = %self.peer, error = %e, "malformed packet; closing");
+                    tracing::info!(peer = %self.peer(), error = %e, "malformed packet; closing");
                     // The session answers where the protocol lets it (a
                     // CONNACK for an unsupported version, a 5.0 DISCONNECT
                     // with the reason code) and closes.
@@ -961,7 +1013,7 @@ impl Task {
                 std::task::Poll::Ready(Err(e)) => e.to_string(),
                 _ => "failed".into(),
             };
-            tracing::warn!(client_id = id, peer = %self.peer, error = %why, "an acknowledgement could not be kept: connection closed");
+            tracing::warn!(client_id = id, peer = %self.peer(), error = %why, "an acknowledgement could not be kept: connection closed");
             self.lost = true;
             return;
         }
@@ -984,7 +1036,7 @@ impl Task {
                 self.trace("sent", &packet);
             }
             if let Err(e) = self.out.push(&packet, protocol) {
-                tracing::warn!(peer = %self.peer, error = %e, "could not encode a packet");
+                tracing::warn!(peer = %self.peer(), error = %e, "could not encode a packet");
             }
         }
     }
@@ -1009,7 +1061,7 @@ impl Task {
                 Event::ConnectRequest(c) => {
                     let peer = self.origin.take().map_or_else(
                         || Peer {
-                            addr: Some(self.peer).filter(|a| !a.ip().is_unspecified()),
+                            addr: self.peer().0,
                             ..Peer::default()
                         },
                         |p| *p,
@@ -1248,14 +1300,14 @@ impl Task {
                 }
             }
             Some(Ok(Step::Refuse(reason, properties))) => {
-                self.login = None;
+                self.end_login();
                 if self.conn.reject(now, reason, properties).is_err() {
                     self.lost = true;
                 }
             }
             // Too slow, or shutting down.
             Some(Err(_)) | None => {
-                self.login = None;
+                self.end_login();
                 Stats::add(&self.stats().connections_refused, 1);
                 if self
                     .conn
@@ -1265,6 +1317,17 @@ impl Task {
                     self.lost = true;
                 }
             }
+        }
+    }
+
+    /// A CONNECT was refused: its peer's address stays for the logs of the
+    /// close that follows (an accepted one's is kept by its client).
+    fn end_login(&mut self) {
+        if let Some(l) = self.login.take() {
+            self.origin = Some(Box::new(Peer {
+                addr: l.peer_addr(),
+                ..Peer::default()
+            }));
         }
     }
 
@@ -1309,10 +1372,10 @@ impl Task {
         let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
         match reason {
             CloseReason::Disconnected { reason_code, .. } => {
-                tracing::info!(client_id = %id, peer = %self.peer, reason = %reason_code, "client disconnected");
+                tracing::info!(client_id = %id, peer = %self.peer(), reason = %reason_code, "client disconnected");
             }
             other => {
-                tracing::info!(client_id = %id, peer = %self.peer, reason = %other, "connection closed");
+                tracing::info!(client_id = %id, peer = %self.peer(), reason = %other, "connection closed");
             }
         }
     }
@@ -1373,7 +1436,7 @@ impl Task {
                 Stats::add(&self.stats().dropped_too_large, 1);
             }
             Err(e) => {
-                tracing::debug!(peer = %self.peer, error = %e, "message not sent");
+                tracing::debug!(peer = %self.peer(), error = %e, "message not sent");
                 Stats::add(&self.stats().dropped_queue_full, 1);
             }
         }

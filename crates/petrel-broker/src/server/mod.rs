@@ -282,14 +282,16 @@ impl Server {
             tasks.spawn(listener.accept_loop(ctx.clone(), live.clone()));
         }
         tasks.spawn(tick(ctx.clone()));
+        // Not in `tasks`: running connections hear of a shutdown even if
+        // this future is dropped first (they live on in tasks of their own).
+        tokio::spawn(tell_running(
+            Arc::downgrade(&ctx),
+            self.broker.shutdown_signal(),
+        ));
         let mut shutdown = self.broker.shutdown_signal();
         let _ = shutdown.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
-        // Every running connection says goodbye (each looks at `stopping`
-        // after joining `awake`, so none misses it).
-        ctx.stopping.store(true, Ordering::Release);
-        let awake = crate::core::lock(&ctx.awake).all();
-        awake.into_iter().for_each(std::task::Waker::wake);
+        stop_running(&ctx);
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         // Hibernating connections wake to say goodbye like the others.
@@ -314,6 +316,25 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Wait for the broker's shutdown, then tell every running connection.
+/// Holds neither the server nor the broker (a broker dropped without a
+/// shutdown ends it).
+async fn tell_running(ctx: std::sync::Weak<Ctx>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_ok() {
+        if let Some(ctx) = ctx.upgrade() {
+            stop_running(&ctx);
+        }
+    }
+}
+
+/// Every running connection says goodbye: each looks at `stopping` after
+/// joining `awake`, so none misses it (done twice, it does nothing more).
+fn stop_running(ctx: &Ctx) {
+    ctx.stopping.store(true, Ordering::Release);
+    let awake = crate::core::lock(&ctx.awake).all();
+    awake.into_iter().for_each(std::task::Waker::wake);
 }
 
 /// Wakes every hibernating connection when dropped.

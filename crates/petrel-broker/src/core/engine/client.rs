@@ -97,6 +97,11 @@ impl Reach {
         let _ = self.info.set(Box::new(info));
     }
 
+    /// The peer's address, as its transport gave it at CONNECT.
+    pub(crate) fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.info().and_then(|i| i.addr)
+    }
+
     pub(crate) fn info(&self) -> Option<&ConnInfo> {
         self.info.get()
     }
@@ -299,6 +304,11 @@ impl Client {
         if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
             self.extra = None;
         }
+    }
+
+    /// The peer's address, as its transport gave it at CONNECT.
+    pub(crate) fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.reach.addr()
     }
 
     /// Its client identifier.

@@ -150,6 +150,13 @@ pub struct Login {
     ticket: Option<Ticket>,
 }
 
+impl Login {
+    /// The peer's address, as its transport gave it.
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.addr
+    }
+}
+
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")
