@@ -341,6 +341,12 @@ const HALF: u32 = usize::BITS / 2;
 
 impl SlotId {
     fn token(self) -> mio::Token {
+        // Only sleepers' slots become tokens (the set of running
+        // connections never does, and may be larger).
+        debug_assert!(
+            u64::from(self.index) < (1u64 << HALF),
+            "more sleepers than a token can name"
+        );
         mio::Token(pack(self.index, self.generation, HALF))
     }
 
@@ -377,10 +383,6 @@ impl Slots {
             });
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
         });
-        debug_assert!(
-            u64::from(index) < (1u64 << HALF),
-            "more sleepers than a token can name"
-        );
         let slot = &mut self.slots[index as usize];
         // Within the bits a token has for it (see `HALF`).
         slot.generation = slot.generation.wrapping_add(1) & ((1u64 << HALF) - 1) as u32;
