@@ -496,9 +496,7 @@ impl Connection {
     /// connection of the same session, for a takeover, or to store it.
     pub fn take_state(&mut self) -> SessionState {
         // What was still to be resent is in the state's own in-flight list.
-        if let Some(r) = &mut self.rare {
-            r.to_resend.clear();
-        }
+        self.clear_resends();
         std::mem::take(&mut self.session)
     }
 
@@ -533,6 +531,13 @@ impl Connection {
     /// Outgoing exchanges of a resumed session still to be resent.
     fn resends(&self) -> usize {
         self.rare.as_ref().map_or(0, |r| r.to_resend.len())
+    }
+
+    /// Nothing is to be resent.
+    fn clear_resends(&mut self) {
+        if let Some(r) = &mut self.rare {
+            r.to_resend.clear();
+        }
     }
 
     /// An exchange is no longer to be resent.
@@ -676,7 +681,7 @@ impl Connection {
         c.session.next_message_id = hibernated.next_message_id;
         c.peer = hibernated.peer;
         c.keep_alive = (hibernated.keep_alive > 0).then(|| secs(hibernated.keep_alive));
-
+        // `new` set both instants to `last`: each role reads only its own.
         c.arm_keep_alive();
         c.arm_idle();
         if let Some(h) = hibernated.rare {
@@ -1173,9 +1178,7 @@ impl Connection {
             .map(|(pid, o)| (o.id(), *pid))
             .collect();
         order.sort_unstable();
-        if let Some(r) = &mut self.rare {
-            r.to_resend.clear();
-        }
+        self.clear_resends();
         for (_, pid) in order {
             match self.session.outgoing.get(&pid) {
                 Some(Outgoing::Publish { .. }) => self.rare().to_resend.push_back(pid),

@@ -574,9 +574,20 @@ impl Task {
         )
     }
 
-    /// Quiet time after which the connection hibernates, if it can.
-    fn hibernate_after(&self) -> Option<Duration> {
-        self.link.ctx.hibernate_after.filter(|_| self.can_hibernate)
+    /// When the connection hibernates if nothing happens after
+    /// `last_active`, if it can.
+    fn idle_at(&self, last_active: Instant) -> Option<Instant> {
+        let after = self
+            .link
+            .ctx
+            .hibernate_after
+            .filter(|_| self.can_hibernate)?;
+        Some(last_active + after)
+    }
+
+    /// When a packet begun and not finished has waited too long.
+    fn stall_at(&self) -> Option<Instant> {
+        self.partial_since.map(|t| t + self.link.ctx.packet_timeout)
     }
 
     fn take_link(&mut self) -> Link {
@@ -799,8 +810,7 @@ impl Task {
                         () = &mut timer => {
                             let now = Instant::now();
                             fired = true;
-                            let stall_at = self.partial_since.map(|t| t + self.link.ctx.packet_timeout);
-                            if stall_at.is_some_and(|t| t <= now) {
+                            if self.stall_at().is_some_and(|t| t <= now) {
                                 let id = self.link.client.as_ref().map_or("-", |c| c.client_id());
                                 tracing::info!(
                                     client_id = id,
@@ -811,8 +821,7 @@ impl Task {
                                 self.lost = true;
                                 continue;
                             }
-                            let idle_at = self.hibernate_after().map(|d| last_active + d);
-                            if idle_at.is_some_and(|t| t <= now) {
+                            if self.idle_at(last_active).is_some_and(|t| t <= now) {
                                 if self.idle() {
                                     self.report();
                                     return Run::Idle;
@@ -1203,8 +1212,8 @@ impl Task {
         } else if self.partial_since.is_none() {
             self.partial_since = Some(now);
         }
-        let stall_at = self.partial_since.map(|t| t + self.link.ctx.packet_timeout);
-        let idle_at = self.hibernate_after().map(|d| last_active + d);
+        let stall_at = self.stall_at();
+        let idle_at = self.idle_at(last_active);
         let deadline = self
             .conn
             .poll_timeout()

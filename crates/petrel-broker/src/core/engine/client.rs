@@ -97,11 +97,6 @@ impl Reach {
         let _ = self.info.set(Box::new(info));
     }
 
-    /// The peer's address, as its transport gave it at CONNECT.
-    pub(crate) fn addr(&self) -> Option<std::net::SocketAddr> {
-        self.info().and_then(|i| i.addr)
-    }
-
     pub(crate) fn info(&self) -> Option<&ConnInfo> {
         self.info.get()
     }
@@ -308,7 +303,7 @@ impl Client {
 
     /// The peer's address, as its transport gave it at CONNECT.
     pub(crate) fn addr(&self) -> Option<std::net::SocketAddr> {
-        self.reach.addr()
+        self.reach.info().and_then(|i| i.addr)
     }
 
     /// Its client identifier.

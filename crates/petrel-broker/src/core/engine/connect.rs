@@ -716,9 +716,7 @@ impl Login {
             addr: self.peer.addr,
             listener: self.peer.rules.name.clone(),
             protocol: self.connect.protocol,
-            connected_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            connected_ms: super::attach::now_millis(),
             keep_alive: self.connect.keep_alive,
             clean_start: self.connect.clean_start,
             expiry,
