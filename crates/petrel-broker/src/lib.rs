@@ -56,8 +56,8 @@ pub use crate::core::auth::{
 };
 pub use crate::core::engine::{
     Accepted, Broker, BrokerBuilder, BuildError, Client, ClientSummary, Discard, Drain, Exported,
-    Imported, Internal, Kick, ListenerConnections, ListenerRules, Login, MetricsSnapshot, Peer,
-    ReauthStep, Reconfigured, Reloaded, SessionSummary, Step, SubscriptionSummary,
+    Imported, Internal, Kick, ListenerConnections, ListenerRules, Login, MetricsSnapshot, Outbound,
+    Peer, ReauthStep, Reconfigured, Reloaded, SessionSummary, Step, SubscriptionSummary,
 };
 
 pub use crate::core::peers::{Claim, ClaimRefused, Deferred, Forwarded, Peers};

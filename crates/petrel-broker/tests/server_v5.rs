@@ -391,3 +391,68 @@ async fn the_broker_uses_topic_aliases_when_the_client_allows_them_mqtt_3_3_2_8(
         assert!(p.topic.is_empty(), "later messages carry only the alias");
     }
 }
+
+/// The broker gives a subscriber that takes Topic Aliases its own: the
+/// first message to a topic names it and sets the next alias, later ones
+/// carry the alias alone, and past the subscriber's maximum topics go by
+/// name. QoS 0 messages (written straight from the copy all subscribers
+/// share) and QoS 1 ones (through the session machine) share the one
+/// table, and a publisher's properties go out with the alias. Checks
+/// [MQTT-3.3.2-9] (never above the client's maximum) and the alias
+/// numbering of 3.3.2.3.4.
+#[tokio::test]
+async fn aliases_out_are_the_subscribers_own_whatever_the_qos_mqtt_3_3_2_9() {
+    let b = start().await;
+    let (mut s, _) = Raw::connect_with(b.addr, Protocol::V5, "s", |c| {
+        c.properties.set_topic_alias_maximum(Some(2));
+    })
+    .await;
+    s.subscribe("a/#", QoS::AtLeastOnce).await;
+    // A subscriber that takes none, on the same messages: the control
+    // that the aliases are per connection.
+    let mut plain = Raw::connect(b.addr, Protocol::V5, "plain").await;
+    plain.subscribe("a/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::connect(b.addr, Protocol::V5, "p").await;
+    let mut props = Properties::new();
+    props.push_user_property(UserProperty::new(
+        MqttString::from_static("k"),
+        MqttString::from_static("v"),
+    ));
+    let sent = [
+        ("a/1", QoS::AtMostOnce),
+        ("a/1", QoS::AtLeastOnce),
+        ("a/2", QoS::AtMostOnce),
+        ("a/3", QoS::AtMostOnce),
+        ("a/1", QoS::AtMostOnce),
+        ("a/2", QoS::AtLeastOnce),
+    ];
+    for (i, (t, qos)) in sent.iter().enumerate() {
+        publ.publish_with(t, i.to_string().as_bytes(), *qos, false, props.clone())
+            .await;
+    }
+    // (topic on the wire, alias)
+    let want = [
+        ("a/1", Some(1)),
+        ("", Some(1)),
+        ("a/2", Some(2)),
+        ("a/3", None),
+        ("", Some(1)),
+        ("", Some(2)),
+    ];
+    for (i, (topic, alias)) in want.iter().enumerate() {
+        let p = s.recv_publish().await;
+        assert_eq!(&p.payload[..], i.to_string().as_bytes());
+        assert_eq!(p.qos.qos(), sent[i].1);
+        assert_eq!(p.topic.as_str(), *topic, "message {i}");
+        assert_eq!(p.properties.topic_alias().map(|a| a.get()), *alias);
+        assert_eq!(
+            p.properties.user_properties().iter().count(),
+            1,
+            "message {i}"
+        );
+        let q = plain.recv_publish().await;
+        assert_eq!(q.topic.as_str(), sent[i].0);
+        assert!(q.properties.topic_alias().is_none());
+        assert_eq!(q.properties.user_properties().iter().count(), 1);
+    }
+}

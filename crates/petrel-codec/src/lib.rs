@@ -76,8 +76,8 @@ mod wire;
 pub use codec::{CodecError, MqttCodec};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Auth, ConnAck, Connect, Disconnect, FixedHeader, Packet, PacketType, PubAck, Publish, SubAck,
-    Subscribe, Subscription, UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, FixedHeader, Packet, PacketType, PubAck, Publish,
+    PublishView, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will,
 };
 pub use properties::{
     Properties, PropertyContext, PropertyList, SubscriptionId, SubscriptionIds, UserProperties,

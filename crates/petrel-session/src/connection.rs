@@ -9,8 +9,8 @@ use petrel_codec::packet::PacketType;
 use petrel_codec::properties::id as prop;
 use petrel_codec::{
     Auth, ConnAck, Connect, DecodeError, Disconnect, MqttString, Packet, PacketId, Properties,
-    Protocol, PubAck, Publish, QoS, QosPid, ReasonCode, ReasonContext, SubAck, Subscribe,
-    Subscription, TopicFilter, TopicName, UnsubAck, Unsubscribe,
+    Protocol, PubAck, Publish, PublishView, QoS, QosPid, ReasonCode, ReasonContext, SubAck,
+    Subscribe, Subscription, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
 use crate::config::Config;
@@ -1256,6 +1256,59 @@ impl Connection {
         Ok(id)
     }
 
+    /// Server: a QoS 0 PUBLISH (`publish`, its properties without a
+    /// Topic Alias) the caller may write straight to the wire instead of
+    /// giving it to [`Connection::publish`], as it is to be written (with
+    /// this connection's Topic Alias, if it gets one); it then counts as
+    /// sent. `None`: give it to `publish`, which does all the rest.
+    ///
+    /// It passes only where `publish` would send it at once and unchanged
+    /// but for the alias: connected, nothing queued before it (packets to
+    /// transmit, resends, messages waiting for the window), and within the
+    /// peer's Maximum Packet Size. A broker's fan-out uses it to encode one
+    /// shared message for each subscriber without building a packet of its
+    /// own for every one.
+    pub fn pass_at_most_once<'a>(
+        &mut self,
+        now: Instant,
+        mut publish: PublishView<'a>,
+    ) -> Option<PublishView<'a>> {
+        let clear = self.role == Role::Server
+            && self.state == State::Connected
+            && publish.qos == QosPid::AtMostOnce
+            && self.transmit.is_empty()
+            && self.session.pending.is_empty()
+            && self.resends() == 0;
+        if !clear {
+            return None;
+        }
+        let mut new_alias = false;
+        if self.protocol.is_v5() && self.peer.topic_alias_maximum > 0 {
+            match self.alias_out(publish.topic) {
+                Some((alias, known)) => {
+                    publish.topic_alias = Some(alias);
+                    new_alias = !known;
+                    if known {
+                        publish.topic = &ALIAS_ONLY;
+                    }
+                }
+                None => publish.topic_alias = None,
+            }
+        }
+        let fits = publish
+            .encoded_len(self.protocol)
+            .is_ok_and(|size| size <= self.peer.maximum_packet_size as usize);
+        if !fits {
+            // `publish` drops it; the alias it would have set was never set.
+            if let Some(r) = self.rare.as_mut().filter(|_| new_alias) {
+                r.alias_out.remove(publish.topic);
+            }
+            return None;
+        }
+        self.last_sent = now;
+        Some(publish)
+    }
+
     /// Client: whether the server accepts this QoS and RETAIN.
     fn supported(&self, m: &Message) -> bool {
         m.qos <= self.peer.maximum_qos && (!m.retain || self.peer.retain_available)
@@ -1419,27 +1472,32 @@ impl Connection {
     /// messages to that topic carry the alias and an empty name. Returns
     /// whether a new alias was set by this message.
     fn apply_alias_out(&mut self, publish: &mut Publish) -> bool {
+        match self.alias_out(&publish.topic) {
+            Some((alias, known)) => {
+                publish.properties.set_topic_alias(Some(alias));
+                if known {
+                    publish.topic = TopicName::alias_only();
+                }
+                !known
+            }
+            None => false,
+        }
+    }
+
+    /// The Topic Alias for `topic` and whether the peer knows it already:
+    /// a new one is given while the peer's maximum allows.
+    fn alias_out(&mut self, topic: &TopicName) -> Option<(NonZeroU16, bool)> {
         let max = self.peer.topic_alias_maximum.min(1024);
-        let known = self
-            .rare
-            .as_ref()
-            .and_then(|r| r.alias_out.get(&publish.topic));
+        let known = self.rare.as_ref().and_then(|r| r.alias_out.get(topic));
         if let Some(&alias) = known {
-            publish.properties.set_topic_alias(Some(alias));
-            publish.topic = TopicName::alias_only();
-            return false;
+            return Some((alias, true));
         }
         // Aliases are handed out 1, 2, 3, … and never reused for another
         // topic on this connection ([MQTT-3.3.2-9], [MQTT-3.3.2-11]).
         let next = self.rare.as_ref().map_or(0, |r| r.alias_out.len()) as u16 + 1;
-        match NonZeroU16::new(next) {
-            Some(alias) if next <= max => {
-                self.rare().alias_out.insert(publish.topic.clone(), alias);
-                publish.properties.set_topic_alias(Some(alias));
-                true
-            }
-            _ => false,
-        }
+        let alias = NonZeroU16::new(next).filter(|_| next <= max)?;
+        self.rare().alias_out.insert(topic.clone(), alias);
+        Some((alias, false))
     }
 
     fn on_publish(&mut self, now: Instant, mut p: Publish) -> Result<(), ProtocolError> {
@@ -1990,6 +2048,9 @@ impl Connection {
 fn secs(s: u16) -> Duration {
     Duration::from_secs(u64::from(s))
 }
+
+/// The topic of a PUBLISH that carries a Topic Alias the peer knows.
+static ALIAS_ONLY: TopicName = TopicName::alias_only();
 
 /// The reason code itself if the packet may carry it, else the nearest one it
 /// may: Quota exceeded for an overrun limit, Protocol Error for the rest.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use petrel_codec::{
-    Auth, Disconnect, MqttString, Packet, PacketId, Properties, Protocol, PubAck, Publish, QoS,
-    QosPid, ReasonCode, SubAck, Subscription, SubscriptionId, SubscriptionOptions, TopicFilter,
-    TopicName, UserProperty,
+    Auth, Disconnect, MqttString, Packet, PacketId, Properties, Protocol, PubAck, Publish,
+    PublishView, QoS, QosPid, ReasonCode, SubAck, Subscription, SubscriptionId,
+    SubscriptionOptions, TopicFilter, TopicName, UserProperty,
 };
 use petrel_session::{
     Accept, CloseReason, Config, Connection, DropReason, Event, ProtocolError, SessionState,
@@ -1752,4 +1752,111 @@ fn the_journal_records_what_a_store_needs_and_a_state_rebuilt_from_it_resumes() 
     // The client had x already: it delivers only y, once.
     let delivered: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
     assert_eq!(messages(&delivered), ["y"]);
+}
+
+/// A server may write a QoS 0 message straight to the wire only where
+/// `publish` would have sent it at once and unchanged but for its Topic
+/// Alias; each refusal here has its control in the same connection state
+/// without the one cause.
+#[test]
+fn a_qos0_message_passes_straight_through_only_when_nothing_is_ahead_of_it() {
+    let topic = TopicName::from_static("t");
+    let none = Properties::default();
+    let payload = Bytes::from_static(b"0123456789");
+    let view = PublishView {
+        dup: false,
+        qos: QosPid::AtMostOnce,
+        retain: false,
+        topic: &topic,
+        properties: &none,
+        topic_alias: None,
+        payload: &payload,
+    };
+    // Connected, nothing queued, 3.1.1: passes as it is.
+    let mut pair = Pair::connected(V311);
+    let passed = pair.server.pass_at_most_once(pair.now, view).unwrap();
+    assert_eq!((passed.topic, passed.topic_alias), (&topic, None));
+    // Something to transmit first (a PUBLISH the machine queued): not before it.
+    pair.server
+        .publish(pair.now, msg("t", "x", QoS::AtMostOnce))
+        .unwrap();
+    assert!(pair.server.pass_at_most_once(pair.now, view).is_none());
+    pair.run();
+    assert!(pair.server.pass_at_most_once(pair.now, view).is_some());
+    // QoS 1 never passes.
+    let qos1 = PublishView {
+        qos: QosPid::AtLeastOnce(pid(1)),
+        ..view
+    };
+    assert!(pair.server.pass_at_most_once(pair.now, qos1).is_none());
+    // Messages waiting for the window: not ahead of them.
+    let mut client_cfg = Config::default();
+    client_cfg.receive_maximum = NonZeroU16::new(1).unwrap();
+    client_cfg.topic_alias_maximum = 0;
+    let mut pair = Pair::connected_with(V5, client_cfg.clone(), Config::default(), |_| {});
+    for i in 0..2 {
+        pair.server
+            .publish(pair.now, msg("t", &i.to_string(), QoS::AtLeastOnce))
+            .unwrap();
+    }
+    let sent: Vec<Packet> = std::iter::from_fn(|| pair.server.poll_transmit()).collect();
+    assert_eq!(pair.server.state().pending(), 1);
+    assert!(pair.server.pass_at_most_once(pair.now, view).is_none());
+    for p in sent {
+        pair.client.handle_packet(pair.now, p).unwrap();
+    }
+    pair.run();
+    assert_eq!(pair.server.state().pending(), 0);
+    assert!(pair.server.pass_at_most_once(pair.now, view).is_some());
+    // Larger than the peer's Maximum Packet Size (this one is 106 bytes
+    // in 5.0): no.
+    let hundred = Bytes::from(vec![b'x'; 100]);
+    let view = PublishView {
+        payload: &hundred,
+        ..view
+    };
+    assert_eq!(view.encoded_len(V5).unwrap(), 106);
+    for (max, passes) in [(105, false), (106, true)] {
+        let mut pair = Pair::connected_with(V5, client_cfg.clone(), Config::default(), |c| {
+            c.properties
+                .set_maximum_packet_size(std::num::NonZeroU32::new(max));
+        });
+        assert_eq!(
+            pair.server.pass_at_most_once(pair.now, view).is_some(),
+            passes
+        );
+    }
+    // A peer that takes Topic Aliases (the default client's 16): the
+    // first message names the topic and sets alias 1, the next uses it
+    // alone; a message that does not fit sets no alias.
+    let mut pair = Pair::connected(V5);
+    let first = pair.server.pass_at_most_once(pair.now, view).unwrap();
+    assert_eq!(
+        (first.topic, first.topic_alias),
+        (&topic, NonZeroU16::new(1))
+    );
+    let next = pair.server.pass_at_most_once(pair.now, view).unwrap();
+    assert_eq!(next.topic.as_str(), "");
+    assert_eq!(next.topic_alias, NonZeroU16::new(1));
+    let mut small = Pair::connected_with(V5, Config::default(), Config::default(), |c| {
+        c.properties
+            .set_maximum_packet_size(std::num::NonZeroU32::new(109));
+    });
+    // 109 bytes with its alias; 113 with "other" and its alias.
+    let other = TopicName::from_static("other");
+    let too_big = PublishView {
+        topic: &other,
+        ..view
+    };
+    assert!(small.server.pass_at_most_once(small.now, too_big).is_none());
+    let first = small.server.pass_at_most_once(small.now, view).unwrap();
+    assert_eq!(
+        first.topic_alias,
+        NonZeroU16::new(1),
+        "alias 1 is still free"
+    );
+    // Before CONNACK, and for a client: no.
+    let mut server = Connection::server(Config::default(), pair.now);
+    assert!(server.pass_at_most_once(pair.now, view).is_none());
+    assert!(pair.client.pass_at_most_once(pair.now, view).is_none());
 }

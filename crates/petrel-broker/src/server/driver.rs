@@ -21,7 +21,7 @@ use super::outq::OutQueue;
 use super::transport::Transport;
 use super::{Ctx, LiveGuard};
 use crate::core::auth::BoxFuture;
-use crate::core::engine::{Client, Login, Peer, ReauthStep, Step};
+use crate::core::engine::{Client, Login, Outbound, Peer, ReauthStep, Step};
 use crate::core::lock;
 use crate::core::store::Commit;
 use crate::stats::{Stats, Tally};
@@ -1395,7 +1395,11 @@ impl Task {
         if !self.conn.is_connected() {
             return;
         }
-        let mut batch: Vec<(Message, u64)> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Outbound> = Vec::with_capacity(BATCH);
+        // A QoS 0 message the session machine lets pass is written from
+        // the copy every subscriber shares (not while each packet is
+        // logged: that takes the packet).
+        let direct = !tracing::enabled!(tracing::Level::DEBUG);
         // Whether messages wait that the socket or the window holds back.
         let behind = loop {
             let Some(client) = self.link.client.as_mut() else {
@@ -1416,8 +1420,12 @@ impl Task {
                 // Nothing taken: drained, or the window is full.
                 break more;
             }
-            for (m, seq) in batch.drain(..) {
-                self.send(now, m, seq);
+            for m in batch.drain(..) {
+                if direct && self.pass(now, &m) {
+                    continue;
+                }
+                let seq = m.seq();
+                self.send(now, m.into_message(), seq);
             }
             if !more {
                 break false;
@@ -1426,6 +1434,29 @@ impl Task {
         if let Some(client) = self.link.client.as_mut() {
             client.held_back(behind);
         }
+    }
+
+    /// Write a QoS 0 message straight from its shared copy, where the
+    /// session machine lets it pass ([`Connection::pass_at_most_once`]):
+    /// no packet of its own, no count taken on its bytes.
+    fn pass(&mut self, now: Instant, m: &Outbound) -> bool {
+        let Some(view) = m.as_view() else {
+            return false;
+        };
+        let Some(view) = self.conn.pass_at_most_once(now, view) else {
+            return false;
+        };
+        match self.out.push_publish(&view, self.conn.protocol()) {
+            Ok(_) => {
+                self.tally.packets_out += 1;
+                self.tally.publish_out[0] += 1;
+                self.tally.payload_out[0] += view.payload.len() as u64;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer(), error = %e, "could not encode a packet");
+            }
+        }
+        true
     }
 
     /// Give one message (`seq`: its number in the durable store, or 0) to

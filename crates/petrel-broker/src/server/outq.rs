@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
-use petrel_codec::{EncodeError, Packet, Protocol};
+use petrel_codec::{EncodeError, Packet, Protocol, PublishView};
 use tokio::io::AsyncWrite;
 
 /// Payloads at least this large are sent from the publisher's buffer rather
@@ -51,14 +51,27 @@ impl OutQueue {
         packet: &Packet,
         protocol: Protocol,
     ) -> Result<usize, EncodeError> {
-        let n = match packet {
-            Packet::Publish(p) if p.payload.len() >= SHARE_PAYLOAD_FROM => {
-                let n = p.encode_header(protocol, &mut self.buf)?;
-                self.chunks.push_back(self.buf.split().freeze());
-                self.chunks.push_back(p.payload.clone());
-                n
-            }
-            _ => packet.encode(protocol, &mut self.buf)?,
+        if let Packet::Publish(p) = packet {
+            return self.push_publish(&p.view(), protocol);
+        }
+        let n = packet.encode(protocol, &mut self.buf)?;
+        self.len += n;
+        Ok(n)
+    }
+
+    /// Encode a PUBLISH onto the queue; returns its size.
+    pub(crate) fn push_publish(
+        &mut self,
+        p: &PublishView<'_>,
+        protocol: Protocol,
+    ) -> Result<usize, EncodeError> {
+        let n = if p.payload.len() >= SHARE_PAYLOAD_FROM {
+            let n = p.encode_header(protocol, &mut self.buf)?;
+            self.chunks.push_back(self.buf.split().freeze());
+            self.chunks.push_back(p.payload.clone());
+            n
+        } else {
+            p.encode(protocol, &mut self.buf)?
         };
         self.len += n;
         Ok(n)

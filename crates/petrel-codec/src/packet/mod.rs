@@ -17,7 +17,7 @@ pub use auth::Auth;
 pub use connack::ConnAck;
 pub use connect::{Connect, Will};
 pub use disconnect::Disconnect;
-pub use publish::Publish;
+pub use publish::{Publish, PublishView};
 pub use suback::SubAck;
 pub use subscribe::{Subscribe, Subscription};
 pub use unsuback::UnsubAck;

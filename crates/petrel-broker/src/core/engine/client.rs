@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use petrel_codec::{
-    Auth, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Auth, Properties, Protocol, Publish, PublishView, QoS, QosPid, ReasonCode, RetainHandling,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use petrel_session::{CloseReason, Message, SessionState};
 use tokio::sync::oneshot;
@@ -635,31 +635,30 @@ impl Client {
         now: Instant,
         out: &mut Vec<Message>,
     ) -> bool {
-        let mut stored = Vec::new();
-        let more = self.next_stored(max, quota, window, now, &mut stored);
-        out.extend(stored.into_iter().map(|(m, _)| m));
+        let mut taken = Vec::new();
+        let more = self.next_stored(max, quota, window, now, &mut taken);
+        out.extend(taken.into_iter().map(Outbound::into_message));
         more
     }
 
-    /// [`Client::next_messages`], each with its sequence number in the
-    /// durable store (0 if it is not stored there): once the session
-    /// machine has it, tell [`Client::delivering`] its message id.
+    /// [`Client::next_messages`], each still shared with the other
+    /// subscribers and with its sequence number in the durable store
+    /// ([`Outbound`]).
     pub fn next_stored(
         &mut self,
         max: usize,
         mut quota: usize,
         window: usize,
         now: Instant,
-        out: &mut Vec<(Message, u64)>,
+        out: &mut Vec<Outbound>,
     ) -> bool {
         let stats = &self.engine.stats;
         let behind = quota * 2 < window;
         let mut expired = Vec::new();
         let more = {
             let expired = &mut expired;
-            let mut deliver = |q: Queued, out: &mut Vec<(Message, u64)>| {
-                deliver(stats, q, behind, now, out, expired)
-            };
+            let mut deliver =
+                |q: Queued, out: &mut Vec<Outbound>| deliver(stats, q, behind, now, out, expired);
             let mut taken = 0;
             if let Some(extra) = self
                 .extra
@@ -1011,6 +1010,74 @@ impl Client {
     }
 }
 
+/// A message taken from a session's queue for its connection
+/// ([`Client::next_stored`]): still the one copy every subscriber shares,
+/// until it becomes this subscriber's ([`Outbound::into_message`]) or is
+/// written as it is ([`Outbound::as_view`]).
+#[derive(Debug)]
+pub struct Outbound {
+    queued: Queued,
+    /// What is left of its Message Expiry Interval, if it waited.
+    left: Option<u32>,
+    /// At QoS 1/2 it gets bytes of its own (the connection is behind).
+    own: bool,
+}
+
+impl Outbound {
+    /// Its sequence number in the durable store (0: not stored there):
+    /// once the session machine has it, tell [`Client::delivering`] its
+    /// message id.
+    pub fn seq(&self) -> u64 {
+        self.queued.seq
+    }
+
+    /// The QoS it goes out with.
+    pub fn qos(&self) -> QoS {
+        self.queued.qos
+    }
+
+    /// The message as published, to be written as it is at QoS 0 with
+    /// this subscriber's RETAIN flag: only where its copy would differ in
+    /// nothing else (QoS 0, no Subscription Identifiers, no Message Expiry
+    /// Interval to count down, not in the durable store, no Topic Alias of
+    /// its publisher's). A connection may then encode it straight from
+    /// the shared copy ([`petrel_session::Connection::pass_at_most_once`]).
+    pub fn as_view(&self) -> Option<PublishView<'_>> {
+        let q = &self.queued;
+        let m = &q.shared.message;
+        let plain = q.qos == QoS::AtMostOnce
+            && q.ids.is_none()
+            && q.seq == 0
+            && self.left.is_none()
+            && (m.properties.is_empty() || m.properties.topic_alias().is_none());
+        plain.then_some(PublishView {
+            dup: false,
+            qos: QosPid::AtMostOnce,
+            retain: q.retain,
+            topic: &m.topic,
+            properties: &m.properties,
+            topic_alias: None,
+            payload: &m.payload,
+        })
+    }
+
+    /// This subscriber's copy: its QoS, RETAIN flag and Subscription
+    /// Identifiers ([MQTT-3.3.4-3]), what is left of its Message Expiry
+    /// Interval ([MQTT-3.3.2-6]), and at QoS 1/2 bytes of its own if the
+    /// connection is behind.
+    pub fn into_message(self) -> Message {
+        let owned = self.queued.shared.owned;
+        let mut message = self.queued.into_message();
+        if self.own && message.qos != QoS::AtMostOnce && !owned {
+            detach(&mut message);
+        }
+        if self.left.is_some() {
+            message.properties.set_message_expiry_interval(self.left);
+        }
+        message
+    }
+}
+
 /// Hand a waiting message on, or drop it if its Message Expiry Interval
 /// ran out while it waited ([MQTT-3.3.2-5]); otherwise it carries what is
 /// left ([MQTT-3.3.2-6]). With `own`, a QoS 1/2 message gets bytes of its
@@ -1020,7 +1087,7 @@ fn deliver(
     q: Queued,
     own: bool,
     now: Instant,
-    out: &mut Vec<(Message, u64)>,
+    out: &mut Vec<Outbound>,
     expired: &mut Vec<u64>,
 ) {
     let mut left = None;
@@ -1037,16 +1104,11 @@ fn deliver(
             .ok()
             .filter(|&l| l != interval);
     }
-    let owned = q.shared.owned;
-    let seq = q.seq;
-    let mut message = q.into_message();
-    if own && message.qos != QoS::AtMostOnce && !owned {
-        detach(&mut message);
-    }
-    if left.is_some() {
-        message.properties.set_message_expiry_interval(left);
-    }
-    out.push((message, seq));
+    out.push(Outbound {
+        queued: q,
+        left,
+        own,
+    });
 }
 
 impl Drop for Client {

@@ -46,7 +46,7 @@ pub use admin::{
     ClientSummary, Discard, Drain, ListenerConnections, MetricsSnapshot, SessionSummary,
     SubscriptionSummary,
 };
-pub use client::{Client, Kick, ReauthStep};
+pub use client::{Client, Kick, Outbound, ReauthStep};
 pub use connect::{Accepted, Internal, ListenerRules, Login, Peer, Step};
 pub use moved::{Exported, Imported};
 
