@@ -535,7 +535,11 @@ proptest! {
                 Properties::from_wire(wire.into(), PropertyContext::PUBLISH, &Limits::default())
                     .unwrap();
             let back = decode_all(&buf, Some(v)).unwrap();
-            prop_assert_eq!(&back, &vec![Packet::Publish(expected)]);
+            prop_assert_eq!(&back, &vec![Packet::Publish(expected.clone())]);
+            // Two Topic Aliases (the view's and its properties'): refused.
+            let twice = PublishView { properties: &expected.properties, ..aliased };
+            prop_assert!(twice.encode(v, &mut BytesMut::new()).is_err());
+            prop_assert!(twice.encoded_len(v).is_err());
         }
     }
 

@@ -1256,8 +1256,8 @@ impl Connection {
         Ok(id)
     }
 
-    /// Server: a QoS 0 PUBLISH (`publish`, its properties without a
-    /// Topic Alias) the caller may write straight to the wire instead of
+    /// Server: a QoS 0 PUBLISH (`publish`, without a Topic Alias of its
+    /// own: one is refused) the caller may write straight to the wire instead of
     /// giving it to [`Connection::publish`], as it is to be written (with
     /// this connection's Topic Alias, if it gets one); it then counts as
     /// sent. `None`: give it to `publish`, which does all the rest.
@@ -1276,9 +1276,13 @@ impl Connection {
         let clear = self.role == Role::Server
             && self.state == State::Connected
             && publish.qos == QosPid::AtMostOnce
+            && publish.topic_alias.is_none()
+            && (publish.properties.is_empty() || publish.properties.topic_alias().is_none())
             && self.transmit.is_empty()
             && self.session.pending.is_empty()
-            && self.resends() == 0;
+            && self.resends() == 0
+            // (`publish` would refuse every message.)
+            && self.config.max_pending > 0;
         if !clear {
             return None;
         }

@@ -1789,6 +1789,20 @@ fn a_qos0_message_passes_straight_through_only_when_nothing_is_ahead_of_it() {
         ..view
     };
     assert!(pair.server.pass_at_most_once(pair.now, qos1).is_none());
+    // Nor one with a Topic Alias already, its own or in its properties:
+    // the alias is this connection's to give.
+    let own = PublishView {
+        topic_alias: NonZeroU16::new(1),
+        ..view
+    };
+    assert!(pair.server.pass_at_most_once(pair.now, own).is_none());
+    let mut aliased = Properties::default();
+    aliased.set_topic_alias(NonZeroU16::new(1));
+    let carried = PublishView {
+        properties: &aliased,
+        ..view
+    };
+    assert!(pair.server.pass_at_most_once(pair.now, carried).is_none());
     // Messages waiting for the window: not ahead of them.
     let mut client_cfg = Config::default();
     client_cfg.receive_maximum = NonZeroU16::new(1).unwrap();

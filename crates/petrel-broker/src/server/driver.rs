@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use petrel_codec::{Auth, Packet, Properties, Protocol, ReasonCode};
 use petrel_session::{CloseReason, Connection, DropReason, Event, Hibernated, Message, SendError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::hibernate::{Hibernator, SlotId};
@@ -87,8 +87,9 @@ enum Slow {
 struct Turn {
     /// Whether to read from the peer.
     can_read: bool,
-    /// Room in the read buffer.
-    spare: usize,
+    /// Room in the read buffer (32 bits: the connection's future keeps it
+    /// through the wait, beside flags that leave half a word free).
+    spare: u32,
     /// When the timer should fire.
     deadline: tokio::time::Instant,
 }
@@ -349,21 +350,20 @@ fn window(ctx: &Ctx, conn: &Connection) -> u32 {
 /// Read into `buf`; when it holds no memory (a quiet connection gave it
 /// back), through a buffer on the stack of the poll, so that a connection
 /// waiting for its next packet holds none and then takes only what came.
-async fn read_into<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    if buf.capacity() > 0 {
-        return reader.read_buf(buf).await;
-    }
-    std::future::poll_fn(|cx| {
+fn read_into<'a, R: tokio::io::AsyncRead + Unpin>(
+    reader: &'a mut R,
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if buf.capacity() > 0 {
+            return tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *reader), cx, buf);
+        }
         let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
         let mut read = tokio::io::ReadBuf::uninit(&mut stack);
         std::task::ready!(std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read))?;
         buf.extend_from_slice(read.filled());
         std::task::Poll::Ready(Ok(read.filled().len()))
     })
-    .await
 }
 
 /// Read and drop what the peer sends until it closes. The buffer lives on
@@ -772,7 +772,10 @@ impl Task {
                         (turn.can_read, turn.spare)
                     };
                     fired = false;
-                    let client = self.link.client.as_ref();
+                    // (No local holds the client through the wait: each
+                    // branch borrows what it needs, and the future stays
+                    // a word smaller.)
+                    let client = &self.link.client;
                     let gate = &self.gate;
                     let stopping = &awake;
                     tokio::select! {
@@ -784,7 +787,7 @@ impl Task {
                                 // Progress: the unfinished packet's clock restarts.
                                 self.partial_since = None;
                                 let hint = self.read_hint as usize;
-                                self.read_hint = if n >= spare {
+                                self.read_hint = if n >= spare as usize {
                                     (hint * 2).min(MAX_READ)
                                 } else if n < hint / 4 {
                                     (hint / 2).max(MIN_READ)
@@ -800,11 +803,11 @@ impl Task {
                             Ok(n) => self.tally.bytes_out = self.tally.bytes_out.saturating_add(u32::try_from(n).unwrap_or(u32::MAX)),
                             Err(_) => self.lost = true,
                         },
-                        () = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
-                        kick = std::future::poll_fn(|cx| client.map_or(std::task::Poll::Pending, |c| c.poll_kicked(cx))), if client.is_some() => {
+                        () = std::future::poll_fn(|cx| client.as_ref().map_or(std::task::Poll::Pending, |c| c.poll_messages(cx))), if client.is_some() => {}
+                        kick = std::future::poll_fn(|cx| client.as_ref().map_or(std::task::Poll::Pending, |c| c.poll_kicked(cx))), if client.is_some() => {
                             // [MQTT-3.1.4-3]: 5.0 DISCONNECT 0x8E, then close (or
                             // 0x98, or 0x9C with a Server Reference).
-                            let props = client.map(|c| c.kick_properties(kick)).unwrap_or_default();
+                            let props = self.link.client.as_ref().map(|c| c.kick_properties(kick)).unwrap_or_default();
                             self.close_with(kick.reason_code(), props);
                         }
                         () = &mut timer => {
@@ -1245,7 +1248,7 @@ impl Task {
         self.report();
         Turn {
             can_read,
-            spare,
+            spare: u32::try_from(spare).unwrap_or(u32::MAX),
             deadline,
         }
     }
@@ -1446,15 +1449,12 @@ impl Task {
         let Some(view) = self.conn.pass_at_most_once(now, view) else {
             return false;
         };
-        match self.out.push_publish(&view, self.conn.protocol()) {
-            Ok(_) => {
-                self.tally.packets_out += 1;
-                self.tally.publish_out[0] += 1;
-                self.tally.payload_out[0] += view.payload.len() as u64;
-            }
-            Err(e) => {
-                tracing::warn!(peer = %self.peer(), error = %e, "could not encode a packet");
-            }
+        // Counted as `drain_transmit` counts what the machine sends.
+        self.tally.packets_out += 1;
+        self.tally.publish_out[0] += 1;
+        self.tally.payload_out[0] += view.payload.len() as u64;
+        if let Err(e) = self.out.push_publish(&view, self.conn.protocol()) {
+            tracing::warn!(peer = %self.peer(), error = %e, "could not encode a packet");
         }
         true
     }

@@ -78,33 +78,37 @@ impl OutQueue {
     }
 
     /// Write as much as the socket takes in one call; returns the count.
-    /// Cancel-safe: nothing is consumed unless the write happened.
-    pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<usize> {
-        // The slice array lives on the stack of each poll, not in the
-        // future: an idle connection's task stays small.
-        let n = std::future::poll_fn(|cx| {
-            if self.chunks.is_empty() {
-                return std::pin::Pin::new(&mut *w).poll_write(cx, &self.buf);
+    /// Cancel-safe: nothing is consumed unless the write happened. A plain
+    /// poll function, not an `async fn`: its future is two references, and
+    /// the slice array lives on the stack of each poll, so an idle
+    /// connection's task stays small.
+    pub(crate) fn write_to<'a, W: AsyncWrite + Unpin>(
+        &'a mut self,
+        w: &'a mut W,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
+        std::future::poll_fn(move |cx| {
+            let n = if self.chunks.is_empty() {
+                std::task::ready!(std::pin::Pin::new(&mut *w).poll_write(cx, &self.buf))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut k = 0;
+                for c in self.chunks.iter().take(MAX_SLICES - 1) {
+                    slices[k] = IoSlice::new(c);
+                    k += 1;
+                }
+                // The buffer follows the last chunk, so it goes only after all of them.
+                if self.chunks.len() == k && !self.buf.is_empty() {
+                    slices[k] = IoSlice::new(&self.buf);
+                    k += 1;
+                }
+                std::task::ready!(std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]))?
+            };
+            if n == 0 {
+                return std::task::Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut k = 0;
-            for c in self.chunks.iter().take(MAX_SLICES - 1) {
-                slices[k] = IoSlice::new(c);
-                k += 1;
-            }
-            // The buffer follows the last chunk, so it goes only after all of them.
-            if self.chunks.len() == k && !self.buf.is_empty() {
-                slices[k] = IoSlice::new(&self.buf);
-                k += 1;
-            }
-            std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k])
+            self.advance(n);
+            std::task::Poll::Ready(Ok(n))
         })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        self.advance(n);
-        Ok(n)
     }
 
     fn advance(&mut self, mut n: usize) {

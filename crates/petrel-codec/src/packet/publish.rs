@@ -164,8 +164,9 @@ pub struct PublishView<'a> {
     pub topic: &'a TopicName,
     /// 5.0 PUBLISH properties (not written for 3.1.1).
     pub properties: &'a Properties,
-    /// 5.0: a Topic Alias written ahead of `properties`, which then carry
-    /// none (the one connection's alias for a message shared with others).
+    /// 5.0: a Topic Alias written ahead of `properties` (the one
+    /// connection's alias for a message shared with others); encoding
+    /// fails if `properties` carry one too.
     pub topic_alias: Option<NonZeroU16>,
     /// The application message.
     pub payload: &'a Bytes,
@@ -207,7 +208,7 @@ impl PublishView<'_> {
     ) -> Result<usize, EncodeError> {
         // The same rules as `body_len`, computed inline: calling it here
         // measured about 4 ns slower on a 64-byte PUBLISH.
-        let alias = self.topic_alias.filter(|_| protocol.is_v5());
+        let alias = self.alias(protocol)?;
         let props = if protocol.is_v5() {
             Some(self.properties.body_len(PropertyContext::PUBLISH)? + alias.map_or(0, |_| 3))
         } else {
@@ -268,8 +269,19 @@ impl PublishView<'_> {
         Ok(total)
     }
 
+    /// The view's own Topic Alias, written for 5.0: an error if the
+    /// properties carry one too (a packet may carry only one).
+    fn alias(&self, protocol: Protocol) -> Result<Option<NonZeroU16>, EncodeError> {
+        match self.topic_alias.filter(|_| protocol.is_v5()) {
+            Some(_) if self.properties.topic_alias().is_some() => {
+                Err(EncodeError::InvalidPropertyValue(prop::TOPIC_ALIAS))
+            }
+            alias => Ok(alias),
+        }
+    }
+
     pub(crate) fn body_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
-        let alias = self.topic_alias.filter(|_| protocol.is_v5());
+        let alias = self.alias(protocol)?;
         if self.topic.is_empty()
             && (!protocol.is_v5() || (alias.is_none() && self.properties.topic_alias().is_none()))
         {

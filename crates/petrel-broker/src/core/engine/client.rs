@@ -1039,17 +1039,14 @@ impl Outbound {
     /// The message as published, to be written as it is at QoS 0 with
     /// this subscriber's RETAIN flag: only where its copy would differ in
     /// nothing else (QoS 0, no Subscription Identifiers, no Message Expiry
-    /// Interval to count down, not in the durable store, no Topic Alias of
-    /// its publisher's). A connection may then encode it straight from
-    /// the shared copy ([`petrel_session::Connection::pass_at_most_once`]).
+    /// Interval to count down, not in the durable store). A connection may
+    /// then encode it straight from the shared copy, where its session
+    /// machine lets it ([`petrel_session::Connection::pass_at_most_once`]).
     pub fn as_view(&self) -> Option<PublishView<'_>> {
         let q = &self.queued;
         let m = &q.shared.message;
-        let plain = q.qos == QoS::AtMostOnce
-            && q.ids.is_none()
-            && q.seq == 0
-            && self.left.is_none()
-            && (m.properties.is_empty() || m.properties.topic_alias().is_none());
+        let plain =
+            q.qos == QoS::AtMostOnce && q.ids.is_none() && q.seq == 0 && self.left.is_none();
         plain.then_some(PublishView {
             dup: false,
             qos: QosPid::AtMostOnce,
