@@ -90,8 +90,8 @@ struct Turn {
     /// Room in the read buffer (32 bits: the connection's future keeps it
     /// through the wait, beside flags that leave half a word free).
     spare: u32,
-    /// When the timer should fire.
-    deadline: tokio::time::Instant,
+    /// When the timer should fire (none: nothing is due).
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// How long after `then` is `now` (zero if before), taking both by value.
@@ -99,41 +99,28 @@ fn since(now: Instant, then: Instant) -> Duration {
     now.saturating_duration_since(then)
 }
 
-/// A deadline that never comes in practice: the timer when nothing is due.
-fn far_off() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
-}
-
-/// Move `timer` to `deadline`: earlier at once, later only once it has
-/// fired (see [`Task::run`]).
-fn rearm(
-    timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    deadline: tokio::time::Instant,
-    fired: bool,
-) {
-    let at = timer.deadline();
-    if deadline < at || (fired && deadline != at) {
-        timer.reset(deadline);
-    }
-}
-
-/// A connection task's place in the server's list of awake connections,
-/// which the broker's shutdown wakes; it leaves the list when the task
-/// stops driving the connection (closed, or hibernating).
+/// A connection task's place in the server's set of running connections:
+/// the shutdown wakes it there, and so does the server's timer task at the
+/// deadline it is armed for. It leaves the set when the task stops driving
+/// the connection (closed, or hibernating).
 struct Awake {
     ctx: Arc<Ctx>,
     id: SlotId,
+    /// The deadline the timer task wakes it at.
+    armed: Option<tokio::time::Instant>,
 }
 
 impl Awake {
-    /// Join the list with this task's waker. Joined before the shutdown is
+    /// Join the set with this task's waker. Joined before the shutdown is
     /// looked at ([`Awake::stopping`]), so one is never missed.
     async fn register(ctx: &Arc<Ctx>) -> Self {
+        super::start_timers(ctx);
         let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
-        let id = lock(&ctx.awake).insert(waker, None);
+        let id = lock(&ctx.awake).slots.insert(waker, None);
         Self {
             ctx: ctx.clone(),
             id,
+            armed: None,
         }
     }
 
@@ -141,11 +128,36 @@ impl Awake {
     fn stopping(&self) -> bool {
         self.ctx.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
+
+    /// Move the deadline to `deadline`: earlier at once, later only once
+    /// it has rung (`rung`; see [`Task::run`]).
+    fn rearm(&mut self, deadline: Option<tokio::time::Instant>, rung: bool) {
+        let moved = match (deadline, self.armed) {
+            (Some(d), Some(a)) => d < a || (rung && d != a),
+            (Some(_), None) => true,
+            (None, Some(_)) => rung,
+            (None, None) => false,
+        };
+        if !moved {
+            return;
+        }
+        let tell = lock(&self.ctx.awake).arm(self.id, self.armed, deadline);
+        self.armed = deadline;
+        if tell {
+            self.ctx.timer_told.notify_one();
+        }
+    }
+
+    /// Whether the deadline it is armed for has come.
+    fn rung(&self) -> bool {
+        self.armed
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
 }
 
 impl Drop for Awake {
     fn drop(&mut self) {
-        lock(&self.ctx.awake).remove(self.id);
+        lock(&self.ctx.awake).leave(self.id, self.armed);
     }
 }
 
@@ -694,7 +706,7 @@ impl Task {
                 // The broker's shutdown wakes this task through the server's list
                 // of awake connections (a pointer here, where a watch receiver's
                 // `changed()` future would be 120 bytes in every connection).
-                let awake = Awake::register(&self.link.ctx).await;
+                let mut awake = Awake::register(&self.link.ctx).await;
                 let mut told_shutdown = false;
                 if awake.stopping() {
                     // Also a connection woken from hibernation by the shutdown.
@@ -704,10 +716,8 @@ impl Task {
                 let mut last_active = Instant::now();
                 // The last wake-up was the timer's (not activity).
                 let mut fired = false;
-                // One timer for the task's life, moved only when the session's
-                // deadline moves (a new one per turn costs a timer-wheel insert).
-                let timer = tokio::time::sleep_until(far_off());
-                tokio::pin!(timer);
+                // The deadline is the server's timer task's to keep (see
+                // `Awake`), moved only when the session's deadline moves.
                 loop {
                     // What is worked out before waiting lives in this block, so
                     // that the future does not keep it while it waits.
@@ -764,11 +774,11 @@ impl Task {
                         }
                         let turn = self.prepare(now, sparse, last_active);
                         // Moved earlier at once, later only once it has fired: the
-                        // deadlines move with every packet, and resetting a timer
-                        // each time costs a timer-wheel update per packet. Firing
-                        // early is harmless (`handle_timeout` does nothing before
-                        // it is due).
-                        rearm(timer.as_mut(), turn.deadline, fired);
+                        // deadlines move with every packet, and moving one each
+                        // time would cost the shared set an update per packet.
+                        // Firing early is harmless (`handle_timeout` does nothing
+                        // before it is due).
+                        awake.rearm(turn.deadline, fired);
                         (turn.can_read, turn.spare)
                     };
                     fired = false;
@@ -777,7 +787,7 @@ impl Task {
                     // a word smaller.)
                     let client = &self.link.client;
                     let gate = &self.gate;
-                    let stopping = &awake;
+                    let awake = &awake;
                     tokio::select! {
                         r = read_into(&mut reader, &mut self.inbuf), if can_read => match r {
                             Ok(0) | Err(_) => self.lost = true,
@@ -810,7 +820,7 @@ impl Task {
                             let props = self.link.client.as_ref().map(|c| c.kick_properties(kick)).unwrap_or_default();
                             self.close_with(kick.reason_code(), props);
                         }
-                        () = &mut timer => {
+                        () = std::future::poll_fn(|_| if awake.rung() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }) => {
                             let now = Instant::now();
                             fired = true;
                             if self.stall_at().is_some_and(|t| t <= now) {
@@ -841,7 +851,7 @@ impl Task {
                         _ = std::future::poll_fn(|cx| gate.as_ref().map_or(std::task::Poll::Pending, |g| g.poll(cx))), if gate.is_some() => {
                             self.drain_transmit();
                         }
-                        () = std::future::poll_fn(|_| if stopping.stopping() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }), if !told_shutdown => {
+                        () = std::future::poll_fn(|_| if awake.stopping() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }), if !told_shutdown => {
                             told_shutdown = true;
                             self.close(ReasonCode::SERVER_SHUTTING_DOWN);
                         }
@@ -1226,7 +1236,7 @@ impl Task {
             .chain(held)
             .chain(room_retry)
             .min()
-            .map_or_else(far_off, tokio::time::Instant::from_std);
+            .map(tokio::time::Instant::from_std);
         let hint = self.read_hint as usize;
         if self.inbuf.is_empty() && (quiet || self.inbuf.capacity() > 2 * hint) {
             // Between a trickle's packets, or what a burst left: give it

@@ -323,7 +323,7 @@ struct Slot {
 }
 
 /// A place in [`Slots`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct SlotId {
     index: u32,
     generation: u32,
@@ -407,6 +407,15 @@ impl Slots {
             }
         }
         id
+    }
+
+    /// The waker in slot `id`, if it is still there.
+    pub(super) fn waker(&self, id: SlotId) -> Option<&Waker> {
+        self.slots
+            .get(id.index as usize)
+            .filter(|s| s.generation == id.generation)?
+            .waker
+            .as_ref()
     }
 
     pub(super) fn remove(&mut self, id: SlotId) -> Option<Waker> {

@@ -9,6 +9,7 @@ mod listener;
 mod outq;
 mod proxy;
 mod quic;
+mod running;
 mod tls;
 mod transport;
 mod ws;
@@ -124,11 +125,22 @@ struct Ctx {
     /// the most there may be.
     partial_bytes: std::sync::atomic::AtomicUsize,
     max_partial_bytes: usize,
-    /// The wakers of connection tasks that are running (not hibernating),
-    /// woken at shutdown.
-    awake: std::sync::Mutex<hibernate::Slots>,
+    /// The connection tasks that are running (not hibernating): their
+    /// wakers, woken at shutdown, and their deadlines.
+    awake: std::sync::Mutex<running::Running>,
     /// The server is shutting down: set before `awake` is woken.
     stopping: std::sync::atomic::AtomicBool,
+    /// Tells the timer task of an earlier deadline (and of the end).
+    timer_told: Arc<Notify>,
+    /// The timer task was started (by the first connection).
+    timer_started: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // The timer task ends when it finds the context gone.
+        self.timer_told.notify_one();
+    }
 }
 
 impl Ctx {
@@ -145,8 +157,10 @@ impl Ctx {
             admission: admission::Admission::new(&broker.config().limits),
             partial_bytes: std::sync::atomic::AtomicUsize::new(0),
             max_partial_bytes: broker.config().limits.max_partial_bytes,
-            awake: std::sync::Mutex::new(hibernate::Slots::default()),
+            awake: std::sync::Mutex::new(running::Running::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            timer_told: Arc::new(Notify::new()),
+            timer_started: std::sync::atomic::AtomicBool::new(false),
             broker,
         })
     }
@@ -337,6 +351,43 @@ fn stop_running(ctx: &Ctx) {
     awake.into_iter().for_each(std::task::Waker::wake);
 }
 
+/// Start the server's timer task, once.
+fn start_timers(ctx: &Arc<Ctx>) {
+    if !ctx.timer_started.swap(true, Ordering::AcqRel) {
+        tokio::spawn(timers(Arc::downgrade(ctx), ctx.timer_told.clone()));
+    }
+}
+
+/// The server's timer task (started by the first connection, so that
+/// connections served without [`Server::run`] have it too): wakes each
+/// running connection at its deadline.
+/// Holds the server's context only while it looks (it ends once the
+/// context is gone, which tells it so when dropped).
+async fn timers(ctx: std::sync::Weak<Ctx>, told: Arc<Notify>) {
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    loop {
+        let next = {
+            let Some(ctx) = ctx.upgrade() else {
+                return;
+            };
+            let (due, next) = crate::core::lock(&ctx.awake).due(tokio::time::Instant::now());
+            due.into_iter().for_each(std::task::Waker::wake);
+            next
+        };
+        match next {
+            Some(at) => {
+                sleep.as_mut().reset(at);
+                tokio::select! {
+                    () = &mut sleep => {}
+                    () = told.notified() => {}
+                }
+            }
+            None => told.notified().await,
+        }
+    }
+}
+
 /// Wakes every hibernating connection when dropped.
 struct WakeAll(Hibernation);
 
@@ -356,7 +407,7 @@ async fn tick(ctx: Arc<Ctx>) {
         let now = Instant::now();
         ctx.hibernation.wake_due(now);
         // The room a peak of running connections left.
-        crate::core::lock(&ctx.awake).compact();
+        crate::core::lock(&ctx.awake).slots.compact();
         ctx.broker.tick(now);
     }
 }
