@@ -948,3 +948,53 @@ async fn a_flood_of_tiny_packets_does_not_hold_up_another_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The connections' deadlines are kept by one timer task per server. If the
+/// first connection comes through a `LocalConnector` from a runtime that
+/// then ends, the timer task ends with it; the server's own runtime must
+/// start another, or no keep alive would ever be enforced again
+/// ([MQTT-3.1.2-22]: the server closes a client silent for one and a half
+/// keep alives).
+#[test]
+fn the_keep_alive_holds_after_the_runtime_of_the_first_connection_ended() {
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = petrel_broker::Broker::new(config()).unwrap();
+    let server = main
+        .block_on(petrel_broker::Server::bind(broker.clone()))
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let local = server.local();
+    // The first connection, on a runtime of its own that then ends.
+    let short = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    short.block_on(async {
+        let _stream = local.connect(petrel_broker::Internal {
+            user: "first".into(),
+            queue: None,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    drop(short);
+    main.block_on(async move {
+        let _task = tokio::spawn(server.run());
+        let (mut c, ack) =
+            Raw::connect_with(addr, Protocol::V3_1_1, "ka", |c| c.keep_alive = 1).await;
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        // Control: the connection is served (and so could have stayed open).
+        c.alive().await;
+        let started = tokio::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(5), c.closed()).await;
+        assert!(closed.is_ok(), "not closed 5 s after a 1 s keep alive");
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "closed after {:?}, before one keep alive",
+            started.elapsed()
+        );
+        broker.shutdown();
+    });
+}

@@ -114,6 +114,7 @@ impl Awake {
     /// Join the set with this task's waker. Joined before the shutdown is
     /// looked at ([`Awake::stopping`]), so one is never missed.
     async fn register(ctx: &Arc<Ctx>) -> Self {
+        // (Again if the runtime that ran it is gone.)
         super::start_timers(ctx);
         let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
         let id = lock(&ctx.awake).slots.insert(waker, None);
@@ -141,6 +142,7 @@ impl Awake {
         if !moved {
             return;
         }
+        super::start_timers(&self.ctx);
         let tell = lock(&self.ctx.awake).arm(self.id, self.armed, deadline);
         self.armed = deadline;
         if tell {
@@ -148,10 +150,17 @@ impl Awake {
         }
     }
 
-    /// Whether the deadline it is armed for has come.
-    fn rung(&self) -> bool {
-        self.armed
-            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    /// Ready once the deadline it is armed for has come (the server's
+    /// timer task wakes it then). A deadline that has come stays so until
+    /// it is moved, so each time counts against the runtime's budget for
+    /// the task, as a runtime timer's did: a deadline left in the past
+    /// yields to the other tasks now and then instead of spinning.
+    fn poll_rung(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.armed.is_none_or(|at| tokio::time::Instant::now() < at) {
+            return std::task::Poll::Pending;
+        }
+        std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+        std::task::Poll::Ready(())
     }
 }
 
@@ -820,7 +829,7 @@ impl Task {
                             let props = self.link.client.as_ref().map(|c| c.kick_properties(kick)).unwrap_or_default();
                             self.close_with(kick.reason_code(), props);
                         }
-                        () = std::future::poll_fn(|_| if awake.rung() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }) => {
+                        () = std::future::poll_fn(|cx| awake.poll_rung(cx)) => {
                             let now = Instant::now();
                             fired = true;
                             if self.stall_at().is_some_and(|t| t <= now) {

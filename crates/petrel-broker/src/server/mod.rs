@@ -296,6 +296,9 @@ impl Server {
             tasks.spawn(listener.accept_loop(ctx.clone(), live.clone()));
         }
         tasks.spawn(tick(ctx.clone()));
+        // The connections' timer task on the server's runtime (a connection
+        // would start it otherwise, on its own).
+        start_timers(&ctx);
         // Not in `tasks`: running connections hear of a shutdown even if
         // this future is dropped first (they live on in tasks of their own).
         tokio::spawn(tell_running(
@@ -351,10 +354,26 @@ fn stop_running(ctx: &Ctx) {
     awake.into_iter().for_each(std::task::Waker::wake);
 }
 
-/// Start the server's timer task, once.
+/// Start the server's timer task unless it runs: on the server's runtime
+/// when [`Server::run`] starts, or on the runtime of the first connection
+/// that finds it not running (a connection opened through a
+/// [`LocalConnector`] may come first, from a runtime that ends sooner).
 fn start_timers(ctx: &Arc<Ctx>) {
-    if !ctx.timer_started.swap(true, Ordering::AcqRel) {
+    if !ctx.timer_started.load(Ordering::Acquire) && !ctx.timer_started.swap(true, Ordering::AcqRel)
+    {
         tokio::spawn(timers(Arc::downgrade(ctx), ctx.timer_told.clone()));
+    }
+}
+
+/// Says the timer task is no longer running when it ends, also when its
+/// runtime drops it: the next connection to run starts another.
+struct TimersRunning(std::sync::Weak<Ctx>);
+
+impl Drop for TimersRunning {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0.upgrade() {
+            ctx.timer_started.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -364,6 +383,7 @@ fn start_timers(ctx: &Arc<Ctx>) {
 /// Holds the server's context only while it looks (it ends once the
 /// context is gone, which tells it so when dropped).
 async fn timers(ctx: std::sync::Weak<Ctx>, told: Arc<Notify>) {
+    let _running = TimersRunning(ctx.clone());
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
     loop {
