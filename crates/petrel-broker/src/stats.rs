@@ -169,8 +169,21 @@ pub(crate) struct Tally {
     // One read or one write between two reports: 32 bits too.
     pub(crate) bytes_in: u32,
     pub(crate) bytes_out: u32,
-    pub(crate) payload_in: [u64; 3],
-    pub(crate) payload_out: [u64; 3],
+    // Payload bytes fit 32 bits between two reports but for a burst of
+    // large messages: those go straight to the totals (`count_payload`).
+    pub(crate) payload_in: [u32; 3],
+    pub(crate) payload_out: [u32; 3],
+}
+
+/// Add `n` payload bytes to a tally's 32-bit count, or, were the count to
+/// overflow, to the broker's total at once.
+pub(crate) fn count_payload(slot: &mut u32, total: &AtomicU64, n: usize) {
+    match u32::try_from(n).ok().and_then(|n| slot.checked_add(n)) {
+        Some(v) => *slot = v,
+        None => {
+            total.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Tally {
@@ -249,9 +262,9 @@ impl Stats {
         add(&self.bytes_sent, u64::from(t.bytes_out));
         for q in 0..3 {
             add(&self.publish_in[q], u64::from(t.publish_in[q]));
-            add(&self.payload_in[q], t.payload_in[q]);
+            add(&self.payload_in[q], u64::from(t.payload_in[q]));
             add(&self.publish_out[q], u64::from(t.publish_out[q]));
-            add(&self.payload_out[q], t.payload_out[q]);
+            add(&self.payload_out[q], u64::from(t.payload_out[q]));
         }
         *t = Tally::default();
     }
@@ -475,5 +488,30 @@ impl QueueBound {
             max_bytes,
             dropped: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tally's payload count is 32 bits: what would overflow it goes to
+    /// the total at once, so no byte is lost either way.
+    #[test]
+    fn payload_bytes_past_32_bits_go_straight_to_the_total() {
+        let total = AtomicU64::new(0);
+        let mut slot = 0u32;
+        count_payload(&mut slot, &total, 1_000);
+        // Control: a small count stays in the tally.
+        assert_eq!((slot, total.load(Ordering::Relaxed)), (1_000, 0));
+        count_payload(&mut slot, &total, u32::MAX as usize);
+        assert_eq!(slot, 1_000);
+        assert_eq!(total.load(Ordering::Relaxed), u64::from(u32::MAX));
+        count_payload(&mut slot, &total, 5_000_000_000);
+        assert_eq!(slot, 1_000);
+        assert_eq!(
+            total.load(Ordering::Relaxed) + u64::from(slot),
+            u64::from(u32::MAX) + 5_000_000_000 + 1_000
+        );
     }
 }

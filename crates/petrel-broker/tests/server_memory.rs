@@ -3,12 +3,13 @@
 //! has connected and subscribed and is waiting for its next packet (the
 //! peak of a connection storm), and the same connection hibernated.
 //!
-//! The bounds sit a little above what the broker holds today (about 2.0 KB
+//! The bounds sit a little above what the broker holds today (about 1.9 KB
 //! awake and 0.8 KB asleep, this allocator's count; RSS adds the allocator's
 //! rounding), so a change that makes every connection keep a buffer again,
 //! or that makes a connection's task or its future grow back, fails here:
 //! the runtime's cell for a TCP connection's future is 384 bytes, and a
-//! timer of its own (112 bytes) would make it 512. Each figure is the growth from the measured connections
+//! timer of its own (112 bytes) would make it 512; the task is 632 bytes,
+//! and 9 more would take it from a 640-byte allocation to a 768-byte one. Each figure is the growth from the measured connections
 //! alone, so the broker's fixed costs and its tables' growth are left out.
 #![allow(missing_docs, unsafe_code)]
 
@@ -129,7 +130,7 @@ fn a_connection_between_packets_holds_no_buffers_and_a_hibernated_one_less() {
         "counted only {awake:.0} bytes for a live connection"
     );
     assert!(
-        awake < 2_060.0,
+        awake < 1_950.0,
         "a connection waiting for its next packet holds {awake:.0} bytes"
     );
     assert!(

@@ -235,12 +235,16 @@ pub struct Connection {
     config: Arc<Config>,
     session: SessionState,
     peer: PeerLimits,
-    keep_alive: Option<Duration>,
+    /// In seconds, as the protocol has it (0: none).
+    keep_alive: u16,
     timers: [Option<Instant>; 4],
     last_sent: Instant,
     last_received: Instant,
     transmit: VecDeque<Packet>,
-    events: VecDeque<Event>,
+    /// What the application is to hear, boxed while there is any (a
+    /// connection between packets carries one pointer for it).
+    #[allow(clippy::box_collection)]
+    events: Option<Box<VecDeque<Event>>>,
     /// What few connections use, in one box taken when first needed.
     rare: Option<Box<Rare>>,
     /// What we told the peer we accept (CONNECT or CONNACK), and enforce.
@@ -250,8 +254,12 @@ pub struct Connection {
     clean_start: bool,
     /// Server: whether CONNECT asked for a zero Session Expiry Interval.
     connect_session_expiry_zero: bool,
-    /// With [`Connection::journal`] on: the changes not yet taken.
-    journal: Option<Vec<Change>>,
+    /// With [`Connection::journal`] on: the changes not yet taken, boxed
+    /// while there are any (8 bytes of every connection instead of 24).
+    #[allow(clippy::box_collection)]
+    journal: Option<Box<Vec<Change>>>,
+    /// [`Connection::journal`] is on.
+    journaling: bool,
 }
 
 /// The parts of a [`Connection`] that few connections use or that are
@@ -385,18 +393,19 @@ impl Connection {
             config,
             session: SessionState::default(),
             peer: PeerLimits::default(),
-            keep_alive: None,
+            keep_alive: 0,
             timers: [None; 4],
             last_sent: now,
             last_received: now,
             transmit: VecDeque::new(),
-            events: VecDeque::new(),
+            events: None,
             rare: None,
             our_receive_maximum: u16::MAX,
             our_topic_alias_maximum: 0,
             clean_start: true,
             connect_session_expiry_zero: true,
             journal: None,
+            journaling: false,
         }
     }
 
@@ -421,7 +430,7 @@ impl Connection {
     ) -> Result<Self, SendError> {
         let mut c = Self::new(Role::Client, connect.protocol, config.into(), now);
         c.session = state;
-        c.keep_alive = (connect.keep_alive > 0).then(|| secs(connect.keep_alive));
+        c.keep_alive = connect.keep_alive;
         if connect.protocol.is_v5() {
             let p = &mut connect.properties;
             if p.receive_maximum().is_none() {
@@ -484,7 +493,7 @@ impl Connection {
 
     /// The keep alive in force (after CONNACK's Server Keep Alive, if any).
     pub fn keep_alive(&self) -> Option<Duration> {
-        self.keep_alive
+        (self.keep_alive > 0).then(|| secs(self.keep_alive))
     }
 
     /// The session state (read only).
@@ -577,8 +586,8 @@ impl Connection {
         if self.transmit.is_empty() {
             self.transmit = VecDeque::new();
         }
-        if self.events.is_empty() {
-            self.events = VecDeque::new();
+        if self.events.as_ref().is_some_and(|e| e.is_empty()) {
+            self.events = None;
         }
         if let Some(r) = &mut self.rare {
             if r.is_unused() {
@@ -610,7 +619,7 @@ impl Connection {
         let s = &self.session;
         let idle = self.state == State::Connected
             && self.transmit.is_empty()
-            && self.events.is_empty()
+            && !self.has_events()
             && s.is_empty()
             && s.deferred.is_empty()
             && self.rare.as_ref().is_none_or(|r| {
@@ -622,7 +631,7 @@ impl Connection {
             })
             && self.timers[Timer::Connect as usize].is_none()
             && self.timers[Timer::Response as usize].is_none()
-            && self.journal.as_ref().is_none_or(Vec::is_empty);
+            && self.journal.as_deref().is_none_or(Vec::is_empty);
         if !idle {
             return Err(Box::new(self));
         }
@@ -651,15 +660,13 @@ impl Connection {
             next_packet_id: s.next_packet_id,
             next_message_id: s.next_message_id,
             peer: self.peer,
-            keep_alive: self
-                .keep_alive
-                .map_or(0, |k| u16::try_from(k.as_secs()).unwrap_or(u16::MAX)),
+            keep_alive: self.keep_alive,
             last: match self.role {
                 Role::Client => self.last_sent,
                 Role::Server => self.last_received,
             },
             rare,
-            journal: self.journal.is_some(),
+            journal: self.journaling,
         })
     }
 
@@ -680,7 +687,7 @@ impl Connection {
         c.session.next_packet_id = hibernated.next_packet_id;
         c.session.next_message_id = hibernated.next_message_id;
         c.peer = hibernated.peer;
-        c.keep_alive = (hibernated.keep_alive > 0).then(|| secs(hibernated.keep_alive));
+        c.keep_alive = hibernated.keep_alive;
         // `new` set both instants to `last`: each role reads only its own.
         c.arm_keep_alive();
         c.arm_idle();
@@ -688,7 +695,7 @@ impl Connection {
             let r = c.rare();
             (r.alias_out, r.alias_in, r.auth_method) = (h.alias_out, h.alias_in, h.auth_method);
         }
-        c.journal = hibernated.journal.then(Vec::new);
+        c.journaling = hibernated.journal;
         c
     }
 
@@ -696,22 +703,20 @@ impl Connection {
     /// default), for the caller to store before it writes what
     /// [`Connection::poll_transmit`] returns. Kept through hibernation.
     pub fn journal(&mut self, on: bool) {
-        if on != self.journal.is_some() {
-            self.journal = on.then(Vec::new);
+        self.journaling = on;
+        if !on {
+            self.journal = None;
         }
     }
 
     /// The changes recorded since the last call, in order.
     pub fn take_changes(&mut self) -> Vec<Change> {
-        self.journal
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+        self.journal.take().map(|j| *j).unwrap_or_default()
     }
 
     fn record(&mut self, change: Change) {
-        if let Some(j) = &mut self.journal {
-            j.push(change);
+        if self.journaling {
+            self.journal.get_or_insert_with(Box::default).push(change);
         }
     }
 
@@ -722,13 +727,20 @@ impl Connection {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.as_mut()?.pop_front()
     }
 
     /// Whether [`Connection::poll_event`] has more to give (a broker can
     /// hold a message back to handle it with those that follow).
     pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
+        self.events.as_ref().is_some_and(|e| !e.is_empty())
+    }
+
+    /// Queue an event for the application.
+    fn event(&mut self, event: Event) {
+        self.events
+            .get_or_insert_with(Box::default)
+            .push_back(event);
     }
 
     /// When [`Connection::handle_timeout`] must next be called.
@@ -772,7 +784,7 @@ impl Connection {
             // [MQTT-3.1.2-20]: nothing sent for the keep alive: PINGREQ.
             let _ = self.queue(now, Packet::PingReq);
             // Re-armed even if the PINGREQ could not be sent.
-            self.timers[Timer::KeepAlive as usize] = self.keep_alive.map(|ka| now + ka);
+            self.timers[Timer::KeepAlive as usize] = self.keep_alive().map(|ka| now + ka);
             if self.timers[Timer::Response as usize].is_none() {
                 self.timers[Timer::Response as usize] = Some(now + self.config.response_timeout);
             }
@@ -869,11 +881,11 @@ impl Connection {
             (_, Packet::Disconnect(d)) => self.on_disconnect(d),
             (_, Packet::Auth(a)) => self.on_auth(a),
             (Role::Server, Packet::Subscribe(s)) => {
-                self.events.push_back(Event::Subscribe(s));
+                self.event(Event::Subscribe(s));
                 Ok(())
             }
             (Role::Server, Packet::Unsubscribe(u)) => {
-                self.events.push_back(Event::Unsubscribe(u));
+                self.event(Event::Unsubscribe(u));
                 Ok(())
             }
             (Role::Server, Packet::PingReq) => {
@@ -882,13 +894,13 @@ impl Connection {
             }
             (Role::Client, Packet::SubAck(a)) => {
                 if self.end_request(a.packet_id.get()) {
-                    self.events.push_back(Event::SubAck(a));
+                    self.event(Event::SubAck(a));
                 }
                 Ok(())
             }
             (Role::Client, Packet::UnsubAck(a)) => {
                 if self.end_request(a.packet_id.get()) {
-                    self.events.push_back(Event::UnsubAck(a));
+                    self.event(Event::UnsubAck(a));
                 }
                 Ok(())
             }
@@ -907,7 +919,7 @@ impl Connection {
         // The connect timer keeps running until the application answers
         // (an AUTH exchange must also finish in time).
         self.clean_start = c.clean_start;
-        self.keep_alive = (c.keep_alive > 0).then(|| secs(c.keep_alive));
+        self.keep_alive = c.keep_alive;
         if c.protocol.is_v5() {
             let p = &c.properties;
             self.peer.receive_maximum = p.receive_maximum().map_or(u16::MAX, NonZeroU16::get);
@@ -922,7 +934,7 @@ impl Connection {
             self.connect_session_expiry_zero = p.session_expiry_interval().unwrap_or(0) == 0;
         }
         self.state = State::AwaitAccept;
-        self.events.push_back(Event::ConnectRequest(c));
+        self.event(Event::ConnectRequest(c));
         Ok(())
     }
 
@@ -948,7 +960,7 @@ impl Connection {
             }
             if let Some(ka) = props.server_keep_alive() {
                 // [MQTT-3.2.2-21]: the client adopts it; so do we.
-                self.keep_alive = (ka > 0).then(|| secs(ka));
+                self.keep_alive = ka;
             }
             if !self.peer.request_response_information {
                 // [MQTT-3.1.2-28]: not asked for, not sent.
@@ -989,7 +1001,7 @@ impl Connection {
             dropped.extend(state.pending.iter().map(|q| q.id));
             dropped.sort_unstable();
             for id in dropped {
-                self.events.push_back(Event::Dropped {
+                self.event(Event::Dropped {
                     id,
                     reason: DropReason::SessionDiscarded,
                 });
@@ -1081,14 +1093,14 @@ impl Connection {
         if !self.protocol.is_v5() || ours.is_none() || method.as_ref() != ours {
             return Err(ProtocolError::BadAuthentication);
         }
-        self.events.push_back(Event::Auth(a));
+        self.event(Event::Auth(a));
         Ok(())
     }
 
     fn on_connack(&mut self, now: Instant, c: ConnAck) -> Result<(), ProtocolError> {
         self.timers[Timer::Response as usize] = None;
         if c.reason_code.is_error() {
-            self.events.push_back(Event::ConnectRefused {
+            self.event(Event::ConnectRefused {
                 reason_code: c.reason_code,
                 properties: c.properties,
             });
@@ -1106,7 +1118,7 @@ impl Connection {
             self.peer.retain_available = p.retain_available().unwrap_or(true);
             if let Some(ka) = p.server_keep_alive() {
                 // [MQTT-3.1.2-21]
-                self.keep_alive = (ka > 0).then(|| secs(ka));
+                self.keep_alive = ka;
             }
         }
         // 3.1 has no Session Present flag: a server keeps the session
@@ -1128,7 +1140,7 @@ impl Connection {
             // in 5.0). Messages it never acknowledged go out again as new.
             self.requeue_unacknowledged();
         }
-        self.events.push_back(Event::Connected {
+        self.event(Event::Connected {
             session_present,
             properties: c.properties,
         });
@@ -1148,7 +1160,7 @@ impl Connection {
                     expires_at,
                 } => unacked.push((id, message, expires_at)),
                 // PUBREC arrived: the server had the message. Done.
-                Outgoing::Release { id } => self.events.push_back(Event::Published {
+                Outgoing::Release { id } => self.event(Event::Published {
                     id,
                     reason_code: ReasonCode::SUCCESS,
                     properties: Properties::new(),
@@ -1210,7 +1222,7 @@ impl Connection {
             if self.role == Role::Client && !self.supported(&message) {
                 // The server came back supporting less ([MQTT-3.2.2-11]).
                 self.finish_exchange(pid);
-                self.events.push_back(Event::Dropped {
+                self.event(Event::Dropped {
                     id,
                     reason: DropReason::NotSupported,
                 });
@@ -1336,7 +1348,7 @@ impl Connection {
                 return;
             };
             if q.expires_at.is_some_and(|at| at <= now) {
-                self.events.push_back(Event::Dropped {
+                self.event(Event::Dropped {
                     id: q.id,
                     reason: DropReason::Expired,
                 });
@@ -1344,7 +1356,7 @@ impl Connection {
             }
             if self.role == Role::Client && !self.supported(&q.message) {
                 // Queued before CONNACK told us what the server supports.
-                self.events.push_back(Event::Dropped {
+                self.event(Event::Dropped {
                     id: q.id,
                     reason: DropReason::NotSupported,
                 });
@@ -1392,10 +1404,12 @@ impl Connection {
         self.session.pending.retain(|q| {
             let expired = q.expires_at.is_some_and(|at| at <= now);
             if expired {
-                events.push_back(Event::Dropped {
-                    id: q.id,
-                    reason: DropReason::Expired,
-                });
+                events
+                    .get_or_insert_with(Box::default)
+                    .push_back(Event::Dropped {
+                        id: q.id,
+                        reason: DropReason::Expired,
+                    });
             }
             !expired
         });
@@ -1463,7 +1477,7 @@ impl Connection {
             if let Some(pid) = packet_id {
                 self.finish_exchange(pid.get());
             }
-            self.events.push_back(Event::Dropped {
+            self.event(Event::Dropped {
                 id,
                 reason: DropReason::TooLarge,
             });
@@ -1535,7 +1549,7 @@ impl Connection {
         }
         match p.qos {
             QosPid::AtMostOnce => {
-                self.events.push_back(Event::Message(p));
+                self.event(Event::Message(p));
             }
             QosPid::AtLeastOnce(pid) if self.config.manual_acks => {
                 // The peer counts it against our Receive Maximum until the
@@ -1555,7 +1569,7 @@ impl Connection {
                     return Err(ProtocolError::ReceiveMaximumExceeded { max });
                 }
                 self.rare().unacked.insert(pid.get());
-                self.events.push_back(Event::Message(p));
+                self.event(Event::Message(p));
             }
             QosPid::ExactlyOnce(pid) if self.config.manual_acks => {
                 if self.session.incoming.contains(&pid.get()) {
@@ -1572,7 +1586,7 @@ impl Connection {
                 }
                 self.session.incoming.insert(pid.get());
                 self.session.deferred.insert(pid.get());
-                self.events.push_back(Event::Message(p));
+                self.event(Event::Message(p));
             }
             QosPid::AtLeastOnce(pid) => {
                 if self.session.incoming.contains(&pid.get()) {
@@ -1584,7 +1598,7 @@ impl Connection {
                     return Ok(());
                 }
                 // [MQTT-4.3.2-4]: own it, then PUBACK; in arrival order ([MQTT-4.6.0-2]).
-                self.events.push_back(Event::Message(p));
+                self.event(Event::Message(p));
                 let _ = self.queue(now, Packet::PubAck(PubAck::new(pid)));
             }
             QosPid::ExactlyOnce(pid) => {
@@ -1599,7 +1613,7 @@ impl Connection {
                 }
                 self.session.incoming.insert(pid.get());
                 // [MQTT-4.3.3-8]
-                self.events.push_back(Event::Message(p));
+                self.event(Event::Message(p));
                 let _ = self.queue(now, Packet::PubRec(PubAck::new(pid)));
             }
         }
@@ -1634,7 +1648,7 @@ impl Connection {
             }
         }
         if let Some(o) = self.finish_exchange(pid) {
-            self.events.push_back(Event::Published {
+            self.event(Event::Published {
                 id: o.id(),
                 reason_code: a.reason_code,
                 properties: a.properties,
@@ -1658,7 +1672,7 @@ impl Connection {
                 if a.reason_code.is_error() {
                     // [MQTT-4.4.0-2]: acknowledged, not retransmitted.
                     self.finish_exchange(pid);
-                    self.events.push_back(Event::Published {
+                    self.event(Event::Published {
                         id,
                         reason_code: a.reason_code,
                         properties: a.properties,
@@ -1700,7 +1714,7 @@ impl Connection {
             Some(Outgoing::Release { id }) => {
                 let id = *id;
                 self.finish_exchange(pid);
-                self.events.push_back(Event::Published {
+                self.event(Event::Published {
                     id,
                     reason_code: a.reason_code,
                     properties: a.properties,
@@ -1992,7 +2006,7 @@ impl Connection {
         r.alias_out.clear();
         r.pending_subscriptions.clear();
         r.close_reason = Some(reason.clone());
-        self.events.push_back(Event::Closed(reason));
+        self.event(Event::Closed(reason));
     }
 
     // ------------------------------------------------------------ sending
@@ -2036,7 +2050,8 @@ impl Connection {
 
     fn arm_keep_alive(&mut self) {
         if self.role == Role::Client && self.state == State::Connected {
-            self.timers[Timer::KeepAlive as usize] = self.keep_alive.map(|ka| self.last_sent + ka);
+            self.timers[Timer::KeepAlive as usize] =
+                self.keep_alive().map(|ka| self.last_sent + ka);
         }
     }
 
@@ -2044,7 +2059,7 @@ impl Connection {
         if self.role == Role::Server && self.state == State::Connected {
             // [MQTT-3.1.2-22]: one and a half keep alives.
             self.timers[Timer::Idle as usize] =
-                self.keep_alive.map(|ka| self.last_received + ka + ka / 2);
+                self.keep_alive().map(|ka| self.last_received + ka + ka / 2);
         }
     }
 }

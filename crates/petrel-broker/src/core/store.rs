@@ -441,6 +441,11 @@ impl Commit {
         Self(None, None)
     }
 
+    /// Nothing to wait for: [`Commit::done`].
+    pub(crate) fn is_nothing(&self) -> bool {
+        self.0.is_none() && self.1.is_none()
+    }
+
     /// Durable once `ticket` is [`Ticket::complete`]d.
     pub fn waiting(ticket: Arc<Ticket>) -> Self {
         Self(Some(ticket), None)

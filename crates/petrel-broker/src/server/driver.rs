@@ -24,7 +24,7 @@ use crate::core::auth::BoxFuture;
 use crate::core::engine::{Client, Login, Outbound, Peer, ReauthStep, Step};
 use crate::core::lock;
 use crate::core::store::Commit;
-use crate::stats::{Stats, Tally};
+use crate::stats::{count_payload, Stats, Tally};
 
 /// Stop taking messages from the session's queue while this much waits to
 /// be written: a slow subscriber's backlog stays in its bounded queue.
@@ -170,10 +170,26 @@ impl Drop for Awake {
     }
 }
 
+// Every running connection holds one task, in jemalloc's 640-byte size
+// class: a field more would cost 128 bytes a connection, not 8.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Task>() <= 640);
+
+/// A connection before it is accepted.
+enum Entry {
+    /// What the transport knows of the peer, until the CONNECT takes it.
+    Peer(Peer),
+    /// The CONNECT being decided (boxed again: it is much larger than
+    /// the peer's record, which every new connection holds).
+    Login(Box<Login>),
+}
+
 struct Task {
     link: Link,
-    /// What the transport knows of the peer, until the CONNECT takes it.
-    origin: Option<Box<Peer>>,
+    /// Until the connection is accepted: what the transport knows of the
+    /// peer, then the CONNECT being decided (one box for both: the task
+    /// must stay small once the client is in).
+    entry: Option<Box<Entry>>,
     conn: Connection,
     inbuf: BytesMut,
     /// How much the next read asks for.
@@ -185,9 +201,6 @@ struct Task {
     reads: u8,
     out: OutQueue,
     got_connect: bool,
-    /// A CONNECT being decided (boxed: it holds the whole CONNECT, and
-    /// the task must stay small once it is decided).
-    login: Option<Box<Login>>,
     /// The engine asked the client for AUTH: keep decoding while the
     /// CONNECT waits.
     awaiting_auth: bool,
@@ -201,28 +214,34 @@ struct Task {
     acks: Acks,
     /// What this task counted since it last told the broker's counters.
     tally: Tally,
-    /// In-flight messages last told to the engine.
-    inflight: u32,
-    /// A packet is partly received: when its last byte came.
-    partial_since: Option<Instant>,
+    /// In-flight messages last told to the engine (at most a Receive
+    /// Maximum's 65,535, and more only as "at least that many").
+    inflight: u16,
+    /// A packet is partly received: when its last byte came, in whole
+    /// seconds after the server started, rounded up (4 bytes where an
+    /// instant is 16; the stall it bounds is counted in seconds, and ends
+    /// at most a second late, never early).
+    partial_since: Option<u32>,
     /// The client's publish rate limits, if any (boxed: most have none).
     rate: Option<Box<PublishRate>>,
     /// The large packet being received, counted in the server's
     /// `partial_bytes` at its announced size (0: none).
-    partial_charge: usize,
+    partial_charge: u32,
     /// A large packet waits for room in `max_partial_bytes`.
     waiting_room: bool,
     /// Decoding stopped at `PACKETS_PER_TURN`: more waits in the buffer.
     turn_over: bool,
     /// A store write everything the connection sends waits for (`fsync`
     /// durability): a SUBACK's subscriptions, a packet identifier given.
-    gate: Option<Commit>,
+    /// (`Commit::done()`: nothing; not an option, which would be 8 bytes
+    /// more of every connection.)
+    gate: Commit,
     /// The connection hibernates after `hibernate_after` of quiet (its
     /// transport can, and the configuration asks for it).
     can_hibernate: bool,
     /// The whole in-flight window: QoS 1/2 messages the client may hold
     /// unacknowledged (its Receive Maximum, within ours).
-    window: u32,
+    window: u16,
 }
 
 /// Serve one connection until it closes. Not an `async fn`: one would keep
@@ -258,7 +277,7 @@ fn first_task<T: Transport>(
     let mut peer = peer;
     peer.addr = peer.addr.or_else(|| io.peer());
     let mut task = Box::new(Task::new(link, conn, io.can_hibernate()));
-    task.origin = Some(peer);
+    task.entry = Some(Box::new(Entry::Peer(*peer)));
     task
 }
 
@@ -353,19 +372,19 @@ impl Drop for Task {
     fn drop(&mut self) {
         self.finish();
         if self.partial_charge > 0 {
-            self.link
-                .ctx
-                .partial_bytes
-                .fetch_sub(self.partial_charge, std::sync::atomic::Ordering::AcqRel);
+            self.link.ctx.partial_bytes.fetch_sub(
+                self.partial_charge as usize,
+                std::sync::atomic::Ordering::AcqRel,
+            );
         }
     }
 }
 
 /// The in-flight window of a connection: the client's Receive Maximum
 /// within `max_inflight`.
-fn window(ctx: &Ctx, conn: &Connection) -> u32 {
+fn window(ctx: &Ctx, conn: &Connection) -> u16 {
     let ours = ctx.broker.session_config().max_inflight.get();
-    u32::from(conn.peer_limits().receive_maximum.min(ours))
+    conn.peer_limits().receive_maximum.min(ours)
 }
 
 /// Read into `buf`; when it holds no memory (a quiet connection gave it
@@ -554,7 +573,7 @@ impl Task {
     fn new(link: Link, conn: Connection, can_hibernate: bool) -> Self {
         let after = link.ctx.hibernate_after;
         Self {
-            origin: None,
+            entry: None,
             can_hibernate: can_hibernate && after.is_some(),
             got_connect: conn.is_connected(),
             window: window(&link.ctx, &conn),
@@ -565,12 +584,11 @@ impl Task {
             quiet: false,
             reads: 0,
             out: OutQueue::default(),
-            login: None,
             awaiting_auth: false,
             lost: false,
             routed: 0,
             acks: Acks::default(),
-            gate: None,
+            gate: Commit::done(),
             tally: Tally::default(),
             inflight: 0,
             partial_since: None,
@@ -586,13 +604,12 @@ impl Task {
     /// CONNECT, then the one the engine keeps with the client (not kept
     /// here: every connection would carry 32 bytes more).
     fn peer(&self) -> PeerAddr {
-        PeerAddr(
-            self.origin
-                .as_ref()
-                .and_then(|p| p.addr)
-                .or_else(|| self.login.as_ref().and_then(|l| l.peer_addr()))
-                .or_else(|| self.link.client.as_ref().and_then(|c| c.addr())),
-        )
+        let entry = match self.entry.as_deref() {
+            Some(Entry::Peer(p)) => p.addr,
+            Some(Entry::Login(l)) => l.peer_addr(),
+            None => None,
+        };
+        PeerAddr(entry.or_else(|| self.link.client.as_ref().and_then(|c| c.addr())))
     }
 
     /// When the connection hibernates if nothing happens after
@@ -608,7 +625,9 @@ impl Task {
 
     /// When a packet begun and not finished has waited too long.
     fn stall_at(&self) -> Option<Instant> {
-        self.partial_since.map(|t| t + self.link.ctx.packet_timeout)
+        let ctx = &self.link.ctx;
+        self.partial_since
+            .map(|s| ctx.epoch + Duration::from_secs(u64::from(s)) + ctx.packet_timeout)
     }
 
     fn take_link(&mut self) -> Link {
@@ -630,11 +649,11 @@ impl Task {
             && self.conn.is_connected()
             && self.inbuf.is_empty()
             && self.out.is_empty()
-            && self.login.is_none()
+            && !matches!(self.entry.as_deref(), Some(Entry::Login(_)))
             && !self.lost
             && self.routed == 0
             && self.acks.is_empty()
-            && self.gate.is_none()
+            && self.gate.is_nothing()
     }
 
     /// The configured publish rate limits (read as the task starts, so a
@@ -674,20 +693,24 @@ impl Task {
             0
         };
         self.waiting_room = false;
+        // (At most the largest packet's 256 MiB.)
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
         if want == self.partial_charge {
             return;
         }
         let ctx = &self.link.ctx;
         if self.partial_charge > 0 {
-            ctx.partial_bytes.fetch_sub(self.partial_charge, AcqRel);
+            ctx.partial_bytes
+                .fetch_sub(self.partial_charge as usize, AcqRel);
             self.partial_charge = 0;
         }
+        let want_bytes = want as usize;
         if want == 0 {
             return;
         }
-        let before = ctx.partial_bytes.fetch_add(want, AcqRel);
-        if before > 0 && before + want > ctx.max_partial_bytes {
-            ctx.partial_bytes.fetch_sub(want, AcqRel);
+        let before = ctx.partial_bytes.fetch_add(want_bytes, AcqRel);
+        if before > 0 && before + want_bytes > ctx.max_partial_bytes {
+            ctx.partial_bytes.fetch_sub(want_bytes, AcqRel);
             self.waiting_room = true;
         } else {
             self.partial_charge = want;
@@ -857,7 +880,7 @@ impl Task {
                         () = std::future::poll_fn(|cx| acks_ready(&self.acks, cx)), if !self.acks.is_empty() => {
                             self.release_acks(Instant::now());
                         }
-                        _ = std::future::poll_fn(|cx| gate.as_ref().map_or(std::task::Poll::Pending, |g| g.poll(cx))), if gate.is_some() => {
+                        _ = std::future::poll_fn(|cx| gate.poll(cx)), if !gate.is_nothing() => {
                             self.drain_transmit();
                         }
                         () = std::future::poll_fn(|_| if awake.stopping() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }), if !told_shutdown => {
@@ -910,7 +933,7 @@ impl Task {
         self.link.ctx.broker.engine.stats.report(&mut self.tally);
         let inflight = self.conn.state().inflight();
         if inflight != self.inflight as usize {
-            self.inflight = u32::try_from(inflight).unwrap_or(u32::MAX);
+            self.inflight = u16::try_from(inflight).unwrap_or(u16::MAX);
             if let Some(c) = &self.link.client {
                 c.set_inflight(inflight);
             }
@@ -986,7 +1009,11 @@ impl Task {
                     if let Packet::Publish(p) = &packet {
                         let q = p.qos.qos() as usize;
                         self.tally.publish_in[q] += 1;
-                        self.tally.payload_in[q] += p.payload.len() as u64;
+                        count_payload(
+                            &mut self.tally.payload_in[q],
+                            &self.link.ctx.broker.engine.stats.payload_in[q],
+                            p.payload.len(),
+                        );
                         if let Some(rate) = &mut self.rate {
                             rate.spend(p.payload.len() as u64, now);
                         }
@@ -1023,17 +1050,15 @@ impl Task {
             if let Some(c) = client.record(changes) {
                 // With what was waited for already (a SUBACK's route in a
                 // cluster completes apart from the store).
-                self.gate = Some(match self.gate.take() {
-                    Some(g) => g.and(c),
-                    None => c,
-                });
+                self.gate = std::mem::take(&mut self.gate).and(c);
             }
         }
-        if self.gate.as_ref().is_some_and(|g| !g.is_done()) {
+        if !self.gate.is_done() {
             // Out once the store has it (`fsync` durability).
             return;
         }
-        if let Some(g) = self.gate.take().filter(|g| !g.succeeded()) {
+        let g = std::mem::take(&mut self.gate);
+        if !g.succeeded() {
             // What it waited for failed (the store, or in a cluster a route
             // not agreed in time): the SUBACK it holds back would promise
             // what is not kept. Closed instead; the client subscribes again
@@ -1061,7 +1086,11 @@ impl Task {
             if let Packet::Publish(p) = &packet {
                 let q = p.qos.qos() as usize;
                 self.tally.publish_out[q] += 1;
-                self.tally.payload_out[q] += p.payload.len() as u64;
+                count_payload(
+                    &mut self.tally.payload_out[q],
+                    &self.link.ctx.broker.engine.stats.payload_out[q],
+                    p.payload.len(),
+                );
             }
             if debug {
                 self.trace("sent", &packet);
@@ -1090,18 +1119,19 @@ impl Task {
             }
             match event {
                 Event::ConnectRequest(c) => {
-                    let peer = self.origin.take().map_or_else(
-                        || Peer {
+                    let peer = match self.entry.take().map(|e| *e) {
+                        Some(Entry::Peer(p)) => p,
+                        _ => Peer {
                             addr: self.peer().0,
                             ..Peer::default()
                         },
-                        |p| *p,
-                    );
-                    self.login = Some(Box::new(self.link.ctx.broker.login(*c, peer)));
+                    };
+                    let login = self.link.ctx.broker.login(*c, peer);
+                    self.entry = Some(Box::new(Entry::Login(Box::new(login))));
                     slow = Some(Slow::Login(None));
                     break;
                 }
-                Event::Auth(a) if self.login.is_some() => {
+                Event::Auth(a) if matches!(self.entry.as_deref(), Some(Entry::Login(_))) => {
                     self.awaiting_auth = false;
                     slow = Some(Slow::Login(Some(a)));
                     break;
@@ -1149,8 +1179,9 @@ impl Task {
                     if let Some(client) = &mut self.link.client {
                         let suback = client.subscribe(s, now);
                         if let Some(c) = client.take_commit() {
-                            // The SUBACK leaves once the store has them.
-                            self.gate = Some(c);
+                            // The SUBACK leaves once the store has them
+                            // (and what was waited for already).
+                            self.gate = std::mem::take(&mut self.gate).and(c);
                         }
                         if self.conn.suback(now, suback).is_err() {
                             self.lost = true;
@@ -1161,7 +1192,7 @@ impl Task {
                     if let Some(client) = &mut self.link.client {
                         let unsuback = client.unsubscribe(u);
                         if let Some(c) = client.take_commit() {
-                            self.gate = Some(c);
+                            self.gate = std::mem::take(&mut self.gate).and(c);
                         }
                         if self.conn.unsuback(now, unsuback).is_err() {
                             self.lost = true;
@@ -1232,7 +1263,9 @@ impl Task {
         if self.inbuf.is_empty() || self.paused() || !can_read {
             self.partial_since = None;
         } else if self.partial_since.is_none() {
-            self.partial_since = Some(now);
+            let after = now.saturating_duration_since(self.link.ctx.epoch);
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            self.partial_since = Some(u32::try_from(secs).unwrap_or(u32::MAX));
         }
         let stall_at = self.stall_at();
         let idle_at = self.idle_at(last_active);
@@ -1281,7 +1314,7 @@ impl Task {
         shutdown: &mut watch::Receiver<bool>,
         auth: Option<Auth>,
     ) {
-        let Some(login) = self.login.as_mut() else {
+        let Some(Entry::Login(login)) = self.entry.as_deref_mut() else {
             return;
         };
         // The engine bounds its own waits (throttle, takeover); an
@@ -1307,7 +1340,7 @@ impl Task {
                 }
             }
             Some(Ok(Step::Accept(a))) => {
-                self.login = None;
+                self.entry = None;
                 let accepted = *a;
                 // Kept in case the CONNACK can't be sent: the session must
                 // not lose what it holds because of this connection.
@@ -1354,11 +1387,12 @@ impl Task {
     /// A CONNECT was refused: its peer's address stays for the logs of the
     /// close that follows (an accepted one's is kept by its client).
     fn end_login(&mut self) {
-        if let Some(l) = self.login.take() {
-            self.origin = Some(Box::new(Peer {
-                addr: l.peer_addr(),
+        if let Some(Entry::Login(l)) = self.entry.as_deref() {
+            let addr = l.peer_addr();
+            self.entry = Some(Box::new(Entry::Peer(Peer {
+                addr,
                 ..Peer::default()
-            }));
+            })));
         }
     }
 
@@ -1471,7 +1505,11 @@ impl Task {
         // Counted as `drain_transmit` counts what the machine sends.
         self.tally.packets_out += 1;
         self.tally.publish_out[0] += 1;
-        self.tally.payload_out[0] += view.payload.len() as u64;
+        count_payload(
+            &mut self.tally.payload_out[0],
+            &self.link.ctx.broker.engine.stats.payload_out[0],
+            view.payload.len(),
+        );
         if let Err(e) = self.out.push_publish(&view, self.conn.protocol()) {
             tracing::warn!(peer = %self.peer(), error = %e, "could not encode a packet");
         }

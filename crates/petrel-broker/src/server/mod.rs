@@ -121,6 +121,9 @@ struct Ctx {
     packet_timeout: Duration,
     /// Per-address rates and caps, and unfinished CONNECTs.
     admission: Arc<admission::Admission>,
+    /// When the server started: connections count some instants from it
+    /// in whole seconds.
+    epoch: Instant,
     /// Bytes of large packets being received, over every connection, and
     /// the most there may be.
     partial_bytes: std::sync::atomic::AtomicUsize,
@@ -155,6 +158,7 @@ impl Ctx {
                 .map(Duration::from_secs),
             packet_timeout: Duration::from_secs(broker.config().limits.packet_timeout),
             admission: admission::Admission::new(&broker.config().limits),
+            epoch: Instant::now(),
             partial_bytes: std::sync::atomic::AtomicUsize::new(0),
             max_partial_bytes: broker.config().limits.max_partial_bytes,
             awake: std::sync::Mutex::new(running::Running::default()),

@@ -19,8 +19,11 @@ const MAX_SLICES: usize = 64;
 
 #[derive(Debug, Default)]
 pub(crate) struct OutQueue {
-    /// Whole chunks, in order, before `buf`.
-    chunks: VecDeque<Bytes>,
+    /// Whole chunks, in order, before `buf` (boxed when a large payload
+    /// first comes: most connections never send one, and the queue is
+    /// part of every connection's task).
+    #[allow(clippy::box_collection)] // 8 bytes instead of 32, on purpose
+    chunks: Option<Box<VecDeque<Bytes>>>,
     /// Bytes encoded after the last chunk.
     buf: BytesMut,
     len: usize,
@@ -41,7 +44,7 @@ impl OutQueue {
     pub(crate) fn shrink_if_idle(&mut self, quiet: bool) {
         if self.len == 0 && (quiet || self.buf.capacity() > 4096) {
             self.buf = BytesMut::new();
-            self.chunks = VecDeque::new();
+            self.chunks = None;
         }
     }
 
@@ -67,8 +70,9 @@ impl OutQueue {
     ) -> Result<usize, EncodeError> {
         let n = if p.payload.len() >= SHARE_PAYLOAD_FROM {
             let n = p.encode_header(protocol, &mut self.buf)?;
-            self.chunks.push_back(self.buf.split().freeze());
-            self.chunks.push_back(p.payload.clone());
+            let chunks = self.chunks.get_or_insert_with(Box::default);
+            chunks.push_back(self.buf.split().freeze());
+            chunks.push_back(p.payload.clone());
             n
         } else {
             p.encode(protocol, &mut self.buf)?
@@ -87,21 +91,24 @@ impl OutQueue {
         w: &'a mut W,
     ) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
         std::future::poll_fn(move |cx| {
-            let n = if self.chunks.is_empty() {
-                std::task::ready!(std::pin::Pin::new(&mut *w).poll_write(cx, &self.buf))?
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let mut k = 0;
-                for c in self.chunks.iter().take(MAX_SLICES - 1) {
-                    slices[k] = IoSlice::new(c);
-                    k += 1;
+            let n = match self.chunks.as_deref().filter(|c| !c.is_empty()) {
+                None => std::task::ready!(std::pin::Pin::new(&mut *w).poll_write(cx, &self.buf))?,
+                Some(chunks) => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    let mut k = 0;
+                    for c in chunks.iter().take(MAX_SLICES - 1) {
+                        slices[k] = IoSlice::new(c);
+                        k += 1;
+                    }
+                    // The buffer follows the last chunk, so it goes only after all of them.
+                    if chunks.len() == k && !self.buf.is_empty() {
+                        slices[k] = IoSlice::new(&self.buf);
+                        k += 1;
+                    }
+                    std::task::ready!(
+                        std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k])
+                    )?
                 }
-                // The buffer follows the last chunk, so it goes only after all of them.
-                if self.chunks.len() == k && !self.buf.is_empty() {
-                    slices[k] = IoSlice::new(&self.buf);
-                    k += 1;
-                }
-                std::task::ready!(std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]))?
             };
             if n == 0 {
                 return std::task::Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -114,10 +121,12 @@ impl OutQueue {
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            match self.chunks.front_mut() {
+            match self.chunks.as_deref_mut().and_then(VecDeque::front_mut) {
                 Some(c) if c.len() <= n => {
                     n -= c.len();
-                    self.chunks.pop_front();
+                    if let Some(chunks) = &mut self.chunks {
+                        chunks.pop_front();
+                    }
                 }
                 Some(c) => {
                     c.advance(n);
@@ -150,7 +159,11 @@ mod tests {
             packet.encode(Protocol::V3_1_1, &mut expected).unwrap();
         }
         // The large payload is the publisher's own buffer, not a copy.
-        assert!(q.chunks.iter().any(|c| c.as_ptr() == big.as_ptr()));
+        assert!(q
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .any(|c| c.as_ptr() == big.as_ptr()));
         assert_eq!(q.len(), expected.len());
         let mut written = Vec::new();
         while !q.is_empty() {
