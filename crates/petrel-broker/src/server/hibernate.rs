@@ -319,6 +319,9 @@ impl Default for Slots {
 #[derive(Debug)]
 struct Slot {
     generation: u32,
+    /// A tag its owner may set (in what would be padding): the set of
+    /// running connections marks the deadline a slot is armed for.
+    tag: u32,
     waker: Option<Waker>,
 }
 
@@ -379,6 +382,7 @@ impl Slots {
         let index = self.free.pop().map(|Reverse(i)| i).unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: self.floor,
+                tag: 0,
                 waker: None,
             });
             u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
@@ -387,6 +391,7 @@ impl Slots {
         // Within the bits a token has for it (see `HALF`).
         slot.generation = slot.generation.wrapping_add(1) & ((1u64 << HALF) - 1) as u32;
         slot.waker = Some(waker);
+        slot.tag = 0;
         self.live += 1;
         let id = SlotId {
             index,
@@ -407,6 +412,25 @@ impl Slots {
             }
         }
         id
+    }
+
+    /// The tag of slot `id` (see [`Slots::set_tag`]), if it is still there.
+    pub(super) fn tag(&self, id: SlotId) -> Option<u32> {
+        self.slots
+            .get(id.index as usize)
+            .filter(|s| s.generation == id.generation && s.waker.is_some())
+            .map(|s| s.tag)
+    }
+
+    /// Set the tag of slot `id`, if it is still there.
+    pub(super) fn set_tag(&mut self, id: SlotId, tag: u32) {
+        if let Some(s) = self
+            .slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation)
+        {
+            s.tag = tag;
+        }
     }
 
     /// The waker in slot `id`, if it is still there.
@@ -471,6 +495,7 @@ impl Slots {
         self.live = 0;
         let mut all = Vec::new();
         for (index, slot) in (0u32..).zip(&mut self.slots) {
+            slot.tag = 0;
             if let Some(w) = slot.waker.take() {
                 self.free.push(Reverse(index));
                 all.push(w);
