@@ -143,7 +143,7 @@ impl Awake {
             return;
         }
         super::start_timers(&self.ctx);
-        let tell = lock(&self.ctx.awake).arm(self.id, self.armed, deadline);
+        let tell = lock(&self.ctx.awake).arm(self.id, deadline);
         self.armed = deadline;
         if tell {
             self.ctx.timer_told.notify_one();
@@ -166,7 +166,7 @@ impl Awake {
 
 impl Drop for Awake {
     fn drop(&mut self) {
-        lock(&self.ctx.awake).leave(self.id, self.armed);
+        lock(&self.ctx.awake).leave(self.id);
     }
 }
 

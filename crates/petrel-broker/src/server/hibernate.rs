@@ -598,7 +598,7 @@ fn watch(mut poll: impl Poller, slots: &Mutex<Slots>, stopping: &AtomicBool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Tokens name slots exactly with 64-bit and with 32-bit `usize`.
@@ -651,8 +651,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    /// Counts its wake-ups.
-    struct Count(AtomicUsize);
+    /// Counts its wake-ups (the set of running connections' tests use it too).
+    pub(in crate::server) struct Count(pub(in crate::server) AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
@@ -660,7 +660,7 @@ mod tests {
         }
     }
 
-    fn counter() -> (Arc<Count>, Waker) {
+    pub(in crate::server) fn counter() -> (Arc<Count>, Waker) {
         let c = Arc::new(Count(AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
     }

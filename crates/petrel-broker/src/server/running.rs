@@ -64,11 +64,11 @@ impl Running {
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
-    /// Move connection `id`'s deadline from `old` (what it was armed for)
-    /// to `new` (none: unarmed). Returns whether the timer task must be
+    /// Move connection `id`'s deadline to `new` (none: unarmed; whether it
+    /// was armed is its slot's tag). Returns whether the timer task must be
     /// told (it sleeps until later than `new`).
-    pub(super) fn arm(&mut self, id: SlotId, old: Option<Instant>, new: Option<Instant>) -> bool {
-        if old.is_some() && self.slots.tag(id).is_some_and(|t| t != 0) {
+    pub(super) fn arm(&mut self, id: SlotId, new: Option<Instant>) -> bool {
+        if self.slots.tag(id).is_some_and(|t| t != 0) {
             self.armed = self.armed.saturating_sub(1);
         }
         self.slots.set_tag(id, 0);
@@ -95,8 +95,8 @@ impl Running {
 
     /// Connection `id` stops running (closed, or hibernating): its waker
     /// and its deadline go.
-    pub(super) fn leave(&mut self, id: SlotId, armed: Option<Instant>) {
-        self.arm(id, armed, None);
+    pub(super) fn leave(&mut self, id: SlotId) {
+        self.arm(id, None);
         self.slots.remove(id);
     }
 
@@ -148,24 +148,9 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hibernate::tests::counter as waker;
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-    use std::time::Duration;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn waker() -> (Arc<Count>, Waker) {
-        let c = Arc::new(Count(AtomicUsize::new(0)));
-        (c.clone(), Waker::from(c))
-    }
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn each_connection_is_woken_at_its_latest_arming_and_none_piles_up() {
@@ -178,14 +163,14 @@ mod tests {
         let b = r.slots.insert(b, None);
         // The first arming tells the timer; a later one does not, an
         // earlier one does.
-        assert!(r.arm(a, None, Some(s(10))));
-        assert!(!r.arm(b, None, Some(s(20))));
+        assert!(r.arm(a, Some(s(10))));
+        assert!(!r.arm(b, Some(s(20))));
         // `a` moves ten thousand times: two armed, and the entries left
         // behind are swept as they pile up.
         let mut old = s(10);
         for i in 0..10_000 {
             let new = s(30) + Duration::from_millis(i);
-            r.arm(a, Some(old), Some(new));
+            r.arm(a, Some(new));
             old = new;
             assert!(r.deadlines.len() <= 2 * r.armed() + 1025);
         }
@@ -206,11 +191,11 @@ mod tests {
         assert_eq!((next, r.armed()), (None, 0));
         assert!(r.deadlines.is_empty());
         // A connection that leaves takes its deadline with it.
-        assert!(r.arm(a, None, Some(s(40))));
-        r.leave(a, Some(s(40)));
+        assert!(r.arm(a, Some(s(40))));
+        r.leave(a);
         assert_eq!(r.armed(), 0);
         // Control: a connection armed and still there is woken then.
-        assert!(!r.arm(b, None, Some(s(45))));
+        assert!(!r.arm(b, Some(s(45))));
         let (due, _) = r.due(s(46));
         assert_eq!(due.len(), 1);
         let (due, _) = r.due(s(50));
