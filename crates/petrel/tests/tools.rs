@@ -626,3 +626,76 @@ fn errors_give_a_message_and_a_nonzero_exit() {
 }
 
 use std::io::Write;
+
+/// `petrel bench latency` sends each message at its own time: at 2,000
+/// msg/s, 500 µs apart, not two at once every millisecond (the runtime's
+/// timer counts whole milliseconds, and a generator that slept on it sent
+/// pairs). A third client subscribed to the run's topic reads the send time
+/// each payload starts with.
+#[test]
+fn bench_latency_spaces_its_messages_evenly() {
+    let port = free_port();
+    let broker = petrel()
+        .args(["broker", "--memory", "-p", &port.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _broker = Running(broker);
+    wait_port(port);
+    let p = port.to_string();
+    // One second of warm-up and one measured: 4,000 messages.
+    let watcher = sub(&[
+        "-p",
+        &p,
+        "-t",
+        "bench/+/latency",
+        "-F",
+        "%x",
+        "-C",
+        "4000",
+        "-W",
+        "30",
+    ]);
+    // (Read as it comes: 4,000 lines would fill the pipe.)
+    let mut watcher = watcher;
+    let mut stdout = watcher.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        out
+    });
+    let o = run(&[
+        "bench", "latency", "-p", &p, "--rate", "2000", "-s", "1", "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("2000 samples"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let code = watcher.0.wait().unwrap().code();
+    let out = reader.join().unwrap();
+    assert_eq!(code, Some(0), "the watcher saw all 4,000 messages");
+    let sent: Vec<u64> = out
+        .lines()
+        .map(|l| u64::from_str_radix(&l[..16], 16).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 4000);
+    let gaps: Vec<u64> = sent.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    // All of them spread over the two seconds (the control: the times are
+    // the sender's, in nanoseconds, and in order)...
+    let span = sent[sent.len() - 1] - sent[0];
+    assert!(
+        (1_900_000_000..3_000_000_000).contains(&span),
+        "span {span} ns"
+    );
+    // ...and not in pairs: sent two at once, half the gaps would be a few
+    // microseconds. A loaded machine can delay a tick and send the next at
+    // once, hence the generous bound.
+    let close = gaps.iter().filter(|g| **g < 100_000).count();
+    assert!(
+        close < gaps.len() / 4,
+        "{close} of {} gaps under 100 µs",
+        gaps.len()
+    );
+}
