@@ -16,7 +16,7 @@ use petrel_session::{CloseReason, Connection, DropReason, Event, Hibernated, Mes
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::hibernate::{Hibernator, SlotId};
+use super::hibernate::{secs_after, Hibernator, SlotId};
 use super::outq::OutQueue;
 use super::transport::Transport;
 use super::{Ctx, LiveGuard};
@@ -1263,9 +1263,7 @@ impl Task {
         if self.inbuf.is_empty() || self.paused() || !can_read {
             self.partial_since = None;
         } else if self.partial_since.is_none() {
-            let after = now.saturating_duration_since(self.link.ctx.epoch);
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            self.partial_since = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+            self.partial_since = Some(secs_after(self.link.ctx.epoch, now));
         }
         let stall_at = self.stall_at();
         let idle_at = self.idle_at(last_active);

@@ -398,9 +398,7 @@ impl Slots {
             generation: slot.generation,
         };
         if let Some(at) = deadline {
-            let after = at.saturating_duration_since(self.base);
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            let at = u32::try_from(secs).unwrap_or(u32::MAX);
+            let at = secs_after(self.base, at);
             self.deadlines.push(Reverse((at, index, id.generation)));
             if self.deadlines.len() > 2 * self.live + 1024 {
                 let slots = &self.slots;
@@ -597,9 +595,37 @@ fn watch(mut poll: impl Poller, slots: &Mutex<Slots>, stopping: &AtomicBool) {
     }
 }
 
+/// Whole seconds from `base` to `at`, rounded up (a deadline kept this way
+/// comes at most a second late, never early), and at most `u32::MAX`.
+pub(super) fn secs_after(base: Instant, at: Instant) -> u32 {
+    let after = at.saturating_duration_since(base);
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    /// Deadlines in whole seconds are never early: a part of a second
+    /// counts as a whole one, and what is before the base is zero.
+    #[test]
+    fn seconds_after_the_base_round_up_and_saturate() {
+        use std::time::Duration;
+        let base = Instant::now();
+        assert_eq!(secs_after(base, base), 0);
+        assert_eq!(secs_after(base + Duration::from_secs(3), base), 0);
+        assert_eq!(secs_after(base, base + Duration::from_secs(3)), 3);
+        assert_eq!(
+            secs_after(base, base + Duration::from_nanos(3_000_000_001)),
+            4
+        );
+        assert_eq!(secs_after(base, base + Duration::from_millis(1)), 1);
+        assert_eq!(
+            secs_after(base, base + Duration::from_secs(u64::from(u32::MAX) + 10)),
+            u32::MAX
+        );
+    }
 
     /// Tokens name slots exactly with 64-bit and with 32-bit `usize`.
     #[test]
