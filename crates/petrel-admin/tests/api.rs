@@ -258,6 +258,15 @@ async fn every_route_needs_the_token_and_refuses_bad_input_in_json() {
     assert_eq!(clients["meta"]["count"], 1);
     assert_eq!(clients["data"][0]["client_id"], "route-client");
     assert_eq!(clients["data"][0]["protocol"], "5.0");
+    // The client's own address (IPv4 as it came, not the IPv6-mapped form
+    // the engine's record keeps it in), and the listener it came through.
+    let address = clients["data"][0]["address"].as_str().unwrap_or("");
+    let port: u16 = address
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    assert!(port != 0 && port != b.addr.port(), "{address}");
+    assert_eq!(clients["data"][0]["listener"], "tcp 127.0.0.1:0");
     assert_eq!(
         http.get("/api/v1/clients?protocol=3.1.1").await.json()["meta"]["count"],
         0

@@ -155,8 +155,8 @@ fn summary(view: &SessionView<'_, SessionKey, Arc<Reach>>, info: &ConnInfo) -> C
     ClientSummary {
         client_id: view.client_id.to_string(),
         username: info.username.as_deref().map(str::to_string),
-        address: info.addr,
-        listener: info.listener.to_string(),
+        address: info.addr(),
+        listener: info.listener.name.to_string(),
         protocol: info.protocol,
         connected_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(info.connected_ms),
         keep_alive: info.keep_alive,
@@ -371,11 +371,11 @@ impl Broker {
                 let Some(info) = reach.info() else { continue };
                 match connections
                     .iter_mut()
-                    .find(|c| *c.listener == *info.listener && c.protocol == info.protocol)
+                    .find(|c| *c.listener == *info.listener.name && c.protocol == info.protocol)
                 {
                     Some(c) => c.connected += 1,
                     None => connections.push(ListenerConnections {
-                        listener: info.listener.to_string(),
+                        listener: info.listener.name.to_string(),
                         protocol: info.protocol,
                         connected: 1,
                     }),

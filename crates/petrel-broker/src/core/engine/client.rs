@@ -63,12 +63,16 @@ struct ReachState {
 }
 
 /// What the engine knows of a connected client beyond its session, for
-/// the admin API and metrics.
+/// the admin API and metrics. One per connection, so it is kept in
+/// jemalloc's 64-byte class (a `SocketAddr` and the listener's name would
+/// take it to 80).
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) username: Option<Arc<str>>,
-    pub(crate) addr: Option<std::net::SocketAddr>,
-    pub(crate) listener: Arc<str>,
+    addr: Option<PackedAddr>,
+    /// The listener it came through (its rules, shared by all its
+    /// connections, and with them its name).
+    pub(crate) listener: Arc<super::rules::ListenerRules>,
     pub(crate) protocol: Protocol,
     /// When it connected, in milliseconds since the Unix epoch (half the
     /// room of a `SystemTime`).
@@ -76,6 +80,81 @@ pub(crate) struct ConnInfo {
     pub(crate) keep_alive: u16,
     pub(crate) clean_start: bool,
     pub(crate) expiry: u32,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ConnInfo>() <= 64);
+
+impl ConnInfo {
+    /// What a CONNECT accepted from `addr` through `listener` left to know.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        username: Option<Arc<str>>,
+        addr: Option<std::net::SocketAddr>,
+        listener: Arc<super::rules::ListenerRules>,
+        protocol: Protocol,
+        connected_ms: u64,
+        keep_alive: u16,
+        clean_start: bool,
+        expiry: u32,
+    ) -> Self {
+        Self {
+            username,
+            addr: addr.map(PackedAddr::from),
+            listener,
+            protocol,
+            connected_ms,
+            keep_alive,
+            clean_start,
+            expiry,
+        }
+    }
+
+    /// The peer's address, as its transport gave it at CONNECT.
+    pub(crate) fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr.map(std::net::SocketAddr::from)
+    }
+}
+
+/// A socket address in 24 bytes (`SocketAddr` takes 32): an IPv4 address
+/// as its IPv6-mapped form, the port, and an IPv6 address's scope. An IPv6
+/// address's flow label is not kept (a connection's peer has none that
+/// matters to anyone reading it back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedAddr {
+    ip: [u8; 16],
+    scope_id: u32,
+    port: u16,
+    v6: bool,
+}
+
+impl From<std::net::SocketAddr> for PackedAddr {
+    fn from(a: std::net::SocketAddr) -> Self {
+        match a {
+            std::net::SocketAddr::V4(a) => Self {
+                ip: a.ip().to_ipv6_mapped().octets(),
+                scope_id: 0,
+                port: a.port(),
+                v6: false,
+            },
+            std::net::SocketAddr::V6(a) => Self {
+                ip: a.ip().octets(),
+                scope_id: a.scope_id(),
+                port: a.port(),
+                v6: true,
+            },
+        }
+    }
+}
+
+impl From<PackedAddr> for std::net::SocketAddr {
+    fn from(a: PackedAddr) -> Self {
+        let ip = std::net::Ipv6Addr::from(a.ip);
+        match (a.v6, ip.to_ipv4_mapped()) {
+            (false, Some(v4)) => Self::V4(std::net::SocketAddrV4::new(v4, a.port)),
+            _ => Self::V6(std::net::SocketAddrV6::new(ip, a.port, 0, a.scope_id)),
+        }
+    }
 }
 
 /// How the engine reaches one connection: to tell it to let go of its
@@ -303,7 +382,7 @@ impl Client {
 
     /// The peer's address, as its transport gave it at CONNECT.
     pub(crate) fn addr(&self) -> Option<std::net::SocketAddr> {
-        self.reach.info().and_then(|i| i.addr)
+        self.reach.info().and_then(ConnInfo::addr)
     }
 
     /// Its client identifier.
@@ -1135,5 +1214,37 @@ fn disconnect_reason(close: Option<&CloseReason>) -> DisconnectReason {
             _ => DisconnectReason::Server,
         },
         Some(_) => DisconnectReason::Server,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_packed_address_reads_back_as_the_address_it_was() {
+        for a in [
+            "127.0.0.1:1883",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:8883",
+            "[2001:db8::7]:1",
+            "[fe80::1%7]:1883",
+            // An IPv4-mapped IPv6 address stays an IPv6 address.
+            "[::ffff:10.0.0.1]:1883",
+            "[::]:0",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let back = SocketAddr::from(PackedAddr::from(addr));
+            assert_eq!(back, addr, "{a}");
+            assert_eq!(back.is_ipv4(), addr.is_ipv4(), "{a}");
+        }
+        // The flow label is not kept; the rest is.
+        let flowing = std::net::SocketAddrV6::new("2001:db8::7".parse().unwrap(), 9, 5, 3);
+        assert_eq!(
+            SocketAddr::from(PackedAddr::from(SocketAddr::V6(flowing))),
+            SocketAddr::V6(std::net::SocketAddrV6::new(*flowing.ip(), 9, 0, 3))
+        );
     }
 }

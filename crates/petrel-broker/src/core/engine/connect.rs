@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::attach::{Attach, Attached};
 use super::client::{Client, ConnInfo, Reach, Settled};
+use super::rules::ListenerRules;
 use super::{Engine, Security};
 use crate::core::auth::throttle::{Admission, Ticket};
 use crate::core::auth::{
@@ -50,55 +51,6 @@ pub struct Internal {
     pub user: Arc<str>,
     /// Its session queue's own bounds, instead of the broker's.
     pub queue: Option<Arc<crate::stats::QueueBound>>,
-}
-
-/// What one listener allows, beyond the broker's own rules.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListenerRules {
-    /// Protocol versions accepted; empty: every one.
-    pub protocols: Vec<Protocol>,
-    /// Methods of authentication allowed, by name (an authenticator's or
-    /// a 5.0 method's, or `anonymous`); none: every one.
-    pub methods: Option<Vec<String>>,
-    /// The listener's name in the admin API and metrics (`tcp
-    /// 127.0.0.1:1883`); empty: not a listener (an embedding application's
-    /// own transport).
-    pub name: Arc<str>,
-}
-
-impl ListenerRules {
-    /// The rules of a configured listener.
-    pub fn of(listener: &crate::config::ListenerConfig) -> Self {
-        let methods = listener.auth_methods.clone().or_else(|| {
-            // Mosquitto's use_identity_as_username: the certificate is
-            // how clients authenticate there.
-            listener
-                .use_identity_as_username
-                .then(|| vec!["certificate".to_string()])
-        });
-        Self {
-            name: listener.describe().into(),
-            protocols: listener
-                .protocols
-                .iter()
-                .flatten()
-                .map(|p| p.protocol())
-                .collect(),
-            methods,
-        }
-    }
-
-    /// Whether `protocol` is accepted.
-    pub fn accepts(&self, protocol: Protocol) -> bool {
-        self.protocols.is_empty() || self.protocols.contains(&protocol)
-    }
-
-    /// Whether the method called `name` may be used.
-    pub fn allows(&self, name: &str) -> bool {
-        self.methods
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|n| n == name))
-    }
 }
 
 /// The engine's answer to a CONNECT, or to an AUTH during its exchange.
@@ -711,16 +663,16 @@ impl Login {
         let access = access.unwrap_or_else(crate::core::auth::anonymous);
         a.key
             .set_bound(self.peer.internal.as_ref().and_then(|i| i.queue.clone()));
-        reach.set_info(ConnInfo {
-            username: access.username.clone(),
-            addr: self.peer.addr,
-            listener: self.peer.rules.name.clone(),
-            protocol: self.connect.protocol,
-            connected_ms: super::attach::now_millis(),
-            keep_alive: self.connect.keep_alive,
-            clean_start: self.connect.clean_start,
+        reach.set_info(ConnInfo::new(
+            access.username.clone(),
+            self.peer.addr,
+            self.peer.rules.clone(),
+            self.connect.protocol,
+            super::attach::now_millis(),
+            self.connect.keep_alive,
+            self.connect.clean_start,
             expiry,
-        });
+        ));
         tracing::info!(
             client_id = %client_id,
             username = access.username.as_deref().unwrap_or(""),

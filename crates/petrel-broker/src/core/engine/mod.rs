@@ -38,6 +38,7 @@ mod client;
 mod connect;
 mod moved;
 mod publish;
+mod rules;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -47,8 +48,9 @@ pub use admin::{
     SubscriptionSummary,
 };
 pub use client::{Client, Kick, Outbound, ReauthStep};
-pub use connect::{Accepted, Internal, ListenerRules, Login, Peer, Step};
+pub use connect::{Accepted, Internal, Login, Peer, Step};
 pub use moved::{Exported, Imported};
+pub use rules::ListenerRules;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
