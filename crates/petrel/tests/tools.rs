@@ -643,8 +643,20 @@ fn bench_latency_spaces_its_messages_evenly() {
     let _broker = Running(broker);
     wait_port(port);
     let p = port.to_string();
-    // One second of warm-up and one measured: 4,000 messages.
-    let watcher = sub(&[
+    // One second of warm-up and one measured: 4,000 messages, after a
+    // retained one that shows the watcher is subscribed.
+    let o = run(&[
+        "pub",
+        "-p",
+        &p,
+        "-t",
+        "bench/ready/latency",
+        "-m",
+        "ready",
+        "-r",
+    ]);
+    assert!(o.status.success());
+    let mut watcher = sub(&[
         "-p",
         &p,
         "-t",
@@ -652,18 +664,26 @@ fn bench_latency_spaces_its_messages_evenly() {
         "-F",
         "%x",
         "-C",
-        "4000",
+        "4001",
         "-W",
-        "30",
+        "60",
     ]);
     // (Read as it comes: 4,000 lines would fill the pipe.)
-    let mut watcher = watcher;
-    let mut stdout = watcher.0.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        out
+    let stdout = watcher.0.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
     });
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("7265616479"),
+        "the watcher has the retained message, so it is subscribed"
+    );
     let o = run(&[
         "bench", "latency", "-p", &p, "--rate", "2000", "-s", "1", "--json",
     ]);
@@ -674,10 +694,9 @@ fn bench_latency_spaces_its_messages_evenly() {
         String::from_utf8_lossy(&o.stderr)
     );
     let code = watcher.0.wait().unwrap().code();
-    let out = reader.join().unwrap();
     assert_eq!(code, Some(0), "the watcher saw all 4,000 messages");
-    let sent: Vec<u64> = out
-        .lines()
+    let sent: Vec<u64> = lines
+        .iter()
         .map(|l| u64::from_str_radix(&l[..16], 16).unwrap())
         .collect();
     assert_eq!(sent.len(), 4000);

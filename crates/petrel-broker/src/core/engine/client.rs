@@ -120,7 +120,7 @@ impl ConnInfo {
 /// as its IPv6-mapped form, the port, and an IPv6 address's scope. An IPv6
 /// address's flow label is not kept (a connection's peer has none that
 /// matters to anyone reading it back).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct PackedAddr {
     ip: [u8; 16],
     scope_id: u32,
@@ -144,6 +144,12 @@ impl From<std::net::SocketAddr> for PackedAddr {
                 v6: true,
             },
         }
+    }
+}
+
+impl std::fmt::Debug for PackedAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&std::net::SocketAddr::from(*self), f)
     }
 }
 
