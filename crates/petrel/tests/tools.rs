@@ -18,10 +18,8 @@ fn wait_port(port: u16) {
     }
 }
 
-/// The brokers every tool test runs against: `petrel broker`, and
-/// Mosquitto where it is installed (CI installs it and sets
-/// PETREL_REQUIRE_MOSQUITTO, which makes its absence an error).
-fn brokers() -> Vec<(Running, String)> {
+/// `petrel broker` in memory on a free port, once it listens, and the port.
+fn petrel_broker() -> (Running, String) {
     let port = free_port();
     let child = petrel()
         .args(["broker", "--memory", "-p", &port.to_string()])
@@ -29,7 +27,14 @@ fn brokers() -> Vec<(Running, String)> {
         .spawn()
         .unwrap();
     wait_port(port);
-    let mut out = vec![(Running(child), port.to_string())];
+    (Running(child), port.to_string())
+}
+
+/// The brokers every tool test runs against: `petrel broker`, and
+/// Mosquitto where it is installed (CI installs it and sets
+/// PETREL_REQUIRE_MOSQUITTO, which makes its absence an error).
+fn brokers() -> Vec<(Running, String)> {
+    let mut out = vec![petrel_broker()];
     match Command::new("mosquitto")
         .arg("-p")
         .arg("0")
@@ -634,15 +639,7 @@ use std::io::Write;
 /// each payload starts with.
 #[test]
 fn bench_latency_spaces_its_messages_evenly() {
-    let port = free_port();
-    let broker = petrel()
-        .args(["broker", "--memory", "-p", &port.to_string()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _broker = Running(broker);
-    wait_port(port);
-    let p = port.to_string();
+    let (_broker, p) = petrel_broker();
     // One second of warm-up and one measured: 4,000 messages, after a
     // retained one that shows the watcher is subscribed.
     let o = run(&[
