@@ -27,7 +27,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Wake, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::transport::{Sleeper, Transport};
 use crate::core::auth::BoxFuture;
@@ -595,23 +595,29 @@ fn watch(mut poll: impl Poller, slots: &Mutex<Slots>, stopping: &AtomicBool) {
     }
 }
 
-/// Whole seconds from `base` to `at`, rounded up (a deadline kept this way
-/// comes at most a second late, never early), and at most `u32::MAX`.
+/// Whole `unit`s from `base` to `at`, rounded up (a deadline kept this way
+/// comes at most a unit late, never early), and at most `u64::MAX`.
+pub(super) fn units_after(base: Instant, at: Instant, unit: Duration) -> u64 {
+    let n = at
+        .saturating_duration_since(base)
+        .as_nanos()
+        .div_ceil(unit.as_nanos().max(1));
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Whole seconds from `base` to `at`, rounded up, and at most `u32::MAX`.
 pub(super) fn secs_after(base: Instant, at: Instant) -> u32 {
-    let after = at.saturating_duration_since(base);
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    u32::try_from(secs).unwrap_or(u32::MAX)
+    u32::try_from(units_after(base, at, Duration::from_secs(1))).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
 
-    /// Deadlines in whole seconds are never early: a part of a second
-    /// counts as a whole one, and what is before the base is zero.
+    /// Deadlines in whole units are never early: a part of a unit counts
+    /// as a whole one, and what is before the base is zero.
     #[test]
     fn seconds_after_the_base_round_up_and_saturate() {
-        use std::time::Duration;
         let base = Instant::now();
         assert_eq!(secs_after(base, base), 0);
         assert_eq!(secs_after(base + Duration::from_secs(3), base), 0);
@@ -621,6 +627,14 @@ pub(super) mod tests {
             4
         );
         assert_eq!(secs_after(base, base + Duration::from_millis(1)), 1);
+        // The same rounding in milliseconds (the running set's deadlines).
+        let ms = Duration::from_millis(1);
+        assert_eq!(units_after(base, base + Duration::from_millis(5), ms), 5);
+        assert_eq!(
+            units_after(base, base + Duration::from_nanos(5_000_001), ms),
+            6
+        );
+        assert_eq!(units_after(base + ms, base, ms), 0);
         assert_eq!(
             secs_after(base, base + Duration::from_secs(u64::from(u32::MAX) + 10)),
             u32::MAX

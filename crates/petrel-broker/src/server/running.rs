@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::hibernate::{SlotId, Slots};
+use super::hibernate::{units_after, SlotId, Slots};
 
 /// The running connections of one server.
 #[derive(Debug)]
@@ -59,9 +59,11 @@ fn tag(ms: u64) -> u32 {
 impl Running {
     /// Milliseconds after `base`, rounded up.
     fn ms(&self, at: Instant) -> u64 {
-        let after = at.saturating_duration_since(self.base);
-        let ms = after.as_millis() + u128::from(!after.subsec_nanos().is_multiple_of(1_000_000));
-        u64::try_from(ms).unwrap_or(u64::MAX)
+        units_after(
+            self.base.into_std(),
+            at.into_std(),
+            Duration::from_millis(1),
+        )
     }
 
     /// Move connection `id`'s deadline to `new` (none: unarmed; whether it
