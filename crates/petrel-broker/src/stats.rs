@@ -177,7 +177,7 @@ pub(crate) struct Tally {
 
 /// Add `n` payload bytes to a tally's 32-bit count, or, were the count to
 /// overflow, to the broker's total at once.
-pub(crate) fn count_payload(slot: &mut u32, total: &AtomicU64, n: usize) {
+fn count_payload(slot: &mut u32, total: &AtomicU64, n: usize) {
     match u32::try_from(n).ok().and_then(|n| slot.checked_add(n)) {
         Some(v) => *slot = v,
         None => {
@@ -189,6 +189,19 @@ pub(crate) fn count_payload(slot: &mut u32, total: &AtomicU64, n: usize) {
 impl Tally {
     pub(crate) fn is_empty(&self) -> bool {
         self.packets_in == 0 && self.packets_out == 0 && self.bytes_in == 0 && self.bytes_out == 0
+    }
+
+    /// A PUBLISH of QoS `q` with `payload` bytes came in (bytes past the
+    /// tally's 32 bits go to `stats`' totals at once).
+    pub(crate) fn publish_received(&mut self, q: usize, payload: usize, stats: &Stats) {
+        self.publish_in[q] += 1;
+        count_payload(&mut self.payload_in[q], &stats.payload_in[q], payload);
+    }
+
+    /// A PUBLISH of QoS `q` with `payload` bytes went out.
+    pub(crate) fn publish_sent(&mut self, q: usize, payload: usize, stats: &Stats) {
+        self.publish_out[q] += 1;
+        count_payload(&mut self.payload_out[q], &stats.payload_out[q], payload);
     }
 }
 

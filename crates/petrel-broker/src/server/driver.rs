@@ -24,7 +24,7 @@ use crate::core::auth::BoxFuture;
 use crate::core::engine::{Client, Login, Outbound, Peer, ReauthStep, Step};
 use crate::core::lock;
 use crate::core::store::Commit;
-use crate::stats::{count_payload, Stats, Tally};
+use crate::stats::{Stats, Tally};
 
 /// Stop taking messages from the session's queue while this much waits to
 /// be written: a slow subscriber's backlog stays in its bounded queue.
@@ -630,6 +630,12 @@ impl Task {
             .map(|s| ctx.epoch + Duration::from_secs(u64::from(s)) + ctx.packet_timeout)
     }
 
+    /// What the connection sends waits also for `c` (with what it waited
+    /// for already).
+    fn wait_also(&mut self, c: Commit) {
+        self.gate = std::mem::take(&mut self.gate).and(c);
+    }
+
     fn take_link(&mut self) -> Link {
         Link {
             ctx: self.link.ctx.clone(),
@@ -1008,11 +1014,10 @@ impl Task {
                     }
                     if let Packet::Publish(p) = &packet {
                         let q = p.qos.qos() as usize;
-                        self.tally.publish_in[q] += 1;
-                        count_payload(
-                            &mut self.tally.payload_in[q],
-                            &self.link.ctx.broker.engine.stats.payload_in[q],
+                        self.tally.publish_received(
+                            q,
                             p.payload.len(),
+                            &self.link.ctx.broker.engine.stats,
                         );
                         if let Some(rate) = &mut self.rate {
                             rate.spend(p.payload.len() as u64, now);
@@ -1050,7 +1055,7 @@ impl Task {
             if let Some(c) = client.record(changes) {
                 // With what was waited for already (a SUBACK's route in a
                 // cluster completes apart from the store).
-                self.gate = std::mem::take(&mut self.gate).and(c);
+                self.wait_also(c);
             }
         }
         if !self.gate.is_done() {
@@ -1085,12 +1090,8 @@ impl Task {
             self.tally.packets_out += 1;
             if let Packet::Publish(p) = &packet {
                 let q = p.qos.qos() as usize;
-                self.tally.publish_out[q] += 1;
-                count_payload(
-                    &mut self.tally.payload_out[q],
-                    &self.link.ctx.broker.engine.stats.payload_out[q],
-                    p.payload.len(),
-                );
+                self.tally
+                    .publish_sent(q, p.payload.len(), &self.link.ctx.broker.engine.stats);
             }
             if debug {
                 self.trace("sent", &packet);
@@ -1181,7 +1182,7 @@ impl Task {
                         if let Some(c) = client.take_commit() {
                             // The SUBACK leaves once the store has them
                             // (and what was waited for already).
-                            self.gate = std::mem::take(&mut self.gate).and(c);
+                            self.wait_also(c);
                         }
                         if self.conn.suback(now, suback).is_err() {
                             self.lost = true;
@@ -1192,7 +1193,7 @@ impl Task {
                     if let Some(client) = &mut self.link.client {
                         let unsuback = client.unsubscribe(u);
                         if let Some(c) = client.take_commit() {
-                            self.gate = std::mem::take(&mut self.gate).and(c);
+                            self.wait_also(c);
                         }
                         if self.conn.unsuback(now, unsuback).is_err() {
                             self.lost = true;
@@ -1502,12 +1503,8 @@ impl Task {
         };
         // Counted as `drain_transmit` counts what the machine sends.
         self.tally.packets_out += 1;
-        self.tally.publish_out[0] += 1;
-        count_payload(
-            &mut self.tally.payload_out[0],
-            &self.link.ctx.broker.engine.stats.payload_out[0],
-            view.payload.len(),
-        );
+        self.tally
+            .publish_sent(0, view.payload.len(), &self.link.ctx.broker.engine.stats);
         if let Err(e) = self.out.push_publish(&view, self.conn.protocol()) {
             tracing::warn!(peer = %self.peer(), error = %e, "could not encode a packet");
         }
