@@ -2,7 +2,7 @@
 //! directory and node-to-node port on 127.0.0.1, and clients no one here
 //! wrote (rumqttc) connected to different nodes.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,13 +12,7 @@ use petrel_cluster::Cluster;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use petrel_testkit::free_port;
 
 struct Dir(PathBuf);
 

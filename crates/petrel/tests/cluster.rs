@@ -44,6 +44,23 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.process = None;
         }
+        // A failed test shows the end of each node's log (where CI prints
+        // only the test's output) and keeps the directory.
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!(
+                    "--- node {} ({}), its log's last lines:",
+                    n.id,
+                    n.log.display()
+                );
+                for l in &lines[lines.len().saturating_sub(25)..] {
+                    eprintln!("{l}");
+                }
+            }
+            return;
+        }
         if std::env::var_os("PETREL_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -6,7 +6,7 @@
 //! `PETREL_REQUIRE_MOSQUITTO` is set (CI sets it): then they fail.
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,13 +19,7 @@ use petrel_client::{connect, Client, ConnectOptions, Messages, Protocol, Publish
 pub const WAIT: Duration = Duration::from_secs(10);
 pub const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use petrel_testkit::free_port;
 
 /// A directory of the test's own, removed when dropped.
 pub struct Dir(pub PathBuf);

@@ -2,7 +2,6 @@
 //! when a test ends, and a free port.
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,13 +20,7 @@ impl Drop for Running {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use petrel_testkit::free_port;
 
 /// A broker on `port` keeping its store in `data`, once it listens.
 pub fn start_on_data(data: &Path, port: u16) -> Running {
@@ -43,10 +36,18 @@ pub fn start_on_data(data: &Path, port: u16) -> Running {
 
 /// `child` (a broker), once it listens on `port`.
 pub fn listening(child: Child, port: u16) -> Running {
-    let running = Running(child);
+    let mut running = Running(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
+        // One that exited (its port taken, its configuration refused) is
+        // said at once, not after the wait.
+        if let Ok(Some(status)) = running.0.try_wait() {
+            panic!("broker exited before it listened on {port}: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker did not listen on {port} within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     running
