@@ -2,6 +2,7 @@
 broker process started, waited for and stopped (SIGTERM, then SIGKILL)
 by its own process id."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -10,12 +11,44 @@ import time
 TIMEOUT = 5.0
 
 
+def _ephemeral_start():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            start = int(f.read().split()[0])
+        return start if start >= 11000 else 49152
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
+_LOW = 10000
+_SPAN = _ephemeral_start() - _LOW
+_next = [(os.getpid() * 7919) % _SPAN]
+
+
+def _bindable(port):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port for a broker's listener (TCP and UDP free now) from below the
+    kernel's ephemeral range, never the same twice in this process: a port
+    got by binding 0 and letting go can be handed by the kernel to the next
+    bind(0) or to an outgoing connection before the broker binds it (the
+    Rust tests' petrel-testkit does the same)."""
+    for _ in range(_SPAN):
+        port = _LOW + _next[0] % _SPAN
+        _next[0] += 1
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def run(cmd, timeout=TIMEOUT + 5, **kw):

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tomllib
@@ -849,15 +848,11 @@ def rewrite_config(src, dst, root, port_map):
 
 
 def free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    print(" ".join(map(str, ports)))
+    # Chosen as the interop scripts choose theirs (broker_process.free_port).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from broker_process import free_port
+
+    print(" ".join(str(free_port()) for _ in range(n)))
 
 
 def main():
