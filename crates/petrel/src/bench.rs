@@ -785,10 +785,16 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
         args.clients
     );
     let size = args.size.max(8);
-    let period = Duration::from_secs_f64(devices as f64 / rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let from = start + Duration::from_secs(1);
     let end = from + Duration::from_secs(args.seconds);
+    // Message k (of them all) is sent at start + k / rate by device
+    // k mod devices: each device every devices / rate seconds, the fleet
+    // evenly spread ([`pace`] says when).
+    let total = rate * (1 + args.seconds);
+    let turns: Vec<Arc<tokio::sync::Notify>> = (0..devices)
+        .map(|_| Arc::new(tokio::sync::Notify::new()))
+        .collect();
     let nanos = |t: tokio::time::Instant| {
         t.duration_since(tokio::time::Instant::from_std(epoch))
             .as_nanos() as u64
@@ -799,7 +805,9 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     for (d, conn) in devs.into_iter().enumerate() {
         let topic = TopicName::try_from(format!("bench/{run}/fleet/{d}/data").as_str())
             .map_err(|e| e.to_string())?;
-        let first = start + period.mul_f64(d as f64 / devices as f64);
+        // Its turns: d, d + devices, ... below total.
+        let mine = (total + (devices - 1 - d) as u64) / devices as u64;
+        let turn = turns[d].clone();
         let sent = sent.clone();
         tasks.push(tokio::spawn(async move {
             let Conn {
@@ -809,10 +817,11 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
                 ..
             } = conn;
             let mut out = BytesMut::new();
-            let mut next = first;
             let mut id: u16 = 0;
-            while next < end {
-                tokio::time::sleep_until(next).await;
+            for _ in 0..mine {
+                // A turn that came while a PUBACK was awaited is kept (one:
+                // a device two turns behind skips one, and sends less).
+                turn.notified().await;
                 let mut payload = vec![b'x'; size];
                 let at = epoch.elapsed().as_nanos() as u64;
                 payload[..8].copy_from_slice(&at.to_be_bytes());
@@ -841,12 +850,15 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
                         }
                     }
                 }
-                next += period;
             }
             // Stay connected while the others finish.
             tokio::time::sleep_until(end + Duration::from_secs(3)).await;
         }));
     }
+    pace(start.into_std(), rate, total, move |k| {
+        turns[(k % devices as u64) as usize].notify_one();
+        true
+    });
     let mut readers = Vec::new();
     for mut c in subs {
         readers.push(tokio::spawn(async move {
@@ -958,6 +970,34 @@ async fn subscribe_and_wait(
     }
 }
 
+/// Calls `tick(i)` for `i` in `0..count`, each at `start + i / rate`
+/// seconds, from a thread of its own, until `tick` says stop (false). The
+/// runtime's timer counts whole milliseconds: tasks sleeping on it to
+/// marks 200 µs apart would wake five at once every millisecond, a burst
+/// the broker reads in one go, not the fixed rate asked for. A thread
+/// sleeping to each mark keeps them apart to within the system's timer
+/// slack (about 50 µs); one that falls behind catches up at once.
+fn pace(
+    start: std::time::Instant,
+    rate: u64,
+    count: u64,
+    mut tick: impl FnMut(u64) -> bool + Send + 'static,
+) {
+    let rate = rate.max(1) as f64;
+    std::thread::spawn(move || {
+        for i in 0..count {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if !tick(i) {
+                return;
+            }
+        }
+    });
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -997,24 +1037,10 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
         tokio::spawn(
             async move { while next_packet(&mut read, &mut buf, protocol).await.is_some() {} },
         );
-        // Each message at its own time, `period` apart. The runtime's timer
-        // counts whole milliseconds (at 2,000 msg/s it would send two at
-        // once every millisecond), so a thread of its own, sleeping to
-        // within the system's timer slack, says when.
-        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        // Each message at its own time, 1 / rate apart ([`pace`]).
         let (tick, mut ticks) = tokio::sync::mpsc::unbounded_channel::<()>();
-        std::thread::spawn(move || {
-            let start = std::time::Instant::now();
-            for i in 0..total {
-                let at = start + period * (i as u32);
-                let now = std::time::Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
-                if tick.send(()).is_err() {
-                    return;
-                }
-            }
+        pace(std::time::Instant::now(), rate, total, move |_| {
+            tick.send(()).is_ok()
         });
         let mut out = BytesMut::new();
         for i in 0..total {
