@@ -11,17 +11,23 @@ import time
 TIMEOUT = 5.0
 
 
-def _ephemeral_start():
+def _range():
+    """[low, high): below the kernel's ephemeral range, or above it where it
+    starts too low to leave room (as petrel-testkit chooses)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            start = int(f.read().split()[0])
-        return start if start >= 11000 else 49152
-    except (OSError, ValueError, IndexError):
-        return 49152
+            first, last = (int(n) for n in f.read().split()[:2])
+    except (OSError, ValueError):
+        return 10000, 49152
+    if first >= 11000:
+        return 10000, first
+    if last + 1 + 1000 <= 65536:
+        return max(last, 10000) + 1, 65536
+    return 10000, 49152
 
 
-_LOW = 10000
-_SPAN = _ephemeral_start() - _LOW
+_LOW, _HIGH = _range()
+_SPAN = _HIGH - _LOW
 _next = [(os.getpid() * 7919) % _SPAN]
 
 
@@ -29,6 +35,9 @@ def _bindable(port):
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         s = socket.socket(socket.AF_INET, kind)
         try:
+            if kind == socket.SOCK_STREAM:
+                # As a broker's listener binds (and Rust's std does).
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
@@ -38,8 +47,8 @@ def _bindable(port):
 
 
 def free_port():
-    """A port for a broker's listener (TCP and UDP free now) from below the
-    kernel's ephemeral range, never the same twice in this process: a port
+    """A port for a broker's listener (TCP and UDP free now) from outside the
+    kernel's ephemeral range, not the same twice in this process: a port
     got by binding 0 and letting go can be handed by the kernel to the next
     bind(0) or to an outgoing connection before the broker binds it (the
     Rust tests' petrel-testkit does the same)."""
@@ -48,7 +57,7 @@ def free_port():
         _next[0] += 1
         if _bindable(port):
             return port
-    raise RuntimeError("no free port below the ephemeral range")
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def run(cmd, timeout=TIMEOUT + 5, **kw):

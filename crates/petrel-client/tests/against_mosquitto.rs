@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,11 +38,7 @@ impl Mosquitto {
             eprintln!("mosquitto not installed: skipping (CI runs this)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = petrel_testkit::free_port();
         let dir = std::env::temp_dir().join(format!("petrel-mosq-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -289,13 +285,7 @@ async fn tls_with_a_ca_file_a_client_certificate_and_insecure() {
     };
     let dir = mosq.dir.clone();
     make_certs(&dir);
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let free = petrel_testkit::free_port;
     let (tls_port, mtls_port) = (free(), free());
     let tls = |port: u16, require: bool| {
         format!(
@@ -441,13 +431,7 @@ async fn websocket_and_secure_websocket() {
         return;
     };
     let certs = common::certs::Certs::new("mosquitto-wss");
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let free = petrel_testkit::free_port;
     let (ws_port, wss_port) = (free(), free());
     let conf = mosq.dir.join("mosquitto.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();

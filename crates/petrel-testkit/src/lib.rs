@@ -6,8 +6,10 @@
 //! next `bind(0)` or to an outgoing connection's local end, anywhere in the
 //! machine, and a node then fails with "address in use", or a readiness
 //! check that only connects talks to someone else's listener. The ports
-//! here come from below the kernel's ephemeral range, which it never hands
-//! out by itself, and no two calls in one process return the same one.
+//! here come from outside the kernel's ephemeral range, which it never
+//! hands out by itself, and no two calls in one process return the same
+//! one. (Two test processes running at once could still pick the same
+//! port; `cargo test` runs its test binaries one after another.)
 #![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
@@ -17,13 +19,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// machines run).
 const LOWEST: u32 = 10_000;
 
+/// The fewest ports a range may have to be used.
+const ENOUGH: u32 = 1_000;
+
 /// A port on 127.0.0.1 for a listener a test starts (TCP and UDP, for
 /// QUIC): free when returned, outside the kernel's ephemeral range, and
-/// never returned twice by one process.
+/// not returned before by this process (until it has handed out every
+/// port in the range, then round again).
 ///
-/// Processes started one after another begin at different places (by
-/// process id), so a port a previous run left in TIME_WAIT is not the
-/// first one tried.
+/// Processes start at different places (by process id), so one run does
+/// not begin where the last one did.
 ///
 /// # Panics
 ///
@@ -40,7 +45,7 @@ pub fn free_port() -> u16 {
 fn next_free(low: u32, high: u32, start: u32, next: &AtomicU32) -> u16 {
     let span = high - low;
     for _ in 0..span {
-        let n = next.fetch_add(1, Ordering::Relaxed);
+        let n = next.fetch_add(1, Ordering::Relaxed) % span;
         let port = low + (start + n) % span;
         if let Ok(port) = u16::try_from(port) {
             if bindable(port) {
@@ -51,16 +56,22 @@ fn next_free(low: u32, high: u32, start: u32, next: &AtomicU32) -> u16 {
     panic!("no free port on 127.0.0.1 between {low} and {high}");
 }
 
-/// `[low, high)`: from [`LOWEST`] to where the ephemeral range starts (on
-/// Linux read from `/proc`; elsewhere, or if it starts too low to leave
-/// room, the IANA dynamic range's start, 49152).
+/// `[low, high)`: below the ephemeral range (from [`LOWEST`]), or above it
+/// where it starts too low to leave room; on a machine with no room on
+/// either side (or not Linux, where it is not read), below the IANA
+/// dynamic range's start, 49152.
 fn range() -> (u32, u32) {
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|&start| start >= LOWEST + 1_000)
-        .unwrap_or(49_152);
-    (LOWEST, ephemeral)
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        });
+    match ephemeral {
+        Some((first, _)) if first >= LOWEST + ENOUGH => (LOWEST, first),
+        Some((_, last)) if last + 1 + ENOUGH <= 65_536 => (last.max(LOWEST) + 1, 65_536),
+        _ => (LOWEST, 49_152),
+    }
 }
 
 fn bindable(port: u16) -> bool {
@@ -92,7 +103,8 @@ mod tests {
     fn a_port_in_use_is_skipped() {
         let (low, high) = range();
         // A start of this test's own, away from where free_port begins.
-        let start = (std::process::id().wrapping_mul(7_919) + (high - low) / 2) % (high - low);
+        let span = high - low;
+        let start = (std::process::id().wrapping_mul(7_919) % span + span / 2) % span;
         let first = next_free(low, high, start, &AtomicU32::new(0));
         // The control: with nothing held, the same count gives it again.
         assert_eq!(next_free(low, high, start, &AtomicU32::new(0)), first);

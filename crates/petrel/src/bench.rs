@@ -87,8 +87,9 @@ pub(crate) struct BenchArgs {
     /// Publishers (pairs, fanin) or subscribers (fanout).
     #[arg(short = 'n', long = "clients", default_value_t = 10)]
     clients: usize,
-    /// Seconds measured (after one second of warm-up).
-    #[arg(short = 's', long = "seconds", default_value_t = 5)]
+    /// Seconds measured (after one second of warm-up), at most a day.
+    #[arg(short = 's', long = "seconds", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     seconds: u64,
     /// Payload size in bytes.
     #[arg(long = "size", default_value_t = 64)]
@@ -103,8 +104,10 @@ pub(crate) struct BenchArgs {
     /// Protocol version: 311 or 5.
     #[arg(short = 'V', long = "protocol", default_value = "311")]
     protocol: String,
-    /// Messages per second (latency).
-    #[arg(long = "rate", default_value_t = 2000)]
+    /// Messages per second (latency; fleet: all devices together), at
+    /// most ten million.
+    #[arg(long = "rate", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     rate: u64,
     /// Connections (conns) or retained messages (retained).
     #[arg(long = "count", default_value_t = 10_000)]
@@ -792,8 +795,11 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     // k mod devices: each device every devices / rate seconds, the fleet
     // evenly spread ([`pace`] says when).
     let total = rate * (1 + args.seconds);
-    let turns: Vec<Arc<tokio::sync::Notify>> = (0..devices)
-        .map(|_| Arc::new(tokio::sync::Notify::new()))
+    // A device's turns are counted, not merely flagged: one that is late
+    // (waiting for a PUBACK, or not scheduled in time) sends the turns it
+    // missed at once, as a device catching up would, and none is lost.
+    let turns: Vec<Arc<tokio::sync::Semaphore>> = (0..devices)
+        .map(|_| Arc::new(tokio::sync::Semaphore::new(0)))
         .collect();
     let nanos = |t: tokio::time::Instant| {
         t.duration_since(tokio::time::Instant::from_std(epoch))
@@ -819,9 +825,10 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
             let mut out = BytesMut::new();
             let mut id: u16 = 0;
             for _ in 0..mine {
-                // A turn that came while a PUBACK was awaited is kept (one:
-                // a device two turns behind skips one, and sends less).
-                turn.notified().await;
+                match turn.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
                 let mut payload = vec![b'x'; size];
                 let at = epoch.elapsed().as_nanos() as u64;
                 payload[..8].copy_from_slice(&at.to_be_bytes());
@@ -856,7 +863,7 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
         }));
     }
     pace(start.into_std(), rate, total, move |k| {
-        turns[(k % devices as u64) as usize].notify_one();
+        turns[(k % devices as u64) as usize].add_permits(1);
         true
     });
     let mut readers = Vec::new();
@@ -1020,6 +1027,7 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
     // One second of warm-up, the quiet measurement, and with a storm the
     // measurement during it.
     let phases = if args.storm > 0 { 2 } else { 1 };
+    // (--rate and --seconds are bounded: no overflow.)
     let total = args.rate.max(1) * (phases * args.seconds + 1);
     let warmup = args.rate.max(1);
     let storm_from = warmup + args.rate.max(1) * args.seconds;
@@ -1061,7 +1069,7 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
             }
         }
     });
-    let mut samples = Vec::with_capacity(total as usize);
+    let mut samples = Vec::with_capacity(total.min(1 << 20) as usize);
     let mut storm_samples = Vec::new();
     let mut storm = None;
     let mut seen = 0u64;

@@ -45,7 +45,8 @@ impl Drop for Cluster {
             n.process = None;
         }
         // A failed test shows the end of each node's log (where CI prints
-        // only the test's output) and keeps the directory.
+        // only the test's output) and keeps the directory, PETREL_KEEP or
+        // not (each failed run leaves one in the temporary directory).
         if std::thread::panicking() {
             for n in &self.nodes {
                 let log = std::fs::read_to_string(&n.log).unwrap_or_default();

