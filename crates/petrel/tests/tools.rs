@@ -649,25 +649,40 @@ fn bench_latency_spaces_its_messages_evenly() {
 /// together sending 2,000 msg/s send one every 500 µs, not the devices
 /// whose turns fall in one millisecond at once (they slept on the
 /// runtime's millisecond timer, and woke in bursts the broker read in one
-/// go).
+/// go). At QoS 1, so its subscriber's acknowledgements (one write for
+/// what one read brought) are needed for every delivery to arrive.
 #[test]
 fn bench_fleet_spreads_its_messages_evenly() {
-    bench_spaces_its_messages(
+    let stderr = bench_spaces_its_messages(
         "bench/+/fleet/+/data",
         &[
-            "fleet", "--count", "20", "--rate", "2000", "-n", "1", "-s", "1", "-q", "0",
+            "fleet", "--count", "20", "--rate", "2000", "-n", "1", "-s", "1", "-q", "1",
         ],
         // (Counted by when each was sent: one sent late at an edge of the
         // measured second falls on the other side, so no exact count.)
         "messages sent in the measured time",
     );
+    // "N messages sent in the measured time, D of E deliveries arrived"
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("deliveries arrived"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "of").unwrap();
+    let (delivered, expected) = (words[at - 1], words[at + 1]);
+    assert!(
+        expected.parse::<u64>().unwrap() >= 1_900,
+        "the control: about 2,000 were measured: {line}"
+    );
+    assert_eq!(delivered, expected, "{line}");
 }
 
 /// Runs `petrel bench ARGS` (one second of warm-up and one measured at
 /// 2,000 msg/s: 4,000 messages) while a third client subscribed to
 /// `filter` reads the send time each payload starts with; the bench must
-/// say `says`, and the messages must be sent at about 500 µs apart.
-fn bench_spaces_its_messages(filter: &str, args: &[&str], says: &str) {
+/// say `says`, and the messages must be sent at about 500 µs apart. What
+/// the bench printed on standard error is returned.
+fn bench_spaces_its_messages(filter: &str, args: &[&str], says: &str) -> String {
     // One at a time: two benches at once on a small machine would delay
     // each other's ticks and send in bursts.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -702,7 +717,7 @@ fn bench_spaces_its_messages(filter: &str, args: &[&str], says: &str) {
         .args(["-p", &p, "--json"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains(says), "{stderr}");
     let code = watcher.0.wait().unwrap().code();
@@ -732,4 +747,5 @@ fn bench_spaces_its_messages(filter: &str, args: &[&str], says: &str) {
         "{close} of {} gaps under 100 µs",
         gaps.len()
     );
+    stderr
 }
