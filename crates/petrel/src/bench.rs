@@ -225,8 +225,9 @@ pub(crate) fn run(mut args: BenchArgs) -> Result<(), String> {
         (1, _) => QoS::AtLeastOnce,
         _ => return Err("--qos must be 0 or 1".into()),
     };
-    if args.clients == 0 || args.seconds == 0 {
-        return Err("--clients and --seconds must be at least 1".into());
+    // (--seconds is at least 1 as parsed.)
+    if args.clients == 0 {
+        return Err("--clients must be at least 1".into());
     }
     // Pinned to one core (as the comparison runs it): one thread, no
     // worker pool, so the generator spends its core on the load.
@@ -771,7 +772,8 @@ async fn fleet(args: &BenchArgs, protocol: Protocol, qos: QoS) -> Result<Report,
     let run = std::process::id();
     let epoch = Instant::now();
     let devices = args.count.max(1);
-    let rate = args.rate.max(1);
+    // (At least 1, as parsed.)
+    let rate = args.rate;
     let filter = format!("bench/{run}/fleet/+/data");
     let mut subs = Vec::new();
     for s in 0..args.clients {
@@ -1034,13 +1036,13 @@ async fn latency(args: &BenchArgs, protocol: Protocol) -> Result<Report, String>
     // One second of warm-up, the quiet measurement, and with a storm the
     // measurement during it.
     let phases = if args.storm > 0 { 2 } else { 1 };
-    // (--rate and --seconds are bounded: no overflow.)
-    let total = args.rate.max(1) * (phases * args.seconds + 1);
-    let warmup = args.rate.max(1);
-    let storm_from = warmup + args.rate.max(1) * args.seconds;
+    // (--rate and --seconds are at least 1, and bounded: no overflow.)
+    let rate = args.rate;
+    let total = rate * (phases * args.seconds + 1);
+    let warmup = rate;
+    let storm_from = warmup + rate * args.seconds;
     let topic = TopicName::try_from(topic.as_str()).map_err(|e| e.to_string())?;
     let size = args.size.max(8);
-    let rate = args.rate.max(1);
     let sender = tokio::spawn(async move {
         let Conn {
             mut read,
