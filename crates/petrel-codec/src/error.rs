@@ -88,9 +88,14 @@ pub enum DecodeError {
     /// Topic Alias 0 was sent.
     #[error("Topic Alias 0 [MQTT-3.3.2-8]")]
     ZeroTopicAlias,
-    /// The CONNECT protocol name is neither `MQTT` nor `MQIsdp`.
+    /// The CONNECT protocol name is neither `MQTT` nor `MQIsdp`. The level
+    /// that followed it tells a server which format its refusal can take
+    /// (5: a 5.0 CONNACK 0x84).
     #[error("unknown protocol name [MQTT-3.1.2-1]")]
-    InvalidProtocolName,
+    InvalidProtocolName {
+        /// The protocol level that followed the name.
+        level: u8,
+    },
     /// A known protocol name with a level Petrel does not speak. A server
     /// answers CONNACK 0x84 (5.0) or return code 1 (3.1.1) and closes.
     #[error("unsupported protocol level {level} [MQTT-3.1.2-2]")]
@@ -163,7 +168,7 @@ impl DecodeError {
                 | StringError::InvalidSharedSubscription,
             ) => ReasonCode::TOPIC_FILTER_INVALID,
             Self::ZeroTopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
-            Self::InvalidProtocolName | Self::UnsupportedProtocolLevel { .. } => {
+            Self::InvalidProtocolName { .. } | Self::UnsupportedProtocolLevel { .. } => {
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
             }
             Self::TooManyTopicFilters { .. } | Self::TooManyUserProperties { .. } => {
@@ -201,7 +206,7 @@ impl DecodeError {
             Self::DupOnQoS0 => "MQTT-3.3.1-2",
             Self::ZeroPacketId => "MQTT-2.2.1-3",
             Self::ZeroTopicAlias => "MQTT-3.3.2-8",
-            Self::InvalidProtocolName => "MQTT-3.1.2-1",
+            Self::InvalidProtocolName { .. } => "MQTT-3.1.2-1",
             Self::UnsupportedProtocolLevel { .. } => "MQTT-3.1.2-2",
             Self::ReservedConnectFlag => "MQTT-3.1.2-3",
             Self::InvalidWillFlags => "MQTT-3.1.2-11",

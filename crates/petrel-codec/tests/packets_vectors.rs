@@ -5,38 +5,12 @@ use bytes::{Bytes, BytesMut};
 use petrel_codec::packet::PacketType;
 use petrel_codec::*;
 
+mod wire;
+use wire::{cat, frame, s};
+
 const V31: Protocol = Protocol::V3_1;
 const V311: Protocol = Protocol::V3_1_1;
 const V5: Protocol = Protocol::V5;
-
-/// A whole packet: first byte, remaining length, body.
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut n = body.len();
-    loop {
-        let mut b = (n & 0x7F) as u8;
-        n >>= 7;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-fn s(v: &str) -> Vec<u8> {
-    let mut out = (v.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(v.as_bytes());
-    out
-}
-
-fn cat(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
-}
 
 fn dec(bytes: &[u8], p: Protocol) -> Result<Packet, DecodeError> {
     let mut buf = BytesMut::from(bytes);
@@ -473,7 +447,10 @@ fn the_bridge_flag_of_3_1_x_levels() {
 #[test]
 fn connect_protocol_name_and_level_mqtt_3_1_2_1_and_2() {
     let mk = |name: &str, level: u8| frame(0x10, &cat(&[&s(name), &[level, 0x02, 0, 0], &s("c")]));
-    assert_eq!(err(&mk("MQTX", 4), V311), DecodeError::InvalidProtocolName);
+    assert_eq!(
+        err(&mk("MQTX", 4), V311),
+        DecodeError::InvalidProtocolName { level: 4 }
+    );
     for (name, level) in [("MQTT", 6), ("MQTT", 3), ("MQIsdp", 4), ("MQTT", 0)] {
         let e = err(&mk(name, level), V311);
         assert_eq!(e, DecodeError::UnsupportedProtocolLevel { level });

@@ -1071,16 +1071,30 @@ impl Connection {
         Ok(())
     }
 
-    /// Send an AUTH packet (5.0 enhanced authentication, either role).
-    pub fn auth(&mut self, now: Instant, auth: Auth) -> Result<(), SendError> {
+    /// Send an AUTH packet (5.0 enhanced authentication, either role). It
+    /// carries the Authentication Method of the CONNECT: filled in when
+    /// `auth` has none, refused when it names another ([MQTT-4.12.1-1]).
+    pub fn auth(&mut self, now: Instant, mut auth: Auth) -> Result<(), SendError> {
         if !self.protocol.is_v5() || matches!(self.state, State::Closed | State::AwaitConnect) {
             return Err(SendError::Invalid("AUTH needs an open 5.0 connection"));
         }
-        if self.auth_method().is_none() {
+        let Some(ours) = self.auth_method() else {
             // [MQTT-4.12.0-7]: no AUTH unless CONNECT named a method.
             return Err(SendError::Invalid(
                 "AUTH needs an Authentication Method in CONNECT",
             ));
+        };
+        match auth.properties.authentication_method() {
+            None => {
+                let ours = ours.clone();
+                auth.properties.set_authentication_method(Some(ours));
+            }
+            Some(m) if &m == ours => {}
+            Some(_) => {
+                return Err(SendError::Invalid(
+                    "AUTH must name the Authentication Method of CONNECT",
+                ))
+            }
         }
         self.queue(now, Packet::Auth(auth))
     }
@@ -1960,12 +1974,19 @@ impl Connection {
         match (self.role, self.state) {
             (Role::Server, State::AwaitConnect) => {
                 if let ProtocolError::Malformed(
-                    DecodeError::UnsupportedProtocolLevel { .. } | DecodeError::InvalidProtocolName,
+                    DecodeError::UnsupportedProtocolLevel { level }
+                    | DecodeError::InvalidProtocolName { level },
                 ) = e
                 {
-                    // [MQTT-3.1.2-2]: answer in the format every version reads
-                    // (3.1.1 return code 1), then close.
-                    self.protocol = Protocol::V3_1_1;
+                    // [MQTT-3.1.2-1] and [MQTT-3.1.2-2]: refuse, then close.
+                    // After level 5 the client reads 5.0 (CONNACK 0x84);
+                    // after any other, the format every earlier version
+                    // reads (3.1.1 return code 1).
+                    self.protocol = if level == 5 {
+                        Protocol::V5
+                    } else {
+                        Protocol::V3_1_1
+                    };
                     let refusal = ConnAck::new(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, false);
                     let _ = self.queue(now, Packet::ConnAck(refusal));
                 }

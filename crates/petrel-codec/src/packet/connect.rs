@@ -86,7 +86,7 @@ impl Connect {
             return fail(if name == b"MQTT" || name == b"MQIsdp" {
                 DecodeError::UnsupportedProtocolLevel { level }
             } else {
-                DecodeError::InvalidProtocolName
+                DecodeError::InvalidProtocolName { level }
             });
         };
         let (input, flags) = be_u8(input)?;
