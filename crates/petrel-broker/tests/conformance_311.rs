@@ -220,29 +220,36 @@ async fn unsubscribe_is_answered_once_with_its_packet_identifier() {
     assert!(c.no_publish(SHORT).await);
 }
 
-/// Checks [MQTT-4.6.0-5] and [MQTT-4.6.0-6]: topics are ordered — messages
-/// from one client on one topic are forwarded in the order received — and
-/// [MQTT-4.5.0-1]: each matching subscriber gets every message.
+/// Checks 3.1.1: [MQTT-4.6.0-5] and [MQTT-4.6.0-6]; 5.0: [MQTT-4.6.0-5]
+/// and [MQTT-4.6.0-6]: topics are ordered by default — messages from one
+/// client on one topic are forwarded in the order received, at each QoS —
+/// and 3.1.1: [MQTT-4.5.0-1]; 5.0: [MQTT-4.5.0-1]: each matching
+/// subscriber gets every message. The transport is TCP, ordered and
+/// lossless both ways (3.1.1: [MQTT-7.1.1-1]; 5.0: [MQTT-4.2.0-1]): 100
+/// messages in, 100 out in order at each of three subscribers.
 #[tokio::test]
 async fn messages_on_a_topic_arrive_in_order_at_every_subscriber() {
     let b = start().await;
-    let mut subs = Vec::new();
-    for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
-        .into_iter()
-        .enumerate()
-    {
-        let mut s = Raw::connect(b.addr, V311, &format!("ord{i}")).await;
-        s.subscribe("ord/t", q).await;
-        subs.push(s);
-    }
-    let mut p = Raw::connect(b.addr, V311, "p").await;
-    for i in 0..100u8 {
-        let q = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(i % 3)];
-        p.publish("ord/t", &[i], q, false).await;
-    }
-    for s in &mut subs {
+    for proto in [V311, Protocol::V5] {
+        let t = format!("ord/{proto:?}");
+        let mut subs = Vec::new();
+        for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .enumerate()
+        {
+            let mut s = Raw::connect(b.addr, proto, &format!("ord{i}")).await;
+            s.subscribe(&t, q).await;
+            subs.push(s);
+        }
+        let mut p = Raw::connect(b.addr, proto, "p").await;
         for i in 0..100u8 {
-            assert_eq!(&s.recv_publish().await.payload[..], &[i]);
+            let q = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(i % 3)];
+            p.publish(&t, &[i], q, false).await;
+        }
+        for s in &mut subs {
+            for i in 0..100u8 {
+                assert_eq!(&s.recv_publish().await.payload[..], &[i], "{proto:?}");
+            }
         }
     }
 }
@@ -286,4 +293,309 @@ async fn a_topic_with_u0000_closes_the_connection() {
         .await;
     assert!(c.closed().await.is_none());
     still_serving(b.addr).await;
+}
+
+/// Checks [MQTT-3.1.2.7] (printed so in the standard): a retained message
+/// is not session state, so it outlives the Clean Session connection that
+/// published it.
+#[tokio::test]
+async fn retained_messages_outlive_the_session_that_published_them() {
+    let b = start().await;
+    let mut p = Raw::connect(b.addr, V311, "short-lived").await;
+    p.publish("outlive/t", b"kept", QoS::AtLeastOnce, true)
+        .await;
+    p.disconnect().await; // Clean Session 1: its session ends here
+                          // A new session, on another connection, is sent the message.
+    let mut late = Raw::connect(b.addr, V311, "later").await;
+    late.subscribe("outlive/t", QoS::AtLeastOnce).await;
+    let r = late.recv_publish().await;
+    assert_eq!((&r.payload[..], r.retain), (&b"kept"[..], true));
+}
+
+/// Checks [MQTT-3.1.2-12]: with the Will Flag 0 nothing is published when
+/// the connection ends without a DISCONNECT; the control, a client with a
+/// will dropped the same way, shows the watcher would have seen one.
+#[tokio::test]
+async fn without_a_will_nothing_is_published_when_the_connection_drops() {
+    let b = start().await;
+    let mut w = Raw::connect(b.addr, V311, "watch").await;
+    w.subscribe("nowill/#", QoS::AtLeastOnce).await;
+    let (c, ack) = Raw::connect_with(b.addr, V311, "no-will", |c| c.will = None).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    drop(c);
+    assert!(w.no_publish(SHORT).await);
+    let (c, _) = Raw::connect_with(b.addr, V311, "with-will", will("nowill/t", false)).await;
+    drop(c);
+    assert_eq!(w.recv_publish().await.topic.as_str(), "nowill/t");
+}
+
+/// Checks 3.1.1: [MQTT-3.1.3-5]; 5.0: [MQTT-3.1.3-5] and [MQTT-3.1.4-5]:
+/// ClientIds of 1 to 23 bytes of 0-9, a-z and A-Z are accepted, CONNACK
+/// 0x00, each its own session (a message to one reaches only that one).
+#[tokio::test]
+async fn client_ids_of_1_to_23_alphanumerics_are_accepted() {
+    let b = start().await;
+    for proto in [V311, Protocol::V5] {
+        let ids = ["a", "Z", "7", "aZ09bY18cX27dW36eV45fU5"];
+        assert_eq!(ids[3].len(), 23);
+        let mut clients = Vec::new();
+        for id in ids {
+            let (mut c, ack) = Raw::connect_with(b.addr, proto, id, |_| {}).await;
+            assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{proto:?} {id}");
+            c.subscribe(&format!("ids/{id}"), QoS::AtLeastOnce).await;
+            clients.push(c);
+        }
+        let mut p = Raw::connect(b.addr, proto, "ids-pub").await;
+        for (id, c) in ids.iter().zip(&mut clients) {
+            p.publish(&format!("ids/{id}"), id.as_bytes(), QoS::AtLeastOnce, false)
+                .await;
+            assert_eq!(&c.recv_publish().await.payload[..], id.as_bytes());
+        }
+        for c in clients {
+            c.disconnect().await;
+        }
+        p.disconnect().await;
+    }
+}
+
+/// Checks [MQTT-3.1.3-9]: a ClientId the server rejects (here longer than
+/// its configured 23 bytes) gets CONNACK return code 0x02 on the wire, and
+/// then the connection closes; one byte shorter is accepted.
+#[tokio::test]
+async fn a_rejected_client_id_gets_return_code_2_and_the_close() {
+    let mut config = config();
+    config.limits.max_client_id_length = 23;
+    let b = start_with(config).await;
+    let mut c = Raw::open(b.addr, V311).await;
+    c.send(Packet::Connect(Box::new(Connect::new(
+        V311,
+        MqttString::try_from("x".repeat(24)).unwrap(),
+    ))))
+    .await;
+    // CONNACK, remaining length 2, Session Present 0, return code 2.
+    assert_eq!(c.recv_bytes(4).await, [0x20, 0x02, 0x00, 0x02]);
+    assert!(c.closed().await.is_none());
+    let (mut ok, ack) = Raw::connect_with(b.addr, V311, &"x".repeat(23), |_| {}).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    ok.alive().await;
+}
+
+/// Checks [MQTT-3.3.1-7]: a retained QoS 0 message replaces the retained
+/// message before it (here a QoS 1 one): a new subscriber gets only it.
+#[tokio::test]
+async fn a_retained_qos0_message_replaces_the_one_before() {
+    let b = start().await;
+    let mut p = Raw::connect(b.addr, V311, "p").await;
+    p.publish("rq0/t", b"old", QoS::AtLeastOnce, true).await;
+    // The control: the first one is retained.
+    let mut first = Raw::connect(b.addr, V311, "first").await;
+    first.subscribe("rq0/t", QoS::AtLeastOnce).await;
+    assert_eq!(&first.recv_publish().await.payload[..], b"old");
+    p.publish("rq0/t", b"new", QoS::AtMostOnce, true).await;
+    // Delivered to the subscriber there already, so the broker has it.
+    assert_eq!(&first.recv_publish().await.payload[..], b"new");
+    let mut s = Raw::connect(b.addr, V311, "s").await;
+    s.subscribe("rq0/t", QoS::AtLeastOnce).await;
+    let r = s.recv_publish().await;
+    assert_eq!((&r.payload[..], r.retain), (&b"new"[..], true));
+    assert!(s.no_publish(SHORT).await, "the old one was discarded");
+}
+
+/// Checks 3.1.1: [MQTT-3.3.1-12]; 5.0: [MQTT-3.3.1-8]: a PUBLISH with
+/// RETAIN 0 is neither stored nor allowed to remove or replace the retained
+/// message of its topic; the subscriber there already shows it was
+/// published.
+#[tokio::test]
+async fn a_publish_without_retain_leaves_the_retained_message_alone() {
+    let b = start().await;
+    for proto in [V311, Protocol::V5] {
+        let t = format!("keep/{proto:?}");
+        let mut p = Raw::connect(b.addr, proto, "p").await;
+        let mut live = Raw::connect(b.addr, proto, "live").await;
+        live.subscribe(&t, QoS::AtLeastOnce).await;
+        p.publish(&t, b"retained", QoS::AtLeastOnce, true).await;
+        assert_eq!(&live.recv_publish().await.payload[..], b"retained");
+        p.publish(&t, b"passing", QoS::AtLeastOnce, false).await;
+        p.publish(&t, b"", QoS::AtMostOnce, false).await; // empty, not retained
+        assert_eq!(&live.recv_publish().await.payload[..], b"passing");
+        assert_eq!(&live.recv_publish().await.payload[..], b"");
+        let mut late = Raw::connect(b.addr, proto, "late").await;
+        late.subscribe(&t, QoS::AtLeastOnce).await;
+        let r = late.recv_publish().await;
+        assert_eq!((&r.payload[..], r.retain), (&b"retained"[..], true));
+        assert!(late.no_publish(SHORT).await);
+    }
+}
+
+/// Checks [MQTT-3.6.1-1] (PUBREL flags 0010), [MQTT-3.10.1-1]
+/// (UNSUBSCRIBE flags 0010) and [MQTT-3.14.1-1] (DISCONNECT reserved bits
+/// 0): other flags are malformed and the server closes the connection,
+/// with nothing sent back; the same packets with the right flags are
+/// answered. A DISCONNECT with a reserved bit set is no DISCONNECT: the
+/// will goes out ([MQTT-3.14.4-3]: a valid one discards it).
+#[tokio::test]
+async fn wrong_fixed_header_flags_close_the_connection() {
+    let b = start().await;
+    let mut w = Raw::connect(b.addr, V311, "watch").await;
+    w.subscribe("flags/#", QoS::AtLeastOnce).await;
+    let unsubscribe = |first: u8| vec![first, 0x05, 0x00, 0x02, 0x00, 0x01, b'u'];
+    let cases: [(&str, Vec<u8>, Vec<u8>); 3] = [
+        (
+            "pubrel",
+            vec![0x60, 0x02, 0x00, 0x05],
+            vec![0x62, 0x02, 0x00, 0x05],
+        ),
+        ("unsubscribe", unsubscribe(0xA0), unsubscribe(0xA2)),
+        ("disconnect", vec![0xE1, 0x00], vec![0xE0, 0x00]),
+    ];
+    for (name, bad, good) in cases {
+        let t = format!("flags/{name}");
+        let (mut c, _) = Raw::connect_with(b.addr, V311, name, will(&t, false)).await;
+        c.send_bytes(&bad).await;
+        assert!(c.closed().await.is_none(), "{name}");
+        assert_eq!(w.recv_publish().await.topic.as_str(), t, "{name}: an error");
+        let (mut c, _) = Raw::connect_with(b.addr, V311, name, will(&t, false)).await;
+        c.send_bytes(&good).await;
+        match (name, c.recv().await) {
+            ("pubrel", Some(Packet::PubComp(a))) => assert_eq!(a.packet_id, pid(5)),
+            ("unsubscribe", Some(Packet::UnsubAck(a))) => assert_eq!(a.packet_id, pid(2)),
+            ("disconnect", None) => {
+                assert!(w.no_publish(SHORT).await, "a DISCONNECT discards the will")
+            }
+            (_, other) => panic!("{name}: {other:?}"),
+        }
+        if name != "disconnect" {
+            c.disconnect().await; // leaves without its will
+        }
+    }
+    assert!(w.no_publish(SHORT).await);
+    still_serving(b.addr).await;
+}
+
+/// Checks [MQTT-3.8.4-2]: each SUBACK carries the Packet Identifier of the
+/// SUBSCRIBE it answers (two in flight at once, answered in order).
+#[tokio::test]
+async fn a_suback_carries_the_packet_identifier_of_its_subscribe() {
+    let b = start().await;
+    let mut c = Raw::connect(b.addr, V311, "ids").await;
+    let mut out = BytesMut::new();
+    for (id, f) in [(0x1234, "sid/a"), (0x0101, "sid/b")] {
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(id),
+            properties: Properties::new(),
+            subscriptions: vec![Subscription {
+                filter: filter(f),
+                options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+            }],
+        })
+        .encode(V311, &mut out)
+        .unwrap();
+    }
+    c.send_bytes(&out).await;
+    for want in [0x1234, 0x0101] {
+        match c.recv().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.packet_id, pid(want)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Checks [MQTT-3.10.4-3]: deliveries begun before an UNSUBSCRIBE are
+/// completed: the QoS 2 exchange goes on to PUBREL, and the unacknowledged
+/// QoS 1 message is sent again when the session resumes, with DUP 1 as a
+/// re-delivery ([MQTT-3.3.1-1]); a new message on the filter is not sent.
+#[tokio::test]
+async fn an_unsubscribe_completes_the_deliveries_already_begun() {
+    let b = start().await;
+    let (mut s, _) = Raw::connect_with(b.addr, V311, "begun", persistent(V311)).await;
+    s.subscribe("begun/2", QoS::ExactlyOnce).await;
+    s.subscribe("begun/1", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr, V311, "p").await;
+    p.publish("begun/2", b"two", QoS::ExactlyOnce, false).await;
+    p.publish("begun/1", b"one", QoS::AtLeastOnce, false).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        match s.recv().await {
+            Some(Packet::Publish(m)) => {
+                assert!(!m.dup, "a first delivery");
+                ids.push(m.qos);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    s.unsubscribe("begun/2").await;
+    s.unsubscribe("begun/1").await;
+    let two = ids.iter().find_map(|q| match q {
+        QosPid::ExactlyOnce(id) => Some(*id),
+        _ => None,
+    });
+    s.send(Packet::PubRec(petrel_codec::PubAck::new(two.unwrap())))
+        .await;
+    match s.recv().await {
+        Some(Packet::PubRel(r)) => assert_eq!(Some(r.packet_id), two),
+        other => panic!("{other:?}"),
+    }
+    s.send(Packet::PubComp(petrel_codec::PubAck::new(two.unwrap())))
+        .await;
+    drop(s); // the QoS 1 message is still unacknowledged
+    p.publish("begun/1", b"after", QoS::AtLeastOnce, false)
+        .await;
+    let (mut s, ack) = Raw::connect_with(b.addr, V311, "begun", persistent(V311)).await;
+    assert!(ack.session_present);
+    let again = s.recv_publish().await;
+    assert_eq!((&again.payload[..], again.dup), (&b"one"[..], true));
+    assert!(s.no_publish(SHORT).await, "'after' matched no subscription");
+}
+
+/// Checks [MQTT-3.3.4-1]: the server answers a PUBLISH as its QoS asks:
+/// nothing for QoS 0, PUBACK for QoS 1 and PUBREC for QoS 2, each with the
+/// PUBLISH's Packet Identifier.
+#[tokio::test]
+async fn the_server_answers_each_publish_as_its_qos_asks() {
+    let b = start().await;
+    let mut c = Raw::connect(b.addr, V311, "answers").await;
+    let mut m = Publish::new(topic("ans/t"), Bytes::from_static(b"x"));
+    c.send(Packet::Publish(m.clone())).await;
+    // Silence for QoS 0, on a connection that does answer what comes next.
+    c.silent(SHORT).await;
+    m.qos = QosPid::AtLeastOnce(pid(0x0A0B));
+    c.send(Packet::Publish(m.clone())).await;
+    match c.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, pid(0x0A0B)),
+        other => panic!("{other:?}"),
+    }
+    m.qos = QosPid::ExactlyOnce(pid(0x0C0D));
+    c.send(Packet::Publish(m)).await;
+    match c.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!(a.packet_id, pid(0x0C0D)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Checks 3.1.1: [MQTT-3.1.2-4] and [MQTT-3.1.3-2]; 5.0: [MQTT-3.1.3-2]:
+/// the server keeps a session after its connection ends and finds it again
+/// by the ClientId: the same ClientId resumes it (Session Present, the
+/// message queued while away), another ClientId does not.
+#[tokio::test]
+async fn a_session_is_found_again_by_its_client_id() {
+    let b = start().await;
+    for proto in [V311, Protocol::V5] {
+        let t = format!("key/{proto:?}");
+        let (mut c, ack) = Raw::connect_with(b.addr, proto, "keyed", persistent(proto)).await;
+        assert!(!ack.session_present);
+        c.subscribe(&t, QoS::AtLeastOnce).await;
+        c.disconnect().await;
+        let mut p = Raw::connect(b.addr, proto, "p").await;
+        p.publish(&t, b"queued", QoS::AtLeastOnce, false).await;
+        let (mut other, ack) = Raw::connect_with(b.addr, proto, "keyed2", persistent(proto)).await;
+        assert!(!ack.session_present, "{proto:?}");
+        assert!(other.no_publish(SHORT).await);
+        let (mut c, ack) = Raw::connect_with(b.addr, proto, "keyed", persistent(proto)).await;
+        assert!(ack.session_present, "{proto:?}");
+        assert_eq!(&c.recv_publish().await.payload[..], b"queued");
+        // Clean up: end both sessions.
+        for id in ["keyed", "keyed2"] {
+            Raw::connect(b.addr, proto, id).await.disconnect().await;
+        }
+    }
 }

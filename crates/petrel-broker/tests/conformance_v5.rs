@@ -26,7 +26,9 @@ async fn a_byte_order_mark_in_a_topic_is_kept_v5() {
 }
 
 /// Checks [MQTT-3.2.2-7] and [MQTT-4.13.2-1]: after a CONNACK of 0x80 or
-/// above the server closes the connection.
+/// above the server closes the connection; [MQTT-3.1.3-8]: a ClientID it
+/// rejects (longer than its 23 bytes here) gets CONNACK 0x85, then the
+/// close.
 #[tokio::test]
 async fn a_refusing_connack_is_followed_by_the_close() {
     let mut config = config();
@@ -169,7 +171,8 @@ async fn shared_delivery_uses_the_chosen_members_granted_qos() {
 }
 
 /// Checks [MQTT-4.13.1-1]: a Malformed Packet closes the connection, with
-/// a DISCONNECT carrying the reason code first.
+/// a DISCONNECT carrying the reason code first; [MQTT-3.3.1-4]: a PUBLISH
+/// with both QoS bits set is such a packet.
 #[tokio::test]
 async fn a_malformed_packet_closes_with_its_reason_code() {
     let b = start().await;
@@ -470,4 +473,450 @@ async fn a_shared_delivery_of_an_ended_session_is_not_passed_on() {
     assert_eq!(&other.recv_publish().await.payload[..], b"y");
     let (_back, ack) = Raw::connect_with(b.addr, V5, holder, short).await;
     assert!(!ack.session_present);
+}
+
+/// A 5.0 CONNECT for `id` with its bytes edited: `at` is the offset of the
+/// protocol name's "MQTT" in what `edit` gets.
+fn connect_bytes(id: &str, edit: impl FnOnce(&mut BytesMut, usize)) -> BytesMut {
+    let mut out = BytesMut::new();
+    Packet::Connect(Box::new(petrel_codec::Connect::new(
+        V5,
+        MqttString::try_from(id).unwrap(),
+    )))
+    .encode(V5, &mut out)
+    .unwrap();
+    let at = out.windows(4).position(|w| w == b"MQTT").unwrap();
+    edit(&mut out, at);
+    out
+}
+
+/// Checks [MQTT-3.1.2-1] (a Protocol Name other than "MQTT") and
+/// [MQTT-3.1.2-2] (a Protocol Version the server does not take): the
+/// server may answer CONNACK 0x84 and then must close. After level 5 the
+/// refusal is a 5.0 CONNACK 0x84; after level 6, whose format no one
+/// knows, the 3.1.1 return code 1 that every earlier version reads (as
+/// Mosquitto answers). The same bytes with name and level right are
+/// accepted.
+#[tokio::test]
+async fn an_unknown_protocol_name_or_version_is_refused_and_closed() {
+    let b = start().await;
+    type Case = (&'static str, fn(&mut BytesMut, usize), &'static [u8]);
+    let cases: [Case; 2] = [
+        (
+            "name",
+            |out, at| out[at + 3] = b'X',
+            &[0x20, 0x03, 0x00, 0x84, 0x00],
+        ),
+        (
+            "version",
+            |out, at| out[at + 4] = 6,
+            &[0x20, 0x02, 0x00, 0x01],
+        ),
+    ];
+    for (what, edit, refusal) in cases {
+        let mut c = Raw::open(b.addr, V5).await;
+        c.send_bytes(&connect_bytes("proto", edit)).await;
+        assert_eq!(c.recv_bytes(refusal.len()).await, refusal, "{what}");
+        assert!(c.closed().await.is_none(), "{what}");
+        still_serving(b.addr).await;
+    }
+    let mut c = Raw::open(b.addr, V5).await;
+    c.send_bytes(&connect_bytes("proto", |_, _| {})).await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Checks [MQTT-3.1.4-1]: a CONNECT that breaks the format (the reserved
+/// connect flag set) closes the connection, after at most a CONNACK with
+/// an error code; the others are still served.
+#[tokio::test]
+async fn a_malformed_connect_is_closed_v5() {
+    let b = start().await;
+    let mut c = Raw::open(b.addr, V5).await;
+    // The connect flags are the byte after the version.
+    c.send_bytes(&connect_bytes("bad", |out, at| out[at + 5] |= 0x01))
+        .await;
+    let (before, disconnect) = c.closed_after().await;
+    assert!(disconnect.is_none());
+    match &before[..] {
+        [] => {}
+        [Packet::ConnAck(a)] => assert!(a.reason_code.is_error(), "{a:?}"),
+        other => panic!("{other:?}"),
+    }
+    still_serving(b.addr).await;
+}
+
+fn will_v5(t: &str, retain: bool) -> impl FnOnce(&mut petrel_codec::Connect) {
+    let t = t.to_string();
+    move |c| {
+        let mut properties = Properties::new();
+        for (k, v) in [("k", "1"), ("j", "2"), ("k", "3")] {
+            properties.push_user_property(petrel_codec::UserProperty::new(
+                MqttString::try_from(k).unwrap(),
+                MqttString::try_from(v).unwrap(),
+            ));
+        }
+        c.will = Some(Will {
+            topic: topic(&t),
+            payload: Bytes::from_static(b"w"),
+            qos: QoS::AtLeastOnce,
+            retain,
+            properties,
+        });
+    }
+}
+
+/// Checks [MQTT-3.1.2-14] (Will Retain 0: published as a non-retained
+/// message) and [MQTT-3.1.2-15] (Will Retain 1: published retained), and
+/// [MQTT-3.1.3-10]: the will's User Properties arrive in their order,
+/// duplicates kept.
+#[tokio::test]
+async fn will_retain_decides_whether_the_will_is_retained_v5() {
+    let b = start().await;
+    let mut w = Raw::connect(b.addr, V5, "watch").await;
+    // Retain As Published, so the watcher sees the RETAIN flag as it was.
+    let opts = petrel_codec::SubscriptionOptions {
+        retain_as_published: true,
+        ..petrel_codec::SubscriptionOptions::qos(QoS::AtLeastOnce)
+    };
+    w.subscribe_with("wr5/#", opts, Properties::new()).await;
+    for (t, retain) in [("wr5/plain", false), ("wr5/kept", true)] {
+        let (c, _) = Raw::connect_with(b.addr, V5, "dies", will_v5(t, retain)).await;
+        drop(c);
+        let p = w.recv_publish().await;
+        assert_eq!((p.topic.as_str(), p.retain), (t, retain));
+        let users: Vec<(String, String)> = p
+            .properties
+            .user_properties()
+            .iter()
+            .map(|u| (u.key.as_str().into(), u.value.as_str().into()))
+            .collect();
+        assert_eq!(
+            users,
+            [("k", "1"), ("j", "2"), ("k", "3")].map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+    }
+    let mut late = Raw::connect(b.addr, V5, "late").await;
+    late.subscribe("wr5/#", QoS::AtLeastOnce).await;
+    let p = late.recv_publish().await;
+    assert_eq!((p.topic.as_str(), p.retain), ("wr5/kept", true));
+    assert!(
+        late.no_publish(SHORT).await,
+        "the plain will was not retained"
+    );
+}
+
+/// Checks [MQTT-3.1.3-6] (a zero-length ClientID is given one of its own)
+/// and [MQTT-3.1.3-7] (the CONNECT is processed as if that ID had been
+/// sent, and CONNACK carries it): the assigned ID names a session that a
+/// later CONNECT with that ID resumes; two such clients get two IDs.
+#[tokio::test]
+async fn an_empty_client_id_is_assigned_one_that_names_its_session() {
+    let b = start().await;
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "", persistent(V5)).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let id = ack
+        .properties
+        .assigned_client_identifier()
+        .expect("an Assigned Client Identifier")
+        .as_str()
+        .to_string();
+    assert!(!id.is_empty());
+    let (_, other) = Raw::connect_with(b.addr, V5, "", |_| {}).await;
+    assert_ne!(
+        other
+            .properties
+            .assigned_client_identifier()
+            .unwrap()
+            .as_str(),
+        id
+    );
+    c.subscribe("assigned/t", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    p.publish("assigned/t", b"kept", QoS::AtLeastOnce, false)
+        .await;
+    let (mut again, ack) = Raw::connect_with(b.addr, V5, &id, persistent(V5)).await;
+    assert!(ack.session_present);
+    assert!(ack.properties.assigned_client_identifier().is_none());
+    assert_eq!(&again.recv_publish().await.payload[..], b"kept");
+}
+
+/// Checks [MQTT-3.1.4-4]: the server applies Clean Start: 0 resumes the
+/// session (its subscription and the message queued for it), 1 discards
+/// it (Session Present 0, the subscription gone, until made again).
+#[tokio::test]
+async fn clean_start_decides_whether_the_session_is_resumed() {
+    let b = start().await;
+    let (mut c, _) = Raw::connect_with(b.addr, V5, "cs", persistent(V5)).await;
+    c.subscribe("cs/t", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    p.publish("cs/t", b"1", QoS::AtLeastOnce, false).await;
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "cs", persistent(V5)).await;
+    assert!(ack.session_present);
+    assert_eq!(&c.recv_publish().await.payload[..], b"1");
+    c.disconnect().await;
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "cs", |c| {
+        c.clean_start = true;
+        c.properties.set_session_expiry_interval(Some(300));
+    })
+    .await;
+    assert!(!ack.session_present);
+    p.publish("cs/t", b"2", QoS::AtLeastOnce, false).await;
+    assert!(c.no_publish(SHORT).await, "the subscription went with it");
+    c.subscribe("cs/t", QoS::AtLeastOnce).await;
+    p.publish("cs/t", b"3", QoS::AtLeastOnce, false).await;
+    assert_eq!(&c.recv_publish().await.payload[..], b"3");
+}
+
+/// Checks [MQTT-3.2.0-1]: a resumed session's queued message comes after
+/// the CONNACK 0x00, never before it; and [MQTT-3.2.2-1]: the CONNACK's
+/// Acknowledge Flags byte has bits 7-1 zero, with Session Present 0 and 1
+/// (bit 0, which the test sees move).
+#[tokio::test]
+async fn connack_comes_first_and_its_flags_carry_only_session_present() {
+    let b = start().await;
+    let (mut c, _) = Raw::connect_with(b.addr, V5, "first", persistent(V5)).await;
+    c.subscribe("first/t", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    p.publish("first/t", b"waiting", QoS::AtLeastOnce, false)
+        .await;
+    for present in [true, false] {
+        let mut c = Raw::open(b.addr, V5).await;
+        let mut connect = petrel_codec::Connect::new(V5, MqttString::from_static("first"));
+        persistent(V5)(&mut connect);
+        connect.clean_start = !present;
+        c.send(Packet::Connect(Box::new(connect))).await;
+        let head = c.recv_bytes(4).await;
+        assert_eq!(head[0], 0x20, "CONNACK first: {head:?}");
+        assert!(head[1] < 0x80, "a one-byte remaining length: {head:?}");
+        assert_eq!(head[2], u8::from(present), "Acknowledge Flags");
+        assert_eq!(head[3], 0x00, "reason code");
+        let rest = usize::from(head[1]) - 2;
+        c.recv_bytes(rest).await;
+        if present {
+            assert_eq!(&c.recv_publish().await.payload[..], b"waiting");
+        }
+        c.disconnect().await;
+    }
+}
+
+/// Checks [MQTT-3.3.1-2] and [MQTT-4.3.1-1] (a QoS 0 PUBLISH goes out with
+/// DUP 0) and [MQTT-3.3.1-3] (the outgoing DUP is the server's own, not
+/// the inbound one): a QoS 1 PUBLISH sent with DUP 1 reaches a QoS 0 and a
+/// QoS 1 subscriber with DUP 0. The control shows DUP 1 is seen when it is
+/// set: the QoS 1 copy, unacknowledged, comes again with DUP 1 when the
+/// session resumes ([MQTT-3.3.1-1]).
+#[tokio::test]
+async fn the_dup_flag_out_is_the_servers_own() {
+    let b = start().await;
+    let mut zero = Raw::connect(b.addr, V5, "zero").await;
+    zero.subscribe("dup5/t", QoS::AtMostOnce).await;
+    let (mut one, _) = Raw::connect_with(b.addr, V5, "one", persistent(V5)).await;
+    one.subscribe("dup5/t", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    let mut m = Publish::new(topic("dup5/t"), Bytes::from_static(b"d"));
+    m.qos = QosPid::AtLeastOnce(pid(3));
+    m.dup = true;
+    p.send(Packet::Publish(m)).await;
+    let got = zero.recv_publish().await;
+    assert_eq!((got.qos, got.dup), (QosPid::AtMostOnce, false));
+    match one.recv().await {
+        Some(Packet::Publish(m)) => {
+            assert_eq!((m.qos.qos(), m.dup), (QoS::AtLeastOnce, false));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(one); // not acknowledged
+    let (mut one, ack) = Raw::connect_with(b.addr, V5, "one", persistent(V5)).await;
+    assert!(ack.session_present);
+    let again = one.recv_publish().await;
+    assert_eq!((&again.payload[..], again.dup), (&b"d"[..], true));
+}
+
+/// Checks [MQTT-3.3.2-4]: the Payload Format Indicator reaches each
+/// subscriber as published: 1 where it was 1, absent where it was absent,
+/// live and retained.
+#[tokio::test]
+async fn the_payload_format_indicator_reaches_subscribers_unchanged() {
+    let b = start().await;
+    let mut s = Raw::connect(b.addr, V5, "pfi").await;
+    s.subscribe("pfi/#", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    for (t, indicator) in [("pfi/utf8", Some(true)), ("pfi/bytes", None)] {
+        let mut props = Properties::new();
+        props.set_payload_format_indicator(indicator);
+        p.publish_with(t, b"text", QoS::AtLeastOnce, true, props)
+            .await;
+        let got = s.recv_publish().await;
+        assert_eq!(got.properties.payload_format_indicator(), indicator, "{t}");
+    }
+    let mut late = Raw::connect(b.addr, V5, "late").await;
+    late.subscribe("pfi/utf8", QoS::AtLeastOnce).await;
+    let got = late.recv_publish().await;
+    assert_eq!(got.properties.payload_format_indicator(), Some(true));
+}
+
+/// Checks [MQTT-3.8.4-1] (every SUBSCRIBE gets a SUBACK, a refused one
+/// too), [MQTT-3.8.4-5] (several filters handled as a sequence, one
+/// SUBACK), [MQTT-3.8.4-6] (one reason code per filter, in order) and
+/// [MQTT-3.8.4-7] (each the granted QoS or a failure code).
+#[tokio::test]
+async fn a_multi_filter_subscribe_gets_one_suback_with_a_code_per_filter_v5() {
+    let mut config = config();
+    config.limits.max_topic_levels = 4;
+    config.limits.max_qos = 1;
+    let b = start_with(config).await;
+    let mut c = Raw::connect(b.addr, V5, "multi").await;
+    let packet_id = c.next_pid();
+    let sub = |f: &str, q: QoS| petrel_codec::Subscription {
+        filter: filter(f),
+        options: petrel_codec::SubscriptionOptions::qos(q),
+    };
+    c.send(Packet::Subscribe(petrel_codec::Subscribe {
+        packet_id,
+        properties: Properties::new(),
+        subscriptions: vec![
+            sub("m5/a", QoS::ExactlyOnce),
+            sub("m5/b/c/d/e/f", QoS::AtLeastOnce),
+            sub("m5/#", QoS::AtMostOnce),
+        ],
+    }))
+    .await;
+    match c.recv().await {
+        Some(Packet::SubAck(a)) => {
+            assert_eq!(a.packet_id, packet_id);
+            assert_eq!(a.reason_codes.len(), 3);
+            // Granted QoS 1, the server's maximum, for the QoS 2 request.
+            assert_eq!(a.reason_codes[0], ReasonCode::GRANTED_QOS_1);
+            assert!(a.reason_codes[1].is_error(), "{:?}", a.reason_codes);
+            assert_eq!(a.reason_codes[2], ReasonCode::GRANTED_QOS_0);
+        }
+        other => panic!("{other:?}"),
+    }
+    c.silent(SHORT).await; // one SUBACK
+                           // A SUBSCRIBE whose only filter is refused is answered too.
+    let a = c.subscribe("z/1/2/3/4/5", QoS::AtMostOnce).await;
+    assert!(a.reason_codes[0].is_error());
+    // The granted filters are in place, as a sequence of SUBSCRIBEs would
+    // leave them: "m5/a" at QoS 1 and "m5/#" at QoS 0, overlapping, so one
+    // copy at the larger QoS ([MQTT-3.3.4-2]); "m5/b" only through "m5/#".
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    p.publish("m5/a", b"x", QoS::AtLeastOnce, false).await;
+    assert_eq!(c.recv_publish().await.qos.qos(), QoS::AtLeastOnce);
+    p.publish("m5/b", b"y", QoS::AtLeastOnce, false).await;
+    assert_eq!(c.recv_publish().await.qos.qos(), QoS::AtMostOnce);
+    assert!(c.no_publish(SHORT).await);
+}
+
+/// Checks [MQTT-3.8.4-4]: subscribing again to the same filter replaces
+/// the subscription, and with Retain Handling 0 the retained messages are
+/// sent again; no message is lost or doubled on the way.
+#[tokio::test]
+async fn subscribing_again_replaces_the_subscription_and_resends_retained_v5() {
+    let b = start().await;
+    let mut p = Raw::connect(b.addr, V5, "again-pub").await;
+    p.publish("again5/r", b"kept", QoS::AtLeastOnce, true).await;
+    let mut c = Raw::connect(b.addr, V5, "again-sub").await;
+    c.subscribe("again5/#", QoS::AtMostOnce).await;
+    let r = c.recv_publish().await;
+    assert_eq!(
+        (r.topic.as_str(), r.qos.qos()),
+        ("again5/r", QoS::AtMostOnce)
+    );
+    let a = c.subscribe("again5/#", QoS::AtLeastOnce).await;
+    assert_eq!(a.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+    let r = c.recv_publish().await;
+    assert_eq!((r.topic.as_str(), r.retain), ("again5/r", true), "re-sent");
+    assert_eq!(r.qos.qos(), QoS::AtLeastOnce, "at the new QoS");
+    p.publish("again5/live", b"x", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(c.recv_publish().await.topic.as_str(), "again5/live");
+    assert!(c.no_publish(SHORT).await, "one subscription, one copy");
+}
+
+/// Checks [MQTT-3.10.4-4] (every UNSUBSCRIBE gets an UNSUBACK),
+/// [MQTT-3.10.4-5] (with its Packet Identifier, even when nothing was
+/// deleted: reason 0x11) and [MQTT-3.10.4-6] (several filters handled as
+/// a sequence, one UNSUBACK with a code each).
+#[tokio::test]
+async fn unsubscribe_is_answered_once_with_a_code_per_filter_v5() {
+    let b = start().await;
+    let mut c = Raw::connect(b.addr, V5, "unsub").await;
+    c.subscribe("u5/1", QoS::AtLeastOnce).await;
+    for (filters, codes) in [
+        (
+            vec!["u5/1", "u5/never"],
+            vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED],
+        ),
+        (vec!["u5/1"], vec![ReasonCode::NO_SUBSCRIPTION_EXISTED]),
+    ] {
+        let packet_id = c.next_pid();
+        c.send(Packet::Unsubscribe(petrel_codec::Unsubscribe {
+            packet_id,
+            properties: Properties::new(),
+            filters: filters.iter().map(|f| filter(f)).collect(),
+        }))
+        .await;
+        match c.recv().await {
+            Some(Packet::UnsubAck(a)) => {
+                assert_eq!(a.packet_id, packet_id);
+                assert_eq!(a.reason_codes, codes);
+            }
+            other => panic!("{other:?}"),
+        }
+        c.silent(SHORT).await; // one UNSUBACK
+    }
+}
+
+/// Checks [MQTT-3.12.4-1]: every PINGREQ gets a PINGRESP, three sent in
+/// one write get three.
+#[tokio::test]
+async fn every_pingreq_is_answered_v5() {
+    let b = start().await;
+    let mut c = Raw::connect(b.addr, V5, "pings").await;
+    c.send_bytes(&[0xC0, 0x00, 0xC0, 0x00, 0xC0, 0x00]).await;
+    for _ in 0..3 {
+        assert_eq!(c.recv().await, Some(Packet::PingResp));
+    }
+    c.silent(SHORT).await;
+}
+
+/// Checks [MQTT-4.3.3-7]: message expiry is not applied to a QoS 2
+/// PUBLISH already sent: its subscriber drops the connection before the
+/// PUBREC, comes back after the interval ran out, and is sent it again
+/// (DUP 1, a second left of its interval). The control: a message with
+/// the same interval queued while it was away, never sent, has expired.
+#[tokio::test]
+async fn a_qos2_publish_already_sent_does_not_expire() {
+    let b = start().await;
+    let (mut s, _) = Raw::connect_with(b.addr, V5, "q2keep", persistent(V5)).await;
+    s.subscribe("q2keep/t", QoS::ExactlyOnce).await;
+    let mut p = Raw::connect(b.addr, V5, "p").await;
+    let expiring = || {
+        let mut props = Properties::new();
+        props.set_message_expiry_interval(Some(1));
+        props
+    };
+    p.publish_with("q2keep/t", b"sent", QoS::ExactlyOnce, false, expiring())
+        .await;
+    match s.recv().await {
+        Some(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"sent"),
+        other => panic!("{other:?}"),
+    }
+    drop(s); // no PUBREC
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.publish_with("q2keep/t", b"queued", QoS::ExactlyOnce, false, expiring())
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut s, ack) = Raw::connect_with(b.addr, V5, "q2keep", persistent(V5)).await;
+    assert!(ack.session_present);
+    let again = s.recv_publish().await;
+    assert_eq!((&again.payload[..], again.dup), (&b"sent"[..], true));
+    assert_eq!(again.properties.message_expiry_interval(), Some(1));
+    assert!(s.no_publish(SHORT).await, "the queued one expired");
 }

@@ -39,7 +39,8 @@ fn credentials(user: Option<&str>, pw: Option<&str>) -> impl FnOnce(&mut petrel_
 
 /// [MQTT-3.2.2-6] (3.1.1): a refusal is a CONNACK with a non-zero return
 /// code, then the connection closes: 4 for bad credentials, 5 for none
-/// (0x86 and 0x87 in 5.0).
+/// (0x86 and 0x87 in 5.0, where [MQTT-3.1.4-2] (5.0): a failed
+/// authentication closes the connection).
 #[tokio::test]
 async fn connack_codes_for_wrong_and_missing_credentials() {
     let b = start_with(secured()).await;
@@ -72,7 +73,8 @@ async fn connack_codes_for_wrong_and_missing_credentials() {
 }
 
 /// A denied PUBLISH: PUBACK 0x87 in 5.0; acknowledged and dropped in 3.1.1,
-/// which has no reason codes. A subscriber that may read the topic shows
+/// which has no reason codes ([MQTT-3.3.5-2] (3.1.1): acknowledge it as
+/// usual or close). A subscriber that may read the topic shows
 /// the message went nowhere, and that an allowed one arrives.
 #[tokio::test]
 async fn a_denied_publish_is_answered_0x87_in_5_and_dropped_in_3_1_1() {

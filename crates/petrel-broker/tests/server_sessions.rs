@@ -228,7 +228,9 @@ async fn a_will_is_published_when_the_connection_ends_without_disconnect_mqtt_3_
     }
 }
 
-/// Checks [MQTT-3.1.2-10].
+/// Checks [MQTT-3.1.2-10]; 3.1.1: [MQTT-3.14.4-3] (a DISCONNECT discards
+/// the will); 5.0: [MQTT-3.14.4-3] (a DISCONNECT 0x00 discards it, where
+/// 0x04 publishes it: the control).
 #[tokio::test]
 async fn a_normal_disconnect_discards_the_will_and_0x04_publishes_it_mqtt_3_1_2_10() {
     let b = start().await;
@@ -247,6 +249,9 @@ async fn a_normal_disconnect_discards_the_will_and_0x04_publishes_it_mqtt_3_1_2_
     assert_eq!(watcher.recv_publish().await.topic.as_str(), "w2/b");
 }
 
+/// Checks 5.0: [MQTT-3.1.3-9]: a session resumed before its Will Delay
+/// Interval ends sends no will; the control, a client that stays away,
+/// has its will sent once the delay passes.
 #[tokio::test]
 async fn a_will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
     let b = start().await;
@@ -276,6 +281,9 @@ async fn a_will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
     assert_eq!(p.topic.as_str(), "wd/away");
 }
 
+/// Checks 5.0: [MQTT-3.1.2-7]: the will is kept on the server with the
+/// session, after its connection, and goes out when the session ends,
+/// before its own delay would.
 #[tokio::test]
 async fn a_will_is_due_when_the_session_ends_before_the_delay() {
     let b = start().await;

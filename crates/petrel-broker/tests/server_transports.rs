@@ -331,13 +331,19 @@ fn connect_packet(id: &str) -> Packet {
 struct Ws<S> {
     ws: tokio_tungstenite::WebSocketStream<S>,
     buf: bytes::BytesMut,
+    protocol: Protocol,
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Ws<S> {
     fn new(ws: tokio_tungstenite::WebSocketStream<S>) -> Self {
+        Self::speaking(ws, Protocol::V5)
+    }
+
+    fn speaking(ws: tokio_tungstenite::WebSocketStream<S>, protocol: Protocol) -> Self {
         Self {
             ws,
             buf: bytes::BytesMut::new(),
+            protocol,
         }
     }
 
@@ -346,14 +352,14 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Ws<S> {
     }
 
     async fn send_packet(&mut self, p: Packet) {
-        self.send(Message::binary(encode(p, Protocol::V5))).await;
+        self.send(Message::binary(encode(p, self.protocol))).await;
     }
 
     /// The next packet, read from as many binary messages as it takes.
     async fn packet(&mut self) -> Option<Packet> {
         let limits = petrel_codec::Limits::default();
         loop {
-            if let Ok(Some(p)) = Packet::decode(&mut self.buf, Some(Protocol::V5), &limits) {
+            if let Ok(Some(p)) = Packet::decode(&mut self.buf, Some(self.protocol), &limits) {
                 return Some(p);
             }
             match tokio::time::timeout(WAIT, self.ws.next()).await.ok()?? {
@@ -362,6 +368,30 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Ws<S> {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// A CONNECT split over two frames (cut `at` bytes in), then a
+    /// SUBSCRIBE to `filter` and a PINGREQ joined in one frame: each is
+    /// answered (SUBACK and PINGRESP in either order: the PINGRESP needs
+    /// no decision).
+    async fn hello_split_and_joined(&mut self, connect: Packet, at: usize, filter: &str) {
+        let connect = encode(connect, self.protocol);
+        let (a, b) = connect.split_at(at);
+        self.send(Message::binary(a.to_vec())).await;
+        self.send(Message::binary(b.to_vec())).await;
+        assert!(matches!(self.packet().await, Some(Packet::ConnAck(_))));
+        let mut both = encode(subscribe(filter), self.protocol);
+        both.extend(encode(Packet::PingReq, self.protocol));
+        self.send(Message::binary(both)).await;
+        let got = [self.packet().await, self.packet().await];
+        assert!(
+            got.iter().any(|p| matches!(p, Some(Packet::SubAck(_)))),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|p| matches!(p, Some(Packet::PingResp))),
+            "{got:?}"
+        );
     }
 
     /// CONNECT as `id` and subscribe to `filter`.
@@ -396,17 +426,24 @@ fn subscribe(f: &str) -> Packet {
     })
 }
 
+/// A broker with a plain TCP listener and a WebSocket one, in that order.
+async fn ws_server() -> Running {
+    let ws = ListenerConfig {
+        transport: TransportKind::Ws,
+        bind: local(),
+        ..ListenerConfig::default()
+    };
+    serve(base(), vec![ws]).await
+}
+
+/// Checks 5.0: [MQTT-6.0.0-4] (the server selects the subprotocol
+/// "mqtt"), [MQTT-6.0.0-2] (a packet split over two frames, two packets
+/// in one frame, are read as packets) and [MQTT-6.0.0-1] (packets travel
+/// in binary frames both ways); the 3.1.1 client is
+/// `websocket_serves_3_1_1_in_binary_frames`.
 #[tokio::test]
 async fn websocket_carries_packets_split_and_joined() {
-    let server = serve(
-        base(),
-        vec![ListenerConfig {
-            transport: TransportKind::Ws,
-            bind: local(),
-            ..ListenerConfig::default()
-        }],
-    )
-    .await;
+    let server = ws_server().await;
     let addrs = &server.addrs;
     let (plain, ws_addr) = (addrs[0], addrs[1]);
     let url = format!("ws://{ws_addr}/mqtt");
@@ -418,26 +455,8 @@ async fn websocket_carries_packets_split_and_joined() {
         "mqtt"
     );
     let mut ws = Ws::new(ws);
-    // CONNECT split over two frames.
-    let connect = encode(connect_packet("ws-c"), Protocol::V5);
-    let (a, b) = connect.split_at(5);
-    ws.send(Message::binary(a.to_vec())).await;
-    ws.send(Message::binary(b.to_vec())).await;
-    assert!(matches!(ws.packet().await, Some(Packet::ConnAck(_))));
-    // SUBSCRIBE and PINGREQ in one frame.
-    let mut both = encode(subscribe("t/ws"), Protocol::V5);
-    both.extend(encode(Packet::PingReq, Protocol::V5));
-    ws.send(Message::binary(both)).await;
-    // Both answered (in either order: the PINGRESP needs no decision).
-    let got = [ws.packet().await, ws.packet().await];
-    assert!(
-        got.iter().any(|p| matches!(p, Some(Packet::SubAck(_)))),
-        "{got:?}"
-    );
-    assert!(
-        got.iter().any(|p| matches!(p, Some(Packet::PingResp))),
-        "{got:?}"
-    );
+    ws.hello_split_and_joined(connect_packet("ws-c"), 5, "t/ws")
+        .await;
     // A WebSocket ping is answered with a pong.
     ws.send(Message::Ping(b"hi".to_vec().into())).await;
     let pong = tokio::time::timeout(WAIT, ws.ws.next())
@@ -459,6 +478,9 @@ async fn websocket_carries_packets_split_and_joined() {
     assert!(ws.close_code().await.is_some());
 }
 
+/// Checks 5.0: [MQTT-6.0.0-1]: a frame that is not binary (text) makes
+/// the server close the connection (1003), as an oversized one does
+/// (1009); the others, and a plain TCP client, are still served.
 #[tokio::test]
 async fn websocket_bad_input_closes_only_that_connection() {
     let mut config = base();
@@ -548,6 +570,57 @@ async fn websocket_bad_input_closes_only_that_connection() {
         assert_eq!(ws.close_code().await, Some(code));
         still_serving(plain).await;
     }
+}
+
+/// Checks 3.1.1: [MQTT-6.0.0-4] (the server answers the subprotocol
+/// "mqtt"), [MQTT-6.0.0-2] (a CONNECT split over two frames; SUBSCRIBE
+/// and PINGREQ joined in one) and [MQTT-6.0.0-1] (packets come back in
+/// binary frames; a text frame closes the connection, 1003), with a 3.1.1
+/// client; a message from TCP arrives, the control for the close.
+#[tokio::test]
+async fn websocket_serves_3_1_1_in_binary_frames() {
+    let server = ws_server().await;
+    let (plain, ws_addr) = (server.addrs[0], server.addrs[1]);
+    let url = format!("ws://{ws_addr}/mqtt");
+    let (ws, response) = tokio_tungstenite::connect_async(ws_request(&url, Some("mqtt")))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "mqtt"
+    );
+    let mut ws = Ws::speaking(ws, Protocol::V3_1_1);
+    let mut c = petrel_codec::Connect::new(
+        Protocol::V3_1_1,
+        petrel_codec::MqttString::from_static("ws-311"),
+    );
+    c.keep_alive = 30;
+    ws.hello_split_and_joined(Packet::Connect(Box::new(c)), 3, "t/ws311")
+        .await;
+    let mut p = Raw::connect(plain, Protocol::V3_1_1, "tcp-pub").await;
+    p.publish("t/ws311", b"framed", QoS::AtMostOnce, false)
+        .await;
+    // Read the frame itself: binary, holding the whole PUBLISH.
+    let frame = tokio::time::timeout(WAIT, ws.ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Binary(bytes) = frame else {
+        panic!("not a binary frame: {frame:?}")
+    };
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    match Packet::decode(
+        &mut buf,
+        Some(Protocol::V3_1_1),
+        &petrel_codec::Limits::default(),
+    ) {
+        Ok(Some(Packet::Publish(m))) => assert_eq!(&m.payload[..], b"framed"),
+        other => panic!("{other:?}"),
+    }
+    ws.send(Message::text("not binary")).await;
+    assert_eq!(ws.close_code().await, Some(1003));
+    still_serving(plain).await;
 }
 
 #[tokio::test]

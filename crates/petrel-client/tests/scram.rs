@@ -126,7 +126,9 @@ async fn a_wrong_password_is_refused() {
 /// 0x18 with server-first, AUTH 0x18 with client-final, CONNACK with the
 /// server's proof ([MQTT-4.12.0-5]: every AUTH and the CONNACK repeat the
 /// method); then AUTH 0x19 starts a re-authentication, answered by AUTH
-/// 0x00. A wrong proof gets CONNACK 0x87 and the connection closes.
+/// 0x00. A wrong proof gets CONNACK 0x87 and the connection closes
+/// ([MQTT-4.12.0-4]: the server may refuse the authentication, CONNACK
+/// 0x80 or above, then must close).
 #[tokio::test]
 async fn the_exchange_packet_by_packet_over_a_raw_socket() {
     let addr = start().await;

@@ -351,8 +351,21 @@ struct Upgrade {
     subprotocols: Option<String>,
 }
 
+/// Checks 3.1.1: [MQTT-6.0.0-3], [MQTT-6.0.0-1] and [MQTT-6.0.0-2];
+/// 5.0: [MQTT-6.0.0-3], [MQTT-6.0.0-1] and [MQTT-6.0.0-2]: the client
+/// offers the subprotocol "mqtt", sends its packets in binary frames, and
+/// reads packets whatever the frames' boundaries (a CONNACK split over
+/// two, two PUBLISHes in one with the second's end in the next), in each
+/// version, against a WebSocket server written here.
 #[tokio::test]
 async fn websocket_frames_are_one_byte_stream() {
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        websocket_frames(protocol).await;
+    }
+}
+
+async fn websocket_frames(protocol: Protocol) {
+    let v5 = protocol == Protocol::V5;
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = tcp.local_addr().unwrap().port();
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
@@ -378,19 +391,28 @@ async fn websocket_frames_are_one_byte_stream() {
             other => panic!("CONNECT came as {other:?}"),
         };
         assert_eq!(connect[0], 0x10, "a CONNECT");
-        // CONNACK (3.1.1, accepted) split across two frames …
-        ws.send(WsMessage::Binary(Bytes::from_static(&[0x20, 0x02])))
+        // CONNACK (accepted) split across two frames …
+        let (head, rest): (&'static [u8], &'static [u8]) = if v5 {
+            (&[0x20, 0x03], &[0x00, 0x00, 0x00])
+        } else {
+            (&[0x20, 0x02], &[0x00, 0x00])
+        };
+        ws.send(WsMessage::Binary(Bytes::from_static(head)))
             .await
             .unwrap();
-        ws.send(WsMessage::Binary(Bytes::from_static(&[0x00, 0x00])))
+        ws.send(WsMessage::Binary(Bytes::from_static(rest)))
             .await
             .unwrap();
         // … then two QoS 0 PUBLISHes in one frame, the second cut short,
         // its end in the next frame.
         let publish = |topic: &str, payload: &str| {
-            let mut p = vec![0x30, (2 + topic.len() + payload.len()) as u8];
+            let props = usize::from(v5);
+            let mut p = vec![0x30, (2 + topic.len() + props + payload.len()) as u8];
             p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
             p.extend_from_slice(topic.as_bytes());
+            if v5 {
+                p.push(0); // no properties
+            }
             p.extend_from_slice(payload.as_bytes());
             p
         };
@@ -429,7 +451,7 @@ async fn websocket_frames_are_one_byte_stream() {
     });
     let o = ConnectOptions::from_url(&format!("ws://127.0.0.1:{port}"), "frames")
         .unwrap()
-        .protocol(Protocol::V3_1_1);
+        .protocol(protocol);
     let (c, mut inbox) = connect(quick(o)).await.unwrap();
     let m = next(&mut inbox).await;
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("a/1", &b"first"[..]));
@@ -440,7 +462,11 @@ async fn websocket_frames_are_one_byte_stream() {
     assert_eq!(upgrade.path, "/mqtt");
     assert_eq!(upgrade.subprotocols.as_deref(), Some("mqtt"));
     let last = frames.last().unwrap();
-    assert_eq!(&last[..], &[0x30, 5, 0, 1, b'b', b'u', b'p']);
+    if v5 {
+        assert_eq!(&last[..], &[0x30, 6, 0, 1, b'b', 0, b'u', b'p']);
+    } else {
+        assert_eq!(&last[..], &[0x30, 5, 0, 1, b'b', b'u', b'p']);
+    }
     c.disconnect().await.unwrap();
     tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
 }

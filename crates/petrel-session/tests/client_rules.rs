@@ -1239,3 +1239,95 @@ fn auth_leaves_out_what_would_not_fit_mqtt_3_15_2_2_and_3() {
         ));
     }
 }
+
+/// What a server sends as `reply` with the client accepting at most 64
+/// bytes ("connack", "refusal", "suback" or "unsuback"), `props` on it.
+fn server_reply_sent(reply: &str, props: Properties) -> (Packet, ReasonCode) {
+    let now = Instant::now();
+    let mut server = Connection::server(Config::default(), now);
+    let mut c = connect(V5, "client-1");
+    c.properties
+        .set_maximum_packet_size(std::num::NonZeroU32::new(64));
+    server
+        .handle_packet(now, Packet::Connect(Box::new(c)))
+        .unwrap();
+    let code = match reply {
+        "refusal" => {
+            server
+                .reject(now, ReasonCode::NOT_AUTHORIZED, props)
+                .unwrap();
+            ReasonCode::NOT_AUTHORIZED
+        }
+        _ if reply == "connack" => {
+            let accept = Accept {
+                properties: props,
+                ..Accept::default()
+            };
+            server.accept(now, accept).unwrap();
+            ReasonCode::SUCCESS
+        }
+        _ => {
+            server.accept(now, Accept::default()).unwrap();
+            drain(&mut server);
+            if reply == "suback" {
+                let suback = petrel_codec::SubAck {
+                    packet_id: pid(5),
+                    properties: props,
+                    reason_codes: vec![ReasonCode::GRANTED_QOS_1],
+                };
+                server.suback(now, suback).unwrap();
+                ReasonCode::GRANTED_QOS_1
+            } else {
+                let unsuback = petrel_codec::UnsubAck {
+                    packet_id: pid(5),
+                    properties: props,
+                    reason_codes: vec![ReasonCode::SUCCESS],
+                };
+                server.unsuback(now, unsuback).unwrap();
+                ReasonCode::SUCCESS
+            }
+        }
+    };
+    let mut wire = drain(&mut server);
+    assert_eq!(wire.len(), 1, "{wire:?}");
+    (wire.remove(0), code)
+}
+
+/// A CONNACK (accepting or refusing), SUBACK or UNSUBACK whose Reason
+/// String or User Properties would take it past the client's Maximum
+/// Packet Size goes without them, its reason codes kept; small enough,
+/// they are sent (the control). Checks 5.0: [MQTT-3.2.2-19],
+/// [MQTT-3.2.2-20], [MQTT-3.9.2-1], [MQTT-3.9.2-2], [MQTT-3.11.2-1],
+/// [MQTT-3.11.2-2].
+#[test]
+fn server_replies_leave_out_what_would_not_fit() {
+    let props_of = |p: &Packet| -> (ReasonCode, Properties) {
+        match p {
+            Packet::ConnAck(a) => (a.reason_code, a.properties.clone()),
+            Packet::SubAck(a) => (a.reason_codes[0], a.properties.clone()),
+            Packet::UnsubAck(a) => (a.reason_codes[0], a.properties.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    for reply in ["connack", "refusal", "suback", "unsuback"] {
+        let mut long = Properties::new();
+        long.set_reason_string(Some(long_string(100)));
+        let mut many = Properties::new();
+        user_properties(&mut many, 5);
+        for props in [long, many] {
+            let (p, code) = server_reply_sent(reply, props);
+            assert!(size(&p, V5) <= 64, "{reply}: {p:?}");
+            let (got, props) = props_of(&p);
+            assert_eq!(got, code, "{reply}");
+            assert!(props.reason_string().is_none(), "{reply}");
+            assert_eq!(props.user_properties().len(), 0, "{reply}");
+        }
+        let mut fits = Properties::new();
+        fits.set_reason_string(Some(MqttString::from_static("ok")));
+        user_properties(&mut fits, 1);
+        let (p, _) = server_reply_sent(reply, fits);
+        let (_, props) = props_of(&p);
+        assert_eq!(props.reason_string().as_deref(), Some("ok"), "{reply}");
+        assert_eq!(props.user_properties().len(), 1, "{reply}");
+    }
+}

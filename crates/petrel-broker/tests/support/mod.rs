@@ -180,6 +180,20 @@ impl Raw {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// The next `n` bytes exactly as the broker wrote them (what was read
+    /// but not decoded first); panics after [`WAIT`] or on a close.
+    pub async fn recv_bytes(&mut self, n: usize) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            while self.buf.len() < n {
+                let read = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(read > 0, "the connection closed after {:?}", &self.buf[..]);
+            }
+        })
+        .await
+        .expect("no bytes in time");
+        self.buf.split_to(n).to_vec()
+    }
+
     /// The next packet, or `None` when the broker closed the connection.
     /// Panics after [`WAIT`].
     pub async fn recv(&mut self) -> Option<Packet> {
