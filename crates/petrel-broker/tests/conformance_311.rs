@@ -237,11 +237,11 @@ async fn messages_on_a_topic_arrive_in_order_at_every_subscriber() {
             .into_iter()
             .enumerate()
         {
-            let mut s = Raw::connect(b.addr, proto, &format!("ord{i}")).await;
+            let mut s = Raw::connect(b.addr, proto, &format!("ord{i}-{proto:?}")).await;
             s.subscribe(&t, q).await;
             subs.push(s);
         }
-        let mut p = Raw::connect(b.addr, proto, "p").await;
+        let mut p = Raw::connect(b.addr, proto, &format!("p-{proto:?}")).await;
         for i in 0..100u8 {
             let q = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(i % 3)];
             p.publish(&t, &[i], q, false).await;
@@ -304,9 +304,11 @@ async fn retained_messages_outlive_the_session_that_published_them() {
     let mut p = Raw::connect(b.addr, V311, "short-lived").await;
     p.publish("outlive/t", b"kept", QoS::AtLeastOnce, true)
         .await;
-    p.disconnect().await; // Clean Session 1: its session ends here
-                          // A new session, on another connection, is sent the message.
-    let mut late = Raw::connect(b.addr, V311, "later").await;
+    // Clean Session 1: its session ends with the connection.
+    p.disconnect().await;
+    // A new session of the same ClientId: the broker ends the old one
+    // before it answers this CONNECT; the new one is sent the message.
+    let mut late = Raw::connect(b.addr, V311, "short-lived").await;
     late.subscribe("outlive/t", QoS::AtLeastOnce).await;
     let r = late.recv_publish().await;
     assert_eq!((&r.payload[..], r.retain), (&b"kept"[..], true));
@@ -323,10 +325,16 @@ async fn without_a_will_nothing_is_published_when_the_connection_drops() {
     let (c, ack) = Raw::connect_with(b.addr, V311, "no-will", |c| c.will = None).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     drop(c);
-    assert!(w.no_publish(SHORT).await);
     let (c, _) = Raw::connect_with(b.addr, V311, "with-will", will("nowill/t", false)).await;
     drop(c);
     assert_eq!(w.recv_publish().await.topic.as_str(), "nowill/t");
+    // The first connection has surely ended once its ClientId connects
+    // again; still no will.
+    Raw::connect(b.addr, V311, "no-will")
+        .await
+        .disconnect()
+        .await;
+    assert!(w.no_publish(SHORT).await);
 }
 
 /// Checks 3.1.1: [MQTT-3.1.3-5]; 5.0: [MQTT-3.1.3-5] and [MQTT-3.1.4-5]:
@@ -410,8 +418,8 @@ async fn a_publish_without_retain_leaves_the_retained_message_alone() {
     let b = start().await;
     for proto in [V311, Protocol::V5] {
         let t = format!("keep/{proto:?}");
-        let mut p = Raw::connect(b.addr, proto, "p").await;
-        let mut live = Raw::connect(b.addr, proto, "live").await;
+        let mut p = Raw::connect(b.addr, proto, &format!("p-{proto:?}")).await;
+        let mut live = Raw::connect(b.addr, proto, &format!("live-{proto:?}")).await;
         live.subscribe(&t, QoS::AtLeastOnce).await;
         p.publish(&t, b"retained", QoS::AtLeastOnce, true).await;
         assert_eq!(&live.recv_publish().await.payload[..], b"retained");
@@ -419,7 +427,7 @@ async fn a_publish_without_retain_leaves_the_retained_message_alone() {
         p.publish(&t, b"", QoS::AtMostOnce, false).await; // empty, not retained
         assert_eq!(&live.recv_publish().await.payload[..], b"passing");
         assert_eq!(&live.recv_publish().await.payload[..], b"");
-        let mut late = Raw::connect(b.addr, proto, "late").await;
+        let mut late = Raw::connect(b.addr, proto, &format!("late-{proto:?}")).await;
         late.subscribe(&t, QoS::AtLeastOnce).await;
         let r = late.recv_publish().await;
         assert_eq!((&r.payload[..], r.retain), (&b"retained"[..], true));

@@ -172,15 +172,20 @@ async fn shared_delivery_uses_the_chosen_members_granted_qos() {
 
 /// Checks [MQTT-4.13.1-1]: a Malformed Packet closes the connection, with
 /// a DISCONNECT carrying the reason code first; [MQTT-3.3.1-4]: a PUBLISH
-/// with both QoS bits set is such a packet.
+/// with both QoS bits set is such a packet, where the same bytes with one
+/// bit set are QoS 1 and 2 PUBLISHes, answered.
 #[tokio::test]
 async fn a_malformed_packet_closes_with_its_reason_code() {
     let b = start().await;
     let mut c = Raw::connect(b.addr, V5, "bad").await;
-    let mut out = BytesMut::new();
-    // A PUBLISH with QoS 3 (both QoS bits set) is malformed.
-    out.extend_from_slice(&[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
-    c.send_bytes(&out).await;
+    // Topic "t", packet identifier 1, no properties, no payload.
+    let publish = |first: u8| [first, 0x06, 0x00, 0x01, b't', 0x00, 0x01, 0x00];
+    c.send_bytes(&publish(0x32)).await;
+    assert!(matches!(c.recv().await, Some(Packet::PubAck(_))));
+    c.send_bytes(&publish(0x34)).await;
+    assert!(matches!(c.recv().await, Some(Packet::PubRec(_))));
+    // QoS 3 (both QoS bits set) is malformed.
+    c.send_bytes(&publish(0x36)).await;
     assert_eq!(
         c.closed().await.unwrap().reason_code,
         ReasonCode::MALFORMED_PACKET
@@ -889,34 +894,63 @@ async fn every_pingreq_is_answered_v5() {
 /// Checks [MQTT-4.3.3-7]: message expiry is not applied to a QoS 2
 /// PUBLISH already sent: its subscriber drops the connection before the
 /// PUBREC, comes back after the interval ran out, and is sent it again
-/// (DUP 1, a second left of its interval). The control: a message with
-/// the same interval queued while it was away, never sent, has expired.
+/// (DUP 1, a second left of its interval). The control: of two messages
+/// queued while it was away, never sent, the one with the same interval
+/// has expired and the one without arrives.
 #[tokio::test]
 async fn a_qos2_publish_already_sent_does_not_expire() {
     let b = start().await;
-    let (mut s, _) = Raw::connect_with(b.addr, V5, "q2keep", persistent(V5)).await;
+    let mut watch = Raw::connect(b.addr, V5, "watch").await;
+    watch.subscribe("q2keep/gone", QoS::AtLeastOnce).await;
+    let (mut s, _) = Raw::connect_with(b.addr, V5, "q2keep", |c| {
+        persistent(V5)(c);
+        c.will = Some(Will {
+            topic: topic("q2keep/gone"),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::new(),
+        });
+    })
+    .await;
     s.subscribe("q2keep/t", QoS::ExactlyOnce).await;
     let mut p = Raw::connect(b.addr, V5, "p").await;
-    let expiring = || {
+    let expiring = |seconds: Option<u32>| {
         let mut props = Properties::new();
-        props.set_message_expiry_interval(Some(1));
+        props.set_message_expiry_interval(seconds);
         props
     };
-    p.publish_with("q2keep/t", b"sent", QoS::ExactlyOnce, false, expiring())
-        .await;
+    p.publish_with(
+        "q2keep/t",
+        b"sent",
+        QoS::ExactlyOnce,
+        false,
+        expiring(Some(1)),
+    )
+    .await;
     match s.recv().await {
         Some(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"sent"),
         other => panic!("{other:?}"),
     }
     drop(s); // no PUBREC
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    p.publish_with("q2keep/t", b"queued", QoS::ExactlyOnce, false, expiring())
+             // The will says the broker has seen the connection go.
+    watch.recv_publish().await;
+    for (payload, interval) in [(&b"queued"[..], Some(1)), (b"lasting", None)] {
+        p.publish_with(
+            "q2keep/t",
+            payload,
+            QoS::ExactlyOnce,
+            false,
+            expiring(interval),
+        )
         .await;
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (mut s, ack) = Raw::connect_with(b.addr, V5, "q2keep", persistent(V5)).await;
     assert!(ack.session_present);
     let again = s.recv_publish().await;
     assert_eq!((&again.payload[..], again.dup), (&b"sent"[..], true));
     assert_eq!(again.properties.message_expiry_interval(), Some(1));
+    assert_eq!(&s.recv_publish().await.payload[..], b"lasting");
     assert!(s.no_publish(SHORT).await, "the queued one expired");
 }

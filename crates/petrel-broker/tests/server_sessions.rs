@@ -229,8 +229,9 @@ async fn a_will_is_published_when_the_connection_ends_without_disconnect_mqtt_3_
 }
 
 /// Checks [MQTT-3.1.2-10]; 3.1.1: [MQTT-3.14.4-3] (a DISCONNECT discards
-/// the will); 5.0: [MQTT-3.14.4-3] (a DISCONNECT 0x00 discards it, where
-/// 0x04 publishes it: the control).
+/// the will, where a dropped connection publishes it: the control); 5.0:
+/// [MQTT-3.14.4-3] (a DISCONNECT 0x00 discards it, where 0x04 publishes
+/// it: the control).
 #[tokio::test]
 async fn a_normal_disconnect_discards_the_will_and_0x04_publishes_it_mqtt_3_1_2_10() {
     let b = start().await;
@@ -241,6 +242,10 @@ async fn a_normal_disconnect_discards_the_will_and_0x04_publishes_it_mqtt_3_1_2_
         c.disconnect().await;
         assert!(watcher.no_publish(SHORT).await);
     }
+    // The control in 3.1.1: the same will, the connection dropped.
+    let (c, _) = Raw::connect_with(b.addr, Protocol::V3_1_1, "rude", with_will("w2/c", None)).await;
+    drop(c);
+    assert_eq!(watcher.recv_publish().await.topic.as_str(), "w2/c");
     let (mut c, _) = Raw::connect_with(b.addr, Protocol::V5, "asks", with_will("w2/b", None)).await;
     c.send(Packet::Disconnect(Disconnect::new(
         ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
@@ -274,7 +279,7 @@ async fn a_will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
 
     // Stay away: the will goes out after its delay, not before.
     let (c, _) =
-        Raw::connect_with(b.addr, Protocol::V5, "away", with_will("wd/away", Some(1))).await;
+        Raw::connect_with(b.addr, Protocol::V5, "away", with_will("wd/away", Some(3))).await;
     drop(c);
     assert!(watcher.no_publish(Duration::from_millis(500)).await);
     let p = watcher.recv_publish().await;

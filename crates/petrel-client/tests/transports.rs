@@ -353,10 +353,11 @@ struct Upgrade {
 
 /// Checks 3.1.1: [MQTT-6.0.0-3], [MQTT-6.0.0-1] and [MQTT-6.0.0-2];
 /// 5.0: [MQTT-6.0.0-3], [MQTT-6.0.0-1] and [MQTT-6.0.0-2]: the client
-/// offers the subprotocol "mqtt", sends its packets in binary frames, and
+/// offers the subprotocol "mqtt", sends its packets in binary frames,
 /// reads packets whatever the frames' boundaries (a CONNACK split over
-/// two, two PUBLISHes in one with the second's end in the next), in each
-/// version, against a WebSocket server written here.
+/// two, two PUBLISHes in one with the second's end in the next), and
+/// closes the connection on a text frame, in each version, against a
+/// WebSocket server written here.
 #[tokio::test]
 async fn websocket_frames_are_one_byte_stream() {
     for protocol in [Protocol::V3_1_1, Protocol::V5] {
@@ -442,12 +443,20 @@ async fn websocket_frames(protocol: Protocol) {
             }
         }
         let _ = seen_tx.send((upgrade, frames));
-        // Wait for the DISCONNECT and the close.
-        while let Some(Ok(m)) = ws.next().await {
-            if m.is_close() {
-                break;
+        // A text frame: the client must close the connection (what it
+        // sends first, if anything, is not MQTT's business), where the
+        // binary frames before kept it open.
+        ws.send(WsMessage::text("not binary")).await.unwrap();
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(m)) if !m.is_close() => {}
+                    _ => return,
+                }
             }
-        }
+        })
+        .await;
+        closed.is_ok()
     });
     let o = ConnectOptions::from_url(&format!("ws://127.0.0.1:{port}"), "frames")
         .unwrap()
@@ -467,8 +476,15 @@ async fn websocket_frames(protocol: Protocol) {
     } else {
         assert_eq!(&last[..], &[0x30, 5, 0, 1, b'b', b'u', b'p']);
     }
-    c.disconnect().await.unwrap();
-    tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+    let closed = tokio::time::timeout(WAIT * 2, server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        closed,
+        "{protocol:?}: a text frame did not close the connection"
+    );
+    let _ = c.disconnect().await;
 }
 
 /// A TLS server that answers CONNECT with a 3.1.1 CONNACK and reports the

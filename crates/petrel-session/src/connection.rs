@@ -1979,10 +1979,15 @@ impl Connection {
                 ) = e
                 {
                     // [MQTT-3.1.2-1] and [MQTT-3.1.2-2]: refuse, then close.
-                    // After level 5 the client reads 5.0 (CONNACK 0x84);
-                    // after any other, the format every earlier version
-                    // reads (3.1.1 return code 1).
-                    self.protocol = if level == 5 {
+                    // An unknown name before level 5 is a 5.0 client's
+                    // (CONNACK 0x84); otherwise the format every earlier
+                    // version reads (3.1.1 return code 1): "MQIsdp" is 3.1's
+                    // name whatever level follows it.
+                    let named = matches!(
+                        e,
+                        ProtocolError::Malformed(DecodeError::InvalidProtocolName { .. })
+                    );
+                    self.protocol = if named && level == 5 {
                         Protocol::V5
                     } else {
                         Protocol::V3_1_1

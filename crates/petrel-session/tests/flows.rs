@@ -1394,6 +1394,53 @@ fn unsupported_protocol_level_gets_return_code_1_mqtt_3_1_2_2() {
     assert!(server.is_closed());
 }
 
+/// The refusal's format follows what the client can read: an unknown
+/// protocol name before level 5 gets a 5.0 CONNACK 0x84 (5.0
+/// [MQTT-3.1.2-1]); before level 4, or an unknown level after a known
+/// name, "MQIsdp" with level 5 included, gets the 3.1.1 return code 1;
+/// each closes.
+#[test]
+fn a_refused_protocol_is_answered_in_a_format_the_client_reads() {
+    use petrel_codec::DecodeError::{InvalidProtocolName, UnsupportedProtocolLevel};
+    let cases: [(petrel_codec::DecodeError, Protocol, &[u8]); 4] = [
+        (
+            InvalidProtocolName { level: 5 },
+            V5,
+            &[0x20, 0x03, 0x00, 0x84, 0x00],
+        ),
+        (
+            InvalidProtocolName { level: 4 },
+            V311,
+            &[0x20, 0x02, 0x00, 0x01],
+        ),
+        (
+            UnsupportedProtocolLevel { level: 5 },
+            V311,
+            &[0x20, 0x02, 0x00, 0x01],
+        ),
+        (
+            UnsupportedProtocolLevel { level: 7 },
+            V311,
+            &[0x20, 0x02, 0x00, 0x01],
+        ),
+    ];
+    for (error, protocol, bytes) in cases {
+        let now = std::time::Instant::now();
+        let mut server = Connection::server(Config::default(), now);
+        server.handle_decode_error(now, error.clone());
+        let Some(Packet::ConnAck(c)) = server.poll_transmit() else {
+            panic!("{error:?}")
+        };
+        assert_eq!(server.protocol(), protocol, "{error:?}");
+        assert_eq!(
+            &Packet::ConnAck(c).to_bytes(protocol).unwrap()[..],
+            bytes,
+            "{error:?}"
+        );
+        assert!(server.is_closed());
+    }
+}
+
 /// Checks [MQTT-3.3.2-12].
 #[test]
 fn the_limits_enforced_are_the_limits_advertised() {
