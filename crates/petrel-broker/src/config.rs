@@ -63,6 +63,9 @@
 //! max_subscription_bytes = 1073741824              # ... over every session
 //! max_retained_messages = 1000000
 //! max_qos = 2                   # highest QoS granted and accepted
+//! retain_available = true       # false: no retained messages (a retained PUBLISH or will is refused, 0x9A)
+//! wildcard_subscriptions = true # false: filters with + or # are refused (0xA2)
+//! shared_subscriptions = true   # false: $share/ filters are refused (0x9E)
 //! max_client_id_length = 256    # longer client identifiers are refused (0x85)
 //! max_topic_levels = 200        # deeper topic names and filters are refused
 //! max_sessions = 1000000        # sessions (connected or not); past it the one offline longest ends
@@ -669,6 +672,20 @@ pub struct Limits {
     pub max_retained_messages: usize,
     /// Highest QoS the broker grants and accepts (0, 1 or 2). Default 2.
     pub max_qos: u8,
+    /// Whether the broker keeps retained messages. Without, 5.0 clients
+    /// are told Retain Available 0; a CONNECT with a retained will is
+    /// refused (0x9A, [MQTT-3.2.2-13]) and a PUBLISH with RETAIN 1 closes
+    /// the connection (DISCONNECT 0x9A in 5.0), as Mosquitto's
+    /// `retain_available false` does. Default true.
+    pub retain_available: bool,
+    /// Whether filters may hold `+` and `#`. Without, 5.0 clients are told
+    /// Wildcard Subscription Available 0 and such a filter is refused in
+    /// the SUBACK (0xA2; 3.1.1 0x80, [MQTT-3.8.3-2]). Default true.
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/` filters are shared subscriptions. Without, 5.0
+    /// clients are told Shared Subscription Available 0 and such a filter
+    /// is refused in the SUBACK (0x9E; 3.1.1 0x80). Default true.
+    pub shared_subscriptions: bool,
     /// Longest client identifier accepted, in bytes: an id is a key the
     /// broker keeps (and stores) for each session, not a payload. Default
     /// 256.
@@ -813,6 +830,9 @@ impl Default for Limits {
             max_subscription_bytes: 1024 * 1024 * 1024,
             max_retained_messages: 1_000_000,
             max_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
             max_client_id_length: 256,
             max_topic_levels: 200,
             max_sessions: 1_000_000,
@@ -1198,6 +1218,8 @@ fn mosquitto_hint(text: &str) -> Option<String> {
             "max_inflight_messages" => Some(format!("[limits]\nmax_inflight = {value}")),
             "max_queued_messages" => Some(format!("[limits]\nmax_queued_messages = {value}")),
             "max_keepalive" => Some(format!("[limits]\nmax_keepalive = {value}")),
+            "max_qos" => Some(format!("[limits]\nmax_qos = {value}")),
+            "retain_available" => Some(format!("[limits]\nretain_available = {value}")),
             "sys_interval" => Some(format!("sys_interval = {value}")),
             "certfile"
             | "keyfile"

@@ -954,3 +954,117 @@ async fn a_qos2_publish_already_sent_does_not_expire() {
     assert_eq!(&s.recv_publish().await.payload[..], b"lasting");
     assert!(s.no_publish(SHORT).await, "the queued one expired");
 }
+
+/// Checks [MQTT-3.2.2-13]: a broker configured without retained messages
+/// says Retain Available 0 (the default broker says nothing: available),
+/// refuses a CONNECT with a retained will (CONNACK 0x9A, then the close;
+/// the same will not retained is taken), and closes a connection that
+/// publishes with RETAIN 1 (DISCONNECT 0x9A), after a message without it
+/// went through; a 3.1.1 client gets return code 3 and the close.
+#[tokio::test]
+async fn without_retained_messages_a_retained_will_or_publish_is_refused() {
+    let (_c, ack) = Raw::connect_with(start().await.addr, V5, "default", |_| {}).await;
+    assert_eq!(ack.properties.retain_available(), None);
+    let mut config = config();
+    config.limits.retain_available = false;
+    let b = start_with(config).await;
+    let will = |retain: bool| {
+        move |c: &mut petrel_codec::Connect| {
+            c.will = Some(Will {
+                topic: topic("nr/will"),
+                payload: Bytes::from_static(b"w"),
+                qos: QoS::AtLeastOnce,
+                retain,
+                properties: Properties::new(),
+            })
+        }
+    };
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "nr-will", will(true)).await;
+    assert_eq!(ack.reason_code, ReasonCode::RETAIN_NOT_SUPPORTED);
+    assert!(c.closed().await.is_none());
+    let mut c = Raw::open(b.addr, Protocol::V3_1_1).await;
+    let mut connect = petrel_codec::Connect::new(Protocol::V3_1_1, MqttString::from_static("nr3"));
+    will(true)(&mut connect);
+    c.send(Packet::Connect(Box::new(connect))).await;
+    assert_eq!(c.recv_bytes(4).await, [0x20, 0x02, 0x00, 0x03]);
+    assert!(c.closed().await.is_none());
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "nr-will", will(false)).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert_eq!(ack.properties.retain_available(), Some(false));
+    assert_eq!(ack.properties.wildcard_subscription_available(), None);
+    assert_eq!(ack.properties.shared_subscription_available(), None);
+    c.subscribe("nr/t", QoS::AtLeastOnce).await;
+    c.publish("nr/t", b"plain", QoS::AtLeastOnce, false).await;
+    assert_eq!(&c.recv_publish().await.payload[..], b"plain");
+    let mut m = Publish::new(topic("nr/t"), Bytes::from_static(b"kept"));
+    m.retain = true;
+    c.send(Packet::Publish(m.clone())).await;
+    let d = c.closed().await.expect("a DISCONNECT");
+    assert_eq!(d.reason_code, ReasonCode::RETAIN_NOT_SUPPORTED);
+    let mut old = Raw::connect(b.addr, Protocol::V3_1_1, "nr-311").await;
+    old.send(Packet::Publish(m)).await;
+    assert!(old.closed().await.is_none());
+    still_serving(b.addr).await;
+}
+
+/// A broker configured without wildcards and shared subscriptions says
+/// so in CONNACK (Wildcard and Shared Subscription Available 0) and
+/// refuses such filters in the SUBACK: 0xA2 and 0x9E in 5.0, 0x80 in
+/// 3.1.1 (3.1.1: [MQTT-3.8.3-2]), the plain filter beside them granted
+/// and served. The control: the default broker grants all four.
+#[tokio::test]
+async fn without_wildcards_and_shared_subscriptions_such_filters_are_refused() {
+    let filters = ["w/+", "w/b", "$share/g/w/c", "w/#"];
+    let subscribe_all = |c: &mut Raw| {
+        let packet_id = c.next_pid();
+        let subscribe = petrel_codec::Subscribe {
+            packet_id,
+            properties: Properties::new(),
+            subscriptions: filters
+                .iter()
+                .map(|f| petrel_codec::Subscription {
+                    filter: filter(f),
+                    options: petrel_codec::SubscriptionOptions::qos(QoS::AtLeastOnce),
+                })
+                .collect(),
+        };
+        Packet::Subscribe(subscribe)
+    };
+    let codes = |c: Option<Packet>| match c {
+        Some(Packet::SubAck(a)) => a.reason_codes,
+        other => panic!("{other:?}"),
+    };
+    let plain = start().await;
+    let mut c = Raw::connect(plain.addr, V5, "all").await;
+    let s = subscribe_all(&mut c);
+    c.send(s).await;
+    assert_eq!(codes(c.recv().await), [ReasonCode::GRANTED_QOS_1; 4]);
+    let mut config = config();
+    config.limits.wildcard_subscriptions = false;
+    config.limits.shared_subscriptions = false;
+    let b = start_with(config).await;
+    for (proto, wildcard, shared) in [
+        (V5, ReasonCode(0xA2), ReasonCode(0x9E)),
+        (Protocol::V3_1_1, ReasonCode(0x80), ReasonCode(0x80)),
+    ] {
+        let (mut c, ack) = Raw::connect_with(b.addr, proto, "few", |_| {}).await;
+        if proto == V5 {
+            assert_eq!(
+                ack.properties.wildcard_subscription_available(),
+                Some(false)
+            );
+            assert_eq!(ack.properties.shared_subscription_available(), Some(false));
+            assert_eq!(ack.properties.retain_available(), None);
+        }
+        let s = subscribe_all(&mut c);
+        c.send(s).await;
+        assert_eq!(
+            codes(c.recv().await),
+            [wildcard, ReasonCode::GRANTED_QOS_1, shared, wildcard],
+            "{proto:?}"
+        );
+        c.publish("w/b", b"served", QoS::AtLeastOnce, false).await;
+        assert_eq!(&c.recv_publish().await.payload[..], b"served");
+        c.disconnect().await;
+    }
+}

@@ -152,7 +152,7 @@ fn a_mosquitto_conf_by_mistake_gets_its_petrel_translation() {
     let file = dir().join("mosquitto.conf");
     std::fs::write(
         &file,
-        "# a Mosquitto file\nlistener 1883 0.0.0.0\nallow_anonymous true\npassword_file /etc/mosquitto/passwd\npersistence_location /var/lib/mosquitto/\n",
+        "# a Mosquitto file\nlistener 1883 0.0.0.0\nallow_anonymous true\npassword_file /etc/mosquitto/passwd\npersistence_location /var/lib/mosquitto/\nretain_available false\n",
     )
     .unwrap();
     let (code, err) = refused(&["broker", "--memory", "-c", file.to_str().unwrap()]);
@@ -168,6 +168,7 @@ fn a_mosquitto_conf_by_mistake_gets_its_petrel_translation() {
         "{err}"
     );
     assert!(err.contains("data_dir = \"/var/lib/mosquitto/\""), "{err}");
+    assert!(err.contains("retain_available = false"), "{err}");
     // Positive control: a TOML error stays a TOML error.
     std::fs::write(&file, "log_level = \n").unwrap();
     let (_, err) = refused(&["broker", "--memory", "-c", file.to_str().unwrap()]);

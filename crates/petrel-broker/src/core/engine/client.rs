@@ -424,12 +424,15 @@ impl Client {
 
     /// A PUBLISH the broker refuses before the session acknowledges it,
     /// closing the connection with the reason: above the Maximum QoS it
-    /// told the client ([MQTT-3.2.2-11]), or a topic deeper than
-    /// `max_topic_levels`.
+    /// told the client ([MQTT-3.2.2-11]), retained where it keeps none
+    /// (`retain_available`), or a topic deeper than `max_topic_levels`.
     pub fn check_publish(&self, p: &Publish) -> Option<ReasonCode> {
         let limits = self.engine.limits();
         if p.qos.qos() as u8 > limits.max_qos {
             return Some(ReasonCode::QOS_NOT_SUPPORTED);
+        }
+        if p.retain && !limits.retain_available {
+            return Some(ReasonCode::RETAIN_NOT_SUPPORTED);
         }
         if too_deep(p.topic.as_str(), limits.max_topic_levels) {
             return Some(ReasonCode::TOPIC_NAME_INVALID);
@@ -542,7 +545,8 @@ impl Client {
 
     /// A SUBSCRIBE: one reason code per filter, in order ([MQTT-3.9.3-1]):
     /// the granted QoS, 0x87 Not authorized, 0x8F for a filter deeper than
-    /// `max_topic_levels`, 0x97 past `max_subscriptions_per_session` (3.1.1
+    /// `max_topic_levels`, 0x9E / 0xA2 for a shared or wildcard filter the
+    /// configuration turned off, 0x97 past `max_subscriptions_per_session` (3.1.1
     /// sees 0x80 Failure for each refusal), 0x83 in a cluster that can't
     /// agree the filter's route now. Retained messages the client may
     /// read are queued for it ([`Client::next_messages`]).
@@ -578,6 +582,10 @@ impl Client {
             let filter = sub.filter.as_str();
             if too_deep(filter, max_levels) {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if let Some(refused) = unavailable(filter, &limits) {
+                codes.push(refused);
                 continue;
             }
             if !self.access.check(Action::Subscribe, filter) {
@@ -1221,6 +1229,20 @@ fn disconnect_reason(close: Option<&CloseReason>) -> DisconnectReason {
         },
         Some(_) => DisconnectReason::Server,
     }
+}
+
+/// Why `filter` is refused when the broker is configured without shared
+/// subscriptions (0x9E) or wildcards (0xA2). Refused in the SUBACK, the
+/// other filters of the SUBSCRIBE granted, as the SUBACK's table allows
+/// (3.1.1 sees 0x80, [MQTT-3.8.3-2]); 5.0 clients were told in CONNACK.
+fn unavailable(filter: &str, limits: &crate::config::Limits) -> Option<ReasonCode> {
+    if !limits.shared_subscriptions && filter.starts_with(petrel_codec::SHARE_PREFIX) {
+        return Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+    }
+    if !limits.wildcard_subscriptions && filter.contains(['+', '#']) {
+        return Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+    }
+    None
 }
 
 #[cfg(test)]

@@ -439,6 +439,10 @@ impl Login {
                 // [MQTT-3.2.2-12]
                 return Err(ReasonCode::QOS_NOT_SUPPORTED);
             }
+            if w.retain && !limits.retain_available {
+                // [MQTT-3.2.2-13]
+                return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
+            }
             if is_sys(w.topic.as_str()) && !own_connection_state(w.topic.as_str(), &client_id) {
                 // $SYS is the broker's: no client writes there, will
                 // included (but for a bridge's own link state).
@@ -470,6 +474,14 @@ impl Login {
         }
         if v5 && max_qos != QoS::ExactlyOnce {
             props.set_maximum_qos(Some(max_qos));
+        }
+        if v5 {
+            // What the broker does without is told; what it has goes
+            // unsaid (absent means available).
+            let absent = |on: bool| (!on).then_some(false);
+            props.set_retain_available(absent(limits.retain_available));
+            props.set_wildcard_subscription_available(absent(limits.wildcard_subscriptions));
+            props.set_shared_subscription_available(absent(limits.shared_subscriptions));
         }
         let will = c.will.take().map(|w| {
             let delay = if v5 {

@@ -474,6 +474,9 @@ const RESTART_ONLY: &[&str] = &[
     "limits.max_inflight",
     "limits.topic_alias_maximum",
     "limits.max_qos",
+    "limits.retain_available",
+    "limits.wildcard_subscriptions",
+    "limits.shared_subscriptions",
     "limits.hibernate_after",
     "limits.tcp_keepalive",
     "limits.packet_timeout",
@@ -513,6 +516,9 @@ fn restart_only_changes(a: &BrokerConfig, b: &BrokerConfig) -> Vec<&'static str>
         la.max_inflight != lb.max_inflight,
         la.topic_alias_maximum != lb.topic_alias_maximum,
         la.max_qos != lb.max_qos,
+        la.retain_available != lb.retain_available,
+        la.wildcard_subscriptions != lb.wildcard_subscriptions,
+        la.shared_subscriptions != lb.shared_subscriptions,
         la.hibernate_after != lb.hibernate_after,
         la.tcp_keepalive != lb.tcp_keepalive,
         la.packet_timeout != lb.packet_timeout,
@@ -768,6 +774,9 @@ impl Broker {
             l.max_inflight = start.max_inflight;
             l.topic_alias_maximum = start.topic_alias_maximum;
             l.max_qos = start.max_qos;
+            l.retain_available = start.retain_available;
+            l.wildcard_subscriptions = start.wildcard_subscriptions;
+            l.shared_subscriptions = start.shared_subscriptions;
             l.hibernate_after = start.hibernate_after;
             l.tcp_keepalive = start.tcp_keepalive;
             l.packet_timeout = start.packet_timeout;
