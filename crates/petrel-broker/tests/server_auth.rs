@@ -263,3 +263,44 @@ async fn a_stalled_reauthentication_closes_the_connection() {
         start.elapsed()
     );
 }
+
+/// A denied PUBLISH's PUBACK 0x87 says why, in a Reason String, to a 5.0
+/// client that asked for problem information (the default) and has room
+/// for it; without the request ([MQTT-3.1.2-29]) or the room
+/// ([MQTT-3.4.2-2], 5.0: a Maximum Packet Size of 32) it goes without,
+/// the reason code kept.
+#[tokio::test]
+async fn a_denied_publish_says_why_where_the_client_wants_and_has_room() {
+    let b = start_with(secured()).await;
+    let quiet = |c: &mut petrel_codec::Connect| {
+        c.properties.set_request_problem_information(Some(false));
+    };
+    let small = |c: &mut petrel_codec::Connect| {
+        c.properties
+            .set_maximum_packet_size(std::num::NonZeroU32::new(32));
+    };
+    type Case = (&'static str, fn(&mut petrel_codec::Connect), bool);
+    let cases: [Case; 3] = [
+        ("asks", |_| {}, true),
+        ("quiet", quiet, false),
+        ("small", small, false),
+    ];
+    for (name, edit, says) in cases {
+        let (mut bob, _) = Raw::connect_with(b.addr, Protocol::V5, name, |c| {
+            credentials(Some("bob"), Some("b0b"))(c);
+            edit(c);
+        })
+        .await;
+        let ack = bob
+            .publish("home/door", b"open", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED, "{name}");
+        assert_eq!(
+            ack.properties.reason_string().is_some(),
+            says,
+            "{name}: {ack:?}"
+        );
+        bob.disconnect().await;
+    }
+}

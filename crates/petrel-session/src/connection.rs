@@ -1858,15 +1858,45 @@ impl Connection {
         packet_id: PacketId,
         reason_code: ReasonCode,
     ) -> Result<(), SendError> {
+        self.ack_with_properties(now, packet_id, reason_code, Properties::new())
+    }
+
+    /// [`Connection::ack_with`] with 5.0 properties (3.1.x sends none): a
+    /// Reason String and User Properties, which go only to a client that
+    /// asked for problem information ([MQTT-3.1.2-29]) and are left out
+    /// where they would take the acknowledgement past the peer's Maximum
+    /// Packet Size ([MQTT-3.4.2-2], [MQTT-3.4.2-3], [MQTT-3.5.2-2],
+    /// [MQTT-3.5.2-3]). Any other property is refused.
+    pub fn ack_with_properties(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> Result<(), SendError> {
         let id = packet_id.get();
-        let reason_code = if self.protocol.is_v5() {
-            reason_code
+        let (reason_code, properties) = if self.protocol.is_v5() {
+            (reason_code, properties)
         } else {
-            ReasonCode::SUCCESS
+            (ReasonCode::SUCCESS, Properties::new())
         };
         if !reason_code.allowed_in(ReasonContext::PubAck) {
             return Err(SendError::Invalid("not a PUBACK/PUBREC reason code"));
         }
+        if !properties.is_empty()
+            && !properties
+                .without(&[prop::REASON_STRING, prop::USER_PROPERTY])
+                .is_empty()
+        {
+            return Err(SendError::Invalid(
+                "a PUBACK/PUBREC carries only a Reason String and User Properties",
+            ));
+        }
+        let ack = |properties| PubAck {
+            packet_id,
+            reason_code,
+            properties,
+        };
         if self.session.deferred.remove(&id) {
             if reason_code.is_error() && self.session.incoming.remove(&id) {
                 self.record(Change::Freed { packet_id: id });
@@ -1877,15 +1907,9 @@ impl Connection {
                 // once ([MQTT-4.3.3-10]).
                 return Ok(());
             }
-            self.queue(
-                now,
-                Packet::PubRec(PubAck::with_reason(packet_id, reason_code)),
-            )
+            self.queue(now, Packet::PubRec(ack(properties)))
         } else if self.rare.as_mut().is_some_and(|r| r.unacked.remove(&id)) {
-            self.queue(
-                now,
-                Packet::PubAck(PubAck::with_reason(packet_id, reason_code)),
-            )
+            self.queue(now, Packet::PubAck(ack(properties)))
         } else {
             Err(SendError::Invalid(
                 "no message with that packet identifier awaits acknowledgement",

@@ -1331,3 +1331,61 @@ fn server_replies_leave_out_what_would_not_fit() {
         assert_eq!(props.user_properties().len(), 1, "{reply}");
     }
 }
+
+/// What a server with manual acknowledgements sends for a QoS `qos`
+/// PUBLISH when it acknowledges it with `props`, the client accepting at
+/// most 32 bytes; `Err` if it refused to send.
+fn ack_sent(qos: QoS, props: Properties) -> Result<PubAck, SendError> {
+    let now = Instant::now();
+    let mut cfg = Config::default();
+    cfg.manual_acks = true;
+    let mut server = Connection::server(cfg, now);
+    let mut c = connect(V5, "client-1");
+    c.properties
+        .set_maximum_packet_size(std::num::NonZeroU32::new(32));
+    server
+        .handle_packet(now, Packet::Connect(Box::new(c)))
+        .unwrap();
+    server.accept(now, Accept::default()).unwrap();
+    drain(&mut server);
+    server
+        .handle_packet(now, publish("t", "x", qos, Some(3)))
+        .unwrap();
+    let sent = server.ack_with_properties(now, pid(3), ReasonCode::NOT_AUTHORIZED, props);
+    let wire = drain(&mut server);
+    sent?;
+    match &wire[..] {
+        [Packet::PubAck(a)] if qos == QoS::AtLeastOnce => Ok(a.clone()),
+        [Packet::PubRec(a)] if qos == QoS::ExactlyOnce => Ok(a.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A PUBACK or PUBREC whose Reason String or User Properties would take it
+/// past the client's Maximum Packet Size goes without them, its reason
+/// code kept; small enough, they go (the control); a property an
+/// acknowledgement cannot carry is refused. Checks 5.0: [MQTT-3.4.2-2],
+/// [MQTT-3.4.2-3], [MQTT-3.5.2-2], [MQTT-3.5.2-3].
+#[test]
+fn acknowledgements_leave_out_what_would_not_fit() {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut long = Properties::new();
+        long.set_reason_string(Some(long_string(40)));
+        let mut many = Properties::new();
+        user_properties(&mut many, 2);
+        for props in [long, many] {
+            let a = ack_sent(qos, props).unwrap();
+            assert!(size(&Packet::PubAck(a.clone()), V5) <= 32, "{a:?}");
+            assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED);
+            assert!(a.properties.reason_string().is_none(), "{qos:?}");
+            assert_eq!(a.properties.user_properties().len(), 0, "{qos:?}");
+        }
+        let mut fits = Properties::new();
+        fits.set_reason_string(Some(MqttString::from_static("no")));
+        let a = ack_sent(qos, fits).unwrap();
+        assert_eq!(a.properties.reason_string().as_deref(), Some("no"));
+        let mut wrong = Properties::new();
+        wrong.set_content_type(Some(MqttString::from_static("text/plain")));
+        assert!(ack_sent(qos, wrong).is_err());
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use petrel_codec::{Auth, Packet, Properties, Protocol, ReasonCode};
+use petrel_codec::{Auth, MqttString, Packet, Properties, Protocol, ReasonCode};
 use petrel_session::{CloseReason, Connection, DropReason, Event, Hibernated, Message, SendError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -565,7 +565,9 @@ impl Task {
                     ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
                 }
             };
-            let _ = self.conn.ack_with(now, ack.id, reason);
+            let _ = self
+                .conn
+                .ack_with_properties(now, ack.id, reason, refusal(reason));
         }
     }
 
@@ -1170,7 +1172,9 @@ impl Task {
                         // acknowledged in turn, after the store holds what
                         // it acknowledges.
                         if commit.is_none() && self.acks.is_empty() {
-                            let _ = self.conn.ack_with(now, id, reason);
+                            let _ = self
+                                .conn
+                                .ack_with_properties(now, id, reason, refusal(reason));
                         } else {
                             self.acks.push_back(PendingAck { id, reason, commit });
                         }
@@ -1541,6 +1545,21 @@ impl Task {
             client.close(state, self.conn.close_reason());
         }
     }
+}
+
+/// What a refused PUBLISH's PUBACK or PUBREC says in words: a Reason
+/// String, which the session machine sends only to a 5.0 client that asked
+/// for problem information and has room for it. Nothing for the others.
+fn refusal(reason: ReasonCode) -> Properties {
+    let text = match reason {
+        ReasonCode::NOT_AUTHORIZED => "not authorized to publish to this topic",
+        ReasonCode::QUOTA_EXCEEDED => "the broker's store is full",
+        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR => "the message could not be stored",
+        _ => return Properties::new(),
+    };
+    let mut p = Properties::new();
+    p.set_reason_string(Some(MqttString::from_static(text)));
+    p
 }
 
 #[cfg(test)]
