@@ -669,3 +669,81 @@ async fn websocket_to_mosquitto() {
         b.stop().await;
     }
 }
+
+/// A broker that refuses its clients retained messages and wildcard
+/// filters still lets its bridges work: the bridge's local side is the
+/// operator's own. Out through a `sensors/#` rule (a wildcard filter on
+/// the local side), in with a retained message that stays retained here;
+/// the link stays up. The control: a client of the same broker is
+/// refused the wildcard filter.
+#[tokio::test]
+async fn a_bridge_is_not_held_to_the_clients_switches() {
+    let Some(mosq) = Mosquitto::start("switches", "") else {
+        return;
+    };
+    let limits = petrel_broker::config::Limits {
+        retain_available: false,
+        wildcard_subscriptions: false,
+        ..Default::default()
+    };
+    let petrel = Petrel::start_with(
+        petrel_testkit::free_port(),
+        vec![bridge(&format!(
+            "name = \"up\"\naddress = \"{}\"\nprotocol = \"5.0\"\n\
+             topic = [\"sensors/# out 1 edge/ site1/\", \"cmd/# in 1 local/ remote/\"]",
+            mosq.addr()
+        ))],
+        limits,
+    )
+    .await;
+    petrel.wait_up("up").await;
+    let here = petrel.addr.to_string();
+    let (there_sub, mut there_in) = client(&mosq.addr(), Protocol::V5, "there-sub").await;
+    there_sub
+        .subscribe("site1/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (here_pub, _) = client(&here, Protocol::V5, "here-pub").await;
+    until_flowing(&here_pub, "edge/sensors/probe", &mut there_in).await;
+    let refused = here_pub
+        .subscribe("edge/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(refused.reason_codes[0].0, 0xA2, "{refused:?}");
+    let (there_pub, _) = client(&mosq.addr(), Protocol::V5, "there-pub").await;
+    there_pub
+        .publish({
+            let mut r = petrel_client::Message::new(
+                petrel_client::TopicName::try_from("remote/cmd/door").unwrap(),
+                "shut".into(),
+                QoS::AtLeastOnce,
+            );
+            r.retain = true;
+            r
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let kept = loop {
+        let (late, mut late_in) = client(&here, Protocol::V5, "late").await;
+        late.subscribe("local/cmd/door", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let got = drain(&mut late_in, Duration::from_millis(300)).await;
+        late.disconnect().await.unwrap();
+        if let Some(m) = got.into_iter().next() {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retained message never came in"
+        );
+    };
+    assert!(kept.retain);
+    assert_eq!(&kept.payload[..], b"shut");
+    let b = petrel.bridge("up");
+    assert_eq!(b.connects, 1, "the link stayed up: {b:?}");
+    for b in petrel.bridges {
+        b.stop().await;
+    }
+}

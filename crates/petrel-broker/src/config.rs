@@ -63,7 +63,7 @@
 //! max_subscription_bytes = 1073741824              # ... over every session
 //! max_retained_messages = 1000000
 //! max_qos = 2                   # highest QoS granted and accepted
-//! retain_available = true       # false: no retained messages (a retained PUBLISH or will is refused, 0x9A)
+//! retain_available = true       # false: clients may not retain (a retained PUBLISH or will is refused, 0x9A)
 //! wildcard_subscriptions = true # false: filters with + or # are refused (0xA2)
 //! shared_subscriptions = true   # false: $share/ filters are refused (0x9E)
 //! max_client_id_length = 256    # longer client identifiers are refused (0x85)
@@ -672,19 +672,23 @@ pub struct Limits {
     pub max_retained_messages: usize,
     /// Highest QoS the broker grants and accepts (0, 1 or 2). Default 2.
     pub max_qos: u8,
-    /// Whether the broker keeps retained messages. Without, 5.0 clients
-    /// are told Retain Available 0; a CONNECT with a retained will is
-    /// refused (0x9A, [MQTT-3.2.2-13]) and a PUBLISH with RETAIN 1 closes
-    /// the connection (DISCONNECT 0x9A in 5.0), as Mosquitto's
-    /// `retain_available false` does. Default true.
+    /// Whether clients may publish retained messages. Without, 5.0
+    /// clients are told Retain Available 0; a CONNECT with a retained will
+    /// is refused (0x9A, [MQTT-3.2.2-13]) and a PUBLISH with RETAIN 1
+    /// closes the connection (DISCONNECT 0x9A in 5.0), as Mosquitto's
+    /// `retain_available false` does. What the operator's own parts
+    /// retain (bridges, the admin API, `$SYS`) and what was retained
+    /// before are still kept and sent. Default true.
     pub retain_available: bool,
     /// Whether filters may hold `+` and `#`. Without, 5.0 clients are told
     /// Wildcard Subscription Available 0 and such a filter is refused in
-    /// the SUBACK (0xA2; 3.1.1 0x80, [MQTT-3.8.3-2]). Default true.
+    /// the SUBACK (0xA2; 3.1.1 0x80, [MQTT-3.8.3-2]); a bridge's local
+    /// side and subscriptions kept from before are not. Default true.
     pub wildcard_subscriptions: bool,
     /// Whether `$share/` filters are shared subscriptions. Without, 5.0
     /// clients are told Shared Subscription Available 0 and such a filter
-    /// is refused in the SUBACK (0x9E; 3.1.1 0x80). Default true.
+    /// is refused in the SUBACK (0x9E; 3.1.1 0x80); subscriptions kept
+    /// from before are not. Default true.
     pub shared_subscriptions: bool,
     /// Longest client identifier accepted, in bytes: an id is a key the
     /// broker keeps (and stores) for each session, not a payload. Default
@@ -1176,6 +1180,8 @@ fn check_binds(table: &toml::Table) -> Result<(), ConfigError> {
 /// configuration it corresponds to, as far as the common keys go.
 fn mosquitto_hint(text: &str) -> Option<String> {
     let mut out = Vec::new();
+    let mut listeners = Vec::new();
+    let mut limits = Vec::new();
     let mut recognised = 0;
     let mut unknown = Vec::new();
     for line in text.lines() {
@@ -1239,9 +1245,18 @@ fn mosquitto_hint(text: &str) -> Option<String> {
             _ => None,
         };
         match line {
+            // Each to its place, so the result is one valid file: keys of
+            // the top level first, then the listeners with theirs, then
+            // one [limits] table.
             Some(l) => {
                 recognised += 1;
-                out.push(l);
+                if let Some(limit) = l.strip_prefix("[limits]\n") {
+                    limits.push(limit.to_string());
+                } else if l.starts_with("[[listener]]") || l.starts_with("# in the [[listener]]") {
+                    listeners.push(l);
+                } else {
+                    out.push(l);
+                }
             }
             None => unknown.push(key.to_string()),
         }
@@ -1255,12 +1270,38 @@ fn mosquitto_hint(text: &str) -> Option<String> {
             unknown.join(", ")
         ));
     }
+    out.extend(listeners);
+    if !limits.is_empty() {
+        out.push("[limits]".into());
+        out.extend(limits);
+    }
     Some(out.join("\n"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mosquitto_conf_translates_to_one_valid_file() {
+        let hint = mosquitto_hint(
+            "listener 8883 0.0.0.0\ncertfile /c.pem\nmax_qos 1\nallow_anonymous false\n\
+             retain_available false\nmax_keepalive 60\nbogus_key 1\n",
+        )
+        .unwrap();
+        let v: toml::Value = toml::from_str(&hint).unwrap_or_else(|e| panic!("{e}\n{hint}"));
+        assert_eq!(v["allow_anonymous"].as_bool(), Some(false), "{hint}");
+        let limits = &v["limits"];
+        assert_eq!(limits["max_qos"].as_integer(), Some(1), "{hint}");
+        assert_eq!(limits["retain_available"].as_bool(), Some(false), "{hint}");
+        assert_eq!(limits["max_keepalive"].as_integer(), Some(60), "{hint}");
+        let listener = &v["listener"][0];
+        assert_eq!(listener["bind"].as_str(), Some("0.0.0.0:8883"), "{hint}");
+        assert_eq!(listener["certfile"].as_str(), Some("/c.pem"), "{hint}");
+        assert!(hint.contains("not translated here: bogus_key"), "{hint}");
+        // A TOML file is not taken for one.
+        assert!(mosquitto_hint("max_qos = 1\n").is_none());
+    }
 
     #[test]
     fn authentication_methods_are_tried_in_the_order_they_appear() {

@@ -955,40 +955,50 @@ async fn a_qos2_publish_already_sent_does_not_expire() {
     assert!(s.no_publish(SHORT).await, "the queued one expired");
 }
 
+fn will_on(t: &'static str, retain: bool) -> impl FnOnce(&mut petrel_codec::Connect) {
+    move |c| {
+        c.will = Some(Will {
+            topic: topic(t),
+            payload: Bytes::from_static(b"w"),
+            qos: QoS::AtLeastOnce,
+            retain,
+            properties: Properties::new(),
+        })
+    }
+}
+
 /// Checks [MQTT-3.2.2-13]: a broker configured without retained messages
-/// says Retain Available 0 (the default broker says nothing: available),
-/// refuses a CONNECT with a retained will (CONNACK 0x9A, then the close;
-/// the same will not retained is taken), and closes a connection that
-/// publishes with RETAIN 1 (DISCONNECT 0x9A), after a message without it
-/// went through; a 3.1.1 client gets return code 3 and the close.
+/// says Retain Available 0, refuses a CONNECT with a retained will
+/// (CONNACK 0x9A, then the close; the same will not retained is taken),
+/// and closes a connection that publishes with RETAIN 1 (DISCONNECT
+/// 0x9A), after a message without it went through, and keeps nothing; a
+/// 3.1.1 client gets return code 3 and the close. The control: the
+/// default broker says nothing (available), takes the retained will and
+/// keeps the retained message.
 #[tokio::test]
 async fn without_retained_messages_a_retained_will_or_publish_is_refused() {
-    let (_c, ack) = Raw::connect_with(start().await.addr, V5, "default", |_| {}).await;
+    let plain = start().await;
+    let (mut c, ack) = Raw::connect_with(plain.addr, V5, "default", will_on("nr/will", true)).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     assert_eq!(ack.properties.retain_available(), None);
+    c.publish("nr/t", b"kept", QoS::AtLeastOnce, true).await;
+    let mut late = Raw::connect(plain.addr, V5, "late").await;
+    late.subscribe("nr/t", QoS::AtLeastOnce).await;
+    assert_eq!(&late.recv_publish().await.payload[..], b"kept");
+
     let mut config = config();
     config.limits.retain_available = false;
     let b = start_with(config).await;
-    let will = |retain: bool| {
-        move |c: &mut petrel_codec::Connect| {
-            c.will = Some(Will {
-                topic: topic("nr/will"),
-                payload: Bytes::from_static(b"w"),
-                qos: QoS::AtLeastOnce,
-                retain,
-                properties: Properties::new(),
-            })
-        }
-    };
-    let (mut c, ack) = Raw::connect_with(b.addr, V5, "nr-will", will(true)).await;
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "nr-will", will_on("nr/will", true)).await;
     assert_eq!(ack.reason_code, ReasonCode::RETAIN_NOT_SUPPORTED);
     assert!(c.closed().await.is_none());
     let mut c = Raw::open(b.addr, Protocol::V3_1_1).await;
     let mut connect = petrel_codec::Connect::new(Protocol::V3_1_1, MqttString::from_static("nr3"));
-    will(true)(&mut connect);
+    will_on("nr/will", true)(&mut connect);
     c.send(Packet::Connect(Box::new(connect))).await;
     assert_eq!(c.recv_bytes(4).await, [0x20, 0x02, 0x00, 0x03]);
     assert!(c.closed().await.is_none());
-    let (mut c, ack) = Raw::connect_with(b.addr, V5, "nr-will", will(false)).await;
+    let (mut c, ack) = Raw::connect_with(b.addr, V5, "nr-will", will_on("nr/will", false)).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
     assert_eq!(ack.properties.retain_available(), Some(false));
     assert_eq!(ack.properties.wildcard_subscription_available(), None);
@@ -1004,18 +1014,22 @@ async fn without_retained_messages_a_retained_will_or_publish_is_refused() {
     let mut old = Raw::connect(b.addr, Protocol::V3_1_1, "nr-311").await;
     old.send(Packet::Publish(m)).await;
     assert!(old.closed().await.is_none());
-    still_serving(b.addr).await;
+    let mut late = Raw::connect(b.addr, V5, "late").await;
+    late.subscribe("nr/t", QoS::AtLeastOnce).await;
+    assert!(late.no_publish(SHORT).await, "nothing was retained");
 }
 
 /// A broker configured without wildcards and shared subscriptions says
 /// so in CONNACK (Wildcard and Shared Subscription Available 0) and
 /// refuses such filters in the SUBACK: 0xA2 and 0x9E in 5.0, 0x80 in
 /// 3.1.1 (3.1.1: [MQTT-3.8.3-2]), the plain filter beside them granted
-/// and served. The control: the default broker grants all four.
+/// and served, the refused ones not subscribed. With shared subscriptions
+/// on, a shared filter holding a wildcard is refused for the wildcard.
+/// The control: the default broker grants all four.
 #[tokio::test]
 async fn without_wildcards_and_shared_subscriptions_such_filters_are_refused() {
     let filters = ["w/+", "w/b", "$share/g/w/c", "w/#"];
-    let subscribe_all = |c: &mut Raw| {
+    let subscribe = |c: &mut Raw, filters: &[&str]| {
         let packet_id = c.next_pid();
         let subscribe = petrel_codec::Subscribe {
             packet_id,
@@ -1036,7 +1050,7 @@ async fn without_wildcards_and_shared_subscriptions_such_filters_are_refused() {
     };
     let plain = start().await;
     let mut c = Raw::connect(plain.addr, V5, "all").await;
-    let s = subscribe_all(&mut c);
+    let s = subscribe(&mut c, &filters);
     c.send(s).await;
     assert_eq!(codes(c.recv().await), [ReasonCode::GRANTED_QOS_1; 4]);
     let mut config = config();
@@ -1047,7 +1061,8 @@ async fn without_wildcards_and_shared_subscriptions_such_filters_are_refused() {
         (V5, ReasonCode(0xA2), ReasonCode(0x9E)),
         (Protocol::V3_1_1, ReasonCode(0x80), ReasonCode(0x80)),
     ] {
-        let (mut c, ack) = Raw::connect_with(b.addr, proto, "few", |_| {}).await;
+        let (mut c, ack) =
+            Raw::connect_with(b.addr, proto, &format!("few-{proto:?}"), |_| {}).await;
         if proto == V5 {
             assert_eq!(
                 ack.properties.wildcard_subscription_available(),
@@ -1056,15 +1071,32 @@ async fn without_wildcards_and_shared_subscriptions_such_filters_are_refused() {
             assert_eq!(ack.properties.shared_subscription_available(), Some(false));
             assert_eq!(ack.properties.retain_available(), None);
         }
-        let s = subscribe_all(&mut c);
+        let s = subscribe(&mut c, &filters);
         c.send(s).await;
         assert_eq!(
             codes(c.recv().await),
             [wildcard, ReasonCode::GRANTED_QOS_1, shared, wildcard],
             "{proto:?}"
         );
+        for t in ["w/x", "w/c"] {
+            c.publish(t, b"refused", QoS::AtLeastOnce, false).await;
+        }
         c.publish("w/b", b"served", QoS::AtLeastOnce, false).await;
         assert_eq!(&c.recv_publish().await.payload[..], b"served");
+        assert!(
+            c.no_publish(SHORT).await,
+            "{proto:?}: a refused filter matched"
+        );
         c.disconnect().await;
     }
+    let mut only_shared = support::config();
+    only_shared.limits.wildcard_subscriptions = false;
+    let b = start_with(only_shared).await;
+    let mut c = Raw::connect(b.addr, V5, "shared-on").await;
+    let s = subscribe(&mut c, &["$share/g/w/#", "$share/g/w/b"]);
+    c.send(s).await;
+    assert_eq!(
+        codes(c.recv().await),
+        [ReasonCode(0xA2), ReasonCode::GRANTED_QOS_1]
+    );
 }

@@ -1874,15 +1874,8 @@ impl Connection {
         reason_code: ReasonCode,
         properties: Properties,
     ) -> Result<(), SendError> {
-        let id = packet_id.get();
-        let (reason_code, properties) = if self.protocol.is_v5() {
-            (reason_code, properties)
-        } else {
-            (ReasonCode::SUCCESS, Properties::new())
-        };
-        if !reason_code.allowed_in(ReasonContext::PubAck) {
-            return Err(SendError::Invalid("not a PUBACK/PUBREC reason code"));
-        }
+        // Everything is checked before anything changes: a refused call
+        // leaves the message to be acknowledged again.
         if !properties.is_empty()
             && !properties
                 .without(&[prop::REASON_STRING, prop::USER_PROPERTY])
@@ -1892,29 +1885,51 @@ impl Connection {
                 "a PUBACK/PUBREC carries only a Reason String and User Properties",
             ));
         }
-        let ack = |properties| PubAck {
+        let (reason_code, properties) = if self.protocol.is_v5() {
+            (reason_code, properties)
+        } else {
+            (ReasonCode::SUCCESS, Properties::new())
+        };
+        if !reason_code.allowed_in(ReasonContext::PubAck) {
+            return Err(SendError::Invalid("not a PUBACK/PUBREC reason code"));
+        }
+        let id = packet_id.get();
+        let qos2 = self.session.deferred.contains(&id);
+        if !qos2 && !self.rare.as_ref().is_some_and(|r| r.unacked.contains(&id)) {
+            return Err(SendError::Invalid(
+                "no message with that packet identifier awaits acknowledgement",
+            ));
+        }
+        let ack = PubAck {
             packet_id,
             reason_code,
             properties,
         };
-        if self.session.deferred.remove(&id) {
+        let mut packet = if qos2 {
+            Packet::PubRec(ack)
+        } else {
+            Packet::PubAck(ack)
+        };
+        let sends = !qos2 || self.state == State::Connected;
+        if sends {
+            self.trim_for_peer(&mut packet);
+            self.check_sendable(&packet)?;
+        }
+        if qos2 {
+            self.session.deferred.remove(&id);
             if reason_code.is_error() && self.session.incoming.remove(&id) {
                 self.record(Change::Freed { packet_id: id });
             }
-            if self.state != State::Connected {
-                // Recorded in the session: when the sender repeats the
-                // PUBLISH on its next connection, the PUBREC goes out at
-                // once ([MQTT-4.3.3-10]).
-                return Ok(());
-            }
-            self.queue(now, Packet::PubRec(ack(properties)))
-        } else if self.rare.as_mut().is_some_and(|r| r.unacked.remove(&id)) {
-            self.queue(now, Packet::PubAck(ack(properties)))
-        } else {
-            Err(SendError::Invalid(
-                "no message with that packet identifier awaits acknowledgement",
-            ))
+            // Disconnected: recorded in the session; when the sender
+            // repeats the PUBLISH on its next connection, the PUBREC goes
+            // out at once ([MQTT-4.3.3-10]), without these properties.
+        } else if let Some(r) = self.rare.as_mut() {
+            r.unacked.remove(&id);
         }
+        if sends {
+            self.queue_unchecked(now, packet);
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------ disconnect

@@ -1332,17 +1332,19 @@ fn server_replies_leave_out_what_would_not_fit() {
     }
 }
 
-/// What a server with manual acknowledgements sends for a QoS `qos`
-/// PUBLISH when it acknowledges it with `props`, the client accepting at
-/// most 32 bytes; `Err` if it refused to send.
-fn ack_sent(qos: QoS, props: Properties) -> Result<PubAck, SendError> {
+/// A server with manual acknowledgements, speaking `protocol`, that has
+/// received a QoS `qos` PUBLISH with packet identifier 3 from a client
+/// accepting at most 32 bytes.
+fn awaiting_ack(protocol: Protocol, qos: QoS) -> (Connection, Instant) {
     let now = Instant::now();
     let mut cfg = Config::default();
     cfg.manual_acks = true;
     let mut server = Connection::server(cfg, now);
-    let mut c = connect(V5, "client-1");
-    c.properties
-        .set_maximum_packet_size(std::num::NonZeroU32::new(32));
+    let mut c = connect(protocol, "client-1");
+    if protocol == V5 {
+        c.properties
+            .set_maximum_packet_size(std::num::NonZeroU32::new(32));
+    }
     server
         .handle_packet(now, Packet::Connect(Box::new(c)))
         .unwrap();
@@ -1351,6 +1353,14 @@ fn ack_sent(qos: QoS, props: Properties) -> Result<PubAck, SendError> {
     server
         .handle_packet(now, publish("t", "x", qos, Some(3)))
         .unwrap();
+    (server, now)
+}
+
+/// What a 5.0 server with manual acknowledgements sends for a QoS `qos`
+/// PUBLISH when it acknowledges it with `props`, the client accepting at
+/// most 32 bytes; `Err` if it refused to send.
+fn ack_sent(qos: QoS, props: Properties) -> Result<PubAck, SendError> {
+    let (mut server, now) = awaiting_ack(V5, qos);
     let sent = server.ack_with_properties(now, pid(3), ReasonCode::NOT_AUTHORIZED, props);
     let wire = drain(&mut server);
     sent?;
@@ -1363,9 +1373,8 @@ fn ack_sent(qos: QoS, props: Properties) -> Result<PubAck, SendError> {
 
 /// A PUBACK or PUBREC whose Reason String or User Properties would take it
 /// past the client's Maximum Packet Size goes without them, its reason
-/// code kept; small enough, they go (the control); a property an
-/// acknowledgement cannot carry is refused. Checks 5.0: [MQTT-3.4.2-2],
-/// [MQTT-3.4.2-3], [MQTT-3.5.2-2], [MQTT-3.5.2-3].
+/// code kept; small enough, they go (the control). Checks 5.0:
+/// [MQTT-3.4.2-2], [MQTT-3.4.2-3], [MQTT-3.5.2-2], [MQTT-3.5.2-3].
 #[test]
 fn acknowledgements_leave_out_what_would_not_fit() {
     for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -1384,8 +1393,39 @@ fn acknowledgements_leave_out_what_would_not_fit() {
         fits.set_reason_string(Some(MqttString::from_static("no")));
         let a = ack_sent(qos, fits).unwrap();
         assert_eq!(a.properties.reason_string().as_deref(), Some("no"));
-        let mut wrong = Properties::new();
-        wrong.set_content_type(Some(MqttString::from_static("text/plain")));
-        assert!(ack_sent(qos, wrong).is_err());
+        let mut one = Properties::new();
+        user_properties(&mut one, 1);
+        let a = ack_sent(qos, one).unwrap();
+        assert_eq!(a.properties.user_properties().len(), 1, "{qos:?}");
+    }
+}
+
+/// An acknowledgement with a property it cannot carry is refused, in
+/// either version, and nothing changes: the message is still there to be
+/// acknowledged, and a plain acknowledgement then goes out.
+#[test]
+fn a_refused_acknowledgement_leaves_the_message_to_acknowledge() {
+    for protocol in [V311, V5] {
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let (mut server, now) = awaiting_ack(protocol, qos);
+            let mut wrong = Properties::new();
+            wrong.set_content_type(Some(MqttString::from_static("text/plain")));
+            let r = server.ack_with_properties(now, pid(3), ReasonCode::SUCCESS, wrong);
+            assert!(r.is_err(), "{protocol:?} {qos:?}");
+            assert!(drain(&mut server).is_empty());
+            server.ack(now, pid(3)).unwrap();
+            assert_eq!(
+                drain(&mut server).iter().map(ack).collect::<Vec<_>>(),
+                [(
+                    if qos == QoS::AtLeastOnce {
+                        "PUBACK"
+                    } else {
+                        "PUBREC"
+                    },
+                    3
+                )],
+                "{protocol:?}"
+            );
+        }
     }
 }

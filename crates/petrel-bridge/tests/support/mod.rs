@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use petrel_bridge::Bridge;
-use petrel_broker::config::{BridgeConfig, ListenerConfig};
+use petrel_broker::config::{BridgeConfig, Limits, ListenerConfig};
 use petrel_broker::{Broker, BrokerConfig, Server};
 use petrel_client::{connect, Client, ConnectOptions, Messages, Protocol, Publish, QoS};
 
@@ -163,6 +163,11 @@ impl Petrel {
     }
 
     pub async fn start_on(port: u16, bridges: Vec<BridgeConfig>) -> Self {
+        Self::start_with(port, bridges, Limits::default()).await
+    }
+
+    /// A Petrel on `port` with these limits.
+    pub async fn start_with(port: u16, bridges: Vec<BridgeConfig>, limits: Limits) -> Self {
         let config = BrokerConfig {
             listeners: vec![ListenerConfig::tcp(SocketAddr::from((
                 [127, 0, 0, 1],
@@ -170,6 +175,7 @@ impl Petrel {
             )))],
             sys_interval: 0,
             bridges,
+            limits,
             ..BrokerConfig::default()
         };
         config.validate().unwrap();

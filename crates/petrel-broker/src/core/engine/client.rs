@@ -290,6 +290,11 @@ pub struct Client {
     /// subscriptions don't get back what it published, and keep the retain
     /// flag as published, as with 5.0's No Local and Retain As Published.
     bridge: bool,
+    /// A connection the program made to itself (a bridge's local side):
+    /// the operator's own, so `retain_available`, `wildcard_subscriptions`
+    /// and `shared_subscriptions` do not hold it back (a bridge forwards
+    /// retained messages and subscribes with wildcards).
+    internal: bool,
     /// What most clients never need, in one box: a connection that
     /// hibernates keeps only the pointer.
     extra: Option<Box<Extra>>,
@@ -349,6 +354,7 @@ pub(super) struct Settled {
     pub(super) protocol: Protocol,
     pub(super) will: Option<(Message, Duration)>,
     pub(super) bridge: bool,
+    pub(super) internal: bool,
 }
 
 impl Client {
@@ -366,6 +372,7 @@ impl Client {
             open: true,
             behind: false,
             bridge: s.bridge,
+            internal: s.internal,
             extra: s.will.map(|will| {
                 Box::new(Extra {
                     will: Some(will),
@@ -431,7 +438,7 @@ impl Client {
         if p.qos.qos() as u8 > limits.max_qos {
             return Some(ReasonCode::QOS_NOT_SUPPORTED);
         }
-        if p.retain && !limits.retain_available {
+        if p.retain && !limits.retain_available && !self.internal {
             return Some(ReasonCode::RETAIN_NOT_SUPPORTED);
         }
         if too_deep(p.topic.as_str(), limits.max_topic_levels) {
@@ -584,7 +591,7 @@ impl Client {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if let Some(refused) = unavailable(filter, &limits) {
+            if let Some(refused) = unavailable(filter, &limits).filter(|_| !self.internal) {
                 codes.push(refused);
                 continue;
             }
@@ -1233,8 +1240,13 @@ fn disconnect_reason(close: Option<&CloseReason>) -> DisconnectReason {
 
 /// Why `filter` is refused when the broker is configured without shared
 /// subscriptions (0x9E) or wildcards (0xA2). Refused in the SUBACK, the
-/// other filters of the SUBSCRIBE granted, as the SUBACK's table allows
-/// (3.1.1 sees 0x80, [MQTT-3.8.3-2]); 5.0 clients were told in CONNACK.
+/// other filters of the SUBSCRIBE granted, as the SUBACK's reason code
+/// table allows (3.1.1 sees 0x80, [MQTT-3.8.3-2]). 5.0 clients were told
+/// in CONNACK, so 3.2.2.3.13 and .15 would also let the broker close the
+/// connection as a protocol error (DISCONNECT 0xA2 / 0x9E); a refusal of
+/// the one filter is kinder to a client that asked for several, and is
+/// what EMQX answers. Subscriptions made before the switch was turned off
+/// (kept in the store) stay.
 fn unavailable(filter: &str, limits: &crate::config::Limits) -> Option<ReasonCode> {
     if !limits.shared_subscriptions && filter.starts_with(petrel_codec::SHARE_PREFIX) {
         return Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);

@@ -439,7 +439,7 @@ impl Login {
                 // [MQTT-3.2.2-12]
                 return Err(ReasonCode::QOS_NOT_SUPPORTED);
             }
-            if w.retain && !limits.retain_available {
+            if w.retain && !limits.retain_available && self.peer.internal.is_none() {
                 // [MQTT-3.2.2-13]
                 return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
             }
@@ -475,9 +475,10 @@ impl Login {
         if v5 && max_qos != QoS::ExactlyOnce {
             props.set_maximum_qos(Some(max_qos));
         }
-        if v5 {
+        if v5 && self.peer.internal.is_none() {
             // What the broker does without is told; what it has goes
-            // unsaid (absent means available).
+            // unsaid (absent means available). A bridge's local side is
+            // the operator's own and has it all.
             let absent = |on: bool| (!on).then_some(false);
             props.set_retain_available(absent(limits.retain_available));
             props.set_wildcard_subscription_available(absent(limits.wildcard_subscriptions));
@@ -705,6 +706,7 @@ impl Login {
                 protocol: self.connect.protocol,
                 will,
                 bridge: self.connect.bridge,
+                internal: self.peer.internal.is_some(),
             },
         );
         Step::Accept(Box::new(Accepted {
