@@ -1078,6 +1078,11 @@ impl Connection {
         if !self.protocol.is_v5() || matches!(self.state, State::Closed | State::AwaitConnect) {
             return Err(SendError::Invalid("AUTH needs an open 5.0 connection"));
         }
+        if !self.may_send_auth(auth.reason_code, self.role == Role::Client) {
+            return Err(SendError::Invalid(
+                "0x19 starts a re-authentication from a client, 0x00 ends an exchange from a server",
+            ));
+        }
         let Some(ours) = self.auth_method() else {
             // [MQTT-4.12.0-7]: no AUTH unless CONNECT named a method.
             return Err(SendError::Invalid(
@@ -1099,6 +1104,17 @@ impl Connection {
         self.queue(now, Packet::Auth(auth))
     }
 
+    /// Whether a client (or a server) may send an AUTH with `reason`
+    /// (3.15.2.1): 0x18 either; 0x19 Re-authenticate only a client, 0x00
+    /// Success only a server.
+    fn may_send_auth(&self, reason: ReasonCode, client: bool) -> bool {
+        match reason {
+            ReasonCode::RE_AUTHENTICATE => client,
+            ReasonCode::SUCCESS => !client,
+            _ => true,
+        }
+    }
+
     fn on_auth(&mut self, a: Auth) -> Result<(), ProtocolError> {
         // 4.12: AUTH only within an exchange started by CONNECT's method, and
         // with the same method.
@@ -1106,6 +1122,10 @@ impl Connection {
         let ours = self.auth_method();
         if !self.protocol.is_v5() || ours.is_none() || method.as_ref() != ours {
             return Err(ProtocolError::BadAuthentication);
+        }
+        // The peer's side: the opposite of ours.
+        if !self.may_send_auth(a.reason_code, self.role != Role::Client) {
+            return Err(ProtocolError::AuthReasonFromWrongSide(a.reason_code));
         }
         self.event(Event::Auth(a));
         Ok(())

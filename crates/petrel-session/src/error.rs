@@ -53,6 +53,11 @@ pub enum ProtocolError {
     /// enhanced authentication under way.
     #[error("AUTH without matching authentication method")]
     BadAuthentication,
+    /// An AUTH with a reason code its sender may not use (3.15.2.1): 0x19
+    /// Re-authenticate from a server (only a client starts one), 0x00
+    /// Success from a client (only a server ends an exchange).
+    #[error("AUTH reason code {0:?} from the wrong side")]
+    AuthReasonFromWrongSide(ReasonCode),
 }
 
 impl ProtocolError {

@@ -1429,3 +1429,61 @@ fn a_refused_acknowledgement_leaves_the_message_to_acknowledge() {
         }
     }
 }
+
+/// AUTH reason codes belong to a side (3.15.2.1): 0x19 Re-authenticate
+/// only a client sends, 0x00 Success only a server. Sending the other
+/// side's code is refused with nothing sent; receiving it closes the
+/// connection with DISCONNECT 0x82. The controls: each side's own codes
+/// are sent and taken.
+#[test]
+fn auth_reason_codes_belong_to_a_side() {
+    let auth = |reason_code| Auth {
+        reason_code,
+        properties: method("M"),
+    };
+    let opened = || {
+        open(
+            V5,
+            Config::default(),
+            Config::default(),
+            |c| c.properties = method("M"),
+            |_, _| {},
+        )
+        .0
+    };
+    let mut pair = opened();
+    let now = pair.now;
+    assert!(pair
+        .server
+        .auth(now, auth(ReasonCode::RE_AUTHENTICATE))
+        .is_err());
+    assert!(pair.client.auth(now, auth(ReasonCode::SUCCESS)).is_err());
+    assert!(drain(&mut pair.server).is_empty() && drain(&mut pair.client).is_empty());
+    pair.client
+        .auth(now, auth(ReasonCode::RE_AUTHENTICATE))
+        .unwrap();
+    pair.server.auth(now, auth(ReasonCode::SUCCESS)).unwrap();
+    assert_eq!(drain(&mut pair.client).len(), 1);
+    assert_eq!(drain(&mut pair.server).len(), 1);
+    pair.server
+        .handle_packet(now, Packet::Auth(auth(ReasonCode::RE_AUTHENTICATE)))
+        .unwrap();
+    pair.client
+        .handle_packet(now, Packet::Auth(auth(ReasonCode::SUCCESS)))
+        .unwrap();
+    for (mut pair, to_client) in [(opened(), true), (opened(), false)] {
+        let now = pair.now;
+        let (side, wrong) = if to_client {
+            (&mut pair.client, ReasonCode::RE_AUTHENTICATE)
+        } else {
+            (&mut pair.server, ReasonCode::SUCCESS)
+        };
+        let r = side.handle_packet(now, Packet::Auth(auth(wrong)));
+        assert_eq!(r, Err(ProtocolError::AuthReasonFromWrongSide(wrong)));
+        match &drain(side)[..] {
+            [Packet::Disconnect(d)] => assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR),
+            other => panic!("{other:?}"),
+        }
+        assert!(side.is_closed());
+    }
+}
