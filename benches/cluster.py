@@ -51,12 +51,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PETREL = os.path.join(ROOT, "target", "release", "petrel")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+# Ports from outside the kernel's ephemeral range, never twice in one run
+# (binding port 0 and letting go can hand the same port to the next bind or
+# to an outgoing connection's local end): the CI scripts' allocator.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".ci"))
+from broker_process import free_port  # noqa: E402
 
 
 def wait_port(port, timeout=20):

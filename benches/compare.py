@@ -98,12 +98,11 @@ ROWS = [
 ]
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+# Ports from outside the kernel's ephemeral range, never twice in one run
+# (binding port 0 and letting go can hand the same port to the next bind or
+# to an outgoing connection's local end): the CI scripts' allocator.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".ci"))
+from broker_process import free_port  # noqa: E402
 
 
 def wait_port(port, timeout=10.0):
