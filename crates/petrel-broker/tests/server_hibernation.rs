@@ -239,3 +239,57 @@ async fn a_hibernating_client_that_vanishes_leaves_its_will_mqtt_3_1_2_8() {
     );
     assert_eq!(b.broker.stats().clients_connected, 1);
 }
+
+/// Checks 3.1.1: [MQTT-4.1.0-1] and [MQTT-4.1.0-2]; 5.0: [MQTT-4.1.0-1]:
+/// a session that ends with its connection (Clean Session 1, Session
+/// Expiry 0) keeps its state while that connection is open: the QoS 2
+/// message it sent, whose PUBREL comes only after a pause longer than
+/// `hibernate_after`, is not taken twice when the client sends it again;
+/// and once the connection has hibernated its subscription still
+/// delivers. The control: once the connection closes, the same ClientId
+/// finds no session and no subscription.
+#[tokio::test]
+async fn session_state_lasts_as_long_as_the_connection_asleep_or_not() {
+    let b = sleepy().await;
+    for proto in [Protocol::V3_1_1, Protocol::V5] {
+        let t = format!("life/{proto:?}");
+        let mut watch = Raw::connect(b.addr, proto, &format!("watch-{proto:?}")).await;
+        watch.subscribe(&format!("{t}/q2"), QoS::AtLeastOnce).await;
+        let mut c = Raw::connect(b.addr, proto, &format!("life-{proto:?}")).await;
+        c.subscribe(&format!("{t}/sub"), QoS::AtLeastOnce).await;
+        let mut m = Publish::new(topic(&format!("{t}/q2")), Bytes::from_static(b"once"));
+        m.qos = QosPid::ExactlyOnce(support::pid(9));
+        c.send(Packet::Publish(m.clone())).await;
+        assert!(matches!(c.recv().await, Some(Packet::PubRec(_))));
+        assert_eq!(&watch.recv_publish().await.payload[..], b"once");
+        // The watcher falls asleep; the client, with a QoS 2 exchange
+        // open, keeps it.
+        hibernating(&b, 1).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        m.dup = true;
+        c.send(Packet::Publish(m)).await;
+        assert!(matches!(c.recv().await, Some(Packet::PubRec(_))));
+        c.send(Packet::PubRel(PubAck::new(support::pid(9)))).await;
+        assert!(matches!(c.recv().await, Some(Packet::PubComp(_))));
+        assert!(
+            watch.no_publish(Duration::from_millis(300)).await,
+            "taken twice"
+        );
+        // Now both sleep, and the subscription goes on.
+        hibernating(&b, 2).await;
+        let mut p = Raw::connect(b.addr, proto, "life-pub").await;
+        p.publish(&format!("{t}/sub"), b"still", QoS::AtLeastOnce, false)
+            .await;
+        assert_eq!(&c.recv_publish().await.payload[..], b"still");
+        c.disconnect().await;
+        let id = format!("life-{proto:?}");
+        let (mut again, ack) = Raw::connect_with(b.addr, proto, &id, |_| {}).await;
+        assert!(!ack.session_present);
+        p.publish(&format!("{t}/sub"), b"gone", QoS::AtLeastOnce, false)
+            .await;
+        assert!(again.no_publish(Duration::from_millis(300)).await);
+        for r in [again, watch, p] {
+            r.disconnect().await;
+        }
+    }
+}
