@@ -869,6 +869,7 @@ impl Connection {
                 let mut comp = PubAck::new(a.packet_id);
                 if !known && self.protocol.is_v5() {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    comp.properties = said("no QoS 2 message awaits release under that identifier");
                 }
                 let _ = self.queue(now, Packet::PubComp(comp));
                 Ok(())
@@ -1735,6 +1736,7 @@ impl Connection {
                 let mut rel = PubAck::new(a.packet_id);
                 if self.protocol.is_v5() {
                     rel.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    rel.properties = said("no QoS 2 message was sent under that identifier");
                 }
                 let _ = self.queue(now, Packet::PubRel(rel));
                 Ok(())
@@ -2183,6 +2185,16 @@ const MAX_DEFERRED: usize = 32;
 const MAX_DEFERRED_BYTES: usize = 256 * 1024;
 
 /// Properties of the packets [MQTT-3.1.2-29] restricts.
+/// Properties holding a Reason String: what an error acknowledgement
+/// says in words. `queue` leaves it out where the peer did
+/// not ask for it or has no room ([MQTT-3.1.2-29], [MQTT-3.6.2-2],
+/// [MQTT-3.7.2-2]).
+fn said(text: &'static str) -> Properties {
+    let mut p = Properties::new();
+    p.set_reason_string(Some(MqttString::from_static(text)));
+    p
+}
+
 fn ack_properties(packet: &mut Packet) -> Option<&mut Properties> {
     match packet {
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {

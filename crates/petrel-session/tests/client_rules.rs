@@ -1487,3 +1487,43 @@ fn auth_reason_codes_belong_to_a_side() {
         assert!(side.is_closed());
     }
 }
+
+/// A PUBREL or PUBCOMP 0x92 (Packet Identifier not found) says so in a
+/// Reason String where the peer has room; where it would pass the peer's
+/// Maximum Packet Size (40 bytes) the Reason String is left out and the
+/// reason code kept. Checks 5.0: [MQTT-3.6.2-2], [MQTT-3.7.2-2].
+#[test]
+fn unknown_identifiers_are_said_in_words_only_where_they_fit() {
+    for small in [false, true] {
+        let mut tight = Config::default();
+        if small {
+            tight.maximum_packet_size = 40;
+        }
+        // PUBREC for an identifier the client never used: PUBREL 0x92.
+        let (mut pair, _, _) = open(V5, Config::default(), tight.clone(), |_| {}, |_, _| {});
+        let now = pair.now;
+        pair.client
+            .handle_packet(now, Packet::PubRec(PubAck::new(pid(7))))
+            .unwrap();
+        // PUBREL for an identifier the server holds nothing under: PUBCOMP 0x92.
+        let (mut other, _, _) = open(V5, tight, Config::default(), |_| {}, |_, _| {});
+        other
+            .server
+            .handle_packet(now, Packet::PubRel(PubAck::new(pid(8))))
+            .unwrap();
+        let sent = [
+            drain(&mut pair.client).pop(),
+            drain(&mut other.server).pop(),
+        ];
+        for p in sent {
+            let (Some(Packet::PubRel(a)) | Some(Packet::PubComp(a))) = p.clone() else {
+                panic!("{p:?}")
+            };
+            assert_eq!(a.reason_code, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+            assert_eq!(a.properties.reason_string().is_none(), small, "{p:?}");
+            if small {
+                assert!(size(&p.unwrap(), V5) <= 40);
+            }
+        }
+    }
+}
