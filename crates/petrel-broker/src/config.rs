@@ -1179,10 +1179,10 @@ fn check_binds(table: &toml::Table) -> Result<(), ConfigError> {
 /// If `text` is a Mosquitto configuration (`key value` lines), the Petrel
 /// configuration it corresponds to, as far as the common keys go.
 fn mosquitto_hint(text: &str) -> Option<String> {
-    let mut out = Vec::new();
-    let mut listeners = Vec::new();
-    let mut limits = Vec::new();
-    let mut recognised = 0;
+    // Each line to its place, so the result is one valid file: keys of the
+    // top level first, then the listeners with theirs, then one [limits]
+    // table.
+    let (mut top, mut listeners, mut limits) = (Vec::new(), Vec::new(), Vec::new());
     let mut unknown = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -1199,83 +1199,85 @@ fn mosquitto_hint(text: &str) -> Option<String> {
         }
         let value = rest.join(" ");
         let quoted = |v: &str| format!("{v:?}");
-        let line = match key {
+        let limit = |name: &str| format!("{name} = {value}");
+        let (place, line) = match key {
             "listener" => {
                 let port = rest.first().copied().unwrap_or("1883");
                 let ip = rest.get(1).copied().unwrap_or("0.0.0.0");
-                Some(format!("[[listener]]\nbind = \"{ip}:{port}\""))
+                (
+                    &mut listeners,
+                    format!("[[listener]]\nbind = \"{ip}:{port}\""),
+                )
             }
-            "port" => Some(format!("[[listener]]\nbind = \"0.0.0.0:{value}\"")),
-            "allow_anonymous" => Some(format!("allow_anonymous = {value}")),
-            "password_file" => Some(format!("password_file = {}", quoted(&value))),
-            "acl_file" => Some(format!("acl_file = {}", quoted(&value))),
-            "persistence_location" => Some(format!("data_dir = {}", quoted(&value))),
-            "persistence" => {
-                Some("# persistence: Petrel keeps its state in data_dir by default".into())
-            }
-            "log_dest" if rest.first() == Some(&"file") => {
-                Some(format!("log_file = {}", quoted(&rest[1..].join(" "))))
-            }
-            "log_dest" | "log_type" | "connection_messages" | "log_timestamp" => {
-                Some(format!("# {key}: see log_level, log_format and log_file"))
-            }
-            "max_connections" => Some(format!("[limits]\nmax_connections = {value}")),
-            "max_packet_size" => Some(format!("[limits]\nmax_packet_size = {value}")),
-            "max_inflight_messages" => Some(format!("[limits]\nmax_inflight = {value}")),
-            "max_queued_messages" => Some(format!("[limits]\nmax_queued_messages = {value}")),
-            "max_keepalive" => Some(format!("[limits]\nmax_keepalive = {value}")),
-            "max_qos" => Some(format!("[limits]\nmax_qos = {value}")),
-            "retain_available" => Some(format!("[limits]\nretain_available = {value}")),
-            "sys_interval" => Some(format!("sys_interval = {value}")),
+            "port" => (
+                &mut listeners,
+                format!("[[listener]]\nbind = \"0.0.0.0:{value}\""),
+            ),
+            "allow_anonymous" => (&mut top, format!("allow_anonymous = {value}")),
+            "password_file" => (&mut top, format!("password_file = {}", quoted(&value))),
+            "acl_file" => (&mut top, format!("acl_file = {}", quoted(&value))),
+            "persistence_location" => (&mut top, format!("data_dir = {}", quoted(&value))),
+            "persistence" => (
+                &mut top,
+                "# persistence: Petrel keeps its state in data_dir by default".into(),
+            ),
+            "log_dest" if rest.first() == Some(&"file") => (
+                &mut top,
+                format!("log_file = {}", quoted(&rest[1..].join(" "))),
+            ),
+            "log_dest" | "log_type" | "connection_messages" | "log_timestamp" => (
+                &mut top,
+                format!("# {key}: see log_level, log_format and log_file"),
+            ),
+            "max_connections" => (&mut limits, limit("max_connections")),
+            "max_packet_size" => (&mut limits, limit("max_packet_size")),
+            "max_inflight_messages" => (&mut limits, limit("max_inflight")),
+            "max_queued_messages" => (&mut limits, limit("max_queued_messages")),
+            "max_keepalive" => (&mut limits, limit("max_keepalive")),
+            "max_qos" => (&mut limits, limit("max_qos")),
+            "retain_available" => (&mut limits, limit("retain_available")),
+            "sys_interval" => (&mut top, format!("sys_interval = {value}")),
             "certfile"
             | "keyfile"
             | "cafile"
             | "require_certificate"
-            | "use_identity_as_username" => Some(format!(
-                "# in the [[listener]] above: transport = \"tls\"\n{key} = {}",
-                if matches!(value.as_str(), "true" | "false") {
-                    value.clone()
-                } else {
-                    quoted(&value)
-                }
-            )),
-            "protocol" if value == "websockets" => {
-                Some("# in the [[listener]] above: transport = \"ws\"".into())
+            | "use_identity_as_username" => (
+                &mut listeners,
+                format!(
+                    "# in the [[listener]] above: transport = \"tls\"\n{key} = {}",
+                    if matches!(value.as_str(), "true" | "false") {
+                        value.clone()
+                    } else {
+                        quoted(&value)
+                    }
+                ),
+            ),
+            "protocol" if value == "websockets" => (
+                &mut listeners,
+                "# in the [[listener]] above: transport = \"ws\"".into(),
+            ),
+            _ => {
+                unknown.push(key.to_string());
+                continue;
             }
-            _ => None,
         };
-        match line {
-            // Each to its place, so the result is one valid file: keys of
-            // the top level first, then the listeners with theirs, then
-            // one [limits] table.
-            Some(l) => {
-                recognised += 1;
-                if let Some(limit) = l.strip_prefix("[limits]\n") {
-                    limits.push(limit.to_string());
-                } else if l.starts_with("[[listener]]") || l.starts_with("# in the [[listener]]") {
-                    listeners.push(l);
-                } else {
-                    out.push(l);
-                }
-            }
-            None => unknown.push(key.to_string()),
-        }
+        place.push(line);
     }
-    if recognised == 0 {
+    if top.is_empty() && listeners.is_empty() && limits.is_empty() {
         return None;
     }
     if !unknown.is_empty() {
-        out.push(format!(
+        top.push(format!(
             "# not translated here: {} (see the README's configuration section)",
             unknown.join(", ")
         ));
     }
-    out.extend(listeners);
+    top.extend(listeners);
     if !limits.is_empty() {
-        out.push("[limits]".into());
-        out.extend(limits);
+        top.push("[limits]".into());
+        top.extend(limits);
     }
-    Some(out.join("\n"))
+    Some(top.join("\n"))
 }
 
 #[cfg(test)]

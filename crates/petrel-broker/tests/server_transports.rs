@@ -327,6 +327,22 @@ fn connect_packet(id: &str) -> Packet {
     Packet::Connect(Box::new(c))
 }
 
+/// A WebSocket client of `url` speaking `protocol`, having offered the
+/// subprotocol "mqtt" and been answered with it ([MQTT-6.0.0-4]).
+async fn ws_open(
+    url: &str,
+    protocol: Protocol,
+) -> Ws<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let (ws, response) = tokio_tungstenite::connect_async(ws_request(url, Some("mqtt")))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "mqtt"
+    );
+    Ws::speaking(ws, protocol)
+}
+
 /// A WebSocket client and what it has read but not yet decoded.
 struct Ws<S> {
     ws: tokio_tungstenite::WebSocketStream<S>,
@@ -447,14 +463,7 @@ async fn websocket_carries_packets_split_and_joined() {
     let addrs = &server.addrs;
     let (plain, ws_addr) = (addrs[0], addrs[1]);
     let url = format!("ws://{ws_addr}/mqtt");
-    let (ws, response) = tokio_tungstenite::connect_async(ws_request(&url, Some("mqtt")))
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers().get("sec-websocket-protocol").unwrap(),
-        "mqtt"
-    );
-    let mut ws = Ws::new(ws);
+    let mut ws = ws_open(&url, Protocol::V5).await;
     ws.hello_split_and_joined(connect_packet("ws-c"), 5, "t/ws")
         .await;
     // A WebSocket ping is answered with a pong.
@@ -582,14 +591,7 @@ async fn websocket_serves_3_1_1_in_binary_frames() {
     let server = ws_server().await;
     let (plain, ws_addr) = (server.addrs[0], server.addrs[1]);
     let url = format!("ws://{ws_addr}/mqtt");
-    let (ws, response) = tokio_tungstenite::connect_async(ws_request(&url, Some("mqtt")))
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers().get("sec-websocket-protocol").unwrap(),
-        "mqtt"
-    );
-    let mut ws = Ws::speaking(ws, Protocol::V3_1_1);
+    let mut ws = ws_open(&url, Protocol::V3_1_1).await;
     let mut c = petrel_codec::Connect::new(
         Protocol::V3_1_1,
         petrel_codec::MqttString::from_static("ws-311"),

@@ -1079,7 +1079,7 @@ impl Connection {
         if !self.protocol.is_v5() || matches!(self.state, State::Closed | State::AwaitConnect) {
             return Err(SendError::Invalid("AUTH needs an open 5.0 connection"));
         }
-        if !self.may_send_auth(auth.reason_code, self.role == Role::Client) {
+        if !may_send_auth(auth.reason_code, self.role == Role::Client) {
             return Err(SendError::Invalid(
                 "0x19 starts a re-authentication from a client, 0x00 ends an exchange from a server",
             ));
@@ -1105,17 +1105,6 @@ impl Connection {
         self.queue(now, Packet::Auth(auth))
     }
 
-    /// Whether a client (or a server) may send an AUTH with `reason`
-    /// (3.15.2.1): 0x18 either; 0x19 Re-authenticate only a client, 0x00
-    /// Success only a server.
-    fn may_send_auth(&self, reason: ReasonCode, client: bool) -> bool {
-        match reason {
-            ReasonCode::RE_AUTHENTICATE => client,
-            ReasonCode::SUCCESS => !client,
-            _ => true,
-        }
-    }
-
     fn on_auth(&mut self, a: Auth) -> Result<(), ProtocolError> {
         // 4.12: AUTH only within an exchange started by CONNECT's method, and
         // with the same method.
@@ -1125,7 +1114,7 @@ impl Connection {
             return Err(ProtocolError::BadAuthentication);
         }
         // The peer's side: the opposite of ours.
-        if !self.may_send_auth(a.reason_code, self.role != Role::Client) {
+        if !may_send_auth(a.reason_code, self.role != Role::Client) {
             return Err(ProtocolError::AuthReasonFromWrongSide(a.reason_code));
         }
         self.event(Event::Auth(a));
@@ -2184,17 +2173,27 @@ fn remaining_secs(at: Instant, now: Instant) -> u32 {
 const MAX_DEFERRED: usize = 32;
 const MAX_DEFERRED_BYTES: usize = 256 * 1024;
 
-/// Properties of the packets [MQTT-3.1.2-29] restricts.
+/// Whether a client (or a server) may send an AUTH with `reason`
+/// (3.15.2.1): 0x18 either; 0x19 Re-authenticate only a client, 0x00
+/// Success only a server.
+fn may_send_auth(reason: ReasonCode, client: bool) -> bool {
+    match reason {
+        ReasonCode::RE_AUTHENTICATE => client,
+        ReasonCode::SUCCESS => !client,
+        _ => true,
+    }
+}
+
 /// Properties holding a Reason String: what an error acknowledgement
-/// says in words. `queue` leaves it out where the peer did
-/// not ask for it or has no room ([MQTT-3.1.2-29], [MQTT-3.6.2-2],
-/// [MQTT-3.7.2-2]).
+/// says in words. `queue` leaves it out where the peer did not ask for it
+/// or has no room ([MQTT-3.1.2-29], [MQTT-3.6.2-2], [MQTT-3.7.2-2]).
 fn said(text: &'static str) -> Properties {
     let mut p = Properties::new();
     p.set_reason_string(Some(MqttString::from_static(text)));
     p
 }
 
+/// Properties of the packets [MQTT-3.1.2-29] restricts.
 fn ack_properties(packet: &mut Packet) -> Option<&mut Properties> {
     match packet {
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {

@@ -117,26 +117,7 @@ fn open(
     edit: impl FnOnce(&mut Connect),
     before_connack: impl FnOnce(&mut Connection, Instant),
 ) -> (Pair, Connect, ConnAck) {
-    let now = Instant::now();
-    let mut c = connect(protocol, "client-1");
-    edit(&mut c);
-    let mut client = Connection::client(client_cfg, c, SessionState::new(), now).unwrap();
-    before_connack(&mut client, now);
-    let mut pair = Pair {
-        now,
-        client,
-        server: Connection::server(server_cfg, now),
-        client_events: Vec::new(),
-        server_events: Vec::new(),
-        log: Vec::new(),
-    };
-    pair.run();
-    assert!(matches!(
-        pair.server_events.pop(),
-        Some(Event::ConnectRequest(_))
-    ));
-    pair.server.accept(now, Accept::default()).unwrap();
-    pair.run();
+    let mut pair = Pair::opened(protocol, client_cfg, server_cfg, edit, before_connack);
     let at = pair
         .client_events
         .iter()

@@ -49,12 +49,36 @@ impl Pair {
         server_cfg: Config,
         edit: impl FnOnce(&mut Connect),
     ) -> Self {
+        let mut pair = Self::opened(protocol, client_cfg, server_cfg, edit, |_, _| {});
+        assert!(
+            matches!(pair.client_events.pop(), Some(Event::Connected { .. })),
+            "{:?}",
+            pair.client_events
+        );
+        pair.log.clear();
+        pair
+    }
+
+    /// A pair through CONNECT, accept and CONNACK, `edit` shaping the
+    /// CONNECT and `before_connack` acting on the client once its CONNECT
+    /// is queued and before anything crosses. Its log and events keep all
+    /// that happened, CONNECT, CONNACK and the client's `Connected`
+    /// included.
+    pub(crate) fn opened(
+        protocol: Protocol,
+        client_cfg: Config,
+        server_cfg: Config,
+        edit: impl FnOnce(&mut Connect),
+        before_connack: impl FnOnce(&mut Connection, Instant),
+    ) -> Self {
         let now = Instant::now();
         let mut c = connect(protocol, "client-1");
         edit(&mut c);
+        let mut client = Connection::client(client_cfg, c, SessionState::new(), now).unwrap();
+        before_connack(&mut client, now);
         let mut pair = Self {
             now,
-            client: Connection::client(client_cfg, c, SessionState::new(), now).unwrap(),
+            client,
             server: Connection::server(server_cfg, now),
             client_events: Vec::new(),
             server_events: Vec::new(),
@@ -65,14 +89,8 @@ impl Pair {
             pair.server_events.pop(),
             Some(Event::ConnectRequest(_))
         ));
-        pair.server.accept(pair.now, Accept::default()).unwrap();
+        pair.server.accept(now, Accept::default()).unwrap();
         pair.run();
-        assert!(
-            matches!(pair.client_events.pop(), Some(Event::Connected { .. })),
-            "{:?}",
-            pair.client_events
-        );
-        pair.log.clear();
         pair
     }
 
